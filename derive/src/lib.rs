@@ -1,0 +1,1 @@
+//! `#[derive(ShmSafe)]` for `shared_allocator` (filled in by the typed-layer work).

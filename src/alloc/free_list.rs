@@ -1,0 +1,768 @@
+//! The general-purpose allocator: size classes over a shared page pool.
+//!
+//! The data region is cut into 4 KiB pages. A page bitmap (1 = in use) hands out
+//! runs of pages. Requests up to 2 KiB go to one of [`SIZE_CLASSES`]: each class
+//! owns whole pages ("spans") carved into equal blocks, tracked by a per-span
+//! bitmap, and keeps the spans that have free blocks on a lock-free tagged stack.
+//! Larger requests take a run of whole pages. A span whose last block is freed
+//! goes back to the page pool, so memory freed at one size serves every other
+//! size later.
+//!
+//! Per page, one metadata line holds the span state word
+//! `[gen: 24 | kind: 2 | listed: 1 | class: 5 | count: 32]`, the stack link and
+//! the span's block bitmap. The rules that make it safe without locks:
+//!
+//! - A block is taken by first reserving a slot (CAS `count + 1` on the state,
+//!   which fails if the span was released: the generation changed) and then
+//!   setting a bitmap bit; freed by clearing the bit, then CAS `count - 1`. So
+//!   the set bits never outnumber `count`, and `count == 0` means no bit is set.
+//! - A span is on its class stack iff `listed` is set (modulo the instant between
+//!   a pop and the popper's follow-up). Only the thread that sets `listed`
+//!   pushes; only a popper clears it. A span is released to the page pool only by
+//!   the CAS that takes `count` to 0 while not listed, or by a popper that holds it.
+//! - Stack heads carry a 32-bit tag against ABA.
+//!
+//! A process killed between two of these steps leaves at worst one slot or one
+//! span unusable (it may leak); no other process ever waits for it.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
+use crate::error::{AccessError, AllocError, FreeError, SegmentError};
+use crate::segment::{AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, HEADER_REGION};
+use crate::sync::{bitmap, tagged_stack};
+
+const PAGE: u64 = 4096;
+const PAGE_SHIFT: u32 = 12;
+
+/// Block sizes of the small-object classes. Larger requests take whole pages.
+pub const SIZE_CLASSES: [u32; 24] = [
+    16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024,
+    1280, 1536, 1792, 2048,
+];
+const NCLASS: usize = SIZE_CLASSES.len();
+const SMALL_MAX: usize = 2048;
+
+/// `CLASS_OF[(size + 15) / 16]` is the smallest class that fits `size`.
+const CLASS_OF: [u8; SMALL_MAX / 16 + 1] = {
+    let mut t = [0u8; SMALL_MAX / 16 + 1];
+    let mut i = 0;
+    let mut c = 0;
+    while i < t.len() {
+        while (SIZE_CLASSES[c] as usize) < i * 16 {
+            c += 1;
+        }
+        t[i] = c as u8;
+        i += 1;
+    }
+    t
+};
+
+// State word fields.
+const COUNT_MASK: u64 = 0xFFFF_FFFF;
+const CLASS_SHIFT: u32 = 32;
+const LISTED: u64 = 1 << 37;
+const KIND_SHIFT: u32 = 38;
+const GEN_SHIFT: u32 = 40;
+const KIND_FREE: u64 = 0;
+const KIND_SMALL: u64 = 1;
+const KIND_LARGE: u64 = 2;
+const KIND_INTERIOR: u64 = 3;
+
+#[inline]
+fn kind(st: u64) -> u64 {
+    (st >> KIND_SHIFT) & 3
+}
+#[inline]
+fn count(st: u64) -> u64 {
+    st & COUNT_MASK
+}
+#[inline]
+fn class(st: u64) -> usize {
+    ((st >> CLASS_SHIFT) & 0x1F) as usize
+}
+#[inline]
+fn next_gen(st: u64) -> u64 {
+    ((st >> GEN_SHIFT) + 1) << GEN_SHIFT
+}
+#[inline]
+fn cap_of(c: usize) -> u64 {
+    PAGE / u64::from(SIZE_CLASSES[c])
+}
+
+// Metadata region, in words from meta_offset.
+const LINE: u64 = 8; // words per cache line
+const HEADS: u64 = 0; // NCLASS lines, word 0 of each = stack head
+const HINT: u64 = NCLASS as u64 * LINE; // one line: page-search hint
+const PAGE_BITS: u64 = HINT + LINE;
+// Per-page line: [state, link, bits0..bits3, -, -]
+const PM_STATE: u64 = 0;
+const PM_LINK: u64 = 1;
+const PM_BITS: u64 = 2;
+const SPAN_BIT_WORDS: usize = 4; // PAGE / min class = 256 blocks
+
+/// Give up on a CAS retry loop after this many rounds and report corruption.
+/// Real contention makes progress long before; only a peer rewriting a word
+/// forever (hostile) gets here.
+const RETRY_LIMIT: u32 = 1 << 20;
+
+fn bitmap_words(pages: u64) -> u64 {
+    pages.div_ceil(64).div_ceil(LINE) * LINE
+}
+
+fn page_meta_start(pages: u64) -> u64 {
+    PAGE_BITS + bitmap_words(pages)
+}
+
+/// The general-purpose allocator: any size from 1 byte to the capacity, alignment up
+/// to 4096, individual [`free`](ShmFree::free), memory freed at one size reusable at
+/// any other. Lock-free; safe against processes dying at any instant.
+///
+/// ```
+/// use shared_allocator::prelude::*;
+/// # let name = format!("doc-freelist-{}", std::process::id());
+/// let alloc = FreeListAllocator::create(&name, 10 << 20)?;
+/// let off = alloc.allocate(256)?;
+/// alloc.write(off, b"Hello from shared memory!")?;
+/// assert_eq!(alloc.read(off, 25)?, b"Hello from shared memory!");
+/// alloc.free(off)?;
+/// assert_eq!(alloc.stats().live_blocks, Some(0));
+/// alloc.unlink()?;
+/// # Ok::<(), shared_allocator::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct FreeListAllocator {
+    seg: Segment,
+    pages: usize,
+    /// Where this process starts looking for a free page (spreads processes apart).
+    hint: AtomicUsize,
+}
+
+impl FreeListAllocator {
+    /// Creates a segment `name` with `capacity` bytes of data region (rounded up to
+    /// whole 4 KiB pages).
+    ///
+    /// # Errors
+    /// [`SegmentError::AlreadyExists`], [`SegmentError::InvalidName`],
+    /// [`SegmentError::InvalidParameter`], or an OS error.
+    pub fn create(name: &str, capacity: u64) -> Result<Self, SegmentError> {
+        Self::create_with(name, capacity, &CreateOptions::default())
+    }
+
+    /// [`create`](Self::create) with options (permission mode).
+    ///
+    /// # Errors
+    /// As [`create`](Self::create).
+    pub fn create_with(
+        name: &str,
+        capacity: u64,
+        opts: &CreateOptions,
+    ) -> Result<Self, SegmentError> {
+        let pages = capacity.div_ceil(PAGE);
+        if pages == 0 || pages >= (1 << 31) {
+            return Err(SegmentError::InvalidParameter {
+                what: "free-list capacity",
+                value: capacity,
+            });
+        }
+        let meta_words = page_meta_start(pages) + pages * LINE;
+        let meta_len = (meta_words * 8).div_ceil(PAGE) * PAGE;
+        let layout = Layout {
+            kind: AllocatorKind::FreeList,
+            total_size: HEADER_REGION + meta_len + pages * PAGE,
+            meta_offset: HEADER_REGION,
+            meta_len,
+            data_offset: HEADER_REGION + meta_len,
+            data_len: pages * PAGE,
+            params: [pages, 0, 0, 0],
+        };
+        let seg = Segment::create(name, layout, opts)?;
+        let this = Self::from_segment(seg).inspect_err(|_| {
+            let _ = crate::segment::unlink(name);
+        })?;
+        // Pages past the end of the last bitmap word are permanently "in use".
+        let bits = this.page_bits();
+        let tail = pages % 64;
+        if tail != 0 {
+            bits[(pages / 64) as usize].store(!0 << tail, Ordering::Relaxed);
+        }
+        for w in bits.iter().skip(pages.div_ceil(64) as usize) {
+            w.store(!0, Ordering::Relaxed);
+        }
+        this.seg.publish();
+        Ok(this)
+    }
+
+    /// Opens the free-list allocator `name` created by any process.
+    ///
+    /// # Errors
+    /// [`SegmentError::NotFound`], [`SegmentError::WrongKind`],
+    /// [`SegmentError::VersionMismatch`], [`SegmentError::InitTimeout`],
+    /// [`SegmentError::CorruptHeader`], ...
+    pub fn open(name: &str) -> Result<Self, SegmentError> {
+        Self::open_with(name, &OpenOptions::default())
+    }
+
+    /// [`open`](Self::open) with options (init timeout).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with(name: &str, opts: &OpenOptions) -> Result<Self, SegmentError> {
+        Self::from_segment(Segment::open(name, AllocatorKind::FreeList, opts)?)
+    }
+
+    fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
+        let l = *seg.layout();
+        let pages = l.params[0];
+        let corrupt = |reason| Err(SegmentError::CorruptHeader { reason });
+        if pages == 0
+            || pages >= (1 << 31)
+            || l.data_len != pages * PAGE
+            || l.data_offset % PAGE != 0
+        {
+            return corrupt("free-list page count disagrees with the data region");
+        }
+        if (page_meta_start(pages) + pages * LINE) * 8 > l.meta_len {
+            return corrupt("free-list metadata region too small");
+        }
+        let hint = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % pages as usize;
+        Ok(FreeListAllocator {
+            seg,
+            pages: pages as usize,
+            hint: AtomicUsize::new(hint / 64),
+        })
+    }
+
+    /// Removes the segment's name; see [`crate::segment::unlink`].
+    ///
+    /// # Errors
+    /// [`SegmentError::NotFound`] if already removed.
+    pub fn unlink(&self) -> Result<(), SegmentError> {
+        self.seg.unlink()
+    }
+
+    /// The whole metadata region as words (validated at open; never empty after).
+    #[inline]
+    fn meta(&self) -> &[AtomicU64] {
+        let l = self.seg.layout();
+        self.seg.words(l.meta_offset, l.meta_len / 8).unwrap_or(&[])
+    }
+
+    #[inline]
+    fn head(&self, c: usize) -> &AtomicU64 {
+        &self.meta()[(HEADS + c as u64 * LINE) as usize]
+    }
+
+    #[inline]
+    fn page_bits(&self) -> &[AtomicU64] {
+        let start = PAGE_BITS as usize;
+        &self.meta()[start..start + (self.pages as u64).div_ceil(64) as usize]
+    }
+
+    /// Page `p`'s metadata line (p < pages, checked by callers; `None` otherwise).
+    #[inline]
+    fn page_line(&self, p: usize) -> Option<&[AtomicU64]> {
+        if p >= self.pages {
+            return None;
+        }
+        let start = (page_meta_start(self.pages as u64) + p as u64 * LINE) as usize;
+        self.meta().get(start..start + LINE as usize)
+    }
+
+    #[inline]
+    fn line(&self, p: usize) -> &[AtomicU64] {
+        // Callers pass p < pages; the region was sized for all pages at open.
+        self.page_line(p).expect("page index checked by caller")
+    }
+
+    #[inline]
+    fn page_offset(&self, p: usize) -> u64 {
+        self.seg.layout().data_offset + ((p as u64) << PAGE_SHIFT)
+    }
+
+    fn link_of(&self, p: usize) -> Option<&AtomicU64> {
+        self.page_line(p).map(|l| &l[PM_LINK as usize])
+    }
+
+    // ---------------------------------------------------------------- pages
+
+    fn try_claim_pages(&self, n: usize) -> Result<Option<usize>, AllocError> {
+        let bits = self.page_bits();
+        let found = if n == 1 {
+            let start = self.hint.load(Ordering::Relaxed) % bits.len();
+            bitmap::claim_one(bits, start).inspect(|&p| self.hint.store(p / 64, Ordering::Relaxed))
+        } else {
+            let mut found = None;
+            for _ in 0..64 {
+                match bitmap::find_clear_run(bits, n) {
+                    None => break,
+                    Some(s) if bitmap::claim_run(bits, s, n) => {
+                        found = Some(s);
+                        break;
+                    }
+                    Some(_) => continue,
+                }
+            }
+            found
+        };
+        match found {
+            Some(p) if p + n <= self.pages => Ok(Some(p)),
+            Some(_) => Err(AllocError::Corrupted {
+                what: "page bitmap marks pages past the end as free",
+            }),
+            None => Ok(None),
+        }
+    }
+
+    fn claim_pages(&self, n: usize, requested: u64) -> Result<usize, AllocError> {
+        if let Some(p) = self.try_claim_pages(n)? {
+            return Ok(p);
+        }
+        // Empty spans cached on the class stacks are free memory too: return them.
+        if self.reclaim_empty_spans() > 0 {
+            if let Some(p) = self.try_claim_pages(n)? {
+                return Ok(p);
+            }
+        }
+        Err(AllocError::OutOfMemory {
+            requested,
+            available: self.available_bytes(),
+        })
+    }
+
+    fn release_pages(&self, p: usize, n: usize) {
+        bitmap::release_run(self.page_bits(), p, n);
+    }
+
+    // ---------------------------------------------------------------- spans
+
+    fn push_span(&self, c: usize, s: usize) {
+        tagged_stack::push(self.head(c), s, &self.line(s)[PM_LINK as usize]);
+    }
+
+    /// Allocates a block of class `c`.
+    fn alloc_small(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
+        let head = self.head(c);
+        let cap = cap_of(c);
+        for _ in 0..RETRY_LIMIT {
+            let h = head.load(Ordering::Acquire);
+            let Some(s) = tagged_stack::top(h) else {
+                return self.new_span(c, requested);
+            };
+            let Some(line) = self.page_line(s) else {
+                return Err(AllocError::Corrupted {
+                    what: "class stack holds a page index out of range",
+                });
+            };
+            let state = &line[PM_STATE as usize];
+            let st = state.load(Ordering::Acquire);
+            if kind(st) != KIND_SMALL || class(st) != c || st & LISTED == 0 {
+                if head.load(Ordering::Acquire) != h {
+                    continue; // the span left the stack meanwhile
+                }
+                return Err(AllocError::Corrupted {
+                    what: "class stack holds a page that is not a listed span of its class",
+                });
+            }
+            if count(st) < cap {
+                if state
+                    .compare_exchange_weak(st, st + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return self.take_reserved_block(s, c);
+                }
+                continue;
+            }
+            // Full: take it off the stack; a later free lists it again.
+            match tagged_stack::pop_if(head, h, |i| self.link_of(i)) {
+                Ok(Some(_)) => self.after_pop(s, c, false),
+                Ok(None) => {}
+                Err(tagged_stack::CorruptLink) => {
+                    return Err(AllocError::Corrupted {
+                        what: "class stack link out of range",
+                    })
+                }
+            }
+        }
+        Err(AllocError::Corrupted {
+            what: "allocation retried too often",
+        })
+    }
+
+    /// With one slot of span `s` reserved, sets a clear bit and returns its block.
+    fn take_reserved_block(&self, s: usize, c: usize) -> Result<Offset, AllocError> {
+        let cap = cap_of(c) as usize;
+        let bits = &self.line(s)[PM_BITS as usize..PM_BITS as usize + SPAN_BIT_WORDS];
+        // The reservation guarantees a clear bit below `cap` (set bits <= count);
+        // each failed attempt means another reserver took one. Bounded for safety.
+        for _ in 0..256 {
+            for (w, word) in bits.iter().enumerate().take(cap.div_ceil(64)) {
+                let valid = bitmap::mask(0, (cap - w * 64).min(64) as u32);
+                let mut v = word.load(Ordering::Relaxed);
+                while !v & valid != 0 {
+                    let b = (!v & valid).trailing_zeros();
+                    let prev = word.fetch_or(1 << b, Ordering::AcqRel);
+                    if prev & (1 << b) == 0 {
+                        let i = (w * 64 + b as usize) as u64;
+                        return Ok(Offset::new(
+                            self.page_offset(s) + i * u64::from(SIZE_CLASSES[c]),
+                        ));
+                    }
+                    v = prev;
+                }
+            }
+        }
+        let _ = self.return_slot(s, c);
+        Err(AllocError::Corrupted {
+            what: "span bitmap full although its count has room",
+        })
+    }
+
+    /// Takes a fresh page as a span of class `c`, keeps block 0 and lists the span.
+    fn new_span(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
+        let s = self.claim_pages(1, requested)?;
+        let line = self.line(s);
+        line[PM_BITS as usize].store(1, Ordering::Relaxed);
+        for w in &line[PM_BITS as usize + 1..PM_BITS as usize + SPAN_BIT_WORDS] {
+            w.store(0, Ordering::Relaxed);
+        }
+        let old = line[PM_STATE as usize].load(Ordering::Relaxed);
+        let st =
+            next_gen(old) | (KIND_SMALL << KIND_SHIFT) | LISTED | ((c as u64) << CLASS_SHIFT) | 1;
+        line[PM_STATE as usize].store(st, Ordering::Release);
+        self.push_span(c, s);
+        Ok(Offset::new(self.page_offset(s)))
+    }
+
+    /// After popping span `s` (state still `listed`): release it if empty, unlist it
+    /// if full, otherwise push it back. With `release_empty_only`, a non-empty span
+    /// is always pushed back (used when draining).
+    fn after_pop(&self, s: usize, c: usize, release_empty_only: bool) {
+        let state = &self.line(s)[PM_STATE as usize];
+        let cap = cap_of(c);
+        for _ in 0..RETRY_LIMIT {
+            let st = state.load(Ordering::Acquire);
+            if kind(st) != KIND_SMALL || class(st) != c || st & LISTED == 0 {
+                return; // corrupt: leave the span alone (it leaks, nothing else breaks)
+            }
+            if count(st) == 0 {
+                if state
+                    .compare_exchange(st, next_gen(st), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.release_pages(s, 1);
+                    return;
+                }
+            } else if count(st) >= cap && !release_empty_only {
+                if state
+                    .compare_exchange(st, st & !LISTED, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+            } else {
+                self.push_span(c, s);
+                return;
+            }
+        }
+    }
+
+    /// Gives back one reserved slot of span `s` (its bit already clear): lists the
+    /// span if it was unlisted, or releases it if it was unlisted and this was the
+    /// last slot.
+    fn return_slot(&self, s: usize, c: usize) -> Result<(), &'static str> {
+        let state = &self.line(s)[PM_STATE as usize];
+        for _ in 0..RETRY_LIMIT {
+            let st = state.load(Ordering::Acquire);
+            if kind(st) != KIND_SMALL || class(st) != c || count(st) == 0 {
+                return Err("span state changed under a live block");
+            }
+            let (new, then) = if st & LISTED != 0 {
+                (st - 1, 0)
+            } else if count(st) == 1 {
+                (next_gen(st), 1)
+            } else {
+                ((st - 1) | LISTED, 2)
+            };
+            if state
+                .compare_exchange_weak(st, new, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                match then {
+                    1 => self.release_pages(s, 1),
+                    2 => self.push_span(c, s),
+                    _ => {}
+                }
+                return Ok(());
+            }
+        }
+        Err("free retried too often")
+    }
+
+    /// Pops every span off every class stack, releases the empty ones and pushes
+    /// the rest back. Returns how many pages were released.
+    fn reclaim_empty_spans(&self) -> usize {
+        let mut released = 0;
+        for c in 0..NCLASS {
+            let mut held = Vec::new();
+            while held.len() < self.pages {
+                match tagged_stack::pop(self.head(c), |i| self.link_of(i)) {
+                    Ok(Some(s)) => held.push(s),
+                    _ => break,
+                }
+            }
+            for s in held {
+                let before = self.line(s)[PM_STATE as usize].load(Ordering::Acquire);
+                self.after_pop(s, c, true);
+                let after = self.line(s)[PM_STATE as usize].load(Ordering::Acquire);
+                if kind(before) == KIND_SMALL && kind(after) == KIND_FREE {
+                    released += 1;
+                }
+            }
+        }
+        released
+    }
+
+    // ---------------------------------------------------------------- large
+
+    fn alloc_large(&self, size: usize) -> Result<Offset, AllocError> {
+        let n = (size as u64).div_ceil(PAGE);
+        if n > self.pages as u64 {
+            return Err(AllocError::TooLarge {
+                requested: size as u64,
+                max: self.pages as u64 * PAGE,
+            });
+        }
+        let n = n as usize;
+        let s = self.claim_pages(n, size as u64)?;
+        for (d, p) in (s + 1..s + n).enumerate() {
+            let state = &self.line(p)[PM_STATE as usize];
+            let old = state.load(Ordering::Relaxed);
+            state.store(
+                next_gen(old) | (KIND_INTERIOR << KIND_SHIFT) | (d as u64 + 1),
+                Ordering::Relaxed,
+            );
+        }
+        let state = &self.line(s)[PM_STATE as usize];
+        let old = state.load(Ordering::Relaxed);
+        state.store(
+            next_gen(old) | (KIND_LARGE << KIND_SHIFT) | n as u64,
+            Ordering::Release,
+        );
+        Ok(Offset::new(self.page_offset(s)))
+    }
+
+    fn free_large(&self, s: usize, st: u64, offset: u64) -> Result<(), FreeError> {
+        let n = count(st) as usize;
+        if n == 0 || s + n > self.pages {
+            return Err(FreeError::Corrupted {
+                what: "large block length out of range",
+            });
+        }
+        let state = &self.line(s)[PM_STATE as usize];
+        // Only one of two racing frees wins this CAS: the other sees a double free.
+        if state
+            .compare_exchange(st, next_gen(st), Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(FreeError::DoubleFree { offset });
+        }
+        for p in s + 1..s + n {
+            let ps = &self.line(p)[PM_STATE as usize];
+            let old = ps.load(Ordering::Relaxed);
+            ps.store(next_gen(old), Ordering::Relaxed);
+        }
+        self.release_pages(s, n);
+        Ok(())
+    }
+
+    /// Class for a small request, honouring `align` (None: use whole pages).
+    #[inline]
+    fn class_for(size: usize, align: usize) -> Option<usize> {
+        let c = CLASS_OF[size.div_ceil(16)] as usize;
+        if align <= 16 {
+            return Some(c);
+        }
+        (c..NCLASS).find(|&c| SIZE_CLASSES[c] as usize % align == 0)
+    }
+
+    /// The page and in-page offset of a data-region offset.
+    #[inline]
+    fn locate(&self, rel: u64) -> (usize, u64) {
+        ((rel >> PAGE_SHIFT) as usize, rel & (PAGE - 1))
+    }
+}
+
+impl ShmAllocator for FreeListAllocator {
+    const KIND: AllocatorKind = AllocatorKind::FreeList;
+
+    fn segment(&self) -> &Segment {
+        &self.seg
+    }
+
+    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
+        check_request(size, align)?;
+        if size <= SMALL_MAX {
+            if let Some(c) = Self::class_for(size, align) {
+                return self.alloc_small(c, size as u64);
+            }
+        }
+        self.alloc_large(size)
+    }
+
+    fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
+        let rel = data_relative(&self.seg, offset, len)?;
+        let not_alloc = AccessError::NotAllocated {
+            offset: offset.get(),
+            len,
+        };
+        let (p, within) = self.locate(rel);
+        let st = self.line(p)[PM_STATE as usize].load(Ordering::Acquire);
+        match kind(st) {
+            KIND_SMALL => {
+                let c = class(st);
+                if c >= NCLASS {
+                    return Err(AccessError::Corrupted {
+                        what: "span class out of range",
+                    });
+                }
+                let size = u64::from(SIZE_CLASSES[c]);
+                let i = within / size;
+                if i >= cap_of(c) || within + len > (i + 1) * size {
+                    return Err(not_alloc);
+                }
+                let bits = &self.line(p)[PM_BITS as usize..PM_BITS as usize + SPAN_BIT_WORDS];
+                if !bitmap::is_set(bits, i as usize) {
+                    return Err(not_alloc);
+                }
+                Ok(())
+            }
+            KIND_LARGE | KIND_INTERIOR => {
+                let (start, dist) = if kind(st) == KIND_LARGE {
+                    (p, 0)
+                } else {
+                    let d = count(st) as usize;
+                    (p.checked_sub(d).ok_or(not_alloc.clone())?, d)
+                };
+                let st0 = self.line(start)[PM_STATE as usize].load(Ordering::Acquire);
+                let n = count(st0);
+                if kind(st0) != KIND_LARGE || (dist as u64) >= n {
+                    return Err(not_alloc);
+                }
+                if (dist as u64) * PAGE + within + len > n * PAGE {
+                    return Err(not_alloc);
+                }
+                Ok(())
+            }
+            _ => Err(not_alloc),
+        }
+    }
+
+    fn available_bytes(&self) -> u64 {
+        self.stats().free_bytes
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.stats().live_bytes
+    }
+
+    /// Scans the page metadata: O(pages). Not for hot paths.
+    fn stats(&self) -> Stats {
+        let mut classes: Vec<ClassStats> = SIZE_CLASSES
+            .iter()
+            .map(|&s| ClassStats {
+                block_size: u64::from(s),
+                ..ClassStats::default()
+            })
+            .collect();
+        let (mut live_blocks, mut live_bytes, mut free_bytes) = (0, 0, 0);
+        let bits = self.page_bits();
+        for p in 0..self.pages {
+            let st = self.line(p)[PM_STATE as usize].load(Ordering::Relaxed);
+            match kind(st) {
+                KIND_SMALL if class(st) < NCLASS => {
+                    let c = class(st);
+                    let size = u64::from(SIZE_CLASSES[c]);
+                    let used = count(st).min(cap_of(c));
+                    let cs = &mut classes[c];
+                    cs.spans += 1;
+                    cs.live_blocks += used;
+                    cs.free_blocks += cap_of(c) - used;
+                    live_blocks += used;
+                    live_bytes += used * size;
+                    free_bytes += (cap_of(c) - used) * size;
+                }
+                KIND_LARGE => {
+                    live_blocks += 1;
+                    live_bytes += count(st).min(self.pages as u64) * PAGE;
+                }
+                KIND_FREE if !bitmap::is_set(bits, p) => free_bytes += PAGE,
+                _ => {}
+            }
+        }
+        Stats {
+            capacity: self.seg.layout().data_len,
+            live_blocks: Some(live_blocks),
+            live_bytes,
+            free_bytes,
+            classes,
+        }
+    }
+}
+
+impl ShmFree for FreeListAllocator {
+    fn free(&self, offset: Offset) -> Result<(), FreeError> {
+        if offset.is_null() {
+            return Err(FreeError::Null);
+        }
+        let rel = data_relative(&self.seg, offset, 0).map_err(|_| FreeError::OutOfRange {
+            offset: offset.get(),
+        })?;
+        let (p, within) = self.locate(rel);
+        let line = self.line(p);
+        let st = line[PM_STATE as usize].load(Ordering::Acquire);
+        let off = offset.get();
+        match kind(st) {
+            KIND_SMALL => {
+                let c = class(st);
+                if c >= NCLASS {
+                    return Err(FreeError::Corrupted {
+                        what: "span class out of range",
+                    });
+                }
+                let size = u64::from(SIZE_CLASSES[c]);
+                let i = within / size;
+                if within % size != 0 || i >= cap_of(c) {
+                    return Err(FreeError::NotBlockStart { offset: off });
+                }
+                let word = &line[PM_BITS as usize + (i / 64) as usize];
+                let bit = 1u64 << (i % 64);
+                if word.fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
+                    return Err(FreeError::DoubleFree { offset: off });
+                }
+                self.return_slot(p, c)
+                    .map_err(|what| FreeError::Corrupted { what })
+            }
+            KIND_LARGE if within == 0 => self.free_large(p, st, off),
+            KIND_FREE if within == 0 => Err(FreeError::DoubleFree { offset: off }),
+            _ => Err(FreeError::NotBlockStart { offset: off }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_table_fits() {
+        for size in 1..=SMALL_MAX {
+            let c = FreeListAllocator::class_for(size, 8).unwrap();
+            assert!(SIZE_CLASSES[c] as usize >= size);
+            assert!(c == 0 || (SIZE_CLASSES[c - 1] as usize) < size);
+        }
+        let c = FreeListAllocator::class_for(100, 64).unwrap();
+        assert_eq!(SIZE_CLASSES[c] % 64, 0);
+        assert!(FreeListAllocator::class_for(2047, 4096).is_none());
+    }
+}

@@ -1,0 +1,231 @@
+//! The three allocators and the raw, offset-based interface they share.
+//!
+//! Every allocator lives entirely inside one [`Segment`](crate::segment::Segment):
+//! its metadata sits in the segment's metadata region, its blocks in the data
+//! region, and all of it is addressed by [`Offset`]s from the segment base, so an
+//! offset obtained in one process names the same bytes in every other process.
+
+mod bump;
+mod free_list;
+mod slab;
+
+pub use bump::BumpAllocator;
+pub use free_list::{FreeListAllocator, SIZE_CLASSES};
+pub use slab::SlabAllocator;
+
+use crate::error::{AccessError, AllocError, FreeError};
+use crate::segment::{AllocatorKind, Segment};
+
+/// Largest alignment any allocator supports: one page. Mappings are page-aligned,
+/// so an offset aligned to at most this is an address aligned the same way in
+/// every process.
+pub const MAX_ALIGN: usize = 4096;
+
+/// Alignment used by [`ShmAllocator::allocate`].
+pub const DEFAULT_ALIGN: usize = 8;
+
+/// A position in a segment, in bytes from its start. The same offset names the same
+/// bytes in every process that maps the segment. Offset 0 is the header, never a
+/// block: it is the null offset.
+///
+/// Offsets are plain numbers: send them through a pipe, a command line or a shared
+/// struct. Every use is checked against the allocator's metadata, so a forged or stale
+/// offset gives an error, never a wild access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Offset(u64);
+
+impl Offset {
+    /// The null offset (0).
+    pub const NULL: Offset = Offset(0);
+
+    /// Wraps a raw offset, e.g. one received from another process.
+    pub const fn new(raw: u64) -> Offset {
+        Offset(raw)
+    }
+
+    /// The raw number, to send to another process.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Whether this is the null offset.
+    pub const fn is_null(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// Per-size-class numbers in [`Stats`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClassStats {
+    /// Size of the blocks of this class in bytes.
+    pub block_size: u64,
+    /// Pages currently given to this class.
+    pub spans: u64,
+    /// Blocks handed out.
+    pub live_blocks: u64,
+    /// Blocks free inside this class's pages.
+    pub free_blocks: u64,
+}
+
+/// A snapshot of an allocator's use. Exact when no other process is allocating;
+/// otherwise each number is a recent value.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Bytes of the data region.
+    pub capacity: u64,
+    /// Blocks handed out and not freed. `None` for the bump allocator, which does
+    /// not count blocks (that would cost a second atomic per allocation).
+    pub live_blocks: Option<u64>,
+    /// Bytes handed out, as rounded by the allocator (size classes, pages, slots,
+    /// alignment padding).
+    pub live_bytes: u64,
+    /// Bytes that later allocations can use.
+    pub free_bytes: u64,
+    /// Per size class (free-list allocator) or the single slot class (slab).
+    pub classes: Vec<ClassStats>,
+}
+
+/// The raw interface of every allocator: bytes at offsets, checked.
+///
+/// Import it (or [`crate::prelude`]) to call these methods.
+pub trait ShmAllocator: Send + Sync {
+    /// The kind stored in the segment header.
+    const KIND: AllocatorKind;
+
+    /// The segment this allocator lives in.
+    fn segment(&self) -> &Segment;
+
+    /// Allocates `size` bytes aligned to `align` (a power of two, at most [`MAX_ALIGN`]).
+    ///
+    /// # Errors
+    /// [`AllocError::ZeroSize`], [`AllocError::BadAlignment`], [`AllocError::TooLarge`],
+    /// [`AllocError::OutOfMemory`] (with requested and available bytes), or
+    /// [`AllocError::Corrupted`] if a peer damaged the metadata.
+    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError>;
+
+    /// Allocates `size` bytes aligned to [`DEFAULT_ALIGN`].
+    ///
+    /// # Errors
+    /// As [`ShmAllocator::allocate_aligned`].
+    fn allocate(&self, size: usize) -> Result<Offset, AllocError> {
+        self.allocate_aligned(size, DEFAULT_ALIGN)
+    }
+
+    /// Checks that `len` bytes at `offset` lie inside one live block.
+    ///
+    /// # Errors
+    /// [`AccessError::Null`], [`AccessError::OutOfBounds`], [`AccessError::NotAllocated`].
+    fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError>;
+
+    /// Copies `data` into the block at `offset` (which may point inside a block).
+    ///
+    /// # Errors
+    /// As [`ShmAllocator::check_range`]: the whole range must be inside one live block.
+    fn write(&self, offset: Offset, data: &[u8]) -> Result<(), AccessError> {
+        self.check_range(offset, data.len() as u64)?;
+        if self.segment().write_bytes(offset.get(), data) {
+            Ok(())
+        } else {
+            Err(self.out_of_bounds(offset, data.len() as u64))
+        }
+    }
+
+    /// Fills `buf` from the block at `offset`.
+    ///
+    /// # Errors
+    /// As [`ShmAllocator::check_range`].
+    fn read_into(&self, offset: Offset, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.check_range(offset, buf.len() as u64)?;
+        if self.segment().read_bytes(offset.get(), buf) {
+            Ok(())
+        } else {
+            Err(self.out_of_bounds(offset, buf.len() as u64))
+        }
+    }
+
+    /// Reads `len` bytes at `offset` into a new vector.
+    ///
+    /// # Errors
+    /// As [`ShmAllocator::check_range`].
+    fn read(&self, offset: Offset, len: usize) -> Result<Vec<u8>, AccessError> {
+        let mut buf = vec![0; len];
+        self.read_into(offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Bytes still available for allocation (possibly fragmented).
+    fn available_bytes(&self) -> u64;
+
+    /// Bytes handed out (as rounded by the allocator).
+    fn used_bytes(&self) -> u64;
+
+    /// A snapshot of use; see [`Stats`].
+    fn stats(&self) -> Stats;
+
+    /// The reset epoch: 0 for allocators that never reset.
+    fn epoch(&self) -> u64 {
+        0
+    }
+
+    /// The error for a range outside the data region.
+    #[doc(hidden)]
+    fn out_of_bounds(&self, offset: Offset, len: u64) -> AccessError {
+        let l = self.segment().layout();
+        AccessError::OutOfBounds {
+            offset: offset.get(),
+            len,
+            start: l.data_offset,
+            end: l.data_end(),
+        }
+    }
+}
+
+/// Allocators that free blocks one at a time.
+pub trait ShmFree: ShmAllocator {
+    /// Frees the block starting at `offset`.
+    ///
+    /// # Errors
+    /// [`FreeError::Null`], [`FreeError::OutOfRange`], [`FreeError::NotBlockStart`],
+    /// [`FreeError::DoubleFree`], [`FreeError::Corrupted`]. On error nothing changed.
+    fn free(&self, offset: Offset) -> Result<(), FreeError>;
+}
+
+/// Checks a size and alignment request common to all allocators.
+pub(crate) fn check_request(size: usize, align: usize) -> Result<(), AllocError> {
+    if size == 0 {
+        return Err(AllocError::ZeroSize);
+    }
+    if !align.is_power_of_two() || align > MAX_ALIGN {
+        return Err(AllocError::BadAlignment {
+            align,
+            max: MAX_ALIGN,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `[offset, offset+len)` lies inside the data region; returns the
+/// offset relative to the data region start.
+pub(crate) fn data_relative(seg: &Segment, offset: Offset, len: u64) -> Result<u64, AccessError> {
+    if offset.is_null() {
+        return Err(AccessError::Null);
+    }
+    let l = seg.layout();
+    let end = offset.get().checked_add(len);
+    if offset.get() < l.data_offset || end.is_none_or(|e| e > l.data_end()) {
+        return Err(AccessError::OutOfBounds {
+            offset: offset.get(),
+            len,
+            start: l.data_offset,
+            end: l.data_end(),
+        });
+    }
+    Ok(offset.get() - l.data_offset)
+}

@@ -1,0 +1,247 @@
+//! Error types, one per family of operations.
+//!
+//! Each enum says what failed and carries the numbers needed to act on it
+//! (requested and available bytes, the offending offset, expected versus found).
+//! [`Error`] unites them for callers that just want `?` to work everywhere.
+
+use thiserror::Error;
+
+/// Creating, opening or removing a shared segment failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SegmentError {
+    /// The segment name is not a valid POSIX shared-memory name.
+    #[error("invalid segment name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// `create` found an object with this name already (it is never silently reused).
+    #[error("shared memory segment {name:?} already exists")]
+    AlreadyExists {
+        /// The normalised name (with its leading `/`).
+        name: String,
+    },
+    /// `open` or `unlink` found no object with this name.
+    #[error("shared memory segment {name:?} does not exist")]
+    NotFound {
+        /// The normalised name.
+        name: String,
+    },
+    /// The object exists but this process may not open it.
+    #[error("permission denied for shared memory segment {name:?}")]
+    PermissionDenied {
+        /// The normalised name.
+        name: String,
+    },
+    /// A creation parameter is out of range.
+    #[error("invalid parameter: {what} (got {value})")]
+    InvalidParameter {
+        /// Which parameter.
+        what: &'static str,
+        /// The rejected value.
+        value: u64,
+    },
+    /// The object never became ready: its creator is slow, died while
+    /// initialising, or the object is not one of ours.
+    #[error("segment {name:?} not ready after {waited_ms} ms (creator pid {creator_pid}, size {size} bytes)")]
+    InitTimeout {
+        /// The normalised name.
+        name: String,
+        /// How long `open` waited.
+        waited_ms: u64,
+        /// The pid recorded by the creator, 0 if none was written.
+        creator_pid: u64,
+        /// The object's size when `open` gave up.
+        size: u64,
+    },
+    /// The object does not start with our magic number: not a segment of this library.
+    #[error("segment {name:?} has bad magic {found:#018x}: not a shared_allocator segment")]
+    BadMagic {
+        /// The normalised name.
+        name: String,
+        /// The value found where the magic belongs.
+        found: u64,
+    },
+    /// The segment was written by another layout version of this library.
+    #[error("segment layout version mismatch: expected {expected}, found {found}")]
+    VersionMismatch {
+        /// The version this build understands.
+        expected: u32,
+        /// The version in the segment.
+        found: u32,
+    },
+    /// The segment holds another allocator kind than the one asked for.
+    #[error("segment holds a {found} allocator, not a {expected} allocator")]
+    WrongKind {
+        /// The kind asked for.
+        expected: &'static str,
+        /// The kind in the header (or `"unknown"`).
+        found: &'static str,
+    },
+    /// The object's real size disagrees with the size in its header (truncated or grown).
+    #[error("segment size mismatch: header says {header} bytes, object has {actual} bytes")]
+    SizeMismatch {
+        /// Size recorded in the header.
+        header: u64,
+        /// Size reported by `fstat`.
+        actual: u64,
+    },
+    /// A header field is inconsistent (regions overlap, out of range, misaligned).
+    #[error("corrupt segment header: {reason}")]
+    CorruptHeader {
+        /// Which check failed.
+        reason: &'static str,
+    },
+    /// An operating-system call failed for another reason.
+    #[error("{op} failed: {errno}")]
+    Os {
+        /// The call that failed.
+        op: &'static str,
+        /// The error it returned.
+        errno: nix::errno::Errno,
+    },
+}
+
+/// An allocation request was refused. Nothing in the segment changed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AllocError {
+    /// A request for zero bytes.
+    #[error("zero-size allocation requested")]
+    ZeroSize,
+    /// The alignment is not a power of two or exceeds what the allocator supports.
+    #[error("unsupported alignment {align} (must be a power of two, at most {max})")]
+    BadAlignment {
+        /// The alignment asked for.
+        align: usize,
+        /// The largest alignment this allocator supports.
+        max: usize,
+    },
+    /// The request can never succeed in this allocator (larger than a slot, or than the segment).
+    #[error("request of {requested} bytes exceeds the largest possible block of {max} bytes")]
+    TooLarge {
+        /// Bytes asked for.
+        requested: u64,
+        /// The largest block this allocator can hand out.
+        max: u64,
+    },
+    /// Not enough free memory right now.
+    #[error("out of memory: requested {requested} bytes, {available} bytes available")]
+    OutOfMemory {
+        /// Bytes asked for.
+        requested: u64,
+        /// Free bytes at the time of the failure (possibly fragmented).
+        available: u64,
+    },
+    /// Allocator metadata in the segment is inconsistent (a peer scribbled on it).
+    #[error("allocator metadata is corrupt: {what}")]
+    Corrupted {
+        /// What was found inconsistent.
+        what: &'static str,
+    },
+}
+
+/// A read, write or pointer resolution was refused. Nothing in the segment changed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AccessError {
+    /// Offset 0 is the header and never a block: the null handle.
+    #[error("null offset")]
+    Null,
+    /// The range is not inside the segment's data region.
+    #[error("range {offset}+{len} is outside the data region [{start}, {end})")]
+    OutOfBounds {
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+        /// First byte of the data region.
+        start: u64,
+        /// One past the last byte of the data region.
+        end: u64,
+    },
+    /// The range is not inside one live block.
+    #[error("range {offset}+{len} is not inside one allocated block")]
+    NotAllocated {
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+    },
+    /// The offset is not aligned for the type being resolved.
+    #[error("offset {offset} is not aligned to {align}")]
+    Misaligned {
+        /// The offset.
+        offset: u64,
+        /// The alignment required.
+        align: usize,
+    },
+    /// The handle was taken before a bump reset: its bytes may have been reused.
+    #[error("stale handle: taken in epoch {handle_epoch}, allocator is in epoch {current_epoch}")]
+    Stale {
+        /// Epoch recorded in the handle.
+        handle_epoch: u64,
+        /// Epoch of the allocator now.
+        current_epoch: u64,
+    },
+    /// Allocator metadata in the segment is inconsistent.
+    #[error("allocator metadata is corrupt: {what}")]
+    Corrupted {
+        /// What was found inconsistent.
+        what: &'static str,
+    },
+}
+
+/// A `free` was refused. Nothing in the segment changed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FreeError {
+    /// Offset 0 (null) was freed.
+    #[error("free of the null offset")]
+    Null,
+    /// The offset is outside the data region.
+    #[error("offset {offset} is outside the data region")]
+    OutOfRange {
+        /// The offset.
+        offset: u64,
+    },
+    /// The offset is inside the data region but is not the start of a block.
+    #[error("offset {offset} is not the start of a block")]
+    NotBlockStart {
+        /// The offset.
+        offset: u64,
+    },
+    /// The block at this offset is not allocated (freed twice, or never handed out).
+    #[error("double free (or free of an unallocated block) at offset {offset}")]
+    DoubleFree {
+        /// The offset.
+        offset: u64,
+    },
+    /// Allocator metadata in the segment is inconsistent.
+    #[error("allocator metadata is corrupt: {what}")]
+    Corrupted {
+        /// What was found inconsistent.
+        what: &'static str,
+    },
+}
+
+/// Any error of this crate.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// See [`SegmentError`].
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// See [`AllocError`].
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    /// See [`AccessError`].
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// See [`FreeError`].
+    #[error(transparent)]
+    Free(#[from] FreeError),
+}

@@ -1,0 +1,28 @@
+#![doc = include_str!("../README.md")]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![warn(clippy::missing_safety_doc)]
+#![warn(clippy::multiple_unsafe_ops_per_block)]
+
+pub mod alloc;
+pub mod error;
+pub mod segment;
+pub mod sync;
+pub mod typed;
+
+pub use alloc::{
+    BumpAllocator, ClassStats, FreeListAllocator, Offset, ShmAllocator, ShmFree, SlabAllocator,
+    Stats,
+};
+pub use error::{AccessError, AllocError, Error, FreeError, SegmentError};
+pub use segment::{unlink, CreateOptions, OpenOptions};
+pub use typed::ShmSafe;
+
+/// Everything a typical user needs: `use shared_allocator::prelude::*;`.
+pub mod prelude {
+    pub use crate::alloc::{
+        BumpAllocator, FreeListAllocator, Offset, ShmAllocator, ShmFree, SlabAllocator,
+    };
+    pub use crate::error::Error;
+}

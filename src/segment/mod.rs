@@ -1,0 +1,321 @@
+//! The mapped POSIX shared-memory object: create, open, unlink, and the only
+//! place where offsets become pointers.
+//!
+//! A [`Segment`] is one `shm_open`ed object mapped shared read-write. It starts
+//! with a header (see [`Layout`]); the rest belongs to the allocator that created
+//! it. Closing is dropping the `Segment` (unmap); removing the name is
+//! [`unlink`], separate and explicit, as in the seed package.
+
+mod header;
+mod name;
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use memmap2::MmapRaw;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{shm_open, shm_unlink};
+use nix::sys::stat::Mode;
+
+pub use header::{
+    AllocatorKind, Layout, HEADER_REGION, LAYOUT_VERSION, MAGIC, ROOTS_LEN, ROOTS_OFFSET,
+};
+pub(crate) use header::{RawHeader, STATE_INIT, STATE_READY};
+pub use name::MAX_NAME_LEN;
+
+use crate::error::SegmentError;
+
+/// How a new segment is created.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Permission bits of the object; applied with `fchmod`, so the umask cannot widen
+    /// or narrow them. Default `0o600`: only this user may open the segment.
+    pub mode: u32,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions { mode: 0o600 }
+    }
+}
+
+/// How an existing segment is opened.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// How long `open` waits for a creator that is still initialising.
+    pub timeout: Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A mapped shared-memory object. Unmapped on drop; the name stays until [`unlink`].
+pub struct Segment {
+    name: String,
+    map: MmapRaw,
+    layout: Layout,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("name", &self.name)
+            .field("len", &self.map.len())
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+fn os_err(op: &'static str, name: &str, errno: Errno) -> SegmentError {
+    match errno {
+        Errno::EEXIST => SegmentError::AlreadyExists {
+            name: name.to_owned(),
+        },
+        Errno::ENOENT => SegmentError::NotFound {
+            name: name.to_owned(),
+        },
+        Errno::EACCES | Errno::EPERM => SegmentError::PermissionDenied {
+            name: name.to_owned(),
+        },
+        errno => SegmentError::Os { op, errno },
+    }
+}
+
+fn io_err(op: &'static str, e: std::io::Error) -> SegmentError {
+    SegmentError::Os {
+        op,
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+    }
+}
+
+/// Removes the name `name` from the system. Mappings that are open stay valid
+/// until they are dropped; new `open`s fail with [`SegmentError::NotFound`].
+///
+/// # Errors
+/// [`SegmentError::InvalidName`], [`SegmentError::NotFound`], or an OS error.
+pub fn unlink(name: &str) -> Result<(), SegmentError> {
+    let name = name::normalize(name)?;
+    shm_unlink(name.as_str()).map_err(|e| os_err("shm_unlink", &name, e))
+}
+
+impl Segment {
+    /// Creates a new object `name` of `layout.total_size` bytes with `O_EXCL`, maps it,
+    /// and returns it still in the INIT state: the caller writes its metadata and then
+    /// calls [`Segment::publish`]. On any failure the name is removed again.
+    pub(crate) fn create(
+        name: &str,
+        layout: Layout,
+        opts: &CreateOptions,
+    ) -> Result<Segment, SegmentError> {
+        let name = name::normalize(name)?;
+        layout.validate()?;
+        if opts.mode & !0o777 != 0 {
+            return Err(SegmentError::InvalidParameter {
+                what: "mode",
+                value: u64::from(opts.mode),
+            });
+        }
+        let mode = Mode::from_bits_truncate(opts.mode as nix::libc::mode_t);
+        let fd = shm_open(
+            name.as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            mode,
+        )
+        .map_err(|e| os_err("shm_open", &name, e))?;
+        let file = File::from(fd);
+        let result = (|| {
+            // The umask may have narrowed (or a strange one widened) the mode: set it exactly.
+            file.set_permissions(std::fs::Permissions::from_mode(opts.mode))
+                .map_err(|e| io_err("fchmod", e))?;
+            file.set_len(layout.total_size)
+                .map_err(|e| io_err("ftruncate", e))?;
+            let map = MmapRaw::map_raw(&file).map_err(|e| io_err("mmap", e))?;
+            Ok(Segment {
+                name: name.clone(),
+                map,
+                layout,
+            })
+        })();
+        if result.is_err() {
+            let _ = shm_unlink(name.as_str());
+        }
+        result
+    }
+
+    /// Publishes the header: after this, `open` in any process succeeds.
+    pub(crate) fn publish(&self) {
+        self.layout.write_to(self.header());
+    }
+
+    /// Opens the object `name`, waits (bounded) until its creator published it, and
+    /// validates the header against `kind` and the object's real size.
+    pub(crate) fn open(
+        name: &str,
+        kind: AllocatorKind,
+        opts: &OpenOptions,
+    ) -> Result<Segment, SegmentError> {
+        let name = name::normalize(name)?;
+        let fd = shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty())
+            .map_err(|e| os_err("shm_open", &name, e))?;
+        let file = File::from(fd);
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(50);
+        loop {
+            let size = file.metadata().map_err(|e| io_err("fstat", e))?.len();
+            if size >= HEADER_REGION {
+                let map = MmapRaw::map_raw(&file).map_err(|e| io_err("mmap", e))?;
+                let mapped = map.len() as u64;
+                let provisional = Segment {
+                    name: name.clone(),
+                    map,
+                    layout: Layout {
+                        kind,
+                        total_size: mapped,
+                        meta_offset: HEADER_REGION,
+                        meta_len: 0,
+                        data_offset: HEADER_REGION,
+                        data_len: 0,
+                        params: [0; 4],
+                    },
+                };
+                let h = provisional.header();
+                let magic = h.magic.load(Ordering::Relaxed);
+                let state = h.state.load(Ordering::Acquire);
+                if magic != 0 && magic != MAGIC {
+                    return Err(SegmentError::BadMagic { name, found: magic });
+                }
+                if state == STATE_READY && magic == MAGIC {
+                    let layout = Layout::read_from(h, kind, mapped)?;
+                    return Ok(Segment {
+                        layout,
+                        ..provisional
+                    });
+                }
+                if state != STATE_INIT && state != STATE_READY {
+                    return Err(SegmentError::CorruptHeader {
+                        reason: "unknown init state",
+                    });
+                }
+                if start.elapsed() >= opts.timeout {
+                    return Err(SegmentError::InitTimeout {
+                        name,
+                        waited_ms: start.elapsed().as_millis() as u64,
+                        creator_pid: h.creator_pid.load(Ordering::Relaxed),
+                        size,
+                    });
+                }
+            } else if start.elapsed() >= opts.timeout {
+                return Err(SegmentError::InitTimeout {
+                    name,
+                    waited_ms: start.elapsed().as_millis() as u64,
+                    creator_pid: 0,
+                    size,
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    /// The normalised name (`/name`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The validated layout of this segment.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Size of the mapping in bytes.
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Always false: a segment holds at least its header.
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// Removes this segment's name (see [`unlink`]). The mapping stays valid.
+    ///
+    /// # Errors
+    /// [`SegmentError::NotFound`] if it was already removed.
+    pub fn unlink(&self) -> Result<(), SegmentError> {
+        unlink(&self.name)
+    }
+
+    pub(crate) fn header(&self) -> &RawHeader {
+        const _: () = assert!(std::mem::align_of::<RawHeader>() <= 4096);
+        // SAFETY:
+        // - every Segment maps at least HEADER_REGION bytes (create validates the layout,
+        //   open checks the size first), which holds a RawHeader (asserted in header.rs);
+        // - the mapping is page-aligned, so offset 0 satisfies RawHeader's alignment;
+        // - RawHeader is all atomics, valid for every bit pattern, and only ever accessed
+        //   atomically, so concurrent writes by other processes are not data races;
+        // - the reference borrows `self`, so the mapping outlives it.
+        unsafe { &*(self.map.as_ptr() as *const RawHeader) }
+    }
+
+    /// Returns the pointer to `len` bytes at `offset`, if they lie inside the mapping
+    /// and `offset` is a multiple of `align`.
+    pub fn ptr_at(&self, offset: u64, len: u64, align: usize) -> Option<NonNull<u8>> {
+        let end = offset.checked_add(len)?;
+        if end > self.len() || offset % align as u64 != 0 {
+            return None;
+        }
+        // `offset < len()` fits in usize because the mapping does.
+        NonNull::new(self.map.as_mut_ptr().wrapping_add(offset as usize))
+    }
+
+    /// The `count` atomic words starting at `offset`, if inside the mapping and 8-aligned.
+    pub(crate) fn words(&self, offset: u64, count: u64) -> Option<&[AtomicU64]> {
+        let len = count.checked_mul(8)?;
+        let p = self.ptr_at(offset, len, 8)?;
+        // SAFETY:
+        // - `ptr_at` checked that `count * 8` bytes at `offset` are inside the mapping
+        //   and 8-aligned; AtomicU64 has the size and alignment of u64;
+        // - any bit pattern is a valid AtomicU64, and these words are only accessed
+        //   atomically (by every process running this library), so sharing is sound;
+        // - the slice borrows `self`, so the mapping outlives it.
+        Some(unsafe { std::slice::from_raw_parts(p.as_ptr() as *const AtomicU64, count as usize) })
+    }
+
+    /// Copies `data` into the mapping at `offset`. Bounds are checked against the
+    /// mapping; the caller checks against the block.
+    pub(crate) fn write_bytes(&self, offset: u64, data: &[u8]) -> bool {
+        let Some(p) = self.ptr_at(offset, data.len() as u64, 1) else {
+            return false;
+        };
+        // SAFETY:
+        // - `ptr_at` checked `data.len()` bytes at `offset` are inside the live mapping;
+        // - `data` is a Rust slice, which cannot overlap the shared mapping's block the
+        //   caller owns (a caller passing a slice of the same block is still fine:
+        //   see `copy`, not `copy_nonoverlapping`, below);
+        // - u8 has no alignment or validity requirements.
+        unsafe { std::ptr::copy(data.as_ptr(), p.as_ptr(), data.len()) };
+        true
+    }
+
+    /// Copies `buf.len()` bytes at `offset` out of the mapping.
+    pub(crate) fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let Some(p) = self.ptr_at(offset, buf.len() as u64, 1) else {
+            return false;
+        };
+        // SAFETY:
+        // - `ptr_at` checked `buf.len()` bytes at `offset` are inside the live mapping;
+        // - every byte pattern is a valid u8; `buf` is exclusively borrowed, and
+        //   `copy` tolerates overlap should the caller pass a view of the mapping.
+        unsafe { std::ptr::copy(p.as_ptr(), buf.as_mut_ptr(), buf.len()) };
+        true
+    }
+}

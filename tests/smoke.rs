@@ -1,0 +1,58 @@
+//! Single-process behaviour of the three allocators.
+mod common;
+
+use common::ShmName;
+use shared_allocator::prelude::*;
+
+#[test]
+fn free_list_roundtrip_and_reuse_across_sizes() {
+    let name = ShmName::new("smoke-fl");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let mut offs = Vec::new();
+    for i in 1..2000usize {
+        let size = 1 + (i * 37) % 3000;
+        match a.allocate(size) {
+            Ok(o) => {
+                a.write(o, &vec![i as u8; size]).unwrap();
+                offs.push((o, size, i as u8));
+            }
+            Err(AllocError::OutOfMemory { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    for &(o, size, tag) in &offs {
+        assert_eq!(a.read(o, size).unwrap(), vec![tag; size]);
+    }
+    for &(o, ..) in &offs {
+        a.free(o).unwrap();
+    }
+    assert_eq!(a.stats().live_blocks, Some(0));
+    let big = a.allocate(1 << 19).unwrap();
+    a.write(big, &[7; 1 << 19]).unwrap();
+    a.free(big).unwrap();
+    let opened = FreeListAllocator::open(name.as_str()).unwrap();
+    assert_eq!(opened.stats(), a.stats());
+}
+
+use shared_allocator::AllocError;
+
+#[test]
+fn slab_and_bump_basics() {
+    let name = ShmName::new("smoke-slab");
+    let s = SlabAllocator::create(name.as_str(), 24, 130).unwrap();
+    let offs: Vec<_> = (0..130).map(|_| s.allocate(24).unwrap()).collect();
+    assert!(matches!(s.allocate(1), Err(AllocError::OutOfMemory { .. })));
+    for o in &offs {
+        s.free(*o).unwrap();
+    }
+    assert_eq!(s.stats().live_blocks, Some(0));
+
+    let name = ShmName::new("smoke-bump");
+    let b = BumpAllocator::create(name.as_str(), 4096).unwrap();
+    let o = b.allocate_aligned(10, 64).unwrap();
+    assert_eq!(o.get() % 64, 0);
+    assert_eq!(b.epoch(), 0);
+    b.reset();
+    assert_eq!(b.epoch(), 1);
+    assert_eq!(b.available_bytes(), 4096);
+}
