@@ -228,6 +228,13 @@ pub enum FreeError {
     },
 }
 
+impl AccessError {
+    /// Whether this is a stale-handle error (taken before a bump reset).
+    pub fn is_stale(&self) -> bool {
+        matches!(self, AccessError::Stale { .. })
+    }
+}
+
 /// Any error of this crate.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -244,4 +251,43 @@ pub enum Error {
     /// See [`FreeError`].
     #[error(transparent)]
     Free(#[from] FreeError),
+    /// A named root exists with another type than the one asked for.
+    #[error("root {name:?} holds a {found}, not a {expected} (layout fingerprints differ)")]
+    TypeMismatch {
+        /// The root's name.
+        name: String,
+        /// The type asked for.
+        expected: String,
+        /// The type the root was created with (its name, possibly truncated).
+        found: String,
+    },
+    /// A root name is empty, too long or contains NUL.
+    #[error("invalid root name {name:?}: {reason}")]
+    InvalidRootName {
+        /// The name as given.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// Every entry of the segment's root table is taken.
+    #[error("the root table is full ({capacity} roots)")]
+    RootTableFull {
+        /// How many roots a segment holds.
+        capacity: usize,
+    },
+    /// Another live process has been creating this root for too long.
+    #[error("root {name:?} is still being created by process {pid}")]
+    RootBusy {
+        /// The root's name.
+        name: String,
+        /// The creating process.
+        pid: u32,
+    },
+}
+
+impl Error {
+    /// Whether this is a stale-handle error (taken before a bump reset).
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Error::Access(AccessError::Stale { .. }))
+    }
 }

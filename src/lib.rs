@@ -17,7 +17,9 @@ pub use alloc::{
 };
 pub use error::{AccessError, AllocError, Error, FreeError, SegmentError};
 pub use segment::{unlink, CreateOptions, OpenOptions};
-pub use typed::ShmSafe;
+pub use typed::{
+    Arena, ArenaBox, ArenaPtr, RelPtr, Roots, ShmBox, ShmSafe, ShmVec, ShmVecHeader, ShmVecReader,
+};
 
 /// Everything a typical user needs: `use shared_allocator::prelude::*;`.
 pub mod prelude {
@@ -25,4 +27,7 @@ pub mod prelude {
         BumpAllocator, FreeListAllocator, Offset, ShmAllocator, ShmFree, SlabAllocator,
     };
     pub use crate::error::Error;
+    pub use crate::typed::{
+        Arena, ArenaBox, ArenaPtr, RelPtr, Roots, ShmBox, ShmSafe, ShmVec, ShmVecReader,
+    };
 }

@@ -1,0 +1,262 @@
+//! Arenas over a [`BumpAllocator`]: typed allocations tied to the bump epoch.
+//!
+//! In this process, the borrow checker keeps [`Arena::reset`] from running while
+//! arena values are alive. Across processes it cannot, so every handle carries the
+//! epoch it was allocated in, and resolving it after a reset (by any process) is an
+//! [`AccessError::Stale`] instead of a read of reused bytes.
+
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of};
+use std::sync::atomic::{fence, Ordering};
+
+use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
+use crate::error::{AccessError, Error};
+use crate::typed::{fingerprint, raw, ShmSafe};
+
+/// A typed allocation scope over a bump allocator. Created by
+/// [`BumpAllocator::arena`]; holds the allocator mutably so that neither
+/// `BumpAllocator::reset` nor [`Arena::reset`] can run while values from it live.
+///
+/// ```
+/// use shared_allocator::prelude::*;
+/// # let name = format!("doc-arena-{}", std::process::id());
+/// let mut bump = BumpAllocator::create(&name, 1 << 20)?;
+/// let mut arena = bump.arena();
+/// let x = arena.alloc(7u64)?;
+/// let s = arena.alloc_slice(&[1u32, 2, 3])?;
+/// let handle = s.handle();                 // 24 bytes: offset, epoch, length
+/// assert_eq!(*x.get()?, 7);
+/// assert_eq!(handle.get_slice(arena.allocator())?, &[1, 2, 3]);
+/// arena.reset();                            // only compiles once x and s are gone
+/// assert!(handle.get_slice(arena.allocator()).unwrap_err().is_stale());
+/// # drop(arena);
+/// # bump.unlink()?;
+/// # Ok::<(), shared_allocator::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Arena<'b> {
+    bump: &'b mut BumpAllocator,
+}
+
+impl BumpAllocator {
+    /// Opens a typed arena over this allocator; see [`Arena`].
+    pub fn arena(&mut self) -> Arena<'_> {
+        Arena { bump: self }
+    }
+}
+
+impl<'b> Arena<'b> {
+    /// The bump allocator underneath (to resolve handles, read stats).
+    pub fn allocator(&self) -> &BumpAllocator {
+        self.bump
+    }
+
+    /// The epoch allocations made now belong to.
+    pub fn epoch(&self) -> u64 {
+        self.bump.epoch()
+    }
+
+    /// Moves `value` into the arena.
+    ///
+    /// # Errors
+    /// [`Error::Alloc`] when the bump allocator is full.
+    pub fn alloc<T: ShmSafe>(&self, value: T) -> Result<ArenaBox<'_, T>, Error> {
+        let (off, epoch) = self
+            .bump
+            .allocate_with_epoch(size_of::<T>().max(1), align_of::<T>())?;
+        raw::write_at(&*self.bump, off, std::iter::once(value))?;
+        Ok(ArenaBox {
+            bump: self.bump,
+            ptr: ArenaPtr::new(off, epoch, 1),
+        })
+    }
+
+    /// Copies `values` into the arena.
+    ///
+    /// # Errors
+    /// [`Error::Alloc`] when the bump allocator is full.
+    pub fn alloc_slice<T: ShmSafe + Copy>(&self, values: &[T]) -> Result<ArenaBox<'_, T>, Error> {
+        let bytes =
+            size_of::<T>()
+                .checked_mul(values.len())
+                .ok_or(crate::AllocError::TooLarge {
+                    requested: u64::MAX,
+                    max: self.bump.segment().layout().data_len,
+                })?;
+        let (off, epoch) = self
+            .bump
+            .allocate_with_epoch(bytes.max(1), align_of::<T>())?;
+        raw::write_at(&*self.bump, off, values.iter().copied())?;
+        Ok(ArenaBox {
+            bump: self.bump,
+            ptr: ArenaPtr::new(off, epoch, values.len() as u64),
+        })
+    }
+
+    /// Releases everything allocated since the last reset (in every process) and
+    /// advances the epoch; returns the new epoch. Does not compile while values from
+    /// this arena are alive.
+    pub fn reset(&mut self) -> u64 {
+        self.bump.reset()
+    }
+}
+
+/// A value (or slice) allocated in an [`Arena`], borrowing it.
+#[derive(Debug)]
+pub struct ArenaBox<'a, T> {
+    bump: &'a BumpAllocator,
+    ptr: ArenaPtr<T>,
+}
+
+impl<'a, T: ShmSafe> ArenaBox<'a, T> {
+    /// The value. This process cannot have reset the arena (the borrow forbids it),
+    /// but another process may have.
+    ///
+    /// # Errors
+    /// [`AccessError::Stale`] if any process reset the bump allocator since.
+    pub fn get(&self) -> Result<&'a T, AccessError> {
+        self.ptr.get(self.bump)
+    }
+
+    /// The elements of a slice allocation.
+    ///
+    /// # Errors
+    /// As [`get`](ArenaBox::get).
+    pub fn get_slice(&self) -> Result<&'a [T], AccessError> {
+        self.ptr.get_slice(self.bump)
+    }
+
+    /// The handle to send to other processes.
+    pub fn handle(&self) -> ArenaPtr<T> {
+        self.ptr
+    }
+}
+
+/// A cross-process handle to an arena allocation: offset, epoch and element count.
+/// [`ShmSafe`], so it can itself be stored in shared memory.
+///
+/// Resolving it checks the epoch: after a reset it is [`AccessError::Stale`].
+/// [`read`](ArenaPtr::read) re-checks the epoch after copying, so a copy it returns
+/// was never mixed with bytes of a later epoch. References from
+/// [`get`](ArenaPtr::get) are checked once: a reset by another process while the
+/// reference is held is the coordination protocol's job (reset only between batches).
+#[repr(C)]
+pub struct ArenaPtr<T> {
+    offset: u64,
+    epoch: u64,
+    len: u64,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> ArenaPtr<T> {
+    fn new(offset: Offset, epoch: u64, len: u64) -> Self {
+        ArenaPtr {
+            offset: offset.get(),
+            epoch,
+            len,
+            _type: PhantomData,
+        }
+    }
+
+    /// The epoch the allocation belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Number of elements (1 for a single value).
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether this handle covers no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The offset of the first element.
+    pub fn offset(&self) -> Offset {
+        Offset::new(self.offset)
+    }
+
+    /// Rebuilds a handle from its three numbers (as sent by another process).
+    pub fn from_parts(offset: u64, epoch: u64, len: u64) -> Self {
+        ArenaPtr::new(Offset::new(offset), epoch, len)
+    }
+
+    fn check_epoch(&self, bump: &BumpAllocator) -> Result<(), AccessError> {
+        let now = bump.epoch();
+        if now != self.epoch {
+            return Err(AccessError::Stale {
+                handle_epoch: self.epoch,
+                current_epoch: now,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<T: ShmSafe> ArenaPtr<T> {
+    /// Resolves a single value.
+    ///
+    /// # Errors
+    /// [`AccessError::Stale`] after a reset; bounds and alignment errors otherwise.
+    pub fn get<'a>(&self, bump: &'a BumpAllocator) -> Result<&'a T, AccessError> {
+        self.check_epoch(bump)?;
+        raw::value_at(bump, self.offset())
+    }
+
+    /// Resolves all elements.
+    ///
+    /// # Errors
+    /// As [`get`](ArenaPtr::get).
+    pub fn get_slice<'a>(&self, bump: &'a BumpAllocator) -> Result<&'a [T], AccessError> {
+        self.check_epoch(bump)?;
+        raw::slice_at(bump, self.offset(), self.len as usize)
+    }
+
+    /// Copies the elements out, then re-checks the epoch: the copy is entirely from
+    /// this handle's epoch, or the result is [`AccessError::Stale`].
+    ///
+    /// # Errors
+    /// As [`get`](ArenaPtr::get).
+    pub fn read(&self, bump: &BumpAllocator) -> Result<Vec<T>, AccessError>
+    where
+        T: Copy,
+    {
+        let v = self.get_slice(bump)?.to_vec();
+        fence(Ordering::Acquire);
+        self.check_epoch(bump)?;
+        Ok(v)
+    }
+}
+
+impl<T> Clone for ArenaPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for ArenaPtr<T> {}
+impl<T> PartialEq for ArenaPtr<T> {
+    fn eq(&self, o: &Self) -> bool {
+        (self.offset, self.epoch, self.len) == (o.offset, o.epoch, o.len)
+    }
+}
+impl<T> Eq for ArenaPtr<T> {}
+impl<T> std::fmt::Debug for ArenaPtr<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ArenaPtr<{}>({:#x}, epoch {}, len {})",
+            std::any::type_name::<T>(),
+            self.offset,
+            self.epoch,
+            self.len
+        )
+    }
+}
+
+// SAFETY: repr(C) of three u64 and a zero-sized PhantomData: no padding, every bit
+// pattern valid, no pointers (offsets), fixed layout.
+unsafe impl<T: 'static> ShmSafe for ArenaPtr<T> {
+    const FINGERPRINT: u64 = fingerprint::primitive("ArenaPtr", 24, 8);
+}

@@ -1,0 +1,123 @@
+//! `ShmBox<T>`: owns one `T` in a segment and frees it on drop.
+
+use std::mem::{align_of, size_of, ManuallyDrop};
+use std::ops::Deref;
+
+use crate::alloc::ShmFree;
+use crate::error::Error;
+use crate::typed::{raw, RelPtr, ShmSafe};
+
+/// Owns one `T` in a shared segment; frees it when dropped (exactly once).
+///
+/// Other processes reach the value through [`rel_ptr`](ShmBox::rel_ptr), an 8-byte
+/// [`RelPtr`]. The value is immutable after construction except through interior
+/// mutability that is safe across processes (atomic fields): other processes may
+/// be reading it at any time, so no `&mut T` is ever handed out.
+///
+/// Ownership moves between processes explicitly: [`into_rel_ptr`](ShmBox::into_rel_ptr)
+/// gives up ownership without freeing, [`from_rel_ptr`](ShmBox::from_rel_ptr) takes it.
+///
+/// ```
+/// use shared_allocator::prelude::*;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// # let name = format!("doc-shmbox-{}", std::process::id());
+/// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
+/// let counter = ShmBox::new_in(&alloc, AtomicU64::new(0))?;
+/// counter.fetch_add(1, Ordering::Relaxed); // visible to every process
+/// let p = counter.rel_ptr();
+/// assert_eq!(p.get(&alloc)?.load(Ordering::Relaxed), 1);
+/// drop(counter); // frees the block
+/// assert!(p.get(&alloc).is_err());
+/// # alloc.unlink()?;
+/// # Ok::<(), shared_allocator::Error>(())
+/// ```
+pub struct ShmBox<'a, T: ShmSafe, A: ShmFree> {
+    alloc: &'a A,
+    ptr: RelPtr<T>,
+}
+
+impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
+    /// Allocates room for a `T` in `alloc` and moves `value` there.
+    ///
+    /// # Errors
+    /// [`Error::Alloc`] if the allocator refuses.
+    pub fn new_in(alloc: &'a A, value: T) -> Result<Self, Error> {
+        let off = alloc.allocate_aligned(size_of::<T>().max(1), align_of::<T>())?;
+        if let Err(e) = raw::write_at(alloc, off, std::iter::once(value)) {
+            let _ = alloc.free(off);
+            return Err(e.into());
+        }
+        Ok(ShmBox {
+            alloc,
+            ptr: RelPtr::from_offset(off),
+        })
+    }
+
+    /// Takes ownership of the `T` at `ptr` (for example one another process created and
+    /// gave away with [`into_rel_ptr`](ShmBox::into_rel_ptr)). The pointer is validated.
+    ///
+    /// Two owners of the same block are not unsafe (the second free is reported as a
+    /// [`FreeError::DoubleFree`](crate::FreeError::DoubleFree) and ignored), just a bug:
+    /// hand ownership over explicitly.
+    ///
+    /// # Errors
+    /// [`Error::Access`] if `ptr` does not resolve to a live, aligned `T`.
+    pub fn from_rel_ptr(alloc: &'a A, ptr: RelPtr<T>) -> Result<Self, Error> {
+        ptr.get(alloc)?;
+        Ok(ShmBox { alloc, ptr })
+    }
+
+    /// The pointer another process can resolve.
+    pub fn rel_ptr(&self) -> RelPtr<T> {
+        self.ptr
+    }
+
+    /// Gives up ownership without freeing: the block lives on for whoever takes it
+    /// with [`from_rel_ptr`](ShmBox::from_rel_ptr) (or leaks).
+    pub fn into_rel_ptr(self) -> RelPtr<T> {
+        ManuallyDrop::new(self).ptr
+    }
+
+    /// The allocator this box lives in.
+    pub fn allocator(&self) -> &'a A {
+        self.alloc
+    }
+
+    /// The value, checked: an error if another process freed the block.
+    ///
+    /// # Errors
+    /// As [`RelPtr::get`].
+    pub fn try_get(&self) -> Result<&T, crate::AccessError> {
+        self.ptr.get(self.alloc)
+    }
+}
+
+impl<T: ShmSafe, A: ShmFree> Deref for ShmBox<'_, T, A> {
+    type Target = T;
+
+    /// # Panics
+    /// If another process freed the block this box owns (a broken ownership
+    /// hand-over); use [`ShmBox::try_get`] to get an error instead.
+    fn deref(&self) -> &T {
+        match self.ptr.get(self.alloc) {
+            Ok(v) => v,
+            Err(e) => panic!("ShmBox at {:?} no longer valid: {e}", self.ptr),
+        }
+    }
+}
+
+impl<T: ShmSafe, A: ShmFree> Drop for ShmBox<'_, T, A> {
+    fn drop(&mut self) {
+        // A failure here means another process already freed it: nothing to do.
+        let _ = self.alloc.free(self.ptr.offset());
+    }
+}
+
+impl<T: ShmSafe + std::fmt::Debug, A: ShmFree> std::fmt::Debug for ShmBox<'_, T, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.try_get() {
+            Ok(v) => f.debug_tuple("ShmBox").field(v).finish(),
+            Err(e) => write!(f, "ShmBox(<{e}>)"),
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! `ShmVec<T>`: a growable vector whose header lives in shared memory, with one
+//! writer (the owner) and any number of readers in other processes.
+
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::alloc::{Offset, ShmAllocator, ShmFree};
+use crate::error::{AccessError, Error};
+use crate::typed::{fingerprint, raw, RelPtr, ShmSafe};
+
+/// The part of a [`ShmVec`] that lives in shared memory, so other processes can find
+/// the elements. Readers reach it through a `RelPtr<ShmVecHeader<T>>`.
+///
+/// `seq` is a sequence lock over `data`/`cap` and over element reuse: it is odd while
+/// the writer moves the buffer or shrinks the vector, and changes each time; `len`
+/// only grows between changes of `seq` and is published with Release after the
+/// element is written.
+#[repr(C)]
+pub struct ShmVecHeader<T> {
+    len: AtomicU64,
+    cap: AtomicU64,
+    data: AtomicU64,
+    seq: AtomicU64,
+    _type: PhantomData<fn() -> T>,
+}
+
+// SAFETY: repr(C) of four AtomicU64 and a zero-sized PhantomData: no padding, every
+// bit pattern valid, no pointers (data is an offset), fixed layout.
+unsafe impl<T: 'static> ShmSafe for ShmVecHeader<T> {
+    const FINGERPRINT: u64 = fingerprint::primitive("ShmVecHeader", 32, 8);
+}
+
+/// A growable vector in a shared segment. The owner (this handle) is the only writer;
+/// other processes read it with [`ShmVecReader`] and always see a consistent prefix.
+///
+/// ```
+/// use shared_allocator::prelude::*;
+/// # let name = format!("doc-shmvec-{}", std::process::id());
+/// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
+/// let mut v = ShmVec::new_in(&alloc)?;
+/// v.extend_from_slice(&[1u32, 2, 3])?;
+/// v.push(4)?;
+/// assert_eq!(v.as_slice(), &[1, 2, 3, 4]);
+///
+/// // In another process, with the 8-byte pointer:
+/// let reader = ShmVecReader::open(&alloc, v.rel_ptr())?;
+/// assert_eq!(reader.to_vec()?, vec![1, 2, 3, 4]);
+/// # drop(v);
+/// # alloc.unlink()?;
+/// # Ok::<(), shared_allocator::Error>(())
+/// ```
+pub struct ShmVec<'a, T: ShmSafe, A: ShmFree> {
+    alloc: &'a A,
+    header: RelPtr<ShmVecHeader<T>>,
+    hdr: &'a ShmVecHeader<T>,
+    buf: Option<(Offset, NonNull<T>)>,
+    len: usize,
+    cap: usize,
+}
+
+impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
+    const ELEM: usize = {
+        assert!(
+            size_of::<T>() > 0,
+            "ShmVec does not support zero-sized types"
+        );
+        size_of::<T>()
+    };
+
+    /// Creates an empty vector (its header is allocated in `alloc`).
+    ///
+    /// # Errors
+    /// [`Error::Alloc`] if the header cannot be allocated.
+    pub fn new_in(alloc: &'a A) -> Result<Self, Error> {
+        Self::with_capacity_in(alloc, 0)
+    }
+
+    /// Creates an empty vector with room for `cap` elements.
+    ///
+    /// # Errors
+    /// [`Error::Alloc`] if the header or buffer cannot be allocated.
+    pub fn with_capacity_in(alloc: &'a A, cap: usize) -> Result<Self, Error> {
+        let _ = Self::ELEM;
+        let off = alloc.allocate_aligned(size_of::<ShmVecHeader<T>>(), 8)?;
+        let header = RelPtr::from_offset(off);
+        let init: ShmVecHeader<T> = ShmVecHeader {
+            len: AtomicU64::new(0),
+            cap: AtomicU64::new(0),
+            data: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            _type: PhantomData,
+        };
+        let hdr = raw::write_at(alloc, off, std::iter::once(init))
+            .and_then(|()| header.get(alloc))
+            .inspect_err(|_| {
+                let _ = alloc.free(off);
+            })?;
+        let mut v = ShmVec {
+            alloc,
+            header,
+            hdr,
+            buf: None,
+            len: 0,
+            cap: 0,
+        };
+        if cap > 0 {
+            v.grow_to(cap)?;
+        }
+        Ok(v)
+    }
+
+    /// The pointer to the header, for readers in other processes.
+    pub fn rel_ptr(&self) -> RelPtr<ShmVecHeader<T>> {
+        self.header
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Elements the buffer holds before it must grow.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Makes room for at least `additional` more elements.
+    ///
+    /// # Errors
+    /// [`Error::Alloc`] if the allocator cannot provide the new buffer; the vector is
+    /// unchanged.
+    pub fn reserve(&mut self, additional: usize) -> Result<(), Error> {
+        let need = self
+            .len
+            .checked_add(additional)
+            .ok_or(crate::AllocError::TooLarge {
+                requested: u64::MAX,
+                max: self.alloc.segment().layout().data_len,
+            })?;
+        if need > self.cap {
+            self.grow_to(need.max(self.cap * 2).max(4))?;
+        }
+        Ok(())
+    }
+
+    fn grow_to(&mut self, new_cap: usize) -> Result<(), Error> {
+        let bytes = new_cap
+            .checked_mul(Self::ELEM)
+            .ok_or(crate::AllocError::TooLarge {
+                requested: u64::MAX,
+                max: self.alloc.segment().layout().data_len,
+            })?;
+        let off = self.alloc.allocate_aligned(bytes, align_of::<T>())?;
+        let ptr = match raw::checked_ptr::<T, A>(self.alloc, off, new_cap) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.alloc.free(off);
+                return Err(e.into());
+            }
+        };
+        if let Some((_, old)) = self.buf {
+            // SAFETY:
+            // - `old` points to our current buffer of `self.cap >= self.len` elements and
+            //   `ptr` to the new one of `new_cap > self.len` elements, both checked
+            //   in-bounds and aligned when allocated, in the mapping `self.alloc` owns;
+            // - they are distinct live blocks, so they do not overlap;
+            // - the first `len` elements of `old` were initialised by `push`.
+            unsafe { std::ptr::copy_nonoverlapping(old.as_ptr(), ptr.as_ptr(), self.len) };
+        }
+        self.hdr.seq.fetch_add(1, Ordering::AcqRel);
+        self.hdr.data.store(off.get(), Ordering::Release);
+        self.hdr.cap.store(new_cap as u64, Ordering::Release);
+        self.hdr.seq.fetch_add(1, Ordering::AcqRel);
+        if let Some((old_off, _)) = self.buf.replace((off, ptr)) {
+            let _ = self.alloc.free(old_off);
+        }
+        self.cap = new_cap;
+        Ok(())
+    }
+
+    /// Appends `value`, growing through the allocator when full.
+    ///
+    /// # Errors
+    /// [`Error::Alloc`] if the buffer must grow and cannot.
+    #[inline]
+    pub fn push(&mut self, value: T) -> Result<(), Error> {
+        if self.len == self.cap {
+            self.reserve(1)?;
+        }
+        let Some((_, p)) = self.buf else {
+            unreachable!("reserve(1) made a buffer");
+        };
+        // SAFETY:
+        // - `p` is our buffer of `cap > len` elements (checked in-bounds and aligned for T
+        //   when allocated), so slot `len` is inside it;
+        // - slot `len` is not part of the published prefix, so no reader in any process
+        //   is entitled to be reading it, and no reference from this handle covers it;
+        // - `write` moves `value` without dropping the old bytes (not a live T).
+        unsafe { p.as_ptr().wrapping_add(self.len).write(value) };
+        self.len += 1;
+        self.hdr.len.store(self.len as u64, Ordering::Release);
+        Ok(())
+    }
+
+    /// Appends copies of every element of `values`.
+    ///
+    /// # Errors
+    /// [`Error::Alloc`] if the buffer must grow and cannot; nothing is appended then.
+    pub fn extend_from_slice(&mut self, values: &[T]) -> Result<(), Error>
+    where
+        T: Copy,
+    {
+        self.reserve(values.len())?;
+        let Some((_, p)) = self.buf else {
+            return Ok(()); // values is empty and there is no buffer yet
+        };
+        let dst = p.as_ptr().wrapping_add(self.len);
+        // SAFETY:
+        // - after `reserve`, slots `len..len + values.len()` are inside our buffer;
+        // - `values` is a Rust slice, which cannot be the unpublished tail of our buffer;
+        // - T: Copy, so copying bytes is a valid way to duplicate the values.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), dst, values.len()) };
+        self.len += values.len();
+        self.hdr.len.store(self.len as u64, Ordering::Release);
+        Ok(())
+    }
+
+    fn shrink_len(&mut self, new_len: usize) {
+        // Readers copying the elements being retired must notice: bump the sequence.
+        self.hdr.seq.fetch_add(1, Ordering::AcqRel);
+        self.hdr.len.store(new_len as u64, Ordering::Release);
+        self.hdr.seq.fetch_add(1, Ordering::AcqRel);
+        self.len = new_len;
+    }
+
+    /// Removes and returns the last element.
+    pub fn pop(&mut self) -> Option<T>
+    where
+        T: Copy,
+    {
+        let last = *self.as_slice().last()?;
+        self.shrink_len(self.len - 1);
+        Some(last)
+    }
+
+    /// Removes every element (the buffer is kept).
+    pub fn clear(&mut self) {
+        if self.len > 0 {
+            self.shrink_len(0);
+        }
+    }
+
+    /// The elements, in this (the writer's) process.
+    pub fn as_slice(&self) -> &[T] {
+        match self.buf {
+            None => &[],
+            // SAFETY:
+            // - `p` is our buffer, checked in-bounds and aligned for `cap >= len` elements;
+            // - the first `len` elements were initialised by push/extend;
+            // - `&self` prevents this handle from writing while the slice lives; other
+            //   processes only read (single-writer contract; a hostile peer can only
+            //   change bytes, and every bit pattern is a valid T: ShmSafe).
+            Some((_, p)) => unsafe { std::slice::from_raw_parts(p.as_ptr(), self.len) },
+        }
+    }
+
+    /// The element at `index`.
+    pub fn get(&self, index: usize) -> Option<&T> {
+        self.as_slice().get(index)
+    }
+
+    /// Iterates over the elements.
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.as_slice().iter()
+    }
+}
+
+impl<T: ShmSafe, A: ShmFree> Drop for ShmVec<'_, T, A> {
+    fn drop(&mut self) {
+        if let Some((off, _)) = self.buf.take() {
+            let _ = self.alloc.free(off);
+        }
+        let _ = self.alloc.free(self.header.offset());
+    }
+}
+
+impl<'s, T: ShmSafe, A: ShmFree> IntoIterator for &'s ShmVec<'_, T, A> {
+    type Item = &'s T;
+    type IntoIter = std::slice::Iter<'s, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// Reads a [`ShmVec`] owned by another process. Every read is validated (bounds,
+/// alignment, live block) and consistent: it copies out a prefix the writer had
+/// published, retrying if the writer moved or shrank the buffer meanwhile.
+pub struct ShmVecReader<'a, T: ShmSafe, A: ShmAllocator> {
+    alloc: &'a A,
+    hdr: &'a ShmVecHeader<T>,
+}
+
+/// How often a read retries while the writer keeps moving the buffer.
+const READ_RETRIES: u32 = 10_000;
+
+impl<'a, T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<'a, T, A> {
+    /// Opens the vector whose header `ptr` points at.
+    ///
+    /// # Errors
+    /// As [`RelPtr::get`].
+    pub fn open(alloc: &'a A, ptr: RelPtr<ShmVecHeader<T>>) -> Result<Self, AccessError> {
+        Ok(ShmVecReader {
+            alloc,
+            hdr: ptr.get(alloc)?,
+        })
+    }
+
+    /// The published length now.
+    pub fn len(&self) -> usize {
+        self.hdr.len.load(Ordering::Acquire) as usize
+    }
+
+    /// Whether the published length is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the published elements from index `from` on to `out`; returns how many.
+    /// Use it to follow a growing vector incrementally.
+    ///
+    /// # Errors
+    /// [`AccessError`] if the header points outside live memory (a corrupt or freed
+    /// vector) or the writer kept moving the buffer for too long.
+    pub fn read_from(&self, from: usize, out: &mut Vec<T>) -> Result<usize, AccessError> {
+        let keep = out.len();
+        for _ in 0..READ_RETRIES {
+            let s1 = self.hdr.seq.load(Ordering::Acquire);
+            if s1 % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let data = Offset::new(self.hdr.data.load(Ordering::Acquire));
+            let len = self.hdr.len.load(Ordering::Acquire) as usize;
+            let cap = self.hdr.cap.load(Ordering::Acquire) as usize;
+            if len > cap {
+                std::hint::spin_loop();
+                continue;
+            }
+            let n = len.saturating_sub(from);
+            if n > 0 {
+                let start = Offset::new(data.get() + (from * size_of::<T>()) as u64);
+                let copied = raw::copy_out(self.alloc, start, n, out);
+                std::sync::atomic::fence(Ordering::Acquire);
+                if self.hdr.seq.load(Ordering::Relaxed) != s1 {
+                    out.truncate(keep);
+                    continue;
+                }
+                copied?;
+            } else if self.hdr.seq.load(Ordering::Acquire) != s1 {
+                continue;
+            }
+            return Ok(n);
+        }
+        Err(AccessError::Corrupted {
+            what: "vector kept changing while being read",
+        })
+    }
+
+    /// Copies every published element.
+    ///
+    /// # Errors
+    /// As [`read_from`](Self::read_from).
+    pub fn to_vec(&self) -> Result<Vec<T>, AccessError> {
+        let mut out = Vec::with_capacity(self.len());
+        self.read_from(0, &mut out)?;
+        Ok(out)
+    }
+
+    /// A copy of the element at `index`, if published.
+    ///
+    /// # Errors
+    /// As [`read_from`](Self::read_from).
+    pub fn get(&self, index: usize) -> Result<Option<T>, AccessError> {
+        let mut out = Vec::new();
+        // Read one element: copy [index, len) would be wasteful, so narrow the view.
+        for _ in 0..READ_RETRIES {
+            let s1 = self.hdr.seq.load(Ordering::Acquire);
+            if s1 % 2 == 1 {
+                continue;
+            }
+            let data = self.hdr.data.load(Ordering::Acquire);
+            let len = self.hdr.len.load(Ordering::Acquire) as usize;
+            if index >= len {
+                return Ok(None);
+            }
+            let at = Offset::new(data + (index * size_of::<T>()) as u64);
+            let r = raw::copy_out(self.alloc, at, 1, &mut out);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.hdr.seq.load(Ordering::Relaxed) != s1 {
+                out.clear();
+                continue;
+            }
+            r?;
+            return Ok(out.pop());
+        }
+        Err(AccessError::Corrupted {
+            what: "vector kept changing while being read",
+        })
+    }
+}
