@@ -1,0 +1,278 @@
+//! The typed layer across real processes: RelPtr/ShmBox ownership hand-over,
+//! ShmVec single writer with a concurrent reader, named roots raced by several
+//! processes, and arena handles going stale after a reset.
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{results as finish, role, say, spawn_child, ShmName};
+use shared_allocator::prelude::*;
+use shared_allocator::typed::fingerprint;
+use shared_allocator::{AccessError, ShmVecHeader};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A small shared struct (hand-written impl: this test does not depend on the derive).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+struct Particle {
+    pos: [f32; 3],
+    vel: [f32; 3],
+    id: u64,
+    next: RelPtr<Particle>,
+}
+// SAFETY: repr(C), fields are ShmSafe, 24 + 8 + 8 = 40 bytes = size_of (no padding).
+unsafe impl ShmSafe for Particle {
+    const FINGERPRINT: u64 = fingerprint::primitive("Particle", 40, 8);
+}
+const _: () = assert!(std::mem::size_of::<Particle>() == 40);
+
+fn env(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("child needs {k}"))
+}
+
+/// Entry point of every child process; a no-op in the parent's test run.
+#[test]
+fn child() {
+    let Some(role) = role() else { return };
+    let name = env("SA_NAME");
+    match role.as_str() {
+        "take-box" => {
+            let alloc = FreeListAllocator::open(&name).unwrap();
+            let ptr = RelPtr::<Particle>::from_raw(env("SA_PTR").parse().unwrap());
+            let p = *ptr.get(&alloc).unwrap();
+            assert_eq!(p.id, 7);
+            assert_eq!(p.pos, [1.0, 2.0, 3.0]);
+            let next = p.next.get(&alloc).unwrap();
+            assert_eq!(next.id, 8);
+            // Take ownership and drop: frees the block in the shared allocator.
+            drop(ShmBox::from_rel_ptr(&alloc, ptr).unwrap());
+            say("ok");
+        }
+        "vec-reader" => {
+            let alloc = FreeListAllocator::open(&name).unwrap();
+            let done: &AtomicU64 = alloc.root("done").unwrap();
+            let ptr = RelPtr::<ShmVecHeader<u64>>::from_raw(env("SA_PTR").parse().unwrap());
+            let reader = ShmVecReader::open(&alloc, ptr).unwrap();
+            alloc
+                .root::<AtomicU64>("ready")
+                .unwrap()
+                .store(1, Ordering::Release);
+            let mut seen = Vec::new();
+            let mut reads = 0u64;
+            loop {
+                let finished = done.load(Ordering::Acquire) == 1;
+                let from = seen.len();
+                reader.read_from(from, &mut seen).unwrap();
+                reads += 1;
+                for (i, v) in seen.iter().enumerate().skip(from) {
+                    assert_eq!(*v, i as u64 * 3, "element {i} wrong: a torn prefix");
+                }
+                if finished && seen.len() == reader.len() {
+                    break;
+                }
+            }
+            say(format!("{} {reads}", seen.len()));
+        }
+        "roots" => {
+            let alloc = FreeListAllocator::open(&name).unwrap();
+            let c: &AtomicU64 = alloc.root("counter").unwrap();
+            for _ in 0..1000 {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        "arena-read" => {
+            let bump = BumpAllocator::open(&name).unwrap();
+            let h = ArenaPtr::<u64>::from_parts(
+                env("SA_OFF").parse().unwrap(),
+                env("SA_EPOCH").parse().unwrap(),
+                env("SA_LEN").parse().unwrap(),
+            );
+            match h.read(&bump) {
+                Ok(v) => say(format!("ok {}", v.iter().sum::<u64>())),
+                Err(e) if e.is_stale() => say("stale"),
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn shm_box_ownership_moves_to_another_process() {
+    let name = ShmName::new("typed-box");
+    let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let second = ShmBox::new_in(
+        &alloc,
+        Particle {
+            pos: [0.0; 3],
+            vel: [0.0; 3],
+            id: 8,
+            next: RelPtr::null(),
+        },
+    )
+    .unwrap();
+    let first = ShmBox::new_in(
+        &alloc,
+        Particle {
+            pos: [1.0, 2.0, 3.0],
+            vel: [0.5; 3],
+            id: 7,
+            next: second.rel_ptr(),
+        },
+    )
+    .unwrap();
+    let ptr = first.into_rel_ptr();
+    let kid = spawn_child(
+        "child",
+        "take-box",
+        &[
+            ("SA_NAME", name.as_str().into()),
+            ("SA_PTR", ptr.raw().to_string()),
+        ],
+    );
+    assert_eq!(finish(kid, LIMIT, "take-box child"), ["ok"]);
+    // The child freed it: resolving is now an error, not a read of a dead block.
+    assert!(matches!(
+        ptr.get(&alloc),
+        Err(AccessError::NotAllocated { .. })
+    ));
+    drop(second);
+    assert_eq!(alloc.stats().live_blocks, Some(0));
+}
+
+#[test]
+fn shm_vec_reader_sees_consistent_prefix_while_writer_pushes() {
+    let name = ShmName::new("typed-vec");
+    let alloc = FreeListAllocator::create(name.as_str(), 64 << 20).unwrap();
+    let done: &AtomicU64 = alloc.root("done").unwrap();
+    let mut v = ShmVec::<u64, _>::new_in(&alloc).unwrap();
+    let kid = spawn_child(
+        "child",
+        "vec-reader",
+        &[
+            ("SA_NAME", name.as_str().into()),
+            ("SA_PTR", v.rel_ptr().raw().to_string()),
+        ],
+    );
+    let ready: &AtomicU64 = alloc.root("ready").unwrap();
+    let t0 = std::time::Instant::now();
+    while ready.load(Ordering::Acquire) == 0 {
+        assert!(t0.elapsed() < LIMIT, "watchdog: reader never became ready");
+        std::thread::yield_now();
+    }
+    let n = 1_000_000u64;
+    for i in 0..n {
+        v.push(i * 3).unwrap(); // grows (and moves) the buffer ~18 times
+        if i % 50_000 == 0 {
+            v.pop(); // shrinking retires elements: readers must notice
+            v.push(i * 3).unwrap();
+        }
+    }
+    done.store(1, Ordering::Release);
+    let out = finish(kid, LIMIT, "vec reader");
+    let fields: Vec<u64> = out[0].split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(fields[0], n, "reader saw every element");
+    println!("reader caught up after {} incremental reads", fields[1]);
+    assert_eq!(v.len(), n as usize);
+    assert_eq!(v.pop(), Some((n - 1) * 3));
+    v.clear();
+    assert!(v.is_empty());
+}
+
+#[test]
+fn roots_are_created_once_when_processes_race() {
+    let name = ShmName::new("typed-roots");
+    let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let kids: Vec<_> = (0..4)
+        .map(|_| spawn_child("child", "roots", &[("SA_NAME", name.as_str().into())]))
+        .collect();
+    for k in kids {
+        finish(k, LIMIT, "roots child");
+    }
+    let c: &AtomicU64 = alloc.root("counter").unwrap();
+    assert_eq!(c.load(Ordering::Relaxed), 4000, "all four used one object");
+    assert_eq!(alloc.stats().live_blocks, Some(1), "created exactly once");
+    match alloc.root::<u32>("counter") {
+        Err(Error::TypeMismatch {
+            name,
+            expected,
+            found,
+        }) => {
+            assert_eq!(name, "counter");
+            assert_eq!(expected, "u32");
+            assert!(found.contains("AtomicU64"), "{found}");
+        }
+        other => panic!("expected TypeMismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn arena_handles_are_stale_after_reset_in_another_process() {
+    let name = ShmName::new("typed-arena");
+    let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let mut arena = bump.arena();
+    let h = arena.alloc_slice(&[1u64, 2, 3, 4]).unwrap().handle();
+    let vars = |h: ArenaPtr<u64>| {
+        [
+            ("SA_NAME", name.as_str().to_owned()),
+            ("SA_OFF", h.offset().get().to_string()),
+            ("SA_EPOCH", h.epoch().to_string()),
+            ("SA_LEN", h.len().to_string()),
+        ]
+    };
+    let before = finish(
+        spawn_child("child", "arena-read", &vars(h)),
+        LIMIT,
+        "reader",
+    );
+    assert_eq!(before, ["ok 10"]);
+    arena.reset();
+    // Reuse the bytes in the new epoch: a stale reader must not see them.
+    let fresh = arena
+        .alloc_slice(&[100u64, 200, 300, 400])
+        .unwrap()
+        .handle();
+    assert_eq!(fresh.offset(), h.offset());
+    let after = finish(
+        spawn_child("child", "arena-read", &vars(h)),
+        LIMIT,
+        "reader",
+    );
+    assert_eq!(after, ["stale"]);
+    let now = finish(
+        spawn_child("child", "arena-read", &vars(fresh)),
+        LIMIT,
+        "reader",
+    );
+    assert_eq!(now, ["ok 1000"]);
+}
+
+#[test]
+fn bad_rel_ptrs_are_errors() {
+    let name = ShmName::new("typed-bad");
+    let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let b = ShmBox::new_in(&alloc, 5u64).unwrap();
+    let p = b.rel_ptr();
+    assert_eq!(RelPtr::<u64>::null().get(&alloc), Err(AccessError::Null));
+    assert!(matches!(
+        RelPtr::<u64>::from_raw(u64::MAX - 7).get(&alloc),
+        Err(AccessError::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        RelPtr::<u64>::from_raw(p.raw() + 1).get(&alloc),
+        Err(AccessError::Misaligned { .. })
+    ));
+    // A u64 block is too small for a [u64; 4].
+    assert!(matches!(
+        p.cast::<[u64; 4]>().get(&alloc),
+        Err(AccessError::NotAllocated { .. })
+    ));
+    assert_eq!(*p.get(&alloc).unwrap(), 5);
+    drop(b);
+    assert!(matches!(
+        p.get(&alloc),
+        Err(AccessError::NotAllocated { .. })
+    ));
+}
