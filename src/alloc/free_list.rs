@@ -90,6 +90,26 @@ fn cap_of(c: usize) -> u64 {
     PAGE / u64::from(SIZE_CLASSES[c])
 }
 
+/// `RECIP[c] = ceil(2^32 / size)`: `(x * RECIP[c]) >> 32 == x / size` for every
+/// in-page offset x < 4096 (the error, below 4096 / 2^32, never crosses an integer
+/// because x / size has a fractional part of at most 1 - 1/2048). Avoids a hardware
+/// division on the free and check paths.
+const RECIP: [u64; NCLASS] = {
+    let mut r = [0u64; NCLASS];
+    let mut c = 0;
+    while c < NCLASS {
+        r[c] = (1u64 << 32).div_ceil(SIZE_CLASSES[c] as u64);
+        c += 1;
+    }
+    r
+};
+
+/// Block index of in-page offset `within` (< PAGE) in class `c`.
+#[inline]
+fn block_index(within: u64, c: usize) -> u64 {
+    (within * RECIP[c]) >> 32
+}
+
 // Metadata region, in words from meta_offset.
 const LINE: u64 = 8; // words per cache line
 const HEADS: u64 = 0; // NCLASS lines, word 0 of each = stack head
@@ -610,6 +630,7 @@ impl ShmAllocator for FreeListAllocator {
         self.alloc_large(size)
     }
 
+    #[inline]
     fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
         let rel = data_relative(&self.seg, offset, len)?;
         let not_alloc = AccessError::NotAllocated {
@@ -617,7 +638,8 @@ impl ShmAllocator for FreeListAllocator {
             len,
         };
         let (p, within) = self.locate(rel);
-        let st = self.line(p)[PM_STATE as usize].load(Ordering::Acquire);
+        let line = self.line(p);
+        let st = line[PM_STATE as usize].load(Ordering::Acquire);
         match kind(st) {
             KIND_SMALL => {
                 let c = class(st);
@@ -627,12 +649,12 @@ impl ShmAllocator for FreeListAllocator {
                     });
                 }
                 let size = u64::from(SIZE_CLASSES[c]);
-                let i = within / size;
+                let i = block_index(within, c);
                 if i >= cap_of(c) || within + len > (i + 1) * size {
                     return Err(not_alloc);
                 }
-                let bits = &self.line(p)[PM_BITS as usize..PM_BITS as usize + SPAN_BIT_WORDS];
-                if !bitmap::is_set(bits, i as usize) {
+                let word = line[PM_BITS as usize + (i / 64) as usize].load(Ordering::Acquire);
+                if word & (1 << (i % 64)) == 0 {
                     return Err(not_alloc);
                 }
                 Ok(())
@@ -731,8 +753,8 @@ impl ShmFree for FreeListAllocator {
                     });
                 }
                 let size = u64::from(SIZE_CLASSES[c]);
-                let i = within / size;
-                if within % size != 0 || i >= cap_of(c) {
+                let i = block_index(within, c);
+                if within != i * size || i >= cap_of(c) {
                     return Err(FreeError::NotBlockStart { offset: off });
                 }
                 let word = &line[PM_BITS as usize + (i / 64) as usize];
@@ -753,6 +775,15 @@ impl ShmFree for FreeListAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reciprocal_division_is_exact() {
+        for (c, &size) in SIZE_CLASSES.iter().enumerate() {
+            for x in 0..PAGE {
+                assert_eq!(block_index(x, c), x / u64::from(size), "{c} {x}");
+            }
+        }
+    }
 
     #[test]
     fn class_table_fits() {

@@ -213,6 +213,7 @@ pub(crate) fn check_request(size: usize, align: usize) -> Result<(), AllocError>
 
 /// Checks that `[offset, offset+len)` lies inside the data region; returns the
 /// offset relative to the data region start.
+#[inline]
 pub(crate) fn data_relative(seg: &Segment, offset: Offset, len: u64) -> Result<u64, AccessError> {
     if offset.is_null() {
         return Err(AccessError::Null);

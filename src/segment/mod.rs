@@ -267,10 +267,12 @@ impl Segment {
     }
 
     /// Returns the pointer to `len` bytes at `offset`, if they lie inside the mapping
-    /// and `offset` is a multiple of `align`.
+    /// and `offset` is a multiple of `align` (a power of two).
+    #[inline]
     pub fn ptr_at(&self, offset: u64, len: u64, align: usize) -> Option<NonNull<u8>> {
+        debug_assert!(align.is_power_of_two());
         let end = offset.checked_add(len)?;
-        if end > self.len() || offset % align as u64 != 0 {
+        if end > self.len() || offset & (align as u64 - 1) != 0 {
             return None;
         }
         // `offset < len()` fits in usize because the mapping does.
@@ -278,6 +280,7 @@ impl Segment {
     }
 
     /// The `count` atomic words starting at `offset`, if inside the mapping and 8-aligned.
+    #[inline]
     pub(crate) fn words(&self, offset: u64, count: u64) -> Option<&[AtomicU64]> {
         let len = count.checked_mul(8)?;
         let p = self.ptr_at(offset, len, 8)?;

@@ -64,7 +64,7 @@ impl<'b> Arena<'b> {
         let (off, epoch) = self
             .bump
             .allocate_with_epoch(size_of::<T>().max(1), align_of::<T>())?;
-        raw::write_at(&*self.bump, off, std::iter::once(value))?;
+        raw::write_fresh(&*self.bump, off, std::iter::once(value))?;
         Ok(ArenaBox {
             bump: self.bump,
             ptr: ArenaPtr::new(off, epoch, 1),
@@ -86,7 +86,7 @@ impl<'b> Arena<'b> {
         let (off, epoch) = self
             .bump
             .allocate_with_epoch(bytes.max(1), align_of::<T>())?;
-        raw::write_at(&*self.bump, off, values.iter().copied())?;
+        raw::write_fresh(&*self.bump, off, values.iter().copied())?;
         Ok(ArenaBox {
             bump: self.bump,
             ptr: ArenaPtr::new(off, epoch, values.len() as u64),

@@ -43,17 +43,59 @@ pub(crate) fn slice_at<T: ShmSafe, A: ShmAllocator + ?Sized>(
     count: usize,
 ) -> Result<&[T], AccessError> {
     let p = checked_ptr::<T, A>(alloc, offset, count)?;
+    // SAFETY: `checked_ptr` checked bounds (inside one live block of the mapping) and
+    // alignment for `count` Ts at `p`.
+    Ok(unsafe { slice_from(alloc, p, count) })
+}
+
+/// Resolves `count` values of `T` at `offset` after checking only that the range is
+/// inside the data region and aligned for `T` (not that it is one live block): the
+/// fast path of [`RelPtr::get`](crate::RelPtr::get).
+#[inline]
+pub(crate) fn slice_in_data<T: ShmSafe, A: ShmAllocator + ?Sized>(
+    alloc: &A,
+    offset: Offset,
+    count: usize,
+) -> Result<&[T], AccessError> {
+    let len = (size_of::<T>() as u64)
+        .checked_mul(count as u64)
+        .ok_or_else(|| alloc.out_of_bounds(offset, u64::MAX))?;
+    if offset.get() % align_of::<T>() as u64 != 0 {
+        return Err(AccessError::Misaligned {
+            offset: offset.get(),
+            align: align_of::<T>(),
+        });
+    }
+    crate::alloc::data_relative(alloc.segment(), offset, len)?;
+    let p = alloc
+        .segment()
+        .ptr_at(offset.get(), len, align_of::<T>())
+        .ok_or_else(|| alloc.out_of_bounds(offset, len))?;
+    // SAFETY: `ptr_at` checked that `len = count * size_of::<T>()` bytes at `p` are
+    // inside the mapping and that `p` is aligned for T.
+    Ok(unsafe { slice_from(alloc, p.cast::<T>(), count) })
+}
+
+/// The slice behind a validated pointer, borrowing the allocator that owns the mapping.
+///
+/// # Safety
+/// `p` must point to `count` consecutive `T`s inside `owner`'s mapping, aligned for
+/// `T` (as `Segment::ptr_at` checks).
+#[inline]
+unsafe fn slice_from<T: ShmSafe, A: ShmAllocator + ?Sized>(
+    _owner: &A,
+    p: std::ptr::NonNull<T>,
+    count: usize,
+) -> &[T] {
     // SAFETY:
-    // - `checked_ptr` checked that `count * size_of::<T>()` bytes at `offset` lie
-    //   inside the mapping and that the pointer is aligned for T (the mapping is
-    //   page-aligned and `align_of::<T>()` divides `offset`);
+    // - the caller guarantees `count * size_of::<T>()` bytes at `p` lie inside the
+    //   mapping and that `p` is aligned for T;
     // - T: ShmSafe, so every bit pattern of those bytes is a valid T, whatever another
     //   process wrote; T has no padding, so the bytes are initialised memory;
-    // - the slice borrows `alloc`, which owns the mapping, so it cannot outlive it.
-    //   Concurrent writes by other processes are the caller's contract (see the crate's
-    //   Safety model): shared mutation goes through atomics, whose UnsafeCell makes
-    //   `&T` to them sound.
-    Ok(unsafe { std::slice::from_raw_parts(p.as_ptr() as *const T, count) })
+    // - the slice borrows `_owner`, which owns the mapping, so it cannot outlive it.
+    //   Concurrent writes by other processes are covered by the crate's Safety model:
+    //   shared mutation goes through atomics, whose UnsafeCell makes `&T` sound.
+    unsafe { std::slice::from_raw_parts(p.as_ptr() as *const T, count) }
 }
 
 /// Resolves one `T` at `offset`; see [`slice_at`].
@@ -64,26 +106,40 @@ pub(crate) fn value_at<T: ShmSafe, A: ShmAllocator + ?Sized>(
     slice_at::<T, A>(alloc, offset, 1).map(|s| &s[0])
 }
 
-/// Moves `values` into the block at `offset` (which must have room for them; checked).
-pub(crate) fn write_at<T: ShmSafe, A: ShmAllocator + ?Sized>(
+/// Moves `values` into the block at `offset`, which this process just allocated
+/// (so it is live and nobody else has its offset yet): only the mapping bounds and
+/// alignment are checked, not the allocator's metadata. Returns the written values.
+pub(crate) fn write_fresh<T: ShmSafe, A: ShmAllocator + ?Sized>(
     alloc: &A,
     offset: Offset,
     values: impl ExactSizeIterator<Item = T>,
-) -> Result<(), AccessError> {
+) -> Result<&[T], AccessError> {
     let count = values.len();
-    let dst = checked_ptr::<T, A>(alloc, offset, count)?.as_ptr();
-    for (i, v) in values.take(count).enumerate() {
+    let len = (size_of::<T>() as u64)
+        .checked_mul(count as u64)
+        .ok_or_else(|| alloc.out_of_bounds(offset, u64::MAX))?;
+    let dst = alloc
+        .segment()
+        .ptr_at(offset.get(), len, align_of::<T>())
+        .ok_or_else(|| alloc.out_of_bounds(offset, len))?
+        .cast::<T>()
+        .as_ptr();
+    let mut written = 0;
+    for v in values.take(count) {
         // SAFETY:
-        // - `checked_ptr` proved `count` Ts at `dst` are in bounds, aligned and inside a live
-        //   block of this allocator; `i < count`;
-        // - the block was just allocated by this process and not yet published, or is
-        //   owned exclusively by the caller (the writer of a ShmVec), so no reference
-        //   handed out by this crate points at these elements while they are written;
-        // - `write` does not drop the old bytes, which is right: they are not a T owned
-        //   by anyone.
-        unsafe { dst.wrapping_add(i).write(v) };
+        // - `ptr_at` proved `count` Ts at `dst` are inside the mapping and aligned for T;
+        //   `written < count` because `take(count)` yields at most `count` items;
+        // - the block was just allocated by this process and its offset not yet
+        //   published, so no reference handed out by this crate covers these bytes;
+        // - `write` does not drop the old bytes, which is right: they are not a T.
+        unsafe { dst.wrapping_add(written).write(v) };
+        written += 1;
     }
-    Ok(())
+    // SAFETY:
+    // - `written` Ts were initialised just above at `dst`, in bounds and aligned;
+    // - T: ShmSafe is valid for any bytes later writers (atomics, hostile peers) put
+    //   there, and the slice borrows `alloc`, which owns the mapping.
+    Ok(unsafe { std::slice::from_raw_parts(dst, written) })
 }
 
 /// Copies `count` values out of a block (for readers that must not keep references

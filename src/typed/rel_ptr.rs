@@ -78,39 +78,51 @@ impl<T> RelPtr<T> {
 }
 
 impl<T: ShmSafe> RelPtr<T> {
-    /// Resolves the pointer in `alloc`'s segment.
+    /// Resolves the pointer in `alloc`'s segment: checks that `size_of::<T>()` bytes
+    /// at the offset lie inside the data region and that the offset is aligned for
+    /// `T`. That is all soundness needs (any bytes there are a valid `T`) and costs a
+    /// few comparisons. To also check that the pointer is a live allocation, use
+    /// [`get_checked`](RelPtr::get_checked).
     ///
-    /// Checks that `size_of::<T>()` bytes at the offset lie inside one live block and
-    /// that the offset is aligned for `T`. The reference borrows `alloc`. Other
-    /// processes can still write the object (through atomic fields) or free it: see
-    /// the crate's *Safety model*.
+    /// The reference borrows `alloc`. Other processes can still write the object
+    /// (through atomic fields) or free it: see the crate's *Safety model*.
     ///
     /// # Errors
-    /// [`AccessError::Null`], [`AccessError::OutOfBounds`], [`AccessError::NotAllocated`],
-    /// [`AccessError::Misaligned`].
+    /// [`AccessError::Null`], [`AccessError::OutOfBounds`], [`AccessError::Misaligned`].
     #[inline]
     pub fn get<A: ShmAllocator>(self, alloc: &A) -> Result<&T, AccessError> {
+        raw::slice_in_data(alloc, self.offset(), 1).map(|s| &s[0])
+    }
+
+    /// Like [`get`](RelPtr::get), and also checks with the allocator's metadata that
+    /// the `T` lies inside one allocated block: a dangling (freed) or forged pointer is
+    /// [`AccessError::NotAllocated`].
+    ///
+    /// # Errors
+    /// As [`get`](RelPtr::get), plus [`AccessError::NotAllocated`].
+    pub fn get_checked<A: ShmAllocator>(self, alloc: &A) -> Result<&T, AccessError> {
         raw::value_at(alloc, self.offset())
     }
 
-    /// Resolves `count` consecutive `T`s starting at the pointer.
+    /// Resolves `count` consecutive `T`s starting at the pointer, checked like
+    /// [`get_checked`](RelPtr::get_checked) (inside one live block).
     ///
     /// # Errors
-    /// As [`get`](RelPtr::get), for the whole range.
+    /// As [`get_checked`](RelPtr::get_checked), for the whole range.
     pub fn get_slice<A: ShmAllocator>(self, alloc: &A, count: usize) -> Result<&[T], AccessError> {
         raw::slice_at(alloc, self.offset(), count)
     }
 
-    /// Copies the value out (for `Copy` types): the copy stays valid whatever other
-    /// processes do to the block afterwards.
+    /// Copies the value out of a live block (for `Copy` types): the copy stays valid
+    /// whatever other processes do to the block afterwards.
     ///
     /// # Errors
-    /// As [`get`](RelPtr::get).
+    /// As [`get_checked`](RelPtr::get_checked).
     pub fn read<A: ShmAllocator>(self, alloc: &A) -> Result<T, AccessError>
     where
         T: Copy,
     {
-        self.get(alloc).copied()
+        self.get_checked(alloc).copied()
     }
 }
 

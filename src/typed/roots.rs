@@ -231,7 +231,7 @@ fn create<'a, A: ShmAllocator + ?Sized, T: ShmSafe>(
     let result = (|| {
         let off = alloc.allocate_aligned(size_of::<T>().max(1), align_of::<T>())?;
         e[W_EPOCH].store(alloc.epoch(), Ordering::Relaxed);
-        raw::write_at(alloc, off, std::iter::once(init()))?;
+        raw::write_fresh(alloc, off, std::iter::once(init()))?;
         Ok::<Offset, Error>(off)
     })();
     match result {

@@ -27,13 +27,15 @@ use crate::typed::{raw, RelPtr, ShmSafe};
 /// let p = counter.rel_ptr();
 /// assert_eq!(p.get(&alloc)?.load(Ordering::Relaxed), 1);
 /// drop(counter); // frees the block
-/// assert!(p.get(&alloc).is_err());
+/// assert!(p.get_checked(&alloc).is_err()); // dangling: detected
 /// # alloc.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
 pub struct ShmBox<'a, T: ShmSafe, A: ShmFree> {
     alloc: &'a A,
     ptr: RelPtr<T>,
+    /// Resolved once: the block is ours for as long as this box lives.
+    value: &'a T,
 }
 
 impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
@@ -43,14 +45,17 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     /// [`Error::Alloc`] if the allocator refuses.
     pub fn new_in(alloc: &'a A, value: T) -> Result<Self, Error> {
         let off = alloc.allocate_aligned(size_of::<T>().max(1), align_of::<T>())?;
-        if let Err(e) = raw::write_at(alloc, off, std::iter::once(value)) {
-            let _ = alloc.free(off);
-            return Err(e.into());
+        match raw::write_fresh(alloc, off, std::iter::once(value)) {
+            Ok(v) => Ok(ShmBox {
+                alloc,
+                ptr: RelPtr::from_offset(off),
+                value: &v[0],
+            }),
+            Err(e) => {
+                let _ = alloc.free(off);
+                Err(e.into())
+            }
         }
-        Ok(ShmBox {
-            alloc,
-            ptr: RelPtr::from_offset(off),
-        })
     }
 
     /// Takes ownership of the `T` at `ptr` (for example one another process created and
@@ -63,8 +68,8 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     /// # Errors
     /// [`Error::Access`] if `ptr` does not resolve to a live, aligned `T`.
     pub fn from_rel_ptr(alloc: &'a A, ptr: RelPtr<T>) -> Result<Self, Error> {
-        ptr.get(alloc)?;
-        Ok(ShmBox { alloc, ptr })
+        let value = ptr.get_checked(alloc)?;
+        Ok(ShmBox { alloc, ptr, value })
     }
 
     /// The pointer another process can resolve.
@@ -83,26 +88,25 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         self.alloc
     }
 
-    /// The value, checked: an error if another process freed the block.
+    /// The value, re-checked against the allocator: an error if another process freed
+    /// the block (a broken ownership hand-over). `*box` does not re-check.
     ///
     /// # Errors
     /// As [`RelPtr::get`].
     pub fn try_get(&self) -> Result<&T, crate::AccessError> {
-        self.ptr.get(self.alloc)
+        self.ptr.get_checked(self.alloc)
     }
 }
 
 impl<T: ShmSafe, A: ShmFree> Deref for ShmBox<'_, T, A> {
     type Target = T;
 
-    /// # Panics
-    /// If another process freed the block this box owns (a broken ownership
-    /// hand-over); use [`ShmBox::try_get`] to get an error instead.
+    /// The value, resolved when the box was made. If another process broke the
+    /// ownership contract and freed the block, this reads whatever is there now
+    /// (still a valid `T`: every bit pattern is); [`ShmBox::try_get`] detects that.
+    #[inline]
     fn deref(&self) -> &T {
-        match self.ptr.get(self.alloc) {
-            Ok(v) => v,
-            Err(e) => panic!("ShmBox at {:?} no longer valid: {e}", self.ptr),
-        }
+        self.value
     }
 }
 

@@ -55,7 +55,10 @@ pub struct ShmVec<'a, T: ShmSafe, A: ShmFree> {
     alloc: &'a A,
     header: RelPtr<ShmVecHeader<T>>,
     hdr: &'a ShmVecHeader<T>,
-    buf: Option<(Offset, NonNull<T>)>,
+    /// The element buffer: its offset (null before the first allocation) and pointer
+    /// (dangling, never dereferenced, while `cap == 0`).
+    buf_off: Offset,
+    buf: NonNull<T>,
     len: usize,
     cap: usize,
 }
@@ -92,8 +95,8 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             seq: AtomicU64::new(0),
             _type: PhantomData,
         };
-        let hdr = raw::write_at(alloc, off, std::iter::once(init))
-            .and_then(|()| header.get(alloc))
+        let hdr = raw::write_fresh(alloc, off, std::iter::once(init))
+            .map(|s| &s[0])
             .inspect_err(|_| {
                 let _ = alloc.free(off);
             })?;
@@ -101,7 +104,8 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             alloc,
             header,
             hdr,
-            buf: None,
+            buf_off: Offset::NULL,
+            buf: NonNull::dangling(),
             len: 0,
             cap: 0,
         };
@@ -150,6 +154,12 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         Ok(())
     }
 
+    #[cold]
+    #[inline(never)]
+    fn grow_for_push(&mut self) -> Result<(), Error> {
+        self.reserve(1)
+    }
+
     fn grow_to(&mut self, new_cap: usize) -> Result<(), Error> {
         let bytes = new_cap
             .checked_mul(Self::ELEM)
@@ -165,21 +175,22 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
                 return Err(e.into());
             }
         };
-        if let Some((_, old)) = self.buf {
-            // SAFETY:
-            // - `old` points to our current buffer of `self.cap >= self.len` elements and
-            //   `ptr` to the new one of `new_cap > self.len` elements, both checked
-            //   in-bounds and aligned when allocated, in the mapping `self.alloc` owns;
-            // - they are distinct live blocks, so they do not overlap;
-            // - the first `len` elements of `old` were initialised by `push`.
-            unsafe { std::ptr::copy_nonoverlapping(old.as_ptr(), ptr.as_ptr(), self.len) };
-        }
+        // SAFETY:
+        // - `self.buf` points to our current buffer of `self.cap >= self.len` elements
+        //   (or is dangling with `len == 0`, a valid zero-length copy source) and `ptr`
+        //   to the new one of `new_cap > self.len` elements, both checked in-bounds and
+        //   aligned when allocated, in the mapping `self.alloc` owns;
+        // - they are distinct blocks, so they do not overlap;
+        // - the first `len` elements of the old buffer were initialised by `push`.
+        unsafe { std::ptr::copy_nonoverlapping(self.buf.as_ptr(), ptr.as_ptr(), self.len) };
         self.hdr.seq.fetch_add(1, Ordering::AcqRel);
         self.hdr.data.store(off.get(), Ordering::Release);
         self.hdr.cap.store(new_cap as u64, Ordering::Release);
         self.hdr.seq.fetch_add(1, Ordering::AcqRel);
-        if let Some((old_off, _)) = self.buf.replace((off, ptr)) {
-            let _ = self.alloc.free(old_off);
+        let old = std::mem::replace(&mut self.buf_off, off);
+        self.buf = ptr;
+        if !old.is_null() {
+            let _ = self.alloc.free(old);
         }
         self.cap = new_cap;
         Ok(())
@@ -192,11 +203,9 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     #[inline]
     pub fn push(&mut self, value: T) -> Result<(), Error> {
         if self.len == self.cap {
-            self.reserve(1)?;
+            self.grow_for_push()?;
         }
-        let Some((_, p)) = self.buf else {
-            unreachable!("reserve(1) made a buffer");
-        };
+        let p = self.buf;
         // SAFETY:
         // - `p` is our buffer of `cap > len` elements (checked in-bounds and aligned for T
         //   when allocated), so slot `len` is inside it;
@@ -218,10 +227,10 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         T: Copy,
     {
         self.reserve(values.len())?;
-        let Some((_, p)) = self.buf else {
-            return Ok(()); // values is empty and there is no buffer yet
-        };
-        let dst = p.as_ptr().wrapping_add(self.len);
+        if values.is_empty() {
+            return Ok(());
+        }
+        let dst = self.buf.as_ptr().wrapping_add(self.len);
         // SAFETY:
         // - after `reserve`, slots `len..len + values.len()` are inside our buffer;
         // - `values` is a Rust slice, which cannot be the unpublished tail of our buffer;
@@ -259,16 +268,14 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
 
     /// The elements, in this (the writer's) process.
     pub fn as_slice(&self) -> &[T] {
-        match self.buf {
-            None => &[],
-            // SAFETY:
-            // - `p` is our buffer, checked in-bounds and aligned for `cap >= len` elements;
-            // - the first `len` elements were initialised by push/extend;
-            // - `&self` prevents this handle from writing while the slice lives; other
-            //   processes only read (single-writer contract; a hostile peer can only
-            //   change bytes, and every bit pattern is a valid T: ShmSafe).
-            Some((_, p)) => unsafe { std::slice::from_raw_parts(p.as_ptr(), self.len) },
-        }
+        // SAFETY:
+        // - `buf` is our buffer, checked in-bounds and aligned for `cap >= len` elements,
+        //   or dangling (non-null, aligned) with `len == 0`;
+        // - the first `len` elements were initialised by push/extend;
+        // - `&self` prevents this handle from writing while the slice lives; other
+        //   processes only read (single-writer contract; a hostile peer can only
+        //   change bytes, and every bit pattern is a valid T: ShmSafe).
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr(), self.len) }
     }
 
     /// The element at `index`.
@@ -284,8 +291,8 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
 
 impl<T: ShmSafe, A: ShmFree> Drop for ShmVec<'_, T, A> {
     fn drop(&mut self) {
-        if let Some((off, _)) = self.buf.take() {
-            let _ = self.alloc.free(off);
+        if !self.buf_off.is_null() {
+            let _ = self.alloc.free(self.buf_off);
         }
         let _ = self.alloc.free(self.header.offset());
     }
@@ -314,11 +321,11 @@ impl<'a, T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<'a, T, A> {
     /// Opens the vector whose header `ptr` points at.
     ///
     /// # Errors
-    /// As [`RelPtr::get`].
+    /// As [`RelPtr::get_checked`].
     pub fn open(alloc: &'a A, ptr: RelPtr<ShmVecHeader<T>>) -> Result<Self, AccessError> {
         Ok(ShmVecReader {
             alloc,
-            hdr: ptr.get(alloc)?,
+            hdr: ptr.get_checked(alloc)?,
         })
     }
 

@@ -1,0 +1,94 @@
+//! Typed layer against its std counterparts, in one run:
+//! `ShmBox::new_in` + drop vs `Box::new` + drop, `RelPtr::get` vs a plain
+//! reference read, and `ShmVec::push` of 1M u64 vs `Vec::push`.
+//!
+//! ```text
+//! cargo bench --bench typed
+//! ```
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use shared_allocator::prelude::*;
+
+/// Unlinks the bench segment on drop, also if a bench panics.
+struct Name(String);
+impl Name {
+    fn new(tag: &str) -> Name {
+        Name(format!("sa-bench-{tag}-{}", std::process::id()))
+    }
+}
+impl Drop for Name {
+    fn drop(&mut self) {
+        let _ = shared_allocator::unlink(&self.0);
+    }
+}
+
+fn shm_box(c: &mut Criterion) {
+    let name = Name::new("box");
+    let alloc = FreeListAllocator::create(&name.0, 64 << 20).unwrap();
+    let mut g = c.benchmark_group("box_new_drop");
+    g.bench_function("std_box", |b| {
+        b.iter(|| drop(black_box(Box::new(black_box([7u64; 4])))))
+    });
+    g.bench_function("shm_box", |b| {
+        b.iter(|| {
+            drop(black_box(
+                ShmBox::new_in(&alloc, black_box([7u64; 4])).unwrap(),
+            ))
+        })
+    });
+    g.finish();
+}
+
+fn rel_ptr(c: &mut Criterion) {
+    let name = Name::new("relptr");
+    let alloc = FreeListAllocator::create(&name.0, 1 << 20).unwrap();
+    let b = ShmBox::new_in(&alloc, 42u64).unwrap();
+    let p = b.rel_ptr();
+    let local = Box::new(42u64);
+    let r: &u64 = &local;
+    let mut g = c.benchmark_group("deref");
+    g.bench_function("plain_ref", |bn| bn.iter(|| *black_box(r)));
+    g.bench_function("rel_ptr_get", |bn| {
+        bn.iter(|| *black_box(p).get(black_box(&alloc)).unwrap())
+    });
+    g.finish();
+}
+
+fn vec_push(c: &mut Criterion) {
+    const N: u64 = 1_000_000;
+    let name = Name::new("vec");
+    let alloc = FreeListAllocator::create(&name.0, 256 << 20).unwrap();
+    let mut g = c.benchmark_group("push_1m_u64");
+    g.throughput(Throughput::Elements(N));
+    g.sample_size(20);
+    g.bench_function("std_vec", |b| {
+        b.iter_batched(
+            Vec::new,
+            |mut v| {
+                for i in 0..N {
+                    v.push(black_box(i));
+                }
+                v
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("shm_vec", |b| {
+        b.iter_batched(
+            || ShmVec::<u64, _>::new_in(&alloc).unwrap(),
+            |mut v| {
+                for i in 0..N {
+                    v.push(black_box(i)).unwrap();
+                }
+                v
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, shm_box, rel_ptr, vec_push);
+criterion_main!(benches);
