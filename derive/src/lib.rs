@@ -11,7 +11,7 @@
 //! | a stable layout | the macro reads the `#[repr]` attributes | `#[repr(C)]` / `#[repr(transparent)]` missing, `#[repr(packed)]` |
 //! | only structs | the macro looks at the item | enums, unions |
 //! | every field is `ShmSafe` | `FINGERPRINT` is computed through a function bounded by `F: ShmSafe`, for each field type `F` | `bool`, `char`, enums, references, raw pointers, `Box`, `Vec`, `String`, non-`ShmSafe` structs |
-//! | no padding | `assert!(size_of::<Self>() == size_of::<A>() + size_of::<B>() + ...)` inside `FINGERPRINT`, evaluated by a `const` item | implicit padding |
+//! | no padding | `assert!(size_of::<Self>() == size_of::<A>() + size_of::<B>() + ...)` in a `const` item (in `FINGERPRINT` for generic structs) | implicit padding |
 //! | no lifetimes | the macro looks at the generics | lifetime parameters |
 //!
 //! It also computes `ShmSafe::FINGERPRINT` from the type name, the number of fields,
@@ -29,10 +29,10 @@
 //! Code that places a generic `T: ShmSafe` in shared memory must therefore evaluate
 //! `T::FINGERPRINT` in a const context (e.g. `let _ = const { T::FINGERPRINT };`).
 //!
-//! A non-generic struct evaluates its own `FINGERPRINT` in a free `const` item, so it is
-//! checked whenever the crate compiles, together with every generic instantiation
-//! among its fields (their fingerprints are part of its own): a field of type `P<u8>`
-//! is rejected there even if nothing else uses the fingerprint.
+//! A non-generic struct runs the assertion in a free `const` item, which also evaluates
+//! its fields' fingerprints, so it is checked whenever the crate compiles, together
+//! with every generic instantiation among its fields: a field of type `P<u8>` is
+//! rejected there even if nothing else uses the fingerprint.
 //!
 //! Because a struct's fingerprint contains its fields' fingerprints, a type whose
 //! fingerprint refers back to itself (e.g. a field `PhantomData<Self>`) is a const
@@ -240,14 +240,23 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
         ::core::assert!(::core::mem::size_of::<Self>() == #size_sum, #padding_msg);
     };
     // For a generic struct the assertion can only run per instantiation: it is part of
-    // FINGERPRINT. A non-generic struct evaluates its FINGERPRINT in a free const item,
-    // so its padding, and the padding of any generic instantiation among its fields
-    // (their FINGERPRINTs are part of its own), is a compile error even if nothing
-    // else ever uses FINGERPRINT.
+    // FINGERPRINT. A non-generic struct also runs it in a free const item, together
+    // with its fields' fingerprints, so its padding, and the padding of any generic
+    // instantiation among its fields, is a compile error even if nothing ever uses
+    // FINGERPRINT. (Not `<Self as ShmSafe>::FINGERPRINT` itself: when the impl is
+    // rejected, e.g. for a `!Sync` field, that would repeat every error.)
     let eager_check = if is_generic {
         quote!()
     } else {
-        quote!(const _: u64 = <#name as #trait_path>::FINGERPRINT;)
+        let own = quote_spanned! {name.span()=>
+            ::core::assert!(::core::mem::size_of::<#name>() == #size_sum, #padding_msg);
+        };
+        let fields = field_tys.iter().map(|ty| {
+            quote_spanned! {ty.span()=>
+                let _ = __shm_safe_field::<#ty>(0, "");
+            }
+        });
+        quote!(const _: () = { #own #(#fields)* };)
     };
 
     // Every field goes through `__shm_safe_field::<F>`, which requires `F: ShmSafe`.
@@ -273,9 +282,9 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     //   bytes beyond its fields (padding assertion), and every field is `ShmSafe`
     //   (`__shm_safe_field::<F>` in FINGERPRINT's body, type-checked for all
     //   parameters satisfying the impl's bounds), so all of these hold field by field;
-    // - no padding: the assertion is part of `FINGERPRINT`, which is evaluated by a
-    //   const item for non-generic structs, and per instantiation for generic ones
-    //   (documented: the typed layer evaluates `T::FINGERPRINT` in a const context);
+    // - no padding: the assertion is a const item for non-generic structs, and part of
+    //   `FINGERPRINT` for generic ones, checked per instantiation (documented: code
+    //   placing a generic `T` in shm evaluates `T::FINGERPRINT` in a const context);
     // - `Send + Sync + 'static`: supertraits, enforced by rustc on the impl itself.
     Ok(quote! {
         const _: () = {
@@ -302,8 +311,9 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
                     #fp::u64(h, ::core::mem::align_of::<Self>() as u64)
                 };
             }
+
+            #eager_check
         };
-        #eager_check
     })
 }
 
