@@ -11,6 +11,10 @@ pub mod segment;
 pub mod sync;
 pub mod typed;
 
+// The derive macro; the trait of the same name is re-exported with the others below.
+#[cfg(feature = "derive")]
+pub use shared_allocator_derive::ShmSafe;
+
 pub use alloc::{
     BumpAllocator, ClassStats, FreeListAllocator, Offset, ShmAllocator, ShmFree, SlabAllocator,
     Stats,
@@ -23,6 +27,10 @@ pub use typed::{
 
 /// Everything a typical user needs: `use shared_allocator::prelude::*;`.
 pub mod prelude {
+    // The derive macro (the macro namespace only; the trait is imported separately).
+    #[cfg(feature = "derive")]
+    pub use shared_allocator_derive::ShmSafe;
+
     pub use crate::alloc::{
         BumpAllocator, FreeListAllocator, Offset, ShmAllocator, ShmFree, SlabAllocator,
     };

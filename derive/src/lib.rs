@@ -1,1 +1,351 @@
-//! `#[derive(ShmSafe)]` for `shared_allocator` (filled in by the typed-layer work).
+//! `#[derive(ShmSafe)]` for [`shared_allocator`](https://docs.rs/shared_allocator).
+//!
+//! Use it through the main crate (`shared_allocator::ShmSafe`, with the `derive` feature,
+//! on by default); this crate only holds the procedural macro.
+//!
+//! The derive proves, at compile time, everything the `unsafe trait ShmSafe` promises
+//! for a struct, and emits nothing else than those proofs and the `unsafe impl`:
+//!
+//! | rule | how it is checked | rejected with |
+//! |------|-------------------|---------------|
+//! | a stable layout | the macro reads the `#[repr]` attributes | `#[repr(C)]` / `#[repr(transparent)]` missing, `#[repr(packed)]` |
+//! | only structs | the macro looks at the item | enums, unions |
+//! | every field is `ShmSafe` | `FINGERPRINT` is computed through a function bounded by `F: ShmSafe`, for each field type `F` | `bool`, `char`, enums, references, raw pointers, `Box`, `Vec`, `String`, non-`ShmSafe` structs |
+//! | no padding | `assert!(size_of::<Self>() == size_of::<A>() + size_of::<B>() + ...)` in a `const` item (in `FINGERPRINT` for generic structs) | implicit padding |
+//! | no lifetimes | the macro looks at the generics | lifetime parameters |
+//!
+//! It also computes `ShmSafe::FINGERPRINT` from the type name, the number of fields,
+//! each field's name, `FINGERPRINT`, size and alignment, in declaration order, and the
+//! struct's own size and alignment. Two processes that agree on the fingerprint agree on
+//! the layout.
+//!
+//! # Generic structs
+//!
+//! Every type parameter gets a `ShmSafe` bound on the impl, so
+//! `struct Pair<T> { a: T, b: T }` is `ShmSafe` when `T` is. Whether a generic struct
+//! has padding depends on its parameters (`struct P<T> { a: T, b: u64 }` has padding for
+//! `T = u8`), so for generic structs the padding assertion lives inside `FINGERPRINT`
+//! and fails at compile time for each instantiation whose `FINGERPRINT` is evaluated.
+//! Code that places a generic `T: ShmSafe` in shared memory must therefore evaluate
+//! `T::FINGERPRINT` in a const context (e.g. `let _ = const { T::FINGERPRINT };`).
+//!
+//! A non-generic struct runs the assertion in a free `const` item, which also evaluates
+//! its fields' fingerprints, so it is checked whenever the crate compiles, together
+//! with every generic instantiation among its fields: a field of type `P<u8>` is
+//! rejected there even if nothing else uses the fingerprint.
+//!
+//! Because a struct's fingerprint contains its fields' fingerprints, a type whose
+//! fingerprint refers back to itself (e.g. a field `PhantomData<Self>`) is a const
+//! evaluation cycle and does not compile.
+//!
+//! # Attributes
+//!
+//! - `#[shm(crate = "path")]`: the path of the `shared_allocator` crate in generated
+//!   code, `::shared_allocator` by default. Use it when the dependency is renamed or
+//!   re-exported (`#[shm(crate = "my_dep::shared_allocator")]`), and `"crate"` inside
+//!   `shared_allocator` itself.
+//!
+//! # Example
+//!
+//! ```
+//! use shared_allocator::ShmSafe;
+//! use std::sync::atomic::AtomicU64;
+//!
+//! #[derive(ShmSafe)]
+//! #[repr(C)]
+//! struct Counter {
+//!     hits: AtomicU64,
+//!     id: u32,
+//!     _pad: u32, // explicit: implicit padding is rejected
+//! }
+//!
+//! assert_ne!(Counter::FINGERPRINT, 0);
+//! ```
+//!
+//! A `bool` field is rejected, because a byte other than 0 or 1 written by another
+//! process would be an invalid `bool`:
+//!
+//! ```compile_fail,E0277
+//! #[derive(shared_allocator::ShmSafe)]
+//! #[repr(C)]
+//! struct Flag {
+//!     on: bool,
+//! }
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{
+    parse_macro_input, parse_quote, Attribute, Data, DeriveInput, Error, Fields, GenericParam,
+    LitStr, Path, Result,
+};
+
+/// Derives `shared_allocator::ShmSafe` for a `#[repr(C)]` or `#[repr(transparent)]`
+/// struct whose fields are all `ShmSafe` and which has no padding.
+///
+/// Everything is checked at compile time; see the [crate documentation](crate) for the
+/// rules, the fingerprint, generic structs and the `#[shm(crate = "...")]` attribute.
+#[proc_macro_derive(ShmSafe, attributes(shm))]
+pub fn derive_shm_safe(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand(&input)
+        .unwrap_or_else(Error::into_compile_error)
+        .into()
+}
+
+/// What the `#[repr]` attributes of the struct say, as far as we care.
+struct Repr {
+    c_or_transparent: bool,
+}
+
+fn parse_repr(attrs: &[Attribute]) -> Result<Repr> {
+    let mut repr = Repr {
+        c_or_transparent: false,
+    };
+    for attr in attrs.iter().filter(|a| a.path().is_ident("repr")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("C") || meta.path.is_ident("transparent") {
+                repr.c_or_transparent = true;
+                Ok(())
+            } else if meta.path.is_ident("align") {
+                // `align(N)` only adds trailing space, which the padding check sees.
+                let content;
+                syn::parenthesized!(content in meta.input);
+                content.parse::<syn::LitInt>()?;
+                Ok(())
+            } else if meta.path.is_ident("packed") {
+                Err(meta.error(
+                    "ShmSafe cannot be derived for a `#[repr(packed)]` struct: its fields may \
+                     be unaligned, and unaligned atomics or references to fields are unsound; \
+                     use `#[repr(C)]` with explicit padding fields instead",
+                ))
+            } else {
+                // `Rust`, or an integer repr (only valid on enums); rustc reports the
+                // latter, and the missing `C` is reported below.
+                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    let _: TokenStream2 = meta.input.parse()?;
+                }
+                Ok(())
+            }
+        })?;
+    }
+    Ok(repr)
+}
+
+/// Reads `#[shm(crate = "path")]`; `::shared_allocator` if absent.
+fn parse_crate_path(attrs: &[Attribute]) -> Result<Path> {
+    let mut path = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("shm")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("crate") {
+                if path.is_some() {
+                    return Err(meta.error("duplicate `crate` in `#[shm(...)]`"));
+                }
+                let lit: LitStr = meta.value()?.parse()?;
+                path = Some(lit.parse::<Path>()?);
+                Ok(())
+            } else {
+                Err(meta.error("unknown `#[shm(...)]` option; expected `crate = \"path\"`"))
+            }
+        })?;
+    }
+    Ok(path.unwrap_or_else(|| parse_quote!(::shared_allocator)))
+}
+
+fn expand(input: &DeriveInput) -> Result<TokenStream2> {
+    let fields = match &input.data {
+        Data::Struct(s) => &s.fields,
+        Data::Enum(e) => {
+            return Err(Error::new_spanned(
+                e.enum_token,
+                "ShmSafe cannot be derived for an enum: a value written by another process \
+                 may hold a discriminant that is not one of its variants; use an integer \
+                 field (e.g. `u8`) and convert it with a checked `TryFrom`",
+            ))
+        }
+        Data::Union(u) => {
+            return Err(Error::new_spanned(
+                u.union_token,
+                "ShmSafe cannot be derived for a union: which field is valid cannot be \
+                 checked; use a struct, or a byte array and explicit conversions",
+            ))
+        }
+    };
+    let krate = parse_crate_path(&input.attrs)?;
+    let repr = parse_repr(&input.attrs)?;
+    if !repr.c_or_transparent {
+        return Err(Error::new_spanned(
+            &input.ident,
+            "ShmSafe requires `#[repr(C)]` or `#[repr(transparent)]`: the default Rust \
+             layout may reorder fields and differ between compilations, so two processes \
+             could disagree about where each field is",
+        ));
+    }
+    if let Some(lt) = input.generics.lifetimes().next() {
+        return Err(Error::new_spanned(
+            lt,
+            "ShmSafe types cannot have lifetime parameters: data in shared memory outlives \
+             every borrow of this process",
+        ));
+    }
+
+    let name = &input.ident;
+    let name_str = name.to_string();
+    let trait_path = quote!(#krate::ShmSafe);
+    let fp = quote!(#krate::typed::fingerprint);
+
+    // The impl's generics: the struct's own, with `T: ShmSafe` on every type parameter.
+    let mut generics = input.generics.clone();
+    for param in &mut generics.params {
+        if let GenericParam::Type(ty) = param {
+            ty.bounds.push(parse_quote!(#trait_path));
+        }
+    }
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    let is_generic = !generics.params.is_empty();
+
+    let field_tys: Vec<&syn::Type> = fields.iter().map(|f| &f.ty).collect();
+    let field_names: Vec<String> = match fields {
+        Fields::Named(named) => named
+            .named
+            .iter()
+            .map(|f| {
+                f.ident
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            })
+            .collect(),
+        Fields::Unnamed(_) | Fields::Unit => (0..fields.len()).map(|i| i.to_string()).collect(),
+    };
+    let field_count = fields.len() as u64;
+
+    // No padding: the struct is exactly as large as its fields together.
+    let size_sum = if field_tys.is_empty() {
+        quote!(0usize)
+    } else {
+        quote!(#(::core::mem::size_of::<#field_tys>())+*)
+    };
+    let padding_msg = format!(
+        "`{name_str}` has padding bytes (its size is larger than the sum of its field \
+         sizes), which would leak uninitialised memory into shared memory; reorder the \
+         fields or add explicit padding fields such as `_pad: [u8; N]`"
+    );
+    // Spanned at the struct's name, so the error points at the struct.
+    let padding_assert = quote_spanned! {name.span()=>
+        ::core::assert!(::core::mem::size_of::<Self>() == #size_sum, #padding_msg);
+    };
+    // For a generic struct the assertion can only run per instantiation: it is part of
+    // FINGERPRINT. A non-generic struct also runs it in a free const item, together
+    // with its fields' fingerprints, so its padding, and the padding of any generic
+    // instantiation among its fields, is a compile error even if nothing ever uses
+    // FINGERPRINT. (Not `<Self as ShmSafe>::FINGERPRINT` itself: when the impl is
+    // rejected, e.g. for a `!Sync` field, that would repeat every error.)
+    let eager_check = if is_generic {
+        quote!()
+    } else {
+        let own = quote_spanned! {name.span()=>
+            ::core::assert!(::core::mem::size_of::<#name>() == #size_sum, #padding_msg);
+        };
+        let fields = field_tys.iter().map(|ty| {
+            quote_spanned! {ty.span()=>
+                let _ = __shm_safe_field::<#ty>(0, "");
+            }
+        });
+        quote!(const _: () = { #own #(#fields)* };)
+    };
+
+    // Every field goes through `__shm_safe_field::<F>`, which requires `F: ShmSafe`.
+    // rustc type-checks FINGERPRINT's body for every impl, generic or not and whether
+    // or not it is ever evaluated, so this is also the proof that every field is
+    // ShmSafe. The call carries the field type's span, so an error points at the
+    // offending field and names its type and the trait (once).
+    let fingerprint_fields = field_tys.iter().zip(&field_names).map(|(ty, fname)| {
+        quote_spanned! {ty.span()=>
+            let h = __shm_safe_field::<#ty>(h, #fname);
+        }
+    });
+
+    let safety_doc = "SAFETY (checked by `#[derive(ShmSafe)]` at compile time): `repr(C)` or \
+                      `repr(transparent)`, not packed; every field is `ShmSafe`; no padding.";
+
+    // SAFETY (of the emitted `unsafe impl`; comments do not survive into the token stream,
+    // so the argument lives here and, shortened, in the impl's doc attribute):
+    // - stable layout: `parse_repr` above accepted only `repr(C)` / `repr(transparent)`
+    //   (with an optional `align`) and rejected `packed`, so fields sit at fixed,
+    //   aligned offsets;
+    // - every bit pattern valid, no pointers, no Drop that matters: the struct has no
+    //   bytes beyond its fields (padding assertion), and every field is `ShmSafe`
+    //   (`__shm_safe_field::<F>` in FINGERPRINT's body, type-checked for all
+    //   parameters satisfying the impl's bounds), so all of these hold field by field;
+    // - no padding: the assertion is a const item for non-generic structs, and part of
+    //   `FINGERPRINT` for generic ones, checked per instantiation (documented: code
+    //   placing a generic `T` in shm evaluates `T::FINGERPRINT` in a const context);
+    // - `Send + Sync + 'static`: supertraits, enforced by rustc on the impl itself.
+    Ok(quote! {
+        const _: () = {
+            /// Mixes field `F` into the fingerprint `h`; requires `F: ShmSafe`.
+            const fn __shm_safe_field<F: #trait_path>(h: u64, name: &str) -> u64 {
+                #fp::field(
+                    h,
+                    name,
+                    F::FINGERPRINT,
+                    ::core::mem::size_of::<F>(),
+                    ::core::mem::align_of::<F>(),
+                )
+            }
+
+            #[doc = #safety_doc]
+            #[automatically_derived]
+            unsafe impl #impl_generics #trait_path for #name #ty_generics #where_clause {
+                const FINGERPRINT: u64 = {
+                    #padding_assert
+                    let h = #fp::name(#fp::START, #name_str);
+                    let h = #fp::u64(h, #field_count);
+                    #(#fingerprint_fields)*
+                    let h = #fp::u64(h, ::core::mem::size_of::<Self>() as u64);
+                    #fp::u64(h, ::core::mem::align_of::<Self>() as u64)
+                };
+            }
+
+            #eager_check
+        };
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(src: &str) -> std::result::Result<String, String> {
+        let input: DeriveInput = syn::parse_str(src).unwrap();
+        expand(&input)
+            .map(|t| t.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn crate_path_default_and_override() {
+        let out = expand_str("#[repr(C)] struct A { x: u32 }").unwrap();
+        assert!(out.contains(":: shared_allocator :: ShmSafe"), "{out}");
+        let out = expand_str("#[repr(C)] #[shm(crate = \"crate\")] struct A { x: u32 }").unwrap();
+        assert!(out.contains("crate :: ShmSafe"), "{out}");
+        assert!(!out.contains("shared_allocator"), "{out}");
+    }
+
+    #[test]
+    fn rejects_bad_attributes() {
+        let e = expand_str("#[repr(C)] #[shm(krate = \"x\")] struct A { x: u32 }").unwrap_err();
+        assert!(e.contains("unknown `#[shm(...)]` option"), "{e}");
+        let e = expand_str("#[repr(C, packed(2))] struct A { x: u32 }").unwrap_err();
+        assert!(e.contains("repr(packed)"), "{e}");
+        let e = expand_str("#[repr(C)] struct A<'a> { x: &'a u32 }").unwrap_err();
+        assert!(e.contains("lifetime"), "{e}");
+        assert!(expand_str("#[repr(C, align(64))] struct A { x: [u8; 64] }").is_ok());
+        assert!(expand_str("#[repr(align(8))] struct A { x: u64 }").is_err());
+    }
+}

@@ -1,23 +1,111 @@
 //! The `ShmSafe` trait: types that may live in memory another process writes.
 
+use std::marker::PhantomData;
+use std::num::Wrapping;
 use std::sync::atomic::{
-    AtomicI16, AtomicI32, AtomicI64, AtomicI8, AtomicU16, AtomicU32, AtomicU64, AtomicU8,
+    AtomicI16, AtomicI32, AtomicI64, AtomicI8, AtomicIsize, AtomicU16, AtomicU32, AtomicU64,
+    AtomicU8, AtomicUsize,
 };
 
 /// Types that may be placed in shared memory and read by another process.
 ///
-/// # Safety
-/// Implementing this trait promises that the type:
-/// - is valid for every bit pattern (no `bool`, `char`, enums, references, `NonNull`);
-/// - has no padding bytes (so writing it never leaks uninitialised memory);
-/// - holds no pointers or references (they mean nothing in another process);
-/// - has a fixed layout (`repr(C)` or `repr(transparent)`, or a primitive);
-/// - has no `Drop` glue that matters (it may be freed without running `drop`).
+/// A `ShmSafe` value may be written by one process and read by another (possibly
+/// buggy or hostile) one, so its type must make sense as plain bytes. Implementing the
+/// trait guarantees that the type:
 ///
-/// Use `#[derive(ShmSafe)]`, which checks all of this at compile time.
+/// 1. **is valid for every bit pattern**: any bytes another process wrote are a valid
+///    value. No `bool` (only 0 and 1 are valid), no `char` (no surrogates, nothing
+///    above `0x10FFFF`), no enums (only listed discriminants), no references or
+///    `NonNull`/`NonZero*` (never null);
+/// 2. **has no padding bytes**: writing a value never copies uninitialised memory out
+///    of this process, and reading one never reads uninitialised bytes;
+/// 3. **holds no pointers or references**: an address is meaningless in another
+///    process, which maps the segment elsewhere (and `Box`, `Vec`, `String` point into
+///    this process's heap). Links between shared objects are offsets (`RelPtr<T>`);
+/// 4. **has a fixed layout**: a primitive, an array, or a `#[repr(C)]` /
+///    `#[repr(transparent)]` struct (never `repr(packed)`, whose fields may be
+///    unaligned), so every process compiled from the same definition puts every field
+///    at the same offset;
+/// 5. **needs no `Drop`**: a value in shared memory may be freed, overwritten or simply
+///    abandoned by a process that dies, without its destructor running;
+/// 6. is `Send + Sync + 'static` (supertraits): other processes are, in effect, other
+///    threads that may touch it at any time and for as long as the segment lives.
+///    Shared mutation must go through atomics (which are `ShmSafe`) or a lock type that
+///    lives in the segment.
+///
+/// [`FINGERPRINT`](ShmSafe::FINGERPRINT) hashes the layout, so a process can check that
+/// the type it expects is the type another process stored.
+///
+/// Implemented for the integers (including `usize`/`isize`, which are 8 bytes on the
+/// 64-bit Linux targets this crate supports; their fingerprint includes the size, so a
+/// peer with a different width would not match), `f32`/`f64`, the integer atomics,
+/// `[T; N]`, [`PhantomData<T>`], [`Wrapping<T>`] and anything deriving it. Not
+/// implemented for `()`: zero-sized values need no shared memory, and the allocators
+/// reject zero-sized requests.
+///
+/// # Deriving
+///
+/// With the `derive` feature (on by default), `#[derive(ShmSafe)]` checks all of the
+/// above at compile time for a struct and computes the fingerprint:
+///
+/// ```
+/// use shared_allocator::ShmSafe;
+/// use std::sync::atomic::AtomicU64;
+///
+/// #[derive(ShmSafe)]
+/// #[repr(C)]
+/// struct Stats {
+///     requests: AtomicU64,
+///     last_pid: u32,
+///     _pad: [u8; 4], // implicit padding would be a compile error
+/// }
+///
+/// #[derive(ShmSafe)]
+/// #[repr(C)]
+/// struct Pair<T> {
+///     a: T,
+///     b: T,
+/// }
+///
+/// assert_ne!(Stats::FINGERPRINT, <Pair<u64>>::FINGERPRINT);
+/// ```
+///
+/// A field that is not `ShmSafe` is a compile error that names it:
+///
+/// ```compile_fail,E0277
+/// # use shared_allocator::ShmSafe;
+/// #[derive(ShmSafe)]
+/// #[repr(C)]
+/// struct Named {
+///     name: String, // error: `String` cannot be placed in shared memory
+/// }
+/// ```
+///
+/// # Safety
+///
+/// A manual `unsafe impl` must uphold guarantees 1 to 5 above (6 is checked by the
+/// compiler), and `FINGERPRINT` must change whenever the layout does (use the
+/// [`fingerprint`] helpers over the name, the fields and the size and alignment). Prefer
+/// the derive, which checks all of this.
+///
+/// Generic derived structs check "no padding" per instantiation when `FINGERPRINT` is
+/// evaluated, so generic code that places a `T: ShmSafe` in shared memory must evaluate
+/// `T::FINGERPRINT` in a const context (e.g. `let _ = const { T::FINGERPRINT };`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be placed in shared memory: it does not implement `ShmSafe`",
+    label = "`{Self}` is not `ShmSafe`",
+    note = "shared memory holds plain data only: integers, floats, integer atomics, arrays of \
+            them, and `#[repr(C)]` structs with `#[derive(ShmSafe)]`",
+    note = "`bool`, `char` and enums are rejected because another process may write an invalid \
+            bit pattern; references, raw pointers, `Box`, `Vec` and `String` because their \
+            addresses mean nothing in another process"
+)]
 pub unsafe trait ShmSafe: Sized + Send + Sync + 'static {
     /// A hash of the type's layout: its name, field names and types, size and
     /// alignment. Two processes agree on a type iff they agree on this.
+    ///
+    /// For derived generic structs, evaluating it also checks that the instantiation
+    /// has no padding (a compile error otherwise).
     const FINGERPRINT: u64;
 }
 
@@ -52,6 +140,21 @@ pub mod fingerprint {
         h
     }
 
+    /// Mixes a name into `h`: its length, then its bytes, so that consecutive names
+    /// cannot run into each other (`"ab", "c"` differs from `"a", "bc"`).
+    pub const fn name(h: u64, s: &str) -> u64 {
+        str(u64(h, s.len() as u64), s)
+    }
+
+    /// Mixes one struct field into `h`: its name, its type's `FINGERPRINT`, its size
+    /// and its alignment. The derive calls it once per field, in declaration order.
+    pub const fn field(h: u64, name: &str, fingerprint: u64, size: usize, align: usize) -> u64 {
+        u64(
+            u64(u64(self::name(h, name), fingerprint), size as u64),
+            align as u64,
+        )
+    }
+
     /// Fingerprint of a primitive from its name, size and alignment.
     pub const fn primitive(name: &str, size: usize, align: usize) -> u64 {
         u64(u64(str(START, name), size as u64), align as u64)
@@ -69,13 +172,54 @@ macro_rules! primitives {
     )*};
 }
 
+// `usize`/`isize` are 8 bytes on the (64-bit) targets this crate supports; the size is
+// part of the fingerprint, so a peer with another width would not match.
 primitives!(
-    u8, u16, u32, u64, u128, i8, i16, i32, i64, i128, f32, f64, AtomicU8, AtomicU16, AtomicU32,
-    AtomicU64, AtomicI8, AtomicI16, AtomicI32, AtomicI64
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    AtomicU8,
+    AtomicU16,
+    AtomicU32,
+    AtomicU64,
+    AtomicUsize,
+    AtomicI8,
+    AtomicI16,
+    AtomicI32,
+    AtomicI64,
+    AtomicIsize
 );
 
 // SAFETY: an array of ShmSafe elements has no padding between elements (size is a
 // multiple of align), every bit pattern of each element is valid, fixed layout.
 unsafe impl<T: ShmSafe, const N: usize> ShmSafe for [T; N] {
     const FINGERPRINT: u64 = fingerprint::u64(fingerprint::str(T::FINGERPRINT, "[;]"), N as u64);
+}
+
+// SAFETY: `PhantomData<T>` is zero-sized with alignment 1:
+// - no bytes, so every bit pattern (the empty one) is valid and there is no padding;
+// - holds no pointer and has no Drop;
+// - its layout is fixed by the language (a ZST);
+// - `Send + Sync + 'static` because `T: ShmSafe` is.
+unsafe impl<T: ShmSafe> ShmSafe for PhantomData<T> {
+    const FINGERPRINT: u64 = fingerprint::str(T::FINGERPRINT, "PhantomData");
+}
+
+// SAFETY: `Wrapping<T>` is `#[repr(transparent)]` over its single field `T`:
+// - same size, alignment, bit validity and padding (none) as `T`, which is `ShmSafe`;
+// - holds nothing else, so no pointer and no Drop beyond `T`'s (none);
+// - `Send + Sync + 'static` because `T` is.
+unsafe impl<T: ShmSafe> ShmSafe for Wrapping<T> {
+    const FINGERPRINT: u64 = fingerprint::str(T::FINGERPRINT, "Wrapping");
 }
