@@ -23,13 +23,18 @@
 //! - Stack heads carry a 32-bit tag against ABA.
 //!
 //! A process killed between two of these steps leaves at worst one slot or one
-//! span unusable (it may leak); no other process ever waits for it.
+//! span unusable (it may leak); no other process ever waits for it. A process
+//! that takes spans off a stack marks them held with its pid (in the link word,
+//! unused off the stack); when the page pool runs dry, spans held by dead pids are
+//! adopted and returned, so even the reclaim pass leaks nothing when killed.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
-use crate::segment::{AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, HEADER_REGION};
+use crate::segment::{
+    pid_alive, AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, HEADER_REGION,
+};
 use crate::sync::{bitmap, tagged_stack};
 
 const PAGE: u64 = 4096;
@@ -113,12 +118,16 @@ fn block_index(within: u64, c: usize) -> u64 {
 // Metadata region, in words from meta_offset.
 const LINE: u64 = 8; // words per cache line
 const HEADS: u64 = 0; // NCLASS lines, word 0 of each = stack head
-const HINT: u64 = NCLASS as u64 * LINE; // one line: page-search hint
-const PAGE_BITS: u64 = HINT + LINE;
+/// One line; word 0 counts spans that became empty while on a class stack since the
+/// last reclaim (a hint: reclaim pops spans only when it is non-zero).
+const EMPTY_SPANS: u64 = NCLASS as u64 * LINE;
+const PAGE_BITS: u64 = EMPTY_SPANS + LINE;
 // Per-page line: [state, link, bits0..bits3, -, -]
 const PM_STATE: u64 = 0;
 const PM_LINK: u64 = 1;
 const PM_BITS: u64 = 2;
+/// Link-word flag: the span is off its stack, held by the pid in the low 32 bits.
+const HELD: u64 = 1 << 63;
 const SPAN_BIT_WORDS: usize = 4; // PAGE / min class = 256 blocks
 
 /// Give up on a CAS retry loop after this many rounds and report corruption.
@@ -273,6 +282,10 @@ impl FreeListAllocator {
         &self.meta()[(HEADS + c as u64 * LINE) as usize]
     }
 
+    fn empty_spans(&self) -> &AtomicU64 {
+        &self.meta()[EMPTY_SPANS as usize]
+    }
+
     #[inline]
     fn page_bits(&self) -> &[AtomicU64] {
         let start = PAGE_BITS as usize;
@@ -364,10 +377,19 @@ impl FreeListAllocator {
     fn alloc_small(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
         let head = self.head(c);
         let cap = cap_of(c);
+        let mut retried_after_reclaim = false;
         for _ in 0..RETRY_LIMIT {
             let h = head.load(Ordering::Acquire);
             let Some(s) = tagged_stack::top(h) else {
-                return self.new_span(c, requested);
+                match self.new_span(c, requested) {
+                    // The page pool ran dry; reclaiming may have put spans with free
+                    // blocks (adopted from dead processes) back on this stack.
+                    Err(AllocError::OutOfMemory { .. }) if !retried_after_reclaim => {
+                        retried_after_reclaim = true;
+                        continue;
+                    }
+                    r => return r,
+                }
             };
             let Some(line) = self.page_line(s) else {
                 return Err(AllocError::Corrupted {
@@ -395,7 +417,10 @@ impl FreeListAllocator {
             }
             // Full: take it off the stack; a later free lists it again.
             match tagged_stack::pop_if(head, h, |i| self.link_of(i)) {
-                Ok(Some(_)) => self.after_pop(s, c, false),
+                Ok(Some(_)) => {
+                    self.mark_held(s);
+                    self.after_pop(s, c, false);
+                }
                 Ok(None) => {}
                 Err(tagged_stack::CorruptLink) => {
                     return Err(AllocError::Corrupted {
@@ -457,13 +482,13 @@ impl FreeListAllocator {
     /// After popping span `s` (state still `listed`): release it if empty, unlist it
     /// if full, otherwise push it back. With `release_empty_only`, a non-empty span
     /// is always pushed back (used when draining).
-    fn after_pop(&self, s: usize, c: usize, release_empty_only: bool) {
+    fn after_pop(&self, s: usize, c: usize, release_empty_only: bool) -> bool {
         let state = &self.line(s)[PM_STATE as usize];
         let cap = cap_of(c);
         for _ in 0..RETRY_LIMIT {
             let st = state.load(Ordering::Acquire);
             if kind(st) != KIND_SMALL || class(st) != c || st & LISTED == 0 {
-                return; // corrupt: leave the span alone (it leaks, nothing else breaks)
+                return false; // corrupt: leave the span alone (it leaks, nothing else breaks)
             }
             if count(st) == 0 {
                 if state
@@ -471,20 +496,21 @@ impl FreeListAllocator {
                     .is_ok()
                 {
                     self.release_pages(s, 1);
-                    return;
+                    return true;
                 }
             } else if count(st) >= cap && !release_empty_only {
                 if state
                     .compare_exchange(st, st & !LISTED, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return;
+                    return false;
                 }
             } else {
                 self.push_span(c, s);
-                return;
+                return false;
             }
         }
+        false
     }
 
     /// Gives back one reserved slot of span `s` (its bit already clear): lists the
@@ -498,7 +524,7 @@ impl FreeListAllocator {
                 return Err("span state changed under a live block");
             }
             let (new, then) = if st & LISTED != 0 {
-                (st - 1, 0)
+                (st - 1, if count(st) == 1 { 3 } else { 0 })
             } else if count(st) == 1 {
                 (next_gen(st), 1)
             } else {
@@ -511,6 +537,9 @@ impl FreeListAllocator {
                 match then {
                     1 => self.release_pages(s, 1),
                     2 => self.push_span(c, s),
+                    3 => {
+                        self.empty_spans().fetch_add(1, Ordering::Relaxed);
+                    }
                     _ => {}
                 }
                 return Ok(());
@@ -519,25 +548,67 @@ impl FreeListAllocator {
         Err("free retried too often")
     }
 
-    /// Pops every span off every class stack, releases the empty ones and pushes
-    /// the rest back. Returns how many pages were released.
+    /// Records in span `s`'s link word (unused while the span is off its stack) that
+    /// this process holds it. If this process dies before putting the span back, the
+    /// mark tells [`adopt_orphans`](Self::adopt_orphans) the span belongs to nobody.
+    fn mark_held(&self, s: usize) {
+        self.line(s)[PM_LINK as usize]
+            .store(HELD | u64::from(std::process::id()), Ordering::Relaxed);
+    }
+
+    /// If spans went empty on their stacks, pops every span off every class stack,
+    /// releases the empty ones and pushes the rest back; then adopts spans orphaned by
+    /// dead processes. Returns how many
+    /// pages were released. Runs only when the page pool is exhausted.
     fn reclaim_empty_spans(&self) -> usize {
         let mut released = 0;
-        for c in 0..NCLASS {
-            let mut held = Vec::new();
+        let mut held = Vec::new();
+        // Popping every span is only worth it (and only exposes spans to this process
+        // dying with them in hand) when some span went empty while listed.
+        let classes = if self.empty_spans().swap(0, Ordering::AcqRel) == 0 {
+            0
+        } else {
+            NCLASS
+        };
+        for c in 0..classes {
+            held.clear();
             while held.len() < self.pages {
                 match tagged_stack::pop(self.head(c), |i| self.link_of(i)) {
-                    Ok(Some(s)) => held.push(s),
+                    Ok(Some(s)) => {
+                        self.mark_held(s);
+                        held.push(s);
+                    }
                     _ => break,
                 }
             }
-            for s in held {
-                let before = self.line(s)[PM_STATE as usize].load(Ordering::Acquire);
-                self.after_pop(s, c, true);
-                let after = self.line(s)[PM_STATE as usize].load(Ordering::Acquire);
-                if kind(before) == KIND_SMALL && kind(after) == KIND_FREE {
-                    released += 1;
-                }
+            for &s in &held {
+                released += usize::from(self.after_pop(s, c, true));
+            }
+        }
+        released + self.adopt_orphans()
+    }
+
+    /// Finds spans that a dead process had taken off a stack (still `listed`, link
+    /// word marked held by a pid that no longer exists), takes them over and puts
+    /// them back: released if empty, pushed back otherwise. O(pages).
+    fn adopt_orphans(&self) -> usize {
+        let me = HELD | u64::from(std::process::id());
+        let mut released = 0;
+        for p in 0..self.pages {
+            let line = self.line(p);
+            let st = line[PM_STATE as usize].load(Ordering::Acquire);
+            if kind(st) != KIND_SMALL || st & LISTED == 0 || class(st) >= NCLASS {
+                continue;
+            }
+            let link = line[PM_LINK as usize].load(Ordering::Acquire);
+            if link & HELD == 0 || link == me || pid_alive(link as u32) {
+                continue;
+            }
+            if line[PM_LINK as usize]
+                .compare_exchange(link, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                released += usize::from(self.after_pop(p, class(st), true));
             }
         }
         released

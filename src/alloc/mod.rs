@@ -220,7 +220,11 @@ pub(crate) fn data_relative(seg: &Segment, offset: Offset, len: u64) -> Result<u
     }
     let l = seg.layout();
     let end = offset.get().checked_add(len);
-    if offset.get() < l.data_offset || end.is_none_or(|e| e > l.data_end()) {
+    // `offset < data_end` also for empty ranges: data_end itself is in no block.
+    if offset.get() < l.data_offset
+        || offset.get() >= l.data_end()
+        || end.is_none_or(|e| e > l.data_end())
+    {
         return Err(AccessError::OutOfBounds {
             offset: offset.get(),
             len,

@@ -16,6 +16,9 @@ use crate::segment::{AllocatorKind, CreateOptions, Layout, OpenOptions, Segment,
 use crate::sync::bitmap;
 
 const PAGE: u64 = 4096;
+/// Largest data region of a slab (1 TiB): keeps every slot offset computation far
+/// from overflow.
+const MAX_DATA: u64 = 1 << 40;
 
 /// Fixed-size slots with an atomic bitmap: allocation and free are a few atomic
 /// operations, double free is detected.
@@ -87,7 +90,13 @@ impl SlabAllocator {
         let words = words_for(slot_count);
         let meta_words = 8 + summary_words(words).next_multiple_of(8) + words;
         let meta_len = (meta_words * 8).next_multiple_of(PAGE);
-        let data_len = stride * slot_count;
+        let data_len = stride
+            .checked_mul(slot_count)
+            .filter(|&d| d <= MAX_DATA)
+            .ok_or(SegmentError::InvalidParameter {
+                what: "slab slot size x slot count (at most 2^40 bytes)",
+                value: slot_count,
+            })?;
         let layout = Layout {
             kind: AllocatorKind::Slab,
             total_size: HEADER_REGION + meta_len + data_len.next_multiple_of(PAGE),
@@ -142,7 +151,10 @@ impl SlabAllocator {
         }
         let stride = slot_size.next_multiple_of(8);
         let words = words_for(slots);
-        if l.data_len != stride * slots || l.data_offset % PAGE != 0 {
+        if stride.checked_mul(slots) != Some(l.data_len)
+            || l.data_len > MAX_DATA
+            || l.data_offset % PAGE != 0
+        {
             return corrupt("slab slots disagree with the data region");
         }
         if (8 + summary_words(words).next_multiple_of(8) + words) * 8 > l.meta_len {
@@ -293,6 +305,12 @@ impl ShmAllocator for SlabAllocator {
                     break;
                 }
                 if let Some(slot) = self.claim_in_word(bits, summary, w) {
+                    if slot as u64 >= self.slots {
+                        // Only if a peer cleared the permanently-set tail bits.
+                        return Err(AllocError::Corrupted {
+                            what: "slab bitmap marks slots past the end as free",
+                        });
+                    }
                     self.hint.store(w, Ordering::Relaxed);
                     return Ok(self.offset_of(slot));
                 }

@@ -97,6 +97,17 @@ fn io_err(op: &'static str, e: std::io::Error) -> SegmentError {
     }
 }
 
+/// Whether process `pid` exists (a robust-ownership check: a claim recorded with a
+/// pid whose process is gone belongs to nobody and may be taken over).
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    match i32::try_from(pid) {
+        Ok(p) if p > 0 => !matches!(kill(Pid::from_raw(p), None), Err(Errno::ESRCH)),
+        _ => false,
+    }
+}
+
 /// Removes the name `name` from the system. Mappings that are open stay valid
 /// until they are dropped; new `open`s fail with [`SegmentError::NotFound`].
 ///

@@ -61,9 +61,14 @@ pub fn pop_if<'a>(
     let link = link_of(i).ok_or(CorruptLink)?.load(Ordering::Relaxed);
     let next = match link & LOW {
         0 => None,
-        n => {
-            link_of(n as usize - 1).ok_or(CorruptLink)?;
-            Some(n as usize - 1)
+        n if link >> 32 == 0 && link_of(n as usize - 1).is_some() => Some(n as usize - 1),
+        _ => {
+            // The item may have been popped and its link word reused meanwhile; only
+            // a link that is bad while the head still shows the item is corruption.
+            if head.load(Ordering::Acquire) != expected_head {
+                return Ok(None);
+            }
+            return Err(CorruptLink);
         }
     };
     Ok(head

@@ -118,6 +118,9 @@ pub(crate) fn write_fresh<T: ShmSafe, A: ShmAllocator + ?Sized>(
     let len = (size_of::<T>() as u64)
         .checked_mul(count as u64)
         .ok_or_else(|| alloc.out_of_bounds(offset, u64::MAX))?;
+    // The allocator produced `offset`, but its metadata may have been scribbled on:
+    // never write outside the data region.
+    crate::alloc::data_relative(alloc.segment(), offset, len)?;
     let dst = alloc
         .segment()
         .ptr_at(offset.get(), len, align_of::<T>())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::alloc::{Offset, ShmAllocator};
 use crate::error::{AccessError, Error};
-use crate::segment::{ROOTS_LEN, ROOTS_OFFSET};
+use crate::segment::{pid_alive, ROOTS_LEN, ROOTS_OFFSET};
 use crate::typed::{raw, ShmSafe};
 
 /// Longest root name, in bytes.
@@ -60,16 +60,6 @@ fn unpack(words: &[AtomicU64]) -> Vec<u8> {
 
 fn hash(name: &str) -> usize {
     crate::typed::fingerprint::str(crate::typed::fingerprint::START, name) as usize
-}
-
-fn pid_alive(pid: u32) -> bool {
-    use nix::errno::Errno;
-    use nix::sys::signal::kill;
-    use nix::unistd::Pid;
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    pid > 0 && !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
 }
 
 /// Named, typed objects in a segment, shared by every process: `alloc.root::<T>("name")`.
