@@ -317,25 +317,3 @@ pub fn results(child: Child, limit: Duration, what: &str) -> Vec<String> {
         .filter_map(|l| l.strip_prefix("@@ ").map(str::to_owned))
         .collect()
 }
-
-/// [`spawn_child`] for an entry test marked `#[ignore]` (a known-bug repro): the
-/// child must be told to run ignored tests too, or it would run nothing.
-pub fn spawn_ignored_child(entry: &str, role: &str, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        entry,
-        "--exact",
-        "--include-ignored",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(ROLE_VAR, role)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn child test process")
-}
