@@ -35,7 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = format!("quickstart-{}", std::process::id());
     let alloc = FreeListAllocator::create(&name, 1 << 20)?;
     let _cleanup = Unlink(name.clone());
-    println!("parent {}: created segment /{name} (1 MiB free list)", std::process::id());
+    println!(
+        "parent {}: created segment /{name} (1 MiB free list)",
+        std::process::id()
+    );
 
     let greeting = b"hello from the parent";
     let hello = alloc.allocate(greeting.len())?;
@@ -69,7 +72,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for (off, len) in &replies {
         let text = alloc.read(*off, *len)?;
-        println!("parent read at offset {off}: {}", String::from_utf8_lossy(&text));
+        println!(
+            "parent read at offset {off}: {}",
+            String::from_utf8_lossy(&text)
+        );
         alloc.free(*off)?;
     }
     alloc.free(hello)?;
