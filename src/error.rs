@@ -2,7 +2,7 @@
 //!
 //! Each enum says what failed and carries the numbers needed to act on it
 //! (requested and available bytes, the offending offset, expected versus found).
-//! [`Error`] unites them for callers that just want `?` to work everywhere.
+//! [`enum@Error`] unites them for callers that just want `?` to work everywhere.
 
 use thiserror::Error;
 
