@@ -268,6 +268,7 @@ impl Segment {
 
     /// Returns the pointer to `len` bytes at `offset`, if they lie inside the mapping
     /// and `offset` is a multiple of `align`.
+    #[inline]
     pub fn ptr_at(&self, offset: u64, len: u64, align: usize) -> Option<NonNull<u8>> {
         let end = offset.checked_add(len)?;
         if end > self.len() || offset % align as u64 != 0 {
@@ -292,6 +293,7 @@ impl Segment {
 
     /// Copies `data` into the mapping at `offset`. Bounds are checked against the
     /// mapping; the caller checks against the block.
+    #[inline]
     pub(crate) fn write_bytes(&self, offset: u64, data: &[u8]) -> bool {
         let Some(p) = self.ptr_at(offset, data.len() as u64, 1) else {
             return false;
