@@ -2,7 +2,7 @@
 //!
 //! Each enum says what failed and carries the numbers needed to act on it
 //! (requested and available bytes, the offending offset, expected versus found).
-//! [`Error`] unites them for callers that just want `?` to work everywhere.
+//! [`enum@Error`] unites them for callers that just want `?` to work everywhere.
 
 use thiserror::Error;
 
@@ -261,6 +261,10 @@ pub enum Error {
         /// The type the root was created with (its name, possibly truncated).
         found: String,
     },
+    /// See [`ArchiveError`](crate::archive::ArchiveError).
+    #[cfg(feature = "rkyv")]
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
     /// A root name is empty, too long or contains NUL.
     #[error("invalid root name {name:?}: {reason}")]
     InvalidRootName {
@@ -288,6 +292,11 @@ pub enum Error {
 impl Error {
     /// Whether this is a stale-handle error (taken before a bump reset).
     pub fn is_stale(&self) -> bool {
-        matches!(self, Error::Access(AccessError::Stale { .. }))
+        match self {
+            Error::Access(e) => e.is_stale(),
+            #[cfg(feature = "rkyv")]
+            Error::Archive(e) => e.is_stale(),
+            _ => false,
+        }
     }
 }

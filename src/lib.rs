@@ -6,6 +6,8 @@
 #![warn(clippy::multiple_unsafe_ops_per_block)]
 
 pub mod alloc;
+#[cfg(feature = "rkyv")]
+pub mod archive;
 pub mod error;
 pub mod segment;
 pub mod sync;
@@ -18,6 +20,11 @@ pub use shared_allocator_derive::ShmSafe;
 pub use alloc::{
     BumpAllocator, ClassStats, FreeListAllocator, Offset, ShmAllocator, ShmFree, SlabAllocator,
     Stats,
+};
+#[cfg(feature = "rkyv")]
+pub use archive::{
+    ArchiveError, ArchiveToken, ArenaArchive, ArenaArchiveReader, ArenaArchiveToken, ShmArchivable,
+    ShmArchive,
 };
 pub use error::{AccessError, AllocError, Error, FreeError, SegmentError};
 pub use segment::{unlink, CreateOptions, OpenOptions};
@@ -33,6 +40,10 @@ pub mod prelude {
 
     pub use crate::alloc::{
         BumpAllocator, FreeListAllocator, Offset, ShmAllocator, ShmFree, SlabAllocator,
+    };
+    #[cfg(feature = "rkyv")]
+    pub use crate::archive::{
+        ArchiveToken, ArenaArchive, ArenaArchiveReader, ArenaArchiveToken, ShmArchive,
     };
     pub use crate::error::Error;
     pub use crate::typed::{

@@ -1,6 +1,6 @@
 //! The three allocators and the raw, offset-based interface they share.
 //!
-//! Every allocator lives entirely inside one [`Segment`](crate::segment::Segment):
+//! Every allocator lives entirely inside one [`Segment`]:
 //! its metadata sits in the segment's metadata region, its blocks in the data
 //! region, and all of it is addressed by [`Offset`]s from the segment base, so an
 //! offset obtained in one process names the same bytes in every other process.

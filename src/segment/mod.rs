@@ -306,6 +306,7 @@ impl Segment {
 
     /// Copies `data` into the mapping at `offset`. Bounds are checked against the
     /// mapping; the caller checks against the block.
+    #[inline]
     pub(crate) fn write_bytes(&self, offset: u64, data: &[u8]) -> bool {
         let Some(p) = self.ptr_at(offset, data.len() as u64, 1) else {
             return false;
