@@ -33,10 +33,12 @@
 //! What Rust cannot check across processes, and this module does not pretend
 //! to (see the crate's safety model): a process that writes into the block
 //! after the hand-over (raw [`ShmAllocator::write`] to its offset, a second
-//! "owner" freeing it, or a bump `reset` while a reference from `access` is
-//! still held, in any process including this one, since
-//! [`BumpAllocator::reset`] takes `&self`) breaks the protocol, and references handed out
-//! earlier may then see bytes that were never validated. What *is* checked at
+//! "owner" freeing it, or a bump `reset` in another process while a reference
+//! from `access` is still held) breaks the protocol, and references handed out
+//! earlier may then see bytes that were never validated. In this process the
+//! borrow checker rules out the reset ([`BumpAllocator::reset`] takes
+//! `&mut self`, and readers borrow the allocator); a raw `write` into an
+//! archive's block is the one in-process way left to break the rule. What *is* checked at
 //! every access: that the block is still allocated (free-list) and that the
 //! arena was not reset since (bump: [`AccessError::Stale`] in every process).
 //! Corrupt bytes present at hand-over, whatever their origin, are always an
@@ -346,7 +348,7 @@ fn seal<T: Archive, A: ShmAllocator + ?Sized>(
 ) -> Result<(), ArchiveError> {
     let data = raw::slice_at::<u8, A>(alloc, Offset::new(block.get() + HEADER_LEN), len)?;
     let header = [MAGIC, len as u64, type_tag::<T>(), checksum(data)];
-    raw::write_at::<u64, A>(alloc, block, header.into_iter())?;
+    raw::write_fresh::<u64, A>(alloc, block, header.into_iter())?;
     Ok(())
 }
 
@@ -857,7 +859,9 @@ impl<'b> Arena<'b> {
 /// let reader = ArenaArchiveReader::<Vec<String>>::open(&consumer, ArenaArchiveToken::from_raw(raw))?;
 /// assert_eq!(reader.access()?[1].as_str(), "bc");
 ///
-/// consumer.reset(); // the batch is over (any process may reset)
+/// // The coordinator (here: a third mapping of the segment) ends the batch.
+/// let mut coordinator = BumpAllocator::open(&name)?;
+/// coordinator.reset();
 /// assert!(reader.access().unwrap_err().is_stale());
 /// # drop(arena);
 /// # bump.unlink()?;

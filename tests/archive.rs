@@ -438,7 +438,7 @@ fn arena_archive_is_stale_after_reset_in_another_process() {
             return;
         }
         Some("resetter") => {
-            let bump = BumpAllocator::open(&env("SA_SEG")).unwrap();
+            let mut bump = BumpAllocator::open(&env("SA_SEG")).unwrap();
             bump.reset();
             println!("RESET {}", bump.epoch());
             return;

@@ -261,7 +261,7 @@ fn meta_seed(kind: &str, seed: u64) -> String {
         }
         "bump" => {
             let cap = 64 + rng.below(100_000);
-            let a = BumpAllocator::create(name.as_str(), cap).unwrap();
+            let mut a = BumpAllocator::create(name.as_str(), cap).unwrap();
             let l = *a.segment().layout();
             let (mut ok, mut err) = (0, 0);
             let mut what = String::new();
@@ -269,7 +269,7 @@ fn meta_seed(kind: &str, seed: u64) -> String {
                 // The bump metadata is one word; scribble it (and its neighbours).
                 what += &corrupt(&name, &mut rng, l.meta_offset, 64, cap);
                 what += if round < 2 { " + " } else { "" };
-                let (o, e) = bump_torment(&a, &name, &mut rng, ops / 3);
+                let (o, e) = bump_torment(&mut a, &name, &mut rng, ops / 3);
                 ok += o;
                 err += e;
             }
@@ -280,7 +280,7 @@ fn meta_seed(kind: &str, seed: u64) -> String {
     format!("{what}: {ok} ok, {err} errors")
 }
 
-fn bump_torment(a: &BumpAllocator, name: &ShmName, rng: &mut Rng, ops: u64) -> (u64, u64) {
+fn bump_torment(a: &mut BumpAllocator, name: &ShmName, rng: &mut Rng, ops: u64) -> (u64, u64) {
     let l = *a.segment().layout();
     let (mut ok, mut err) = (0, 0);
     for _ in 0..ops {

@@ -275,7 +275,7 @@ fn bump_four_processes() {
     // Sized so that the processes together exhaust it in the last part of the run.
     let capacity = (ops() * 310).max(1 << 16);
     let name = ShmName::new("mp-bump");
-    let a = BumpAllocator::create(name.as_str(), capacity).unwrap();
+    let mut a = BumpAllocator::create(name.as_str(), capacity).unwrap();
     let lines = run_workers("bump_four_processes", &name, &[]);
     let sum: u64 = lines.iter().map(|l| field(l, "bytes")).sum();
     let oom: u64 = lines.iter().map(|l| field(l, "oom")).sum();

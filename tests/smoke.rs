@@ -48,7 +48,7 @@ fn slab_and_bump_basics() {
     assert_eq!(s.stats().live_blocks, Some(0));
 
     let name = ShmName::new("smoke-bump");
-    let b = BumpAllocator::create(name.as_str(), 4096).unwrap();
+    let mut b = BumpAllocator::create(name.as_str(), 4096).unwrap();
     let o = b.allocate_aligned(10, 64).unwrap();
     assert_eq!(o.get() % 64, 0);
     assert_eq!(b.epoch(), 0);

@@ -25,7 +25,7 @@ pub const BUMP_EPOCH_MODULUS: u64 = 1 << (64 - CURSOR_BITS);
 /// ```
 /// use shared_allocator::prelude::*;
 /// # let name = format!("doc-bump-{}", std::process::id());
-/// let bump = BumpAllocator::create(&name, 1 << 20)?;
+/// let mut bump = BumpAllocator::create(&name, 1 << 20)?;
 /// let a = bump.allocate(128)?;
 /// bump.write(a, b"temporary")?;
 /// assert_eq!(bump.read(a, 9)?, b"temporary");
@@ -125,8 +125,12 @@ impl BumpAllocator {
     /// to [`AccessError::Stale`] afterwards, in every process. Raw offsets carry
     /// no epoch: reading one after a reset reads whatever was allocated there since.
     ///
+    /// Takes `&mut self`: no reference into this allocator obtained in this process
+    /// (typed values, validated archives) can be alive across a reset here. Other
+    /// processes can still reset at any time; epoch checks cover them.
+    ///
     /// Returns the new epoch.
-    pub fn reset(&self) -> u64 {
+    pub fn reset(&mut self) -> u64 {
         let state = self.state();
         let mut cur = state.load(Ordering::Relaxed);
         loop {
