@@ -278,3 +278,45 @@ fn bad_rel_ptrs_are_errors() {
     // The fast path only promises bounds and alignment: still inside the data region.
     assert!(p.get(&alloc).is_ok());
 }
+
+/// A struct that is both ShmSafe (our derive) and zerocopy's byte-view traits.
+#[derive(
+    shared_allocator::ShmSafe,
+    zerocopy::IntoBytes,
+    zerocopy::FromBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+)]
+#[repr(C)]
+struct Sample {
+    t: u64,
+    v: [f32; 2],
+    link: RelPtr<Sample>,
+}
+
+#[test]
+fn byte_views_interoperate_with_zerocopy_and_bytemuck() {
+    use zerocopy::{FromBytes, IntoBytes};
+    let name = ShmName::new("typed-bytes");
+    let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let s = Sample {
+        t: 9,
+        v: [1.5, -2.0],
+        link: RelPtr::from_raw(4096),
+    };
+    let b = ShmBox::new_in(&alloc, s).unwrap();
+    // The bytes in shared memory are exactly zerocopy's view of the value...
+    assert_eq!(b.as_bytes(), s.as_bytes());
+    // ...and zerocopy reads them back (e.g. after they crossed a pipe).
+    assert_eq!(Sample::read_from_bytes(b.as_bytes()).unwrap(), s);
+    // RelPtr is a plain u64 to bytemuck.
+    let raw: u64 = bytemuck::cast(s.link);
+    assert_eq!(raw, 4096);
+    let mut v = ShmVec::<u32, _>::new_in(&alloc).unwrap();
+    v.extend_from_slice(&[1, 2]).unwrap();
+    assert_eq!(v.as_bytes(), [1u32, 2].as_bytes());
+}

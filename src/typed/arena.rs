@@ -140,6 +140,7 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
 /// was never mixed with bytes of a later epoch. References from
 /// [`get`](ArenaPtr::get) are checked once: a reset by another process while the
 /// reference is held is the coordination protocol's job (reset only between batches).
+#[derive(zerocopy::FromBytes, zerocopy::KnownLayout, zerocopy::Immutable)]
 #[repr(C)]
 pub struct ArenaPtr<T> {
     offset: u64,
@@ -254,6 +255,12 @@ impl<T> std::fmt::Debug for ArenaPtr<T> {
         )
     }
 }
+
+// SAFETY: repr(C) of three u64 and a zero-sized PhantomData: all-zero is valid.
+unsafe impl<T: 'static> bytemuck::Zeroable for ArenaPtr<T> {}
+// SAFETY: repr(C) of three u64 and a ZST: no padding, every bit pattern valid,
+// Copy + 'static. (zerocopy's IntoBytes derive cannot see through the generic.)
+unsafe impl<T: 'static> bytemuck::Pod for ArenaPtr<T> {}
 
 // SAFETY: repr(C) of three u64 and a zero-sized PhantomData: no padding, every bit
 // pattern valid, no pointers (offsets), fixed layout.

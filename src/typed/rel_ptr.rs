@@ -28,6 +28,7 @@ use crate::typed::{fingerprint, raw, ShmSafe};
 /// # alloc.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
+#[derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)]
 #[repr(transparent)]
 pub struct RelPtr<T> {
     offset: u64,

@@ -83,6 +83,16 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         ManuallyDrop::new(self).ptr
     }
 
+    /// The value's bytes, through zerocopy (for `T` that derives
+    /// `zerocopy::IntoBytes` and `zerocopy::Immutable`, i.e. no atomics): e.g. to hash
+    /// it or send it elsewhere.
+    pub fn as_bytes(&self) -> &[u8]
+    where
+        T: zerocopy::IntoBytes + zerocopy::Immutable,
+    {
+        zerocopy::IntoBytes::as_bytes(self.value)
+    }
+
     /// The allocator this box lives in.
     pub fn allocator(&self) -> &'a A {
         self.alloc

@@ -278,6 +278,15 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         unsafe { std::slice::from_raw_parts(self.buf.as_ptr(), self.len) }
     }
 
+    /// The elements' bytes, through zerocopy (for `T: zerocopy::IntoBytes +
+    /// zerocopy::Immutable`), e.g. to write them to a file in one call.
+    pub fn as_bytes(&self) -> &[u8]
+    where
+        T: zerocopy::IntoBytes + zerocopy::Immutable,
+    {
+        zerocopy::IntoBytes::as_bytes(self.as_slice())
+    }
+
     /// The element at `index`.
     pub fn get(&self, index: usize) -> Option<&T> {
         self.as_slice().get(index)
