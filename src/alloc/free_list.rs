@@ -33,7 +33,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::segment::{
-    pid_alive, AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, HEADER_REGION,
+    current_pid, pid_alive, AllocatorKind, CreateOptions, Layout, OpenOptions, Segment,
+    HEADER_REGION,
 };
 use crate::sync::{bitmap, tagged_stack};
 
@@ -118,7 +119,7 @@ fn block_index(within: u64, c: usize) -> u64 {
 // Metadata region, in words from meta_offset.
 const LINE: u64 = 8; // words per cache line
 const HEADS: u64 = 0; // NCLASS lines, word 0 of each = stack head
-/// One line; word 0 counts spans that became empty while on a class stack since the
+/// One line; word 0 is set when a span became empty while on a class stack since the
 /// last reclaim (a hint: reclaim pops spans only when it is non-zero).
 const EMPTY_SPANS: u64 = NCLASS as u64 * LINE;
 const PAGE_BITS: u64 = EMPTY_SPANS + LINE;
@@ -538,7 +539,11 @@ impl FreeListAllocator {
                     1 => self.release_pages(s, 1),
                     2 => self.push_span(c, s),
                     3 => {
-                        self.empty_spans().fetch_add(1, Ordering::Relaxed);
+                        // Only a hint: skip the locked write when it is already set.
+                        let hint = self.empty_spans();
+                        if hint.load(Ordering::Relaxed) == 0 {
+                            hint.store(1, Ordering::Relaxed);
+                        }
                     }
                     _ => {}
                 }
@@ -552,8 +557,7 @@ impl FreeListAllocator {
     /// this process holds it. If this process dies before putting the span back, the
     /// mark tells [`adopt_orphans`](Self::adopt_orphans) the span belongs to nobody.
     fn mark_held(&self, s: usize) {
-        self.line(s)[PM_LINK as usize]
-            .store(HELD | u64::from(std::process::id()), Ordering::Relaxed);
+        self.line(s)[PM_LINK as usize].store(HELD | u64::from(current_pid()), Ordering::Relaxed);
     }
 
     /// If spans went empty on their stacks, pops every span off every class stack,
@@ -592,7 +596,7 @@ impl FreeListAllocator {
     /// word marked held by a pid that no longer exists), takes them over and puts
     /// them back: released if empty, pushed back otherwise. O(pages).
     fn adopt_orphans(&self) -> usize {
-        let me = HELD | u64::from(std::process::id());
+        let me = HELD | u64::from(current_pid());
         let mut released = 0;
         for p in 0..self.pages {
             let line = self.line(p);

@@ -97,6 +97,33 @@ fn io_err(op: &'static str, e: std::io::Error) -> SegmentError {
     }
 }
 
+/// This process's id, cached: `getpid` is a system call, and ownership marks are
+/// written on allocation paths. A `fork` child handler clears the cache, so a
+/// forked child never writes its parent's pid.
+pub(crate) fn current_pid() -> u32 {
+    use std::sync::atomic::AtomicU32;
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn forget_pid() {
+        PID.store(0, Ordering::Relaxed);
+    }
+    let cached = PID.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    REGISTER.call_once(|| {
+        // SAFETY:
+        // - pthread_atfork only records the three handler pointers; `forget_pid` is a
+        //   plain `extern "C" fn` with no arguments, as the child handler must be;
+        // - it is async-signal-safe (one atomic store), as handlers run after fork must be.
+        let rc = unsafe { nix::libc::pthread_atfork(None, None, Some(forget_pid)) };
+        debug_assert_eq!(rc, 0);
+    });
+    let pid = std::process::id();
+    PID.store(pid, Ordering::Relaxed);
+    pid
+}
+
 /// Whether process `pid` exists (a robust-ownership check: a claim recorded with a
 /// pid whose process is gone belongs to nobody and may be taken over).
 pub(crate) fn pid_alive(pid: u32) -> bool {

@@ -143,7 +143,7 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSafe>(
             .ok_or(AccessError::Corrupted {
                 what: "root table outside the segment",
             })?;
-    let me = std::process::id();
+    let me = crate::segment::current_pid();
     let mut init = Some(init);
     let h = hash(name);
     for k in 0..MAX_ROOTS {
