@@ -118,10 +118,17 @@ fn block_index(within: u64, c: usize) -> u64 {
 
 // Metadata region, in words from meta_offset.
 const LINE: u64 = 8; // words per cache line
-const HEADS: u64 = 0; // NCLASS lines, word 0 of each = stack head
+/// Stacks per class. Each process lists spans on its own shard (assigned round-robin
+/// when it opens the allocator), so processes allocating the same size do not all
+/// contend on one head and one span; a process whose shard is empty takes spans
+/// from the others before taking a fresh page.
+const SHARDS: usize = 4;
+const HEADS: u64 = 0; // NCLASS * SHARDS lines, word 0 of each = stack head
 /// One line; word 0 is set when a span became empty while on a class stack since the
 /// last reclaim (a hint: reclaim pops spans only when it is non-zero).
-const EMPTY_SPANS: u64 = NCLASS as u64 * LINE;
+const EMPTY_SPANS: u64 = (NCLASS * SHARDS) as u64 * LINE;
+/// Word 1 of that line: the shard counter, incremented by each process that opens.
+const NEXT_SHARD: u64 = EMPTY_SPANS + 1;
 const PAGE_BITS: u64 = EMPTY_SPANS + LINE;
 // Per-page line: [state, link, bits0..bits3, -, -]
 const PM_STATE: u64 = 0;
@@ -166,6 +173,8 @@ pub struct FreeListAllocator {
     pages: usize,
     /// Where this process starts looking for a free page (spreads processes apart).
     hint: AtomicUsize,
+    /// The class stacks this process lists spans on.
+    shard: usize,
 }
 
 impl FreeListAllocator {
@@ -256,11 +265,15 @@ impl FreeListAllocator {
             return corrupt("free-list metadata region too small");
         }
         let hint = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % pages as usize;
-        Ok(FreeListAllocator {
+        let mut this = FreeListAllocator {
             seg,
             pages: pages as usize,
             hint: AtomicUsize::new(hint / 64),
-        })
+            shard: 0,
+        };
+        this.shard =
+            this.meta()[NEXT_SHARD as usize].fetch_add(1, Ordering::Relaxed) as usize % SHARDS;
+        Ok(this)
     }
 
     /// Removes the segment's name; see [`crate::segment::unlink`].
@@ -280,7 +293,26 @@ impl FreeListAllocator {
 
     #[inline]
     fn head(&self, c: usize) -> &AtomicU64 {
-        &self.meta()[(HEADS + c as u64 * LINE) as usize]
+        self.head_in(c, self.shard)
+    }
+
+    #[inline]
+    fn head_in(&self, c: usize, shard: usize) -> &AtomicU64 {
+        &self.meta()[(HEADS + (c * SHARDS + shard) as u64 * LINE) as usize]
+    }
+
+    /// Takes one span of class `c` from another process's shard and lists it on
+    /// ours (or unlists/releases it, as after any pop). Returns whether it found one.
+    fn steal_span(&self, c: usize) -> bool {
+        for k in 1..SHARDS {
+            let other = self.head_in(c, (self.shard + k) % SHARDS);
+            if let Ok(Some(s)) = tagged_stack::pop(other, |i| self.link_of(i)) {
+                self.mark_held(s);
+                self.after_pop(s, c, false);
+                return true;
+            }
+        }
+        false
     }
 
     fn empty_spans(&self) -> &AtomicU64 {
@@ -382,6 +414,9 @@ impl FreeListAllocator {
         for _ in 0..RETRY_LIMIT {
             let h = head.load(Ordering::Acquire);
             let Some(s) = tagged_stack::top(h) else {
+                if self.steal_span(c) {
+                    continue;
+                }
                 match self.new_span(c, requested) {
                     // The page pool ran dry; reclaiming may have put spans with free
                     // blocks (adopted from dead processes) back on this stack.
@@ -575,18 +610,21 @@ impl FreeListAllocator {
             NCLASS
         };
         for c in 0..classes {
-            held.clear();
-            while held.len() < self.pages {
-                match tagged_stack::pop(self.head(c), |i| self.link_of(i)) {
-                    Ok(Some(s)) => {
-                        self.mark_held(s);
-                        held.push(s);
+            for shard in 0..SHARDS {
+                held.clear();
+                while held.len() < self.pages {
+                    match tagged_stack::pop(self.head_in(c, shard), |i| self.link_of(i)) {
+                        Ok(Some(s)) => {
+                            self.mark_held(s);
+                            held.push(s);
+                        }
+                        _ => break,
                     }
-                    _ => break,
                 }
-            }
-            for &s in &held {
-                released += usize::from(self.after_pop(s, c, true));
+                // Non-empty spans go back on this process's shard.
+                for &s in &held {
+                    released += usize::from(self.after_pop(s, c, true));
+                }
             }
         }
         released + self.adopt_orphans()
