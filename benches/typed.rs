@@ -31,6 +31,9 @@ fn shm_box(c: &mut Criterion) {
     g.bench_function("std_box", |b| {
         b.iter(|| drop(black_box(Box::new(black_box([7u64; 4])))))
     });
+    g.bench_function("raw_allocate_free_32", |b| {
+        b.iter(|| alloc.free(alloc.allocate(black_box(32)).unwrap()).unwrap())
+    });
     g.bench_function("shm_box", |b| {
         b.iter(|| {
             drop(black_box(
