@@ -685,6 +685,46 @@ impl FreeListAllocator {
         Ok(Offset::new(self.page_offset(s)))
     }
 
+    /// Extends the large block at page `s` over the free pages right after it.
+    fn grow_large_in_place(&self, s: usize, new_size: usize) -> bool {
+        let state = &self.line(s)[PM_STATE as usize];
+        let st = state.load(Ordering::Acquire);
+        let n = count(st) as usize;
+        if kind(st) != KIND_LARGE || n == 0 || s + n > self.pages {
+            return false;
+        }
+        let want = (new_size as u64).div_ceil(PAGE) as usize;
+        if want <= n {
+            return true;
+        }
+        if s + want > self.pages || !bitmap::claim_run(self.page_bits(), s + n, want - n) {
+            return false;
+        }
+        for p in s + n..s + want {
+            let ps = &self.line(p)[PM_STATE as usize];
+            let old = ps.load(Ordering::Relaxed);
+            ps.store(
+                next_gen(old) | (KIND_INTERIOR << KIND_SHIFT) | (p - s) as u64,
+                Ordering::Relaxed,
+            );
+        }
+        let grown = (st & !COUNT_MASK) | want as u64;
+        if state
+            .compare_exchange(st, grown, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            // The block changed under its owner (freed by someone else): give back.
+            for p in s + n..s + want {
+                let ps = &self.line(p)[PM_STATE as usize];
+                let old = ps.load(Ordering::Relaxed);
+                ps.store(next_gen(old), Ordering::Relaxed);
+            }
+            self.release_pages(s + n, want - n);
+            return false;
+        }
+        true
+    }
+
     fn free_large(&self, s: usize, st: u64, offset: u64) -> Result<(), FreeError> {
         let n = count(st) as usize;
         if n == 0 || s + n > self.pages {
@@ -881,6 +921,21 @@ impl ShmFree for FreeListAllocator {
             KIND_LARGE if within == 0 => self.free_large(p, st, off),
             KIND_FREE if within == 0 => Err(FreeError::DoubleFree { offset: off }),
             _ => Err(FreeError::NotBlockStart { offset: off }),
+        }
+    }
+
+    /// Large blocks (whole pages) grow over free pages right after them; blocks of
+    /// a size class grow only within their class size.
+    fn grow_in_place(&self, offset: Offset, new_size: usize) -> bool {
+        let Ok(rel) = data_relative(&self.seg, offset, 0) else {
+            return false;
+        };
+        let (p, within) = self.locate(rel);
+        let st = self.line(p)[PM_STATE as usize].load(Ordering::Acquire);
+        match kind(st) {
+            KIND_LARGE if within == 0 => self.grow_large_in_place(p, new_size),
+            KIND_SMALL if class(st) < NCLASS => new_size <= SIZE_CLASSES[class(st)] as usize,
+            _ => false,
         }
     }
 }

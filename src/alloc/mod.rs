@@ -195,6 +195,15 @@ pub trait ShmFree: ShmAllocator {
     /// [`FreeError::Null`], [`FreeError::OutOfRange`], [`FreeError::NotBlockStart`],
     /// [`FreeError::DoubleFree`], [`FreeError::Corrupted`]. On error nothing changed.
     fn free(&self, offset: Offset) -> Result<(), FreeError>;
+
+    /// Tries to grow the block at `offset` to at least `new_size` bytes without moving
+    /// it (like `realloc` extending in place). Returns whether it did; on `false`
+    /// nothing changed and the caller allocates, copies and frees instead. The block
+    /// must be owned by the caller. The default never grows.
+    fn grow_in_place(&self, offset: Offset, new_size: usize) -> bool {
+        let _ = (offset, new_size);
+        false
+    }
 }
 
 /// Checks a size and alignment request common to all allocators.
