@@ -175,6 +175,10 @@ pub struct FreeListAllocator {
     hint: AtomicUsize,
     /// The class stacks this process lists spans on.
     shard: usize,
+    /// The metadata region, resolved once at open (`Segment::words` checked it):
+    /// address and length in words. Kept as a number so the type stays Send + Sync.
+    meta_addr: usize,
+    meta_words: usize,
 }
 
 impl FreeListAllocator {
@@ -265,11 +269,19 @@ impl FreeListAllocator {
             return corrupt("free-list metadata region too small");
         }
         let hint = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % pages as usize;
+        let meta = seg
+            .words(l.meta_offset, l.meta_len / 8)
+            .ok_or(SegmentError::CorruptHeader {
+                reason: "free-list metadata outside the mapping",
+            })?;
+        let (meta_addr, meta_words) = (meta.as_ptr() as usize, meta.len());
         let mut this = FreeListAllocator {
             seg,
             pages: pages as usize,
             hint: AtomicUsize::new(hint / 64),
             shard: 0,
+            meta_addr,
+            meta_words,
         };
         this.shard =
             this.meta()[NEXT_SHARD as usize].fetch_add(1, Ordering::Relaxed) as usize % SHARDS;
@@ -287,8 +299,13 @@ impl FreeListAllocator {
     /// The whole metadata region as words (validated at open; never empty after).
     #[inline]
     fn meta(&self) -> &[AtomicU64] {
-        let l = self.seg.layout();
-        self.seg.words(l.meta_offset, l.meta_len / 8).unwrap_or(&[])
+        // SAFETY:
+        // - `meta_addr`/`meta_words` are the pointer and length of the slice that
+        //   `Segment::words` returned for the metadata region at open: in bounds of the
+        //   mapping, 8-aligned AtomicU64s, valid for any bit pattern;
+        // - that mapping is owned by `self.seg`, which never remaps and lives as long as
+        //   `self`, and the returned slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.meta_addr as *const AtomicU64, self.meta_words) }
     }
 
     #[inline]
