@@ -8,3 +8,6 @@
 
 pub mod bitmap;
 pub mod tagged_stack;
+mod word;
+
+pub use word::Word;

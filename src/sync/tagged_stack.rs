@@ -6,7 +6,9 @@
 //! between. Links live in caller-provided words indexed by item, which are always
 //! mapped (type-stable metadata), so reading a stale link is harmless.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use super::Word;
 
 /// A link word held an index outside the item range: the stack is corrupt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +32,7 @@ fn next_head(head: u64, top: Option<usize>) -> u64 {
 }
 
 /// Pushes `item`; `link` is the item's link word.
-pub fn push(head: &AtomicU64, item: usize, link: &AtomicU64) {
+pub fn push<W: Word>(head: &W, item: usize, link: &W) {
     let mut h = head.load(Ordering::Relaxed);
     loop {
         link.store(h & LOW, Ordering::Relaxed);
@@ -50,10 +52,10 @@ pub fn push(head: &AtomicU64, item: usize, link: &AtomicU64) {
 /// `link_of(i)` gives item i's link word (None if i is out of range).
 /// Returns `Ok(Some(i))` on success, `Ok(None)` if the head moved, `Err(())` if
 /// the stored link is out of range (corrupt).
-pub fn pop_if<'a>(
-    head: &AtomicU64,
+pub fn pop_if<'a, W: Word + 'a>(
+    head: &W,
     expected_head: u64,
-    link_of: impl Fn(usize) -> Option<&'a AtomicU64>,
+    link_of: impl Fn(usize) -> Option<&'a W>,
 ) -> Result<Option<usize>, CorruptLink> {
     let Some(i) = top(expected_head) else {
         return Ok(None);
@@ -83,9 +85,9 @@ pub fn pop_if<'a>(
 }
 
 /// Pops the top item (retrying on contention). `None` when empty.
-pub fn pop<'a>(
-    head: &AtomicU64,
-    link_of: impl Fn(usize) -> Option<&'a AtomicU64> + Copy,
+pub fn pop<'a, W: Word + 'a>(
+    head: &W,
+    link_of: impl Fn(usize) -> Option<&'a W> + Copy,
 ) -> Result<Option<usize>, CorruptLink> {
     loop {
         let h = head.load(Ordering::Acquire);
@@ -101,6 +103,7 @@ pub fn pop<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
     #[test]
     fn lifo_and_tags() {
@@ -126,5 +129,56 @@ mod tests {
         push(&head, 0, &links[0]);
         links[0].store(99, Ordering::Relaxed);
         assert_eq!(pop(&head, |i| links.get(i)), Err(CorruptLink));
+    }
+}
+
+/// Model-checked with loom: `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::atomic::AtomicU64;
+    use loom::sync::Arc;
+
+    /// Items 0 and 1 start on the stack. One thread pops an item and pushes it back;
+    /// the other pops both and pushes them back, first one first. Without the ABA
+    /// tag, the first thread could read `top = 0, next = 1`, stall while the other
+    /// pops 0 and 1 and pushes 0 back, then succeed and make 1 (held by the other
+    /// thread) the head again: an item twice. In every interleaving both items must
+    /// end up on the stack exactly once.
+    #[test]
+    fn loom_pop_push_keeps_every_item_once() {
+        loom::model(|| {
+            let head = Arc::new(AtomicU64::new(0));
+            let links: Arc<Vec<AtomicU64>> = Arc::new((0..2).map(|_| AtomicU64::new(0)).collect());
+            push(&*head, 1, &links[1]);
+            push(&*head, 0, &links[0]);
+            let threads: Vec<_> = [1usize, 2]
+                .into_iter()
+                .map(|n| {
+                    let (head, links) = (head.clone(), links.clone());
+                    loom::thread::spawn(move || {
+                        let mut held = Vec::new();
+                        for _ in 0..n {
+                            if let Some(i) = pop(&*head, |i| links.get(i)).unwrap() {
+                                held.push(i);
+                            }
+                        }
+                        for i in held {
+                            push(&*head, i, &links[i]);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let mut seen = Vec::new();
+            while let Some(i) = pop(&*head, |i| links.get(i)).unwrap() {
+                seen.push(i);
+                assert!(seen.len() <= 2, "an item is on the stack twice: {seen:?}");
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, [0, 1]);
+        });
     }
 }
