@@ -931,9 +931,7 @@ impl<'a, T: ShmArchivable> ArenaArchive<'a, T> {
     where
         Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
     {
-        let v = deserialize_archived::<T>(self.access()?)?;
-        check_epoch(self.bump, self.epoch)?;
-        Ok(v)
+        deserialize_in_epoch(self.bump, self.epoch, self.access()?)
     }
 
     /// Length of the archive in bytes.
@@ -954,13 +952,37 @@ impl<'a, T: ShmArchivable> ArenaArchive<'a, T> {
 
 impl<T: ShmArchivable> std::fmt::Debug for ArenaArchive<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArenaArchive")
-            .field("type", &std::any::type_name::<T>())
-            .field("offset", &self.span.block)
-            .field("len", &self.span.len)
-            .field("epoch", &self.epoch)
-            .finish()
+        debug_arena::<T>(f, "ArenaArchive", self.span, self.epoch)
     }
+}
+
+/// Deserializes `archived` (of an arena archive of `epoch`), then re-checks the
+/// epoch, so the value never mixes bytes of a later epoch.
+fn deserialize_in_epoch<T: ShmArchivable>(
+    bump: &BumpAllocator,
+    epoch: u64,
+    archived: &Archived<T>,
+) -> Result<T, ArchiveError>
+where
+    Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
+{
+    let v = deserialize_archived::<T>(archived)?;
+    check_epoch(bump, epoch)?;
+    Ok(v)
+}
+
+fn debug_arena<T>(
+    f: &mut std::fmt::Formatter<'_>,
+    name: &str,
+    span: Span,
+    epoch: u64,
+) -> std::fmt::Result {
+    f.debug_struct(name)
+        .field("type", &std::any::type_name::<T>())
+        .field("offset", &span.block)
+        .field("len", &span.len)
+        .field("epoch", &epoch)
+        .finish()
 }
 
 fn check_epoch(bump: &BumpAllocator, epoch: u64) -> Result<(), AccessError> {
@@ -1040,9 +1062,7 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
     where
         Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
     {
-        let v = deserialize_archived::<T>(self.access()?)?;
-        check_epoch(self.bump, self.epoch)?;
-        Ok(v)
+        deserialize_in_epoch(self.bump, self.epoch, self.access()?)
     }
 
     /// Length of the archive in bytes.
@@ -1063,12 +1083,7 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
 
 impl<T: ShmArchivable> std::fmt::Debug for ArenaArchiveReader<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArenaArchiveReader")
-            .field("type", &std::any::type_name::<T>())
-            .field("offset", &self.span.block)
-            .field("len", &self.span.len)
-            .field("epoch", &self.epoch)
-            .finish()
+        debug_arena::<T>(f, "ArenaArchiveReader", self.span, self.epoch)
     }
 }
 
