@@ -29,6 +29,7 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Archived, Deserialize, Serialize};
 use shared_allocator::archive::{ArchiveToken, ShmArchive, HEADER_LEN};
 use shared_allocator::prelude::*;
+use shared_allocator::segment::UnlinkGuard;
 
 #[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Clone)]
 struct Record {
@@ -76,18 +77,10 @@ fn batch() -> Vec<Record> {
     (0..n).map(record).collect()
 }
 
-/// Removes the segment when the bench ends, also on panic.
-struct Unlink(String);
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        let _ = shared_allocator::unlink(&self.0);
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let name = format!("sa-bench-archive-{}", std::process::id());
     let writer = FreeListAllocator::create(&name, 64 << 20).unwrap();
-    let _cleanup = Unlink(name.clone());
+    let _cleanup = UnlinkGuard::new(&name);
     let reader = FreeListAllocator::open(&name).unwrap();
 
     let batch = batch();

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shared_allocator::prelude::*;
+use shared_allocator::segment::UnlinkGuard;
 
 #[derive(ShmSafe, Clone, Copy)]
 #[repr(C)]
@@ -41,15 +42,6 @@ const BATCHES: u64 = 50;
 const RECORDS: usize = 10_000;
 const WATCHDOG: Duration = Duration::from_secs(60);
 
-struct Unlink(Vec<String>);
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = shared_allocator::unlink(n);
-        }
-    }
-}
-
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
     let start = Instant::now();
     while !cond() {
@@ -73,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut bump = BumpAllocator::create(&data, 4 << 20)?;
     let control_seg = FreeListAllocator::create(&ctl, 64 << 10)?;
-    let _cleanup = Unlink(vec![data.clone(), ctl.clone()]);
+    let _cleanup = (UnlinkGuard::new(&data), UnlinkGuard::new(&ctl));
     let control: &Control = control_seg.root("control")?;
 
     let mut kids = Vec::new();

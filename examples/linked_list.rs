@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shared_allocator::prelude::*;
+use shared_allocator::segment::UnlinkGuard;
 
 #[derive(ShmSafe, Clone, Copy, Debug)]
 #[repr(C)]
@@ -32,13 +33,6 @@ struct ListHead {
 
 const N: u64 = 10_000;
 
-struct Unlink(String);
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        let _ = shared_allocator::unlink(&self.0);
-    }
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("consumer") {
@@ -46,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let name = format!("linked-list-{}", std::process::id());
     let alloc = FreeListAllocator::create(&name, 4 << 20)?;
-    let _cleanup = Unlink(name.clone());
+    let _cleanup = UnlinkGuard::new(&name);
 
     // Build back to front so each node can point at the one after it.
     let mut next = RelPtr::null();

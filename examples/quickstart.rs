@@ -15,16 +15,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shared_allocator::prelude::*;
+use shared_allocator::segment::UnlinkGuard;
 
 const CHILDREN: usize = 3;
-
-/// Removes the segment when dropped, also if the parent panics.
-struct Unlink(String);
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        let _ = shared_allocator::unlink(&self.0);
-    }
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -34,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let name = format!("quickstart-{}", std::process::id());
     let alloc = FreeListAllocator::create(&name, 1 << 20)?;
-    let _cleanup = Unlink(name.clone());
+    let _cleanup = UnlinkGuard::new(&name);
     println!(
         "parent {}: created segment /{name} (1 MiB free list)",
         std::process::id()

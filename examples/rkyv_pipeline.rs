@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rkyv::{Archive, Serialize};
 use shared_allocator::archive::{ArenaArchiveReader, ArenaArchiveToken};
 use shared_allocator::prelude::*;
+use shared_allocator::segment::UnlinkGuard;
 
 #[derive(Archive, Serialize, Debug, Clone)]
 struct Batch {
@@ -119,14 +120,6 @@ fn digest_archived(b: &ArchivedBatch) -> u64 {
     h
 }
 
-/// Removes the segment when dropped, also if the producer panics.
-struct Unlink(String);
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        let _ = shared_allocator::unlink(&self.0);
-    }
-}
-
 struct Consumer {
     child: Child,
     tx: ChildStdin,
@@ -148,7 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let name = format!("rkyv-pipeline-{}", std::process::id());
     let mut bump = BumpAllocator::create(&name, 8 << 20)?;
-    let _cleanup = Unlink(name.clone());
+    let _cleanup = UnlinkGuard::new(&name);
 
     let mut kids: Vec<Consumer> = (0..consumers)
         .map(|_| {

@@ -494,6 +494,7 @@ where
 /// struct Order { id: u64, item: String, qty: Vec<u32> }
 ///
 /// # let name = format!("doc-archive-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
 /// let order = Order { id: 7, item: "bolts".into(), qty: vec![1, 2, 3] };
 ///
@@ -848,6 +849,7 @@ impl<'b> Arena<'b> {
 /// use shared_allocator::archive::{ArenaArchiveReader, ArenaArchiveToken};
 ///
 /// # let name = format!("doc-arena-archive-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let mut bump = BumpAllocator::create(&name, 1 << 20)?;
 /// let arena = bump.arena();
 /// let batch: Vec<String> = vec!["a".into(), "bc".into()];

@@ -27,7 +27,7 @@ pub use archive::{
     ShmArchive,
 };
 pub use error::{AccessError, AllocError, Error, FreeError, SegmentError};
-pub use segment::{unlink, CreateOptions, OpenOptions};
+pub use segment::{unlink, CreateOptions, OpenOptions, UnlinkGuard};
 pub use typed::{
     Arena, ArenaBox, ArenaPtr, RelPtr, Roots, ShmBox, ShmSafe, ShmVec, ShmVecHeader, ShmVecReader,
 };

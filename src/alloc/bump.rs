@@ -25,6 +25,7 @@ pub const BUMP_EPOCH_MODULUS: u64 = 1 << (64 - CURSOR_BITS);
 /// ```
 /// use shared_allocator::prelude::*;
 /// # let name = format!("doc-bump-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let mut bump = BumpAllocator::create(&name, 1 << 20)?;
 /// let a = bump.allocate(128)?;
 /// bump.write(a, b"temporary")?;

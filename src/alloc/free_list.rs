@@ -158,6 +158,7 @@ fn page_meta_start(pages: u64) -> u64 {
 /// ```
 /// use shared_allocator::prelude::*;
 /// # let name = format!("doc-freelist-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 10 << 20)?;
 /// let off = alloc.allocate(256)?;
 /// alloc.write(off, b"Hello from shared memory!")?;

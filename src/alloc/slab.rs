@@ -26,6 +26,7 @@ const MAX_DATA: u64 = 1 << 40;
 /// ```
 /// use shared_allocator::prelude::*;
 /// # let name = format!("doc-slab-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let slab = SlabAllocator::create(&name, 64, 1000)?;
 /// let slot = slab.allocate(64)?;
 /// slab.free(slot)?;

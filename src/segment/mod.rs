@@ -145,6 +145,34 @@ pub fn unlink(name: &str) -> Result<(), SegmentError> {
     shm_unlink(name.as_str()).map_err(|e| os_err("shm_unlink", &name, e))
 }
 
+/// Removes a segment's name when dropped, also while a panic unwinds: the way to
+/// make sure a program or test leaves nothing behind in `/dev/shm`.
+///
+/// ```
+/// use shared_allocator::prelude::*;
+/// use shared_allocator::segment::UnlinkGuard;
+/// # let name = format!("doc-guard-{}", std::process::id());
+/// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
+/// let _cleanup = UnlinkGuard::new(&name); // removed at the end of scope, whatever happens
+/// # Ok::<(), shared_allocator::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct UnlinkGuard(String);
+
+impl UnlinkGuard {
+    /// Guards the segment `name`.
+    pub fn new(name: impl Into<String>) -> UnlinkGuard {
+        UnlinkGuard(name.into())
+    }
+}
+
+impl Drop for UnlinkGuard {
+    fn drop(&mut self) {
+        // Already removed (an explicit unlink ran first) is fine.
+        let _ = unlink(&self.0);
+    }
+}
+
 impl Segment {
     /// Creates a new object `name` of `layout.total_size` bytes with `O_EXCL`, maps it,
     /// and returns it still in the INIT state: the caller writes its metadata and then

@@ -20,6 +20,7 @@ use crate::typed::{fingerprint, raw, ShmSafe};
 /// ```
 /// use shared_allocator::prelude::*;
 /// # let name = format!("doc-arena-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let mut bump = BumpAllocator::create(&name, 1 << 20)?;
 /// let mut arena = bump.arena();
 /// let x = arena.alloc(7u64)?;

@@ -18,6 +18,7 @@ use crate::typed::{fingerprint, raw, ShmSafe};
 /// ```
 /// use shared_allocator::prelude::*;
 /// # let name = format!("doc-relptr-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
 /// let b = ShmBox::new_in(&alloc, 42u64)?;
 /// let p: RelPtr<u64> = b.rel_ptr();

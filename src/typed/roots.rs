@@ -70,6 +70,7 @@ fn hash(name: &str) -> usize {
 /// use shared_allocator::prelude::*;
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// # let name = format!("doc-roots-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
 /// let hits: &AtomicU64 = alloc.root("hits")?;          // created, zeroed
 /// hits.fetch_add(1, Ordering::Relaxed);

@@ -21,6 +21,7 @@ use crate::typed::{raw, RelPtr, ShmSafe};
 /// use shared_allocator::prelude::*;
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// # let name = format!("doc-shmbox-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
 /// let counter = ShmBox::new_in(&alloc, AtomicU64::new(0))?;
 /// counter.fetch_add(1, Ordering::Relaxed); // visible to every process

@@ -38,6 +38,7 @@ unsafe impl<T: 'static> ShmSafe for ShmVecHeader<T> {
 /// ```
 /// use shared_allocator::prelude::*;
 /// # let name = format!("doc-shmvec-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
 /// let mut v = ShmVec::new_in(&alloc)?;
 /// v.extend_from_slice(&[1u32, 2, 3])?;
