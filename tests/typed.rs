@@ -320,3 +320,24 @@ fn byte_views_interoperate_with_zerocopy_and_bytemuck() {
     v.extend_from_slice(&[1, 2]).unwrap();
     assert_eq!(v.as_bytes(), [1u32, 2].as_bytes());
 }
+
+#[test]
+fn shm_vec_grows_in_place_once_its_buffer_is_whole_pages() {
+    let name = ShmName::new("typed-vec-grow");
+    let alloc = FreeListAllocator::create(name.as_str(), 64 << 20).unwrap();
+    let mut v = ShmVec::<u64, _>::new_in(&alloc).unwrap();
+    let mut moves = 0;
+    let mut last = std::ptr::null();
+    for i in 0..1_000_000u64 {
+        v.push(i).unwrap();
+        if v.as_slice().as_ptr() != last {
+            moves += 1;
+            last = v.as_slice().as_ptr();
+        }
+    }
+    // 4..256 elements live in size classes (7 moves), one move to whole pages,
+    // then every doubling extends in place over free pages.
+    assert!(moves <= 9, "buffer moved {moves} times");
+    assert_eq!(v.capacity(), 1 << 20);
+    assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64));
+}

@@ -168,6 +168,16 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
                 requested: u64::MAX,
                 max: self.alloc.segment().layout().data_len,
             })?;
+        // Extend in place when the allocator can: no copy, and readers see only
+        // `cap` grow (the data offset stays).
+        if !self.buf_off.is_null() && self.alloc.grow_in_place(self.buf_off, bytes) {
+            if let Ok(p) = raw::checked_ptr::<T, A>(self.alloc, self.buf_off, new_cap) {
+                self.buf = p;
+                self.hdr.cap.store(new_cap as u64, Ordering::Release);
+                self.cap = new_cap;
+                return Ok(());
+            }
+        }
         let off = self.alloc.allocate_aligned(bytes, align_of::<T>())?;
         let ptr = match raw::checked_ptr::<T, A>(self.alloc, off, new_cap) {
             Ok(p) => p,
