@@ -26,48 +26,14 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
-use rkyv::{Archive, Archived, Deserialize, Serialize};
+use rkyv::Archived;
 use shared_allocator::archive::{ArchiveToken, ShmArchive, HEADER_LEN};
 use shared_allocator::prelude::*;
 use shared_allocator::segment::UnlinkGuard;
 
-#[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Clone)]
-struct Record {
-    id: u64,
-    name: String,
-    values: Vec<u32>,
-    score: f64,
-    kind: Kind,
-    note: Option<String>,
-}
-
-#[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Clone)]
-enum Kind {
-    Empty,
-    Label(String),
-    Point { x: i32, y: i32 },
-    Tags(Vec<String>),
-}
-
-fn record(i: u64) -> Record {
-    let kind = match i % 4 {
-        0 => Kind::Empty,
-        1 => Kind::Label(format!("label-{}", i * 7)),
-        2 => Kind::Point {
-            x: i as i32,
-            y: -(i as i32),
-        },
-        _ => Kind::Tags((0..i % 5).map(|t| format!("t{t}-{i}")).collect()),
-    };
-    Record {
-        id: i,
-        name: format!("record number {i} {}", "x".repeat((i % 23) as usize)),
-        values: (0..(i % 17) as u32).map(|v| v * 1000 + i as u32).collect(),
-        score: i as f64 / 7.0,
-        kind,
-        note: (i % 3 == 0).then(|| format!("note {i}")),
-    }
-}
+#[path = "../tests/support/records.rs"]
+mod records;
+use records::{record, Record};
 
 /// A batch whose archive is about 1 MiB.
 fn batch() -> Vec<Record> {

@@ -18,46 +18,9 @@ use shared_allocator::AccessError;
 
 const WATCHDOG: Duration = Duration::from_secs(120);
 
-#[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Clone)]
-#[rkyv(derive(Debug))]
-struct Record {
-    id: u64,
-    name: String,
-    values: Vec<u32>,
-    score: f64,
-    kind: Kind,
-    note: Option<String>,
-}
-
-#[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Clone)]
-#[rkyv(derive(Debug))]
-enum Kind {
-    Empty,
-    Label(String),
-    Point { x: i32, y: i32 },
-    Tags(Vec<String>),
-}
-
-/// Record `i`, the same in every process.
-fn record(i: u64) -> Record {
-    let kind = match i % 4 {
-        0 => Kind::Empty,
-        1 => Kind::Label(format!("label-{}", i * 7)),
-        2 => Kind::Point {
-            x: i as i32 - 5000,
-            y: -(i as i32) * 3,
-        },
-        _ => Kind::Tags((0..i % 5).map(|t| format!("t{t}-{i}")).collect()),
-    };
-    Record {
-        id: i,
-        name: format!("record number {i} {}", "x".repeat((i % 23) as usize)),
-        values: (0..(i % 17) as u32).map(|v| v * 1000 + i as u32).collect(),
-        score: i as f64 / 7.0,
-        kind,
-        note: (i % 3 == 0).then(|| format!("note {i}")),
-    }
-}
+#[path = "support/records.rs"]
+mod records;
+use records::{record, ArchivedKind, ArchivedRecord, Kind, Record};
 
 /// Compares every field of an archived record with the expected one.
 fn check_record(a: &ArchivedRecord, e: &Record) {
