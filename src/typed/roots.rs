@@ -90,11 +90,7 @@ pub trait Roots: ShmAllocator {
     /// [`Error::RootBusy`], allocation and access errors; for a bump allocator,
     /// [`AccessError::Stale`] if the root was created before the last reset.
     fn root<T: ShmSafe>(&self, name: &str) -> Result<&T, Error> {
-        self.root_with(name, || {
-            // ShmSafe: every bit pattern, zeros included, is a valid T.
-            let zeros = vec![0u8; size_of::<T>()];
-            bytemuck_read::<T>(&zeros)
-        })
+        self.root_with(name, zeroed::<T>)
     }
 
     /// Finds the root `name`, or creates it with `init()` (called at most once, in the
@@ -109,14 +105,10 @@ pub trait Roots: ShmAllocator {
 
 impl<A: ShmAllocator> Roots for A {}
 
-/// Reads a T from bytes (any bytes: T is ShmSafe).
-fn bytemuck_read<T: ShmSafe>(bytes: &[u8]) -> T {
-    assert_eq!(bytes.len(), size_of::<T>());
-    // SAFETY:
-    // - `bytes` holds exactly size_of::<T>() initialised bytes (asserted above);
-    // - `read_unaligned` has no alignment requirement;
-    // - T: ShmSafe is valid for every bit pattern, so the result is a valid T.
-    unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) }
+/// A `T` of all-zero bytes.
+fn zeroed<T: ShmSafe>() -> T {
+    // SAFETY: T: ShmSafe is valid for every bit pattern, all zeros included.
+    unsafe { std::mem::zeroed() }
 }
 
 fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSafe>(
