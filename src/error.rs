@@ -95,6 +95,44 @@ pub enum SegmentError {
         /// Which check failed.
         reason: &'static str,
     },
+    /// The object belongs to another user: someone else may have created the name
+    /// first (squatting in the world-writable `/dev/shm`). Opening it anyway needs
+    /// `OpenOptions::allow_foreign_owner`.
+    #[error("segment {name:?} is owned by uid {owner}, not by this user (uid {expected})")]
+    ForeignOwner {
+        /// The normalised name.
+        name: String,
+        /// The object's owner.
+        owner: u32,
+        /// This process's effective uid.
+        expected: u32,
+    },
+    /// The object is writable by every user (`o+w`). Opening it anyway needs
+    /// `OpenOptions::allow_world_writable`.
+    #[error("segment {name:?} has mode {mode:#o}, writable by every user")]
+    InsecureMode {
+        /// The normalised name.
+        name: String,
+        /// The object's permission bits.
+        mode: u32,
+    },
+    /// The object is shorter than a segment header (a peer truncated it, possibly
+    /// while this process was opening it).
+    #[error("segment {name:?} is truncated: {size} bytes mapped, at least {needed} needed")]
+    Truncated {
+        /// The normalised name.
+        name: String,
+        /// Bytes that were mapped.
+        size: u64,
+        /// Bytes a header needs.
+        needed: u64,
+    },
+    /// Every slot of the segment's process registry is held by a live handle.
+    #[error("process registry full: all {slots} slots are held by live handles")]
+    RegistryFull {
+        /// Number of slots.
+        slots: usize,
+    },
     /// An operating-system call failed for another reason.
     #[error("{op} failed: {errno}")]
     Os {

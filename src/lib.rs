@@ -5,10 +5,25 @@
 #![warn(clippy::missing_safety_doc)]
 #![warn(clippy::multiple_unsafe_ops_per_block)]
 
+/// `fail_point!(name)`: a named crash point (the `fail` crate) under the
+/// `failpoints` feature; nothing otherwise.
+#[cfg(feature = "failpoints")]
+macro_rules! fail_point {
+    ($name:expr) => {
+        fail::fail_point!($name)
+    };
+}
+#[cfg(not(feature = "failpoints"))]
+macro_rules! fail_point {
+    ($name:expr) => {};
+}
+pub(crate) use fail_point;
+
 pub mod alloc;
 #[cfg(feature = "rkyv")]
 pub mod archive;
 pub mod error;
+pub mod process;
 pub mod segment;
 pub mod sync;
 pub mod typed;

@@ -89,6 +89,7 @@ fn bump(name: &ShmName) -> Fixture<BumpAllocator> {
 fn opts(ms: u64) -> OpenOptions {
     OpenOptions {
         timeout: Duration::from_millis(ms),
+        ..OpenOptions::default()
     }
 }
 

@@ -29,6 +29,7 @@ const BATCH_WATCHDOG: Duration = Duration::from_secs(240);
 fn quick() -> OpenOptions {
     OpenOptions {
         timeout: Duration::from_millis(20),
+        ..OpenOptions::default()
     }
 }
 

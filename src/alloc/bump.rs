@@ -9,8 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{check_request, data_relative, Offset, ShmAllocator, Stats};
 use crate::error::{AccessError, AllocError, SegmentError};
-use crate::segment::{AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, HEADER_REGION};
+use crate::process::{self, Membership, ProcessInfo};
+use crate::segment::{
+    AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, ALLOC_REGION_START,
+};
 
+/// One page of metadata: the state word.
+const META_LEN: u64 = 4096;
 const CURSOR_BITS: u32 = 36;
 const CURSOR_MASK: u64 = (1 << CURSOR_BITS) - 1;
 /// Largest data region a bump allocator can have (64 GiB - 1).
@@ -37,7 +42,14 @@ pub const BUMP_EPOCH_MODULUS: u64 = 1 << (64 - CURSOR_BITS);
 /// ```
 #[derive(Debug)]
 pub struct BumpAllocator {
+    member: Membership,
     seg: Segment,
+}
+
+impl Drop for BumpAllocator {
+    fn drop(&mut self) {
+        self.member.leave(&self.seg);
+    }
 }
 
 impl BumpAllocator {
@@ -67,17 +79,17 @@ impl BumpAllocator {
         }
         let layout = Layout {
             kind: AllocatorKind::Bump,
-            total_size: HEADER_REGION * 2 + capacity,
-            meta_offset: HEADER_REGION,
-            meta_len: HEADER_REGION,
-            data_offset: HEADER_REGION * 2,
+            total_size: ALLOC_REGION_START + META_LEN + capacity,
+            meta_offset: ALLOC_REGION_START,
+            meta_len: META_LEN,
+            data_offset: ALLOC_REGION_START + META_LEN,
             data_len: capacity,
             params: [0; 4],
         };
         let seg = Segment::create(name, layout, opts)?;
         // The metadata region is zero (fresh ftruncate): epoch 0, cursor 0.
         seg.publish();
-        Ok(BumpAllocator { seg })
+        Self::from_segment(seg)
     }
 
     /// Opens the bump allocator `name` created by any process.
@@ -101,7 +113,17 @@ impl BumpAllocator {
                 reason: "bump layout out of range",
             });
         }
-        Ok(BumpAllocator { seg })
+        Self::from_segment(seg)
+    }
+
+    fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
+        let member = Membership::join(&seg)?.membership;
+        Ok(BumpAllocator { member, seg })
+    }
+
+    /// The handles attached to this segment, from the process registry.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        process::processes(&self.seg, self.member.current())
     }
 
     /// Removes the segment's name; see [`crate::segment::unlink`].

@@ -1,45 +1,62 @@
 //! The general-purpose allocator: size classes over a shared page pool.
 //!
-//! The data region is cut into 4 KiB pages. A page bitmap (1 = in use) hands out
-//! runs of pages. Requests up to 2 KiB go to one of [`SIZE_CLASSES`]: each class
-//! owns whole pages ("spans") carved into equal blocks, tracked by a per-span
-//! bitmap, and keeps the spans that have free blocks on a lock-free tagged stack.
-//! Larger requests take a run of whole pages. A span whose last block is freed
-//! goes back to the page pool, so memory freed at one size serves every other
-//! size later.
+//! The data region is cut into 4 KiB pages. Each page has one metadata line:
+//! a **state word** `[gen: 24 | kind: 3 | class: 5 | aux: 32]`, which is the sole
+//! authority on what the page is (free, a span of small blocks, the head or an
+//! interior page of a large block), and six **block words** `[tag: 16 | bits: 48]`
+//! for spans. Every change of a state word is a compare-and-swap that increments
+//! its generation, so a step that read an old state cannot act on a newer one.
 //!
-//! Per page, one metadata line holds the span state word
-//! `[gen: 24 | kind: 2 | listed: 1 | class: 5 | count: 32]`, the stack link and
-//! the span's block bitmap. The rules that make it safe without locks:
+//! Requests up to 2 KiB go to one of [`SIZE_CLASSES`]: a span is one page carved
+//! into equal blocks. Allocating a block is **one** CAS that sets a bit in a block
+//! word; freeing is one CAS that clears it. A block word carries the tag of its
+//! span (generation and class), so a free or allocation that raced a span's release
+//! and reuse fails its CAS instead of touching the new span: two frees of the same
+//! offset, in any processes, give one success and one [`FreeError::DoubleFree`],
+//! and never change another block. A span is released back to the page pool as
+//! soon as its last block is freed (eagerly), unless it is the freeing handle's
+//! current span for that class, which stays until the handle moves on, drops, or
+//! memory runs short. Releasing first *closes* every block word (CAS from "open and
+//! empty" to `CLOSED`), so no allocation can land in a span being released.
 //!
-//! - A block is taken by first reserving a slot (CAS `count + 1` on the state,
-//!   which fails if the span was released: the generation changed) and then
-//!   setting a bitmap bit; freed by clearing the bit, then CAS `count - 1`. So
-//!   the set bits never outnumber `count`, and `count == 0` means no bit is set.
-//! - A span is on its class stack iff `listed` is set (modulo the instant between
-//!   a pop and the popper's follow-up). Only the thread that sets `listed`
-//!   pushes; only a popper clears it. A span is released to the page pool only by
-//!   the CAS that takes `count` to 0 while not listed, or by a popper that holds it.
-//! - Stack heads carry a 32-bit tag against ABA.
+//! There are no lists: which spans have free blocks, and which pages are free, is
+//! kept in two kinds of bitmaps that are only **hints** (a stale hint costs a
+//! retry; repair rebuilds them). Nothing is ever taken off a shared structure
+//! into a process's hands, so a process that dies holds nothing but the blocks
+//! its own code allocated, and the multi-step operations it had in flight.
 //!
-//! A process killed between two of these steps leaves at worst one slot or one
-//! span unusable (it may leak); no other process ever waits for it. A process
-//! that takes spans off a stack marks them held with its pid (in the link word,
-//! unused off the stack); when the page pool runs dry, spans held by dead pids are
-//! adopted and returned, so even the reclaim pass leaks nothing when killed.
+//! Those operations (creating a span, releasing one, claiming a run of pages for a
+//! large block, growing one) first write an intent record in the handle's slot of
+//! the process registry ([`crate::process`]), naming the pages and the state the
+//! first step installs (the state words also carry the slot index of the handle
+//! that installed them). When a handle dies, whoever takes its slot's lock parks
+//! its intents; the next repair pass finishes or rolls back each one, and repairs
+//! what the global rules can see (an interior page whose head is gone, an empty
+//! span). Repair runs when a handle joins over a dead one, when memory runs out,
+//! and on [`FreeListAllocator::reclaim`]. See the tests in `tests/registry.rs` and
+//! `tests/failpoints.rs`, which kill processes at every step.
+//!
+//! **Stale offsets.** A raw offset is a number: `free(x)` after `x` was freed and
+//! then handed out again *at the same offset, in the same class* frees the new
+//! block, because nothing in the offset tells the two apart. Every other stale use
+//! (the span was released, reused for another class or a large block, or the
+//! block is free) is detected and is an error. Typed handles carry more than an
+//! offset and detect the rest.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
+use crate::process::{self, Intent, Membership, ProcessInfo};
 use crate::segment::{
-    current_pid, pid_alive, AllocatorKind, CreateOptions, Layout, OpenOptions, Segment,
-    HEADER_REGION,
+    AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, ALLOC_REGION_START,
 };
-use crate::sync::{bitmap, tagged_stack};
+use crate::sync::bitmap;
 
 const PAGE: u64 = 4096;
 const PAGE_SHIFT: u32 = 12;
+/// Largest number of pages (64 GiB): a large block's length fits 24 bits.
+const MAX_PAGES: u64 = 1 << 24;
 
 /// Block sizes of the small-object classes. Larger requests take whole pages.
 pub const SIZE_CLASSES: [u32; 24] = [
@@ -64,12 +81,8 @@ const CLASS_OF: [u8; SMALL_MAX / 16 + 1] = {
     t
 };
 
-// State word fields.
-const COUNT_MASK: u64 = 0xFFFF_FFFF;
-const CLASS_SHIFT: u32 = 32;
-const LISTED: u64 = 1 << 37;
-const KIND_SHIFT: u32 = 38;
-const GEN_SHIFT: u32 = 40;
+// ---------------------------------------------------------------- state words
+
 const KIND_FREE: u64 = 0;
 const KIND_SMALL: u64 = 1;
 const KIND_LARGE: u64 = 2;
@@ -77,23 +90,66 @@ const KIND_INTERIOR: u64 = 3;
 
 #[inline]
 fn kind(st: u64) -> u64 {
-    (st >> KIND_SHIFT) & 3
-}
-#[inline]
-fn count(st: u64) -> u64 {
-    st & COUNT_MASK
+    (st >> 37) & 7
 }
 #[inline]
 fn class(st: u64) -> usize {
-    ((st >> CLASS_SHIFT) & 0x1F) as usize
+    ((st >> 32) & 31) as usize
 }
 #[inline]
-fn next_gen(st: u64) -> u64 {
-    ((st >> GEN_SHIFT) + 1) << GEN_SHIFT
+fn aux(st: u64) -> u64 {
+    st & 0xFFFF_FFFF
+}
+/// The state that follows `st`: next generation, the given contents.
+#[inline]
+fn next(st: u64, kind: u64, class: usize, aux: u64) -> u64 {
+    ((((st >> 40) + 1) & 0xFF_FFFF) << 40) | (kind << 37) | ((class as u64) << 32) | aux
+}
+/// Large-block `aux`: the installing slot and the length (head) or distance (interior).
+#[inline]
+fn run_aux(slot: usize, n: u64) -> u64 {
+    ((slot as u64) << 24) | (n & 0xFF_FFFF)
+}
+#[inline]
+fn run_len(st: u64) -> u64 {
+    aux(st) & 0xFF_FFFF
+}
+
+// ---------------------------------------------------------------- block words
+
+const BITS: u64 = 48;
+const BITS_MASK: u64 = (1 << BITS) - 1;
+/// A block word no allocation or free can use: its tag matches no span, and every
+/// bit reads as taken.
+const CLOSED: u64 = u64::MAX;
+const SPAN_WORDS: usize = 6; // 6 x 48 >= 256 blocks of the smallest class
+
+/// The tag of span state `st`: low generation bits and the class. Never 0xFFFF
+/// (classes are < 24), so it never matches `CLOSED`.
+#[inline]
+fn tag_of(st: u64) -> u64 {
+    (((st >> 40) & 0x7FF) << 5) | class(st) as u64
 }
 #[inline]
 fn cap_of(c: usize) -> u64 {
     PAGE / u64::from(SIZE_CLASSES[c])
+}
+#[inline]
+fn words_of(c: usize) -> usize {
+    cap_of(c).div_ceil(BITS) as usize
+}
+/// Block word `w` of an empty open span of class `c` with tag `tag`: bits past the
+/// class's block count are set, so they are never handed out.
+#[inline]
+fn open_empty(w: usize, c: usize, tag: u64) -> u64 {
+    let first = w as u64 * BITS;
+    let valid = cap_of(c).saturating_sub(first).min(BITS);
+    let pad = if valid == BITS {
+        0
+    } else {
+        BITS_MASK & !((1 << valid) - 1)
+    };
+    (tag << BITS) | pad
 }
 
 /// `RECIP[c] = ceil(2^32 / size)`: `(x * RECIP[c]) >> 32 == x / size` for every
@@ -116,44 +172,53 @@ fn block_index(within: u64, c: usize) -> u64 {
     (within * RECIP[c]) >> 32
 }
 
-// Metadata region, in words from meta_offset.
-const LINE: u64 = 8; // words per cache line
-/// Stacks per class. Each process lists spans on its own shard (assigned round-robin
-/// when it opens the allocator), so processes allocating the same size do not all
-/// contend on one head and one span; a process whose shard is empty takes spans
-/// from the others before taking a fresh page.
-const SHARDS: usize = 4;
-const HEADS: u64 = 0; // NCLASS * SHARDS lines, word 0 of each = stack head
-/// One line; word 0 is set when a span became empty while on a class stack since the
-/// last reclaim (a hint: reclaim pops spans only when it is non-zero).
-const EMPTY_SPANS: u64 = (NCLASS * SHARDS) as u64 * LINE;
-/// Word 1 of that line: the shard counter, incremented by each process that opens.
-const NEXT_SHARD: u64 = EMPTY_SPANS + 1;
-const PAGE_BITS: u64 = EMPTY_SPANS + LINE;
-// Per-page line: [state, link, bits0..bits3, -, -]
-const PM_STATE: u64 = 0;
-const PM_LINK: u64 = 1;
-const PM_BITS: u64 = 2;
-/// Link-word flag: the span is off its stack, held by the pid in the low 32 bits.
-const HELD: u64 = 1 << 63;
-const SPAN_BIT_WORDS: usize = 4; // PAGE / min class = 256 blocks
+// ---------------------------------------------------------------- metadata layout
+
+const LINE: u64 = 8; // words per page line: state, 6 block words, spare
+const PM_STATE: usize = 0;
+const PM_WORDS: usize = 1;
+
+/// Intent kinds recorded in the registry.
+const INTENT_NEW_SPAN: u8 = 1;
+const INTENT_RELEASE: u8 = 2;
+const INTENT_LARGE: u8 = 3;
+const INTENT_GROW: u8 = 4;
 
 /// Give up on a CAS retry loop after this many rounds and report corruption.
 /// Real contention makes progress long before; only a peer rewriting a word
 /// forever (hostile) gets here.
-const RETRY_LIMIT: u32 = 1 << 20;
+const RETRY_LIMIT: u32 = 1 << 16;
 
 fn bitmap_words(pages: u64) -> u64 {
     pages.div_ceil(64).div_ceil(LINE) * LINE
 }
+/// Word offsets in the metadata region: page hints, per-class span hints, lines.
+fn avail_start(pages: u64, c: usize) -> u64 {
+    bitmap_words(pages) * (1 + c as u64)
+}
+fn lines_start(pages: u64) -> u64 {
+    avail_start(pages, NCLASS)
+}
+fn meta_words_for(pages: u64) -> u64 {
+    lines_start(pages) + pages * LINE
+}
 
-fn page_meta_start(pages: u64) -> u64 {
-    PAGE_BITS + bitmap_words(pages)
+/// What a repair pass did; see [`FreeListAllocator::reclaim`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Registry slots of dead handles that this pass took over and freed.
+    pub dead_slots: usize,
+    /// Parked intent records of dead handles that were finished or rolled back.
+    pub intents: usize,
+    /// Pages returned to the page pool (empty spans, orphaned runs).
+    pub pages: usize,
 }
 
 /// The general-purpose allocator: any size from 1 byte to the capacity, alignment up
 /// to 4096, individual [`free`](ShmFree::free), memory freed at one size reusable at
-/// any other. Lock-free; safe against processes dying at any instant.
+/// any other. Lock-free: allocation and free of a small block are one CAS each.
+/// Safe against processes dying at any instant: what a dead handle had in flight
+/// is recovered through the process registry.
 ///
 /// ```
 /// use shared_allocator::prelude::*;
@@ -170,12 +235,13 @@ fn page_meta_start(pages: u64) -> u64 {
 /// ```
 #[derive(Debug)]
 pub struct FreeListAllocator {
+    member: Membership,
     seg: Segment,
     pages: usize,
-    /// Where this process starts looking for a free page (spreads processes apart).
+    /// Where this handle starts looking for a free page or span (spreads handles apart).
     hint: AtomicUsize,
-    /// The class stacks this process lists spans on.
-    shard: usize,
+    /// This handle's current span per class: `[tag: 16 | page + 1: 48]`, 0 = none.
+    cur: [AtomicU64; NCLASS],
     /// The metadata region, resolved once at open (`Segment::words` checked it):
     /// address and length in words. Kept as a number so the type stays Send + Sync.
     meta_addr: usize,
@@ -184,11 +250,11 @@ pub struct FreeListAllocator {
 
 impl FreeListAllocator {
     /// Creates a segment `name` with `capacity` bytes of data region (rounded up to
-    /// whole 4 KiB pages).
+    /// whole 4 KiB pages; at most 64 GiB).
     ///
     /// # Errors
     /// [`SegmentError::AlreadyExists`], [`SegmentError::InvalidName`],
-    /// [`SegmentError::InvalidParameter`], or an OS error.
+    /// [`SegmentError::InvalidParameter`], [`SegmentError::ForeignOwner`], or an OS error.
     pub fn create(name: &str, capacity: u64) -> Result<Self, SegmentError> {
         Self::create_with(name, capacity, &CreateOptions::default())
     }
@@ -203,20 +269,19 @@ impl FreeListAllocator {
         opts: &CreateOptions,
     ) -> Result<Self, SegmentError> {
         let pages = capacity.div_ceil(PAGE);
-        if pages == 0 || pages >= (1 << 31) {
+        if pages == 0 || pages >= MAX_PAGES {
             return Err(SegmentError::InvalidParameter {
                 what: "free-list capacity",
                 value: capacity,
             });
         }
-        let meta_words = page_meta_start(pages) + pages * LINE;
-        let meta_len = (meta_words * 8).div_ceil(PAGE) * PAGE;
+        let meta_len = (meta_words_for(pages) * 8).div_ceil(PAGE) * PAGE;
         let layout = Layout {
             kind: AllocatorKind::FreeList,
-            total_size: HEADER_REGION + meta_len + pages * PAGE,
-            meta_offset: HEADER_REGION,
+            total_size: ALLOC_REGION_START + meta_len + pages * PAGE,
+            meta_offset: ALLOC_REGION_START,
             meta_len,
-            data_offset: HEADER_REGION + meta_len,
+            data_offset: ALLOC_REGION_START + meta_len,
             data_len: pages * PAGE,
             params: [pages, 0, 0, 0],
         };
@@ -224,14 +289,17 @@ impl FreeListAllocator {
         let this = Self::from_segment(seg).inspect_err(|_| {
             let _ = crate::segment::unlink(name);
         })?;
-        // Pages past the end of the last bitmap word are permanently "in use".
-        let bits = this.page_bits();
+        // Pages past the end of the last hint word are permanently "in use"; every
+        // block word starts closed.
+        let bits = this.page_hints();
         let tail = pages % 64;
         if tail != 0 {
             bits[(pages / 64) as usize].store(!0 << tail, Ordering::Relaxed);
         }
-        for w in bits.iter().skip(pages.div_ceil(64) as usize) {
-            w.store(!0, Ordering::Relaxed);
+        for p in 0..this.pages {
+            for w in &this.line(p)[PM_WORDS..PM_WORDS + SPAN_WORDS] {
+                w.store(CLOSED, Ordering::Relaxed);
+            }
         }
         this.seg.publish();
         Ok(this)
@@ -242,17 +310,19 @@ impl FreeListAllocator {
     /// # Errors
     /// [`SegmentError::NotFound`], [`SegmentError::WrongKind`],
     /// [`SegmentError::VersionMismatch`], [`SegmentError::InitTimeout`],
-    /// [`SegmentError::CorruptHeader`], ...
+    /// [`SegmentError::CorruptHeader`], [`SegmentError::ForeignOwner`],
+    /// [`SegmentError::RegistryFull`], ...
     pub fn open(name: &str) -> Result<Self, SegmentError> {
         Self::open_with(name, &OpenOptions::default())
     }
 
-    /// [`open`](Self::open) with options (init timeout).
+    /// [`open`](Self::open) with options (init timeout, ownership checks).
     ///
     /// # Errors
     /// As [`open`](Self::open).
     pub fn open_with(name: &str, opts: &OpenOptions) -> Result<Self, SegmentError> {
-        Self::from_segment(Segment::open(name, AllocatorKind::FreeList, opts)?)
+        let this = Self::from_segment(Segment::open(name, AllocatorKind::FreeList, opts)?)?;
+        Ok(this)
     }
 
     fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
@@ -260,32 +330,35 @@ impl FreeListAllocator {
         let pages = l.params[0];
         let corrupt = |reason| Err(SegmentError::CorruptHeader { reason });
         if pages == 0
-            || pages >= (1 << 31)
+            || pages >= MAX_PAGES
             || l.data_len != pages * PAGE
             || l.data_offset % PAGE != 0
         {
             return corrupt("free-list page count disagrees with the data region");
         }
-        if (page_meta_start(pages) + pages * LINE) * 8 > l.meta_len {
+        if meta_words_for(pages) * 8 > l.meta_len {
             return corrupt("free-list metadata region too small");
         }
-        let hint = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % pages as usize;
         let meta = seg
             .words(l.meta_offset, l.meta_len / 8)
             .ok_or(SegmentError::CorruptHeader {
                 reason: "free-list metadata outside the mapping",
             })?;
         let (meta_addr, meta_words) = (meta.as_ptr() as usize, meta.len());
-        let mut this = FreeListAllocator {
+        let joined = Membership::join(&seg)?;
+        let hint = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % pages as usize;
+        let this = FreeListAllocator {
+            member: joined.membership,
             seg,
             pages: pages as usize,
-            hint: AtomicUsize::new(hint / 64),
-            shard: 0,
+            hint: AtomicUsize::new(hint),
+            cur: [const { AtomicU64::new(0) }; NCLASS],
             meta_addr,
             meta_words,
         };
-        this.shard =
-            this.meta()[NEXT_SHARD as usize].fetch_add(1, Ordering::Relaxed) as usize % SHARDS;
+        if joined.found_dead {
+            this.repair();
+        }
         Ok(this)
     }
 
@@ -295,6 +368,21 @@ impl FreeListAllocator {
     /// [`SegmentError::NotFound`] if already removed.
     pub fn unlink(&self) -> Result<(), SegmentError> {
         self.seg.unlink()
+    }
+
+    /// The handles attached to this segment (pid, start time, slot generation,
+    /// liveness), from the process registry.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        process::processes(&self.seg, self.member.current())
+    }
+
+    /// Runs a repair pass now: takes over the registry slots of dead handles,
+    /// finishes or rolls back the operations they had in flight, returns empty spans
+    /// and orphaned pages to the pool, and rebuilds the search hints. Allocation runs
+    /// this by itself before reporting out-of-memory; call it to see the numbers.
+    /// O(pages + registry slots).
+    pub fn reclaim(&self) -> Reclaimed {
+        self.repair()
     }
 
     /// The whole metadata region as words (validated at open; never empty after).
@@ -310,46 +398,30 @@ impl FreeListAllocator {
     }
 
     #[inline]
-    fn head(&self, c: usize) -> &AtomicU64 {
-        self.head_in(c, self.shard)
-    }
-
-    #[inline]
-    fn head_in(&self, c: usize, shard: usize) -> &AtomicU64 {
-        &self.meta()[(HEADS + (c * SHARDS + shard) as u64 * LINE) as usize]
-    }
-
-    /// Takes one span of class `c` from another process's shard and lists it on
-    /// ours (or unlists/releases it, as after any pop). Returns whether it found one.
-    fn steal_span(&self, c: usize) -> bool {
-        for k in 1..SHARDS {
-            let other = self.head_in(c, (self.shard + k) % SHARDS);
-            if let Ok(Some(s)) = tagged_stack::pop(other, |i| self.link_of(i)) {
-                self.mark_held(s);
-                self.after_pop(s, c, false);
-                return true;
-            }
-        }
-        false
-    }
-
-    fn empty_spans(&self) -> &AtomicU64 {
-        &self.meta()[EMPTY_SPANS as usize]
-    }
-
-    #[inline]
-    fn page_bits(&self) -> &[AtomicU64] {
-        let start = PAGE_BITS as usize;
+    fn bitmap_at(&self, start: u64) -> &[AtomicU64] {
+        let start = start as usize;
         &self.meta()[start..start + (self.pages as u64).div_ceil(64) as usize]
     }
 
-    /// Page `p`'s metadata line (p < pages, checked by callers; `None` otherwise).
+    /// Page hints: bit set = the page is (probably) in use.
+    #[inline]
+    fn page_hints(&self) -> &[AtomicU64] {
+        self.bitmap_at(0)
+    }
+
+    /// Span hints of class `c`: bit set = page is (probably) a span of `c` with a free block.
+    #[inline]
+    fn avail(&self, c: usize) -> &[AtomicU64] {
+        self.bitmap_at(avail_start(self.pages as u64, c))
+    }
+
+    /// Page `p`'s metadata line (`None` past the last page).
     #[inline]
     fn page_line(&self, p: usize) -> Option<&[AtomicU64]> {
         if p >= self.pages {
             return None;
         }
-        let start = (page_meta_start(self.pages as u64) + p as u64 * LINE) as usize;
+        let start = (lines_start(self.pages as u64) + p as u64 * LINE) as usize;
         self.meta().get(start..start + LINE as usize)
     }
 
@@ -360,53 +432,231 @@ impl FreeListAllocator {
     }
 
     #[inline]
+    fn state(&self, p: usize) -> &AtomicU64 {
+        &self.line(p)[PM_STATE]
+    }
+
+    #[inline]
     fn page_offset(&self, p: usize) -> u64 {
         self.seg.layout().data_offset + ((p as u64) << PAGE_SHIFT)
     }
 
-    fn link_of(&self, p: usize) -> Option<&AtomicU64> {
-        self.page_line(p).map(|l| &l[PM_LINK as usize])
+    fn my_slot(&self) -> Result<usize, AllocError> {
+        self.member
+            .slot(&self.seg)
+            .map_err(|_| AllocError::Corrupted {
+                what: "no process-registry slot (registry full or fcntl failed)",
+            })
     }
 
-    // ---------------------------------------------------------------- pages
+    fn intend(&self, intent: Intent) -> Result<process::IntentGuard<'_>, AllocError> {
+        self.member
+            .intend(&self.seg, intent)
+            .map_err(|_| AllocError::Corrupted {
+                what: "no process-registry slot (registry full or fcntl failed)",
+            })
+    }
 
-    fn try_claim_pages(&self, n: usize) -> Result<Option<usize>, AllocError> {
-        let bits = self.page_bits();
-        let found = if n == 1 {
-            let start = self.hint.load(Ordering::Relaxed) % bits.len();
-            bitmap::claim_one(bits, start).inspect(|&p| self.hint.store(p / 64, Ordering::Relaxed))
-        } else {
-            let mut found = None;
+    fn set_bit(bits: &[AtomicU64], p: usize) {
+        let (w, m) = (p / 64, 1u64 << (p % 64));
+        if bits[w].load(Ordering::SeqCst) & m == 0 {
+            bits[w].fetch_or(m, Ordering::SeqCst);
+        }
+    }
+
+    fn clear_bit(bits: &[AtomicU64], p: usize) {
+        let (w, m) = (p / 64, 1u64 << (p % 64));
+        if bits[w].load(Ordering::Relaxed) & m != 0 {
+            bits[w].fetch_and(!m, Ordering::SeqCst);
+        }
+    }
+
+    // ---------------------------------------------------------------- small blocks
+
+    /// Takes a free block of the span at page `p` (class `c`, tag `tag`), if it is
+    /// still that span and has one.
+    #[inline]
+    fn take_block(&self, p: usize, c: usize, tag: u64) -> Option<Offset> {
+        let line = self.page_line(p)?;
+        for w in 0..words_of(c) {
+            let word = &line[PM_WORDS + w];
+            let mut v = word.load(Ordering::Relaxed);
             for _ in 0..64 {
-                match bitmap::find_clear_run(bits, n) {
-                    None => break,
-                    Some(s) if bitmap::claim_run(bits, s, n) => {
-                        found = Some(s);
-                        break;
+                if v >> BITS != tag {
+                    return None; // released, closing, or another span now
+                }
+                let free = !v & BITS_MASK;
+                if free == 0 {
+                    break;
+                }
+                let b = free.trailing_zeros();
+                match word.compare_exchange_weak(
+                    v,
+                    v | (1 << b),
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        let i = w as u64 * BITS + u64::from(b);
+                        return Some(Offset::new(
+                            self.page_offset(p) + i * u64::from(SIZE_CLASSES[c]),
+                        ));
                     }
-                    Some(_) => continue,
+                    Err(now) => v = now,
                 }
             }
-            found
-        };
-        match found {
-            Some(p) if p + n <= self.pages => Ok(Some(p)),
-            Some(_) => Err(AllocError::Corrupted {
-                what: "page bitmap marks pages past the end as free",
-            }),
-            None => Ok(None),
+        }
+        None
+    }
+
+    /// Whether span `p` (class `c`, tag `tag`) has a free block right now.
+    fn has_free(&self, p: usize, c: usize, tag: u64) -> bool {
+        let line = self.line(p);
+        (0..words_of(c)).any(|w| {
+            let v = line[PM_WORDS + w].load(Ordering::SeqCst);
+            v >> BITS == tag && !v & BITS_MASK != 0
+        })
+    }
+
+    /// Whether span `p` (class `c`, tag `tag`) has no block handed out.
+    fn is_empty_span(&self, p: usize, c: usize, tag: u64) -> bool {
+        let line = self.line(p);
+        (0..words_of(c)).all(|w| line[PM_WORDS + w].load(Ordering::SeqCst) == open_empty(w, c, tag))
+    }
+
+    /// Clears span `p`'s hint in class `c`, then re-sets it if the span does have a
+    /// free block (a free that raced the clear set its block free first: with SeqCst
+    /// on both sides, one of the two sees the other).
+    fn drop_hint(&self, c: usize, p: usize) {
+        let avail = self.avail(c);
+        let (w, m) = (p / 64, 1u64 << (p % 64));
+        avail[w].fetch_and(!m, Ordering::SeqCst);
+        let st = self.state(p).load(Ordering::SeqCst);
+        if kind(st) == KIND_SMALL && class(st) == c && self.has_free(p, c, tag_of(st)) {
+            avail[w].fetch_or(m, Ordering::SeqCst);
         }
     }
 
-    fn claim_pages(&self, n: usize, requested: u64) -> Result<usize, AllocError> {
-        if let Some(p) = self.try_claim_pages(n)? {
-            return Ok(p);
-        }
-        // Empty spans cached on the class stacks are free memory too: return them.
-        if self.reclaim_empty_spans() > 0 {
-            if let Some(p) = self.try_claim_pages(n)? {
-                return Ok(p);
+    #[inline]
+    fn alloc_small(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
+        let cur = self.cur[c].load(Ordering::Relaxed);
+        if cur != 0 {
+            let p = (cur & BITS_MASK) as usize - 1;
+            if let Some(off) = self.take_block(p, c, cur >> BITS) {
+                return Ok(off);
             }
+        }
+        self.alloc_small_slow(c, requested)
+    }
+
+    #[cold]
+    fn alloc_small_slow(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
+        let cur = self.cur[c].swap(0, Ordering::Relaxed);
+        if cur != 0 {
+            self.drop_hint(c, (cur & BITS_MASK) as usize - 1);
+        }
+        let mut repaired = false;
+        loop {
+            if let Some(off) = self.alloc_from_hints(c) {
+                return Ok(off);
+            }
+            match self.new_span(c, requested) {
+                Err(AllocError::OutOfMemory { .. }) if !repaired => {
+                    repaired = true;
+                    self.repair();
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Finds a span of class `c` with a free block through the span hints.
+    fn alloc_from_hints(&self, c: usize) -> Option<Offset> {
+        let avail = self.avail(c);
+        let n = avail.len();
+        let start = self.hint.load(Ordering::Relaxed) / 64 % n;
+        for k in 0..n {
+            let w = (start + k) % n;
+            let mut v = avail[w].load(Ordering::Relaxed);
+            // Each round drops one stale hint or returns: at most 64 rounds.
+            while v != 0 {
+                let p = w * 64 + v.trailing_zeros() as usize;
+                v &= v - 1;
+                if p >= self.pages {
+                    break;
+                }
+                let st = self.state(p).load(Ordering::Acquire);
+                if kind(st) == KIND_SMALL && class(st) == c {
+                    let tag = tag_of(st);
+                    if let Some(off) = self.take_block(p, c, tag) {
+                        self.cur[c].store((tag << BITS) | (p as u64 + 1), Ordering::Relaxed);
+                        return Some(off);
+                    }
+                }
+                self.drop_hint(c, p);
+            }
+        }
+        None
+    }
+
+    /// Claims a page whose hint is clear; returns it with its (free) state.
+    fn claim_free_page(&self) -> Result<Option<(usize, u64)>, AllocError> {
+        let hints = self.page_hints();
+        for _ in 0..64 {
+            let start = self.hint.load(Ordering::Relaxed) / 64 % hints.len();
+            let Some(p) = bitmap::claim_one(hints, start) else {
+                return Ok(None);
+            };
+            if p >= self.pages {
+                return Err(AllocError::Corrupted {
+                    what: "page hints mark pages past the end as free",
+                });
+            }
+            self.hint.store(p, Ordering::Relaxed);
+            let st = self.state(p).load(Ordering::Acquire);
+            if kind(st) == KIND_FREE {
+                return Ok(Some((p, st)));
+            }
+            // A stale hint: the page is in use, and its bit is now right.
+        }
+        Ok(None)
+    }
+
+    /// Takes a free page as a new span of class `c` and returns its first block.
+    fn new_span(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
+        let me = self.my_slot()?;
+        for _ in 0..64 {
+            let Some((p, st)) = self.claim_free_page()? else {
+                break;
+            };
+            let new = next(st, KIND_SMALL, c, me as u64);
+            let guard = self.intend(Intent {
+                kind: INTENT_NEW_SPAN,
+                page: p as u32,
+                pages: 1,
+                expected: new,
+            })?;
+            crate::fail_point!("fl.new_span.intent");
+            if self
+                .state(p)
+                .compare_exchange(st, new, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            crate::fail_point!("fl.new_span.claimed");
+            let tag = tag_of(new);
+            let line = self.line(p);
+            for w in 0..words_of(c) {
+                let first = u64::from(w == 0); // block 0 is the caller's
+                line[PM_WORDS + w].store(open_empty(w, c, tag) | first, Ordering::SeqCst);
+                crate::fail_point!("fl.new_span.word");
+            }
+            Self::set_bit(self.avail(c), p);
+            self.cur[c].store((tag << BITS) | (p as u64 + 1), Ordering::Relaxed);
+            crate::fail_point!("fl.new_span.listed");
+            drop(guard);
+            return Ok(Offset::new(self.page_offset(p)));
         }
         Err(AllocError::OutOfMemory {
             requested,
@@ -414,267 +664,121 @@ impl FreeListAllocator {
         })
     }
 
-    fn release_pages(&self, p: usize, n: usize) {
-        bitmap::release_run(self.page_bits(), p, n);
-    }
-
-    // ---------------------------------------------------------------- spans
-
-    fn push_span(&self, c: usize, s: usize) {
-        tagged_stack::push(self.head(c), s, &self.line(s)[PM_LINK as usize]);
-    }
-
-    /// Allocates a block of class `c`.
-    fn alloc_small(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
-        let head = self.head(c);
-        let cap = cap_of(c);
-        let mut retried_after_reclaim = false;
-        for _ in 0..RETRY_LIMIT {
-            let h = head.load(Ordering::Acquire);
-            let Some(s) = tagged_stack::top(h) else {
-                if self.steal_span(c) {
-                    continue;
-                }
-                match self.new_span(c, requested) {
-                    // The page pool ran dry; reclaiming may have put spans with free
-                    // blocks (adopted from dead processes) back on this stack.
-                    Err(AllocError::OutOfMemory { .. }) if !retried_after_reclaim => {
-                        retried_after_reclaim = true;
-                        continue;
-                    }
-                    r => return r,
-                }
-            };
-            let Some(line) = self.page_line(s) else {
-                return Err(AllocError::Corrupted {
-                    what: "class stack holds a page index out of range",
-                });
-            };
-            let state = &line[PM_STATE as usize];
-            let st = state.load(Ordering::Acquire);
-            if kind(st) != KIND_SMALL || class(st) != c || st & LISTED == 0 {
-                if head.load(Ordering::Acquire) != h {
-                    continue; // the span left the stack meanwhile
-                }
-                return Err(AllocError::Corrupted {
-                    what: "class stack holds a page that is not a listed span of its class",
-                });
-            }
-            if count(st) < cap {
-                if state
-                    .compare_exchange_weak(st, st + 1, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return self.take_reserved_block(s, c);
-                }
-                continue;
-            }
-            // Full: take it off the stack; a later free lists it again.
-            match tagged_stack::pop_if(head, h, |i| self.link_of(i)) {
-                Ok(Some(_)) => {
-                    self.mark_held(s);
-                    self.after_pop(s, c, false);
-                }
-                Ok(None) => {}
-                Err(tagged_stack::CorruptLink) => {
-                    return Err(AllocError::Corrupted {
-                        what: "class stack link out of range",
-                    })
-                }
-            }
-        }
-        Err(AllocError::Corrupted {
-            what: "allocation retried too often",
-        })
-    }
-
-    /// With one slot of span `s` reserved, sets a clear bit and returns its block.
-    fn take_reserved_block(&self, s: usize, c: usize) -> Result<Offset, AllocError> {
-        let cap = cap_of(c) as usize;
-        let bits = &self.line(s)[PM_BITS as usize..PM_BITS as usize + SPAN_BIT_WORDS];
-        // The reservation guarantees a clear bit below `cap` (set bits <= count);
-        // each failed attempt means another reserver took one. Bounded for safety.
-        for _ in 0..256 {
-            for (w, word) in bits.iter().enumerate().take(cap.div_ceil(64)) {
-                let valid = bitmap::mask(0, (cap - w * 64).min(64) as u32);
-                let mut v = word.load(Ordering::Relaxed);
-                while !v & valid != 0 {
-                    let b = (!v & valid).trailing_zeros();
-                    let prev = word.fetch_or(1 << b, Ordering::AcqRel);
-                    if prev & (1 << b) == 0 {
-                        let i = (w * 64 + b as usize) as u64;
-                        return Ok(Offset::new(
-                            self.page_offset(s) + i * u64::from(SIZE_CLASSES[c]),
-                        ));
-                    }
-                    v = prev;
-                }
-            }
-        }
-        let _ = self.return_slot(s, c);
-        Err(AllocError::Corrupted {
-            what: "span bitmap full although its count has room",
-        })
-    }
-
-    /// Takes a fresh page as a span of class `c`, keeps block 0 and lists the span.
-    fn new_span(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
-        let s = self.claim_pages(1, requested)?;
-        let line = self.line(s);
-        line[PM_BITS as usize].store(1, Ordering::Relaxed);
-        for w in &line[PM_BITS as usize + 1..PM_BITS as usize + SPAN_BIT_WORDS] {
-            w.store(0, Ordering::Relaxed);
-        }
-        let old = line[PM_STATE as usize].load(Ordering::Relaxed);
-        let st =
-            next_gen(old) | (KIND_SMALL << KIND_SHIFT) | LISTED | ((c as u64) << CLASS_SHIFT) | 1;
-        line[PM_STATE as usize].store(st, Ordering::Release);
-        self.push_span(c, s);
-        Ok(Offset::new(self.page_offset(s)))
-    }
-
-    /// After popping span `s` (state still `listed`): release it if empty, unlist it
-    /// if full, otherwise push it back. With `release_empty_only`, a non-empty span
-    /// is always pushed back (used when draining).
-    fn after_pop(&self, s: usize, c: usize, release_empty_only: bool) -> bool {
-        let state = &self.line(s)[PM_STATE as usize];
-        let cap = cap_of(c);
-        for _ in 0..RETRY_LIMIT {
-            let st = state.load(Ordering::Acquire);
-            if kind(st) != KIND_SMALL || class(st) != c || st & LISTED == 0 {
-                return false; // corrupt: leave the span alone (it leaks, nothing else breaks)
-            }
-            if count(st) == 0 {
-                if state
-                    .compare_exchange(st, next_gen(st), Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    self.release_pages(s, 1);
-                    return true;
-                }
-            } else if count(st) >= cap && !release_empty_only {
-                if state
-                    .compare_exchange(st, st & !LISTED, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return false;
-                }
-            } else {
-                self.push_span(c, s);
-                return false;
-            }
-        }
-        false
-    }
-
-    /// Gives back one reserved slot of span `s` (its bit already clear): lists the
-    /// span if it was unlisted, or releases it if it was unlisted and this was the
-    /// last slot.
-    fn return_slot(&self, s: usize, c: usize) -> Result<(), &'static str> {
-        let state = &self.line(s)[PM_STATE as usize];
-        for _ in 0..RETRY_LIMIT {
-            let st = state.load(Ordering::Acquire);
-            if kind(st) != KIND_SMALL || class(st) != c || count(st) == 0 {
-                return Err("span state changed under a live block");
-            }
-            let (new, then) = if st & LISTED != 0 {
-                (st - 1, if count(st) == 1 { 3 } else { 0 })
-            } else if count(st) == 1 {
-                (next_gen(st), 1)
-            } else {
-                ((st - 1) | LISTED, 2)
-            };
-            if state
-                .compare_exchange_weak(st, new, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                match then {
-                    1 => self.release_pages(s, 1),
-                    2 => self.push_span(c, s),
-                    3 => {
-                        // Only a hint: skip the locked write when it is already set.
-                        let hint = self.empty_spans();
-                        if hint.load(Ordering::Relaxed) == 0 {
-                            hint.store(1, Ordering::Relaxed);
-                        }
-                    }
-                    _ => {}
-                }
-                return Ok(());
-            }
-        }
-        Err("free retried too often")
-    }
-
-    /// Records in span `s`'s link word (unused while the span is off its stack) that
-    /// this process holds it. If this process dies before putting the span back, the
-    /// mark tells [`adopt_orphans`](Self::adopt_orphans) the span belongs to nobody.
-    fn mark_held(&self, s: usize) {
-        self.line(s)[PM_LINK as usize].store(HELD | u64::from(current_pid()), Ordering::Relaxed);
-    }
-
-    /// If spans went empty on their stacks, pops every span off every class stack,
-    /// releases the empty ones and pushes the rest back; then adopts spans orphaned by
-    /// dead processes. Returns how many
-    /// pages were released. Runs only when the page pool is exhausted.
-    fn reclaim_empty_spans(&self) -> usize {
-        let mut released = 0;
-        let mut held = Vec::new();
-        // Popping every span is only worth it (and only exposes spans to this process
-        // dying with them in hand) when some span went empty while listed.
-        let classes = if self.empty_spans().swap(0, Ordering::AcqRel) == 0 {
-            0
-        } else {
-            NCLASS
+    /// Releases the empty span at page `p` (state `st`) to the page pool: closes its
+    /// block words (each CAS fails if a block was taken meanwhile, and then the span
+    /// is reopened and kept), then frees the page. Returns whether it did.
+    fn release_span(&self, p: usize, st: u64) -> bool {
+        let c = class(st);
+        let tag = tag_of(st);
+        let freed = next(st, KIND_FREE, 0, 0);
+        let Ok(guard) = self.intend(Intent {
+            kind: INTENT_RELEASE,
+            page: p as u32,
+            pages: 1,
+            expected: freed,
+        }) else {
+            return false;
         };
-        for c in 0..classes {
-            for shard in 0..SHARDS {
-                held.clear();
-                while held.len() < self.pages {
-                    match tagged_stack::pop(self.head_in(c, shard), |i| self.link_of(i)) {
-                        Ok(Some(s)) => {
-                            self.mark_held(s);
-                            held.push(s);
-                        }
-                        _ => break,
-                    }
-                }
-                // Non-empty spans go back on this process's shard.
-                for &s in &held {
-                    released += usize::from(self.after_pop(s, c, true));
-                }
-            }
-        }
-        released + self.adopt_orphans()
-    }
-
-    /// Finds spans that a dead process had taken off a stack (still `listed`, link
-    /// word marked held by a pid that no longer exists), takes them over and puts
-    /// them back: released if empty, pushed back otherwise. O(pages).
-    fn adopt_orphans(&self) -> usize {
-        let me = HELD | u64::from(current_pid());
-        let mut released = 0;
-        for p in 0..self.pages {
-            let line = self.line(p);
-            let st = line[PM_STATE as usize].load(Ordering::Acquire);
-            if kind(st) != KIND_SMALL || st & LISTED == 0 || class(st) >= NCLASS {
-                continue;
-            }
-            let link = line[PM_LINK as usize].load(Ordering::Acquire);
-            if link & HELD == 0 || link == me || pid_alive(link as u32) {
-                continue;
-            }
-            if line[PM_LINK as usize]
-                .compare_exchange(link, me, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+        crate::fail_point!("fl.release.intent");
+        let line = self.line(p);
+        let nw = words_of(c);
+        let mut closed = 0;
+        while closed < nw {
+            let w = &line[PM_WORDS + closed];
+            if w.compare_exchange(
+                open_empty(closed, c, tag),
+                CLOSED,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .is_err()
             {
-                released += usize::from(self.after_pop(p, class(st), true));
+                break;
             }
+            closed += 1;
+            crate::fail_point!("fl.release.closed_word");
         }
-        released
+        if closed < nw
+            || self
+                .state(p)
+                .compare_exchange(st, freed, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            for w in 0..closed {
+                let _ = line[PM_WORDS + w].compare_exchange(
+                    CLOSED,
+                    open_empty(w, c, tag),
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                );
+            }
+            return false;
+        }
+        crate::fail_point!("fl.release.freed");
+        Self::clear_bit(self.avail(c), p);
+        Self::clear_bit(self.page_hints(), p);
+        drop(guard);
+        true
     }
 
-    // ---------------------------------------------------------------- large
+    /// After a block of span `p` was freed (its word now `now`): keep the span's hint
+    /// set, and release the span if it became empty and is not this handle's current
+    /// span of its class.
+    #[inline]
+    fn after_small_free(&self, p: usize, st: u64, w: usize, now: u64) {
+        let c = class(st);
+        Self::set_bit(self.avail(c), p);
+        let tag = tag_of(st);
+        if now != open_empty(w, c, tag) {
+            return;
+        }
+        let cur = self.cur[c].load(Ordering::Relaxed);
+        if cur == (tag << BITS) | (p as u64 + 1) {
+            return; // keep our current span: the next allocation reuses it
+        }
+        if self.is_empty_span(p, c, tag) {
+            self.release_span(p, st);
+        }
+    }
+
+    fn free_small(&self, p: usize, st: u64, within: u64, off: u64) -> Result<(), FreeError> {
+        let c = class(st);
+        if c >= NCLASS {
+            return Err(FreeError::Corrupted {
+                what: "span class out of range",
+            });
+        }
+        let size = u64::from(SIZE_CLASSES[c]);
+        let i = block_index(within, c);
+        if within != i * size || i >= cap_of(c) {
+            return Err(FreeError::NotBlockStart { offset: off });
+        }
+        let tag = tag_of(st);
+        let (w, bit) = ((i / BITS) as usize, 1u64 << (i % BITS));
+        let word = &self.line(p)[PM_WORDS + w];
+        let mut v = word.load(Ordering::Relaxed);
+        for _ in 0..RETRY_LIMIT {
+            // A tag mismatch: the span was released (and maybe reused) since `st`
+            // was read, so this block was not live in it.
+            if v >> BITS != tag || v & bit == 0 {
+                return Err(FreeError::DoubleFree { offset: off });
+            }
+            crate::fail_point!("fl.free.before_clear");
+            match word.compare_exchange_weak(v, v & !bit, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => {
+                    crate::fail_point!("fl.free.cleared");
+                    self.after_small_free(p, st, w, v & !bit);
+                    return Ok(());
+                }
+                Err(now) => v = now,
+            }
+        }
+        Err(FreeError::Corrupted {
+            what: "free retried too often",
+        })
+    }
+
+    // ---------------------------------------------------------------- large blocks
 
     fn alloc_large(&self, size: usize) -> Result<Offset, AllocError> {
         let n = (size as u64).div_ceil(PAGE);
@@ -685,29 +789,144 @@ impl FreeListAllocator {
             });
         }
         let n = n as usize;
-        let s = self.claim_pages(n, size as u64)?;
-        for (d, p) in (s + 1..s + n).enumerate() {
-            let state = &self.line(p)[PM_STATE as usize];
-            let old = state.load(Ordering::Relaxed);
-            state.store(
-                next_gen(old) | (KIND_INTERIOR << KIND_SHIFT) | (d as u64 + 1),
-                Ordering::Relaxed,
-            );
+        let me = self.my_slot()?;
+        let hints = self.page_hints();
+        let mut repaired = false;
+        for _ in 0..256 {
+            let Some(s) = bitmap::find_clear_run(hints, n).filter(|&s| s + n <= self.pages) else {
+                if repaired {
+                    break;
+                }
+                repaired = true;
+                self.repair();
+                continue;
+            };
+            if !bitmap::claim_run(hints, s, n) {
+                continue;
+            }
+            let head = self.state(s).load(Ordering::Acquire);
+            if kind(head) != KIND_FREE {
+                self.unhint_free_pages(s, n);
+                continue;
+            }
+            let new_head = next(head, KIND_LARGE, 0, run_aux(me, n as u64));
+            let guard = self.intend(Intent {
+                kind: INTENT_LARGE,
+                page: s as u32,
+                pages: n as u32,
+                expected: new_head,
+            })?;
+            crate::fail_point!("fl.large.intent");
+            if self
+                .state(s)
+                .compare_exchange(head, new_head, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                self.unhint_free_pages(s, n);
+                continue;
+            }
+            crate::fail_point!("fl.large.head");
+            if self.claim_interiors(s, 1, n, me) {
+                drop(guard);
+                return Ok(Offset::new(self.page_offset(s)));
+            }
+            self.undo_large(s, n, new_head);
+            drop(guard);
         }
-        let state = &self.line(s)[PM_STATE as usize];
-        let old = state.load(Ordering::Relaxed);
-        state.store(
-            next_gen(old) | (KIND_LARGE << KIND_SHIFT) | n as u64,
-            Ordering::Release,
-        );
-        Ok(Offset::new(self.page_offset(s)))
+        Err(AllocError::OutOfMemory {
+            requested: size as u64,
+            available: self.available_bytes(),
+        })
+    }
+
+    /// Marks pages `s + from .. s + to` interior pages of the block at `s`; on a page
+    /// that is not free, undoes its own marks and returns false.
+    fn claim_interiors(&self, s: usize, from: usize, to: usize, me: usize) -> bool {
+        for d in from..to {
+            let ps = self.state(s + d);
+            let st = ps.load(Ordering::Acquire);
+            if kind(st) != KIND_FREE
+                || ps
+                    .compare_exchange(
+                        st,
+                        next(st, KIND_INTERIOR, 0, run_aux(me, d as u64)),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_err()
+            {
+                self.free_interiors(s, from, d, Some(me));
+                return false;
+            }
+            crate::fail_point!("fl.large.interior");
+        }
+        true
+    }
+
+    /// Frees the interior pages `s + from .. s + to` that still point at `s` (and,
+    /// with `slot`, were installed by that slot); clears their page hints.
+    fn free_interiors(&self, s: usize, from: usize, to: usize, slot: Option<usize>) -> usize {
+        let mut n = 0;
+        for d in from..to.min(self.pages - s) {
+            let ps = self.state(s + d);
+            let st = ps.load(Ordering::Acquire);
+            if kind(st) != KIND_INTERIOR
+                || run_len(st) != d as u64
+                || slot.is_some_and(|me| aux(st) != run_aux(me, d as u64))
+            {
+                continue;
+            }
+            if ps
+                .compare_exchange(
+                    st,
+                    next(st, KIND_FREE, 0, 0),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                Self::clear_bit(self.page_hints(), s + d);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Rolls back a large claim whose head state is `head` (as installed): frees its
+    /// interior pages, then the head.
+    fn undo_large(&self, s: usize, n: usize, head: u64) -> usize {
+        let slot = (aux(head) >> 24) as usize;
+        let mut released = self.free_interiors(s, 1, n, Some(slot));
+        if self
+            .state(s)
+            .compare_exchange(
+                head,
+                next(head, KIND_FREE, 0, 0),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            Self::clear_bit(self.page_hints(), s);
+            released += 1;
+        }
+        released
+    }
+
+    /// Clears the page hints of the free pages among `s..s+n` (after a failed claim).
+    fn unhint_free_pages(&self, s: usize, n: usize) {
+        for p in s..s + n {
+            if kind(self.state(p).load(Ordering::Acquire)) == KIND_FREE {
+                Self::clear_bit(self.page_hints(), p);
+            }
+        }
     }
 
     /// Extends the large block at page `s` over the free pages right after it.
     fn grow_large_in_place(&self, s: usize, new_size: usize) -> bool {
-        let state = &self.line(s)[PM_STATE as usize];
-        let st = state.load(Ordering::Acquire);
-        let n = count(st) as usize;
+        let head = self.state(s);
+        let st = head.load(Ordering::Acquire);
+        let n = run_len(st) as usize;
         if kind(st) != KIND_LARGE || n == 0 || s + n > self.pages {
             return false;
         }
@@ -715,56 +934,222 @@ impl FreeListAllocator {
         if want <= n {
             return true;
         }
-        if s + want > self.pages || !bitmap::claim_run(self.page_bits(), s + n, want - n) {
+        let Ok(me) = self.my_slot() else { return false };
+        if s + want > self.pages || !bitmap::claim_run(self.page_hints(), s + n, want - n) {
             return false;
         }
-        for p in s + n..s + want {
-            let ps = &self.line(p)[PM_STATE as usize];
-            let old = ps.load(Ordering::Relaxed);
-            ps.store(
-                next_gen(old) | (KIND_INTERIOR << KIND_SHIFT) | (p - s) as u64,
-                Ordering::Relaxed,
-            );
+        let grown = (st & !0xFF_FFFF) | want as u64;
+        let Ok(guard) = self.intend(Intent {
+            kind: INTENT_GROW,
+            page: (s + n) as u32,
+            pages: (want - n) as u32,
+            expected: grown,
+        }) else {
+            self.unhint_free_pages(s + n, want - n);
+            return false;
+        };
+        crate::fail_point!("fl.grow.intent");
+        if !self.claim_interiors(s, n, want, me) {
+            self.unhint_free_pages(s + n, want - n);
+            return false;
         }
-        let grown = (st & !COUNT_MASK) | want as u64;
-        if state
+        crate::fail_point!("fl.grow.interiors");
+        // The head keeps its generation: handles to the block stay valid.
+        if head
             .compare_exchange(st, grown, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
-            // The block changed under its owner (freed by someone else): give back.
-            for p in s + n..s + want {
-                let ps = &self.line(p)[PM_STATE as usize];
-                let old = ps.load(Ordering::Relaxed);
-                ps.store(next_gen(old), Ordering::Relaxed);
-            }
-            self.release_pages(s + n, want - n);
+            self.free_interiors(s, n, want, Some(me));
             return false;
         }
+        drop(guard);
         true
     }
 
     fn free_large(&self, s: usize, st: u64, offset: u64) -> Result<(), FreeError> {
-        let n = count(st) as usize;
+        let n = run_len(st) as usize;
         if n == 0 || s + n > self.pages {
             return Err(FreeError::Corrupted {
                 what: "large block length out of range",
             });
         }
-        let state = &self.line(s)[PM_STATE as usize];
         // Only one of two racing frees wins this CAS: the other sees a double free.
-        if state
-            .compare_exchange(st, next_gen(st), Ordering::AcqRel, Ordering::Relaxed)
+        if self
+            .state(s)
+            .compare_exchange(
+                st,
+                next(st, KIND_FREE, 0, 0),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
             .is_err()
         {
             return Err(FreeError::DoubleFree { offset });
         }
-        for p in s + 1..s + n {
-            let ps = &self.line(p)[PM_STATE as usize];
-            let old = ps.load(Ordering::Relaxed);
-            ps.store(next_gen(old), Ordering::Relaxed);
-        }
-        self.release_pages(s, n);
+        crate::fail_point!("fl.large_free.head");
+        // Interior pages now point at a free head: any repair pass may free them
+        // too (each page's CAS decides who), so a crash here loses nothing.
+        self.free_interiors(s, 1, n, None);
+        Self::clear_bit(self.page_hints(), s);
         Ok(())
+    }
+
+    // ---------------------------------------------------------------- repair
+
+    /// The repair pass; see [`FreeListAllocator::reclaim`].
+    fn repair(&self) -> Reclaimed {
+        let me = self.member.current();
+        let mut r = Reclaimed {
+            dead_slots: process::reclaim_dead(&self.seg, me),
+            ..Reclaimed::default()
+        };
+        process::drain_orphans(&self.seg, |it| {
+            let done = self.finish_intent(it, me);
+            if let Some(pages) = done {
+                r.intents += 1;
+                r.pages += pages;
+            }
+            done.is_some()
+        });
+        let live = process::live_intents(&self.seg, me);
+        let covered = |p: usize, intents: &[Intent]| intents.iter().any(|i| i.covers(p));
+        for p in 0..self.pages {
+            let st = self.state(p).load(Ordering::Acquire);
+            match kind(st) {
+                KIND_FREE if !covered(p, &live) => Self::clear_bit(self.page_hints(), p),
+                KIND_SMALL if class(st) < NCLASS => {
+                    Self::set_bit(self.page_hints(), p);
+                    let (c, tag) = (class(st), tag_of(st));
+                    if self.is_empty_span(p, c, tag) {
+                        r.pages += usize::from(self.release_span(p, st));
+                    } else if self.has_free(p, c, tag) {
+                        Self::set_bit(self.avail(c), p);
+                    }
+                }
+                KIND_LARGE => Self::set_bit(self.page_hints(), p),
+                KIND_INTERIOR => {
+                    let d = run_len(st) as usize;
+                    let head_ok = p.checked_sub(d).is_some_and(|h| {
+                        let hs = self.state(h).load(Ordering::Acquire);
+                        d > 0 && kind(hs) == KIND_LARGE && run_len(hs) as usize > d
+                    });
+                    if head_ok {
+                        Self::set_bit(self.page_hints(), p);
+                        continue;
+                    }
+                    // An orphan, unless a live operation is still building or
+                    // tearing down its block (a fresh look: intents change).
+                    if covered(p, &process::live_intents(&self.seg, me)) {
+                        continue;
+                    }
+                    if self
+                        .state(p)
+                        .compare_exchange(
+                            st,
+                            next(st, KIND_FREE, 0, 0),
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                    {
+                        Self::clear_bit(self.page_hints(), p);
+                        r.pages += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    /// Finishes or rolls back one operation a dead handle had in flight. Returns the
+    /// pages it returned, or `None` if a live operation is working on the same pages
+    /// (the record stays parked for a later pass).
+    fn finish_intent(&self, it: Intent, me: Option<usize>) -> Option<usize> {
+        let p = it.page as usize;
+        if p >= self.pages || it.pages == 0 || p + it.pages as usize > self.pages {
+            return Some(0); // a scribbled record: nothing we can trust in it
+        }
+        let st = self.state(p).load(Ordering::Acquire);
+        match it.kind {
+            INTENT_NEW_SPAN if st == it.expected => {
+                let (c, tag) = (class(st), tag_of(st));
+                let line = self.line(p);
+                if c >= NCLASS {
+                    return Some(0);
+                }
+                // Words it never initialised are still closed: open them (read
+                // first, then check nobody live works here, then reopen only those).
+                let closed: Vec<usize> = (0..words_of(c))
+                    .filter(|&w| line[PM_WORDS + w].load(Ordering::SeqCst) == CLOSED)
+                    .collect();
+                if process::live_intents(&self.seg, me)
+                    .iter()
+                    .any(|i| i.covers(p))
+                {
+                    return None;
+                }
+                for &w in &closed {
+                    let _ = line[PM_WORDS + w].compare_exchange(
+                        CLOSED,
+                        open_empty(w, c, tag),
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                    );
+                }
+                // Block 0 was set for the dead caller, which never got it (the
+                // intent is cleared before returning): give it back.
+                let w0 = &line[PM_WORDS];
+                let v = w0.load(Ordering::SeqCst);
+                if v >> BITS == tag && v & 1 == 1 && !closed.contains(&0) {
+                    let _ = w0.compare_exchange(v, v & !1, Ordering::SeqCst, Ordering::Relaxed);
+                }
+                Self::set_bit(self.avail(c), p);
+                Some(usize::from(
+                    self.is_empty_span(p, c, tag) && self.release_span(p, st),
+                ))
+            }
+            INTENT_RELEASE
+                if kind(st) == KIND_SMALL && next(st, KIND_FREE, 0, 0) == it.expected =>
+            {
+                let (c, tag) = (class(st), tag_of(st));
+                if c >= NCLASS {
+                    return Some(0);
+                }
+                let line = self.line(p);
+                let closed: Vec<usize> = (0..words_of(c))
+                    .filter(|&w| line[PM_WORDS + w].load(Ordering::SeqCst) == CLOSED)
+                    .collect();
+                if process::live_intents(&self.seg, me)
+                    .iter()
+                    .any(|i| i.covers(p))
+                {
+                    return None;
+                }
+                for &w in &closed {
+                    let _ = line[PM_WORDS + w].compare_exchange(
+                        CLOSED,
+                        open_empty(w, c, tag),
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                    );
+                }
+                Some(usize::from(
+                    self.is_empty_span(p, c, tag) && self.release_span(p, st),
+                ))
+            }
+            INTENT_RELEASE if st == it.expected => {
+                // Released; only its hint may still say "in use".
+                Self::clear_bit(self.page_hints(), p);
+                Some(0)
+            }
+            INTENT_LARGE if st == it.expected => {
+                Some(self.undo_large(p, it.pages as usize, it.expected))
+            }
+            // A grow's interior pages past the head's length are orphans that the
+            // sweep frees; every other record names a step that never happened.
+            _ => Some(0),
+        }
     }
 
     /// Class for a small request, honouring `align` (None: use whole pages).
@@ -784,6 +1169,31 @@ impl FreeListAllocator {
     }
 }
 
+impl Drop for FreeListAllocator {
+    fn drop(&mut self) {
+        // Our current spans stay on hold only while we may allocate from them.
+        for c in 0..NCLASS {
+            let cur = self.cur[c].swap(0, Ordering::Relaxed);
+            if cur == 0 {
+                continue;
+            }
+            let p = (cur & BITS_MASK) as usize - 1;
+            if p >= self.pages {
+                continue;
+            }
+            let st = self.state(p).load(Ordering::Acquire);
+            if kind(st) == KIND_SMALL
+                && class(st) == c
+                && tag_of(st) == cur >> BITS
+                && self.is_empty_span(p, c, tag_of(st))
+            {
+                self.release_span(p, st);
+            }
+        }
+        self.member.leave(&self.seg);
+    }
+}
+
 impl ShmAllocator for FreeListAllocator {
     const KIND: AllocatorKind = AllocatorKind::FreeList;
 
@@ -791,6 +1201,7 @@ impl ShmAllocator for FreeListAllocator {
         &self.seg
     }
 
+    #[inline]
     fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
         check_request(size, align)?;
         if size <= SMALL_MAX {
@@ -810,7 +1221,7 @@ impl ShmAllocator for FreeListAllocator {
         };
         let (p, within) = self.locate(rel);
         let line = self.line(p);
-        let st = line[PM_STATE as usize].load(Ordering::Acquire);
+        let st = line[PM_STATE].load(Ordering::Acquire);
         match kind(st) {
             KIND_SMALL => {
                 let c = class(st);
@@ -824,8 +1235,8 @@ impl ShmAllocator for FreeListAllocator {
                 if i >= cap_of(c) || within + len > (i + 1) * size {
                     return Err(not_alloc);
                 }
-                let word = line[PM_BITS as usize + (i / 64) as usize].load(Ordering::Acquire);
-                if word & (1 << (i % 64)) == 0 {
+                let v = line[PM_WORDS + (i / BITS) as usize].load(Ordering::Acquire);
+                if v >> BITS != tag_of(st) || v & (1 << (i % BITS)) == 0 {
                     return Err(not_alloc);
                 }
                 Ok(())
@@ -834,11 +1245,11 @@ impl ShmAllocator for FreeListAllocator {
                 let (start, dist) = if kind(st) == KIND_LARGE {
                     (p, 0)
                 } else {
-                    let d = count(st) as usize;
+                    let d = run_len(st) as usize;
                     (p.checked_sub(d).ok_or(not_alloc.clone())?, d)
                 };
-                let st0 = self.line(start)[PM_STATE as usize].load(Ordering::Acquire);
-                let n = count(st0);
+                let st0 = self.line(start)[PM_STATE].load(Ordering::Acquire);
+                let n = run_len(st0);
                 if kind(st0) != KIND_LARGE || (dist as u64) >= n {
                     return Err(not_alloc);
                 }
@@ -859,7 +1270,8 @@ impl ShmAllocator for FreeListAllocator {
         self.stats().live_bytes
     }
 
-    /// Scans the page metadata: O(pages). Not for hot paths.
+    /// Scans the page metadata: O(pages). Not for hot paths. An empty span counts
+    /// as a whole free page (it is returned to the pool on demand).
     fn stats(&self) -> Stats {
         let mut classes: Vec<ClassStats> = SIZE_CLASSES
             .iter()
@@ -869,27 +1281,40 @@ impl ShmAllocator for FreeListAllocator {
             })
             .collect();
         let (mut live_blocks, mut live_bytes, mut free_bytes) = (0, 0, 0);
-        let bits = self.page_bits();
         for p in 0..self.pages {
-            let st = self.line(p)[PM_STATE as usize].load(Ordering::Relaxed);
+            let line = self.line(p);
+            let st = line[PM_STATE].load(Ordering::Relaxed);
             match kind(st) {
                 KIND_SMALL if class(st) < NCLASS => {
                     let c = class(st);
-                    let size = u64::from(SIZE_CLASSES[c]);
-                    let used = count(st).min(cap_of(c));
+                    let (size, tag) = (u64::from(SIZE_CLASSES[c]), tag_of(st));
+                    let used: u64 = (0..words_of(c))
+                        .map(|w| {
+                            let v = line[PM_WORDS + w].load(Ordering::Relaxed);
+                            if v >> BITS != tag {
+                                return 0;
+                            }
+                            let pad = open_empty(w, c, tag) & BITS_MASK;
+                            u64::from((v & BITS_MASK & !pad).count_ones())
+                        })
+                        .sum();
                     let cs = &mut classes[c];
                     cs.spans += 1;
                     cs.live_blocks += used;
                     cs.free_blocks += cap_of(c) - used;
                     live_blocks += used;
                     live_bytes += used * size;
-                    free_bytes += (cap_of(c) - used) * size;
+                    free_bytes += if used == 0 {
+                        PAGE
+                    } else {
+                        (cap_of(c) - used) * size
+                    };
                 }
                 KIND_LARGE => {
                     live_blocks += 1;
-                    live_bytes += count(st).min(self.pages as u64) * PAGE;
+                    live_bytes += run_len(st).min(self.pages as u64) * PAGE;
                 }
-                KIND_FREE if !bitmap::is_set(bits, p) => free_bytes += PAGE,
+                KIND_FREE => free_bytes += PAGE,
                 _ => {}
             }
         }
@@ -904,6 +1329,7 @@ impl ShmAllocator for FreeListAllocator {
 }
 
 impl ShmFree for FreeListAllocator {
+    #[inline]
     fn free(&self, offset: Offset) -> Result<(), FreeError> {
         if offset.is_null() {
             return Err(FreeError::Null);
@@ -912,30 +1338,10 @@ impl ShmFree for FreeListAllocator {
             offset: offset.get(),
         })?;
         let (p, within) = self.locate(rel);
-        let line = self.line(p);
-        let st = line[PM_STATE as usize].load(Ordering::Acquire);
+        let st = self.state(p).load(Ordering::Acquire);
         let off = offset.get();
         match kind(st) {
-            KIND_SMALL => {
-                let c = class(st);
-                if c >= NCLASS {
-                    return Err(FreeError::Corrupted {
-                        what: "span class out of range",
-                    });
-                }
-                let size = u64::from(SIZE_CLASSES[c]);
-                let i = block_index(within, c);
-                if within != i * size || i >= cap_of(c) {
-                    return Err(FreeError::NotBlockStart { offset: off });
-                }
-                let word = &line[PM_BITS as usize + (i / 64) as usize];
-                let bit = 1u64 << (i % 64);
-                if word.fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
-                    return Err(FreeError::DoubleFree { offset: off });
-                }
-                self.return_slot(p, c)
-                    .map_err(|what| FreeError::Corrupted { what })
-            }
+            KIND_SMALL => self.free_small(p, st, within, off),
             KIND_LARGE if within == 0 => self.free_large(p, st, off),
             KIND_FREE if within == 0 => Err(FreeError::DoubleFree { offset: off }),
             _ => Err(FreeError::NotBlockStart { offset: off }),
@@ -949,7 +1355,7 @@ impl ShmFree for FreeListAllocator {
             return false;
         };
         let (p, within) = self.locate(rel);
-        let st = self.line(p)[PM_STATE as usize].load(Ordering::Acquire);
+        let st = self.state(p).load(Ordering::Acquire);
         match kind(st) {
             KIND_LARGE if within == 0 => self.grow_large_in_place(p, new_size),
             KIND_SMALL if class(st) < NCLASS => new_size <= SIZE_CLASSES[class(st)] as usize,
@@ -981,5 +1387,18 @@ mod tests {
         let c = FreeListAllocator::class_for(100, 64).unwrap();
         assert_eq!(SIZE_CLASSES[c] % 64, 0);
         assert!(FreeListAllocator::class_for(2047, 4096).is_none());
+    }
+
+    #[test]
+    fn span_words_cover_every_class() {
+        for c in 0..NCLASS {
+            assert!(words_of(c) <= SPAN_WORDS);
+            let tag = 0x123;
+            let free: u64 = (0..words_of(c))
+                .map(|w| u64::from((!open_empty(w, c, tag) & BITS_MASK).count_ones()))
+                .sum();
+            assert_eq!(free, cap_of(c), "class {c}");
+            assert_ne!(tag_of(next(0, KIND_SMALL, c, 0)), CLOSED >> BITS);
+        }
     }
 }

@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
-use crate::segment::{AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, HEADER_REGION};
+use crate::process::{self, Membership, ProcessInfo};
+use crate::segment::{
+    AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, ALLOC_REGION_START,
+};
 use crate::sync::bitmap;
 
 const PAGE: u64 = 4096;
@@ -36,6 +39,7 @@ const MAX_DATA: u64 = 1 << 40;
 /// ```
 #[derive(Debug)]
 pub struct SlabAllocator {
+    member: Membership,
     seg: Segment,
     slot_size: u64,
     stride: u64,
@@ -100,10 +104,10 @@ impl SlabAllocator {
             })?;
         let layout = Layout {
             kind: AllocatorKind::Slab,
-            total_size: HEADER_REGION + meta_len + data_len.next_multiple_of(PAGE),
-            meta_offset: HEADER_REGION,
+            total_size: ALLOC_REGION_START + meta_len + data_len.next_multiple_of(PAGE),
+            meta_offset: ALLOC_REGION_START,
             meta_len,
-            data_offset: HEADER_REGION + meta_len,
+            data_offset: ALLOC_REGION_START + meta_len,
             data_len,
             params: [slot_size, slot_count, 0, 0],
         };
@@ -162,7 +166,9 @@ impl SlabAllocator {
             return corrupt("slab metadata region too small");
         }
         let hint = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % words as usize;
+        let member = Membership::join(&seg)?.membership;
         Ok(SlabAllocator {
+            member,
             seg,
             slot_size,
             stride,
@@ -178,6 +184,11 @@ impl SlabAllocator {
     /// [`SegmentError::NotFound`] if already removed.
     pub fn unlink(&self) -> Result<(), SegmentError> {
         self.seg.unlink()
+    }
+
+    /// The handles attached to this segment, from the process registry.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        process::processes(&self.seg, self.member.current())
     }
 
     /// Size of one slot in bytes, as given at create.
@@ -258,6 +269,12 @@ impl SlabAllocator {
             .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
             .sum();
         set.saturating_sub(tail_bits)
+    }
+}
+
+impl Drop for SlabAllocator {
+    fn drop(&mut self) {
+        self.member.leave(&self.seg);
     }
 }
 

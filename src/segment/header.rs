@@ -13,13 +13,18 @@ use crate::error::SegmentError;
 /// `b"SHMALLOC"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMALLOC");
 /// Layout version of the segment format; bumped on any incompatible change.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes reserved at the start of every segment: header and named-roots table.
 pub const HEADER_REGION: u64 = 4096;
 /// Offset of the named-roots table inside the header region.
 pub const ROOTS_OFFSET: u64 = 512;
 /// Size of the named-roots table.
 pub const ROOTS_LEN: u64 = HEADER_REGION - ROOTS_OFFSET;
+/// Bytes reserved right after the header region for the process registry
+/// (see `crate::process`).
+pub const REGISTRY_REGION: u64 = 9 * 4096;
+/// Where allocator metadata may start: after the header and the registry.
+pub const ALLOC_REGION_START: u64 = HEADER_REGION + REGISTRY_REGION;
 
 pub(crate) const STATE_INIT: u32 = 0;
 pub(crate) const STATE_READY: u32 = 1;
@@ -99,8 +104,8 @@ impl Layout {
     /// Checks that the regions are in order, aligned, and inside the object.
     pub(crate) fn validate(&self) -> Result<(), SegmentError> {
         let bad = |reason| Err(SegmentError::CorruptHeader { reason });
-        if self.meta_offset < HEADER_REGION || self.meta_offset % 64 != 0 {
-            return bad("metadata region overlaps the header or is misaligned");
+        if self.meta_offset < ALLOC_REGION_START || self.meta_offset % 64 != 0 {
+            return bad("metadata region overlaps the header or registry, or is misaligned");
         }
         let Some(meta_end) = self.meta_offset.checked_add(self.meta_len) else {
             return bad("metadata region overflows");

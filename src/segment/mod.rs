@@ -22,7 +22,8 @@ use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 
 pub use header::{
-    AllocatorKind, Layout, HEADER_REGION, LAYOUT_VERSION, MAGIC, ROOTS_LEN, ROOTS_OFFSET,
+    AllocatorKind, Layout, ALLOC_REGION_START, HEADER_REGION, LAYOUT_VERSION, MAGIC,
+    REGISTRY_REGION, ROOTS_LEN, ROOTS_OFFSET,
 };
 pub(crate) use header::{RawHeader, STATE_INIT, STATE_READY};
 pub use name::MAX_NAME_LEN;
@@ -48,21 +49,34 @@ impl Default for CreateOptions {
 pub struct OpenOptions {
     /// How long `open` waits for a creator that is still initialising.
     pub timeout: Duration,
+    /// Accept an object owned by another user. Off by default: in the
+    /// world-writable `/dev/shm`, another user could have created the name first
+    /// (squatting) and would control everything this process reads from it.
+    pub allow_foreign_owner: bool,
+    /// Accept an object whose mode lets users other than the owner's group write
+    /// it (`o+w`). Off by default, for the same reason.
+    pub allow_world_writable: bool,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             timeout: Duration::from_secs(2),
+            allow_foreign_owner: false,
+            allow_world_writable: false,
         }
     }
 }
 
 /// A mapped shared-memory object. Unmapped on drop; the name stays until [`unlink`].
+///
+/// The segment keeps its own `shm_open` descriptor: the process registry
+/// (`crate::process`) takes its liveness locks on it.
 pub struct Segment {
     name: String,
     map: MmapRaw,
     layout: Layout,
+    file: File,
 }
 
 impl std::fmt::Debug for Segment {
@@ -122,6 +136,35 @@ pub(crate) fn current_pid() -> u32 {
     let pid = std::process::id();
     PID.store(pid, Ordering::Relaxed);
     pid
+}
+
+/// The owner uid of the object `name` in /dev/shm, if it can be seen.
+fn owner_of(name: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/dev/shm{name}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
+/// Refuses objects owned by another user or writable by everyone, unless asked to accept them.
+fn check_owner_and_mode(file: &File, name: &str, opts: &OpenOptions) -> Result<(), SegmentError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().map_err(|e| io_err("fstat", e))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && !opts.allow_foreign_owner {
+        return Err(SegmentError::ForeignOwner {
+            name: name.to_owned(),
+            owner: meta.uid(),
+            expected: me,
+        });
+    }
+    if meta.mode() & 0o002 != 0 && !opts.allow_world_writable {
+        return Err(SegmentError::InsecureMode {
+            name: name.to_owned(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    Ok(())
 }
 
 /// Whether process `pid` exists (a robust-ownership check: a claim recorded with a
@@ -196,7 +239,18 @@ impl Segment {
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
             mode,
         )
-        .map_err(|e| os_err("shm_open", &name, e))?;
+        .map_err(|e| match e {
+            // Someone else's object under this name is squatting, not "ours, exists".
+            Errno::EEXIST => match owner_of(&name) {
+                Some(uid) if uid != nix::unistd::geteuid().as_raw() => SegmentError::ForeignOwner {
+                    name: name.clone(),
+                    owner: uid,
+                    expected: nix::unistd::geteuid().as_raw(),
+                },
+                _ => os_err("shm_open", &name, e),
+            },
+            e => os_err("shm_open", &name, e),
+        })?;
         let file = File::from(fd);
         let result = (|| {
             // The umask may have narrowed (or a strange one widened) the mode: set it exactly.
@@ -205,16 +259,20 @@ impl Segment {
             file.set_len(layout.total_size)
                 .map_err(|e| io_err("ftruncate", e))?;
             let map = MmapRaw::map_raw(&file).map_err(|e| io_err("mmap", e))?;
-            Ok(Segment {
-                name: name.clone(),
+            Ok(map)
+        })();
+        match result {
+            Ok(map) => Ok(Segment {
+                name,
                 map,
                 layout,
-            })
-        })();
-        if result.is_err() {
-            let _ = shm_unlink(name.as_str());
+                file,
+            }),
+            Err(e) => {
+                let _ = shm_unlink(name.as_str());
+                Err(e)
+            }
         }
-        result
     }
 
     /// Publishes the header: after this, `open` in any process succeeds.
@@ -232,17 +290,29 @@ impl Segment {
         let name = name::normalize(name)?;
         let fd = shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty())
             .map_err(|e| os_err("shm_open", &name, e))?;
-        let file = File::from(fd);
+        let mut file = File::from(fd);
+        check_owner_and_mode(&file, &name, opts)?;
         let start = Instant::now();
         let mut pause = Duration::from_micros(50);
         loop {
             let size = file.metadata().map_err(|e| io_err("fstat", e))?.len();
             if size >= HEADER_REGION {
+                crate::fail_point!("segment.open.before_map");
                 let map = MmapRaw::map_raw(&file).map_err(|e| io_err("mmap", e))?;
                 let mapped = map.len() as u64;
+                // A peer may have truncated the object between the fstat and the
+                // mapping: never read a header the mapping does not hold.
+                if mapped < HEADER_REGION {
+                    return Err(SegmentError::Truncated {
+                        name,
+                        size: mapped,
+                        needed: HEADER_REGION,
+                    });
+                }
                 let provisional = Segment {
                     name: name.clone(),
                     map,
+                    file,
                     layout: Layout {
                         kind,
                         total_size: mapped,
@@ -279,6 +349,7 @@ impl Segment {
                         size,
                     });
                 }
+                file = provisional.file;
             } else if start.elapsed() >= opts.timeout {
                 return Err(SegmentError::InitTimeout {
                     name,
@@ -318,6 +389,18 @@ impl Segment {
     /// [`SegmentError::NotFound`] if it was already removed.
     pub fn unlink(&self) -> Result<(), SegmentError> {
         unlink(&self.name)
+    }
+
+    /// The segment's own descriptor (the registry locks bytes of it).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The process registry region (validated at create/open to lie inside the
+    /// mapping: every layout starts allocator metadata after it).
+    pub(crate) fn registry_words(&self) -> &[AtomicU64] {
+        self.words(HEADER_REGION, REGISTRY_REGION / 8)
+            .expect("layout validation keeps the registry inside the mapping")
     }
 
     pub(crate) fn header(&self) -> &RawHeader {

@@ -7,7 +7,6 @@
 //! not hang or touch memory outside the view.
 
 pub mod bitmap;
-pub mod tagged_stack;
 mod word;
 
 pub use word::Word;

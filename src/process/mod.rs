@@ -1,0 +1,551 @@
+//! The process registry: one slot per attached handle, liveness without pids.
+//!
+//! Every handle that creates or opens a segment (every `FreeListAllocator`,
+//! `SlabAllocator` and `BumpAllocator` value) joins the segment's registry and holds
+//! one of its [`SLOTS`] slots for as long as it lives. A slot is *held* through an
+//! open-file-description lock (`fcntl(F_OFD_SETLK)`) on one byte of the segment's own
+//! file, taken on the handle's own `shm_open` descriptor. The kernel drops that lock
+//! when the last descriptor of the open file description closes, which happens when
+//! the process dies, however it dies. So:
+//!
+//! - **Liveness never uses pid numbers.** A slot is live iff its byte is locked by
+//!   another open file description; that holds across pid namespaces and is immune to
+//!   pid reuse. The pid in a slot is for people (see [`ProcessInfo`]).
+//! - **A thread that opened a handle may exit**: OFD locks belong to the open file
+//!   description, not to a thread, so the slot stays live while the handle does.
+//! - **Several handles in one process** each get their own slot (each has its own
+//!   open file description, and OFD locks of two descriptions conflict).
+//! - **`fork`**: the child inherits the parent's descriptors, and with them the
+//!   parent's locks. A `pthread_atfork` child handler re-opens each registered
+//!   descriptor through `/proc/self/fd` and `dup3`s the fresh description over the
+//!   inherited one, so the child never keeps the parent's slot alive; the child's
+//!   handles join slots of their own on first use (see [`Membership::slot`]).
+//! - **Exactly one reclaimer**: whoever wins the lock of a slot whose status is still
+//!   `LIVE` found a dead holder and is the only process that reclaims it. It runs the
+//!   allocator's repair (which reads the dead slot's intent records), then marks the
+//!   slot free and unlocks it. A reclaimer that dies mid-way leaves the slot `LIVE`
+//!   and unlocked, so the next one starts over; every repair step is idempotent.
+//!
+//! A slot also holds **intent records**: before a multi-step operation on shared
+//! pages (a span being created or released, a run of pages being claimed) the handle
+//! writes which pages it is working on and the state it is about to install. Live
+//! intents tell a repair pass "hands off, in flight"; a dead slot's intents tell the
+//! reclaimer exactly what to finish or roll back.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::libc;
+
+use crate::error::SegmentError;
+use crate::segment::Segment;
+
+/// Slots in every registry: at most this many handles can be attached at once.
+pub const SLOTS: usize = 128;
+/// Words (8 bytes) per slot.
+pub const SLOT_WORDS: usize = 32;
+/// Parked intent records of dead handles (pairs of words) after the slots.
+const ORPHAN_WORDS: usize = 64;
+/// Bytes of the registry: the slots, then the parked (orphan) intent records.
+pub const REGISTRY_BYTES: u64 = ((SLOTS * SLOT_WORDS + ORPHAN_WORDS) * 8) as u64;
+const _: () = assert!(REGISTRY_BYTES <= crate::segment::REGISTRY_REGION);
+/// Intent records per slot (threads of one process that use one handle share them).
+pub const INTENTS: usize = 12;
+
+/// Where the per-slot lock bytes start in the segment file (far past any data, so
+/// the locks never look like they guard data; `fcntl` locks may lie beyond EOF).
+const LOCK_BASE: i64 = 1 << 40;
+
+const W_STATUS: usize = 0; // [generation: 32 | status: 32]
+const W_PID: usize = 1;
+const W_START: usize = 2;
+const W_INTENT: usize = 8; // INTENTS pairs (descriptor, expected state)
+
+const STATUS_FREE: u64 = 0;
+const STATUS_LIVE: u64 = 1;
+
+/// What a person needs to see about one attached handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Slot index in the registry.
+    pub slot: usize,
+    /// Incremented each time the slot is taken: tells successive holders apart.
+    pub generation: u32,
+    /// The holder's pid *as seen in the holder's own pid namespace* (for people:
+    /// liveness never uses it).
+    pub pid: u32,
+    /// When the holder joined, in nanoseconds since the Unix epoch.
+    pub start_time_ns: u64,
+    /// Whether the holder's lock is held right now (false: it died and awaits its reclaimer).
+    pub alive: bool,
+    /// Whether this is the calling handle's own slot.
+    pub is_self: bool,
+}
+
+/// One intent record of a slot: "pages `page..page + pages` are in flight; the
+/// operation's first step installs `expected` in page `page`'s state word".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Intent {
+    pub kind: u8,
+    pub page: u32,
+    pub pages: u32,
+    pub expected: u64,
+}
+
+impl Intent {
+    fn encode(&self) -> u64 {
+        (1 << 63)
+            | (u64::from(self.kind & 0x7F) << 56)
+            | (u64::from(self.pages & 0xFF_FFFF) << 32)
+            | u64::from(self.page)
+    }
+
+    fn decode(desc: u64, expected: u64) -> Option<Intent> {
+        (desc >> 63 == 1).then_some(Intent {
+            kind: ((desc >> 56) & 0x7F) as u8,
+            pages: ((desc >> 32) & 0xFF_FFFF) as u32,
+            page: desc as u32,
+            expected,
+        })
+    }
+
+    /// Whether page `p` lies in this record's range.
+    pub fn covers(&self, p: usize) -> bool {
+        (self.page as usize..self.page as usize + self.pages as usize).contains(&p)
+    }
+}
+
+// ------------------------------------------------------------------ fork handling
+
+/// Bumped in every forked child: a handle whose recorded epoch differs is in a child
+/// of the process that joined, and must join a slot of its own.
+static FORK_EPOCH: AtomicU64 = AtomicU64::new(0);
+/// Registered lock descriptors (+1; 0 = empty), for the atfork child handler.
+static LOCK_FDS: [AtomicI32; 256] = [const { AtomicI32::new(0) }; 256];
+
+extern "C" fn after_fork_in_child() {
+    FORK_EPOCH.fetch_add(1, Ordering::Relaxed);
+    for entry in &LOCK_FDS {
+        let fd = entry.load(Ordering::Relaxed) - 1;
+        if fd < 0 {
+            continue;
+        }
+        // "/proc/self/fd/" + decimal fd + NUL, built without allocating (this runs
+        // between fork and exec, where only async-signal-safe calls are allowed).
+        let mut path = [0u8; 40];
+        let prefix = b"/proc/self/fd/";
+        path[..prefix.len()].copy_from_slice(prefix);
+        let mut digits = [0u8; 12];
+        let (mut n, mut k) = (fd as u32, 0);
+        loop {
+            digits[k] = b'0' + (n % 10) as u8;
+            k += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for (j, d) in digits[..k].iter().rev().enumerate() {
+            path[prefix.len() + j] = *d;
+        }
+        // SAFETY:
+        // - `path` is NUL-terminated (zero-initialised, at most 14 + 10 bytes written);
+        // - open is async-signal-safe, as calls after fork in a child must be.
+        let fresh = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fresh < 0 {
+            continue; // no /proc: the child keeps sharing the parent's description
+        }
+        // SAFETY:
+        // - `fresh` and `fd` are open descriptors of this process; dup3 atomically
+        //   replaces `fd` (dropping the child's reference to the parent's description,
+        //   not the description itself) and is async-signal-safe.
+        unsafe { libc::dup3(fresh, fd, libc::O_CLOEXEC) };
+        // SAFETY: `fresh` is a descriptor this handler opened and owns; close is
+        // async-signal-safe.
+        unsafe { libc::close(fresh) };
+    }
+}
+
+fn install_fork_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY:
+        // - pthread_atfork only records the handler pointers;
+        // - `after_fork_in_child` is an `extern "C" fn()` that makes only
+        //   async-signal-safe calls, as a child handler must.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        debug_assert_eq!(rc, 0);
+    });
+}
+
+fn register_fd(fd: RawFd) -> Option<usize> {
+    install_fork_handler();
+    LOCK_FDS.iter().position(|e| {
+        e.compare_exchange(0, fd + 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    })
+}
+
+// ------------------------------------------------------------------ OFD locks
+
+fn lock_cmd(file: &File, slot: usize, kind: i16, cmd: LockCmd) -> Result<libc::flock, Errno> {
+    let mut fl = libc::flock {
+        l_type: kind,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: LOCK_BASE + slot as i64,
+        l_len: 1,
+        l_pid: 0,
+    };
+    let arg = match cmd {
+        LockCmd::Set => FcntlArg::F_OFD_SETLK(&fl),
+        LockCmd::Get => FcntlArg::F_OFD_GETLK(&mut fl),
+    };
+    fcntl(file.as_fd(), arg)?;
+    Ok(fl)
+}
+
+#[derive(Clone, Copy)]
+enum LockCmd {
+    Set,
+    Get,
+}
+
+/// Tries to take slot `i`'s lock. `Ok(true)`: taken (it was free or its holder is dead).
+fn try_lock(file: &File, i: usize) -> Result<bool, SegmentError> {
+    match lock_cmd(file, i, libc::F_WRLCK as i16, LockCmd::Set) {
+        Ok(_) => Ok(true),
+        Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
+        Err(errno) => Err(SegmentError::Os {
+            op: "fcntl(F_OFD_SETLK)",
+            errno,
+        }),
+    }
+}
+
+fn unlock(file: &File, i: usize) {
+    let _ = lock_cmd(file, i, libc::F_UNLCK as i16, LockCmd::Set);
+}
+
+/// Whether another open file description holds slot `i`'s lock.
+fn locked_by_other(file: &File, i: usize) -> bool {
+    match lock_cmd(file, i, libc::F_WRLCK as i16, LockCmd::Get) {
+        Ok(fl) => fl.l_type != libc::F_UNLCK as i16,
+        Err(_) => true, // cannot tell: never treat a maybe-live holder as dead
+    }
+}
+
+// ------------------------------------------------------------------ membership
+
+/// A handle's place in a segment's registry. Owned by each allocator value.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    /// `[fork epoch: 24 | generation: 32 | slot: 8]`.
+    packed: AtomicU64,
+    /// Serialises re-joining after a fork.
+    rejoin: Mutex<()>,
+    /// This handle's entry in the atfork descriptor table.
+    fd_entry: Option<usize>,
+}
+
+fn pack(epoch: u64, gen: u32, slot: usize) -> u64 {
+    ((epoch & 0xFF_FFFF) << 40) | (u64::from(gen) << 8) | slot as u64
+}
+
+/// The registry region of a segment, as words.
+fn registry(seg: &Segment) -> &[AtomicU64] {
+    seg.registry_words()
+}
+
+fn slot_words(seg: &Segment, i: usize) -> &[AtomicU64] {
+    &registry(seg)[i * SLOT_WORDS..(i + 1) * SLOT_WORDS]
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The result of joining: the slot, and whether a dead holder's leftovers were found
+/// (then the allocator must run its repair before relying on its metadata).
+pub(crate) struct Joined {
+    pub membership: Membership,
+    pub found_dead: bool,
+}
+
+impl Membership {
+    /// Takes a free (or dead) slot of `seg`'s registry.
+    ///
+    /// # Errors
+    /// [`SegmentError::RegistryFull`] when every slot is held by a live handle, or an
+    /// OS error from `fcntl`.
+    pub fn join(seg: &Segment) -> Result<Joined, SegmentError> {
+        let (slot, gen, found_dead) = take_slot(seg)?;
+        Ok(Joined {
+            membership: Membership {
+                packed: AtomicU64::new(pack(FORK_EPOCH.load(Ordering::Relaxed), gen, slot)),
+                rejoin: Mutex::new(()),
+                fd_entry: register_fd(seg.file().as_raw_fd()),
+            },
+            found_dead,
+        })
+    }
+
+    /// This handle's slot, joining a new one first if this is a forked child of the
+    /// process that joined.
+    ///
+    /// # Errors
+    /// As [`Membership::join`], when a fork child must join and cannot.
+    #[inline]
+    pub fn slot(&self, seg: &Segment) -> Result<usize, SegmentError> {
+        let p = self.packed.load(Ordering::Relaxed);
+        if p >> 40 == FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF {
+            return Ok((p & 0xFF) as usize);
+        }
+        self.rejoin_after_fork(seg)
+    }
+
+    #[cold]
+    fn rejoin_after_fork(&self, seg: &Segment) -> Result<usize, SegmentError> {
+        let _g = self.rejoin.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF;
+        let p = self.packed.load(Ordering::Relaxed);
+        if p >> 40 == epoch {
+            return Ok((p & 0xFF) as usize);
+        }
+        crate::fail_point!("registry.fork_rejoin");
+        let (slot, gen, _) = take_slot(seg)?;
+        self.packed.store(pack(epoch, gen, slot), Ordering::Relaxed);
+        Ok(slot)
+    }
+
+    /// The slot index if this handle joined it in this very process (no re-join).
+    fn own_slot(&self) -> Option<usize> {
+        let p = self.packed.load(Ordering::Relaxed);
+        (p >> 40 == FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF).then_some((p & 0xFF) as usize)
+    }
+
+    /// Leaves the slot (the handle is being dropped): clears it and unlocks it. A
+    /// handle in a forked child that never re-joined owns no slot and leaves nothing.
+    pub fn leave(&mut self, seg: &Segment) {
+        if let Some(e) = self.fd_entry.take() {
+            LOCK_FDS[e].store(0, Ordering::Release);
+        }
+        let Some(i) = self.own_slot() else { return };
+        let w = slot_words(seg, i);
+        crate::fail_point!("registry.leave.before_clear");
+        for k in 0..INTENTS * 2 {
+            w[W_INTENT + k].store(0, Ordering::Relaxed);
+        }
+        let st = w[W_STATUS].load(Ordering::Relaxed);
+        w[W_STATUS].store((st & !0xFFFF_FFFF) | STATUS_FREE, Ordering::Release);
+        crate::fail_point!("registry.leave.before_unlock");
+        unlock(seg.file(), i);
+    }
+
+    /// Records an intent in this handle's slot; the guard clears it when dropped.
+    ///
+    /// # Errors
+    /// As [`Membership::slot`].
+    pub fn intend<'s>(
+        &self,
+        seg: &'s Segment,
+        intent: Intent,
+    ) -> Result<IntentGuard<'s>, SegmentError> {
+        let w = slot_words(seg, self.slot(seg)?);
+        // Threads of this process share the slot: each takes a free record.
+        for _round in 0..1 << 16 {
+            for k in 0..INTENTS {
+                let desc = &w[W_INTENT + 2 * k];
+                if desc.load(Ordering::Relaxed) != 0 {
+                    continue;
+                }
+                // Claim the record with a placeholder, then write it in full. SeqCst:
+                // a repair pass that sees the pages this operation changes must see
+                // this record (it loads intents after loading those pages).
+                if desc
+                    .compare_exchange(0, 1, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    w[W_INTENT + 2 * k + 1].store(intent.expected, Ordering::SeqCst);
+                    desc.store(intent.encode(), Ordering::SeqCst);
+                    return Ok(IntentGuard { desc });
+                }
+            }
+            std::thread::yield_now();
+        }
+        Err(SegmentError::RegistryFull { slots: INTENTS })
+    }
+}
+
+/// Clears its intent record when dropped (after the operation's last step).
+pub(crate) struct IntentGuard<'s> {
+    desc: &'s AtomicU64,
+}
+
+impl Drop for IntentGuard<'_> {
+    fn drop(&mut self) {
+        self.desc.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Takes a slot: the first whose lock this description wins. A slot still marked
+/// live under a lock we won belonged to a dead handle.
+fn take_slot(seg: &Segment) -> Result<(usize, u32, bool), SegmentError> {
+    let start = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % SLOTS;
+    let mut found_dead = false;
+    for k in 0..SLOTS {
+        let i = (start + k) % SLOTS;
+        if !try_lock(seg.file(), i)? {
+            continue;
+        }
+        crate::fail_point!("registry.join.locked");
+        let w = slot_words(seg, i);
+        let st = w[W_STATUS].load(Ordering::Acquire);
+        if st & 0xFFFF_FFFF != STATUS_FREE {
+            // Its holder died: its intents stay readable for the repair pass the
+            // caller runs (the repair does not need them to be in this slot: it
+            // handles dead intents found in any slot it reclaims, and everything
+            // else through the global rules). Reclaim it here, as its one reclaimer.
+            found_dead = true;
+            reclaim_intents_into_orphans(seg, i);
+        }
+        let gen = ((st >> 32) as u32).wrapping_add(1);
+        w[W_PID].store(u64::from(std::process::id()), Ordering::Relaxed);
+        w[W_START].store(now_ns(), Ordering::Relaxed);
+        crate::fail_point!("registry.join.before_live");
+        w[W_STATUS].store((u64::from(gen) << 32) | STATUS_LIVE, Ordering::Release);
+        return Ok((i, gen, found_dead));
+    }
+    Err(SegmentError::RegistryFull { slots: SLOTS })
+}
+
+// ------------------------------------------------------------------ reclaiming
+
+/// The parked intent records after the slots.
+fn orphan_intents(seg: &Segment) -> &[AtomicU64] {
+    &registry(seg)[SLOTS * SLOT_WORDS..SLOTS * SLOT_WORDS + ORPHAN_WORDS]
+}
+
+/// Moves a dead slot's intent records to the registry-wide orphan list, so the slot
+/// can be taken over at once and the allocator's repair pass still finds them.
+fn reclaim_intents_into_orphans(seg: &Segment, i: usize) {
+    let w = slot_words(seg, i);
+    let orphans = orphan_intents(seg);
+    for k in 0..INTENTS {
+        let desc = w[W_INTENT + 2 * k].load(Ordering::Acquire);
+        if desc >> 63 == 0 {
+            continue;
+        }
+        let exp = w[W_INTENT + 2 * k + 1].load(Ordering::Acquire);
+        // Park it in a free orphan record (pairs); if all are taken, the record is
+        // dropped and the global repair rules still recover what it named.
+        for pair in orphans.chunks_exact(2) {
+            if pair[0]
+                .compare_exchange(0, desc, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                pair[1].store(exp, Ordering::Release);
+                break;
+            }
+        }
+        w[W_INTENT + 2 * k].store(0, Ordering::Release);
+    }
+}
+
+/// Finds slots whose holders died, takes each one's lock (becoming its one
+/// reclaimer), parks its intents as orphans, and frees the slot. Returns how many.
+pub(crate) fn reclaim_dead(seg: &Segment, me: Option<usize>) -> usize {
+    let mut n = 0;
+    for i in 0..SLOTS {
+        if Some(i) == me {
+            continue;
+        }
+        let w = slot_words(seg, i);
+        if w[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF == STATUS_FREE {
+            continue;
+        }
+        if !matches!(try_lock(seg.file(), i), Ok(true)) {
+            continue; // live
+        }
+        crate::fail_point!("registry.reclaim.locked");
+        // Re-check under the lock: a joiner may have freed and re-taken it meanwhile.
+        let st = w[W_STATUS].load(Ordering::Acquire);
+        if st & 0xFFFF_FFFF != STATUS_FREE {
+            reclaim_intents_into_orphans(seg, i);
+            crate::fail_point!("registry.reclaim.before_free");
+            w[W_STATUS].store(st & !0xFFFF_FFFF, Ordering::Release);
+            n += 1;
+        }
+        unlock(seg.file(), i);
+    }
+    n
+}
+
+/// Every intent record of a live slot (including this handle's own).
+pub(crate) fn live_intents(seg: &Segment, me: Option<usize>) -> Vec<Intent> {
+    let mut out = Vec::new();
+    for i in 0..SLOTS {
+        let w = slot_words(seg, i);
+        if w[W_STATUS].load(Ordering::SeqCst) & 0xFFFF_FFFF == STATUS_FREE {
+            continue;
+        }
+        if Some(i) != me && !locked_by_other(seg.file(), i) {
+            continue; // dead: its records are the reclaimer's
+        }
+        for k in 0..INTENTS {
+            let desc = w[W_INTENT + 2 * k].load(Ordering::SeqCst);
+            if let Some(it) = Intent::decode(desc, w[W_INTENT + 2 * k + 1].load(Ordering::SeqCst)) {
+                out.push(it);
+            }
+        }
+    }
+    out
+}
+
+/// Takes the parked intents of dead handles, one at a time: `f` finishes or rolls
+/// back each and says whether it is done; a done record is cleared after `f`
+/// returns (a reclaimer that dies inside `f` leaves it for the next one).
+pub(crate) fn drain_orphans(seg: &Segment, mut f: impl FnMut(Intent) -> bool) {
+    for pair in orphan_intents(seg).chunks_exact(2) {
+        let desc = pair[0].load(Ordering::Acquire);
+        if let Some(it) = Intent::decode(desc, pair[1].load(Ordering::Acquire)) {
+            if f(it) {
+                let _ = pair[0].compare_exchange(desc, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Who is attached to `seg` right now.
+pub(crate) fn processes(seg: &Segment, me: Option<usize>) -> Vec<ProcessInfo> {
+    (0..SLOTS)
+        .filter_map(|i| {
+            let w = slot_words(seg, i);
+            let st = w[W_STATUS].load(Ordering::Acquire);
+            if st & 0xFFFF_FFFF == STATUS_FREE {
+                return None;
+            }
+            let is_self = Some(i) == me;
+            Some(ProcessInfo {
+                slot: i,
+                generation: (st >> 32) as u32,
+                pid: w[W_PID].load(Ordering::Relaxed) as u32,
+                start_time_ns: w[W_START].load(Ordering::Relaxed),
+                alive: is_self || locked_by_other(seg.file(), i),
+                is_self,
+            })
+        })
+        .collect()
+}
+
+impl Membership {
+    /// This handle's slot if it holds one in this process (no re-join).
+    pub fn current(&self) -> Option<usize> {
+        self.own_slot()
+    }
+}
