@@ -17,6 +17,9 @@ use crate::segment::{
 /// One page of metadata: the state word.
 const META_LEN: u64 = 4096;
 const CURSOR_BITS: u32 = 36;
+/// Give up on a CAS retry loop after this many rounds: real contention makes
+/// progress long before; only a peer rewriting the word forever gets here.
+const RETRY_LIMIT: u32 = 1 << 20;
 const CURSOR_MASK: u64 = (1 << CURSOR_BITS) - 1;
 /// Largest data region a bump allocator can have (64 GiB - 1).
 pub const BUMP_MAX_CAPACITY: u64 = CURSOR_MASK;
@@ -156,7 +159,7 @@ impl BumpAllocator {
     pub fn reset(&mut self) -> u64 {
         let state = self.state();
         let mut cur = state.load(Ordering::Relaxed);
-        loop {
+        for _ in 0..RETRY_LIMIT {
             let epoch = ((cur >> CURSOR_BITS) + 1) % BUMP_EPOCH_MODULUS;
             match state.compare_exchange_weak(
                 cur,
@@ -168,6 +171,10 @@ impl BumpAllocator {
                 Err(now) => cur = now,
             }
         }
+        // A peer rewrites the word forever (hostile): reset by force, never hang.
+        let epoch = ((cur >> CURSOR_BITS) + 1) % BUMP_EPOCH_MODULUS;
+        state.store(epoch << CURSOR_BITS, Ordering::Release);
+        epoch
     }
 
     /// Allocates and returns the offset together with the epoch it belongs to.
@@ -186,7 +193,7 @@ impl BumpAllocator {
         let state = self.state();
         let mask = align as u64 - 1;
         let mut cur = state.load(Ordering::Relaxed);
-        loop {
+        for _ in 0..RETRY_LIMIT {
             let used = cur & CURSOR_MASK;
             // data_offset is page-aligned, so aligning the relative cursor aligns the offset.
             let start = (used + mask) & !mask;
@@ -209,6 +216,9 @@ impl BumpAllocator {
                 Err(now) => cur = now,
             }
         }
+        Err(AllocError::Corrupted {
+            what: "bump cursor retried too often",
+        })
     }
 
     fn used(&self) -> u64 {

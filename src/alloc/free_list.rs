@@ -497,6 +497,7 @@ impl FreeListAllocator {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
+                        crate::fail_point!("fl.alloc.taken");
                         let i = w as u64 * BITS + u64::from(b);
                         return Some(Offset::new(
                             self.page_offset(p) + i * u64::from(SIZE_CLASSES[c]),
@@ -1004,6 +1005,7 @@ impl FreeListAllocator {
             ..Reclaimed::default()
         };
         process::drain_orphans(&self.seg, |it| {
+            crate::fail_point!("fl.repair.intent");
             let done = self.finish_intent(it, me);
             if let Some(pages) = done {
                 r.intents += 1;
@@ -1013,6 +1015,7 @@ impl FreeListAllocator {
         });
         let live = process::live_intents(&self.seg, me);
         let covered = |p: usize, intents: &[Intent]| intents.iter().any(|i| i.covers(p));
+        crate::fail_point!("fl.repair.sweep");
         for p in 0..self.pages {
             let st = self.state(p).load(Ordering::Acquire);
             match kind(st) {

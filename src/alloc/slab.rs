@@ -221,10 +221,16 @@ impl SlabAllocator {
     fn claim_in_word(&self, bits: &[AtomicU64], summary: &[AtomicU64], w: usize) -> Option<usize> {
         let word = &bits[w];
         let mut v = word.load(Ordering::Relaxed);
-        while v != !0 {
+        // Each failed claim means a peer set that bit; bounded so that a peer that
+        // keeps clearing bits cannot keep us here.
+        for _ in 0..128 {
+            if v == !0 {
+                break;
+            }
             let b = (!v).trailing_zeros();
             let prev = word.fetch_or(1 << b, Ordering::AcqRel);
             if prev & (1 << b) == 0 {
+                crate::fail_point!("slab.alloc.claimed");
                 if prev | (1 << b) == !0 {
                     let sbit = 1u64 << (w % 64);
                     summary[w / 64].fetch_or(sbit, Ordering::AcqRel);
@@ -403,6 +409,7 @@ impl ShmFree for SlabAllocator {
                 offset: offset.get(),
             });
         }
+        crate::fail_point!("slab.free.cleared");
         if prev == !0 {
             self.summary()[w / 64].fetch_and(!(1u64 << (w % 64)), Ordering::AcqRel);
         }

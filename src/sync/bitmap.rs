@@ -25,8 +25,12 @@ pub fn claim_one<W: Word>(words: &[W], start_word: usize) -> Option<usize> {
         let w = (start_word + k) % n;
         let word = &words[w];
         let mut v = word.load(Ordering::Relaxed);
-        // Each failed claim means another claimer set a bit of this word: at most 64.
-        while v != !0 {
+        // Each failed claim means another claimer set a bit of this word; bounded so
+        // that a peer that keeps clearing bits cannot keep us here.
+        for _ in 0..128 {
+            if v == !0 {
+                break;
+            }
             let b = (!v).trailing_zeros();
             let prev = word.fetch_or(1 << b, Ordering::AcqRel);
             if prev & (1 << b) == 0 {
