@@ -398,13 +398,18 @@ impl Drop for IntentGuard<'_> {
 fn take_slot(seg: &Segment) -> Result<(usize, u32, bool), SegmentError> {
     let start = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % SLOTS;
     let mut found_dead = false;
-    for k in 0..SLOTS {
+    // Free slots first; a dead holder's slot only when no free one is left (its
+    // leftovers are then reclaimed here, by us, its one reclaimer).
+    for k in 0..2 * SLOTS {
         let i = (start + k) % SLOTS;
+        let w = slot_words(seg, i);
+        if k < SLOTS && w[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF != STATUS_FREE {
+            continue;
+        }
         if !try_lock(seg.file(), i)? {
             continue;
         }
         crate::fail_point!("registry.join.locked");
-        let w = slot_words(seg, i);
         let st = w[W_STATUS].load(Ordering::Acquire);
         if st & 0xFFFF_FFFF != STATUS_FREE {
             // Its holder died: its intents stay readable for the repair pass the

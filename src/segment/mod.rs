@@ -70,13 +70,28 @@ impl Default for OpenOptions {
 
 /// A mapped shared-memory object. Unmapped on drop; the name stays until [`unlink`].
 ///
-/// The segment keeps its own `shm_open` descriptor: the process registry
-/// (`crate::process`) takes its liveness locks on it.
+/// The segment keeps a descriptor of its own for the process registry's liveness
+/// locks (`crate::process`): a second open of the object, *not* the one that was
+/// mapped. A mapping holds a reference to the open file description it was made
+/// from, and a `fork` child inherits the mapping; if the locks were on that
+/// description, a child would keep its dead parent's locks alive.
 pub struct Segment {
     name: String,
     map: MmapRaw,
     layout: Layout,
     file: File,
+}
+
+/// A fresh open file description of the object behind `file` (never shared with the
+/// mapping). Through `/proc/self/fd`, which names the same object even if it was
+/// unlinked or its name re-used meanwhile.
+fn lock_description(file: &File) -> Result<File, SegmentError> {
+    use std::os::fd::AsRawFd;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| io_err("open(/proc/self/fd)", e))
 }
 
 impl std::fmt::Debug for Segment {
@@ -259,10 +274,10 @@ impl Segment {
             file.set_len(layout.total_size)
                 .map_err(|e| io_err("ftruncate", e))?;
             let map = MmapRaw::map_raw(&file).map_err(|e| io_err("mmap", e))?;
-            Ok(map)
+            Ok((map, lock_description(&file)?))
         })();
         match result {
-            Ok(map) => Ok(Segment {
+            Ok((map, file)) => Ok(Segment {
                 name,
                 map,
                 layout,
@@ -331,8 +346,10 @@ impl Segment {
                 }
                 if state == STATE_READY && magic == MAGIC {
                     let layout = Layout::read_from(h, kind, mapped)?;
+                    let file = lock_description(&provisional.file)?;
                     return Ok(Segment {
                         layout,
+                        file,
                         ..provisional
                     });
                 }

@@ -1,0 +1,610 @@
+//! The process registry: liveness without pids, one reclaimer per dead handle,
+//! and the allocator scenarios the registry and the list-free design close.
+//!
+//! Every scenario runs real processes (re-executions of this test binary). The
+//! ones that need to stop a process at an exact step use fail points and run
+//! under `--features failpoints` (CI runs them; see `.ci/run`).
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{env_req, results, role, say, wait_with_watchdog, KillOnDrop, Rng, ShmName};
+use shared_allocator::prelude::*;
+use shared_allocator::segment::OpenOptions;
+use shared_allocator::{FreeError, SegmentError};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Starts this test binary running test `entry` in role `role`, stdin and stdout piped.
+fn child(entry: &str, role: &str, env: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(common::ROLE_VAR, role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn child")
+}
+
+/// Reads the child's stdout lines until one starts with `prefix`; returns it.
+fn expect_line(r: &mut impl BufRead, prefix: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).expect("read child stdout") > 0,
+            "child ended before printing {prefix:?}"
+        );
+        if let Some(l) = line.trim().strip_prefix("@@ ") {
+            if l.starts_with(prefix) {
+                return l.to_owned();
+            }
+        }
+    }
+}
+
+/// Blocks until the parent writes a line on stdin (or closes it).
+fn wait_for_parent() {
+    let mut s = String::new();
+    let _ = std::io::stdin().read_line(&mut s);
+}
+
+/// Waits (bounded) until `n` slots look dead: the kernel drops a dead process's
+/// locks a moment after its death (file release is deferred work).
+fn wait_dead(a: &FreeListAllocator, n: usize) {
+    for _ in 0..5000 {
+        if a.processes().iter().filter(|p| !p.alive).count() >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("{n} dead slots never appeared: {:?}", a.processes());
+}
+
+fn alive_slots(a: &FreeListAllocator) -> usize {
+    a.processes().iter().filter(|p| p.alive).count()
+}
+
+// ------------------------------------------------------------------ several handles, threads
+
+#[test]
+fn several_handles_and_a_thread_that_exits() {
+    if role().as_deref() == Some("count") {
+        let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+        let r = a.reclaim();
+        say(format!(
+            "count alive={} dead_reclaimed={}",
+            alive_slots(&a),
+            r.dead_slots
+        ));
+        return;
+    }
+    let name = ShmName::new("reg-handles");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let b = FreeListAllocator::open(name.as_str()).unwrap();
+    // A thread opens a handle and exits; the handle lives on in this thread.
+    let n = name.as_str().to_owned();
+    let c = std::thread::spawn(move || FreeListAllocator::open(&n).unwrap())
+        .join()
+        .unwrap();
+    let procs = a.processes();
+    assert_eq!(procs.len(), 3, "{procs:?}");
+    let mut slots: Vec<_> = procs.iter().map(|p| p.slot).collect();
+    slots.dedup();
+    assert_eq!(slots.len(), 3, "each handle has its own slot: {procs:?}");
+    assert!(procs.iter().all(|p| p.alive && p.pid == std::process::id()));
+    assert_eq!(procs.iter().filter(|p| p.is_self).count(), 1);
+
+    // Another process sees three live handles, and nothing to reclaim: the exited
+    // thread's handle is alive (OFD locks belong to the open file, not a thread).
+    let out = results(
+        child(
+            "several_handles_and_a_thread_that_exits",
+            "count",
+            &[("SA_NAME", name.as_str().into())],
+        ),
+        LIMIT,
+        "count child",
+    );
+    assert!(
+        out.iter().any(|l| l == "count alive=4 dead_reclaimed=0"),
+        "{out:?}"
+    );
+    let off = c.allocate(100).unwrap();
+    b.free(off).unwrap();
+
+    // Dropping a handle frees its slot at once.
+    drop(c);
+    assert_eq!(a.processes().len(), 2);
+    drop(b);
+    assert_eq!(a.processes().len(), 1);
+}
+
+// ------------------------------------------------------------------ fork
+
+#[test]
+fn fork_child_joins_its_own_slot_and_parent_death_is_seen() {
+    match role().as_deref() {
+        Some("forker") => {
+            // Single-threaded child process: safe to fork here.
+            let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+            let mine = a.processes().into_iter().find(|p| p.is_self).unwrap();
+            say(format!("forker slot={}", mine.slot));
+            // SAFETY: this process is single-threaded (a test binary run with
+            // --test-threads=1, in a role that spawns no threads), so the child may
+            // run arbitrary code after fork.
+            match unsafe { nix::unistd::fork() }.unwrap() {
+                nix::unistd::ForkResult::Child => {
+                    // Uses the inherited handle: it must join a slot of its own.
+                    let off = a.allocate(64).unwrap();
+                    let me = a.processes().into_iter().find(|p| p.is_self).unwrap();
+                    say(format!(
+                        "grandchild slot={} pid={}",
+                        me.slot,
+                        std::process::id()
+                    ));
+                    // Outlive the parent (we are re-parented once it is gone), then
+                    // look at its slot.
+                    let forker = nix::unistd::getppid();
+                    wait_for_parent();
+                    for _ in 0..10_000 {
+                        if nix::unistd::getppid() != forker {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    // The kernel releases a dead process's files (and locks) a
+                    // moment after its death: look for up to 10 s.
+                    let mut alive = true;
+                    for _ in 0..5000 {
+                        let procs = a.processes();
+                        alive = procs.iter().find(|p| p.slot == mine.slot).unwrap().alive;
+                        if !alive {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    say(format!("grandchild sees parent alive={alive}"));
+                    a.free(off).unwrap();
+                    let r = a.reclaim();
+                    say(format!("grandchild reclaimed={}", r.dead_slots));
+                    drop(a);
+                    std::process::exit(0);
+                }
+                nix::unistd::ForkResult::Parent { .. } => {
+                    // Die by SIGKILL while the grandchild keeps the inherited fd.
+                    wait_for_parent();
+                    nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+                }
+            }
+            return;
+        }
+        Some(_) => return,
+        None => {}
+    }
+    let name = ShmName::new("reg-fork");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let mut forker = KillOnDrop::new(child(
+        "fork_child_joins_its_own_slot_and_parent_death_is_seen",
+        "forker",
+        &[("SA_NAME", name.as_str().into())],
+    ));
+    let mut out = BufReader::new(forker.child().stdout.take().unwrap());
+    let parent_slot: usize = expect_line(&mut out, "forker slot=")[12..].parse().unwrap();
+    let g = expect_line(&mut out, "grandchild slot=");
+    let g_slot: usize = g.split(['=', ' ']).nth(2).unwrap().parse().unwrap();
+    assert_ne!(
+        g_slot, parent_slot,
+        "the fork child must not use its parent's slot"
+    );
+    // Kill the forker (it raises SIGKILL on its own at our word); the grandchild
+    // still holds a descriptor it inherited from it.
+    let mut stdin = forker.child().stdin.take().unwrap();
+    writeln!(stdin).unwrap();
+    drop(stdin);
+    let status = wait_with_watchdog(forker.child(), LIMIT, "forker");
+    assert!(!status.success());
+    // The grandchild shares the forker's stdout pipe and its stdin was inherited
+    // (now closed): it goes on.
+    let seen = expect_line(&mut out, "grandchild sees parent alive=");
+    assert_eq!(
+        seen, "grandchild sees parent alive=false",
+        "inherited fd kept the dead parent's slot alive"
+    );
+    let rec = expect_line(&mut out, "grandchild reclaimed=");
+    assert_eq!(rec, "grandchild reclaimed=1");
+    // Wait for the grandchild to leave (its slot then frees itself).
+    for _ in 0..2000 {
+        if a.processes().len() == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(a.processes().len(), 1, "{:?}", a.processes());
+    assert_eq!(a.stats().live_blocks, Some(0));
+}
+
+// ------------------------------------------------------------------ pid namespaces, pid reuse
+
+/// A child that opens the allocator, reports what it sees, allocates, and waits.
+fn namespace_child_role() {
+    let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+    let procs = a.processes();
+    let others_alive = procs.iter().filter(|p| !p.is_self && p.alive).count();
+    let r = a.reclaim();
+    let held = a.allocate(64).unwrap();
+    say(format!(
+        "ns pid={} others_alive={others_alive} dead_reclaimed={} held={}",
+        std::process::id(),
+        r.dead_slots,
+        held.get()
+    ));
+    wait_for_parent(); // killed here
+}
+
+#[test]
+fn liveness_across_pid_namespaces() {
+    if role().as_deref() == Some("ns") {
+        namespace_child_role();
+        return;
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root for `unshare --pid --fork` (CI runs as root); it must not skip"
+    );
+    let name = ShmName::new("reg-ns");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let mine = a.allocate(64).unwrap();
+    a.write(mine, &[7; 64]).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child"])
+        .arg(&exe)
+        .args([
+            "liveness_across_pid_namespaces",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(common::ROLE_VAR, "ns")
+        .env("SA_NAME", name.as_str())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut ns = KillOnDrop::new(cmd.spawn().expect("unshare is installed (util-linux)"));
+    let mut out = BufReader::new(ns.child().stdout.take().unwrap());
+    let line = expect_line(&mut out, "ns pid=");
+    // Inside its own namespace the child is pid 1 (or 2): our pid means nothing there.
+    let ns_pid: u32 = line.split(['=', ' ']).nth(2).unwrap().parse().unwrap();
+    assert!(ns_pid <= 2, "child is not in a new pid namespace: {line}");
+    assert!(
+        line.contains("others_alive=1"),
+        "the host handle must look alive: {line}"
+    );
+    assert!(
+        line.contains("dead_reclaimed=0"),
+        "nothing of ours may be reclaimed: {line}"
+    );
+    assert_eq!(a.read(mine, 64).unwrap(), [7; 64]);
+    let procs = a.processes();
+    assert_eq!(procs.iter().filter(|p| p.alive).count(), 2, "{procs:?}");
+    // Kill the namespaced child: we see it dead, and reclaim its slot exactly once.
+    ns.child().kill().unwrap();
+    let _ = ns.child().wait();
+    // `unshare --kill-child` kills the namespaced process when unshare dies.
+    wait_dead(&a, 1);
+    let dead = a.processes().into_iter().filter(|p| !p.alive).count();
+    assert_eq!(dead, 1);
+    assert_eq!(a.reclaim().dead_slots, 1);
+    assert_eq!(a.reclaim().dead_slots, 0);
+    assert_eq!(a.processes().len(), 1);
+    a.free(mine).unwrap();
+}
+
+#[test]
+fn pid_reuse_does_not_keep_a_dead_slot_alive() {
+    if role().as_deref() == Some("ns") {
+        namespace_child_role();
+        return;
+    }
+    let name = ShmName::new("reg-pidreuse");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let mut c = KillOnDrop::new(child(
+        "pid_reuse_does_not_keep_a_dead_slot_alive",
+        "ns",
+        &[("SA_NAME", name.as_str().into())],
+    ));
+    let mut out = BufReader::new(c.child().stdout.take().unwrap());
+    expect_line(&mut out, "ns pid=");
+    c.child().kill().unwrap();
+    let _ = c.child().wait();
+    wait_dead(&a, 1);
+    // Make the dead slot name a live pid (ours), as a reused pid would.
+    let dead = a
+        .processes()
+        .into_iter()
+        .find(|p| !p.alive)
+        .expect("a dead slot");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(common::shm_path(name.as_str()))
+        .unwrap();
+    let pid_word = shared_allocator::segment::HEADER_REGION
+        + (dead.slot * shared_allocator::process::SLOT_WORDS * 8 + 8) as u64;
+    std::os::unix::fs::FileExt::write_at(
+        &file,
+        &u64::from(std::process::id()).to_le_bytes(),
+        pid_word,
+    )
+    .unwrap();
+    let seen = a
+        .processes()
+        .into_iter()
+        .find(|p| p.slot == dead.slot)
+        .unwrap();
+    assert_eq!(seen.pid, std::process::id());
+    assert!(
+        !seen.alive,
+        "a reused pid must not make a dead holder look alive"
+    );
+    assert_eq!(a.reclaim().dead_slots, 1);
+    // Its span with the block it held is still there (its code's block may leak),
+    // but the machinery is whole: everything else allocates and frees.
+    assert_eq!(a.stats().live_blocks, Some(1));
+}
+
+#[test]
+fn a_dead_slot_has_exactly_one_reclaimer() {
+    match role().as_deref() {
+        Some("holder") => {
+            let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+            let held = a.allocate(64).unwrap();
+            say(format!("holder ready {}", held.get()));
+            wait_for_parent(); // killed here
+            return;
+        }
+        Some("reclaimer") => {
+            let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+            wait_for_parent();
+            say(format!("reclaimed {}", a.reclaim().dead_slots));
+            return;
+        }
+        _ => {}
+    }
+    let name = ShmName::new("reg-onereclaimer");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let entry = "a_dead_slot_has_exactly_one_reclaimer";
+    let env = [("SA_NAME", name.as_str().to_owned())];
+    for round in 0..10 {
+        let mut victims: Vec<_> = (0..3)
+            .map(|_| KillOnDrop::new(child(entry, "holder", &env)))
+            .collect();
+        for v in &mut victims {
+            let mut out = BufReader::new(v.child().stdout.take().unwrap());
+            expect_line(&mut out, "holder ready");
+        }
+        for v in &mut victims {
+            v.child().kill().unwrap();
+            let _ = v.child().wait();
+        }
+        wait_dead(&a, 3);
+        let mut rs: Vec<_> = (0..3).map(|_| child(entry, "reclaimer", &env)).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        for r in &mut rs {
+            writeln!(r.stdin.take().unwrap()).unwrap();
+        }
+        let total: usize = rs
+            .into_iter()
+            .map(|r| {
+                let out = results(r, LIMIT, "reclaimer");
+                out.iter()
+                    .find_map(|l| {
+                        l.strip_prefix("reclaimed ")
+                            .map(|n| n.parse::<usize>().unwrap())
+                    })
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(
+            total, 3,
+            "round {round}: three dead slots, each reclaimed exactly once"
+        );
+        assert_eq!(a.processes().len(), 1);
+        // Each victim's code held one 64-byte block: those may leak, nothing else.
+        assert_eq!(a.stats().live_blocks, Some(3 * (round + 1)));
+    }
+}
+
+// ------------------------------------------------------------------ squatting
+
+#[test]
+fn objects_of_other_users_or_world_writable_are_refused() {
+    let name = ShmName::new("reg-squat");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
+    let path = common::shm_path(name.as_str());
+    use std::os::unix::fs::PermissionsExt;
+    // World-writable: refused unless asked for.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(matches!(
+        FreeListAllocator::open(name.as_str()),
+        Err(SegmentError::InsecureMode { mode: 0o666, .. })
+    ));
+    let opts = OpenOptions {
+        allow_world_writable: true,
+        ..OpenOptions::default()
+    };
+    FreeListAllocator::open_with(name.as_str(), &opts).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if !nix::unistd::geteuid().is_root() {
+        panic!("the foreign-owner half needs root to chown (CI runs as root)");
+    }
+    // Another user's object (a squatter): refused to open and to create.
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    match FreeListAllocator::open(name.as_str()) {
+        Err(SegmentError::ForeignOwner {
+            owner: 65534,
+            expected: 0,
+            ..
+        }) => {}
+        other => panic!("expected ForeignOwner, got {other:?}"),
+    }
+    assert!(matches!(
+        FreeListAllocator::create(name.as_str(), 1 << 16),
+        Err(SegmentError::ForeignOwner { owner: 65534, .. })
+    ));
+    let opts = OpenOptions {
+        allow_foreign_owner: true,
+        ..OpenOptions::default()
+    };
+    let b = FreeListAllocator::open_with(name.as_str(), &opts).unwrap();
+    b.free(b.allocate(10).unwrap()).unwrap();
+    drop(a);
+}
+
+// ------------------------------------------------------------------ eager return, stale offsets
+
+#[test]
+fn everything_freed_means_everything_free() {
+    let name = ShmName::new("reg-eager");
+    let cap = 16 << 20;
+    let a = FreeListAllocator::create(name.as_str(), cap).unwrap();
+    let b = FreeListAllocator::open(name.as_str()).unwrap();
+    let mut rng = Rng::new(7);
+    let mut held = Vec::new();
+    for i in 0..60_000 {
+        let h = if i % 2 == 0 { &a } else { &b };
+        if held.len() > 1000 || (!held.is_empty() && rng.below(3) == 0) {
+            let k = rng.below(held.len() as u64) as usize;
+            let off = held.swap_remove(k);
+            // Free through either handle: remote frees are fine.
+            h.free(off).unwrap();
+            continue;
+        }
+        let size = match rng.below(10) {
+            0 => 2049 + rng.below(30_000),
+            _ => 1 + rng.below(2048),
+        } as usize;
+        match h.allocate(size) {
+            Ok(off) => held.push(off),
+            Err(e) => panic!("allocation {i} of {size}: {e}"),
+        }
+    }
+    for off in held.drain(..) {
+        a.free(off).unwrap();
+    }
+    let s = a.stats();
+    assert_eq!(s.live_blocks, Some(0));
+    assert_eq!(s.free_bytes, cap, "free_bytes must equal capacity: {s:?}");
+    // One block of half the capacity, with no explicit reclaim first.
+    let big = b.allocate(cap as usize / 2).unwrap();
+    b.free(big).unwrap();
+    assert_eq!(a.stats().free_bytes, cap);
+}
+
+#[test]
+fn stale_offsets_into_released_spans_are_errors() {
+    let name = ShmName::new("reg-stale");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let b = FreeListAllocator::open(name.as_str()).unwrap();
+    let x = a.allocate(64).unwrap();
+    // b frees it: the span is empty and not b's current span, so it goes back.
+    b.free(x).unwrap();
+    assert!(matches!(a.free(x), Err(FreeError::DoubleFree { .. })));
+    assert!(a.read(x, 8).is_err());
+    // The page is reused by another class: the stale offset is not its block start
+    // (96 does not divide 64 * 1), or not allocated there.
+    let y = b.allocate(96).unwrap();
+    assert_eq!(y.get() & !4095, x.get() & !4095, "page reused");
+    assert!(a.free(Offset::new(x.get() + 64)).is_err());
+    b.free(y).unwrap();
+}
+
+// ------------------------------------------------------------------ bounded loops
+
+#[test]
+fn a_peer_rewriting_words_forever_gets_errors_not_hangs() {
+    if role().as_deref() == Some("scribbler") {
+        // Rewrites the whole metadata region with random words, forever (until killed).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(common::shm_path(&env_req("SA_NAME")))
+            .unwrap();
+        let start: u64 = env_req("SA_START").parse().unwrap();
+        let len: u64 = env_req("SA_LEN").parse().unwrap();
+        let map = memmap2::MmapRaw::map_raw(&file).unwrap();
+        say("scribbling");
+        let mut rng = Rng::new(u64::from(std::process::id()));
+        loop {
+            let w = start + rng.below(len / 8) * 8;
+            let p =
+                map.as_mut_ptr().wrapping_add(w as usize) as *const std::sync::atomic::AtomicU64;
+            // SAFETY:
+            // - `w` is 8-aligned and inside the mapping (start + len <= its size);
+            // - the words are only accessed atomically by every process here.
+            unsafe { &*p }.store(rng.next_u64(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    for kind in ["free-list", "bump"] {
+        let name = ShmName::new("reg-scribble");
+        let l;
+        let fl;
+        let bump;
+        if kind == "free-list" {
+            fl = Some(FreeListAllocator::create(name.as_str(), 1 << 20).unwrap());
+            bump = None;
+            l = *fl.as_ref().unwrap().segment().layout();
+        } else {
+            bump = Some(BumpAllocator::create(name.as_str(), 1 << 20).unwrap());
+            fl = None;
+            l = *bump.as_ref().unwrap().segment().layout();
+        }
+        let mut s = KillOnDrop::new(child(
+            "a_peer_rewriting_words_forever_gets_errors_not_hangs",
+            "scribbler",
+            &[
+                ("SA_NAME", name.as_str().into()),
+                ("SA_START", l.meta_offset.to_string()),
+                ("SA_LEN", l.meta_len.min(64 * 1024).to_string()),
+            ],
+        ));
+        let mut out = BufReader::new(s.child().stdout.take().unwrap());
+        expect_line(&mut out, "scribbling");
+        // Every call returns (a watchdog thread fails the test if one does not).
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d = done.clone();
+        let watchdog = std::thread::spawn(move || {
+            for _ in 0..600 {
+                if d.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("watchdog: allocator calls under a scribbler did not return in 60 s");
+        });
+        let (mut ok, mut err) = (0, 0);
+        for i in 0..20_000u64 {
+            let r = match (&fl, &bump) {
+                (Some(a), _) => a.allocate(1 + (i % 3000) as usize).map(|o| {
+                    let _ = a.free(o);
+                }),
+                (_, Some(b)) => b.allocate(16).map(|_| ()),
+                _ => unreachable!(),
+            };
+            if r.is_ok() {
+                ok += 1
+            } else {
+                err += 1
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        watchdog.join().unwrap();
+        say(format!("{kind}: {ok} ok, {err} errors under a scribbler"));
+    }
+}
