@@ -294,8 +294,22 @@ fn liveness_across_pid_namespaces() {
     assert_eq!(a.read(mine, 64).unwrap(), [7; 64]);
     let procs = a.processes();
     assert_eq!(procs.iter().filter(|p| p.alive).count(), 2, "{procs:?}");
-    // Kill the namespaced child: we see it dead, and reclaim its slot exactly once.
-    ns.child().kill().unwrap();
+    // SIGKILL the namespaced process itself (unshare's child, found through /proc):
+    // we see it dead, and reclaim its slot exactly once.
+    let unshare_pid = ns.child().id();
+    let kids = std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
+        .expect("/proc children list");
+    let host_pid: i32 = kids
+        .split_whitespace()
+        .next()
+        .expect("unshare's child")
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let _ = ns.child().wait();
     // `unshare --kill-child` kills the namespaced process when unshare dies.
     wait_dead(&a, 1);
@@ -606,5 +620,217 @@ fn a_peer_rewriting_words_forever_gets_errors_not_hangs() {
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         watchdog.join().unwrap();
         say(format!("{kind}: {ok} ok, {err} errors under a scribbler"));
+    }
+}
+
+// ------------------------------------------------------------------ scenarios driven by fail points
+
+/// In a child: stop at fail point `point` (its `nth` hit), say so, and wait for the
+/// parent's word before going on.
+#[cfg(feature = "failpoints")]
+fn pause_at(point: &'static str, nth: u32) {
+    let hits = std::sync::atomic::AtomicU32::new(0);
+    fail::cfg_callback(point, move || {
+        if hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == nth {
+            say(format!("paused at {point}"));
+            wait_for_parent();
+        }
+    })
+    .unwrap();
+}
+
+/// In a child: die by SIGKILL at the `nth` hit of fail point `point`.
+#[cfg(feature = "failpoints")]
+fn die_at(point: &'static str, nth: u32) {
+    let hits = std::sync::atomic::AtomicU32::new(0);
+    fail::cfg_callback(point, move || {
+        if hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == nth {
+            nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+        }
+    })
+    .unwrap();
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn truncation_while_opening_is_a_typed_error() {
+    let name = ShmName::new("reg-trunc");
+    // No handle of ours maps it while it shrinks (that handle would get SIGBUS: a
+    // truncating peer is an untrusted writer, see README "Safety model").
+    drop(FreeListAllocator::create(name.as_str(), 1 << 16).unwrap());
+    let path = common::shm_path(name.as_str());
+    // A peer truncates the object between open's fstat and its mmap. (The callback
+    // is process-wide; errors are ignored so that other tests' opens are harmless.)
+    fail::cfg_callback("segment.open.before_map", move || {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path) {
+            let _ = f.set_len(100);
+        }
+    })
+    .unwrap();
+    let r = FreeListAllocator::open(name.as_str());
+    fail::remove("segment.open.before_map");
+    match r {
+        Err(SegmentError::Truncated { size: 100, .. }) => {}
+        other => panic!("expected Truncated, got {other:?}"),
+    }
+}
+
+/// Issue scenario: two frees of one offset; the span is released and reused for
+/// another class while the second free sits between reading the span's state and
+/// clearing the bit. The second free must fail and leave the new span alone.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_stalled_double_free_cannot_touch_the_next_owner() {
+    if role().as_deref() == Some("stalled-free") {
+        let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+        let x = Offset::new(env_req("SA_OFF").parse().unwrap());
+        pause_at("fl.free.before_clear", 1);
+        let r = a.free(x);
+        say(format!("second free: {r:?}"));
+        return;
+    }
+    let name = ShmName::new("reg-stalled");
+    let h1 = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let h2 = FreeListAllocator::open(name.as_str()).unwrap();
+    let x = h1.allocate(64).unwrap();
+    let mut b = KillOnDrop::new(child(
+        "a_stalled_double_free_cannot_touch_the_next_owner",
+        "stalled-free",
+        &[
+            ("SA_NAME", name.as_str().into()),
+            ("SA_OFF", x.get().to_string()),
+        ],
+    ));
+    let mut out = BufReader::new(b.child().stdout.take().unwrap());
+    expect_line(&mut out, "paused at fl.free.before_clear");
+    // The first free (h2: not its current span) empties the span, which goes back.
+    h2.free(x).unwrap();
+    // The page is reused as a span of 96-byte blocks, filled with tagged blocks.
+    let page = x.get() & !4095;
+    let mut mine = Vec::new();
+    while mine.len() < 42 {
+        let y = h2.allocate(96).unwrap();
+        h2.write(y, &[0xA5; 96]).unwrap();
+        mine.push(y);
+    }
+    assert!(
+        mine.iter().any(|y| y.get() & !4095 == page),
+        "page not reused"
+    );
+    writeln!(b.child().stdin.take().unwrap()).unwrap();
+    let line = expect_line(&mut out, "second free:");
+    assert!(line.contains("DoubleFree"), "{line}");
+    wait_with_watchdog(b.child(), LIMIT, "stalled free");
+    for y in &mine {
+        assert_eq!(
+            h1.read(*y, 96).unwrap(),
+            [0xA5; 96],
+            "a block of the next owner changed"
+        );
+    }
+    assert_eq!(h1.stats().live_blocks, Some(mine.len() as u64));
+    for y in mine {
+        h1.free(y).unwrap();
+    }
+}
+
+/// Issue scenario (the double-listing race): a free stalls right after clearing its
+/// bit while a repair pass releases the now-empty span and the page is reused. The
+/// free's follow-up (hints, emptiness check) must not list or release anything it
+/// does not own: no `Corrupted`, no overlap afterwards.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_stalled_free_racing_repair_lists_nothing_twice() {
+    if role().as_deref() == Some("stalled-free") {
+        let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+        let x = Offset::new(env_req("SA_OFF").parse().unwrap());
+        pause_at("fl.free.cleared", 1);
+        let r = a.free(x);
+        say(format!("free: {r:?}"));
+        return;
+    }
+    let name = ShmName::new("reg-relist");
+    let h1 = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let x = h1.allocate(64).unwrap();
+    let mut b = KillOnDrop::new(child(
+        "a_stalled_free_racing_repair_lists_nothing_twice",
+        "stalled-free",
+        &[
+            ("SA_NAME", name.as_str().into()),
+            ("SA_OFF", x.get().to_string()),
+        ],
+    ));
+    let mut out = BufReader::new(b.child().stdout.take().unwrap());
+    expect_line(&mut out, "paused at fl.free.cleared");
+    // Repair sees an empty span and returns it; the page goes to another class.
+    let r = h1.reclaim();
+    assert!(r.pages >= 1, "{r:?}");
+    let mut blocks = Vec::new();
+    for i in 0..200u8 {
+        let y = h1.allocate(96).unwrap();
+        h1.write(y, &[i; 96]).unwrap();
+        blocks.push((y, i));
+    }
+    writeln!(b.child().stdin.take().unwrap()).unwrap();
+    let line = expect_line(&mut out, "free:");
+    assert_eq!(line, "free: Ok(())");
+    wait_with_watchdog(b.child(), LIMIT, "stalled free");
+    // Both classes keep working; every block is distinct and intact.
+    for i in 0..200u8 {
+        let y = h1.allocate(64).unwrap();
+        h1.write(y, &[i; 64]).unwrap();
+        blocks.push((y, i));
+    }
+    let mut offs: Vec<u64> = blocks.iter().map(|(y, _)| y.get()).collect();
+    offs.sort_unstable();
+    offs.dedup();
+    assert_eq!(offs.len(), blocks.len(), "a block was handed out twice");
+    for (y, i) in &blocks {
+        let len = if h1.read(*y, 96).is_ok() { 96 } else { 64 };
+        assert!(h1.read(*y, len).unwrap().iter().all(|b| b == i));
+        h1.free(*y).unwrap();
+    }
+    assert_eq!(h1.stats().live_blocks, Some(0));
+}
+
+/// Issue scenario (killed mid-relist): a process killed while creating a span leaves
+/// nothing unusable: after repair, the whole capacity allocates as one block.
+#[cfg(feature = "failpoints")]
+#[test]
+fn killed_while_creating_a_span_loses_no_page() {
+    if let Some(point) = role().as_deref().and_then(|r| r.strip_prefix("die-at:")) {
+        let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+        let point: &'static str = Box::leak(point.to_owned().into_boxed_str());
+        die_at(point, 1);
+        let _ = a.allocate(64);
+        say("not killed");
+        return;
+    }
+    for point in [
+        "fl.new_span.intent",
+        "fl.new_span.claimed",
+        "fl.new_span.word",
+        "fl.new_span.listed",
+    ] {
+        let name = ShmName::new("reg-midspan");
+        let cap = 1 << 20;
+        let a = FreeListAllocator::create(name.as_str(), cap).unwrap();
+        let mut c = KillOnDrop::new(child(
+            "killed_while_creating_a_span_loses_no_page",
+            &format!("die-at:{point}"),
+            &[("SA_NAME", name.as_str().into())],
+        ));
+        let status = wait_with_watchdog(c.child(), LIMIT, point);
+        assert!(!status.success(), "{point}: the child was not killed");
+        wait_dead(&a, 1);
+        let r = a.reclaim();
+        assert_eq!(r.dead_slots, 1, "{point}");
+        let s = a.stats();
+        assert_eq!(s.live_blocks, Some(0), "{point}: {s:?}");
+        assert_eq!(s.free_bytes, cap, "{point}");
+        let all = a
+            .allocate(cap as usize)
+            .unwrap_or_else(|e| panic!("{point}: {e}"));
+        a.free(all).unwrap();
     }
 }
