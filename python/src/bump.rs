@@ -40,7 +40,12 @@ fn out_of_memory(e: &AllocError) -> bool {
 allocator_class!(PyBump, "BumpAllocator", {
     #[new]
     #[pyo3(signature = (name, capacity = None, create = true), text_signature = "(name, capacity=1024*1024, create=True)")]
-    fn new(py: Python<'_>, name: &str, capacity: Option<&Bound<'_, PyAny>>, create: bool) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        capacity: Option<&Bound<'_, PyAny>>,
+        create: bool,
+    ) -> PyResult<Self> {
         let name = name.to_owned();
         let opened = if create {
             let cap = opt_int(py, capacity, 1024 * 1024, "capacity")?;

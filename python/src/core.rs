@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyByteArray};
+use pyo3::types::{PyByteArray, PyBytes};
 
 use shared_allocator::{Offset, ShmAllocator};
 
@@ -69,7 +69,10 @@ impl Exports {
         let map = self.lock();
         let mut found = 0;
         for (&(s, e), &n) in map.range((start, 0)..) {
-            if alloc.check_range(Offset::new(start), s - start + 1).is_err() {
+            if alloc
+                .check_range(Offset::new(start), s - start + 1)
+                .is_err()
+            {
                 break;
             }
             if alloc.check_range(Offset::new(start), e - start).is_ok() {
@@ -184,7 +187,11 @@ impl<A: ShmAllocator> Core<A> {
         size: i64,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let len = usize::try_from(size).map_err(|_| {
-            errors::err(py, Kind::InvalidArgument, format!("size must be >= 0, got {size}"))
+            errors::err(
+                py,
+                Kind::InvalidArgument,
+                format!("size must be >= 0, got {size}"),
+            )
         })?;
         let off = self.abs(py, rel, len as u64)?;
         // Check first, so that a huge size is refused before allocating the bytes.

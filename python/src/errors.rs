@@ -26,7 +26,7 @@ pub(crate) enum Kind {
     /// `DoubleFreeError` (also a `ValueError` and a `RuntimeError`).
     DoubleFree,
     /// `WrongAllocatorKindError` (also a `ValueError`).
-    WrongKind,
+    WrongAllocator,
     /// `ExistsError` (also a `FileExistsError`).
     Exists,
     /// `NotFoundError` (also a `FileNotFoundError`).
@@ -119,7 +119,7 @@ pub(crate) fn segment(py: Python<'_>, e: SegmentError) -> PyErr {
         SegmentError::InvalidName { .. } | SegmentError::InvalidParameter { .. } => {
             err(py, Kind::InvalidArgument, msg)
         }
-        SegmentError::WrongKind { .. } => err(py, Kind::WrongKind, msg),
+        SegmentError::WrongKind { .. } => err(py, Kind::WrongAllocator, msg),
         SegmentError::InitTimeout { .. } => err(py, Kind::NotReady, msg),
         SegmentError::BadMagic { .. }
         | SegmentError::VersionMismatch { .. }

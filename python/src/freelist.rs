@@ -293,7 +293,11 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
         let count = int_arg(py, count, "count")?;
         let align = align_arg(py, opt_int(py, alignment, 8, "alignment")?)?;
         let Ok(n) = u64::try_from(count) else {
-            return Err(errors::err(py, Kind::InvalidArgument, format!("count must be >= 0, got {count}")));
+            return Err(errors::err(
+                py,
+                Kind::InvalidArgument,
+                format!("count must be >= 0, got {count}"),
+            ));
         };
         if n > self.num_slots || !self.reserve(n) {
             return Ok(None);
@@ -357,7 +361,9 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
     /// Number of blocks that can still be allocated before ``num_slots`` are live.
     fn available_slots(&self, py: Python<'_>) -> PyResult<u64> {
         self.h.get(py)?;
-        Ok(self.num_slots.saturating_sub(self.live().load(Ordering::Acquire)))
+        Ok(self
+            .num_slots
+            .saturating_sub(self.live().load(Ordering::Acquire)))
     }
 
     /// Number of live blocks (allocated through this package, in any process).
@@ -386,9 +392,17 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
     }
 
     /// Pickling support: unpickles as ``FreeListAllocator(name, create=False)``.
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> (Bound<'py, PyAny>, (String, u64, u64, u64, bool)) {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> (Bound<'py, PyAny>, (String, u64, u64, u64, bool)) {
         let t = slf.get();
-        let args = (t.h.core.name.clone(), t.capacity(), t.slot_size, t.num_slots, false);
+        let args = (
+            t.h.core.name.clone(),
+            t.capacity(),
+            t.slot_size,
+            t.num_slots,
+            false,
+        );
         (slf.get_type().into_any(), args)
     }
 });

@@ -130,7 +130,11 @@ allocator_class!(PySlab, "SlabAllocator", {
         let count = int_arg(py, count, "count")?;
         let align = align_arg(py, opt_int(py, alignment, 8, "alignment")?)?;
         let Ok(n) = usize::try_from(count) else {
-            return Err(errors::err(py, Kind::InvalidArgument, format!("count must be >= 0, got {count}")));
+            return Err(errors::err(
+                py,
+                Kind::InvalidArgument,
+                format!("count must be >= 0, got {count}"),
+            ));
         };
         if n as u64 > core.alloc.slot_count() {
             return Ok(None);
