@@ -11,7 +11,9 @@ so each runs in its own virtualenv:
     python python/bench/bench_seed.py --run      # JSON for the importable package only
 
 Run the first form from the repository root with the package installed in the
-current interpreter (``scripts/test-all`` leaves it in target/py-venv).
+current interpreter (``scripts/test-all`` leaves it in target/py-venv). The two
+packages run alternately, RUNS times each, so that load changes on a shared
+machine hit both; each number is the median over all rounds of all runs.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import uuid
 
 SEED_VERSION = "0.1.0"
 ROUNDS = 7
+RUNS = 3
 N = 20_000  # calls per round (bump sequential allocate fills 10 MiB in 40,960)
 
 
-def _timeit(body, n=N, rounds=ROUNDS, before_round=None):
+def _timeit(body, n=N, rounds=ROUNDS, before_round=None, per=1):
+    """ns per call (divided by ``per``) of each round."""
     times = []
     for _ in range(rounds):
         if before_round:
@@ -37,8 +41,8 @@ def _timeit(body, n=N, rounds=ROUNDS, before_round=None):
         t0 = time.perf_counter_ns()
         for _ in range(n):
             body()
-        times.append((time.perf_counter_ns() - t0) / n)
-    return statistics.median(times)
+        times.append((time.perf_counter_ns() - t0) / n / per)
+    return times
 
 
 def run() -> dict:
@@ -148,13 +152,13 @@ def run() -> dict:
                 offs = fl.allocate_many(256, 1000)
                 fl.free_many(offs)
 
-            res["batch_alloc_free_freelist"] = _timeit(batch, n=200) / 1000
+            res["batch_alloc_free_freelist"] = _timeit(batch, n=200, per=1000)
 
             def batch_slab():
                 offs = slab.allocate_many(None, 1000)
                 slab.free_many(offs)
 
-            res["batch_alloc_free_slab"] = _timeit(batch_slab, n=200) / 1000
+            res["batch_alloc_free_slab"] = _timeit(batch_slab, n=200, per=1000)
 
         for a in (bump, fl, slab):
             a.close()
@@ -199,8 +203,23 @@ def main() -> None:
         )
     here = os.path.abspath(__file__)
     env = dict(os.environ, PYTHONPATH="")
-    ours = json.loads(subprocess.run([sys.executable, here, "--run"], check=True, capture_output=True, text=True, env=env, cwd="/").stdout)
-    seed = json.loads(subprocess.run([seed_py, here, "--run"], check=True, capture_output=True, text=True, env=env, cwd="/").stdout)
+
+    def once(py):
+        out = subprocess.run([py, here, "--run"], check=True, capture_output=True, text=True, env=env, cwd="/")
+        return json.loads(out.stdout)
+
+    runs: dict[str, list[dict]] = {"ours": [], "seed": []}
+    for _ in range(RUNS):
+        runs["ours"].append(once(sys.executable))
+        runs["seed"].append(once(seed_py))
+
+    def pooled(which):
+        keys = [k for k in runs[which][0] if k != "package"]
+        return {k: statistics.median(t for r in runs[which] for t in r[k]) for k in keys}
+
+    ours, seed = pooled("ours"), pooled("seed")
+    print(f"{RUNS} alternating runs x {ROUNDS} rounds x {N} calls per package; medians in ns per call")
+    print()
     print(f"| operation | this package (ns) | seed {SEED_VERSION} (ns) | speed-up |")
     print("|---|---|---|---|")
     for label, ok, sk in ROWS:

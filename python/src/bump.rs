@@ -3,12 +3,11 @@
 use std::sync::{Mutex, PoisonError};
 
 use pyo3::prelude::*;
-use pyo3::types::PyList;
 
 use shared_allocator::{AllocError, BumpAllocator, ShmAllocator};
 
 use crate::common::allocator_class;
-use crate::core::{align_arg, int_arg, opt_int, size_arg, Handle};
+use crate::core::{align_arg, int_arg, offsets_array, opt_int, size_arg, Handle};
 use crate::errors;
 
 /// Bump (linear) allocator in POSIX shared memory.
@@ -107,7 +106,8 @@ allocator_class!(PyBump, "BumpAllocator", {
     }
 
     /// Allocates ``count`` blocks of ``size`` bytes at once and returns their offsets
-    /// (a list), or ``None`` if they do not all fit (then nothing is allocated).
+    /// (an ``array.array('Q')``), or ``None`` if they do not all fit (then nothing is
+    /// allocated).
     ///
     /// One atomic step reserves the whole run: the blocks are ``size`` rounded up to
     /// ``alignment`` apart, exactly as ``count`` calls of ``allocate`` in one process
@@ -119,7 +119,7 @@ allocator_class!(PyBump, "BumpAllocator", {
         size: &Bound<'py, PyAny>,
         count: &Bound<'py, PyAny>,
         alignment: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Option<Bound<'py, PyList>>> {
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let core = self.h.get(py)?;
         let size = int_arg(py, size, "size")?;
         let count = int_arg(py, count, "count")?;
@@ -132,7 +132,7 @@ allocator_class!(PyBump, "BumpAllocator", {
             ));
         }
         if count == 0 {
-            return Ok(Some(PyList::empty(py)));
+            return Ok(Some(offsets_array(py, &[])?));
         }
         let stride = (size as u64).next_multiple_of(align as u64);
         let total = stride
@@ -147,7 +147,7 @@ allocator_class!(PyBump, "BumpAllocator", {
             Err(e) => return Err(errors::alloc(py, e)),
         };
         let offsets: Vec<u64> = (0..count as u64).map(|i| start + i * stride).collect();
-        Ok(Some(PyList::new(py, offsets)?))
+        Ok(Some(offsets_array(py, &offsets)?))
     }
 
     /// Releases every allocation at once (O(1)). Offsets handed out before become

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyList};
 
 use shared_allocator::{Offset, ShmAllocator};
 
@@ -290,6 +291,48 @@ pub(crate) fn int_arg(py: Python<'_>, v: &Bound<'_, PyAny>, what: &str) -> PyRes
         )),
         Err(e) => Err(e),
     }
+}
+
+/// The offsets of a `free_many` call, all converted before any is freed (a
+/// non-integer item raises `TypeError` with nothing freed). Lists and buffers of
+/// unsigned 64-bit integers (what `allocate_many` returns) take fast paths.
+pub(crate) fn offsets_arg(py: Python<'_>, offsets: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
+    if let Ok(list) = offsets.cast::<PyList>() {
+        let mut v = Vec::with_capacity(list.len());
+        for o in list.iter() {
+            v.push(int_arg(py, &o, "offset")?);
+        }
+        return Ok(v);
+    }
+    if let Ok(buf) = pyo3::buffer::PyBuffer::<u64>::get(offsets) {
+        // Offsets beyond i64::MAX are outside every data region: OutOfBoundsError later.
+        return Ok(buf
+            .to_vec(py)?
+            .into_iter()
+            .map(|x| i64::try_from(x).unwrap_or(i64::MAX))
+            .collect());
+    }
+    offsets
+        .try_iter()?
+        .map(|o| int_arg(py, &o?, "offset"))
+        .collect()
+}
+
+static ARRAY_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The offsets of an `allocate_many` call as an `array.array('Q')`: one copy of
+/// the numbers, no Python int per block until the caller looks at one.
+pub(crate) fn offsets_array<'py>(py: Python<'py>, v: &[u64]) -> PyResult<Bound<'py, PyAny>> {
+    let array = ARRAY_TYPE.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("array")?.getattr("array")?.unbind())
+    })?;
+    let bytes = PyBytes::new_with(py, v.len() * 8, |b| {
+        for (chunk, x) in b.chunks_exact_mut(8).zip(v) {
+            chunk.copy_from_slice(&x.to_ne_bytes());
+        }
+        Ok(())
+    })?;
+    array.bind(py).call1(("Q", bytes))
 }
 
 /// An optional integer argument (`None` or missing: `default`), as [`int_arg`].

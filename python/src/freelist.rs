@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
-use pyo3::types::PyList;
 
 use shared_allocator::alloc::SIZE_CLASSES;
 use shared_allocator::typed::Roots;
 use shared_allocator::{AllocError, FreeListAllocator, Offset, ShmAllocator, ShmFree};
 
 use crate::common::allocator_class;
-use crate::core::{align_arg, int_arg, opt_int, size_arg, Handle};
+use crate::core::{align_arg, int_arg, offsets_arg, offsets_array, opt_int, size_arg, Handle};
 use crate::errors::{self, Kind};
 
 /// Name of the root holding `[state, slot_size, num_slots, live_slots]`.
@@ -278,8 +277,8 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
         Ok(())
     }
 
-    /// Allocates ``count`` blocks of ``size`` bytes and returns their offsets (a
-    /// list), or ``None`` if they do not all fit (then none stays allocated).
+    /// Allocates ``count`` blocks of ``size`` bytes and returns their offsets (an
+    /// ``array.array('Q')``), or ``None`` if they do not all fit (then none stays allocated).
     #[pyo3(signature = (size, count, alignment = None), text_signature = "(self, size, count, alignment=8)")]
     fn allocate_many<'py>(
         &self,
@@ -287,7 +286,7 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
         size: &Bound<'py, PyAny>,
         count: &Bound<'py, PyAny>,
         alignment: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Option<Bound<'py, PyList>>> {
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let core = self.h.get(py)?;
         let size = size_arg(py, int_arg(py, size, "size")?)?.max(1);
         let count = int_arg(py, count, "count")?;
@@ -319,7 +318,7 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
         };
         let r = if n > 256 { py.detach(run) } else { run() };
         match r {
-            Ok(Some(v)) => Ok(Some(PyList::new(py, v)?)),
+            Ok(Some(v)) => Ok(Some(offsets_array(py, &v)?)),
             Ok(None) => {
                 self.unreserve(n);
                 Ok(None)
@@ -333,12 +332,10 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
 
     /// Frees every offset of an iterable, in order. On the first failure raises that
     /// error (as ``free`` would); the offsets before it are freed, the rest are not.
+    /// A non-integer item raises ``TypeError`` before anything is freed.
     fn free_many(&self, py: Python<'_>, offsets: &Bound<'_, PyAny>) -> PyResult<()> {
         let core = self.h.get(py)?;
-        let rels: Vec<i64> = offsets
-            .try_iter()?
-            .map(|o| int_arg(py, &o?, "offset"))
-            .collect::<PyResult<_>>()?;
+        let rels = offsets_arg(py, offsets)?;
         let mut freed = 0u64;
         let mut result = Ok(());
         for &rel in &rels {

@@ -1,12 +1,11 @@
 //! `SlabAllocator` for Python.
 
 use pyo3::prelude::*;
-use pyo3::types::PyList;
 
 use shared_allocator::{AllocError, Offset, ShmAllocator, ShmFree, SlabAllocator};
 
 use crate::common::allocator_class;
-use crate::core::{align_arg, int_arg, opt_int, size_arg, Handle};
+use crate::core::{align_arg, int_arg, offsets_arg, offsets_array, opt_int, size_arg, Handle};
 use crate::errors::{self, Kind};
 
 /// Fixed-size slot ("slab") allocator in POSIX shared memory.
@@ -114,7 +113,7 @@ allocator_class!(PySlab, "SlabAllocator", {
             .map_err(|e| errors::free(py, e, rel as u64))
     }
 
-    /// Allocates ``count`` slabs and returns their offsets (a list), or ``None`` if
+    /// Allocates ``count`` slabs and returns their offsets (an ``array.array('Q')``), or ``None`` if
     /// not enough are free (then none stays allocated). ``size`` is checked as in
     /// ``allocate`` (``None``: a whole slab).
     #[pyo3(signature = (size, count, alignment = None), text_signature = "(self, size, count, alignment=8)")]
@@ -124,7 +123,7 @@ allocator_class!(PySlab, "SlabAllocator", {
         size: Option<&Bound<'py, PyAny>>,
         count: &Bound<'py, PyAny>,
         alignment: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Option<Bound<'py, PyList>>> {
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let core = self.h.get(py)?;
         let size = self.request(py, size)?;
         let count = int_arg(py, count, "count")?;
@@ -156,7 +155,7 @@ allocator_class!(PySlab, "SlabAllocator", {
         };
         let r = if n > 256 { py.detach(run) } else { run() };
         match r {
-            Ok(Some(v)) => Ok(Some(PyList::new(py, v)?)),
+            Ok(Some(v)) => Ok(Some(offsets_array(py, &v)?)),
             Ok(None) => Ok(None),
             Err(e) => Err(errors::alloc(py, e)),
         }
@@ -164,10 +163,10 @@ allocator_class!(PySlab, "SlabAllocator", {
 
     /// Frees every offset of an iterable, in order. On the first failure raises that
     /// error (as ``free`` would); the offsets before it are freed, the rest are not.
+    /// A non-integer item raises ``TypeError`` before anything is freed.
     fn free_many(&self, py: Python<'_>, offsets: &Bound<'_, PyAny>) -> PyResult<()> {
         let core = self.h.get(py)?;
-        for o in offsets.try_iter()? {
-            let rel = int_arg(py, &o?, "offset")?;
+        for rel in offsets_arg(py, offsets)? {
             let off = core.abs(py, rel, 0)?;
             core.no_views_in_block(py, off, rel)?;
             core.alloc

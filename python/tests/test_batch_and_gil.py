@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import threading
 import time
 
@@ -15,7 +16,8 @@ def test_bump_allocate_many_is_one_contiguous_run(name):
     a = BumpAllocator(name, capacity=1 << 16)
     first = a.allocate(3)
     offs = a.allocate_many(100, 50)
-    assert offs == [8 + 104 * i for i in range(50)] and first == 0
+    assert isinstance(offs, array.array) and offs.typecode == "Q"
+    assert list(offs) == [8 + 104 * i for i in range(50)] and first == 0
     for o in offs:
         a.write(o, b"z" * 100)
     assert a.allocate_many(100, 1000) is None
@@ -52,6 +54,36 @@ def test_allocate_many_all_or_nothing(name):
     assert a.allocate_many(64, 41) is None
     assert a.used_slots() == 60  # the refused batch left nothing allocated
     a.free_many(held)
+    a.unlink()
+
+
+@pytest.mark.parametrize("form", ["array", "list", "tuple", "numpy", "generator"])
+def test_free_many_accepts_any_form_of_offsets(form, name):
+    import numpy as np
+
+    a = SlabAllocator(name, slab_size=32, num_slabs=64)
+    offs = a.allocate_many(None, 40)
+    arg = {
+        "array": offs,
+        "list": list(offs),
+        "tuple": tuple(offs),
+        "numpy": np.frombuffer(offs, dtype=np.uint64),
+        "generator": (o for o in offs),
+    }[form]
+    a.free_many(arg)
+    assert a.used_slabs() == 0
+    a.unlink()
+
+
+def test_free_many_converts_everything_before_freeing(name):
+    a = SlabAllocator(name, slab_size=32, num_slabs=8)
+    offs = list(a.allocate_many(None, 3))
+    with pytest.raises(TypeError):
+        a.free_many([offs[0], "x", offs[1]])
+    assert a.used_slabs() == 3  # nothing freed
+    with pytest.raises(sa.OutOfBoundsError):
+        a.free_many(array.array("Q", [2**63 + 5]))
+    a.free_many(offs)
     a.unlink()
 
 

@@ -1,5 +1,6 @@
 """Type stubs for the Rust extension ``shared_allocator._native``."""
 
+from array import array
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Literal, final
@@ -94,7 +95,7 @@ class BumpAllocator(_Allocator):
         """Creates (``create=True``) or opens the segment ``name``."""
     def allocate(self, size: int, alignment: int = 8) -> int | None:
         """Offset of ``size`` new bytes, or ``None`` when full."""
-    def allocate_many(self, size: int, count: int, alignment: int = 8) -> list[int] | None:
+    def allocate_many(self, size: int, count: int, alignment: int = 8) -> array[int] | None:
         """``count`` blocks in one atomic step, or ``None`` (nothing allocated)."""
     def reset(self) -> None:
         """Releases every allocation at once."""
@@ -122,7 +123,7 @@ class FreeListAllocator(_Allocator):
         """Offset of a new block of ``size`` bytes, or ``None`` (full)."""
     def free(self, offset: int) -> None:
         """Frees the block at ``offset``."""
-    def allocate_many(self, size: int, count: int, alignment: int = 8) -> list[int] | None:
+    def allocate_many(self, size: int, count: int, alignment: int = 8) -> array[int] | None:
         """``count`` blocks, or ``None`` (then none stays allocated)."""
     def free_many(self, offsets: Iterable[int]) -> None:
         """Frees each offset in order; stops at the first error."""
@@ -147,7 +148,7 @@ class SlabAllocator(_Allocator):
         """Offset of a free slab, or ``None`` when all are in use."""
     def free(self, offset: int) -> None:
         """Frees the slab at ``offset``."""
-    def allocate_many(self, size: int | None, count: int, alignment: int | None = 8) -> list[int] | None:
+    def allocate_many(self, size: int | None, count: int, alignment: int | None = 8) -> array[int] | None:
         """``count`` slabs, or ``None`` (then none stays allocated)."""
     def free_many(self, offsets: Iterable[int]) -> None:
         """Frees each offset in order; stops at the first error."""
