@@ -7,6 +7,14 @@ from typing import Literal, final
 
 from typing_extensions import Buffer, Self
 
+__all__ = [
+    "BumpAllocator",
+    "FreeListAllocator",
+    "GIL_RELEASE_THRESHOLD",
+    "SharedView",
+    "SlabAllocator",
+]
+
 GIL_RELEASE_THRESHOLD: int
 """Copies larger than this many bytes (4096) run with the GIL released."""
 
@@ -41,6 +49,8 @@ class SharedView:
         tb: TracebackType | None = None,
     ) -> Literal[False]:
         """Releases the view."""
+    # Python 3.12+ exposes the buffer protocol as __buffer__ (typeshed's Buffer
+    # protocol checks for it); on 3.11 the slot exists without the attribute.
     def __buffer__(self, flags: int, /) -> memoryview:
         """Buffer protocol."""
 
@@ -91,7 +101,7 @@ class _Allocator:
 class BumpAllocator(_Allocator):
     """Bump allocator: one atomic step per allocation, ``reset()`` frees everything."""
 
-    def __init__(self, name: str, capacity: int = 1024 * 1024, create: bool = True) -> None:
+    def __new__(cls, name: str, capacity: int = 1024 * 1024, create: bool = True) -> Self:
         """Creates (``create=True``) or opens the segment ``name``."""
     def allocate(self, size: int, alignment: int = 8) -> int | None:
         """Offset of ``size`` new bytes, or ``None`` when full."""
@@ -104,14 +114,14 @@ class BumpAllocator(_Allocator):
 class FreeListAllocator(_Allocator):
     """General-purpose allocator with individual ``free``; the seed's slot counts."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         capacity: int = 10 * 1024 * 1024,
         slot_size: int = 256,
         num_slots: int | None = None,
         create: bool = True,
-    ) -> None:
+    ) -> Self:
         """Creates (``create=True``) or opens the segment ``name``."""
     @property
     def slot_size(self) -> int:
@@ -136,7 +146,7 @@ class FreeListAllocator(_Allocator):
 class SlabAllocator(_Allocator):
     """Fixed-size slots tracked by an atomic bitmap."""
 
-    def __init__(self, name: str, slab_size: int = 256, num_slabs: int = 4096, create: bool = True) -> None:
+    def __new__(cls, name: str, slab_size: int = 256, num_slabs: int = 4096, create: bool = True) -> Self:
         """Creates (``create=True``) or opens the segment ``name``."""
     @property
     def slab_size(self) -> int:
