@@ -249,3 +249,38 @@ def test_view_release_twice_and_use_after_release(alloc):
     v.release()
     with pytest.raises(BufferError):
         memoryview(v)
+
+
+def test_segment_never_initialised_raises_not_ready(name):
+    # A zeroed object of the right size looks like a creator that never finished.
+    with open(f"/dev/shm/{name}", "wb") as f:
+        f.write(bytes(16384))
+    with pytest.raises(sa.NotReadyError) as e:
+        SlabAllocator(name, create=False)  # after the open timeout (2 s)
+    assert isinstance(e.value, TimeoutError)
+
+
+def test_wrong_arity_raises_type_error(alloc):
+    no_args = ["used_bytes", "available_bytes", "close"]
+    if isinstance(alloc, FreeListAllocator):
+        no_args += ["used_slots", "available_slots"]
+    if isinstance(alloc, SlabAllocator):
+        no_args += ["used_slabs", "available_slabs"]
+    if isinstance(alloc, BumpAllocator):
+        no_args.append("reset")
+    for m in no_args:
+        with pytest.raises(TypeError):
+            getattr(alloc, m)(1)
+    with pytest.raises(TypeError):
+        alloc.write(0)
+    with pytest.raises(TypeError):
+        alloc.read(0)
+    with pytest.raises(TypeError):
+        alloc.view()
+    with pytest.raises(TypeError):
+        alloc.allocate(1, 8, 3)
+    with pytest.raises(TypeError):
+        alloc.allocate_many(8)
+    with pytest.raises(TypeError):
+        alloc.write(0, b"x", bogus=True)
+    still_works(alloc)
