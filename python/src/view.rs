@@ -194,7 +194,9 @@ impl SharedView {
         //   (the idiom of pyo3's buffer example), which live as long as the struct;
         // - `buf` is the address of `len` mapped bytes; the mapping stays alive while
         //   `obj` (this view, which holds the allocator's `Arc`) is referenced, and
-        //   `obj` takes a new strong reference that `PyBuffer_Release` drops.
+        //   `obj` takes a new strong reference that `PyBuffer_Release` drops;
+        // - `format` is null or the `'static` NUL-terminated literal "B", which
+        //   consumers only read.
         unsafe {
             (*view).buf = this.addr as *mut c_void;
             (*view).obj = slf.clone().into_any().into_ptr();
