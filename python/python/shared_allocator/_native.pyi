@@ -1,0 +1,168 @@
+"""Type stubs for the Rust extension ``shared_allocator._native``."""
+
+from array import array
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Literal, final
+
+from typing_extensions import Buffer, Self
+
+__all__ = [
+    "BumpAllocator",
+    "FreeListAllocator",
+    "GIL_RELEASE_THRESHOLD",
+    "SharedView",
+    "SlabAllocator",
+]
+
+GIL_RELEASE_THRESHOLD: int
+"""Copies larger than this many bytes (4096) run with the GIL released."""
+
+@final
+class SharedView:
+    """A zero-copy window on shared memory (buffer protocol: ``memoryview``,
+    ``numpy.frombuffer``). Keeps the mapping alive; while it lives, ``free()`` of
+    its block and ``reset()`` of its allocator raise ``ExportedViewsError``."""
+
+    @property
+    def offset(self) -> int:
+        """Offset of the first byte (as passed to ``view``)."""
+    @property
+    def size(self) -> int:
+        """Number of bytes."""
+    @property
+    def readonly(self) -> bool:
+        """Whether writes through this view are refused."""
+    @property
+    def released(self) -> bool:
+        """Whether ``release()`` was called."""
+    def __len__(self) -> int:
+        """Number of bytes."""
+    def release(self) -> None:
+        """Ends the view; ``BufferError`` while buffers taken from it still exist."""
+    def __enter__(self) -> Self:
+        """Returns the view itself."""
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> Literal[False]:
+        """Releases the view."""
+    # Python 3.12+ exposes the buffer protocol as __buffer__ (typeshed's Buffer
+    # protocol checks for it); on 3.11 the slot exists without the attribute.
+    def __buffer__(self, flags: int, /) -> memoryview:
+        """Buffer protocol."""
+
+class _Allocator:
+    """Methods every allocator class has. Exists only in these stubs (to avoid
+    repeating them three times); at run time each class defines them itself."""
+
+    @property
+    def name(self) -> str:
+        """The segment name as given to the constructor."""
+    @property
+    def capacity(self) -> int:
+        """Bytes of data, as in the seed package."""
+    @property
+    def data_offset(self) -> int:
+        """Add to an offset from this package to get the Rust API's offset."""
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+    @property
+    def exported_views(self) -> int:
+        """Number of live ``SharedView`` objects made through this object."""
+    def write(self, offset: int, data: Buffer) -> None:
+        """Copies ``data`` to ``offset`` (inside one allocated block)."""
+    def read(self, offset: int, size: int) -> bytes:
+        """Returns ``size`` bytes at ``offset`` (inside one allocated block)."""
+    def view(self, offset: int, size: int, readonly: bool = False) -> SharedView:
+        """A zero-copy ``SharedView`` of ``size`` bytes at ``offset``."""
+    def used_bytes(self) -> int:
+        """Bytes currently handed out."""
+    def available_bytes(self) -> int:
+        """Bytes still available for allocation."""
+    def close(self) -> None:
+        """Closes this handle (later calls raise ``ClosedError``); idempotent."""
+    def unlink(self) -> None:
+        """Removes the segment's name (``NotFoundError`` if already removed)."""
+    def __enter__(self) -> Self:
+        """Returns the allocator itself."""
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> Literal[False]:
+        """Calls ``close()``."""
+
+@final
+class BumpAllocator(_Allocator):
+    """Bump allocator: one atomic step per allocation, ``reset()`` frees everything."""
+
+    def __new__(cls, name: str, capacity: int = 1024 * 1024, create: bool = True) -> Self:
+        """Creates (``create=True``) or opens the segment ``name``."""
+    def allocate(self, size: int, alignment: int = 8) -> int | None:
+        """Offset of ``size`` new bytes, or ``None`` when full."""
+    def allocate_many(self, size: int, count: int, alignment: int = 8) -> array[int] | None:
+        """``count`` blocks in one atomic step, or ``None`` (nothing allocated)."""
+    def reset(self) -> None:
+        """Releases every allocation at once."""
+
+@final
+class FreeListAllocator(_Allocator):
+    """General-purpose allocator with individual ``free``; the seed's slot counts."""
+
+    def __new__(
+        cls,
+        name: str,
+        capacity: int = 10 * 1024 * 1024,
+        slot_size: int = 256,
+        num_slots: int | None = None,
+        create: bool = True,
+    ) -> Self:
+        """Creates (``create=True``) or opens the segment ``name``."""
+    @property
+    def slot_size(self) -> int:
+        """The ``slot_size`` given at creation."""
+    @property
+    def num_slots(self) -> int:
+        """The most blocks live at once."""
+    def allocate(self, size: int | None = 0, alignment: int | None = 8) -> int | None:
+        """Offset of a new block of ``size`` bytes, or ``None`` (full)."""
+    def free(self, offset: int) -> None:
+        """Frees the block at ``offset``."""
+    def allocate_many(self, size: int, count: int, alignment: int = 8) -> array[int] | None:
+        """``count`` blocks, or ``None`` (then none stays allocated)."""
+    def free_many(self, offsets: Iterable[int]) -> None:
+        """Frees each offset in order; stops at the first error."""
+    def available_slots(self) -> int:
+        """Blocks that can still be allocated before ``num_slots`` are live."""
+    def used_slots(self) -> int:
+        """Live blocks."""
+
+@final
+class SlabAllocator(_Allocator):
+    """Fixed-size slots tracked by an atomic bitmap."""
+
+    def __new__(cls, name: str, slab_size: int = 256, num_slabs: int = 4096, create: bool = True) -> Self:
+        """Creates (``create=True``) or opens the segment ``name``."""
+    @property
+    def slab_size(self) -> int:
+        """Size of one slab in bytes."""
+    @property
+    def num_slabs(self) -> int:
+        """Number of slabs."""
+    def allocate(self, size: int | None = None, alignment: int | None = 8) -> int | None:
+        """Offset of a free slab, or ``None`` when all are in use."""
+    def free(self, offset: int) -> None:
+        """Frees the slab at ``offset``."""
+    def allocate_many(self, size: int | None, count: int, alignment: int | None = 8) -> array[int] | None:
+        """``count`` slabs, or ``None`` (then none stays allocated)."""
+    def free_many(self, offsets: Iterable[int]) -> None:
+        """Frees each offset in order; stops at the first error."""
+    def available_slabs(self) -> int:
+        """Number of free slabs."""
+    def used_slabs(self) -> int:
+        """Number of slabs in use."""
