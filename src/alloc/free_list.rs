@@ -184,6 +184,10 @@ const INTENT_RELEASE: u8 = 2;
 const INTENT_LARGE: u8 = 3;
 const INTENT_GROW: u8 = 4;
 
+/// In a span's state `aux`: a repair gave back block 0 of a span whose creator died
+/// (see `finish_intent`). Set without a new generation, so the span's tag is kept.
+const SPAN_GAVE_BACK: u64 = 1 << 31;
+
 /// Give up on a CAS retry loop after this many rounds and report corruption.
 /// Real contention makes progress long before; only a peer rewriting a word
 /// forever (hostile) gets here.
@@ -1101,15 +1105,36 @@ impl FreeListAllocator {
                     );
                 }
                 // Block 0 was set for the dead caller, which never got it (the
-                // intent is cleared before returning): give it back.
+                // intent is cleared before returning): give it back, once. This
+                // record stays parked if we die after giving it back, and two
+                // reclaimers may drain it at once; by then block 0 may belong to a
+                // new holder. So the give-back is claimed by marking the state
+                // (same generation: the tag, and so every block, stays valid);
+                // whoever sees the mark leaves block 0 alone.
                 let w0 = &line[PM_WORDS];
                 let v = w0.load(Ordering::SeqCst);
-                if v >> BITS == tag && v & 1 == 1 && !closed.contains(&0) {
-                    let _ = w0.compare_exchange(v, v & !1, Ordering::SeqCst, Ordering::Relaxed);
+                if v >> BITS == tag
+                    && v & 1 == 1
+                    && !closed.contains(&0)
+                    && self
+                        .state(p)
+                        .compare_exchange(
+                            st,
+                            st | SPAN_GAVE_BACK,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    let _ = w0.fetch_and(!1, Ordering::SeqCst);
                 }
                 Self::set_bit(self.avail(c), p);
+                let now = self.state(p).load(Ordering::Acquire);
                 Some(usize::from(
-                    self.is_empty_span(p, c, tag) && self.release_span(p, st),
+                    tag_of(now) == tag
+                        && kind(now) == KIND_SMALL
+                        && self.is_empty_span(p, c, tag)
+                        && self.release_span(p, now),
                 ))
             }
             INTENT_RELEASE
