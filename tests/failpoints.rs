@@ -110,6 +110,24 @@ const FL_POINTS: &[&str] = &[
     "registry.reclaim.locked",
     "segment.open.before_map",
 ];
+/// Where a sacrificial fork child of the victim dies (once, at the first hit), so
+/// that the victim's repair passes have orphan intents of every kind to finish.
+/// Each leaves nothing the child's code could still hold: a claim in flight is
+/// rolled back by the repair, a free in flight has happened.
+const SACRIFICE: &[&str] = &[
+    "fl.large.head",
+    "fl.large.interior",
+    "fl.new_span.claimed",
+    "fl.new_span.word",
+    "fl.new_span.listed",
+    "fl.release.intent",
+    "fl.release.closed_word",
+    "fl.release.freed",
+    "fl.grow.intent",
+    "fl.grow.interiors",
+    "fl.free.cleared",
+    "fl.large_free.head",
+];
 /// The points a slab victim is killed at.
 const SLAB_POINTS: &[&str] = &["slab.alloc.claimed", "slab.free.cleared"];
 
@@ -253,6 +271,78 @@ fn every_fail_point_is_listed() {
         found, listed,
         "fail points in src/ vs. points this suite kills at"
     );
+}
+
+/// A reclaimer killed after it finished part of a dead handle's operation must not
+/// make the next reclaimer redo that part on top of a live block.
+///
+/// D dies in `new_span` with block 0 of a new span taken for its caller (intent
+/// recorded). R1 runs the repair: it gives block 0 back, finds the span empty and
+/// starts releasing it, and dies there (before D's parked record is cleared). We
+/// then allocate block 0 of that span ourselves and run a repair, which replays D's
+/// record: our live block must stay live.
+#[test]
+fn reclaimer_killed_mid_repair_does_not_free_a_live_block() {
+    match role().as_deref() {
+        Some("fp-die-at") => return die_at_main(),
+        Some(_) => return,
+        None => {}
+    }
+    let name = ShmName::new("fp-replay");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    die_at(&name, "fl.new_span.listed", "alloc16");
+    die_at(&name, "fl.release.intent", "reclaim");
+    let off = a.allocate(16).unwrap();
+    let mut buf = [0u8; 16];
+    fill_pattern(&mut buf, 0x77);
+    a.write(off, &buf).unwrap();
+    a.reclaim();
+    assert!(
+        a.check_range(off, 16).is_ok(),
+        "our live block {off} was freed by a replayed repair"
+    );
+    let other = a.allocate(16).unwrap();
+    assert_ne!(other, off, "a live block was handed out again");
+    a.free(other).unwrap();
+    a.free(off).unwrap();
+    assert_eq!(a.stats().live_blocks, Some(0));
+}
+
+/// Runs a child that opens `name`, arms a SIGKILL at the first hit of `point` and
+/// does `action`; it must die there.
+fn die_at(name: &ShmName, point: &str, action: &str) {
+    let mut c = KillOnDrop::new(spawn_child(
+        "reclaimer_killed_mid_repair_does_not_free_a_live_block",
+        "fp-die-at",
+        &[
+            ("SA_FP_NAME", name.as_str().to_owned()),
+            ("SA_FP_POINT", point.to_owned()),
+            ("SA_FP_ACTION", action.to_owned()),
+        ],
+    ));
+    let st = wait_or_kill(c.child(), Duration::from_secs(60)).expect("watchdog: child hangs");
+    let _ = c.take();
+    assert!(
+        killed_by_sigkill(&st),
+        "{action} did not reach {point}: {st}"
+    );
+}
+
+fn die_at_main() {
+    let a = FreeListAllocator::open(&env_req("SA_FP_NAME")).unwrap();
+    fail::cfg_callback(env_req("SA_FP_POINT"), || {
+        let _ = raise(Signal::SIGKILL);
+    })
+    .unwrap();
+    match env_req("SA_FP_ACTION").as_str() {
+        "alloc16" => {
+            a.allocate(16).unwrap();
+        }
+        "reclaim" => {
+            a.reclaim();
+        }
+        other => panic!("action {other}"),
+    }
 }
 
 // ====================================================================== allocators
@@ -951,21 +1041,34 @@ impl Victim<'_> {
     }
 
     fn grow(&mut self, a: &FreeListAllocator, i: usize) {
-        let (off, size, tag) = (self.held[i].off, self.held[i].size, self.held[i].tag);
-        if size <= 2048 {
+        let mut b = std::mem::replace(
+            &mut self.held[i],
+            Block {
+                off: Offset::NULL,
+                size: 0,
+                tag: 0,
+            },
+        );
+        self.grow_block(a, &mut b);
+        self.held[i] = b;
+    }
+
+    /// Tries to grow a large block by one or two pages in place.
+    fn grow_block(&mut self, a: &FreeListAllocator, b: &mut Block) {
+        if b.size <= 2048 {
             return;
         }
-        let new = size + (1 + self.rng.below(2) as usize) * PAGE as usize;
-        emit(&format!("@G {} {new}", off.get()));
-        if a.grow_in_place(off, new) {
-            emit(&format!("@= {} {new}", off.get()));
+        let new = b.size + (1 + self.rng.below(2) as usize) * PAGE as usize;
+        emit(&format!("@G {} {new}", b.off.get()));
+        if a.grow_in_place(b.off, new) {
+            emit(&format!("@= {} {new}", b.off.get()));
             let mut buf = vec![0u8; new];
-            fill_pattern(&mut buf, tag);
-            a.write(off, &buf)
-                .unwrap_or_else(|e| panic!("victim: write of grown block {off}: {e}"));
-            self.held[i].size = new;
+            fill_pattern(&mut buf, b.tag);
+            a.write(b.off, &buf)
+                .unwrap_or_else(|e| panic!("victim: write of grown block {}: {e}", b.off));
+            b.size = new;
         } else {
-            emit(&format!("@g {}", off.get()));
+            emit(&format!("@g {}", b.off.get()));
         }
     }
 
@@ -1071,25 +1174,41 @@ impl Victim<'_> {
             ForkResult::Parent { child } => {
                 let st = waitpid(child, None).expect("waitpid");
                 match st {
-                    WaitStatus::Exited(_, 0) => {}
-                    WaitStatus::Signaled(_, Signal::SIGKILL, _) if sacrificial => {}
+                    WaitStatus::Exited(_, 0) => emit("@k"),
+                    WaitStatus::Signaled(_, Signal::SIGKILL, _) if sacrificial => emit("@k killed"),
                     other => panic!("victim: fork child ended with {other:?}"),
                 }
-                emit("@k");
             }
         }
     }
 
     fn child_work(&mut self, a: &FreeListAllocator, sacrificial: bool) {
         emit(&format!("@child {}", getpid()));
+        if sacrificial {
+            // Die at the first hit of another step that leaves an intent (or a
+            // finished free) behind: the repair must finish or roll it back.
+            let mut i = self.rng.below(SACRIFICE.len() as u64) as usize;
+            if SACRIFICE[i] == self.point {
+                i = (i + 1) % SACRIFICE.len();
+            }
+            fail::cfg_callback(SACRIFICE[i], || {
+                let _ = raise(Signal::SIGKILL);
+            })
+            .unwrap();
+        }
         let mut mine = Vec::new();
         // A large block first: its slow path makes the inherited handle re-join.
         let size = large_size(&mut self.rng);
-        if let Some(b) = self.alloc(a, size) {
+        if let Some(mut b) = self.alloc(a, size) {
+            if self.rng.below(2) == 0 {
+                self.grow_block(a, &mut b);
+            }
             mine.push(b);
         }
-        for _ in 0..self.rng.below(4) {
-            let size = small_size(&mut self.rng);
+        // A run of one big class: fills spans, so new ones are made and, when freed
+        // below, released.
+        let size = 1025 + self.rng.below(1024) as usize;
+        for _ in 0..2 + self.rng.below(6) {
             if let Some(b) = self.alloc(a, size) {
                 mine.push(b);
             }
@@ -1104,20 +1223,6 @@ impl Victim<'_> {
             emit("@D");
             drop(h);
             emit("@d");
-        }
-        if sacrificial {
-            let p = if self.point == "fl.large.head" {
-                "fl.large.interior"
-            } else {
-                "fl.large.head"
-            };
-            fail::cfg_callback(p, || {
-                let _ = raise(Signal::SIGKILL);
-            })
-            .unwrap();
-            // Dies at the large claim with its intent recorded; the `@k` the victim
-            // prints next says this allocation is not in flight any more.
-            self.alloc(a, 3 * PAGE as usize + 100);
         }
         // Free most of them; what stays is held by "the victim's code".
         while mine.len() > self.rng.below(2) as usize {
