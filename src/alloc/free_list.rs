@@ -1036,17 +1036,26 @@ impl FreeListAllocator {
                 KIND_LARGE => Self::set_bit(self.page_hints(), p),
                 KIND_INTERIOR => {
                     let d = run_len(st) as usize;
-                    let head_ok = p.checked_sub(d).is_some_and(|h| {
-                        let hs = self.state(h).load(Ordering::Acquire);
-                        d > 0 && kind(hs) == KIND_LARGE && run_len(hs) as usize > d
-                    });
-                    if head_ok {
+                    let head_ok = || {
+                        p.checked_sub(d).is_some_and(|h| {
+                            let hs = self.state(h).load(Ordering::Acquire);
+                            d > 0 && kind(hs) == KIND_LARGE && run_len(hs) as usize > d
+                        })
+                    };
+                    if head_ok() {
                         Self::set_bit(self.page_hints(), p);
                         continue;
                     }
                     // An orphan, unless a live operation is still building or
                     // tearing down its block (a fresh look: intents change).
                     if covered(p, &process::live_intents(&self.seg, me)) {
+                        continue;
+                    }
+                    // ...or a grow that finished since the head was read above: it
+                    // extends the head before it clears its intent, so a look at the
+                    // head after the intents sees the new length.
+                    if head_ok() {
+                        Self::set_bit(self.page_hints(), p);
                         continue;
                     }
                     if self
