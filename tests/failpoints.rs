@@ -345,6 +345,129 @@ fn die_at_main() {
     }
 }
 
+/// A repair pass running while a live handle grows a large block in place must not
+/// free the pages the grow just added.
+///
+/// The grower's fail point between claiming the new pages and extending the head
+/// (`fl.grow.interiors`) is made to spin for a while (no kill), so that repair passes
+/// in another process often see the new pages while the head still has its old
+/// length. After each successful grow, the page after the old end must still be an
+/// interior page of the block (freeing it must say "not a block start", never
+/// "double free").
+#[test]
+fn repair_never_frees_pages_of_a_block_being_grown() {
+    match role().as_deref() {
+        Some("fp-grower") => return grower_main(),
+        Some("fp-repairer") => return repairer_main(),
+        Some(_) => return,
+        None => {}
+    }
+    let name = ShmName::new("fp-grow");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let ctrl_off = a.allocate(64).unwrap();
+    a.write(ctrl_off, &[0u8; 64]).unwrap();
+    let env = vec![
+        ("SA_FP_NAME", name.as_str().to_owned()),
+        ("SA_FP_CTRL", ctrl_off.get().to_string()),
+        ("SA_FP_GROWS", env_u64("SA_FP_GROWS", 3000).to_string()),
+    ];
+    let entry = "repair_never_frees_pages_of_a_block_being_grown";
+    let repairer = spawn_child(entry, "fp-repairer", &env);
+    let grower = spawn_child(entry, "fp-grower", &env);
+    let outs = common::finish_all(
+        vec![grower, repairer],
+        Duration::from_secs(300),
+        "grow race",
+    );
+    let report = outs[0].iter().find(|l| l.starts_with("@grown")).cloned();
+    let passes = outs[1].iter().find(|l| l.starts_with("@repairer")).cloned();
+    println!("{report:?} {passes:?}");
+    let bad: Vec<&String> = outs[0].iter().filter(|l| l.starts_with("@LOST")).collect();
+    assert!(
+        bad.is_empty(),
+        "a repair freed pages of a block being grown: {bad:?}"
+    );
+    a.free(ctrl_off).unwrap();
+    a.reclaim();
+    let s = a.stats();
+    assert_eq!((s.live_blocks, s.free_bytes), (Some(0), s.capacity));
+}
+
+fn grower_main() {
+    let name = env_req("SA_FP_NAME");
+    let c = {
+        let a = FreeListAllocator::open(&name).unwrap();
+        let off: u64 = env_req("SA_FP_CTRL").parse().unwrap();
+        while ctrl(a.segment(), off)[W_READY].load(Ordering::Acquire) == 0 {
+            std::thread::yield_now();
+        }
+        off
+    };
+    // Grow through the handle with the highest registry slot: a repair pass looks at
+    // it last, after the repairer's many slots.
+    let mut handles: Vec<FreeListAllocator> = Vec::new();
+    while let Ok(h) = FreeListAllocator::open(&name) {
+        handles.push(h);
+        if handles.len() >= 40 {
+            break;
+        }
+    }
+    let slot = |h: &FreeListAllocator| h.processes().iter().find(|p| p.is_self).unwrap().slot;
+    let best = (0..handles.len())
+        .max_by_key(|&i| slot(&handles[i]))
+        .unwrap();
+    let a = handles.swap_remove(best);
+    let c = ctrl(a.segment(), c);
+    let grows: u64 = env_req("SA_FP_GROWS").parse().unwrap();
+    let hold = env_u64("SA_FP_HOLD_US", 300);
+    fail::cfg_callback("fl.grow.interiors", || {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_micros(3) {
+            std::hint::spin_loop();
+        }
+    })
+    .unwrap();
+    let (mut grown, mut lost) = (0, 0);
+    for _ in 0..grows {
+        let off = a.allocate(PAGE as usize).unwrap();
+        if a.grow_in_place(off, 2 * PAGE as usize) {
+            grown += 1;
+            // Hold the grown block a while, as a real user would.
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_micros(hold) {
+                std::hint::spin_loop();
+            }
+            match a.free(Offset::new(off.get() + PAGE)) {
+                Err(FreeError::NotBlockStart { .. }) => {}
+                other => {
+                    lost += 1;
+                    emit(&format!("@LOST page after {off}: free gave {other:?}"));
+                }
+            }
+        }
+        a.free(off).unwrap();
+    }
+    c[W_STOP].store(1, Ordering::Release);
+    emit(&format!("@grown {grown} of {grows}, lost {lost}"));
+}
+
+fn repairer_main() {
+    let a = FreeListAllocator::open(&env_req("SA_FP_NAME")).unwrap();
+    // Many live slots: each look at the live intents takes a while (one fcntl per
+    // slot), as it does on a busy segment.
+    let _others: Vec<FreeListAllocator> = (0..100)
+        .map(|_| FreeListAllocator::open(&env_req("SA_FP_NAME")).unwrap())
+        .collect();
+    let c = ctrl(a.segment(), env_req("SA_FP_CTRL").parse().unwrap());
+    c[W_READY].store(1, Ordering::Release);
+    let (mut passes, mut pages) = (0u64, 0u64);
+    while c[W_STOP].load(Ordering::Acquire) == 0 {
+        pages += a.reclaim().pages as u64;
+        passes += 1;
+    }
+    emit(&format!("@repairer passes={passes} pages={pages}"));
+}
+
 // ====================================================================== allocators
 
 /// What the parent needs to know about each allocator kind.
