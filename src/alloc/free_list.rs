@@ -184,9 +184,10 @@ const INTENT_RELEASE: u8 = 2;
 const INTENT_LARGE: u8 = 3;
 const INTENT_GROW: u8 = 4;
 
-/// In a span's state `aux`: a repair gave back block 0 of a span whose creator died
-/// (see `finish_intent`). Set without a new generation, so the span's tag is kept.
-const SPAN_GAVE_BACK: u64 = 1 << 31;
+/// In a span's state `aux`: a repair has finished (or is finishing) the creation of
+/// this span, whose creator died (see `finish_intent`). Set without a new
+/// generation, so the span's tag is kept.
+const SPAN_REPAIRED: u64 = 1 << 31;
 
 /// Give up on a CAS retry loop after this many rounds and report corruption.
 /// Real contention makes progress long before; only a peer rewriting a word
@@ -1088,7 +1089,9 @@ impl FreeListAllocator {
         }
         let st = self.state(p).load(Ordering::Acquire);
         match it.kind {
-            INTENT_NEW_SPAN if st == it.expected => {
+            // `SPAN_REPAIRED` set: a repair already decided about block 0 (this
+            // record is replayed: that repair died, or runs beside us).
+            INTENT_NEW_SPAN if st == it.expected || st == it.expected | SPAN_REPAIRED => {
                 let (c, tag) = (class(st), tag_of(st));
                 let line = self.line(p);
                 if c >= NCLASS {
@@ -1099,11 +1102,35 @@ impl FreeListAllocator {
                 let closed: Vec<usize> = (0..words_of(c))
                     .filter(|&w| line[PM_WORDS + w].load(Ordering::SeqCst) == CLOSED)
                     .collect();
+                let w0 = &line[PM_WORDS];
+                let v0 = w0.load(Ordering::SeqCst);
                 if process::live_intents(&self.seg, me)
                     .iter()
                     .any(|i| i.covers(p))
                 {
                     return None;
+                }
+                // Block 0 is set for the dead caller, which never got it (the intent
+                // is cleared before returning), iff the caller stored word 0. Nothing
+                // changes that until a repair reopens words, so the first repair
+                // decides, and marks the state (same generation: the tag, and so
+                // every block, stays valid) before it reopens anything. A replay
+                // (that repair died, or runs beside us) sees the mark and never
+                // touches block 0, which may have a new holder by then.
+                let give_back =
+                    st == it.expected && !closed.contains(&0) && v0 >> BITS == tag && v0 & 1 == 1;
+                if st == it.expected
+                    && self
+                        .state(p)
+                        .compare_exchange(
+                            st,
+                            st | SPAN_REPAIRED,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_err()
+                {
+                    return None; // changed under us: look again in a later pass
                 }
                 for &w in &closed {
                     let _ = line[PM_WORDS + w].compare_exchange(
@@ -1113,37 +1140,13 @@ impl FreeListAllocator {
                         Ordering::Relaxed,
                     );
                 }
-                // Block 0 was set for the dead caller, which never got it (the
-                // intent is cleared before returning): give it back, once. This
-                // record stays parked if we die after giving it back, and two
-                // reclaimers may drain it at once; by then block 0 may belong to a
-                // new holder. So the give-back is claimed by marking the state
-                // (same generation: the tag, and so every block, stays valid);
-                // whoever sees the mark leaves block 0 alone.
-                let w0 = &line[PM_WORDS];
-                let v = w0.load(Ordering::SeqCst);
-                if v >> BITS == tag
-                    && v & 1 == 1
-                    && !closed.contains(&0)
-                    && self
-                        .state(p)
-                        .compare_exchange(
-                            st,
-                            st | SPAN_GAVE_BACK,
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                {
+                if give_back {
                     let _ = w0.fetch_and(!1, Ordering::SeqCst);
                 }
                 Self::set_bit(self.avail(c), p);
-                let now = self.state(p).load(Ordering::Acquire);
+                let now = st | SPAN_REPAIRED;
                 Some(usize::from(
-                    tag_of(now) == tag
-                        && kind(now) == KIND_SMALL
-                        && self.is_empty_span(p, c, tag)
-                        && self.release_span(p, now),
+                    self.is_empty_span(p, c, tag) && self.release_span(p, now),
                 ))
             }
             INTENT_RELEASE
