@@ -44,7 +44,7 @@
 //! end shows it per point (the target is 0 everywhere) and the test fails unless it
 //! is 0 everywhere and every point was reached.
 //!
-//! Knobs: `SA_FP_KILLS` kills per point (default 12), `SA_FP_SEED` base seed,
+//! Knobs: `SA_FP_KILLS` kills per point (default 20), `SA_FP_SEED` base seed,
 //! `SA_FP_POINTS` a comma-separated subset of points.
 mod common;
 
@@ -193,7 +193,7 @@ fn failpoint_kills() {
         Some(r) => panic!("unknown role {r}"),
         None => {}
     }
-    let kills = env_u64("SA_FP_KILLS", 12) as u32;
+    let kills = env_u64("SA_FP_KILLS", 20) as u32;
     let base_seed = env_u64("SA_FP_SEED", 0x5A_F0_0D);
     let only: Option<Vec<String>> = std::env::var("SA_FP_POINTS")
         .ok()
@@ -308,11 +308,11 @@ fn reclaimer_killed_mid_repair_does_not_free_a_live_block() {
     assert_eq!(a.stats().live_blocks, Some(0));
 }
 
-/// Runs a child that opens `name`, arms a SIGKILL at the first hit of `point` and
-/// does `action`; it must die there.
-fn die_at(name: &ShmName, point: &str, action: &str) {
+/// Runs a child (of test `entry`) that arms a SIGKILL at the first hit of `point`,
+/// opens `name` and does `action`. Returns whether it died there.
+fn act(entry: &str, name: &ShmName, point: &str, action: &str) -> bool {
     let mut c = KillOnDrop::new(spawn_child(
-        "reclaimer_killed_mid_repair_does_not_free_a_live_block",
+        entry,
         "fp-die-at",
         &[
             ("SA_FP_NAME", name.as_str().to_owned()),
@@ -323,26 +323,183 @@ fn die_at(name: &ShmName, point: &str, action: &str) {
     let st = wait_or_kill(c.child(), Duration::from_secs(60)).expect("watchdog: child hangs");
     let _ = c.take();
     assert!(
-        killed_by_sigkill(&st),
-        "{action} did not reach {point}: {st}"
+        st.success() || killed_by_sigkill(&st),
+        "{action} (armed at {point}) failed: {st}"
+    );
+    killed_by_sigkill(&st)
+}
+
+fn die_at(name: &ShmName, point: &str, action: &str) {
+    let entry = "reclaimer_killed_mid_repair_does_not_free_a_live_block";
+    assert!(
+        act(entry, name, point, action),
+        "{action} did not reach {point}"
     );
 }
 
 fn die_at_main() {
-    let a = FreeListAllocator::open(&env_req("SA_FP_NAME")).unwrap();
     fail::cfg_callback(env_req("SA_FP_POINT"), || {
         let _ = raise(Signal::SIGKILL);
     })
     .unwrap();
+    let a = FreeListAllocator::open(&env_req("SA_FP_NAME")).unwrap();
+    let p = PAGE as usize;
     match env_req("SA_FP_ACTION").as_str() {
-        "alloc16" => {
+        "alloc16" | "new_span" => {
             a.allocate(16).unwrap();
+        }
+        "alloc_taken" => {
+            a.allocate(16).unwrap();
+            a.allocate(16).unwrap();
+        }
+        "free" => {
+            let o = a.allocate(16).unwrap();
+            a.free(o).unwrap();
+        }
+        "release" => {
+            // Two blocks fill a span of the 2048 class; the third starts another
+            // (now current) span; freeing the first two releases the full one.
+            let x: Vec<Offset> = (0..3).map(|_| a.allocate(2048).unwrap()).collect();
+            a.free(x[0]).unwrap();
+            a.free(x[1]).unwrap();
+        }
+        "large" => {
+            a.allocate(3 * p).unwrap();
+        }
+        "grow" => {
+            let o = a.allocate(p).unwrap();
+            assert!(a.grow_in_place(o, 3 * p));
+        }
+        "large_free" => {
+            let o = a.allocate(3 * p).unwrap();
+            a.free(o).unwrap();
         }
         "reclaim" => {
             a.reclaim();
         }
         other => panic!("action {other}"),
     }
+}
+
+/// Two crashes in a row, for every step that leaves work for a repair and every
+/// step of the repair: D dies at step P1 of an operation; R1 dies at the first hit
+/// of P2 while repairing it (or finishes, if its repair never reaches P2); then we
+/// allocate blocks of every class and a few large ones (possibly reusing what R1
+/// gave back) and run the repair again. Our blocks must stay live and intact, and
+/// after freeing them and sweeping up what D held, every page must be free.
+#[test]
+fn double_crash_matrix() {
+    match role().as_deref() {
+        Some("fp-die-at") => return die_at_main(),
+        Some(_) => return,
+        None => {}
+    }
+    const D_STEPS: &[(&str, &str)] = &[
+        ("fl.new_span.intent", "new_span"),
+        ("fl.new_span.claimed", "new_span"),
+        ("fl.new_span.word", "new_span"),
+        ("fl.new_span.listed", "new_span"),
+        ("fl.alloc.taken", "alloc_taken"),
+        ("fl.free.before_clear", "free"),
+        ("fl.free.cleared", "free"),
+        ("fl.release.intent", "release"),
+        ("fl.release.closed_word", "release"),
+        ("fl.release.freed", "release"),
+        ("fl.large.intent", "large"),
+        ("fl.large.head", "large"),
+        ("fl.large.interior", "large"),
+        ("fl.grow.intent", "grow"),
+        ("fl.grow.interiors", "grow"),
+        ("fl.large_free.head", "large_free"),
+    ];
+    const R_STEPS: &[&str] = &[
+        "registry.join.locked",
+        "registry.reclaim.locked",
+        "registry.reclaim.before_free",
+        "fl.repair.intent",
+        "fl.repair.sweep",
+        "fl.release.intent",
+        "fl.release.closed_word",
+        "fl.release.freed",
+        "fl.large.head",
+    ];
+    let entry = "double_crash_matrix";
+    let mut failures = Vec::new();
+    let (mut r_died, mut cases) = (0, 0);
+    for &(p1, d_action) in D_STEPS {
+        for &p2 in R_STEPS {
+            cases += 1;
+            let name = ShmName::new("fp-2x");
+            let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+            assert!(
+                act(entry, &name, p1, d_action),
+                "{d_action} did not reach {p1}"
+            );
+            r_died += u32::from(act(entry, &name, p2, "reclaim"));
+            if let Err(m) = allocate_verify_sweep(&a) {
+                failures.push(format!("D dies at {p1}, R1 at {p2}: {m}"));
+            }
+        }
+    }
+    println!("double crash matrix: {cases} cases, the reclaimer died in {r_died}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Allocates blocks of every class and some large ones, repairs, checks them, frees
+/// them, sweeps up every other live block, and checks every page is free again.
+fn allocate_verify_sweep(a: &FreeListAllocator) -> Result<(), String> {
+    let mut mine = Vec::new();
+    let mut sizes: Vec<usize> = SIZE_CLASSES.iter().flat_map(|&c| [c as usize; 3]).collect();
+    sizes.extend([4096, 8192, 12288, 16384, 4096]);
+    for (i, size) in sizes.into_iter().enumerate() {
+        let off = a
+            .allocate(size)
+            .map_err(|e| format!("allocate({size}): {e}"))?;
+        let mut buf = vec![0u8; size];
+        fill_pattern(&mut buf, 0xB10C_0000 + i as u64);
+        a.write(off, &buf)
+            .map_err(|e| format!("write of fresh block {off}: {e}"))?;
+        mine.push((off, size, 0xB10C_0000 + i as u64));
+    }
+    a.reclaim();
+    let mut sorted = mine.clone();
+    sorted.sort();
+    for w in sorted.windows(2) {
+        if w[0].0.get() + w[0].1 as u64 > w[1].0.get() {
+            return Err(format!("blocks overlap: {:?} and {:?}", w[0], w[1]));
+        }
+    }
+    for &(off, size, tag) in &mine {
+        let got = a
+            .read(off, size)
+            .map_err(|e| format!("our block {off} ({size} B) not live after repair: {e}"))?;
+        check_pattern(&got, tag).map_err(|m| format!("our block {off} damaged: {m}"))?;
+    }
+    for &(off, size, _) in &mine {
+        a.free(off)
+            .map_err(|e| format!("free of our block {off} ({size} B): {e}"))?;
+    }
+    let l = *a.segment().layout();
+    for off in (l.data_offset..l.data_end()).step_by(16) {
+        match a.free(Offset::new(off)) {
+            Ok(()) | Err(FreeError::NotBlockStart { .. } | FreeError::DoubleFree { .. }) => {}
+            Err(e) => return Err(format!("sweep free of {off}: {e}")),
+        }
+    }
+    let s = a.stats();
+    if s.live_blocks != Some(0) || s.free_bytes != s.capacity {
+        a.reclaim();
+        let t = a.stats();
+        return Err(format!(
+            "after freeing everything: live_blocks {:?}, free_bytes {} of {} \
+             (after another reclaim: {:?}, {})",
+            s.live_blocks, s.free_bytes, s.capacity, t.live_blocks, t.free_bytes
+        ));
+    }
+    let whole = a
+        .allocate(s.capacity as usize)
+        .map_err(|e| format!("allocate(capacity) after freeing everything: {e}"))?;
+    a.free(whole).map_err(|e| format!("free of the whole: {e}"))
 }
 
 /// A repair pass running while a live handle grows a large block in place must not
