@@ -28,14 +28,16 @@
 //! `grow_in_place` and `@= off new` / `@g off` after. So the last open line names the
 //! operation in flight at death.
 //!
-//! After the victim (and any fork child of it) died and the survivor finished, the
-//! parent runs one repair pass (`reclaim()`) and checks:
+//! After the victim (and any fork child of it) died, the survivor runs a repair
+//! pass while it keeps working, then stops; the parent runs one more (`reclaim()`)
+//! and checks:
 //!
 //! - `stats()` equals exactly the blocks the victim's code held, plus the block of
 //!   an allocation in flight if it was taken (the only *in flight* allowance);
 //! - the held blocks do not overlap and still hold their tag pattern;
-//! - each held block frees successfully (a `DoubleFree` is allowed only for the
-//!   block whose free was in flight);
+//! - each held block frees successfully; only the block whose free was in flight
+//!   may already be free (its free then fails: `DoubleFree`, or `NotBlockStart`
+//!   once its page was released and reused);
 //! - a sweep that frees every remaining block start finds nothing but that
 //!   in-flight block; afterwards no block is live, `free_bytes == capacity`, and one
 //!   allocation of the whole capacity succeeds (slab: every slot can be allocated).
@@ -44,8 +46,15 @@
 //! end shows it per point (the target is 0 everywhere) and the test fails unless it
 //! is 0 everywhere and every point was reached.
 //!
+//! Beside that table: [`double_crash_matrix`] (a dead operation, then its reclaimer
+//! killed at each step of the repair, then a replay under live blocks),
+//! [`reclaimer_killed_mid_repair_does_not_free_a_live_block`] and
+//! [`repair_never_frees_pages_of_a_block_being_grown`] (fail points used to pause,
+//! not kill), each of which found a bug in the repair pass.
+//!
 //! Knobs: `SA_FP_KILLS` kills per point (default 20), `SA_FP_SEED` base seed,
-//! `SA_FP_POINTS` a comma-separated subset of points.
+//! `SA_FP_POINTS` a comma-separated subset of points, `SA_FP_GROWS` grows in the
+//! grow race (default 3000).
 mod common;
 
 use std::collections::BTreeMap;
@@ -131,9 +140,13 @@ const SACRIFICE: &[&str] = &[
 /// The points a slab victim is killed at.
 const SLAB_POINTS: &[&str] = &["slab.alloc.claimed", "slab.free.cleared"];
 
-/// Control words in a block the parent allocates: stop flag, survivor ready.
+/// Control words in a block the parent allocates: stop flag, survivor ready, victim
+/// dead (the survivor then runs a repair at once, while it keeps working), and the
+/// survivor's acknowledgement of that repair.
 const W_STOP: usize = 0;
 const W_READY: usize = 1;
+const W_DEAD: usize = 2;
+const W_ACK: usize = 3;
 
 fn ctrl(seg: &shared_allocator::segment::Segment, off: u64) -> &[AtomicU64; 8] {
     let p = seg.ptr_at(off, 64, 8).expect("control block in bounds");
@@ -321,7 +334,6 @@ fn act(entry: &str, name: &ShmName, point: &str, action: &str) -> bool {
         ],
     ));
     let st = wait_or_kill(c.child(), Duration::from_secs(60)).expect("watchdog: child hangs");
-    let _ = c.take();
     assert!(
         st.success() || killed_by_sigkill(&st),
         "{action} (armed at {point}) failed: {st}"
@@ -934,7 +946,6 @@ fn run_one<A: Target>(point: &str, k: u64, seed: u64, row: &mut Row) -> Option<u
     ));
     let vict_out = read_stdout(victim.child());
     let status = wait_or_kill(victim.child(), Duration::from_secs(120));
-    let _ = victim.take();
     // Its fork children hold the pipe too: EOF means all of them are gone.
     let text = match join_reader(vict_out, Duration::from_secs(60)) {
         Some(t) => t,
@@ -945,9 +956,22 @@ fn run_one<A: Target>(point: &str, k: u64, seed: u64, row: &mut Row) -> Option<u
         }
     };
     let rep = parse(&text);
+    // The survivor, still working, is the first reclaimer of the dead victim.
+    c[W_DEAD].store(1, Ordering::Release);
+    let ack_wait = Instant::now();
+    while c[W_ACK].load(Ordering::Acquire) == 0 {
+        if ack_wait.elapsed() > Duration::from_secs(60) {
+            row.problems
+                .push(format!("{ctx}: survivor never ran its repair (blocked?)"));
+            break;
+        }
+        if let Ok(Some(_)) = survivor.child().try_wait() {
+            break; // it failed; reported below
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     c[W_STOP].store(1, Ordering::Release);
     let surv_status = wait_or_kill(survivor.child(), Duration::from_secs(120));
-    let _ = survivor.take();
     let surv_text = join_reader(surv_out, Duration::from_secs(60)).unwrap_or_default();
     match surv_status {
         None => row
@@ -1567,10 +1591,16 @@ fn survive<A: Target>(a: &A, ctrl_off: u64, seed: u64, max_size: u64) {
         }
     };
     c[W_READY].store(1, Ordering::Release);
+    let mut acked = false;
     while c[W_STOP].load(Ordering::Acquire) == 0 {
         ops += 1;
         if ops % 512 == 0 {
             a.reclaim_now();
+        }
+        if !acked && c[W_DEAD].load(Ordering::Acquire) != 0 {
+            a.reclaim_now();
+            acked = true;
+            c[W_ACK].store(1, Ordering::Release);
         }
         if held.len() < 32 && (held.len() < 4 || rng.below(2) == 0) {
             let size = if max_size > 2048 && rng.below(8) == 0 {
