@@ -1005,19 +1005,26 @@ impl FreeListAllocator {
     /// The repair pass; see [`FreeListAllocator::reclaim`].
     fn repair(&self) -> Reclaimed {
         let me = self.member.current();
-        let mut r = Reclaimed {
-            dead_slots: process::reclaim_dead(&self.seg, me),
-            ..Reclaimed::default()
-        };
-        process::drain_orphans(&self.seg, |it| {
-            crate::fail_point!("fl.repair.intent");
-            let done = self.finish_intent(it, me);
-            if let Some(pages) = done {
-                r.intents += 1;
-                r.pages += pages;
+        let mut r = Reclaimed::default();
+        // Dead slots whose records did not fit the orphan list keep them: park
+        // more after each drain, while draining makes progress.
+        for _round in 0..process::SLOTS {
+            let (freed, pending) = process::reclaim_dead(&self.seg, me);
+            r.dead_slots += freed;
+            let before = r.intents;
+            process::drain_orphans(&self.seg, |it| {
+                crate::fail_point!("fl.repair.intent");
+                let done = self.finish_intent(it, me);
+                if let Some(pages) = done {
+                    r.intents += 1;
+                    r.pages += pages;
+                }
+                done.is_some()
+            });
+            if !pending || r.intents == before {
+                break;
             }
-            done.is_some()
-        });
+        }
         let live = process::live_intents(&self.seg, me);
         let covered = |p: usize, intents: &[Intent]| intents.iter().any(|i| i.covers(p));
         crate::fail_point!("fl.repair.sweep");
