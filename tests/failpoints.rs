@@ -514,6 +514,75 @@ fn allocate_verify_sweep(a: &FreeListAllocator) -> Result<(), String> {
     a.free(whole).map_err(|e| format!("free of the whole: {e}"))
 }
 
+/// Many handles that die at once, each with an operation in flight, leak nothing.
+///
+/// One process opens `SA_FP_MANY` (default 40) handles, one per thread; each thread
+/// starts a new span and stops at `fl.new_span.claimed` (the span's state is
+/// installed, its words still closed, its intent recorded); when all are there, the
+/// process is killed. One repair must then finish every one of those operations.
+#[test]
+fn many_handles_dying_at_once_leak_nothing() {
+    if role().as_deref() == Some("fp-many") {
+        return many_main();
+    }
+    if role().is_some() {
+        return;
+    }
+    let name = ShmName::new("fp-many");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let n = env_u64("SA_FP_MANY", 40);
+    let mut c = KillOnDrop::new(spawn_child(
+        "many_handles_dying_at_once_leak_nothing",
+        "fp-many",
+        &[
+            ("SA_FP_NAME", name.as_str().to_owned()),
+            ("SA_FP_MANY", n.to_string()),
+        ],
+    ));
+    let st = wait_or_kill(c.child(), Duration::from_secs(60)).expect("watchdog: child hangs");
+    assert!(killed_by_sigkill(&st), "the child was not killed: {st}");
+    let r = a.reclaim();
+    println!("{n} handles died in new_span; one repair: {r:?}");
+    let s = a.stats();
+    assert_eq!(
+        (s.live_blocks, s.free_bytes),
+        (Some(0), s.capacity),
+        "{n} handles died in new_span; one repair ({r:?}) left {} bytes unusable",
+        s.capacity - s.free_bytes
+    );
+    let whole = a.allocate(s.capacity as usize);
+    assert!(
+        whole.is_ok(),
+        "{n} handles died in new_span; after one repair ({r:?}) stats say all free, \
+         but allocate(capacity) gives {whole:?}"
+    );
+}
+
+fn many_main() {
+    use std::sync::atomic::AtomicUsize;
+    static PAUSED: AtomicUsize = AtomicUsize::new(0);
+    let name = env_req("SA_FP_NAME");
+    let n = env_u64("SA_FP_MANY", 40) as usize;
+    let handles: Vec<FreeListAllocator> = (0..n)
+        .map(|_| FreeListAllocator::open(&name).unwrap())
+        .collect();
+    fail::cfg_callback("fl.new_span.claimed", move || {
+        if PAUSED.fetch_add(1, Ordering::SeqCst) + 1 == n {
+            let _ = raise(Signal::SIGKILL);
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+    .unwrap();
+    std::thread::scope(|sc| {
+        for h in &handles {
+            sc.spawn(move || h.allocate(16));
+        }
+    });
+    panic!("not all threads reached fl.new_span.claimed");
+}
+
 /// A repair pass running while a live handle grows a large block in place must not
 /// free the pages the grow just added.
 ///
