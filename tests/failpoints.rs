@@ -350,8 +350,17 @@ fn die_at(name: &ShmName, point: &str, action: &str) {
 }
 
 fn die_at_main() {
-    fail::cfg_callback(env_req("SA_FP_POINT"), || {
-        let _ = raise(Signal::SIGKILL);
+    // `point` or `point#k`: die at the k-th hit (default the first).
+    let spec = env_req("SA_FP_POINT");
+    let (point, k) = match spec.split_once('#') {
+        Some((p, k)) => (p.to_owned(), k.parse::<u64>().unwrap()),
+        None => (spec, 1),
+    };
+    let hits = AtomicU64::new(0);
+    fail::cfg_callback(point, move || {
+        if hits.fetch_add(1, Ordering::SeqCst) + 1 == k {
+            let _ = raise(Signal::SIGKILL);
+        }
     })
     .unwrap();
     let a = FreeListAllocator::open(&env_req("SA_FP_NAME")).unwrap();
@@ -375,6 +384,13 @@ fn die_at_main() {
             a.free(x[0]).unwrap();
             a.free(x[1]).unwrap();
         }
+        "release16" => {
+            // The same with the 16-byte class: 256 blocks, six block words.
+            let x: Vec<Offset> = (0..257).map(|_| a.allocate(16).unwrap()).collect();
+            for &o in &x[..256] {
+                a.free(o).unwrap();
+            }
+        }
         "large" => {
             a.allocate(3 * p).unwrap();
         }
@@ -394,8 +410,8 @@ fn die_at_main() {
 }
 
 /// Two crashes in a row, for every step that leaves work for a repair and every
-/// step of the repair: D dies at step P1 of an operation; R1 dies at the first hit
-/// of P2 while repairing it (or finishes, if its repair never reaches P2); then we
+/// step of the repair: D dies at step P1 of an operation; R1 dies at the first (or
+/// k-th, `point#k`) hit of P2 while repairing it (or finishes, if its repair never reaches P2); then we
 /// allocate blocks of every class and a few large ones (possibly reusing what R1
 /// gave back) and run the repair again. Our blocks must stay live and intact, and
 /// after freeing them and sweeping up what D held, every page must be free.
@@ -423,6 +439,14 @@ fn double_crash_matrix() {
         ("fl.grow.intent", "grow"),
         ("fl.grow.interiors", "grow"),
         ("fl.large_free.head", "large_free"),
+        // Later hits: partly initialised or partly closed spans, partial runs.
+        ("fl.new_span.word#3", "new_span"),
+        ("fl.new_span.word#6", "new_span"),
+        ("fl.release.intent", "release16"),
+        ("fl.release.closed_word#1", "release16"),
+        ("fl.release.closed_word#4", "release16"),
+        ("fl.release.freed", "release16"),
+        ("fl.large.interior#2", "large"),
     ];
     const R_STEPS: &[&str] = &[
         "registry.join.locked",
@@ -432,6 +456,7 @@ fn double_crash_matrix() {
         "fl.repair.sweep",
         "fl.release.intent",
         "fl.release.closed_word",
+        "fl.release.closed_word#3",
         "fl.release.freed",
         "fl.large.head",
     ];
