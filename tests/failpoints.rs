@@ -234,6 +234,12 @@ fn failpoint_kills() {
         if r.hits_calibrated == 0 {
             failed.push(format!("{}: never reached by the workload", r.point));
         }
+        if r.hits_calibrated > 0 && r.kills < kills.div_ceil(2) {
+            failed.push(format!(
+                "{}: only {} kills of {kills} (the workload rarely reaches it)",
+                r.point, r.kills
+            ));
+        }
         if r.leaked != 0 {
             failed.push(format!(
                 "{}: {} bytes leaked by the machinery",
