@@ -5,7 +5,9 @@
 //! authority on what the page is (free, a span of small blocks, the head or an
 //! interior page of a large block), and six **block words** `[tag: 16 | bits: 48]`
 //! for spans. Every change of a state word is a compare-and-swap that increments
-//! its generation, so a step that read an old state cannot act on a newer one.
+//! its generation, so a step that read an old state cannot act on a newer one
+//! (one exception: a repair marks a dead creator's span `SPAN_REPAIRED` in place,
+//! keeping its tag; a step that read the unmarked state then fails its CAS).
 //!
 //! Requests up to 2 KiB go to one of [`SIZE_CLASSES`]: a span is one page carved
 //! into equal blocks. Allocating a block is **one** CAS that sets a bit in a block
