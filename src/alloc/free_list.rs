@@ -5,7 +5,9 @@
 //! authority on what the page is (free, a span of small blocks, the head or an
 //! interior page of a large block), and six **block words** `[tag: 16 | bits: 48]`
 //! for spans. Every change of a state word is a compare-and-swap that increments
-//! its generation, so a step that read an old state cannot act on a newer one.
+//! its generation, so a step that read an old state cannot act on a newer one
+//! (one exception: a repair marks a dead creator's span `SPAN_REPAIRED` in place,
+//! keeping its tag; a step that read the unmarked state then fails its CAS).
 //!
 //! Requests up to 2 KiB go to one of [`SIZE_CLASSES`]: a span is one page carved
 //! into equal blocks. Allocating a block is **one** CAS that sets a bit in a block
@@ -183,6 +185,11 @@ const INTENT_NEW_SPAN: u8 = 1;
 const INTENT_RELEASE: u8 = 2;
 const INTENT_LARGE: u8 = 3;
 const INTENT_GROW: u8 = 4;
+
+/// In a span's state `aux`: a repair has finished (or is finishing) the creation of
+/// this span, whose creator died (see `finish_intent`). Set without a new
+/// generation, so the span's tag is kept.
+const SPAN_REPAIRED: u64 = 1 << 31;
 
 /// Give up on a CAS retry loop after this many rounds and report corruption.
 /// Real contention makes progress long before; only a peer rewriting a word
@@ -1000,19 +1007,26 @@ impl FreeListAllocator {
     /// The repair pass; see [`FreeListAllocator::reclaim`].
     fn repair(&self) -> Reclaimed {
         let me = self.member.current();
-        let mut r = Reclaimed {
-            dead_slots: process::reclaim_dead(&self.seg, me),
-            ..Reclaimed::default()
-        };
-        process::drain_orphans(&self.seg, |it| {
-            crate::fail_point!("fl.repair.intent");
-            let done = self.finish_intent(it, me);
-            if let Some(pages) = done {
-                r.intents += 1;
-                r.pages += pages;
+        let mut r = Reclaimed::default();
+        // Dead slots whose records did not fit the orphan list keep them: park
+        // more after each drain, while draining makes progress.
+        for _round in 0..process::SLOTS {
+            let (freed, pending) = process::reclaim_dead(&self.seg, me);
+            r.dead_slots += freed;
+            let before = r.intents;
+            process::drain_orphans(&self.seg, |it| {
+                crate::fail_point!("fl.repair.intent");
+                let done = self.finish_intent(it, me);
+                if let Some(pages) = done {
+                    r.intents += 1;
+                    r.pages += pages;
+                }
+                done.is_some()
+            });
+            if !pending || r.intents == before {
+                break;
             }
-            done.is_some()
-        });
+        }
         let live = process::live_intents(&self.seg, me);
         let covered = |p: usize, intents: &[Intent]| intents.iter().any(|i| i.covers(p));
         crate::fail_point!("fl.repair.sweep");
@@ -1032,17 +1046,26 @@ impl FreeListAllocator {
                 KIND_LARGE => Self::set_bit(self.page_hints(), p),
                 KIND_INTERIOR => {
                     let d = run_len(st) as usize;
-                    let head_ok = p.checked_sub(d).is_some_and(|h| {
-                        let hs = self.state(h).load(Ordering::Acquire);
-                        d > 0 && kind(hs) == KIND_LARGE && run_len(hs) as usize > d
-                    });
-                    if head_ok {
+                    let head_ok = || {
+                        p.checked_sub(d).is_some_and(|h| {
+                            let hs = self.state(h).load(Ordering::Acquire);
+                            d > 0 && kind(hs) == KIND_LARGE && run_len(hs) as usize > d
+                        })
+                    };
+                    if head_ok() {
                         Self::set_bit(self.page_hints(), p);
                         continue;
                     }
                     // An orphan, unless a live operation is still building or
                     // tearing down its block (a fresh look: intents change).
                     if covered(p, &process::live_intents(&self.seg, me)) {
+                        continue;
+                    }
+                    // ...or a grow that finished since the head was read above: it
+                    // extends the head before it clears its intent, so a look at the
+                    // head after the intents sees the new length.
+                    if head_ok() {
+                        Self::set_bit(self.page_hints(), p);
                         continue;
                     }
                     if self
@@ -1075,7 +1098,9 @@ impl FreeListAllocator {
         }
         let st = self.state(p).load(Ordering::Acquire);
         match it.kind {
-            INTENT_NEW_SPAN if st == it.expected => {
+            // `SPAN_REPAIRED` set: a repair already decided about block 0 (this
+            // record is replayed: that repair died, or runs beside us).
+            INTENT_NEW_SPAN if st == it.expected || st == it.expected | SPAN_REPAIRED => {
                 let (c, tag) = (class(st), tag_of(st));
                 let line = self.line(p);
                 if c >= NCLASS {
@@ -1086,11 +1111,35 @@ impl FreeListAllocator {
                 let closed: Vec<usize> = (0..words_of(c))
                     .filter(|&w| line[PM_WORDS + w].load(Ordering::SeqCst) == CLOSED)
                     .collect();
+                let w0 = &line[PM_WORDS];
+                let v0 = w0.load(Ordering::SeqCst);
                 if process::live_intents(&self.seg, me)
                     .iter()
                     .any(|i| i.covers(p))
                 {
                     return None;
+                }
+                // Block 0 is set for the dead caller, which never got it (the intent
+                // is cleared before returning), iff the caller stored word 0. Nothing
+                // changes that until a repair reopens words, so the first repair
+                // decides, and marks the state (same generation: the tag, and so
+                // every block, stays valid) before it reopens anything. A replay
+                // (that repair died, or runs beside us) sees the mark and never
+                // touches block 0, which may have a new holder by then.
+                let give_back =
+                    st == it.expected && !closed.contains(&0) && v0 >> BITS == tag && v0 & 1 == 1;
+                if st == it.expected
+                    && self
+                        .state(p)
+                        .compare_exchange(
+                            st,
+                            st | SPAN_REPAIRED,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_err()
+                {
+                    return None; // changed under us: look again in a later pass
                 }
                 for &w in &closed {
                     let _ = line[PM_WORDS + w].compare_exchange(
@@ -1100,16 +1149,13 @@ impl FreeListAllocator {
                         Ordering::Relaxed,
                     );
                 }
-                // Block 0 was set for the dead caller, which never got it (the
-                // intent is cleared before returning): give it back.
-                let w0 = &line[PM_WORDS];
-                let v = w0.load(Ordering::SeqCst);
-                if v >> BITS == tag && v & 1 == 1 && !closed.contains(&0) {
-                    let _ = w0.compare_exchange(v, v & !1, Ordering::SeqCst, Ordering::Relaxed);
+                if give_back {
+                    let _ = w0.fetch_and(!1, Ordering::SeqCst);
                 }
                 Self::set_bit(self.avail(c), p);
+                let now = st | SPAN_REPAIRED;
                 Some(usize::from(
-                    self.is_empty_span(p, c, tag) && self.release_span(p, st),
+                    self.is_empty_span(p, c, tag) && self.release_span(p, now),
                 ))
             }
             INTENT_RELEASE
