@@ -112,6 +112,14 @@ fn next(st: u64, kind: u64, class: usize, aux: u64) -> u64 {
 fn run_aux(slot: usize, n: u64) -> u64 {
     ((slot as u64) << 24) | (n & 0xFF_FFFF)
 }
+/// Interior-page `aux`: the low generation bits of its head's state and the
+/// distance to the head. The generation tells this block's interior pages from
+/// those of an earlier block at the same head page (a `free` still walking the
+/// old block's pages must not free the new one's).
+#[inline]
+fn interior_aux(head: u64, d: u64) -> u64 {
+    (((head >> 40) & 0xFF) << 24) | (d & 0xFF_FFFF)
+}
 #[inline]
 fn run_len(st: u64) -> u64 {
     aux(st) & 0xFF_FFFF
@@ -834,7 +842,7 @@ impl FreeListAllocator {
                 continue;
             }
             crate::fail_point!("fl.large.head");
-            if self.claim_interiors(s, 1, n, me) {
+            if self.claim_interiors(s, 1, n, new_head) {
                 drop(guard);
                 return Ok(Offset::new(self.page_offset(s)));
             }
@@ -847,9 +855,10 @@ impl FreeListAllocator {
         })
     }
 
-    /// Marks pages `s + from .. s + to` interior pages of the block at `s`; on a page
-    /// that is not free, undoes its own marks and returns false.
-    fn claim_interiors(&self, s: usize, from: usize, to: usize, me: usize) -> bool {
+    /// Marks pages `s + from .. s + to` interior pages of the block whose head (at
+    /// `s`) has state `head`; on a page that is not free, undoes its own marks and
+    /// returns false.
+    fn claim_interiors(&self, s: usize, from: usize, to: usize, head: u64) -> bool {
         for d in from..to {
             let ps = self.state(s + d);
             let st = ps.load(Ordering::Acquire);
@@ -857,13 +866,13 @@ impl FreeListAllocator {
                 || ps
                     .compare_exchange(
                         st,
-                        next(st, KIND_INTERIOR, 0, run_aux(me, d as u64)),
+                        next(st, KIND_INTERIOR, 0, interior_aux(head, d as u64)),
                         Ordering::AcqRel,
                         Ordering::Relaxed,
                     )
                     .is_err()
             {
-                self.free_interiors(s, from, d, Some(me));
+                self.free_interiors(s, from, d, head);
                 return false;
             }
             crate::fail_point!("fl.large.interior");
@@ -871,17 +880,15 @@ impl FreeListAllocator {
         true
     }
 
-    /// Frees the interior pages `s + from .. s + to` that still point at `s` (and,
-    /// with `slot`, were installed by that slot); clears their page hints.
-    fn free_interiors(&self, s: usize, from: usize, to: usize, slot: Option<usize>) -> usize {
+    /// Frees the interior pages `s + from .. s + to` of the block whose head had
+    /// state `head` (they point at `s` with that head's generation); clears their
+    /// page hints.
+    fn free_interiors(&self, s: usize, from: usize, to: usize, head: u64) -> usize {
         let mut n = 0;
         for d in from..to.min(self.pages - s) {
             let ps = self.state(s + d);
             let st = ps.load(Ordering::Acquire);
-            if kind(st) != KIND_INTERIOR
-                || run_len(st) != d as u64
-                || slot.is_some_and(|me| aux(st) != run_aux(me, d as u64))
-            {
+            if kind(st) != KIND_INTERIOR || aux(st) != interior_aux(head, d as u64) {
                 continue;
             }
             if ps
@@ -903,8 +910,7 @@ impl FreeListAllocator {
     /// Rolls back a large claim whose head state is `head` (as installed): frees its
     /// interior pages, then the head.
     fn undo_large(&self, s: usize, n: usize, head: u64) -> usize {
-        let slot = (aux(head) >> 24) as usize;
-        let mut released = self.free_interiors(s, 1, n, Some(slot));
+        let mut released = self.free_interiors(s, 1, n, head);
         if self
             .state(s)
             .compare_exchange(
@@ -942,7 +948,6 @@ impl FreeListAllocator {
         if want <= n {
             return true;
         }
-        let Ok(me) = self.my_slot() else { return false };
         if s + want > self.pages || !bitmap::claim_run(self.page_hints(), s + n, want - n) {
             return false;
         }
@@ -957,7 +962,7 @@ impl FreeListAllocator {
             return false;
         };
         crate::fail_point!("fl.grow.intent");
-        if !self.claim_interiors(s, n, want, me) {
+        if !self.claim_interiors(s, n, want, st) {
             self.unhint_free_pages(s + n, want - n);
             return false;
         }
@@ -967,7 +972,7 @@ impl FreeListAllocator {
             .compare_exchange(st, grown, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
-            self.free_interiors(s, n, want, Some(me));
+            self.free_interiors(s, n, want, st);
             return false;
         }
         drop(guard);
@@ -997,7 +1002,7 @@ impl FreeListAllocator {
         crate::fail_point!("fl.large_free.head");
         // Interior pages now point at a free head: any repair pass may free them
         // too (each page's CAS decides who), so a crash here loses nothing.
-        self.free_interiors(s, 1, n, None);
+        self.free_interiors(s, 1, n, st);
         Self::clear_bit(self.page_hints(), s);
         Ok(())
     }
@@ -1049,7 +1054,10 @@ impl FreeListAllocator {
                     let head_ok = || {
                         p.checked_sub(d).is_some_and(|h| {
                             let hs = self.state(h).load(Ordering::Acquire);
-                            d > 0 && kind(hs) == KIND_LARGE && run_len(hs) as usize > d
+                            d > 0
+                                && kind(hs) == KIND_LARGE
+                                && run_len(hs) as usize > d
+                                && aux(st) == interior_aux(hs, d as u64)
                         })
                     };
                     if head_ok() {

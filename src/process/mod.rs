@@ -452,18 +452,27 @@ fn reclaim_intents_into_orphans(seg: &Segment, i: usize) -> bool {
     for k in 0..INTENTS {
         let desc = w[W_INTENT + 2 * k].load(Ordering::Acquire);
         if desc >> 63 == 0 {
+            // Empty, or a record the dead handle had claimed but not yet written
+            // (the placeholder 1): nothing started, so nothing to park. Clear it, or
+            // the record would stay taken for every later holder of the slot.
+            if desc != 0 {
+                w[W_INTENT + 2 * k].store(0, Ordering::Release);
+            }
             continue;
         }
         let exp = w[W_INTENT + 2 * k + 1].load(Ordering::Acquire);
         // Park it in a free orphan record (pairs). If all are taken, it stays here:
         // dropping it would lose what only it names (a span whose words its
-        // creator never opened, a claimed run), for good.
+        // creator never opened, a claimed run), for good. The record is claimed
+        // with a placeholder (not a valid record: bit 63 clear), its expected word
+        // written, and only then published, so a drain never reads half of it.
         let parked = orphans.chunks_exact(2).any(|pair| {
             pair[0]
-                .compare_exchange(0, desc, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
                 && {
                     pair[1].store(exp, Ordering::Release);
+                    pair[0].store(desc, Ordering::Release);
                     true
                 }
         });
