@@ -136,9 +136,18 @@ fn parse_repr(attrs: &[Attribute]) -> Result<Repr> {
     Ok(repr)
 }
 
-/// Reads `#[shm(crate = "path")]`; `::shared_allocator` if absent.
-fn parse_crate_path(attrs: &[Attribute]) -> Result<Path> {
+/// What `#[shm(...)]` says.
+struct ShmAttrs {
+    /// `crate = "path"`; `::shared_allocator` if absent.
+    krate: Path,
+    /// `sync`: also implement `ShmSync` (every field must be `ShmSync`).
+    sync: bool,
+}
+
+/// Reads `#[shm(crate = "path", sync)]`.
+fn parse_shm_attrs(attrs: &[Attribute]) -> Result<ShmAttrs> {
     let mut path = None;
+    let mut sync = false;
     for attr in attrs.iter().filter(|a| a.path().is_ident("shm")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("crate") {
@@ -148,12 +157,23 @@ fn parse_crate_path(attrs: &[Attribute]) -> Result<Path> {
                 let lit: LitStr = meta.value()?.parse()?;
                 path = Some(lit.parse::<Path>()?);
                 Ok(())
+            } else if meta.path.is_ident("sync") {
+                if sync {
+                    return Err(meta.error("duplicate `sync` in `#[shm(...)]`"));
+                }
+                sync = true;
+                Ok(())
             } else {
-                Err(meta.error("unknown `#[shm(...)]` option; expected `crate = \"path\"`"))
+                Err(meta.error(
+                    "unknown `#[shm(...)]` option; expected `crate = \"path\"` or `sync`",
+                ))
             }
         })?;
     }
-    Ok(path.unwrap_or_else(|| parse_quote!(::shared_allocator)))
+    Ok(ShmAttrs {
+        krate: path.unwrap_or_else(|| parse_quote!(::shared_allocator)),
+        sync,
+    })
 }
 
 fn expand(input: &DeriveInput) -> Result<TokenStream2> {
@@ -175,7 +195,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
             ))
         }
     };
-    let krate = parse_crate_path(&input.attrs)?;
+    let ShmAttrs { krate, sync } = parse_shm_attrs(&input.attrs)?;
     let repr = parse_repr(&input.attrs)?;
     if !repr.c_or_transparent {
         return Err(Error::new_spanned(
@@ -197,6 +217,10 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     let name_str = name.to_string();
     let trait_path = quote!(#krate::ShmSafe);
     let fp = quote!(#krate::typed::fingerprint);
+    // Every path into `core` goes through the main crate's hidden re-export, so a
+    // user's `extern crate self as core;` (or any other crate named `core` in the
+    // extern prelude) cannot replace `size_of` or `assert!` in the generated proofs.
+    let core = quote!(#krate::__private::core);
 
     // The impl's generics: the struct's own, with `T: ShmSafe` on every type parameter.
     let mut generics = input.generics.clone();
@@ -228,7 +252,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     let size_sum = if field_tys.is_empty() {
         quote!(0usize)
     } else {
-        quote!(#(::core::mem::size_of::<#field_tys>())+*)
+        quote!(#(#core::mem::size_of::<#field_tys>())+*)
     };
     let padding_msg = format!(
         "`{name_str}` has padding bytes (its size is larger than the sum of its field \
@@ -237,7 +261,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     );
     // Spanned at the struct's name, so the error points at the struct.
     let padding_assert = quote_spanned! {name.span()=>
-        ::core::assert!(::core::mem::size_of::<Self>() == #size_sum, #padding_msg);
+        #core::assert!(#core::mem::size_of::<Self>() == #size_sum, #padding_msg);
     };
     // For a generic struct the assertion can only run per instantiation: it is part of
     // FINGERPRINT. A non-generic struct also runs it in a free const item, together
@@ -249,7 +273,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
         quote!()
     } else {
         let own = quote_spanned! {name.span()=>
-            ::core::assert!(::core::mem::size_of::<#name>() == #size_sum, #padding_msg);
+            #core::assert!(#core::mem::size_of::<#name>() == #size_sum, #padding_msg);
         };
         let fields = field_tys.iter().map(|ty| {
             quote_spanned! {ty.span()=>
@@ -286,6 +310,43 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     //   `FINGERPRINT` for generic ones, checked per instantiation (documented: code
     //   placing a generic `T` in shm evaluates `T::FINGERPRINT` in a const context);
     // - `Send + Sync + 'static`: supertraits, enforced by rustc on the impl itself.
+    // `#[shm(sync)]`: every byte is inside an `UnsafeCell` shared safely across
+    // processes, because every field is `ShmSync` (a where-clause per field type:
+    // rustc rejects the impl, naming the field's type, if one is not).
+    let sync_impl = if sync {
+        let sync_path = quote!(#krate::typed::ShmSync);
+        let mut sync_generics = input.generics.clone();
+        for param in &mut sync_generics.params {
+            if let GenericParam::Type(ty) = param {
+                ty.bounds.push(parse_quote!(#trait_path));
+            }
+        }
+        let (sync_impl_generics, _, _) = sync_generics.split_for_impl();
+        let mut preds: Vec<TokenStream2> = input
+            .generics
+            .where_clause
+            .as_ref()
+            .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
+            .unwrap_or_default();
+        preds.extend(
+            field_tys
+                .iter()
+                .map(|ty| quote_spanned! {ty.span()=> #ty: #sync_path }),
+        );
+        let sync_doc = "SAFETY (checked by `#[derive(ShmSafe)]` with `#[shm(sync)]`): `ShmSafe`, \
+                        and every field is `ShmSync`, so every byte is behind an `UnsafeCell` \
+                        that is sound to share across processes.";
+        quote! {
+            #[doc = #sync_doc]
+            #[automatically_derived]
+            unsafe impl #sync_impl_generics #sync_path for #name #ty_generics
+            where #(#preds,)*
+            {}
+        }
+    } else {
+        quote!()
+    };
+
     Ok(quote! {
         const _: () = {
             /// Mixes field `F` into the fingerprint `h`; requires `F: ShmSafe`.
@@ -294,8 +355,8 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
                     h,
                     name,
                     F::FINGERPRINT,
-                    ::core::mem::size_of::<F>(),
-                    ::core::mem::align_of::<F>(),
+                    #core::mem::size_of::<F>(),
+                    #core::mem::align_of::<F>(),
                 )
             }
 
@@ -307,12 +368,14 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
                     let h = #fp::name(#fp::START, #name_str);
                     let h = #fp::u64(h, #field_count);
                     #(#fingerprint_fields)*
-                    let h = #fp::u64(h, ::core::mem::size_of::<Self>() as u64);
-                    #fp::u64(h, ::core::mem::align_of::<Self>() as u64)
+                    let h = #fp::u64(h, #core::mem::size_of::<Self>() as u64);
+                    #fp::u64(h, #core::mem::align_of::<Self>() as u64)
                 };
             }
 
             #eager_check
+
+            #sync_impl
         };
     })
 }
@@ -332,6 +395,13 @@ mod tests {
     fn crate_path_default_and_override() {
         let out = expand_str("#[repr(C)] struct A { x: u32 }").unwrap();
         assert!(out.contains(":: shared_allocator :: ShmSafe"), "{out}");
+        assert!(
+            out.contains(":: shared_allocator :: __private :: core :: mem :: size_of"),
+            "{out}"
+        );
+        assert!(!out.contains("ShmSync"), "{out}");
+        let out = expand_str("#[repr(C)] #[shm(sync)] struct A { x: AtomicU32 }").unwrap();
+        assert!(out.contains("AtomicU32 : :: shared_allocator :: typed :: ShmSync"), "{out}");
         let out = expand_str("#[repr(C)] #[shm(crate = \"crate\")] struct A { x: u32 }").unwrap();
         assert!(out.contains("crate :: ShmSafe"), "{out}");
         assert!(!out.contains("shared_allocator"), "{out}");

@@ -1,22 +1,46 @@
-//! The bump allocator: one atomic word holds `[epoch: 28 | cursor: 36]`.
+//! The bump allocator: one 128-bit atomic word holds `[epoch: 64 | cursor: 64]`.
 //!
-//! Allocation is one compare-and-swap that advances the cursor; `reset` is one
-//! compare-and-swap that rewinds it and increments the epoch. Because epoch and
-//! cursor share a word, every allocation is tied to exactly one epoch: an
-//! allocation racing a reset either lands before it or retries after it.
+//! Allocation is one 128-bit compare-and-swap that advances the cursor; `reset` is
+//! one that rewinds it and increments the epoch. Because epoch and cursor share a
+//! word, every allocation is tied to exactly one epoch: an allocation racing a
+//! reset either lands before it or retries after it. The epoch is a full 64 bits:
+//! at 10^9 resets per second it wraps after 584 years, so an old handle can never
+//! match a new epoch.
+//!
+//! Orderings: `reset` publishes with Release (AcqRel CAS); an allocation's
+//! successful CAS is Acquire, so everything before the reset (in the resetting
+//! process, and whatever happened-before it) happens-before the new epoch's writes.
+//!
+//! The 128-bit CAS is `cmpxchg16b` on x86_64 (portable-atomic, detected at run
+//! time). A CPU without it would get portable-atomic's lock-based fallback, whose
+//! lock is per process and so useless in shared memory: `create` and `open`
+//! refuse such a CPU with [`SegmentError::Unsupported`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use portable_atomic::AtomicU128;
 
 use super::{check_request, data_relative, Offset, ShmAllocator, Stats};
 use crate::error::{AccessError, AllocError, SegmentError};
 use crate::segment::{AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, HEADER_REGION};
 
-const CURSOR_BITS: u32 = 36;
-const CURSOR_MASK: u64 = (1 << CURSOR_BITS) - 1;
+const CURSOR_MASK: u128 = u64::MAX as u128;
 /// Largest data region a bump allocator can have (64 GiB - 1).
-pub const BUMP_MAX_CAPACITY: u64 = CURSOR_MASK;
-/// Epochs wrap after this many resets.
-pub const BUMP_EPOCH_MODULUS: u64 = 1 << (64 - CURSOR_BITS);
+pub const BUMP_MAX_CAPACITY: u64 = (1 << 36) - 1;
+
+fn require_lock_free_u128() -> Result<(), SegmentError> {
+    if AtomicU128::is_lock_free() {
+        Ok(())
+    } else {
+        Err(SegmentError::Unsupported {
+            what: "the bump allocator needs a lock-free 128-bit compare-and-swap (cmpxchg16b)",
+        })
+    }
+}
+
+fn split(word: u128) -> (u64, u64) {
+    ((word >> 64) as u64, (word & CURSOR_MASK) as u64)
+}
 
 /// A bump allocator in shared memory: allocation is one atomic compare-and-swap,
 /// there is no individual free, and [`reset`](BumpAllocator::reset) releases
@@ -59,6 +83,7 @@ impl BumpAllocator {
         capacity: u64,
         opts: &CreateOptions,
     ) -> Result<Self, SegmentError> {
+        require_lock_free_u128()?;
         if capacity == 0 || capacity > BUMP_MAX_CAPACITY {
             return Err(SegmentError::InvalidParameter {
                 what: "bump capacity",
@@ -94,9 +119,10 @@ impl BumpAllocator {
     /// # Errors
     /// As [`open`](Self::open).
     pub fn open_with(name: &str, opts: &OpenOptions) -> Result<Self, SegmentError> {
+        require_lock_free_u128()?;
         let seg = Segment::open(name, AllocatorKind::Bump, opts)?;
         let l = *seg.layout();
-        if l.meta_len < 8 || l.data_len > BUMP_MAX_CAPACITY {
+        if l.meta_len < 16 || l.meta_offset % 16 != 0 || l.data_len > BUMP_MAX_CAPACITY {
             return Err(SegmentError::CorruptHeader {
                 reason: "bump layout out of range",
             });
@@ -112,12 +138,19 @@ impl BumpAllocator {
         self.seg.unlink()
     }
 
-    fn state(&self) -> &AtomicU64 {
-        // Validated at create/open: meta_len >= 8 and inside the mapping.
-        &self
+    fn state(&self) -> &AtomicU128 {
+        // Validated at create/open: meta_len >= 16, 16-aligned, inside the mapping.
+        let p = self
             .seg
-            .words(self.seg.layout().meta_offset, 1)
-            .expect("validated layout")[0]
+            .ptr_at(self.seg.layout().meta_offset, 16, 16)
+            .expect("validated layout");
+        // SAFETY:
+        // - `ptr_at` checked 16 bytes inside the mapping at a 16-aligned offset of a
+        //   page-aligned mapping; AtomicU128 has the size and alignment of u128;
+        // - every bit pattern is a valid AtomicU128, and the word is only accessed
+        //   atomically (lock-free: checked at create/open) by every process;
+        // - the reference borrows `self`, so the mapping outlives it.
+        unsafe { &*(p.as_ptr() as *const AtomicU128) }
     }
 
     /// Releases every allocation at once and advances the epoch. O(1).
@@ -135,10 +168,11 @@ impl BumpAllocator {
         let state = self.state();
         let mut cur = state.load(Ordering::Relaxed);
         loop {
-            let epoch = ((cur >> CURSOR_BITS) + 1) % BUMP_EPOCH_MODULUS;
+            // 2^64 resets never happen; wrapping keeps a scribbled MAX from panicking.
+            let epoch = split(cur).0.wrapping_add(1);
             match state.compare_exchange_weak(
                 cur,
-                epoch << CURSOR_BITS,
+                u128::from(epoch) << 64,
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
@@ -163,12 +197,15 @@ impl BumpAllocator {
         let (base, cap) = (l.data_offset, l.data_len);
         let state = self.state();
         let mask = align as u64 - 1;
-        let mut cur = state.load(Ordering::Relaxed);
+        let mut cur = state.load(Ordering::Acquire);
         loop {
-            let used = cur & CURSOR_MASK;
+            let (epoch, used) = split(cur);
             // data_offset is page-aligned, so aligning the relative cursor aligns the offset.
-            let start = (used + mask) & !mask;
-            let end = start.checked_add(size as u64).filter(|&e| e <= cap);
+            // (A cursor scribbled near u64::MAX overflows: out of memory, not a panic.)
+            let start = used.checked_add(mask).map(|u| u & !mask);
+            let end = start
+                .and_then(|s| s.checked_add(size as u64))
+                .filter(|&e| e <= cap);
             let Some(end) = end else {
                 if size as u64 > cap {
                     return Err(AllocError::TooLarge {
@@ -181,16 +218,20 @@ impl BumpAllocator {
                     available: cap.saturating_sub(used),
                 });
             };
-            let next = (cur & !CURSOR_MASK) | end;
-            match state.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return Ok((Offset::new(base + start), cur >> CURSOR_BITS)),
+            let next = (cur & !CURSOR_MASK) | u128::from(end);
+            // Acquire on success: the reset that began this epoch happens-before
+            // this allocation's writes.
+            match state.compare_exchange_weak(cur, next, Ordering::Acquire, Ordering::Acquire) {
+                Ok(_) => return Ok((Offset::new(base + (end - size as u64)), epoch)),
                 Err(now) => cur = now,
             }
         }
     }
 
     fn used(&self) -> u64 {
-        (self.state().load(Ordering::Acquire) & CURSOR_MASK).min(self.seg.layout().data_len)
+        split(self.state().load(Ordering::Acquire))
+            .1
+            .min(self.seg.layout().data_len)
     }
 }
 
@@ -238,6 +279,6 @@ impl ShmAllocator for BumpAllocator {
     }
 
     fn epoch(&self) -> u64 {
-        self.state().load(Ordering::Acquire) >> CURSOR_BITS
+        split(self.state().load(Ordering::Acquire)).0
     }
 }

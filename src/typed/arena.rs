@@ -1,9 +1,17 @@
 //! Arenas over a [`BumpAllocator`]: typed allocations tied to the bump epoch.
 //!
-//! In this process, the borrow checker keeps [`Arena::reset`] from running while
-//! arena values are alive. Across processes it cannot, so every handle carries the
-//! epoch it was allocated in, and resolving it after a reset (by any process) is an
-//! [`AccessError::Stale`] instead of a read of reused bytes.
+//! Arena values are *shared and immutable*: written once when allocated, then only
+//! read. In this process, the borrow checker keeps [`Arena::reset`] from running
+//! while arena values are alive. Across processes it cannot, so every handle carries
+//! the (64-bit) epoch it was allocated in, and resolving it after a reset (by any
+//! process) is an [`AccessError::Stale`] instead of a read of reused bytes.
+//!
+//! What is not checked yet: a reset by another process (or through a second
+//! `BumpAllocator` of the same segment in this process) *while* a reference from
+//! [`ArenaPtr::get`] / [`ArenaBox::get`] is held. Making such a reset wait (or fail
+//! with `Busy`) needs reader pins in the process registry; until then, references
+//! trust the coordination protocol (reset only between batches), and
+//! [`ArenaPtr::read`] is the copy path that is sound regardless.
 
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
@@ -11,7 +19,7 @@ use std::sync::atomic::{fence, Ordering};
 
 use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
 use crate::error::{AccessError, Error};
-use crate::typed::{fingerprint, raw, ShmSafe};
+use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 
 /// A typed allocation scope over a bump allocator. Created by
 /// [`BumpAllocator::arena`]; holds the allocator mutably so that neither
@@ -62,6 +70,7 @@ impl<'b> Arena<'b> {
     /// # Errors
     /// [`Error::Alloc`] when the bump allocator is full.
     pub fn alloc<T: ShmSafe>(&self, value: T) -> Result<ArenaBox<'_, T>, Error> {
+        let _ = layout_checked::<T>();
         let (off, epoch) = self
             .bump
             .allocate_with_epoch(size_of::<T>().max(1), align_of::<T>())?;
@@ -77,6 +86,7 @@ impl<'b> Arena<'b> {
     /// # Errors
     /// [`Error::Alloc`] when the bump allocator is full.
     pub fn alloc_slice<T: ShmSafe + Copy>(&self, values: &[T]) -> Result<ArenaBox<'_, T>, Error> {
+        let _ = layout_checked::<T>();
         let bytes =
             size_of::<T>()
                 .checked_mul(values.len())
@@ -203,6 +213,7 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// # Errors
     /// [`AccessError::Stale`] after a reset; bounds and alignment errors otherwise.
     pub fn get<'a>(&self, bump: &'a BumpAllocator) -> Result<&'a T, AccessError> {
+        let _ = layout_checked::<T>();
         self.check_epoch(bump)?;
         raw::value_at(bump, self.offset())
     }
@@ -212,12 +223,17 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// # Errors
     /// As [`get`](ArenaPtr::get).
     pub fn get_slice<'a>(&self, bump: &'a BumpAllocator) -> Result<&'a [T], AccessError> {
+        let _ = layout_checked::<T>();
         self.check_epoch(bump)?;
         raw::slice_at(bump, self.offset(), self.len as usize)
     }
 
-    /// Copies the elements out, then re-checks the epoch: the copy is entirely from
-    /// this handle's epoch, or the result is [`AccessError::Stale`].
+    /// Copies the elements out with byte-wise atomic loads, then re-checks the
+    /// epoch (a seqlock over the epoch: Acquire load, copy, Acquire fence, load):
+    /// the copy is entirely from this handle's epoch, or the result is
+    /// [`AccessError::Stale`]. This is the checked copy path: sound whatever other
+    /// processes do meanwhile (reset, reallocate, scribble), and the number of
+    /// elements is checked against the allocated range before the local vector grows.
     ///
     /// # Errors
     /// As [`get`](ArenaPtr::get).
@@ -225,7 +241,14 @@ impl<T: ShmSafe> ArenaPtr<T> {
     where
         T: Copy,
     {
-        let v = self.get_slice(bump)?.to_vec();
+        let _ = layout_checked::<T>();
+        self.check_epoch(bump)?;
+        let len = usize::try_from(self.len).map_err(|_| AccessError::NotAllocated {
+            offset: self.offset,
+            len: self.len,
+        })?;
+        let mut v = Vec::new();
+        raw::copy_out(bump, self.offset(), len, &mut v)?;
         fence(Ordering::Acquire);
         self.check_epoch(bump)?;
         Ok(v)

@@ -10,14 +10,16 @@
 mod arena;
 pub(crate) mod raw;
 mod rel_ptr;
-mod roots;
+pub mod roots;
 mod shm_box;
 mod shm_safe;
+pub mod token;
 mod vec;
 
 pub use arena::{Arena, ArenaBox, ArenaPtr};
 pub use rel_ptr::RelPtr;
-pub use roots::{Roots, MAX_ROOTS, MAX_ROOT_NAME};
+pub use roots::{RootInfo, Roots, FIXED_ROOTS, MAX_ROOTS, MAX_ROOT_NAME, OVERFLOW_ROOTS};
 pub use shm_box::ShmBox;
-pub use shm_safe::{fingerprint, ShmSafe};
+pub use shm_safe::{fingerprint, layout_checked, ShmSafe, ShmSync};
+pub use token::{BoxToken, HandOverToken, TokenSlot, VecToken};
 pub use vec::{ShmVec, ShmVecHeader, ShmVecReader};
