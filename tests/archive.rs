@@ -649,9 +649,8 @@ fn ownership_sizing_and_bad_tokens() {
     let [o, n] = t.to_raw();
     let e = ShmArchive::from_token(&alloc, ArchiveToken::<u32>::from_raw([o + 8, n])).unwrap_err();
     assert!(matches!(e, ArchiveError::BadHeader { .. }), "{e}");
-    let e =
-        ShmArchive::from_token(&alloc, ArchiveToken::<u32>::from_raw([u64::MAX - 15, n]))
-            .unwrap_err();
+    let e = ShmArchive::from_token(&alloc, ArchiveToken::<u32>::from_raw([u64::MAX - 15, n]))
+        .unwrap_err();
     assert!(matches!(e, ArchiveError::Access(_)), "{e}");
     assert_eq!(live(), 0);
 

@@ -274,7 +274,10 @@ fn bad_rel_ptrs_are_errors() {
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let b = ShmBox::new_in(&alloc, AtomicU64::new(5)).unwrap();
     let p = b.rel_ptr();
-    assert_eq!(RelPtr::<AtomicU64>::null().get(&alloc).err(), Some(AccessError::Null));
+    assert_eq!(
+        RelPtr::<AtomicU64>::null().get(&alloc).err(),
+        Some(AccessError::Null)
+    );
     assert!(matches!(
         RelPtr::<AtomicU64>::from_raw(u64::MAX - 7).get(&alloc),
         Err(AccessError::OutOfBounds { .. })

@@ -164,9 +164,8 @@ fn parse_shm_attrs(attrs: &[Attribute]) -> Result<ShmAttrs> {
                 sync = true;
                 Ok(())
             } else {
-                Err(meta.error(
-                    "unknown `#[shm(...)]` option; expected `crate = \"path\"` or `sync`",
-                ))
+                Err(meta
+                    .error("unknown `#[shm(...)]` option; expected `crate = \"path\"` or `sync`"))
             }
         })?;
     }
@@ -221,6 +220,9 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     // user's `extern crate self as core;` (or any other crate named `core` in the
     // extern prelude) cannot replace `size_of` or `assert!` in the generated proofs.
     let core = quote!(#krate::__private::core);
+    // The same path with the struct name's span, so that a failed padding assertion
+    // points at the struct rather than at the derive attribute.
+    let core_at_name = respan(core.clone(), name.span());
 
     // The impl's generics: the struct's own, with `T: ShmSafe` on every type parameter.
     let mut generics = input.generics.clone();
@@ -261,7 +263,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     );
     // Spanned at the struct's name, so the error points at the struct.
     let padding_assert = quote_spanned! {name.span()=>
-        #core::assert!(#core::mem::size_of::<Self>() == #size_sum, #padding_msg);
+        #core_at_name::assert!(#core_at_name::mem::size_of::<Self>() == #size_sum, #padding_msg);
     };
     // For a generic struct the assertion can only run per instantiation: it is part of
     // FINGERPRINT. A non-generic struct also runs it in a free const item, together
@@ -273,7 +275,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
         quote!()
     } else {
         let own = quote_spanned! {name.span()=>
-            #core::assert!(#core::mem::size_of::<#name>() == #size_sum, #padding_msg);
+            #core_at_name::assert!(#core_at_name::mem::size_of::<#name>() == #size_sum, #padding_msg);
         };
         let fields = field_tys.iter().map(|ty| {
             quote_spanned! {ty.span()=>
@@ -380,6 +382,23 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     })
 }
 
+/// `tokens` with every span set to `span` (recursively into groups).
+fn respan(tokens: TokenStream2, span: proc_macro2::Span) -> TokenStream2 {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut inner = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                inner.set_span(span);
+                tt = proc_macro2::TokenTree::Group(inner);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,7 +420,10 @@ mod tests {
         );
         assert!(!out.contains("ShmSync"), "{out}");
         let out = expand_str("#[repr(C)] #[shm(sync)] struct A { x: AtomicU32 }").unwrap();
-        assert!(out.contains("AtomicU32 : :: shared_allocator :: typed :: ShmSync"), "{out}");
+        assert!(
+            out.contains("AtomicU32 : :: shared_allocator :: typed :: ShmSync"),
+            "{out}"
+        );
         let out = expand_str("#[repr(C)] #[shm(crate = \"crate\")] struct A { x: u32 }").unwrap();
         assert!(out.contains("crate :: ShmSafe"), "{out}");
         assert!(!out.contains("shared_allocator"), "{out}");

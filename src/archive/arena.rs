@@ -8,13 +8,12 @@ use rkyv::api::high::HighDeserializer;
 use rkyv::rancor;
 use rkyv::{Archived, Deserialize};
 
-use super::block::{archived_unchecked, deserialize_archived, Span};
-use super::writer::{block_size, nondeterministic, serialize_into, seal};
+use super::block::{archived_unchecked, deserialize_archived, deserialize_copy, Span};
+use super::writer::{block_size, nondeterministic, seal, serialize_into};
 use super::{ArchiveError, ShmArchivable, ARCHIVE_ALIGN};
 use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
 use crate::error::AccessError;
 use crate::typed::{fingerprint, Arena, ShmSafe};
-
 
 impl<'b> Arena<'b> {
     /// Serializes `value` into this arena, sized exactly (two passes: see the
@@ -277,6 +276,26 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
         Ok(unsafe { archived_unchecked::<T>(bytes) })
     }
 
+    /// Deserializes an owned `T` from a **private copy** of the archive, validated
+    /// again on that copy (checksum, bytecheck), then re-checks the epoch: the
+    /// checked copy path, sound whatever other processes do to the arena meanwhile
+    /// (reset, reuse, scribbles). An example of the trust it saves: a view from
+    /// [`access`](Self::access) trusts every writer.
+    ///
+    /// # Errors
+    /// [`AccessError::Stale`], the validation errors of [`open`](Self::open), or
+    /// [`ArchiveError::Deserialize`].
+    pub fn deserialize_copied(&self) -> Result<T, ArchiveError>
+    where
+        Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        check_epoch(self.bump, self.epoch)?;
+        let v = deserialize_copy::<T, BumpAllocator>(self.bump, self.span.block)?;
+        fence(Ordering::Acquire);
+        check_epoch(self.bump, self.epoch)?;
+        Ok(v)
+    }
+
     /// Deserializes an owned `T`; the epoch is re-checked afterwards.
     ///
     /// # Errors
@@ -356,6 +375,26 @@ impl<T> ArenaArchiveToken<T> {
 }
 
 impl<T: ShmArchivable> ArenaArchiveToken<T> {
+    /// Deserializes an owned `T` from a **private copy** of the archive, without
+    /// opening a reader: epoch, copy (byte-wise atomic), checksum and bytecheck on
+    /// the copy, deserialize, epoch again. The checked copy path for consumers that
+    /// trust no writer: sound whatever other processes do to the arena meanwhile.
+    ///
+    /// # Errors
+    /// [`AccessError::Stale`] (also when a reset raced the copy), the validation
+    /// errors of [`ArenaArchiveReader::open`], or [`ArchiveError::Deserialize`].
+    pub fn deserialize_copied(self, bump: &BumpAllocator) -> Result<T, ArchiveError>
+    where
+        Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        check_epoch(bump, self.epoch)?;
+        let v = deserialize_copy::<T, BumpAllocator>(bump, self.offset());
+        fence(Ordering::Acquire);
+        // A reset during the copy makes whatever came out (value or error) stale.
+        check_epoch(bump, self.epoch)?;
+        v
+    }
+
     /// The archived value **without validation**, for trusted data: no checksum,
     /// no bytecheck. The epoch, the header (magic, type tag) and the bounds are
     /// still checked.
@@ -413,4 +452,3 @@ impl<T> std::fmt::Debug for ArenaArchiveToken<T> {
 unsafe impl<T: 'static> ShmSafe for ArenaArchiveToken<T> {
     const FINGERPRINT: u64 = fingerprint::primitive("ArenaArchiveToken", 16, 8);
 }
-

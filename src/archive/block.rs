@@ -3,6 +3,7 @@
 
 use rkyv::api::high::HighDeserializer;
 use rkyv::rancor;
+use rkyv::util::AlignedVec;
 use rkyv::{Archive, Archived, Deserialize};
 
 use super::writer::{checksum, type_tag, MAGIC, SEAL_OFFSET, SEAL_WORDS};
@@ -10,7 +11,6 @@ use super::{ArchiveError, ShmArchivable, ARCHIVE_ALIGN, HEADER_LEN};
 use crate::alloc::{Offset, ShmAllocator};
 use crate::error::AccessError;
 use crate::typed::raw;
-
 
 /// What a validated (or trusted) block resolves to: its archive range.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +25,10 @@ impl Span {
     }
 
     /// The archive bytes, after checking that they are still inside one live block.
-    pub(super) fn bytes<'a, A: ShmAllocator + ?Sized>(&self, alloc: &'a A) -> Result<&'a [u8], AccessError> {
+    pub(super) fn bytes<'a, A: ShmAllocator + ?Sized>(
+        &self,
+        alloc: &'a A,
+    ) -> Result<&'a [u8], AccessError> {
         raw::slice_at::<u8, A>(alloc, self.data(), self.len)
     }
 
@@ -35,17 +38,29 @@ impl Span {
         alloc: &A,
         block: Offset,
     ) -> Result<(Span, u64, &[u8]), ArchiveError> {
+        let (span, sum) = Self::read_seal::<T, A>(alloc, block)?;
+        let bytes = span.bytes(alloc)?;
+        Ok((span, sum, bytes))
+    }
+
+    /// Reads and checks the header at `block` (magic, type tag, length inside one
+    /// live block); returns the span and the checksum from the header.
+    pub(super) fn read_seal<T: Archive, A: ShmAllocator + ?Sized>(
+        alloc: &A,
+        block: Offset,
+    ) -> Result<(Span, u64), ArchiveError> {
         if block.get() % ARCHIVE_ALIGN as u64 != 0 {
             return Err(ArchiveError::BadHeader {
                 offset: block.get(),
                 reason: "offset is not 16-aligned",
             });
         }
-        // Copy the header out: another process may scribble on it, we use only this copy.
-        let mut h = [0u64; SEAL_WORDS];
+        // Copy the header out (byte-wise atomic): another process may scribble on
+        // it, we use only this copy.
+        let mut h = Vec::with_capacity(SEAL_WORDS);
         let seal = Offset::new(block.get() + SEAL_OFFSET);
-        h.copy_from_slice(raw::slice_at::<u64, A>(alloc, seal, SEAL_WORDS)?);
-        let [magic, len, tag, sum] = h;
+        raw::copy_out::<u64, A>(alloc, seal, SEAL_WORDS, &mut h)?;
+        let [magic, len, tag, sum] = [h[0], h[1], h[2], h[3]];
         if magic != MAGIC {
             return Err(ArchiveError::BadHeader {
                 offset: block.get(),
@@ -66,12 +81,33 @@ impl Span {
             len,
         })?;
         let span = Span { block, len };
-        let bytes = span.bytes(alloc)?;
-        Ok((span, sum, bytes))
+        alloc.check_range(span.data(), len as u64)?;
+        Ok((span, sum))
+    }
+
+    /// The checked copy path: copies the archive at `block` out of shared memory
+    /// (byte-wise atomic loads, the length checked against the live block before
+    /// the local buffer is sized), then checks the checksum and bytecheck **on the
+    /// private copy**. Whatever other processes write meanwhile, the result is an
+    /// error or a valid archive that no one else can change.
+    pub(super) fn copy_validated<T: ShmArchivable, A: ShmAllocator + ?Sized>(
+        alloc: &A,
+        block: Offset,
+    ) -> Result<AlignedVec<ARCHIVE_ALIGN>, ArchiveError> {
+        let (span, sum) = Self::read_seal::<T, A>(alloc, block)?;
+        let mut copy = AlignedVec::<ARCHIVE_ALIGN>::with_capacity(span.len);
+        copy.resize(span.len, 0);
+        raw::copy_bytes_out(alloc, span.data(), &mut copy)?;
+        span.validate::<T>(&copy, sum)?;
+        Ok(copy)
     }
 
     /// Full validation: checksum, then bytecheck.
-    pub(super) fn validate<T: ShmArchivable>(&self, bytes: &[u8], sum: u64) -> Result<(), ArchiveError> {
+    pub(super) fn validate<T: ShmArchivable>(
+        &self,
+        bytes: &[u8],
+        sum: u64,
+    ) -> Result<(), ArchiveError> {
         let found = checksum(bytes);
         if found != sum {
             return Err(ArchiveError::Checksum {
@@ -120,4 +156,24 @@ where
         type_name: std::any::type_name::<T>(),
         reason: e.to_string(),
     })
+}
+
+/// Deserializes an owned `T` from a private, validated copy of the archive at
+/// `block` (see [`Span::copy_validated`]).
+pub(super) fn deserialize_copy<T, A>(alloc: &A, block: Offset) -> Result<T, ArchiveError>
+where
+    T: ShmArchivable,
+    A: ShmAllocator + ?Sized,
+    Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
+{
+    let copy = Span::copy_validated::<T, A>(alloc, block)?;
+    // The copy is private and passed bytecheck just now.
+    let archived = rkyv::api::high::access::<T::Archived, rancor::Error>(&copy).map_err(|e| {
+        ArchiveError::Invalid {
+            offset: block.get(),
+            len: copy.len() as u64,
+            reason: e.to_string(),
+        }
+    })?;
+    deserialize_archived::<T>(archived)
 }

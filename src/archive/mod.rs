@@ -92,7 +92,6 @@
 //!
 //! [rkyv]: https://docs.rs/rkyv/0.8
 
-
 mod arena;
 mod block;
 mod owned;
@@ -119,7 +118,6 @@ pub const ARCHIVE_ALIGN: usize = 16;
 /// Bytes of the block header in front of the archive: the hand-over claim word and
 /// type fingerprint, then magic, length, type tag and checksum.
 pub const HEADER_LEN: u64 = 48;
-
 
 /// Types that can be archived into shared memory and validated back: anything
 /// that derives `rkyv::Archive` and `rkyv::Serialize` with rkyv's default

@@ -7,12 +7,11 @@ use rkyv::api::high::HighDeserializer;
 use rkyv::rancor;
 use rkyv::{Archived, Deserialize};
 
-use super::block::{archived_unchecked, deserialize_archived, Span};
-use super::writer::{block_size, nondeterministic, serialize_into, seal, type_tag};
+use super::block::{archived_unchecked, deserialize_archived, deserialize_copy, Span};
+use super::writer::{block_size, nondeterministic, seal, serialize_into, type_tag};
 use super::{ArchiveError, ArchiveToken, ShmArchivable, ARCHIVE_ALIGN};
 use crate::alloc::{Offset, ShmAllocator, ShmFree};
 use crate::typed::token::OwnedHeader;
-
 
 /// An rkyv archive in a shared block that this handle owns: freed when it drops.
 ///
@@ -155,7 +154,12 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
             });
         }
         let owner = OwnedHeader::at(alloc, block)?;
-        owner.redeem(block, token.nonce(), std::any::type_name::<T>(), type_tag::<T>())?;
+        owner.redeem(
+            block,
+            token.nonce(),
+            std::any::type_name::<T>(),
+            type_tag::<T>(),
+        )?;
         let checked = Span::read::<T, A>(alloc, block)
             .and_then(|(span, sum, bytes)| span.validate::<T>(bytes, sum).map(|()| span));
         match checked {
@@ -212,7 +216,24 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
         Ok(unsafe { archived_unchecked::<T>(bytes) })
     }
 
-    /// Deserializes an owned `T` from the archive.
+    /// Deserializes an owned `T` from a **private copy** of the archive, validated
+    /// again (checksum and bytecheck) on that copy: the checked copy path, for a
+    /// reader who does not trust every writer. Whatever another process writes into
+    /// the block meanwhile (a raw write, a rewritten relative pointer), the result
+    /// is an error or a valid `T`, never undefined behaviour.
+    ///
+    /// # Errors
+    /// As [`from_token`](ShmArchive::from_token)'s validation, or
+    /// [`ArchiveError::Deserialize`].
+    pub fn deserialize_copied(&self) -> Result<T, ArchiveError>
+    where
+        Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        deserialize_copy::<T, A>(self.alloc, self.span.block)
+    }
+
+    /// Deserializes an owned `T` from the archive (zero-copy read of the validated
+    /// bytes; [`deserialize_copied`](Self::deserialize_copied) trusts no writer).
     ///
     /// # Errors
     /// As [`access`](ShmArchive::access), or [`ArchiveError::Deserialize`].

@@ -139,8 +139,12 @@ pub(crate) fn write_fresh<T: ShmSafe, A: ShmAllocator + ?Sized>(
         //   `written < count` because `take(count)` yields at most `count` items;
         // - the block was just allocated by this process and its offset not yet
         //   published, so no reference handed out by this crate covers these bytes;
-        // - `write` does not drop the old bytes, which is right: they are not a T.
-        unsafe { dst.wrapping_add(written).write(v) };
+        // - a reader in another process (or thread) may still be copying these bytes
+        //   out of the block's previous life (a seqlock reader that will retry, or a
+        //   stale arena handle that will see the new epoch): the byte-wise atomic
+        //   store keeps that overlap free of data races with its atomic loads;
+        // - it does not drop the old bytes, which is right: they are not a T.
+        unsafe { atomic_memcpy::atomic_store(dst.wrapping_add(written), v, Ordering::Relaxed) };
         written += 1;
     }
     // SAFETY:
@@ -201,5 +205,42 @@ pub(crate) fn copy_out<T: ShmSafe + Copy, A: ShmAllocator + ?Sized>(
         // mapping `alloc` owns, which is borrowed for this call.
         out.push(unsafe { atomic_read_relaxed(at) });
     }
+    Ok(())
+}
+
+/// Copies `out.len()` bytes at `offset` out of one live block with byte-wise atomic
+/// loads (the checked copy path for byte ranges another process may be writing).
+pub(crate) fn copy_bytes_out<A: ShmAllocator + ?Sized>(
+    alloc: &A,
+    offset: Offset,
+    out: &mut [u8],
+) -> Result<(), AccessError> {
+    const CHUNK: usize = 256;
+    let p = checked_ptr::<u8, A>(alloc, offset, out.len())?;
+    let mut done = 0;
+    while done < out.len() {
+        let n = CHUNK.min(out.len() - done);
+        let src = p.as_ptr().wrapping_add(done);
+        if n == CHUNK {
+            // SAFETY:
+            // - `checked_ptr` proved `out.len()` bytes at `p` inside one live block of
+            //   the mapping `alloc` owns (borrowed for this call); `done + CHUNK <=
+            //   out.len()`, so the chunk is inside them; `[u8; N]` needs alignment 1;
+            // - the loads are atomic, so concurrent writers are not a data race here.
+            let chunk =
+                unsafe { atomic_memcpy::atomic_load(src as *const [u8; CHUNK], Ordering::Relaxed) };
+            // SAFETY: every byte was copied from initialised shared memory, and any
+            // byte is a valid u8.
+            out[done..done + CHUNK].copy_from_slice(&unsafe { chunk.assume_init() });
+        } else {
+            for (i, b) in out[done..].iter_mut().enumerate() {
+                let at = NonNull::new(src.wrapping_add(i)).unwrap_or(p);
+                // SAFETY: `at` is one of the `out.len()` checked bytes (alignment 1).
+                *b = unsafe { atomic_read_relaxed(at) };
+            }
+        }
+        done += n;
+    }
+    fence(Ordering::Acquire);
     Ok(())
 }

@@ -210,7 +210,9 @@ impl<'a> Directory<'a> {
             what: "root table outside the segment",
         };
         let seg = alloc.segment();
-        let ctrl = seg.words(ROOTS_OFFSET, CONTROL_BYTES / 8).ok_or(corrupt.clone())?;
+        let ctrl = seg
+            .words(ROOTS_OFFSET, CONTROL_BYTES / 8)
+            .ok_or(corrupt.clone())?;
         let fixed = seg
             .words(
                 ROOTS_OFFSET + CONTROL_BYTES,
@@ -253,12 +255,9 @@ impl<'a> Directory<'a> {
         // Release: the zeroed entries happen-before any process that sees the pointer.
         // The loser of a race leaks its block: roots are created rarely, and the
         // allocator trait has no free for every kind.
-        let _ = self.overflow_ptr.compare_exchange(
-            0,
-            off.get(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ =
+            self.overflow_ptr
+                .compare_exchange(0, off.get(), Ordering::AcqRel, Ordering::Acquire);
         self.load_overflow(alloc)
     }
 
@@ -429,8 +428,7 @@ fn list<A: ShmAllocator + ?Sized>(alloc: &A) -> Result<Vec<RootInfo>, Error> {
         if e[W_STATE].load(Ordering::Acquire) == READY {
             out.push(RootInfo {
                 name: String::from_utf8_lossy(&unpack(&e[W_NAME..W_NAME + 6])).into_owned(),
-                type_name: String::from_utf8_lossy(&unpack(&e[W_TYPE..W_TYPE + 6]))
-                    .into_owned(),
+                type_name: String::from_utf8_lossy(&unpack(&e[W_TYPE..W_TYPE + 6])).into_owned(),
                 fingerprint: e[W_FP].load(Ordering::Relaxed),
                 offset: Offset::new(e[W_OFF].load(Ordering::Relaxed)),
             });

@@ -163,7 +163,9 @@ fn next_nonce<A: ShmAllocator + ?Sized>(alloc: &A) -> u64 {
         Some(w) => (w[0].fetch_add(1, Ordering::Relaxed) & !NONCE_BIT) + 1,
         // The header region is always mapped (validated at create/open); a nonce
         // from the clock still never equals OWNED or RELEASED.
-        None => std::time::UNIX_EPOCH.elapsed().map_or(2, |d| d.as_nanos() as u64 | 2),
+        None => std::time::UNIX_EPOCH
+            .elapsed()
+            .map_or(2, |d| d.as_nanos() as u64 | 2),
     }
 }
 

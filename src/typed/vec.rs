@@ -172,9 +172,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
                 found: claim,
             });
         }
-        let corrupt = |what| {
-            TokenError::Access(AccessError::Corrupted { what })
-        };
+        let corrupt = |what| TokenError::Access(AccessError::Corrupted { what });
         let len = usize::try_from(hdr.len.load(Ordering::Relaxed))
             .map_err(|_| corrupt("vector length out of range"))?;
         let cap = usize::try_from(hdr.cap.load(Ordering::Relaxed))
@@ -188,8 +186,12 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         } else {
             raw::checked_ptr::<T, A>(alloc, data, cap)?
         };
-        hdr.owner
-            .redeem(token.offset(), token.nonce(), std::any::type_name::<Self>(), fp)?;
+        hdr.owner.redeem(
+            token.offset(),
+            token.nonce(),
+            std::any::type_name::<Self>(),
+            fp,
+        )?;
         Ok(ShmVec {
             alloc,
             header,
@@ -307,7 +309,9 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         // - the slot may be one a reader is still copying from before a `pop`/`clear`
         //   (it then retries: `seq` changed): the byte-wise atomic store keeps that
         //   overlap free of data races; it does not drop the old bytes (not a live T).
-        unsafe { atomic_memcpy::atomic_store(p.as_ptr().wrapping_add(self.len), value, Ordering::Relaxed) };
+        unsafe {
+            atomic_memcpy::atomic_store(p.as_ptr().wrapping_add(self.len), value, Ordering::Relaxed)
+        };
         self.len += 1;
         self.hdr.len.store(self.len as u64, Ordering::Release);
         Ok(())
