@@ -268,14 +268,26 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
                 return Err(e.into());
             }
         };
-        // SAFETY:
-        // - `self.buf` points to our current buffer of `self.cap >= self.len` elements
-        //   (or is dangling with `len == 0`, a valid zero-length copy source) and `ptr`
-        //   to the new one of `new_cap > self.len` elements, both checked in-bounds and
-        //   aligned when allocated, in the mapping `self.alloc` owns;
-        // - they are distinct blocks, so they do not overlap;
-        // - the first `len` elements of the old buffer were initialised by `push`.
-        unsafe { std::ptr::copy_nonoverlapping(self.buf.as_ptr(), ptr.as_ptr(), self.len) };
+        for i in 0..self.len {
+            let (src, dst) = (
+                self.buf.as_ptr().wrapping_add(i),
+                ptr.as_ptr().wrapping_add(i),
+            );
+            // SAFETY:
+            // - `src` is element `i < len` of our current buffer (checked in-bounds and
+            //   aligned when allocated, initialised by `push`), in the mapping
+            //   `self.alloc` owns; only this writer writes it, readers only read it;
+            // - T: ShmSafe (no Drop, every bit pattern valid), so a bitwise copy is a
+            //   valid value and the original needs no dropping.
+            let v = unsafe { std::ptr::read(src) };
+            // SAFETY:
+            // - `dst` is element `i < len < new_cap` of the new block, checked in-bounds
+            //   and aligned for T just above; distinct from the old buffer;
+            // - the new block may be one a stale reader still copies from (its previous
+            //   life): the byte-wise atomic store keeps that overlap race-free, as in
+            //   `raw::write_fresh`.
+            unsafe { atomic_memcpy::atomic_store(dst, v, Ordering::Relaxed) };
+        }
         self.hdr.seq.fetch_add(1, Ordering::AcqRel);
         // Readers that see the changes below also see `seq` odd (seqlock writer).
         fence(Ordering::Release);
