@@ -584,3 +584,67 @@ impl<'a, T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<'a, T, A> {
         })
     }
 }
+
+/// A loom model of the vector's seqlock: the writer's retire step (`seq` odd,
+/// Release fence, rewrite, `seq` even) against a reader's copy (`seq` Acquire,
+/// relaxed atomic copy, Acquire fence, `seq` again), with the orderings of
+/// [`ShmVec::shrink_len`]/[`ShmVec::push`] and [`ShmVecReader::read_from`]. Elements
+/// are loom atomics with Relaxed accesses, as the byte-wise atomic copies are.
+/// Run: `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use loom::sync::atomic::{fence, AtomicU64};
+    use loom::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    struct Model {
+        seq: AtomicU64,
+        len: AtomicU64,
+        /// Two elements that the writer always keeps equal in a published state.
+        elems: [AtomicU64; 2],
+    }
+
+    /// The reader: `Some` only for a consistent snapshot.
+    fn read(m: &Model) -> Option<(u64, [u64; 2])> {
+        let s1 = m.seq.load(Ordering::Acquire);
+        if s1 % 2 == 1 {
+            return None;
+        }
+        let len = m.len.load(Ordering::Acquire);
+        let copy = [0, 1].map(|i| m.elems[i].load(Ordering::Relaxed));
+        fence(Ordering::Acquire);
+        (m.seq.load(Ordering::Relaxed) == s1).then_some((len, copy))
+    }
+
+    #[test]
+    fn loom_seqlock_reader_never_accepts_a_torn_copy() {
+        loom::model(|| {
+            let m = Arc::new(Model {
+                seq: AtomicU64::new(0),
+                len: AtomicU64::new(2),
+                elems: [AtomicU64::new(1), AtomicU64::new(1)],
+            });
+            let writer = {
+                let m = m.clone();
+                loom::thread::spawn(move || {
+                    // Retire both elements and write new ones in their place
+                    // (`pop`/`clear` then `push`), inside one odd section.
+                    m.seq.fetch_add(1, Ordering::AcqRel);
+                    fence(Ordering::Release);
+                    m.len.store(0, Ordering::Release);
+                    m.elems[0].store(2, Ordering::Relaxed);
+                    m.elems[1].store(2, Ordering::Relaxed);
+                    m.len.store(2, Ordering::Release);
+                    m.seq.fetch_add(1, Ordering::AcqRel);
+                })
+            };
+            if let Some((len, [a, b])) = read(&m) {
+                if len == 2 {
+                    assert_eq!(a, b, "accepted a copy mixing two generations");
+                }
+            }
+            writer.join().unwrap();
+            assert_eq!(read(&m), Some((2, [2, 2])));
+        });
+    }
+}
