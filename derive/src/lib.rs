@@ -26,8 +26,11 @@
 //! has padding depends on its parameters (`struct P<T> { a: T, b: u64 }` has padding for
 //! `T = u8`), so for generic structs the padding assertion lives inside `FINGERPRINT`
 //! and fails at compile time for each instantiation whose `FINGERPRINT` is evaluated.
-//! Code that places a generic `T: ShmSafe` in shared memory must therefore evaluate
-//! `T::FINGERPRINT` in a const context (e.g. `let _ = const { T::FINGERPRINT };`).
+//! Every path of `shared_allocator` that places or resolves a `T` in shared memory
+//! (`ShmBox::new_in`, `ShmVec::new_in`, `Arena::alloc`, roots, `RelPtr` resolution and
+//! `read`, tokens) evaluates it through `shared_allocator::typed::layout_checked`, so
+//! `ShmBox::new_in(&alloc, P { a: 1u8, b: 2 })` does not compile. (It is a
+//! monomorphization-time error: `cargo build` reports it, `cargo check` may not.)
 //!
 //! A non-generic struct runs the assertion in a free `const` item, which also evaluates
 //! its fields' fingerprints, so it is checked whenever the crate compiles, together
@@ -43,7 +46,13 @@
 //! - `#[shm(crate = "path")]`: the path of the `shared_allocator` crate in generated
 //!   code, `::shared_allocator` by default. Use it when the dependency is renamed or
 //!   re-exported (`#[shm(crate = "my_dep::shared_allocator")]`), and `"crate"` inside
-//!   `shared_allocator` itself.
+//!   `shared_allocator` itself. Generated code reaches `core` only as
+//!   `<path>::__private::core` (a hidden re-export), never as `::core`, so a crate
+//!   that renames something else to `core` (`extern crate self as core;`) cannot
+//!   change what the layout proofs check.
+//! - `#[shm(sync)]`: also implement `shared_allocator::typed::ShmSync` (shared `&T`
+//!   across processes, for structs whose every field is `ShmSync`: atomics, arrays of
+//!   them, other `#[shm(sync)]` structs). A plain field is a compile error.
 //!
 //! # Example
 //!

@@ -17,7 +17,7 @@ use crate::typed::{fingerprint, Arena, ShmSafe};
 
 impl<'b> Arena<'b> {
     /// Serializes `value` into this arena, sized exactly (two passes: see the
-    /// [module docs](self)). The archive lives until the arena is reset; the
+    /// [module docs](super)). The archive lives until the arena is reset; the
     /// returned handle borrows the arena, so this process cannot reset it while
     /// the handle lives.
     ///
@@ -243,7 +243,7 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
     ///
     /// # Errors
     /// [`AccessError::Stale`] (as [`ArchiveError::Access`]) if the arena was reset
-    /// since the token was made; otherwise as [`ShmArchive::from_token`].
+    /// since the token was made; otherwise as [`ShmArchive::from_token`](super::ShmArchive::from_token).
     pub fn open(
         bump: &'a BumpAllocator,
         token: ArenaArchiveToken<T>,

@@ -6,7 +6,7 @@
 //!
 //! | writer process | token sent across | reader process |
 //! | --- | --- | --- |
-//! | [`ShmArchive::new_in`] (any [`ShmFree`] allocator), then [`ShmArchive::into_token`] | [`ArchiveToken`], 8 bytes | [`ShmArchive::from_token`]: validates, takes ownership, frees on drop |
+//! | [`ShmArchive::new_in`] (any [`ShmFree`] allocator), then [`ShmArchive::into_token`] | [`ArchiveToken`], 16 bytes (offset + nonce) | [`ShmArchive::from_token`]: takes ownership exactly once, validates, frees on drop |
 //! | [`Arena::archive`] (a [`BumpAllocator`] arena), then [`ArenaArchive::into_token`] | [`ArenaArchiveToken`], 16 bytes (offset + epoch) | [`ArenaArchiveReader::open`]: validates; any number of readers; the arena's `reset` frees |
 //!
 //! # The rule: validate when ownership passes
@@ -18,40 +18,49 @@
 //!
 //! 1. The writer serializes into a block that no other process knows yet.
 //! 2. The writer converts its handle **into** a token (`into_token(self)`): the
-//!    handle is consumed, and this module has no API that writes to an archive
-//!    afterwards. (There is no `access_mut`.)
-//! 3. The reader turns the token into a reader handle, which **validates once,
-//!    right there** (header, bounds, checksum, bytecheck) and remembers it: every
-//!    later [`access`](ShmArchive::access) is a bounds/epoch check and a pointer
-//!    cast, no re-validation.
+//!    handle is consumed, a fresh nonce goes into the block's claim word, and
+//!    this module has no API that writes to an archive afterwards. (There is no
+//!    `access_mut`.)
+//! 3. The reader turns the token into a handle: it **claims** the block (a
+//!    compare-and-swap of the nonce: exactly one `from_token` of a token
+//!    succeeds, a second is [`TokenError::AlreadyClaimed`](crate::TokenError)),
+//!    then **validates once, right there** (header, bounds, checksum, bytecheck)
+//!    and remembers it: every later [`access`](ShmArchive::access) is a
+//!    bounds/epoch check and a pointer cast, no re-validation.
+//!
+//! An owned archive is in the *exclusively owned* state of the crate's safety
+//! model (immutable, one owner); an arena archive is *shared and immutable*.
 //!
 //! The safe path is the short one: `from_token` / `open` validate, `access`
 //! never hands out unvalidated bytes. Skipping validation takes an `unsafe`
 //! call by name: [`ArchiveToken::access_unchecked`],
 //! [`ArenaArchiveToken::access_unchecked`].
 //!
-//! What Rust cannot check across processes, and this module does not pretend
-//! to (see the crate's safety model): a process that writes into the block
-//! after the hand-over (raw [`ShmAllocator::write`] to its offset, a second
-//! "owner" freeing it, or a bump `reset` in another process while a reference
-//! from `access` is still held) breaks the protocol, and references handed out
-//! earlier may then see bytes that were never validated. In this process the
-//! borrow checker rules out the reset ([`BumpAllocator::reset`] takes
-//! `&mut self`, and readers borrow the allocator); a raw `write` into an
-//! archive's block is the one in-process way left to break the rule. What *is* checked at
+//! **Zero-copy views trust every writer.** What this module cannot rule out yet
+//! (see the crate's safety model, "Not covered yet"): a raw
+//! [`ShmAllocator::write`](crate::ShmAllocator::write) into the block, or a bump
+//! `reset` in another process (or through a second `BumpAllocator` of the
+//! segment) while a reference from `access` is held. Either makes the view see
+//! bytes that were never validated. Readers who do not trust every writer use the
+//! **copy path** beside each view: `deserialize_copied` on
+//! [`ShmArchive`], [`ArenaArchiveReader`] and [`ArenaArchiveToken`] copies the
+//! archive out with byte-wise atomic loads and validates the private copy, so a
+//! rewritten relative pointer is an error there, never a wild read. A second
+//! "owner" is no longer possible (tokens are redeemed once). What *is* checked at
 //! every access: that the block is still allocated (free-list) and that the
-//! arena was not reset since (bump: [`AccessError::Stale`] in every process).
+//! arena was not reset since (bump: `AccessError::Stale` in every process).
 //! Corrupt bytes present at hand-over, whatever their origin, are always an
 //! [`ArchiveError`], never undefined behaviour.
 //!
 //! # Block format and token
 //!
-//! An archive block is `[header: 32 bytes][archive bytes]`, 16-aligned
+//! An archive block is `[header: 48 bytes][archive bytes]`, 16-aligned
 //! (rkyv's own alignment for archive buffers), so the archive starts 16-aligned
-//! in every process. The header holds a magic number, the archive length, a
-//! type tag and an XXH3-64 checksum of the archive bytes. The token is just the
-//! block's [`Offset`]; the length lives in the block, so an 8-byte token
-//! suffices. Arena tokens add the bump epoch (16 bytes), exactly like
+//! in every process. The header holds the owner header of every owned block
+//! (claim word, type tag as fingerprint), then a magic number, the archive
+//! length, the type tag and an XXH3-64 checksum of the archive bytes. The token
+//! is the block's offset and the hand-over nonce; the length lives in the block.
+//! Arena tokens carry the offset and the 64-bit bump epoch (16 bytes), exactly like
 //! [`ArenaPtr`](crate::ArenaPtr). (An archived type that needs more than 16-byte
 //! alignment fails validation with an error, as it would in rkyv's `AlignedVec`.)
 //!
@@ -91,6 +100,9 @@
 //! until the next reset).
 //!
 //! [rkyv]: https://docs.rs/rkyv/0.8
+
+#[cfg(doc)]
+use crate::{alloc::ShmFree, typed::Arena, BumpAllocator};
 
 mod arena;
 mod block;

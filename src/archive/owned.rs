@@ -22,7 +22,7 @@ use crate::typed::token::OwnedHeader;
 /// archive. While a handle lives, the block is exclusively owned by it and
 /// immutable (there is no `access_mut`).
 /// After that, [`access`](ShmArchive::access) is a bounds check and a pointer
-/// cast: zero-copy, no re-validation. See the [module docs](self) for the rule.
+/// cast: zero-copy, no re-validation. See the [module docs](super) for the rule.
 ///
 /// The handle holds the allocator it was validated against, so it cannot be
 /// used with another segment by mistake.
@@ -66,7 +66,7 @@ pub struct ShmArchive<'a, T: ShmArchivable, A: ShmFree> {
 
 impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     /// Serializes `value` into a new block of `alloc`, sized exactly: one pass
-    /// measures, the second writes in place (see the [module docs](self) for
+    /// measures, the second writes in place (see the [module docs](super) for
     /// this trade-off).
     ///
     /// # Errors

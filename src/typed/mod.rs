@@ -1,10 +1,22 @@
 //! The typed layer: [`ShmSafe`] types placed in shared memory and addressed by
 //! offsets that mean the same object in every process.
 //!
+//! Every typed block is in exactly one state (the crate's *Safety model*):
+//!
+//! - **exclusively owned**: [`ShmBox<T>`] (gives `&T` and `&mut T`), the writer of a
+//!   [`ShmVec<T>`], a [`ShmArchive`](crate::ShmArchive). Others copy out
+//!   ([`RelPtr::read`], [`ShmVecReader`]); ownership moves by token
+//!   ([`token`]: `into_token` / `from_token`, exactly once, type-checked);
+//! - **shared and immutable**: arena values ([`Arena`], [`ArenaPtr`]), written once
+//!   and epoch-checked;
+//! - **concurrently mutable**: only for [`ShmSync`] types (atomics), the only ones
+//!   [`RelPtr::get`] and [`Roots::root`] give `&T` to.
+//!
 //! - [`RelPtr<T>`]: a typed offset, checked on every resolution.
 //! - [`ShmBox<T>`]: owns one `T`, frees it on drop.
 //! - [`ShmVec<T>`]: one writer, many readers in other processes ([`ShmVecReader`]).
-//! - [`Roots`]: named, typed objects, found or created by name.
+//! - [`Roots`]: named, typed objects, found or created by name; [`TokenSlot`] parks
+//!   a token in one.
 //! - [`Arena`]: typed allocations over a bump allocator, epoch-checked handles.
 
 mod arena;

@@ -3,7 +3,7 @@
 //! The directory is one open-addressing hash table of [`MAX_ROOTS`] fixed 128-byte
 //! entries in two parts: the first [`FIXED_ROOTS`] live in the segment's header
 //! region (after the typed layer's control words at
-//! [`ROOTS_OFFSET`](crate::segment::ROOTS_OFFSET)); the rest live in one overflow
+//! [`crate::segment::ROOTS_OFFSET`]); the rest live in one overflow
 //! block, allocated from the segment when a probe first needs it and published with
 //! a compare-and-swap in a control word (the loser frees its block).
 //!
