@@ -36,6 +36,11 @@ fn shm_box(c: &mut Criterion) {
     g.bench_function("raw_allocate_free_32", |b| {
         b.iter(|| alloc.free(alloc.allocate(black_box(32)).unwrap()).unwrap())
     });
+    // A ShmBox<[u64; 4]> block is 48 bytes: the 16-byte owner header (claim word and
+    // fingerprint) and the 32-byte value.
+    g.bench_function("raw_allocate_free_48", |b| {
+        b.iter(|| alloc.free(alloc.allocate(black_box(48)).unwrap()).unwrap())
+    });
     g.bench_function("shm_box", |b| {
         b.iter(|| {
             drop(black_box(
