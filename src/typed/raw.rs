@@ -114,6 +114,7 @@ pub(crate) fn value_at<T: ShmSafe, A: ShmAllocator + ?Sized>(
 /// Moves `values` into the block at `offset`, which this process just allocated
 /// (so it is live and nobody else has its offset yet): only the mapping bounds and
 /// alignment are checked, not the allocator's metadata. Returns the written values.
+#[inline]
 pub(crate) fn write_fresh<T: ShmSafe, A: ShmAllocator + ?Sized>(
     alloc: &A,
     offset: Offset,

@@ -93,6 +93,7 @@ impl OwnedHeader {
     }
 
     /// Writes a fresh header into a block this process just allocated.
+    #[inline]
     pub(crate) fn init<A: ShmAllocator + ?Sized>(
         alloc: &A,
         block: Offset,
@@ -151,6 +152,7 @@ impl OwnedHeader {
 
     /// Marks the block released, just before its owner frees it: a token issued
     /// earlier and still around cannot claim it any more.
+    #[inline]
     pub(crate) fn release(&self) {
         self.claim.store(RELEASED, Ordering::Release);
     }
