@@ -37,7 +37,7 @@ pub use archive::{
 pub use error::{AccessError, AllocError, Error, FreeError, SegmentError, TokenError};
 pub use segment::{unlink, CreateOptions, OpenOptions, UnlinkGuard};
 pub use typed::{
-    Arena, ArenaBox, ArenaPtr, BoxToken, RelPtr, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
+    Arena, ArenaBox, ArenaPtr, ArenaRef, BoxToken, RelPtr, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
     ShmVecHeader, ShmVecReader, TokenSlot, VecToken,
 };
 

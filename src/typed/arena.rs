@@ -35,7 +35,7 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 /// let s = arena.alloc_slice(&[1u32, 2, 3])?;
 /// let handle = s.handle();                 // 24 bytes: offset, epoch, length
 /// assert_eq!(*x.get()?, 7);
-/// assert_eq!(handle.get_slice(arena.allocator())?, &[1, 2, 3]);
+/// assert_eq!(*handle.get_slice(arena.allocator())?, [1, 2, 3]);
 /// arena.reset();                            // only compiles once x and s are gone
 /// assert!(handle.get_slice(arena.allocator()).unwrap_err().is_stale());
 /// # drop(arena);
@@ -112,6 +112,43 @@ impl<'b> Arena<'b> {
     }
 }
 
+/// A zero-copy view of arena data: what [`ArenaPtr::get`] and [`ArenaBox::get`]
+/// return. It dereferences to the value (or slice) and borrows the allocator.
+///
+/// It is the *view guard* of the safety model: today it only carries the borrow;
+/// once the process registry exists it will hold this process's reader pin, so that
+/// a reset in any process waits for it (or returns `Busy`) instead of reusing bytes
+/// under it. Keep views short-lived; use [`ArenaPtr::read`] to keep data.
+pub struct ArenaRef<'a, T: ?Sized> {
+    value: &'a T,
+}
+
+impl<'a, T: ?Sized> ArenaRef<'a, T> {
+    fn new(value: &'a T) -> Self {
+        ArenaRef { value }
+    }
+}
+
+impl<T: ?Sized> std::ops::Deref for ArenaRef<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        self.value
+    }
+}
+
+impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for ArenaRef<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
+impl<T: ?Sized + std::fmt::Display> std::fmt::Display for ArenaRef<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
 /// A value (or slice) allocated in an [`Arena`], borrowing it.
 #[derive(Debug)]
 pub struct ArenaBox<'a, T> {
@@ -125,7 +162,7 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     ///
     /// # Errors
     /// [`AccessError::Stale`] if any process reset the bump allocator since.
-    pub fn get(&self) -> Result<&'a T, AccessError> {
+    pub fn get(&self) -> Result<ArenaRef<'a, T>, AccessError> {
         self.ptr.get(self.bump)
     }
 
@@ -133,7 +170,7 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     ///
     /// # Errors
     /// As [`get`](ArenaBox::get).
-    pub fn get_slice(&self) -> Result<&'a [T], AccessError> {
+    pub fn get_slice(&self) -> Result<ArenaRef<'a, [T]>, AccessError> {
         self.ptr.get_slice(self.bump)
     }
 
@@ -148,9 +185,10 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
 ///
 /// Resolving it checks the epoch: after a reset it is [`AccessError::Stale`].
 /// [`read`](ArenaPtr::read) re-checks the epoch after copying, so a copy it returns
-/// was never mixed with bytes of a later epoch. References from
-/// [`get`](ArenaPtr::get) are checked once: a reset by another process while the
-/// reference is held is the coordination protocol's job (reset only between batches).
+/// was never mixed with bytes of a later epoch: the checked copy path. Views from
+/// [`get`](ArenaPtr::get) ([`ArenaRef`]) are checked once and trust every writer:
+/// a reset by another process while a view is held is, until reader pins exist,
+/// the coordination protocol's job (reset only between batches).
 #[derive(zerocopy::FromBytes, zerocopy::KnownLayout, zerocopy::Immutable)]
 #[repr(C)]
 pub struct ArenaPtr<T> {
@@ -208,24 +246,25 @@ impl<T> ArenaPtr<T> {
 }
 
 impl<T: ShmSafe> ArenaPtr<T> {
-    /// Resolves a single value.
+    /// Resolves a single value to a zero-copy view (see [`ArenaRef`]; the copy
+    /// path beside it is [`read`](ArenaPtr::read)).
     ///
     /// # Errors
     /// [`AccessError::Stale`] after a reset; bounds and alignment errors otherwise.
-    pub fn get<'a>(&self, bump: &'a BumpAllocator) -> Result<&'a T, AccessError> {
+    pub fn get<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, T>, AccessError> {
         let _ = layout_checked::<T>();
         self.check_epoch(bump)?;
-        raw::value_at(bump, self.offset())
+        raw::value_at(bump, self.offset()).map(ArenaRef::new)
     }
 
     /// Resolves all elements.
     ///
     /// # Errors
     /// As [`get`](ArenaPtr::get).
-    pub fn get_slice<'a>(&self, bump: &'a BumpAllocator) -> Result<&'a [T], AccessError> {
+    pub fn get_slice<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, [T]>, AccessError> {
         let _ = layout_checked::<T>();
         self.check_epoch(bump)?;
-        raw::slice_at(bump, self.offset(), self.len as usize)
+        raw::slice_at(bump, self.offset(), self.len as usize).map(ArenaRef::new)
     }
 
     /// Copies the elements out with byte-wise atomic loads, then re-checks the

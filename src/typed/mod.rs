@@ -28,7 +28,7 @@ mod shm_safe;
 pub mod token;
 mod vec;
 
-pub use arena::{Arena, ArenaBox, ArenaPtr};
+pub use arena::{Arena, ArenaBox, ArenaPtr, ArenaRef};
 pub use rel_ptr::RelPtr;
 pub use roots::{RootInfo, Roots, FIXED_ROOTS, MAX_ROOTS, MAX_ROOT_NAME, OVERFLOW_ROOTS};
 pub use shm_box::ShmBox;
