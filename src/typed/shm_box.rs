@@ -9,8 +9,8 @@ use crate::error::{Error, TokenError};
 use crate::typed::token::{payload_offset, BoxToken, OwnedHeader};
 use crate::typed::{layout_checked, raw, RelPtr, ShmSafe};
 
-/// Owns one `T` in a shared segment, **exclusively**: it gives `&T` and `&mut T`,
-/// like `Box`, and frees the block when dropped.
+/// Owns one `T` in a shared segment, **exclusively**: it gives `&T`, and `&mut T`
+/// for plain data (`T: Copy`), like `Box`, and frees the block when dropped.
 ///
 /// The block is in the *exclusively owned* state of the crate's safety model: no
 /// other handle, in any process, reads it as `&T` or writes it through the safe API.
@@ -159,7 +159,13 @@ impl<T: ShmSafe, A: ShmFree> Deref for ShmBox<'_, T, A> {
     }
 }
 
-impl<T: ShmSafe, A: ShmFree> DerefMut for ShmBox<'_, T, A> {
+/// `&mut T` only for `Copy` (plain-data) types. Every [`ShmSync`](crate::typed::ShmSync)
+/// type with bytes is `!Copy` (its bytes are inside `UnsafeCell`s, which are not
+/// `Copy`), and a `ShmSync` value may be reached as `&T` through a forged
+/// [`RelPtr::get`] in another process: a `&mut` to it would let this process write
+/// non-atomically (`AtomicU64::get_mut`) under those shared references. Atomics in a
+/// box are used through `&` (their shared API), like every shared atomic.
+impl<T: ShmSafe + Copy, A: ShmFree> DerefMut for ShmBox<'_, T, A> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY:
