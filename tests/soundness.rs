@@ -371,3 +371,16 @@ fn bump_epochs_do_not_wrap() {
     assert_eq!(t.epoch(), 1 << 20);
     let _ = ArchiveToken::<u32>::from_raw([0, 0]);
 }
+
+/// A raw read of a length that no block has is an error before anything is
+/// allocated here (no allocation-failure abort).
+#[test]
+fn raw_read_of_a_huge_length_is_an_error() {
+    let name = ShmName::new("snd-raw-read");
+    let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let off = alloc.allocate(64).unwrap();
+    for len in [usize::MAX, usize::MAX / 2, 1 << 40] {
+        assert!(alloc.read(off, len).is_err());
+    }
+    assert_eq!(alloc.read(off, 64).unwrap().len(), 64);
+}
