@@ -80,8 +80,48 @@ fn child() {
                 .unwrap();
             say("scribbled");
         }
+        // Creates its own 100 roots while three other processes do the same.
+        "many-roots" => {
+            let alloc = FreeListAllocator::open(&name).unwrap();
+            let go: &AtomicU64 = alloc.root("go").unwrap();
+            while go.load(Ordering::Acquire) == 0 {
+                std::hint::spin_loop();
+            }
+            let me = env("SA_ME");
+            for i in 0..100 {
+                let c: &AtomicU64 = alloc.root(&format!("r-{me}-{i}")).unwrap();
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            say("done");
+        }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Four processes create 400 roots at once: the overflow directory is grown by
+/// exactly one of them (no leaked directory blocks), and every root exists once.
+#[test]
+fn roots_directory_grows_once_under_a_race() {
+    let name = ShmName::new("snd-many-roots");
+    let alloc = FreeListAllocator::create(name.as_str(), 8 << 20).unwrap();
+    let go: &AtomicU64 = alloc.root("go").unwrap();
+    let kids: Vec<_> = (0..4)
+        .map(|k| {
+            spawn_child(
+                "child",
+                "many-roots",
+                &[("SA_NAME", name.as_str().into()), ("SA_ME", k.to_string())],
+            )
+        })
+        .collect();
+    go.store(1, Ordering::Release);
+    for k in kids {
+        assert_eq!(finish(k, LIMIT, "root creator"), ["done"]);
+    }
+    let roots = alloc.roots().unwrap();
+    assert_eq!(roots.len(), 401);
+    // 401 objects and one directory block: nothing leaked by the race.
+    assert_eq!(alloc.stats().live_blocks, Some(402));
 }
 
 /// A `ShmVec` is handed over through a root, and appended to by a writer process

@@ -211,7 +211,8 @@ fn roots_are_created_once_when_processes_race() {
     assert_eq!(c.load(Ordering::Relaxed), 4000, "all four used one object");
     let roots = alloc.roots().unwrap();
     assert_eq!(roots.len(), 1, "created exactly once: {roots:?}");
-    // The object, plus the overflow directory if the name hashed past the fixed table.
+    // The object, plus the overflow directory (made once) if the name hashed past
+    // the fixed table.
     assert!(alloc.stats().live_blocks.unwrap() <= 2);
     match alloc.root::<std::sync::atomic::AtomicU32>("counter") {
         Err(Error::TypeMismatch {

@@ -27,6 +27,7 @@ mod shm_box;
 mod shm_safe;
 pub mod token;
 mod vec;
+mod vec_reader;
 
 pub use arena::{Arena, ArenaBox, ArenaPtr, ArenaRef};
 pub use rel_ptr::RelPtr;
@@ -34,4 +35,5 @@ pub use roots::{RootInfo, Roots, FIXED_ROOTS, MAX_ROOTS, MAX_ROOT_NAME, OVERFLOW
 pub use shm_box::ShmBox;
 pub use shm_safe::{fingerprint, layout_checked, ShmSafe, ShmSync};
 pub use token::{BoxToken, HandOverToken, TokenSlot, VecToken};
-pub use vec::{ShmVec, ShmVecHeader, ShmVecReader};
+pub use vec::{ShmVec, ShmVecHeader};
+pub use vec_reader::ShmVecReader;

@@ -4,8 +4,8 @@
 //! entries in two parts: the first [`FIXED_ROOTS`] live in the segment's header
 //! region (after the typed layer's control words at
 //! [`crate::segment::ROOTS_OFFSET`]); the rest live in one overflow
-//! block, allocated from the segment when a probe first needs it and published with
-//! a compare-and-swap in a control word (the loser frees its block).
+//! block, allocated from the segment when a probe first needs it, by exactly one
+//! process (it claims a control word first; the others wait for the pointer).
 //!
 //! An entry goes EMPTY → CLAIMING(pid) → READY → REMOVED. The claimer writes name,
 //! type and object, then publishes READY with Release. A process that finds a slot
@@ -231,7 +231,8 @@ impl<'a> Directory<'a> {
     /// Resolves the overflow block if some process published it.
     fn load_overflow<A: ShmAllocator + ?Sized>(&mut self, alloc: &'a A) -> Result<(), Error> {
         let off = self.overflow_ptr.load(Ordering::Acquire);
-        if off != 0 && self.overflow.is_none() {
+        // 0: none yet; odd: a process is growing it (GROWING(pid)).
+        if off != 0 && off & 1 == 0 && self.overflow.is_none() {
             let words = raw::slice_at::<AtomicU64, A>(
                 alloc,
                 Offset::new(off),
@@ -242,23 +243,59 @@ impl<'a> Directory<'a> {
         Ok(())
     }
 
-    /// Allocates, zeroes and publishes the overflow block (or adopts the one
-    /// another process published first).
+    /// Allocates, zeroes and publishes the overflow block, once per segment: the
+    /// pointer word goes 0 → GROWING(pid) → offset. Other processes wait (bounded)
+    /// for the grower, and take over if it died (its pid is gone).
     fn grow<A: ShmAllocator + ?Sized>(&mut self, alloc: &'a A) -> Result<(), Error> {
-        self.load_overflow(alloc)?;
-        if self.overflow.is_some() {
-            return Ok(());
+        let me = crate::segment::current_pid();
+        let growing = (u64::from(me) << 1) | 1;
+        let start = Instant::now();
+        loop {
+            self.load_overflow(alloc)?;
+            if self.overflow.is_some() {
+                return Ok(());
+            }
+            let cur = self.overflow_ptr.load(Ordering::Acquire);
+            let claimed = if cur == 0 {
+                self.overflow_ptr
+                    .compare_exchange(0, growing, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            } else if cur & 1 == 1 && !pid_alive((cur >> 1) as u32) {
+                // The grower died: its block (if any) leaks; grow here instead.
+                self.overflow_ptr
+                    .compare_exchange(cur, growing, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            } else {
+                false
+            };
+            if claimed {
+                let made = (|| {
+                    let words = OVERFLOW_ROOTS * ENTRY_WORDS;
+                    let off = alloc.allocate_aligned(words * 8, 64)?;
+                    raw::write_fresh(alloc, off, (0..words).map(|_| AtomicU64::new(0)))?;
+                    Ok::<Offset, Error>(off)
+                })();
+                return match made {
+                    Ok(off) => {
+                        // Release: the zeroed entries happen-before any process that
+                        // sees the pointer.
+                        self.overflow_ptr.store(off.get(), Ordering::Release);
+                        self.load_overflow(alloc)
+                    }
+                    Err(e) => {
+                        self.overflow_ptr.store(0, Ordering::Release);
+                        Err(e)
+                    }
+                };
+            }
+            if start.elapsed() > CLAIM_WAIT {
+                return Err(Error::RootBusy {
+                    name: "(root directory)".to_owned(),
+                    pid: (cur >> 1) as u32,
+                });
+            }
+            std::thread::sleep(Duration::from_micros(100));
         }
-        let words = OVERFLOW_ROOTS * ENTRY_WORDS;
-        let off = alloc.allocate_aligned(words * 8, 64)?;
-        raw::write_fresh(alloc, off, (0..words).map(|_| AtomicU64::new(0)))?;
-        // Release: the zeroed entries happen-before any process that sees the pointer.
-        // The loser of a race leaks its block: roots are created rarely, and the
-        // allocator trait has no free for every kind.
-        let _ =
-            self.overflow_ptr
-                .compare_exchange(0, off.get(), Ordering::AcqRel, Ordering::Acquire);
-        self.load_overflow(alloc)
     }
 
     /// Entry `i` of the combined table, if its part exists.
