@@ -273,15 +273,13 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
                 self.buf.as_ptr().wrapping_add(i),
                 ptr.as_ptr().wrapping_add(i),
             );
-            let src = NonNull::new(src).unwrap_or(self.buf);
             // SAFETY:
             // - `src` is element `i < len` of our current buffer (checked in-bounds and
             //   aligned when allocated, initialised by `push`), in the mapping
-            //   `self.alloc` owns, which outlives this call;
-            // - the byte-wise atomic load is sound even if a `ShmSync` element is being
-            //   written through another process's shared view; T: ShmSafe (no Drop,
-            //   every bit pattern valid), so the copy is a valid value.
-            let v = unsafe { raw::atomic_read_relaxed(src) };
+            //   `self.alloc` owns; only this writer writes it, readers only read it;
+            // - T: ShmSafe (no Drop, every bit pattern valid), so a bitwise copy is a
+            //   valid value and the original needs no dropping.
+            let v = unsafe { std::ptr::read(src) };
             // SAFETY:
             // - `dst` is element `i < len < new_cap` of the new block, checked in-bounds
             //   and aligned for T just above; distinct from the old buffer;
