@@ -155,6 +155,9 @@ pub trait ShmAllocator: Send + Sync {
     /// # Errors
     /// As [`ShmAllocator::check_range`].
     fn read(&self, offset: Offset, len: usize) -> Result<Vec<u8>, AccessError> {
+        // The range first: a length that is not inside one live block is an error,
+        // never a local allocation of that size.
+        self.check_range(offset, len as u64)?;
         let mut buf = vec![0; len];
         self.read_into(offset, &mut buf)?;
         Ok(buf)
