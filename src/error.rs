@@ -449,13 +449,14 @@ pub enum Error {
         /// How many roots a segment holds.
         capacity: usize,
     },
-    /// Another live process has been creating this root for too long.
-    #[error("root {name:?} is still being created by process {pid}")]
+    /// Another live handle has been creating this root for too long.
+    #[error("root {name:?} is still being created by the handle with registry token {holder:#x}")]
     RootBusy {
         /// The root's name.
         name: String,
-        /// The creating process.
-        pid: u32,
+        /// The creating handle's liveness token in the process registry (slot and
+        /// generation; see `processes()`), not a pid.
+        holder: u32,
     },
 }
 

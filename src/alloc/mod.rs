@@ -177,6 +177,15 @@ pub trait ShmAllocator: Send + Sync {
         0
     }
 
+    /// This handle's liveness token in the segment's process registry (nonzero;
+    /// 0 if it holds no slot): what claims in shared memory record instead of a pid.
+    #[doc(hidden)]
+    fn liveness_token(&self) -> u32;
+
+    /// Whether the handle that took `token` (in any process) is still alive.
+    #[doc(hidden)]
+    fn token_alive(&self, token: u32) -> bool;
+
     /// The error for a range outside the data region.
     #[doc(hidden)]
     fn out_of_bounds(&self, offset: Offset, len: u64) -> AccessError {

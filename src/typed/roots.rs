@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::alloc::{Offset, ShmAllocator};
 use crate::error::{AccessError, Error};
-use crate::segment::{pid_alive, AllocatorKind, ROOTS_LEN, ROOTS_OFFSET};
+use crate::segment::{AllocatorKind, ROOTS_LEN, ROOTS_OFFSET};
 use crate::typed::{layout_checked, raw, ShmSync};
 
 /// Longest root name, in bytes.
@@ -247,7 +247,9 @@ impl<'a> Directory<'a> {
     /// pointer word goes 0 → GROWING(pid) → offset. Other processes wait (bounded)
     /// for the grower, and take over if it died (its pid is gone).
     fn grow<A: ShmAllocator + ?Sized>(&mut self, alloc: &'a A) -> Result<(), Error> {
-        let me = crate::segment::current_pid();
+        // Who grows is recorded as a registry liveness token, never a pid (pids
+        // lie across pid namespaces and get reused).
+        let me = alloc.liveness_token();
         let growing = (u64::from(me) << 1) | 1;
         let start = Instant::now();
         loop {
@@ -260,7 +262,7 @@ impl<'a> Directory<'a> {
                 self.overflow_ptr
                     .compare_exchange(0, growing, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
-            } else if cur & 1 == 1 && !pid_alive((cur >> 1) as u32) {
+            } else if cur & 1 == 1 && !alloc.token_alive((cur >> 1) as u32) {
                 // The grower died: its block (if any) leaks; grow here instead.
                 self.overflow_ptr
                     .compare_exchange(cur, growing, Ordering::AcqRel, Ordering::Acquire)
@@ -291,7 +293,7 @@ impl<'a> Directory<'a> {
             if start.elapsed() > CLAIM_WAIT {
                 return Err(Error::RootBusy {
                     name: "(root directory)".to_owned(),
-                    pid: (cur >> 1) as u32,
+                    holder: (cur >> 1) as u32,
                 });
             }
             std::thread::sleep(Duration::from_micros(100));
@@ -332,7 +334,7 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
     let _ = layout_checked::<T>();
     check_name(name)?;
     let mut dir = Directory::open(alloc)?;
-    let me = crate::segment::current_pid();
+    let me = alloc.liveness_token();
     let mut init = Some(init);
     let h = hash(name);
     for k in 0..MAX_ROOTS {
@@ -369,7 +371,7 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
                 REMOVED if st == REMOVED => break, // a tombstone: probe on
                 CLAIMING => {
                     let pid = (st >> 8) as u32;
-                    if !pid_alive(pid) {
+                    if !alloc.token_alive(pid) {
                         let mine = CLAIMING | (u64::from(me) << 8);
                         if e[W_STATE]
                             .compare_exchange(st, mine, Ordering::AcqRel, Ordering::Acquire)
@@ -384,7 +386,7 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
                     if start.elapsed() > CLAIM_WAIT {
                         return Err(Error::RootBusy {
                             name: name.to_owned(),
-                            pid,
+                            holder: pid,
                         });
                     }
                     std::thread::sleep(Duration::from_micros(100));
