@@ -106,12 +106,20 @@ fn arena_read_is_old_values_or_stale_while_another_mapping_resets() {
                 }
             }
         });
-        for round in 0..2_000u64 {
+        // At least 2,000 rounds, and on until the reader has copied a few times
+        // (on a loaded machine its thread may start late), bounded by 20 s.
+        let start = std::time::Instant::now();
+        let mut round = 0u64;
+        while round < 2_000
+            || (ok.load(Ordering::Relaxed) + stale.load(Ordering::Relaxed) < 10
+                && start.elapsed() < std::time::Duration::from_secs(20))
+        {
             writer.reset();
             let h = writer.arena().alloc_slice(&[round; 64]).unwrap().handle();
             if round % 16 == 0 {
                 handle.put(parts(h));
             }
+            round += 1;
         }
         done.store(true, Ordering::Release);
     });
