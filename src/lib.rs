@@ -8,6 +8,7 @@
 pub mod alloc;
 #[cfg(feature = "rkyv")]
 pub mod archive;
+pub mod channel;
 pub mod error;
 pub mod segment;
 pub mod sync;
@@ -26,8 +27,10 @@ pub use archive::{
     ArchiveError, ArchiveToken, ArenaArchive, ArenaArchiveReader, ArenaArchiveToken, ShmArchivable,
     ShmArchive,
 };
+pub use channel::ShmChannel;
 pub use error::{AccessError, AllocError, Error, FreeError, SegmentError};
 pub use segment::{unlink, CreateOptions, OpenOptions, UnlinkGuard};
+pub use sync::{OwnerDied, ShmCondvar, ShmEvent, ShmMutex};
 pub use typed::{
     Arena, ArenaBox, ArenaPtr, RelPtr, Roots, ShmBox, ShmSafe, ShmVec, ShmVecHeader, ShmVecReader,
 };
@@ -45,7 +48,9 @@ pub mod prelude {
     pub use crate::archive::{
         ArchiveToken, ArenaArchive, ArenaArchiveReader, ArenaArchiveToken, ShmArchive,
     };
+    pub use crate::channel::ShmChannel;
     pub use crate::error::Error;
+    pub use crate::sync::{ShmCondvar, ShmEvent, ShmMutex};
     pub use crate::typed::{
         Arena, ArenaBox, ArenaPtr, RelPtr, Roots, ShmBox, ShmSafe, ShmVec, ShmVecReader,
     };

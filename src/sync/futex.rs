@@ -126,8 +126,7 @@ impl Deadline {
 
     /// Time left, `Some(ZERO)` once expired; `None` without a deadline.
     pub(crate) fn remaining(&self) -> Option<Duration> {
-        self.0
-            .map(|d| d.saturating_duration_since(Instant::now()))
+        self.0.map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// Whether the deadline has passed.

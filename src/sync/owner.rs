@@ -28,7 +28,10 @@ pub(crate) const OWNER_LIMIT: u32 = 1 << 30;
 pub(crate) fn current_owner(addr: *const u8) -> u32 {
     let _ = addr; // provisional: one identity per process, whatever the segment
     let pid = crate::segment::current_pid();
-    debug_assert!(pid != 0 && pid < OWNER_LIMIT, "pid {pid} out of owner range");
+    debug_assert!(
+        pid != 0 && pid < OWNER_LIMIT,
+        "pid {pid} out of owner range"
+    );
     pid
 }
 
