@@ -27,6 +27,10 @@ use std::time::Duration;
 use super::futex::{Deadline, FutexWord};
 use crate::typed::{fingerprint, ShmSafe};
 
+/// The wake count meaning "everyone". FUTEX_WAKE takes a signed count, so
+/// `u32::MAX` would be -1 to the kernel, which wakes only one sleeper.
+pub(crate) const WAKE_ALL: u32 = i32::MAX as u32;
+
 /// Registers a waiter; returns its ticket. The caller checks its condition after this.
 #[inline]
 pub(crate) fn listen<F: FutexWord>(seq: &F, waiters: &F) -> u32 {
@@ -244,7 +248,7 @@ impl ShmEvent {
 
     /// Wakes every waiter.
     pub fn notify_all(&self) {
-        notify(&self.seq, &self.waiters, u32::MAX);
+        notify(&self.seq, &self.waiters, WAKE_ALL);
     }
 
     /// How many waiters are registered right now (including any that died while
@@ -317,7 +321,7 @@ mod loom_tests {
                 })
                 .collect();
             e.flag.store(true, Ordering::Relaxed);
-            notify(&e.seq, &e.waiters, u32::MAX);
+            notify(&e.seq, &e.waiters, super::WAKE_ALL);
             for w in ws {
                 w.join().unwrap();
             }
