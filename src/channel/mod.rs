@@ -35,8 +35,20 @@ pub const MAX_ENDPOINTS: usize = 64;
 
 /// How long a blocked endpoint sleeps before it checks for dead peers.
 const SLICE: Duration = Duration::from_millis(50);
-/// Spins on an empty or full ring before sleeping.
+/// Spins on an empty or full ring before sleeping (a streaming peer usually makes
+/// progress within a few microseconds; sleeping and waking costs more).
 const SPINS: u32 = 64;
+
+/// The back-off before sleeping. Returns `false` once the caller should sleep.
+#[inline]
+fn back_off(spins: &mut u32) -> bool {
+    if *spins < SPINS {
+        *spins += 1;
+        std::hint::spin_loop();
+        return true;
+    }
+    false
+}
 
 const SENDER_SEEN: u32 = 1;
 const RECEIVER_SEEN: u32 = 2;
@@ -459,9 +471,7 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
                 Err(PushFail::Corrupted) => return Err(SendTimeoutError::Corrupted(value)),
                 Err(PushFail::Full) => {}
             }
-            if spins < SPINS {
-                spins += 1;
-                std::hint::spin_loop();
+            if back_off(&mut spins) {
                 continue;
             }
             let listener = c.not_full.listen();
@@ -560,9 +570,7 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Receiver<'a, T, N> {
             if repair {
                 blocked_since = Some(Instant::now()); // checked this round
             }
-            if spins < SPINS {
-                spins += 1;
-                std::hint::spin_loop();
+            if back_off(&mut spins) {
                 continue;
             }
             let listener = c.not_empty.listen();

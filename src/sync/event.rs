@@ -1,25 +1,32 @@
 //! `ShmEvent`: a futex-based notification that lives in shared memory.
 //!
-//! The protocol (an "eventcount"): two 32-bit words, a sequence number `seq` and a
-//! count of registered `waiters`.
+//! The protocol (an "eventcount"): two 32-bit words, `seq` (a sequence number in
+//! steps of 2; bit 0 says "someone may be asleep on this value") and a count of
+//! registered `waiters`.
 //!
 //! - A waiter registers (`waiters += 1`), issues a `SeqCst` fence, and reads `seq`
 //!   as its ticket; then it checks its condition; if the condition is still false it
-//!   sleeps on `seq` with `FUTEX_WAIT(ticket)`, which returns at once if `seq` moved.
+//!   sets the sleeper bit (`fetch_or`, which also re-reads `seq`: if it moved, the
+//!   waiter returns) and sleeps with `FUTEX_WAIT(ticket | 1)`, which returns at once
+//!   if `seq` moved since.
 //! - A notifier makes its condition true (any stores), issues a `SeqCst` fence, and
 //!   reads `waiters`. If it is zero, nobody can be between "check" and "sleep" (any
 //!   later waiter's fence orders after ours, so its check sees the new state) and it
-//!   returns without touching `seq`. Otherwise it increments `seq` (Release) and
-//!   wakes sleepers of `seq`.
+//!   returns without touching `seq`. Otherwise it advances `seq` by 2 (Release) with
+//!   one CAS and makes the `FUTEX_WAKE` system call only if the sleeper bit was set.
+//!   The new value keeps the bit only when a `notify_one` may leave other sleepers
+//!   behind (more than one waiter registered).
 //!
 //! So a notify that lands between a waiter's check and its sleep changes `seq` first
-//! and the sleep returns at once: no lost wake-ups. The protocol is model-checked
-//! with loom (`loom_event_*` below) over the same generic functions.
+//! and the sleep returns at once: no lost wake-ups; and a burst of notifications
+//! while the woken waiter is still on its way pays for one wake-up, not one each.
+//! The protocol is model-checked with loom (`loom_event_*` below) over the same
+//! generic functions.
 //!
 //! A process that dies while registered leaves `waiters` one too high for good:
-//! notifiers then always pay the wake system call, which is slower but still correct.
-//! `seq` wraps after 2^32 notifications; a waiter whose ticket is exactly 2^32
-//! notifications old would sleep until the next one or its timeout.
+//! notifiers then may pay a wake system call they did not need: slower, still
+//! correct. `seq` wraps after 2^31 notifications; a waiter whose ticket is exactly
+//! that many notifications old would sleep until the next one or its timeout.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -31,12 +38,17 @@ use crate::typed::{fingerprint, ShmSafe};
 /// `u32::MAX` would be -1 to the kernel, which wakes only one sleeper.
 pub(crate) const WAKE_ALL: u32 = i32::MAX as u32;
 
+/// Bit 0 of `seq`: a waiter may be asleep on the current value.
+const SLEEPER: u32 = 1;
+/// `seq` advances by this much per notification.
+const STEP: u32 = 2;
+
 /// Registers a waiter; returns its ticket. The caller checks its condition after this.
 #[inline]
 pub(crate) fn listen<F: FutexWord>(seq: &F, waiters: &F) -> u32 {
     waiters.fetch_add(1, Ordering::Relaxed);
     F::fence_seq_cst();
-    seq.load(Ordering::Acquire)
+    seq.load(Ordering::Acquire) & !SLEEPER
 }
 
 /// Unregisters a waiter that did not sleep (its condition held).
@@ -49,30 +61,49 @@ pub(crate) fn cancel<F: FutexWord>(waiters: &F) {
 /// Returns whether a notification came (`seq` moved).
 pub(crate) fn wait<F: FutexWord>(seq: &F, waiters: &F, ticket: u32, deadline: Deadline) -> bool {
     let notified = loop {
-        if seq.load(Ordering::Acquire) != ticket {
+        if seq.load(Ordering::Acquire) & !SLEEPER != ticket {
             break true;
         }
         let left = deadline.remaining();
         if left == Some(Duration::ZERO) {
             break false;
         }
-        seq.wait(ticket, left);
+        // Announce a sleeper; the RMW also orders us against the notifier's CAS.
+        if seq.fetch_or(SLEEPER, Ordering::Acquire) & !SLEEPER != ticket {
+            break true;
+        }
+        seq.wait(ticket | SLEEPER, left);
     };
     waiters.fetch_sub(1, Ordering::Relaxed);
     notified
 }
 
 /// Publishes a notification (the caller's stores before it are visible to every
-/// waiter woken or checking after it) and wakes up to `count` sleepers.
+/// waiter woken or checking after it) and wakes up to `count` sleepers. Returns
+/// whether anyone was registered.
 #[inline]
 pub(crate) fn notify<F: FutexWord>(seq: &F, waiters: &F, count: u32) -> bool {
     F::fence_seq_cst();
     if waiters.load(Ordering::Relaxed) == 0 {
         return false;
     }
-    seq.fetch_add(1, Ordering::Release);
-    seq.wake(count);
-    true
+    let mut cur = seq.load(Ordering::Relaxed);
+    loop {
+        let asleep = cur & SLEEPER != 0;
+        // A single wake may leave other sleepers on the old value: keep the bit so the
+        // next notification wakes one of them too.
+        let keep = asleep && count == 1 && waiters.load(Ordering::Relaxed) > 1;
+        let new = (cur & !SLEEPER).wrapping_add(STEP) | if keep { SLEEPER } else { 0 };
+        match seq.compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => {
+                if asleep {
+                    seq.wake(count);
+                }
+                return true;
+            }
+            Err(now) => cur = now,
+        }
+    }
 }
 
 /// A notification that processes wait on and send, in shared memory.

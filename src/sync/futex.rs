@@ -22,6 +22,19 @@ pub trait FutexWord {
     fn fetch_add(&self, value: u32, order: Ordering) -> u32;
     /// `AtomicU32::fetch_sub`.
     fn fetch_sub(&self, value: u32, order: Ordering) -> u32;
+    /// `AtomicU32::fetch_or`.
+    fn fetch_or(&self, value: u32, order: Ordering) -> u32;
+    /// `AtomicU32::compare_exchange_weak`.
+    ///
+    /// # Errors
+    /// The current value, when it was not `current` (or spuriously).
+    fn compare_exchange_weak(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u32, u32>;
     /// A `SeqCst` fence of the matching memory model (std or loom).
     fn fence_seq_cst();
     /// Sleeps while the word holds `expected`, at most `timeout` (`None`: no limit).
@@ -45,6 +58,20 @@ impl FutexWord for std::sync::atomic::AtomicU32 {
     #[inline]
     fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
         std::sync::atomic::AtomicU32::fetch_sub(self, value, order)
+    }
+    #[inline]
+    fn fetch_or(&self, value: u32, order: Ordering) -> u32 {
+        std::sync::atomic::AtomicU32::fetch_or(self, value, order)
+    }
+    #[inline]
+    fn compare_exchange_weak(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u32, u32> {
+        std::sync::atomic::AtomicU32::compare_exchange_weak(self, current, new, success, failure)
     }
     #[inline]
     fn fence_seq_cst() {
@@ -86,6 +113,20 @@ mod loom_futex {
         }
         fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
             loom::sync::atomic::AtomicU32::fetch_sub(self, value, order)
+        }
+        fn fetch_or(&self, value: u32, order: Ordering) -> u32 {
+            loom::sync::atomic::AtomicU32::fetch_or(self, value, order)
+        }
+        fn compare_exchange_weak(
+            &self,
+            current: u32,
+            new: u32,
+            success: Ordering,
+            failure: Ordering,
+        ) -> Result<u32, u32> {
+            loom::sync::atomic::AtomicU32::compare_exchange_weak(
+                self, current, new, success, failure,
+            )
         }
         fn fence_seq_cst() {
             loom::sync::atomic::fence(Ordering::SeqCst);
