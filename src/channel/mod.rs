@@ -77,6 +77,13 @@ struct Slot<T> {
 /// ownership token, the sender gives up the handle (`into_token`) and the receiver
 /// takes it (`from_token`), so ownership moves with the message.
 ///
+/// `Disconnected` is about the endpoints registered *now*: a receiver gets it once
+/// nothing is queued and no sender is registered and alive (while no sender ever
+/// registered, receivers just wait). A sender that registers later reconnects the
+/// channel. So when peers come and go one after another, keep an endpoint registered
+/// until the exchange is over (the `quickstart` example has children wait for the
+/// parent's goodbye before they drop their senders).
+///
 /// ```
 /// use shared_allocator::prelude::*;
 /// use shared_allocator::channel::ShmChannel;
