@@ -263,7 +263,6 @@ fn consumer(name: &str, ctl_name: &str, index: u64) -> Result<(), Box<dyn std::e
         let t = Instant::now();
         let digest = digest_archived(reader.access()?); // zero-copy
         let read = t.elapsed();
-        drop(reader);
         let reply = [
             index,
             digest,

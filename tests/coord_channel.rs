@@ -208,7 +208,7 @@ fn sigkill_producers_and_consumers() {
     let seg = name.as_str().to_owned();
     let entry = "sigkill_producers_and_consumers";
     let mut next_stream = 0u64;
-    let mut spawn_producer = |next: &mut u64| {
+    let spawn_producer = |next: &mut u64| {
         let s = *next;
         *next += 1;
         KillOnDrop::new(spawn_child(
@@ -254,7 +254,7 @@ fn sigkill_producers_and_consumers() {
                 killed_c += 1;
             }
         }
-        victims[i].take();
+        let _ = victims[i].take().wait(); // already reaped above: returns at once
         victims[i] = if kill_producer {
             spawn_producer(&mut next_stream)
         } else {

@@ -437,7 +437,7 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
         if c.gone(Role::Receiver, false) {
             return Err(TrySendError::Disconnected(value));
         }
-        match ring::push(c, self.inflight(), value) {
+        match ring::push(c, self.inflight(), value, true) {
             Ok(()) => {
                 c.not_empty.notify_one();
                 Ok(())
@@ -470,7 +470,7 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
             if scan {
                 blocked_since = Some(Instant::now()); // checked this round
             }
-            match ring::push(c, self.inflight(), value) {
+            match ring::push(c, self.inflight(), value, scan) {
                 Ok(()) => {
                     c.not_empty.notify_one();
                     return Ok(());
@@ -482,7 +482,7 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
                 continue;
             }
             let listener = c.not_full.listen();
-            match ring::push(c, self.inflight(), value) {
+            match ring::push(c, self.inflight(), value, false) {
                 Ok(()) => {
                     drop(listener);
                     c.not_empty.notify_one();

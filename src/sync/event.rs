@@ -304,6 +304,13 @@ mod loom_tests {
         flag: AtomicBool,
     }
 
+    /// A model with a preemption bound, so the run stays short enough for CI.
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(f);
+    }
+
     fn new_ev() -> Arc<Ev> {
         Arc::new(Ev {
             seq: AtomicU32::new(0),
@@ -330,7 +337,7 @@ mod loom_tests {
 
     #[test]
     fn loom_event_no_lost_wakeup() {
-        loom::model(|| {
+        model(|| {
             let e = new_ev();
             let e2 = e.clone();
             let w = loom::thread::spawn(move || wait_for_flag(&e2));
@@ -343,7 +350,7 @@ mod loom_tests {
 
     #[test]
     fn loom_event_two_waiters_notify_all() {
-        loom::model(|| {
+        model(|| {
             let e = new_ev();
             let ws: Vec<_> = (0..2)
                 .map(|_| {
