@@ -134,75 +134,138 @@ fn wait(ev: &ShmEvent, what: &str, cond: impl FnMut() -> bool) {
     assert!(ev.wait_until(Some(HANG), cond), "bench hang: {what}");
 }
 
-fn bench_roundtrip(c: &mut Criterion) {
-    let mut w = Workers::new("rt");
-    let (p2c_r, p2c_w) = rustix::pipe::pipe().unwrap();
-    let (c2p_r, c2p_w) = rustix::pipe::pipe().unwrap();
-    let ev_p2c = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
-    let ev_c2p = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
-    let (dg_parent, dg_child) = UnixDatagram::pair().unwrap();
-    for fd in [&p2c_r, &c2p_w, &ev_p2c, &ev_c2p] {
-        inheritable(fd);
-    }
-    inheritable(&dg_child);
-    let fds = [
-        p2c_r.as_raw_fd(),
-        c2p_w.as_raw_fd(),
-        ev_p2c.as_raw_fd(),
-        ev_c2p.as_raw_fd(),
-        dg_child.as_raw_fd(),
-    ];
-    w.spawn("pong", 0, 1, &fds);
-    let ctl = w.ctl();
+/// A pong child and this process's ends of every reference channel.
+struct RoundTrips {
+    w: Workers,
+    p2c_w: OwnedFd,
+    c2p_r: OwnedFd,
+    ev_p2c: OwnedFd,
+    ev_c2p: OwnedFd,
+    dg_parent: UnixDatagram,
+}
 
-    let mut g = c.benchmark_group("roundtrip");
-    g.warm_up_time(Duration::from_millis(500));
-    g.measurement_time(Duration::from_secs(3));
-    g.bench_function("shm_event", |b| {
-        b.iter_custom(|iters| {
-            w.command(KIND_EVENT, iters);
-            let base = ctl.ball.load(Ordering::Acquire);
-            let start = Instant::now();
-            for i in 0..iters {
-                let odd = base + 2 * i + 1;
-                ctl.ball.store(odd, Ordering::Release);
-                ctl.ping.notify_one();
-                wait(&ctl.pong, "pong", || ctl.ball.load(Ordering::Acquire) > odd);
-            }
-            start.elapsed()
-        })
-    });
-    let fd_roundtrip =
-        |b: &mut criterion::Bencher, kind: u64, tx: &OwnedFd, rx: &OwnedFd, len: usize| {
-            b.iter_custom(|iters| {
-                w.command(kind, iters);
-                let msg = 1u64.to_ne_bytes();
-                let mut buf = [0u8; 8];
-                let start = Instant::now();
-                for _ in 0..iters {
-                    rustix::io::write(tx, &msg[..len]).unwrap();
-                    rustix::io::read(rx, &mut buf[..len]).unwrap();
-                }
-                start.elapsed()
-            })
-        };
-    g.bench_function("pipe", |b| fd_roundtrip(b, KIND_PIPE, &p2c_w, &c2p_r, 1));
-    g.bench_function("eventfd", |b| {
-        fd_roundtrip(b, KIND_EVENTFD, &ev_p2c, &ev_c2p, 8)
-    });
-    g.bench_function("unix_datagram", |b| {
-        b.iter_custom(|iters| {
-            w.command(KIND_DGRAM, iters);
+impl RoundTrips {
+    fn new() -> RoundTrips {
+        let mut w = Workers::new("rt");
+        let (p2c_r, p2c_w) = rustix::pipe::pipe().unwrap();
+        let (c2p_r, c2p_w) = rustix::pipe::pipe().unwrap();
+        let ev_p2c = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
+        let ev_c2p = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
+        let (dg_parent, dg_child) = UnixDatagram::pair().unwrap();
+        for fd in [&p2c_r, &c2p_w, &ev_p2c, &ev_c2p] {
+            inheritable(fd);
+        }
+        inheritable(&dg_child);
+        let fds = [
+            p2c_r.as_raw_fd(),
+            c2p_w.as_raw_fd(),
+            ev_p2c.as_raw_fd(),
+            ev_c2p.as_raw_fd(),
+            dg_child.as_raw_fd(),
+        ];
+        w.spawn("pong", 0, 1, &fds);
+        // The child has its copies; p2c_r, c2p_w and dg_child close here.
+        RoundTrips {
+            w,
+            p2c_w,
+            c2p_r,
+            ev_p2c,
+            ev_c2p,
+            dg_parent,
+        }
+    }
+
+    /// `iters` round trips of `kind`; the time they took.
+    fn run(&self, kind: u64, iters: u64) -> Duration {
+        let ctl = self.w.ctl();
+        self.w.command(kind, iters);
+        let msg = 1u64.to_ne_bytes();
+        let mut buf = [0u8; 8];
+        let fd_pair = |tx: &OwnedFd, rx: &OwnedFd, len: usize| {
             let mut buf = [0u8; 8];
             let start = Instant::now();
             for _ in 0..iters {
-                dg_parent.send(&[1]).unwrap();
-                dg_parent.recv(&mut buf).unwrap();
+                rustix::io::write(tx, &msg[..len]).unwrap();
+                rustix::io::read(rx, &mut buf[..len]).unwrap();
             }
             start.elapsed()
-        })
-    });
+        };
+        match kind {
+            KIND_EVENT => {
+                let base = ctl.ball.load(Ordering::Acquire);
+                let start = Instant::now();
+                for i in 0..iters {
+                    let odd = base + 2 * i + 1;
+                    ctl.ball.store(odd, Ordering::Release);
+                    ctl.ping.notify_one();
+                    // No timeout, like the blocking reads of the fd references (a
+                    // timed futex wait arms a kernel timer).
+                    ctl.pong
+                        .wait_until(None, || ctl.ball.load(Ordering::Acquire) > odd);
+                }
+                start.elapsed()
+            }
+            KIND_PIPE => fd_pair(&self.p2c_w, &self.c2p_r, 1),
+            KIND_EVENTFD => fd_pair(&self.ev_p2c, &self.ev_c2p, 8),
+            KIND_DGRAM => {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    self.dg_parent.send(&[1]).unwrap();
+                    self.dg_parent.recv(&mut buf).unwrap();
+                }
+                start.elapsed()
+            }
+            k => panic!("unknown round trip {k}"),
+        }
+    }
+}
+
+const ROUNDTRIPS: [(&str, u64); 4] = [
+    ("shm_event", KIND_EVENT),
+    ("pipe", KIND_PIPE),
+    ("eventfd", KIND_EVENTFD),
+    ("unix_datagram", KIND_DGRAM),
+];
+
+fn bench_roundtrip(c: &mut Criterion, rt: &RoundTrips) {
+    let mut g = c.benchmark_group("roundtrip");
+    g.warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(3));
+    for (name, kind) in ROUNDTRIPS {
+        g.bench_function(name, |b| b.iter_custom(|iters| rt.run(kind, iters)));
+    }
     g.finish();
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Paired runs: the candidates take turns in short batches, so a change of load on
+/// the machine (other processes come and go) hits all of them alike; prints the
+/// median time of each and the median of the per-round ratios to the reference.
+fn paired(what: &str, rounds: usize, names: &[&str], mut run: impl FnMut(usize) -> f64) {
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for _ in 0..rounds {
+        for (k, t) in times.iter_mut().enumerate() {
+            t.push(run(k));
+        }
+    }
+    let reference = names.len() - 1;
+    println!("paired {what}, {rounds} interleaved rounds (median per item; ratio = median of per-round ratios to {}):", names[reference]);
+    for k in 0..names.len() {
+        let mut ratios: Vec<f64> = (0..rounds)
+            .map(|r| times[k][r] / times[reference][r])
+            .collect();
+        let mut t = times[k].clone();
+        println!(
+            "  {:<22} {:>10.1} ns   ratio {:.3}",
+            names[k],
+            median(&mut t),
+            median(&mut ratios)
+        );
+    }
 }
 
 /// The pong side: one command at a time, `iters` round trips of the command's kind.
@@ -239,7 +302,7 @@ fn pong() {
             KIND_EVENT => {
                 for _ in 0..iters {
                     let mut odd = 0;
-                    wait(&ctl.ping, "ping", || {
+                    ctl.ping.wait_until(None, || {
                         odd = ctl.ball.load(Ordering::Acquire);
                         odd % 2 == 1
                     });
@@ -283,11 +346,10 @@ fn run_tokens(w: &Workers, kind: u64, iters: u64) -> Duration {
     start.elapsed()
 }
 
-fn bench_channel(c: &mut Criterion) {
-    let mut g = c.benchmark_group("channel");
-    g.throughput(Throughput::Elements(1));
-    g.warm_up_time(Duration::from_millis(500));
-    g.measurement_time(Duration::from_secs(3));
+/// Worker groups for the token benchmarks: channel 1->1, channel 4->4, and the
+/// stream socket 1->1 (idle groups sleep, costing the running one nothing).
+fn token_workers() -> Vec<(String, Workers, u64)> {
+    let mut groups = Vec::new();
     for (np, nc) in [(1usize, 1usize), (4, 4)] {
         let mut w = Workers::new(&format!("ch{np}{nc}"));
         let _: &Chan = w.alloc.root("chan").unwrap();
@@ -297,9 +359,7 @@ fn bench_channel(c: &mut Criterion) {
         for i in 0..np {
             w.spawn("producer", i, np, &[]);
         }
-        g.bench_function(format!("shm_channel_{np}to{nc}"), |b| {
-            b.iter_custom(|iters| run_tokens(&w, KIND_CHANNEL, iters))
-        });
+        groups.push((format!("shm_channel_{np}to{nc}"), w, KIND_CHANNEL));
     }
     let mut w = Workers::new("stream");
     let (tx, rx) = UnixStream::pair().unwrap();
@@ -308,9 +368,20 @@ fn bench_channel(c: &mut Criterion) {
     w.spawn("stream-consumer", 0, 1, &[rx.as_raw_fd()]);
     w.spawn("stream-producer", 0, 1, &[tx.as_raw_fd()]);
     drop((tx, rx)); // the workers hold the only ends now
-    g.bench_function("unix_stream_1to1", |b| {
-        b.iter_custom(|iters| run_tokens(&w, KIND_STREAM, iters))
-    });
+    groups.push(("unix_stream_1to1".to_owned(), w, KIND_STREAM));
+    groups
+}
+
+fn bench_channel(c: &mut Criterion, groups: &[(String, Workers, u64)]) {
+    let mut g = c.benchmark_group("channel");
+    g.throughput(Throughput::Elements(1));
+    g.warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(3));
+    for (name, w, kind) in groups {
+        g.bench_function(name.as_str(), |b| {
+            b.iter_custom(|iters| run_tokens(w, *kind, iters))
+        });
+    }
     g.finish();
 }
 
@@ -430,7 +501,22 @@ fn main() {
     }
     let mut c = Criterion::default().configure_from_args();
     bench_mutex(&mut c);
-    bench_roundtrip(&mut c);
-    bench_channel(&mut c);
+    let rt = RoundTrips::new();
+    bench_roundtrip(&mut c, &rt);
+    let groups = token_workers();
+    bench_channel(&mut c, &groups);
+    if std::env::args().any(|a| a == "--bench") {
+        // The names end with the reference.
+        let kinds = [KIND_EVENT, KIND_EVENTFD, KIND_DGRAM, KIND_PIPE];
+        let names = ["shm_event", "eventfd", "unix_datagram", "pipe"];
+        paired("round trips", 40, &names, |k| {
+            rt.run(kinds[k], 2_000).as_nanos() as f64 / 2_000.0
+        });
+        let names: Vec<&str> = groups.iter().map(|g| g.0.as_str()).collect();
+        paired("8-byte tokens", 20, &names, |k| {
+            let (_, w, kind) = &groups[k];
+            run_tokens(w, *kind, 100_000).as_nanos() as f64 / 100_000.0
+        });
+    }
     c.final_summary();
 }
