@@ -15,8 +15,14 @@
 //! - `mutex/*`: uncontended lock + unlock (and a counter increment) of a
 //!   [`ShmMutex`] in a segment and of a `std::sync::Mutex`.
 //!
-//! Children are killed if the parent panics; every wait on another process has a
-//! timeout; segments are unlinked by guards.
+//! After the criterion groups (with `--bench`), the same candidates run again in
+//! *paired* rounds: short batches taking turns, so that load from other processes
+//! on the machine hits all of them alike; it prints each median and the median of
+//! the per-round ratios to the reference (pipe; Unix stream socket).
+//!
+//! Children are killed if the parent panics; waits on another process have a
+//! timeout, except the event ping-pong's (untimed, like the fd references' blocking
+//! reads); segments are unlinked by guards.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};

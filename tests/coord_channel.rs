@@ -12,6 +12,9 @@
 //!   every value is accounted for: delivered, lost with a dead process (at most one
 //!   per dead consumer, and the channel's loss counters stay within the kills), or
 //!   still queued (the final consumers drain until `Disconnected`).
+//! - `endpoints_errors_and_handles`, `endpoint_table_limits`: the API in one process
+//!   (try_ variants, Full, timeouts, Disconnected both ways, RelPtr and token values,
+//!   the endpoint table).
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -326,4 +329,81 @@ fn sigkill_producers_and_consumers() {
         stats.lost_in_send,
         stats.lost_in_recv
     );
+}
+
+/// In one process: the try_ variants, Full, timeouts, Disconnected both ways, and
+/// values that are handles (RelPtr, [u64; 2] arena tokens).
+#[test]
+fn endpoints_errors_and_handles() {
+    use shared_allocator::channel::{TryRecvError, TrySendError};
+    let name = ShmName::new("coord-api");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+
+    let ch: &ShmChannel<u64, 2> = a.root("small").unwrap();
+    let rx = ch.receiver().unwrap();
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty)); // no sender yet: not disconnected
+    let tx = ch.sender().unwrap();
+    tx.try_send(1).unwrap();
+    tx.send(2, Some(Duration::from_millis(10))).unwrap();
+    assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
+    let start = Instant::now();
+    assert!(matches!(
+        tx.send(3, Some(Duration::from_millis(100))),
+        Err(SendTimeoutError::Timeout(3))
+    ));
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    assert_eq!(ch.len(), 2);
+    assert_eq!(rx.recv(None), Ok(1));
+    assert_eq!(rx.try_recv(), Ok(2));
+    let start = Instant::now();
+    assert_eq!(
+        rx.recv(Some(Duration::from_millis(100))),
+        Err(RecvTimeoutError::Timeout)
+    );
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    tx.send(4, None).unwrap();
+    drop(tx); // the last sender: queued values still arrive, then Disconnected
+    assert_eq!(rx.recv(None), Ok(4));
+    assert_eq!(rx.recv(None), Err(RecvTimeoutError::Disconnected));
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    let tx = ch.sender().unwrap(); // a new sender reconnects
+    drop(rx);
+    assert!(matches!(
+        tx.send(5, None),
+        Err(SendTimeoutError::Disconnected(5))
+    ));
+    assert!(matches!(tx.try_send(6), Err(TrySendError::Disconnected(6))));
+
+    // Handles travel as values; ownership moves with them.
+    let boxed = ShmBox::new_in(&a, 42u64).unwrap();
+    let ptrs: &ShmChannel<RelPtr<u64>, 4> = a.root("ptrs").unwrap();
+    let (ptx, prx) = (ptrs.sender().unwrap(), ptrs.receiver().unwrap());
+    ptx.send(boxed.rel_ptr(), None).unwrap();
+    assert_eq!(*prx.recv(None).unwrap().get(&a).unwrap(), 42);
+    let tokens: &ShmChannel<[u64; 2], 4> = a.root("tokens").unwrap();
+    let (ttx, trx) = (tokens.sender().unwrap(), tokens.receiver().unwrap());
+    ttx.send([7, 8], None).unwrap();
+    assert_eq!(trx.recv(None), Ok([7, 8]));
+    let stats = ch.stats();
+    assert_eq!(
+        (stats.capacity, stats.lost_in_send, stats.lost_in_recv),
+        (2, 0, 0)
+    );
+}
+
+/// Every endpoint entry can be taken, and a dropped endpoint's entry is reused.
+#[test]
+fn endpoint_table_limits() {
+    use shared_allocator::channel::{EndpointError, MAX_ENDPOINTS};
+    let name = ShmName::new("coord-eps");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let ch: &ShmChannel<u64, 4> = a.root("ch").unwrap();
+    let mut held: Vec<_> = (0..MAX_ENDPOINTS).map(|_| ch.sender().unwrap()).collect();
+    assert_eq!(
+        ch.receiver().unwrap_err(),
+        EndpointError::TooManyEndpoints { max: MAX_ENDPOINTS }
+    );
+    held.pop();
+    let _rx = ch.receiver().unwrap();
+    assert_eq!(ch.stats().senders as usize, MAX_ENDPOINTS - 1);
 }
