@@ -26,7 +26,7 @@ use shared_allocator::prelude::*;
 
 type Chan = ShmChannel<u64, 512>;
 
-/// Bits of the delivery map: 64 streams x 2^16 values (kill test), or 4 x 2^20.
+/// Bits of the delivery map: 256 streams x 2^14 values (kill test), or 4 x 2^20.
 const MAP_WORDS: usize = 1 << 16;
 type Map = [AtomicU64; MAP_WORDS];
 
@@ -40,7 +40,7 @@ struct Control {
     /// Raised by the parent: producers stop sending.
     stop: AtomicU64,
     /// Per stream: values sent successfully (the next value is `sent`).
-    sent: [AtomicU64; 64],
+    sent: [AtomicU64; 256],
     duplicates: AtomicU64,
     out_of_order: AtomicU64,
     received: AtomicU64,
@@ -78,13 +78,13 @@ fn consumer(bits_per_stream: u32) {
     let map = map_at(&a, ctl.map.load(Ordering::Acquire));
     let chan: &Chan = a.root("chan").unwrap();
     let rx = chan.receiver().unwrap();
-    let mut last = vec![None::<u64>; 64];
+    let mut last = vec![None::<u64>; 256];
     let mut n = 0u64;
     loop {
         match rx.recv(Some(OP_TIMEOUT)) {
             Ok(v) => {
                 let (stream, seq) = (v >> 40, v & ((1 << 40) - 1));
-                assert!(stream < 64 && seq < 1 << bits_per_stream, "garbage {v:#x}");
+                assert!(stream < 256 && seq < 1 << bits_per_stream, "garbage {v:#x}");
                 let bit = (stream << bits_per_stream) + seq;
                 let old = map[(bit / 64) as usize].fetch_or(1 << (bit % 64), Ordering::AcqRel);
                 if old & (1 << (bit % 64)) != 0 {
@@ -196,11 +196,13 @@ fn delivery_4x4() {
 fn sigkill_producers_and_consumers() {
     const PRODUCERS: usize = 4;
     const CONSUMERS: usize = 4;
-    const STREAMS: u64 = 64;
-    const PER_STREAM: u64 = 1 << 16;
+    const STREAMS: u64 = 256;
+    const PER_STREAM: u64 = 1 << 14;
+    /// A victim has been running at least this long: past start-up, mid-operation.
+    const MIN_AGE: Duration = Duration::from_millis(20);
     let kills = env_u64("SA_COORD_KILLS", 60);
     match role().as_deref() {
-        Some("consumer") => return consumer(16),
+        Some("consumer") => return consumer(14),
         Some("producer") => return producer(),
         _ => {}
     }
@@ -226,10 +228,18 @@ fn sigkill_producers_and_consumers() {
     };
     let spawn_consumer =
         || KillOnDrop::new(spawn_child(entry, "consumer", &[("SA_SEG", seg.clone())]));
-    let mut producers: Vec<KillOnDrop> = (0..PRODUCERS)
-        .map(|_| spawn_producer(&mut next_stream))
+    let mut producers: Vec<(KillOnDrop, Instant)> = (0..PRODUCERS)
+        .map(|_| (spawn_producer(&mut next_stream), Instant::now()))
         .collect();
-    let mut consumers: Vec<KillOnDrop> = (0..CONSUMERS).map(|_| spawn_consumer()).collect();
+    let mut consumers: Vec<(KillOnDrop, Instant)> = (0..CONSUMERS)
+        .map(|_| (spawn_consumer(), Instant::now()))
+        .collect();
+    // The parent keeps one endpoint of each side registered while workers come and
+    // go, so nobody sees a transient "every sender (receiver) is gone" between a
+    // death and its replacement; dropping `keep_tx` at the end lets the final
+    // consumers drain and see Disconnected.
+    let keep_tx = chan.sender().unwrap();
+    let keep_rx = chan.receiver().unwrap();
     let mut rng = Rng::new(env_u64("SA_COORD_SEED", 0x5eed));
     let (mut killed_p, mut killed_c) = (0u64, 0u64);
     let start = Instant::now();
@@ -237,6 +247,21 @@ fn sigkill_producers_and_consumers() {
         assert!(start.elapsed() < WATCHDOG, "kill loop watchdog");
         // Let them work (and block, and wake) for a moment, then kill one mid-operation.
         std::thread::sleep(Duration::from_millis(5 + rng.below(25)));
+        // Producers that finished their stream get a new one; nobody else may exit.
+        for (p, born) in producers.iter_mut() {
+            if let Some(status) = p.child().try_wait().unwrap() {
+                assert!(status.success(), "a producer failed on its own: {status}");
+                if next_stream < STREAMS {
+                    *p = spawn_producer(&mut next_stream);
+                    *born = Instant::now();
+                }
+            }
+        }
+        for (c, _) in consumers.iter_mut() {
+            if let Some(status) = c.child().try_wait().unwrap() {
+                panic!("a consumer exited on its own during the kill phase: {status}");
+            }
+        }
         let kill_producer = rng.below(2) == 0 && next_stream < STREAMS;
         let victims = if kill_producer {
             &mut producers
@@ -244,32 +269,29 @@ fn sigkill_producers_and_consumers() {
             &mut consumers
         };
         let i = rng.below(victims.len() as u64) as usize;
-        let c = victims[i].child();
-        if let Some(status) = c.try_wait().unwrap() {
-            // A producer that finished its stream: replace it, no kill.
-            assert!(status.success(), "a worker failed on its own: {status}");
-        } else {
-            c.kill().unwrap();
-            c.wait().unwrap(); // reaped: its owner identity is dead from now on
-            if kill_producer {
-                killed_p += 1;
-            } else {
-                killed_c += 1;
-            }
+        let (victim, born) = &mut victims[i];
+        if born.elapsed() < MIN_AGE || victim.child().try_wait().unwrap().is_some() {
+            continue; // still starting up, or a finished producer: not mid-operation
         }
-        let _ = victims[i].take().wait(); // already reaped above: returns at once
-        victims[i] = if kill_producer {
-            spawn_producer(&mut next_stream)
+        victim.child().kill().unwrap();
+        victim.child().wait().unwrap(); // reaped: its owner identity is dead from now on
+        if kill_producer {
+            killed_p += 1;
+            *victim = spawn_producer(&mut next_stream);
         } else {
-            spawn_consumer()
-        };
+            killed_c += 1;
+            *victim = spawn_consumer();
+        }
+        *born = Instant::now();
     }
     // Stop: producers finish, then consumers drain and see Disconnected.
     ctl.stop.store(1, Ordering::Release);
-    let mut all: Vec<_> = producers.iter_mut().map(KillOnDrop::take).collect();
-    all.extend(consumers.iter_mut().map(KillOnDrop::take));
+    drop(keep_tx);
+    let mut all: Vec<_> = producers.iter_mut().map(|(p, _)| p.take()).collect();
+    all.extend(consumers.iter_mut().map(|(c, _)| c.take()));
     let outs = finish_all(all, WATCHDOG, "survivor");
     assert_eq!(outs.len(), PRODUCERS + CONSUMERS);
+    drop(keep_rx);
 
     let stats = chan.stats();
     assert_eq!(stats.queued, 0, "the final consumers drained the channel");
@@ -296,7 +318,7 @@ fn sigkill_producers_and_consumers() {
     // just before the kill, the count not yet raised); nothing beyond it exists.
     let map = map_at(&a, ctl.map.load(Ordering::Relaxed));
     let bit = |s: u64, q: u64| {
-        let b = (s << 16) + q;
+        let b = (s << 14) + q;
         map[(b / 64) as usize].load(Ordering::Relaxed) & (1 << (b % 64)) != 0
     };
     let (mut missing, mut delivered, mut sent_total, mut unacked) = (0u64, 0u64, 0u64, 0u64);
