@@ -6,6 +6,12 @@
 //! Two segments: the bump arena for batch data, and a small free-list segment for the
 //! control block (a named root), which must survive the arena's resets.
 //!
+//! Nobody spins: workers sleep on a `ShmEvent` until a batch is published, the
+//! coordinator sleeps on another until every worker acknowledged it. Before the
+//! first batch the coordinator pauses, so the workers sit idle; each worker measures
+//! the CPU time it used while blocked, and the program prints it with the children's
+//! totals from `getrusage(RUSAGE_CHILDREN)`: blocking, not polling, costs ~nothing.
+//!
 //! ```text
 //! cargo run --release --example arena_pipeline
 //! ```
@@ -16,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use shared_allocator::prelude::*;
 use shared_allocator::segment::UnlinkGuard;
+use shared_allocator::sync::ShmEvent;
 
 #[derive(ShmSafe, Clone, Copy)]
 #[repr(C)]
@@ -36,6 +43,10 @@ struct Control {
     acks: AtomicU64,  // batches read, summed over workers
     stale: AtomicU64, // old handles found Stale, summed over workers
     done: AtomicU64,
+    published: ShmEvent,     // notified with each new batch (and at the end)
+    acked: ShmEvent,         // notified with each acknowledgement
+    idle_wall_us: AtomicU64, // time workers spent blocked, summed
+    idle_cpu_us: AtomicU64,  // CPU time they used while blocked, summed
 }
 
 const WORKERS: usize = 3;
@@ -43,15 +54,34 @@ const BATCHES: u64 = 50;
 const RECORDS: usize = 10_000;
 const WATCHDOG: Duration = Duration::from_secs(60);
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > WATCHDOG {
-            return Err(format!("watchdog: {what}"));
-        }
-        std::thread::yield_now();
+/// Blocks on `event` until `cond()` holds (a notification between the check and the
+/// sleep is never missed), failing after the watchdog's time.
+fn wait_until(event: &ShmEvent, what: &str, cond: impl FnMut() -> bool) -> Result<(), String> {
+    if event.wait_until(Some(WATCHDOG), cond) {
+        Ok(())
+    } else {
+        Err(format!("watchdog: {what}"))
     }
-    Ok(())
+}
+
+/// CPU time (user + system) this process has used.
+fn cpu_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// CPU time (user + system) of the children this process has waited for.
+fn children_cpu() -> Duration {
+    use nix::libc;
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY:
+    // - `ru` is a valid, writable `rusage` for the call to fill;
+    // - RUSAGE_CHILDREN is a valid `who`, so the call cannot fail with EINVAL.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    assert_eq!(rc, 0, "getrusage");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -69,6 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _cleanup = (UnlinkGuard::new(&data), UnlinkGuard::new(&ctl));
     let control: &Control = control_seg.root("control")?;
 
+    let children_cpu_before = children_cpu(); // a baseline: only our workers count
     let mut kids = Vec::new();
     for _ in 0..WORKERS {
         kids.push(
@@ -78,6 +109,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
+    // The workers are up and blocked: let them sit idle for a moment.
+    std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
     let mut arena = bump.arena();
     for k in 1..=BATCHES {
@@ -94,18 +127,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         control.epoch.store(h.epoch(), Ordering::Relaxed);
         control.len.store(h.len() as u64, Ordering::Relaxed);
         control.seq.store(k, Ordering::Release);
+        control.published.notify_all();
         // Protocol: reset only once every worker has finished reading this batch.
-        wait_until("workers did not acknowledge a batch", || {
-            control.acks.load(Ordering::Acquire) >= k * WORKERS as u64
-        })?;
+        wait_until(
+            &control.acked,
+            "workers did not acknowledge a batch",
+            || control.acks.load(Ordering::Acquire) >= k * WORKERS as u64,
+        )?;
     }
     control.done.store(1, Ordering::Release);
+    control.published.notify_all();
     let elapsed = start.elapsed();
 
     for mut kid in kids {
-        wait_until("worker did not exit", || {
-            matches!(kid.try_wait(), Ok(Some(_)))
-        })?;
+        // Workers give up on their own after the watchdog time, so this ends.
         if !kid.wait()?.success() {
             return Err("a worker failed".into());
         }
@@ -121,6 +156,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         control.stale.load(Ordering::Relaxed),
         (BATCHES - 1) * WORKERS as u64
     );
+    let idle_wall = Duration::from_micros(control.idle_wall_us.load(Ordering::Relaxed));
+    let idle_cpu = Duration::from_micros(control.idle_cpu_us.load(Ordering::Relaxed));
+    println!(
+        "idle workers: blocked {:.1} ms in total waiting for batches, using {:.3} ms of CPU meanwhile ({:.2}%)",
+        idle_wall.as_secs_f64() * 1e3,
+        idle_cpu.as_secs_f64() * 1e3,
+        100.0 * idle_cpu.as_secs_f64() / idle_wall.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "all workers (getrusage RUSAGE_CHILDREN): {:.1} ms of CPU in total, reading included",
+        children_cpu()
+            .saturating_sub(children_cpu_before)
+            .as_secs_f64()
+            * 1e3
+    );
     Ok(())
 }
 
@@ -130,10 +180,14 @@ fn worker(data: &str, ctl: &str) -> Result<(), Box<dyn std::error::Error>> {
     let control: &Control = control_seg.root("control")?;
     let mut seen = 0;
     let mut previous: Option<ArenaPtr<Record>> = None;
+    let (mut idle_wall, mut idle_cpu) = (Duration::ZERO, Duration::ZERO);
     loop {
-        wait_until("no new batch", || {
+        let (wall0, cpu0) = (Instant::now(), cpu_now());
+        wait_until(&control.published, "no new batch", || {
             control.seq.load(Ordering::Acquire) > seen || control.done.load(Ordering::Acquire) == 1
         })?;
+        idle_wall += wall0.elapsed();
+        idle_cpu += cpu_now().saturating_sub(cpu0);
         let k = control.seq.load(Ordering::Acquire);
         if k == seen {
             break; // done
@@ -164,6 +218,13 @@ fn worker(data: &str, ctl: &str) -> Result<(), Box<dyn std::error::Error>> {
         previous = Some(h);
         seen = k;
         control.acks.fetch_add(1, Ordering::AcqRel);
+        control.acked.notify_all();
     }
+    control
+        .idle_wall_us
+        .fetch_add(idle_wall.as_micros() as u64, Ordering::Relaxed);
+    control
+        .idle_cpu_us
+        .fetch_add(idle_cpu.as_micros() as u64, Ordering::Relaxed);
     Ok(())
 }

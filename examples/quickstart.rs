@@ -1,28 +1,46 @@
 //! The first thing to run: one parent, three child processes, one shared allocator.
 //!
-//! The parent creates a free-list allocator in a named segment and writes a
-//! greeting into it. Each child (this same program, re-executed with `child`)
-//! opens the segment by name, reads the greeting through the offset it was given
-//! on its command line, allocates a block of its own, writes a reply into it and
-//! prints the reply's offset. The parent reads every reply through those offsets,
-//! frees everything, and removes the segment.
+//! The parent creates a free-list allocator in a named segment, writes a greeting
+//! into it, and hands the greeting's offset to each child through a [`ShmChannel`]
+//! (a named root in the same segment). Each child (this same program, re-executed
+//! with `child`) opens the segment by name, takes the offset from the channel, reads
+//! the greeting, allocates a block of its own, writes a reply into it and sends the
+//! reply's offset and length back through a second channel, and waits (on a
+//! [`ShmEvent`]) until the parent has every reply. The parent reads
+//! every reply through those offsets, frees everything, and removes the segment.
+//! Nobody polls: receivers sleep on a futex until a message arrives.
 //!
 //! ```text
 //! cargo run --release --example quickstart
 //! ```
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use shared_allocator::prelude::*;
 use shared_allocator::segment::UnlinkGuard;
 
 const CHILDREN: usize = 3;
+/// Offsets of greetings, parent to children.
+type Greetings = ShmChannel<u64, 8>;
+/// `[offset, length]` of replies, children to parent.
+type Replies = ShmChannel<[u64; 2], 8>;
+/// "Every reply is in": the children may exit.
+#[derive(ShmSafe)]
+#[repr(C)]
+struct Bye {
+    done: AtomicU64,
+    event: ShmEvent,
+}
+/// Nobody waits for another process longer than this.
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("child") {
-        return child(&args[2], args[3].parse()?, Offset::new(args[4].parse()?));
+        return child(&args[2], args[3].parse()?);
     }
 
     let name = format!("quickstart-{}", std::process::id());
@@ -32,6 +50,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "parent {}: created segment /{name} (1 MiB free list)",
         std::process::id()
     );
+    let greetings = alloc.root::<Greetings>("greetings")?.sender()?;
+    let replies = alloc.root::<Replies>("replies")?.receiver()?;
 
     let greeting = b"hello from the parent";
     let hello = alloc.allocate(greeting.len())?;
@@ -39,31 +59,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut kids = Vec::new();
     for i in 0..CHILDREN {
-        let child = Command::new(std::env::current_exe()?)
-            .args(["child", &name, &i.to_string(), &hello.get().to_string()])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        kids.push(child);
+        kids.push(
+            Command::new(std::env::current_exe()?)
+                .args(["child", &name, &i.to_string()])
+                .spawn()?,
+        );
+    }
+    for _ in 0..CHILDREN {
+        greetings.send(hello.get(), Some(TIMEOUT))?; // one offset per child
     }
 
-    let mut replies = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..CHILDREN {
+        let [off, len] = replies.recv(Some(TIMEOUT))?; // sleeps until a child replies
+        got.push((Offset::new(off), len as usize));
+    }
+    let bye: &Bye = alloc.root("bye")?;
+    bye.done.store(1, Ordering::Release);
+    bye.event.notify_all(); // every child may go now
     for mut kid in kids {
         // Watchdog: a child that hangs is killed rather than waited for forever.
         let start = Instant::now();
         while kid.try_wait()?.is_none() {
-            if start.elapsed() > Duration::from_secs(10) {
+            if start.elapsed() > TIMEOUT {
                 kid.kill()?;
                 return Err("child did not finish within 10 s".into());
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let out = kid.wait_with_output()?;
-        let line = String::from_utf8(out.stdout)?;
-        let (off, len) = line.trim().split_once(' ').ok_or("bad child output")?;
-        replies.push((Offset::new(off.parse()?), len.parse::<usize>()?));
+        if !kid.wait()?.success() {
+            return Err("a child failed".into());
+        }
     }
 
-    for (off, len) in &replies {
+    got.sort(); // the children answer in any order
+    for (off, len) in &got {
         let text = alloc.read(*off, *len)?;
         println!(
             "parent read at offset {off}: {}",
@@ -74,7 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     alloc.free(hello)?;
     let stats = alloc.stats();
     println!(
-        "after freeing: {} live blocks, {} bytes free of {}",
+        "after freeing: {} live blocks (the three named roots), {} bytes free of {}",
         stats.live_blocks.unwrap_or(0),
         stats.free_bytes,
         stats.capacity
@@ -84,8 +114,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn child(name: &str, id: usize, hello: Offset) -> Result<(), Box<dyn std::error::Error>> {
+fn child(name: &str, id: usize) -> Result<(), Box<dyn std::error::Error>> {
     let alloc = FreeListAllocator::open(name)?;
+    let greetings = alloc.root::<Greetings>("greetings")?.receiver()?;
+    let replies = alloc.root::<Replies>("replies")?.sender()?;
+    let hello = Offset::new(greetings.recv(Some(TIMEOUT))?);
     let greeting = alloc.read(hello, 21)?;
     let reply = format!(
         "child {id} (pid {}) got {:?}",
@@ -94,6 +127,15 @@ fn child(name: &str, id: usize, hello: Offset) -> Result<(), Box<dyn std::error:
     );
     let off = alloc.allocate(reply.len())?;
     alloc.write(off, reply.as_bytes())?;
-    println!("{} {}", off.get(), reply.len());
+    replies.send([off.get(), reply.len() as u64], Some(TIMEOUT))?;
+    // Stay registered until the parent has every reply: were every sender gone in
+    // between, the parent's receiver would rightly report `Disconnected`.
+    let bye: &Bye = alloc.root("bye")?;
+    if !bye
+        .event
+        .wait_until(Some(TIMEOUT), || bye.done.load(Ordering::Acquire) == 1)
+    {
+        return Err("the parent never said goodbye".into());
+    }
     Ok(())
 }

@@ -22,6 +22,7 @@ pub(crate) use fail_point;
 pub mod alloc;
 #[cfg(feature = "rkyv")]
 pub mod archive;
+pub mod channel;
 pub mod error;
 pub mod process;
 pub mod segment;
@@ -49,8 +50,10 @@ pub use archive::{
     ArchiveError, ArchiveToken, ArenaArchive, ArenaArchiveReader, ArenaArchiveToken, ShmArchivable,
     ShmArchive,
 };
+pub use channel::ShmChannel;
 pub use error::{AccessError, AllocError, Error, FreeError, SegmentError, TokenError};
 pub use segment::{unlink, CreateOptions, OpenOptions, UnlinkGuard};
+pub use sync::{OwnerDied, ShmCondvar, ShmEvent, ShmMutex};
 pub use typed::{
     Arena, ArenaBox, ArenaPtr, ArenaRef, BoxToken, RelPtr, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
     ShmVecHeader, ShmVecReader, TokenSlot, VecToken,
@@ -69,7 +72,9 @@ pub mod prelude {
     pub use crate::archive::{
         ArchiveToken, ArenaArchive, ArenaArchiveReader, ArenaArchiveToken, ShmArchive,
     };
+    pub use crate::channel::ShmChannel;
     pub use crate::error::Error;
+    pub use crate::sync::{ShmCondvar, ShmEvent, ShmMutex};
     pub use crate::typed::{
         Arena, ArenaBox, ArenaPtr, BoxToken, RelPtr, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
         ShmVecReader, TokenSlot, VecToken,

@@ -1,0 +1,394 @@
+//! Coordination across real processes: events, the robust mutex, the condvar.
+//!
+//! Every child is this test binary re-executed with a role (see `common`), under a
+//! watchdog; every segment has a unique name and is unlinked by a guard.
+//!
+//! - `event_ping_pong_no_lost_wakeups`: two processes bounce a counter through two
+//!   events many thousand times; every wait has a generous timeout, so a lost
+//!   wake-up shows as a timeout, not as a slow test.
+//! - `event_notify_all_wakes_every_process`: three waiting processes, generations
+//!   published with `notify_all`.
+//! - `condvar_ping_pong_across_processes`: the same bouncing through a mutex and a
+//!   condvar.
+//! - `mutex_excludes_across_processes`: a two-word invariant under the lock.
+//! - `mutex_holder_killed_*`: the holder is SIGKILLed while holding the lock; a
+//!   process asleep in `lock()` and a later `try_lock` both get `OwnerDied`.
+//! - `mutex_holder_killed_in_other_pid_namespace`: the holder runs under
+//!   `unshare --pid --fork`. Ignored while `sync/owner.rs` is pid-based (pids mean
+//!   nothing across namespaces); run it with `--ignored` once the registry is in.
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{env_req, env_u64, finish_all, results, role, say, spawn_child, KillOnDrop, ShmName};
+use shared_allocator::prelude::*;
+use shared_allocator::sync::{ShmCondvar, ShmEvent, ShmMutex, TryLockError, WaitOutcome};
+
+/// A wait that takes this long means a lost wake-up (nothing here is that slow).
+const GENEROUS: Duration = Duration::from_secs(10);
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+#[derive(ShmSafe)]
+#[repr(C)]
+struct PingPong {
+    ping: ShmEvent,
+    pong: ShmEvent,
+    ball: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+fn open(name: &str) -> FreeListAllocator {
+    FreeListAllocator::open(name).expect("child opens the segment")
+}
+
+/// Waits until `word` is at least `at_least`, asserting progress within GENEROUS.
+fn await_value(ev: &ShmEvent, word: &AtomicU64, at_least: u64, who: &str) {
+    if !ev.wait_until(Some(GENEROUS), || word.load(Ordering::Acquire) >= at_least) {
+        panic!(
+            "{who}: no wake-up for {at_least} within {GENEROUS:?} (value {}): a lost wake-up",
+            word.load(Ordering::Acquire)
+        );
+    }
+}
+
+#[test]
+fn event_ping_pong_no_lost_wakeups() {
+    let rounds = env_u64("SA_COORD_PINGPONG", 20_000);
+    if role().as_deref() == Some("pong") {
+        let a = open(&env_req("SA_SEG"));
+        let pp: &PingPong = a.root("pp").unwrap();
+        for i in 0..rounds {
+            // Odd values are the ping's, even ones the pong's.
+            await_value(&pp.ping, &pp.ball, 2 * i + 1, "pong");
+            pp.ball.store(2 * i + 2, Ordering::Release);
+            pp.pong.notify_one();
+        }
+        say("pong done");
+        return;
+    }
+    let name = ShmName::new("coord-pp");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let pp: &PingPong = a.root("pp").unwrap();
+    let child = spawn_child(
+        "event_ping_pong_no_lost_wakeups",
+        "pong",
+        &[("SA_SEG", name.as_str().to_owned())],
+    );
+    let mut guard = KillOnDrop::new(child);
+    let start = Instant::now();
+    for i in 0..rounds {
+        pp.ball.store(2 * i + 1, Ordering::Release);
+        pp.ping.notify_one();
+        await_value(&pp.pong, &pp.ball, 2 * i + 2, "ping");
+    }
+    let per = start.elapsed() / rounds as u32;
+    let out = results(guard.take(), WATCHDOG, "pong");
+    assert_eq!(out, ["pong done"]);
+    eprintln!("{rounds} round trips, {per:?} each");
+}
+
+#[derive(ShmSafe)]
+#[repr(C)]
+struct Generations {
+    changed: ShmEvent,
+    generation: AtomicU64,
+    seen: AtomicU64,
+    seen_changed: ShmEvent,
+}
+
+#[test]
+fn event_notify_all_wakes_every_process() {
+    const WAITERS: u64 = 3;
+    let gens = env_u64("SA_COORD_GENERATIONS", 300);
+    if role().as_deref() == Some("gen-waiter") {
+        let a = open(&env_req("SA_SEG"));
+        let g: &Generations = a.root("gen").unwrap();
+        for k in 1..=gens {
+            await_value(&g.changed, &g.generation, k, "gen-waiter");
+            g.seen.fetch_add(1, Ordering::AcqRel);
+            g.seen_changed.notify_all();
+        }
+        say("waiter done");
+        return;
+    }
+    let name = ShmName::new("coord-gen");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let g: &Generations = a.root("gen").unwrap();
+    let kids: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            spawn_child(
+                "event_notify_all_wakes_every_process",
+                "gen-waiter",
+                &[("SA_SEG", name.as_str().to_owned())],
+            )
+        })
+        .collect();
+    for k in 1..=gens {
+        g.generation.store(k, Ordering::Release);
+        g.changed.notify_all();
+        // Every waiter acknowledges generation k before k + 1 is published.
+        await_value(&g.seen_changed, &g.seen, k * WAITERS, "publisher");
+    }
+    for out in finish_all(kids, WATCHDOG, "gen-waiter") {
+        assert!(out.iter().any(|l| l == "@@ waiter done"), "{out:?}");
+    }
+}
+
+#[derive(ShmSafe)]
+#[repr(C)]
+struct Shared {
+    lock: ShmMutex<[u64; 2]>,
+    changed: ShmCondvar,
+}
+
+#[test]
+fn condvar_ping_pong_across_processes() {
+    let rounds = env_u64("SA_COORD_CONDVAR", 5_000);
+    let bounce = |s: &Shared, parity: u64, who: &str| {
+        for i in 0..rounds {
+            let want = 2 * i + parity;
+            let g = s.lock.lock().expect("nobody died");
+            let (g, outcome) = s.changed.wait_timeout_while(g, GENEROUS, |v| v[0] != want);
+            assert_eq!(
+                outcome,
+                WaitOutcome::Notified,
+                "{who}: no wake-up for {want}: a lost wake-up"
+            );
+            let mut g = g.expect("nobody died");
+            g[0] += 1;
+            g[1] += 1;
+            drop(g);
+            s.changed.notify_all();
+        }
+    };
+    if role().as_deref() == Some("cv") {
+        let a = open(&env_req("SA_SEG"));
+        bounce(a.root("shared").unwrap(), 1, "child");
+        say("cv done");
+        return;
+    }
+    let name = ShmName::new("coord-cv");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let s: &Shared = a.root("shared").unwrap();
+    let child = spawn_child(
+        "condvar_ping_pong_across_processes",
+        "cv",
+        &[("SA_SEG", name.as_str().to_owned())],
+    );
+    let mut guard = KillOnDrop::new(child);
+    bounce(s, 0, "parent");
+    assert_eq!(results(guard.take(), WATCHDOG, "cv child"), ["cv done"]);
+    let g = s.lock.lock().unwrap();
+    assert_eq!(*g, [2 * rounds, 2 * rounds]);
+}
+
+#[test]
+fn mutex_excludes_across_processes() {
+    const PROCS: u64 = 3;
+    let iters = env_u64("SA_COORD_MUTEX_ITERS", 20_000);
+    if role().as_deref() == Some("incr") {
+        let a = open(&env_req("SA_SEG"));
+        let s: &Shared = a.root("shared").unwrap();
+        for _ in 0..iters {
+            let mut g = s.lock.lock().expect("nobody died");
+            // Two separate, non-atomic steps: another holder would see them differ.
+            let before = g[0];
+            assert_eq!(before, g[1], "invariant broken: two holders at once");
+            g[0] = before + 1;
+            std::hint::black_box(&mut *g);
+            g[1] = before + 1;
+        }
+        say("incr done");
+        return;
+    }
+    let name = ShmName::new("coord-mx");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let s: &Shared = a.root("shared").unwrap();
+    let kids = (0..PROCS)
+        .map(|_| {
+            spawn_child(
+                "mutex_excludes_across_processes",
+                "incr",
+                &[("SA_SEG", name.as_str().to_owned())],
+            )
+        })
+        .collect();
+    finish_all(kids, WATCHDOG, "incr");
+    assert_eq!(*s.lock.lock().unwrap(), [PROCS * iters, PROCS * iters]);
+}
+
+#[derive(ShmSafe)]
+#[repr(C)]
+struct Robust {
+    lock: ShmMutex<[u64; 2]>,
+    holding: AtomicU64,
+    holding_changed: ShmEvent,
+}
+
+/// Child role: lock, half-update, announce, and wait to be killed.
+fn holder(a: &FreeListAllocator) -> ! {
+    let r: &Robust = a.root("robust").unwrap();
+    let mut g = r.lock.lock().expect("first holder");
+    g[0] = 1; // the update is half done: g[1] still 0
+    r.holding.store(1, Ordering::Release);
+    r.holding_changed.notify_all();
+    // Killed by the parent; exit on our own if that never comes.
+    std::thread::sleep(WATCHDOG);
+    std::process::exit(9);
+}
+
+/// Child role: wait until the holder holds, then block in `lock()` and report.
+fn blocked_locker(a: &FreeListAllocator) {
+    let r: &Robust = a.root("robust").unwrap();
+    await_value(&r.holding_changed, &r.holding, 1, "locker");
+    let start = Instant::now();
+    match r.lock.lock() {
+        Err(died) => {
+            let mut g = died.into_inner();
+            say(format!(
+                "owner_died=1 value={}-{} waited_ms={}",
+                g[0],
+                g[1],
+                start.elapsed().as_millis()
+            ));
+            g[1] = g[0]; // repair
+            g.mark_consistent();
+        }
+        Ok(_) => say("owner_died=0"),
+    }
+}
+
+fn wait_holding(r: &Robust) {
+    await_value(&r.holding_changed, &r.holding, 1, "parent");
+}
+
+#[test]
+fn mutex_holder_killed_waiter_gets_owner_died() {
+    match role().as_deref() {
+        Some("holder") => holder(&open(&env_req("SA_SEG"))),
+        Some("locker") => return blocked_locker(&open(&env_req("SA_SEG"))),
+        _ => {}
+    }
+    let name = ShmName::new("coord-od");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let r: &Robust = a.root("robust").unwrap();
+    let env = [("SA_SEG", name.as_str().to_owned())];
+    let entry = "mutex_holder_killed_waiter_gets_owner_died";
+    let mut holder = KillOnDrop::new(spawn_child(entry, "holder", &env));
+    let locker = KillOnDrop::new(spawn_child(entry, "locker", &env)).take();
+    wait_holding(r);
+    // Let the locker reach its futex sleep, then kill the holder mid-update.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(matches!(r.lock.try_lock(), Err(TryLockError::WouldBlock)));
+    holder.child().kill().unwrap();
+    holder.child().wait().unwrap(); // reaped: the holder is gone for good
+    let out = results(locker, WATCHDOG, "locker");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(out[0].starts_with("owner_died=1 value=1-0"), "{out:?}");
+    // Repaired and marked consistent by the locker: clean from now on.
+    let g = r.lock.lock().expect("consistent again");
+    assert_eq!(*g, [1, 1]);
+    assert!(r.lock.is_consistent());
+}
+
+#[test]
+fn mutex_holder_killed_try_lock_and_timeout_get_owner_died() {
+    if role().as_deref() == Some("holder") {
+        holder(&open(&env_req("SA_SEG")));
+    }
+    let name = ShmName::new("coord-od2");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let r: &Robust = a.root("robust").unwrap();
+    let env = [("SA_SEG", name.as_str().to_owned())];
+    let mut holder = KillOnDrop::new(spawn_child(
+        "mutex_holder_killed_try_lock_and_timeout_get_owner_died",
+        "holder",
+        &env,
+    ));
+    wait_holding(r);
+    assert!(matches!(
+        r.lock.lock_timeout(Duration::from_millis(100)),
+        Err(TryLockError::TimedOut)
+    ));
+    holder.child().kill().unwrap();
+    holder.child().wait().unwrap();
+    let g = match r.lock.try_lock() {
+        Err(TryLockError::OwnerDied(died)) => died.into_inner(),
+        other => panic!("expected OwnerDied, got {:?}", other.map(|g| *g)),
+    };
+    assert_eq!(*g, [1, 0]);
+    drop(g); // not marked consistent: the next locker is told too
+    let mut g = match r.lock.lock_timeout(Duration::from_secs(5)) {
+        Err(TryLockError::OwnerDied(died)) => died.into_inner(),
+        other => panic!("expected OwnerDied again, got {:?}", other.map(|g| *g)),
+    };
+    g[1] = 1;
+    g.mark_consistent();
+    drop(g);
+    assert_eq!(*r.lock.lock().expect("consistent"), [1, 1]);
+}
+
+/// The holder runs in a new pid namespace (as pid 1 there). The parent, in the
+/// original namespace, must still learn that it died.
+///
+/// Fails with the provisional pid-based `sync/owner.rs` (it asks `kill(1, 0)` about
+/// the holder's namespace-local pid and finds this namespace's init alive): kept
+/// as the acceptance test for the registry-based owner identity.
+#[test]
+#[ignore = "fails with the provisional pid-based sync/owner.rs; passes once owner.rs uses the process registry"]
+fn mutex_holder_killed_in_other_pid_namespace() {
+    if role().as_deref() == Some("holder") {
+        holder(&open(&env_req("SA_SEG")));
+    }
+    let name = ShmName::new("coord-ns");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let r: &Robust = a.root("robust").unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let unshare = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child=SIGKILL"])
+        .arg(exe)
+        .args([
+            "mutex_holder_killed_in_other_pid_namespace",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--ignored",
+            "-q",
+        ])
+        .env(common::ROLE_VAR, "holder")
+        .env("SA_SEG", name.as_str())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run unshare (util-linux) as root: this test must not be skipped");
+    let mut unshare = KillOnDrop::new(unshare);
+    if !r
+        .holding_changed
+        .wait_until(Some(GENEROUS), || r.holding.load(Ordering::Acquire) == 1)
+    {
+        let status = unshare.child().try_wait().unwrap();
+        panic!("the holder in the new pid namespace never locked (unshare status {status:?})");
+    }
+    // Kill the holder (pid 1 of its namespace) from here, through unshare's child.
+    let upid = unshare.child().id();
+    let kids = std::fs::read_to_string(format!("/proc/{upid}/task/{upid}/children")).unwrap();
+    for pid in kids.split_whitespace() {
+        let pid: i32 = pid.parse().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    unshare.child().wait().unwrap();
+    match r.lock.lock_timeout(Duration::from_secs(5)) {
+        Err(TryLockError::OwnerDied(died)) => assert_eq!(*died.into_inner(), [1, 0]),
+        Err(TryLockError::TimedOut) => panic!(
+            "the holder died in another pid namespace, but the lock still looks held \
+             by a live owner (pid-based owner identity)"
+        ),
+        other => panic!("expected OwnerDied, got {:?}", other.map(|g| *g)),
+    };
+}
