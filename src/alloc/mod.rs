@@ -86,8 +86,12 @@ pub struct Stats {
     /// Bytes handed out, as rounded by the allocator (size classes, pages, slots,
     /// alignment padding).
     pub live_bytes: u64,
-    /// Bytes that later allocations can use.
+    /// Bytes that later allocations can use (including `cached_bytes`).
     pub free_bytes: u64,
+    /// Bytes of free blocks held in the per-handle caches (free-list allocator):
+    /// free for their handle's next allocations, counted in neither `live_bytes`
+    /// nor `live_blocks`.
+    pub cached_bytes: u64,
     /// Per size class (free-list allocator) or the single slot class (slab).
     pub classes: Vec<ClassStats>,
 }

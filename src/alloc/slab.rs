@@ -379,6 +379,7 @@ impl ShmAllocator for SlabAllocator {
     fn stats(&self) -> Stats {
         let live = self.live().min(self.slots);
         Stats {
+            cached_bytes: 0,
             capacity: self.slots * self.slot_size,
             live_blocks: Some(live),
             live_bytes: live * self.slot_size,

@@ -284,7 +284,7 @@ impl Membership {
     /// [`SegmentError::RegistryFull`] when every slot is held by a live handle, or an
     /// OS error from `fcntl`.
     pub fn join(seg: &Segment) -> Result<Joined, SegmentError> {
-        let (slot, gen, found_dead) = take_slot(seg)?;
+        let (slot, gen, found_dead) = take_slot(seg, true)?;
         Ok(Joined {
             membership: Membership {
                 packed: AtomicU64::new(pack(FORK_EPOCH.load(Ordering::Relaxed), gen, slot)),
@@ -318,7 +318,9 @@ impl Membership {
             return Ok((p & 0xFF) as usize);
         }
         crate::fail_point!("registry.fork_rejoin");
-        let (slot, gen, _) = take_slot(seg)?;
+        // Only a free slot: a dead one's leftovers (its caches) need the
+        // allocator's reclaim, which runs through `reclaim_dead`.
+        let (slot, gen, _) = take_slot(seg, false)?;
         self.packed.store(pack(epoch, gen, slot), Ordering::Relaxed);
         Ok(slot)
     }
@@ -395,12 +397,13 @@ impl Drop for IntentGuard<'_> {
 
 /// Takes a slot: the first whose lock this description wins. A slot still marked
 /// live under a lock we won belonged to a dead handle.
-fn take_slot(seg: &Segment) -> Result<(usize, u32, bool), SegmentError> {
+fn take_slot(seg: &Segment, allow_dead: bool) -> Result<(usize, u32, bool), SegmentError> {
     let start = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % SLOTS;
     let mut found_dead = false;
     // Free slots first; a dead holder's slot only when no free one is left (its
     // leftovers are then reclaimed here, by us, its one reclaimer).
-    for k in 0..2 * SLOTS {
+    let rounds = if allow_dead { 2 * SLOTS } else { SLOTS };
+    for k in 0..rounds {
         let i = (start + k) % SLOTS;
         let w = slot_words(seg, i);
         if k < SLOTS && w[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF != STATUS_FREE {
@@ -463,8 +466,13 @@ fn reclaim_intents_into_orphans(seg: &Segment, i: usize) {
 }
 
 /// Finds slots whose holders died, takes each one's lock (becoming its one
-/// reclaimer), parks its intents as orphans, and frees the slot. Returns how many.
-pub(crate) fn reclaim_dead(seg: &Segment, me: Option<usize>) -> usize {
+/// reclaimer), parks its intents as orphans, lets `on_dead` return what the
+/// allocator keeps in the slot (caches), and frees the slot. Returns how many.
+pub(crate) fn reclaim_dead(
+    seg: &Segment,
+    me: Option<usize>,
+    on_dead: &mut dyn FnMut(usize),
+) -> usize {
     let mut n = 0;
     for i in 0..SLOTS {
         if Some(i) == me {
@@ -482,6 +490,7 @@ pub(crate) fn reclaim_dead(seg: &Segment, me: Option<usize>) -> usize {
         let st = w[W_STATUS].load(Ordering::Acquire);
         if st & 0xFFFF_FFFF != STATUS_FREE {
             reclaim_intents_into_orphans(seg, i);
+            on_dead(i);
             crate::fail_point!("registry.reclaim.before_free");
             w[W_STATUS].store(st & !0xFFFF_FFFF, Ordering::Release);
             n += 1;
