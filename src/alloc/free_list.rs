@@ -5,7 +5,9 @@
 //! authority on what the page is (free, a span of small blocks, the head or an
 //! interior page of a large block), and six **block words** `[tag: 16 | bits: 48]`
 //! for spans. Every change of a state word is a compare-and-swap that increments
-//! its generation, so a step that read an old state cannot act on a newer one.
+//! its generation, so a step that read an old state cannot act on a newer one
+//! (one exception: a repair marks a dead creator's span `SPAN_REPAIRED` in place,
+//! keeping its tag; a step that read the unmarked state then fails its CAS).
 //!
 //! Requests up to 2 KiB go to one of [`SIZE_CLASSES`]: a span is one page carved
 //! into equal blocks. Allocating a block is **one** CAS that sets a bit in a block
@@ -110,6 +112,14 @@ fn next(st: u64, kind: u64, class: usize, aux: u64) -> u64 {
 fn run_aux(slot: usize, n: u64) -> u64 {
     ((slot as u64) << 24) | (n & 0xFF_FFFF)
 }
+/// Interior-page `aux`: the low generation bits of its head's state and the
+/// distance to the head. The generation tells this block's interior pages from
+/// those of an earlier block at the same head page (a `free` still walking the
+/// old block's pages must not free the new one's).
+#[inline]
+fn interior_aux(head: u64, d: u64) -> u64 {
+    (((head >> 40) & 0xFF) << 24) | (d & 0xFF_FFFF)
+}
 #[inline]
 fn run_len(st: u64) -> u64 {
     aux(st) & 0xFF_FFFF
@@ -183,6 +193,11 @@ const INTENT_NEW_SPAN: u8 = 1;
 const INTENT_RELEASE: u8 = 2;
 const INTENT_LARGE: u8 = 3;
 const INTENT_GROW: u8 = 4;
+
+/// In a span's state `aux`: a repair has finished (or is finishing) the creation of
+/// this span, whose creator died (see `finish_intent`). Set without a new
+/// generation, so the span's tag is kept.
+const SPAN_REPAIRED: u64 = 1 << 31;
 
 /// Give up on a CAS retry loop after this many rounds and report corruption.
 /// Real contention makes progress long before; only a peer rewriting a word
@@ -634,7 +649,9 @@ impl FreeListAllocator {
         if let Some(slot) = self.my_cache() {
             let m = self.mag(slot, c);
             let n = m[0].load(Ordering::Relaxed);
-            if n != 0 && n <= self.depth as u64 && self.flush_request(slot).load(Ordering::Relaxed) == 0
+            if n != 0
+                && n <= self.depth as u64
+                && self.flush_request(slot).load(Ordering::Relaxed) == 0
             {
                 let off = m[n as usize].load(Ordering::Relaxed);
                 crate::fail_point!("fl.cache.pop");
@@ -889,11 +906,12 @@ impl FreeListAllocator {
                 self.flush_requested(slot);
                 n = self.flush_class(slot, c, self.depth / 2);
             }
-            mark.store(self.key ^ off, Ordering::Relaxed);
-            // Entry first, then the count: a crash between leaks this one block.
+            // Entry first, then the count: a crash between leaks this one block
+            // (untouched: it reads as still allocated). The mark comes last.
             m[n + 1].store(off, Ordering::Relaxed);
             crate::fail_point!("fl.cache.push");
             m[0].store(n as u64 + 1, Ordering::Relaxed);
+            mark.store(self.key ^ off, Ordering::Relaxed);
             return Ok(());
         }
         for _ in 0..RETRY_LIMIT {
@@ -985,7 +1003,8 @@ impl FreeListAllocator {
     fn flush_cache(&self, slot: usize) -> usize {
         (0..NCLASS)
             .map(|c| {
-                let before = (self.mag(slot, c)[0].load(Ordering::Relaxed) as usize).min(self.depth);
+                let before =
+                    (self.mag(slot, c)[0].load(Ordering::Relaxed) as usize).min(self.depth);
                 before - self.flush_class(slot, c, 0)
             })
             .sum()
@@ -1004,7 +1023,9 @@ impl FreeListAllocator {
         if n <= keep {
             return n;
         }
-        let mut top: Vec<u64> = (keep + 1..=n).map(|k| m[k].load(Ordering::Relaxed)).collect();
+        let mut top: Vec<u64> = (keep + 1..=n)
+            .map(|k| m[k].load(Ordering::Relaxed))
+            .collect();
         top.sort_unstable();
         for (k, off) in top.iter().enumerate() {
             m[keep + 1 + k].store(*off, Ordering::Relaxed);
@@ -1012,7 +1033,12 @@ impl FreeListAllocator {
         let mut count = n;
         let mut end = top.len();
         while end > 0 {
-            let key = |o: u64| (o >> PAGE_SHIFT, (o & (PAGE - 1)) / u64::from(SIZE_CLASSES[c]) / BITS);
+            let key = |o: u64| {
+                (
+                    o >> PAGE_SHIFT,
+                    (o & (PAGE - 1)) / u64::from(SIZE_CLASSES[c]) / BITS,
+                )
+            };
             let mut start = end - 1;
             while start > 0 && key(top[start - 1]) == key(top[end - 1]) {
                 start -= 1;
@@ -1037,7 +1063,8 @@ impl FreeListAllocator {
         let (p, _) = self.locate(first - l.data_offset);
         let st = self.state(p).load(Ordering::Acquire);
         if kind(st) != KIND_SMALL || class(st) != c {
-            self.late_double_frees.fetch_add(offs.len() as u64, Ordering::Relaxed);
+            self.late_double_frees
+                .fetch_add(offs.len() as u64, Ordering::Relaxed);
             return;
         }
         let size = u64::from(SIZE_CLASSES[c]);
@@ -1067,14 +1094,16 @@ impl FreeListAllocator {
         let mut v = word.load(Ordering::Relaxed);
         for _ in 0..RETRY_LIMIT {
             if v >> BITS != tag {
-                self.late_double_frees.fetch_add(u64::from(mask.count_ones()), Ordering::Relaxed);
+                self.late_double_frees
+                    .fetch_add(u64::from(mask.count_ones()), Ordering::Relaxed);
                 return;
             }
             match word.compare_exchange_weak(v, v & !mask, Ordering::SeqCst, Ordering::Relaxed) {
                 Ok(_) => {
                     let missing = (mask & !v).count_ones();
                     if missing != 0 {
-                        self.late_double_frees.fetch_add(u64::from(missing), Ordering::Relaxed);
+                        self.late_double_frees
+                            .fetch_add(u64::from(missing), Ordering::Relaxed);
                     }
                     self.after_small_free(p, st, w, v & !mask);
                     return;
@@ -1128,18 +1157,20 @@ impl FreeListAllocator {
                         // Entries, then the count: a crash in between leaks these.
                         let base = self.page_offset(p);
                         let size = u64::from(SIZE_CLASSES[c]);
-                        let mut bits = mask;
+                        let (from, mut bits) = (n, mask);
                         while bits != 0 {
                             let i = w as u64 * BITS + u64::from(bits.trailing_zeros());
-                            let off = base + i * size;
-                            if let Some(mark) = self.mark(off) {
-                                mark.store(self.key ^ off, Ordering::Relaxed);
-                            }
                             n += 1;
-                            m[n].store(off, Ordering::Relaxed);
+                            m[n].store(base + i * size, Ordering::Relaxed);
                             bits &= bits - 1;
                         }
                         m[0].store(n as u64, Ordering::Relaxed);
+                        for e in &m[from + 1..=n] {
+                            let off = e.load(Ordering::Relaxed);
+                            if let Some(mark) = self.mark(off) {
+                                mark.store(self.key ^ off, Ordering::Relaxed);
+                            }
+                        }
                         return Ok(first);
                     }
                     Err(now) => v = now,
@@ -1160,7 +1191,11 @@ impl FreeListAllocator {
                 continue;
             }
             let cached: u64 = (0..NCLASS)
-                .map(|c| self.mag(slot, c)[0].load(Ordering::Relaxed).min(self.depth as u64))
+                .map(|c| {
+                    self.mag(slot, c)[0]
+                        .load(Ordering::Relaxed)
+                        .min(self.depth as u64)
+                })
                 .sum();
             if cached != 0 {
                 self.flush_request(slot).store(1, Ordering::Relaxed);
@@ -1172,7 +1207,10 @@ impl FreeListAllocator {
 
     /// Out of memory after a repair: asks other handles to flush their caches and
     /// retries `f` for a bounded time (50 ms) while any cache still holds blocks.
-    fn retry_after_flushes<T>(&self, mut f: impl FnMut() -> Result<T, AllocError>) -> Result<T, AllocError> {
+    fn retry_after_flushes<T>(
+        &self,
+        mut f: impl FnMut() -> Result<T, AllocError>,
+    ) -> Result<T, AllocError> {
         let me = self.member.current();
         let mut last = f();
         for _ in 0..50 {
@@ -1243,7 +1281,7 @@ impl FreeListAllocator {
                 continue;
             }
             crate::fail_point!("fl.large.head");
-            if self.claim_interiors(s, 1, n, me) {
+            if self.claim_interiors(s, 1, n, new_head) {
                 drop(guard);
                 return Ok(Offset::new(self.page_offset(s)));
             }
@@ -1256,9 +1294,10 @@ impl FreeListAllocator {
         })
     }
 
-    /// Marks pages `s + from .. s + to` interior pages of the block at `s`; on a page
-    /// that is not free, undoes its own marks and returns false.
-    fn claim_interiors(&self, s: usize, from: usize, to: usize, me: usize) -> bool {
+    /// Marks pages `s + from .. s + to` interior pages of the block whose head (at
+    /// `s`) has state `head`; on a page that is not free, undoes its own marks and
+    /// returns false.
+    fn claim_interiors(&self, s: usize, from: usize, to: usize, head: u64) -> bool {
         for d in from..to {
             let ps = self.state(s + d);
             let st = ps.load(Ordering::Acquire);
@@ -1266,13 +1305,13 @@ impl FreeListAllocator {
                 || ps
                     .compare_exchange(
                         st,
-                        next(st, KIND_INTERIOR, 0, run_aux(me, d as u64)),
+                        next(st, KIND_INTERIOR, 0, interior_aux(head, d as u64)),
                         Ordering::AcqRel,
                         Ordering::Relaxed,
                     )
                     .is_err()
             {
-                self.free_interiors(s, from, d, Some(me));
+                self.free_interiors(s, from, d, head);
                 return false;
             }
             crate::fail_point!("fl.large.interior");
@@ -1280,17 +1319,15 @@ impl FreeListAllocator {
         true
     }
 
-    /// Frees the interior pages `s + from .. s + to` that still point at `s` (and,
-    /// with `slot`, were installed by that slot); clears their page hints.
-    fn free_interiors(&self, s: usize, from: usize, to: usize, slot: Option<usize>) -> usize {
+    /// Frees the interior pages `s + from .. s + to` of the block whose head had
+    /// state `head` (they point at `s` with that head's generation); clears their
+    /// page hints.
+    fn free_interiors(&self, s: usize, from: usize, to: usize, head: u64) -> usize {
         let mut n = 0;
         for d in from..to.min(self.pages - s) {
             let ps = self.state(s + d);
             let st = ps.load(Ordering::Acquire);
-            if kind(st) != KIND_INTERIOR
-                || run_len(st) != d as u64
-                || slot.is_some_and(|me| aux(st) != run_aux(me, d as u64))
-            {
+            if kind(st) != KIND_INTERIOR || aux(st) != interior_aux(head, d as u64) {
                 continue;
             }
             if ps
@@ -1312,8 +1349,7 @@ impl FreeListAllocator {
     /// Rolls back a large claim whose head state is `head` (as installed): frees its
     /// interior pages, then the head.
     fn undo_large(&self, s: usize, n: usize, head: u64) -> usize {
-        let slot = (aux(head) >> 24) as usize;
-        let mut released = self.free_interiors(s, 1, n, Some(slot));
+        let mut released = self.free_interiors(s, 1, n, head);
         if self
             .state(s)
             .compare_exchange(
@@ -1351,7 +1387,6 @@ impl FreeListAllocator {
         if want <= n {
             return true;
         }
-        let Ok(me) = self.my_slot() else { return false };
         if s + want > self.pages || !bitmap::claim_run(self.page_hints(), s + n, want - n) {
             return false;
         }
@@ -1366,7 +1401,7 @@ impl FreeListAllocator {
             return false;
         };
         crate::fail_point!("fl.grow.intent");
-        if !self.claim_interiors(s, n, want, me) {
+        if !self.claim_interiors(s, n, want, st) {
             self.unhint_free_pages(s + n, want - n);
             return false;
         }
@@ -1376,7 +1411,7 @@ impl FreeListAllocator {
             .compare_exchange(st, grown, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
-            self.free_interiors(s, n, want, Some(me));
+            self.free_interiors(s, n, want, st);
             return false;
         }
         drop(guard);
@@ -1406,7 +1441,7 @@ impl FreeListAllocator {
         crate::fail_point!("fl.large_free.head");
         // Interior pages now point at a free head: any repair pass may free them
         // too (each page's CAS decides who), so a crash here loses nothing.
-        self.free_interiors(s, 1, n, None);
+        self.free_interiors(s, 1, n, st);
         Self::clear_bit(self.page_hints(), s);
         Ok(())
     }
@@ -1421,22 +1456,31 @@ impl FreeListAllocator {
         if let Some(slot) = self.my_cache() {
             self.flush_cache(slot);
         }
-        let mut cached = 0;
-        r.dead_slots = process::reclaim_dead(&self.seg, me, &mut |slot| {
-            if self.depth != 0 {
-                cached += self.flush_cache(slot);
+        // Dead slots whose records did not fit the orphan list keep them: park
+        // more after each drain, while draining makes progress.
+        for _round in 0..process::SLOTS {
+            let mut cached = 0;
+            let (freed, pending) = process::reclaim_dead(&self.seg, me, &mut |slot| {
+                if self.depth != 0 {
+                    cached += self.flush_cache(slot);
+                }
+            });
+            r.cached_blocks += cached;
+            r.dead_slots += freed;
+            let before = r.intents;
+            process::drain_orphans(&self.seg, |it| {
+                crate::fail_point!("fl.repair.intent");
+                let done = self.finish_intent(it, me);
+                if let Some(pages) = done {
+                    r.intents += 1;
+                    r.pages += pages;
+                }
+                done.is_some()
+            });
+            if !pending || r.intents == before {
+                break;
             }
-        });
-        r.cached_blocks = cached;
-        process::drain_orphans(&self.seg, |it| {
-            crate::fail_point!("fl.repair.intent");
-            let done = self.finish_intent(it, me);
-            if let Some(pages) = done {
-                r.intents += 1;
-                r.pages += pages;
-            }
-            done.is_some()
-        });
+        }
         let live = process::live_intents(&self.seg, me);
         let covered = |p: usize, intents: &[Intent]| intents.iter().any(|i| i.covers(p));
         crate::fail_point!("fl.repair.sweep");
@@ -1456,17 +1500,29 @@ impl FreeListAllocator {
                 KIND_LARGE => Self::set_bit(self.page_hints(), p),
                 KIND_INTERIOR => {
                     let d = run_len(st) as usize;
-                    let head_ok = p.checked_sub(d).is_some_and(|h| {
-                        let hs = self.state(h).load(Ordering::Acquire);
-                        d > 0 && kind(hs) == KIND_LARGE && run_len(hs) as usize > d
-                    });
-                    if head_ok {
+                    let head_ok = || {
+                        p.checked_sub(d).is_some_and(|h| {
+                            let hs = self.state(h).load(Ordering::Acquire);
+                            d > 0
+                                && kind(hs) == KIND_LARGE
+                                && run_len(hs) as usize > d
+                                && aux(st) == interior_aux(hs, d as u64)
+                        })
+                    };
+                    if head_ok() {
                         Self::set_bit(self.page_hints(), p);
                         continue;
                     }
                     // An orphan, unless a live operation is still building or
                     // tearing down its block (a fresh look: intents change).
                     if covered(p, &process::live_intents(&self.seg, me)) {
+                        continue;
+                    }
+                    // ...or a grow that finished since the head was read above: it
+                    // extends the head before it clears its intent, so a look at the
+                    // head after the intents sees the new length.
+                    if head_ok() {
+                        Self::set_bit(self.page_hints(), p);
                         continue;
                     }
                     if self
@@ -1499,7 +1555,9 @@ impl FreeListAllocator {
         }
         let st = self.state(p).load(Ordering::Acquire);
         match it.kind {
-            INTENT_NEW_SPAN if st == it.expected => {
+            // `SPAN_REPAIRED` set: a repair already decided about block 0 (this
+            // record is replayed: that repair died, or runs beside us).
+            INTENT_NEW_SPAN if st == it.expected || st == it.expected | SPAN_REPAIRED => {
                 let (c, tag) = (class(st), tag_of(st));
                 let line = self.line(p);
                 if c >= NCLASS {
@@ -1510,11 +1568,35 @@ impl FreeListAllocator {
                 let closed: Vec<usize> = (0..words_of(c))
                     .filter(|&w| line[PM_WORDS + w].load(Ordering::SeqCst) == CLOSED)
                     .collect();
+                let w0 = &line[PM_WORDS];
+                let v0 = w0.load(Ordering::SeqCst);
                 if process::live_intents(&self.seg, me)
                     .iter()
                     .any(|i| i.covers(p))
                 {
                     return None;
+                }
+                // Block 0 is set for the dead caller, which never got it (the intent
+                // is cleared before returning), iff the caller stored word 0. Nothing
+                // changes that until a repair reopens words, so the first repair
+                // decides, and marks the state (same generation: the tag, and so
+                // every block, stays valid) before it reopens anything. A replay
+                // (that repair died, or runs beside us) sees the mark and never
+                // touches block 0, which may have a new holder by then.
+                let give_back =
+                    st == it.expected && !closed.contains(&0) && v0 >> BITS == tag && v0 & 1 == 1;
+                if st == it.expected
+                    && self
+                        .state(p)
+                        .compare_exchange(
+                            st,
+                            st | SPAN_REPAIRED,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_err()
+                {
+                    return None; // changed under us: look again in a later pass
                 }
                 for &w in &closed {
                     let _ = line[PM_WORDS + w].compare_exchange(
@@ -1524,16 +1606,13 @@ impl FreeListAllocator {
                         Ordering::Relaxed,
                     );
                 }
-                // Block 0 was set for the dead caller, which never got it (the
-                // intent is cleared before returning): give it back.
-                let w0 = &line[PM_WORDS];
-                let v = w0.load(Ordering::SeqCst);
-                if v >> BITS == tag && v & 1 == 1 && !closed.contains(&0) {
-                    let _ = w0.compare_exchange(v, v & !1, Ordering::SeqCst, Ordering::Relaxed);
+                if give_back {
+                    let _ = w0.fetch_and(!1, Ordering::SeqCst);
                 }
                 Self::set_bit(self.avail(c), p);
+                let now = st | SPAN_REPAIRED;
                 Some(usize::from(
-                    self.is_empty_span(p, c, tag) && self.release_span(p, st),
+                    self.is_empty_span(p, c, tag) && self.release_span(p, now),
                 ))
             }
             INTENT_RELEASE
@@ -1725,7 +1804,9 @@ impl ShmAllocator for FreeListAllocator {
                     for e in &m[1..=n] {
                         let off = e.load(Ordering::Relaxed);
                         if self.in_data(off) {
-                            *cached_in.entry(((off - data) >> PAGE_SHIFT) as usize).or_default() += 1;
+                            *cached_in
+                                .entry(((off - data) >> PAGE_SHIFT) as usize)
+                                .or_default() += 1;
                             cached_bytes += u64::from(size);
                         }
                     }

@@ -420,7 +420,12 @@ fn take_slot(seg: &Segment, allow_dead: bool) -> Result<(usize, u32, bool), Segm
             // handles dead intents found in any slot it reclaims, and everything
             // else through the global rules). Reclaim it here, as its one reclaimer.
             found_dead = true;
-            reclaim_intents_into_orphans(seg, i);
+            if !reclaim_intents_into_orphans(seg, i) {
+                // The orphan list is full: the slot keeps its records (and stays
+                // dead) until a repair has drained the list; take another.
+                unlock(seg.file(), i);
+                continue;
+            }
         }
         let gen = ((st >> 32) as u32).wrapping_add(1);
         w[W_PID].store(u64::from(std::process::id()), Ordering::Relaxed);
@@ -441,39 +446,59 @@ fn orphan_intents(seg: &Segment) -> &[AtomicU64] {
 
 /// Moves a dead slot's intent records to the registry-wide orphan list, so the slot
 /// can be taken over at once and the allocator's repair pass still finds them.
-fn reclaim_intents_into_orphans(seg: &Segment, i: usize) {
+/// Returns false if the list was full for some: those stay in the slot, which must
+/// stay dead (not freed, not taken over) until a later pass parks them.
+fn reclaim_intents_into_orphans(seg: &Segment, i: usize) -> bool {
     let w = slot_words(seg, i);
     let orphans = orphan_intents(seg);
+    let mut all = true;
     for k in 0..INTENTS {
         let desc = w[W_INTENT + 2 * k].load(Ordering::Acquire);
         if desc >> 63 == 0 {
+            // Empty, or a record the dead handle had claimed but not yet written
+            // (the placeholder 1): nothing started, so nothing to park. Clear it, or
+            // the record would stay taken for every later holder of the slot.
+            if desc != 0 {
+                w[W_INTENT + 2 * k].store(0, Ordering::Release);
+            }
             continue;
         }
         let exp = w[W_INTENT + 2 * k + 1].load(Ordering::Acquire);
-        // Park it in a free orphan record (pairs); if all are taken, the record is
-        // dropped and the global repair rules still recover what it named.
-        for pair in orphans.chunks_exact(2) {
-            if pair[0]
-                .compare_exchange(0, desc, Ordering::AcqRel, Ordering::Relaxed)
+        // Park it in a free orphan record (pairs). If all are taken, it stays here:
+        // dropping it would lose what only it names (a span whose words its
+        // creator never opened, a claimed run), for good. The record is claimed
+        // with a placeholder (not a valid record: bit 63 clear), its expected word
+        // written, and only then published, so a drain never reads half of it.
+        let parked = orphans.chunks_exact(2).any(|pair| {
+            pair[0]
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
-            {
-                pair[1].store(exp, Ordering::Release);
-                break;
-            }
+                && {
+                    pair[1].store(exp, Ordering::Release);
+                    pair[0].store(desc, Ordering::Release);
+                    true
+                }
+        });
+        if parked {
+            w[W_INTENT + 2 * k].store(0, Ordering::Release);
+        } else {
+            all = false;
         }
-        w[W_INTENT + 2 * k].store(0, Ordering::Release);
     }
+    all
 }
 
 /// Finds slots whose holders died, takes each one's lock (becoming its one
-/// reclaimer), parks its intents as orphans, lets `on_dead` return what the
-/// allocator keeps in the slot (caches), and frees the slot. Returns how many.
+/// reclaimer), lets `on_dead` return what the allocator keeps in the slot (its
+/// caches), parks its intents as orphans, and frees the slot. Returns how many,
+/// and whether a dead slot kept records because the orphan list was full (drain
+/// the list, then call again).
 pub(crate) fn reclaim_dead(
     seg: &Segment,
     me: Option<usize>,
     on_dead: &mut dyn FnMut(usize),
-) -> usize {
-    let mut n = 0;
+) -> (usize, bool) {
+    let (mut n, mut pending) = (0, false);
     for i in 0..SLOTS {
         if Some(i) == me {
             continue;
@@ -489,15 +514,18 @@ pub(crate) fn reclaim_dead(
         // Re-check under the lock: a joiner may have freed and re-taken it meanwhile.
         let st = w[W_STATUS].load(Ordering::Acquire);
         if st & 0xFFFF_FFFF != STATUS_FREE {
-            reclaim_intents_into_orphans(seg, i);
             on_dead(i);
-            crate::fail_point!("registry.reclaim.before_free");
-            w[W_STATUS].store(st & !0xFFFF_FFFF, Ordering::Release);
-            n += 1;
+            if reclaim_intents_into_orphans(seg, i) {
+                crate::fail_point!("registry.reclaim.before_free");
+                w[W_STATUS].store(st & !0xFFFF_FFFF, Ordering::Release);
+                n += 1;
+            } else {
+                pending = true;
+            }
         }
         unlock(seg.file(), i);
     }
-    n
+    (n, pending)
 }
 
 /// Every intent record of a live slot (including this handle's own).
