@@ -1043,6 +1043,13 @@ impl FreeListAllocator {
             while start > 0 && key(top[start - 1]) == key(top[end - 1]) {
                 start -= 1;
             }
+            // Marks off first (a block still counted in the cache needs none), so
+            // that a group lost to a crash below reads as plainly allocated.
+            for &off in &top[start..end] {
+                if let Some(mark) = self.mark(off) {
+                    mark.store(0, Ordering::Relaxed);
+                }
+            }
             count -= end - start;
             m[0].store(count as u64, Ordering::Relaxed);
             crate::fail_point!("fl.cache.flush");
@@ -1071,9 +1078,6 @@ impl FreeListAllocator {
         let mut mask = 0u64;
         let mut w = usize::MAX;
         for &off in offs {
-            if let Some(mark) = self.mark(off) {
-                mark.store(0, Ordering::Relaxed);
-            }
             let within = off.wrapping_sub(self.page_offset(p));
             let i = within / size;
             if within >= PAGE || within % size != 0 || i >= cap_of(c) {

@@ -10,7 +10,9 @@ mod free_list;
 mod slab;
 
 pub use bump::BumpAllocator;
-pub use free_list::{FreeListAllocator, SIZE_CLASSES};
+pub use free_list::{
+    FreeListAllocator, Reclaimed, DEFAULT_CACHE_DEPTH, MAX_CACHE_DEPTH, SIZE_CLASSES,
+};
 pub use slab::SlabAllocator;
 
 use crate::error::{AccessError, AllocError, FreeError};
