@@ -241,6 +241,17 @@ fn cache_key() -> u64 {
     (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
 }
 
+/// Caches owned by threads of this process, by segment object (inode), slot and
+/// owner thread: a thread that runs out of memory empties the caches it owns in
+/// its other handles itself (they cannot honour a flush request while it waits).
+struct LocalCache {
+    ino: u64,
+    slot: usize,
+    tid: u64,
+    fork_epoch: u64,
+}
+static LOCAL_CACHES: std::sync::Mutex<Vec<LocalCache>> = std::sync::Mutex::new(Vec::new());
+
 /// A small number unique to the calling thread (0 is never used).
 #[inline]
 fn thread_id() -> u64 {
@@ -308,6 +319,8 @@ pub struct FreeListAllocator {
     cache_owner: AtomicU64,
     /// Double frees found when a cache was flushed (too late to report to the caller).
     late_double_frees: AtomicU64,
+    /// The segment object's inode: names it across this process's handles.
+    ino: u64,
     /// The metadata region, resolved once at open (`Segment::words` checked it):
     /// address and length in words. Kept as a number so the type stays Send + Sync.
     meta_addr: usize,
@@ -443,6 +456,11 @@ impl FreeListAllocator {
                 reason: "free-list metadata outside the mapping",
             })?;
         let (meta_addr, meta_words) = (meta.as_ptr() as usize, meta.len());
+        let ino = std::os::unix::fs::MetadataExt::ino(&seg.file().metadata().map_err(|_| {
+            SegmentError::CorruptHeader {
+                reason: "cannot fstat the segment",
+            }
+        })?);
         let joined = Membership::join(&seg)?;
         let hint = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % pages as usize;
         let this = FreeListAllocator {
@@ -455,6 +473,7 @@ impl FreeListAllocator {
             key,
             cache_owner: AtomicU64::new(0),
             late_double_frees: AtomicU64::new(0),
+            ino,
             meta_addr,
             meta_words,
         };
@@ -945,16 +964,28 @@ impl FreeListAllocator {
         }
         let me = thread_id();
         let owner = self.cache_owner.load(Ordering::Relaxed);
-        if owner != me
-            && (owner != 0
-                || self
-                    .cache_owner
-                    .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err())
+        if owner == me {
+            return self.member.slot(&self.seg).ok();
+        }
+        if owner != 0
+            || self
+                .cache_owner
+                .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
         {
             return None;
         }
-        self.member.slot(&self.seg).ok()
+        let slot = self.member.slot(&self.seg).ok()?;
+        LOCAL_CACHES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(LocalCache {
+                ino: self.ino,
+                slot,
+                tid: me,
+                fork_epoch: process::fork_epoch(),
+            });
+        Some(slot)
     }
 
     fn cache_base(&self, slot: usize) -> usize {
@@ -1201,23 +1232,41 @@ impl FreeListAllocator {
                         .min(self.depth as u64)
                 })
                 .sum();
-            if cached != 0 {
-                self.flush_request(slot).store(1, Ordering::Relaxed);
-                any = true;
+            if cached == 0 {
+                continue;
             }
+            // A cache this very thread owns (through another handle) is flushed
+            // here: its owner is the one waiting.
+            let tid = thread_id();
+            let mine = LOCAL_CACHES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|l| {
+                    l.ino == self.ino
+                        && l.slot == slot
+                        && l.tid == tid
+                        && l.fork_epoch == process::fork_epoch()
+                });
+            if mine {
+                self.flush_cache(slot);
+            } else {
+                self.flush_request(slot).store(1, Ordering::Relaxed);
+            }
+            any = true;
         }
         any
     }
 
     /// Out of memory after a repair: asks other handles to flush their caches and
-    /// retries `f` for a bounded time (50 ms) while any cache still holds blocks.
+    /// retries `f` for a bounded time (20 ms) while any cache still holds blocks.
     fn retry_after_flushes<T>(
         &self,
         mut f: impl FnMut() -> Result<T, AllocError>,
     ) -> Result<T, AllocError> {
         let me = self.member.current();
         let mut last = f();
-        for _ in 0..50 {
+        for _ in 0..20 {
             if !matches!(last, Err(AllocError::OutOfMemory { .. })) || !self.request_flushes(me) {
                 break;
             }
@@ -1685,6 +1734,11 @@ impl Drop for FreeListAllocator {
         if self.depth != 0 {
             if let Some(slot) = self.member.current() {
                 self.flush_cache(slot);
+                let owner = self.cache_owner.load(Ordering::Relaxed);
+                LOCAL_CACHES
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|l| !(l.ino == self.ino && l.slot == slot && l.tid == owner));
             }
         }
         // Our current spans stay on hold only while we may allocate from them.
@@ -1753,6 +1807,15 @@ impl ShmAllocator for FreeListAllocator {
                 }
                 let v = line[PM_WORDS + (i / BITS) as usize].load(Ordering::Acquire);
                 if v >> BITS != tag_of(st) || v & (1 << (i % BITS)) == 0 {
+                    return Err(not_alloc);
+                }
+                // A block in some handle's cache is free to its users.
+                let start = self.page_offset(p) + i * size;
+                if self.depth != 0
+                    && self
+                        .mark(start)
+                        .is_some_and(|m| m.load(Ordering::Relaxed) == self.key ^ start)
+                {
                     return Err(not_alloc);
                 }
                 Ok(())

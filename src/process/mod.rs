@@ -127,6 +127,12 @@ static FORK_EPOCH: AtomicU64 = AtomicU64::new(0);
 /// Registered lock descriptors (+1; 0 = empty), for the atfork child handler.
 static LOCK_FDS: [AtomicI32; 256] = [const { AtomicI32::new(0) }; 256];
 
+/// How many forks this process's lineage went through: state recorded with one
+/// value is stale in a child, which sees a larger one.
+pub(crate) fn fork_epoch() -> u64 {
+    FORK_EPOCH.load(Ordering::Relaxed)
+}
+
 extern "C" fn after_fork_in_child() {
     FORK_EPOCH.fetch_add(1, Ordering::Relaxed);
     for entry in &LOCK_FDS {
