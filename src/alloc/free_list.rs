@@ -252,21 +252,13 @@ struct LocalCache {
 }
 static LOCAL_CACHES: std::sync::Mutex<Vec<LocalCache>> = std::sync::Mutex::new(Vec::new());
 
-/// A small number unique to the calling thread (0 is never used).
+/// A number unique among this process's live threads (never 0): the address of a
+/// thread-local. A thread that starts after another ended may get the same number,
+/// which is fine here: the ended thread no longer uses the cache it owned.
 #[inline]
 fn thread_id() -> u64 {
-    use std::cell::Cell;
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    thread_local!(static ID: Cell<u64> = const { Cell::new(0) });
-    ID.with(|id| {
-        let v = id.get();
-        if v != 0 {
-            return v;
-        }
-        let v = NEXT.fetch_add(1, Ordering::Relaxed);
-        id.set(v);
-        v
-    })
+    thread_local!(static ANCHOR: u8 = const { 0 });
+    ANCHOR.with(|a| a as *const u8 as u64)
 }
 
 /// What a repair pass did; see [`FreeListAllocator::reclaim`].
@@ -321,6 +313,16 @@ pub struct FreeListAllocator {
     late_double_frees: AtomicU64,
     /// The segment object's inode: names it across this process's handles.
     ino: u64,
+    /// Word index (in the metadata region) of page 0's line.
+    lines_base: usize,
+    /// Word index (in the metadata region) of slot 0's cache, and words per slot.
+    cache_base0: usize,
+    cache_stride: usize,
+    /// The data region: its address in this mapping, and its bounds as offsets
+    /// (validated at open). Numbers, so the type stays Send + Sync.
+    data_addr: usize,
+    data_off: u64,
+    data_end: u64,
     /// The metadata region, resolved once at open (`Segment::words` checked it):
     /// address and length in words. Kept as a number so the type stays Send + Sync.
     meta_addr: usize,
@@ -456,6 +458,12 @@ impl FreeListAllocator {
                 reason: "free-list metadata outside the mapping",
             })?;
         let (meta_addr, meta_words) = (meta.as_ptr() as usize, meta.len());
+        let data_addr = seg
+            .ptr_at(l.data_offset, l.data_len, PAGE as usize)
+            .ok_or(SegmentError::CorruptHeader {
+                reason: "free-list data region outside the mapping",
+            })?
+            .as_ptr() as usize;
         let ino = std::os::unix::fs::MetadataExt::ino(&seg.file().metadata().map_err(|_| {
             SegmentError::CorruptHeader {
                 reason: "cannot fstat the segment",
@@ -474,6 +482,12 @@ impl FreeListAllocator {
             cache_owner: AtomicU64::new(0),
             late_double_frees: AtomicU64::new(0),
             ino,
+            lines_base: lines_start(pages) as usize,
+            cache_base0: cache_start(pages) as usize,
+            cache_stride: cache_stride(depth) as usize,
+            data_addr,
+            data_off: l.data_offset,
+            data_end: l.data_end(),
             meta_addr,
             meta_words,
         };
@@ -546,7 +560,7 @@ impl FreeListAllocator {
         if p >= self.pages {
             return None;
         }
-        let start = (lines_start(self.pages as u64) + p as u64 * LINE) as usize;
+        let start = self.lines_base + p * LINE as usize;
         self.meta().get(start..start + LINE as usize)
     }
 
@@ -890,6 +904,7 @@ impl FreeListAllocator {
         }
     }
 
+    #[inline]
     fn free_small(&self, p: usize, st: u64, within: u64, off: u64) -> Result<(), FreeError> {
         let c = class(st);
         if c >= NCLASS {
@@ -957,21 +972,25 @@ impl FreeListAllocator {
     // ---------------------------------------------------------------- caches
 
     /// This handle's slot, if the calling thread owns the handle's cache.
-    #[inline]
+    #[inline(always)]
     fn my_cache(&self) -> Option<usize> {
         if self.depth == 0 {
             return None;
         }
-        let me = thread_id();
-        let owner = self.cache_owner.load(Ordering::Relaxed);
-        if owner == me {
+        if self.cache_owner.load(Ordering::Relaxed) == thread_id() {
             return self.member.slot(&self.seg).ok();
         }
-        if owner != 0
-            || self
-                .cache_owner
-                .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
+        self.claim_cache()
+    }
+
+    /// The first thread to use the cache becomes its owner.
+    #[cold]
+    fn claim_cache(&self) -> Option<usize> {
+        let me = thread_id();
+        if self
+            .cache_owner
+            .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
         {
             return None;
         }
@@ -988,12 +1007,13 @@ impl FreeListAllocator {
         Some(slot)
     }
 
+    #[inline]
     fn cache_base(&self, slot: usize) -> usize {
-        (cache_start(self.pages as u64) + slot as u64 * cache_stride(self.depth as u64)) as usize
+        self.cache_base0 + slot * self.cache_stride
     }
 
     /// Slot `slot`'s cache of class `c`: `[count, offsets ...]`.
-    #[inline]
+    #[inline(always)]
     fn mag(&self, slot: usize, c: usize) -> &[AtomicU64] {
         let start = self.cache_base(slot) + LINE as usize + c * (self.depth + 1);
         &self.meta()[start..start + self.depth + 1]
@@ -1011,13 +1031,22 @@ impl FreeListAllocator {
         if !self.in_data(off) || off % 16 != 0 {
             return None;
         }
-        self.seg.words(off, 1).map(|w| &w[0])
+        let addr = self.data_addr + (off - self.data_off) as usize;
+        // SAFETY:
+        // - `data_addr` is the start of the data region in this mapping (`ptr_at`
+        //   checked the whole region at open) and `off` lies inside it, 16 bytes
+        //   before its end at least (the region is whole pages, `off` 16-aligned), so
+        //   the 8 bytes at `addr` are in bounds and 8-aligned;
+        // - any bit pattern is a valid AtomicU64; marks are only accessed atomically
+        //   by this allocator, and a block's owner never holds a reference to a
+        //   cached (free) block;
+        // - the mapping is owned by `self.seg` and the reference borrows `self`.
+        Some(unsafe { &*(addr as *const AtomicU64) })
     }
 
     #[inline]
     fn in_data(&self, off: u64) -> bool {
-        let l = self.seg.layout();
-        off >= l.data_offset && off < l.data_end()
+        off >= self.data_off && off < self.data_end
     }
 
     /// Honours a flush request on our slot: empties every class of our cache.
