@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
 
     // The same bytes, for the socket path.
     let bytes = writer
-        .read(Offset::new(token.to_raw() + HEADER_LEN), len)
+        .read(Offset::new(token.offset().get() + HEADER_LEN), len)
         .unwrap();
     let (mut rx, mut tx) = UnixStream::pair().unwrap();
     let sender = std::thread::spawn(move || {
@@ -73,15 +73,18 @@ fn bench(c: &mut Criterion) {
     g.warm_up_time(Duration::from_secs(2));
     g.measurement_time(Duration::from_secs(6));
 
+    // Each hand-over spends its token: every iteration gives the archive back
+    // with a fresh one, for the next.
+    let token = std::cell::Cell::new(token);
     g.bench_function("a_shm_first_access_validated", |b| {
         b.iter(|| {
-            let a = ShmArchive::from_token(&reader, token).unwrap();
+            let a = ShmArchive::from_token(&reader, token.get()).unwrap();
             std::hint::black_box(a.access().unwrap().len());
-            a.into_token() // give it back without freeing, for the next iteration
+            token.set(a.into_token()); // give it back without freeing
         })
     });
 
-    let held = ShmArchive::from_token(&reader, token).unwrap();
+    let held = ShmArchive::from_token(&reader, token.get()).unwrap();
     g.bench_function("b_shm_later_access", |b| {
         b.iter(|| std::hint::black_box(held.access().unwrap().len()))
     });

@@ -1,6 +1,8 @@
 //! Typed layer against its std counterparts, in one run:
-//! `ShmBox::new_in` + drop vs `Box::new` + drop, `RelPtr::get` vs a plain
-//! reference read, and `ShmVec::push` of 1M u64 vs `Vec::push`.
+//! `ShmBox::new_in` + drop vs `Box::new` + drop; view access vs a plain reference
+//! read (`rel_ptr_get`: `RelPtr::<AtomicU64>::get` + a Relaxed load, the shared
+//! view; `shm_box_deref`: the owner's `&T`; `rel_ptr_read`: the checked copy path
+//! for a plain `u64`); and `ShmVec::push` of 1M u64 vs `Vec::push`.
 //!
 //! ```text
 //! cargo bench --bench typed
@@ -34,6 +36,11 @@ fn shm_box(c: &mut Criterion) {
     g.bench_function("raw_allocate_free_32", |b| {
         b.iter(|| alloc.free(alloc.allocate(black_box(32)).unwrap()).unwrap())
     });
+    // A ShmBox<[u64; 4]> block is 48 bytes: the 16-byte owner header (claim word and
+    // fingerprint) and the 32-byte value.
+    g.bench_function("raw_allocate_free_48", |b| {
+        b.iter(|| alloc.free(alloc.allocate(black_box(48)).unwrap()).unwrap())
+    });
     g.bench_function("shm_box", |b| {
         b.iter(|| {
             drop(black_box(
@@ -45,16 +52,28 @@ fn shm_box(c: &mut Criterion) {
 }
 
 fn rel_ptr(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let name = Name::new("relptr");
     let alloc = FreeListAllocator::create(&name.0, 1 << 20).unwrap();
-    let b = ShmBox::new_in(&alloc, 42u64).unwrap();
-    let p = b.rel_ptr();
+    let shared = ShmBox::new_in(&alloc, AtomicU64::new(42)).unwrap();
+    let p = shared.rel_ptr();
+    let owned = ShmBox::new_in(&alloc, 42u64).unwrap();
+    let q = owned.rel_ptr();
     let local = Box::new(42u64);
     let r: &u64 = &local;
     let mut g = c.benchmark_group("deref");
     g.bench_function("plain_ref", |bn| bn.iter(|| *black_box(r)));
     g.bench_function("rel_ptr_get", |bn| {
-        bn.iter(|| *black_box(p).get(black_box(&alloc)).unwrap())
+        bn.iter(|| {
+            black_box(p)
+                .get(black_box(&alloc))
+                .unwrap()
+                .load(Ordering::Relaxed)
+        })
+    });
+    g.bench_function("shm_box_deref", |bn| bn.iter(|| **black_box(&owned)));
+    g.bench_function("rel_ptr_read", |bn| {
+        bn.iter(|| black_box(q).read(black_box(&alloc)).unwrap())
     });
     g.finish();
 }

@@ -26,6 +26,7 @@ struct Record {
 }
 
 #[derive(ShmSafe)]
+#[shm(sync)]
 #[repr(C)]
 struct Control {
     seq: AtomicU64, // batch number last published (0 = none yet)

@@ -1,7 +1,8 @@
 //! A producer process builds a linked list of `RelPtr`-linked particles in shared
 //! memory; a consumer process (this program re-executed) walks it from a named root
-//! and checks every node. No serialisation: the consumer reads the producer's structs
-//! in place, through offsets that mean the same thing in both processes.
+//! and checks every node. No serialisation: the consumer copies each node straight
+//! out of the producer's block (`RelPtr::read`, a checked byte-wise atomic copy),
+//! through offsets that mean the same thing in both processes.
 //!
 //! ```text
 //! cargo run --release --example linked_list
@@ -23,8 +24,9 @@ struct Particle {
     next: RelPtr<Particle>,
 }
 
-/// The list head, found by name in the consumer.
+/// The list head, found by name in the consumer: all atomics, so it can be a root.
 #[derive(ShmSafe)]
+#[shm(sync)]
 #[repr(C)]
 struct ListHead {
     first: AtomicU64, // raw RelPtr<Particle>, published with Release when complete
@@ -44,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Build back to front so each node can point at the one after it.
     let mut next = RelPtr::null();
+    let mut tokens = Vec::with_capacity(N as usize);
     for id in (0..N).rev() {
         let f = id as f32;
         let node = ShmBox::new_in(
@@ -55,7 +58,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 next,
             },
         )?;
-        next = node.into_rel_ptr(); // the list owns its nodes now
+        next = node.rel_ptr();
+        tokens.push(node.into_token()); // the list owns its nodes now
     }
     let head: &ListHead = alloc.root("particles")?;
     head.count.store(N, Ordering::Relaxed);
@@ -84,10 +88,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Free the list (the consumer only read it).
-    let mut p = next;
-    while !p.is_null() {
-        let node = ShmBox::from_rel_ptr(&alloc, p)?;
-        p = node.next;
+    for token in tokens {
+        drop(ShmBox::from_token(&alloc, token)?);
     }
     println!(
         "producer: freed the list, {} live blocks left (the root)",
@@ -103,7 +105,7 @@ fn consumer(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut p = RelPtr::<Particle>::from_raw(head.first.load(Ordering::Acquire));
     let (mut seen, mut sum) = (0u64, 0.0f64);
     while !p.is_null() {
-        let node = p.get_checked(&alloc)?; // validated: bounds, alignment, live block
+        let node = p.read(&alloc)?; // validated (bounds, alignment, live block), copied
         assert_eq!(node.id, seen, "nodes in order");
         assert_eq!(node.pos[1], node.id as f32 * 2.0);
         sum += f64::from(node.pos[0]);

@@ -133,6 +133,12 @@ pub enum SegmentError {
         /// Number of slots.
         slots: usize,
     },
+    /// This machine lacks something the allocator needs.
+    #[error("unsupported on this machine: {what}")]
+    Unsupported {
+        /// What is missing.
+        what: &'static str,
+    },
     /// An operating-system call failed for another reason.
     #[error("{op} failed: {errno}")]
     Os {
@@ -273,6 +279,120 @@ impl AccessError {
     }
 }
 
+/// A hand-over token was refused: ownership did not move, nothing changed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The token was already redeemed (or the block was freed or reused since):
+    /// a token transfers ownership exactly once.
+    #[error("token for the block at offset {offset} was already taken (claim word {found:#x})")]
+    AlreadyClaimed {
+        /// Block offset from the token.
+        offset: u64,
+        /// The block's claim word now.
+        found: u64,
+    },
+    /// The block holds another type than the token's (layout fingerprints differ).
+    #[error("the block at offset {offset} holds fingerprint {found:#018x}, not a {expected} ({expected_fingerprint:#018x})")]
+    TypeMismatch {
+        /// Block offset from the token.
+        offset: u64,
+        /// The type asked for.
+        expected: &'static str,
+        /// Its fingerprint.
+        expected_fingerprint: u64,
+        /// The fingerprint stored in the block.
+        found: u64,
+    },
+    /// The token does not resolve to live, in-bounds memory.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+}
+
+/// An archive operation failed. Nothing in the segment changed, except that a
+/// failed arena write may leave its block used until the next reset.
+#[cfg(feature = "rkyv")]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    /// The allocator refused the block.
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    /// The token does not resolve to live, in-bounds memory, or is stale
+    /// ([`AccessError::Stale`]: the arena was reset since).
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// The hand-over was refused: the token was taken already, or names another type.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The value's `Serialize` implementation failed.
+    #[error("serializing a {type_name} failed: {reason}")]
+    Serialize {
+        /// The type being archived.
+        type_name: &'static str,
+        /// rkyv's message.
+        reason: String,
+    },
+    /// The token does not point at an archive block (bad magic, misaligned).
+    #[error("no archive block at offset {offset}: {reason}")]
+    BadHeader {
+        /// The block offset from the token.
+        offset: u64,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The block holds an archive of another type.
+    #[error("archive at offset {offset} holds another type (tag {found:#018x}), not {expected} (tag {expected_tag:#018x})")]
+    TypeMismatch {
+        /// The block offset.
+        offset: u64,
+        /// The type asked for.
+        expected: &'static str,
+        /// Its tag.
+        expected_tag: u64,
+        /// The tag in the block.
+        found: u64,
+    },
+    /// The archive bytes do not match the checksum written with them.
+    #[error("archive at offset {offset} ({len} bytes) is corrupt: checksum {found:#018x}, header says {expected:#018x}")]
+    Checksum {
+        /// The block offset.
+        offset: u64,
+        /// Archive length from the header.
+        len: u64,
+        /// Checksum in the header.
+        expected: u64,
+        /// Checksum of the bytes.
+        found: u64,
+    },
+    /// bytecheck rejected the archive: it is not a valid `Archived<T>`.
+    #[error("archive at offset {offset} ({len} bytes) failed validation: {reason}")]
+    Invalid {
+        /// The block offset.
+        offset: u64,
+        /// Archive length from the header.
+        len: u64,
+        /// bytecheck's message.
+        reason: String,
+    },
+    /// Deserializing into an owned value failed.
+    #[error("deserializing a {type_name} failed: {reason}")]
+    Deserialize {
+        /// The type being rebuilt.
+        type_name: &'static str,
+        /// rkyv's message.
+        reason: String,
+    },
+}
+
+#[cfg(feature = "rkyv")]
+impl ArchiveError {
+    /// Whether this is a stale-handle error (the arena was reset since the token was made).
+    pub fn is_stale(&self) -> bool {
+        matches!(self, ArchiveError::Access(AccessError::Stale { .. }))
+    }
+}
+
 /// Any error of this crate.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -299,10 +419,13 @@ pub enum Error {
         /// The type the root was created with (its name, possibly truncated).
         found: String,
     },
-    /// See [`ArchiveError`](crate::archive::ArchiveError).
+    /// See [`TokenError`].
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// See [`ArchiveError`].
     #[cfg(feature = "rkyv")]
     #[error(transparent)]
-    Archive(#[from] crate::archive::ArchiveError),
+    Archive(#[from] ArchiveError),
     /// A root name is empty, too long or contains NUL.
     #[error("invalid root name {name:?}: {reason}")]
     InvalidRootName {
@@ -311,19 +434,29 @@ pub enum Error {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// Named roots are not available on this allocator (a bump allocator: its
+    /// `reset` would release the roots' objects under every process's feet).
+    #[error("named roots are not supported on a {kind} allocator: {reason}")]
+    RootsUnsupported {
+        /// The allocator kind.
+        kind: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
     /// Every entry of the segment's root table is taken.
     #[error("the root table is full ({capacity} roots)")]
     RootTableFull {
         /// How many roots a segment holds.
         capacity: usize,
     },
-    /// Another live process has been creating this root for too long.
-    #[error("root {name:?} is still being created by process {pid}")]
+    /// Another live handle has been creating this root for too long.
+    #[error("root {name:?} is still being created by the handle with registry token {holder:#x}")]
     RootBusy {
         /// The root's name.
         name: String,
-        /// The creating process.
-        pid: u32,
+        /// The creating handle's liveness token in the process registry (slot and
+        /// generation; see `processes()`), not a pid.
+        holder: u32,
     },
 }
 

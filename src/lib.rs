@@ -28,6 +28,14 @@ pub mod segment;
 pub mod sync;
 pub mod typed;
 
+/// Not public API: what `#[derive(ShmSafe)]` expands to refers to `core` only through
+/// this re-export, so a crate that renames something else to `core` (for example
+/// `extern crate self as core;`) cannot change what the generated layout proofs check.
+#[doc(hidden)]
+pub mod __private {
+    pub use ::core;
+}
+
 // The derive macro; the trait of the same name is re-exported with the others below.
 #[cfg(feature = "derive")]
 pub use shared_allocator_derive::ShmSafe;
@@ -41,10 +49,11 @@ pub use archive::{
     ArchiveError, ArchiveToken, ArenaArchive, ArenaArchiveReader, ArenaArchiveToken, ShmArchivable,
     ShmArchive,
 };
-pub use error::{AccessError, AllocError, Error, FreeError, SegmentError};
+pub use error::{AccessError, AllocError, Error, FreeError, SegmentError, TokenError};
 pub use segment::{unlink, CreateOptions, OpenOptions, UnlinkGuard};
 pub use typed::{
-    Arena, ArenaBox, ArenaPtr, RelPtr, Roots, ShmBox, ShmSafe, ShmVec, ShmVecHeader, ShmVecReader,
+    Arena, ArenaBox, ArenaPtr, ArenaRef, BoxToken, RelPtr, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
+    ShmVecHeader, ShmVecReader, TokenSlot, VecToken,
 };
 
 /// Everything a typical user needs: `use shared_allocator::prelude::*;`.
@@ -62,6 +71,7 @@ pub mod prelude {
     };
     pub use crate::error::Error;
     pub use crate::typed::{
-        Arena, ArenaBox, ArenaPtr, RelPtr, Roots, ShmBox, ShmSafe, ShmVec, ShmVecReader,
+        Arena, ArenaBox, ArenaPtr, BoxToken, RelPtr, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
+        ShmVecReader, TokenSlot, VecToken,
     };
 }

@@ -14,7 +14,7 @@ use shared_allocator::archive::{
     ArchiveError, ArchiveToken, ArenaArchiveReader, ArenaArchiveToken, ShmArchive, HEADER_LEN,
 };
 use shared_allocator::prelude::*;
-use shared_allocator::AccessError;
+use shared_allocator::{AccessError, TokenError};
 
 const WATCHDOG: Duration = Duration::from_secs(120);
 
@@ -74,6 +74,11 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 // ---------------------------------------------------------------------------
 
+/// Where the archive length and checksum sit in a block (after the 16-byte owner
+/// header and the magic).
+const LEN_AT: u64 = 24;
+const SUM_AT: u64 = 40;
+
 const RECORDS: u64 = 10_000;
 
 /// A producer process archives 10,000 records, as one batch archive and as
@@ -85,12 +90,11 @@ fn two_processes_10k_records() {
         let alloc = FreeListAllocator::open(&env("SA_SEG")).unwrap();
         let batch: Vec<Record> = (0..RECORDS).map(record).collect();
         let token = ShmArchive::new_in(&alloc, &batch).unwrap().into_token();
-        println!("BATCH {}", token.to_raw());
+        let [o, n] = token.to_raw();
+        println!("BATCH {o} {n}");
         for r in &batch {
-            println!(
-                "ONE {}",
-                ShmArchive::new_in(&alloc, r).unwrap().into_token().to_raw()
-            );
+            let [o, n] = ShmArchive::new_in(&alloc, r).unwrap().into_token().to_raw();
+            println!("ONE {o} {n}");
         }
         return; // the archives outlive this process: ownership was given away
     }
@@ -108,13 +112,17 @@ fn two_processes_10k_records() {
     let lines = finish(child, WATCHDOG, "producer");
     assert_eq!(alloc.stats().live_blocks, Some(1 + RECORDS));
 
+    let parse = |t: &str| -> [u64; 2] {
+        let mut it = t.split(' ').map(|x| x.parse().unwrap());
+        [it.next().unwrap(), it.next().unwrap()]
+    };
     let mut singles = Vec::new();
     let mut batch = None;
     for l in &lines {
         if let Some(t) = l.strip_prefix("BATCH ") {
-            batch = Some(ArchiveToken::<Vec<Record>>::from_raw(t.parse().unwrap()));
+            batch = Some(ArchiveToken::<Vec<Record>>::from_raw(parse(t)));
         } else if let Some(t) = l.strip_prefix("ONE ") {
-            singles.push(ArchiveToken::<Record>::from_raw(t.parse().unwrap()));
+            singles.push(ArchiveToken::<Record>::from_raw(parse(t)));
         }
     }
     assert_eq!(singles.len() as u64, RECORDS);
@@ -152,7 +160,7 @@ fn restore<A: ShmAllocator>(alloc: &A, block: Offset, bytes: &[u8]) {
 fn forge_checksum<A: ShmAllocator>(alloc: &A, block: Offset) {
     let len = u64::from_le_bytes(
         alloc
-            .read(Offset::new(block.get() + 8), 8)
+            .read(Offset::new(block.get() + LEN_AT), 8)
             .unwrap()
             .try_into()
             .unwrap(),
@@ -162,7 +170,7 @@ fn forge_checksum<A: ShmAllocator>(alloc: &A, block: Offset) {
         .unwrap();
     let sum = xxhash_rust::xxh3::xxh3_64(&data);
     alloc
-        .write(Offset::new(block.get() + 24), &sum.to_le_bytes())
+        .write(Offset::new(block.get() + SUM_AT), &sum.to_le_bytes())
         .unwrap();
 }
 
@@ -201,10 +209,9 @@ fn corrupted_archives_are_rejected() {
     let block = archive.offset();
     let token = archive.into_token();
     let data = Offset::new(block.get() + HEADER_LEN);
-    let pristine = alloc.read(block, HEADER_LEN as usize + len).unwrap();
 
     // Where the `values` vectors' relative pointers are (offsets inside the archive).
-    let relptr_pos: Vec<usize> = {
+    let (relptr_pos, token): (Vec<usize>, _) = {
         let a = ShmArchive::from_token(&alloc, token).unwrap();
         let start = archive_start(&alloc, data);
         let pos = a
@@ -215,10 +222,11 @@ fn corrupted_archives_are_rejected() {
             // An ArchivedVec starts with its relative pointer.
             .map(|r| &r.values as *const _ as usize - start)
             .collect();
-        let _ = a.into_token();
-        pos
+        (pos, a.into_token())
     };
     assert!(relptr_pos.len() > 50);
+    // The block as `token` gave it away (claim word = its nonce).
+    let pristine = alloc.read(block, HEADER_LEN as usize + len).unwrap();
 
     let mut rng = Rng::new(0x5eed);
     let open =
@@ -264,7 +272,7 @@ fn corrupted_archives_are_rejected() {
             2 | 3 => {
                 let short = rng.below(len as u64);
                 alloc
-                    .write(Offset::new(block.get() + 8), &short.to_le_bytes())
+                    .write(Offset::new(block.get() + LEN_AT), &short.to_le_bytes())
                     .unwrap();
                 if forge {
                     forge_checksum(&alloc, block);
@@ -333,20 +341,30 @@ fn corrupted_archives_are_rejected() {
         restore(&alloc, block, &pristine);
         e
     };
-    assert!(matches!(damage(0, &[0]), ArchiveError::BadHeader { .. }));
+    let e = damage(0, &[0]);
+    assert!(
+        matches!(e, ArchiveError::Token(TokenError::AlreadyClaimed { .. })),
+        "{e}"
+    );
+    let e = damage(8, &[1]);
+    assert!(
+        matches!(e, ArchiveError::Token(TokenError::TypeMismatch { .. })),
+        "{e}"
+    );
+    assert!(matches!(damage(16, &[0]), ArchiveError::BadHeader { .. }));
     assert!(matches!(
-        damage(16, &[1]),
+        damage(32, &[1]),
         ArchiveError::TypeMismatch { .. }
     ));
-    let e = damage(8, &(u64::MAX / 2).to_le_bytes());
+    let e = damage(LEN_AT, &(u64::MAX / 2).to_le_bytes());
     assert!(matches!(e, ArchiveError::Access(_)), "{e}");
-    let e = damage(8, &((len as u64) + 4096).to_le_bytes());
+    let e = damage(LEN_AT, &((len as u64) + 4096).to_le_bytes());
     assert!(matches!(e, ArchiveError::Access(_)), "{e}");
 
     // Forged tokens: random offsets anywhere in (and past) the segment.
     let end = alloc.segment().len() + 4096;
     for _ in 0..5000 {
-        let t = ArchiveToken::<Vec<Record>>::from_raw(rng.below(end));
+        let t = ArchiveToken::<Vec<Record>>::from_raw([rng.below(end), rng.below(u64::MAX)]);
         if t.offset() != block {
             assert!(ShmArchive::from_token(&alloc, t).is_err());
         }
@@ -604,22 +622,35 @@ fn ownership_sizing_and_bad_tokens() {
         matches!(e, ArchiveError::Access(AccessError::NotAllocated { .. })),
         "{e}"
     );
+    // A second redemption of a live block's token: refused, nothing changes.
+    let t = ShmArchive::new_in(&alloc, &value).unwrap().into_token();
+    let a = ShmArchive::from_token(&alloc, t).unwrap();
+    let e = ShmArchive::from_token(&alloc, t).unwrap_err();
+    assert!(
+        matches!(e, ArchiveError::Token(TokenError::AlreadyClaimed { .. })),
+        "{e}"
+    );
+    drop(a);
+    assert_eq!(live(), 0);
 
     // Wrong type: the tag says so before bytecheck runs.
     let t = ShmArchive::new_in(&alloc, &value).unwrap().into_token();
     let wrong = ArchiveToken::<Vec<u64>>::from_raw(t.to_raw());
     let e = ShmArchive::from_token(&alloc, wrong).unwrap_err();
-    assert!(matches!(e, ArchiveError::TypeMismatch { .. }), "{e}");
+    assert!(
+        matches!(e, ArchiveError::Token(TokenError::TypeMismatch { .. })),
+        "{e}"
+    );
     drop(ShmArchive::from_token(&alloc, t).unwrap());
 
     // Null, misaligned and out-of-range tokens.
-    let e = ShmArchive::from_token(&alloc, ArchiveToken::<u32>::from_raw(0)).unwrap_err();
+    let e = ShmArchive::from_token(&alloc, ArchiveToken::<u32>::from_raw([0, 0])).unwrap_err();
     assert!(matches!(e, ArchiveError::Access(AccessError::Null)), "{e}");
-    let e =
-        ShmArchive::from_token(&alloc, ArchiveToken::<u32>::from_raw(t.to_raw() + 8)).unwrap_err();
+    let [o, n] = t.to_raw();
+    let e = ShmArchive::from_token(&alloc, ArchiveToken::<u32>::from_raw([o + 8, n])).unwrap_err();
     assert!(matches!(e, ArchiveError::BadHeader { .. }), "{e}");
-    let e =
-        ShmArchive::from_token(&alloc, ArchiveToken::<u32>::from_raw(u64::MAX - 15)).unwrap_err();
+    let e = ShmArchive::from_token(&alloc, ArchiveToken::<u32>::from_raw([u64::MAX - 15, n]))
+        .unwrap_err();
     assert!(matches!(e, ArchiveError::Access(_)), "{e}");
     assert_eq!(live(), 0);
 

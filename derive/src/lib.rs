@@ -26,8 +26,11 @@
 //! has padding depends on its parameters (`struct P<T> { a: T, b: u64 }` has padding for
 //! `T = u8`), so for generic structs the padding assertion lives inside `FINGERPRINT`
 //! and fails at compile time for each instantiation whose `FINGERPRINT` is evaluated.
-//! Code that places a generic `T: ShmSafe` in shared memory must therefore evaluate
-//! `T::FINGERPRINT` in a const context (e.g. `let _ = const { T::FINGERPRINT };`).
+//! Every path of `shared_allocator` that places or resolves a `T` in shared memory
+//! (`ShmBox::new_in`, `ShmVec::new_in`, `Arena::alloc`, roots, `RelPtr` resolution and
+//! `read`, tokens) evaluates it through `shared_allocator::typed::layout_checked`, so
+//! `ShmBox::new_in(&alloc, P { a: 1u8, b: 2 })` does not compile. (It is a
+//! monomorphization-time error: `cargo build` reports it, `cargo check` may not.)
 //!
 //! A non-generic struct runs the assertion in a free `const` item, which also evaluates
 //! its fields' fingerprints, so it is checked whenever the crate compiles, together
@@ -43,7 +46,13 @@
 //! - `#[shm(crate = "path")]`: the path of the `shared_allocator` crate in generated
 //!   code, `::shared_allocator` by default. Use it when the dependency is renamed or
 //!   re-exported (`#[shm(crate = "my_dep::shared_allocator")]`), and `"crate"` inside
-//!   `shared_allocator` itself.
+//!   `shared_allocator` itself. Generated code reaches `core` only as
+//!   `<path>::__private::core` (a hidden re-export), never as `::core`, so a crate
+//!   that renames something else to `core` (`extern crate self as core;`) cannot
+//!   change what the layout proofs check.
+//! - `#[shm(sync)]`: also implement `shared_allocator::typed::ShmSync` (shared `&T`
+//!   across processes, for structs whose every field is `ShmSync`: atomics, arrays of
+//!   them, other `#[shm(sync)]` structs). A plain field is a compile error.
 //!
 //! # Example
 //!
@@ -136,9 +145,18 @@ fn parse_repr(attrs: &[Attribute]) -> Result<Repr> {
     Ok(repr)
 }
 
-/// Reads `#[shm(crate = "path")]`; `::shared_allocator` if absent.
-fn parse_crate_path(attrs: &[Attribute]) -> Result<Path> {
+/// What `#[shm(...)]` says.
+struct ShmAttrs {
+    /// `crate = "path"`; `::shared_allocator` if absent.
+    krate: Path,
+    /// `sync`: also implement `ShmSync` (every field must be `ShmSync`).
+    sync: bool,
+}
+
+/// Reads `#[shm(crate = "path", sync)]`.
+fn parse_shm_attrs(attrs: &[Attribute]) -> Result<ShmAttrs> {
     let mut path = None;
+    let mut sync = false;
     for attr in attrs.iter().filter(|a| a.path().is_ident("shm")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("crate") {
@@ -148,12 +166,22 @@ fn parse_crate_path(attrs: &[Attribute]) -> Result<Path> {
                 let lit: LitStr = meta.value()?.parse()?;
                 path = Some(lit.parse::<Path>()?);
                 Ok(())
+            } else if meta.path.is_ident("sync") {
+                if sync {
+                    return Err(meta.error("duplicate `sync` in `#[shm(...)]`"));
+                }
+                sync = true;
+                Ok(())
             } else {
-                Err(meta.error("unknown `#[shm(...)]` option; expected `crate = \"path\"`"))
+                Err(meta
+                    .error("unknown `#[shm(...)]` option; expected `crate = \"path\"` or `sync`"))
             }
         })?;
     }
-    Ok(path.unwrap_or_else(|| parse_quote!(::shared_allocator)))
+    Ok(ShmAttrs {
+        krate: path.unwrap_or_else(|| parse_quote!(::shared_allocator)),
+        sync,
+    })
 }
 
 fn expand(input: &DeriveInput) -> Result<TokenStream2> {
@@ -175,7 +203,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
             ))
         }
     };
-    let krate = parse_crate_path(&input.attrs)?;
+    let ShmAttrs { krate, sync } = parse_shm_attrs(&input.attrs)?;
     let repr = parse_repr(&input.attrs)?;
     if !repr.c_or_transparent {
         return Err(Error::new_spanned(
@@ -197,6 +225,13 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     let name_str = name.to_string();
     let trait_path = quote!(#krate::ShmSafe);
     let fp = quote!(#krate::typed::fingerprint);
+    // Every path into `core` goes through the main crate's hidden re-export, so a
+    // user's `extern crate self as core;` (or any other crate named `core` in the
+    // extern prelude) cannot replace `size_of` or `assert!` in the generated proofs.
+    let core = quote!(#krate::__private::core);
+    // The same path with the struct name's span, so that a failed padding assertion
+    // points at the struct rather than at the derive attribute.
+    let core_at_name = respan(core.clone(), name.span());
 
     // The impl's generics: the struct's own, with `T: ShmSafe` on every type parameter.
     let mut generics = input.generics.clone();
@@ -228,7 +263,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     let size_sum = if field_tys.is_empty() {
         quote!(0usize)
     } else {
-        quote!(#(::core::mem::size_of::<#field_tys>())+*)
+        quote!(#(#core::mem::size_of::<#field_tys>())+*)
     };
     let padding_msg = format!(
         "`{name_str}` has padding bytes (its size is larger than the sum of its field \
@@ -237,7 +272,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     );
     // Spanned at the struct's name, so the error points at the struct.
     let padding_assert = quote_spanned! {name.span()=>
-        ::core::assert!(::core::mem::size_of::<Self>() == #size_sum, #padding_msg);
+        #core_at_name::assert!(#core_at_name::mem::size_of::<Self>() == #size_sum, #padding_msg);
     };
     // For a generic struct the assertion can only run per instantiation: it is part of
     // FINGERPRINT. A non-generic struct also runs it in a free const item, together
@@ -249,7 +284,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
         quote!()
     } else {
         let own = quote_spanned! {name.span()=>
-            ::core::assert!(::core::mem::size_of::<#name>() == #size_sum, #padding_msg);
+            #core_at_name::assert!(#core_at_name::mem::size_of::<#name>() == #size_sum, #padding_msg);
         };
         let fields = field_tys.iter().map(|ty| {
             quote_spanned! {ty.span()=>
@@ -286,6 +321,43 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     //   `FINGERPRINT` for generic ones, checked per instantiation (documented: code
     //   placing a generic `T` in shm evaluates `T::FINGERPRINT` in a const context);
     // - `Send + Sync + 'static`: supertraits, enforced by rustc on the impl itself.
+    // `#[shm(sync)]`: every byte is inside an `UnsafeCell` shared safely across
+    // processes, because every field is `ShmSync` (a where-clause per field type:
+    // rustc rejects the impl, naming the field's type, if one is not).
+    let sync_impl = if sync {
+        let sync_path = quote!(#krate::typed::ShmSync);
+        let mut sync_generics = input.generics.clone();
+        for param in &mut sync_generics.params {
+            if let GenericParam::Type(ty) = param {
+                ty.bounds.push(parse_quote!(#trait_path));
+            }
+        }
+        let (sync_impl_generics, _, _) = sync_generics.split_for_impl();
+        let mut preds: Vec<TokenStream2> = input
+            .generics
+            .where_clause
+            .as_ref()
+            .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
+            .unwrap_or_default();
+        preds.extend(
+            field_tys
+                .iter()
+                .map(|ty| quote_spanned! {ty.span()=> #ty: #sync_path }),
+        );
+        let sync_doc = "SAFETY (checked by `#[derive(ShmSafe)]` with `#[shm(sync)]`): `ShmSafe`, \
+                        and every field is `ShmSync`, so every byte is behind an `UnsafeCell` \
+                        that is sound to share across processes.";
+        quote! {
+            #[doc = #sync_doc]
+            #[automatically_derived]
+            unsafe impl #sync_impl_generics #sync_path for #name #ty_generics
+            where #(#preds,)*
+            {}
+        }
+    } else {
+        quote!()
+    };
+
     Ok(quote! {
         const _: () = {
             /// Mixes field `F` into the fingerprint `h`; requires `F: ShmSafe`.
@@ -294,8 +366,8 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
                     h,
                     name,
                     F::FINGERPRINT,
-                    ::core::mem::size_of::<F>(),
-                    ::core::mem::align_of::<F>(),
+                    #core::mem::size_of::<F>(),
+                    #core::mem::align_of::<F>(),
                 )
             }
 
@@ -307,14 +379,33 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
                     let h = #fp::name(#fp::START, #name_str);
                     let h = #fp::u64(h, #field_count);
                     #(#fingerprint_fields)*
-                    let h = #fp::u64(h, ::core::mem::size_of::<Self>() as u64);
-                    #fp::u64(h, ::core::mem::align_of::<Self>() as u64)
+                    let h = #fp::u64(h, #core::mem::size_of::<Self>() as u64);
+                    #fp::u64(h, #core::mem::align_of::<Self>() as u64)
                 };
             }
 
             #eager_check
+
+            #sync_impl
         };
     })
+}
+
+/// `tokens` with every span set to `span` (recursively into groups).
+fn respan(tokens: TokenStream2, span: proc_macro2::Span) -> TokenStream2 {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut inner = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                inner.set_span(span);
+                tt = proc_macro2::TokenTree::Group(inner);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -332,6 +423,16 @@ mod tests {
     fn crate_path_default_and_override() {
         let out = expand_str("#[repr(C)] struct A { x: u32 }").unwrap();
         assert!(out.contains(":: shared_allocator :: ShmSafe"), "{out}");
+        assert!(
+            out.contains(":: shared_allocator :: __private :: core :: mem :: size_of"),
+            "{out}"
+        );
+        assert!(!out.contains("ShmSync"), "{out}");
+        let out = expand_str("#[repr(C)] #[shm(sync)] struct A { x: AtomicU32 }").unwrap();
+        assert!(
+            out.contains("AtomicU32 : :: shared_allocator :: typed :: ShmSync"),
+            "{out}"
+        );
         let out = expand_str("#[repr(C)] #[shm(crate = \"crate\")] struct A { x: u32 }").unwrap();
         assert!(out.contains("crate :: ShmSafe"), "{out}");
         assert!(!out.contains("shared_allocator"), "{out}");

@@ -1,11 +1,24 @@
-//! The bump allocator: one atomic word holds `[epoch: 28 | cursor: 36]`.
+//! The bump allocator: one 128-bit atomic word holds `[epoch: 64 | cursor: 64]`.
 //!
-//! Allocation is one compare-and-swap that advances the cursor; `reset` is one
-//! compare-and-swap that rewinds it and increments the epoch. Because epoch and
-//! cursor share a word, every allocation is tied to exactly one epoch: an
-//! allocation racing a reset either lands before it or retries after it.
+//! Allocation is one 128-bit compare-and-swap that advances the cursor; `reset` is
+//! one that rewinds it and increments the epoch. Because epoch and cursor share a
+//! word, every allocation is tied to exactly one epoch: an allocation racing a
+//! reset either lands before it or retries after it. The epoch is a full 64 bits:
+//! at 10^9 resets per second it wraps after 584 years, so an old handle can never
+//! match a new epoch.
+//!
+//! Orderings: `reset` publishes with Release (AcqRel CAS); an allocation's
+//! successful CAS is Acquire, so everything before the reset (in the resetting
+//! process, and whatever happened-before it) happens-before the new epoch's writes.
+//!
+//! The 128-bit CAS is `cmpxchg16b` on x86_64 (portable-atomic, detected at run
+//! time). A CPU without it would get portable-atomic's lock-based fallback, whose
+//! lock is per process and so useless in shared memory: `create` and `open`
+//! refuse such a CPU with [`SegmentError::Unsupported`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use portable_atomic::AtomicU128;
 
 use super::{check_request, data_relative, Offset, ShmAllocator, Stats};
 use crate::error::{AccessError, AllocError, SegmentError};
@@ -16,15 +29,42 @@ use crate::segment::{
 
 /// One page of metadata: the state word.
 const META_LEN: u64 = 4096;
-const CURSOR_BITS: u32 = 36;
 /// Give up on a CAS retry loop after this many rounds: real contention makes
 /// progress long before; only a peer rewriting the word forever gets here.
 const RETRY_LIMIT: u32 = 1 << 20;
-const CURSOR_MASK: u64 = (1 << CURSOR_BITS) - 1;
+
+const CURSOR_MASK: u128 = u64::MAX as u128;
 /// Largest data region a bump allocator can have (64 GiB - 1).
-pub const BUMP_MAX_CAPACITY: u64 = CURSOR_MASK;
-/// Epochs wrap after this many resets.
-pub const BUMP_EPOCH_MODULUS: u64 = 1 << (64 - CURSOR_BITS);
+pub const BUMP_MAX_CAPACITY: u64 = (1 << 36) - 1;
+
+fn require_lock_free_u128() -> Result<(), SegmentError> {
+    if AtomicU128::is_lock_free() {
+        Ok(())
+    } else {
+        Err(SegmentError::Unsupported {
+            what: "the bump allocator needs a lock-free 128-bit compare-and-swap (cmpxchg16b)",
+        })
+    }
+}
+
+/// Orderings of the bump word, shared with the loom model below so that the model
+/// checks exactly these: an allocation loads and succeeds with Acquire, a reset
+/// publishes with AcqRel.
+const ALLOC_ORDER: Ordering = Ordering::Acquire;
+const RESET_ORDER: Ordering = Ordering::AcqRel;
+
+/// Where an allocation of `size` bytes aligned to `mask + 1` lands when `used` bytes
+/// of `cap` are taken: `(start, end)` relative to the data region, or `None` if it
+/// does not fit (also for a scribbled cursor near `u64::MAX`: no overflow).
+fn place(used: u64, size: u64, mask: u64, cap: u64) -> Option<(u64, u64)> {
+    let start = used.checked_add(mask)? & !mask;
+    let end = start.checked_add(size).filter(|&e| e <= cap)?;
+    Some((start, end))
+}
+
+fn split(word: u128) -> (u64, u64) {
+    ((word >> 64) as u64, (word & CURSOR_MASK) as u64)
+}
 
 /// A bump allocator in shared memory: allocation is one atomic compare-and-swap,
 /// there is no individual free, and [`reset`](BumpAllocator::reset) releases
@@ -74,6 +114,7 @@ impl BumpAllocator {
         capacity: u64,
         opts: &CreateOptions,
     ) -> Result<Self, SegmentError> {
+        require_lock_free_u128()?;
         if capacity == 0 || capacity > BUMP_MAX_CAPACITY {
             return Err(SegmentError::InvalidParameter {
                 what: "bump capacity",
@@ -109,9 +150,10 @@ impl BumpAllocator {
     /// # Errors
     /// As [`open`](Self::open).
     pub fn open_with(name: &str, opts: &OpenOptions) -> Result<Self, SegmentError> {
+        require_lock_free_u128()?;
         let seg = Segment::open(name, AllocatorKind::Bump, opts)?;
         let l = *seg.layout();
-        if l.meta_len < 8 || l.data_len > BUMP_MAX_CAPACITY {
+        if l.meta_len < 16 || l.meta_offset % 16 != 0 || l.data_len > BUMP_MAX_CAPACITY {
             return Err(SegmentError::CorruptHeader {
                 reason: "bump layout out of range",
             });
@@ -137,12 +179,19 @@ impl BumpAllocator {
         self.seg.unlink()
     }
 
-    fn state(&self) -> &AtomicU64 {
-        // Validated at create/open: meta_len >= 8 and inside the mapping.
-        &self
+    fn state(&self) -> &AtomicU128 {
+        // Validated at create/open: meta_len >= 16, 16-aligned, inside the mapping.
+        let p = self
             .seg
-            .words(self.seg.layout().meta_offset, 1)
-            .expect("validated layout")[0]
+            .ptr_at(self.seg.layout().meta_offset, 16, 16)
+            .expect("validated layout");
+        // SAFETY:
+        // - `ptr_at` checked 16 bytes inside the mapping at a 16-aligned offset of a
+        //   page-aligned mapping; AtomicU128 has the size and alignment of u128;
+        // - every bit pattern is a valid AtomicU128, and the word is only accessed
+        //   atomically (lock-free: checked at create/open) by every process;
+        // - the reference borrows `self`, so the mapping outlives it.
+        unsafe { &*(p.as_ptr() as *const AtomicU128) }
     }
 
     /// Releases every allocation at once and advances the epoch. O(1).
@@ -160,11 +209,12 @@ impl BumpAllocator {
         let state = self.state();
         let mut cur = state.load(Ordering::Relaxed);
         for _ in 0..RETRY_LIMIT {
-            let epoch = ((cur >> CURSOR_BITS) + 1) % BUMP_EPOCH_MODULUS;
+            // 2^64 resets never happen; wrapping keeps a scribbled MAX from panicking.
+            let epoch = split(cur).0.wrapping_add(1);
             match state.compare_exchange_weak(
                 cur,
-                epoch << CURSOR_BITS,
-                Ordering::AcqRel,
+                u128::from(epoch) << 64,
+                RESET_ORDER,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return epoch,
@@ -172,8 +222,8 @@ impl BumpAllocator {
             }
         }
         // A peer rewrites the word forever (hostile): reset by force, never hang.
-        let epoch = ((cur >> CURSOR_BITS) + 1) % BUMP_EPOCH_MODULUS;
-        state.store(epoch << CURSOR_BITS, Ordering::Release);
+        let epoch = split(cur).0.wrapping_add(1);
+        state.store(u128::from(epoch) << 64, Ordering::Release);
         epoch
     }
 
@@ -192,13 +242,11 @@ impl BumpAllocator {
         let (base, cap) = (l.data_offset, l.data_len);
         let state = self.state();
         let mask = align as u64 - 1;
-        let mut cur = state.load(Ordering::Relaxed);
+        let mut cur = state.load(ALLOC_ORDER);
         for _ in 0..RETRY_LIMIT {
-            let used = cur & CURSOR_MASK;
+            let (epoch, used) = split(cur);
             // data_offset is page-aligned, so aligning the relative cursor aligns the offset.
-            let start = (used + mask) & !mask;
-            let end = start.checked_add(size as u64).filter(|&e| e <= cap);
-            let Some(end) = end else {
+            let Some((start, end)) = place(used, size as u64, mask, cap) else {
                 if size as u64 > cap {
                     return Err(AllocError::TooLarge {
                         requested: size as u64,
@@ -210,9 +258,11 @@ impl BumpAllocator {
                     available: cap.saturating_sub(used),
                 });
             };
-            let next = (cur & !CURSOR_MASK) | end;
-            match state.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return Ok((Offset::new(base + start), cur >> CURSOR_BITS)),
+            let next = (cur & !CURSOR_MASK) | u128::from(end);
+            // Acquire on success: the reset that began this epoch happens-before
+            // this allocation's writes.
+            match state.compare_exchange_weak(cur, next, ALLOC_ORDER, ALLOC_ORDER) {
+                Ok(_) => return Ok((Offset::new(base + start), epoch)),
                 Err(now) => cur = now,
             }
         }
@@ -222,12 +272,24 @@ impl BumpAllocator {
     }
 
     fn used(&self) -> u64 {
-        (self.state().load(Ordering::Acquire) & CURSOR_MASK).min(self.seg.layout().data_len)
+        split(self.state().load(Ordering::Acquire))
+            .1
+            .min(self.seg.layout().data_len)
     }
 }
 
 impl ShmAllocator for BumpAllocator {
     const KIND: AllocatorKind = AllocatorKind::Bump;
+
+    fn liveness_token(&self) -> u32 {
+        self.member
+            .slot(&self.seg)
+            .map_or(0, |slot| process::token(&self.seg, slot))
+    }
+
+    fn token_alive(&self, token: u32) -> bool {
+        process::token_alive(&self.seg, self.member.current(), token)
+    }
 
     fn segment(&self) -> &Segment {
         &self.seg
@@ -271,6 +333,123 @@ impl ShmAllocator for BumpAllocator {
     }
 
     fn epoch(&self) -> u64 {
-        self.state().load(Ordering::Acquire) >> CURSOR_BITS
+        split(self.state().load(Ordering::Acquire)).0
+    }
+}
+
+/// A loom model of allocation against reset, with the orderings and the placement
+/// function of the real code (`ALLOC_ORDER`, `RESET_ORDER`, `place`). loom has no
+/// 128-bit atomic, so the model packs `[epoch: 32 | cursor: 32]` into a loom
+/// `AtomicU64`; the protocol (one word, CAS for both operations) is the same.
+/// Run: `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::{place, ALLOC_ORDER, RESET_ORDER};
+    use loom::cell::UnsafeCell;
+    use loom::sync::atomic::AtomicU64;
+    use loom::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    const CAP: u64 = 8;
+
+    struct Model {
+        word: AtomicU64,
+        /// The 8 data bytes at relative offset 0.
+        slot: UnsafeCell<u64>,
+    }
+
+    fn pack(epoch: u64, cursor: u64) -> u64 {
+        (epoch << 32) | cursor
+    }
+
+    fn allocate(m: &Model, size: u64) -> Option<(u64, u64)> {
+        let mut cur = m.word.load(ALLOC_ORDER);
+        loop {
+            let (epoch, used) = (cur >> 32, cur & 0xffff_ffff);
+            let (start, end) = place(used, size, 7, CAP)?;
+            match m
+                .word
+                .compare_exchange_weak(cur, pack(epoch, end), ALLOC_ORDER, ALLOC_ORDER)
+            {
+                Ok(_) => return Some((start, epoch)),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn reset(m: &Model) {
+        let mut cur = m.word.load(Ordering::Relaxed);
+        loop {
+            let next = pack((cur >> 32) + 1, 0);
+            match m
+                .word
+                .compare_exchange_weak(cur, next, RESET_ORDER, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The last reader of epoch 0 reads the slot and then resets; an allocator that
+    /// lands on the slot in epoch 1 writes it. loom proves the write happens after
+    /// the read (checked: with `ALLOC_ORDER = Relaxed` loom reports "Causality
+    /// violation: Concurrent read and write accesses to `UnsafeCell`").
+    #[test]
+    fn loom_bump_allocation_happens_after_reset() {
+        loom::model(|| {
+            let m = Arc::new(Model {
+                word: AtomicU64::new(pack(0, CAP)), // epoch 0, the slot handed out
+                slot: UnsafeCell::new(1),
+            });
+            let coordinator = {
+                let m = m.clone();
+                loom::thread::spawn(move || {
+                    // SAFETY: epoch 0's data is only read; writers of epoch 1
+                    // allocate after the reset below (what loom checks).
+                    let v = m.slot.with(|p| unsafe { *p });
+                    assert_eq!(v, 1);
+                    reset(&m);
+                })
+            };
+            // Wait (yielding) until an allocation succeeds: only in epoch 1.
+            loop {
+                match allocate(&m, 8) {
+                    Some((0, 1)) => {
+                        // SAFETY: the slot was handed to this allocation in epoch 1.
+                        m.slot.with_mut(|p| unsafe { *p = 2 });
+                        break;
+                    }
+                    Some(other) => panic!("unexpected allocation {other:?}"),
+                    None => loom::thread::yield_now(), // still epoch 0: full
+                }
+            }
+            coordinator.join().unwrap();
+        });
+    }
+
+    /// Two allocations racing a reset never get the same bytes in the same epoch.
+    #[test]
+    fn loom_bump_allocations_never_overlap_across_a_reset() {
+        loom::model(|| {
+            let m = Arc::new(Model {
+                word: AtomicU64::new(pack(0, 0)),
+                slot: UnsafeCell::new(0),
+            });
+            let a = {
+                let m = m.clone();
+                loom::thread::spawn(move || allocate(&m, 8))
+            };
+            let r = {
+                let m = m.clone();
+                loom::thread::spawn(move || reset(&m))
+            };
+            let mine = allocate(&m, 8);
+            let theirs = a.join().unwrap();
+            r.join().unwrap();
+            if let (Some(x), Some(y)) = (mine, theirs) {
+                assert_ne!(x, y, "the same bytes twice in one epoch");
+            }
+        });
     }
 }

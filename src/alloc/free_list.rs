@@ -1796,6 +1796,16 @@ impl Drop for FreeListAllocator {
 impl ShmAllocator for FreeListAllocator {
     const KIND: AllocatorKind = AllocatorKind::FreeList;
 
+    fn liveness_token(&self) -> u32 {
+        self.member
+            .slot(&self.seg)
+            .map_or(0, |slot| process::token(&self.seg, slot))
+    }
+
+    fn token_alive(&self, token: u32) -> bool {
+        process::token_alive(&self.seg, self.member.current(), token)
+    }
+
     fn segment(&self) -> &Segment {
         &self.seg
     }

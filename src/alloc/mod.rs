@@ -161,6 +161,9 @@ pub trait ShmAllocator: Send + Sync {
     /// # Errors
     /// As [`ShmAllocator::check_range`].
     fn read(&self, offset: Offset, len: usize) -> Result<Vec<u8>, AccessError> {
+        // The range first: a length that is not inside one live block is an error,
+        // never a local allocation of that size.
+        self.check_range(offset, len as u64)?;
         let mut buf = vec![0; len];
         self.read_into(offset, &mut buf)?;
         Ok(buf)
@@ -179,6 +182,15 @@ pub trait ShmAllocator: Send + Sync {
     fn epoch(&self) -> u64 {
         0
     }
+
+    /// This handle's liveness token in the segment's process registry (nonzero;
+    /// 0 if it holds no slot): what claims in shared memory record instead of a pid.
+    #[doc(hidden)]
+    fn liveness_token(&self) -> u32;
+
+    /// Whether the handle that took `token` (in any process) is still alive.
+    #[doc(hidden)]
+    fn token_alive(&self, token: u32) -> bool;
 
     /// The error for a range outside the data region.
     #[doc(hidden)]

@@ -597,3 +597,30 @@ impl Membership {
         self.own_slot()
     }
 }
+
+// ------------------------------------------------------------------ liveness tokens
+
+/// A nonzero 32-bit name for "this handle's registration": `[generation: 24 |
+/// slot + 1: 8]`. Stored in shared words that record who holds a claim (a root
+/// being created, a lock), and checked with [`token_alive`]: never a pid.
+pub(crate) fn token(seg: &Segment, slot: usize) -> u32 {
+    let gen = (slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire) >> 32) as u32;
+    ((gen & 0xFF_FFFF) << 8) | (slot as u32 + 1)
+}
+
+/// Whether the registration named by `token` is still alive: its slot holds the
+/// same generation and is held by a live handle (this one, or one whose lock
+/// another open file description holds).
+pub(crate) fn token_alive(seg: &Segment, me: Option<usize>, token: u32) -> bool {
+    let Some(slot) = ((token & 0xFF) as usize)
+        .checked_sub(1)
+        .filter(|&s| s < SLOTS)
+    else {
+        return false;
+    };
+    let st = slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire);
+    if st & 0xFFFF_FFFF != STATUS_LIVE || ((st >> 32) as u32 & 0xFF_FFFF) != token >> 8 {
+        return false; // left, or died and the slot was taken by someone else
+    }
+    Some(slot) == me || locked_by_other(seg.file(), slot)
+}

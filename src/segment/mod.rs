@@ -126,33 +126,6 @@ fn io_err(op: &'static str, e: std::io::Error) -> SegmentError {
     }
 }
 
-/// This process's id, cached: `getpid` is a system call, and ownership marks are
-/// written on allocation paths. A `fork` child handler clears the cache, so a
-/// forked child never writes its parent's pid.
-pub(crate) fn current_pid() -> u32 {
-    use std::sync::atomic::AtomicU32;
-    static PID: AtomicU32 = AtomicU32::new(0);
-    static REGISTER: std::sync::Once = std::sync::Once::new();
-    extern "C" fn forget_pid() {
-        PID.store(0, Ordering::Relaxed);
-    }
-    let cached = PID.load(Ordering::Relaxed);
-    if cached != 0 {
-        return cached;
-    }
-    REGISTER.call_once(|| {
-        // SAFETY:
-        // - pthread_atfork only records the three handler pointers; `forget_pid` is a
-        //   plain `extern "C" fn` with no arguments, as the child handler must be;
-        // - it is async-signal-safe (one atomic store), as handlers run after fork must be.
-        let rc = unsafe { nix::libc::pthread_atfork(None, None, Some(forget_pid)) };
-        debug_assert_eq!(rc, 0);
-    });
-    let pid = std::process::id();
-    PID.store(pid, Ordering::Relaxed);
-    pid
-}
-
 /// The owner uid of the object `name` in /dev/shm, if it can be seen.
 fn owner_of(name: &str) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
@@ -180,17 +153,6 @@ fn check_owner_and_mode(file: &File, name: &str, opts: &OpenOptions) -> Result<(
         });
     }
     Ok(())
-}
-
-/// Whether process `pid` exists (a robust-ownership check: a claim recorded with a
-/// pid whose process is gone belongs to nobody and may be taken over).
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    use nix::sys::signal::kill;
-    use nix::unistd::Pid;
-    match i32::try_from(pid) {
-        Ok(p) if p > 0 => !matches!(kill(Pid::from_raw(p), None), Err(Errno::ESRCH)),
-        _ => false,
-    }
 }
 
 /// Removes the name `name` from the system. Mappings that are open stay valid

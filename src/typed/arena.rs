@@ -1,9 +1,17 @@
 //! Arenas over a [`BumpAllocator`]: typed allocations tied to the bump epoch.
 //!
-//! In this process, the borrow checker keeps [`Arena::reset`] from running while
-//! arena values are alive. Across processes it cannot, so every handle carries the
-//! epoch it was allocated in, and resolving it after a reset (by any process) is an
-//! [`AccessError::Stale`] instead of a read of reused bytes.
+//! Arena values are *shared and immutable*: written once when allocated, then only
+//! read. In this process, the borrow checker keeps [`Arena::reset`] from running
+//! while arena values are alive. Across processes it cannot, so every handle carries
+//! the (64-bit) epoch it was allocated in, and resolving it after a reset (by any
+//! process) is an [`AccessError::Stale`] instead of a read of reused bytes.
+//!
+//! What is not checked yet: a reset by another process (or through a second
+//! `BumpAllocator` of the same segment in this process) *while* a reference from
+//! [`ArenaPtr::get`] / [`ArenaBox::get`] is held. Making such a reset wait (or fail
+//! with `Busy`) needs reader pins in the process registry; until then, references
+//! trust the coordination protocol (reset only between batches), and
+//! [`ArenaPtr::read`] is the copy path that is sound regardless.
 
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
@@ -11,7 +19,7 @@ use std::sync::atomic::{fence, Ordering};
 
 use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
 use crate::error::{AccessError, Error};
-use crate::typed::{fingerprint, raw, ShmSafe};
+use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 
 /// A typed allocation scope over a bump allocator. Created by
 /// [`BumpAllocator::arena`]; holds the allocator mutably so that neither
@@ -27,7 +35,7 @@ use crate::typed::{fingerprint, raw, ShmSafe};
 /// let s = arena.alloc_slice(&[1u32, 2, 3])?;
 /// let handle = s.handle();                 // 24 bytes: offset, epoch, length
 /// assert_eq!(*x.get()?, 7);
-/// assert_eq!(handle.get_slice(arena.allocator())?, &[1, 2, 3]);
+/// assert_eq!(*handle.get_slice(arena.allocator())?, [1, 2, 3]);
 /// arena.reset();                            // only compiles once x and s are gone
 /// assert!(handle.get_slice(arena.allocator()).unwrap_err().is_stale());
 /// # drop(arena);
@@ -62,6 +70,7 @@ impl<'b> Arena<'b> {
     /// # Errors
     /// [`Error::Alloc`] when the bump allocator is full.
     pub fn alloc<T: ShmSafe>(&self, value: T) -> Result<ArenaBox<'_, T>, Error> {
+        let _ = layout_checked::<T>();
         let (off, epoch) = self
             .bump
             .allocate_with_epoch(size_of::<T>().max(1), align_of::<T>())?;
@@ -77,6 +86,7 @@ impl<'b> Arena<'b> {
     /// # Errors
     /// [`Error::Alloc`] when the bump allocator is full.
     pub fn alloc_slice<T: ShmSafe + Copy>(&self, values: &[T]) -> Result<ArenaBox<'_, T>, Error> {
+        let _ = layout_checked::<T>();
         let bytes =
             size_of::<T>()
                 .checked_mul(values.len())
@@ -102,6 +112,43 @@ impl<'b> Arena<'b> {
     }
 }
 
+/// A zero-copy view of arena data: what [`ArenaPtr::get`] and [`ArenaBox::get`]
+/// return. It dereferences to the value (or slice) and borrows the allocator.
+///
+/// It is the *view guard* of the safety model: today it only carries the borrow;
+/// once the process registry exists it will hold this process's reader pin, so that
+/// a reset in any process waits for it (or returns `Busy`) instead of reusing bytes
+/// under it. Keep views short-lived; use [`ArenaPtr::read`] to keep data.
+pub struct ArenaRef<'a, T: ?Sized> {
+    value: &'a T,
+}
+
+impl<'a, T: ?Sized> ArenaRef<'a, T> {
+    fn new(value: &'a T) -> Self {
+        ArenaRef { value }
+    }
+}
+
+impl<T: ?Sized> std::ops::Deref for ArenaRef<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        self.value
+    }
+}
+
+impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for ArenaRef<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
+impl<T: ?Sized + std::fmt::Display> std::fmt::Display for ArenaRef<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
 /// A value (or slice) allocated in an [`Arena`], borrowing it.
 #[derive(Debug)]
 pub struct ArenaBox<'a, T> {
@@ -115,7 +162,7 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     ///
     /// # Errors
     /// [`AccessError::Stale`] if any process reset the bump allocator since.
-    pub fn get(&self) -> Result<&'a T, AccessError> {
+    pub fn get(&self) -> Result<ArenaRef<'a, T>, AccessError> {
         self.ptr.get(self.bump)
     }
 
@@ -123,7 +170,7 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     ///
     /// # Errors
     /// As [`get`](ArenaBox::get).
-    pub fn get_slice(&self) -> Result<&'a [T], AccessError> {
+    pub fn get_slice(&self) -> Result<ArenaRef<'a, [T]>, AccessError> {
         self.ptr.get_slice(self.bump)
     }
 
@@ -138,9 +185,10 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
 ///
 /// Resolving it checks the epoch: after a reset it is [`AccessError::Stale`].
 /// [`read`](ArenaPtr::read) re-checks the epoch after copying, so a copy it returns
-/// was never mixed with bytes of a later epoch. References from
-/// [`get`](ArenaPtr::get) are checked once: a reset by another process while the
-/// reference is held is the coordination protocol's job (reset only between batches).
+/// was never mixed with bytes of a later epoch: the checked copy path. Views from
+/// [`get`](ArenaPtr::get) ([`ArenaRef`]) are checked once and trust every writer:
+/// a reset by another process while a view is held is, until reader pins exist,
+/// the coordination protocol's job (reset only between batches).
 #[derive(zerocopy::FromBytes, zerocopy::KnownLayout, zerocopy::Immutable)]
 #[repr(C)]
 pub struct ArenaPtr<T> {
@@ -198,26 +246,33 @@ impl<T> ArenaPtr<T> {
 }
 
 impl<T: ShmSafe> ArenaPtr<T> {
-    /// Resolves a single value.
+    /// Resolves a single value to a zero-copy view (see [`ArenaRef`]; the copy
+    /// path beside it is [`read`](ArenaPtr::read)).
     ///
     /// # Errors
     /// [`AccessError::Stale`] after a reset; bounds and alignment errors otherwise.
-    pub fn get<'a>(&self, bump: &'a BumpAllocator) -> Result<&'a T, AccessError> {
+    pub fn get<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, T>, AccessError> {
+        let _ = layout_checked::<T>();
         self.check_epoch(bump)?;
-        raw::value_at(bump, self.offset())
+        raw::value_at(bump, self.offset()).map(ArenaRef::new)
     }
 
     /// Resolves all elements.
     ///
     /// # Errors
     /// As [`get`](ArenaPtr::get).
-    pub fn get_slice<'a>(&self, bump: &'a BumpAllocator) -> Result<&'a [T], AccessError> {
+    pub fn get_slice<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, [T]>, AccessError> {
+        let _ = layout_checked::<T>();
         self.check_epoch(bump)?;
-        raw::slice_at(bump, self.offset(), self.len as usize)
+        raw::slice_at(bump, self.offset(), self.len as usize).map(ArenaRef::new)
     }
 
-    /// Copies the elements out, then re-checks the epoch: the copy is entirely from
-    /// this handle's epoch, or the result is [`AccessError::Stale`].
+    /// Copies the elements out with byte-wise atomic loads, then re-checks the
+    /// epoch (a seqlock over the epoch: Acquire load, copy, Acquire fence, load):
+    /// the copy is entirely from this handle's epoch, or the result is
+    /// [`AccessError::Stale`]. This is the checked copy path: sound whatever other
+    /// processes do meanwhile (reset, reallocate, scribble), and the number of
+    /// elements is checked against the allocated range before the local vector grows.
     ///
     /// # Errors
     /// As [`get`](ArenaPtr::get).
@@ -225,7 +280,14 @@ impl<T: ShmSafe> ArenaPtr<T> {
     where
         T: Copy,
     {
-        let v = self.get_slice(bump)?.to_vec();
+        let _ = layout_checked::<T>();
+        self.check_epoch(bump)?;
+        let len = usize::try_from(self.len).map_err(|_| AccessError::NotAllocated {
+            offset: self.offset,
+            len: self.len,
+        })?;
+        let mut v = Vec::new();
+        raw::copy_out(bump, self.offset(), len, &mut v)?;
         fence(Ordering::Acquire);
         self.check_epoch(bump)?;
         Ok(v)

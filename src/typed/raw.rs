@@ -1,7 +1,10 @@
 //! The typed layer's only unsafe code: turning a checked offset into a reference,
-//! and moving a value into a fresh block.
+//! moving a value into a fresh block, and copying values out with byte-wise atomic
+//! loads (the checked copy path, sound against concurrent writers).
 
 use std::mem::{align_of, size_of};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, Ordering};
 
 use crate::alloc::{Offset, ShmAllocator};
 use crate::error::AccessError;
@@ -92,9 +95,11 @@ unsafe fn slice_from<T: ShmSafe, A: ShmAllocator + ?Sized>(
     //   mapping and that `p` is aligned for T;
     // - T: ShmSafe, so every bit pattern of those bytes is a valid T, whatever another
     //   process wrote; T has no padding, so the bytes are initialised memory;
-    // - the slice borrows `_owner`, which owns the mapping, so it cannot outlive it.
-    //   Concurrent writes by other processes are covered by the crate's Safety model:
-    //   shared mutation goes through atomics, whose UnsafeCell makes `&T` sound.
+    // - the slice borrows `_owner`, which owns the mapping, so it cannot outlive it;
+    // - that nothing writes the bytes while the slice lives, or only through atomics
+    //   (`T: ShmSync`), is each caller's part: the block is exclusively owned by
+    //   the caller's handle, shared and immutable, or `T: ShmSync` (module docs of
+    //   `crate::typed`).
     unsafe { std::slice::from_raw_parts(p.as_ptr() as *const T, count) }
 }
 
@@ -109,6 +114,7 @@ pub(crate) fn value_at<T: ShmSafe, A: ShmAllocator + ?Sized>(
 /// Moves `values` into the block at `offset`, which this process just allocated
 /// (so it is live and nobody else has its offset yet): only the mapping bounds and
 /// alignment are checked, not the allocator's metadata. Returns the written values.
+#[inline]
 pub(crate) fn write_fresh<T: ShmSafe, A: ShmAllocator + ?Sized>(
     alloc: &A,
     offset: Offset,
@@ -134,8 +140,12 @@ pub(crate) fn write_fresh<T: ShmSafe, A: ShmAllocator + ?Sized>(
         //   `written < count` because `take(count)` yields at most `count` items;
         // - the block was just allocated by this process and its offset not yet
         //   published, so no reference handed out by this crate covers these bytes;
-        // - `write` does not drop the old bytes, which is right: they are not a T.
-        unsafe { dst.wrapping_add(written).write(v) };
+        // - a reader in another process (or thread) may still be copying these bytes
+        //   out of the block's previous life (a seqlock reader that will retry, or a
+        //   stale arena handle that will see the new epoch): the byte-wise atomic
+        //   store keeps that overlap free of data races with its atomic loads;
+        // - it does not drop the old bytes, which is right: they are not a T.
+        unsafe { atomic_memcpy::atomic_store(dst.wrapping_add(written), v, Ordering::Relaxed) };
         written += 1;
     }
     // SAFETY:
@@ -145,15 +155,93 @@ pub(crate) fn write_fresh<T: ShmSafe, A: ShmAllocator + ?Sized>(
     Ok(unsafe { std::slice::from_raw_parts(dst, written) })
 }
 
-/// Copies `count` values out of a block (for readers that must not keep references
-/// to memory another process may reuse).
+/// Copies one `T` out of shared memory with a byte-wise atomic load (Relaxed per
+/// byte group; callers that need ordering put a fence after it).
+///
+/// # Safety
+/// `p` points to one `T` inside a mapping that stays mapped for the call, aligned
+/// for `T`.
+#[inline]
+pub(crate) unsafe fn atomic_read_relaxed<T: ShmSafe>(p: NonNull<T>) -> T {
+    // SAFETY:
+    // - the caller guarantees `p` is valid for reads of one T and aligned;
+    // - the memory is a shared mapping reached through a raw pointer, never through
+    //   a Rust reference this load could invalidate; every load is atomic, so
+    //   concurrent writers in other processes are not a data race on this side.
+    let v = unsafe { atomic_memcpy::atomic_load(p.as_ptr(), Ordering::Relaxed) };
+    // SAFETY: every byte of `v` was copied from the mapping (initialised memory: the
+    // segment is zero-filled at creation), T has no padding, and T: ShmSafe is valid
+    // for every bit pattern, including a mix of two writes.
+    unsafe { v.assume_init() }
+}
+
+/// [`atomic_read_relaxed`] followed by an Acquire fence.
+///
+/// # Safety
+/// As [`atomic_read_relaxed`].
+#[inline]
+pub(crate) unsafe fn atomic_read<T: ShmSafe>(p: NonNull<T>) -> T {
+    // SAFETY: the caller's guarantee is the callee's precondition.
+    let v = unsafe { atomic_read_relaxed(p) };
+    fence(Ordering::Acquire);
+    v
+}
+
+/// Copies `count` values out of a block with byte-wise atomic loads (for readers
+/// that must not keep references to memory another process may write or reuse).
+/// The range is checked (inside one live block) before `out` grows, so a hostile
+/// `count` is an error, never a huge local allocation.
 pub(crate) fn copy_out<T: ShmSafe + Copy, A: ShmAllocator + ?Sized>(
     alloc: &A,
     offset: Offset,
     count: usize,
     out: &mut Vec<T>,
 ) -> Result<(), AccessError> {
-    let src = slice_at::<T, A>(alloc, offset, count)?;
-    out.extend_from_slice(src);
+    let p = checked_ptr::<T, A>(alloc, offset, count)?;
+    out.reserve(count);
+    for i in 0..count {
+        // `checked_ptr` proved `count` Ts at `p`, so `p + i` is in bounds.
+        let at = NonNull::new(p.as_ptr().wrapping_add(i)).unwrap_or(p);
+        // SAFETY: `at` is the i-th of `count` aligned Ts inside one live block of the
+        // mapping `alloc` owns, which is borrowed for this call.
+        out.push(unsafe { atomic_read_relaxed(at) });
+    }
+    Ok(())
+}
+
+/// Copies `out.len()` bytes at `offset` out of one live block with byte-wise atomic
+/// loads (the checked copy path for byte ranges another process may be writing).
+pub(crate) fn copy_bytes_out<A: ShmAllocator + ?Sized>(
+    alloc: &A,
+    offset: Offset,
+    out: &mut [u8],
+) -> Result<(), AccessError> {
+    const CHUNK: usize = 256;
+    let p = checked_ptr::<u8, A>(alloc, offset, out.len())?;
+    let mut done = 0;
+    while done < out.len() {
+        let n = CHUNK.min(out.len() - done);
+        let src = p.as_ptr().wrapping_add(done);
+        if n == CHUNK {
+            // SAFETY:
+            // - `checked_ptr` proved `out.len()` bytes at `p` inside one live block of
+            //   the mapping `alloc` owns (borrowed for this call); `done + CHUNK <=
+            //   out.len()`, so the chunk is inside them; `[u8; N]` needs alignment 1;
+            // - the loads are atomic, so concurrent writers are not a data race here.
+            let chunk =
+                unsafe { atomic_memcpy::atomic_load(src as *const [u8; CHUNK], Ordering::Relaxed) };
+            // SAFETY: every byte was copied from initialised shared memory, and any
+            // byte is a valid u8.
+            out[done..done + CHUNK].copy_from_slice(&unsafe { chunk.assume_init() });
+        } else {
+            for (i, b) in out[done..].iter_mut().enumerate() {
+                let at = NonNull::new(src.wrapping_add(i)).unwrap_or(p);
+                // SAFETY: `at` is one of the `out.len()` checked bytes (alignment 1).
+                *b = unsafe { atomic_read_relaxed(at) };
+            }
+        }
+        done += n;
+    }
+    fence(Ordering::Acquire);
     Ok(())
 }

@@ -5,18 +5,25 @@ use std::marker::PhantomData;
 
 use crate::alloc::{Offset, ShmAllocator};
 use crate::error::AccessError;
-use crate::typed::{fingerprint, raw, ShmSafe};
+use crate::typed::{fingerprint, layout_checked, raw, ShmSafe, ShmSync};
 
 /// A typed offset from the segment base: 8 bytes, the same value in every process,
 /// and itself [`ShmSafe`], so structs in shared memory can link to each other.
 ///
 /// A `RelPtr` is just a number: holding one does not keep the object alive, and
-/// [`get`](RelPtr::get) checks, every time, that it points inside a live block of
-/// the allocator and is aligned for `T`. A forged, stale or corrupted `RelPtr` is an
+/// every resolution checks that it points inside the data region (or a live block)
+/// and is aligned for `T`. A forged, stale or corrupted `RelPtr` is an
 /// [`AccessError`], never undefined behaviour.
+///
+/// Because anyone can forge a `RelPtr`, it never proves that nobody writes the bytes.
+/// So it resolves to a shared `&T` ([`get`](RelPtr::get)) only for
+/// [`ShmSync`] types (atomics, whose `&T` is made for concurrent writers), and
+/// otherwise copies the value out ([`read`](RelPtr::read): byte-wise atomic, the
+/// checked copy path that is sound whatever other processes do).
 ///
 /// ```
 /// use shared_allocator::prelude::*;
+/// use std::sync::atomic::{AtomicU64, Ordering};
 /// # let name = format!("doc-relptr-{}", std::process::id());
 /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
@@ -24,7 +31,12 @@ use crate::typed::{fingerprint, raw, ShmSafe};
 /// let p: RelPtr<u64> = b.rel_ptr();
 /// // Send `p.raw()` to another process; there:
 /// let q = RelPtr::<u64>::from_raw(p.raw());
-/// assert_eq!(*q.get(&alloc)?, 42);
+/// assert_eq!(q.read(&alloc)?, 42);
+/// // Shared views are for types made for concurrent writers:
+/// let c = ShmBox::new_in(&alloc, AtomicU64::new(1))?;
+/// c.rel_ptr().get(&alloc)?.fetch_add(1, Ordering::Relaxed);
+/// assert_eq!(c.load(Ordering::Relaxed), 2);
+/// # drop(c);
 /// # drop(b);
 /// # alloc.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
@@ -79,20 +91,22 @@ impl<T> RelPtr<T> {
     }
 }
 
-impl<T: ShmSafe> RelPtr<T> {
-    /// Resolves the pointer in `alloc`'s segment: checks that `size_of::<T>()` bytes
-    /// at the offset lie inside the data region and that the offset is aligned for
-    /// `T`. That is all soundness needs (any bytes there are a valid `T`) and costs a
+impl<T: ShmSync> RelPtr<T> {
+    /// Resolves the pointer to a shared view, for a [`ShmSync`] `T` (atomics): checks
+    /// that `size_of::<T>()` bytes at the offset lie inside the data region and that
+    /// the offset is aligned for `T`. That is all soundness needs (any bytes there are
+    /// a valid `T`, and concurrent writers go through the same atomics) and costs a
     /// few comparisons. To also check that the pointer is a live allocation, use
     /// [`get_checked`](RelPtr::get_checked).
     ///
-    /// The reference borrows `alloc`. Other processes can still write the object
-    /// (through atomic fields) or free it: see the crate's *Safety model*.
+    /// The reference borrows `alloc`. If another process frees the block, the view
+    /// reads whatever is put there next (still a valid `T`, through atomics).
     ///
     /// # Errors
     /// [`AccessError::Null`], [`AccessError::OutOfBounds`], [`AccessError::Misaligned`].
     #[inline]
     pub fn get<A: ShmAllocator>(self, alloc: &A) -> Result<&T, AccessError> {
+        let _ = layout_checked::<T>();
         raw::slice_in_data(alloc, self.offset(), 1).map(|s| &s[0])
     }
 
@@ -103,6 +117,7 @@ impl<T: ShmSafe> RelPtr<T> {
     /// # Errors
     /// As [`get`](RelPtr::get), plus [`AccessError::NotAllocated`].
     pub fn get_checked<A: ShmAllocator>(self, alloc: &A) -> Result<&T, AccessError> {
+        let _ = layout_checked::<T>();
         raw::value_at(alloc, self.offset())
     }
 
@@ -112,11 +127,17 @@ impl<T: ShmSafe> RelPtr<T> {
     /// # Errors
     /// As [`get_checked`](RelPtr::get_checked), for the whole range.
     pub fn get_slice<A: ShmAllocator>(self, alloc: &A, count: usize) -> Result<&[T], AccessError> {
+        let _ = layout_checked::<T>();
         raw::slice_at(alloc, self.offset(), count)
     }
+}
 
-    /// Copies the value out of a live block (for `Copy` types): the copy stays valid
-    /// whatever other processes do to the block afterwards.
+impl<T: ShmSafe> RelPtr<T> {
+    /// Copies the value out of a live block (for `Copy` types), with a byte-wise
+    /// atomic copy: sound whatever other processes do to the block meanwhile (a
+    /// concurrent writer can make it a mix of old and new bytes, still a valid `T`),
+    /// and the copy stays valid whatever they do afterwards. This is the checked
+    /// copy path of the safety model, for every `T`.
     ///
     /// # Errors
     /// As [`get_checked`](RelPtr::get_checked).
@@ -124,7 +145,11 @@ impl<T: ShmSafe> RelPtr<T> {
     where
         T: Copy,
     {
-        self.get_checked(alloc).copied()
+        let _ = layout_checked::<T>();
+        let p = raw::checked_ptr::<T, A>(alloc, self.offset(), 1)?;
+        // SAFETY: `checked_ptr` proved one T at `p` inside one live block of the
+        // mapping `alloc` owns (borrowed for this call), aligned for T.
+        Ok(unsafe { raw::atomic_read(p) })
     }
 }
 

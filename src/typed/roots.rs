@@ -1,11 +1,23 @@
 //! Named roots: find-or-create a typed object by name inside a segment.
 //!
-//! The table lives in the segment's header region (see
-//! [`ROOTS_OFFSET`](crate::segment::ROOTS_OFFSET)): open addressing over fixed
-//! 128-byte entries, never deleted, so a name's probe sequence is stable. An entry
-//! goes EMPTY → CLAIMING(pid) → READY; the claimer writes name, type and object,
-//! then publishes READY with Release. A process that finds a slot CLAIMING waits
-//! (bounded) for it; if the claimer died (its pid is gone), it takes the slot over.
+//! The directory is one open-addressing hash table of [`MAX_ROOTS`] fixed 128-byte
+//! entries in two parts: the first [`FIXED_ROOTS`] live in the segment's header
+//! region (after the typed layer's control words at
+//! [`crate::segment::ROOTS_OFFSET`]); the rest live in one overflow
+//! block, allocated from the segment when a probe first needs it, by exactly one
+//! process (it claims a control word first; the others wait for the pointer).
+//!
+//! An entry goes EMPTY → CLAIMING(pid) → READY → REMOVED. The claimer writes name,
+//! type and object, then publishes READY with Release. A process that finds a slot
+//! CLAIMING waits (bounded) for it; if the claimer died (its pid is gone), it takes
+//! the slot over; if the claimer's `init` panicked, the claim was given back.
+//! Removed entries are tombstones: probes go past them and they are never reused,
+//! so a name's probe sequence is stable and two racing creators always meet at the
+//! same first EMPTY slot.
+//!
+//! Roots are shared by every process, so `root` gives a shared `&T` only for
+//! [`ShmSync`] types (atomics, token slots): the *concurrently mutable* state of the
+//! safety model. Bump allocators have no roots: a reset would release the objects.
 
 use std::mem::{align_of, size_of};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,19 +25,29 @@ use std::time::{Duration, Instant};
 
 use crate::alloc::{Offset, ShmAllocator};
 use crate::error::{AccessError, Error};
-use crate::segment::{pid_alive, ROOTS_LEN, ROOTS_OFFSET};
-use crate::typed::{raw, ShmSafe};
+use crate::segment::{AllocatorKind, ROOTS_LEN, ROOTS_OFFSET};
+use crate::typed::{layout_checked, raw, ShmSync};
 
 /// Longest root name, in bytes.
 pub const MAX_ROOT_NAME: usize = 48;
 const TYPE_NAME_BYTES: usize = 48;
 const ENTRY_WORDS: usize = 16;
-/// How many named roots one segment holds.
-pub const MAX_ROOTS: usize = (ROOTS_LEN as usize) / (ENTRY_WORDS * 8);
+const ENTRY_BYTES: u64 = (ENTRY_WORDS * 8) as u64;
+/// Bytes of control words at the start of the roots area (nonce counter, overflow
+/// directory pointer, reserved).
+pub(crate) const CONTROL_BYTES: u64 = 64;
+const W_CTRL_OVERFLOW: usize = 1;
+/// Roots whose entries live in the header region.
+pub const FIXED_ROOTS: usize = ((ROOTS_LEN - CONTROL_BYTES) / ENTRY_BYTES) as usize;
+/// Roots whose entries live in the overflow block.
+pub const OVERFLOW_ROOTS: usize = 1024;
+/// How many named roots one segment holds (removed names included).
+pub const MAX_ROOTS: usize = FIXED_ROOTS + OVERFLOW_ROOTS;
 
 const EMPTY: u64 = 0;
 const CLAIMING: u64 = 1;
 const READY: u64 = 2;
+const REMOVED: u64 = 3;
 // Entry words: [state, fingerprint, offset, epoch, name x6, type name x6]
 const W_STATE: usize = 0;
 const W_FP: usize = 1;
@@ -62,9 +84,23 @@ fn hash(name: &str) -> usize {
     crate::typed::fingerprint::str(crate::typed::fingerprint::START, name) as usize
 }
 
+/// One entry of [`Roots::roots`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootInfo {
+    /// The root's name.
+    pub name: String,
+    /// The type it was created with (its name, possibly truncated to 48 bytes).
+    pub type_name: String,
+    /// That type's layout fingerprint.
+    pub fingerprint: u64,
+    /// The object's offset.
+    pub offset: Offset,
+}
+
 /// Named, typed objects in a segment, shared by every process: `alloc.root::<T>("name")`.
 ///
-/// Implemented for every allocator; import it with [`crate::prelude`].
+/// Implemented for every allocator; import it with [`crate::prelude`]. A bump
+/// allocator refuses roots ([`Error::RootsUnsupported`]).
 ///
 /// ```
 /// use shared_allocator::prelude::*;
@@ -76,7 +112,10 @@ fn hash(name: &str) -> usize {
 /// hits.fetch_add(1, Ordering::Relaxed);
 /// let again: &AtomicU64 = alloc.root("hits")?;         // found: same object
 /// assert_eq!(again.load(Ordering::Relaxed), 1);
-/// assert!(matches!(alloc.root::<u32>("hits"), Err(Error::TypeMismatch { .. })));
+/// assert!(matches!(alloc.root::<std::sync::atomic::AtomicU32>("hits"), Err(Error::TypeMismatch { .. })));
+/// assert_eq!(alloc.roots()?.len(), 1);
+/// assert!(alloc.remove_root("hits")?);
+/// assert!(alloc.roots()?.is_empty());
 /// # alloc.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
@@ -87,35 +126,53 @@ pub trait Roots: ShmAllocator {
     /// # Errors
     /// [`Error::TypeMismatch`] if the root exists with another type (by layout
     /// fingerprint); [`Error::InvalidRootName`], [`Error::RootTableFull`],
-    /// [`Error::RootBusy`], allocation and access errors; for a bump allocator,
-    /// [`AccessError::Stale`] if the root was created before the last reset.
-    fn root<T: ShmSafe>(&self, name: &str) -> Result<&T, Error> {
+    /// [`Error::RootBusy`], [`Error::RootsUnsupported`] (bump allocator),
+    /// allocation and access errors.
+    fn root<T: ShmSync>(&self, name: &str) -> Result<&T, Error> {
         self.root_with(name, zeroed::<T>)
     }
 
     /// Finds the root `name`, or creates it with `init()` (called at most once, in the
-    /// creating process).
+    /// creating process, before anything is allocated). If `init` panics, the claim
+    /// on the name is given back (the panic goes on).
     ///
     /// # Errors
     /// As [`root`](Roots::root).
-    fn root_with<T: ShmSafe>(&self, name: &str, init: impl FnOnce() -> T) -> Result<&T, Error> {
+    fn root_with<T: ShmSync>(&self, name: &str, init: impl FnOnce() -> T) -> Result<&T, Error> {
         find_or_create(self, name, init)
+    }
+
+    /// Every root that exists now (a snapshot).
+    ///
+    /// # Errors
+    /// [`Error::RootsUnsupported`] (bump allocator), or [`AccessError::Corrupted`] if
+    /// the directory is damaged.
+    fn roots(&self) -> Result<Vec<RootInfo>, Error> {
+        list(self)
+    }
+
+    /// Removes the name `name`; returns whether it existed. The object itself is not
+    /// freed: other processes may hold references from [`root`](Roots::root), and
+    /// freeing waits for reader pins (not there yet), so it stays allocated. The
+    /// entry becomes a tombstone (it still counts towards [`MAX_ROOTS`]); the name can
+    /// be created again.
+    ///
+    /// # Errors
+    /// As [`roots`](Roots::roots), and [`Error::InvalidRootName`].
+    fn remove_root(&self, name: &str) -> Result<bool, Error> {
+        remove(self, name)
     }
 }
 
 impl<A: ShmAllocator> Roots for A {}
 
 /// A `T` of all-zero bytes.
-fn zeroed<T: ShmSafe>() -> T {
+fn zeroed<T: ShmSync>() -> T {
     // SAFETY: T: ShmSafe is valid for every bit pattern, all zeros included.
     unsafe { std::mem::zeroed() }
 }
 
-fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSafe>(
-    alloc: &'a A,
-    name: &str,
-    init: impl FnOnce() -> T,
-) -> Result<&'a T, Error> {
+fn check_name(name: &str) -> Result<(), Error> {
     let bad = |reason| Error::InvalidRootName {
         name: name.to_owned(),
         reason,
@@ -129,19 +186,168 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSafe>(
     if name.contains('\0') {
         return Err(bad("contains a NUL byte"));
     }
-    let table =
-        alloc
-            .segment()
-            .words(ROOTS_OFFSET, ROOTS_LEN / 8)
-            .ok_or(AccessError::Corrupted {
-                what: "root table outside the segment",
-            })?;
-    let me = crate::segment::current_pid();
+    Ok(())
+}
+
+/// The root directory of one segment: the fixed table and, once allocated, the
+/// overflow block.
+struct Directory<'a> {
+    fixed: &'a [AtomicU64],
+    overflow_ptr: &'a AtomicU64,
+    overflow: Option<&'a [AtomicU64]>,
+}
+
+impl<'a> Directory<'a> {
+    fn open<A: ShmAllocator + ?Sized>(alloc: &'a A) -> Result<Self, Error> {
+        if A::KIND == AllocatorKind::Bump {
+            return Err(Error::RootsUnsupported {
+                kind: A::KIND.name(),
+                reason: "a reset releases every block, so roots could not outlive it; \
+                         keep roots in a free-list or slab segment",
+            });
+        }
+        let corrupt = AccessError::Corrupted {
+            what: "root table outside the segment",
+        };
+        let seg = alloc.segment();
+        let ctrl = seg
+            .words(ROOTS_OFFSET, CONTROL_BYTES / 8)
+            .ok_or(corrupt.clone())?;
+        let fixed = seg
+            .words(
+                ROOTS_OFFSET + CONTROL_BYTES,
+                (FIXED_ROOTS * ENTRY_WORDS) as u64,
+            )
+            .ok_or(corrupt)?;
+        let mut dir = Directory {
+            fixed,
+            overflow_ptr: &ctrl[W_CTRL_OVERFLOW],
+            overflow: None,
+        };
+        dir.load_overflow(alloc)?;
+        Ok(dir)
+    }
+
+    /// Resolves the overflow block if some process published it.
+    fn load_overflow<A: ShmAllocator + ?Sized>(&mut self, alloc: &'a A) -> Result<(), Error> {
+        let off = self.overflow_ptr.load(Ordering::Acquire);
+        // 0: none yet; odd: a process is growing it (GROWING(pid)).
+        if off != 0 && off & 1 == 0 && self.overflow.is_none() {
+            let words = raw::slice_at::<AtomicU64, A>(
+                alloc,
+                Offset::new(off),
+                OVERFLOW_ROOTS * ENTRY_WORDS,
+            )?;
+            self.overflow = Some(words);
+        }
+        Ok(())
+    }
+
+    /// Allocates, zeroes and publishes the overflow block, once per segment: the
+    /// pointer word goes 0 → GROWING(pid) → offset. Other processes wait (bounded)
+    /// for the grower, and take over if it died (its pid is gone).
+    fn grow<A: ShmAllocator + ?Sized>(&mut self, alloc: &'a A) -> Result<(), Error> {
+        // Who grows is recorded as a registry liveness token, never a pid (pids
+        // lie across pid namespaces and get reused).
+        let me = alloc.liveness_token();
+        let growing = (u64::from(me) << 1) | 1;
+        let start = Instant::now();
+        loop {
+            self.load_overflow(alloc)?;
+            if self.overflow.is_some() {
+                return Ok(());
+            }
+            let cur = self.overflow_ptr.load(Ordering::Acquire);
+            let claimed = if cur == 0 {
+                self.overflow_ptr
+                    .compare_exchange(0, growing, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            } else if cur & 1 == 1 && !alloc.token_alive((cur >> 1) as u32) {
+                // The grower died: its block (if any) leaks; grow here instead.
+                self.overflow_ptr
+                    .compare_exchange(cur, growing, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            } else {
+                false
+            };
+            if claimed {
+                let made = (|| {
+                    let words = OVERFLOW_ROOTS * ENTRY_WORDS;
+                    let off = alloc.allocate_aligned(words * 8, 64)?;
+                    raw::write_fresh(alloc, off, (0..words).map(|_| AtomicU64::new(0)))?;
+                    Ok::<Offset, Error>(off)
+                })();
+                return match made {
+                    Ok(off) => {
+                        // Release: the zeroed entries happen-before any process that
+                        // sees the pointer.
+                        self.overflow_ptr.store(off.get(), Ordering::Release);
+                        self.load_overflow(alloc)
+                    }
+                    Err(e) => {
+                        self.overflow_ptr.store(0, Ordering::Release);
+                        Err(e)
+                    }
+                };
+            }
+            if start.elapsed() > CLAIM_WAIT {
+                return Err(Error::RootBusy {
+                    name: "(root directory)".to_owned(),
+                    holder: (cur >> 1) as u32,
+                });
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// Entry `i` of the combined table, if its part exists.
+    fn entry(&self, i: usize) -> Option<&'a [AtomicU64]> {
+        if i < FIXED_ROOTS {
+            Some(&self.fixed[i * ENTRY_WORDS..(i + 1) * ENTRY_WORDS])
+        } else {
+            let j = i - FIXED_ROOTS;
+            self.overflow
+                .map(|o| &o[j * ENTRY_WORDS..(j + 1) * ENTRY_WORDS])
+        }
+    }
+}
+
+/// Gives a claimed entry back if the creation does not finish (an error, or a
+/// panic in the caller's `init`).
+struct ClaimGuard<'e> {
+    entry: Option<&'e [AtomicU64]>,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.entry {
+            e[W_STATE].store(EMPTY, Ordering::Release);
+        }
+    }
+}
+
+fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
+    alloc: &'a A,
+    name: &str,
+    init: impl FnOnce() -> T,
+) -> Result<&'a T, Error> {
+    let _ = layout_checked::<T>();
+    check_name(name)?;
+    let mut dir = Directory::open(alloc)?;
+    let me = alloc.liveness_token();
     let mut init = Some(init);
     let h = hash(name);
     for k in 0..MAX_ROOTS {
-        let i = (h + k) % MAX_ROOTS;
-        let e = &table[i * ENTRY_WORDS..(i + 1) * ENTRY_WORDS];
+        let i = (h.wrapping_add(k)) % MAX_ROOTS;
+        let e = match dir.entry(i) {
+            Some(e) => e,
+            None => {
+                dir.grow(alloc)?;
+                dir.entry(i).ok_or(AccessError::Corrupted {
+                    what: "root overflow block missing",
+                })?
+            }
+        };
         let start = Instant::now();
         loop {
             let st = e[W_STATE].load(Ordering::Acquire);
@@ -162,9 +368,10 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSafe>(
                     }
                     return resolve(alloc, e, name);
                 }
+                REMOVED if st == REMOVED => break, // a tombstone: probe on
                 CLAIMING => {
                     let pid = (st >> 8) as u32;
-                    if !pid_alive(pid) {
+                    if !alloc.token_alive(pid) {
                         let mine = CLAIMING | (u64::from(me) << 8);
                         if e[W_STATE]
                             .compare_exchange(st, mine, Ordering::AcqRel, Ordering::Acquire)
@@ -179,7 +386,7 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSafe>(
                     if start.elapsed() > CLAIM_WAIT {
                         return Err(Error::RootBusy {
                             name: name.to_owned(),
-                            pid,
+                            holder: pid,
                         });
                     }
                     std::thread::sleep(Duration::from_micros(100));
@@ -198,46 +405,40 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSafe>(
     })
 }
 
-fn create<'a, A: ShmAllocator + ?Sized, T: ShmSafe>(
+fn create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
     alloc: &'a A,
     e: &[AtomicU64],
     name: &str,
     init: impl FnOnce() -> T,
 ) -> Result<&'a T, Error> {
+    let guard = ClaimGuard { entry: Some(e) };
+    // The value first: if `init` panics, nothing was allocated and the guard gives
+    // the claim back while the panic unwinds.
+    let value = init();
     pack(name.as_bytes(), &e[W_NAME..W_NAME + 6]);
     let type_name = std::any::type_name::<T>().as_bytes();
     pack(
         &type_name[..type_name.len().min(TYPE_NAME_BYTES)],
         &e[W_TYPE..W_TYPE + 6],
     );
-    e[W_FP].store(T::FINGERPRINT, Ordering::Relaxed);
-    let result = (|| {
-        let off = alloc.allocate_aligned(size_of::<T>().max(1), align_of::<T>())?;
-        e[W_EPOCH].store(alloc.epoch(), Ordering::Relaxed);
-        raw::write_fresh(alloc, off, std::iter::once(init()))?;
-        Ok::<Offset, Error>(off)
-    })();
-    match result {
-        Ok(off) => {
-            e[W_OFF].store(off.get(), Ordering::Relaxed);
-            e[W_STATE].store(READY, Ordering::Release);
-            Ok(raw::value_at(alloc, off)?)
-        }
-        Err(err) => {
-            // Give the slot back so the root can be created later.
-            e[W_STATE].store(EMPTY, Ordering::Release);
-            Err(err)
-        }
-    }
+    e[W_FP].store(layout_checked::<T>(), Ordering::Relaxed);
+    // The epoch before allocating: the block belongs to this epoch or a later one.
+    e[W_EPOCH].store(alloc.epoch(), Ordering::Relaxed);
+    let off = alloc.allocate_aligned(size_of::<T>().max(1), align_of::<T>())?;
+    let v = raw::write_fresh(alloc, off, std::iter::once(value))?;
+    e[W_OFF].store(off.get(), Ordering::Relaxed);
+    e[W_STATE].store(READY, Ordering::Release);
+    std::mem::forget(guard);
+    Ok(&v[0])
 }
 
-fn resolve<'a, A: ShmAllocator + ?Sized, T: ShmSafe>(
+fn resolve<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
     alloc: &'a A,
     e: &[AtomicU64],
     name: &str,
 ) -> Result<&'a T, Error> {
     let fp = e[W_FP].load(Ordering::Relaxed);
-    if fp != T::FINGERPRINT {
+    if fp != layout_checked::<T>() {
         return Err(Error::TypeMismatch {
             name: name.to_owned(),
             expected: std::any::type_name::<T>().to_owned(),
@@ -256,4 +457,44 @@ fn resolve<'a, A: ShmAllocator + ?Sized, T: ShmSafe>(
         alloc,
         Offset::new(e[W_OFF].load(Ordering::Relaxed)),
     )?)
+}
+
+fn list<A: ShmAllocator + ?Sized>(alloc: &A) -> Result<Vec<RootInfo>, Error> {
+    let dir = Directory::open(alloc)?;
+    let mut out = Vec::new();
+    for i in 0..MAX_ROOTS {
+        let Some(e) = dir.entry(i) else { break };
+        if e[W_STATE].load(Ordering::Acquire) == READY {
+            out.push(RootInfo {
+                name: String::from_utf8_lossy(&unpack(&e[W_NAME..W_NAME + 6])).into_owned(),
+                type_name: String::from_utf8_lossy(&unpack(&e[W_TYPE..W_TYPE + 6])).into_owned(),
+                fingerprint: e[W_FP].load(Ordering::Relaxed),
+                offset: Offset::new(e[W_OFF].load(Ordering::Relaxed)),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn remove<A: ShmAllocator + ?Sized>(alloc: &A, name: &str) -> Result<bool, Error> {
+    check_name(name)?;
+    let dir = Directory::open(alloc)?;
+    let h = hash(name);
+    for k in 0..MAX_ROOTS {
+        let i = (h.wrapping_add(k)) % MAX_ROOTS;
+        let Some(e) = dir.entry(i) else {
+            return Ok(false);
+        };
+        let st = e[W_STATE].load(Ordering::Acquire);
+        match st & 0xFF {
+            EMPTY if st == EMPTY => return Ok(false),
+            READY if unpack(&e[W_NAME..W_NAME + 6]) == name.as_bytes() => {
+                return Ok(e[W_STATE]
+                    .compare_exchange(READY, REMOVED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok());
+            }
+            _ => {}
+        }
+    }
+    Ok(false)
 }

@@ -1,87 +1,130 @@
-//! `ShmBox<T>`: owns one `T` in a segment and frees it on drop.
+//! `ShmBox<T>`: owns one `T` in a segment, exclusively, and frees it on drop.
 
 use std::mem::{align_of, size_of, ManuallyDrop};
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 
-use crate::alloc::ShmFree;
-use crate::error::Error;
-use crate::typed::{raw, RelPtr, ShmSafe};
+use crate::alloc::{Offset, ShmFree};
+use crate::error::{Error, TokenError};
+use crate::typed::token::{payload_offset, BoxToken, OwnedHeader};
+use crate::typed::{layout_checked, raw, RelPtr, ShmSafe};
 
-/// Owns one `T` in a shared segment; frees it when dropped (exactly once).
+/// Owns one `T` in a shared segment, **exclusively**: it gives `&T`, and `&mut T`
+/// for plain data (`T: Copy`), like `Box`, and frees the block when dropped.
 ///
-/// Other processes reach the value through [`rel_ptr`](ShmBox::rel_ptr), an 8-byte
-/// [`RelPtr`]. The value is immutable after construction except through interior
-/// mutability that is safe across processes (atomic fields): other processes may
-/// be reading it at any time, so no `&mut T` is ever handed out.
+/// The block is in the *exclusively owned* state of the crate's safety model: no
+/// other handle, in any process, reads it as `&T` or writes it through the safe API.
+/// Other processes may copy the value out with [`RelPtr::read`] (a byte-wise atomic
+/// copy that may see a half-written value, never undefined behaviour); a shared
+/// `&T` through [`RelPtr::get`] exists only for [`ShmSync`](crate::typed::ShmSync)
+/// types (atomics), whose shared API is what other processes use.
 ///
-/// Ownership moves between processes explicitly: [`into_rel_ptr`](ShmBox::into_rel_ptr)
-/// gives up ownership without freeing, [`from_rel_ptr`](ShmBox::from_rel_ptr) takes it.
+/// Ownership moves to another process with [`into_token`](ShmBox::into_token) and
+/// [`from_token`](ShmBox::from_token): exactly once, and type-checked on arrival.
 ///
 /// ```
 /// use shared_allocator::prelude::*;
-/// use std::sync::atomic::{AtomicU64, Ordering};
 /// # let name = format!("doc-shmbox-{}", std::process::id());
 /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
-/// let counter = ShmBox::new_in(&alloc, AtomicU64::new(0))?;
-/// counter.fetch_add(1, Ordering::Relaxed); // visible to every process
-/// let p = counter.rel_ptr();
-/// assert_eq!(p.get(&alloc)?.load(Ordering::Relaxed), 1);
-/// drop(counter); // frees the block
-/// assert!(p.get_checked(&alloc).is_err()); // dangling: detected
+/// let mut b = ShmBox::new_in(&alloc, [1u64, 2, 3])?;
+/// b[0] = 10; // exclusive: &mut T
+/// let p = b.rel_ptr();
+/// assert_eq!(p.read(&alloc)?, [10, 2, 3]); // others copy it out
+///
+/// // Hand it to another process (here: through a second mapping).
+/// let token = b.into_token();
+/// let other = FreeListAllocator::open(&name)?;
+/// let b2 = ShmBox::<[u64; 3], _>::from_token(&other, token)?;
+/// assert_eq!(*b2, [10, 2, 3]);
+/// assert!(ShmBox::<[u64; 3], _>::from_token(&other, token).is_err()); // only once
+/// drop(b2); // frees the block
 /// # alloc.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
 pub struct ShmBox<'a, T: ShmSafe, A: ShmFree> {
     alloc: &'a A,
-    ptr: RelPtr<T>,
-    /// Resolved once: the block is ours for as long as this box lives.
-    value: &'a T,
+    block: Offset,
+    header: &'a OwnedHeader,
+    /// The payload, resolved once: the block is ours for as long as this box lives.
+    value: NonNull<T>,
 }
 
+// SAFETY: a ShmBox is an owning pointer to a `T` (like `Box<T>`), plus a shared
+// reference to an allocator (`A: Sync` through `ShmAllocator: Send + Sync`) and to an
+// all-atomic header; `T: ShmSafe` is `Send + Sync`.
+unsafe impl<T: ShmSafe, A: ShmFree> Send for ShmBox<'_, T, A> {}
+// SAFETY: `&ShmBox` gives only `&T` (`T: Sync`) and shared access to the allocator.
+unsafe impl<T: ShmSafe, A: ShmFree> Sync for ShmBox<'_, T, A> {}
+
 impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
+    const PAYLOAD: u64 = payload_offset(align_of::<T>());
+
     /// Allocates room for a `T` in `alloc` and moves `value` there.
     ///
     /// # Errors
     /// [`Error::Alloc`] if the allocator refuses.
     pub fn new_in(alloc: &'a A, value: T) -> Result<Self, Error> {
-        let off = alloc.allocate_aligned(size_of::<T>().max(1), align_of::<T>())?;
-        match raw::write_fresh(alloc, off, std::iter::once(value)) {
-            Ok(v) => Ok(ShmBox {
+        let fp = layout_checked::<T>();
+        let size = Self::PAYLOAD as usize + size_of::<T>();
+        let block = alloc.allocate_aligned(size, align_of::<T>().max(8))?;
+        let made = (|| {
+            let header = OwnedHeader::init(alloc, block, fp)?;
+            let v = raw::write_fresh(alloc, Self::payload(block), std::iter::once(value))?;
+            Ok::<_, Error>((header, NonNull::from(&v[0])))
+        })();
+        match made {
+            Ok((header, value)) => Ok(ShmBox {
                 alloc,
-                ptr: RelPtr::from_offset(off),
-                value: &v[0],
+                block,
+                header,
+                value,
             }),
             Err(e) => {
-                let _ = alloc.free(off);
-                Err(e.into())
+                let _ = alloc.free(block);
+                Err(e)
             }
         }
     }
 
-    /// Takes ownership of the `T` at `ptr` (for example one another process created and
-    /// gave away with [`into_rel_ptr`](ShmBox::into_rel_ptr)). The pointer is validated.
-    ///
-    /// Two owners of the same block are not unsafe (the second free is reported as a
-    /// [`FreeError::DoubleFree`](crate::FreeError::DoubleFree) and ignored), just a bug:
-    /// hand ownership over explicitly.
+    fn payload(block: Offset) -> Offset {
+        Offset::new(block.get() + Self::PAYLOAD)
+    }
+
+    /// Takes ownership of the box another process gave away with
+    /// [`into_token`](ShmBox::into_token).
     ///
     /// # Errors
-    /// [`Error::Access`] if `ptr` does not resolve to a live, aligned `T`.
-    pub fn from_rel_ptr(alloc: &'a A, ptr: RelPtr<T>) -> Result<Self, Error> {
-        let value = ptr.get_checked(alloc)?;
-        Ok(ShmBox { alloc, ptr, value })
+    /// [`TokenError::AlreadyClaimed`] if the token was redeemed already (or the block
+    /// freed since), [`TokenError::TypeMismatch`] if the block holds another type,
+    /// [`TokenError::Access`] if the token does not resolve to a live block.
+    pub fn from_token(alloc: &'a A, token: BoxToken<T>) -> Result<Self, TokenError> {
+        let fp = layout_checked::<T>();
+        let block = token.offset();
+        let header = OwnedHeader::at(alloc, block)?;
+        // Check the payload's bounds before claiming: a refused token changes nothing.
+        let value = raw::checked_ptr::<T, A>(alloc, Self::payload(block), 1)?;
+        header.redeem(block, token.nonce(), std::any::type_name::<T>(), fp)?;
+        Ok(ShmBox {
+            alloc,
+            block,
+            header,
+            value,
+        })
     }
 
-    /// The pointer another process can resolve.
+    /// Gives up ownership without freeing, for another process (or a later one) to
+    /// take with [`from_token`](ShmBox::from_token), once.
+    pub fn into_token(self) -> BoxToken<T> {
+        let me = ManuallyDrop::new(self);
+        let nonce = me.header.issue(me.alloc);
+        BoxToken::new(me.block, nonce)
+    }
+
+    /// The pointer to the value, for copies in other processes ([`RelPtr::read`]), or
+    /// shared views of [`ShmSync`](crate::typed::ShmSync) values ([`RelPtr::get`]).
     pub fn rel_ptr(&self) -> RelPtr<T> {
-        self.ptr
-    }
-
-    /// Gives up ownership without freeing: the block lives on for whoever takes it
-    /// with [`from_rel_ptr`](ShmBox::from_rel_ptr) (or leaks).
-    pub fn into_rel_ptr(self) -> RelPtr<T> {
-        ManuallyDrop::new(self).ptr
+        RelPtr::from_offset(Self::payload(self.block))
     }
 
     /// The value's bytes, through zerocopy (for `T` that derives
@@ -91,48 +134,59 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     where
         T: zerocopy::IntoBytes + zerocopy::Immutable,
     {
-        zerocopy::IntoBytes::as_bytes(self.value)
+        zerocopy::IntoBytes::as_bytes(&**self)
     }
 
     /// The allocator this box lives in.
     pub fn allocator(&self) -> &'a A {
         self.alloc
     }
-
-    /// The value, re-checked against the allocator: an error if another process freed
-    /// the block (a broken ownership hand-over). `*box` does not re-check.
-    ///
-    /// # Errors
-    /// As [`RelPtr::get`].
-    pub fn try_get(&self) -> Result<&T, crate::AccessError> {
-        self.ptr.get_checked(self.alloc)
-    }
 }
 
 impl<T: ShmSafe, A: ShmFree> Deref for ShmBox<'_, T, A> {
     type Target = T;
 
-    /// The value, resolved when the box was made. If another process broke the
-    /// ownership contract and freed the block, this reads whatever is there now
-    /// (still a valid `T`: every bit pattern is); [`ShmBox::try_get`] detects that.
     #[inline]
     fn deref(&self) -> &T {
-        self.value
+        // SAFETY:
+        // - `value` was checked in-bounds and aligned for T when the box was made, in
+        //   the mapping `alloc` owns, which outlives the box;
+        // - the bytes are an initialised T (written by `new_in`, or by the giver before
+        //   `into_token`, whose Release store our Acquire claim synchronised with);
+        // - the block is exclusively owned by this box (claim word OWNED): no other
+        //   handle writes it through the safe API while this `&T` lives.
+        unsafe { self.value.as_ref() }
+    }
+}
+
+/// `&mut T` only for `Copy` (plain-data) types. Every [`ShmSync`](crate::typed::ShmSync)
+/// type with bytes is `!Copy` (its bytes are inside `UnsafeCell`s, which are not
+/// `Copy`), and a `ShmSync` value may be reached as `&T` through a forged
+/// [`RelPtr::get`] in another process: a `&mut` to it would let this process write
+/// non-atomically (`AtomicU64::get_mut`) under those shared references. Atomics in a
+/// box are used through `&` (their shared API), like every shared atomic.
+impl<T: ShmSafe + Copy, A: ShmFree> DerefMut for ShmBox<'_, T, A> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY:
+        // - in-bounds, aligned and initialised, as in `deref`;
+        // - `&mut self` makes this the only reference from this box, and the block is
+        //   exclusively owned (no other handle reads it as `&T`, except through the
+        //   atomics' shared API for `ShmSync` types, or writes it).
+        unsafe { self.value.as_mut() }
     }
 }
 
 impl<T: ShmSafe, A: ShmFree> Drop for ShmBox<'_, T, A> {
     fn drop(&mut self) {
-        // A failure here means another process already freed it: nothing to do.
-        let _ = self.alloc.free(self.ptr.offset());
+        self.header.release();
+        // A failure here means the block was freed behind our back: nothing to do.
+        let _ = self.alloc.free(self.block);
     }
 }
 
 impl<T: ShmSafe + std::fmt::Debug, A: ShmFree> std::fmt::Debug for ShmBox<'_, T, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.try_get() {
-            Ok(v) => f.debug_tuple("ShmBox").field(v).finish(),
-            Err(e) => write!(f, "ShmBox(<{e}>)"),
-        }
+        f.debug_tuple("ShmBox").field(&**self).finish()
     }
 }

@@ -89,8 +89,12 @@ use std::sync::atomic::{
 /// the derive, which checks all of this.
 ///
 /// Generic derived structs check "no padding" per instantiation when `FINGERPRINT` is
-/// evaluated, so generic code that places a `T: ShmSafe` in shared memory must evaluate
-/// `T::FINGERPRINT` in a const context (e.g. `let _ = const { T::FINGERPRINT };`).
+/// evaluated. Every path of this crate that places a `T` in shared memory or resolves
+/// one there (`ShmBox::new_in`, `ShmVec::new_in`, `Arena::alloc`, roots, `RelPtr`
+/// resolution and `read`, tokens) evaluates it through [`layout_checked`], so a padded
+/// instantiation such as `Tagged<u8>` is a compile error wherever a handle uses it.
+/// Generic code outside this crate that places a `T: ShmSafe` in shared memory by
+/// other means must do the same (`let _ = shared_allocator::typed::layout_checked::<T>();`).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be placed in shared memory: it does not implement `ShmSafe`",
     label = "`{Self}` is not `ShmSafe`",
@@ -108,6 +112,100 @@ pub unsafe trait ShmSafe: Sized + Send + Sync + 'static {
     /// has no padding (a compile error otherwise).
     const FINGERPRINT: u64;
 }
+
+/// Proves, at compile time and for this very instantiation, that `T`'s layout is what
+/// [`ShmSafe`] promises (for derived generic structs: no padding with these
+/// parameters), and returns `T::FINGERPRINT`.
+///
+/// The check is a `const` block: it is evaluated when the calling function is
+/// compiled for a concrete `T` (`cargo build`; `cargo check` does not instantiate
+/// generic functions), and a failure is a compile error naming the struct.
+#[inline(always)]
+pub const fn layout_checked<T: ShmSafe>() -> u64 {
+    const { T::FINGERPRINT }
+}
+
+/// [`ShmSafe`] types whose every byte sits inside an [`UnsafeCell`](std::cell::UnsafeCell)
+/// that is sound to share across processes: the integer atomics, arrays of them, and
+/// structs built only from them (`#[derive(ShmSafe)]` with `#[shm(sync)]`).
+///
+/// Only for such types may several handles, in any number of processes, hold a `&T`
+/// to the same bytes while others write them: writes go through the atomics' shared
+/// references, which Rust allows. A plain `u64` is not `ShmSync`: a `&u64` promises that
+/// the value does not change while borrowed, and the optimizer relies on it. Shared
+/// views ([`RelPtr::get`](crate::RelPtr::get), [`Roots::root`](crate::Roots::root))
+/// therefore require `ShmSync`; every other type is read by copy
+/// ([`RelPtr::read`](crate::RelPtr::read)) or through its one owning handle.
+///
+/// ```
+/// use shared_allocator::ShmSafe;
+/// use shared_allocator::typed::ShmSync;
+/// use std::sync::atomic::{AtomicU32, AtomicU64};
+///
+/// #[derive(ShmSafe)]
+/// #[shm(sync)]
+/// #[repr(C)]
+/// struct Counters {
+///     hits: AtomicU64,
+///     misses: [AtomicU32; 2],
+/// }
+/// fn shared<T: ShmSync>() {}
+/// shared::<Counters>();
+/// ```
+///
+/// A plain field makes `#[shm(sync)]` a compile error:
+///
+/// ```compile_fail,E0277
+/// # use shared_allocator::ShmSafe;
+/// # use std::sync::atomic::AtomicU64;
+/// #[derive(ShmSafe)]
+/// #[shm(sync)]
+/// #[repr(C)]
+/// struct Mixed {
+///     hits: AtomicU64,
+///     last: u64, // not behind an UnsafeCell
+/// }
+/// ```
+///
+/// # Safety
+/// Implement it only for a `ShmSafe` type all of whose bytes are inside `UnsafeCell`s
+/// whose shared API is sound when other threads (and so other processes) call it at
+/// the same time: atomics, or a lock type in shared memory. Prefer `#[shm(sync)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be shared mutably across processes: it is not `ShmSync`",
+    label = "`{Self}` is not `ShmSync`",
+    note = "a `&T` into shared memory that other handles may write needs interior mutability \
+            (atomics); read plain data by copy (`read`) or through its owning handle"
+)]
+pub unsafe trait ShmSync: ShmSafe {}
+
+macro_rules! sync_atomics {
+    ($($t:ty),*) => {$(
+        // SAFETY: an atomic integer is one `UnsafeCell` whose every access is atomic,
+        // so shared references in several threads or processes are sound.
+        unsafe impl ShmSync for $t {}
+    )*};
+}
+sync_atomics!(
+    AtomicU8,
+    AtomicU16,
+    AtomicU32,
+    AtomicU64,
+    AtomicUsize,
+    AtomicI8,
+    AtomicI16,
+    AtomicI32,
+    AtomicI64,
+    AtomicIsize
+);
+
+// SAFETY: an array of `ShmSync` elements has no bytes outside its elements (no
+// padding between them), so every byte is inside one of their `UnsafeCell`s.
+unsafe impl<T: ShmSync, const N: usize> ShmSync for [T; N] {}
+
+// SAFETY: `PhantomData<T>` has no bytes at all, so "every byte is behind an
+// `UnsafeCell`" holds vacuously, and it is `ShmSafe` for `T: ShmSafe`.
+unsafe impl<T: ShmSafe> ShmSync for PhantomData<T> {}
 
 /// Layout fingerprint helpers (a const FNV-1a hash), used by the derive.
 pub mod fingerprint {

@@ -2,38 +2,55 @@
 //! writer (the owner) and any number of readers in other processes.
 
 use std::marker::PhantomData;
-use std::mem::{align_of, size_of};
+use std::mem::{align_of, size_of, ManuallyDrop};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-use crate::alloc::{Offset, ShmAllocator, ShmFree};
-use crate::error::{AccessError, Error};
-use crate::typed::{fingerprint, raw, RelPtr, ShmSafe};
+use crate::alloc::{Offset, ShmFree};
+use crate::error::{AccessError, Error, TokenError};
+use crate::typed::token::{OwnedHeader, VecToken};
+use crate::typed::{fingerprint, layout_checked, raw, RelPtr, ShmSafe, ShmSync};
 
 /// The part of a [`ShmVec`] that lives in shared memory, so other processes can find
 /// the elements. Readers reach it through a `RelPtr<ShmVecHeader<T>>`.
 ///
-/// `seq` is a sequence lock over `data`/`cap` and over element reuse: it is odd while
-/// the writer moves the buffer or shrinks the vector, and changes each time; `len`
-/// only grows between changes of `seq` and is published with Release after the
-/// element is written.
+/// `owner` is the hand-over claim word and the element type's fingerprint (see
+/// [`VecToken`]). `seq` is a sequence lock over `data`/`cap` and over element reuse:
+/// it is odd while the writer moves the buffer or shrinks the vector, and changes
+/// each time; `len` only grows between changes of `seq` and is published with
+/// Release after the element is written.
 #[repr(C)]
 pub struct ShmVecHeader<T> {
-    len: AtomicU64,
-    cap: AtomicU64,
-    data: AtomicU64,
-    seq: AtomicU64,
+    owner: OwnedHeader,
+    pub(super) len: AtomicU64,
+    pub(super) cap: AtomicU64,
+    pub(super) data: AtomicU64,
+    pub(super) seq: AtomicU64,
     _type: PhantomData<fn() -> T>,
 }
 
-// SAFETY: repr(C) of four AtomicU64 and a zero-sized PhantomData: no padding, every
-// bit pattern valid, no pointers (data is an offset), fixed layout.
+// SAFETY: repr(C) of an all-atomic 16-byte OwnedHeader, four AtomicU64 and a
+// zero-sized PhantomData: no padding, every bit pattern valid, no pointers (data is
+// an offset), fixed layout.
 unsafe impl<T: 'static> ShmSafe for ShmVecHeader<T> {
-    const FINGERPRINT: u64 = fingerprint::primitive("ShmVecHeader", 32, 8);
+    const FINGERPRINT: u64 = fingerprint::primitive("ShmVecHeader", 48, 8);
+}
+// SAFETY: every field is an atomic (or zero-sized): every byte is in an UnsafeCell.
+unsafe impl<T: 'static> ShmSync for ShmVecHeader<T> {}
+
+/// The fingerprint a vector of `T` records in its header, checked by `from_token`.
+const fn vec_fingerprint<T: ShmSafe>() -> u64 {
+    fingerprint::str(layout_checked::<T>(), "ShmVec")
 }
 
-/// A growable vector in a shared segment. The owner (this handle) is the only writer;
-/// other processes read it with [`ShmVecReader`] and always see a consistent prefix.
+/// A growable vector in a shared segment. The owner (this handle) is the only writer
+/// (the block is exclusively owned); other processes read it with [`ShmVecReader`](super::ShmVecReader),
+/// which copies out a consistent prefix (seqlock, byte-wise atomic copies).
+///
+/// Ownership moves with [`into_token`](ShmVec::into_token) /
+/// [`from_token`](ShmVec::from_token), exactly once; a token can also be parked in
+/// shared memory (a root) so that a restarted writer takes the vector back and
+/// appends to it.
 ///
 /// ```
 /// use shared_allocator::prelude::*;
@@ -87,9 +104,11 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     /// [`Error::Alloc`] if the header or buffer cannot be allocated.
     pub fn with_capacity_in(alloc: &'a A, cap: usize) -> Result<Self, Error> {
         let _ = Self::ELEM;
+        let fp = vec_fingerprint::<T>();
         let off = alloc.allocate_aligned(size_of::<ShmVecHeader<T>>(), 8)?;
         let header = RelPtr::from_offset(off);
         let init: ShmVecHeader<T> = ShmVecHeader {
+            owner: OwnedHeader::new(fp),
             len: AtomicU64::new(0),
             cap: AtomicU64::new(0),
             data: AtomicU64::new(0),
@@ -119,6 +138,69 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     /// The pointer to the header, for readers in other processes.
     pub fn rel_ptr(&self) -> RelPtr<ShmVecHeader<T>> {
         self.header
+    }
+
+    /// Gives up ownership without freeing anything, for another process (or a later
+    /// one) to take with [`from_token`](ShmVec::from_token), once. Readers keep
+    /// reading meanwhile.
+    pub fn into_token(self) -> VecToken<T> {
+        let me = ManuallyDrop::new(self);
+        let nonce = me.hdr.owner.issue(me.alloc);
+        VecToken::new(me.header.offset(), nonce)
+    }
+
+    /// Takes ownership of a vector given away with [`into_token`](ShmVec::into_token),
+    /// after checking its header: element type (fingerprint), `len <= cap`, and that
+    /// the buffer is one live block of `cap` elements. A refused token changes nothing.
+    ///
+    /// # Errors
+    /// [`TokenError::AlreadyClaimed`], [`TokenError::TypeMismatch`],
+    /// [`TokenError::Access`] (also for an inconsistent header).
+    pub fn from_token(alloc: &'a A, token: VecToken<T>) -> Result<Self, TokenError> {
+        let _ = Self::ELEM;
+        let fp = vec_fingerprint::<T>();
+        let header = RelPtr::<ShmVecHeader<T>>::from_offset(token.offset());
+        let hdr = raw::value_at::<ShmVecHeader<T>, A>(alloc, token.offset())?;
+        hdr.owner
+            .check(token.offset(), std::any::type_name::<Self>(), fp)?;
+        // Only the token's holder may change the header now, and the giver stored
+        // the nonce with Release after its last change; this Acquire sees that state.
+        let claim = hdr.owner.claim_word(Ordering::Acquire);
+        if claim != token.nonce() {
+            return Err(TokenError::AlreadyClaimed {
+                offset: token.offset().get(),
+                found: claim,
+            });
+        }
+        let corrupt = |what| TokenError::Access(AccessError::Corrupted { what });
+        let len = usize::try_from(hdr.len.load(Ordering::Relaxed))
+            .map_err(|_| corrupt("vector length out of range"))?;
+        let cap = usize::try_from(hdr.cap.load(Ordering::Relaxed))
+            .map_err(|_| corrupt("vector capacity out of range"))?;
+        let data = Offset::new(hdr.data.load(Ordering::Relaxed));
+        if len > cap || (cap == 0) != data.is_null() || hdr.seq.load(Ordering::Relaxed) % 2 == 1 {
+            return Err(corrupt("vector header is inconsistent"));
+        }
+        let buf = if cap == 0 {
+            NonNull::dangling()
+        } else {
+            raw::checked_ptr::<T, A>(alloc, data, cap)?
+        };
+        hdr.owner.redeem(
+            token.offset(),
+            token.nonce(),
+            std::any::type_name::<Self>(),
+            fp,
+        )?;
+        Ok(ShmVec {
+            alloc,
+            header,
+            hdr,
+            buf_off: data,
+            buf,
+            len,
+            cap,
+        })
     }
 
     /// Number of elements.
@@ -186,15 +268,29 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
                 return Err(e.into());
             }
         };
-        // SAFETY:
-        // - `self.buf` points to our current buffer of `self.cap >= self.len` elements
-        //   (or is dangling with `len == 0`, a valid zero-length copy source) and `ptr`
-        //   to the new one of `new_cap > self.len` elements, both checked in-bounds and
-        //   aligned when allocated, in the mapping `self.alloc` owns;
-        // - they are distinct blocks, so they do not overlap;
-        // - the first `len` elements of the old buffer were initialised by `push`.
-        unsafe { std::ptr::copy_nonoverlapping(self.buf.as_ptr(), ptr.as_ptr(), self.len) };
+        for i in 0..self.len {
+            let (src, dst) = (
+                self.buf.as_ptr().wrapping_add(i),
+                ptr.as_ptr().wrapping_add(i),
+            );
+            // SAFETY:
+            // - `src` is element `i < len` of our current buffer (checked in-bounds and
+            //   aligned when allocated, initialised by `push`), in the mapping
+            //   `self.alloc` owns; only this writer writes it, readers only read it;
+            // - T: ShmSafe (no Drop, every bit pattern valid), so a bitwise copy is a
+            //   valid value and the original needs no dropping.
+            let v = unsafe { std::ptr::read(src) };
+            // SAFETY:
+            // - `dst` is element `i < len < new_cap` of the new block, checked in-bounds
+            //   and aligned for T just above; distinct from the old buffer;
+            // - the new block may be one a stale reader still copies from (its previous
+            //   life): the byte-wise atomic store keeps that overlap race-free, as in
+            //   `raw::write_fresh`.
+            unsafe { atomic_memcpy::atomic_store(dst, v, Ordering::Relaxed) };
+        }
         self.hdr.seq.fetch_add(1, Ordering::AcqRel);
+        // Readers that see the changes below also see `seq` odd (seqlock writer).
+        fence(Ordering::Release);
         self.hdr.data.store(off.get(), Ordering::Release);
         self.hdr.cap.store(new_cap as u64, Ordering::Release);
         self.hdr.seq.fetch_add(1, Ordering::AcqRel);
@@ -222,8 +318,12 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         //   when allocated), so slot `len` is inside it;
         // - slot `len` is not part of the published prefix, so no reader in any process
         //   is entitled to be reading it, and no reference from this handle covers it;
-        // - `write` moves `value` without dropping the old bytes (not a live T).
-        unsafe { p.as_ptr().wrapping_add(self.len).write(value) };
+        // - the slot may be one a reader is still copying from before a `pop`/`clear`
+        //   (it then retries: `seq` changed): the byte-wise atomic store keeps that
+        //   overlap free of data races; it does not drop the old bytes (not a live T).
+        unsafe {
+            atomic_memcpy::atomic_store(p.as_ptr().wrapping_add(self.len), value, Ordering::Relaxed)
+        };
         self.len += 1;
         self.hdr.len.store(self.len as u64, Ordering::Release);
         Ok(())
@@ -242,11 +342,15 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             return Ok(());
         }
         let dst = self.buf.as_ptr().wrapping_add(self.len);
-        // SAFETY:
-        // - after `reserve`, slots `len..len + values.len()` are inside our buffer;
-        // - `values` is a Rust slice, which cannot be the unpublished tail of our buffer;
-        // - T: Copy, so copying bytes is a valid way to duplicate the values.
-        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), dst, values.len()) };
+        for (i, v) in values.iter().enumerate() {
+            // SAFETY:
+            // - after `reserve`, slots `len..len + values.len()` are inside our buffer,
+            //   aligned for T;
+            // - they are not published; readers copying them from before a shrink
+            //   retry, and the atomic store keeps that overlap race-free;
+            // - T: Copy, so duplicating the value is fine.
+            unsafe { atomic_memcpy::atomic_store(dst.wrapping_add(i), *v, Ordering::Relaxed) };
+        }
         self.len += values.len();
         self.hdr.len.store(self.len as u64, Ordering::Release);
         Ok(())
@@ -255,6 +359,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     fn shrink_len(&mut self, new_len: usize) {
         // Readers copying the elements being retired must notice: bump the sequence.
         self.hdr.seq.fetch_add(1, Ordering::AcqRel);
+        fence(Ordering::Release);
         self.hdr.len.store(new_len as u64, Ordering::Release);
         self.hdr.seq.fetch_add(1, Ordering::AcqRel);
         self.len = new_len;
@@ -311,6 +416,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
 
 impl<T: ShmSafe, A: ShmFree> Drop for ShmVec<'_, T, A> {
     fn drop(&mut self) {
+        self.hdr.owner.release();
         if !self.buf_off.is_null() {
             let _ = self.alloc.free(self.buf_off);
         }
@@ -323,122 +429,5 @@ impl<'s, T: ShmSafe, A: ShmFree> IntoIterator for &'s ShmVec<'_, T, A> {
     type IntoIter = std::slice::Iter<'s, T>;
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
-    }
-}
-
-/// Reads a [`ShmVec`] owned by another process. Every read is validated (bounds,
-/// alignment, live block) and consistent: it copies out a prefix the writer had
-/// published, retrying if the writer moved or shrank the buffer meanwhile.
-pub struct ShmVecReader<'a, T: ShmSafe, A: ShmAllocator> {
-    alloc: &'a A,
-    hdr: &'a ShmVecHeader<T>,
-}
-
-/// How often a read retries while the writer keeps moving the buffer.
-const READ_RETRIES: u32 = 10_000;
-
-impl<'a, T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<'a, T, A> {
-    /// Opens the vector whose header `ptr` points at.
-    ///
-    /// # Errors
-    /// As [`RelPtr::get_checked`].
-    pub fn open(alloc: &'a A, ptr: RelPtr<ShmVecHeader<T>>) -> Result<Self, AccessError> {
-        Ok(ShmVecReader {
-            alloc,
-            hdr: ptr.get_checked(alloc)?,
-        })
-    }
-
-    /// The published length now.
-    pub fn len(&self) -> usize {
-        self.hdr.len.load(Ordering::Acquire) as usize
-    }
-
-    /// Whether the published length is 0.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Appends the published elements from index `from` on to `out`; returns how many.
-    /// Use it to follow a growing vector incrementally.
-    ///
-    /// # Errors
-    /// [`AccessError`] if the header points outside live memory (a corrupt or freed
-    /// vector) or the writer kept moving the buffer for too long.
-    pub fn read_from(&self, from: usize, out: &mut Vec<T>) -> Result<usize, AccessError> {
-        let keep = out.len();
-        for _ in 0..READ_RETRIES {
-            let s1 = self.hdr.seq.load(Ordering::Acquire);
-            if s1 % 2 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let data = Offset::new(self.hdr.data.load(Ordering::Acquire));
-            let len = self.hdr.len.load(Ordering::Acquire) as usize;
-            let cap = self.hdr.cap.load(Ordering::Acquire) as usize;
-            if len > cap {
-                std::hint::spin_loop();
-                continue;
-            }
-            let n = len.saturating_sub(from);
-            if n > 0 {
-                let start = Offset::new(data.get() + (from * size_of::<T>()) as u64);
-                let copied = raw::copy_out(self.alloc, start, n, out);
-                std::sync::atomic::fence(Ordering::Acquire);
-                if self.hdr.seq.load(Ordering::Relaxed) != s1 {
-                    out.truncate(keep);
-                    continue;
-                }
-                copied?;
-            } else if self.hdr.seq.load(Ordering::Acquire) != s1 {
-                continue;
-            }
-            return Ok(n);
-        }
-        Err(AccessError::Corrupted {
-            what: "vector kept changing while being read",
-        })
-    }
-
-    /// Copies every published element.
-    ///
-    /// # Errors
-    /// As [`read_from`](Self::read_from).
-    pub fn to_vec(&self) -> Result<Vec<T>, AccessError> {
-        let mut out = Vec::with_capacity(self.len());
-        self.read_from(0, &mut out)?;
-        Ok(out)
-    }
-
-    /// A copy of the element at `index`, if published.
-    ///
-    /// # Errors
-    /// As [`read_from`](Self::read_from).
-    pub fn get(&self, index: usize) -> Result<Option<T>, AccessError> {
-        let mut out = Vec::new();
-        // Read one element: copy [index, len) would be wasteful, so narrow the view.
-        for _ in 0..READ_RETRIES {
-            let s1 = self.hdr.seq.load(Ordering::Acquire);
-            if s1 % 2 == 1 {
-                continue;
-            }
-            let data = self.hdr.data.load(Ordering::Acquire);
-            let len = self.hdr.len.load(Ordering::Acquire) as usize;
-            if index >= len {
-                return Ok(None);
-            }
-            let at = Offset::new(data + (index * size_of::<T>()) as u64);
-            let r = raw::copy_out(self.alloc, at, 1, &mut out);
-            std::sync::atomic::fence(Ordering::Acquire);
-            if self.hdr.seq.load(Ordering::Relaxed) != s1 {
-                out.clear();
-                continue;
-            }
-            r?;
-            return Ok(out.pop());
-        }
-        Err(AccessError::Corrupted {
-            what: "vector kept changing while being read",
-        })
     }
 }

@@ -1,0 +1,454 @@
+//! Arena archives: written into a bump arena, shared immutable, epoch-checked, freed
+//! by the arena's reset.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+
+use rkyv::api::high::HighDeserializer;
+use rkyv::rancor;
+use rkyv::{Archived, Deserialize};
+
+use super::block::{archived_unchecked, deserialize_archived, deserialize_copy, Span};
+use super::writer::{block_size, nondeterministic, seal, serialize_into};
+use super::{ArchiveError, ShmArchivable, ARCHIVE_ALIGN};
+use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
+use crate::error::AccessError;
+use crate::typed::{fingerprint, Arena, ShmSafe};
+
+impl<'b> Arena<'b> {
+    /// Serializes `value` into this arena, sized exactly (two passes: see the
+    /// [module docs](super)). The archive lives until the arena is reset; the
+    /// returned handle borrows the arena, so this process cannot reset it while
+    /// the handle lives.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Alloc`] when the bump allocator is full,
+    /// [`ArchiveError::Serialize`] if the value's `Serialize` fails (the block
+    /// stays used until the next reset).
+    pub fn archive<T: ShmArchivable>(
+        &self,
+        value: &T,
+    ) -> Result<ArenaArchive<'_, T>, ArchiveError> {
+        let bump = self.allocator();
+        let len = serialize_into(bump.segment(), Offset::NULL, 0, value)?;
+        ArenaArchive::fill(bump, len, value)?.map_err(|_| nondeterministic::<T>(len))
+    }
+
+    /// Serializes `value` in one pass into a block with room for `capacity`
+    /// archive bytes; if the archive is larger, a second pass writes into an
+    /// exact block and the first block stays used until the next reset. Unused
+    /// capacity also stays used until then.
+    ///
+    /// # Errors
+    /// As [`archive`](Arena::archive).
+    pub fn archive_with_capacity<T: ShmArchivable>(
+        &self,
+        value: &T,
+        capacity: usize,
+    ) -> Result<ArenaArchive<'_, T>, ArchiveError> {
+        let bump = self.allocator();
+        match ArenaArchive::fill(bump, capacity, value)? {
+            Ok(a) => Ok(a),
+            // The first pass counted the exact size past the end of the block.
+            Err(len) => {
+                ArenaArchive::fill(bump, len, value)?.map_err(|_| nondeterministic::<T>(len))
+            }
+        }
+    }
+}
+
+/// An archive in an [`Arena`], as its writer holds it: borrows the arena (so
+/// this process cannot reset it meanwhile) and carries the epoch it was written in.
+///
+/// Give it to other processes with [`into_token`](ArenaArchive::into_token);
+/// each opens it with [`ArenaArchiveReader::open`]. After the arena's reset
+/// (in any process) every handle and token of it is [`AccessError::Stale`].
+///
+/// ```
+/// use shared_allocator::prelude::*;
+/// use shared_allocator::archive::{ArenaArchiveReader, ArenaArchiveToken};
+///
+/// # let name = format!("doc-arena-archive-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
+/// let mut bump = BumpAllocator::create(&name, 1 << 20)?;
+/// let arena = bump.arena();
+/// let batch: Vec<String> = vec!["a".into(), "bc".into()];
+/// let token = arena.archive(&batch)?.into_token();
+/// let raw: [u64; 2] = token.to_raw(); // 16 bytes: offset and epoch
+///
+/// // A consumer process: open (validates once), then read zero-copy.
+/// let consumer = BumpAllocator::open(&name)?;
+/// let reader = ArenaArchiveReader::<Vec<String>>::open(&consumer, ArenaArchiveToken::from_raw(raw))?;
+/// assert_eq!(reader.access()?[1].as_str(), "bc");
+///
+/// // The coordinator (here: a third mapping of the segment) ends the batch.
+/// let mut coordinator = BumpAllocator::open(&name)?;
+/// coordinator.reset();
+/// assert!(reader.access().unwrap_err().is_stale());
+/// # drop(arena);
+/// # bump.unlink()?;
+/// # Ok::<(), shared_allocator::Error>(())
+/// ```
+pub struct ArenaArchive<'a, T: ShmArchivable> {
+    bump: &'a BumpAllocator,
+    span: Span,
+    epoch: u64,
+    validated: AtomicBool,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<'a, T: ShmArchivable> ArenaArchive<'a, T> {
+    /// As [`ShmArchive::fill`]; a block that was too small stays used until the reset.
+    fn fill(
+        bump: &'a BumpAllocator,
+        cap: usize,
+        value: &T,
+    ) -> Result<Result<Self, usize>, ArchiveError> {
+        let (block, epoch) = bump.allocate_with_epoch(block_size(cap)?, ARCHIVE_ALIGN)?;
+        let len = serialize_into(bump.segment(), block, cap, value)?;
+        if len > cap {
+            return Ok(Err(len));
+        }
+        seal::<T, BumpAllocator>(bump, block, len)?;
+        Ok(Ok(ArenaArchive {
+            bump,
+            span: Span { block, len },
+            epoch,
+            validated: AtomicBool::new(false),
+            _type: PhantomData,
+        }))
+    }
+
+    /// The token for other processes (offset and epoch). Consumes the handle:
+    /// the writer gives the archive up and the readers validate it.
+    pub fn into_token(self) -> ArenaArchiveToken<T> {
+        ArenaArchiveToken::new(self.span.block, self.epoch)
+    }
+
+    /// The archived value, zero-copy; validated on the first call (bytecheck).
+    ///
+    /// # Errors
+    /// [`AccessError::Stale`] if any process reset the arena since; on the first
+    /// call, [`ArchiveError::Invalid`] if the bytes were damaged.
+    pub fn access(&self) -> Result<&Archived<T>, ArchiveError> {
+        let bytes = checked_epoch_bytes(self.bump, self.span, self.epoch)?;
+        if !self.validated.load(Ordering::Acquire) {
+            self.span.check_bytes::<T>(bytes)?;
+            self.validated.store(true, Ordering::Release);
+        }
+        // SAFETY:
+        // - `validated` is set only after `check_bytes` accepted this span's bytes
+        //   in this bump allocator (the handle holds it);
+        // - the epoch is unchanged (just checked), so the block was not released
+        //   and reused, and no API writes an archive after it is written.
+        Ok(unsafe { archived_unchecked::<T>(bytes) })
+    }
+
+    /// Deserializes an owned `T`; the epoch is re-checked afterwards, so the
+    /// value never mixes bytes of a later epoch.
+    ///
+    /// # Errors
+    /// As [`access`](ArenaArchive::access), or [`ArchiveError::Deserialize`].
+    pub fn deserialize(&self) -> Result<T, ArchiveError>
+    where
+        Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        deserialize_in_epoch(self.bump, self.epoch, self.access()?)
+    }
+
+    /// Length of the archive in bytes.
+    pub fn len(&self) -> usize {
+        self.span.len
+    }
+
+    /// Whether the archive has no bytes (a zero-sized `T`).
+    pub fn is_empty(&self) -> bool {
+        self.span.len == 0
+    }
+
+    /// The epoch the archive belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+impl<T: ShmArchivable> std::fmt::Debug for ArenaArchive<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_arena::<T>(f, "ArenaArchive", self.span, self.epoch)
+    }
+}
+
+/// Deserializes `archived` (of an arena archive of `epoch`), then re-checks the
+/// epoch, so the value never mixes bytes of a later epoch.
+fn deserialize_in_epoch<T: ShmArchivable>(
+    bump: &BumpAllocator,
+    epoch: u64,
+    archived: &Archived<T>,
+) -> Result<T, ArchiveError>
+where
+    Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
+{
+    let v = deserialize_archived::<T>(archived)?;
+    check_epoch(bump, epoch)?;
+    Ok(v)
+}
+
+fn debug_arena<T>(
+    f: &mut std::fmt::Formatter<'_>,
+    name: &str,
+    span: Span,
+    epoch: u64,
+) -> std::fmt::Result {
+    f.debug_struct(name)
+        .field("type", &std::any::type_name::<T>())
+        .field("offset", &span.block)
+        .field("len", &span.len)
+        .field("epoch", &epoch)
+        .finish()
+}
+
+fn check_epoch(bump: &BumpAllocator, epoch: u64) -> Result<(), AccessError> {
+    let now = bump.epoch();
+    if now != epoch {
+        return Err(AccessError::Stale {
+            handle_epoch: epoch,
+            current_epoch: now,
+        });
+    }
+    Ok(())
+}
+
+fn checked_epoch_bytes(bump: &BumpAllocator, span: Span, epoch: u64) -> Result<&[u8], AccessError> {
+    check_epoch(bump, epoch)?;
+    span.bytes(bump)
+}
+
+/// A validated, read-only view of an arena archive, in any process. Any number
+/// of readers may view one archive; the arena's reset releases it.
+///
+/// [`open`](ArenaArchiveReader::open) validates once; [`access`](ArenaArchiveReader::access)
+/// afterwards only checks the epoch (one atomic load) and the bounds. An example
+/// is on [`ArenaArchive`].
+pub struct ArenaArchiveReader<'a, T: ShmArchivable> {
+    bump: &'a BumpAllocator,
+    span: Span,
+    epoch: u64,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
+    /// Opens the archive at `token` and **validates it now**: epoch, header,
+    /// bounds, checksum, bytecheck, and the epoch once more afterwards (so the
+    /// bytes validated all belong to the token's epoch).
+    ///
+    /// # Errors
+    /// [`AccessError::Stale`] (as [`ArchiveError::Access`]) if the arena was reset
+    /// since the token was made; otherwise as [`ShmArchive::from_token`](super::ShmArchive::from_token).
+    pub fn open(
+        bump: &'a BumpAllocator,
+        token: ArenaArchiveToken<T>,
+    ) -> Result<Self, ArchiveError> {
+        check_epoch(bump, token.epoch)?;
+        let (span, sum, bytes) = Span::read::<T, BumpAllocator>(bump, token.offset())?;
+        span.validate::<T>(bytes, sum)?;
+        fence(Ordering::Acquire);
+        check_epoch(bump, token.epoch)?;
+        Ok(ArenaArchiveReader {
+            bump,
+            span,
+            epoch: token.epoch,
+            _type: PhantomData,
+        })
+    }
+
+    /// The archived value, zero-copy, without re-validation.
+    ///
+    /// # Errors
+    /// [`AccessError::Stale`] if any process reset the arena since.
+    #[inline]
+    pub fn access(&self) -> Result<&Archived<T>, ArchiveError> {
+        let bytes = checked_epoch_bytes(self.bump, self.span, self.epoch)?;
+        // SAFETY:
+        // - `open` (the only constructor) ran `check_bytes` on this span's bytes in
+        //   this bump allocator (the reader holds it) and checked the epoch after;
+        // - the epoch is unchanged (just checked), so the block was not released and
+        //   reused, and no API writes an archive after it is written.
+        Ok(unsafe { archived_unchecked::<T>(bytes) })
+    }
+
+    /// Deserializes an owned `T` from a **private copy** of the archive, validated
+    /// again on that copy (checksum, bytecheck), then re-checks the epoch: the
+    /// checked copy path, sound whatever other processes do to the arena meanwhile
+    /// (reset, reuse, scribbles). An example of the trust it saves: a view from
+    /// [`access`](Self::access) trusts every writer.
+    ///
+    /// # Errors
+    /// [`AccessError::Stale`], the validation errors of [`open`](Self::open), or
+    /// [`ArchiveError::Deserialize`].
+    pub fn deserialize_copied(&self) -> Result<T, ArchiveError>
+    where
+        Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        check_epoch(self.bump, self.epoch)?;
+        let v = deserialize_copy::<T, BumpAllocator>(self.bump, self.span.block)?;
+        fence(Ordering::Acquire);
+        check_epoch(self.bump, self.epoch)?;
+        Ok(v)
+    }
+
+    /// Deserializes an owned `T`; the epoch is re-checked afterwards.
+    ///
+    /// # Errors
+    /// As [`access`](ArenaArchiveReader::access), or [`ArchiveError::Deserialize`].
+    pub fn deserialize(&self) -> Result<T, ArchiveError>
+    where
+        Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        deserialize_in_epoch(self.bump, self.epoch, self.access()?)
+    }
+
+    /// Length of the archive in bytes.
+    pub fn len(&self) -> usize {
+        self.span.len
+    }
+
+    /// Whether the archive has no bytes (a zero-sized `T`).
+    pub fn is_empty(&self) -> bool {
+        self.span.len == 0
+    }
+
+    /// The epoch the archive belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+impl<T: ShmArchivable> std::fmt::Debug for ArenaArchiveReader<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_arena::<T>(f, "ArenaArchiveReader", self.span, self.epoch)
+    }
+}
+
+/// The 16-byte token of an arena archive: block offset and bump epoch. The
+/// epoch is what makes it [`Stale`](AccessError::Stale) after a reset in every
+/// process, as for [`ArenaPtr`](crate::ArenaPtr); 8 bytes could not carry both
+/// a full offset and the epoch.
+#[repr(C)]
+pub struct ArenaArchiveToken<T> {
+    offset: u64,
+    epoch: u64,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> ArenaArchiveToken<T> {
+    fn new(offset: Offset, epoch: u64) -> Self {
+        ArenaArchiveToken {
+            offset: offset.get(),
+            epoch,
+            _type: PhantomData,
+        }
+    }
+
+    /// Rebuilds a token from the two numbers another process sent (`[offset, epoch]`).
+    pub const fn from_raw(raw: [u64; 2]) -> Self {
+        ArenaArchiveToken {
+            offset: raw[0],
+            epoch: raw[1],
+            _type: PhantomData,
+        }
+    }
+
+    /// The two numbers to send to another process: `[offset, epoch]`.
+    pub const fn to_raw(self) -> [u64; 2] {
+        [self.offset, self.epoch]
+    }
+
+    /// The block offset.
+    pub const fn offset(self) -> Offset {
+        Offset::new(self.offset)
+    }
+
+    /// The epoch the archive belongs to.
+    pub const fn epoch(self) -> u64 {
+        self.epoch
+    }
+}
+
+impl<T: ShmArchivable> ArenaArchiveToken<T> {
+    /// Deserializes an owned `T` from a **private copy** of the archive, without
+    /// opening a reader: epoch, copy (byte-wise atomic), checksum and bytecheck on
+    /// the copy, deserialize, epoch again. The checked copy path for consumers that
+    /// trust no writer: sound whatever other processes do to the arena meanwhile.
+    ///
+    /// # Errors
+    /// [`AccessError::Stale`] (also when a reset raced the copy), the validation
+    /// errors of [`ArenaArchiveReader::open`], or [`ArchiveError::Deserialize`].
+    pub fn deserialize_copied(self, bump: &BumpAllocator) -> Result<T, ArchiveError>
+    where
+        Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        check_epoch(bump, self.epoch)?;
+        let v = deserialize_copy::<T, BumpAllocator>(bump, self.offset());
+        fence(Ordering::Acquire);
+        // A reset during the copy makes whatever came out (value or error) stale.
+        check_epoch(bump, self.epoch)?;
+        v
+    }
+
+    /// The archived value **without validation**, for trusted data: no checksum,
+    /// no bytecheck. The epoch, the header (magic, type tag) and the bounds are
+    /// still checked.
+    ///
+    /// # Safety
+    /// The caller guarantees that:
+    /// - the block holds an archive of `T` written by this module in this epoch
+    ///   (by a trusted process) and its bytes have not been damaged since;
+    /// - no process resets the arena or writes to the block while the returned
+    ///   reference lives.
+    ///
+    /// # Errors
+    /// [`AccessError::Stale`], [`ArchiveError::BadHeader`], [`ArchiveError::TypeMismatch`],
+    /// bounds errors.
+    pub unsafe fn access_unchecked(
+        self,
+        bump: &BumpAllocator,
+    ) -> Result<&Archived<T>, ArchiveError> {
+        check_epoch(bump, self.epoch)?;
+        let (_, _, bytes) = Span::read::<T, BumpAllocator>(bump, self.offset())?;
+        // SAFETY:
+        // - the caller guarantees these bytes are a valid archive of T (what
+        //   `archived_unchecked` requires from bytecheck);
+        // - and that nobody resets the arena or writes them while the reference lives.
+        Ok(unsafe { archived_unchecked::<T>(bytes) })
+    }
+}
+
+impl<T> Clone for ArenaArchiveToken<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for ArenaArchiveToken<T> {}
+impl<T> PartialEq for ArenaArchiveToken<T> {
+    fn eq(&self, o: &Self) -> bool {
+        (self.offset, self.epoch) == (o.offset, o.epoch)
+    }
+}
+impl<T> Eq for ArenaArchiveToken<T> {}
+impl<T> std::fmt::Debug for ArenaArchiveToken<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ArenaArchiveToken<{}>({:#x}, epoch {})",
+            std::any::type_name::<T>(),
+            self.offset,
+            self.epoch
+        )
+    }
+}
+
+// SAFETY: repr(C) of two u64 and a zero-sized PhantomData: no padding, every bit
+// pattern valid, no pointers (offset and epoch are numbers), fixed layout, no Drop.
+unsafe impl<T: 'static> ShmSafe for ArenaArchiveToken<T> {
+    const FINGERPRINT: u64 = fingerprint::primitive("ArenaArchiveToken", 16, 8);
+}
