@@ -6,6 +6,9 @@ fn main() {
     let name = format!("prof-pair-{}", std::process::id());
     let _g = shared_allocator::segment::UnlinkGuard::new(&name);
     let a = FreeListAllocator::create(&name, 1 << 20).unwrap();
+    let sname = format!("prof-slab-{}", std::process::id());
+    let _g2 = shared_allocator::segment::UnlinkGuard::new(&sname);
+    let slab = SlabAllocator::create(&sname, 64, 16 * 1024).unwrap();
     let n: u32 = std::env::var("N")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -17,6 +20,12 @@ fn main() {
             a.free(std::hint::black_box(o)).unwrap();
         }
         let ours = t.elapsed().as_nanos() as f64 / f64::from(n);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let o = slab.allocate(std::hint::black_box(64)).unwrap();
+            slab.free(std::hint::black_box(o)).unwrap();
+        }
+        let sl = t.elapsed().as_nanos() as f64 / f64::from(n);
         let l = Layout::from_size_align(64, 8).unwrap();
         let t = std::time::Instant::now();
         for _ in 0..n {
@@ -27,8 +36,9 @@ fn main() {
         }
         let sys = t.elapsed().as_nanos() as f64 / f64::from(n);
         println!(
-            "ours {ours:.2} ns, System {sys:.2} ns, ratio {:.2}",
-            ours / sys
+            "free list {ours:.2} ns ({:.2}x), slab {sl:.2} ns ({:.2}x), System {sys:.2} ns",
+            ours / sys,
+            sl / sys
         );
     }
 }

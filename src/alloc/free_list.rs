@@ -47,6 +47,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use super::cache::{self, cache_key, thread_id, BATCH};
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Intent, Membership, ProcessInfo};
@@ -230,37 +231,6 @@ fn meta_words_for(pages: u64, depth: u64) -> u64 {
 pub const DEFAULT_CACHE_DEPTH: u64 = 15;
 /// The largest cache depth [`FreeListAllocator::create_with_cache`] accepts.
 pub const MAX_CACHE_DEPTH: u64 = 63;
-/// Blocks taken or returned by one read-modify-write of a block word, at most.
-const BATCH: u32 = 8;
-
-/// A per-segment random key for the marks written into cached blocks.
-fn cache_key() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
-}
-
-/// Caches owned by threads of this process, by segment object (inode), slot and
-/// owner thread: a thread that runs out of memory empties the caches it owns in
-/// its other handles itself (they cannot honour a flush request while it waits).
-struct LocalCache {
-    ino: u64,
-    slot: usize,
-    tid: u64,
-    fork_epoch: u64,
-}
-static LOCAL_CACHES: std::sync::Mutex<Vec<LocalCache>> = std::sync::Mutex::new(Vec::new());
-
-/// A number unique among this process's live threads (never 0): the address of a
-/// thread-local. A thread that starts after another ended may get the same number,
-/// which is fine here: the ended thread no longer uses the cache it owned.
-#[inline]
-fn thread_id() -> u64 {
-    thread_local!(static ANCHOR: u8 = const { 0 });
-    ANCHOR.with(|a| a as *const u8 as u64)
-}
-
 /// What a repair pass did; see [`FreeListAllocator::reclaim`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reclaimed {
@@ -823,7 +793,7 @@ impl FreeListAllocator {
         }
         Err(AllocError::OutOfMemory {
             requested,
-            available: self.available_bytes(),
+            available: 0, // filled in once, by the caller that gives up
         })
     }
 
@@ -995,15 +965,7 @@ impl FreeListAllocator {
             return None;
         }
         let slot = self.member.slot(&self.seg).ok()?;
-        LOCAL_CACHES
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(LocalCache {
-                ino: self.ino,
-                slot,
-                tid: me,
-                fork_epoch: process::fork_epoch(),
-            });
+        cache::register_local(self.ino, slot, me);
         Some(slot)
     }
 
@@ -1251,7 +1213,9 @@ impl FreeListAllocator {
         }
         let mut any = false;
         for slot in 0..process::SLOTS {
-            if Some(slot) == me {
+            // Only handles that can answer: dead ones are reclaimed by repair, and
+            // counts in free slots are leftovers (or scribbles).
+            if Some(slot) == me || !process::listed_live(&self.seg, slot) {
                 continue;
             }
             let cached: u64 = (0..NCLASS)
@@ -1266,18 +1230,7 @@ impl FreeListAllocator {
             }
             // A cache this very thread owns (through another handle) is flushed
             // here: its owner is the one waiting.
-            let tid = thread_id();
-            let mine = LOCAL_CACHES
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .any(|l| {
-                    l.ino == self.ino
-                        && l.slot == slot
-                        && l.tid == tid
-                        && l.fork_epoch == process::fork_epoch()
-                });
-            if mine {
+            if cache::owned_here(self.ino, slot) {
                 self.flush_cache(slot);
             } else {
                 self.flush_request(slot).store(1, Ordering::Relaxed);
@@ -1302,7 +1255,13 @@ impl FreeListAllocator {
             std::thread::sleep(std::time::Duration::from_millis(1));
             last = f();
         }
-        last
+        match last {
+            Err(AllocError::OutOfMemory { requested, .. }) => Err(AllocError::OutOfMemory {
+                requested,
+                available: self.available_bytes(),
+            }),
+            r => r,
+        }
     }
 
     /// Double frees that a cache flush found (after the second `free` had returned
@@ -1372,7 +1331,7 @@ impl FreeListAllocator {
         }
         Err(AllocError::OutOfMemory {
             requested: size as u64,
-            available: self.available_bytes(),
+            available: 0, // filled in once, by the caller that gives up
         })
     }
 
@@ -1763,11 +1722,7 @@ impl Drop for FreeListAllocator {
         if self.depth != 0 {
             if let Some(slot) = self.member.current() {
                 self.flush_cache(slot);
-                let owner = self.cache_owner.load(Ordering::Relaxed);
-                LOCAL_CACHES
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|l| !(l.ino == self.ino && l.slot == slot && l.tid == owner));
+                cache::unregister_local(self.ino, slot, self.cache_owner.load(Ordering::Relaxed));
             }
         }
         // Our current spans stay on hold only while we may allocate from them.

@@ -6,6 +6,7 @@
 //! offset obtained in one process names the same bytes in every other process.
 
 mod bump;
+mod cache;
 mod free_list;
 mod slab;
 

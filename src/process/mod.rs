@@ -624,3 +624,10 @@ pub(crate) fn token_alive(seg: &Segment, me: Option<usize>, token: u32) -> bool 
     }
     Some(slot) == me || locked_by_other(seg.file(), slot)
 }
+
+/// Whether slot `slot` is marked live (cheap: no lock probe; a dead holder not yet
+/// reclaimed also reads as live).
+pub(crate) fn listed_live(seg: &Segment, slot: usize) -> bool {
+    slot < SLOTS
+        && slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF == STATUS_LIVE
+}
