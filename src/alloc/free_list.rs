@@ -38,6 +38,39 @@
 //! and on [`FreeListAllocator::reclaim`]. See the tests in `tests/registry.rs` and
 //! `tests/failpoints.rs`, which kill processes at every step.
 //!
+//! **Per-handle caches** (jemalloc's tcache, mimalloc's local free lists, over shared
+//! memory). Each handle's registry slot has, per size class, a cache of up to
+//! `depth` free blocks ([`DEFAULT_CACHE_DEPTH`], set per segment with
+//! [`FreeListAllocator::create_with_cache`]; 0 turns caches off). The first thread
+//! that allocates or frees through a handle owns its cache; allocation pops from
+//! it and free pushes to it with plain loads and stores, no locked instruction.
+//! Blocks in a cache count as allocated in the shared bitmaps, so every invariant
+//! above holds unchanged; `stats()` reports them as `cached_bytes` (free, not live).
+//! An empty cache is refilled with up to 8 blocks by one CAS on one block word; a
+//! full one gives half back, one CAS per block word. A block freed by another
+//! process than the one that allocated it simply goes into the freeing handle's
+//! cache. When memory runs out, the allocating handle empties its own cache,
+//! reclaims dead handles' caches, asks live handles to flush theirs (they do on
+//! their next free or refill; caches this very thread owns in other handles are
+//! emptied at once), and retries for at most 20 ms before `OutOfMemory`. A cache
+//! that its owner never touches again keeps its blocks until the handle drops or
+//! dies (at most `depth` blocks per class per handle).
+//!
+//! *Crash safety*: a pop lowers the count after reading the entry and a push
+//! raises it after writing the entry, so a crash leaks at most the one block in
+//! hand, and everything counted in a dead handle's cache goes back through the
+//! reclaimer. A crash inside a refill or a flush, between its one CAS and its count
+//! update, leaks the blocks of that one block word (at most 8); it never returns a
+//! block twice (`tests/failpoints.rs` kills at `fl.cache.*` and counts them).
+//!
+//! *Double frees*: a cached block carries a mark (`key ^ offset`, with a random
+//! per-segment key) in its first word. `free` refuses a block whose bit is clear or
+//! that carries the mark, so a double free, through the same handle or another one
+//! in any process, is an error at once. Two processes freeing the same block at the
+//! very same instant can both succeed; the second flush then finds the bit already
+//! clear and counts it ([`FreeListAllocator::late_double_frees`]), and until then
+//! the block may be handed out twice: that race is not detected in time.
+//!
 //! **Stale offsets.** A raw offset is a number: `free(x)` after `x` was freed and
 //! then handed out again *at the same offset, in the same class* frees the new
 //! block, because nothing in the offset tells the two apart. Every other stale use

@@ -19,7 +19,7 @@
 //!   parent's locks. A `pthread_atfork` child handler re-opens each registered
 //!   descriptor through `/proc/self/fd` and `dup3`s the fresh description over the
 //!   inherited one, so the child never keeps the parent's slot alive; the child's
-//!   handles join slots of their own on first use (see [`Membership::slot`]).
+//!   handles join slots of their own on first use.
 //! - **Exactly one reclaimer**: whoever wins the lock of a slot whose status is still
 //!   `LIVE` found a dead holder and is the only process that reclaims it. It runs the
 //!   allocator's repair (which reads the dead slot's intent records), then marks the
