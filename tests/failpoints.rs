@@ -142,7 +142,14 @@ const SACRIFICE: &[&str] = &[
     "fl.large_free.head",
 ];
 /// The points a slab victim is killed at.
-const SLAB_POINTS: &[&str] = &["slab.alloc.claimed", "slab.free.cleared"];
+const SLAB_POINTS: &[&str] = &[
+    "slab.alloc.claimed",
+    "slab.cache.flush",
+    "slab.cache.pop",
+    "slab.cache.push",
+    "slab.cache.refill",
+    "slab.free.cleared",
+];
 
 /// Control words in a block the parent allocates: stop flag, survivor ready, victim
 /// dead (the survivor then runs a repair at once, while it keeps working), and the
@@ -813,12 +820,20 @@ impl Target for FreeListAllocator {
 impl Target for SlabAllocator {
     const NAME: &'static str = "slab";
     fn create_for_test(name: &str) -> Self {
-        SlabAllocator::create(name, SLAB_SLOT, SLAB_SLOTS).expect("create slab")
+        let depth = if NO_CACHE.load(std::sync::atomic::Ordering::Relaxed) {
+            0
+        } else {
+            shared_allocator::alloc::SLAB_CACHE_DEPTH
+        };
+        SlabAllocator::create_with_cache(name, SLAB_SLOT, SLAB_SLOTS, depth, &Default::default())
+            .expect("create slab")
     }
     fn open_for_test(name: &str) -> Self {
         SlabAllocator::open(name).expect("open slab")
     }
-    fn reclaim_now(&self) {}
+    fn reclaim_now(&self) {
+        self.reclaim();
+    }
     fn block_starts(&self) -> Vec<u64> {
         let l = self.segment().layout();
         (0..SLAB_SLOTS)
@@ -877,7 +892,7 @@ static NO_CACHE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 
 fn kill_at<A: Target>(point: &str, kills: u32, seed: u64) -> Row {
     NO_CACHE.store(
-        point.starts_with("fl.free."),
+        point.starts_with("fl.free.") || point.starts_with("slab.free."),
         std::sync::atomic::Ordering::Relaxed,
     );
     let mut row = Row {
@@ -1261,11 +1276,14 @@ fn check_after_death<A: Target>(
         // the cache are in flight together (documented in the free_list module).
         // Killed inside a cache flush, after the count dropped and before the CAS
         // that frees the group: those blocks (one block word's worth) leak.
-        (_, s) if ctx.starts_with("fl.cache.flush") && s.len() <= 8 => {
+        (_, s)
+            if (ctx.starts_with("fl.cache.flush") || ctx.starts_with("slab.cache.flush"))
+                && s.len() <= 8 =>
+        {
             row.in_flight_free += s.len() as u32;
         }
         (Pending::Alloc(size), s)
-            if ctx.starts_with("fl.cache.refill")
+            if (ctx.starts_with("fl.cache.refill") || ctx.starts_with("slab.cache.refill"))
                 && s.len() <= 9
                 && s.iter().all(|(_, b)| *b == A::rounded(size)) =>
         {

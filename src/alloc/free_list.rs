@@ -1094,8 +1094,12 @@ impl FreeListAllocator {
                     (o & (PAGE - 1)) / u64::from(SIZE_CLASSES[c]) / BITS,
                 )
             };
+            // At most BATCH blocks per group: what a crash below may leak.
             let mut start = end - 1;
-            while start > 0 && key(top[start - 1]) == key(top[end - 1]) {
+            while start > 0
+                && end - start < BATCH as usize
+                && key(top[start - 1]) == key(top[end - 1])
+            {
                 start -= 1;
             }
             // Marks off first (a block still counted in the cache needs none), so

@@ -14,7 +14,7 @@ pub use bump::BumpAllocator;
 pub use free_list::{
     FreeListAllocator, Reclaimed, DEFAULT_CACHE_DEPTH, MAX_CACHE_DEPTH, SIZE_CLASSES,
 };
-pub use slab::SlabAllocator;
+pub use slab::{SlabAllocator, SLAB_CACHE_DEPTH};
 
 use crate::error::{AccessError, AllocError, FreeError};
 use crate::segment::{AllocatorKind, Segment};

@@ -118,6 +118,29 @@ impl SlabAllocator {
         slot_count: u64,
         opts: &CreateOptions,
     ) -> Result<Self, SegmentError> {
+        Self::create_with_cache(name, slot_size, slot_count, SLAB_CACHE_DEPTH, opts)
+    }
+
+    /// [`create_with`](Self::create_with), choosing how many free slots each
+    /// handle's cache may hold (0 turns caches off; at most 63). Caches work as the
+    /// free list's do (see [`FreeListAllocator::create_with_cache`](super::FreeListAllocator::create_with_cache)).
+    ///
+    /// # Errors
+    /// As [`create`](Self::create); [`SegmentError::InvalidParameter`] for a depth
+    /// over 63.
+    pub fn create_with_cache(
+        name: &str,
+        slot_size: u64,
+        slot_count: u64,
+        depth: u64,
+        opts: &CreateOptions,
+    ) -> Result<Self, SegmentError> {
+        if depth > 63 {
+            return Err(SegmentError::InvalidParameter {
+                what: "slab cache depth",
+                value: depth,
+            });
+        }
         if slot_size == 0 || slot_size > 1 << 32 {
             return Err(SegmentError::InvalidParameter {
                 what: "slab slot size",
@@ -132,7 +155,7 @@ impl SlabAllocator {
         }
         let stride = slot_size.next_multiple_of(8);
         let words = words_for(slot_count);
-        let meta_words = meta_words_for(slot_count, SLAB_CACHE_DEPTH);
+        let meta_words = meta_words_for(slot_count, depth);
         let meta_len = (meta_words * 8).next_multiple_of(PAGE);
         let data_len = stride
             .checked_mul(slot_count)
@@ -148,7 +171,7 @@ impl SlabAllocator {
             meta_len,
             data_offset: ALLOC_REGION_START + meta_len,
             data_len,
-            params: [slot_size, slot_count, SLAB_CACHE_DEPTH, cache_key()],
+            params: [slot_size, slot_count, depth, cache_key()],
         };
         let seg = Segment::create(name, layout, opts)?;
         let this = Self::from_segment(seg).inspect_err(|_| {
@@ -477,8 +500,12 @@ impl SlabAllocator {
         let mut end = top.len();
         let (bits, summary) = (self.bits(), self.summary());
         while end > 0 {
+            // At most BATCH slots per group: what a crash below may leak.
             let mut start = end - 1;
-            while start > 0 && word_of(top[start - 1]) == word_of(top[end - 1]) {
+            while start > 0
+                && end - start < BATCH as usize
+                && word_of(top[start - 1]) == word_of(top[end - 1])
+            {
                 start -= 1;
             }
             let mut mask = 0u64;
