@@ -13,7 +13,7 @@
 //! Every segment gets a unique name (tag + pid) and is unlinked by a guard, also
 //! when a benchmark panics.
 
-use std::alloc::{alloc, dealloc, Layout};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,16 +106,18 @@ impl Rng {
     }
 }
 
+/// The reference: `std::alloc::System` called directly (no `Box`, no global-allocator
+/// indirection), as a C program would call malloc/free.
 fn std_alloc(layout: Layout) -> NonNull<u8> {
     // SAFETY: every layout used here has a non-zero size.
-    let p = unsafe { alloc(layout) };
+    let p = unsafe { System.alloc(layout) };
     NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
 }
 
 fn std_dealloc(p: NonNull<u8>, layout: Layout) {
-    // SAFETY: `p` came from `std_alloc(layout)` with this same layout and is
-    // freed exactly once.
-    unsafe { dealloc(p.as_ptr(), layout) };
+    // SAFETY: `p` came from `std_alloc(layout)` (System) with this same layout and
+    // is freed exactly once.
+    unsafe { System.dealloc(p.as_ptr(), layout) };
 }
 
 // ------------------------------------------------------------------ write / read
@@ -295,31 +297,64 @@ fn alloc_free(c: &mut Criterion) {
     let fl = FreeListAllocator::create(fl_name.name(), 1 << 20).expect("create free list");
     let slab =
         SlabAllocator::create(slab_name.name(), PAIR_SIZE as u64, 16 * 1024).expect("create slab");
-    let layout = Layout::from_size_align(PAIR_SIZE, 8).unwrap();
 
-    let mut g = c.benchmark_group("alloc_free");
+    for size in [PAIR_SIZE, 256] {
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        let mut g = c.benchmark_group(format!("alloc_free_{size}"));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("free_list", |b| {
+            b.iter(|| {
+                let o = fl.allocate(black_box(size)).unwrap();
+                fl.free(black_box(o)).unwrap();
+            })
+        });
+        if size == PAIR_SIZE {
+            g.bench_function("slab", |b| {
+                b.iter(|| {
+                    let o = slab.allocate(black_box(size)).unwrap();
+                    slab.free(black_box(o)).unwrap();
+                })
+            });
+        }
+        g.bench_function("std_system", |b| {
+            b.iter(|| {
+                let p = black_box(std_alloc(black_box(layout)));
+                std_dealloc(p, layout);
+            })
+        });
+        g.finish();
+    }
+    assert_eq!(fl.stats().live_blocks, Some(0));
+    assert_eq!(slab.stats().live_blocks, Some(0));
+}
+
+/// Typed arena allocation of one `u64` (reset when full) against bumpalo.
+fn arena_alloc(c: &mut Criterion) {
+    let name = ShmGuard::new("arena");
+    let mut bump = BumpAllocator::create(name.name(), 64 << 20).expect("create bump");
+    let mut g = c.benchmark_group("arena_alloc");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("free_list", |b| {
+    g.bench_function("arena", |b| {
+        let mut arena = bump.arena();
         b.iter(|| {
-            let o = fl.allocate(black_box(PAIR_SIZE)).unwrap();
-            fl.free(black_box(o)).unwrap();
+            if arena.alloc(black_box(7u64)).is_err() {
+                arena.reset();
+            }
         })
     });
-    g.bench_function("slab", |b| {
+    let mut bumpalo = bumpalo::Bump::with_capacity(64 << 20);
+    let mut used = 0usize;
+    g.bench_function("bumpalo", |b| {
         b.iter(|| {
-            let o = slab.allocate(black_box(PAIR_SIZE)).unwrap();
-            slab.free(black_box(o)).unwrap();
-        })
-    });
-    g.bench_function("std_alloc", |b| {
-        b.iter(|| {
-            let p = black_box(std_alloc(black_box(layout)));
-            std_dealloc(p, layout);
+            if used >= (64 << 20) / 8 {
+                bumpalo.reset();
+                used = 0;
+            }
+            black_box(bumpalo.alloc(black_box(7u64)));
+            used += 1;
         })
     });
     g.finish();
-    assert_eq!(fl.stats().live_blocks, Some(0));
-    assert_eq!(slab.stats().live_blocks, Some(0));
 }
 
 // ---------------------------------------------------------------- reuse_pattern
@@ -381,6 +416,7 @@ criterion_group!(
     read,
     sequential_alloc,
     alloc_free,
-    reuse_pattern
+    reuse_pattern,
+    arena_alloc
 );
 criterion_main!(benches);

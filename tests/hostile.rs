@@ -417,6 +417,8 @@ fn header_seed(seed: u64) -> String {
     )
 }
 
+// One handle per child process: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Handle {
     Fl(FreeListAllocator),
     Slab(SlabAllocator),

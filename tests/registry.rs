@@ -524,7 +524,10 @@ fn everything_freed_means_everything_free() {
 #[test]
 fn stale_offsets_into_released_spans_are_errors() {
     let name = ShmName::new("reg-stale");
-    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    // Without caches, so that b's free goes straight back to the span (the cached
+    // case is `double_free_through_another_handles_cache_is_caught` below).
+    let a = FreeListAllocator::create_with_cache(name.as_str(), 1 << 20, 0, &Default::default())
+        .unwrap();
     let b = FreeListAllocator::open(name.as_str()).unwrap();
     let x = a.allocate(64).unwrap();
     // b frees it: the span is empty and not b's current span, so it goes back.
@@ -537,6 +540,33 @@ fn stale_offsets_into_released_spans_are_errors() {
     assert_eq!(y.get() & !4095, x.get() & !4095, "page reused");
     assert!(a.free(Offset::new(x.get() + 64)).is_err());
     b.free(y).unwrap();
+}
+
+#[test]
+fn double_free_through_another_handles_cache_is_caught() {
+    let name = ShmName::new("reg-cachedfree");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let b = FreeListAllocator::open(name.as_str()).unwrap();
+    let x = a.allocate(64).unwrap();
+    a.write(x, &[9; 64]).unwrap();
+    let cached = a.stats().cached_bytes; // a's refill cached a few more blocks
+    b.free(x).unwrap(); // into b's cache: still taken in the shared bitmap
+    assert!(matches!(a.free(x), Err(FreeError::DoubleFree { .. })));
+    assert!(matches!(b.free(x), Err(FreeError::DoubleFree { .. })));
+    assert!(
+        a.read(x, 8).is_err(),
+        "a cached block is not readable as allocated"
+    );
+    assert_eq!(a.stats().live_blocks, Some(0));
+    assert_eq!(a.stats().cached_bytes, cached + 64);
+    // b hands it out again: then it is a live block like any other.
+    let y = b.allocate(64).unwrap();
+    assert_eq!(y, x);
+    assert!(a.read(y, 64).is_ok());
+    b.free(y).unwrap();
+    drop(b); // its cache goes back
+    assert_eq!(a.stats().cached_bytes, cached);
+    assert_eq!(a.late_double_frees(), 0);
 }
 
 // ------------------------------------------------------------------ bounded loops

@@ -323,6 +323,7 @@ impl ShmAllocator for BumpAllocator {
     fn stats(&self) -> Stats {
         let used = self.used();
         Stats {
+            cached_bytes: 0,
             capacity: self.seg.layout().data_len,
             live_blocks: None,
             live_bytes: used,

@@ -38,6 +38,39 @@
 //! and on [`FreeListAllocator::reclaim`]. See the tests in `tests/registry.rs` and
 //! `tests/failpoints.rs`, which kill processes at every step.
 //!
+//! **Per-handle caches** (jemalloc's tcache, mimalloc's local free lists, over shared
+//! memory). Each handle's registry slot has, per size class, a cache of up to
+//! `depth` free blocks ([`DEFAULT_CACHE_DEPTH`], set per segment with
+//! [`FreeListAllocator::create_with_cache`]; 0 turns caches off). The first thread
+//! that allocates or frees through a handle owns its cache; allocation pops from
+//! it and free pushes to it with plain loads and stores, no locked instruction.
+//! Blocks in a cache count as allocated in the shared bitmaps, so every invariant
+//! above holds unchanged; `stats()` reports them as `cached_bytes` (free, not live).
+//! An empty cache is refilled with up to 8 blocks by one CAS on one block word; a
+//! full one gives half back, one CAS per block word. A block freed by another
+//! process than the one that allocated it simply goes into the freeing handle's
+//! cache. When memory runs out, the allocating handle empties its own cache,
+//! reclaims dead handles' caches, asks live handles to flush theirs (they do on
+//! their next free or refill; caches this very thread owns in other handles are
+//! emptied at once), and retries for at most 20 ms before `OutOfMemory`. A cache
+//! that its owner never touches again keeps its blocks until the handle drops or
+//! dies (at most `depth` blocks per class per handle).
+//!
+//! *Crash safety*: a pop lowers the count after reading the entry and a push
+//! raises it after writing the entry, so a crash leaks at most the one block in
+//! hand, and everything counted in a dead handle's cache goes back through the
+//! reclaimer. A crash inside a refill or a flush, between its one CAS and its count
+//! update, leaks the blocks of that one block word (at most 8); it never returns a
+//! block twice (`tests/failpoints.rs` kills at `fl.cache.*` and counts them).
+//!
+//! *Double frees*: a cached block carries a mark (`key ^ offset`, with a random
+//! per-segment key) in its first word. `free` refuses a block whose bit is clear or
+//! that carries the mark, so a double free, through the same handle or another one
+//! in any process, is an error at once. Two processes freeing the same block at the
+//! very same instant can both succeed; the second flush then finds the bit already
+//! clear and counts it ([`FreeListAllocator::late_double_frees`]), and until then
+//! the block may be handed out twice: that race is not detected in time.
+//!
 //! **Stale offsets.** A raw offset is a number: `free(x)` after `x` was freed and
 //! then handed out again *at the same offset, in the same class* frees the new
 //! block, because nothing in the offset tells the two apart. Every other stale use
@@ -47,6 +80,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use super::cache::{self, cache_key, thread_id, BATCH};
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Intent, Membership, ProcessInfo};
@@ -214,10 +248,22 @@ fn avail_start(pages: u64, c: usize) -> u64 {
 fn lines_start(pages: u64) -> u64 {
     avail_start(pages, NCLASS)
 }
-fn meta_words_for(pages: u64) -> u64 {
+/// Per-handle caches: for each registry slot, one line with the flush-request
+/// word, then per class `[count, block offsets ...]` of `depth + 1` words.
+fn cache_start(pages: u64) -> u64 {
     lines_start(pages) + pages * LINE
 }
+fn cache_stride(depth: u64) -> u64 {
+    LINE + NCLASS as u64 * (depth + 1)
+}
+fn meta_words_for(pages: u64, depth: u64) -> u64 {
+    cache_start(pages) + process::SLOTS as u64 * cache_stride(depth)
+}
 
+/// Blocks per size class that each handle's cache holds at most, by default.
+pub const DEFAULT_CACHE_DEPTH: u64 = 15;
+/// The largest cache depth [`FreeListAllocator::create_with_cache`] accepts.
+pub const MAX_CACHE_DEPTH: u64 = 63;
 /// What a repair pass did; see [`FreeListAllocator::reclaim`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reclaimed {
@@ -227,6 +273,8 @@ pub struct Reclaimed {
     pub intents: usize,
     /// Pages returned to the page pool (empty spans, orphaned runs).
     pub pages: usize,
+    /// Blocks returned from the caches of dead handles.
+    pub cached_blocks: usize,
 }
 
 /// The general-purpose allocator: any size from 1 byte to the capacity, alignment up
@@ -257,6 +305,27 @@ pub struct FreeListAllocator {
     hint: AtomicUsize,
     /// This handle's current span per class: `[tag: 16 | page + 1: 48]`, 0 = none.
     cur: [AtomicU64; NCLASS],
+    /// Blocks per class in this handle's cache (0: no caches).
+    depth: usize,
+    /// The segment's cache-mark key: a cached block's first word holds `key ^ offset`.
+    key: u64,
+    /// The thread that uses this handle's cache (the first one that allocated or
+    /// freed through it); other threads take the shared path. 0 = none yet.
+    cache_owner: AtomicU64,
+    /// Double frees found when a cache was flushed (too late to report to the caller).
+    late_double_frees: AtomicU64,
+    /// The segment object's inode: names it across this process's handles.
+    ino: u64,
+    /// Word index (in the metadata region) of page 0's line.
+    lines_base: usize,
+    /// Word index (in the metadata region) of slot 0's cache, and words per slot.
+    cache_base0: usize,
+    cache_stride: usize,
+    /// The data region: its address in this mapping, and its bounds as offsets
+    /// (validated at open). Numbers, so the type stays Send + Sync.
+    data_addr: usize,
+    data_off: u64,
+    data_end: u64,
     /// The metadata region, resolved once at open (`Segment::words` checked it):
     /// address and length in words. Kept as a number so the type stays Send + Sync.
     meta_addr: usize,
@@ -283,6 +352,35 @@ impl FreeListAllocator {
         capacity: u64,
         opts: &CreateOptions,
     ) -> Result<Self, SegmentError> {
+        Self::create_with_cache(name, capacity, DEFAULT_CACHE_DEPTH, opts)
+    }
+
+    /// [`create_with`](Self::create_with), choosing how many free blocks per size
+    /// class each handle may keep in its cache (0 turns caches off; at most
+    /// [`MAX_CACHE_DEPTH`]). Every handle that opens the segment uses this depth.
+    ///
+    /// A handle's cache lives in its registry slot: the first thread that allocates
+    /// or frees through the handle gets allocation and free without any locked
+    /// instruction while its cache has blocks or room, and takes or returns up to
+    /// eight blocks per read-modify-write when it has not. Other threads of the
+    /// process use the shared path. A dead handle's cache is returned by whoever
+    /// reclaims its slot.
+    ///
+    /// # Errors
+    /// As [`create`](Self::create); [`SegmentError::InvalidParameter`] for a depth
+    /// over [`MAX_CACHE_DEPTH`].
+    pub fn create_with_cache(
+        name: &str,
+        capacity: u64,
+        depth: u64,
+        opts: &CreateOptions,
+    ) -> Result<Self, SegmentError> {
+        if depth > MAX_CACHE_DEPTH {
+            return Err(SegmentError::InvalidParameter {
+                what: "free-list cache depth",
+                value: depth,
+            });
+        }
         let pages = capacity.div_ceil(PAGE);
         if pages == 0 || pages >= MAX_PAGES {
             return Err(SegmentError::InvalidParameter {
@@ -290,7 +388,7 @@ impl FreeListAllocator {
                 value: capacity,
             });
         }
-        let meta_len = (meta_words_for(pages) * 8).div_ceil(PAGE) * PAGE;
+        let meta_len = (meta_words_for(pages, depth) * 8).div_ceil(PAGE) * PAGE;
         let layout = Layout {
             kind: AllocatorKind::FreeList,
             total_size: ALLOC_REGION_START + meta_len + pages * PAGE,
@@ -298,7 +396,7 @@ impl FreeListAllocator {
             meta_len,
             data_offset: ALLOC_REGION_START + meta_len,
             data_len: pages * PAGE,
-            params: [pages, 0, 0, 0],
+            params: [pages, depth, cache_key(), 0],
         };
         let seg = Segment::create(name, layout, opts)?;
         let this = Self::from_segment(seg).inspect_err(|_| {
@@ -342,8 +440,11 @@ impl FreeListAllocator {
 
     fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
         let l = *seg.layout();
-        let pages = l.params[0];
+        let [pages, depth, key, _] = l.params;
         let corrupt = |reason| Err(SegmentError::CorruptHeader { reason });
+        if depth > MAX_CACHE_DEPTH {
+            return corrupt("free-list cache depth out of range");
+        }
         if pages == 0
             || pages >= MAX_PAGES
             || l.data_len != pages * PAGE
@@ -351,7 +452,7 @@ impl FreeListAllocator {
         {
             return corrupt("free-list page count disagrees with the data region");
         }
-        if meta_words_for(pages) * 8 > l.meta_len {
+        if meta_words_for(pages, depth) * 8 > l.meta_len {
             return corrupt("free-list metadata region too small");
         }
         let meta = seg
@@ -360,6 +461,17 @@ impl FreeListAllocator {
                 reason: "free-list metadata outside the mapping",
             })?;
         let (meta_addr, meta_words) = (meta.as_ptr() as usize, meta.len());
+        let data_addr = seg
+            .ptr_at(l.data_offset, l.data_len, PAGE as usize)
+            .ok_or(SegmentError::CorruptHeader {
+                reason: "free-list data region outside the mapping",
+            })?
+            .as_ptr() as usize;
+        let ino = std::os::unix::fs::MetadataExt::ino(&seg.file().metadata().map_err(|_| {
+            SegmentError::CorruptHeader {
+                reason: "cannot fstat the segment",
+            }
+        })?);
         let joined = Membership::join(&seg)?;
         let hint = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % pages as usize;
         let this = FreeListAllocator {
@@ -368,10 +480,25 @@ impl FreeListAllocator {
             pages: pages as usize,
             hint: AtomicUsize::new(hint),
             cur: [const { AtomicU64::new(0) }; NCLASS],
+            depth: depth as usize,
+            key,
+            cache_owner: AtomicU64::new(0),
+            late_double_frees: AtomicU64::new(0),
+            ino,
+            lines_base: lines_start(pages) as usize,
+            cache_base0: cache_start(pages) as usize,
+            cache_stride: cache_stride(depth) as usize,
+            data_addr,
+            data_off: l.data_offset,
+            data_end: l.data_end(),
             meta_addr,
             meta_words,
         };
         if joined.found_dead {
+            // We took over a dead handle's slot: first return what its cache held.
+            if let Some(slot) = this.member.current() {
+                this.flush_cache(slot);
+            }
             this.repair();
         }
         Ok(this)
@@ -436,7 +563,7 @@ impl FreeListAllocator {
         if p >= self.pages {
             return None;
         }
-        let start = (lines_start(self.pages as u64) + p as u64 * LINE) as usize;
+        let start = self.lines_base + p * LINE as usize;
         self.meta().get(start..start + LINE as usize)
     }
 
@@ -555,6 +682,31 @@ impl FreeListAllocator {
 
     #[inline]
     fn alloc_small(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
+        if let Some(slot) = self.my_cache() {
+            let m = self.mag(slot, c);
+            let n = m[0].load(Ordering::Relaxed);
+            if n != 0
+                && n <= self.depth as u64
+                && self.flush_request(slot).load(Ordering::Relaxed) == 0
+            {
+                let off = m[n as usize].load(Ordering::Relaxed);
+                crate::fail_point!("fl.cache.pop");
+                // Count first: a crash after this store leaks the block (its code
+                // may have had it); before it, the reclaimer returns it.
+                m[0].store(n - 1, Ordering::Relaxed);
+                if let Some(mark) = self.mark(off) {
+                    mark.store(0, Ordering::Relaxed);
+                    return Ok(Offset::new(off));
+                }
+            }
+            return self.refill(slot, c, requested);
+        }
+        self.alloc_shared(c, requested)
+    }
+
+    /// Allocation without the cache: one CAS on the current span's block word.
+    #[inline]
+    fn alloc_shared(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
         let cur = self.cur[c].load(Ordering::Relaxed);
         if cur != 0 {
             let p = (cur & BITS_MASK) as usize - 1;
@@ -571,18 +723,16 @@ impl FreeListAllocator {
         if cur != 0 {
             self.drop_hint(c, (cur & BITS_MASK) as usize - 1);
         }
-        let mut repaired = false;
-        loop {
-            if let Some(off) = self.alloc_from_hints(c) {
-                return Ok(off);
+        let attempt = || match self.alloc_from_hints(c) {
+            Some(off) => Ok(off),
+            None => self.new_span(c, requested),
+        };
+        match attempt() {
+            Err(AllocError::OutOfMemory { .. }) => {
+                self.repair();
+                self.retry_after_flushes(attempt)
             }
-            match self.new_span(c, requested) {
-                Err(AllocError::OutOfMemory { .. }) if !repaired => {
-                    repaired = true;
-                    self.repair();
-                }
-                r => return r,
-            }
+            r => r,
         }
     }
 
@@ -676,7 +826,7 @@ impl FreeListAllocator {
         }
         Err(AllocError::OutOfMemory {
             requested,
-            available: self.available_bytes(),
+            available: 0, // filled in once, by the caller that gives up
         })
     }
 
@@ -757,6 +907,7 @@ impl FreeListAllocator {
         }
     }
 
+    #[inline]
     fn free_small(&self, p: usize, st: u64, within: u64, off: u64) -> Result<(), FreeError> {
         let c = class(st);
         if c >= NCLASS {
@@ -773,6 +924,33 @@ impl FreeListAllocator {
         let (w, bit) = ((i / BITS) as usize, 1u64 << (i % BITS));
         let word = &self.line(p)[PM_WORDS + w];
         let mut v = word.load(Ordering::Relaxed);
+        if let Some(slot) = self.my_cache() {
+            // The cheap check at free time: the block must be allocated (its bit
+            // set) and not already in this handle's cache.
+            if v >> BITS != tag || v & bit == 0 {
+                return Err(FreeError::DoubleFree { offset: off });
+            }
+            // A block in any handle's cache carries a mark in its first word.
+            let Some(mark) = self.mark(off) else {
+                return Err(FreeError::OutOfRange { offset: off });
+            };
+            if mark.load(Ordering::Relaxed) == self.key ^ off {
+                return Err(FreeError::DoubleFree { offset: off });
+            }
+            let m = self.mag(slot, c);
+            let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
+            if n == self.depth || self.flush_request(slot).load(Ordering::Relaxed) != 0 {
+                self.flush_requested(slot);
+                n = self.flush_class(slot, c, self.depth / 2);
+            }
+            // Entry first, then the count: a crash between leaks this one block
+            // (untouched: it reads as still allocated). The mark comes last.
+            m[n + 1].store(off, Ordering::Relaxed);
+            crate::fail_point!("fl.cache.push");
+            m[0].store(n as u64 + 1, Ordering::Relaxed);
+            mark.store(self.key ^ off, Ordering::Relaxed);
+            return Ok(());
+        }
         for _ in 0..RETRY_LIMIT {
             // A tag mismatch: the span was released (and maybe reused) since `st`
             // was read, so this block was not live in it.
@@ -794,6 +972,341 @@ impl FreeListAllocator {
         })
     }
 
+    // ---------------------------------------------------------------- caches
+
+    /// This handle's slot, if the calling thread owns the handle's cache.
+    #[inline(always)]
+    fn my_cache(&self) -> Option<usize> {
+        if self.depth == 0 {
+            return None;
+        }
+        if self.cache_owner.load(Ordering::Relaxed) == thread_id() {
+            return self.member.slot(&self.seg).ok();
+        }
+        self.claim_cache()
+    }
+
+    /// The first thread to use the cache becomes its owner.
+    #[cold]
+    fn claim_cache(&self) -> Option<usize> {
+        let me = thread_id();
+        if self
+            .cache_owner
+            .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        let slot = self.member.slot(&self.seg).ok()?;
+        cache::register_local(self.ino, slot, me);
+        Some(slot)
+    }
+
+    #[inline]
+    fn cache_base(&self, slot: usize) -> usize {
+        self.cache_base0 + slot * self.cache_stride
+    }
+
+    /// Slot `slot`'s cache of class `c`: `[count, offsets ...]`.
+    #[inline(always)]
+    fn mag(&self, slot: usize, c: usize) -> &[AtomicU64] {
+        let start = self.cache_base(slot) + LINE as usize + c * (self.depth + 1);
+        &self.meta()[start..start + self.depth + 1]
+    }
+
+    /// Slot `slot`'s flush-request word: non-zero asks its owner to empty its cache.
+    #[inline]
+    fn flush_request(&self, slot: usize) -> &AtomicU64 {
+        &self.meta()[self.cache_base(slot)]
+    }
+
+    /// The first word of the block at `off` (any 16-aligned offset in the data region).
+    #[inline]
+    fn mark(&self, off: u64) -> Option<&AtomicU64> {
+        if !self.in_data(off) || off % 16 != 0 {
+            return None;
+        }
+        let addr = self.data_addr + (off - self.data_off) as usize;
+        // SAFETY:
+        // - `data_addr` is the start of the data region in this mapping (`ptr_at`
+        //   checked the whole region at open) and `off` lies inside it, 16 bytes
+        //   before its end at least (the region is whole pages, `off` 16-aligned), so
+        //   the 8 bytes at `addr` are in bounds and 8-aligned;
+        // - any bit pattern is a valid AtomicU64; marks are only accessed atomically
+        //   by this allocator, and a block's owner never holds a reference to a
+        //   cached (free) block;
+        // - the mapping is owned by `self.seg` and the reference borrows `self`.
+        Some(unsafe { &*(addr as *const AtomicU64) })
+    }
+
+    #[inline]
+    fn in_data(&self, off: u64) -> bool {
+        off >= self.data_off && off < self.data_end
+    }
+
+    /// Honours a flush request on our slot: empties every class of our cache.
+    fn flush_requested(&self, slot: usize) {
+        let req = self.flush_request(slot);
+        if req.load(Ordering::Relaxed) != 0 {
+            req.store(0, Ordering::Relaxed);
+            self.flush_cache(slot);
+        }
+    }
+
+    /// Empties slot `slot`'s cache of every class (ours, or a dead handle's whose
+    /// slot lock we hold). Returns how many blocks went back.
+    fn flush_cache(&self, slot: usize) -> usize {
+        (0..NCLASS)
+            .map(|c| {
+                let before =
+                    (self.mag(slot, c)[0].load(Ordering::Relaxed) as usize).min(self.depth);
+                before - self.flush_class(slot, c, 0)
+            })
+            .sum()
+    }
+
+    /// Returns the cached blocks of class `c` above the first `keep` to the shared
+    /// bitmaps, one read-modify-write per block word. Returns the new count.
+    ///
+    /// Entries are first sorted so that blocks of one word are adjacent; then, for
+    /// each group from the top, the count drops *before* the group's bits clear: a
+    /// crash in between leaks that group (at most one word's blocks), and never
+    /// returns a block twice.
+    fn flush_class(&self, slot: usize, c: usize, keep: usize) -> usize {
+        let m = self.mag(slot, c);
+        let n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
+        if n <= keep {
+            return n;
+        }
+        let mut top: Vec<u64> = (keep + 1..=n)
+            .map(|k| m[k].load(Ordering::Relaxed))
+            .collect();
+        top.sort_unstable();
+        for (k, off) in top.iter().enumerate() {
+            m[keep + 1 + k].store(*off, Ordering::Relaxed);
+        }
+        let mut count = n;
+        let mut end = top.len();
+        while end > 0 {
+            let key = |o: u64| {
+                (
+                    o >> PAGE_SHIFT,
+                    (o & (PAGE - 1)) / u64::from(SIZE_CLASSES[c]) / BITS,
+                )
+            };
+            // At most BATCH blocks per group: what a crash below may leak.
+            let mut start = end - 1;
+            while start > 0
+                && end - start < BATCH as usize
+                && key(top[start - 1]) == key(top[end - 1])
+            {
+                start -= 1;
+            }
+            // Marks off first (a block still counted in the cache needs none), so
+            // that a group lost to a crash below reads as plainly allocated.
+            for &off in &top[start..end] {
+                if let Some(mark) = self.mark(off) {
+                    mark.store(0, Ordering::Relaxed);
+                }
+            }
+            count -= end - start;
+            m[0].store(count as u64, Ordering::Relaxed);
+            crate::fail_point!("fl.cache.flush");
+            self.return_blocks(c, &top[start..end]);
+            end = start;
+        }
+        count
+    }
+
+    /// Clears the bits of `offs` (blocks of class `c` in one block word) with one
+    /// CAS; bits already clear are double frees found late.
+    fn return_blocks(&self, c: usize, offs: &[u64]) {
+        let l = *self.seg.layout();
+        let Some(&first) = offs.first() else { return };
+        if !self.in_data(first) {
+            return; // a scribbled entry: drop it
+        }
+        let (p, _) = self.locate(first - l.data_offset);
+        let st = self.state(p).load(Ordering::Acquire);
+        if kind(st) != KIND_SMALL || class(st) != c {
+            self.late_double_frees
+                .fetch_add(offs.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        let size = u64::from(SIZE_CLASSES[c]);
+        let mut mask = 0u64;
+        let mut w = usize::MAX;
+        for &off in offs {
+            let within = off.wrapping_sub(self.page_offset(p));
+            let i = within / size;
+            if within >= PAGE || within % size != 0 || i >= cap_of(c) {
+                continue;
+            }
+            if w == usize::MAX {
+                w = (i / BITS) as usize;
+            }
+            if (i / BITS) as usize == w {
+                mask |= 1 << (i % BITS);
+            }
+        }
+        if mask == 0 {
+            return;
+        }
+        let tag = tag_of(st);
+        let word = &self.line(p)[PM_WORDS + w];
+        let mut v = word.load(Ordering::Relaxed);
+        for _ in 0..RETRY_LIMIT {
+            if v >> BITS != tag {
+                self.late_double_frees
+                    .fetch_add(u64::from(mask.count_ones()), Ordering::Relaxed);
+                return;
+            }
+            match word.compare_exchange_weak(v, v & !mask, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => {
+                    let missing = (mask & !v).count_ones();
+                    if missing != 0 {
+                        self.late_double_frees
+                            .fetch_add(u64::from(missing), Ordering::Relaxed);
+                    }
+                    self.after_small_free(p, st, w, v & !mask);
+                    return;
+                }
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// The cache of class `c` is empty (or a flush is due): takes one block through
+    /// the shared path, plus up to [`BATCH`] more from the same block word with one
+    /// CAS into the cache.
+    #[cold]
+    fn refill(&self, slot: usize, c: usize, requested: u64) -> Result<Offset, AllocError> {
+        self.flush_requested(slot);
+        let first = self.alloc_shared(c, requested)?;
+        let m = self.mag(slot, c);
+        let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
+        let want = (self.depth / 2).saturating_sub(n).min(BATCH as usize) as u32;
+        let cur = self.cur[c].load(Ordering::Relaxed);
+        if want == 0 || cur == 0 {
+            return Ok(first);
+        }
+        let (p, tag) = ((cur & BITS_MASK) as usize - 1, cur >> BITS);
+        let Some(line) = self.page_line(p) else {
+            return Ok(first);
+        };
+        for w in 0..words_of(c) {
+            let word = &line[PM_WORDS + w];
+            let mut v = word.load(Ordering::Relaxed);
+            for _ in 0..64 {
+                if v >> BITS != tag {
+                    return Ok(first);
+                }
+                let mut free = !v & BITS_MASK;
+                if free == 0 {
+                    break;
+                }
+                let mut mask = 0u64;
+                for _ in 0..want {
+                    if free == 0 {
+                        break;
+                    }
+                    let b = free & free.wrapping_neg();
+                    mask |= b;
+                    free &= free - 1;
+                }
+                match word.compare_exchange_weak(v, v | mask, Ordering::SeqCst, Ordering::Relaxed) {
+                    Ok(_) => {
+                        crate::fail_point!("fl.cache.refill");
+                        // Entries, then the count: a crash in between leaks these.
+                        let base = self.page_offset(p);
+                        let size = u64::from(SIZE_CLASSES[c]);
+                        let (from, mut bits) = (n, mask);
+                        while bits != 0 {
+                            let i = w as u64 * BITS + u64::from(bits.trailing_zeros());
+                            n += 1;
+                            m[n].store(base + i * size, Ordering::Relaxed);
+                            bits &= bits - 1;
+                        }
+                        m[0].store(n as u64, Ordering::Relaxed);
+                        for e in &m[from + 1..=n] {
+                            let off = e.load(Ordering::Relaxed);
+                            if let Some(mark) = self.mark(off) {
+                                mark.store(self.key ^ off, Ordering::Relaxed);
+                            }
+                        }
+                        return Ok(first);
+                    }
+                    Err(now) => v = now,
+                }
+            }
+        }
+        Ok(first)
+    }
+
+    /// Asks every other live handle to empty its cache; true if any had blocks.
+    fn request_flushes(&self, me: Option<usize>) -> bool {
+        if self.depth == 0 {
+            return false;
+        }
+        let mut any = false;
+        for slot in 0..process::SLOTS {
+            // Only handles that can answer: dead ones are reclaimed by repair, and
+            // counts in free slots are leftovers (or scribbles).
+            if Some(slot) == me || !process::listed_live(&self.seg, slot) {
+                continue;
+            }
+            let cached: u64 = (0..NCLASS)
+                .map(|c| {
+                    self.mag(slot, c)[0]
+                        .load(Ordering::Relaxed)
+                        .min(self.depth as u64)
+                })
+                .sum();
+            if cached == 0 {
+                continue;
+            }
+            // A cache this very thread owns (through another handle) is flushed
+            // here: its owner is the one waiting.
+            if cache::owned_here(self.ino, slot) {
+                self.flush_cache(slot);
+            } else {
+                self.flush_request(slot).store(1, Ordering::Relaxed);
+            }
+            any = true;
+        }
+        any
+    }
+
+    /// Out of memory after a repair: asks other handles to flush their caches and
+    /// retries `f` for a bounded time (20 ms) while any cache still holds blocks.
+    fn retry_after_flushes<T>(
+        &self,
+        mut f: impl FnMut() -> Result<T, AllocError>,
+    ) -> Result<T, AllocError> {
+        let me = self.member.current();
+        let mut last = f();
+        for _ in 0..20 {
+            if !matches!(last, Err(AllocError::OutOfMemory { .. })) || !self.request_flushes(me) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            last = f();
+        }
+        match last {
+            Err(AllocError::OutOfMemory { requested, .. }) => Err(AllocError::OutOfMemory {
+                requested,
+                available: self.available_bytes(),
+            }),
+            r => r,
+        }
+    }
+
+    /// Double frees that a cache flush found (after the second `free` had returned
+    /// `Ok`): see the module docs for what is detected when.
+    pub fn late_double_frees(&self) -> u64 {
+        self.late_double_frees.load(Ordering::Relaxed)
+    }
+
     // ---------------------------------------------------------------- large blocks
 
     fn alloc_large(&self, size: usize) -> Result<Offset, AllocError> {
@@ -806,16 +1319,20 @@ impl FreeListAllocator {
         }
         let n = n as usize;
         let me = self.my_slot()?;
+        match self.try_alloc_large(size, n, me) {
+            Err(AllocError::OutOfMemory { .. }) => {
+                self.repair();
+                self.retry_after_flushes(|| self.try_alloc_large(size, n, me))
+            }
+            r => r,
+        }
+    }
+
+    fn try_alloc_large(&self, size: usize, n: usize, me: usize) -> Result<Offset, AllocError> {
         let hints = self.page_hints();
-        let mut repaired = false;
         for _ in 0..256 {
             let Some(s) = bitmap::find_clear_run(hints, n).filter(|&s| s + n <= self.pages) else {
-                if repaired {
-                    break;
-                }
-                repaired = true;
-                self.repair();
-                continue;
+                break;
             };
             if !bitmap::claim_run(hints, s, n) {
                 continue;
@@ -851,7 +1368,7 @@ impl FreeListAllocator {
         }
         Err(AllocError::OutOfMemory {
             requested: size as u64,
-            available: self.available_bytes(),
+            available: 0, // filled in once, by the caller that gives up
         })
     }
 
@@ -1013,10 +1530,20 @@ impl FreeListAllocator {
     fn repair(&self) -> Reclaimed {
         let me = self.member.current();
         let mut r = Reclaimed::default();
+        // Our own cache first (only its owner thread may touch it).
+        if let Some(slot) = self.my_cache() {
+            self.flush_cache(slot);
+        }
         // Dead slots whose records did not fit the orphan list keep them: park
         // more after each drain, while draining makes progress.
         for _round in 0..process::SLOTS {
-            let (freed, pending) = process::reclaim_dead(&self.seg, me);
+            let mut cached = 0;
+            let (freed, pending) = process::reclaim_dead(&self.seg, me, &mut |slot| {
+                if self.depth != 0 {
+                    cached += self.flush_cache(slot);
+                }
+            });
+            r.cached_blocks += cached;
             r.dead_slots += freed;
             let before = r.intents;
             process::drain_orphans(&self.seg, |it| {
@@ -1228,6 +1755,13 @@ impl FreeListAllocator {
 
 impl Drop for FreeListAllocator {
     fn drop(&mut self) {
+        // Our cache goes back first (dropping needs `&mut self`: no thread uses it).
+        if self.depth != 0 {
+            if let Some(slot) = self.member.current() {
+                self.flush_cache(slot);
+                cache::unregister_local(self.ino, slot, self.cache_owner.load(Ordering::Relaxed));
+            }
+        }
         // Our current spans stay on hold only while we may allocate from them.
         for c in 0..NCLASS {
             let cur = self.cur[c].swap(0, Ordering::Relaxed);
@@ -1306,6 +1840,15 @@ impl ShmAllocator for FreeListAllocator {
                 if v >> BITS != tag_of(st) || v & (1 << (i % BITS)) == 0 {
                     return Err(not_alloc);
                 }
+                // A block in some handle's cache is free to its users.
+                let start = self.page_offset(p) + i * size;
+                if self.depth != 0
+                    && self
+                        .mark(start)
+                        .is_some_and(|m| m.load(Ordering::Relaxed) == self.key ^ start)
+                {
+                    return Err(not_alloc);
+                }
                 Ok(())
             }
             KIND_LARGE | KIND_INTERIOR => {
@@ -1347,6 +1890,27 @@ impl ShmAllocator for FreeListAllocator {
                 ..ClassStats::default()
             })
             .collect();
+        // Blocks in the caches (of every slot) count as free, not live.
+        let mut cached_in: std::collections::HashMap<usize, u64> = Default::default();
+        let mut cached_bytes = 0;
+        if self.depth != 0 {
+            let data = self.seg.layout().data_offset;
+            for slot in 0..process::SLOTS {
+                for (c, &size) in SIZE_CLASSES.iter().enumerate() {
+                    let m = self.mag(slot, c);
+                    let n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
+                    for e in &m[1..=n] {
+                        let off = e.load(Ordering::Relaxed);
+                        if self.in_data(off) {
+                            *cached_in
+                                .entry(((off - data) >> PAGE_SHIFT) as usize)
+                                .or_default() += 1;
+                            cached_bytes += u64::from(size);
+                        }
+                    }
+                }
+            }
+        }
         let (mut live_blocks, mut live_bytes, mut free_bytes) = (0, 0, 0);
         for p in 0..self.pages {
             let line = self.line(p);
@@ -1365,6 +1929,7 @@ impl ShmAllocator for FreeListAllocator {
                             u64::from((v & BITS_MASK & !pad).count_ones())
                         })
                         .sum();
+                    let used = used.saturating_sub(cached_in.get(&p).copied().unwrap_or(0));
                     let cs = &mut classes[c];
                     cs.spans += 1;
                     cs.live_blocks += used;
@@ -1390,6 +1955,7 @@ impl ShmAllocator for FreeListAllocator {
             live_blocks: Some(live_blocks),
             live_bytes,
             free_bytes,
+            cached_bytes,
             classes,
         }
     }

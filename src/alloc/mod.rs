@@ -6,12 +6,15 @@
 //! offset obtained in one process names the same bytes in every other process.
 
 mod bump;
+mod cache;
 mod free_list;
 mod slab;
 
 pub use bump::BumpAllocator;
-pub use free_list::{FreeListAllocator, SIZE_CLASSES};
-pub use slab::SlabAllocator;
+pub use free_list::{
+    FreeListAllocator, Reclaimed, DEFAULT_CACHE_DEPTH, MAX_CACHE_DEPTH, SIZE_CLASSES,
+};
+pub use slab::{SlabAllocator, SLAB_CACHE_DEPTH};
 
 use crate::error::{AccessError, AllocError, FreeError};
 use crate::segment::{AllocatorKind, Segment};
@@ -86,8 +89,12 @@ pub struct Stats {
     /// Bytes handed out, as rounded by the allocator (size classes, pages, slots,
     /// alignment padding).
     pub live_bytes: u64,
-    /// Bytes that later allocations can use.
+    /// Bytes that later allocations can use (including `cached_bytes`).
     pub free_bytes: u64,
+    /// Bytes of free blocks held in the per-handle caches (free-list allocator):
+    /// free for their handle's next allocations, counted in neither `live_bytes`
+    /// nor `live_blocks`.
+    pub cached_bytes: u64,
     /// Per size class (free-list allocator) or the single slot class (slab).
     pub classes: Vec<ClassStats>,
 }

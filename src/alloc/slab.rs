@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use super::cache::{self, cache_key, thread_id, BATCH};
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Membership, ProcessInfo};
@@ -41,12 +42,50 @@ const MAX_DATA: u64 = 1 << 40;
 pub struct SlabAllocator {
     member: Membership,
     seg: Segment,
+    /// Slots this handle's cache holds at most (0: no cache); see
+    /// [`FreeListAllocator`](super::FreeListAllocator) for how caches work.
+    depth: usize,
+    /// The segment's cache-mark key: a cached slot's first word holds `key ^ offset`.
+    key: u64,
+    /// The thread that uses this handle's cache; 0 = none yet.
+    cache_owner: AtomicU64,
+    /// Word index (in the metadata region) of slot 0's cache.
+    cache_base0: usize,
+    /// The data region's address in this mapping (validated at open).
+    data_addr: usize,
+    /// `ceil(2^64 / stride)` when `stride < 2^24` (then `x * recip >> 64 == x / stride`
+    /// for every offset in the region), else 0 (divide).
+    recip: u64,
+    /// The segment object's inode (names it across this process's handles).
+    ino: u64,
+    /// Double frees found when a cache was flushed.
+    late_double_frees: AtomicU64,
+    /// The metadata region, resolved once at open (address and length in words).
+    meta_addr: usize,
+    meta_words: usize,
     slot_size: u64,
     stride: u64,
     slots: u64,
     words: u64,
     /// Where this process starts looking (spreads processes over the bitmap).
     hint: AtomicUsize,
+}
+
+/// Slots each handle's slab cache holds at most, by default.
+pub const SLAB_CACHE_DEPTH: u64 = 15;
+const CACHE_LINE: u64 = 8;
+
+/// Metadata words: a spare line, the summary, the bitmap, then per registry slot a
+/// cache of `[flush request, spare x 7, count, slot offsets x depth]`.
+fn cache_start(slots: u64) -> u64 {
+    let words = words_for(slots);
+    8 + summary_words(words).next_multiple_of(8) + words.next_multiple_of(8)
+}
+fn cache_words(depth: u64) -> u64 {
+    CACHE_LINE + 1 + depth
+}
+fn meta_words_for(slots: u64, depth: u64) -> u64 {
+    cache_start(slots) + process::SLOTS as u64 * cache_words(depth)
 }
 
 fn words_for(slots: u64) -> u64 {
@@ -79,6 +118,29 @@ impl SlabAllocator {
         slot_count: u64,
         opts: &CreateOptions,
     ) -> Result<Self, SegmentError> {
+        Self::create_with_cache(name, slot_size, slot_count, SLAB_CACHE_DEPTH, opts)
+    }
+
+    /// [`create_with`](Self::create_with), choosing how many free slots each
+    /// handle's cache may hold (0 turns caches off; at most 63). Caches work as the
+    /// free list's do (see [`FreeListAllocator::create_with_cache`](super::FreeListAllocator::create_with_cache)).
+    ///
+    /// # Errors
+    /// As [`create`](Self::create); [`SegmentError::InvalidParameter`] for a depth
+    /// over 63.
+    pub fn create_with_cache(
+        name: &str,
+        slot_size: u64,
+        slot_count: u64,
+        depth: u64,
+        opts: &CreateOptions,
+    ) -> Result<Self, SegmentError> {
+        if depth > 63 {
+            return Err(SegmentError::InvalidParameter {
+                what: "slab cache depth",
+                value: depth,
+            });
+        }
         if slot_size == 0 || slot_size > 1 << 32 {
             return Err(SegmentError::InvalidParameter {
                 what: "slab slot size",
@@ -93,7 +155,7 @@ impl SlabAllocator {
         }
         let stride = slot_size.next_multiple_of(8);
         let words = words_for(slot_count);
-        let meta_words = 8 + summary_words(words).next_multiple_of(8) + words;
+        let meta_words = meta_words_for(slot_count, depth);
         let meta_len = (meta_words * 8).next_multiple_of(PAGE);
         let data_len = stride
             .checked_mul(slot_count)
@@ -109,7 +171,7 @@ impl SlabAllocator {
             meta_len,
             data_offset: ALLOC_REGION_START + meta_len,
             data_len,
-            params: [slot_size, slot_count, 0, 0],
+            params: [slot_size, slot_count, depth, cache_key()],
         };
         let seg = Segment::create(name, layout, opts)?;
         let this = Self::from_segment(seg).inspect_err(|_| {
@@ -149,10 +211,13 @@ impl SlabAllocator {
 
     fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
         let l = *seg.layout();
-        let [slot_size, slots, ..] = l.params;
+        let [slot_size, slots, depth, key] = l.params;
         let corrupt = |reason| Err(SegmentError::CorruptHeader { reason });
         if slot_size == 0 || slot_size > 1 << 32 || slots == 0 || slots > 1 << 32 {
             return corrupt("slab parameters out of range");
+        }
+        if depth > 63 {
+            return corrupt("slab cache depth out of range");
         }
         let stride = slot_size.next_multiple_of(8);
         let words = words_for(slots);
@@ -162,20 +227,57 @@ impl SlabAllocator {
         {
             return corrupt("slab slots disagree with the data region");
         }
-        if (8 + summary_words(words).next_multiple_of(8) + words) * 8 > l.meta_len {
+        if meta_words_for(slots, depth) * 8 > l.meta_len {
             return corrupt("slab metadata region too small");
         }
+        let data_addr = seg
+            .ptr_at(l.data_offset, l.data_len, 8)
+            .ok_or(SegmentError::CorruptHeader {
+                reason: "slab data region outside the mapping",
+            })?
+            .as_ptr() as usize;
+        let ino = std::os::unix::fs::MetadataExt::ino(&seg.file().metadata().map_err(|_| {
+            SegmentError::CorruptHeader {
+                reason: "cannot fstat the segment",
+            }
+        })?);
+        let meta = seg
+            .words(l.meta_offset, l.meta_len / 8)
+            .ok_or(SegmentError::CorruptHeader {
+                reason: "slab metadata outside the mapping",
+            })?;
+        let (meta_addr, meta_words) = (meta.as_ptr() as usize, meta.len());
         let hint = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % words as usize;
-        let member = Membership::join(&seg)?.membership;
-        Ok(SlabAllocator {
-            member,
+        let joined = Membership::join(&seg)?;
+        let this = SlabAllocator {
+            meta_addr,
+            meta_words,
+            member: joined.membership,
             seg,
+            depth: depth as usize,
+            key,
+            cache_owner: AtomicU64::new(0),
+            cache_base0: cache_start(slots) as usize,
+            data_addr,
+            recip: if stride < 1 << 24 {
+                ((1u128 << 64).div_ceil(u128::from(stride))) as u64
+            } else {
+                0
+            },
+            ino,
+            late_double_frees: AtomicU64::new(0),
             slot_size,
             stride,
             slots,
             words,
             hint: AtomicUsize::new(hint),
-        })
+        };
+        if joined.found_dead {
+            if let Some(slot) = this.member.current() {
+                this.flush_cache(slot); // the dead holder's cache
+            }
+        }
+        Ok(this)
     }
 
     /// Removes the segment's name; see [`crate::segment::unlink`].
@@ -201,9 +303,15 @@ impl SlabAllocator {
         self.slots
     }
 
+    #[inline]
     fn meta(&self) -> &[AtomicU64] {
-        let l = self.seg.layout();
-        self.seg.words(l.meta_offset, l.meta_len / 8).unwrap_or(&[])
+        // SAFETY:
+        // - `meta_addr`/`meta_words` are the pointer and length of the slice that
+        //   `Segment::words` returned for the metadata region at open: in bounds of
+        //   the mapping, 8-aligned AtomicU64s, valid for any bit pattern;
+        // - that mapping is owned by `self.seg`, which never remaps and lives as long
+        //   as `self`, and the returned slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.meta_addr as *const AtomicU64, self.meta_words) }
     }
 
     fn summary(&self) -> &[AtomicU64] {
@@ -258,13 +366,264 @@ impl SlabAllocator {
         let rel = data_relative(&self.seg, offset, 0).map_err(|_| FreeError::OutOfRange {
             offset: offset.get(),
         })?;
-        let slot = rel / self.stride;
+        let slot = self.slot_index(rel);
         if slot >= self.slots {
             return Err(FreeError::OutOfRange {
                 offset: offset.get(),
             });
         }
-        Ok((slot as usize, rel % self.stride))
+        Ok((slot as usize, rel - slot * self.stride))
+    }
+
+    /// `rel / stride`, by a multiplication when the stride allows it.
+    #[inline]
+    fn slot_index(&self, rel: u64) -> u64 {
+        if self.recip != 0 {
+            ((u128::from(rel) * u128::from(self.recip)) >> 64) as u64
+        } else {
+            rel / self.stride
+        }
+    }
+
+    // ---------------------------------------------------------------- the cache
+
+    /// Runs a repair pass: takes over the registry slots of dead handles and
+    /// returns what their caches held. Allocation runs this by itself before
+    /// reporting out-of-memory. Returns the slots returned from dead caches.
+    pub fn reclaim(&self) -> usize {
+        let mut returned = 0;
+        let me = self.member.current();
+        process::reclaim_dead(&self.seg, me, &mut |slot| {
+            returned += self.flush_cache(slot);
+        });
+        returned
+    }
+
+    /// Double frees that a cache flush found (after the second `free` returned `Ok`).
+    pub fn late_double_frees(&self) -> u64 {
+        self.late_double_frees.load(Ordering::Relaxed)
+    }
+
+    /// This handle's registry slot, if the calling thread owns the handle's cache.
+    #[inline(always)]
+    fn my_cache(&self) -> Option<usize> {
+        if self.depth == 0 {
+            return None;
+        }
+        if self.cache_owner.load(Ordering::Relaxed) == thread_id() {
+            return self.member.slot(&self.seg).ok();
+        }
+        self.claim_cache()
+    }
+
+    #[cold]
+    fn claim_cache(&self) -> Option<usize> {
+        let me = thread_id();
+        if self
+            .cache_owner
+            .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        let slot = self.member.slot(&self.seg).ok()?;
+        cache::register_local(self.ino, slot, me);
+        Some(slot)
+    }
+
+    /// Registry slot `slot`'s cache: `[count, slot offsets ...]`.
+    #[inline(always)]
+    fn mag(&self, slot: usize) -> &[AtomicU64] {
+        let start =
+            self.cache_base0 + slot * cache_words(self.depth as u64) as usize + CACHE_LINE as usize;
+        &self.meta()[start..start + self.depth + 1]
+    }
+
+    /// Registry slot `slot`'s flush-request word.
+    #[inline]
+    fn flush_request(&self, slot: usize) -> &AtomicU64 {
+        &self.meta()[self.cache_base0 + slot * cache_words(self.depth as u64) as usize]
+    }
+
+    /// The first word of the slot at offset `off` (a slot start in the data region).
+    #[inline]
+    fn mark(&self, off: u64) -> Option<&AtomicU64> {
+        let l = self.seg.layout();
+        let rel = off.checked_sub(l.data_offset)?;
+        if rel >= l.data_len || self.slot_index(rel) * self.stride != rel {
+            return None;
+        }
+        let addr = self.data_addr + rel as usize;
+        // SAFETY:
+        // - `data_addr` is the data region's start in this mapping (checked at open),
+        //   `rel` a slot start inside it, and slots are at least 8 bytes, 8-aligned
+        //   (the stride is a multiple of 8 and the region page-aligned);
+        // - any bit pattern is a valid AtomicU64; marks are only accessed atomically
+        //   by this allocator, on slots that are free to their users;
+        // - the mapping is owned by `self.seg` and the reference borrows `self`.
+        Some(unsafe { &*(addr as *const AtomicU64) })
+    }
+
+    fn flush_requested(&self, slot: usize) {
+        let req = self.flush_request(slot);
+        if req.load(Ordering::Relaxed) != 0 {
+            req.store(0, Ordering::Relaxed);
+            self.flush_cache(slot);
+        }
+    }
+
+    /// Empties registry slot `slot`'s cache; returns how many slots went back.
+    fn flush_cache(&self, slot: usize) -> usize {
+        let before = (self.mag(slot)[0].load(Ordering::Relaxed) as usize).min(self.depth);
+        before - self.flush_to(slot, 0)
+    }
+
+    /// Returns the cached slots above the first `keep`, one `fetch_and` per bitmap
+    /// word; as in the free list, the count drops before the bits clear (a crash in
+    /// between leaks that group, never returns a slot twice). Returns the new count.
+    fn flush_to(&self, slot: usize, keep: usize) -> usize {
+        let m = self.mag(slot);
+        let n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
+        if n <= keep {
+            return n;
+        }
+        let data = self.seg.layout().data_offset;
+        let mut top: Vec<u64> = (keep + 1..=n)
+            .map(|k| m[k].load(Ordering::Relaxed))
+            .collect();
+        top.sort_unstable();
+        for (k, off) in top.iter().enumerate() {
+            m[keep + 1 + k].store(*off, Ordering::Relaxed);
+        }
+        let word_of = |o: u64| self.slot_index(o.wrapping_sub(data)) / 64;
+        let mut count = n;
+        let mut end = top.len();
+        let (bits, summary) = (self.bits(), self.summary());
+        while end > 0 {
+            // At most BATCH slots per group: what a crash below may leak.
+            let mut start = end - 1;
+            while start > 0
+                && end - start < BATCH as usize
+                && word_of(top[start - 1]) == word_of(top[end - 1])
+            {
+                start -= 1;
+            }
+            let mut mask = 0u64;
+            let mut w = usize::MAX;
+            for &off in &top[start..end] {
+                if let Some(mark) = self.mark(off) {
+                    mark.store(0, Ordering::Relaxed);
+                    let s = self.slot_index(off - data);
+                    if s < self.slots {
+                        w = (s / 64) as usize;
+                        mask |= 1 << (s % 64);
+                    }
+                }
+            }
+            count -= end - start;
+            m[0].store(count as u64, Ordering::Relaxed);
+            crate::fail_point!("slab.cache.flush");
+            if w < bits.len() {
+                let prev = bits[w].fetch_and(!mask, Ordering::AcqRel);
+                let missing = (mask & !prev).count_ones();
+                if missing != 0 {
+                    self.late_double_frees
+                        .fetch_add(u64::from(missing), Ordering::Relaxed);
+                }
+                if prev == !0 {
+                    summary[w / 64].fetch_and(!(1u64 << (w % 64)), Ordering::AcqRel);
+                }
+            }
+            end = start;
+        }
+        count
+    }
+
+    /// The cache is empty: takes one slot through the shared path, plus up to
+    /// [`BATCH`] more from the same bitmap word with one CAS into the cache.
+    #[cold]
+    fn refill(&self, slot: usize, size: usize) -> Result<Offset, AllocError> {
+        self.flush_requested(slot);
+        let first = self.alloc_shared(size)?;
+        let m = self.mag(slot);
+        let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
+        let want = (self.depth / 2).saturating_sub(n).min(BATCH as usize);
+        let data = self.seg.layout().data_offset;
+        let w = (self.slot_index(first.get() - data) / 64) as usize;
+        let bits = self.bits();
+        let Some(word) = bits.get(w) else {
+            return Ok(first);
+        };
+        let mut v = word.load(Ordering::Relaxed);
+        for _ in 0..64 {
+            let mut free = !v;
+            if free == 0 || want == 0 {
+                break;
+            }
+            let mut mask = 0u64;
+            for _ in 0..want {
+                if free == 0 {
+                    break;
+                }
+                mask |= free & free.wrapping_neg();
+                free &= free - 1;
+            }
+            match word.compare_exchange_weak(v, v | mask, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => {
+                    crate::fail_point!("slab.cache.refill");
+                    let from = n;
+                    let mut b = mask;
+                    while b != 0 {
+                        let s = w as u64 * 64 + u64::from(b.trailing_zeros());
+                        n += 1;
+                        m[n].store(self.offset_of(s as usize).get(), Ordering::Relaxed);
+                        b &= b - 1;
+                    }
+                    m[0].store(n as u64, Ordering::Relaxed);
+                    for e in &m[from + 1..=n] {
+                        let off = e.load(Ordering::Relaxed);
+                        if let Some(mark) = self.mark(off) {
+                            mark.store(self.key ^ off, Ordering::Relaxed);
+                        }
+                    }
+                    if v | mask == !0 {
+                        let summary = self.summary();
+                        summary[w / 64].fetch_or(1 << (w % 64), Ordering::AcqRel);
+                    }
+                    break;
+                }
+                Err(now) => v = now,
+            }
+        }
+        Ok(first)
+    }
+
+    /// Out of memory: empties our cache, reclaims dead handles' caches, asks live
+    /// ones to flush (or flushes those this thread owns); true if any cache held slots.
+    fn relieve(&self) -> bool {
+        if self.depth == 0 {
+            return false;
+        }
+        if let Some(slot) = self.my_cache() {
+            self.flush_cache(slot);
+        }
+        self.reclaim();
+        let me = self.member.current();
+        let mut any = false;
+        for slot in
+            (0..process::SLOTS).filter(|&s| Some(s) != me && process::listed_live(&self.seg, s))
+        {
+            if self.mag(slot)[0].load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            if cache::owned_here(self.ino, slot) {
+                self.flush_cache(slot);
+            } else {
+                self.flush_request(slot).store(1, Ordering::Relaxed);
+            }
+            any = true;
+        }
+        any
     }
 
     fn live(&self) -> u64 {
@@ -280,6 +639,12 @@ impl SlabAllocator {
 
 impl Drop for SlabAllocator {
     fn drop(&mut self) {
+        if self.depth != 0 {
+            if let Some(slot) = self.member.current() {
+                self.flush_cache(slot);
+                cache::unregister_local(self.ino, slot, self.cache_owner.load(Ordering::Relaxed));
+            }
+        }
         self.member.leave(&self.seg);
     }
 }
@@ -302,6 +667,7 @@ impl ShmAllocator for SlabAllocator {
     }
 
     /// `size` must be at most the slot size and `align` at most the slot alignment.
+    #[inline]
     fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
         check_request(size, align)?;
         if size as u64 > self.slot_size {
@@ -317,6 +683,109 @@ impl ShmAllocator for SlabAllocator {
                 max: slot_align as usize,
             });
         }
+        if let Some(slot) = self.my_cache() {
+            let m = self.mag(slot);
+            let n = m[0].load(Ordering::Relaxed);
+            if n != 0 && n <= self.depth as u64 {
+                let off = m[n as usize].load(Ordering::Relaxed);
+                crate::fail_point!("slab.cache.pop");
+                m[0].store(n - 1, Ordering::Relaxed);
+                if let Some(mark) = self.mark(off) {
+                    mark.store(0, Ordering::Relaxed);
+                    return Ok(Offset::new(off));
+                }
+            }
+            return self.refill(slot, size);
+        }
+        self.alloc_shared(size)
+    }
+
+    fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
+        data_relative(&self.seg, offset, len)?;
+        let not_alloc = AccessError::NotAllocated {
+            offset: offset.get(),
+            len,
+        };
+        let (slot, within) = self.slot_of(offset).map_err(|_| not_alloc.clone())?;
+        if within + len > self.slot_size || !bitmap::is_set(self.bits(), slot) {
+            return Err(not_alloc);
+        }
+        // A slot in some handle's cache is free to its users.
+        let start = offset.get() - within;
+        if self.depth != 0
+            && self
+                .mark(start)
+                .is_some_and(|m| m.load(Ordering::Relaxed) == self.key ^ start)
+        {
+            return Err(not_alloc);
+        }
+        Ok(())
+    }
+
+    fn available_bytes(&self) -> u64 {
+        (self.slots - self.live().min(self.slots)) * self.slot_size
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.live().min(self.slots) * self.slot_size
+    }
+
+    fn stats(&self) -> Stats {
+        let live = self.live().min(self.slots);
+        let cached = self.cached().min(live);
+        Stats {
+            cached_bytes: cached * self.slot_size,
+            capacity: self.slots * self.slot_size,
+            live_blocks: Some(live - cached),
+            live_bytes: (live - cached) * self.slot_size,
+            free_bytes: (self.slots - live + cached) * self.slot_size,
+            classes: vec![ClassStats {
+                block_size: self.slot_size,
+                spans: 1,
+                live_blocks: live - cached,
+                free_blocks: self.slots - live + cached,
+            }],
+        }
+    }
+}
+
+impl SlabAllocator {
+    /// Slots held in every handle's cache (taken in the bitmap, free to users).
+    fn cached(&self) -> u64 {
+        if self.depth == 0 {
+            return 0;
+        }
+        (0..process::SLOTS)
+            .map(|s| {
+                self.mag(s)[0]
+                    .load(Ordering::Relaxed)
+                    .min(self.depth as u64)
+            })
+            .sum()
+    }
+
+    /// Allocation without the cache: a bit of the bitmap, found through the summary.
+    fn alloc_shared(&self, size: usize) -> Result<Offset, AllocError> {
+        let r = self.alloc_bit(size);
+        if !matches!(r, Err(AllocError::OutOfMemory { .. })) {
+            return r;
+        }
+        // Bounded wait (20 ms) while other handles' caches may give slots back.
+        let mut last = r;
+        for _ in 0..20 {
+            if !self.relieve() {
+                return self.alloc_bit(size);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            last = self.alloc_bit(size);
+            if !matches!(last, Err(AllocError::OutOfMemory { .. })) {
+                break;
+            }
+        }
+        last
+    }
+
+    fn alloc_bit(&self, size: usize) -> Result<Offset, AllocError> {
         let (bits, summary) = (self.bits(), self.summary());
         let nw = bits.len();
         let start = self.hint.load(Ordering::Relaxed) % nw;
@@ -364,46 +833,10 @@ impl ShmAllocator for SlabAllocator {
             available: self.available_bytes(),
         })
     }
-
-    fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
-        data_relative(&self.seg, offset, len)?;
-        let not_alloc = AccessError::NotAllocated {
-            offset: offset.get(),
-            len,
-        };
-        let (slot, within) = self.slot_of(offset).map_err(|_| not_alloc.clone())?;
-        if within + len > self.slot_size || !bitmap::is_set(self.bits(), slot) {
-            return Err(not_alloc);
-        }
-        Ok(())
-    }
-
-    fn available_bytes(&self) -> u64 {
-        (self.slots - self.live().min(self.slots)) * self.slot_size
-    }
-
-    fn used_bytes(&self) -> u64 {
-        self.live().min(self.slots) * self.slot_size
-    }
-
-    fn stats(&self) -> Stats {
-        let live = self.live().min(self.slots);
-        Stats {
-            capacity: self.slots * self.slot_size,
-            live_blocks: Some(live),
-            live_bytes: live * self.slot_size,
-            free_bytes: (self.slots - live) * self.slot_size,
-            classes: vec![ClassStats {
-                block_size: self.slot_size,
-                spans: 1,
-                live_blocks: live,
-                free_blocks: self.slots - live,
-            }],
-        }
-    }
 }
 
 impl ShmFree for SlabAllocator {
+    #[inline]
     fn free(&self, offset: Offset) -> Result<(), FreeError> {
         let (slot, within) = self.slot_of(offset)?;
         if within != 0 {
@@ -413,6 +846,29 @@ impl ShmFree for SlabAllocator {
         }
         let w = slot / 64;
         let bit = 1u64 << (slot % 64);
+        let off = offset.get();
+        if let Some(cs) = self.my_cache() {
+            // Cheap checks at free time: the slot is taken, and in no cache.
+            let Some(mark) = self.mark(off) else {
+                return Err(FreeError::NotBlockStart { offset: off });
+            };
+            if self.bits()[w].load(Ordering::Relaxed) & bit == 0
+                || mark.load(Ordering::Relaxed) == self.key ^ off
+            {
+                return Err(FreeError::DoubleFree { offset: off });
+            }
+            let m = self.mag(cs);
+            let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
+            if n == self.depth || self.flush_request(cs).load(Ordering::Relaxed) != 0 {
+                self.flush_requested(cs);
+                n = self.flush_to(cs, self.depth / 2);
+            }
+            m[n + 1].store(off, Ordering::Relaxed);
+            crate::fail_point!("slab.cache.push");
+            m[0].store(n as u64 + 1, Ordering::Relaxed);
+            mark.store(self.key ^ off, Ordering::Relaxed);
+            return Ok(());
+        }
         let prev = self.bits()[w].fetch_and(!bit, Ordering::AcqRel);
         if prev & bit == 0 {
             return Err(FreeError::DoubleFree {

@@ -19,7 +19,7 @@
 //!   parent's locks. A `pthread_atfork` child handler re-opens each registered
 //!   descriptor through `/proc/self/fd` and `dup3`s the fresh description over the
 //!   inherited one, so the child never keeps the parent's slot alive; the child's
-//!   handles join slots of their own on first use (see [`Membership::slot`]).
+//!   handles join slots of their own on first use.
 //! - **Exactly one reclaimer**: whoever wins the lock of a slot whose status is still
 //!   `LIVE` found a dead holder and is the only process that reclaims it. It runs the
 //!   allocator's repair (which reads the dead slot's intent records), then marks the
@@ -32,10 +32,9 @@
 //! intents tell a repair pass "hands off, in flight"; a dead slot's intents tell the
 //! reclaimer exactly what to finish or roll back.
 
-use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
@@ -127,6 +126,12 @@ static FORK_EPOCH: AtomicU64 = AtomicU64::new(0);
 /// Registered lock descriptors (+1; 0 = empty), for the atfork child handler.
 static LOCK_FDS: [AtomicI32; 256] = [const { AtomicI32::new(0) }; 256];
 
+/// How many forks this process's lineage went through: state recorded with one
+/// value is stale in a child, which sees a larger one.
+pub(crate) fn fork_epoch() -> u64 {
+    FORK_EPOCH.load(Ordering::Relaxed)
+}
+
 extern "C" fn after_fork_in_child() {
     FORK_EPOCH.fetch_add(1, Ordering::Relaxed);
     for entry in &LOCK_FDS {
@@ -192,7 +197,12 @@ fn register_fd(fd: RawFd) -> Option<usize> {
 
 // ------------------------------------------------------------------ OFD locks
 
-fn lock_cmd(file: &File, slot: usize, kind: i16, cmd: LockCmd) -> Result<libc::flock, Errno> {
+fn lock_cmd(
+    fd: BorrowedFd<'_>,
+    slot: usize,
+    kind: i16,
+    cmd: LockCmd,
+) -> Result<libc::flock, Errno> {
     let mut fl = libc::flock {
         l_type: kind,
         l_whence: libc::SEEK_SET as i16,
@@ -204,7 +214,7 @@ fn lock_cmd(file: &File, slot: usize, kind: i16, cmd: LockCmd) -> Result<libc::f
         LockCmd::Set => FcntlArg::F_OFD_SETLK(&fl),
         LockCmd::Get => FcntlArg::F_OFD_GETLK(&mut fl),
     };
-    fcntl(file.as_fd(), arg)?;
+    fcntl(fd, arg)?;
     Ok(fl)
 }
 
@@ -215,8 +225,8 @@ enum LockCmd {
 }
 
 /// Tries to take slot `i`'s lock. `Ok(true)`: taken (it was free or its holder is dead).
-fn try_lock(file: &File, i: usize) -> Result<bool, SegmentError> {
-    match lock_cmd(file, i, libc::F_WRLCK as i16, LockCmd::Set) {
+fn try_lock(fd: BorrowedFd<'_>, i: usize) -> Result<bool, SegmentError> {
+    match lock_cmd(fd, i, libc::F_WRLCK as i16, LockCmd::Set) {
         Ok(_) => Ok(true),
         Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
         Err(errno) => Err(SegmentError::Os {
@@ -226,13 +236,13 @@ fn try_lock(file: &File, i: usize) -> Result<bool, SegmentError> {
     }
 }
 
-fn unlock(file: &File, i: usize) {
-    let _ = lock_cmd(file, i, libc::F_UNLCK as i16, LockCmd::Set);
+fn unlock(fd: BorrowedFd<'_>, i: usize) {
+    let _ = lock_cmd(fd, i, libc::F_UNLCK as i16, LockCmd::Set);
 }
 
 /// Whether another open file description holds slot `i`'s lock.
-fn locked_by_other(file: &File, i: usize) -> bool {
-    match lock_cmd(file, i, libc::F_WRLCK as i16, LockCmd::Get) {
+fn locked_by_other(fd: BorrowedFd<'_>, i: usize) -> bool {
+    match lock_cmd(fd, i, libc::F_WRLCK as i16, LockCmd::Get) {
         Ok(fl) => fl.l_type != libc::F_UNLCK as i16,
         Err(_) => true, // cannot tell: never treat a maybe-live holder as dead
     }
@@ -243,24 +253,83 @@ fn locked_by_other(file: &File, i: usize) -> bool {
 /// A handle's place in a segment's registry. Owned by each allocator value.
 #[derive(Debug)]
 pub(crate) struct Membership {
+    /// The slot state, shared with this process's attachment table (so that an
+    /// owner token asked for in a fork child re-joins this very membership).
+    shared: Arc<MemberState>,
+    /// This handle's entry in the atfork descriptor table.
+    fd_entry: Option<usize>,
+    /// This handle's entry in the attachment table.
+    attach_id: u64,
+}
+
+#[derive(Debug)]
+struct MemberState {
     /// `[fork epoch: 24 | generation: 32 | slot: 8]`.
     packed: AtomicU64,
     /// Serialises re-joining after a fork.
     rejoin: Mutex<()>,
-    /// This handle's entry in the atfork descriptor table.
-    fd_entry: Option<usize>,
+}
+
+impl MemberState {
+    #[inline]
+    fn slot(&self, seg: &(impl Reg + ?Sized)) -> Result<usize, SegmentError> {
+        let p = self.packed.load(Ordering::Relaxed);
+        if p >> 40 == FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF {
+            return Ok((p & 0xFF) as usize);
+        }
+        self.rejoin_after_fork(seg)
+    }
+
+    #[cold]
+    fn rejoin_after_fork(&self, seg: &(impl Reg + ?Sized)) -> Result<usize, SegmentError> {
+        let _g = self.rejoin.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF;
+        let p = self.packed.load(Ordering::Relaxed);
+        if p >> 40 == epoch {
+            return Ok((p & 0xFF) as usize);
+        }
+        crate::fail_point!("registry.fork_rejoin");
+        // Only a free slot: a dead one's leftovers (its caches) need the
+        // allocator's reclaim, which runs through `reclaim_dead`.
+        let (slot, gen, _) = take_slot(seg, false)?;
+        self.packed.store(pack(epoch, gen, slot), Ordering::Relaxed);
+        Ok(slot)
+    }
+
+    /// The slot index if it was joined in this very process (no re-join).
+    fn own_slot(&self) -> Option<usize> {
+        let p = self.packed.load(Ordering::Relaxed);
+        (p >> 40 == FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF).then_some((p & 0xFF) as usize)
+    }
 }
 
 fn pack(epoch: u64, gen: u32, slot: usize) -> u64 {
     ((epoch & 0xFF_FFFF) << 40) | (u64::from(gen) << 8) | slot as u64
 }
 
+/// What the registry functions need of a segment: its registry words and a
+/// descriptor to take locks on. A [`Segment`], or a view kept by the attachment
+/// table (for the owner tokens of locks that live in a segment).
+pub(crate) trait Reg {
+    fn registry_words(&self) -> &[AtomicU64];
+    fn lock_fd(&self) -> BorrowedFd<'_>;
+}
+
+impl Reg for Segment {
+    fn registry_words(&self) -> &[AtomicU64] {
+        Segment::registry_words(self)
+    }
+    fn lock_fd(&self) -> BorrowedFd<'_> {
+        self.file().as_fd()
+    }
+}
+
 /// The registry region of a segment, as words.
-fn registry(seg: &Segment) -> &[AtomicU64] {
+fn registry(seg: &(impl Reg + ?Sized)) -> &[AtomicU64] {
     seg.registry_words()
 }
 
-fn slot_words(seg: &Segment, i: usize) -> &[AtomicU64] {
+fn slot_words(seg: &(impl Reg + ?Sized), i: usize) -> &[AtomicU64] {
     &registry(seg)[i * SLOT_WORDS..(i + 1) * SLOT_WORDS]
 }
 
@@ -284,12 +353,17 @@ impl Membership {
     /// [`SegmentError::RegistryFull`] when every slot is held by a live handle, or an
     /// OS error from `fcntl`.
     pub fn join(seg: &Segment) -> Result<Joined, SegmentError> {
-        let (slot, gen, found_dead) = take_slot(seg)?;
+        let (slot, gen, found_dead) = take_slot(seg, true)?;
+        let shared = Arc::new(MemberState {
+            packed: AtomicU64::new(pack(FORK_EPOCH.load(Ordering::Relaxed), gen, slot)),
+            rejoin: Mutex::new(()),
+        });
+        let attach_id = attach(seg, &shared);
         Ok(Joined {
             membership: Membership {
-                packed: AtomicU64::new(pack(FORK_EPOCH.load(Ordering::Relaxed), gen, slot)),
-                rejoin: Mutex::new(()),
-                fd_entry: register_fd(seg.file().as_raw_fd()),
+                shared,
+                fd_entry: register_fd(seg.lock_fd().as_raw_fd()),
+                attach_id,
             },
             found_dead,
         })
@@ -302,36 +376,18 @@ impl Membership {
     /// As [`Membership::join`], when a fork child must join and cannot.
     #[inline]
     pub fn slot(&self, seg: &Segment) -> Result<usize, SegmentError> {
-        let p = self.packed.load(Ordering::Relaxed);
-        if p >> 40 == FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF {
-            return Ok((p & 0xFF) as usize);
-        }
-        self.rejoin_after_fork(seg)
-    }
-
-    #[cold]
-    fn rejoin_after_fork(&self, seg: &Segment) -> Result<usize, SegmentError> {
-        let _g = self.rejoin.lock().unwrap_or_else(|e| e.into_inner());
-        let epoch = FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF;
-        let p = self.packed.load(Ordering::Relaxed);
-        if p >> 40 == epoch {
-            return Ok((p & 0xFF) as usize);
-        }
-        crate::fail_point!("registry.fork_rejoin");
-        let (slot, gen, _) = take_slot(seg)?;
-        self.packed.store(pack(epoch, gen, slot), Ordering::Relaxed);
-        Ok(slot)
+        self.shared.slot(seg)
     }
 
     /// The slot index if this handle joined it in this very process (no re-join).
     fn own_slot(&self) -> Option<usize> {
-        let p = self.packed.load(Ordering::Relaxed);
-        (p >> 40 == FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF).then_some((p & 0xFF) as usize)
+        self.shared.own_slot()
     }
 
     /// Leaves the slot (the handle is being dropped): clears it and unlocks it. A
     /// handle in a forked child that never re-joined owns no slot and leaves nothing.
     pub fn leave(&mut self, seg: &Segment) {
+        detach(self.attach_id);
         if let Some(e) = self.fd_entry.take() {
             LOCK_FDS[e].store(0, Ordering::Release);
         }
@@ -344,7 +400,7 @@ impl Membership {
         let st = w[W_STATUS].load(Ordering::Relaxed);
         w[W_STATUS].store((st & !0xFFFF_FFFF) | STATUS_FREE, Ordering::Release);
         crate::fail_point!("registry.leave.before_unlock");
-        unlock(seg.file(), i);
+        unlock(seg.lock_fd(), i);
     }
 
     /// Records an intent in this handle's slot; the guard clears it when dropped.
@@ -395,18 +451,22 @@ impl Drop for IntentGuard<'_> {
 
 /// Takes a slot: the first whose lock this description wins. A slot still marked
 /// live under a lock we won belonged to a dead handle.
-fn take_slot(seg: &Segment) -> Result<(usize, u32, bool), SegmentError> {
+fn take_slot(
+    seg: &(impl Reg + ?Sized),
+    allow_dead: bool,
+) -> Result<(usize, u32, bool), SegmentError> {
     let start = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % SLOTS;
     let mut found_dead = false;
     // Free slots first; a dead holder's slot only when no free one is left (its
     // leftovers are then reclaimed here, by us, its one reclaimer).
-    for k in 0..2 * SLOTS {
+    let rounds = if allow_dead { 2 * SLOTS } else { SLOTS };
+    for k in 0..rounds {
         let i = (start + k) % SLOTS;
         let w = slot_words(seg, i);
         if k < SLOTS && w[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF != STATUS_FREE {
             continue;
         }
-        if !try_lock(seg.file(), i)? {
+        if !try_lock(seg.lock_fd(), i)? {
             continue;
         }
         crate::fail_point!("registry.join.locked");
@@ -420,7 +480,7 @@ fn take_slot(seg: &Segment) -> Result<(usize, u32, bool), SegmentError> {
             if !reclaim_intents_into_orphans(seg, i) {
                 // The orphan list is full: the slot keeps its records (and stays
                 // dead) until a repair has drained the list; take another.
-                unlock(seg.file(), i);
+                unlock(seg.lock_fd(), i);
                 continue;
             }
         }
@@ -437,7 +497,7 @@ fn take_slot(seg: &Segment) -> Result<(usize, u32, bool), SegmentError> {
 // ------------------------------------------------------------------ reclaiming
 
 /// The parked intent records after the slots.
-fn orphan_intents(seg: &Segment) -> &[AtomicU64] {
+fn orphan_intents(seg: &(impl Reg + ?Sized)) -> &[AtomicU64] {
     &registry(seg)[SLOTS * SLOT_WORDS..SLOTS * SLOT_WORDS + ORPHAN_WORDS]
 }
 
@@ -445,7 +505,7 @@ fn orphan_intents(seg: &Segment) -> &[AtomicU64] {
 /// can be taken over at once and the allocator's repair pass still finds them.
 /// Returns false if the list was full for some: those stay in the slot, which must
 /// stay dead (not freed, not taken over) until a later pass parks them.
-fn reclaim_intents_into_orphans(seg: &Segment, i: usize) -> bool {
+fn reclaim_intents_into_orphans(seg: &(impl Reg + ?Sized), i: usize) -> bool {
     let w = slot_words(seg, i);
     let orphans = orphan_intents(seg);
     let mut all = true;
@@ -486,10 +546,15 @@ fn reclaim_intents_into_orphans(seg: &Segment, i: usize) -> bool {
 }
 
 /// Finds slots whose holders died, takes each one's lock (becoming its one
-/// reclaimer), parks its intents as orphans, and frees the slot. Returns how many,
+/// reclaimer), lets `on_dead` return what the allocator keeps in the slot (its
+/// caches), parks its intents as orphans, and frees the slot. Returns how many,
 /// and whether a dead slot kept records because the orphan list was full (drain
 /// the list, then call again).
-pub(crate) fn reclaim_dead(seg: &Segment, me: Option<usize>) -> (usize, bool) {
+pub(crate) fn reclaim_dead(
+    seg: &Segment,
+    me: Option<usize>,
+    on_dead: &mut dyn FnMut(usize),
+) -> (usize, bool) {
     let (mut n, mut pending) = (0, false);
     for i in 0..SLOTS {
         if Some(i) == me {
@@ -499,13 +564,14 @@ pub(crate) fn reclaim_dead(seg: &Segment, me: Option<usize>) -> (usize, bool) {
         if w[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF == STATUS_FREE {
             continue;
         }
-        if !matches!(try_lock(seg.file(), i), Ok(true)) {
+        if !matches!(try_lock(seg.lock_fd(), i), Ok(true)) {
             continue; // live
         }
         crate::fail_point!("registry.reclaim.locked");
         // Re-check under the lock: a joiner may have freed and re-taken it meanwhile.
         let st = w[W_STATUS].load(Ordering::Acquire);
         if st & 0xFFFF_FFFF != STATUS_FREE {
+            on_dead(i);
             if reclaim_intents_into_orphans(seg, i) {
                 crate::fail_point!("registry.reclaim.before_free");
                 w[W_STATUS].store(st & !0xFFFF_FFFF, Ordering::Release);
@@ -514,7 +580,7 @@ pub(crate) fn reclaim_dead(seg: &Segment, me: Option<usize>) -> (usize, bool) {
                 pending = true;
             }
         }
-        unlock(seg.file(), i);
+        unlock(seg.lock_fd(), i);
     }
     (n, pending)
 }
@@ -527,7 +593,7 @@ pub(crate) fn live_intents(seg: &Segment, me: Option<usize>) -> Vec<Intent> {
         if w[W_STATUS].load(Ordering::SeqCst) & 0xFFFF_FFFF == STATUS_FREE {
             continue;
         }
-        if Some(i) != me && !locked_by_other(seg.file(), i) {
+        if Some(i) != me && !locked_by_other(seg.lock_fd(), i) {
             continue; // dead: its records are the reclaimer's
         }
         for k in 0..INTENTS {
@@ -569,7 +635,7 @@ pub(crate) fn processes(seg: &Segment, me: Option<usize>) -> Vec<ProcessInfo> {
                 generation: (st >> 32) as u32,
                 pid: w[W_PID].load(Ordering::Relaxed) as u32,
                 start_time_ns: w[W_START].load(Ordering::Relaxed),
-                alive: is_self || locked_by_other(seg.file(), i),
+                alive: is_self || locked_by_other(seg.lock_fd(), i),
                 is_self,
             })
         })
@@ -585,18 +651,20 @@ impl Membership {
 
 // ------------------------------------------------------------------ liveness tokens
 
-/// A nonzero 32-bit name for "this handle's registration": `[generation: 24 |
+/// A nonzero 30-bit name for "this handle's registration": `[generation: 22 |
 /// slot + 1: 8]`. Stored in shared words that record who holds a claim (a root
 /// being created, a lock), and checked with [`token_alive`]: never a pid.
-pub(crate) fn token(seg: &Segment, slot: usize) -> u32 {
+pub(crate) fn token(seg: &(impl Reg + ?Sized), slot: usize) -> u32 {
     let gen = (slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire) >> 32) as u32;
-    ((gen & 0xFF_FFFF) << 8) | (slot as u32 + 1)
+    ((gen & TOKEN_GEN_MASK) << 8) | (slot as u32 + 1)
 }
+
+const TOKEN_GEN_MASK: u32 = 0x3F_FFFF;
 
 /// Whether the registration named by `token` is still alive: its slot holds the
 /// same generation and is held by a live handle (this one, or one whose lock
 /// another open file description holds).
-pub(crate) fn token_alive(seg: &Segment, me: Option<usize>, token: u32) -> bool {
+pub(crate) fn token_alive(seg: &(impl Reg + ?Sized), me: Option<usize>, token: u32) -> bool {
     let Some(slot) = ((token & 0xFF) as usize)
         .checked_sub(1)
         .filter(|&s| s < SLOTS)
@@ -604,8 +672,123 @@ pub(crate) fn token_alive(seg: &Segment, me: Option<usize>, token: u32) -> bool 
         return false;
     };
     let st = slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire);
-    if st & 0xFFFF_FFFF != STATUS_LIVE || ((st >> 32) as u32 & 0xFF_FFFF) != token >> 8 {
+    if st & 0xFFFF_FFFF != STATUS_LIVE || ((st >> 32) as u32 & TOKEN_GEN_MASK) != token >> 8 {
         return false; // left, or died and the slot was taken by someone else
     }
-    Some(slot) == me || locked_by_other(seg.file(), slot)
+    Some(slot) == me || locked_by_other(seg.lock_fd(), slot)
+}
+
+/// Whether slot `slot` is marked live (cheap: no lock probe; a dead holder not yet
+/// reclaimed also reads as live).
+pub(crate) fn listed_live(seg: &Segment, slot: usize) -> bool {
+    slot < SLOTS
+        && slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF == STATUS_LIVE
+}
+
+// ------------------------------------------------------------------ attachments
+
+/// One handle of this process: where its segment is mapped, the descriptor it
+/// locks on, and its slot state. Lets code that only has an address inside a
+/// segment (a lock word in a struct) name this process's registration there.
+struct Attached {
+    id: u64,
+    base: usize,
+    len: usize,
+    fd: RawFd,
+    state: Arc<MemberState>,
+}
+
+static ATTACHED: Mutex<Vec<Attached>> = Mutex::new(Vec::new());
+/// Bumped on every attach and detach: per-thread caches of a lookup compare it.
+static ATTACHED_GEN: AtomicU64 = AtomicU64::new(1);
+static NEXT_ATTACH: AtomicU64 = AtomicU64::new(1);
+
+fn attach(seg: &Segment, state: &Arc<MemberState>) -> u64 {
+    let id = NEXT_ATTACH.fetch_add(1, Ordering::Relaxed);
+    let mut t = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+    t.push(Attached {
+        id,
+        base: seg.base_addr(),
+        len: seg.len() as usize,
+        fd: seg.lock_fd().as_raw_fd(),
+        state: Arc::clone(state),
+    });
+    ATTACHED_GEN.fetch_add(1, Ordering::Release);
+    id
+}
+
+fn detach(id: u64) {
+    let mut t = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+    t.retain(|a| a.id != id);
+    ATTACHED_GEN.fetch_add(1, Ordering::Release);
+}
+
+/// A registry view through an attachment (valid while the table lock is held).
+struct View<'a> {
+    words: &'a [AtomicU64],
+    fd: BorrowedFd<'a>,
+}
+
+impl Reg for View<'_> {
+    fn registry_words(&self) -> &[AtomicU64] {
+        self.words
+    }
+    fn lock_fd(&self) -> BorrowedFd<'_> {
+        self.fd
+    }
+}
+
+impl Attached {
+    fn view(&self) -> View<'_> {
+        // SAFETY:
+        // - `base..base + len` is the live mapping of the handle that attached this
+        //   entry: the handle detaches (under the table lock, which the caller
+        //   holds) before it unmaps, and its layout was validated at open, so the
+        //   registry region `HEADER_REGION..+REGISTRY_REGION` lies inside it, 8-aligned;
+        // - the words are AtomicU64s, valid for any bit pattern, only accessed
+        //   atomically, and the slice is tied to `&self` (the table guard).
+        let words = unsafe {
+            std::slice::from_raw_parts(
+                (self.base + crate::segment::HEADER_REGION as usize) as *const AtomicU64,
+                (crate::segment::REGISTRY_REGION / 8) as usize,
+            )
+        };
+        // SAFETY: `fd` is the handle's lock descriptor, open until the handle drops,
+        // which detaches first (under the table lock the caller holds).
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        View { words, fd }
+    }
+}
+
+/// This process's registry token in the segment whose mapping contains `addr`
+/// (re-joining first in a fork child), or `None` if no handle maps it.
+pub(crate) fn token_at(addr: usize) -> Option<u32> {
+    let t = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+    let a = t
+        .iter()
+        .find(|a| (a.base..a.base + a.len).contains(&addr))?;
+    let v = a.view();
+    let slot = a.state.slot(&v).ok()?;
+    Some(token(&v, slot))
+}
+
+/// Whether the registration named by `token`, in the segment whose mapping
+/// contains `addr`, is alive. `true` when no handle of this process maps `addr`
+/// (never call a holder dead without evidence).
+pub(crate) fn token_alive_at(addr: usize, tok: u32) -> bool {
+    let t = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(a) = t.iter().find(|a| (a.base..a.base + a.len).contains(&addr)) else {
+        return true;
+    };
+    let v = a.view();
+    token_alive(&v, a.state.own_slot(), tok)
+}
+
+/// The attachment table's generation and this process's fork epoch: a cached
+/// [`token_at`] answer stays right while both are unchanged.
+pub(crate) fn attachment_epoch() -> (u64, u64) {
+    (
+        ATTACHED_GEN.load(Ordering::Acquire),
+        FORK_EPOCH.load(Ordering::Relaxed),
+    )
 }

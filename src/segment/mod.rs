@@ -370,6 +370,11 @@ impl Segment {
         unlink(&self.name)
     }
 
+    /// The address of the mapping in this process.
+    pub(crate) fn base_addr(&self) -> usize {
+        self.map.as_ptr() as usize
+    }
+
     /// The segment's own descriptor (the registry locks bytes of it).
     pub(crate) fn file(&self) -> &File {
         &self.file

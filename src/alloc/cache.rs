@@ -1,0 +1,72 @@
+//! What the per-handle caches of the free list and the slab share: the owner
+//! thread's identity, the marks written into cached blocks, and the table of caches
+//! that this process's threads own (so a thread that runs out of memory can empty
+//! its own caches in its other handles, which cannot honour a flush request while
+//! it waits).
+
+use crate::process;
+
+/// Blocks taken or returned by one read-modify-write of a block word, at most.
+pub(crate) const BATCH: u32 = 8;
+
+/// A per-segment random key for the marks written into cached blocks.
+pub(crate) fn cache_key() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+}
+
+/// Caches owned by threads of this process, by segment object (inode), slot and
+/// owner thread: a thread that runs out of memory empties the caches it owns in
+/// its other handles itself (they cannot honour a flush request while it waits).
+pub(crate) struct LocalCache {
+    ino: u64,
+    slot: usize,
+    tid: u64,
+    fork_epoch: u64,
+}
+static LOCAL_CACHES: std::sync::Mutex<Vec<LocalCache>> = std::sync::Mutex::new(Vec::new());
+
+/// A number unique among this process's live threads (never 0): the address of a
+/// thread-local. A thread that starts after another ended may get the same number,
+/// which is fine here: the ended thread no longer uses the cache it owned.
+#[inline]
+pub(crate) fn thread_id() -> u64 {
+    thread_local!(static ANCHOR: u8 = const { 0 });
+    ANCHOR.with(|a| a as *const u8 as u64)
+}
+
+/// Records that thread `tid` owns slot `slot`'s cache of the segment object `ino`.
+pub(crate) fn register_local(ino: u64, slot: usize, tid: u64) {
+    LOCAL_CACHES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(LocalCache {
+            ino,
+            slot,
+            tid,
+            fork_epoch: process::fork_epoch(),
+        });
+}
+
+/// Forgets that record (the handle is dropped).
+pub(crate) fn unregister_local(ino: u64, slot: usize, tid: u64) {
+    LOCAL_CACHES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|l| !(l.ino == ino && l.slot == slot && l.tid == tid));
+}
+
+/// Whether the calling thread owns slot `slot`'s cache of object `ino` (through
+/// any handle of this process, since the last fork).
+pub(crate) fn owned_here(ino: u64, slot: usize) -> bool {
+    let tid = thread_id();
+    LOCAL_CACHES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|l| {
+            l.ino == ino && l.slot == slot && l.tid == tid && l.fork_epoch == process::fork_epoch()
+        })
+}
