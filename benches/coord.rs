@@ -48,6 +48,7 @@ const HANG: Duration = Duration::from_secs(60);
 type Chan = ShmChannel<u64, 1024>;
 
 #[derive(ShmSafe)]
+#[shm(sync)]
 #[repr(C)]
 struct Ctl {
     cmd_seq: AtomicU64,

@@ -29,6 +29,7 @@ type Greetings = ShmChannel<u64, 8>;
 type Replies = ShmChannel<[u64; 2], 8>;
 /// "Every reply is in": the children may exit.
 #[derive(ShmSafe)]
+#[shm(sync)]
 #[repr(C)]
 struct Bye {
     done: AtomicU64,

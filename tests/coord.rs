@@ -14,8 +14,8 @@
 //! - `mutex_holder_killed_*`: the holder is SIGKILLed while holding the lock; a
 //!   process asleep in `lock()` and a later `try_lock` both get `OwnerDied`.
 //! - `mutex_holder_killed_in_other_pid_namespace`: the holder runs under
-//!   `unshare --pid --fork`. Ignored while `sync/owner.rs` is pid-based (pids mean
-//!   nothing across namespaces); run it with `--ignored` once the registry is in.
+//!   `unshare --pid --fork`; the next locker still learns `OwnerDied` (owners are
+//!   registry tokens, alive while the kernel holds their slot's lock: no pids).
 mod common;
 
 use std::process::{Command, Stdio};
@@ -31,6 +31,7 @@ const GENEROUS: Duration = Duration::from_secs(10);
 const WATCHDOG: Duration = Duration::from_secs(120);
 
 #[derive(ShmSafe)]
+#[shm(sync)]
 #[repr(C)]
 struct PingPong {
     ping: ShmEvent,
@@ -90,6 +91,7 @@ fn event_ping_pong_no_lost_wakeups() {
 }
 
 #[derive(ShmSafe)]
+#[shm(sync)]
 #[repr(C)]
 struct Generations {
     changed: ShmEvent,
@@ -137,6 +139,7 @@ fn event_notify_all_wakes_every_process() {
 }
 
 #[derive(ShmSafe)]
+#[shm(sync)]
 #[repr(C)]
 struct Shared {
     lock: ShmMutex<[u64; 2]>,
@@ -220,6 +223,7 @@ fn mutex_excludes_across_processes() {
 }
 
 #[derive(ShmSafe)]
+#[shm(sync)]
 #[repr(C)]
 struct Robust {
     lock: ShmMutex<[u64; 2]>,
@@ -333,11 +337,10 @@ fn mutex_holder_killed_try_lock_and_timeout_get_owner_died() {
 /// The holder runs in a new pid namespace (as pid 1 there). The parent, in the
 /// original namespace, must still learn that it died.
 ///
-/// Fails with the provisional pid-based `sync/owner.rs` (it asks `kill(1, 0)` about
-/// the holder's namespace-local pid and finds this namespace's init alive): kept
-/// as the acceptance test for the registry-based owner identity.
+/// A pid-based owner identity fails this (it would ask `kill(1, 0)` about the
+/// holder's namespace-local pid and find this namespace's init alive); the
+/// registry token does not. Needs root for `unshare` (CI runs as root).
 #[test]
-#[ignore = "fails with the provisional pid-based sync/owner.rs; passes once owner.rs uses the process registry"]
 fn mutex_holder_killed_in_other_pid_namespace() {
     if role().as_deref() == Some("holder") {
         holder(&open(&env_req("SA_SEG")));
@@ -354,7 +357,6 @@ fn mutex_holder_killed_in_other_pid_namespace() {
             "--exact",
             "--nocapture",
             "--test-threads=1",
-            "--ignored",
             "-q",
         ])
         .env(common::ROLE_VAR, "holder")

@@ -35,6 +35,7 @@ const OP_TIMEOUT: Duration = Duration::from_secs(20);
 const WATCHDOG: Duration = Duration::from_secs(600);
 
 #[derive(ShmSafe)]
+#[shm(sync)]
 #[repr(C)]
 struct Control {
     /// Raised by the parent: producers stop sending.
@@ -401,7 +402,7 @@ fn endpoints_errors_and_handles() {
     let ptrs: &ShmChannel<RelPtr<u64>, 4> = a.root("ptrs").unwrap();
     let (ptx, prx) = (ptrs.sender().unwrap(), ptrs.receiver().unwrap());
     ptx.send(boxed.rel_ptr(), None).unwrap();
-    assert_eq!(*prx.recv(None).unwrap().get(&a).unwrap(), 42);
+    assert_eq!(prx.recv(None).unwrap().read(&a).unwrap(), 42);
     let tokens: &ShmChannel<[u64; 2], 4> = a.root("tokens").unwrap();
     let (ttx, trx) = (tokens.sender().unwrap(), tokens.receiver().unwrap());
     ttx.send([7, 8], None).unwrap();

@@ -651,7 +651,7 @@ impl Membership {
 
 // ------------------------------------------------------------------ liveness tokens
 
-/// A nonzero 30-bit name for "this handle's registration": `[generation: 22 |
+/// A nonzero 29-bit name for "this handle's registration": `[generation: 21 |
 /// slot + 1: 8]`. Stored in shared words that record who holds a claim (a root
 /// being created, a lock), and checked with [`token_alive`]: never a pid.
 pub(crate) fn token(seg: &(impl Reg + ?Sized), slot: usize) -> u32 {
@@ -659,7 +659,7 @@ pub(crate) fn token(seg: &(impl Reg + ?Sized), slot: usize) -> u32 {
     ((gen & TOKEN_GEN_MASK) << 8) | (slot as u32 + 1)
 }
 
-const TOKEN_GEN_MASK: u32 = 0x3F_FFFF;
+const TOKEN_GEN_MASK: u32 = 0x1F_FFFF;
 
 /// Whether the registration named by `token` is still alive: its slot holds the
 /// same generation and is held by a live handle (this one, or one whose lock
@@ -761,15 +761,16 @@ impl Attached {
 }
 
 /// This process's registry token in the segment whose mapping contains `addr`
-/// (re-joining first in a fork child), or `None` if no handle maps it.
-pub(crate) fn token_at(addr: usize) -> Option<u32> {
+/// (re-joining first in a fork child), with that mapping's base and length; `None`
+/// if no handle of this process maps `addr`.
+pub(crate) fn token_at(addr: usize) -> Option<(u32, usize, usize)> {
     let t = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
     let a = t
         .iter()
         .find(|a| (a.base..a.base + a.len).contains(&addr))?;
     let v = a.view();
     let slot = a.state.slot(&v).ok()?;
-    Some(token(&v, slot))
+    Some((token(&v, slot), a.base, a.len))
 }
 
 /// Whether the registration named by `token`, in the segment whose mapping

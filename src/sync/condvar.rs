@@ -130,3 +130,7 @@ impl ShmCondvar {
         self.event.notify_all();
     }
 }
+
+// SAFETY: every byte of a ShmCondvar is an atomic word (inside an UnsafeCell), and
+// its shared API (wait, notify) is sound when other processes call it at once.
+unsafe impl crate::typed::ShmSync for ShmCondvar {}

@@ -366,3 +366,7 @@ mod loom_tests {
         });
     }
 }
+
+// SAFETY: every byte of a ShmEvent is an atomic word (inside an UnsafeCell), and its
+// shared API (wait, notify) is sound when other processes call it at once.
+unsafe impl crate::typed::ShmSync for ShmEvent {}

@@ -462,3 +462,8 @@ impl<T: ShmSafe + fmt::Debug> fmt::Debug for ShmMutexGuard<'_, T> {
         fmt::Debug::fmt(&**self, f)
     }
 }
+
+// SAFETY: the lock word is atomic and the value is inside an UnsafeCell that only
+// the holder of the lock (one handle in one process at a time) touches, so the
+// shared API is sound when other processes call it at once.
+unsafe impl<T: ShmSafe> crate::typed::ShmSync for ShmMutex<T> {}
