@@ -16,7 +16,7 @@
 //! lock is per process and so useless in shared memory: `create` and `open`
 //! refuse such a CPU with [`SegmentError::Unsupported`].
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use portable_atomic::AtomicU128;
 
@@ -153,7 +153,7 @@ impl BumpAllocator {
         require_lock_free_u128()?;
         let seg = Segment::open(name, AllocatorKind::Bump, opts)?;
         let l = *seg.layout();
-        if l.meta_len < 16 || l.meta_offset % 16 != 0 || l.data_len > BUMP_MAX_CAPACITY {
+        if l.meta_len < 24 || l.meta_offset % 16 != 0 || l.data_len > BUMP_MAX_CAPACITY {
             return Err(SegmentError::CorruptHeader {
                 reason: "bump layout out of range",
             });
@@ -194,6 +194,17 @@ impl BumpAllocator {
         unsafe { &*(p.as_ptr() as *const AtomicU128) }
     }
 
+    /// The epoch mirror: a 64-bit word beside the state (bytes 16..24 of the
+    /// metadata), raised to a reset's new epoch *before* the reset's CAS, with
+    /// `fetch_max` (never lowered). Arenas that bump inside a chunk they reserved
+    /// check it with one plain load per object instead of a 128-bit atomic.
+    pub(crate) fn epoch_mirror(&self) -> &AtomicU64 {
+        &self
+            .seg
+            .words(self.seg.layout().meta_offset + 16, 1)
+            .expect("validated layout: meta_len >= 4096")[0]
+    }
+
     /// Releases every allocation at once and advances the epoch. O(1).
     ///
     /// Handles that carry the epoch (arena handles) taken before this call resolve
@@ -211,6 +222,9 @@ impl BumpAllocator {
         for _ in 0..RETRY_LIMIT {
             // 2^64 resets never happen; wrapping keeps a scribbled MAX from panicking.
             let epoch = split(cur).0.wrapping_add(1);
+            // Before the CAS: an arena that still reads the old epoch here is one
+            // whose check came before this reset (see `epoch_mirror`).
+            self.epoch_mirror().fetch_max(epoch, Ordering::SeqCst);
             match state.compare_exchange_weak(
                 cur,
                 u128::from(epoch) << 64,
@@ -223,6 +237,7 @@ impl BumpAllocator {
         }
         // A peer rewrites the word forever (hostile): reset by force, never hang.
         let epoch = split(cur).0.wrapping_add(1);
+        self.epoch_mirror().fetch_max(epoch, Ordering::SeqCst);
         state.store(u128::from(epoch) << 64, Ordering::Release);
         epoch
     }

@@ -124,6 +124,7 @@ pub(crate) fn notify<F: FutexWord>(seq: &F, waiters: &F, count: u32) -> bool {
 /// use std::time::Duration;
 ///
 /// #[derive(ShmSafe)]
+/// #[shm(sync)]
 /// #[repr(C)]
 /// struct Mailbox {
 ///     ready: ShmEvent,

@@ -13,6 +13,7 @@
 //! trust the coordination protocol (reset only between batches), and
 //! [`ArenaPtr::read`] is the copy path that is sound regardless.
 
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::sync::atomic::{fence, Ordering};
@@ -42,15 +43,37 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 /// # bump.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
+///
+/// An arena reserves a chunk of the bump region (64 KiB, or one object if larger)
+/// with one atomic operation and then bumps inside it locally: allocating an
+/// object costs a plain load of the allocator's epoch mirror (to notice a reset by
+/// any process) and no shared atomic operation. Objects keep the epoch of their
+/// chunk, so `Stale` keeps its meaning across processes. The unused tail of a
+/// chunk is released at the next reset.
 #[derive(Debug)]
 pub struct Arena<'b> {
     bump: &'b mut BumpAllocator,
+    chunk: Cell<Chunk>,
 }
+
+/// The part of the bump region this arena reserved: `next..end` is free, in `epoch`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Chunk {
+    next: u64,
+    end: u64,
+    epoch: u64,
+}
+
+/// Bytes an arena reserves at a time.
+const CHUNK: u64 = 64 * 1024;
 
 impl BumpAllocator {
     /// Opens a typed arena over this allocator; see [`Arena`].
     pub fn arena(&mut self) -> Arena<'_> {
-        Arena { bump: self }
+        Arena {
+            bump: self,
+            chunk: Cell::new(Chunk::default()),
+        }
     }
 }
 
@@ -65,15 +88,70 @@ impl<'b> Arena<'b> {
         self.bump.epoch()
     }
 
+    /// Places `size` bytes aligned to `align` in this arena's chunk (reserving a new
+    /// chunk when it is used up or a reset happened); returns offset and epoch.
+    #[inline]
+    fn place(&self, size: usize, align: usize) -> Result<(Offset, u64), Error> {
+        let c = self.chunk.get();
+        let mask = align as u64 - 1;
+        let start = c.next.wrapping_add(mask) & !mask;
+        if c.end != 0
+            && start >= c.next
+            && start.checked_add(size as u64).is_some_and(|e| e <= c.end)
+            && self.bump.epoch_mirror().load(Ordering::Acquire) == c.epoch
+        {
+            self.chunk.set(Chunk {
+                next: start + size as u64,
+                ..c
+            });
+            return Ok((Offset::new(start), c.epoch));
+        }
+        self.place_in_new_chunk(size, align)
+    }
+
+    #[cold]
+    fn place_in_new_chunk(&self, size: usize, align: usize) -> Result<(Offset, u64), Error> {
+        // A reset in flight can make a fresh chunk stale at once: a few rounds, then
+        // allocate the object by itself.
+        for _ in 0..3 {
+            let want = (size as u64).max(CHUNK) + align as u64;
+            let Ok(want) = usize::try_from(want) else {
+                break;
+            };
+            match self.bump.allocate_with_epoch(want, 64) {
+                Ok((off, epoch)) => self.chunk.set(Chunk {
+                    next: off.get(),
+                    end: off.get() + want as u64,
+                    epoch,
+                }),
+                Err(crate::AllocError::OutOfMemory { .. }) => break,
+                Err(e) => return Err(e.into()),
+            }
+            let c = self.chunk.get();
+            let mask = align as u64 - 1;
+            let start = (c.next + mask) & !mask;
+            if start + size as u64 <= c.end
+                && self.bump.epoch_mirror().load(Ordering::Acquire) == c.epoch
+            {
+                self.chunk.set(Chunk {
+                    next: start + size as u64,
+                    ..c
+                });
+                return Ok((Offset::new(start), c.epoch));
+            }
+        }
+        // Not a whole chunk left (or resets keep racing): just this object.
+        self.chunk.set(Chunk::default());
+        Ok(self.bump.allocate_with_epoch(size, align)?)
+    }
+
     /// Moves `value` into the arena.
     ///
     /// # Errors
     /// [`Error::Alloc`] when the bump allocator is full.
     pub fn alloc<T: ShmSafe>(&self, value: T) -> Result<ArenaBox<'_, T>, Error> {
         let _ = layout_checked::<T>();
-        let (off, epoch) = self
-            .bump
-            .allocate_with_epoch(size_of::<T>().max(1), align_of::<T>())?;
+        let (off, epoch) = self.place(size_of::<T>().max(1), align_of::<T>())?;
         raw::write_fresh(&*self.bump, off, std::iter::once(value))?;
         Ok(ArenaBox {
             bump: self.bump,
@@ -94,9 +172,7 @@ impl<'b> Arena<'b> {
                     requested: u64::MAX,
                     max: self.bump.segment().layout().data_len,
                 })?;
-        let (off, epoch) = self
-            .bump
-            .allocate_with_epoch(bytes.max(1), align_of::<T>())?;
+        let (off, epoch) = self.place(bytes.max(1), align_of::<T>())?;
         raw::write_fresh(&*self.bump, off, values.iter().copied())?;
         Ok(ArenaBox {
             bump: self.bump,
@@ -108,6 +184,7 @@ impl<'b> Arena<'b> {
     /// advances the epoch; returns the new epoch. Does not compile while values from
     /// this arena are alive.
     pub fn reset(&mut self) -> u64 {
+        self.chunk.set(Chunk::default());
         self.bump.reset()
     }
 }
