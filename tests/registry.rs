@@ -720,7 +720,9 @@ fn a_stalled_double_free_cannot_touch_the_next_owner() {
         return;
     }
     let name = ShmName::new("reg-stalled");
-    let h1 = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    // The shared free path (a cached free is a store into the handle's cache).
+    let h1 = FreeListAllocator::create_with_cache(name.as_str(), 1 << 20, 0, &Default::default())
+        .unwrap();
     let h2 = FreeListAllocator::open(name.as_str()).unwrap();
     let x = h1.allocate(64).unwrap();
     let mut b = KillOnDrop::new(child(
@@ -780,7 +782,9 @@ fn a_stalled_free_racing_repair_lists_nothing_twice() {
         return;
     }
     let name = ShmName::new("reg-relist");
-    let h1 = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    // The shared free path (a cached free is a store into the handle's cache).
+    let h1 = FreeListAllocator::create_with_cache(name.as_str(), 1 << 20, 0, &Default::default())
+        .unwrap();
     let x = h1.allocate(64).unwrap();
     let mut b = KillOnDrop::new(child(
         "a_stalled_free_racing_repair_lists_nothing_twice",

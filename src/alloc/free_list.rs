@@ -1285,11 +1285,16 @@ impl FreeListAllocator {
     ) -> Result<T, AllocError> {
         let me = self.member.current();
         let mut last = f();
-        for _ in 0..20 {
+        for round in 0..20 {
             if !matches!(last, Err(AllocError::OutOfMemory { .. })) || !self.request_flushes(me) {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            if round > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            // Flushed blocks may have emptied spans (some handle's current one):
+            // return those to the page pool before trying again.
+            self.repair();
             last = f();
         }
         match last {

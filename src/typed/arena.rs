@@ -44,7 +44,8 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
 ///
-/// An arena reserves a chunk of the bump region (64 KiB, or one object if larger)
+/// An arena reserves a chunk of the bump region (64 KiB or a 64th of the region,
+/// whichever is smaller, or one object if larger)
 /// with one atomic operation and then bumps inside it locally: allocating an
 /// object costs a plain load of the allocator's epoch mirror (to notice a reset by
 /// any process) and no shared atomic operation. Objects keep the epoch of their
@@ -114,7 +115,9 @@ impl<'b> Arena<'b> {
         // A reset in flight can make a fresh chunk stale at once: a few rounds, then
         // allocate the object by itself.
         for _ in 0..3 {
-            let want = (size as u64).max(CHUNK) + align as u64;
+            // Small regions get small chunks (a 64th), so one arena never takes all.
+            let chunk = CHUNK.min(self.bump.segment().layout().data_len / 64);
+            let want = (size as u64).max(chunk) + align as u64;
             let Ok(want) = usize::try_from(want) else {
                 break;
             };
@@ -124,7 +127,9 @@ impl<'b> Arena<'b> {
                     end: off.get() + want as u64,
                     epoch,
                 }),
-                Err(crate::AllocError::OutOfMemory { .. }) => break,
+                Err(crate::AllocError::OutOfMemory { .. } | crate::AllocError::TooLarge { .. }) => {
+                    break
+                }
                 Err(e) => return Err(e.into()),
             }
             let c = self.chunk.get();
