@@ -1,4 +1,4 @@
-//! Profiling aid (not a benchmark): 20M alloc+free pairs of 64 bytes on a free
+//! A plain loop (not a criterion bench): 20M alloc+free pairs of 64 bytes on a free
 //! list, and the same through `std::alloc::System`, in one run.
 use shared_allocator::prelude::*;
 use std::alloc::{GlobalAlloc, Layout, System};
