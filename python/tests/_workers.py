@@ -37,7 +37,9 @@ def race_worker(kind: str, name: str, wid: int, ops: int, shadow, out) -> None:
         held: list[tuple[int, int]] = []
         me = wid + 1
         for seq in range(ops):
-            if kind != "bump" and held and rng.random() < 0.5:
+            # Slightly more allocations than frees, so that the workers reach the
+            # slot limit together (the test checks that "full" happens).
+            if kind != "bump" and held and rng.random() < 0.45:
                 off, tag_seq = held.pop(rng.randrange(len(held)))
                 got = TAG.unpack(a.read(off, TAG.size))
                 if got != (wid, tag_seq):

@@ -1220,12 +1220,14 @@ impl FreeListAllocator {
                         // Entries, then the count: a crash in between leaks these.
                         let base = self.page_offset(p);
                         let size = u64::from(SIZE_CLASSES[c]);
+                        // Highest first, so that pops hand blocks out in ascending order.
                         let (from, mut bits) = (n, mask);
                         while bits != 0 {
-                            let i = w as u64 * BITS + u64::from(bits.trailing_zeros());
+                            let top = 63 - bits.leading_zeros();
+                            let i = w as u64 * BITS + u64::from(top);
                             n += 1;
                             m[n].store(base + i * size, Ordering::Relaxed);
-                            bits &= bits - 1;
+                            bits &= !(1u64 << top);
                         }
                         m[0].store(n as u64, Ordering::Relaxed);
                         for e in &m[from + 1..=n] {

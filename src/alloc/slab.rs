@@ -571,13 +571,15 @@ impl SlabAllocator {
             match word.compare_exchange_weak(v, v | mask, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => {
                     crate::fail_point!("slab.cache.refill");
+                    // Highest first, so that pops hand slots out in ascending order.
                     let from = n;
                     let mut b = mask;
                     while b != 0 {
-                        let s = w as u64 * 64 + u64::from(b.trailing_zeros());
+                        let top = 63 - b.leading_zeros();
+                        let s = w as u64 * 64 + u64::from(top);
                         n += 1;
                         m[n].store(self.offset_of(s as usize).get(), Ordering::Relaxed);
-                        b &= b - 1;
+                        b &= !(1u64 << top);
                     }
                     m[0].store(n as u64, Ordering::Relaxed);
                     for e in &m[from + 1..=n] {

@@ -7,10 +7,15 @@
 //! block, allocated from the segment when a probe first needs it, by exactly one
 //! process (it claims a control word first; the others wait for the pointer).
 //!
-//! An entry goes EMPTY → CLAIMING(pid) → READY → REMOVED. The claimer writes name,
-//! type and object, then publishes READY with Release. A process that finds a slot
-//! CLAIMING waits (bounded) for it; if the claimer died (its pid is gone), it takes
-//! the slot over; if the claimer's `init` panicked, the claim was given back.
+//! A name probes every fixed entry before any overflow entry, so a segment with few
+//! roots never allocates the overflow block.
+//!
+//! An entry goes EMPTY → CLAIMING(holder) → READY → REMOVED, where the holder is the
+//! claimer's process-registry token (never a pid). The claimer writes name, type and
+//! object, then publishes READY with Release. A process that finds a slot CLAIMING
+//! waits (bounded) for it; if the claimer died (its registry slot is no longer held
+//! by it), it takes the slot over; if the claimer's `init` panicked, the claim was
+//! given back.
 //! Removed entries are tombstones: probes go past them and they are never reused,
 //! so a name's probe sequence is stable and two racing creators always meet at the
 //! same first EMPTY slot.
@@ -338,7 +343,7 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
     let mut init = Some(init);
     let h = hash(name);
     for k in 0..MAX_ROOTS {
-        let i = (h.wrapping_add(k)) % MAX_ROOTS;
+        let i = probe(h, k);
         let e = match dir.entry(i) {
             Some(e) => e,
             None => {
@@ -476,12 +481,24 @@ fn list<A: ShmAllocator + ?Sized>(alloc: &A) -> Result<Vec<RootInfo>, Error> {
     Ok(out)
 }
 
+/// The `k`-th entry a name with hash `h` probes: every fixed entry first (so a
+/// segment with few roots never needs the overflow block, which a small segment
+/// could not even hold), then the overflow entries. Stable for a name, so racing
+/// creators meet at the same first EMPTY entry.
+fn probe(h: usize, k: usize) -> usize {
+    if k < FIXED_ROOTS {
+        h.wrapping_add(k) % FIXED_ROOTS
+    } else {
+        FIXED_ROOTS + h.wrapping_add(k - FIXED_ROOTS) % OVERFLOW_ROOTS
+    }
+}
+
 fn remove<A: ShmAllocator + ?Sized>(alloc: &A, name: &str) -> Result<bool, Error> {
     check_name(name)?;
     let dir = Directory::open(alloc)?;
     let h = hash(name);
     for k in 0..MAX_ROOTS {
-        let i = (h.wrapping_add(k)) % MAX_ROOTS;
+        let i = probe(h, k);
         let Some(e) = dir.entry(i) else {
             return Ok(false);
         };
