@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-/// The operations the bitmap and the tagged stack use on a 64-bit atomic.
+/// The operations the bitmap uses on a 64-bit atomic.
 pub trait Word {
     /// `AtomicU64::load`.
     fn load(&self, order: Ordering) -> u64;

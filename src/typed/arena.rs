@@ -9,7 +9,7 @@
 //! What is not checked yet: a reset by another process (or through a second
 //! `BumpAllocator` of the same segment in this process) *while* a reference from
 //! [`ArenaPtr::get`] / [`ArenaBox::get`] is held. Making such a reset wait (or fail
-//! with `Busy`) needs reader pins in the process registry; until then, references
+//! with `Busy`) needs reader pins in the process registry (not built yet); until then, references
 //! trust the coordination protocol (reset only between batches), and
 //! [`ArenaPtr::read`] is the copy path that is sound regardless.
 
@@ -197,10 +197,9 @@ impl<'b> Arena<'b> {
 /// A zero-copy view of arena data: what [`ArenaPtr::get`] and [`ArenaBox::get`]
 /// return. It dereferences to the value (or slice) and borrows the allocator.
 ///
-/// It is the *view guard* of the safety model: today it only carries the borrow;
-/// once the process registry exists it will hold this process's reader pin, so that
-/// a reset in any process waits for it (or returns `Busy`) instead of reusing bytes
-/// under it. Keep views short-lived; use [`ArenaPtr::read`] to keep data.
+/// It is the *view guard* of the safety model: today it only carries the borrow.
+/// Reader pins through the process registry (so that a reset in any process waits
+/// for it, or returns `Busy`, instead of reusing bytes under it) are not built yet. Keep views short-lived; use [`ArenaPtr::read`] to keep data.
 pub struct ArenaRef<'a, T: ?Sized> {
     value: &'a T,
 }

@@ -236,7 +236,7 @@ impl<'a> Directory<'a> {
     /// Resolves the overflow block if some process published it.
     fn load_overflow<A: ShmAllocator + ?Sized>(&mut self, alloc: &'a A) -> Result<(), Error> {
         let off = self.overflow_ptr.load(Ordering::Acquire);
-        // 0: none yet; odd: a process is growing it (GROWING(pid)).
+        // 0: none yet; odd: a process is growing it (GROWING(registry token)).
         if off != 0 && off & 1 == 0 && self.overflow.is_none() {
             let words = raw::slice_at::<AtomicU64, A>(
                 alloc,
@@ -249,8 +249,8 @@ impl<'a> Directory<'a> {
     }
 
     /// Allocates, zeroes and publishes the overflow block, once per segment: the
-    /// pointer word goes 0 → GROWING(pid) → offset. Other processes wait (bounded)
-    /// for the grower, and take over if it died (its pid is gone).
+    /// pointer word goes 0 → GROWING(token) → offset. Other processes wait (bounded)
+    /// for the grower, and take over if it died (its registry token is no longer alive).
     fn grow<A: ShmAllocator + ?Sized>(&mut self, alloc: &'a A) -> Result<(), Error> {
         // Who grows is recorded as a registry liveness token, never a pid (pids
         // lie across pid namespaces and get reused).
