@@ -4,7 +4,10 @@
 //! its own caches in its other handles, which cannot honour a flush request while
 //! it waits).
 
-use crate::process;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::process::{self, Membership};
+use crate::segment::Segment;
 
 /// Blocks taken or returned by one read-modify-write of a block word, at most.
 pub(crate) const BATCH: u32 = 8;
@@ -69,4 +72,43 @@ pub(crate) fn owned_here(ino: u64, slot: usize) -> bool {
         .any(|l| {
             l.ino == ino && l.slot == slot && l.tid == tid && l.fork_epoch == process::fork_epoch()
         })
+}
+
+/// Which thread of this process uses a handle's cache: the first one that
+/// allocates or frees through the handle. Other threads take the shared path.
+#[derive(Debug, Default)]
+pub(crate) struct CacheOwner {
+    owner: AtomicU64,
+}
+
+impl CacheOwner {
+    /// The handle's registry slot, if the calling thread owns its cache (claiming
+    /// the cache if nobody does yet).
+    #[inline(always)]
+    pub fn slot(&self, member: &Membership, seg: &Segment, ino: u64) -> Option<usize> {
+        if self.owner.load(Ordering::Relaxed) == thread_id() {
+            return member.slot(seg).ok();
+        }
+        self.claim(member, seg, ino)
+    }
+
+    #[cold]
+    fn claim(&self, member: &Membership, seg: &Segment, ino: u64) -> Option<usize> {
+        let me = thread_id();
+        if self
+            .owner
+            .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        let slot = member.slot(seg).ok()?;
+        register_local(ino, slot, me);
+        Some(slot)
+    }
+
+    /// Forgets the owner record of `slot` (the handle is being dropped).
+    pub fn release(&self, ino: u64, slot: usize) {
+        unregister_local(ino, slot, self.owner.load(Ordering::Relaxed));
+    }
 }

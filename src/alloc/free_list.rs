@@ -80,7 +80,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::cache::{self, cache_key, thread_id, BATCH};
+use super::cache::{self, cache_key, BATCH};
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Intent, Membership, ProcessInfo};
@@ -311,7 +311,7 @@ pub struct FreeListAllocator {
     key: u64,
     /// The thread that uses this handle's cache (the first one that allocated or
     /// freed through it); other threads take the shared path. 0 = none yet.
-    cache_owner: AtomicU64,
+    cache_owner: cache::CacheOwner,
     /// Double frees found when a cache was flushed (too late to report to the caller).
     late_double_frees: AtomicU64,
     /// The segment object's inode: names it across this process's handles.
@@ -482,7 +482,7 @@ impl FreeListAllocator {
             cur: [const { AtomicU64::new(0) }; NCLASS],
             depth: depth as usize,
             key,
-            cache_owner: AtomicU64::new(0),
+            cache_owner: cache::CacheOwner::default(),
             late_double_frees: AtomicU64::new(0),
             ino,
             lines_base: lines_start(pages) as usize,
@@ -980,26 +980,7 @@ impl FreeListAllocator {
         if self.depth == 0 {
             return None;
         }
-        if self.cache_owner.load(Ordering::Relaxed) == thread_id() {
-            return self.member.slot(&self.seg).ok();
-        }
-        self.claim_cache()
-    }
-
-    /// The first thread to use the cache becomes its owner.
-    #[cold]
-    fn claim_cache(&self) -> Option<usize> {
-        let me = thread_id();
-        if self
-            .cache_owner
-            .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return None;
-        }
-        let slot = self.member.slot(&self.seg).ok()?;
-        cache::register_local(self.ino, slot, me);
-        Some(slot)
+        self.cache_owner.slot(&self.member, &self.seg, self.ino)
     }
 
     #[inline]
@@ -1766,7 +1747,7 @@ impl Drop for FreeListAllocator {
         if self.depth != 0 {
             if let Some(slot) = self.member.current() {
                 self.flush_cache(slot);
-                cache::unregister_local(self.ino, slot, self.cache_owner.load(Ordering::Relaxed));
+                self.cache_owner.release(self.ino, slot);
             }
         }
         // Our current spans stay on hold only while we may allocate from them.

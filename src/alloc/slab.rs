@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::cache::{self, cache_key, thread_id, BATCH};
+use super::cache::{self, cache_key, BATCH};
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Membership, ProcessInfo};
@@ -48,7 +48,7 @@ pub struct SlabAllocator {
     /// The segment's cache-mark key: a cached slot's first word holds `key ^ offset`.
     key: u64,
     /// The thread that uses this handle's cache; 0 = none yet.
-    cache_owner: AtomicU64,
+    cache_owner: cache::CacheOwner,
     /// Word index (in the metadata region) of slot 0's cache.
     cache_base0: usize,
     /// The data region's address in this mapping (validated at open).
@@ -256,7 +256,7 @@ impl SlabAllocator {
             seg,
             depth: depth as usize,
             key,
-            cache_owner: AtomicU64::new(0),
+            cache_owner: cache::CacheOwner::default(),
             cache_base0: cache_start(slots) as usize,
             data_addr,
             recip: if stride < 1 << 24 {
@@ -404,31 +404,13 @@ impl SlabAllocator {
         self.late_double_frees.load(Ordering::Relaxed)
     }
 
-    /// This handle's registry slot, if the calling thread owns the handle's cache.
+    /// This handle's slot, if the calling thread owns the handle's cache.
     #[inline(always)]
     fn my_cache(&self) -> Option<usize> {
         if self.depth == 0 {
             return None;
         }
-        if self.cache_owner.load(Ordering::Relaxed) == thread_id() {
-            return self.member.slot(&self.seg).ok();
-        }
-        self.claim_cache()
-    }
-
-    #[cold]
-    fn claim_cache(&self) -> Option<usize> {
-        let me = thread_id();
-        if self
-            .cache_owner
-            .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return None;
-        }
-        let slot = self.member.slot(&self.seg).ok()?;
-        cache::register_local(self.ino, slot, me);
-        Some(slot)
+        self.cache_owner.slot(&self.member, &self.seg, self.ino)
     }
 
     /// Registry slot `slot`'s cache: `[count, slot offsets ...]`.
@@ -644,7 +626,7 @@ impl Drop for SlabAllocator {
         if self.depth != 0 {
             if let Some(slot) = self.member.current() {
                 self.flush_cache(slot);
-                cache::unregister_local(self.ino, slot, self.cache_owner.load(Ordering::Relaxed));
+                self.cache_owner.release(self.ino, slot);
             }
         }
         self.member.leave(&self.seg);
