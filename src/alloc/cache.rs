@@ -79,6 +79,9 @@ pub(crate) fn owned_here(ino: u64, slot: usize) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct CacheOwner {
     owner: AtomicU64,
+    /// The owner's slot as `[fork epoch + 1: 56 | slot: 8]` (0: not known yet): the
+    /// fast path's copy of the membership's slot, valid in this fork epoch only.
+    slot: AtomicU64,
 }
 
 impl CacheOwner {
@@ -87,9 +90,24 @@ impl CacheOwner {
     #[inline(always)]
     pub fn slot(&self, member: &Membership, seg: &Segment, ino: u64) -> Option<usize> {
         if self.owner.load(Ordering::Relaxed) == thread_id() {
-            return member.slot(seg).ok();
+            let s = self.slot.load(Ordering::Relaxed);
+            if s >> 8 == process::fork_epoch() + 1 {
+                return Some((s & 0xFF) as usize);
+            }
+            return self.refresh(member, seg);
         }
         self.claim(member, seg, ino)
+    }
+
+    /// The slot after a fork (the membership re-joins), remembered for the fast path.
+    #[cold]
+    fn refresh(&self, member: &Membership, seg: &Segment) -> Option<usize> {
+        let slot = member.slot(seg).ok()?;
+        self.slot.store(
+            ((process::fork_epoch() + 1) << 8) | slot as u64,
+            Ordering::Relaxed,
+        );
+        Some(slot)
     }
 
     #[cold]
@@ -102,7 +120,7 @@ impl CacheOwner {
         {
             return None;
         }
-        let slot = member.slot(seg).ok()?;
+        let slot = self.refresh(member, seg)?;
         register_local(ino, slot, me);
         Some(slot)
     }

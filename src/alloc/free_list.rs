@@ -1955,12 +1955,13 @@ impl ShmFree for FreeListAllocator {
         if offset.is_null() {
             return Err(FreeError::Null);
         }
-        let rel = data_relative(&self.seg, offset, 0).map_err(|_| FreeError::OutOfRange {
-            offset: offset.get(),
-        })?;
-        let (p, within) = self.locate(rel);
-        let st = self.state(p).load(Ordering::Acquire);
         let off = offset.get();
+        // (The data-region bounds, validated at open, kept in the handle.)
+        if !self.in_data(off) {
+            return Err(FreeError::OutOfRange { offset: off });
+        }
+        let (p, within) = self.locate(off - self.data_off);
+        let st = self.state(p).load(Ordering::Acquire);
         match kind(st) {
             KIND_SMALL => self.free_small(p, st, within, off),
             KIND_LARGE if within == 0 => self.free_large(p, st, off),

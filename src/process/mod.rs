@@ -128,6 +128,7 @@ static LOCK_FDS: [AtomicI32; 256] = [const { AtomicI32::new(0) }; 256];
 
 /// How many forks this process's lineage went through: state recorded with one
 /// value is stale in a child, which sees a larger one.
+#[inline]
 pub(crate) fn fork_epoch() -> u64 {
     FORK_EPOCH.load(Ordering::Relaxed)
 }
