@@ -87,6 +87,8 @@ fn split(word: u128) -> (u64, u64) {
 pub struct BumpAllocator {
     member: Membership,
     seg: Segment,
+    /// The epoch mirror's address (checked inside the metadata region at open).
+    mirror: usize,
 }
 
 impl Drop for BumpAllocator {
@@ -162,8 +164,18 @@ impl BumpAllocator {
     }
 
     fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
+        let mirror = seg
+            .words(seg.layout().meta_offset + 16, 1)
+            .ok_or(SegmentError::CorruptHeader {
+                reason: "bump metadata outside the mapping",
+            })?
+            .as_ptr() as usize;
         let member = Membership::join(&seg)?.membership;
-        Ok(BumpAllocator { member, seg })
+        Ok(BumpAllocator {
+            member,
+            seg,
+            mirror,
+        })
     }
 
     /// The handles attached to this segment, from the process registry.
@@ -198,11 +210,15 @@ impl BumpAllocator {
     /// metadata), raised to a reset's new epoch *before* the reset's CAS, with
     /// `fetch_max` (never lowered). Arenas that bump inside a chunk they reserved
     /// check it with one plain load per object instead of a 128-bit atomic.
+    #[inline]
     pub(crate) fn epoch_mirror(&self) -> &AtomicU64 {
-        &self
-            .seg
-            .words(self.seg.layout().meta_offset + 16, 1)
-            .expect("validated layout: meta_len >= 4096")[0]
+        // SAFETY:
+        // - `mirror` is the address `Segment::words` returned at open for the 8 bytes
+        //   at metadata offset 16: inside the mapping, 8-aligned;
+        // - AtomicU64 is valid for any bit pattern and the word is only accessed
+        //   atomically by every process;
+        // - the mapping is owned by `self.seg` and the reference borrows `self`.
+        unsafe { &*(self.mirror as *const AtomicU64) }
     }
 
     /// Releases every allocation at once and advances the epoch. O(1).
