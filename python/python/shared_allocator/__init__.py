@@ -8,6 +8,7 @@ views (``SharedView``) and batch calls. See the package README.
 
 from __future__ import annotations
 
+from . import _errors
 from ._errors import (
     ClosedError,
     CorruptedError,
@@ -39,17 +40,5 @@ __all__ = [
     "SlabAllocator",
     "SharedView",
     "GIL_RELEASE_THRESHOLD",
-    "SharedAllocatorError",
-    "InvalidArgumentError",
-    "OutOfBoundsError",
-    "NotAllocatedError",
-    "DoubleFreeError",
-    "WrongAllocatorKindError",
-    "ExistsError",
-    "NotFoundError",
-    "PermissionDeniedError",
-    "ClosedError",
-    "CorruptedError",
-    "NotReadyError",
-    "ExportedViewsError",
+    *_errors.__all__,
 ]
