@@ -186,6 +186,9 @@ pub enum AllocError {
         /// What was found inconsistent.
         what: &'static str,
     },
+    /// A bump reset in progress did not end within the allocation's wait.
+    #[error("a reset in progress did not end in time")]
+    Busy,
 }
 
 /// A read, write or pointer resolution was refused. Nothing in the segment changed.
@@ -230,6 +233,14 @@ pub enum AccessError {
         handle_epoch: u64,
         /// Epoch of the allocator now.
         current_epoch: u64,
+    },
+    /// A bump reset and views of the region met: a reset whose wait ended while
+    /// `readers` other handles still held views (it withdrew: nothing changed), or
+    /// (`readers == 0`) a view that waited too long for a reset in progress.
+    #[error("busy: {readers} other handle(s) hold views of the region")]
+    Busy {
+        /// Handles (in any process) holding views when the wait ended.
+        readers: u32,
     },
     /// Allocator metadata in the segment is inconsistent.
     #[error("allocator metadata is corrupt: {what}")]
@@ -276,6 +287,11 @@ impl AccessError {
     /// Whether this is a stale-handle error (taken before a bump reset).
     pub fn is_stale(&self) -> bool {
         matches!(self, AccessError::Stale { .. })
+    }
+
+    /// Whether this is a [`AccessError::Busy`] (a reset and views met).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, AccessError::Busy { .. })
     }
 }
 

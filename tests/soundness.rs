@@ -402,7 +402,7 @@ fn bump_epochs_do_not_wrap() {
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 16).unwrap();
     let h = bump.arena().alloc(7u64).unwrap().handle();
     for _ in 0..(1 << 20) {
-        bump.reset();
+        bump.reset().unwrap();
     }
     assert_eq!(bump.epoch(), 1 << 20);
     assert!(h.read(&bump).unwrap_err().is_stale());
@@ -447,22 +447,42 @@ fn raw_write_over_an_archive_is_an_error_on_the_copy_path() {
 }
 
 /// The attack: a second `BumpAllocator::open` in the same process resets and
-/// re-allocates while an arena archive reader is held. The copy path is `Stale`,
-/// whatever the reused bytes hold.
+/// re-allocates while an arena archive reader (a zero-copy view) is held. The
+/// reader pins the region: the reset is `Busy` and the view keeps its bytes; once
+/// the reader is dropped the reset goes through and the token is `Stale`.
 #[test]
-fn second_bump_mapping_reset_makes_the_copy_path_stale() {
+fn second_bump_mapping_cannot_reset_under_a_reader() {
     use shared_allocator::archive::ArenaArchiveReader;
     let name = ShmName::new("snd-bump-reopen");
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
     let batch: Vec<String> = (0..64).map(|i| format!("item-{i}")).collect();
     let token = bump.arena().archive(&batch).unwrap().into_token();
+    let h = bump.arena().alloc(5u64).unwrap().handle();
     let reader = ArenaArchiveReader::<Vec<String>>::open(&bump, token).unwrap();
-    assert_eq!(reader.deserialize_copied().unwrap(), batch);
+    let view = reader.access().unwrap();
     let mut second = BumpAllocator::open(name.as_str()).unwrap();
-    second.reset();
+    assert_eq!(second.try_reset(), Err(AccessError::Busy { readers: 1 }));
+    assert_eq!(
+        second.reset_timeout(std::time::Duration::from_millis(50)),
+        Err(AccessError::Busy { readers: 1 })
+    );
+    // A Busy reset changed nothing: allocations go on in the same epoch, after
+    // the archive, and the view is intact.
     let other: Vec<u64> = (0..512).collect();
     let _ = second.arena().archive(&other).unwrap();
-    assert!(reader.deserialize_copied().unwrap_err().is_stale());
+    assert_eq!(view.len(), 64);
+    assert_eq!(view[63].as_str(), "item-63");
+    assert_eq!(reader.deserialize_copied().unwrap(), batch);
+    // An ArenaPtr view pins the same way.
+    let v = h.get(&bump).unwrap();
+    drop(reader);
+    assert!(second.try_reset().unwrap_err().is_busy());
+    assert_eq!(*v, 5);
+    drop(v);
+    second.try_reset().unwrap();
     assert!(token.deserialize_copied(&bump).unwrap_err().is_stale());
-    assert!(reader.access().unwrap_err().is_stale());
+    assert!(ArenaArchiveReader::<Vec<String>>::open(&bump, token)
+        .unwrap_err()
+        .is_stale());
+    assert!(h.get(&bump).unwrap_err().is_stale());
 }

@@ -248,7 +248,7 @@ fn arena_handles_are_stale_after_reset_in_another_process() {
         "reader",
     );
     assert_eq!(before, ["ok 10"]);
-    arena.reset();
+    arena.reset().unwrap();
     // Reuse the bytes in the new epoch: a stale reader must not see them.
     let fresh = arena
         .alloc_slice(&[100u64, 200, 300, 400])

@@ -6,20 +6,22 @@
 //! the (64-bit) epoch it was allocated in, and resolving it after a reset (by any
 //! process) is an [`AccessError::Stale`] instead of a read of reused bytes.
 //!
-//! What is not checked yet: a reset by another process (or through a second
-//! `BumpAllocator` of the same segment in this process) *while* a reference from
-//! [`ArenaPtr::get`] / [`ArenaBox::get`] is held. Making such a reset wait (or fail
-//! with `Busy`) needs reader pins in the process registry (not built yet); until then, references
-//! trust the coordination protocol (reset only between batches), and
-//! [`ArenaPtr::read`] is the copy path that is sound regardless.
+//! Views wait for nothing and nothing waits long for them: a view
+//! ([`ArenaRef`], a live [`Arena`] and its values, an arena archive reader) pins the
+//! region in this handle's registry slot, and a reset by any process (or through
+//! another handle in this one) waits until no other handle holds a pin, or returns
+//! [`AccessError::Busy`]. So a `&T` from an arena never sees its bytes reused.
+//! A reader that dies pins nothing. [`ArenaPtr::read`] is the copy path, which
+//! needs no pin beyond the copy.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::sync::atomic::{fence, Ordering};
 
 use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
 use crate::error::{AccessError, Error};
+use crate::process::{fork_epoch, Pin};
 use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 
 /// A typed allocation scope over a bump allocator. Created by
@@ -37,7 +39,7 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 /// let handle = s.handle();                 // 24 bytes: offset, epoch, length
 /// assert_eq!(*x.get()?, 7);
 /// assert_eq!(*handle.get_slice(arena.allocator())?, [1, 2, 3]);
-/// arena.reset();                            // only compiles once x and s are gone
+/// arena.reset()?;                           // only compiles once x and s are gone
 /// assert!(handle.get_slice(arena.allocator()).unwrap_err().is_stale());
 /// # drop(arena);
 /// # bump.unlink()?;
@@ -46,23 +48,31 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 ///
 /// An arena reserves a chunk of the bump region (64 KiB or a 64th of the region,
 /// whichever is smaller, or one object if larger)
-/// with one atomic operation and then bumps inside it locally: allocating an
-/// object costs a plain load of the allocator's epoch mirror (to notice a reset by
-/// any process) and no shared atomic operation. Objects keep the epoch of their
-/// chunk, so `Stale` keeps its meaning across processes. The unused tail of a
-/// chunk is released at the next reset.
+/// with one atomic operation and then bumps inside it locally, with no shared
+/// atomic operation per object. Objects keep the epoch of their chunk, so `Stale`
+/// keeps its meaning across processes. The unused tail of a chunk is released at
+/// the next reset.
+///
+/// From its first allocation until it is dropped or reset, an arena pins the
+/// region (its values are views): a reset by another handle waits for it, or
+/// returns [`AccessError::Busy`]. Drop arenas (or call [`Arena::release`]) between
+/// batches.
 #[derive(Debug)]
 pub struct Arena<'b> {
     bump: &'b mut BumpAllocator,
     chunk: Cell<Chunk>,
+    /// The pin held since the first allocation (its epoch is `chunk.epoch`).
+    pin: RefCell<Option<Pin>>,
 }
 
-/// The part of the bump region this arena reserved: `next..end` is free, in `epoch`.
+/// The part of the bump region this arena reserved: `next..end` is free, in
+/// `epoch`, pinned in fork epoch `fork` (a fork child's copy must pin again).
 #[derive(Debug, Clone, Copy, Default)]
 struct Chunk {
     next: u64,
     end: u64,
     epoch: u64,
+    fork: u64,
 }
 
 /// Bytes an arena reserves at a time.
@@ -74,6 +84,7 @@ impl BumpAllocator {
         Arena {
             bump: self,
             chunk: Cell::new(Chunk::default()),
+            pin: RefCell::new(None),
         }
     }
 }
@@ -99,7 +110,7 @@ impl<'b> Arena<'b> {
         if c.end != 0
             && start >= c.next
             && start.checked_add(size as u64).is_some_and(|e| e <= c.end)
-            && self.bump.epoch_mirror().load(Ordering::Acquire) == c.epoch
+            && c.fork == fork_epoch()
         {
             self.chunk.set(Chunk {
                 next: start + size as u64,
@@ -110,43 +121,47 @@ impl<'b> Arena<'b> {
         self.place_in_new_chunk(size, align)
     }
 
+    /// The epoch this arena's pin protects, pinning first if needed (first use,
+    /// or a fork child's copy of the arena). While the pin lives no reset by any
+    /// handle can complete, so the epoch and every chunk of it stay valid.
+    pub(crate) fn pinned_epoch(&self) -> Result<u64, AccessError> {
+        let mut pin = self.pin.borrow_mut();
+        if pin.as_ref().is_some_and(Pin::valid) {
+            return Ok(self.bump.epoch());
+        }
+        // None yet, or a fork child's copy of the parent's (which is dropped
+        // without touching the parent's count): pin in this process's slot.
+        let (p, epoch) = self.bump.pin()?;
+        *pin = Some(p);
+        Ok(epoch)
+    }
+
     #[cold]
     fn place_in_new_chunk(&self, size: usize, align: usize) -> Result<(Offset, u64), Error> {
-        // A reset in flight can make a fresh chunk stale at once: a few rounds, then
-        // allocate the object by itself.
-        for _ in 0..3 {
-            // Small regions get small chunks (a 64th), so one arena never takes all.
-            let chunk = CHUNK.min(self.bump.segment().layout().data_len / 64);
-            let want = (size as u64).max(chunk) + align as u64;
-            let Ok(want) = usize::try_from(want) else {
-                break;
-            };
+        let epoch = self.pinned_epoch()?;
+        // Small regions get small chunks (a 64th), so one arena never takes all.
+        let chunk = CHUNK.min(self.bump.segment().layout().data_len / 64);
+        let want = (size as u64).max(chunk) + align as u64;
+        if let Ok(want) = usize::try_from(want) {
             match self.bump.allocate_with_epoch(want, 64) {
-                Ok((off, epoch)) => self.chunk.set(Chunk {
-                    next: off.get(),
-                    end: off.get() + want as u64,
-                    epoch,
-                }),
+                Ok((off, e)) => {
+                    debug_assert_eq!(e, epoch, "no reset completes while pinned");
+                    let mask = align as u64 - 1;
+                    let start = (off.get() + mask) & !mask;
+                    self.chunk.set(Chunk {
+                        next: start + size as u64,
+                        end: off.get() + want as u64,
+                        epoch: e,
+                        fork: fork_epoch(),
+                    });
+                    return Ok((Offset::new(start), e));
+                }
                 Err(crate::AllocError::OutOfMemory { .. } | crate::AllocError::TooLarge { .. }) => {
-                    break
                 }
                 Err(e) => return Err(e.into()),
             }
-            let c = self.chunk.get();
-            let mask = align as u64 - 1;
-            let start = (c.next + mask) & !mask;
-            if start + size as u64 <= c.end
-                && self.bump.epoch_mirror().load(Ordering::Acquire) == c.epoch
-            {
-                self.chunk.set(Chunk {
-                    next: start + size as u64,
-                    ..c
-                });
-                return Ok((Offset::new(start), c.epoch));
-            }
         }
-        // Not a whole chunk left (or resets keep racing): just this object.
-        self.chunk.set(Chunk::default());
+        // Not a whole chunk left: just this object (the old chunk's tail stays).
         Ok(self.bump.allocate_with_epoch(size, align)?)
     }
 
@@ -187,26 +202,41 @@ impl<'b> Arena<'b> {
 
     /// Releases everything allocated since the last reset (in every process) and
     /// advances the epoch; returns the new epoch. Does not compile while values from
-    /// this arena are alive.
-    pub fn reset(&mut self) -> u64 {
-        self.chunk.set(Chunk::default());
+    /// this arena are alive. Waits for other handles' views like
+    /// [`BumpAllocator::reset`].
+    ///
+    /// # Errors
+    /// [`AccessError::Busy`] if other handles' views outlast the wait.
+    pub fn reset(&mut self) -> Result<u64, AccessError> {
+        self.release();
         self.bump.reset()
+    }
+
+    /// Gives up this arena's chunk and its pin (no values from it can be alive:
+    /// `&mut self`), so that resets by other handles need not wait for it. The
+    /// next allocation pins and reserves again.
+    pub fn release(&mut self) {
+        self.chunk.set(Chunk::default());
+        self.pin.get_mut().take();
     }
 }
 
 /// A zero-copy view of arena data: what [`ArenaPtr::get`] and [`ArenaBox::get`]
 /// return. It dereferences to the value (or slice) and borrows the allocator.
 ///
-/// It is the *view guard* of the safety model: today it only carries the borrow.
-/// Reader pins through the process registry (so that a reset in any process waits
-/// for it, or returns `Busy`, instead of reusing bytes under it) are not built yet. Keep views short-lived; use [`ArenaPtr::read`] to keep data.
+/// It is the *view guard* of the safety model: it holds a reader pin in this
+/// handle's registry slot (unless the arena that made the value already pins),
+/// so a reset by any handle in any process waits for it to drop, or returns
+/// [`AccessError::Busy`]. Keep views short-lived (a long-lived view holds resets
+/// off); use [`ArenaPtr::read`] to keep data.
 pub struct ArenaRef<'a, T: ?Sized> {
     value: &'a T,
+    _pin: Option<Pin>,
 }
 
 impl<'a, T: ?Sized> ArenaRef<'a, T> {
-    fn new(value: &'a T) -> Self {
-        ArenaRef { value }
+    fn new(value: &'a T, pin: Option<Pin>) -> Self {
+        ArenaRef { value, _pin: pin }
     }
 }
 
@@ -244,7 +274,9 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     /// # Errors
     /// [`AccessError::Stale`] if any process reset the bump allocator since.
     pub fn get(&self) -> Result<ArenaRef<'a, T>, AccessError> {
-        self.ptr.get(self.bump)
+        // The arena this value borrows pins the region: no second pin.
+        self.ptr.check_epoch(self.bump)?;
+        raw::value_at(self.bump, self.ptr.offset()).map(|v| ArenaRef::new(v, None))
     }
 
     /// The elements of a slice allocation.
@@ -252,7 +284,9 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     /// # Errors
     /// As [`get`](ArenaBox::get).
     pub fn get_slice(&self) -> Result<ArenaRef<'a, [T]>, AccessError> {
-        self.ptr.get_slice(self.bump)
+        self.ptr.check_epoch(self.bump)?;
+        raw::slice_at(self.bump, self.ptr.offset(), self.ptr.len as usize)
+            .map(|v| ArenaRef::new(v, None))
     }
 
     /// The handle to send to other processes.
@@ -267,9 +301,9 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
 /// Resolving it checks the epoch: after a reset it is [`AccessError::Stale`].
 /// [`read`](ArenaPtr::read) re-checks the epoch after copying, so a copy it returns
 /// was never mixed with bytes of a later epoch: the checked copy path. Views from
-/// [`get`](ArenaPtr::get) ([`ArenaRef`]) are checked once and trust every writer:
-/// a reset by another process while a view is held is, until reader pins exist,
-/// the coordination protocol's job (reset only between batches).
+/// [`get`](ArenaPtr::get) ([`ArenaRef`]) pin the region, so no reset by a
+/// cooperating process reuses their bytes while they live; they trust untrusted
+/// writers (a process scribbling on the segment) not to write there.
 #[derive(zerocopy::FromBytes, zerocopy::KnownLayout, zerocopy::Immutable)]
 #[repr(C)]
 pub struct ArenaPtr<T> {
@@ -314,6 +348,19 @@ impl<T> ArenaPtr<T> {
         ArenaPtr::new(Offset::new(offset), epoch, len)
     }
 
+    /// Pins the region for a view of this handle's epoch: `Stale` if a reset
+    /// came since (no pin is kept then).
+    pub(crate) fn pin(&self, bump: &BumpAllocator) -> Result<Pin, AccessError> {
+        let (pin, now) = bump.pin()?;
+        if now != self.epoch {
+            return Err(AccessError::Stale {
+                handle_epoch: self.epoch,
+                current_epoch: now,
+            });
+        }
+        Ok(pin)
+    }
+
     fn check_epoch(&self, bump: &BumpAllocator) -> Result<(), AccessError> {
         let now = bump.epoch();
         if now != self.epoch {
@@ -334,8 +381,8 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// [`AccessError::Stale`] after a reset; bounds and alignment errors otherwise.
     pub fn get<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, T>, AccessError> {
         let _ = layout_checked::<T>();
-        self.check_epoch(bump)?;
-        raw::value_at(bump, self.offset()).map(ArenaRef::new)
+        let pin = self.pin(bump)?;
+        raw::value_at(bump, self.offset()).map(|v| ArenaRef::new(v, Some(pin)))
     }
 
     /// Resolves all elements.
@@ -344,8 +391,8 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// As [`get`](ArenaPtr::get).
     pub fn get_slice<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, [T]>, AccessError> {
         let _ = layout_checked::<T>();
-        self.check_epoch(bump)?;
-        raw::slice_at(bump, self.offset(), self.len as usize).map(ArenaRef::new)
+        let pin = self.pin(bump)?;
+        raw::slice_at(bump, self.offset(), self.len as usize).map(|v| ArenaRef::new(v, Some(pin)))
     }
 
     /// Copies the elements out with byte-wise atomic loads, then re-checks the
