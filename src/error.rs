@@ -234,6 +234,16 @@ pub enum AccessError {
         /// Epoch of the allocator now.
         current_epoch: u64,
     },
+    /// The segment is used the other way (see
+    /// [`SegmentMode`](crate::segment::SegmentMode)): a raw write to a segment of
+    /// typed handles, or a typed handle in a segment the raw API writes.
+    #[error("the segment is in {found} mode; this needs {wanted} mode")]
+    WrongMode {
+        /// The mode the operation needs.
+        wanted: crate::segment::SegmentMode,
+        /// The segment's mode.
+        found: crate::segment::SegmentMode,
+    },
     /// A bump reset and views of the region met: a reset whose wait ended while
     /// `readers` other handles still held views (it withdrew: nothing changed), or
     /// (`readers == 0`) a view that waited too long for a reset in progress.
@@ -274,6 +284,14 @@ pub enum FreeError {
     DoubleFree {
         /// The offset.
         offset: u64,
+    },
+    /// A raw free in a segment of typed handles (see
+    /// [`SegmentMode`](crate::segment::SegmentMode)): typed blocks are freed by
+    /// their handles.
+    #[error("raw free refused: the segment is in {found} mode")]
+    WrongMode {
+        /// The segment's mode.
+        found: crate::segment::SegmentMode,
     },
     /// Allocator metadata in the segment is inconsistent.
     #[error("allocator metadata is corrupt: {what}")]

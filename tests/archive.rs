@@ -152,7 +152,7 @@ fn two_processes_10k_records() {
 
 /// Writes `bytes` over the block (header and archive) at `token`.
 fn restore<A: ShmAllocator>(alloc: &A, block: Offset, bytes: &[u8]) {
-    alloc.write(block, bytes).unwrap();
+    common::scribble(alloc, block, bytes).unwrap();
 }
 
 /// Sets the header's checksum to that of the (possibly corrupted) archive bytes,
@@ -169,9 +169,7 @@ fn forge_checksum<A: ShmAllocator>(alloc: &A, block: Offset) {
         .read(Offset::new(block.get() + HEADER_LEN), len as usize)
         .unwrap();
     let sum = xxhash_rust::xxh3::xxh3_64(&data);
-    alloc
-        .write(Offset::new(block.get() + SUM_AT), &sum.to_le_bytes())
-        .unwrap();
+    common::scribble(alloc, Offset::new(block.get() + SUM_AT), &sum.to_le_bytes()).unwrap();
 }
 
 /// Reads every part of a value that passed validation (a wrong but valid value
@@ -241,9 +239,7 @@ fn corrupted_archives_are_rejected() {
                 for _ in 0..1 + rng.below(8) {
                     let at = Offset::new(data.get() + rng.below(len as u64));
                     let old = alloc.read(at, 1).unwrap()[0];
-                    alloc
-                        .write(at, &[old ^ (1 + rng.below(255)) as u8])
-                        .unwrap();
+                    common::scribble(&alloc, at, &[old ^ (1 + rng.below(255)) as u8]).unwrap();
                 }
                 if forge {
                     forge_checksum(&alloc, block);
@@ -271,9 +267,12 @@ fn corrupted_archives_are_rejected() {
             // Truncated length.
             2 | 3 => {
                 let short = rng.below(len as u64);
-                alloc
-                    .write(Offset::new(block.get() + LEN_AT), &short.to_le_bytes())
-                    .unwrap();
+                common::scribble(
+                    &alloc,
+                    Offset::new(block.get() + LEN_AT),
+                    &short.to_le_bytes(),
+                )
+                .unwrap();
                 if forge {
                     forge_checksum(&alloc, block);
                     match open(&alloc) {
@@ -303,9 +302,12 @@ fn corrupted_archives_are_rejected() {
                     (len - at) as i64 + rng.below(1 << 20) as i64 // past the end
                 };
                 let rel = target as i32;
-                alloc
-                    .write(Offset::new(data.get() + at as u64), &rel.to_le_bytes())
-                    .unwrap();
+                common::scribble(
+                    &alloc,
+                    Offset::new(data.get() + at as u64),
+                    &rel.to_le_bytes(),
+                )
+                .unwrap();
                 if forge {
                     forge_checksum(&alloc, block);
                     let e = open(&alloc).unwrap_err();
@@ -336,7 +338,7 @@ fn corrupted_archives_are_rejected() {
 
     // Header damage.
     let damage = |at: u64, bytes: &[u8]| {
-        alloc.write(Offset::new(block.get() + at), bytes).unwrap();
+        common::scribble(&alloc, Offset::new(block.get() + at), bytes).unwrap();
         let e = open(&alloc).unwrap_err();
         restore(&alloc, block, &pristine);
         e
@@ -394,9 +396,7 @@ fn arena_archive_reset_waits_for_readers_in_other_processes() {
         Some("holding-reader") => {
             let bump = BumpAllocator::open(&env("SA_SEG")).unwrap();
             let flags = FreeListAllocator::open(&env("SA_FLAGS")).unwrap();
-            let flag =
-                RelPtr::<AtomicU64>::from_offset(Offset::new(env("SA_FLAG").parse().unwrap()));
-            let flag = flag.get(&flags).unwrap();
+            let flag: &AtomicU64 = flags.root("flag").unwrap();
             let raw: Vec<u64> = env("SA_TOKEN")
                 .split(',')
                 .map(|s| s.parse().unwrap())
@@ -452,7 +452,7 @@ fn arena_archive_reset_waits_for_readers_in_other_processes() {
     let flags_name = ShmName::new("arc-stale-flags");
     let mut bump = BumpAllocator::create(name.as_str(), 4 << 20).unwrap();
     let flags = FreeListAllocator::create(flags_name.as_str(), 1 << 16).unwrap();
-    let flag = ShmBox::new_in(&flags, AtomicU64::new(0)).unwrap();
+    let flag: &AtomicU64 = flags.root("flag").unwrap();
 
     for die in [false, true] {
         flag.store(0, Ordering::Release);
@@ -465,7 +465,6 @@ fn arena_archive_reset_waits_for_readers_in_other_processes() {
             &[
                 ("SA_SEG", name.as_str().to_owned()),
                 ("SA_FLAGS", flags_name.as_str().to_owned()),
-                ("SA_FLAG", flag.rel_ptr().offset().get().to_string()),
                 ("SA_TOKEN", format!("{off},{epoch}")),
                 ("SA_DIE", if die { "1" } else { "0" }.to_owned()),
             ],
@@ -531,7 +530,6 @@ fn arena_archive_reset_waits_for_readers_in_other_processes() {
     assert!(ArenaArchiveReader::open(&bump, token)
         .unwrap_err()
         .is_stale());
-    drop(flag);
 }
 
 // ---------------------------------------------------------------------------

@@ -1951,7 +1951,7 @@ impl ShmAllocator for FreeListAllocator {
 
 impl ShmFree for FreeListAllocator {
     #[inline]
-    fn free(&self, offset: Offset) -> Result<(), FreeError> {
+    unsafe fn free_owned(&self, offset: Offset) -> Result<(), FreeError> {
         if offset.is_null() {
             return Err(FreeError::Null);
         }

@@ -821,7 +821,7 @@ impl SlabAllocator {
 
 impl ShmFree for SlabAllocator {
     #[inline]
-    fn free(&self, offset: Offset) -> Result<(), FreeError> {
+    unsafe fn free_owned(&self, offset: Offset) -> Result<(), FreeError> {
         let (slot, within) = self.slot_of(offset)?;
         if within != 0 {
             return Err(FreeError::NotBlockStart {

@@ -131,6 +131,7 @@ impl<'b> Arena<'b> {
         }
         // None yet, or a fork child's copy of the parent's (which is dropped
         // without touching the parent's count): pin in this process's slot.
+        raw::require_typed(&*self.bump)?;
         let (p, epoch) = self.bump.pin()?;
         *pin = Some(p);
         Ok(epoch)
@@ -351,6 +352,7 @@ impl<T> ArenaPtr<T> {
     /// Pins the region for a view of this handle's epoch: `Stale` if a reset
     /// came since (no pin is kept then).
     pub(crate) fn pin(&self, bump: &BumpAllocator) -> Result<Pin, AccessError> {
+        raw::require_typed(bump)?;
         let (pin, now) = bump.pin()?;
         if now != self.epoch {
             return Err(AccessError::Stale {

@@ -65,6 +65,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     /// # Errors
     /// [`Error::Alloc`] if the allocator refuses.
     pub fn new_in(alloc: &'a A, value: T) -> Result<Self, Error> {
+        raw::require_typed(alloc)?;
         let fp = layout_checked::<T>();
         let size = Self::PAYLOAD as usize + size_of::<T>();
         let block = alloc.allocate_aligned(size, align_of::<T>().max(8))?;
@@ -81,7 +82,9 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
                 value,
             }),
             Err(e) => {
-                let _ = alloc.free(block);
+                // SAFETY: allocated just above by this call; no reference into it
+                // was handed out.
+                let _ = unsafe { alloc.free_owned(block) };
                 Err(e)
             }
         }
@@ -99,6 +102,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     /// freed since), [`TokenError::TypeMismatch`] if the block holds another type,
     /// [`TokenError::Access`] if the token does not resolve to a live block.
     pub fn from_token(alloc: &'a A, token: BoxToken<T>) -> Result<Self, TokenError> {
+        raw::require_typed(alloc)?;
         let fp = layout_checked::<T>();
         let block = token.offset();
         let header = OwnedHeader::at(alloc, block)?;
@@ -181,7 +185,9 @@ impl<T: ShmSafe, A: ShmFree> Drop for ShmBox<'_, T, A> {
     fn drop(&mut self) {
         self.header.release();
         // A failure here means the block was freed behind our back: nothing to do.
-        let _ = self.alloc.free(self.block);
+        // SAFETY: the box owns its block exclusively (allocated or redeemed once);
+        // dropping it ends every reference it handed out.
+        let _ = unsafe { self.alloc.free_owned(self.block) };
     }
 }
 
