@@ -33,6 +33,33 @@ pub use name::MAX_NAME_LEN;
 /// Chunk size of the byte-wise atomic copies in `write_bytes` / `read_bytes`.
 const BYTE_CHUNK: usize = 256;
 
+/// Stores `src[..N]` at `dst` with byte-wise atomic stores (Relaxed).
+///
+/// # Safety
+/// `dst` is valid for writes of `N` bytes of a shared mapping that no Rust
+/// reference of this process covers non-atomically; `src.len() >= N`.
+#[inline(always)]
+unsafe fn store_chunk<const N: usize>(dst: *mut u8, src: &[u8]) {
+    let mut c = [0u8; N];
+    c.copy_from_slice(&src[..N]);
+    // SAFETY: the caller's guarantee; `[u8; N]` needs alignment 1; the stores are
+    // atomic, so concurrent atomic copies (in any process) are not data races.
+    unsafe { atomic_memcpy::atomic_store(dst as *mut [u8; N], c, Ordering::Relaxed) }
+}
+
+/// Loads `N` bytes at `src` into `dst[..N]` with byte-wise atomic loads (Relaxed).
+///
+/// # Safety
+/// `src` is valid for reads of `N` bytes of a live mapping; `dst.len() >= N`.
+#[inline(always)]
+unsafe fn load_chunk<const N: usize>(src: *const u8, dst: &mut [u8]) {
+    // SAFETY: the caller's guarantee; alignment 1; the loads are atomic.
+    let c = unsafe { atomic_memcpy::atomic_load(src as *const [u8; N], Ordering::Relaxed) };
+    // SAFETY: every byte came from initialised shared memory (the segment is
+    // zero-filled at creation); any byte is a valid u8.
+    dst[..N].copy_from_slice(&unsafe { c.assume_init() });
+}
+
 /// Offset of the segment's mode word: control word 2 of the typed layer's control
 /// words at the start of the roots area (0 is the nonce counter, 1 the overflow).
 pub(crate) const MODE_WORD: u64 = ROOTS_OFFSET + 16;
@@ -506,32 +533,24 @@ impl Segment {
             return false;
         };
         std::sync::atomic::fence(Ordering::Release);
-        let mut done = 0;
-        for chunk in data.chunks(BYTE_CHUNK) {
-            let dst = p.as_ptr().wrapping_add(done);
-            if let Ok(c) = <[u8; BYTE_CHUNK]>::try_from(chunk) {
-                // SAFETY:
-                // - `ptr_at` checked `data.len()` bytes at `offset` inside the live
-                //   mapping, and this chunk lies within them; `[u8; N]` needs
-                //   alignment 1;
-                // - the stores are atomic: a concurrent atomic copy in another
-                //   process is not a data race, and no Rust reference to these bytes
-                //   is held by this crate's safe API for a block the raw API may
-                //   write (segment modes: see `SegmentMode`).
-                unsafe {
-                    atomic_memcpy::atomic_store(dst as *mut [u8; BYTE_CHUNK], c, Ordering::Relaxed)
-                };
-            } else {
-                for (i, &b) in chunk.iter().enumerate() {
-                    // SAFETY: one of the checked bytes (alignment 1), stored atomically
-                    // as above.
-                    unsafe {
-                        atomic_memcpy::atomic_store(dst.wrapping_add(i), b, Ordering::Relaxed)
-                    };
-                }
-            }
-            done += chunk.len();
+        let (mut dst, mut src) = (p.as_ptr(), data);
+        while src.len() >= BYTE_CHUNK {
+            // SAFETY: `dst..dst + src.len()` lies within the `data.len()` bytes that
+            // `ptr_at` checked inside the live mapping (both advance together).
+            unsafe { store_chunk::<BYTE_CHUNK>(dst, src) };
+            (dst, src) = (dst.wrapping_add(BYTE_CHUNK), &src[BYTE_CHUNK..]);
         }
+        macro_rules! tail {
+            ($($n:literal)*) => {$(
+                if src.len() >= $n {
+                    // SAFETY: as above; `src.len() >= $n`.
+                    unsafe { store_chunk::<$n>(dst, src) };
+                    (dst, src) = (dst.wrapping_add($n), &src[$n..]);
+                }
+            )*};
+        }
+        tail!(128 64 32 16 8 4 2 1);
+        let _ = (dst, src);
         true
     }
 
@@ -541,30 +560,23 @@ impl Segment {
         let Some(p) = self.ptr_at(offset, buf.len() as u64, 1) else {
             return false;
         };
-        let mut done = 0;
-        for chunk in buf.chunks_mut(BYTE_CHUNK) {
-            let src = p.as_ptr().wrapping_add(done) as *const u8;
-            if chunk.len() == BYTE_CHUNK {
-                // SAFETY: the chunk lies within the `buf.len()` bytes `ptr_at` checked
-                // inside the live mapping; alignment 1; the loads are atomic.
-                let c = unsafe {
-                    atomic_memcpy::atomic_load(src as *const [u8; BYTE_CHUNK], Ordering::Relaxed)
-                };
-                // SAFETY: every byte came from initialised shared memory (the segment
-                // is zero-filled at creation); any byte is a valid u8.
-                chunk.copy_from_slice(&unsafe { c.assume_init() });
-            } else {
-                for (i, b) in chunk.iter_mut().enumerate() {
-                    // SAFETY: as above, for one byte.
-                    let v = unsafe {
-                        atomic_memcpy::atomic_load(src.wrapping_add(i), Ordering::Relaxed)
-                    };
-                    // SAFETY: as above.
-                    *b = unsafe { v.assume_init() };
-                }
-            }
-            done += chunk.len();
+        let (mut src, mut dst) = (p.as_ptr() as *const u8, buf);
+        while dst.len() >= BYTE_CHUNK {
+            // SAFETY: `src..src + dst.len()` lies within the checked bytes.
+            unsafe { load_chunk::<BYTE_CHUNK>(src, dst) };
+            (src, dst) = (src.wrapping_add(BYTE_CHUNK), &mut dst[BYTE_CHUNK..]);
         }
+        macro_rules! tail {
+            ($($n:literal)*) => {$(
+                if dst.len() >= $n {
+                    // SAFETY: as above; `dst.len() >= $n`.
+                    unsafe { load_chunk::<$n>(src, dst) };
+                    (src, dst) = (src.wrapping_add($n), &mut dst[$n..]);
+                }
+            )*};
+        }
+        tail!(128 64 32 16 8 4 2 1);
+        let _ = (src, dst);
         std::sync::atomic::fence(Ordering::Acquire);
         true
     }
