@@ -430,3 +430,60 @@ fn endpoint_table_limits() {
     let _rx = ch.receiver().unwrap();
     assert_eq!(ch.stats().senders as usize, MAX_ENDPOINTS - 1);
 }
+
+/// A receiver process SIGKILLed while asleep in `recv` never unregisters from the
+/// channel's not-empty event. The next send must forget it (no spare wake-up
+/// system calls for every later send), and the channel goes on: a live receiver
+/// gets the message, and the sender learns nothing wrong.
+#[test]
+fn receiver_killed_while_waiting_is_forgotten() {
+    type Small = ShmChannel<u64, 4>;
+    if role().as_deref() == Some("sleeper") {
+        let a = FreeListAllocator::open(&env_req("SA_SEG")).unwrap();
+        let ch: &Small = a.root("ch").unwrap();
+        let rx = ch.receiver().unwrap();
+        // Nothing is ever sent before the parent kills this process.
+        let got = rx.recv(Some(WATCHDOG));
+        say(format!("not killed: {got:?}"));
+        return;
+    }
+    let name = ShmName::new("coord-sleeper");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let ch: &Small = a.root("ch").unwrap();
+    let tx = ch.sender().unwrap();
+    let env = [("SA_SEG", name.as_str().to_owned())];
+    let mut sleeper = KillOnDrop::new(spawn_child(
+        "receiver_killed_while_waiting_is_forgotten",
+        "sleeper",
+        &env,
+    ));
+    let start = Instant::now();
+    while ch.stats().waiting_receivers != 1 {
+        assert!(
+            start.elapsed() < OP_TIMEOUT,
+            "the receiver never went to sleep"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(100)); // into FUTEX_WAIT (holds either way)
+    sleeper.child().kill().unwrap();
+    sleeper.child().wait().unwrap();
+    assert_eq!(
+        ch.stats().waiting_receivers,
+        1,
+        "nobody could know it died yet"
+    );
+    tx.send(1, Some(OP_TIMEOUT))
+        .expect("send past a dead receiver");
+    let s = ch.stats();
+    assert_eq!(
+        (s.waiting_receivers, s.waiting_senders, s.queued),
+        (0, 0, 1),
+        "the send must forget the dead receiver's registration"
+    );
+    let rx = ch.receiver().unwrap();
+    assert_eq!(rx.recv(Some(OP_TIMEOUT)).unwrap(), 1);
+    tx.send(2, Some(OP_TIMEOUT)).unwrap();
+    assert_eq!(rx.try_recv().unwrap(), 2);
+    assert_eq!(ch.stats().lost_in_recv + ch.stats().lost_in_send, 0);
+}

@@ -233,6 +233,11 @@ pub struct ChannelStats {
     pub senders: u32,
     /// Registered receivers (likewise).
     pub receivers: u32,
+    /// Receivers registered to sleep until a message arrives (a hint; one whose
+    /// process died asleep is forgotten by the next send).
+    pub waiting_receivers: u32,
+    /// Senders registered to sleep until a slot frees (likewise).
+    pub waiting_senders: u32,
 }
 
 impl<T: ShmSafe + Copy, const N: usize> ShmChannel<T, N> {
@@ -370,6 +375,8 @@ impl<T: ShmSafe + Copy, const N: usize> ShmChannel<T, N> {
             lost_in_recv: self.lost_in_recv.load(Ordering::Relaxed),
             senders: self.senders.load(Ordering::Relaxed),
             receivers: self.receivers.load(Ordering::Relaxed),
+            waiting_receivers: self.not_empty.waiters(),
+            waiting_senders: self.not_full.waiters(),
         }
     }
 }
