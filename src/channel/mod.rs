@@ -4,8 +4,12 @@
 //! The ring is Dmitry Vyukov's bounded MPMC queue with a robust slot protocol
 //! (see `ring.rs`): lock-free, one CAS on a slot and one on a counter per operation,
 //! and a process killed in the middle of a send or a receive loses at most the one
-//! message it held, never blocking the others. Blocking waits sleep on two
-//! [`ShmEvent`]s (not-empty, not-full) in bounded slices, so dead peers are noticed.
+//! message it held, never blocking the others. An endpoint that finds the ring empty
+//! (or full) first spins briefly, then yields the CPU a few times (with more busy
+//! endpoints than cores, the peer it waits for is often queued behind it), and only
+//! then sleeps on one of two [`ShmEvent`]s (not-empty, not-full) in bounded slices,
+//! so dead peers are noticed. A send or receive wakes a peer only if one is
+//! registered there (otherwise the notification is a fence and a load).
 //!
 //! Endpoints ([`Sender`], [`Receiver`]) register in a table inside the channel with
 //! their owner identity (from `sync/owner.rs`): receivers get
@@ -35,19 +39,27 @@ pub const MAX_ENDPOINTS: usize = 64;
 
 /// How long a blocked endpoint sleeps before it checks for dead peers.
 const SLICE: Duration = Duration::from_millis(50);
-/// Spins on an empty or full ring before sleeping (a streaming peer usually makes
-/// progress within a few microseconds; sleeping and waking costs more).
+/// Spins on an empty or full ring before yielding (a streaming peer on the other
+/// core usually makes progress within a few microseconds; sleeping and waking
+/// costs more).
 const SPINS: u32 = 64;
+/// Then `sched_yield`s before sleeping: with more endpoints than cores, the peer
+/// that would fill or drain the ring is often waiting for this very core, and a
+/// yield hands it over for far less than a futex sleep and wake-up.
+const YIELDS: u32 = 16;
 
 /// The back-off before sleeping. Returns `false` once the caller should sleep.
 #[inline]
-fn back_off(spins: &mut u32) -> bool {
-    if *spins < SPINS {
-        *spins += 1;
+fn back_off(step: &mut u32) -> bool {
+    if *step < SPINS {
         std::hint::spin_loop();
-        return true;
+    } else if *step < SPINS + YIELDS {
+        std::thread::yield_now();
+    } else {
+        return false;
     }
-    false
+    *step += 1;
+    true
 }
 
 const SENDER_SEEN: u32 = 1;
