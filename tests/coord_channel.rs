@@ -150,6 +150,11 @@ fn delivery_4x4() {
     let env = |k: &str, v: String| (k.to_owned(), v);
     let seg = name.as_str().to_owned();
     let start = Instant::now();
+    // Until every producer has sent something, the parent holds a sender: a fast
+    // producer can finish its whole stream before the last one registers, and
+    // consumers would see Disconnected in between.
+    let chan: &Chan = a.root("chan").unwrap();
+    let hold = chan.sender().unwrap();
     let mut kids: Vec<_> = (0..CONSUMERS)
         .map(|_| spawn_child("delivery_4x4", "consumer", &[("SA_SEG", seg.clone())]))
         .collect();
@@ -162,6 +167,14 @@ fn delivery_4x4() {
         let e: Vec<(&str, String)> = e.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         kids.push(spawn_child("delivery_4x4", "producer", &e));
     }
+    while (0..PRODUCERS).any(|s| ctl.sent[s as usize].load(Ordering::Acquire) == 0) {
+        assert!(
+            start.elapsed() < OP_TIMEOUT,
+            "a producer never started sending"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(hold);
     let outs = finish_all(kids, WATCHDOG, "delivery child");
     let elapsed = start.elapsed();
     let total: u64 = outs[..CONSUMERS]
@@ -184,7 +197,6 @@ fn delivery_4x4() {
             );
         }
     }
-    let chan: &Chan = a.root("chan").unwrap();
     assert_eq!(chan.stats().queued, 0);
     eprintln!(
         "{PRODUCERS}x{CONSUMERS} processes, {} messages in {elapsed:?} ({:.1} M msg/s)",
@@ -229,18 +241,20 @@ fn sigkill_producers_and_consumers() {
     };
     let spawn_consumer =
         || KillOnDrop::new(spawn_child(entry, "consumer", &[("SA_SEG", seg.clone())]));
+    // The parent keeps one endpoint of each side registered while workers come and
+    // go, so nobody sees a transient "every sender (receiver) is gone" between a
+    // death and its replacement; dropping `keep_tx` at the end lets the final
+    // consumers drain and see Disconnected. Registered before any worker starts:
+    // a producer can send its whole stream and drop its sender within a few
+    // milliseconds, and a consumer would then see Disconnected at once.
+    let keep_tx = chan.sender().unwrap();
+    let keep_rx = chan.receiver().unwrap();
     let mut producers: Vec<(KillOnDrop, Instant)> = (0..PRODUCERS)
         .map(|_| (spawn_producer(&mut next_stream), Instant::now()))
         .collect();
     let mut consumers: Vec<(KillOnDrop, Instant)> = (0..CONSUMERS)
         .map(|_| (spawn_consumer(), Instant::now()))
         .collect();
-    // The parent keeps one endpoint of each side registered while workers come and
-    // go, so nobody sees a transient "every sender (receiver) is gone" between a
-    // death and its replacement; dropping `keep_tx` at the end lets the final
-    // consumers drain and see Disconnected.
-    let keep_tx = chan.sender().unwrap();
-    let keep_rx = chan.receiver().unwrap();
     let mut rng = Rng::new(env_u64("SA_COORD_SEED", 0x5eed));
     let (mut killed_p, mut killed_c) = (0u64, 0u64);
     let start = Instant::now();
