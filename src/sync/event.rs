@@ -40,14 +40,10 @@
 //! So a notify that lands between a waiter's check and its sleep changes `seq` first
 //! and the sleep returns at once: no lost wake-ups; and a burst of notifications
 //! while the woken waiter is still on its way pays for one wake-up, not one each.
-//! `wait_until` does not spin before it sleeps, but yields the CPU once: measured
-//! on the 2-core VM, the kernel runs the woken peer on the notifier's own core, so
-//! spinning only delayed the answer (8 rounds of `spin_loop` cost the ping-pong 6%,
-//! 100 rounds doubled it), while one `sched_yield` hands the core to the peer at
-//! once; when it answers during the yield, the waiter never registers, so the
-//! answer's notification finds nobody to wake and neither side makes a futex call
-//! (ping-pong against a pipe pair, paired: 0.585x with the yield, 0.975x without;
-//! 0.59x with two busy loops hogging both cores). The protocol is model-checked
+//! `wait_until` does not spin before it sleeps: measured on the 2-core VM, the
+//! kernel wakes the peer on the notifier's own core, so every round of spinning
+//! after a notification delayed the answer it waited for (8 rounds of
+//! `spin_loop` cost the ping-pong 6%, 100 rounds doubled it). The protocol is model-checked
 //! with loom (`loom_event_*` below) over the same generic functions, with a futex
 //! emulation that wakes exactly as many sleepers as asked.
 //!
@@ -339,18 +335,8 @@ impl ShmEvent {
     /// Waits until `cond()` is true, sleeping between notifications, at most
     /// `timeout` in total (`None`: no limit). Returns the final value of `cond()`.
     /// A notification sent between a check of `cond` and the sleep is never missed.
-    /// If `cond()` is false at first, it yields the CPU once before it registers
-    /// (a peer that answers meanwhile costs neither side a system call).
     pub fn wait_until(&self, timeout: Option<Duration>, mut cond: impl FnMut() -> bool) -> bool {
         let deadline = Deadline::after(timeout);
-        if cond() {
-            return true;
-        }
-        // Hand the core to whoever is runnable first (the peer just notified is
-        // usually queued right here): if it answers meanwhile, neither side pays a
-        // futex call. A system call (~0.4 us) when nothing else wants the core.
-        #[cfg(not(loom))]
-        std::thread::yield_now();
         loop {
             if cond() {
                 return true;
