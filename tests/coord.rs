@@ -473,3 +473,56 @@ fn event_waiter_killed_while_waiting_is_forgotten() {
     assert_eq!(results(survivor, WATCHDOG, "survivor2"), ["woken"]);
     assert_eq!(d.ev.waiters(), 0);
 }
+
+/// The attacker's case for the notifier: it is SIGKILLed after moving the event's
+/// word and before its `FUTEX_WAKE` (a fail point), while a process sleeps with no
+/// timeout at all. The sleeper must still wake: sleeps are sliced, and each slice
+/// re-checks the word.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_notifier_killed_before_its_wake_strands_no_sleeper() {
+    match role().as_deref() {
+        Some("sleeper") => {
+            let a = open(&env_req("SA_SEG"));
+            let d: &Doomed = a.root("doomed").unwrap();
+            assert!(d
+                .ev
+                .wait_until(None, || d.flag.load(Ordering::Acquire) == 1));
+            say("woken");
+            return;
+        }
+        Some("notifier") => {
+            let a = open(&env_req("SA_SEG"));
+            let d: &Doomed = a.root("doomed").unwrap();
+            fail::cfg_callback("event.notify.before_wake", || {
+                nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+            })
+            .unwrap();
+            d.flag.store(1, Ordering::Release);
+            d.ev.notify_all();
+            say("not killed");
+            return;
+        }
+        _ => {}
+    }
+    let name = ShmName::new("coord-dead-notifier");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let d: &Doomed = a.root("doomed").unwrap();
+    let env = [("SA_SEG", name.as_str().to_owned())];
+    let entry = "a_notifier_killed_before_its_wake_strands_no_sleeper";
+    let sleeper = KillOnDrop::new(spawn_child(entry, "sleeper", &env)).take();
+    poll_until("the sleeper registered", || d.ev.waiters() == 1);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut notifier = KillOnDrop::new(spawn_child(entry, "notifier", &env));
+    let status = common::wait_with_watchdog(notifier.child(), WATCHDOG, "notifier");
+    assert!(
+        !status.success(),
+        "the notifier was not killed at its fail point"
+    );
+    let start = Instant::now();
+    assert_eq!(results(sleeper, WATCHDOG, "sleeper"), ["woken"]);
+    assert!(
+        start.elapsed() < GENEROUS,
+        "the sleeper woke only at its watchdog"
+    );
+}

@@ -98,6 +98,15 @@ fn unregister<F: FutexWord>(waiters: &F) {
     }
 }
 
+/// The longest one sleep lasts: a notifier killed between its CAS on `seq` and its
+/// `FUTEX_WAKE` leaves sleepers that see the moved `seq` within this (a re-check
+/// costs one wake-up per slice of an idle waiter, about nothing).
+#[cfg(not(loom))]
+const NOTIFIER_SLICE: Option<Duration> = Some(Duration::from_millis(500));
+/// loom models every timed wait as a spurious return: untimed there.
+#[cfg(loom)]
+const NOTIFIER_SLICE: Option<Duration> = None;
+
 /// Sleeps until `seq` moves past `ticket` or `deadline` passes, then unregisters.
 /// Returns whether a notification came (`seq` moved).
 pub(crate) fn wait<F: FutexWord>(seq: &F, waiters: &F, ticket: u32, deadline: Deadline) -> bool {
@@ -112,7 +121,11 @@ pub(crate) fn wait<F: FutexWord>(seq: &F, waiters: &F, ticket: u32, deadline: De
         if !announce_sleep(seq, ticket) {
             break true;
         }
-        seq.wait(ticket | FLAGS, left);
+        let sleep = match (left, NOTIFIER_SLICE) {
+            (Some(l), Some(s)) => Some(l.min(s)),
+            (l, s) => l.or(s),
+        };
+        seq.wait(ticket | FLAGS, sleep);
     };
     unregister(waiters);
     notified
@@ -171,6 +184,9 @@ fn advance<F: FutexWord>(seq: &F, waiters: &F, count: u32, mut cur: u32) {
             Err(now) => cur = now,
         }
     };
+    // A notifier killed here moved `seq` without waking: sleepers notice within
+    // one `NOTIFIER_SLICE`.
+    crate::fail_point!("event.notify.before_wake");
     if asleep {
         let woke = seq.wake(if keep { 1 } else { WAKE_ALL });
         if keep && woke == 0 {
