@@ -16,9 +16,9 @@
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
+use crate::alloc::{BumpAllocator, Offset, ShmAllocator, MAX_ALIGN};
 use crate::error::{AccessError, Error};
 use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 
@@ -54,15 +54,24 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 #[derive(Debug)]
 pub struct Arena<'b> {
     bump: &'b mut BumpAllocator,
+    /// The chunk's first free offset (a cell of its own: the only field an
+    /// allocation writes).
+    next: Cell<u64>,
     chunk: Cell<Chunk>,
+    /// The address of `bump`'s epoch mirror (`BumpAllocator::epoch_mirror`), read
+    /// once per object.
+    mirror: usize,
 }
 
-/// The part of the bump region this arena reserved: `next..end` is free, in `epoch`.
+/// The part of the bump region this arena reserved: `next..end` is free, in `epoch`
+/// (`end == 0`: no chunk). The whole chunk was checked, when reserved, to lie in the
+/// data region of the mapping: offset `o` of it is at address `o + delta`, and
+/// `delta` is a multiple of [`MAX_ALIGN`] (so aligned offsets are aligned addresses).
 #[derive(Debug, Clone, Copy, Default)]
 struct Chunk {
-    next: u64,
     end: u64,
     epoch: u64,
+    delta: usize,
 }
 
 /// Bytes an arena reserves at a time.
@@ -71,8 +80,11 @@ const CHUNK: u64 = 64 * 1024;
 impl BumpAllocator {
     /// Opens a typed arena over this allocator; see [`Arena`].
     pub fn arena(&mut self) -> Arena<'_> {
+        let mirror = self.epoch_mirror() as *const AtomicU64 as usize;
         Arena {
+            mirror,
             bump: self,
+            next: Cell::new(0),
             chunk: Cell::new(Chunk::default()),
         }
     }
@@ -89,29 +101,51 @@ impl<'b> Arena<'b> {
         self.bump.epoch()
     }
 
+    /// The bump allocator's epoch mirror.
+    #[inline(always)]
+    fn mirror(&self) -> &AtomicU64 {
+        // SAFETY: `mirror` is the address `epoch_mirror` returned for `*self.bump`,
+        // a word of the mapping that `*self.bump` owns (it never remaps), which
+        // outlives `self`; the word is only accessed atomically.
+        unsafe { &*(self.mirror as *const AtomicU64) }
+    }
+
     /// Places `size` bytes aligned to `align` in this arena's chunk (reserving a new
-    /// chunk when it is used up or a reset happened); returns offset and epoch.
+    /// chunk when it is used up or a reset happened); returns offset, epoch, and the
+    /// bytes' address if they lie in a checked chunk (else 0: the caller checks).
     #[inline]
-    fn place(&self, size: usize, align: usize) -> Result<(Offset, u64), Error> {
-        let c = self.chunk.get();
-        let mask = align as u64 - 1;
-        let start = c.next.wrapping_add(mask) & !mask;
-        if c.end != 0
-            && start >= c.next
-            && start.checked_add(size as u64).is_some_and(|e| e <= c.end)
-            && self.bump.epoch_mirror().load(Ordering::Acquire) == c.epoch
-        {
-            self.chunk.set(Chunk {
-                next: start + size as u64,
-                ..c
-            });
-            return Ok((Offset::new(start), c.epoch));
+    fn place(&self, size: usize, align: usize) -> Result<(Offset, u64, usize), Error> {
+        match self.take(size, align) {
+            Some(placed) => Ok(placed),
+            None => self.place_in_new_chunk(size, align),
         }
-        self.place_in_new_chunk(size, align)
+    }
+
+    /// Bumps inside the current chunk, if it has room and is of the current epoch.
+    #[inline(always)]
+    fn take(&self, size: usize, align: usize) -> Option<(Offset, u64, usize)> {
+        let (c, next) = (self.chunk.get(), self.next.get());
+        let mask = align as u64 - 1;
+        let start = next.wrapping_add(mask) & !mask;
+        // (No chunk: `end == 0`, which no `start + size` with `size > 0` fits under.)
+        if start >= next
+            && start.checked_add(size as u64).is_some_and(|e| e <= c.end)
+            && self.mirror().load(Ordering::Acquire) == c.epoch
+        {
+            self.next.set(start + size as u64);
+            // `delta` is a multiple of MAX_ALIGN: `start` aligned, so is the address.
+            let addr = if align <= MAX_ALIGN {
+                (start as usize).wrapping_add(c.delta)
+            } else {
+                0
+            };
+            return Some((Offset::new(start), c.epoch, addr));
+        }
+        None
     }
 
     #[cold]
-    fn place_in_new_chunk(&self, size: usize, align: usize) -> Result<(Offset, u64), Error> {
+    fn place_in_new_chunk(&self, size: usize, align: usize) -> Result<(Offset, u64, usize), Error> {
         // A reset in flight can make a fresh chunk stale at once: a few rounds, then
         // allocate the object by itself.
         for _ in 0..3 {
@@ -122,42 +156,84 @@ impl<'b> Arena<'b> {
                 break;
             };
             match self.bump.allocate_with_epoch(want, 64) {
-                Ok((off, epoch)) => self.chunk.set(Chunk {
-                    next: off.get(),
-                    end: off.get() + want as u64,
-                    epoch,
-                }),
+                Ok((off, epoch)) => {
+                    // The allocator's metadata may have been scribbled on: the chunk
+                    // is used only if it lies in the data region of the mapping.
+                    let seg = self.bump.segment();
+                    let checked = crate::alloc::data_relative(seg, off, want as u64)
+                        .ok()
+                        .and_then(|_| seg.ptr_at(off.get(), want as u64, 64));
+                    let Some(p) = checked else { break };
+                    let delta = (p.as_ptr() as usize).wrapping_sub(off.get() as usize);
+                    if delta % MAX_ALIGN != 0 {
+                        break;
+                    }
+                    self.next.set(off.get());
+                    self.chunk.set(Chunk {
+                        end: off.get() + want as u64,
+                        epoch,
+                        delta,
+                    })
+                }
                 Err(crate::AllocError::OutOfMemory { .. } | crate::AllocError::TooLarge { .. }) => {
                     break
                 }
                 Err(e) => return Err(e.into()),
             }
-            let c = self.chunk.get();
-            let mask = align as u64 - 1;
-            let start = (c.next + mask) & !mask;
-            if start + size as u64 <= c.end
-                && self.bump.epoch_mirror().load(Ordering::Acquire) == c.epoch
-            {
-                self.chunk.set(Chunk {
-                    next: start + size as u64,
-                    ..c
-                });
-                return Ok((Offset::new(start), c.epoch));
+            if let Some(placed) = self.take(size, align) {
+                return Ok(placed);
             }
         }
         // Not a whole chunk left (or resets keep racing): just this object.
         self.chunk.set(Chunk::default());
-        Ok(self.bump.allocate_with_epoch(size, align)?)
+        let (off, epoch) = self.bump.allocate_with_epoch(size, align)?;
+        Ok((off, epoch, 0))
+    }
+
+    /// Moves `values` (exactly `count` of them) to the `size` bytes just placed at
+    /// `off` (address `addr`, or 0: unchecked yet).
+    #[inline(always)]
+    fn write<T: ShmSafe>(
+        &self,
+        off: Offset,
+        addr: usize,
+        count: usize,
+        values: impl ExactSizeIterator<Item = T>,
+    ) -> Result<(), Error> {
+        if addr != 0 {
+            // SAFETY: `place` returned `addr` for `count * size_of::<T>()` bytes at
+            // `off` inside a chunk that was checked, when reserved, to lie in the data
+            // region of the mapping; `addr` is aligned for T (`off` is, and the chunk's
+            // `delta` is a multiple of every alignment `take` serves); this arena
+            // reserved the chunk and has not handed out these bytes yet.
+            unsafe { raw::write_values(&*self.bump, addr as *mut T, count, values) };
+        } else {
+            self.write_checked(off, values)?;
+        }
+        Ok(())
+    }
+
+    /// The write of an object placed outside a checked chunk: `write_fresh` checks.
+    #[cold]
+    #[inline(never)]
+    fn write_checked<T: ShmSafe>(
+        &self,
+        off: Offset,
+        values: impl ExactSizeIterator<Item = T>,
+    ) -> Result<(), Error> {
+        raw::write_fresh(&*self.bump, off, values)?;
+        Ok(())
     }
 
     /// Moves `value` into the arena.
     ///
     /// # Errors
     /// [`Error::Alloc`] when the bump allocator is full.
+    #[inline]
     pub fn alloc<T: ShmSafe>(&self, value: T) -> Result<ArenaBox<'_, T>, Error> {
         let _ = layout_checked::<T>();
-        let (off, epoch) = self.place(size_of::<T>().max(1), align_of::<T>())?;
-        raw::write_fresh(&*self.bump, off, std::iter::once(value))?;
+        let (off, epoch, addr) = self.place(size_of::<T>().max(1), align_of::<T>())?;
+        self.write(off, addr, 1, std::iter::once(value))?;
         Ok(ArenaBox {
             bump: self.bump,
             ptr: ArenaPtr::new(off, epoch, 1),
@@ -168,6 +244,7 @@ impl<'b> Arena<'b> {
     ///
     /// # Errors
     /// [`Error::Alloc`] when the bump allocator is full.
+    #[inline]
     pub fn alloc_slice<T: ShmSafe + Copy>(&self, values: &[T]) -> Result<ArenaBox<'_, T>, Error> {
         let _ = layout_checked::<T>();
         let bytes =
@@ -177,8 +254,8 @@ impl<'b> Arena<'b> {
                     requested: u64::MAX,
                     max: self.bump.segment().layout().data_len,
                 })?;
-        let (off, epoch) = self.place(bytes.max(1), align_of::<T>())?;
-        raw::write_fresh(&*self.bump, off, values.iter().copied())?;
+        let (off, epoch, addr) = self.place(bytes.max(1), align_of::<T>())?;
+        self.write(off, addr, values.len(), values.iter().copied())?;
         Ok(ArenaBox {
             bump: self.bump,
             ptr: ArenaPtr::new(off, epoch, values.len() as u64),
