@@ -64,10 +64,52 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     ///
     /// # Errors
     /// [`Error::Alloc`] if the allocator refuses.
+    #[inline]
     pub fn new_in(alloc: &'a A, value: T) -> Result<Self, Error> {
         let fp = layout_checked::<T>();
         let size = Self::PAYLOAD as usize + size_of::<T>();
-        let block = alloc.allocate_aligned(size, align_of::<T>().max(8))?;
+        let align = align_of::<T>().max(8);
+        let block = alloc.allocate_aligned(size, align)?;
+        // The allocator produced `block`, but its metadata may have been scribbled
+        // on: one check that the whole block lies in the data region of the mapping,
+        // aligned, before writing header and value (else the path that checks each).
+        let seg = alloc.segment();
+        let checked = crate::alloc::data_relative(seg, block, size as u64)
+            .ok()
+            .and_then(|_| seg.ptr_at(block.get(), size as u64, align));
+        let Some(p) = checked else {
+            return Self::new_in_checked(alloc, block, value);
+        };
+        // SAFETY: `ptr_at` checked that the `size` bytes at `p` lie in the mapping,
+        // aligned to `align` (at least 8, OwnedHeader's alignment); the 16-byte header
+        // is at the block start; the block was just allocated and is not published.
+        let header = unsafe {
+            &raw::write_values(
+                alloc,
+                p.as_ptr().cast::<OwnedHeader>(),
+                1,
+                [OwnedHeader::new(fp)].into_iter(),
+            )[0]
+        };
+        let value_ptr = p.as_ptr().wrapping_add(Self::PAYLOAD as usize).cast::<T>();
+        // SAFETY: the payload's `size_of::<T>()` bytes at `PAYLOAD` end at `size`,
+        // inside the checked block; `PAYLOAD` is a multiple of `align_of::<T>()` and
+        // the block aligned to it; unpublished, as above.
+        let v = unsafe { raw::write_values(alloc, value_ptr, 1, std::iter::once(value)) };
+        Ok(ShmBox {
+            alloc,
+            block,
+            header,
+            value: NonNull::from(&v[0]),
+        })
+    }
+
+    /// `new_in` for a block that failed the one-piece check: header and value are
+    /// written by the checked path each, and the block is freed if either fails.
+    #[cold]
+    #[inline(never)]
+    fn new_in_checked(alloc: &'a A, block: Offset, value: T) -> Result<Self, Error> {
+        let fp = layout_checked::<T>();
         let made = (|| {
             let header = OwnedHeader::init(alloc, block, fp)?;
             let v = raw::write_fresh(alloc, Self::payload(block), std::iter::once(value))?;
