@@ -44,9 +44,9 @@ use crate::typed::{layout_checked, raw, RelPtr, ShmSafe};
 /// ```
 pub struct ShmBox<'a, T: ShmSafe, A: ShmFree> {
     alloc: &'a A,
-    block: Offset,
-    header: &'a OwnedHeader,
     /// The payload, resolved once: the block is ours for as long as this box lives.
+    /// The block (and its [`OwnedHeader`]) starts `PAYLOAD` bytes before it. Two
+    /// words in all, so that a box moves as a pair of registers.
     value: NonNull<T>,
 }
 
@@ -83,13 +83,13 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         // SAFETY: `ptr_at` checked that the `size` bytes at `p` lie in the mapping,
         // aligned to `align` (at least 8, OwnedHeader's alignment); the 16-byte header
         // is at the block start; the block was just allocated and is not published.
-        let header = unsafe {
-            &raw::write_values(
+        unsafe {
+            raw::write_values(
                 alloc,
                 p.as_ptr().cast::<OwnedHeader>(),
                 1,
-                [OwnedHeader::new(fp)].into_iter(),
-            )[0]
+                std::iter::once(OwnedHeader::new(fp)),
+            )
         };
         let value_ptr = p.as_ptr().wrapping_add(Self::PAYLOAD as usize).cast::<T>();
         // SAFETY: the payload's `size_of::<T>()` bytes at `PAYLOAD` end at `size`,
@@ -98,8 +98,6 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         let v = unsafe { raw::write_values(alloc, value_ptr, 1, std::iter::once(value)) };
         Ok(ShmBox {
             alloc,
-            block,
-            header,
             value: NonNull::from(&v[0]),
         })
     }
@@ -116,12 +114,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
             Ok::<_, Error>((header, NonNull::from(&v[0])))
         })();
         match made {
-            Ok((header, value)) => Ok(ShmBox {
-                alloc,
-                block,
-                header,
-                value,
-            }),
+            Ok((_header, value)) => Ok(ShmBox { alloc, value }),
             Err(e) => {
                 let _ = alloc.free(block);
                 Err(e)
@@ -147,26 +140,44 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         // Check the payload's bounds before claiming: a refused token changes nothing.
         let value = raw::checked_ptr::<T, A>(alloc, Self::payload(block), 1)?;
         header.redeem(block, token.nonce(), std::any::type_name::<T>(), fp)?;
-        Ok(ShmBox {
-            alloc,
-            block,
-            header,
-            value,
-        })
+        Ok(ShmBox { alloc, value })
+    }
+
+    /// The block's owner header: `PAYLOAD` bytes before the value.
+    #[inline]
+    fn header(&self) -> &'a OwnedHeader {
+        let p = self
+            .value
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_sub(Self::PAYLOAD as usize);
+        // SAFETY: the block starts `PAYLOAD` bytes before the value (`new_in` wrote
+        // the header there; `from_token` checked it there with `OwnedHeader::at`):
+        // inside the mapping `alloc` owns, which outlives `'a`, 8-aligned (blocks
+        // are aligned to at least 8 and `PAYLOAD` is a multiple of 8); the header is
+        // all atomics, shared with other processes only through them.
+        unsafe { &*p.cast::<OwnedHeader>() }
+    }
+
+    /// The block's offset: the header's address in the mapping, as an offset.
+    #[inline]
+    fn block(&self) -> Offset {
+        let header = self.header() as *const OwnedHeader as usize;
+        Offset::new((header - self.alloc.segment().base_addr()) as u64)
     }
 
     /// Gives up ownership without freeing, for another process (or a later one) to
     /// take with [`from_token`](ShmBox::from_token), once.
     pub fn into_token(self) -> BoxToken<T> {
         let me = ManuallyDrop::new(self);
-        let nonce = me.header.issue(me.alloc);
-        BoxToken::new(me.block, nonce)
+        let nonce = me.header().issue(me.alloc);
+        BoxToken::new(me.block(), nonce)
     }
 
     /// The pointer to the value, for copies in other processes ([`RelPtr::read`]), or
     /// shared views of [`ShmSync`](crate::typed::ShmSync) values ([`RelPtr::get`]).
     pub fn rel_ptr(&self) -> RelPtr<T> {
-        RelPtr::from_offset(Self::payload(self.block))
+        RelPtr::from_offset(Self::payload(self.block()))
     }
 
     /// The value's bytes, through zerocopy (for `T` that derives
@@ -221,9 +232,9 @@ impl<T: ShmSafe + Copy, A: ShmFree> DerefMut for ShmBox<'_, T, A> {
 
 impl<T: ShmSafe, A: ShmFree> Drop for ShmBox<'_, T, A> {
     fn drop(&mut self) {
-        self.header.release();
+        self.header().release();
         // A failure here means the block was freed behind our back: nothing to do.
-        let _ = self.alloc.free(self.block);
+        let _ = self.alloc.free(self.block());
     }
 }
 
