@@ -229,7 +229,7 @@ fn sequential_alloc(c: &mut Criterion) {
                 SEQ_CHUNK,
                 &mut bump,
                 |bump, _| {
-                    bump.reset();
+                    bump.reset().unwrap();
                 },
                 |bump, _| {
                     black_box(bump.allocate(black_box(SEQ_SIZE)).unwrap());
@@ -338,7 +338,7 @@ fn arena_alloc(c: &mut Criterion) {
         let mut arena = bump.arena();
         b.iter(|| {
             if arena.alloc(black_box(7u64)).is_err() {
-                arena.reset();
+                arena.reset().unwrap();
             }
         })
     });

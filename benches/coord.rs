@@ -9,16 +9,21 @@
 //!   re-executed with a role): one iteration is one round trip, both sides blocking
 //!   in the kernel between messages. `shm_event` uses two [`ShmEvent`]s; the
 //!   references are a pipe pair, an eventfd pair and a Unix datagram socket pair.
-//! - `channel/*`: 8-byte tokens from producer processes to consumer processes
-//!   (1 -> 1 and 4 -> 4 through a [`ShmChannel`], 1 -> 1 through a Unix stream
-//!   socket, one `write` and one 8-byte `read` per token); one iteration is one token.
+//! - `channel/*`: 8-byte tokens from producer processes to consumer processes,
+//!   1 -> 1 and 4 -> 4 through a [`ShmChannel`] (one `send` and one `recv` or
+//!   `try_recv` per token) and through Unix stream sockets in the same layouts (one
+//!   `write` and one 8-byte `recv` per token): 1 -> 1, 4 -> 4 through one shared
+//!   socket pair, and 4 -> 4 as four separate pairs. One iteration is one token;
+//!   consumers count tokens locally and publish the count when they find nothing
+//!   queued, the same way for every candidate.
 //! - `mutex/*`: uncontended lock + unlock (and a counter increment) of a
 //!   [`ShmMutex`] in a segment and of a `std::sync::Mutex`.
 //!
 //! After the criterion groups (with `--bench`), the same candidates run again in
 //! *paired* rounds: short batches taking turns, so that load from other processes
 //! on the machine hits all of them alike; it prints each median and the median of
-//! the per-round ratios to the reference (pipe; Unix stream socket).
+//! the per-round ratios to the references (pipe; each Unix stream socket layout).
+//! `SA_BENCH_COORD_PAIRED=0` skips them (`rt`, `tokens`: only that set).
 //!
 //! Children are killed if the parent panics; waits on another process have a
 //! timeout, except the event ping-pong's (untimed, like the fd references' blocking
@@ -32,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use shared_allocator::channel::{RecvTimeoutError, ShmChannel};
+use shared_allocator::channel::{RecvTimeoutError, ShmChannel, TryRecvError};
 use shared_allocator::prelude::*;
 use shared_allocator::segment::UnlinkGuard;
 use shared_allocator::sync::{ShmEvent, ShmMutex};
@@ -251,27 +256,32 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Paired runs: the candidates take turns in short batches, so a change of load on
 /// the machine (other processes come and go) hits all of them alike; prints the
-/// median time of each and the median of the per-round ratios to the reference.
-fn paired(what: &str, rounds: usize, names: &[&str], mut run: impl FnMut(usize) -> f64) {
+/// median time of each and, for each reference (indices in `refs`), the median of
+/// the per-round ratios to it.
+fn paired(
+    what: &str,
+    rounds: usize,
+    names: &[&str],
+    refs: &[usize],
+    mut run: impl FnMut(usize) -> f64,
+) {
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for _ in 0..rounds {
         for (k, t) in times.iter_mut().enumerate() {
             t.push(run(k));
         }
     }
-    let reference = names.len() - 1;
-    println!("paired {what}, {rounds} interleaved rounds (median per item; ratio = median of per-round ratios to {}):", names[reference]);
+    println!(
+        "paired {what}, {rounds} interleaved rounds (median per item; ratio = median of per-round ratios to the reference named):"
+    );
     for k in 0..names.len() {
-        let mut ratios: Vec<f64> = (0..rounds)
-            .map(|r| times[k][r] / times[reference][r])
-            .collect();
         let mut t = times[k].clone();
-        println!(
-            "  {:<22} {:>10.1} ns   ratio {:.3}",
-            names[k],
-            median(&mut t),
-            median(&mut ratios)
-        );
+        let mut line = format!("  {:<22} {:>10.1} ns", names[k], median(&mut t));
+        for &r in refs.iter().filter(|&&r| r != k) {
+            let mut ratios: Vec<f64> = (0..rounds).map(|i| times[k][i] / times[r][i]).collect();
+            line += &format!("   /{} {:.3}", names[r], median(&mut ratios));
+        }
+        println!("{line}");
     }
 }
 
@@ -353,8 +363,12 @@ fn run_tokens(w: &Workers, kind: u64, iters: u64) -> Duration {
     start.elapsed()
 }
 
-/// Worker groups for the token benchmarks: channel 1->1, channel 4->4, and the
-/// stream socket 1->1 (idle groups sleep, costing the running one nothing).
+/// Worker groups for the token benchmarks (idle groups sleep, costing the running
+/// one nothing): the channel 1 -> 1 and 4 -> 4, and the Unix stream socket in the
+/// same process layouts: 1 -> 1, 4 -> 4 through one socket pair (every producer
+/// writes into the same end, every consumer reads from the other: the socket is the
+/// MPMC queue, like the channel), and 4 -> 4 as four separate pairs (producer `i`
+/// to consumer `i`: no sharing at all, the socket's best case).
 fn token_workers() -> Vec<(String, Workers, u64)> {
     let mut groups = Vec::new();
     for (np, nc) in [(1usize, 1usize), (4, 4)] {
@@ -368,14 +382,28 @@ fn token_workers() -> Vec<(String, Workers, u64)> {
         }
         groups.push((format!("shm_channel_{np}to{nc}"), w, KIND_CHANNEL));
     }
-    let mut w = Workers::new("stream");
-    let (tx, rx) = UnixStream::pair().unwrap();
-    inheritable(&tx);
-    inheritable(&rx);
-    w.spawn("stream-consumer", 0, 1, &[rx.as_raw_fd()]);
-    w.spawn("stream-producer", 0, 1, &[tx.as_raw_fd()]);
-    drop((tx, rx)); // the workers hold the only ends now
-    groups.push(("unix_stream_1to1".to_owned(), w, KIND_STREAM));
+    for (n, pairs) in [(1usize, 1usize), (4, 1), (4, 4)] {
+        let mut w = Workers::new(&format!("stream{n}{pairs}"));
+        let socks: Vec<(UnixStream, UnixStream)> =
+            (0..pairs).map(|_| UnixStream::pair().unwrap()).collect();
+        for (tx, rx) in &socks {
+            inheritable(tx);
+            inheritable(rx);
+        }
+        for i in 0..n {
+            w.spawn("stream-consumer", i, n, &[socks[i % pairs].1.as_raw_fd()]);
+        }
+        for i in 0..n {
+            w.spawn("stream-producer", i, n, &[socks[i % pairs].0.as_raw_fd()]);
+        }
+        drop(socks); // the workers hold the only ends now
+        let name = match (n, pairs) {
+            (1, _) => "unix_stream_1to1".to_owned(),
+            (_, 1) => format!("unix_stream_{n}to{n}"),
+            _ => format!("unix_stream_{n}x_1to1"),
+        };
+        groups.push((name, w, KIND_STREAM));
+    }
     groups
 }
 
@@ -432,8 +460,11 @@ fn producer(stream: bool) {
     }
 }
 
-/// Consumer worker: receives tokens forever, counting them; the one that reaches
-/// the target wakes the parent.
+/// Consumer worker: receives tokens forever, counting them locally; it adds its
+/// count to the shared total whenever it finds nothing queued (and every 4096
+/// tokens), and the one that brings the total to the target wakes the parent. (A
+/// shared increment per token would make 4 consumers contend on one cache line:
+/// harness cost, not the queue's.) Every candidate counts the same way.
 fn consumer(stream: bool) {
     let alloc = FreeListAllocator::open(&std::env::var(SEG_VAR).unwrap()).unwrap();
     let ctl: &Ctl = alloc.root("ctl").unwrap();
@@ -445,7 +476,57 @@ fn consumer(stream: bool) {
         UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) })
     });
     let mut buf = [0u8; 8];
+    let mut local = 0u64;
+    let flush = |local: &mut u64| {
+        if *local == 0 {
+            return;
+        }
+        let total = ctl.received.fetch_add(*local, Ordering::AcqRel) + *local;
+        let target = ctl.target.load(Ordering::Acquire);
+        if total >= target && total - *local < target {
+            ctl.done.notify_all();
+        }
+        *local = 0;
+    };
     loop {
+        if local >= 4096 {
+            flush(&mut local);
+        }
+        // Without waiting first: on "nothing queued", publish the count, then block.
+        match (&rx, &mut sock) {
+            (Some(rx), _) => match rx.try_recv() {
+                Ok(token) => {
+                    std::hint::black_box(token);
+                    local += 1;
+                    continue;
+                }
+                Err(TryRecvError::Empty) => flush(&mut local),
+                Err(_) => return,
+            },
+            (_, Some(s)) => {
+                match rustix::net::recv(&*s, &mut buf, rustix::net::RecvFlags::DONTWAIT)
+                    .map(|(n, _)| n)
+                {
+                    Ok(8) => {
+                        std::hint::black_box(buf);
+                        local += 1;
+                        continue;
+                    }
+                    Ok(0) => return, // the producers are gone
+                    Ok(n) => {
+                        // A partial token (not expected: each write is one 8-byte skb).
+                        if s.read_exact(&mut buf[n..]).is_err() {
+                            return;
+                        }
+                        local += 1;
+                        continue;
+                    }
+                    Err(rustix::io::Errno::AGAIN) => flush(&mut local),
+                    Err(e) => panic!("recv: {e}"),
+                }
+            }
+            _ => unreachable!(),
+        }
         match (&rx, &mut sock) {
             (Some(rx), _) => match rx.recv(Some(Duration::from_millis(200))) {
                 Ok(token) => {
@@ -461,16 +542,13 @@ fn consumer(stream: bool) {
             },
             (_, Some(s)) => {
                 if s.read_exact(&mut buf).is_err() {
-                    return; // the producer is gone
+                    return; // the producers are gone
                 }
                 std::hint::black_box(buf);
             }
             _ => unreachable!(),
         }
-        let r = ctl.received.fetch_add(1, Ordering::AcqRel) + 1;
-        if r == ctl.target.load(Ordering::Acquire) {
-            ctl.done.notify_all();
-        }
+        local += 1;
     }
 }
 
@@ -512,15 +590,23 @@ fn main() {
     bench_roundtrip(&mut c, &rt);
     let groups = token_workers();
     bench_channel(&mut c, &groups);
-    if std::env::args().any(|a| a == "--bench") {
-        // The names end with the reference.
+    // SA_BENCH_COORD_PAIRED: unset or "all" runs both paired sets, "rt" only the
+    // round trips, "tokens" only the tokens, "0" none.
+    let which = std::env::var("SA_BENCH_COORD_PAIRED").unwrap_or_else(|_| "all".into());
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    if bench_mode && (which == "all" || which == "rt") {
         let kinds = [KIND_EVENT, KIND_EVENTFD, KIND_DGRAM, KIND_PIPE];
         let names = ["shm_event", "eventfd", "unix_datagram", "pipe"];
-        paired("round trips", 40, &names, |k| {
+        paired("round trips", 40, &names, &[3], |k| {
             rt.run(kinds[k], 2_000).as_nanos() as f64 / 2_000.0
         });
+    }
+    if bench_mode && (which == "all" || which == "tokens") {
         let names: Vec<&str> = groups.iter().map(|g| g.0.as_str()).collect();
-        paired("8-byte tokens", 20, &names, |k| {
+        let refs: Vec<usize> = (0..names.len())
+            .filter(|&k| names[k].starts_with("unix_stream"))
+            .collect();
+        paired("8-byte tokens", 20, &names, &refs, |k| {
             let (_, w, kind) = &groups[k];
             run_tokens(w, *kind, 100_000).as_nanos() as f64 / 100_000.0
         });

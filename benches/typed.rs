@@ -29,17 +29,20 @@ impl Drop for Name {
 fn shm_box(c: &mut Criterion) {
     let name = Name::new("box");
     let alloc = FreeListAllocator::create(&name.0, 64 << 20).unwrap();
+    // Raw frees decide a segment's mode as raw (see `SegmentMode`): a second one.
+    let raw_name = Name::new("box-raw");
+    let raw = FreeListAllocator::create(&raw_name.0, 64 << 20).unwrap();
     let mut g = c.benchmark_group("box_new_drop");
     g.bench_function("std_box", |b| {
         b.iter(|| drop(black_box(Box::new(black_box([7u64; 4])))))
     });
     g.bench_function("raw_allocate_free_32", |b| {
-        b.iter(|| alloc.free(alloc.allocate(black_box(32)).unwrap()).unwrap())
+        b.iter(|| raw.free(raw.allocate(black_box(32)).unwrap()).unwrap())
     });
     // A ShmBox<[u64; 4]> block is 48 bytes: the 16-byte owner header (claim word and
     // fingerprint) and the 32-byte value.
     g.bench_function("raw_allocate_free_48", |b| {
-        b.iter(|| alloc.free(alloc.allocate(black_box(48)).unwrap()).unwrap())
+        b.iter(|| raw.free(raw.allocate(black_box(48)).unwrap()).unwrap())
     });
     g.bench_function("shm_box", |b| {
         b.iter(|| {
@@ -55,8 +58,12 @@ fn rel_ptr(c: &mut Criterion) {
     use std::sync::atomic::{AtomicU64, Ordering};
     let name = Name::new("relptr");
     let alloc = FreeListAllocator::create(&name.0, 1 << 20).unwrap();
-    let shared = ShmBox::new_in(&alloc, AtomicU64::new(42)).unwrap();
-    let p = shared.rel_ptr();
+    // Shared views of atomics live in raw segments (see `SegmentMode`).
+    let raw_name = Name::new("relptr-raw");
+    let raw = FreeListAllocator::create(&raw_name.0, 1 << 20).unwrap();
+    let shared = raw.allocate(8).unwrap();
+    raw.write(shared, &42u64.to_ne_bytes()).unwrap();
+    let p = RelPtr::<AtomicU64>::from_offset(shared);
     let owned = ShmBox::new_in(&alloc, 42u64).unwrap();
     let q = owned.rel_ptr();
     let local = Box::new(42u64);
@@ -66,7 +73,7 @@ fn rel_ptr(c: &mut Criterion) {
     g.bench_function("rel_ptr_get", |bn| {
         bn.iter(|| {
             black_box(p)
-                .get(black_box(&alloc))
+                .get(black_box(&raw))
                 .unwrap()
                 .load(Ordering::Relaxed)
         })

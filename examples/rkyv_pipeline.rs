@@ -186,7 +186,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             consumer_read_us += read_us;
             idle[i as usize] = (idle_wall_us, idle_cpu_us);
         }
-        arena.reset(); // everyone is done with this batch
+        arena.reset()?; // everyone is done with this batch
     }
     let wall = start.elapsed();
     drop(senders); // Disconnected: the consumers exit

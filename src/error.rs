@@ -186,6 +186,9 @@ pub enum AllocError {
         /// What was found inconsistent.
         what: &'static str,
     },
+    /// A bump reset in progress did not end within the allocation's wait.
+    #[error("a reset in progress did not end in time")]
+    Busy,
 }
 
 /// A read, write or pointer resolution was refused. Nothing in the segment changed.
@@ -231,6 +234,24 @@ pub enum AccessError {
         /// Epoch of the allocator now.
         current_epoch: u64,
     },
+    /// The segment is used the other way (see
+    /// [`SegmentMode`](crate::segment::SegmentMode)): a raw write to a segment of
+    /// typed handles, or a typed handle in a segment the raw API writes.
+    #[error("the segment is in {found} mode; this needs {wanted} mode")]
+    WrongMode {
+        /// The mode the operation needs.
+        wanted: crate::segment::SegmentMode,
+        /// The segment's mode.
+        found: crate::segment::SegmentMode,
+    },
+    /// A bump reset and views of the region met: a reset whose wait ended while
+    /// `readers` other handles still held views (it withdrew: nothing changed), or
+    /// (`readers == 0`) a view that waited too long for a reset in progress.
+    #[error("busy: {readers} other handle(s) hold views of the region")]
+    Busy {
+        /// Handles (in any process) holding views when the wait ended.
+        readers: u32,
+    },
     /// Allocator metadata in the segment is inconsistent.
     #[error("allocator metadata is corrupt: {what}")]
     Corrupted {
@@ -264,6 +285,14 @@ pub enum FreeError {
         /// The offset.
         offset: u64,
     },
+    /// A raw free in a segment of typed handles (see
+    /// [`SegmentMode`](crate::segment::SegmentMode)): typed blocks are freed by
+    /// their handles.
+    #[error("raw free refused: the segment is in {found} mode")]
+    WrongMode {
+        /// The segment's mode.
+        found: crate::segment::SegmentMode,
+    },
     /// Allocator metadata in the segment is inconsistent.
     #[error("allocator metadata is corrupt: {what}")]
     Corrupted {
@@ -276,6 +305,11 @@ impl AccessError {
     /// Whether this is a stale-handle error (taken before a bump reset).
     pub fn is_stale(&self) -> bool {
         matches!(self, AccessError::Stale { .. })
+    }
+
+    /// Whether this is a [`AccessError::Busy`] (a reset and views met).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, AccessError::Busy { .. })
     }
 }
 

@@ -152,7 +152,7 @@ fn two_processes_10k_records() {
 
 /// Writes `bytes` over the block (header and archive) at `token`.
 fn restore<A: ShmAllocator>(alloc: &A, block: Offset, bytes: &[u8]) {
-    alloc.write(block, bytes).unwrap();
+    common::scribble(alloc, block, bytes).unwrap();
 }
 
 /// Sets the header's checksum to that of the (possibly corrupted) archive bytes,
@@ -169,9 +169,7 @@ fn forge_checksum<A: ShmAllocator>(alloc: &A, block: Offset) {
         .read(Offset::new(block.get() + HEADER_LEN), len as usize)
         .unwrap();
     let sum = xxhash_rust::xxh3::xxh3_64(&data);
-    alloc
-        .write(Offset::new(block.get() + SUM_AT), &sum.to_le_bytes())
-        .unwrap();
+    common::scribble(alloc, Offset::new(block.get() + SUM_AT), &sum.to_le_bytes()).unwrap();
 }
 
 /// Reads every part of a value that passed validation (a wrong but valid value
@@ -241,9 +239,7 @@ fn corrupted_archives_are_rejected() {
                 for _ in 0..1 + rng.below(8) {
                     let at = Offset::new(data.get() + rng.below(len as u64));
                     let old = alloc.read(at, 1).unwrap()[0];
-                    alloc
-                        .write(at, &[old ^ (1 + rng.below(255)) as u8])
-                        .unwrap();
+                    common::scribble(&alloc, at, &[old ^ (1 + rng.below(255)) as u8]).unwrap();
                 }
                 if forge {
                     forge_checksum(&alloc, block);
@@ -271,9 +267,12 @@ fn corrupted_archives_are_rejected() {
             // Truncated length.
             2 | 3 => {
                 let short = rng.below(len as u64);
-                alloc
-                    .write(Offset::new(block.get() + LEN_AT), &short.to_le_bytes())
-                    .unwrap();
+                common::scribble(
+                    &alloc,
+                    Offset::new(block.get() + LEN_AT),
+                    &short.to_le_bytes(),
+                )
+                .unwrap();
                 if forge {
                     forge_checksum(&alloc, block);
                     match open(&alloc) {
@@ -303,9 +302,12 @@ fn corrupted_archives_are_rejected() {
                     (len - at) as i64 + rng.below(1 << 20) as i64 // past the end
                 };
                 let rel = target as i32;
-                alloc
-                    .write(Offset::new(data.get() + at as u64), &rel.to_le_bytes())
-                    .unwrap();
+                common::scribble(
+                    &alloc,
+                    Offset::new(data.get() + at as u64),
+                    &rel.to_le_bytes(),
+                )
+                .unwrap();
                 if forge {
                     forge_checksum(&alloc, block);
                     let e = open(&alloc).unwrap_err();
@@ -336,7 +338,7 @@ fn corrupted_archives_are_rejected() {
 
     // Header damage.
     let damage = |at: u64, bytes: &[u8]| {
-        alloc.write(Offset::new(block.get() + at), bytes).unwrap();
+        common::scribble(&alloc, Offset::new(block.get() + at), bytes).unwrap();
         let e = open(&alloc).unwrap_err();
         restore(&alloc, block, &pristine);
         e
@@ -382,17 +384,19 @@ fn archive_start(alloc: &FreeListAllocator, data: Offset) -> usize {
 
 // ---------------------------------------------------------------------------
 
-/// An arena archive opened (and validated) in another process becomes `Stale`
-/// there when this process resets the arena; and a handle here becomes `Stale`
-/// when another process resets it.
+/// A reset waits for readers in other processes: while a child holds an
+/// `ArenaArchiveReader` (a zero-copy view), this process's reset is `Busy` and
+/// nothing changes; once the child drops it the reset goes through and the token
+/// is `Stale` in both. A child killed while holding a reader pins nothing. And a
+/// reset in a child is `Busy` while this process's arena (its values are views)
+/// lives.
 #[test]
-fn arena_archive_is_stale_after_reset_in_another_process() {
+fn arena_archive_reset_waits_for_readers_in_other_processes() {
     match role().as_deref() {
-        Some("stale-reader") => {
+        Some("holding-reader") => {
             let bump = BumpAllocator::open(&env("SA_SEG")).unwrap();
             let flags = FreeListAllocator::open(&env("SA_FLAGS")).unwrap();
-            let flag =
-                RelPtr::<AtomicU64>::from_offset(Offset::new(env("SA_FLAG").parse().unwrap()));
+            let flag: &AtomicU64 = flags.root("flag").unwrap();
             let raw: Vec<u64> = env("SA_TOKEN")
                 .split(',')
                 .map(|s| s.parse().unwrap())
@@ -400,15 +404,28 @@ fn arena_archive_is_stale_after_reset_in_another_process() {
             let token = ArenaArchiveToken::<Vec<Record>>::from_raw([raw[0], raw[1]]);
 
             let reader = ArenaArchiveReader::open(&bump, token).unwrap();
-            for (i, r) in reader.access().unwrap().iter().enumerate() {
+            let view = reader.access().unwrap();
+            let before: Vec<u64> = view.iter().map(|r| r.id.to_native()).collect();
+            flag.store(1, Ordering::Release);
+            // The parent tries to reset now; the view must not change under us.
+            wait_until("the parent's go", Duration::from_secs(60), || {
+                flag.load(Ordering::Acquire) == 2
+            });
+            let after: Vec<u64> = view.iter().map(|r| r.id.to_native()).collect();
+            assert_eq!(before, after);
+            for (i, r) in view.iter().enumerate() {
                 check_record(r, &record(i as u64));
             }
-            flag.get(&flags).unwrap().store(1, Ordering::Release);
+            if env("SA_DIE") == "1" {
+                // Killed by the parent while the view is held.
+                flag.store(3, Ordering::Release);
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            drop(reader);
+            flag.store(3, Ordering::Release);
             wait_until("the parent's reset", Duration::from_secs(60), || {
                 bump.epoch() != token.epoch()
             });
-            assert!(reader.access().unwrap_err().is_stale());
-            assert!(reader.deserialize().unwrap_err().is_stale());
             assert!(ArenaArchiveReader::open(&bump, token)
                 .unwrap_err()
                 .is_stale());
@@ -420,8 +437,11 @@ fn arena_archive_is_stale_after_reset_in_another_process() {
         }
         Some("resetter") => {
             let mut bump = BumpAllocator::open(&env("SA_SEG")).unwrap();
-            bump.reset();
-            println!("RESET {}", bump.epoch());
+            match bump.try_reset() {
+                Ok(epoch) => println!("RESET {epoch}"),
+                Err(AccessError::Busy { readers }) => println!("BUSY {readers}"),
+                Err(e) => panic!("{e}"),
+            }
             return;
         }
         Some(_) => return,
@@ -432,49 +452,84 @@ fn arena_archive_is_stale_after_reset_in_another_process() {
     let flags_name = ShmName::new("arc-stale-flags");
     let mut bump = BumpAllocator::create(name.as_str(), 4 << 20).unwrap();
     let flags = FreeListAllocator::create(flags_name.as_str(), 1 << 16).unwrap();
-    let flag = ShmBox::new_in(&flags, AtomicU64::new(0)).unwrap();
+    let flag: &AtomicU64 = flags.root("flag").unwrap();
 
-    // Phase 1: the reset happens here, the stale handle is in the child.
-    let mut arena = bump.arena();
-    let batch: Vec<Record> = (0..500).map(record).collect();
-    let token = arena.archive(&batch).unwrap().into_token();
-    let [off, epoch] = token.to_raw();
-    let child = spawn_child(
-        "arena_archive_is_stale_after_reset_in_another_process",
-        "stale-reader",
-        &[
-            ("SA_SEG", name.as_str().to_owned()),
-            ("SA_FLAGS", flags_name.as_str().to_owned()),
-            ("SA_FLAG", flag.rel_ptr().offset().get().to_string()),
-            ("SA_TOKEN", format!("{off},{epoch}")),
-        ],
-    );
-    wait_until("the child's open", WATCHDOG, || {
-        flag.load(Ordering::Acquire) == 1
-    });
-    arena.reset();
-    // Reuse the same bytes for something else, as the next batch would.
-    let next: Vec<Record> = (1000..1500).map(record).collect();
-    let reused = arena.archive(&next).unwrap();
-    assert_eq!(reused.deserialize().unwrap(), next);
-    let lines = finish(child, WATCHDOG, "stale-reader");
-    assert!(lines.iter().any(|l| l == "STALE-OK"), "{lines:?}");
+    for die in [false, true] {
+        flag.store(0, Ordering::Release);
+        let batch: Vec<Record> = (0..500).map(record).collect();
+        let token = bump.arena().archive(&batch).unwrap().into_token();
+        let [off, epoch] = token.to_raw();
+        let mut child = common::KillOnDrop::new(spawn_child(
+            "arena_archive_reset_waits_for_readers_in_other_processes",
+            "holding-reader",
+            &[
+                ("SA_SEG", name.as_str().to_owned()),
+                ("SA_FLAGS", flags_name.as_str().to_owned()),
+                ("SA_TOKEN", format!("{off},{epoch}")),
+                ("SA_DIE", if die { "1" } else { "0" }.to_owned()),
+            ],
+        ));
+        wait_until("the child's open", WATCHDOG, || {
+            flag.load(Ordering::Acquire) == 1
+        });
+        // The attack: reset and reuse the bytes while the child's view lives.
+        assert_eq!(
+            bump.try_reset(),
+            Err(AccessError::Busy { readers: 1 }),
+            "a reset must not pass a live reader"
+        );
+        assert_eq!(
+            bump.reset_timeout(Duration::from_millis(200)),
+            Err(AccessError::Busy { readers: 1 })
+        );
+        assert_eq!(bump.epoch(), epoch, "a Busy reset changes nothing");
+        flag.store(2, Ordering::Release);
+        wait_until("the child's release", WATCHDOG, || {
+            flag.load(Ordering::Acquire) == 3
+        });
+        if die {
+            let mut c = child.take();
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        // The reader is gone (dropped, or dead): the reset goes through.
+        assert_eq!(bump.reset().unwrap(), epoch + 1);
+        let arena = bump.arena();
+        let next: Vec<Record> = (1000..1500).map(record).collect();
+        let reused = arena.archive(&next).unwrap();
+        assert_eq!(reused.deserialize().unwrap(), next);
+        if !die {
+            let lines = finish(child.take(), WATCHDOG, "holding-reader");
+            assert!(lines.iter().any(|l| l == "STALE-OK"), "{lines:?}");
+        }
+        let _ = reused;
+        drop(arena);
+    }
 
-    // Phase 2: the reset happens in the child, the stale handle is here.
-    let before = reused.epoch();
-    let child = spawn_child(
-        "arena_archive_is_stale_after_reset_in_another_process",
-        "resetter",
-        &[("SA_SEG", name.as_str().to_owned())],
-    );
-    finish(child, WATCHDOG, "resetter");
-    assert_ne!(arena.epoch(), before);
-    assert!(reused.access().unwrap_err().is_stale());
-    let token = reused.into_token();
-    assert!(ArenaArchiveReader::open(arena.allocator(), token)
+    // A reset in a child is Busy while this process's arena lives, and goes
+    // through once it is dropped; our token is then Stale.
+    let arena = bump.arena();
+    let kept = arena.archive(&vec![record(7)]).unwrap();
+    let before = kept.epoch();
+    let resetter = || {
+        let child = spawn_child(
+            "arena_archive_reset_waits_for_readers_in_other_processes",
+            "resetter",
+            &[("SA_SEG", name.as_str().to_owned())],
+        );
+        finish(child, WATCHDOG, "resetter")
+    };
+    let busy = resetter();
+    assert!(busy.iter().any(|l| l == "BUSY 1"), "{busy:?}");
+    assert_eq!(kept.access().unwrap().len(), 1);
+    let token = kept.into_token();
+    drop(arena);
+    let reset = resetter();
+    let expected = format!("RESET {}", before + 1);
+    assert!(reset.contains(&expected), "{reset:?}");
+    assert!(ArenaArchiveReader::open(&bump, token)
         .unwrap_err()
         .is_stale());
-    drop(flag);
 }
 
 // ---------------------------------------------------------------------------
@@ -714,7 +769,7 @@ fn unchecked_access_for_trusted_data() {
     // SAFETY: written just above by this process, in this epoch, not reset yet.
     let a = unsafe { t.access_unchecked(arena.allocator()) }.unwrap();
     assert_eq!(a.len(), 20);
-    arena.reset();
+    arena.reset().unwrap();
     // SAFETY: the epoch check rejects the token before any byte is read.
     assert!(unsafe { t.access_unchecked(arena.allocator()) }
         .unwrap_err()

@@ -114,7 +114,7 @@ fn arena_read_is_old_values_or_stale_while_another_mapping_resets() {
             || (ok.load(Ordering::Relaxed) + stale.load(Ordering::Relaxed) < 10
                 && start.elapsed() < std::time::Duration::from_secs(20))
         {
-            writer.reset();
+            writer.reset().unwrap();
             let h = writer.arena().alloc_slice(&[round; 64]).unwrap().handle();
             if round % 16 == 0 {
                 handle.put(parts(h));
@@ -153,7 +153,7 @@ fn arena_archive_copy_path_while_another_mapping_resets() {
             }
         });
         for round in 0..500 {
-            writer.reset();
+            writer.reset().unwrap();
             let next: Vec<String> = (0..32).map(|i| format!("next-{round}-{i}")).collect();
             let t = writer.arena().archive(&next).unwrap().into_token();
             if round % 8 == 0 {

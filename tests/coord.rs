@@ -394,3 +394,82 @@ fn mutex_holder_killed_in_other_pid_namespace() {
         other => panic!("expected OwnerDied, got {:?}", other.map(|g| *g)),
     };
 }
+
+#[derive(ShmSafe)]
+#[shm(sync)]
+#[repr(C)]
+struct Doomed {
+    ev: ShmEvent,
+    flag: AtomicU64,
+}
+
+/// Polls `cond` (the parent watching children arrive) for at most GENEROUS.
+fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < GENEROUS, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The attacker's case for the waiter registration: two processes are SIGKILLed
+/// while asleep in `wait_until`, so they never unregister. A live waiter must still
+/// be woken by one `notify_one`, and the dead registrations must be forgotten by
+/// the next notification: afterwards the event counts no waiter and a notification
+/// touches nothing (no spare wake-up system calls for the rest of its life).
+#[test]
+fn event_waiter_killed_while_waiting_is_forgotten() {
+    match role().as_deref() {
+        Some("doomed") => {
+            let a = open(&env_req("SA_SEG"));
+            let d: &Doomed = a.root("doomed").unwrap();
+            // Never notified: the parent kills this process while it sleeps here.
+            d.ev.wait_until(Some(WATCHDOG), || d.flag.load(Ordering::Acquire) == 2);
+            say("not killed");
+            return;
+        }
+        Some(r @ ("survivor" | "survivor2")) => {
+            let a = open(&env_req("SA_SEG"));
+            let d: &Doomed = a.root("doomed").unwrap();
+            await_value(&d.ev, &d.flag, if r == "survivor" { 1 } else { 2 }, r);
+            say("woken");
+            return;
+        }
+        _ => {}
+    }
+    let name = ShmName::new("coord-doomed");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let d: &Doomed = a.root("doomed").unwrap();
+    let env = [("SA_SEG", name.as_str().to_owned())];
+    let entry = "event_waiter_killed_while_waiting_is_forgotten";
+    let mut doomed: Vec<KillOnDrop> = (0..2)
+        .map(|_| KillOnDrop::new(spawn_child(entry, "doomed", &env)))
+        .collect();
+    poll_until("two registered waiters", || d.ev.waiters() == 2);
+    // Let them reach the futex sleep (the counts below hold either way).
+    std::thread::sleep(Duration::from_millis(100));
+    for k in &mut doomed {
+        k.child().kill().unwrap();
+        k.child().wait().unwrap(); // reaped: gone for good, still registered
+    }
+    let survivor = KillOnDrop::new(spawn_child(entry, "survivor", &env)).take();
+    poll_until("the survivor registered", || d.ev.waiters() == 3);
+    std::thread::sleep(Duration::from_millis(100));
+    d.flag.store(1, Ordering::Release);
+    d.ev.notify_one(); // must reach the live waiter, not a dead one
+    assert_eq!(results(survivor, WATCHDOG, "survivor"), ["woken"]);
+    // The next notification finds nobody asleep and forgets the dead registrations.
+    d.ev.notify_one();
+    assert_eq!(d.ev.waiters(), 0, "dead waiters still registered");
+    assert!(
+        !d.ev.has_listeners(),
+        "a notification still has to advance the word (and may call FUTEX_WAKE)"
+    );
+    // A full cycle with a live waiter leaves the event just as idle.
+    let survivor = KillOnDrop::new(spawn_child(entry, "survivor2", &env)).take();
+    poll_until("the second survivor registered", || d.ev.waiters() == 1);
+    d.flag.store(2, Ordering::Release);
+    d.ev.notify_one();
+    assert_eq!(results(survivor, WATCHDOG, "survivor2"), ["woken"]);
+    assert_eq!(d.ev.waiters(), 0);
+}

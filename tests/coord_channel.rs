@@ -150,6 +150,11 @@ fn delivery_4x4() {
     let env = |k: &str, v: String| (k.to_owned(), v);
     let seg = name.as_str().to_owned();
     let start = Instant::now();
+    // Until every producer has sent something, the parent holds a sender: a fast
+    // producer can finish its whole stream before the last one registers, and
+    // consumers would see Disconnected in between.
+    let chan: &Chan = a.root("chan").unwrap();
+    let hold = chan.sender().unwrap();
     let mut kids: Vec<_> = (0..CONSUMERS)
         .map(|_| spawn_child("delivery_4x4", "consumer", &[("SA_SEG", seg.clone())]))
         .collect();
@@ -162,6 +167,14 @@ fn delivery_4x4() {
         let e: Vec<(&str, String)> = e.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         kids.push(spawn_child("delivery_4x4", "producer", &e));
     }
+    while (0..PRODUCERS).any(|s| ctl.sent[s as usize].load(Ordering::Acquire) == 0) {
+        assert!(
+            start.elapsed() < OP_TIMEOUT,
+            "a producer never started sending"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(hold);
     let outs = finish_all(kids, WATCHDOG, "delivery child");
     let elapsed = start.elapsed();
     let total: u64 = outs[..CONSUMERS]
@@ -184,7 +197,6 @@ fn delivery_4x4() {
             );
         }
     }
-    let chan: &Chan = a.root("chan").unwrap();
     assert_eq!(chan.stats().queued, 0);
     eprintln!(
         "{PRODUCERS}x{CONSUMERS} processes, {} messages in {elapsed:?} ({:.1} M msg/s)",
@@ -229,18 +241,20 @@ fn sigkill_producers_and_consumers() {
     };
     let spawn_consumer =
         || KillOnDrop::new(spawn_child(entry, "consumer", &[("SA_SEG", seg.clone())]));
+    // The parent keeps one endpoint of each side registered while workers come and
+    // go, so nobody sees a transient "every sender (receiver) is gone" between a
+    // death and its replacement; dropping `keep_tx` at the end lets the final
+    // consumers drain and see Disconnected. Registered before any worker starts:
+    // a producer can send its whole stream and drop its sender within a few
+    // milliseconds, and a consumer would then see Disconnected at once.
+    let keep_tx = chan.sender().unwrap();
+    let keep_rx = chan.receiver().unwrap();
     let mut producers: Vec<(KillOnDrop, Instant)> = (0..PRODUCERS)
         .map(|_| (spawn_producer(&mut next_stream), Instant::now()))
         .collect();
     let mut consumers: Vec<(KillOnDrop, Instant)> = (0..CONSUMERS)
         .map(|_| (spawn_consumer(), Instant::now()))
         .collect();
-    // The parent keeps one endpoint of each side registered while workers come and
-    // go, so nobody sees a transient "every sender (receiver) is gone" between a
-    // death and its replacement; dropping `keep_tx` at the end lets the final
-    // consumers drain and see Disconnected.
-    let keep_tx = chan.sender().unwrap();
-    let keep_rx = chan.receiver().unwrap();
     let mut rng = Rng::new(env_u64("SA_COORD_SEED", 0x5eed));
     let (mut killed_p, mut killed_c) = (0u64, 0u64);
     let start = Instant::now();
@@ -429,4 +443,61 @@ fn endpoint_table_limits() {
     held.pop();
     let _rx = ch.receiver().unwrap();
     assert_eq!(ch.stats().senders as usize, MAX_ENDPOINTS - 1);
+}
+
+/// A receiver process SIGKILLed while asleep in `recv` never unregisters from the
+/// channel's not-empty event. The next send must forget it (no spare wake-up
+/// system calls for every later send), and the channel goes on: a live receiver
+/// gets the message, and the sender learns nothing wrong.
+#[test]
+fn receiver_killed_while_waiting_is_forgotten() {
+    type Small = ShmChannel<u64, 4>;
+    if role().as_deref() == Some("sleeper") {
+        let a = FreeListAllocator::open(&env_req("SA_SEG")).unwrap();
+        let ch: &Small = a.root("ch").unwrap();
+        let rx = ch.receiver().unwrap();
+        // Nothing is ever sent before the parent kills this process.
+        let got = rx.recv(Some(WATCHDOG));
+        say(format!("not killed: {got:?}"));
+        return;
+    }
+    let name = ShmName::new("coord-sleeper");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let ch: &Small = a.root("ch").unwrap();
+    let tx = ch.sender().unwrap();
+    let env = [("SA_SEG", name.as_str().to_owned())];
+    let mut sleeper = KillOnDrop::new(spawn_child(
+        "receiver_killed_while_waiting_is_forgotten",
+        "sleeper",
+        &env,
+    ));
+    let start = Instant::now();
+    while ch.stats().waiting_receivers != 1 {
+        assert!(
+            start.elapsed() < OP_TIMEOUT,
+            "the receiver never went to sleep"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(100)); // into FUTEX_WAIT (holds either way)
+    sleeper.child().kill().unwrap();
+    sleeper.child().wait().unwrap();
+    assert_eq!(
+        ch.stats().waiting_receivers,
+        1,
+        "nobody could know it died yet"
+    );
+    tx.send(1, Some(OP_TIMEOUT))
+        .expect("send past a dead receiver");
+    let s = ch.stats();
+    assert_eq!(
+        (s.waiting_receivers, s.waiting_senders, s.queued),
+        (0, 0, 1),
+        "the send must forget the dead receiver's registration"
+    );
+    let rx = ch.receiver().unwrap();
+    assert_eq!(rx.recv(Some(OP_TIMEOUT)).unwrap(), 1);
+    tx.send(2, Some(OP_TIMEOUT)).unwrap();
+    assert_eq!(rx.try_recv().unwrap(), 2);
+    assert_eq!(ch.stats().lost_in_recv + ch.stats().lost_in_send, 0);
 }

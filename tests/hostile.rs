@@ -316,9 +316,10 @@ fn bump_torment(a: &mut BumpAllocator, name: &ShmName, rng: &mut Rng, ops: u64) 
                 .map_err(|e| e.to_string()),
             _ => {
                 if rng.below(4) == 0 {
-                    a.reset();
+                    a.reset().map(drop).map_err(|e| e.to_string())
+                } else {
+                    Ok(())
                 }
-                Ok(())
             }
         };
         match r {

@@ -286,7 +286,7 @@ fn bump_four_processes() {
     assert_eq!(a.stats().live_bytes, used);
     assert_eq!(a.available_bytes(), capacity - used);
     assert_eq!(a.epoch(), 0);
-    assert_eq!(a.reset(), 1);
+    assert_eq!(a.reset(), Ok(1));
     assert_eq!(a.epoch(), 1);
     assert_eq!(a.available_bytes(), capacity);
     assert_eq!(a.used_bytes(), 0);

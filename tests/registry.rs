@@ -868,3 +868,38 @@ fn killed_while_creating_a_span_loses_no_page() {
         a.free(all).unwrap();
     }
 }
+
+/// A bump reset publishes itself in the state word (stopping allocations and new
+/// views) before it waits for readers. A resetter killed right there must block
+/// nobody: the next allocation finds its token dead and withdraws it, and views,
+/// allocations and resets go on in the same epoch.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_resetter_killed_while_waiting_blocks_nobody() {
+    if role().as_deref() == Some("die-resetting") {
+        let mut b = BumpAllocator::open(&env_req("SA_NAME")).unwrap();
+        die_at("bump.reset.published", 1);
+        let _ = b.reset();
+        say("not killed");
+        return;
+    }
+    let name = ShmName::new("reg-resetter");
+    let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let h = bump.arena().alloc(11u64).unwrap().handle();
+    let mut c = KillOnDrop::new(child(
+        "a_resetter_killed_while_waiting_blocks_nobody",
+        "die-resetting",
+        &[("SA_NAME", name.as_str().into())],
+    ));
+    let status = wait_with_watchdog(c.child(), LIMIT, "resetter");
+    assert!(!status.success(), "the resetter was not killed");
+    // Within the watchdog, not the 120 s an allocation would wait for a live one.
+    let start = std::time::Instant::now();
+    let after = bump.arena().alloc(12u64).unwrap().handle();
+    assert!(start.elapsed() < LIMIT);
+    assert_eq!(*after.get(&bump).unwrap(), 12);
+    assert_eq!(*h.get(&bump).unwrap(), 11, "the epoch did not change");
+    assert_eq!(bump.epoch(), 0);
+    assert_eq!(bump.reset().unwrap(), 1);
+    assert!(h.get(&bump).unwrap_err().is_stale());
+}

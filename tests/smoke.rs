@@ -52,7 +52,7 @@ fn slab_and_bump_basics() {
     let o = b.allocate_aligned(10, 64).unwrap();
     assert_eq!(o.get() % 64, 0);
     assert_eq!(b.epoch(), 0);
-    b.reset();
+    b.reset().unwrap();
     assert_eq!(b.epoch(), 1);
     assert_eq!(b.available_bytes(), 4096);
 }

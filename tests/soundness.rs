@@ -9,8 +9,9 @@ use std::time::Duration;
 use common::{results as finish, role, say, spawn_child, ShmName};
 use shared_allocator::archive::{ArchiveToken, ShmArchive, HEADER_LEN};
 use shared_allocator::prelude::*;
+use shared_allocator::segment::SegmentMode;
 use shared_allocator::typed::{TokenSlot, MAX_ROOTS};
-use shared_allocator::{AccessError, ArchiveError, ShmVecHeader, TokenError};
+use shared_allocator::{AccessError, ArchiveError, FreeError, ShmVecHeader, TokenError};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -75,9 +76,8 @@ fn child() {
         "scribble-relptr" => {
             let alloc = FreeListAllocator::open(&name).unwrap();
             let at: u64 = env("SA_AT").parse().unwrap();
-            alloc
-                .write(Offset::new(at), &(-1_000_000i32).to_le_bytes())
-                .unwrap();
+            // An untrusted writer (the raw API refuses typed segments).
+            common::scribble(&alloc, Offset::new(at), &(-1_000_000i32).to_le_bytes()).unwrap();
             say("scribbled");
         }
         // Creates its own 100 roots while three other processes do the same.
@@ -302,8 +302,8 @@ fn hostile_vector_length_is_an_error() {
         (usize::MAX as u64 / 8 + 1, u64::MAX),
         (4, 3),
     ] {
-        alloc.write(len_at, &len.to_le_bytes()).unwrap();
-        alloc.write(cap_at, &cap.to_le_bytes()).unwrap();
+        common::scribble(&alloc, len_at, &len.to_le_bytes()).unwrap();
+        common::scribble(&alloc, cap_at, &cap.to_le_bytes()).unwrap();
         let e = reader.to_vec().unwrap_err();
         assert!(
             matches!(
@@ -316,8 +316,8 @@ fn hostile_vector_length_is_an_error() {
         );
         assert!(reader.get(2).is_err() || reader.get(2).unwrap() == Some(3));
     }
-    alloc.write(len_at, &3u64.to_le_bytes()).unwrap();
-    alloc.write(cap_at, &4u64.to_le_bytes()).unwrap();
+    common::scribble(&alloc, len_at, &3u64.to_le_bytes()).unwrap();
+    common::scribble(&alloc, cap_at, &4u64.to_le_bytes()).unwrap();
     assert_eq!(reader.to_vec().unwrap(), [1, 2, 3]);
 }
 
@@ -328,8 +328,11 @@ fn hostile_vector_length_is_an_error() {
 fn shared_views_see_concurrent_writes_through_atomics() {
     let name = ShmName::new("snd-view");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let owner = ShmBox::new_in(&alloc, AtomicU64::new(42)).unwrap();
-    let seen: &AtomicU64 = owner.rel_ptr().get(&alloc).unwrap();
+    let other = FreeListAllocator::open(name.as_str()).unwrap();
+    // In a segment of typed handles, atomics are shared through roots (never
+    // freed, so a view can not outlive its object).
+    let owner: &AtomicU64 = alloc.root_with("v", || AtomicU64::new(42)).unwrap();
+    let seen: &AtomicU64 = other.root("v").unwrap();
     let first = seen.load(Ordering::Relaxed);
     owner.store(99, Ordering::Relaxed);
     assert_eq!((first, seen.load(Ordering::Relaxed)), (42, 99));
@@ -402,7 +405,7 @@ fn bump_epochs_do_not_wrap() {
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 16).unwrap();
     let h = bump.arena().alloc(7u64).unwrap().handle();
     for _ in 0..(1 << 20) {
-        bump.reset();
+        bump.reset().unwrap();
     }
     assert_eq!(bump.epoch(), 1 << 20);
     assert!(h.read(&bump).unwrap_err().is_stale());
@@ -425,44 +428,131 @@ fn raw_read_of_a_huge_length_is_an_error() {
     assert_eq!(alloc.read(off, 64).unwrap().len(), 64);
 }
 
-/// The issue's attack: `ShmAllocator::write` over an archive after it was validated.
-/// The zero-copy view trusts every writer (not refused yet: see the README's "Not
-/// covered yet"); the checked copy path turns the damage into an error.
+/// The issue's attack: `ShmAllocator::write` over an archive after it was validated,
+/// and a raw `free` of its block. The segment holds typed handles, so the raw API
+/// refuses both (`WrongMode`) and the archive is intact. An untrusted writer (a
+/// mapping of its own) can still damage it: the checked copy path turns that
+/// into an error.
 #[test]
-fn raw_write_over_an_archive_is_an_error_on_the_copy_path() {
+fn raw_write_over_an_archive_is_refused() {
     let name = ShmName::new("snd-raw-write");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let value: Vec<String> = (0..64).map(|i| format!("value-{i}")).collect();
     let token = ShmArchive::new_in(&alloc, &value).unwrap().into_token();
     let archive = ShmArchive::<Vec<String>, _>::from_token(&alloc, token).unwrap();
     let data = archive.offset().get() + HEADER_LEN;
-    // Over the whole archive, and over the token's own offset (the header).
-    alloc
-        .write(Offset::new(data), &vec![0xff; archive.len()])
-        .unwrap();
+    let view = archive.access().unwrap();
+    let typed = Err(AccessError::WrongMode {
+        wanted: SegmentMode::Raw,
+        found: SegmentMode::Typed,
+    });
+    assert_eq!(
+        alloc.write(Offset::new(data), &vec![0xff; archive.len()]),
+        typed
+    );
+    assert_eq!(alloc.write(archive.offset(), &[0u8; 48]), typed);
+    assert_eq!(
+        alloc.free(archive.offset()),
+        Err(FreeError::WrongMode {
+            found: SegmentMode::Typed
+        })
+    );
+    // A raw block in the same segment is refused too: it could be freed and
+    // become a typed block between a check and a write.
+    let raw = alloc.allocate(64).unwrap();
+    assert_eq!(alloc.write(raw, b"x"), typed);
+    assert_eq!(view.len(), 64);
+    assert_eq!(view[63].as_str(), "value-63");
+    assert_eq!(archive.deserialize_copied().unwrap(), value);
+    // The same bytes from an untrusted writer: the copy path reports it.
+    common::scribble(&alloc, Offset::new(data), &vec![0xff; archive.len()]).unwrap();
     let e = archive.deserialize_copied().unwrap_err();
     assert!(matches!(e, ArchiveError::Checksum { .. }), "{e}");
-    alloc.write(archive.offset(), &[0u8; 48]).unwrap();
+    common::scribble(&alloc, archive.offset(), &[0u8; 48]).unwrap();
     assert!(archive.deserialize_copied().is_err());
 }
 
-/// The issue's attack: a second `BumpAllocator::open` in the same process resets and
-/// re-allocates while an arena archive reader is held. The copy path is `Stale`,
-/// whatever the reused bytes hold.
+/// The other way round: once the raw API wrote a segment, typed handles that give
+/// non-atomic references are refused there, and `RelPtr::get` views (atomics,
+/// over blocks the raw API may free and rewrite) are refused in a typed segment.
 #[test]
-fn second_bump_mapping_reset_makes_the_copy_path_stale() {
+fn raw_and_typed_segments_do_not_mix() {
+    let name = ShmName::new("snd-modes");
+    let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    assert_eq!(alloc.segment().mode(), SegmentMode::Unset);
+    let off = alloc.allocate(64).unwrap();
+    alloc.write(off, &[0; 8]).unwrap();
+    assert_eq!(alloc.segment().mode(), SegmentMode::Raw);
+    let raw_mode = AccessError::WrongMode {
+        wanted: SegmentMode::Typed,
+        found: SegmentMode::Raw,
+    };
+    assert_eq!(
+        ShmBox::new_in(&alloc, 1u64).unwrap_err(),
+        Error::Access(raw_mode.clone())
+    );
+    assert!(ShmVec::<u64, _>::new_in(&alloc).is_err());
+    assert!(ShmArchive::new_in(&alloc, &vec![1u32]).is_err());
+    // Another handle (another process would do the same) sees the decided mode.
+    let other = FreeListAllocator::open(name.as_str()).unwrap();
+    assert!(ShmBox::new_in(&other, 1u64).is_err());
+    // Views of atomics and roots are fine in a raw segment.
+    let v = RelPtr::<AtomicU64>::from_offset(off).get(&other).unwrap();
+    v.fetch_add(5, Ordering::Relaxed);
+    assert_eq!(alloc.read(off, 1).unwrap(), [5]);
+    let r: &AtomicU64 = alloc.root("counter").unwrap();
+    r.store(1, Ordering::Relaxed);
+    alloc.free(off).unwrap();
+
+    let typed_name = ShmName::new("snd-modes-typed");
+    let typed = FreeListAllocator::create(typed_name.as_str(), 1 << 20).unwrap();
+    let b = ShmBox::new_in(&typed, 7u64).unwrap();
+    // A forged pointer at the box's `u64`, seen as an atomic, would write behind
+    // the box's `&mut u64`: refused.
+    assert!(b.rel_ptr().cast::<AtomicU64>().get(&typed).is_err());
+    assert_eq!(b.rel_ptr().read(&typed).unwrap(), 7);
+    let r: &AtomicU64 = typed.root("counter").unwrap();
+    r.store(2, Ordering::Relaxed);
+    assert_eq!(*b, 7);
+}
+
+/// The issue's attack: a second `BumpAllocator::open` in the same process resets and
+/// re-allocates while an arena archive reader (a zero-copy view) is held. The
+/// reader pins the region: the reset is `Busy` and the view keeps its bytes; once
+/// the reader is dropped the reset goes through and the token is `Stale`.
+#[test]
+fn second_bump_mapping_cannot_reset_under_a_reader() {
     use shared_allocator::archive::ArenaArchiveReader;
     let name = ShmName::new("snd-bump-reopen");
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
     let batch: Vec<String> = (0..64).map(|i| format!("item-{i}")).collect();
     let token = bump.arena().archive(&batch).unwrap().into_token();
+    let h = bump.arena().alloc(5u64).unwrap().handle();
     let reader = ArenaArchiveReader::<Vec<String>>::open(&bump, token).unwrap();
-    assert_eq!(reader.deserialize_copied().unwrap(), batch);
+    let view = reader.access().unwrap();
     let mut second = BumpAllocator::open(name.as_str()).unwrap();
-    second.reset();
+    assert_eq!(second.try_reset(), Err(AccessError::Busy { readers: 1 }));
+    assert_eq!(
+        second.reset_timeout(std::time::Duration::from_millis(50)),
+        Err(AccessError::Busy { readers: 1 })
+    );
+    // A Busy reset changed nothing: allocations go on in the same epoch, after
+    // the archive, and the view is intact.
     let other: Vec<u64> = (0..512).collect();
     let _ = second.arena().archive(&other).unwrap();
-    assert!(reader.deserialize_copied().unwrap_err().is_stale());
+    assert_eq!(view.len(), 64);
+    assert_eq!(view[63].as_str(), "item-63");
+    assert_eq!(reader.deserialize_copied().unwrap(), batch);
+    // An ArenaPtr view pins the same way.
+    let v = h.get(&bump).unwrap();
+    drop(reader);
+    assert!(second.try_reset().unwrap_err().is_busy());
+    assert_eq!(*v, 5);
+    drop(v);
+    second.try_reset().unwrap();
     assert!(token.deserialize_copied(&bump).unwrap_err().is_stale());
-    assert!(reader.access().unwrap_err().is_stale());
+    assert!(ArenaArchiveReader::<Vec<String>>::open(&bump, token)
+        .unwrap_err()
+        .is_stale());
+    assert!(h.get(&bump).unwrap_err().is_stale());
 }

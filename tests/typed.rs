@@ -248,7 +248,7 @@ fn arena_handles_are_stale_after_reset_in_another_process() {
         "reader",
     );
     assert_eq!(before, ["ok 10"]);
-    arena.reset();
+    arena.reset().unwrap();
     // Reuse the bytes in the new epoch: a stale reader must not see them.
     let fresh = arena
         .alloc_slice(&[100u64, 200, 300, 400])
@@ -271,10 +271,12 @@ fn arena_handles_are_stale_after_reset_in_another_process() {
 
 #[test]
 fn bad_rel_ptrs_are_errors() {
+    // Shared views live in raw segments (see `SegmentMode`).
     let name = ShmName::new("typed-bad");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let b = ShmBox::new_in(&alloc, AtomicU64::new(5)).unwrap();
-    let p = b.rel_ptr();
+    let off = alloc.allocate(8).unwrap();
+    alloc.write(off, &5u64.to_ne_bytes()).unwrap();
+    let p = RelPtr::<AtomicU64>::from_offset(off);
     assert_eq!(
         RelPtr::<AtomicU64>::null().get(&alloc).err(),
         Some(AccessError::Null)
@@ -287,20 +289,30 @@ fn bad_rel_ptrs_are_errors() {
         RelPtr::<AtomicU64>::from_raw(p.raw() + 1).get(&alloc),
         Err(AccessError::Misaligned { .. })
     ));
-    // The block (16-byte header + 8) is too small for a [u64; 4].
+    // The block (8 bytes, in the 16-byte class) is too small for a [u64; 4].
     assert!(matches!(
         p.cast::<[u64; 4]>().read(&alloc),
         Err(AccessError::NotAllocated { .. })
     ));
     assert_eq!(p.get(&alloc).unwrap().load(Ordering::Relaxed), 5);
     assert_eq!(p.cast::<u64>().read(&alloc).unwrap(), 5);
-    drop(b);
+    alloc.free(off).unwrap();
     assert!(matches!(
         p.get_checked(&alloc),
         Err(AccessError::NotAllocated { .. })
     ));
     // The fast path only promises bounds and alignment: still inside the data region.
     assert!(p.get(&alloc).is_ok());
+
+    // In a segment of typed handles the same pointers are refused outright.
+    let typed_name = ShmName::new("typed-bad-typed");
+    let typed = FreeListAllocator::create(typed_name.as_str(), 1 << 20).unwrap();
+    let b = ShmBox::new_in(&typed, AtomicU64::new(5)).unwrap();
+    assert!(matches!(
+        b.rel_ptr().get(&typed),
+        Err(AccessError::WrongMode { .. })
+    ));
+    assert_eq!(b.load(Ordering::Relaxed), 5);
 }
 
 /// A struct that is both ShmSafe (our derive) and zerocopy's byte-view traits.

@@ -154,15 +154,20 @@ allocator_class!(PyBump, "BumpAllocator", {
     /// invalid; memory is not zeroed.
     ///
     /// Raises ``ExportedViewsError`` (a ``BufferError``) while views made through
-    /// this object are alive.
+    /// this object are alive, or while another process holds views of the arena
+    /// (Rust arena readers) for longer than the reset waits (10 s).
     fn reset(&self, py: Python<'_>) -> PyResult<()> {
         let core = self.h.get(py)?;
         core.no_views(py, "reset")?;
-        self.resetter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reset();
-        Ok(())
+        let resetter = &self.resetter;
+        py.detach(|| {
+            resetter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .reset()
+        })
+        .map(|_| ())
+        .map_err(|e| errors::err(py, errors::Kind::ExportedViews, e.to_string()))
     }
 
     /// Bytes of the data region.

@@ -1,4 +1,5 @@
-//! The bump allocator: one 128-bit atomic word holds `[epoch: 64 | cursor: 64]`.
+//! The bump allocator: one 128-bit atomic word holds
+//! `[epoch: 64 | resetter: 29 | cursor: 35]`.
 //!
 //! Allocation is one 128-bit compare-and-swap that advances the cursor; `reset` is
 //! one that rewinds it and increments the epoch. Because epoch and cursor share a
@@ -7,16 +8,27 @@
 //! at 10^9 resets per second it wraps after 584 years, so an old handle can never
 //! match a new epoch.
 //!
+//! **Resets wait for readers.** Views into the region (arena values, arena
+//! archives) pin it through the process registry ([`crate::process`]). A reset
+//! first publishes itself in the word (the `resetter` field, its registry token),
+//! which stops new allocations and new views, then waits until no other live
+//! handle holds a pin, and only then rewinds. If views outlast its timeout it
+//! withdraws and returns [`AccessError::Busy`]; nothing changed. A resetter that
+//! dies mid-wait is noticed by the next one to find its token dead, which
+//! withdraws it. A reader that dies pins nothing (its registry slot is dead).
+//!
 //! Orderings: `reset` publishes with Release (AcqRel CAS); an allocation's
 //! successful CAS is Acquire, so everything before the reset (in the resetting
 //! process, and whatever happened-before it) happens-before the new epoch's writes.
+//! The pin handshake is SeqCst on both sides (see [`crate::process`]).
 //!
 //! The 128-bit CAS is `cmpxchg16b` on x86_64 (portable-atomic, detected at run
 //! time). A CPU without it would get portable-atomic's lock-based fallback, whose
 //! lock is per process and so useless in shared memory: `create` and `open`
 //! refuse such a CPU with [`SegmentError::Unsupported`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use portable_atomic::AtomicU128;
 
@@ -33,9 +45,16 @@ const META_LEN: u64 = 4096;
 /// progress long before; only a peer rewriting the word forever gets here.
 const RETRY_LIMIT: u32 = 1 << 20;
 
-const CURSOR_MASK: u128 = u64::MAX as u128;
-/// Largest data region a bump allocator can have (64 GiB - 1).
-pub const BUMP_MAX_CAPACITY: u64 = (1 << 36) - 1;
+const CURSOR_BITS: u32 = 35;
+const CURSOR_MASK: u128 = (1 << CURSOR_BITS) - 1;
+const RESETTER_MASK: u128 = ((1 << 29) - 1) << CURSOR_BITS;
+/// Largest data region a bump allocator can have (32 GiB - 1).
+pub const BUMP_MAX_CAPACITY: u64 = (1 << CURSOR_BITS) - 1;
+/// How long [`BumpAllocator::reset`] waits for other handles' views.
+pub const DEFAULT_RESET_WAIT: Duration = Duration::from_secs(10);
+/// The longest an allocation or a new view waits for a reset in progress (a live
+/// resetter withdraws within its own timeout; this bounds a scribbled word).
+const MAX_DRAIN_WAIT: Duration = Duration::from_secs(120);
 
 fn require_lock_free_u128() -> Result<(), SegmentError> {
     if AtomicU128::is_lock_free() {
@@ -66,6 +85,21 @@ fn split(word: u128) -> (u64, u64) {
     ((word >> 64) as u64, (word & CURSOR_MASK) as u64)
 }
 
+/// The registry token of the handle resetting now (0: none).
+fn resetter(word: u128) -> u32 {
+    ((word & RESETTER_MASK) >> CURSOR_BITS) as u32
+}
+
+/// Waits with a growing pause (spin, then yield, then sleep up to 1 ms).
+fn backoff(round: &mut u32) {
+    *round += 1;
+    match *round {
+        0..=16 => std::hint::spin_loop(),
+        17..=64 => std::thread::yield_now(),
+        r => std::thread::sleep(Duration::from_micros(u64::from(r.min(1000)))),
+    }
+}
+
 /// A bump allocator in shared memory: allocation is one atomic compare-and-swap,
 /// there is no individual free, and [`reset`](BumpAllocator::reset) releases
 /// everything at once and advances the epoch.
@@ -78,7 +112,7 @@ fn split(word: u128) -> (u64, u64) {
 /// let a = bump.allocate(128)?;
 /// bump.write(a, b"temporary")?;
 /// assert_eq!(bump.read(a, 9)?, b"temporary");
-/// bump.reset();
+/// bump.reset()?;
 /// assert_eq!(bump.available_bytes(), 1 << 20);
 /// bump.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
@@ -87,8 +121,6 @@ fn split(word: u128) -> (u64, u64) {
 pub struct BumpAllocator {
     member: Membership,
     seg: Segment,
-    /// The epoch mirror's address (checked inside the metadata region at open).
-    mirror: usize,
 }
 
 impl Drop for BumpAllocator {
@@ -164,18 +196,8 @@ impl BumpAllocator {
     }
 
     fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
-        let mirror = seg
-            .words(seg.layout().meta_offset + 16, 1)
-            .ok_or(SegmentError::CorruptHeader {
-                reason: "bump metadata outside the mapping",
-            })?
-            .as_ptr() as usize;
         let member = Membership::join(&seg)?.membership;
-        Ok(BumpAllocator {
-            member,
-            seg,
-            mirror,
-        })
+        Ok(BumpAllocator { member, seg })
     }
 
     /// The handles attached to this segment, from the process registry.
@@ -206,56 +228,153 @@ impl BumpAllocator {
         unsafe { &*(p.as_ptr() as *const AtomicU128) }
     }
 
-    /// The epoch mirror: a 64-bit word beside the state (bytes 16..24 of the
-    /// metadata), raised to a reset's new epoch *before* the reset's CAS, with
-    /// `fetch_max` (never lowered). Arenas that bump inside a chunk they reserved
-    /// check it with one plain load per object instead of a 128-bit atomic.
-    #[inline]
-    pub(crate) fn epoch_mirror(&self) -> &AtomicU64 {
-        // SAFETY:
-        // - `mirror` is the address `Segment::words` returned at open for the 8 bytes
-        //   at metadata offset 16: inside the mapping, 8-aligned;
-        // - AtomicU64 is valid for any bit pattern and the word is only accessed
-        //   atomically by every process;
-        // - the mapping is owned by `self.seg` and the reference borrows `self`.
-        unsafe { &*(self.mirror as *const AtomicU64) }
+    /// Releases every allocation at once and advances the epoch; returns the new
+    /// epoch. Waits up to [`DEFAULT_RESET_WAIT`] for views held by other handles
+    /// (in any process): see [`reset_timeout`](Self::reset_timeout).
+    ///
+    /// # Errors
+    /// [`AccessError::Busy`] if views outlast the wait; nothing changed.
+    pub fn reset(&mut self) -> Result<u64, AccessError> {
+        self.reset_timeout(DEFAULT_RESET_WAIT)
     }
 
-    /// Releases every allocation at once and advances the epoch. O(1).
+    /// [`reset`](Self::reset) without waiting: `Busy` at once if any other handle
+    /// holds a view.
+    ///
+    /// # Errors
+    /// As [`reset`](Self::reset).
+    pub fn try_reset(&mut self) -> Result<u64, AccessError> {
+        self.reset_timeout(Duration::ZERO)
+    }
+
+    /// Releases every allocation at once and advances the epoch, once no other
+    /// handle holds a view into the region. O(1) plus the wait.
+    ///
+    /// Views are the guards of the safety model: [`ArenaRef`](crate::ArenaRef) from
+    /// [`ArenaPtr::get`](crate::ArenaPtr::get), an
+    /// [`ArenaArchiveReader`](crate::archive::ArenaArchiveReader), and a live
+    /// [`Arena`](crate::Arena) (its values are views). They pin the region through
+    /// the process registry; this call stops new allocations and views, waits until
+    /// the pins of every other live handle are gone, then rewinds. Views of a dead
+    /// process pin nothing. While the reset waits, allocations and new views wait
+    /// for it (they then see the new epoch, or the old one if it withdrew).
     ///
     /// Handles that carry the epoch (arena handles) taken before this call resolve
     /// to [`AccessError::Stale`] afterwards, in every process. Raw offsets carry
     /// no epoch: reading one after a reset reads whatever was allocated there since.
     ///
-    /// Takes `&mut self`: no reference into this allocator obtained in this process
-    /// (typed values, validated archives) can be alive across a reset here. Other
-    /// processes can still reset at any time; epoch checks cover them.
+    /// Takes `&mut self`: no view through this handle can be alive.
     ///
-    /// Returns the new epoch.
-    pub fn reset(&mut self) -> u64 {
+    /// # Errors
+    /// [`AccessError::Busy`] with the number of handles still holding views when
+    /// `timeout` passed: the reset withdrew and nothing changed.
+    pub fn reset_timeout(&mut self, timeout: Duration) -> Result<u64, AccessError> {
+        let me = self.member.slot(&self.seg).ok();
+        let token = me.map_or(0, |slot| process::token(&self.seg, slot));
+        if token == 0 {
+            return Err(AccessError::Busy { readers: 0 });
+        }
+        let deadline = Instant::now() + timeout;
         let state = self.state();
-        let mut cur = state.load(Ordering::Relaxed);
+        let mut round = 0;
+        // Publish the reset (SeqCst: the pin handshake), after any other resetter.
+        let mut cur = state.load(Ordering::SeqCst);
+        let mut published = None;
         for _ in 0..RETRY_LIMIT {
-            // 2^64 resets never happen; wrapping keeps a scribbled MAX from panicking.
-            let epoch = split(cur).0.wrapping_add(1);
-            // Before the CAS: an arena that still reads the old epoch here is one
-            // whose check came before this reset (see `epoch_mirror`).
-            self.epoch_mirror().fetch_max(epoch, Ordering::SeqCst);
-            match state.compare_exchange_weak(
-                cur,
-                u128::from(epoch) << 64,
-                RESET_ORDER,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return epoch,
+            if resetter(cur) != 0 {
+                cur = self.wait_for_resetter(cur, deadline)?;
+                continue;
+            }
+            let next = cur | (u128::from(token) << CURSOR_BITS);
+            match state.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => {
+                    published = Some(next);
+                    break;
+                }
                 Err(now) => cur = now,
             }
         }
-        // A peer rewrites the word forever (hostile): reset by force, never hang.
-        let epoch = split(cur).0.wrapping_add(1);
-        self.epoch_mirror().fetch_max(epoch, Ordering::SeqCst);
-        state.store(u128::from(epoch) << 64, Ordering::Release);
-        epoch
+        let mine = published.ok_or(AccessError::Corrupted {
+            what: "bump reset word retried too often",
+        })?;
+        crate::fail_point!("bump.reset.published");
+        let withdraw = |readers| {
+            // Only ours to undo; a scribbler's word is left alone.
+            let _ = state.compare_exchange(
+                mine,
+                mine & !RESETTER_MASK,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            Err(AccessError::Busy { readers })
+        };
+        loop {
+            let readers = process::pinned_by_others(&self.seg, me);
+            if readers == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return withdraw(readers);
+            }
+            backoff(&mut round);
+        }
+        // 2^64 resets never happen; wrapping keeps a scribbled MAX from panicking.
+        let epoch = split(mine).0.wrapping_add(1);
+        match state.compare_exchange(
+            mine,
+            u128::from(epoch) << 64,
+            RESET_ORDER,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => Ok(epoch),
+            // Someone took our reset for a dead one's (or scribbled): start over.
+            Err(_) => withdraw(0),
+        }
+    }
+
+    /// Waits until the reset published in `cur` ends (or withdraws a dead
+    /// resetter's); returns the state word then.
+    fn wait_for_resetter(&self, mut cur: u128, deadline: Instant) -> Result<u128, AccessError> {
+        let state = self.state();
+        let mut round = 0;
+        while resetter(cur) != 0 {
+            if !process::token_alive(&self.seg, self.member.current(), resetter(cur)) {
+                // Its holder died mid-reset: nothing was rewound yet, withdraw it.
+                let _ = state.compare_exchange(
+                    cur,
+                    cur & !RESETTER_MASK,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            } else if Instant::now() >= deadline {
+                return Err(AccessError::Busy { readers: 0 });
+            } else {
+                backoff(&mut round);
+            }
+            cur = state.load(Ordering::SeqCst);
+        }
+        Ok(cur)
+    }
+
+    /// Pins the region for a view in this handle's slot, once no reset is in
+    /// progress; returns the pin and the epoch it protects. The epoch cannot change
+    /// while the pin lives.
+    pub(crate) fn pin(&self) -> Result<(process::Pin, u64), AccessError> {
+        let deadline = Instant::now() + MAX_DRAIN_WAIT;
+        for _ in 0..RETRY_LIMIT {
+            let pin = process::pin(&self.seg, &self.member)
+                .map_err(|_| AccessError::Busy { readers: 0 })?;
+            // SeqCst after the increment: the handshake with `reset_timeout`.
+            let cur = self.state().load(Ordering::SeqCst);
+            if resetter(cur) == 0 {
+                return Ok((pin, split(cur).0));
+            }
+            drop(pin);
+            self.wait_for_resetter(cur, deadline)?;
+        }
+        Err(AccessError::Corrupted {
+            what: "bump reset word retried too often",
+        })
     }
 
     /// Allocates and returns the offset together with the epoch it belongs to.
@@ -275,6 +394,13 @@ impl BumpAllocator {
         let mask = align as u64 - 1;
         let mut cur = state.load(ALLOC_ORDER);
         for _ in 0..RETRY_LIMIT {
+            if resetter(cur) != 0 {
+                // A reset waits for readers: allocate in the epoch after it.
+                cur = self
+                    .wait_for_resetter(cur, Instant::now() + MAX_DRAIN_WAIT)
+                    .map_err(|_| AllocError::Busy)?;
+                continue;
+            }
             let (epoch, used) = split(cur);
             // data_offset is page-aligned, so aligning the relative cursor aligns the offset.
             let Some((start, end)) = place(used, size as u64, mask, cap) else {
@@ -289,7 +415,7 @@ impl BumpAllocator {
                     available: cap.saturating_sub(used),
                 });
             };
-            let next = (cur & !CURSOR_MASK) | u128::from(end);
+            let next = (cur & !(CURSOR_MASK | RESETTER_MASK)) | u128::from(end);
             // Acquire on success: the reset that began this epoch happens-before
             // this allocation's writes.
             match state.compare_exchange_weak(cur, next, ALLOC_ORDER, ALLOC_ORDER) {
@@ -481,6 +607,44 @@ mod loom_tests {
             if let (Some(x), Some(y)) = (mine, theirs) {
                 assert_ne!(x, y, "the same bytes twice in one epoch");
             }
+        });
+    }
+
+    /// The reader-pin handshake of `reset_timeout` and `BumpAllocator::pin`: a
+    /// reader increments its pin count, fences SeqCst and loads the state word; a
+    /// resetter publishes itself in the state word, fences SeqCst and loads the pin
+    /// counts. loom proves that a reader who saw no reset and a resetter who saw
+    /// no pin never both go on: the reader's read and the reuse's write never race.
+    /// (loom models SeqCst fences, not SeqCst accesses: with SeqCst loads and
+    /// stores and no fences it reports the race, as it does for any Dekker
+    /// handshake, tokio-rs/loom#180; the fences are what the real code uses.)
+    #[test]
+    fn loom_reader_pins_hold_off_a_reset() {
+        loom::model(|| {
+            let m = Arc::new((AtomicU64::new(0), AtomicU64::new(0), UnsafeCell::new(1u64)));
+            let reader = {
+                let m = m.clone();
+                loom::thread::spawn(move || {
+                    let (pins, state, data) = &*m;
+                    pins.fetch_add(1, Ordering::SeqCst);
+                    loom::sync::atomic::fence(Ordering::SeqCst);
+                    if state.load(Ordering::SeqCst) == 0 {
+                        // SAFETY: pinned and no reset published: the resetter
+                        // cannot write until the pin is dropped (what loom checks).
+                        let v = data.with(|p| unsafe { *p });
+                        assert_eq!(v, 1);
+                    }
+                    pins.fetch_sub(1, Ordering::Release);
+                })
+            };
+            let (pins, state, data) = &*m;
+            state.fetch_or(1, Ordering::SeqCst);
+            loom::sync::atomic::fence(Ordering::SeqCst);
+            if pins.load(Ordering::SeqCst) == 0 {
+                // SAFETY: no pin after publishing: no reader is in the data.
+                data.with_mut(|p| unsafe { *p = 2 });
+            }
+            reader.join().unwrap();
         });
     }
 }

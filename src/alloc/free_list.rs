@@ -2130,7 +2130,7 @@ impl ShmAllocator for FreeListAllocator {
 
 impl ShmFree for FreeListAllocator {
     #[inline]
-    fn free(&self, offset: Offset) -> Result<(), FreeError> {
+    unsafe fn free_owned(&self, offset: Offset) -> Result<(), FreeError> {
         if self.push_cached(offset.get()) {
             return Ok(());
         }

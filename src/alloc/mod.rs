@@ -10,7 +10,7 @@ mod cache;
 mod free_list;
 mod slab;
 
-pub use bump::BumpAllocator;
+pub use bump::{BumpAllocator, BUMP_MAX_CAPACITY, DEFAULT_RESET_WAIT};
 pub use free_list::{
     FreeListAllocator, Reclaimed, DEFAULT_CACHE_DEPTH, MAX_CACHE_DEPTH, SIZE_CLASSES,
 };
@@ -131,11 +131,17 @@ pub trait ShmAllocator: Send + Sync {
     /// [`AccessError::Null`], [`AccessError::OutOfBounds`], [`AccessError::NotAllocated`].
     fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError>;
 
-    /// Copies `data` into the block at `offset` (which may point inside a block).
+    /// Copies `data` into the block at `offset` (which may point inside a block),
+    /// with byte-wise atomic stores. Decides the segment's mode as
+    /// [`Raw`](crate::segment::SegmentMode::Raw) if unset.
     ///
     /// # Errors
-    /// As [`ShmAllocator::check_range`]: the whole range must be inside one live block.
+    /// As [`ShmAllocator::check_range`]: the whole range must be inside one live
+    /// block; [`AccessError::WrongMode`] in a segment of typed handles (whose
+    /// blocks a raw write would change under their references).
     fn write(&self, offset: Offset, data: &[u8]) -> Result<(), AccessError> {
+        self.segment()
+            .claim_mode(crate::segment::SegmentMode::Raw)?;
         self.check_range(offset, data.len() as u64)?;
         if self.segment().write_bytes(offset.get(), data) {
             Ok(())
@@ -144,7 +150,8 @@ pub trait ShmAllocator: Send + Sync {
         }
     }
 
-    /// Fills `buf` from the block at `offset`.
+    /// Fills `buf` from the block at `offset`, with byte-wise atomic loads (the
+    /// checked copy path: sound whatever other processes write meanwhile).
     ///
     /// # Errors
     /// As [`ShmAllocator::check_range`].
@@ -208,12 +215,45 @@ pub trait ShmAllocator: Send + Sync {
 
 /// Allocators that free blocks one at a time.
 pub trait ShmFree: ShmAllocator {
-    /// Frees the block starting at `offset`.
+    /// Frees the raw block starting at `offset`. Decides the segment's mode as
+    /// [`Raw`](crate::segment::SegmentMode::Raw) if unset.
     ///
     /// # Errors
     /// [`FreeError::Null`], [`FreeError::OutOfRange`], [`FreeError::NotBlockStart`],
-    /// [`FreeError::DoubleFree`], [`FreeError::Corrupted`]. On error nothing changed.
-    fn free(&self, offset: Offset) -> Result<(), FreeError>;
+    /// [`FreeError::DoubleFree`], [`FreeError::Corrupted`];
+    /// [`FreeError::WrongMode`] in a segment of typed handles (they free their own
+    /// blocks). On error nothing changed.
+    #[inline]
+    fn free(&self, offset: Offset) -> Result<(), FreeError> {
+        match self.segment().claim_mode(crate::segment::SegmentMode::Raw) {
+            Ok(()) => {}
+            Err(AccessError::WrongMode { found, .. }) => {
+                return Err(FreeError::WrongMode { found })
+            }
+            Err(_) => {
+                return Err(FreeError::Corrupted {
+                    what: "segment mode word",
+                })
+            }
+        }
+        // SAFETY: the segment is in raw mode, so no typed handle (in any process)
+        // owns a block of it or holds a non-atomic reference into one; raw readers
+        // and writers copy with atomics, so freeing under them is no data race.
+        unsafe { self.free_owned(offset) }
+    }
+
+    /// Frees the block starting at `offset`, in a segment of either mode: what
+    /// typed handles call when they drop their block.
+    ///
+    /// # Safety
+    /// The caller owns the block exclusively (a typed handle that allocated or
+    /// redeemed it, or raw code in a raw-mode segment), and no reference into it
+    /// (in any process) outlives this call.
+    ///
+    /// # Errors
+    /// As [`free`](ShmFree::free), without `WrongMode`.
+    #[doc(hidden)]
+    unsafe fn free_owned(&self, offset: Offset) -> Result<(), FreeError>;
 
     /// Tries to grow the block at `offset` to at least `new_size` bytes without moving
     /// it (like `realloc` extending in place). Returns whether it did; on `false`

@@ -931,7 +931,7 @@ impl SlabAllocator {
 
 impl ShmFree for SlabAllocator {
     #[inline]
-    fn free(&self, offset: Offset) -> Result<(), FreeError> {
+    unsafe fn free_owned(&self, offset: Offset) -> Result<(), FreeError> {
         if self.push_cached(offset.get()) {
             return Ok(());
         }

@@ -13,6 +13,7 @@ use super::writer::{block_size, nondeterministic, seal, serialize_into};
 use super::{ArchiveError, ShmArchivable, ARCHIVE_ALIGN};
 use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
 use crate::error::AccessError;
+use crate::process::Pin;
 use crate::typed::{fingerprint, Arena, ShmSafe};
 
 impl<'b> Arena<'b> {
@@ -30,6 +31,8 @@ impl<'b> Arena<'b> {
         value: &T,
     ) -> Result<ArenaArchive<'_, T>, ArchiveError> {
         let bump = self.allocator();
+        // The arena's pin keeps the block's epoch until the archive is gone.
+        self.pinned_epoch()?;
         let len = serialize_into(bump.segment(), Offset::NULL, 0, value)?;
         ArenaArchive::fill(bump, len, value)?.map_err(|_| nondeterministic::<T>(len))
     }
@@ -47,6 +50,7 @@ impl<'b> Arena<'b> {
         capacity: usize,
     ) -> Result<ArenaArchive<'_, T>, ArchiveError> {
         let bump = self.allocator();
+        self.pinned_epoch()?;
         match ArenaArchive::fill(bump, capacity, value)? {
             Ok(a) => Ok(a),
             // The first pass counted the exact size past the end of the block.
@@ -81,11 +85,14 @@ impl<'b> Arena<'b> {
 /// let reader = ArenaArchiveReader::<Vec<String>>::open(&consumer, ArenaArchiveToken::from_raw(raw))?;
 /// assert_eq!(reader.access()?[1].as_str(), "bc");
 ///
-/// // The coordinator (here: a third mapping of the segment) ends the batch.
+/// // The coordinator (here: a third mapping of the segment) ends the batch. A
+/// // reset waits for views (the arena and the reader pin the region) or is Busy:
 /// let mut coordinator = BumpAllocator::open(&name)?;
-/// coordinator.reset();
-/// assert!(reader.access().unwrap_err().is_stale());
-/// # drop(arena);
+/// assert!(coordinator.try_reset().unwrap_err().is_busy());
+/// drop((reader, arena));
+/// coordinator.reset()?;
+/// let again = ArenaArchiveReader::<Vec<String>>::open(&consumer, ArenaArchiveToken::from_raw(raw));
+/// assert!(again.unwrap_err().is_stale());
 /// # bump.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
@@ -226,13 +233,16 @@ fn checked_epoch_bytes(bump: &BumpAllocator, span: Span, epoch: u64) -> Result<&
 /// A validated, read-only view of an arena archive, in any process. Any number
 /// of readers may view one archive; the arena's reset releases it.
 ///
-/// [`open`](ArenaArchiveReader::open) validates once; [`access`](ArenaArchiveReader::access)
-/// afterwards only checks the epoch (one atomic load) and the bounds. An example
-/// is on [`ArenaArchive`].
+/// [`open`](ArenaArchiveReader::open) pins the region (in this handle's registry
+/// slot) and validates once; while the reader lives, no reset by any handle in any
+/// process completes (it waits, or returns [`AccessError::Busy`]), so
+/// [`access`](ArenaArchiveReader::access) only checks the bounds. Drop readers
+/// when the batch is read. An example is on [`ArenaArchive`].
 pub struct ArenaArchiveReader<'a, T: ShmArchivable> {
     bump: &'a BumpAllocator,
     span: Span,
     epoch: u64,
+    _pin: Pin,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -248,15 +258,15 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
         bump: &'a BumpAllocator,
         token: ArenaArchiveToken<T>,
     ) -> Result<Self, ArchiveError> {
-        check_epoch(bump, token.epoch)?;
+        // Pinned before validating: the validated bytes stay this epoch's.
+        let pin = crate::ArenaPtr::<u8>::from_parts(token.offset, token.epoch, 0).pin(bump)?;
         let (span, sum, bytes) = Span::read::<T, BumpAllocator>(bump, token.offset())?;
         span.validate::<T>(bytes, sum)?;
-        fence(Ordering::Acquire);
-        check_epoch(bump, token.epoch)?;
         Ok(ArenaArchiveReader {
             bump,
             span,
             epoch: token.epoch,
+            _pin: pin,
             _type: PhantomData,
         })
     }
@@ -264,15 +274,17 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
     /// The archived value, zero-copy, without re-validation.
     ///
     /// # Errors
-    /// [`AccessError::Stale`] if any process reset the arena since.
+    /// Bounds errors only if the segment's layout was damaged.
     #[inline]
     pub fn access(&self) -> Result<&Archived<T>, ArchiveError> {
-        let bytes = checked_epoch_bytes(self.bump, self.span, self.epoch)?;
+        let bytes = self.span.bytes(self.bump)?;
         // SAFETY:
-        // - `open` (the only constructor) ran `check_bytes` on this span's bytes in
-        //   this bump allocator (the reader holds it) and checked the epoch after;
-        // - the epoch is unchanged (just checked), so the block was not released and
-        //   reused, and no API writes an archive after it is written.
+        // - `open` (the only constructor) pinned the region, then ran `check_bytes`
+        //   on this span's bytes in this bump allocator (the reader holds it);
+        // - the pin lives in `self`: no reset completes while it does, so the block
+        //   is not released or reused, and no safe API writes an archive after it
+        //   is written (untrusted writers are outside this view's trust: the copy
+        //   path is `deserialize_copied`).
         Ok(unsafe { archived_unchecked::<T>(bytes) })
     }
 

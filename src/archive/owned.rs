@@ -104,6 +104,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     /// and seals it. `Ok(Err(len))` if the archive (of `len` bytes) did not fit;
     /// the block is freed then, and on error.
     fn fill(alloc: &'a A, cap: usize, value: &T) -> Result<Result<Self, usize>, ArchiveError> {
+        crate::typed::raw::require_typed(alloc)?;
         let block = alloc.allocate_aligned(block_size(cap)?, ARCHIVE_ALIGN)?;
         let sealed = serialize_into(alloc.segment(), block, cap, value).and_then(|len| {
             if len <= cap {
@@ -119,11 +120,13 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
                 _type: PhantomData,
             })),
             Ok(len) => {
-                let _ = alloc.free(block);
+                // SAFETY: allocated just above by this call, never published.
+                let _ = unsafe { alloc.free_owned(block) };
                 Ok(Err(len))
             }
             Err(e) => {
-                let _ = alloc.free(block);
+                // SAFETY: as above.
+                let _ = unsafe { alloc.free_owned(block) };
                 Err(e)
             }
         }
@@ -146,6 +149,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     /// [`ArchiveError::Checksum`], [`ArchiveError::Invalid`]. On error the block
     /// is not freed and the token is unchanged.
     pub fn from_token(alloc: &'a A, token: ArchiveToken<T>) -> Result<Self, ArchiveError> {
+        crate::typed::raw::require_typed(alloc)?;
         let block = token.offset();
         if block.get() % ARCHIVE_ALIGN as u64 != 0 {
             return Err(ArchiveError::BadHeader {
@@ -271,7 +275,9 @@ impl<T: ShmArchivable, A: ShmFree> Drop for ShmArchive<'_, T, A> {
             owner.release();
         }
         // A failure means someone else already freed it (a broken hand-over): nothing to do.
-        let _ = self.alloc.free(self.span.block);
+        // SAFETY: the archive owns its block (allocated or redeemed once);
+        // dropping it ends every view it handed out.
+        let _ = unsafe { self.alloc.free_owned(self.span.block) };
     }
 }
 

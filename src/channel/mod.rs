@@ -4,8 +4,12 @@
 //! The ring is Dmitry Vyukov's bounded MPMC queue with a robust slot protocol
 //! (see `ring.rs`): lock-free, one CAS on a slot and one on a counter per operation,
 //! and a process killed in the middle of a send or a receive loses at most the one
-//! message it held, never blocking the others. Blocking waits sleep on two
-//! [`ShmEvent`]s (not-empty, not-full) in bounded slices, so dead peers are noticed.
+//! message it held, never blocking the others. An endpoint that finds the ring empty
+//! (or full) first spins briefly, then yields the CPU a few times (with more busy
+//! endpoints than cores, the peer it waits for is often queued behind it), and only
+//! then sleeps on one of two [`ShmEvent`]s (not-empty, not-full) in bounded slices,
+//! so dead peers are noticed. A send or receive wakes a peer only if one is
+//! registered there (otherwise the notification is a fence and a load).
 //!
 //! Endpoints ([`Sender`], [`Receiver`]) register in a table inside the channel with
 //! their owner identity (from `sync/owner.rs`): receivers get
@@ -35,30 +39,42 @@ pub const MAX_ENDPOINTS: usize = 64;
 
 /// How long a blocked endpoint sleeps before it checks for dead peers.
 const SLICE: Duration = Duration::from_millis(50);
-/// Spins on an empty or full ring before sleeping (a streaming peer usually makes
-/// progress within a few microseconds; sleeping and waking costs more).
+/// Spins on an empty or full ring before yielding (a streaming peer on the other
+/// core usually makes progress within a few microseconds; sleeping and waking
+/// costs more).
 const SPINS: u32 = 64;
+/// Then `sched_yield`s before sleeping: with more endpoints than cores, the peer
+/// that would fill or drain the ring is often waiting for this very core, and a
+/// yield hands it over for far less than a futex sleep and wake-up.
+const YIELDS: u32 = 16;
 
 /// The back-off before sleeping. Returns `false` once the caller should sleep.
 #[inline]
-fn back_off(spins: &mut u32) -> bool {
-    if *spins < SPINS {
-        *spins += 1;
+fn back_off(step: &mut u32) -> bool {
+    if *step < SPINS {
         std::hint::spin_loop();
-        return true;
+    } else if *step < SPINS + YIELDS {
+        std::thread::yield_now();
+    } else {
+        return false;
     }
-    false
+    *step += 1;
+    true
 }
 
 const SENDER_SEEN: u32 = 1;
 const RECEIVER_SEEN: u32 = 2;
 
+/// One entry of the endpoint table, a cache line of its own: every operation
+/// stores into its endpoint's `inflight` twice, and entries that shared a line
+/// made a sender and a receiver bounce it between cores on every message.
 #[repr(C)]
 struct Endpoint {
     /// `role << 32 | owner`, 0 when free.
     ident: AtomicU64,
     /// `position + 1` of the slot this endpoint is claiming or holds, else 0.
     inflight: AtomicU64,
+    _pad: [u64; 6],
 }
 
 #[repr(C)]
@@ -133,7 +149,7 @@ const fn layout_ok<T, const N: usize>() -> bool {
         && align_of::<T>() <= 8
         && size_of::<Slot<T>>() == 8 + size_of::<T>()
         && size_of::<ShmChannel<T, N>>()
-            == 16 * 8 + 8 * 8 + MAX_ENDPOINTS * 16 + N * size_of::<Slot<T>>()
+            == 16 * 8 + 8 * 8 + MAX_ENDPOINTS * 64 + N * size_of::<Slot<T>>()
         && N > 0
 }
 
@@ -154,7 +170,8 @@ unsafe impl<T: ShmSafe, const N: usize> ShmSafe for ShmChannel<T, N> {
             layout_ok::<T, N>(),
             "ShmChannel<T, N>: T must be a multiple of 8 bytes with alignment <= 8, and N > 0"
         );
-        fingerprint::u64(fingerprint::str(T::FINGERPRINT, "ShmChannel"), N as u64)
+        // "/2": the endpoint entries are 64 bytes (they were 16).
+        fingerprint::u64(fingerprint::str(T::FINGERPRINT, "ShmChannel/2"), N as u64)
     };
 }
 
@@ -233,6 +250,11 @@ pub struct ChannelStats {
     pub senders: u32,
     /// Registered receivers (likewise).
     pub receivers: u32,
+    /// Receivers registered to sleep until a message arrives (a hint; one whose
+    /// process died asleep is forgotten by the next send).
+    pub waiting_receivers: u32,
+    /// Senders registered to sleep until a slot frees (likewise).
+    pub waiting_senders: u32,
 }
 
 impl<T: ShmSafe + Copy, const N: usize> ShmChannel<T, N> {
@@ -342,6 +364,7 @@ impl<T: ShmSafe + Copy, const N: usize> ShmChannel<T, N> {
         Ok(Receiver {
             chan: self,
             entry: self.register(Role::Receiver)?,
+            last_scan: Cell::new(None),
             _not_sync: PhantomData,
         })
     }
@@ -370,6 +393,8 @@ impl<T: ShmSafe + Copy, const N: usize> ShmChannel<T, N> {
             lost_in_recv: self.lost_in_recv.load(Ordering::Relaxed),
             senders: self.senders.load(Ordering::Relaxed),
             receivers: self.receivers.load(Ordering::Relaxed),
+            waiting_receivers: self.not_empty.waiters(),
+            waiting_senders: self.not_full.waiters(),
         }
     }
 }
@@ -396,6 +421,8 @@ pub struct Sender<'a, T: ShmSafe + Copy, const N: usize> {
 pub struct Receiver<'a, T: ShmSafe + Copy, const N: usize> {
     chan: &'a ShmChannel<T, N>,
     entry: usize,
+    /// When `try_recv` last scanned for dead senders (a system call per sender).
+    last_scan: Cell<Option<Instant>>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -424,6 +451,20 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
     /// The channel this sender belongs to.
     pub fn channel(&self) -> &'a ShmChannel<T, N> {
         self.chan
+    }
+
+    /// One push; `Ok(true)` once sent (and a sleeping receiver notified),
+    /// `Ok(false)` if the ring is full.
+    #[inline]
+    fn push_once(&self, value: T, repair: bool) -> Result<bool, SendTimeoutError<T>> {
+        match ring::push(self.chan, self.inflight(), value, repair) {
+            Ok(()) => {
+                self.chan.not_empty.notify_one();
+                Ok(true)
+            }
+            Err(PushFail::Corrupted) => Err(SendTimeoutError::Corrupted(value)),
+            Err(PushFail::Full) => Ok(false),
+        }
     }
 
     /// Sends `value` if a slot is free right now.
@@ -459,6 +500,14 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
     /// value back.
     pub fn send(&self, value: T, timeout: Option<Duration>) -> Result<(), SendTimeoutError<T>> {
         let c = self.chan;
+        // The first attempt reads no clock (the deadline costs a clock read, ~20 ns,
+        // as much as the push itself); it is the loop's first round otherwise.
+        if c.gone(Role::Receiver, false) {
+            return Err(SendTimeoutError::Disconnected(value));
+        }
+        if self.push_once(value, false)? {
+            return Ok(());
+        }
         let deadline = Deadline::after(timeout);
         let mut spins = 0;
         let mut blocked_since: Option<Instant> = None;
@@ -470,26 +519,16 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
             if scan {
                 blocked_since = Some(Instant::now()); // checked this round
             }
-            match ring::push(c, self.inflight(), value, scan) {
-                Ok(()) => {
-                    c.not_empty.notify_one();
-                    return Ok(());
-                }
-                Err(PushFail::Corrupted) => return Err(SendTimeoutError::Corrupted(value)),
-                Err(PushFail::Full) => {}
+            if self.push_once(value, scan)? {
+                return Ok(());
             }
             if back_off(&mut spins) {
                 continue;
             }
             let listener = c.not_full.listen();
-            match ring::push(c, self.inflight(), value, false) {
-                Ok(()) => {
-                    drop(listener);
-                    c.not_empty.notify_one();
-                    return Ok(());
-                }
-                Err(PushFail::Corrupted) => return Err(SendTimeoutError::Corrupted(value)),
-                Err(PushFail::Full) => {}
+            if self.push_once(value, false)? {
+                drop(listener);
+                return Ok(());
             }
             if deadline.expired() {
                 return Err(SendTimeoutError::Timeout(value));
@@ -528,15 +567,25 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Receiver<'a, T, N> {
     ///
     /// # Errors
     /// [`TryRecvError::Empty`]; [`TryRecvError::Disconnected`] if nothing is queued
-    /// and every sender is gone (checked with a liveness scan: a system call per
-    /// registered sender); [`TryRecvError::Corrupted`].
+    /// and every sender is gone: at once when the last one dropped its endpoint;
+    /// when senders died instead, the first `try_recv` that finds nothing queued
+    /// at least 50 ms after this receiver's previous scan notices (the liveness
+    /// scan costs a system call per registered sender, so a polling loop pays it
+    /// at most 20 times a second); [`TryRecvError::Corrupted`].
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         match self.take(true) {
             Ok(Some(v)) => return Ok(v),
             Ok(None) => {}
             Err(_) => return Err(TryRecvError::Corrupted),
         }
-        if self.chan.gone(Role::Sender, true) {
+        let scan = match self.last_scan.get() {
+            Some(t) if t.elapsed() < SLICE => false,
+            _ => {
+                self.last_scan.set(Some(Instant::now()));
+                true
+            }
+        };
+        if self.chan.gone(Role::Sender, scan) {
             // The last sends happened before the senders left: look once more.
             return match self.take(true) {
                 Ok(Some(v)) => Ok(v),
@@ -557,6 +606,12 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Receiver<'a, T, N> {
     /// [`RecvTimeoutError::Corrupted`].
     pub fn recv(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
         let c = self.chan;
+        // The first attempt reads no clock (as in `send`).
+        match self.take(false) {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(_) => return Err(RecvTimeoutError::Corrupted),
+        }
         let deadline = Deadline::after(timeout);
         let mut spins = 0;
         let mut blocked_since: Option<Instant> = None;

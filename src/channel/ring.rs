@@ -44,6 +44,13 @@ pub(crate) const fn pack(lap: u64, state: u64) -> u64 {
 /// that fails saw another process make progress (or a stale counter).
 const MAX_ATTEMPTS: u32 = 1 << 22;
 
+/// Spins on a slot found `WRITING` at the tail, before a repairing pop asks
+/// whether its writer is alive.
+#[cfg(not(loom))]
+const WRITER_GRACE: u32 = 64;
+#[cfg(loom)]
+const WRITER_GRACE: u32 = 1;
+
 /// Which side an endpoint is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -206,7 +213,18 @@ pub(crate) fn pop<R: Ring>(ring: &R, inflight: &R::W, repair: bool) -> Result<R:
                     if ring.tail().load(Ordering::Relaxed) != p {
                         continue;
                     }
-                    if !repair || ring.claimant_alive(Role::Sender, p) {
+                    if !repair {
+                        return Err(PopFail::Empty); // a live writer will publish it
+                    }
+                    // A live writer publishes within nanoseconds: give it a moment
+                    // before asking whether it is alive (a system call).
+                    if (0..WRITER_GRACE).any(|_| {
+                        std::hint::spin_loop();
+                        slot.load(Ordering::Acquire) != w
+                    }) {
+                        continue;
+                    }
+                    if ring.claimant_alive(Role::Sender, p) {
                         return Err(PopFail::Empty); // a live writer will publish it
                     }
                     if slot

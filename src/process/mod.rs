@@ -62,6 +62,7 @@ const LOCK_BASE: i64 = 1 << 40;
 const W_STATUS: usize = 0; // [generation: 32 | status: 32]
 const W_PID: usize = 1;
 const W_START: usize = 2;
+const W_PINS: usize = 3; // views this handle holds (reader pins)
 const W_INTENT: usize = 8; // INTENTS pairs (descriptor, expected state)
 
 const STATUS_FREE: u64 = 0;
@@ -488,6 +489,8 @@ fn take_slot(
         let gen = ((st >> 32) as u32).wrapping_add(1);
         w[W_PID].store(u64::from(std::process::id()), Ordering::Relaxed);
         w[W_START].store(now_ns(), Ordering::Relaxed);
+        // A dead holder's views died with it: its pins never hold memory.
+        w[W_PINS].store(0, Ordering::Relaxed);
         crate::fail_point!("registry.join.before_live");
         w[W_STATUS].store((u64::from(gen) << 32) | STATUS_LIVE, Ordering::Release);
         return Ok((i, gen, found_dead));
@@ -684,6 +687,91 @@ pub(crate) fn token_alive(seg: &(impl Reg + ?Sized), me: Option<usize>, token: u
 pub(crate) fn listed_live(seg: &Segment, slot: usize) -> bool {
     slot < SLOTS
         && slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF == STATUS_LIVE
+}
+
+// ------------------------------------------------------------------ reader pins
+
+/// A reader pin: while it lives, the handle's slot counts one more view into the
+/// segment's shared-immutable memory (arena data, arena archives), and a reclaimer
+/// (a bump `reset`) waits for it or reports `Busy` (see [`pinned_by_others`]).
+///
+/// The count lives in the holder's registry slot, so a reader that dies pins
+/// nothing: its slot reads as dead (the kernel dropped its lock) and is ignored.
+/// Protocol (Dekker): a reader increments, fences SeqCst, then loads the
+/// reclaimer's state word; a reclaimer publishes its intent in that word, fences
+/// SeqCst, then loads the pin counts. One of the two sees the other (a loom model
+/// is in `alloc::bump`).
+#[derive(Debug)]
+pub(crate) struct Pin {
+    count: *const AtomicU64,
+    /// The fork epoch the pin was taken in: a copy of the guard in a fork child
+    /// does not touch the parent's count.
+    fork: u64,
+}
+
+// SAFETY: `count` points at an atomic word in a mapping the guard's owner borrows
+// for the guard's lifetime (`Pin` is only created by `pin`, whose callers keep
+// the segment borrowed); atomics may be used from any thread.
+unsafe impl Send for Pin {}
+// SAFETY: as for Send; `Pin` has no `&self` methods that touch the word.
+unsafe impl Sync for Pin {}
+
+impl Pin {
+    /// Whether the pin still protects this process (false in a fork child).
+    #[inline]
+    pub(crate) fn valid(&self) -> bool {
+        self.fork == fork_epoch()
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if self.valid() {
+            // SAFETY: see the Send impl: the word outlives the guard.
+            // Release: this view's reads happen-before the reclaimer's reuse (it
+            // loads the count with SeqCst, which includes Acquire).
+            unsafe { &*self.count }.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+/// Pins a view for this handle (`membership`'s slot). The caller must keep `seg`
+/// borrowed while the returned guard lives, and must check the reclaimer's state
+/// word (with SeqCst) after this returns.
+///
+/// # Errors
+/// As [`Membership::slot`] (a fork child that cannot re-join).
+pub(crate) fn pin(seg: &Segment, membership: &Membership) -> Result<Pin, SegmentError> {
+    let fork = fork_epoch();
+    let w = &slot_words(seg, membership.slot(seg)?)[W_PINS];
+    w.fetch_add(1, Ordering::SeqCst);
+    std::sync::atomic::fence(Ordering::SeqCst);
+    Ok(Pin {
+        count: w as *const AtomicU64,
+        fork,
+    })
+}
+
+/// The live handles other than `me` that hold views now (their pin counts are
+/// nonzero and their holders are alive). Fences SeqCst first: call it after
+/// publishing the intent to reclaim (see [`Pin`]).
+pub(crate) fn pinned_by_others(seg: &Segment, me: Option<usize>) -> u32 {
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let mut n = 0;
+    for slot in 0..SLOTS {
+        if Some(slot) == me {
+            continue;
+        }
+        let w = slot_words(seg, slot);
+        if w[W_PINS].load(Ordering::SeqCst) == 0 {
+            continue;
+        }
+        let st = w[W_STATUS].load(Ordering::Acquire);
+        if st & 0xFFFF_FFFF == STATUS_LIVE && locked_by_other(seg.lock_fd(), slot) {
+            n += 1;
+        }
+    }
+    n
 }
 
 // ------------------------------------------------------------------ attachments

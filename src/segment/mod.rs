@@ -13,6 +13,8 @@ use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::AccessError;
 use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
@@ -27,6 +29,96 @@ pub use header::{
 };
 pub(crate) use header::{RawHeader, STATE_INIT, STATE_READY};
 pub use name::MAX_NAME_LEN;
+
+/// Chunk size of the byte-wise atomic copies in `write_bytes` / `read_bytes`.
+const BYTE_CHUNK: usize = 256;
+
+/// Stores `src[..N]` at `dst` with byte-wise atomic stores (Relaxed).
+///
+/// # Safety
+/// `dst` is valid for writes of `N` bytes of a shared mapping that no Rust
+/// reference of this process covers non-atomically; `src.len() >= N`.
+#[inline(always)]
+unsafe fn store_chunk<const N: usize>(dst: *mut u8, src: &[u8]) {
+    let mut c = [0u8; N];
+    c.copy_from_slice(&src[..N]);
+    // SAFETY: the caller's guarantee; `[u8; N]` needs alignment 1; the stores are
+    // atomic, so concurrent atomic copies (in any process) are not data races.
+    unsafe { atomic_memcpy::atomic_store(dst as *mut [u8; N], c, Ordering::Relaxed) }
+}
+
+/// Loads `N` bytes at `src` into `dst[..N]` with byte-wise atomic loads (Relaxed).
+///
+/// # Safety
+/// `src` is valid for reads of `N` bytes of a live mapping; `dst.len() >= N`.
+#[inline(always)]
+unsafe fn load_chunk<const N: usize>(src: *const u8, dst: &mut [u8]) {
+    // SAFETY: the caller's guarantee; alignment 1; the loads are atomic.
+    let c = unsafe { atomic_memcpy::atomic_load(src as *const [u8; N], Ordering::Relaxed) };
+    // SAFETY: every byte came from initialised shared memory (the segment is
+    // zero-filled at creation); any byte is a valid u8.
+    dst[..N].copy_from_slice(&unsafe { c.assume_init() });
+}
+
+/// Offset of the segment's mode word: control word 2 of the typed layer's control
+/// words at the start of the roots area (0 is the nonce counter, 1 the overflow).
+pub(crate) const MODE_WORD: u64 = ROOTS_OFFSET + 16;
+
+/// What a segment's data is used for. Decided by the first use that needs it and
+/// never changed, so that the raw offset API and typed references never meet on
+/// one block (the raw API cannot see whose a block is, and a block it writes or
+/// frees could become typed between a check and the write).
+///
+/// - [`SegmentMode::Raw`]: the raw offset API writes and frees (`ShmAllocator::write`,
+///   `ShmFree::free`; the seed's API and the Python package). Typed handles that
+///   give non-atomic references (`ShmBox`, `ShmVec`, archives, arenas) are refused
+///   with [`AccessError::WrongMode`].
+/// - [`SegmentMode::Typed`]: those typed handles. Raw `write` and `free` are refused
+///   with [`AccessError::WrongMode`] / [`FreeError::WrongMode`](crate::FreeError::WrongMode).
+///
+/// In both modes: raw `allocate`, `read` and the other copy paths, roots and
+/// `RelPtr::get` of [`ShmSync`](crate::ShmSync) types (atomics: every access is
+/// atomic, so no write is ever a data race) work.
+///
+/// ```
+/// use shared_allocator::prelude::*;
+/// use shared_allocator::segment::SegmentMode;
+/// # let name = format!("doc-mode-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
+/// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
+/// let b = ShmBox::new_in(&alloc, 7u64)?;               // decides Typed
+/// assert_eq!(alloc.segment().mode(), SegmentMode::Typed);
+/// let raw = alloc.allocate(64)?;                        // fine: a raw block
+/// assert!(alloc.write(b.rel_ptr().offset(), &[0; 8]).is_err()); // refused
+/// assert!(alloc.write(raw, b"x").is_err());             // raw writes too
+/// assert_eq!(*b, 7);
+/// # drop(b);
+/// # alloc.unlink()?;
+/// # Ok::<(), shared_allocator::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u64)]
+pub enum SegmentMode {
+    /// Not decided yet (nothing that needs a mode was done).
+    Unset = 0,
+    /// The raw offset API writes and frees.
+    Raw = 1,
+    /// Typed handles own the blocks; raw writes and frees are refused.
+    Typed = 2,
+    /// The mode word holds neither (a peer scribbled on it): both are refused.
+    Corrupted = 3,
+}
+
+impl std::fmt::Display for SegmentMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SegmentMode::Unset => "unset",
+            SegmentMode::Raw => "raw",
+            SegmentMode::Typed => "typed",
+            SegmentMode::Corrupted => "corrupted",
+        })
+    }
+}
 
 use crate::error::SegmentError;
 
@@ -80,6 +172,9 @@ pub struct Segment {
     map: MmapRaw,
     layout: Layout,
     file: File,
+    /// The mode this handle saw decided (`SegmentMode as u8`; 0: not yet). A
+    /// decided mode never changes, so one local load answers later checks.
+    mode_seen: std::sync::atomic::AtomicU8,
 }
 
 /// A fresh open file description of the object behind `file` (never shared with the
@@ -244,6 +339,7 @@ impl Segment {
                 map,
                 layout,
                 file,
+                mode_seen: Default::default(),
             }),
             Err(e) => {
                 let _ = shm_unlink(name.as_str());
@@ -290,6 +386,7 @@ impl Segment {
                     name: name.clone(),
                     map,
                     file,
+                    mode_seen: Default::default(),
                     layout: Layout {
                         kind,
                         total_size: mapped,
@@ -426,33 +523,121 @@ impl Segment {
         Some(unsafe { std::slice::from_raw_parts(p.as_ptr() as *const AtomicU64, count as usize) })
     }
 
-    /// Copies `data` into the mapping at `offset`. Bounds are checked against the
-    /// mapping; the caller checks against the block.
+    /// Copies `data` into the mapping at `offset` with byte-wise atomic stores
+    /// (after a Release fence): two processes writing, or one writing while another
+    /// copies out, are never a data race. Bounds are checked against the mapping;
+    /// the caller checks against the block.
     #[inline]
     pub(crate) fn write_bytes(&self, offset: u64, data: &[u8]) -> bool {
         let Some(p) = self.ptr_at(offset, data.len() as u64, 1) else {
             return false;
         };
-        // SAFETY:
-        // - `ptr_at` checked `data.len()` bytes at `offset` are inside the live mapping;
-        // - `data` is a Rust slice, which cannot overlap the shared mapping's block the
-        //   caller owns (a caller passing a slice of the same block is still fine:
-        //   see `copy`, not `copy_nonoverlapping`, below);
-        // - u8 has no alignment or validity requirements.
-        unsafe { std::ptr::copy(data.as_ptr(), p.as_ptr(), data.len()) };
+        std::sync::atomic::fence(Ordering::Release);
+        let (mut dst, mut src) = (p.as_ptr(), data);
+        while src.len() >= BYTE_CHUNK {
+            // SAFETY: `dst..dst + src.len()` lies within the `data.len()` bytes that
+            // `ptr_at` checked inside the live mapping (both advance together).
+            unsafe { store_chunk::<BYTE_CHUNK>(dst, src) };
+            (dst, src) = (dst.wrapping_add(BYTE_CHUNK), &src[BYTE_CHUNK..]);
+        }
+        macro_rules! tail {
+            ($($n:literal)*) => {$(
+                if src.len() >= $n {
+                    // SAFETY: as above; `src.len() >= $n`.
+                    unsafe { store_chunk::<$n>(dst, src) };
+                    (dst, src) = (dst.wrapping_add($n), &src[$n..]);
+                }
+            )*};
+        }
+        tail!(128 64 32 16 8 4 2 1);
+        let _ = (dst, src);
         true
     }
 
-    /// Copies `buf.len()` bytes at `offset` out of the mapping.
+    /// Copies `buf.len()` bytes at `offset` out of the mapping with byte-wise
+    /// atomic loads, then an Acquire fence.
     pub(crate) fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> bool {
         let Some(p) = self.ptr_at(offset, buf.len() as u64, 1) else {
             return false;
         };
-        // SAFETY:
-        // - `ptr_at` checked `buf.len()` bytes at `offset` are inside the live mapping;
-        // - every byte pattern is a valid u8; `buf` is exclusively borrowed, and
-        //   `copy` tolerates overlap should the caller pass a view of the mapping.
-        unsafe { std::ptr::copy(p.as_ptr(), buf.as_mut_ptr(), buf.len()) };
+        let (mut src, mut dst) = (p.as_ptr() as *const u8, buf);
+        while dst.len() >= BYTE_CHUNK {
+            // SAFETY: `src..src + dst.len()` lies within the checked bytes.
+            unsafe { load_chunk::<BYTE_CHUNK>(src, dst) };
+            (src, dst) = (src.wrapping_add(BYTE_CHUNK), &mut dst[BYTE_CHUNK..]);
+        }
+        macro_rules! tail {
+            ($($n:literal)*) => {$(
+                if dst.len() >= $n {
+                    // SAFETY: as above; `dst.len() >= $n`.
+                    unsafe { load_chunk::<$n>(src, dst) };
+                    (src, dst) = (src.wrapping_add($n), &mut dst[$n..]);
+                }
+            )*};
+        }
+        tail!(128 64 32 16 8 4 2 1);
+        let _ = (src, dst);
+        std::sync::atomic::fence(Ordering::Acquire);
         true
+    }
+
+    /// What this segment's data is used for: decided by its first use, never
+    /// changed; see [`SegmentMode`].
+    pub fn mode(&self) -> SegmentMode {
+        match self
+            .words(MODE_WORD, 1)
+            .map(|w| w[0].load(Ordering::Acquire))
+        {
+            Some(0) => SegmentMode::Unset,
+            Some(1) => SegmentMode::Raw,
+            Some(2) => SegmentMode::Typed,
+            _ => SegmentMode::Corrupted,
+        }
+    }
+
+    /// Decides the segment's mode as `want` if it is unset; errors if it was
+    /// decided otherwise.
+    #[inline]
+    pub(crate) fn claim_mode(&self, want: SegmentMode) -> Result<(), AccessError> {
+        if self.mode_seen.load(Ordering::Relaxed) == want as u8 {
+            return Ok(());
+        }
+        self.claim_mode_slow(want)
+    }
+
+    #[cold]
+    fn claim_mode_slow(&self, want: SegmentMode) -> Result<(), AccessError> {
+        let r = self.claim_mode_shared(want);
+        if r.is_ok() {
+            self.mode_seen.store(want as u8, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn claim_mode_shared(&self, want: SegmentMode) -> Result<(), AccessError> {
+        let Some(w) = self.words(MODE_WORD, 1) else {
+            return Err(AccessError::Corrupted {
+                what: "segment mode word outside the mapping",
+            });
+        };
+        let want_word = want as u64;
+        let found = match w[0].load(Ordering::Acquire) {
+            v if v == want_word => return Ok(()),
+            0 => match w[0].compare_exchange(0, want_word, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(v) if v == want_word => return Ok(()),
+                Err(_) => self.mode(),
+            },
+            _ => self.mode(),
+        };
+        if found == SegmentMode::Corrupted {
+            return Err(AccessError::Corrupted {
+                what: "segment mode word",
+            });
+        }
+        Err(AccessError::WrongMode {
+            wanted: want,
+            found,
+        })
     }
 }

@@ -9,7 +9,9 @@
 //! Under `--cfg loom` the same protocols also run over `loom`'s `AtomicU32`, with the
 //! futex emulated by one loom mutex and condvar: `wait` checks the value and goes to
 //! sleep under the mutex that `wake` takes, which is the atomicity the kernel gives
-//! (the hash-bucket lock), so a lost wake-up in a protocol shows as a loom deadlock.
+//! (the hash-bucket lock); `wake(n)` takes at most `n` sleepers of that word off the
+//! queue and returns how many, and only those return. So a lost wake-up in a
+//! protocol shows as a loom deadlock.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,10 +20,10 @@ use std::time::{Duration, Instant};
 pub trait FutexWord {
     /// `AtomicU32::load`.
     fn load(&self, order: Ordering) -> u32;
+    /// `AtomicU32::store`.
+    fn store(&self, value: u32, order: Ordering);
     /// `AtomicU32::fetch_add`.
     fn fetch_add(&self, value: u32, order: Ordering) -> u32;
-    /// `AtomicU32::fetch_sub`.
-    fn fetch_sub(&self, value: u32, order: Ordering) -> u32;
     /// `AtomicU32::fetch_or`.
     fn fetch_or(&self, value: u32, order: Ordering) -> u32;
     /// `AtomicU32::compare_exchange_weak`.
@@ -41,8 +43,7 @@ pub trait FutexWord {
     /// Returns at once if it does not hold `expected`. May return spuriously; callers
     /// re-check their condition.
     fn wait(&self, expected: u32, timeout: Option<Duration>);
-    /// Wakes at most `count` sleepers of this word; returns how many woke (an
-    /// estimate under loom).
+    /// Wakes at most `count` sleepers of this word; returns how many woke.
     fn wake(&self, count: u32) -> usize;
 }
 
@@ -52,12 +53,12 @@ impl FutexWord for std::sync::atomic::AtomicU32 {
         std::sync::atomic::AtomicU32::load(self, order)
     }
     #[inline]
-    fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
-        std::sync::atomic::AtomicU32::fetch_add(self, value, order)
+    fn store(&self, value: u32, order: Ordering) {
+        std::sync::atomic::AtomicU32::store(self, value, order)
     }
     #[inline]
-    fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
-        std::sync::atomic::AtomicU32::fetch_sub(self, value, order)
+    fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
+        std::sync::atomic::AtomicU32::fetch_add(self, value, order)
     }
     #[inline]
     fn fetch_or(&self, value: u32, order: Ordering) -> u32 {
@@ -99,20 +100,30 @@ mod loom_futex {
     use super::*;
     use loom::sync::{Condvar, Mutex};
 
+    /// The emulated kernel queue: every sleeper, by word address, with whether a
+    /// wake has taken it off the queue.
+    struct Queue {
+        next_id: usize,
+        sleepers: Vec<(usize, usize, bool)>,
+    }
+
     loom::lazy_static! {
         /// One "hash bucket" for every emulated futex of a model.
-        static ref BUCKET: (Mutex<()>, Condvar) = (Mutex::new(()), Condvar::new());
+        static ref BUCKET: (Mutex<Queue>, Condvar) = (
+            Mutex::new(Queue { next_id: 0, sleepers: Vec::new() }),
+            Condvar::new(),
+        );
     }
 
     impl FutexWord for loom::sync::atomic::AtomicU32 {
         fn load(&self, order: Ordering) -> u32 {
             loom::sync::atomic::AtomicU32::load(self, order)
         }
+        fn store(&self, value: u32, order: Ordering) {
+            loom::sync::atomic::AtomicU32::store(self, value, order)
+        }
         fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
             loom::sync::atomic::AtomicU32::fetch_add(self, value, order)
-        }
-        fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
-            loom::sync::atomic::AtomicU32::fetch_sub(self, value, order)
         }
         fn fetch_or(&self, value: u32, order: Ordering) -> u32 {
             loom::sync::atomic::AtomicU32::fetch_or(self, value, order)
@@ -132,7 +143,7 @@ mod loom_futex {
             loom::sync::atomic::fence(Ordering::SeqCst);
         }
         fn wait(&self, expected: u32, timeout: Option<Duration>) {
-            let guard = BUCKET.0.lock().unwrap();
+            let mut q = BUCKET.0.lock().unwrap();
             // The kernel reads the word under the bucket lock; a SeqCst load stands in
             // for the full barrier of the system call.
             if loom::sync::atomic::AtomicU32::load(self, Ordering::SeqCst) != expected {
@@ -143,14 +154,36 @@ mod loom_futex {
                 // return), which protocols must tolerate anyway.
                 return;
             }
-            drop(BUCKET.1.wait(guard).unwrap());
+            let addr = self as *const Self as usize;
+            let id = q.next_id;
+            q.next_id += 1;
+            q.sleepers.push((addr, id, false));
+            // Like the kernel: only a wake that picks this sleeper ends the sleep (a
+            // wake of one never wakes two), so a protocol that wakes too few
+            // deadlocks here and loom reports it.
+            loop {
+                q = BUCKET.1.wait(q).unwrap();
+                if let Some(k) = q.sleepers.iter().position(|s| s.1 == id && s.2) {
+                    q.sleepers.remove(k);
+                    return;
+                }
+            }
         }
-        fn wake(&self, _count: u32) -> usize {
-            // Waking every sleeper of the bucket over-approximates FUTEX_WAKE(n) with
-            // spurious wake-ups (allowed); a protocol that needs a wake still gets it.
-            let _guard = BUCKET.0.lock().unwrap();
-            BUCKET.1.notify_all();
-            1
+        fn wake(&self, count: u32) -> usize {
+            let addr = self as *const Self as usize;
+            let mut q = BUCKET.0.lock().unwrap();
+            let mut woke = 0;
+            for s in q.sleepers.iter_mut().filter(|s| s.0 == addr && !s.2) {
+                if woke == count as usize {
+                    break;
+                }
+                s.2 = true;
+                woke += 1;
+            }
+            if woke > 0 {
+                BUCKET.1.notify_all();
+            }
+            woke
         }
     }
 }

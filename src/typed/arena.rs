@@ -6,20 +6,22 @@
 //! the (64-bit) epoch it was allocated in, and resolving it after a reset (by any
 //! process) is an [`AccessError::Stale`] instead of a read of reused bytes.
 //!
-//! What is not checked yet: a reset by another process (or through a second
-//! `BumpAllocator` of the same segment in this process) *while* a reference from
-//! [`ArenaPtr::get`] / [`ArenaBox::get`] is held. Making such a reset wait (or fail
-//! with `Busy`) needs reader pins in the process registry (not built yet); until then, references
-//! trust the coordination protocol (reset only between batches), and
-//! [`ArenaPtr::read`] is the copy path that is sound regardless.
+//! Views wait for nothing and nothing waits long for them: a view
+//! ([`ArenaRef`], a live [`Arena`] and its values, an arena archive reader) pins the
+//! region in this handle's registry slot, and a reset by any process (or through
+//! another handle in this one) waits until no other handle holds a pin, or returns
+//! [`AccessError::Busy`]. So a `&T` from an arena never sees its bytes reused.
+//! A reader that dies pins nothing. [`ArenaPtr::read`] is the copy path, which
+//! needs no pin beyond the copy.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, Ordering};
 
 use crate::alloc::{BumpAllocator, Offset, ShmAllocator, MAX_ALIGN};
 use crate::error::{AccessError, Error};
+use crate::process::{fork_epoch, Pin};
 use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 
 /// A typed allocation scope over a bump allocator. Created by
@@ -37,7 +39,7 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 /// let handle = s.handle();                 // 24 bytes: offset, epoch, length
 /// assert_eq!(*x.get()?, 7);
 /// assert_eq!(*handle.get_slice(arena.allocator())?, [1, 2, 3]);
-/// arena.reset();                            // only compiles once x and s are gone
+/// arena.reset()?;                           // only compiles once x and s are gone
 /// assert!(handle.get_slice(arena.allocator()).unwrap_err().is_stale());
 /// # drop(arena);
 /// # bump.unlink()?;
@@ -46,11 +48,15 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 ///
 /// An arena reserves a chunk of the bump region (64 KiB or a 64th of the region,
 /// whichever is smaller, or one object if larger)
-/// with one atomic operation and then bumps inside it locally: allocating an
-/// object costs a plain load of the allocator's epoch mirror (to notice a reset by
-/// any process) and no shared atomic operation. Objects keep the epoch of their
-/// chunk, so `Stale` keeps its meaning across processes. The unused tail of a
-/// chunk is released at the next reset.
+/// with one atomic operation and then bumps inside it locally, with no shared
+/// atomic operation per object. Objects keep the epoch of their chunk, so `Stale`
+/// keeps its meaning across processes. The unused tail of a chunk is released at
+/// the next reset.
+///
+/// From its first allocation until it is dropped or reset, an arena pins the
+/// region (its values are views): a reset by another handle waits for it, or
+/// returns [`AccessError::Busy`]. Drop arenas (or call [`Arena::release`]) between
+/// batches.
 #[derive(Debug)]
 pub struct Arena<'b> {
     bump: &'b mut BumpAllocator,
@@ -58,19 +64,20 @@ pub struct Arena<'b> {
     /// allocation writes).
     next: Cell<u64>,
     chunk: Cell<Chunk>,
-    /// The address of `bump`'s epoch mirror (`BumpAllocator::epoch_mirror`), read
-    /// once per object.
-    mirror: usize,
+    /// The pin held since the first allocation (its epoch is `chunk.epoch`).
+    pin: RefCell<Option<Pin>>,
 }
 
-/// The part of the bump region this arena reserved: `next..end` is free, in `epoch`
-/// (`end == 0`: no chunk). The whole chunk was checked, when reserved, to lie in the
+/// The part of the bump region this arena reserved: `next..end` is free, in
+/// `epoch`, pinned in fork epoch `fork` (a fork child's copy must pin again);
+/// `end == 0`: no chunk. The whole chunk was checked, when reserved, to lie in the
 /// data region of the mapping: offset `o` of it is at address `o + delta`, and
 /// `delta` is a multiple of [`MAX_ALIGN`] (so aligned offsets are aligned addresses).
 #[derive(Debug, Clone, Copy, Default)]
 struct Chunk {
     end: u64,
     epoch: u64,
+    fork: u64,
     delta: usize,
 }
 
@@ -80,12 +87,11 @@ const CHUNK: u64 = 64 * 1024;
 impl BumpAllocator {
     /// Opens a typed arena over this allocator; see [`Arena`].
     pub fn arena(&mut self) -> Arena<'_> {
-        let mirror = self.epoch_mirror() as *const AtomicU64 as usize;
         Arena {
-            mirror,
             bump: self,
             next: Cell::new(0),
             chunk: Cell::new(Chunk::default()),
+            pin: RefCell::new(None),
         }
     }
 }
@@ -101,36 +107,18 @@ impl<'b> Arena<'b> {
         self.bump.epoch()
     }
 
-    /// The bump allocator's epoch mirror.
-    #[inline(always)]
-    fn mirror(&self) -> &AtomicU64 {
-        // SAFETY: `mirror` is the address `epoch_mirror` returned for `*self.bump`,
-        // a word of the mapping that `*self.bump` owns (it never remaps), which
-        // outlives `self`; the word is only accessed atomically.
-        unsafe { &*(self.mirror as *const AtomicU64) }
-    }
-
     /// Places `size` bytes aligned to `align` in this arena's chunk (reserving a new
     /// chunk when it is used up or a reset happened); returns offset, epoch, and the
     /// bytes' address if they lie in a checked chunk (else 0: the caller checks).
     #[inline]
     fn place(&self, size: usize, align: usize) -> Result<(Offset, u64, usize), Error> {
-        match self.take(size, align) {
-            Some(placed) => Ok(placed),
-            None => self.place_in_new_chunk(size, align),
-        }
-    }
-
-    /// Bumps inside the current chunk, if it has room and is of the current epoch.
-    #[inline(always)]
-    fn take(&self, size: usize, align: usize) -> Option<(Offset, u64, usize)> {
         let (c, next) = (self.chunk.get(), self.next.get());
         let mask = align as u64 - 1;
         let start = next.wrapping_add(mask) & !mask;
         // (No chunk: `end == 0`, which no `start + size` with `size > 0` fits under.)
         if start >= next
             && start.checked_add(size as u64).is_some_and(|e| e <= c.end)
-            && self.mirror().load(Ordering::Acquire) == c.epoch
+            && c.fork == fork_epoch()
         {
             self.next.set(start + size as u64);
             // `delta` is a multiple of MAX_ALIGN: `start` aligned, so is the address.
@@ -139,55 +127,75 @@ impl<'b> Arena<'b> {
             } else {
                 0
             };
-            return Some((Offset::new(start), c.epoch, addr));
+            return Ok((Offset::new(start), c.epoch, addr));
         }
-        None
+        self.place_in_new_chunk(size, align)
+    }
+
+    /// The epoch this arena's pin protects, pinning first if needed (first use,
+    /// or a fork child's copy of the arena). While the pin lives no reset by any
+    /// handle can complete, so the epoch and every chunk of it stay valid.
+    pub(crate) fn pinned_epoch(&self) -> Result<u64, AccessError> {
+        let mut pin = self.pin.borrow_mut();
+        if pin.as_ref().is_some_and(Pin::valid) {
+            return Ok(self.bump.epoch());
+        }
+        // None yet, or a fork child's copy of the parent's (which is dropped
+        // without touching the parent's count): pin in this process's slot.
+        raw::require_typed(&*self.bump)?;
+        let (p, epoch) = self.bump.pin()?;
+        *pin = Some(p);
+        Ok(epoch)
     }
 
     #[cold]
     fn place_in_new_chunk(&self, size: usize, align: usize) -> Result<(Offset, u64, usize), Error> {
-        // A reset in flight can make a fresh chunk stale at once: a few rounds, then
-        // allocate the object by itself.
-        for _ in 0..3 {
-            // Small regions get small chunks (a 64th), so one arena never takes all.
-            let chunk = CHUNK.min(self.bump.segment().layout().data_len / 64);
-            let want = (size as u64).max(chunk) + align as u64;
-            let Ok(want) = usize::try_from(want) else {
-                break;
-            };
+        let epoch = self.pinned_epoch()?;
+        // Small regions get small chunks (a 64th), so one arena never takes all.
+        let chunk = CHUNK.min(self.bump.segment().layout().data_len / 64);
+        let want = (size as u64).max(chunk) + align as u64;
+        if let Ok(want) = usize::try_from(want) {
             match self.bump.allocate_with_epoch(want, 64) {
-                Ok((off, epoch)) => {
+                Ok((off, e)) => {
+                    debug_assert_eq!(e, epoch, "no reset completes while pinned");
                     // The allocator's metadata may have been scribbled on: the chunk
                     // is used only if it lies in the data region of the mapping.
                     let seg = self.bump.segment();
                     let checked = crate::alloc::data_relative(seg, off, want as u64)
                         .ok()
                         .and_then(|_| seg.ptr_at(off.get(), want as u64, 64));
-                    let Some(p) = checked else { break };
-                    let delta = (p.as_ptr() as usize).wrapping_sub(off.get() as usize);
-                    if delta % MAX_ALIGN != 0 {
-                        break;
-                    }
-                    self.next.set(off.get());
+                    let delta = checked
+                        .map(|p| (p.as_ptr() as usize).wrapping_sub(off.get() as usize))
+                        .filter(|d| d % MAX_ALIGN == 0);
+                    let mask = align as u64 - 1;
+                    let start = (off.get() + mask) & !mask;
+                    let Some(delta) = delta else {
+                        // Unchecked: this object alone, written through the checks.
+                        self.chunk.set(Chunk::default());
+                        return Ok((Offset::new(start), e, 0));
+                    };
+                    self.next.set(start + size as u64);
                     self.chunk.set(Chunk {
                         end: off.get() + want as u64,
-                        epoch,
+                        epoch: e,
+                        fork: fork_epoch(),
                         delta,
-                    })
+                    });
+                    let addr = if align <= MAX_ALIGN {
+                        (start as usize).wrapping_add(delta)
+                    } else {
+                        0
+                    };
+                    return Ok((Offset::new(start), e, addr));
                 }
                 Err(crate::AllocError::OutOfMemory { .. } | crate::AllocError::TooLarge { .. }) => {
-                    break
                 }
                 Err(e) => return Err(e.into()),
             }
-            if let Some(placed) = self.take(size, align) {
-                return Ok(placed);
-            }
         }
-        // Not a whole chunk left (or resets keep racing): just this object.
-        self.chunk.set(Chunk::default());
-        let (off, epoch) = self.bump.allocate_with_epoch(size, align)?;
-        Ok((off, epoch, 0))
+        // Not a whole chunk left: just this object (the old chunk's tail stays).
+        let (off, e) = self.bump.allocate_with_epoch(size, align)?;
+        Ok((off, e, 0))
     }
 
     /// Moves `values` (exactly `count` of them) to the `size` bytes just placed at
@@ -204,8 +212,8 @@ impl<'b> Arena<'b> {
             // SAFETY: `place` returned `addr` for `count * size_of::<T>()` bytes at
             // `off` inside a chunk that was checked, when reserved, to lie in the data
             // region of the mapping; `addr` is aligned for T (`off` is, and the chunk's
-            // `delta` is a multiple of every alignment `take` serves); this arena
-            // reserved the chunk and has not handed out these bytes yet.
+            // `delta` is a multiple of every alignment `place` gives addresses for);
+            // this arena reserved the chunk and has not handed out these bytes yet.
             unsafe { raw::write_values(&*self.bump, addr as *mut T, count, values) };
         } else {
             self.write_checked(off, values)?;
@@ -264,26 +272,41 @@ impl<'b> Arena<'b> {
 
     /// Releases everything allocated since the last reset (in every process) and
     /// advances the epoch; returns the new epoch. Does not compile while values from
-    /// this arena are alive.
-    pub fn reset(&mut self) -> u64 {
-        self.chunk.set(Chunk::default());
+    /// this arena are alive. Waits for other handles' views like
+    /// [`BumpAllocator::reset`].
+    ///
+    /// # Errors
+    /// [`AccessError::Busy`] if other handles' views outlast the wait.
+    pub fn reset(&mut self) -> Result<u64, AccessError> {
+        self.release();
         self.bump.reset()
+    }
+
+    /// Gives up this arena's chunk and its pin (no values from it can be alive:
+    /// `&mut self`), so that resets by other handles need not wait for it. The
+    /// next allocation pins and reserves again.
+    pub fn release(&mut self) {
+        self.chunk.set(Chunk::default());
+        self.pin.get_mut().take();
     }
 }
 
 /// A zero-copy view of arena data: what [`ArenaPtr::get`] and [`ArenaBox::get`]
 /// return. It dereferences to the value (or slice) and borrows the allocator.
 ///
-/// It is the *view guard* of the safety model: today it only carries the borrow.
-/// Reader pins through the process registry (so that a reset in any process waits
-/// for it, or returns `Busy`, instead of reusing bytes under it) are not built yet. Keep views short-lived; use [`ArenaPtr::read`] to keep data.
+/// It is the *view guard* of the safety model: it holds a reader pin in this
+/// handle's registry slot (unless the arena that made the value already pins),
+/// so a reset by any handle in any process waits for it to drop, or returns
+/// [`AccessError::Busy`]. Keep views short-lived (a long-lived view holds resets
+/// off); use [`ArenaPtr::read`] to keep data.
 pub struct ArenaRef<'a, T: ?Sized> {
     value: &'a T,
+    _pin: Option<Pin>,
 }
 
 impl<'a, T: ?Sized> ArenaRef<'a, T> {
-    fn new(value: &'a T) -> Self {
-        ArenaRef { value }
+    fn new(value: &'a T, pin: Option<Pin>) -> Self {
+        ArenaRef { value, _pin: pin }
     }
 }
 
@@ -321,7 +344,9 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     /// # Errors
     /// [`AccessError::Stale`] if any process reset the bump allocator since.
     pub fn get(&self) -> Result<ArenaRef<'a, T>, AccessError> {
-        self.ptr.get(self.bump)
+        // The arena this value borrows pins the region: no second pin.
+        self.ptr.check_epoch(self.bump)?;
+        raw::value_at(self.bump, self.ptr.offset()).map(|v| ArenaRef::new(v, None))
     }
 
     /// The elements of a slice allocation.
@@ -329,7 +354,9 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     /// # Errors
     /// As [`get`](ArenaBox::get).
     pub fn get_slice(&self) -> Result<ArenaRef<'a, [T]>, AccessError> {
-        self.ptr.get_slice(self.bump)
+        self.ptr.check_epoch(self.bump)?;
+        raw::slice_at(self.bump, self.ptr.offset(), self.ptr.len as usize)
+            .map(|v| ArenaRef::new(v, None))
     }
 
     /// The handle to send to other processes.
@@ -344,9 +371,9 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
 /// Resolving it checks the epoch: after a reset it is [`AccessError::Stale`].
 /// [`read`](ArenaPtr::read) re-checks the epoch after copying, so a copy it returns
 /// was never mixed with bytes of a later epoch: the checked copy path. Views from
-/// [`get`](ArenaPtr::get) ([`ArenaRef`]) are checked once and trust every writer:
-/// a reset by another process while a view is held is, until reader pins exist,
-/// the coordination protocol's job (reset only between batches).
+/// [`get`](ArenaPtr::get) ([`ArenaRef`]) pin the region, so no reset by a
+/// cooperating process reuses their bytes while they live; they trust untrusted
+/// writers (a process scribbling on the segment) not to write there.
 #[derive(zerocopy::FromBytes, zerocopy::KnownLayout, zerocopy::Immutable)]
 #[repr(C)]
 pub struct ArenaPtr<T> {
@@ -391,6 +418,20 @@ impl<T> ArenaPtr<T> {
         ArenaPtr::new(Offset::new(offset), epoch, len)
     }
 
+    /// Pins the region for a view of this handle's epoch: `Stale` if a reset
+    /// came since (no pin is kept then).
+    pub(crate) fn pin(&self, bump: &BumpAllocator) -> Result<Pin, AccessError> {
+        raw::require_typed(bump)?;
+        let (pin, now) = bump.pin()?;
+        if now != self.epoch {
+            return Err(AccessError::Stale {
+                handle_epoch: self.epoch,
+                current_epoch: now,
+            });
+        }
+        Ok(pin)
+    }
+
     fn check_epoch(&self, bump: &BumpAllocator) -> Result<(), AccessError> {
         let now = bump.epoch();
         if now != self.epoch {
@@ -411,8 +452,8 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// [`AccessError::Stale`] after a reset; bounds and alignment errors otherwise.
     pub fn get<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, T>, AccessError> {
         let _ = layout_checked::<T>();
-        self.check_epoch(bump)?;
-        raw::value_at(bump, self.offset()).map(ArenaRef::new)
+        let pin = self.pin(bump)?;
+        raw::value_at(bump, self.offset()).map(|v| ArenaRef::new(v, Some(pin)))
     }
 
     /// Resolves all elements.
@@ -421,8 +462,8 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// As [`get`](ArenaPtr::get).
     pub fn get_slice<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, [T]>, AccessError> {
         let _ = layout_checked::<T>();
-        self.check_epoch(bump)?;
-        raw::slice_at(bump, self.offset(), self.len as usize).map(ArenaRef::new)
+        let pin = self.pin(bump)?;
+        raw::slice_at(bump, self.offset(), self.len as usize).map(|v| ArenaRef::new(v, Some(pin)))
     }
 
     /// Copies the elements out with byte-wise atomic loads, then re-checks the

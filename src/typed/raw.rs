@@ -10,6 +10,17 @@ use crate::alloc::{Offset, ShmAllocator};
 use crate::error::AccessError;
 use crate::typed::ShmSafe;
 
+/// Decides (or checks) that `alloc`'s segment is in typed mode: what every handle
+/// that gives non-atomic references (`ShmBox`, `ShmVec`, archives, arenas) needs,
+/// so that the raw API never writes or frees its blocks (see
+/// [`SegmentMode`](crate::segment::SegmentMode)).
+#[inline]
+pub(crate) fn require_typed<A: ShmAllocator + ?Sized>(alloc: &A) -> Result<(), AccessError> {
+    alloc
+        .segment()
+        .claim_mode(crate::segment::SegmentMode::Typed)
+}
+
 /// Checks that `count` values of `T` at `offset` lie inside one live block of
 /// `alloc` and are aligned for `T`, and returns the pointer to them.
 pub(crate) fn checked_ptr<T: ShmSafe, A: ShmAllocator + ?Sized>(

@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 
 use crate::alloc::{Offset, ShmAllocator};
 use crate::error::AccessError;
+use crate::segment::SegmentMode;
 use crate::typed::{fingerprint, layout_checked, raw, ShmSafe, ShmSync};
 
 /// A typed offset from the segment base: 8 bytes, the same value in every process,
@@ -21,24 +22,39 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe, ShmSync};
 /// otherwise copies the value out ([`read`](RelPtr::read): byte-wise atomic, the
 /// checked copy path that is sound whatever other processes do).
 ///
+/// Shared views ([`get`](RelPtr::get)) are for segments of the raw API
+/// ([`SegmentMode::Raw`], which `get` decides): there every write is atomic, so a
+/// view of a block that is freed and reused stays free of data races. In a segment
+/// of typed handles a forged or dangling pointer could land on a block behind a
+/// `&mut T`, so `get` is refused there ([`AccessError::WrongMode`]); share atomics
+/// through a root, and copy plain data out with [`read`](RelPtr::read), which works
+/// in both modes.
+///
 /// ```
 /// use shared_allocator::prelude::*;
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// # let name = format!("doc-relptr-{}", std::process::id());
 /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
-/// let b = ShmBox::new_in(&alloc, 42u64)?;
+/// let b = ShmBox::new_in(&alloc, 42u64)?; // a segment of typed handles
 /// let p: RelPtr<u64> = b.rel_ptr();
 /// // Send `p.raw()` to another process; there:
 /// let q = RelPtr::<u64>::from_raw(p.raw());
 /// assert_eq!(q.read(&alloc)?, 42);
-/// // Shared views are for types made for concurrent writers:
-/// let c = ShmBox::new_in(&alloc, AtomicU64::new(1))?;
-/// c.rel_ptr().get(&alloc)?.fetch_add(1, Ordering::Relaxed);
-/// assert_eq!(c.load(Ordering::Relaxed), 2);
-/// # drop(c);
+/// assert!(b.rel_ptr().cast::<AtomicU64>().get(&alloc).is_err()); // no shared view
+///
+/// // In a raw segment, shared views of atomics:
+/// # let raw_name = format!("doc-relptr-raw-{}", std::process::id());
+/// # let _cleanup2 = shared_allocator::segment::UnlinkGuard::new(&raw_name);
+/// let raw = FreeListAllocator::create(&raw_name, 1 << 20)?;
+/// let off = raw.allocate(8)?;
+/// raw.write(off, &1u64.to_ne_bytes())?;
+/// let counter = RelPtr::<AtomicU64>::from_offset(off);
+/// counter.get(&raw)?.fetch_add(1, Ordering::Relaxed);
+/// assert_eq!(RelPtr::<u64>::from_offset(off).read(&raw)?, 2);
 /// # drop(b);
 /// # alloc.unlink()?;
+/// # raw.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
 #[derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::KnownLayout, zerocopy::Immutable)]
@@ -100,13 +116,16 @@ impl<T: ShmSync> RelPtr<T> {
     /// [`get_checked`](RelPtr::get_checked).
     ///
     /// The reference borrows `alloc`. If another process frees the block, the view
-    /// reads whatever is put there next (still a valid `T`, through atomics).
+    /// reads whatever is put there next (still a valid `T`, through atomics): the
+    /// segment is in raw mode, where every write is atomic.
     ///
     /// # Errors
-    /// [`AccessError::Null`], [`AccessError::OutOfBounds`], [`AccessError::Misaligned`].
+    /// [`AccessError::Null`], [`AccessError::OutOfBounds`], [`AccessError::Misaligned`],
+    /// [`AccessError::WrongMode`] in a segment of typed handles.
     #[inline]
     pub fn get<A: ShmAllocator>(self, alloc: &A) -> Result<&T, AccessError> {
         let _ = layout_checked::<T>();
+        alloc.segment().claim_mode(SegmentMode::Raw)?;
         raw::slice_in_data(alloc, self.offset(), 1).map(|s| &s[0])
     }
 
@@ -118,6 +137,7 @@ impl<T: ShmSync> RelPtr<T> {
     /// As [`get`](RelPtr::get), plus [`AccessError::NotAllocated`].
     pub fn get_checked<A: ShmAllocator>(self, alloc: &A) -> Result<&T, AccessError> {
         let _ = layout_checked::<T>();
+        alloc.segment().claim_mode(SegmentMode::Raw)?;
         raw::value_at(alloc, self.offset())
     }
 
@@ -128,6 +148,7 @@ impl<T: ShmSync> RelPtr<T> {
     /// As [`get_checked`](RelPtr::get_checked), for the whole range.
     pub fn get_slice<A: ShmAllocator>(self, alloc: &A, count: usize) -> Result<&[T], AccessError> {
         let _ = layout_checked::<T>();
+        alloc.segment().claim_mode(SegmentMode::Raw)?;
         raw::slice_at(alloc, self.offset(), count)
     }
 }

@@ -66,6 +66,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     /// [`Error::Alloc`] if the allocator refuses.
     #[inline]
     pub fn new_in(alloc: &'a A, value: T) -> Result<Self, Error> {
+        raw::require_typed(alloc)?;
         let fp = layout_checked::<T>();
         let size = Self::PAYLOAD as usize + size_of::<T>();
         let align = align_of::<T>().max(8);
@@ -116,7 +117,9 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         match made {
             Ok((_header, value)) => Ok(ShmBox { alloc, value }),
             Err(e) => {
-                let _ = alloc.free(block);
+                // SAFETY: `new_in` allocated the block just before this call; no
+                // reference into it was handed out.
+                let _ = unsafe { alloc.free_owned(block) };
                 Err(e)
             }
         }
@@ -134,6 +137,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     /// freed since), [`TokenError::TypeMismatch`] if the block holds another type,
     /// [`TokenError::Access`] if the token does not resolve to a live block.
     pub fn from_token(alloc: &'a A, token: BoxToken<T>) -> Result<Self, TokenError> {
+        raw::require_typed(alloc)?;
         let fp = layout_checked::<T>();
         let block = token.offset();
         let header = OwnedHeader::at(alloc, block)?;
@@ -234,7 +238,9 @@ impl<T: ShmSafe, A: ShmFree> Drop for ShmBox<'_, T, A> {
     fn drop(&mut self) {
         self.header().release();
         // A failure here means the block was freed behind our back: nothing to do.
-        let _ = self.alloc.free(self.block());
+        // SAFETY: the box owns its block exclusively (allocated or redeemed once);
+        // dropping it ends every reference it handed out.
+        let _ = unsafe { self.alloc.free_owned(self.block()) };
     }
 }
 

@@ -103,6 +103,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     /// # Errors
     /// [`Error::Alloc`] if the header or buffer cannot be allocated.
     pub fn with_capacity_in(alloc: &'a A, cap: usize) -> Result<Self, Error> {
+        raw::require_typed(alloc)?;
         let _ = Self::ELEM;
         let fp = vec_fingerprint::<T>();
         let off = alloc.allocate_aligned(size_of::<ShmVecHeader<T>>(), 8)?;
@@ -118,7 +119,9 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         let hdr = raw::write_fresh(alloc, off, std::iter::once(init))
             .map(|s| &s[0])
             .inspect_err(|_| {
-                let _ = alloc.free(off);
+                // SAFETY: allocated just above by this call; no reference into it
+                // was handed out (its header write failed).
+                let _ = unsafe { alloc.free_owned(off) };
             })?;
         let mut v = ShmVec {
             alloc,
@@ -157,6 +160,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     /// [`TokenError::AlreadyClaimed`], [`TokenError::TypeMismatch`],
     /// [`TokenError::Access`] (also for an inconsistent header).
     pub fn from_token(alloc: &'a A, token: VecToken<T>) -> Result<Self, TokenError> {
+        raw::require_typed(alloc)?;
         let _ = Self::ELEM;
         let fp = vec_fingerprint::<T>();
         let header = RelPtr::<ShmVecHeader<T>>::from_offset(token.offset());
@@ -264,7 +268,8 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         let ptr = match raw::checked_ptr::<T, A>(self.alloc, off, new_cap) {
             Ok(p) => p,
             Err(e) => {
-                let _ = self.alloc.free(off);
+                // SAFETY: allocated just above by this vector; never published.
+                let _ = unsafe { self.alloc.free_owned(off) };
                 return Err(e.into());
             }
         };
@@ -297,7 +302,9 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         let old = std::mem::replace(&mut self.buf_off, off);
         self.buf = ptr;
         if !old.is_null() {
-            let _ = self.alloc.free(old);
+            // SAFETY: the old buffer is this vector's (the one writer owns it);
+            // `&mut self` ends every slice into it; readers copy with atomics.
+            let _ = unsafe { self.alloc.free_owned(old) };
         }
         self.cap = new_cap;
         Ok(())
@@ -418,9 +425,11 @@ impl<T: ShmSafe, A: ShmFree> Drop for ShmVec<'_, T, A> {
     fn drop(&mut self) {
         self.hdr.owner.release();
         if !self.buf_off.is_null() {
-            let _ = self.alloc.free(self.buf_off);
+            // SAFETY: the vector owns its buffer; dropping ends every borrow of it.
+            let _ = unsafe { self.alloc.free_owned(self.buf_off) };
         }
-        let _ = self.alloc.free(self.header.offset());
+        // SAFETY: the vector owns its header block; it is not used after this.
+        let _ = unsafe { self.alloc.free_owned(self.header.offset()) };
     }
 }
 

@@ -25,13 +25,18 @@ const READ_RETRIES: u32 = 10_000;
 impl<'a, T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<'a, T, A> {
     /// Opens the vector whose header `ptr` points at.
     ///
+    /// Works in a segment of either mode: the reader only loads the header's
+    /// atomics and copies elements out with byte-wise atomic loads (the checked
+    /// copy path), so whatever writes the block meanwhile, it never races.
+    ///
     /// # Errors
-    /// As [`RelPtr::get_checked`].
+    /// As [`RelPtr::get_checked`] (bounds, alignment, a live block), without
+    /// `WrongMode`.
     pub fn open(alloc: &'a A, ptr: RelPtr<ShmVecHeader<T>>) -> Result<Self, AccessError> {
         let _ = layout_checked::<T>();
         Ok(ShmVecReader {
             alloc,
-            hdr: ptr.get_checked(alloc)?,
+            hdr: raw::value_at(alloc, ptr.offset())?,
         })
     }
 

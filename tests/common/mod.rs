@@ -317,3 +317,30 @@ pub fn results(child: Child, limit: Duration, what: &str) -> Vec<String> {
         .filter_map(|l| l.strip_prefix("@@ ").map(str::to_owned))
         .collect()
 }
+
+/// An untrusted writer: maps the segment of `alloc` by its name through its own
+/// mapping (not this crate's API, which refuses raw writes to typed blocks) and
+/// writes `bytes` at `offset` with volatile stores, as a C program or a scribbling
+/// peer would. Tests of the checked copy paths use it to damage typed data.
+pub fn scribble<A: shared_allocator::ShmAllocator + ?Sized>(
+    alloc: &A,
+    offset: shared_allocator::Offset,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(shm_path(alloc.segment().name()))?;
+    let map = memmap2::MmapRaw::map_raw(&f)?;
+    let start = usize::try_from(offset.get()).map_err(std::io::Error::other)?;
+    if start.checked_add(bytes.len()).is_none_or(|e| e > map.len()) {
+        return Err(std::io::Error::other("scribble outside the object"));
+    }
+    for (i, &b) in bytes.iter().enumerate() {
+        // SAFETY: `start + i < map.len()` (checked above); the mapping is ours and
+        // lives until the end of this function; a volatile byte store is what an
+        // untrusted writer does (the code under test must cope with it).
+        unsafe { map.as_mut_ptr().add(start + i).write_volatile(b) };
+    }
+    Ok(())
+}
