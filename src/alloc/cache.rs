@@ -4,7 +4,7 @@
 //! its own caches in its other handles, which cannot honour a flush request while
 //! it waits).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::process::{self, Membership};
 use crate::segment::Segment;
@@ -76,15 +76,35 @@ pub(crate) fn owned_here(ino: u64, slot: usize) -> bool {
 
 /// Which thread of this process uses a handle's cache: the first one that
 /// allocates or frees through the handle. Other threads take the shared path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct CacheOwner {
     owner: AtomicU64,
     /// The owner's slot as `[fork epoch + 1: 56 | slot: 8]` (0: not known yet): the
     /// fast path's copy of the membership's slot, valid in this fork epoch only.
     slot: AtomicU64,
+    /// The address of that slot's cache words (`cache0 + slot * stride`), written
+    /// with `slot` by the owner thread, read only by it.
+    base: AtomicUsize,
+    /// Address of registry slot 0's cache words in this mapping, and bytes per
+    /// slot: the allocator checked at open that all [`process::SLOTS`] fit in its
+    /// metadata region.
+    cache0: usize,
+    stride: usize,
 }
 
 impl CacheOwner {
+    /// An owner record for caches laid out from address `cache0`, `stride` bytes
+    /// per registry slot (all [`process::SLOTS`] of them inside the mapping).
+    pub fn new(cache0: usize, stride: usize) -> CacheOwner {
+        CacheOwner {
+            owner: AtomicU64::new(0),
+            slot: AtomicU64::new(0),
+            base: AtomicUsize::new(0),
+            cache0,
+            stride,
+        }
+    }
+
     /// The handle's registry slot, if the calling thread owns its cache (claiming
     /// the cache if nobody does yet).
     #[inline(always)]
@@ -99,10 +119,29 @@ impl CacheOwner {
         self.claim(member, seg, ino)
     }
 
+    /// The fast paths' question: if the calling thread owns the cache and its slot
+    /// is known in this fork epoch, the address of the slot's cache words (the
+    /// `stride` bytes from `cache0 + slot * stride`, inside the mapping). `None`
+    /// sends the caller to the full path, which claims or refreshes.
+    #[inline(always)]
+    pub fn base(&self) -> Option<*const AtomicU64> {
+        if self.owner.load(Ordering::Relaxed) != thread_id()
+            || self.slot.load(Ordering::Relaxed) >> 8 != process::fork_epoch() + 1
+        {
+            return None;
+        }
+        Some(self.base.load(Ordering::Relaxed) as *const AtomicU64)
+    }
+
     /// The slot after a fork (the membership re-joins), remembered for the fast path.
     #[cold]
     fn refresh(&self, member: &Membership, seg: &Segment) -> Option<usize> {
         let slot = member.slot(seg).ok()?;
+        if slot >= process::SLOTS {
+            return None;
+        }
+        self.base
+            .store(self.cache0 + slot * self.stride, Ordering::Relaxed);
         self.slot.store(
             ((process::fork_epoch() + 1) << 8) | slot as u64,
             Ordering::Relaxed,

@@ -176,8 +176,18 @@ fn tag_of(st: u64) -> u64 {
 }
 #[inline]
 fn cap_of(c: usize) -> u64 {
-    PAGE / u64::from(SIZE_CLASSES[c])
+    CAP[c]
 }
+/// `CAP[c]`: blocks in a span of class `c` (a table: no division on the free path).
+const CAP: [u64; NCLASS] = {
+    let mut t = [0u64; NCLASS];
+    let mut c = 0;
+    while c < NCLASS {
+        t[c] = PAGE / SIZE_CLASSES[c] as u64;
+        c += 1;
+    }
+    t
+};
 #[inline]
 fn words_of(c: usize) -> usize {
     cap_of(c).div_ceil(BITS) as usize
@@ -482,7 +492,12 @@ impl FreeListAllocator {
             cur: [const { AtomicU64::new(0) }; NCLASS],
             depth: depth as usize,
             key,
-            cache_owner: cache::CacheOwner::default(),
+            // Slot 0's cache words: `meta_words_for` (checked above against the
+            // metadata region) covers the caches of all registry slots.
+            cache_owner: cache::CacheOwner::new(
+                meta_addr + cache_start(pages) as usize * 8,
+                cache_stride(depth) as usize * 8,
+            ),
             late_double_frees: AtomicU64::new(0),
             ino,
             lines_base: lines_start(pages) as usize,
@@ -1018,6 +1033,167 @@ impl FreeListAllocator {
         //   cached (free) block;
         // - the mapping is owned by `self.seg` and the reference borrows `self`.
         Some(unsafe { &*(addr as *const AtomicU64) })
+    }
+
+    /// The allocation fast path: pops a block of class `c` off this thread's cache
+    /// with plain loads and stores. `None` (not the owner thread, empty cache, a
+    /// flush request, an entry that is no block offset) sends the caller to
+    /// `alloc_small`, which handles every case.
+    #[inline(always)]
+    fn pop_cached(&self, c: usize) -> Option<Offset> {
+        let base = self.cache_owner.base()?;
+        // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
+        let m = unsafe { self.fast_mag(base, c) }?;
+        let n = m[0].load(Ordering::Relaxed) as usize;
+        if n == 0 || n > self.depth {
+            return None;
+        }
+        let off = m[n].load(Ordering::Relaxed);
+        // An entry is only trusted as a 16-aligned offset inside the data region.
+        if !self.in_data(off) || off % 16 != 0 {
+            return None;
+        }
+        crate::fail_point!("fl.cache.pop");
+        // Count first: a crash after this store leaks the block (its code may have
+        // had it); before it, the reclaimer returns it.
+        m[0].store(n as u64 - 1, Ordering::Relaxed);
+        // SAFETY: `off` was just checked to be a 16-aligned offset in the data region.
+        unsafe { self.mark_at(off) }.store(0, Ordering::Relaxed);
+        Some(Offset::new(off))
+    }
+
+    /// The free fast path: pushes a small block onto this thread's cache after the
+    /// same checks as `free_small` (the span's state, the block start, its bit set
+    /// under the span's tag, no cache mark). False (any check failed, not the owner
+    /// thread, a full cache, a flush request) sends the caller to `free_checked`,
+    /// which repeats every check and reports the precise error.
+    #[inline(always)]
+    fn push_cached(&self, off: u64) -> bool {
+        let Some(base) = self.cache_owner.base() else {
+            return false;
+        };
+        // (Also refuses the null offset: the data region starts past the header.)
+        if !self.in_data(off) {
+            return false;
+        }
+        let (p, within) = self.locate(off - self.data_off);
+        // SAFETY: `off` is in the data region, which is `pages` whole pages (checked
+        // at open), so `p < pages`.
+        let line = unsafe { self.line_unchecked(p) };
+        let st = line[PM_STATE].load(Ordering::Acquire);
+        let c = class(st);
+        if kind(st) != KIND_SMALL || c >= NCLASS {
+            return false;
+        }
+        let i = block_index(within, c);
+        if within != i * u64::from(SIZE_CLASSES[c]) || i >= CAP[c] {
+            return false;
+        }
+        let (w, bit) = ((i / BITS) as usize, 1u64 << (i % BITS));
+        let Some(word) = line.get(PM_WORDS + w) else {
+            return false;
+        };
+        let v = word.load(Ordering::Relaxed);
+        if v >> BITS != tag_of(st) || v & bit == 0 {
+            return false;
+        }
+        // SAFETY: `off` is in the data region and a block start of a class whose
+        // size is a multiple of 16, in a page-aligned region: 16-aligned.
+        let mark = unsafe { self.mark_at(off) };
+        if mark.load(Ordering::Relaxed) == self.key ^ off {
+            return false;
+        }
+        // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
+        let Some(m) = (unsafe { self.fast_mag(base, c) }) else {
+            return false;
+        };
+        let n = m[0].load(Ordering::Relaxed) as usize;
+        if n >= self.depth {
+            return false;
+        }
+        // Entry first, then the count: a crash between leaks this one block
+        // (untouched: it reads as still allocated). The mark comes last.
+        m[n + 1].store(off, Ordering::Relaxed);
+        crate::fail_point!("fl.cache.push");
+        m[0].store(n as u64 + 1, Ordering::Relaxed);
+        mark.store(self.key ^ off, Ordering::Relaxed);
+        true
+    }
+
+    /// Class `c`'s cache `[count, offsets ...]` in the slot whose cache words start
+    /// at `base`, or `None` while that slot's flush-request word is set.
+    ///
+    /// # Safety
+    /// `base` must come from `self.cache_owner.base()` (the address of one registry
+    /// slot's `cache_stride(depth)` cache words inside our metadata mapping), and
+    /// `c < NCLASS`.
+    #[inline(always)]
+    unsafe fn fast_mag(&self, base: *const AtomicU64, c: usize) -> Option<&[AtomicU64]> {
+        // SAFETY: word 0 of the slot's cache words is its flush-request word; the
+        // words lie in our mapping (caller's contract), which lives as long as `self`.
+        if unsafe { &*base }.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        // SAFETY: class `c`'s `depth + 1` words start at `LINE + c * (depth + 1)`,
+        // and end at most at `cache_stride(depth)` since `c < NCLASS`: inside the
+        // slot's cache words (caller's contract), valid AtomicU64s for any bit
+        // pattern, borrowed no longer than `self`, which owns the mapping.
+        Some(unsafe {
+            std::slice::from_raw_parts(
+                base.wrapping_add(LINE as usize + c * (self.depth + 1)),
+                self.depth + 1,
+            )
+        })
+    }
+
+    /// Page `p`'s metadata line, without the bounds checks of `page_line`.
+    ///
+    /// # Safety
+    /// `p < self.pages`.
+    #[inline(always)]
+    unsafe fn line_unchecked(&self, p: usize) -> &[AtomicU64] {
+        debug_assert!(p < self.pages);
+        let start = self.lines_base + p * LINE as usize;
+        // SAFETY: the lines of all `pages` pages lie in the metadata region
+        // (`meta_words_for`, checked at open, counts them), so for `p < pages` the
+        // `LINE` words at `lines_base + p * LINE` are in bounds of `meta()`.
+        unsafe { self.meta().get_unchecked(start..start + LINE as usize) }
+    }
+
+    /// The first word of the block at `off`, without the checks of `mark`.
+    ///
+    /// # Safety
+    /// `off` must be 16-aligned and inside the data region (`in_data`).
+    #[inline(always)]
+    unsafe fn mark_at(&self, off: u64) -> &AtomicU64 {
+        debug_assert!(self.in_data(off) && off % 16 == 0);
+        let addr = self.data_addr + (off - self.data_off) as usize;
+        // SAFETY: as in `mark`, whose checks the caller's contract replaces: the 8
+        // bytes at `addr` lie in the data region of this mapping, 8-aligned; any bit
+        // pattern is a valid AtomicU64, marks are only accessed atomically, and the
+        // mapping, owned by `self.seg`, outlives the borrow of `self`.
+        unsafe { &*(addr as *const AtomicU64) }
+    }
+
+    /// `free` past the cache fast path: every check again, with its precise error.
+    #[inline(never)]
+    fn free_checked(&self, offset: Offset) -> Result<(), FreeError> {
+        if offset.is_null() {
+            return Err(FreeError::Null);
+        }
+        let off = offset.get();
+        // (The data-region bounds, validated at open, kept in the handle.)
+        if !self.in_data(off) {
+            return Err(FreeError::OutOfRange { offset: off });
+        }
+        let (p, within) = self.locate(off - self.data_off);
+        let st = self.state(p).load(Ordering::Acquire);
+        match kind(st) {
+            KIND_SMALL => self.free_small(p, st, within, off),
+            KIND_LARGE if within == 0 => self.free_large(p, st, off),
+            KIND_FREE if within == 0 => Err(FreeError::DoubleFree { offset: off }),
+            _ => Err(FreeError::NotBlockStart { offset: off }),
+        }
     }
 
     #[inline]
@@ -1795,6 +1971,9 @@ impl ShmAllocator for FreeListAllocator {
         check_request(size, align)?;
         if size <= SMALL_MAX {
             if let Some(c) = Self::class_for(size, align) {
+                if let Some(off) = self.pop_cached(c) {
+                    return Ok(off);
+                }
                 return self.alloc_small(c, size as u64);
             }
         }
@@ -1952,22 +2131,10 @@ impl ShmAllocator for FreeListAllocator {
 impl ShmFree for FreeListAllocator {
     #[inline]
     unsafe fn free_owned(&self, offset: Offset) -> Result<(), FreeError> {
-        if offset.is_null() {
-            return Err(FreeError::Null);
+        if self.push_cached(offset.get()) {
+            return Ok(());
         }
-        let off = offset.get();
-        // (The data-region bounds, validated at open, kept in the handle.)
-        if !self.in_data(off) {
-            return Err(FreeError::OutOfRange { offset: off });
-        }
-        let (p, within) = self.locate(off - self.data_off);
-        let st = self.state(p).load(Ordering::Acquire);
-        match kind(st) {
-            KIND_SMALL => self.free_small(p, st, within, off),
-            KIND_LARGE if within == 0 => self.free_large(p, st, off),
-            KIND_FREE if within == 0 => Err(FreeError::DoubleFree { offset: off }),
-            _ => Err(FreeError::NotBlockStart { offset: off }),
-        }
+        self.free_checked(offset)
     }
 
     /// Large blocks (whole pages) grow over free pages right after them; blocks of

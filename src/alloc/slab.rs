@@ -49,8 +49,9 @@ pub struct SlabAllocator {
     key: u64,
     /// The thread that uses this handle's cache; 0 = none yet.
     cache_owner: cache::CacheOwner,
-    /// Word index (in the metadata region) of slot 0's cache.
+    /// Word index (in the metadata region) of slot 0's cache, and of the bitmap.
     cache_base0: usize,
+    bits_start: usize,
     /// The data region's address in this mapping (validated at open).
     data_addr: usize,
     /// `ceil(2^64 / stride)` when `stride < 2^24` (then `x * recip >> 64 == x / stride`
@@ -93,6 +94,10 @@ fn words_for(slots: u64) -> u64 {
 }
 fn summary_words(words: u64) -> u64 {
     words.div_ceil(64)
+}
+/// Word index of the slot bitmap in the metadata region.
+fn bits_start(words: u64) -> usize {
+    8 + summary_words(words).next_multiple_of(8) as usize
 }
 
 impl SlabAllocator {
@@ -256,8 +261,14 @@ impl SlabAllocator {
             seg,
             depth: depth as usize,
             key,
-            cache_owner: cache::CacheOwner::default(),
+            // Slot 0's cache words: `meta_words_for` (checked above against the
+            // metadata region) covers the caches of all registry slots.
+            cache_owner: cache::CacheOwner::new(
+                meta_addr + cache_start(slots) as usize * 8,
+                cache_words(depth) as usize * 8,
+            ),
             cache_base0: cache_start(slots) as usize,
+            bits_start: bits_start(words),
             data_addr,
             recip: if stride < 1 << 24 {
                 ((1u128 << 64).div_ceil(u128::from(stride))) as u64
@@ -319,8 +330,7 @@ impl SlabAllocator {
     }
 
     fn bits(&self) -> &[AtomicU64] {
-        let start = 8 + summary_words(self.words).next_multiple_of(8) as usize;
-        &self.meta()[start..start + self.words as usize]
+        &self.meta()[self.bits_start..self.bits_start + self.words as usize]
     }
 
     /// Tries to take a bit of word `w`; marks the word full in the summary when it
@@ -444,6 +454,103 @@ impl SlabAllocator {
         //   by this allocator, on slots that are free to their users;
         // - the mapping is owned by `self.seg` and the reference borrows `self`.
         Some(unsafe { &*(addr as *const AtomicU64) })
+    }
+
+    /// The allocation fast path: pops a slot off this thread's cache with plain
+    /// loads and stores. `None` (not the owner thread, empty cache, an entry that is
+    /// no slot start) sends the caller to the full path, which handles every case.
+    #[inline(always)]
+    fn pop_cached(&self) -> Option<Offset> {
+        let base = self.cache_owner.base()?;
+        // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
+        let m = unsafe { self.fast_mag(base) };
+        let n = m[0].load(Ordering::Relaxed) as usize;
+        if n == 0 || n > self.depth {
+            return None;
+        }
+        let off = m[n].load(Ordering::Relaxed);
+        // An entry is only trusted once it is a slot start in the data region.
+        let mark = self.mark(off)?;
+        crate::fail_point!("slab.cache.pop");
+        m[0].store(n as u64 - 1, Ordering::Relaxed);
+        mark.store(0, Ordering::Relaxed);
+        Some(Offset::new(off))
+    }
+
+    /// The free fast path: pushes a slot onto this thread's cache after the same
+    /// checks as the full path (a slot start, its bit set, no cache mark). False
+    /// (any check failed, not the owner thread, a full cache, a flush request) sends
+    /// the caller to `free_checked`, which repeats every check and reports the
+    /// precise error.
+    #[inline(always)]
+    fn push_cached(&self, off: u64) -> bool {
+        let Some(base) = self.cache_owner.base() else {
+            return false;
+        };
+        // (Also refuses the null offset: the data region starts past the header.)
+        let l = self.seg.layout();
+        let rel = off.wrapping_sub(l.data_offset);
+        if rel >= l.data_len {
+            return false;
+        }
+        let s = self.slot_index(rel);
+        if s * self.stride != rel {
+            return false;
+        }
+        // `rel < data_len = stride * slots`, so `s < slots`: in the bitmap.
+        let Some(word) = self.meta().get(self.bits_start + (s / 64) as usize) else {
+            return false;
+        };
+        let bit = 1u64 << (s % 64);
+        // SAFETY: `rel` is a slot start inside the data region (checked above).
+        let mark = unsafe { self.mark_at(rel) };
+        if word.load(Ordering::Relaxed) & bit == 0 || mark.load(Ordering::Relaxed) == self.key ^ off
+        {
+            return false;
+        }
+        // SAFETY: word 0 of our slot's cache words is its flush-request word (see
+        // `fast_mag` for why `base` points at them).
+        if unsafe { &*base }.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        // SAFETY: as above.
+        let m = unsafe { self.fast_mag(base) };
+        let n = m[0].load(Ordering::Relaxed) as usize;
+        if n >= self.depth {
+            return false;
+        }
+        m[n + 1].store(off, Ordering::Relaxed);
+        crate::fail_point!("slab.cache.push");
+        m[0].store(n as u64 + 1, Ordering::Relaxed);
+        mark.store(self.key ^ off, Ordering::Relaxed);
+        true
+    }
+
+    /// The cache `[count, slot offsets ...]` of the registry slot whose cache words
+    /// start at `base`.
+    ///
+    /// # Safety
+    /// `base` must come from `self.cache_owner.base()`: the address of one registry
+    /// slot's `cache_words(depth)` words inside our metadata mapping.
+    #[inline(always)]
+    unsafe fn fast_mag(&self, base: *const AtomicU64) -> &[AtomicU64] {
+        // SAFETY: the `depth + 1` words from `CACHE_LINE` end at `cache_words(depth)`,
+        // inside the slot's cache words (caller's contract): valid AtomicU64s for
+        // any bit pattern, borrowed no longer than `self`, which owns the mapping.
+        unsafe {
+            std::slice::from_raw_parts(base.wrapping_add(CACHE_LINE as usize), self.depth + 1)
+        }
+    }
+
+    /// The first word of the slot at data-relative offset `rel`, without the checks
+    /// of `mark`.
+    ///
+    /// # Safety
+    /// `rel` must be a slot start inside the data region.
+    #[inline(always)]
+    unsafe fn mark_at(&self, rel: u64) -> &AtomicU64 {
+        // SAFETY: as in `mark`, whose checks the caller's contract replaces.
+        unsafe { &*((self.data_addr + rel as usize) as *const AtomicU64) }
     }
 
     fn flush_requested(&self, slot: usize) {
@@ -667,6 +774,9 @@ impl ShmAllocator for SlabAllocator {
                 max: slot_align as usize,
             });
         }
+        if let Some(off) = self.pop_cached() {
+            return Ok(off);
+        }
         if let Some(slot) = self.my_cache() {
             let m = self.mag(slot);
             let n = m[0].load(Ordering::Relaxed);
@@ -822,6 +932,17 @@ impl SlabAllocator {
 impl ShmFree for SlabAllocator {
     #[inline]
     unsafe fn free_owned(&self, offset: Offset) -> Result<(), FreeError> {
+        if self.push_cached(offset.get()) {
+            return Ok(());
+        }
+        self.free_checked(offset)
+    }
+}
+
+impl SlabAllocator {
+    /// `free` past the cache fast path: every check again, with its precise error.
+    #[inline(never)]
+    fn free_checked(&self, offset: Offset) -> Result<(), FreeError> {
         let (slot, within) = self.slot_of(offset)?;
         if within != 0 {
             return Err(FreeError::NotBlockStart {

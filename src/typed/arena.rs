@@ -19,7 +19,7 @@ use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::sync::atomic::{fence, Ordering};
 
-use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
+use crate::alloc::{BumpAllocator, Offset, ShmAllocator, MAX_ALIGN};
 use crate::error::{AccessError, Error};
 use crate::process::{fork_epoch, Pin};
 use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
@@ -60,19 +60,25 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 #[derive(Debug)]
 pub struct Arena<'b> {
     bump: &'b mut BumpAllocator,
+    /// The chunk's first free offset (a cell of its own: the only field an
+    /// allocation writes).
+    next: Cell<u64>,
     chunk: Cell<Chunk>,
     /// The pin held since the first allocation (its epoch is `chunk.epoch`).
     pin: RefCell<Option<Pin>>,
 }
 
 /// The part of the bump region this arena reserved: `next..end` is free, in
-/// `epoch`, pinned in fork epoch `fork` (a fork child's copy must pin again).
+/// `epoch`, pinned in fork epoch `fork` (a fork child's copy must pin again);
+/// `end == 0`: no chunk. The whole chunk was checked, when reserved, to lie in the
+/// data region of the mapping: offset `o` of it is at address `o + delta`, and
+/// `delta` is a multiple of [`MAX_ALIGN`] (so aligned offsets are aligned addresses).
 #[derive(Debug, Clone, Copy, Default)]
 struct Chunk {
-    next: u64,
     end: u64,
     epoch: u64,
     fork: u64,
+    delta: usize,
 }
 
 /// Bytes an arena reserves at a time.
@@ -83,6 +89,7 @@ impl BumpAllocator {
     pub fn arena(&mut self) -> Arena<'_> {
         Arena {
             bump: self,
+            next: Cell::new(0),
             chunk: Cell::new(Chunk::default()),
             pin: RefCell::new(None),
         }
@@ -101,22 +108,26 @@ impl<'b> Arena<'b> {
     }
 
     /// Places `size` bytes aligned to `align` in this arena's chunk (reserving a new
-    /// chunk when it is used up or a reset happened); returns offset and epoch.
+    /// chunk when it is used up or a reset happened); returns offset, epoch, and the
+    /// bytes' address if they lie in a checked chunk (else 0: the caller checks).
     #[inline]
-    fn place(&self, size: usize, align: usize) -> Result<(Offset, u64), Error> {
-        let c = self.chunk.get();
+    fn place(&self, size: usize, align: usize) -> Result<(Offset, u64, usize), Error> {
+        let (c, next) = (self.chunk.get(), self.next.get());
         let mask = align as u64 - 1;
-        let start = c.next.wrapping_add(mask) & !mask;
-        if c.end != 0
-            && start >= c.next
+        let start = next.wrapping_add(mask) & !mask;
+        // (No chunk: `end == 0`, which no `start + size` with `size > 0` fits under.)
+        if start >= next
             && start.checked_add(size as u64).is_some_and(|e| e <= c.end)
             && c.fork == fork_epoch()
         {
-            self.chunk.set(Chunk {
-                next: start + size as u64,
-                ..c
-            });
-            return Ok((Offset::new(start), c.epoch));
+            self.next.set(start + size as u64);
+            // `delta` is a multiple of MAX_ALIGN: `start` aligned, so is the address.
+            let addr = if align <= MAX_ALIGN {
+                (start as usize).wrapping_add(c.delta)
+            } else {
+                0
+            };
+            return Ok((Offset::new(start), c.epoch, addr));
         }
         self.place_in_new_chunk(size, align)
     }
@@ -138,7 +149,7 @@ impl<'b> Arena<'b> {
     }
 
     #[cold]
-    fn place_in_new_chunk(&self, size: usize, align: usize) -> Result<(Offset, u64), Error> {
+    fn place_in_new_chunk(&self, size: usize, align: usize) -> Result<(Offset, u64, usize), Error> {
         let epoch = self.pinned_epoch()?;
         // Small regions get small chunks (a 64th), so one arena never takes all.
         let chunk = CHUNK.min(self.bump.segment().layout().data_len / 64);
@@ -147,15 +158,35 @@ impl<'b> Arena<'b> {
             match self.bump.allocate_with_epoch(want, 64) {
                 Ok((off, e)) => {
                     debug_assert_eq!(e, epoch, "no reset completes while pinned");
+                    // The allocator's metadata may have been scribbled on: the chunk
+                    // is used only if it lies in the data region of the mapping.
+                    let seg = self.bump.segment();
+                    let checked = crate::alloc::data_relative(seg, off, want as u64)
+                        .ok()
+                        .and_then(|_| seg.ptr_at(off.get(), want as u64, 64));
+                    let delta = checked
+                        .map(|p| (p.as_ptr() as usize).wrapping_sub(off.get() as usize))
+                        .filter(|d| d % MAX_ALIGN == 0);
                     let mask = align as u64 - 1;
                     let start = (off.get() + mask) & !mask;
+                    let Some(delta) = delta else {
+                        // Unchecked: this object alone, written through the checks.
+                        self.chunk.set(Chunk::default());
+                        return Ok((Offset::new(start), e, 0));
+                    };
+                    self.next.set(start + size as u64);
                     self.chunk.set(Chunk {
-                        next: start + size as u64,
                         end: off.get() + want as u64,
                         epoch: e,
                         fork: fork_epoch(),
+                        delta,
                     });
-                    return Ok((Offset::new(start), e));
+                    let addr = if align <= MAX_ALIGN {
+                        (start as usize).wrapping_add(delta)
+                    } else {
+                        0
+                    };
+                    return Ok((Offset::new(start), e, addr));
                 }
                 Err(crate::AllocError::OutOfMemory { .. } | crate::AllocError::TooLarge { .. }) => {
                 }
@@ -163,17 +194,54 @@ impl<'b> Arena<'b> {
             }
         }
         // Not a whole chunk left: just this object (the old chunk's tail stays).
-        Ok(self.bump.allocate_with_epoch(size, align)?)
+        let (off, e) = self.bump.allocate_with_epoch(size, align)?;
+        Ok((off, e, 0))
+    }
+
+    /// Moves `values` (exactly `count` of them) to the `size` bytes just placed at
+    /// `off` (address `addr`, or 0: unchecked yet).
+    #[inline(always)]
+    fn write<T: ShmSafe>(
+        &self,
+        off: Offset,
+        addr: usize,
+        count: usize,
+        values: impl ExactSizeIterator<Item = T>,
+    ) -> Result<(), Error> {
+        if addr != 0 {
+            // SAFETY: `place` returned `addr` for `count * size_of::<T>()` bytes at
+            // `off` inside a chunk that was checked, when reserved, to lie in the data
+            // region of the mapping; `addr` is aligned for T (`off` is, and the chunk's
+            // `delta` is a multiple of every alignment `place` gives addresses for);
+            // this arena reserved the chunk and has not handed out these bytes yet.
+            unsafe { raw::write_values(&*self.bump, addr as *mut T, count, values) };
+        } else {
+            self.write_checked(off, values)?;
+        }
+        Ok(())
+    }
+
+    /// The write of an object placed outside a checked chunk: `write_fresh` checks.
+    #[cold]
+    #[inline(never)]
+    fn write_checked<T: ShmSafe>(
+        &self,
+        off: Offset,
+        values: impl ExactSizeIterator<Item = T>,
+    ) -> Result<(), Error> {
+        raw::write_fresh(&*self.bump, off, values)?;
+        Ok(())
     }
 
     /// Moves `value` into the arena.
     ///
     /// # Errors
     /// [`Error::Alloc`] when the bump allocator is full.
+    #[inline]
     pub fn alloc<T: ShmSafe>(&self, value: T) -> Result<ArenaBox<'_, T>, Error> {
         let _ = layout_checked::<T>();
-        let (off, epoch) = self.place(size_of::<T>().max(1), align_of::<T>())?;
-        raw::write_fresh(&*self.bump, off, std::iter::once(value))?;
+        let (off, epoch, addr) = self.place(size_of::<T>().max(1), align_of::<T>())?;
+        self.write(off, addr, 1, std::iter::once(value))?;
         Ok(ArenaBox {
             bump: self.bump,
             ptr: ArenaPtr::new(off, epoch, 1),
@@ -184,6 +252,7 @@ impl<'b> Arena<'b> {
     ///
     /// # Errors
     /// [`Error::Alloc`] when the bump allocator is full.
+    #[inline]
     pub fn alloc_slice<T: ShmSafe + Copy>(&self, values: &[T]) -> Result<ArenaBox<'_, T>, Error> {
         let _ = layout_checked::<T>();
         let bytes =
@@ -193,8 +262,8 @@ impl<'b> Arena<'b> {
                     requested: u64::MAX,
                     max: self.bump.segment().layout().data_len,
                 })?;
-        let (off, epoch) = self.place(bytes.max(1), align_of::<T>())?;
-        raw::write_fresh(&*self.bump, off, values.iter().copied())?;
+        let (off, epoch, addr) = self.place(bytes.max(1), align_of::<T>())?;
+        self.write(off, addr, values.len(), values.iter().copied())?;
         Ok(ArenaBox {
             bump: self.bump,
             ptr: ArenaPtr::new(off, epoch, values.len() as u64),

@@ -144,11 +144,29 @@ pub(crate) fn write_fresh<T: ShmSafe, A: ShmAllocator + ?Sized>(
         .ok_or_else(|| alloc.out_of_bounds(offset, len))?
         .cast::<T>()
         .as_ptr();
+    // SAFETY: `ptr_at` proved `count` Ts at `dst` are inside the mapping and aligned
+    // for T; the block was just allocated by this process and not yet published.
+    Ok(unsafe { write_values(alloc, dst, count, values) })
+}
+
+/// Moves at most `count` of `values` into the Ts at `dst`; returns the written values.
+///
+/// # Safety
+/// `dst` must point to `count` Ts inside `owner`'s mapping, aligned for T, in a
+/// block this process just allocated and whose offset it has not published yet.
+#[inline]
+pub(crate) unsafe fn write_values<T: ShmSafe, A: ShmAllocator + ?Sized>(
+    _owner: &A,
+    dst: *mut T,
+    count: usize,
+    values: impl Iterator<Item = T>,
+) -> &[T] {
     let mut written = 0;
     for v in values.take(count) {
         // SAFETY:
-        // - `ptr_at` proved `count` Ts at `dst` are inside the mapping and aligned for T;
-        //   `written < count` because `take(count)` yields at most `count` items;
+        // - the caller guarantees `count` Ts at `dst` are inside the mapping and
+        //   aligned for T; `written < count` because `take(count)` yields at most
+        //   `count` items;
         // - the block was just allocated by this process and its offset not yet
         //   published, so no reference handed out by this crate covers these bytes;
         // - a reader in another process (or thread) may still be copying these bytes
@@ -162,8 +180,8 @@ pub(crate) fn write_fresh<T: ShmSafe, A: ShmAllocator + ?Sized>(
     // SAFETY:
     // - `written` Ts were initialised just above at `dst`, in bounds and aligned;
     // - T: ShmSafe is valid for any bytes later writers (atomics, hostile peers) put
-    //   there, and the slice borrows `alloc`, which owns the mapping.
-    Ok(unsafe { std::slice::from_raw_parts(dst, written) })
+    //   there, and the slice borrows `_owner`, which owns the mapping.
+    unsafe { std::slice::from_raw_parts(dst, written) }
 }
 
 /// Copies one `T` out of shared memory with a byte-wise atomic load (Relaxed per

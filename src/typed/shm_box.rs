@@ -44,9 +44,9 @@ use crate::typed::{layout_checked, raw, RelPtr, ShmSafe};
 /// ```
 pub struct ShmBox<'a, T: ShmSafe, A: ShmFree> {
     alloc: &'a A,
-    block: Offset,
-    header: &'a OwnedHeader,
     /// The payload, resolved once: the block is ours for as long as this box lives.
+    /// The block (and its [`OwnedHeader`]) starts `PAYLOAD` bytes before it. Two
+    /// words in all, so that a box moves as a pair of registers.
     value: NonNull<T>,
 }
 
@@ -64,26 +64,61 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     ///
     /// # Errors
     /// [`Error::Alloc`] if the allocator refuses.
+    #[inline]
     pub fn new_in(alloc: &'a A, value: T) -> Result<Self, Error> {
         raw::require_typed(alloc)?;
         let fp = layout_checked::<T>();
         let size = Self::PAYLOAD as usize + size_of::<T>();
-        let block = alloc.allocate_aligned(size, align_of::<T>().max(8))?;
+        let align = align_of::<T>().max(8);
+        let block = alloc.allocate_aligned(size, align)?;
+        // The allocator produced `block`, but its metadata may have been scribbled
+        // on: one check that the whole block lies in the data region of the mapping,
+        // aligned, before writing header and value (else the path that checks each).
+        let seg = alloc.segment();
+        let checked = crate::alloc::data_relative(seg, block, size as u64)
+            .ok()
+            .and_then(|_| seg.ptr_at(block.get(), size as u64, align));
+        let Some(p) = checked else {
+            return Self::new_in_checked(alloc, block, value);
+        };
+        // SAFETY: `ptr_at` checked that the `size` bytes at `p` lie in the mapping,
+        // aligned to `align` (at least 8, OwnedHeader's alignment); the 16-byte header
+        // is at the block start; the block was just allocated and is not published.
+        unsafe {
+            raw::write_values(
+                alloc,
+                p.as_ptr().cast::<OwnedHeader>(),
+                1,
+                std::iter::once(OwnedHeader::new(fp)),
+            )
+        };
+        let value_ptr = p.as_ptr().wrapping_add(Self::PAYLOAD as usize).cast::<T>();
+        // SAFETY: the payload's `size_of::<T>()` bytes at `PAYLOAD` end at `size`,
+        // inside the checked block; `PAYLOAD` is a multiple of `align_of::<T>()` and
+        // the block aligned to it; unpublished, as above.
+        let v = unsafe { raw::write_values(alloc, value_ptr, 1, std::iter::once(value)) };
+        Ok(ShmBox {
+            alloc,
+            value: NonNull::from(&v[0]),
+        })
+    }
+
+    /// `new_in` for a block that failed the one-piece check: header and value are
+    /// written by the checked path each, and the block is freed if either fails.
+    #[cold]
+    #[inline(never)]
+    fn new_in_checked(alloc: &'a A, block: Offset, value: T) -> Result<Self, Error> {
+        let fp = layout_checked::<T>();
         let made = (|| {
             let header = OwnedHeader::init(alloc, block, fp)?;
             let v = raw::write_fresh(alloc, Self::payload(block), std::iter::once(value))?;
             Ok::<_, Error>((header, NonNull::from(&v[0])))
         })();
         match made {
-            Ok((header, value)) => Ok(ShmBox {
-                alloc,
-                block,
-                header,
-                value,
-            }),
+            Ok((_header, value)) => Ok(ShmBox { alloc, value }),
             Err(e) => {
-                // SAFETY: allocated just above by this call; no reference into it
-                // was handed out.
+                // SAFETY: `new_in` allocated the block just before this call; no
+                // reference into it was handed out.
                 let _ = unsafe { alloc.free_owned(block) };
                 Err(e)
             }
@@ -109,26 +144,44 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         // Check the payload's bounds before claiming: a refused token changes nothing.
         let value = raw::checked_ptr::<T, A>(alloc, Self::payload(block), 1)?;
         header.redeem(block, token.nonce(), std::any::type_name::<T>(), fp)?;
-        Ok(ShmBox {
-            alloc,
-            block,
-            header,
-            value,
-        })
+        Ok(ShmBox { alloc, value })
+    }
+
+    /// The block's owner header: `PAYLOAD` bytes before the value.
+    #[inline]
+    fn header(&self) -> &'a OwnedHeader {
+        let p = self
+            .value
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_sub(Self::PAYLOAD as usize);
+        // SAFETY: the block starts `PAYLOAD` bytes before the value (`new_in` wrote
+        // the header there; `from_token` checked it there with `OwnedHeader::at`):
+        // inside the mapping `alloc` owns, which outlives `'a`, 8-aligned (blocks
+        // are aligned to at least 8 and `PAYLOAD` is a multiple of 8); the header is
+        // all atomics, shared with other processes only through them.
+        unsafe { &*p.cast::<OwnedHeader>() }
+    }
+
+    /// The block's offset: the header's address in the mapping, as an offset.
+    #[inline]
+    fn block(&self) -> Offset {
+        let header = self.header() as *const OwnedHeader as usize;
+        Offset::new((header - self.alloc.segment().base_addr()) as u64)
     }
 
     /// Gives up ownership without freeing, for another process (or a later one) to
     /// take with [`from_token`](ShmBox::from_token), once.
     pub fn into_token(self) -> BoxToken<T> {
         let me = ManuallyDrop::new(self);
-        let nonce = me.header.issue(me.alloc);
-        BoxToken::new(me.block, nonce)
+        let nonce = me.header().issue(me.alloc);
+        BoxToken::new(me.block(), nonce)
     }
 
     /// The pointer to the value, for copies in other processes ([`RelPtr::read`]), or
     /// shared views of [`ShmSync`](crate::typed::ShmSync) values ([`RelPtr::get`]).
     pub fn rel_ptr(&self) -> RelPtr<T> {
-        RelPtr::from_offset(Self::payload(self.block))
+        RelPtr::from_offset(Self::payload(self.block()))
     }
 
     /// The value's bytes, through zerocopy (for `T` that derives
@@ -183,11 +236,11 @@ impl<T: ShmSafe + Copy, A: ShmFree> DerefMut for ShmBox<'_, T, A> {
 
 impl<T: ShmSafe, A: ShmFree> Drop for ShmBox<'_, T, A> {
     fn drop(&mut self) {
-        self.header.release();
+        self.header().release();
         // A failure here means the block was freed behind our back: nothing to do.
         // SAFETY: the box owns its block exclusively (allocated or redeemed once);
         // dropping it ends every reference it handed out.
-        let _ = unsafe { self.alloc.free_owned(self.block) };
+        let _ = unsafe { self.alloc.free_owned(self.block()) };
     }
 }
 
