@@ -260,6 +260,30 @@ pub enum AccessError {
     },
 }
 
+/// An arena allocation failed: the bump allocator is full (or its metadata
+/// damaged), or the region could not be pinned (a reset in progress for too
+/// long, a segment of the raw API). Converts into [`enum@Error`] with `?`. (A small
+/// error of plain values: returning it costs the arena's fast path nothing.)
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ArenaError {
+    /// See [`AllocError`].
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    /// See [`AccessError`].
+    #[error(transparent)]
+    Access(#[from] AccessError),
+}
+
+impl From<ArenaError> for Error {
+    fn from(e: ArenaError) -> Error {
+        match e {
+            ArenaError::Alloc(e) => Error::Alloc(e),
+            ArenaError::Access(e) => Error::Access(e),
+        }
+    }
+}
+
 /// A `free` was refused. Nothing in the segment changed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]

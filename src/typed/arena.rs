@@ -20,7 +20,7 @@ use std::mem::{align_of, size_of};
 use std::sync::atomic::{fence, Ordering};
 
 use crate::alloc::{BumpAllocator, Offset, ShmAllocator, MAX_ALIGN};
-use crate::error::{AccessError, Error};
+use crate::error::{AccessError, ArenaError};
 use crate::process::{fork_epoch, Pin};
 use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 
@@ -111,7 +111,7 @@ impl<'b> Arena<'b> {
     /// chunk when it is used up or a reset happened); returns offset, epoch, and the
     /// bytes' address if they lie in a checked chunk (else 0: the caller checks).
     #[inline]
-    fn place(&self, size: usize, align: usize) -> Result<(Offset, u64, usize), Error> {
+    fn place(&self, size: usize, align: usize) -> Result<(Offset, u64, usize), ArenaError> {
         let (c, next) = (self.chunk.get(), self.next.get());
         let mask = align as u64 - 1;
         let start = next.wrapping_add(mask) & !mask;
@@ -149,7 +149,11 @@ impl<'b> Arena<'b> {
     }
 
     #[cold]
-    fn place_in_new_chunk(&self, size: usize, align: usize) -> Result<(Offset, u64, usize), Error> {
+    fn place_in_new_chunk(
+        &self,
+        size: usize,
+        align: usize,
+    ) -> Result<(Offset, u64, usize), ArenaError> {
         let epoch = self.pinned_epoch()?;
         // Small regions get small chunks (a 64th), so one arena never takes all.
         let chunk = CHUNK.min(self.bump.segment().layout().data_len / 64);
@@ -207,7 +211,7 @@ impl<'b> Arena<'b> {
         addr: usize,
         count: usize,
         values: impl ExactSizeIterator<Item = T>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), ArenaError> {
         if addr != 0 {
             // SAFETY: `place` returned `addr` for `count * size_of::<T>()` bytes at
             // `off` inside a chunk that was checked, when reserved, to lie in the data
@@ -228,7 +232,7 @@ impl<'b> Arena<'b> {
         &self,
         off: Offset,
         values: impl ExactSizeIterator<Item = T>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), ArenaError> {
         raw::write_fresh(&*self.bump, off, values)?;
         Ok(())
     }
@@ -236,9 +240,10 @@ impl<'b> Arena<'b> {
     /// Moves `value` into the arena.
     ///
     /// # Errors
-    /// [`Error::Alloc`] when the bump allocator is full.
+    /// [`ArenaError::Alloc`] when the bump allocator is full; [`ArenaError::Access`]
+    /// when the region cannot be pinned (see [`Arena`]).
     #[inline]
-    pub fn alloc<T: ShmSafe>(&self, value: T) -> Result<ArenaBox<'_, T>, Error> {
+    pub fn alloc<T: ShmSafe>(&self, value: T) -> Result<ArenaBox<'_, T>, ArenaError> {
         let _ = layout_checked::<T>();
         let (off, epoch, addr) = self.place(size_of::<T>().max(1), align_of::<T>())?;
         self.write(off, addr, 1, std::iter::once(value))?;
@@ -251,9 +256,13 @@ impl<'b> Arena<'b> {
     /// Copies `values` into the arena.
     ///
     /// # Errors
-    /// [`Error::Alloc`] when the bump allocator is full.
+    /// [`ArenaError::Alloc`] when the bump allocator is full; [`ArenaError::Access`]
+    /// when the region cannot be pinned (see [`Arena`]).
     #[inline]
-    pub fn alloc_slice<T: ShmSafe + Copy>(&self, values: &[T]) -> Result<ArenaBox<'_, T>, Error> {
+    pub fn alloc_slice<T: ShmSafe + Copy>(
+        &self,
+        values: &[T],
+    ) -> Result<ArenaBox<'_, T>, ArenaError> {
         let _ = layout_checked::<T>();
         let bytes =
             size_of::<T>()
