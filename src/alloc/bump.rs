@@ -134,7 +134,7 @@ impl BumpAllocator {
     ///
     /// # Errors
     /// [`SegmentError::AlreadyExists`], [`SegmentError::InvalidName`],
-    /// [`SegmentError::InvalidParameter`] (capacity 0 or over 64 GiB), or an OS error.
+    /// [`SegmentError::InvalidParameter`] (capacity 0 or over 32 GiB), or an OS error.
     pub fn create(name: &str, capacity: u64) -> Result<Self, SegmentError> {
         Self::create_with(name, capacity, &CreateOptions::default())
     }

@@ -36,17 +36,18 @@
 //! call by name: [`ArchiveToken::access_unchecked`],
 //! [`ArenaArchiveToken::access_unchecked`].
 //!
-//! **Zero-copy views trust every writer.** What this module cannot rule out yet
-//! (see the crate's safety model, "Not covered yet"): a raw
-//! [`ShmAllocator::write`](crate::ShmAllocator::write) into the block, or a bump
-//! `reset` in another process (or through a second `BumpAllocator` of the
-//! segment) while a reference from `access` is held. Either makes the view see
-//! bytes that were never validated. Readers who do not trust every writer use the
-//! **copy path** beside each view: `deserialize_copied` on
+//! **Zero-copy views trust only untrusted writers.** Against cooperating
+//! processes a view from `access` cannot change under it: a raw
+//! [`ShmAllocator::write`](crate::ShmAllocator::write) or `free` is refused in a
+//! segment of typed handles ([`SegmentMode`](crate::segment::SegmentMode)), an
+//! owned archive has one owner (tokens are redeemed once), and a bump `reset` by
+//! any handle in any process waits for an arena archive's readers (they pin the
+//! region) or returns `Busy`. A process that scribbles on the segment outside the
+//! API can still change the bytes under a view. Readers who do not trust every
+//! writer use the **copy path** beside each view: `deserialize_copied` on
 //! [`ShmArchive`], [`ArenaArchiveReader`] and [`ArenaArchiveToken`] copies the
 //! archive out with byte-wise atomic loads and validates the private copy, so a
-//! rewritten relative pointer is an error there, never a wild read. A second
-//! "owner" is no longer possible (tokens are redeemed once). What *is* checked at
+//! rewritten relative pointer is an error there, never a wild read. What *is* checked at
 //! every access: that the block is still allocated (free-list) and that the
 //! arena was not reset since (bump: `AccessError::Stale` in every process).
 //! Corrupt bytes present at hand-over, whatever their origin, are always an

@@ -157,8 +157,8 @@ pub trait Roots: ShmAllocator {
     }
 
     /// Removes the name `name`; returns whether it existed. The object itself is not
-    /// freed: other processes may hold references from [`root`](Roots::root), and
-    /// freeing waits for reader pins (not there yet), so it stays allocated. The
+    /// freed: other processes may hold references from [`root`](Roots::root) (which
+    /// carry no pin), so it stays allocated. The
     /// entry becomes a tombstone (it still counts towards [`MAX_ROOTS`]); the name can
     /// be created again.
     ///
