@@ -135,10 +135,9 @@ impl<'a, T: ShmArchivable> ArenaArchive<'a, T> {
     /// The archived value, zero-copy; validated on the first call (bytecheck).
     ///
     /// # Errors
-    /// [`AccessError::Stale`] if any process reset the arena since; on the first
-    /// call, [`ArchiveError::Invalid`] if the bytes were damaged.
+    /// On the first call, [`ArchiveError::Invalid`] if the bytes were damaged.
     pub fn access(&self) -> Result<&Archived<T>, ArchiveError> {
-        let bytes = checked_epoch_bytes(self.bump, self.span, self.epoch)?;
+        let bytes = self.span.bytes(self.bump)?;
         if !self.validated.load(Ordering::Acquire) {
             self.span.check_bytes::<T>(bytes)?;
             self.validated.store(true, Ordering::Release);
@@ -146,73 +145,62 @@ impl<'a, T: ShmArchivable> ArenaArchive<'a, T> {
         // SAFETY:
         // - `validated` is set only after `check_bytes` accepted this span's bytes
         //   in this bump allocator (the handle holds it);
-        // - the epoch is unchanged (just checked), so the block was not released
-        //   and reused, and no API writes an archive after it is written.
+        // - the arena this handle borrows pinned the region before the archive was
+        //   written and keeps the pin while the handle lives: no reset by any
+        //   handle completes, so the block is not released or reused, and no safe
+        //   API writes an archive after it is written.
         Ok(unsafe { archived_unchecked::<T>(bytes) })
     }
-
-    /// Deserializes an owned `T`; the epoch is re-checked afterwards, so the
-    /// value never mixes bytes of a later epoch.
-    ///
-    /// # Errors
-    /// As [`access`](ArenaArchive::access), or [`ArchiveError::Deserialize`].
-    pub fn deserialize(&self) -> Result<T, ArchiveError>
-    where
-        Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
-    {
-        deserialize_in_epoch(self.bump, self.epoch, self.access()?)
-    }
-
-    /// Length of the archive in bytes.
-    pub fn len(&self) -> usize {
-        self.span.len
-    }
-
-    /// Whether the archive has no bytes (a zero-sized `T`).
-    pub fn is_empty(&self) -> bool {
-        self.span.len == 0
-    }
-
-    /// The epoch the archive belongs to.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
 }
 
-impl<T: ShmArchivable> std::fmt::Debug for ArenaArchive<'_, T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        debug_arena::<T>(f, "ArenaArchive", self.span, self.epoch)
-    }
+/// What the writer's and the reader's handle of an arena archive share: both
+/// hold `bump`, `span` and `epoch`, and a pin (the arena's, or the reader's own),
+/// so the epoch cannot change while they live.
+macro_rules! arena_archive_common {
+    ($ty:ident) => {
+        impl<'a, T: ShmArchivable> $ty<'a, T> {
+            /// Deserializes an owned `T` from the zero-copy view.
+            ///
+            /// # Errors
+            /// As [`access`](Self::access), or [`ArchiveError::Deserialize`].
+            pub fn deserialize(&self) -> Result<T, ArchiveError>
+            where
+                Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
+            {
+                deserialize_archived::<T>(self.access()?)
+            }
+
+            /// Length of the archive in bytes.
+            pub fn len(&self) -> usize {
+                self.span.len
+            }
+
+            /// Whether the archive has no bytes (a zero-sized `T`).
+            pub fn is_empty(&self) -> bool {
+                self.span.len == 0
+            }
+
+            /// The epoch the archive belongs to.
+            pub fn epoch(&self) -> u64 {
+                self.epoch
+            }
+        }
+
+        impl<T: ShmArchivable> std::fmt::Debug for $ty<'_, T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("type", &std::any::type_name::<T>())
+                    .field("offset", &self.span.block)
+                    .field("len", &self.span.len)
+                    .field("epoch", &self.epoch)
+                    .finish()
+            }
+        }
+    };
 }
 
-/// Deserializes `archived` (of an arena archive of `epoch`), then re-checks the
-/// epoch, so the value never mixes bytes of a later epoch.
-fn deserialize_in_epoch<T: ShmArchivable>(
-    bump: &BumpAllocator,
-    epoch: u64,
-    archived: &Archived<T>,
-) -> Result<T, ArchiveError>
-where
-    Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
-{
-    let v = deserialize_archived::<T>(archived)?;
-    check_epoch(bump, epoch)?;
-    Ok(v)
-}
-
-fn debug_arena<T>(
-    f: &mut std::fmt::Formatter<'_>,
-    name: &str,
-    span: Span,
-    epoch: u64,
-) -> std::fmt::Result {
-    f.debug_struct(name)
-        .field("type", &std::any::type_name::<T>())
-        .field("offset", &span.block)
-        .field("len", &span.len)
-        .field("epoch", &epoch)
-        .finish()
-}
+arena_archive_common!(ArenaArchive);
+arena_archive_common!(ArenaArchiveReader);
 
 fn check_epoch(bump: &BumpAllocator, epoch: u64) -> Result<(), AccessError> {
     let now = bump.epoch();
@@ -223,11 +211,6 @@ fn check_epoch(bump: &BumpAllocator, epoch: u64) -> Result<(), AccessError> {
         });
     }
     Ok(())
-}
-
-fn checked_epoch_bytes(bump: &BumpAllocator, span: Span, epoch: u64) -> Result<&[u8], AccessError> {
-    check_epoch(bump, epoch)?;
-    span.bytes(bump)
 }
 
 /// A validated, read-only view of an arena archive, in any process. Any number
@@ -306,38 +289,6 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
         fence(Ordering::Acquire);
         check_epoch(self.bump, self.epoch)?;
         Ok(v)
-    }
-
-    /// Deserializes an owned `T`; the epoch is re-checked afterwards.
-    ///
-    /// # Errors
-    /// As [`access`](ArenaArchiveReader::access), or [`ArchiveError::Deserialize`].
-    pub fn deserialize(&self) -> Result<T, ArchiveError>
-    where
-        Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
-    {
-        deserialize_in_epoch(self.bump, self.epoch, self.access()?)
-    }
-
-    /// Length of the archive in bytes.
-    pub fn len(&self) -> usize {
-        self.span.len
-    }
-
-    /// Whether the archive has no bytes (a zero-sized `T`).
-    pub fn is_empty(&self) -> bool {
-        self.span.len == 0
-    }
-
-    /// The epoch the archive belongs to.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-}
-
-impl<T: ShmArchivable> std::fmt::Debug for ArenaArchiveReader<'_, T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        debug_arena::<T>(f, "ArenaArchiveReader", self.span, self.epoch)
     }
 }
 
