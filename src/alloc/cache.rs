@@ -29,7 +29,7 @@ pub(crate) struct LocalCache {
     tid: u64,
     fork_epoch: u64,
 }
-static LOCAL_CACHES: std::sync::Mutex<Vec<LocalCache>> = std::sync::Mutex::new(Vec::new());
+static LOCAL_CACHES: parking_lot::Mutex<Vec<LocalCache>> = parking_lot::Mutex::new(Vec::new());
 
 /// A number unique among this process's live threads (never 0): the address of a
 /// thread-local. A thread that starts after another ended may get the same number,
@@ -42,22 +42,18 @@ pub(crate) fn thread_id() -> u64 {
 
 /// Records that thread `tid` owns slot `slot`'s cache of the segment object `ino`.
 pub(crate) fn register_local(ino: u64, slot: usize, tid: u64) {
-    LOCAL_CACHES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(LocalCache {
-            ino,
-            slot,
-            tid,
-            fork_epoch: process::fork_epoch(),
-        });
+    LOCAL_CACHES.lock().push(LocalCache {
+        ino,
+        slot,
+        tid,
+        fork_epoch: process::fork_epoch(),
+    });
 }
 
 /// Forgets that record (the handle is dropped).
 pub(crate) fn unregister_local(ino: u64, slot: usize, tid: u64) {
     LOCAL_CACHES
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .retain(|l| !(l.ino == ino && l.slot == slot && l.tid == tid));
 }
 
@@ -65,13 +61,9 @@ pub(crate) fn unregister_local(ino: u64, slot: usize, tid: u64) {
 /// any handle of this process, since the last fork).
 pub(crate) fn owned_here(ino: u64, slot: usize) -> bool {
     let tid = thread_id();
-    LOCAL_CACHES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .any(|l| {
-            l.ino == ino && l.slot == slot && l.tid == tid && l.fork_epoch == process::fork_epoch()
-        })
+    LOCAL_CACHES.lock().iter().any(|l| {
+        l.ino == ino && l.slot == slot && l.tid == tid && l.fork_epoch == process::fork_epoch()
+    })
 }
 
 /// Which thread of this process uses a handle's cache: the first one that

@@ -34,7 +34,9 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
@@ -272,6 +274,11 @@ struct MemberState {
     rejoin: Mutex<()>,
 }
 
+// The lock guards no data (only the order of re-joins), and `packed` is one atomic
+// word, old or new: a panic anywhere leaves the state consistent, as std's
+// `Mutex<()>` (which this replaced) declared.
+impl std::panic::RefUnwindSafe for MemberState {}
+
 impl MemberState {
     #[inline]
     fn slot(&self, seg: &(impl Reg + ?Sized)) -> Result<usize, SegmentError> {
@@ -284,7 +291,7 @@ impl MemberState {
 
     #[cold]
     fn rejoin_after_fork(&self, seg: &(impl Reg + ?Sized)) -> Result<usize, SegmentError> {
-        let _g = self.rejoin.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.rejoin.lock();
         let epoch = FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF;
         let p = self.packed.load(Ordering::Relaxed);
         if p >> 40 == epoch {
@@ -794,7 +801,7 @@ static NEXT_ATTACH: AtomicU64 = AtomicU64::new(1);
 
 fn attach(seg: &Segment, state: &Arc<MemberState>) -> u64 {
     let id = NEXT_ATTACH.fetch_add(1, Ordering::Relaxed);
-    let mut t = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = ATTACHED.lock();
     t.push(Attached {
         id,
         base: seg.base_addr(),
@@ -807,7 +814,7 @@ fn attach(seg: &Segment, state: &Arc<MemberState>) -> u64 {
 }
 
 fn detach(id: u64) {
-    let mut t = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = ATTACHED.lock();
     t.retain(|a| a.id != id);
     ATTACHED_GEN.fetch_add(1, Ordering::Release);
 }
@@ -853,7 +860,7 @@ impl Attached {
 /// (re-joining first in a fork child), with that mapping's base and length; `None`
 /// if no handle of this process maps `addr`.
 pub(crate) fn token_at(addr: usize) -> Option<(u32, usize, usize)> {
-    let t = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+    let t = ATTACHED.lock();
     let a = t
         .iter()
         .find(|a| (a.base..a.base + a.len).contains(&addr))?;
@@ -866,7 +873,7 @@ pub(crate) fn token_at(addr: usize) -> Option<(u32, usize, usize)> {
 /// contains `addr`, is alive. `true` when no handle of this process maps `addr`
 /// (never call a holder dead without evidence).
 pub(crate) fn token_alive_at(addr: usize, tok: u32) -> bool {
-    let t = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+    let t = ATTACHED.lock();
     let Some(a) = t.iter().find(|a| (a.base..a.base + a.len).contains(&addr)) else {
         return true;
     };
