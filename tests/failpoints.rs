@@ -292,9 +292,16 @@ fn every_fail_point_is_listed() {
     found.sort();
     found.dedup();
     // Killed at by their own scenarios (not free-list or slab workloads):
-    // `a_resetter_killed_while_waiting_blocks_nobody` in tests/registry.rs and
+    // `a_resetter_killed_while_waiting_blocks_nobody`,
+    // `a_thief_killed_after_claiming_blocks_nobody` and
+    // `a_reclaimer_killed_while_emptying_a_dead_cache` in tests/registry.rs, and
     // `a_notifier_killed_before_its_wake_strands_no_sleeper` in tests/coord.rs.
-    const ELSEWHERE: &[&str] = &["bump.reset.published", "event.notify.before_wake"];
+    const ELSEWHERE: &[&str] = &[
+        "bump.reset.published",
+        "event.notify.before_wake",
+        "cache.steal.claimed",
+        "cache.dead.claimed",
+    ];
     let mut listed: Vec<String> = FL_POINTS
         .iter()
         .chain(SLAB_POINTS)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{env_req, results, role, say, wait_with_watchdog, KillOnDrop, Rng, ShmName};
 use shared_allocator::prelude::*;
 use shared_allocator::segment::OpenOptions;
-use shared_allocator::{FreeError, SegmentError};
+use shared_allocator::{AllocError, FreeError, SegmentError};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -653,6 +653,228 @@ fn a_peer_rewriting_words_forever_gets_errors_not_hangs() {
     }
 }
 
+// ------------------------------------------------------------------ idle owners' caches
+
+/// Allocates `size`-byte blocks until out of memory; returns them.
+fn fill(a: &impl ShmAllocator, size: usize) -> Vec<Offset> {
+    let mut held = Vec::new();
+    loop {
+        match a.allocate(size) {
+            Ok(o) => held.push(o),
+            Err(AllocError::OutOfMemory { .. }) => return held,
+            Err(e) => panic!("allocate: {e}"),
+        }
+    }
+}
+
+/// A child that fills the allocator, frees everything into its cache, and then
+/// idles (alive, making no call) until the parent writes a line; twice, then it
+/// checks that it can carry on and exits.
+fn idle_owner<A: ShmAllocator + ShmFree>(a: &A, size: usize) {
+    for round in 0..2 {
+        let held = fill(a, size);
+        for o in &held {
+            a.free(*o).unwrap();
+        }
+        say(format!("cached round={round} n={}", held.len()));
+        wait_for_parent();
+    }
+    // Robbed while idle: the cache is usable, and no block is lost or doubled.
+    let held = fill(a, size);
+    for o in &held {
+        a.free(*o).unwrap();
+    }
+    say(format!("after n={}", held.len()));
+}
+
+fn number(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// The requirement: never out of memory while enough memory sits in
+/// caches. The child's blocks sit in its cache while it idles (no call that could
+/// honour a flush request); the parent still gets the whole region, first as one
+/// block, then as every small block the child had.
+#[test]
+fn an_idle_owners_cache_is_taken_when_memory_runs_out() {
+    const ENTRY: &str = "an_idle_owners_cache_is_taken_when_memory_runs_out";
+    if role().as_deref() == Some("idle-fl") {
+        idle_owner(&FreeListAllocator::open(&env_req("SA_NAME")).unwrap(), 64);
+        return;
+    }
+    let name = ShmName::new("reg-idle");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
+    let cap = a.stats().capacity;
+    let mut c = KillOnDrop::new(child(
+        ENTRY,
+        "idle-fl",
+        &[("SA_NAME", name.as_str().into())],
+    ));
+    let mut out = BufReader::new(c.child().stdout.take().unwrap());
+    let mut stdin = c.child().stdin.take().unwrap();
+    let n = number(&expect_line(&mut out, "cached round=0"), "n");
+    assert!(a.stats().cached_bytes > 0, "the child's cache holds blocks");
+    // One block of the whole region: only if the child's cached blocks come back
+    // and their span is released.
+    let big = a
+        .allocate(cap as usize)
+        .expect("the whole region while the owner idles");
+    a.free(big).unwrap();
+    assert!(a.stolen_blocks() > 0);
+    assert_eq!(a.stats().cached_bytes, 0);
+    writeln!(stdin).unwrap();
+    // Again with small blocks: exactly as many as the child got.
+    assert_eq!(number(&expect_line(&mut out, "cached round=1"), "n"), n);
+    let before = a.stolen_blocks();
+    let held = fill(&a, 64);
+    assert_eq!(held.len() as u64, n, "every block, cached ones included");
+    assert!(a.stolen_blocks() > before);
+    for o in held {
+        a.free(o).unwrap();
+    }
+    writeln!(stdin).unwrap();
+    assert_eq!(number(&expect_line(&mut out, "after"), "n"), n);
+    assert!(wait_with_watchdog(c.child(), LIMIT, "idle owner").success());
+    a.reclaim();
+    let st = a.stats();
+    assert_eq!(st.live_blocks, Some(0));
+    assert_eq!(st.free_bytes, cap, "{st:?}");
+    assert_eq!(a.late_double_frees(), 0);
+}
+
+/// The same for the slab: every slot, while the child idles with its cache full.
+#[test]
+fn an_idle_owners_slab_cache_is_taken_when_slots_run_out() {
+    const ENTRY: &str = "an_idle_owners_slab_cache_is_taken_when_slots_run_out";
+    if role().as_deref() == Some("idle-slab") {
+        idle_owner(&SlabAllocator::open(&env_req("SA_NAME")).unwrap(), 32);
+        return;
+    }
+    let name = ShmName::new("reg-idleslab");
+    let a = SlabAllocator::create(name.as_str(), 32, 256).unwrap();
+    let mut c = KillOnDrop::new(child(
+        ENTRY,
+        "idle-slab",
+        &[("SA_NAME", name.as_str().into())],
+    ));
+    let mut out = BufReader::new(c.child().stdout.take().unwrap());
+    let mut stdin = c.child().stdin.take().unwrap();
+    for round in 0..2 {
+        let n = number(
+            &expect_line(&mut out, &format!("cached round={round}")),
+            "n",
+        );
+        assert_eq!(n, 256);
+        assert!(a.stats().cached_bytes > 0, "the child's cache holds slots");
+        let held = fill(&a, 32);
+        assert_eq!(held.len(), 256, "every slot, cached ones included");
+        for o in held {
+            a.free(o).unwrap();
+        }
+        writeln!(stdin).unwrap();
+    }
+    assert!(a.stolen_blocks() > 0);
+    assert_eq!(number(&expect_line(&mut out, "after"), "n"), 256);
+    assert!(wait_with_watchdog(c.child(), LIMIT, "idle owner").success());
+    a.reclaim();
+    assert_eq!(a.stats().live_blocks, Some(0));
+    assert_eq!(a.late_double_frees(), 0);
+}
+
+/// A thief against an owner that never idles for long: the owner allocates and
+/// frees in a tight loop (tagging every block with its pid and a sequence number
+/// and checking the tag before it frees), while the parent fills the allocator
+/// again and again, each time taking caches, and checks its own tags. A block that
+/// a thief took while its owner was popping it would be held twice and show up as
+/// a foreign tag on one side.
+#[test]
+fn a_thief_never_takes_a_block_its_owner_is_handing_out() {
+    const ENTRY: &str = "a_thief_never_takes_a_block_its_owner_is_handing_out";
+    let run = Duration::from_millis(1500);
+    let tag = |who: u64, seq: u64| [who << 40 | seq; 8];
+    let check = |a: &FreeListAllocator, o: Offset, t: [u64; 8]| {
+        let got: Vec<u8> = a.read(o, 64).unwrap();
+        let want: Vec<u8> = t.iter().flat_map(|w| w.to_le_bytes()).collect();
+        got == want
+    };
+    let write = |a: &FreeListAllocator, o: Offset, t: [u64; 8]| {
+        let b: Vec<u8> = t.iter().flat_map(|w| w.to_le_bytes()).collect();
+        a.write(o, &b).unwrap();
+    };
+    if role().as_deref() == Some("busy-owner") {
+        let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+        let who = u64::from(std::process::id());
+        let mut ring = std::collections::VecDeque::new();
+        let (mut seq, mut bad) = (0u64, 0u64);
+        let start = std::time::Instant::now();
+        // Batches of up to 8 blocks, freed together: its cache holds blocks most
+        // of the time, and pops and pushes run back to back.
+        while start.elapsed() < run {
+            for _ in 0..8 {
+                seq += 1;
+                match a.allocate(64) {
+                    Ok(o) => {
+                        write(&a, o, tag(who, seq));
+                        ring.push_back((o, seq));
+                    }
+                    Err(AllocError::OutOfMemory { .. }) => {}
+                    Err(e) => panic!("owner allocate: {e}"),
+                }
+            }
+            for (o, s) in ring.drain(..) {
+                bad += u64::from(!check(&a, o, tag(who, s)));
+                a.free(o).unwrap();
+            }
+        }
+        say(format!(
+            "owner ops={seq} bad={bad} late={}",
+            a.late_double_frees()
+        ));
+        return;
+    }
+    let name = ShmName::new("reg-thief");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
+    let mut c = KillOnDrop::new(child(
+        ENTRY,
+        "busy-owner",
+        &[("SA_NAME", name.as_str().into())],
+    ));
+    let mut out = BufReader::new(c.child().stdout.take().unwrap());
+    let (mut rounds, mut bad, mut seq) = (0u64, 0u64, 0u64);
+    let start = std::time::Instant::now();
+    while start.elapsed() < run {
+        let held = fill(&a, 64);
+        for &o in &held {
+            seq += 1;
+            write(&a, o, tag(1, seq));
+        }
+        let first = seq - held.len() as u64;
+        for (k, &o) in held.iter().enumerate() {
+            bad += u64::from(!check(&a, o, tag(1, first + k as u64 + 1)));
+            a.free(o).unwrap();
+        }
+        rounds += 1;
+    }
+    let line = expect_line(&mut out, "owner");
+    assert!(wait_with_watchdog(c.child(), LIMIT, "busy owner").success());
+    eprintln!("thief rounds={rounds} stolen={} {line}", a.stolen_blocks());
+    assert_eq!(bad, 0, "the thief saw foreign tags");
+    assert_eq!(
+        number(&line, "bad"),
+        0,
+        "the owner saw foreign tags: {line}"
+    );
+    assert_eq!(number(&line, "late"), 0);
+    assert!(a.stolen_blocks() > 0, "no cache was ever taken: {line}");
+    a.reclaim();
+    assert_eq!(a.stats().live_blocks, Some(0));
+    assert_eq!(a.late_double_frees(), 0);
+}
+
 // ------------------------------------------------------------------ scenarios driven by fail points
 
 /// In a child: stop at fail point `point` (its `nth` hit), say so, and wait for the
@@ -908,4 +1130,108 @@ fn a_resetter_killed_while_waiting_blocks_nobody() {
     assert_eq!(bump.epoch(), 0);
     assert_eq!(bump.reset().unwrap(), 1);
     assert!(h.get(&bump).unwrap_err().is_stale());
+}
+
+/// A thief killed after claiming an idle owner's cache (before its barrier) leaves
+/// a claim by a dead registration: the next thief takes it over, and the owner
+/// carries on with its cache.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_thief_killed_after_claiming_blocks_nobody() {
+    const ENTRY: &str = "a_thief_killed_after_claiming_blocks_nobody";
+    match role().as_deref() {
+        Some("idle-fl") => {
+            idle_owner(&FreeListAllocator::open(&env_req("SA_NAME")).unwrap(), 64);
+            return;
+        }
+        Some("thief-dies") => {
+            let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+            die_at("cache.steal.claimed", 1);
+            let r = a.allocate(a.stats().capacity as usize);
+            say(format!("not killed: {r:?}"));
+            return;
+        }
+        _ => {}
+    }
+    let name = ShmName::new("reg-thiefdies");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
+    let cap = a.stats().capacity;
+    let env = [("SA_NAME", name.as_str().to_owned())];
+    let mut owner = KillOnDrop::new(child(ENTRY, "idle-fl", &env));
+    let mut out = BufReader::new(owner.child().stdout.take().unwrap());
+    let mut stdin = owner.child().stdin.take().unwrap();
+    let n = number(&expect_line(&mut out, "cached round=0"), "n");
+    let mut thief = KillOnDrop::new(child(ENTRY, "thief-dies", &env));
+    let status = wait_with_watchdog(thief.child(), LIMIT, "thief");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the thief was not killed: {status}"
+    );
+    assert!(a.stats().cached_bytes > 0, "the dead thief took nothing");
+    // The next thief: past the dead claim, the whole region.
+    let big = a
+        .allocate(cap as usize)
+        .expect("the whole region past a dead claim");
+    a.free(big).unwrap();
+    assert!(a.stolen_blocks() > 0);
+    // The owner carries on: its cache is usable, nothing lost or doubled.
+    writeln!(stdin).unwrap();
+    assert_eq!(number(&expect_line(&mut out, "cached round=1"), "n"), n);
+    writeln!(stdin).unwrap();
+    assert_eq!(number(&expect_line(&mut out, "after"), "n"), n);
+    assert!(wait_with_watchdog(owner.child(), LIMIT, "owner").success());
+    a.reclaim();
+    let st = a.stats();
+    assert_eq!((st.live_blocks, st.free_bytes), (Some(0), cap), "{st:?}");
+    assert_eq!(a.late_double_frees(), 0);
+}
+
+/// A reclaimer killed after claiming a dead handle's cache, before emptying it:
+/// the next reclaimer takes the claim over and returns every cached block.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_reclaimer_killed_while_emptying_a_dead_cache() {
+    const ENTRY: &str = "a_reclaimer_killed_while_emptying_a_dead_cache";
+    match role().as_deref() {
+        Some("idle-fl") => {
+            idle_owner(&FreeListAllocator::open(&env_req("SA_NAME")).unwrap(), 64);
+            return;
+        }
+        Some("reclaimer-dies") => {
+            let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+            die_at("cache.dead.claimed", 1);
+            let r = a.reclaim();
+            say(format!("not killed: {r:?}"));
+            return;
+        }
+        _ => {}
+    }
+    let name = ShmName::new("reg-reclaimdies");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
+    let cap = a.stats().capacity;
+    let env = [("SA_NAME", name.as_str().to_owned())];
+    let mut owner = KillOnDrop::new(child(ENTRY, "idle-fl", &env));
+    let mut out = BufReader::new(owner.child().stdout.take().unwrap());
+    expect_line(&mut out, "cached round=0");
+    let cached = a.stats().cached_bytes;
+    assert!(cached > 0);
+    drop(owner); // SIGKILL while idle, its cache full
+    wait_dead(&a, 1);
+    let mut r = KillOnDrop::new(child(ENTRY, "reclaimer-dies", &env));
+    let status = wait_with_watchdog(r.child(), LIMIT, "reclaimer");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the reclaimer was not killed: {status}"
+    );
+    wait_dead(&a, 2);
+    let got = a.reclaim();
+    assert_eq!(got.dead_slots, 2, "{got:?}");
+    assert_eq!(got.cached_blocks as u64 * 64, cached, "{got:?}");
+    let st = a.stats();
+    assert_eq!((st.live_blocks, st.free_bytes), (Some(0), cap), "{st:?}");
+    assert_eq!(a.late_double_frees(), 0);
 }

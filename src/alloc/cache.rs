@@ -161,3 +161,324 @@ impl CacheOwner {
         unregister_local(ino, slot, self.owner.load(Ordering::Relaxed));
     }
 }
+
+// ------------------------------------------------------------------ the gate
+
+/// Word 0 of a registry slot's cache words: the gate. `0` (open), [`REQUEST`] (the
+/// owner is asked to empty its cache), or a claim by another thread,
+/// `CLAIM | token << 1`, that is emptying it.
+pub(crate) const GATE_CTL: usize = 0;
+/// Word 1: non-zero while the owner thread is inside an operation on its cache.
+pub(crate) const GATE_ACTIVE: usize = 1;
+const REQUEST: u64 = 1;
+const CLAIM: u64 = 1 << 63;
+
+/// How long a thief waits for an owner to leave its cache, and a reclaimer for a
+/// thief to finish, before giving up on that cache for now.
+const STEAL_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Who may touch a registry slot's cache: its owner thread, or one other thread
+/// that claimed it (a *thief* emptying an idle owner's cache under memory
+/// pressure, or the reclaimer of a dead owner).
+///
+/// The owner's side costs two plain stores and a load per operation: it marks
+/// itself active, then reads the gate. A thief claims the gate, then runs
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)`, which puts a full memory barrier into
+/// every running thread of the machine, then reads the owner's mark. Either the
+/// owner's mark reaches the thief, which then waits until the owner leaves, or the
+/// owner's read of the gate comes after the barrier and sees the claim, and the
+/// owner stays out (Dekker's handshake with the heavy fence on the rare side, as
+/// in folly's `asymmetricHeavyBarrier` and the kernel's RCU).
+///
+/// Every change to a cache's words keeps it consistent at each store (the count
+/// drops before blocks go back), so a thief or owner that dies mid-way leaves a
+/// cache that the next one continues from: the gate of a dead claimant is
+/// reopened by whoever finds it.
+#[derive(Clone, Copy)]
+pub(crate) struct Gate<'a> {
+    ctl: &'a AtomicU64,
+    active: &'a AtomicU64,
+}
+
+fn claim_word(token: u32) -> u64 {
+    CLAIM | u64::from(token) << 1
+}
+
+impl<'a> Gate<'a> {
+    /// The gate in a slot's cache words (at least two words).
+    #[inline(always)]
+    pub fn new(words: &'a [AtomicU64]) -> Gate<'a> {
+        Gate {
+            ctl: &words[GATE_CTL],
+            active: &words[GATE_ACTIVE],
+        }
+    }
+
+    /// The gate whose two words start at `base`.
+    ///
+    /// # Safety
+    /// `base` must point at two 8-aligned words that stay mapped for `'a` and are
+    /// only accessed atomically.
+    #[inline(always)]
+    pub unsafe fn at(base: *const AtomicU64) -> Gate<'a> {
+        // SAFETY: two valid AtomicU64s live for `'a` at `base` (caller's contract).
+        Gate::new(unsafe { std::slice::from_raw_parts(base, 2) })
+    }
+
+    /// The owner's entry on its fast path: true if the gate is open (the owner is
+    /// now inside and must [`leave`](Self::leave)); false sends it to
+    /// [`enter`](Self::enter) on its slow path.
+    #[inline(always)]
+    pub fn enter_fast(&self) -> bool {
+        self.active.store(1, Ordering::Relaxed);
+        // Orders the mark before the read of the gate in this thread's program;
+        // the thief's membarrier makes the order hold between processors.
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        if self.ctl.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        self.active.store(0, Ordering::Release);
+        false
+    }
+
+    /// The owner leaves its cache: every store it made inside is published to
+    /// the next thief.
+    #[inline(always)]
+    pub fn leave(&self) {
+        self.active.store(0, Ordering::Release);
+    }
+
+    /// The owner's full entry. `Some(flush)`: the owner is inside (it must
+    /// [`leave`](Self::leave)), and if `flush`, a flush was requested (the request
+    /// is taken: the caller empties its cache). `None`: a live thread has claimed
+    /// the cache, and the owner uses the shared path until it is done.
+    #[cold]
+    pub fn enter(&self, alive: &dyn Fn(u32) -> bool) -> Option<bool> {
+        for _ in 0..64 {
+            self.active.store(1, Ordering::Relaxed);
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+            let c = self.ctl.load(Ordering::Acquire);
+            if c == 0 {
+                return Some(false);
+            }
+            if c == REQUEST {
+                if self
+                    .ctl
+                    .compare_exchange(REQUEST, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Some(true);
+                }
+                continue;
+            }
+            self.active.store(0, Ordering::Release);
+            if c & CLAIM != 0 && alive(((c & !CLAIM) >> 1) as u32) {
+                return None;
+            }
+            // A dead claimant (its work so far is consistent), or a scribble.
+            let _ = self
+                .ctl
+                .compare_exchange(c, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        self.active.store(0, Ordering::Release);
+        None
+    }
+
+    /// Asks the owner to empty its cache on its next slow path (no effect while
+    /// the gate is claimed).
+    pub fn request(&self) {
+        let _ = self
+            .ctl
+            .compare_exchange(0, REQUEST, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Claims the cache for the thread of registration `token` (not the owner).
+    /// False if another live thread holds it.
+    pub fn claim(&self, token: u32, alive: &dyn Fn(u32) -> bool) -> bool {
+        let me = claim_word(token);
+        let mut c = self.ctl.load(Ordering::Acquire);
+        loop {
+            if c & CLAIM != 0 && c != me && alive(((c & !CLAIM) >> 1) as u32) {
+                return false;
+            }
+            match self
+                .ctl
+                .compare_exchange(c, me, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => c = now,
+            }
+        }
+    }
+
+    /// [`claim`](Self::claim), waiting a while (50 ms) for a live claimant to finish.
+    pub fn claim_waiting(&self, token: u32, alive: &dyn Fn(u32) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            if self.claim(token, alive) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// After [`claim`](Self::claim) and [`heavy_barrier`]: waits (10 ms at most)
+    /// until the owner is outside its cache. False if it stayed inside.
+    pub fn owner_left(&self) -> bool {
+        let deadline = std::time::Instant::now() + STEAL_WAIT;
+        while self.active.load(Ordering::Acquire) != 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        true
+    }
+
+    /// Ends a claim of `token`; `request` leaves a flush request behind (the
+    /// owner never left, so it empties its cache itself).
+    pub fn release(&self, token: u32, request: bool) {
+        let _ = self.ctl.compare_exchange(
+            claim_word(token),
+            if request { REQUEST } else { 0 },
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A dead owner's reclaimer, holding the claim: clears the owner's mark,
+    /// which may have died set, so the slot's next owner starts clean.
+    pub fn clear_owner(&self) {
+        self.active.store(0, Ordering::Release);
+    }
+}
+
+/// A full memory barrier in every running thread of the machine
+/// (`membarrier(MEMBARRIER_CMD_GLOBAL)`, a few milliseconds). False if the kernel
+/// refuses it (no `CONFIG_MEMBARRIER`, `nohz_full` CPUs, a seccomp filter): then no
+/// cache is ever taken from a live owner, and flush requests alone remain.
+pub(crate) fn heavy_barrier() -> bool {
+    #[cfg(not(loom))]
+    {
+        use std::sync::atomic::AtomicU8;
+        // 0: unknown, 1: works, 2: refused.
+        static STATE: AtomicU8 = AtomicU8::new(0);
+        if STATE.load(Ordering::Relaxed) == 2 {
+            return false;
+        }
+        let ok = rustix::thread::membarrier(rustix::thread::MembarrierCommand::Global).is_ok();
+        STATE.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+        ok
+    }
+    #[cfg(loom)]
+    {
+        false
+    }
+}
+
+// ------------------------------------------------------------------ whole caches
+
+/// What the free list and the slab give the cache protocol: per registry slot, a
+/// gate and a cache that can be counted and emptied.
+pub(crate) trait Caches {
+    /// Slot `slot`'s gate.
+    fn gate(&self, slot: usize) -> Gate<'_>;
+    /// Blocks held in slot `slot`'s cache, as its counts say.
+    fn cached_in(&self, slot: usize) -> u64;
+    /// Returns every block of slot `slot`'s cache to the shared structures (the
+    /// caller is inside the gate, or holds its claim). Returns how many.
+    fn flush_cache(&self, slot: usize) -> usize;
+    /// The segment, and its object's inode (the key of [`owned_here`]).
+    fn cache_segment(&self) -> (&Segment, u64);
+    /// This handle's registry token, and whether another one is alive.
+    fn my_token(&self) -> u32;
+    fn is_alive(&self, token: u32) -> bool;
+}
+
+/// Empties the cache of slot `slot`, which the calling thread owns (through this
+/// handle or another); nothing if another thread is emptying it already.
+pub(crate) fn flush_own<C: Caches + ?Sized>(c: &C, slot: usize) -> usize {
+    let gate = c.gate(slot);
+    match gate.enter(&|t| c.is_alive(t)) {
+        Some(_) => {
+            let n = c.flush_cache(slot);
+            gate.leave();
+            n
+        }
+        None => 0,
+    }
+}
+
+/// Empties the cache of a dead handle's slot, whose slot lock we hold (or that
+/// we just joined). Claims it first, since a thief may be emptying it: `false` if
+/// a live thief kept it past the wait (a later reclaim finishes), with the count
+/// of blocks returned.
+pub(crate) fn flush_dead<C: Caches + ?Sized>(c: &C, slot: usize) -> (bool, usize) {
+    let gate = c.gate(slot);
+    let token = c.my_token();
+    if !gate.claim_waiting(token, &|t| c.is_alive(t)) {
+        return (false, 0);
+    }
+    crate::fail_point!("cache.dead.claimed");
+    let n = c.flush_cache(slot);
+    gate.clear_owner();
+    gate.release(token, false);
+    (true, n)
+}
+
+/// Out of memory: asks every other live handle that holds cached blocks to empty
+/// its cache on its next call (a cache this thread owns through another handle is
+/// emptied here: its owner is the one waiting). True if any held blocks.
+pub(crate) fn request_flushes<C: Caches + ?Sized>(c: &C, me: Option<usize>) -> bool {
+    let (seg, ino) = c.cache_segment();
+    let mut any = false;
+    for slot in 0..process::SLOTS {
+        // Only handles that can answer: dead ones are reclaimed by repair, and
+        // counts in free slots are leftovers (or scribbles).
+        if Some(slot) == me || !process::listed_live(seg, slot) || c.cached_in(slot) == 0 {
+            continue;
+        }
+        if owned_here(ino, slot) {
+            flush_own(c, slot);
+        } else {
+            c.gate(slot).request();
+        }
+        any = true;
+    }
+    any
+}
+
+/// Out of memory: takes the cached blocks of live handles in other threads that
+/// are not inside a cache operation right now (idle owners never come to honour a
+/// request). One [`heavy_barrier`] for all of them; an owner that stays inside
+/// past the wait keeps its cache, with a flush request. Returns how many blocks
+/// went back.
+pub(crate) fn steal_idle<C: Caches + ?Sized>(c: &C, me: Option<usize>) -> usize {
+    let (seg, ino) = c.cache_segment();
+    let token = c.my_token();
+    let alive = |t| c.is_alive(t);
+    let claimed: Vec<usize> = (0..process::SLOTS)
+        .filter(|&s| Some(s) != me && process::listed_live(seg, s))
+        .filter(|&s| c.cached_in(s) != 0 && !owned_here(ino, s))
+        .filter(|&s| c.gate(s).claim(token, &alive))
+        .collect();
+    if claimed.is_empty() {
+        return 0;
+    }
+    let barrier = heavy_barrier();
+    crate::fail_point!("cache.steal.claimed");
+    let mut n = 0;
+    for s in claimed {
+        let gate = c.gate(s);
+        let took = barrier && gate.owner_left();
+        if took {
+            n += c.flush_cache(s);
+        }
+        gate.release(token, !took);
+    }
+    n
+}

@@ -80,7 +80,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::cache::{self, cache_key, BATCH};
+use super::cache::{self, cache_key, Gate, BATCH};
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Intent, Membership, ProcessInfo};
@@ -324,6 +324,8 @@ pub struct FreeListAllocator {
     cache_owner: cache::CacheOwner,
     /// Double frees found when a cache was flushed (too late to report to the caller).
     late_double_frees: AtomicU64,
+    /// Blocks this handle took from idle handles' caches (see `stolen_blocks`).
+    stolen: AtomicU64,
     /// The segment object's inode: names it across this process's handles.
     ino: u64,
     /// Word index (in the metadata region) of page 0's line.
@@ -499,6 +501,7 @@ impl FreeListAllocator {
                 cache_stride(depth) as usize * 8,
             ),
             late_double_frees: AtomicU64::new(0),
+            stolen: AtomicU64::new(0),
             ino,
             lines_base: lines_start(pages) as usize,
             cache_base0: cache_start(pages) as usize,
@@ -512,7 +515,7 @@ impl FreeListAllocator {
         if joined.found_dead {
             // We took over a dead handle's slot: first return what its cache held.
             if let Some(slot) = this.member.current() {
-                this.flush_cache(slot);
+                cache::flush_dead(&this, slot);
             }
             this.repair();
         }
@@ -698,23 +701,31 @@ impl FreeListAllocator {
     #[inline]
     fn alloc_small(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
         if let Some(slot) = self.my_cache() {
-            let m = self.mag(slot, c);
-            let n = m[0].load(Ordering::Relaxed);
-            if n != 0
-                && n <= self.depth as u64
-                && self.flush_request(slot).load(Ordering::Relaxed) == 0
-            {
-                let off = m[n as usize].load(Ordering::Relaxed);
-                crate::fail_point!("fl.cache.pop");
-                // Count first: a crash after this store leaks the block (its code
-                // may have had it); before it, the reclaimer returns it.
-                m[0].store(n - 1, Ordering::Relaxed);
-                if let Some(mark) = self.mark(off) {
-                    mark.store(0, Ordering::Relaxed);
-                    return Ok(Offset::new(off));
+            let gate = self.gate(slot);
+            if let Some(flush) = gate.enter(&|t| self.token_alive(t)) {
+                if flush {
+                    self.flush_cache(slot);
                 }
+                let m = self.mag(slot, c);
+                let n = m[0].load(Ordering::Relaxed);
+                if n != 0 && n <= self.depth as u64 {
+                    let off = m[n as usize].load(Ordering::Relaxed);
+                    crate::fail_point!("fl.cache.pop");
+                    // Count first: a crash after this store leaks the block (its
+                    // code may have had it); before it, the reclaimer returns it.
+                    m[0].store(n - 1, Ordering::Relaxed);
+                    if let Some(mark) = self.mark(off) {
+                        mark.store(0, Ordering::Relaxed);
+                        gate.leave();
+                        return Ok(Offset::new(off));
+                    }
+                }
+                gate.leave();
+                // Outside the cache: running out of memory empties it.
+                let first = self.alloc_shared(c, requested)?;
+                self.refill(slot, c);
+                return Ok(first);
             }
-            return self.refill(slot, c, requested);
         }
         self.alloc_shared(c, requested)
     }
@@ -952,19 +963,26 @@ impl FreeListAllocator {
             if mark.load(Ordering::Relaxed) == self.key ^ off {
                 return Err(FreeError::DoubleFree { offset: off });
             }
-            let m = self.mag(slot, c);
-            let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
-            if n == self.depth || self.flush_request(slot).load(Ordering::Relaxed) != 0 {
-                self.flush_requested(slot);
-                n = self.flush_class(slot, c, self.depth / 2);
+            let gate = self.gate(slot);
+            if let Some(flush) = gate.enter(&|t| self.token_alive(t)) {
+                if flush {
+                    self.flush_cache(slot);
+                }
+                let m = self.mag(slot, c);
+                let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
+                if n == self.depth {
+                    n = self.flush_class(slot, c, self.depth / 2);
+                }
+                // Entry first, then the count: a crash between leaks this one block
+                // (untouched: it reads as still allocated). The mark comes last.
+                m[n + 1].store(off, Ordering::Relaxed);
+                crate::fail_point!("fl.cache.push");
+                m[0].store(n as u64 + 1, Ordering::Relaxed);
+                mark.store(self.key ^ off, Ordering::Relaxed);
+                gate.leave();
+                return Ok(());
             }
-            // Entry first, then the count: a crash between leaks this one block
-            // (untouched: it reads as still allocated). The mark comes last.
-            m[n + 1].store(off, Ordering::Relaxed);
-            crate::fail_point!("fl.cache.push");
-            m[0].store(n as u64 + 1, Ordering::Relaxed);
-            mark.store(self.key ^ off, Ordering::Relaxed);
-            return Ok(());
+            // Another process is emptying our cache: the shared path below.
         }
         for _ in 0..RETRY_LIMIT {
             // A tag mismatch: the span was released (and maybe reused) since `st`
@@ -1010,10 +1028,10 @@ impl FreeListAllocator {
         &self.meta()[start..start + self.depth + 1]
     }
 
-    /// Slot `slot`'s flush-request word: non-zero asks its owner to empty its cache.
+    /// Slot `slot`'s cache gate (see [`Gate`]).
     #[inline]
-    fn flush_request(&self, slot: usize) -> &AtomicU64 {
-        &self.meta()[self.cache_base(slot)]
+    fn gate(&self, slot: usize) -> Gate<'_> {
+        Gate::new(&self.meta()[self.cache_base(slot)..])
     }
 
     /// The first word of the block at `off` (any 16-aligned offset in the data region).
@@ -1043,14 +1061,15 @@ impl FreeListAllocator {
     fn pop_cached(&self, c: usize) -> Option<Offset> {
         let base = self.cache_owner.base()?;
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
-        let m = unsafe { self.fast_mag(base, c) }?;
-        let n = m[0].load(Ordering::Relaxed) as usize;
-        if n == 0 || n > self.depth {
+        let (gate, m) = unsafe { self.fast_mag(base, c) };
+        if !gate.enter_fast() {
             return None;
         }
-        let off = m[n].load(Ordering::Relaxed);
+        let n = m[0].load(Ordering::Relaxed) as usize;
+        let off = m[n.min(self.depth)].load(Ordering::Relaxed);
         // An entry is only trusted as a 16-aligned offset inside the data region.
-        if !self.in_data(off) || off % 16 != 0 {
+        if n == 0 || n > self.depth || !self.in_data(off) || off % 16 != 0 {
+            gate.leave();
             return None;
         }
         crate::fail_point!("fl.cache.pop");
@@ -1059,6 +1078,7 @@ impl FreeListAllocator {
         m[0].store(n as u64 - 1, Ordering::Relaxed);
         // SAFETY: `off` was just checked to be a 16-aligned offset in the data region.
         unsafe { self.mark_at(off) }.store(0, Ordering::Relaxed);
+        gate.leave();
         Some(Offset::new(off))
     }
 
@@ -1104,11 +1124,13 @@ impl FreeListAllocator {
             return false;
         }
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
-        let Some(m) = (unsafe { self.fast_mag(base, c) }) else {
+        let (gate, m) = unsafe { self.fast_mag(base, c) };
+        if !gate.enter_fast() {
             return false;
-        };
+        }
         let n = m[0].load(Ordering::Relaxed) as usize;
         if n >= self.depth {
+            gate.leave();
             return false;
         }
         // Entry first, then the count: a crash between leaks this one block
@@ -1117,33 +1139,33 @@ impl FreeListAllocator {
         crate::fail_point!("fl.cache.push");
         m[0].store(n as u64 + 1, Ordering::Relaxed);
         mark.store(self.key ^ off, Ordering::Relaxed);
+        gate.leave();
         true
     }
 
-    /// Class `c`'s cache `[count, offsets ...]` in the slot whose cache words start
-    /// at `base`, or `None` while that slot's flush-request word is set.
+    /// The gate and class `c`'s cache `[count, offsets ...]` of the slot whose
+    /// cache words start at `base`.
     ///
     /// # Safety
     /// `base` must come from `self.cache_owner.base()` (the address of one registry
     /// slot's `cache_stride(depth)` cache words inside our metadata mapping), and
     /// `c < NCLASS`.
     #[inline(always)]
-    unsafe fn fast_mag(&self, base: *const AtomicU64, c: usize) -> Option<&[AtomicU64]> {
-        // SAFETY: word 0 of the slot's cache words is its flush-request word; the
-        // words lie in our mapping (caller's contract), which lives as long as `self`.
-        if unsafe { &*base }.load(Ordering::Relaxed) != 0 {
-            return None;
-        }
-        // SAFETY: class `c`'s `depth + 1` words start at `LINE + c * (depth + 1)`,
+    unsafe fn fast_mag(&self, base: *const AtomicU64, c: usize) -> (Gate<'_>, &[AtomicU64]) {
+        // SAFETY: the slot's cache words lie in our mapping (caller's contract),
+        // which lives as long as `self`, and open with the gate's two words.
+        let gate = unsafe { Gate::at(base) };
+        // SAFETY: class `c`'s `depth + 1` words start at `LINE + c * (depth + 1)`
         // and end at most at `cache_stride(depth)` since `c < NCLASS`: inside the
-        // slot's cache words (caller's contract), valid AtomicU64s for any bit
-        // pattern, borrowed no longer than `self`, which owns the mapping.
-        Some(unsafe {
+        // slot's cache words, valid AtomicU64s for any bit pattern, borrowed no
+        // longer than `self`, which owns the mapping.
+        let mag = unsafe {
             std::slice::from_raw_parts(
                 base.wrapping_add(LINE as usize + c * (self.depth + 1)),
                 self.depth + 1,
             )
-        })
+        };
+        (gate, mag)
     }
 
     /// Page `p`'s metadata line, without the bounds checks of `page_line`.
@@ -1201,13 +1223,15 @@ impl FreeListAllocator {
         off >= self.data_off && off < self.data_end
     }
 
-    /// Honours a flush request on our slot: empties every class of our cache.
-    fn flush_requested(&self, slot: usize) {
-        let req = self.flush_request(slot);
-        if req.load(Ordering::Relaxed) != 0 {
-            req.store(0, Ordering::Relaxed);
-            self.flush_cache(slot);
-        }
+    /// Blocks held in slot `slot`'s cache (as its counts say).
+    fn cached_in(&self, slot: usize) -> u64 {
+        (0..NCLASS)
+            .map(|c| {
+                self.mag(slot, c)[0]
+                    .load(Ordering::Relaxed)
+                    .min(self.depth as u64)
+            })
+            .sum()
     }
 
     /// Empties slot `slot`'s cache of every class (ours, or a dead handle's whose
@@ -1333,30 +1357,41 @@ impl FreeListAllocator {
         }
     }
 
-    /// The cache of class `c` is empty (or a flush is due): takes one block through
-    /// the shared path, plus up to [`BATCH`] more from the same block word with one
-    /// CAS into the cache.
+    /// The cache of class `c` was empty, and one block was just taken through the
+    /// shared path: takes up to [`BATCH`] more from the current span's block words
+    /// with one CAS into the cache.
     #[cold]
-    fn refill(&self, slot: usize, c: usize, requested: u64) -> Result<Offset, AllocError> {
-        self.flush_requested(slot);
-        let first = self.alloc_shared(c, requested)?;
+    fn refill(&self, slot: usize, c: usize) {
+        let gate = self.gate(slot);
+        let Some(flush) = gate.enter(&|t| self.token_alive(t)) else {
+            return;
+        };
+        if flush {
+            self.flush_cache(slot);
+        }
+        self.refill_inside(slot, c);
+        gate.leave();
+    }
+
+    /// `refill`'s work, inside the gate.
+    fn refill_inside(&self, slot: usize, c: usize) {
         let m = self.mag(slot, c);
         let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
         let want = (self.depth / 2).saturating_sub(n).min(BATCH as usize) as u32;
         let cur = self.cur[c].load(Ordering::Relaxed);
         if want == 0 || cur == 0 {
-            return Ok(first);
+            return;
         }
         let (p, tag) = ((cur & BITS_MASK) as usize - 1, cur >> BITS);
         let Some(line) = self.page_line(p) else {
-            return Ok(first);
+            return;
         };
         for w in 0..words_of(c) {
             let word = &line[PM_WORDS + w];
             let mut v = word.load(Ordering::Relaxed);
             for _ in 0..64 {
                 if v >> BITS != tag {
-                    return Ok(first);
+                    return;
                 }
                 let mut free = !v & BITS_MASK;
                 if free == 0 {
@@ -1393,47 +1428,12 @@ impl FreeListAllocator {
                                 mark.store(self.key ^ off, Ordering::Relaxed);
                             }
                         }
-                        return Ok(first);
+                        return;
                     }
                     Err(now) => v = now,
                 }
             }
         }
-        Ok(first)
-    }
-
-    /// Asks every other live handle to empty its cache; true if any had blocks.
-    fn request_flushes(&self, me: Option<usize>) -> bool {
-        if self.depth == 0 {
-            return false;
-        }
-        let mut any = false;
-        for slot in 0..process::SLOTS {
-            // Only handles that can answer: dead ones are reclaimed by repair, and
-            // counts in free slots are leftovers (or scribbles).
-            if Some(slot) == me || !process::listed_live(&self.seg, slot) {
-                continue;
-            }
-            let cached: u64 = (0..NCLASS)
-                .map(|c| {
-                    self.mag(slot, c)[0]
-                        .load(Ordering::Relaxed)
-                        .min(self.depth as u64)
-                })
-                .sum();
-            if cached == 0 {
-                continue;
-            }
-            // A cache this very thread owns (through another handle) is flushed
-            // here: its owner is the one waiting.
-            if cache::owned_here(self.ino, slot) {
-                self.flush_cache(slot);
-            } else {
-                self.flush_request(slot).store(1, Ordering::Relaxed);
-            }
-            any = true;
-        }
-        any
     }
 
     /// Out of memory after a repair: asks other handles to flush their caches and
@@ -1445,10 +1445,16 @@ impl FreeListAllocator {
         let me = self.member.current();
         let mut last = f();
         for round in 0..20 {
-            if !matches!(last, Err(AllocError::OutOfMemory { .. })) || !self.request_flushes(me) {
+            if !matches!(last, Err(AllocError::OutOfMemory { .. }))
+                || !cache::request_flushes(self, me)
+            {
                 break;
             }
-            if round > 0 {
+            // Idle owners never come to honour a request: take their caches.
+            if round % 8 == 0 {
+                let n = cache::steal_idle(self, me);
+                self.stolen.fetch_add(n as u64, Ordering::Relaxed);
+            } else {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             // Flushed blocks may have emptied spans (some handle's current one):
@@ -1469,6 +1475,12 @@ impl FreeListAllocator {
     /// `Ok`): see the module docs for what is detected when.
     pub fn late_double_frees(&self) -> u64 {
         self.late_double_frees.load(Ordering::Relaxed)
+    }
+
+    /// Blocks this handle took back from other handles' caches when it ran out
+    /// of memory, while their owners were idle (see the module docs, "Caches").
+    pub fn stolen_blocks(&self) -> u64 {
+        self.stolen.load(Ordering::Relaxed)
     }
 
     // ---------------------------------------------------------------- large blocks
@@ -1696,16 +1708,19 @@ impl FreeListAllocator {
         let mut r = Reclaimed::default();
         // Our own cache first (only its owner thread may touch it).
         if let Some(slot) = self.my_cache() {
-            self.flush_cache(slot);
+            cache::flush_own(self, slot);
         }
         // Dead slots whose records did not fit the orphan list keep them: park
         // more after each drain, while draining makes progress.
         for _round in 0..process::SLOTS {
             let mut cached = 0;
             let (freed, pending) = process::reclaim_dead(&self.seg, me, &mut |slot| {
-                if self.depth != 0 {
-                    cached += self.flush_cache(slot);
+                if self.depth == 0 {
+                    return true;
                 }
+                let (done, n) = cache::flush_dead(self, slot);
+                cached += n;
+                done
             });
             r.cached_blocks += cached;
             r.dead_slots += freed;
@@ -1917,12 +1932,33 @@ impl FreeListAllocator {
     }
 }
 
+impl cache::Caches for FreeListAllocator {
+    fn gate(&self, slot: usize) -> Gate<'_> {
+        FreeListAllocator::gate(self, slot)
+    }
+    fn cached_in(&self, slot: usize) -> u64 {
+        FreeListAllocator::cached_in(self, slot)
+    }
+    fn flush_cache(&self, slot: usize) -> usize {
+        FreeListAllocator::flush_cache(self, slot)
+    }
+    fn cache_segment(&self) -> (&Segment, u64) {
+        (&self.seg, self.ino)
+    }
+    fn my_token(&self) -> u32 {
+        self.liveness_token()
+    }
+    fn is_alive(&self, token: u32) -> bool {
+        self.token_alive(token)
+    }
+}
+
 impl Drop for FreeListAllocator {
     fn drop(&mut self) {
         // Our cache goes back first (dropping needs `&mut self`: no thread uses it).
         if self.depth != 0 {
             if let Some(slot) = self.member.current() {
-                self.flush_cache(slot);
+                cache::flush_own(self, slot);
                 self.cache_owner.release(self.ino, slot);
             }
         }

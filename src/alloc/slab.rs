@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::cache::{self, cache_key, BATCH};
+use super::cache::{self, cache_key, Gate, BATCH};
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Membership, ProcessInfo};
@@ -61,6 +61,8 @@ pub struct SlabAllocator {
     ino: u64,
     /// Double frees found when a cache was flushed.
     late_double_frees: AtomicU64,
+    /// Blocks this handle took from idle handles' caches (see `stolen_blocks`).
+    stolen: AtomicU64,
     /// The metadata region, resolved once at open (address and length in words).
     meta_addr: usize,
     meta_words: usize,
@@ -277,6 +279,7 @@ impl SlabAllocator {
             },
             ino,
             late_double_frees: AtomicU64::new(0),
+            stolen: AtomicU64::new(0),
             slot_size,
             stride,
             slots,
@@ -285,7 +288,7 @@ impl SlabAllocator {
         };
         if joined.found_dead {
             if let Some(slot) = this.member.current() {
-                this.flush_cache(slot); // the dead holder's cache
+                cache::flush_dead(&this, slot); // the dead holder's cache
             }
         }
         Ok(this)
@@ -404,7 +407,9 @@ impl SlabAllocator {
         let mut returned = 0;
         let me = self.member.current();
         process::reclaim_dead(&self.seg, me, &mut |slot| {
-            returned += self.flush_cache(slot);
+            let (done, n) = cache::flush_dead(self, slot);
+            returned += n;
+            done
         });
         returned
     }
@@ -412,6 +417,12 @@ impl SlabAllocator {
     /// Double frees that a cache flush found (after the second `free` returned `Ok`).
     pub fn late_double_frees(&self) -> u64 {
         self.late_double_frees.load(Ordering::Relaxed)
+    }
+
+    /// Slots this handle took back from other handles' caches when it ran out
+    /// of memory, while their owners were idle (see the module docs, "Caches").
+    pub fn stolen_blocks(&self) -> u64 {
+        self.stolen.load(Ordering::Relaxed)
     }
 
     /// This handle's slot, if the calling thread owns the handle's cache.
@@ -431,10 +442,10 @@ impl SlabAllocator {
         &self.meta()[start..start + self.depth + 1]
     }
 
-    /// Registry slot `slot`'s flush-request word.
+    /// Registry slot `slot`'s cache gate (see [`Gate`]).
     #[inline]
-    fn flush_request(&self, slot: usize) -> &AtomicU64 {
-        &self.meta()[self.cache_base0 + slot * cache_words(self.depth as u64) as usize]
+    fn gate(&self, slot: usize) -> Gate<'_> {
+        Gate::new(&self.meta()[self.cache_base0 + slot * cache_words(self.depth as u64) as usize..])
     }
 
     /// The first word of the slot at offset `off` (a slot start in the data region).
@@ -463,17 +474,24 @@ impl SlabAllocator {
     fn pop_cached(&self) -> Option<Offset> {
         let base = self.cache_owner.base()?;
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
-        let m = unsafe { self.fast_mag(base) };
-        let n = m[0].load(Ordering::Relaxed) as usize;
-        if n == 0 || n > self.depth {
+        let (gate, m) = unsafe { self.fast_mag(base) };
+        if !gate.enter_fast() {
             return None;
         }
-        let off = m[n].load(Ordering::Relaxed);
+        let n = m[0].load(Ordering::Relaxed) as usize;
+        let off = m[n.min(self.depth)].load(Ordering::Relaxed);
         // An entry is only trusted once it is a slot start in the data region.
-        let mark = self.mark(off)?;
+        let mark = match self.mark(off) {
+            Some(mark) if n != 0 && n <= self.depth => mark,
+            _ => {
+                gate.leave();
+                return None;
+            }
+        };
         crate::fail_point!("slab.cache.pop");
         m[0].store(n as u64 - 1, Ordering::Relaxed);
         mark.store(0, Ordering::Relaxed);
+        gate.leave();
         Some(Offset::new(off))
     }
 
@@ -508,38 +526,42 @@ impl SlabAllocator {
         {
             return false;
         }
-        // SAFETY: word 0 of our slot's cache words is its flush-request word (see
-        // `fast_mag` for why `base` points at them).
-        if unsafe { &*base }.load(Ordering::Relaxed) != 0 {
+        // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
+        let (gate, m) = unsafe { self.fast_mag(base) };
+        if !gate.enter_fast() {
             return false;
         }
-        // SAFETY: as above.
-        let m = unsafe { self.fast_mag(base) };
         let n = m[0].load(Ordering::Relaxed) as usize;
         if n >= self.depth {
+            gate.leave();
             return false;
         }
         m[n + 1].store(off, Ordering::Relaxed);
         crate::fail_point!("slab.cache.push");
         m[0].store(n as u64 + 1, Ordering::Relaxed);
         mark.store(self.key ^ off, Ordering::Relaxed);
+        gate.leave();
         true
     }
 
-    /// The cache `[count, slot offsets ...]` of the registry slot whose cache words
-    /// start at `base`.
+    /// The gate and the cache `[count, slot offsets ...]` of the registry slot whose
+    /// cache words start at `base`.
     ///
     /// # Safety
     /// `base` must come from `self.cache_owner.base()`: the address of one registry
     /// slot's `cache_words(depth)` words inside our metadata mapping.
     #[inline(always)]
-    unsafe fn fast_mag(&self, base: *const AtomicU64) -> &[AtomicU64] {
+    unsafe fn fast_mag(&self, base: *const AtomicU64) -> (Gate<'_>, &[AtomicU64]) {
+        // SAFETY: the slot's cache words lie in our mapping (caller's contract),
+        // which lives as long as `self`, and open with the gate's two words.
+        let gate = unsafe { Gate::at(base) };
         // SAFETY: the `depth + 1` words from `CACHE_LINE` end at `cache_words(depth)`,
-        // inside the slot's cache words (caller's contract): valid AtomicU64s for
-        // any bit pattern, borrowed no longer than `self`, which owns the mapping.
-        unsafe {
+        // inside the slot's cache words: valid AtomicU64s for any bit pattern,
+        // borrowed no longer than `self`, which owns the mapping.
+        let mag = unsafe {
             std::slice::from_raw_parts(base.wrapping_add(CACHE_LINE as usize), self.depth + 1)
-        }
+        };
+        (gate, mag)
     }
 
     /// The first word of the slot at data-relative offset `rel`, without the checks
@@ -551,14 +573,6 @@ impl SlabAllocator {
     unsafe fn mark_at(&self, rel: u64) -> &AtomicU64 {
         // SAFETY: as in `mark`, whose checks the caller's contract replaces.
         unsafe { &*((self.data_addr + rel as usize) as *const AtomicU64) }
-    }
-
-    fn flush_requested(&self, slot: usize) {
-        let req = self.flush_request(slot);
-        if req.load(Ordering::Relaxed) != 0 {
-            req.store(0, Ordering::Relaxed);
-            self.flush_cache(slot);
-        }
     }
 
     /// Empties registry slot `slot`'s cache; returns how many slots went back.
@@ -628,12 +642,24 @@ impl SlabAllocator {
         count
     }
 
-    /// The cache is empty: takes one slot through the shared path, plus up to
-    /// [`BATCH`] more from the same bitmap word with one CAS into the cache.
+    /// The cache was empty, and slot `first` was just taken through the shared
+    /// path: takes up to [`BATCH`] more from the same bitmap word with one CAS
+    /// into the cache.
     #[cold]
-    fn refill(&self, slot: usize, size: usize) -> Result<Offset, AllocError> {
-        self.flush_requested(slot);
-        let first = self.alloc_shared(size)?;
+    fn refill(&self, slot: usize, first: Offset) {
+        let gate = self.gate(slot);
+        let Some(flush) = gate.enter(&|t| self.token_alive(t)) else {
+            return;
+        };
+        if flush {
+            self.flush_cache(slot);
+        }
+        self.refill_inside(slot, first);
+        gate.leave();
+    }
+
+    /// `refill`'s work, inside the gate.
+    fn refill_inside(&self, slot: usize, first: Offset) {
         let m = self.mag(slot);
         let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
         let want = (self.depth / 2).saturating_sub(n).min(BATCH as usize);
@@ -641,7 +667,7 @@ impl SlabAllocator {
         let w = (self.slot_index(first.get() - data) / 64) as usize;
         let bits = self.bits();
         let Some(word) = bits.get(w) else {
-            return Ok(first);
+            return;
         };
         let mut v = word.load(Ordering::Relaxed);
         for _ in 0..64 {
@@ -686,33 +712,24 @@ impl SlabAllocator {
                 Err(now) => v = now,
             }
         }
-        Ok(first)
     }
 
     /// Out of memory: empties our cache, reclaims dead handles' caches, asks live
-    /// ones to flush (or flushes those this thread owns); true if any cache held slots.
-    fn relieve(&self) -> bool {
+    /// ones to flush (or flushes those this thread owns), and takes the caches of
+    /// idle owners; true if any cache held slots.
+    fn relieve(&self, round: usize) -> bool {
         if self.depth == 0 {
             return false;
         }
         if let Some(slot) = self.my_cache() {
-            self.flush_cache(slot);
+            cache::flush_own(self, slot);
         }
         self.reclaim();
         let me = self.member.current();
-        let mut any = false;
-        for slot in
-            (0..process::SLOTS).filter(|&s| Some(s) != me && process::listed_live(&self.seg, s))
-        {
-            if self.mag(slot)[0].load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            if cache::owned_here(self.ino, slot) {
-                self.flush_cache(slot);
-            } else {
-                self.flush_request(slot).store(1, Ordering::Relaxed);
-            }
-            any = true;
+        let any = cache::request_flushes(self, me);
+        if any && round % 8 == 0 {
+            let n = cache::steal_idle(self, me);
+            self.stolen.fetch_add(n as u64, Ordering::Relaxed);
         }
         any
     }
@@ -728,11 +745,34 @@ impl SlabAllocator {
     }
 }
 
+impl cache::Caches for SlabAllocator {
+    fn gate(&self, slot: usize) -> Gate<'_> {
+        SlabAllocator::gate(self, slot)
+    }
+    fn cached_in(&self, slot: usize) -> u64 {
+        self.mag(slot)[0]
+            .load(Ordering::Relaxed)
+            .min(self.depth as u64)
+    }
+    fn flush_cache(&self, slot: usize) -> usize {
+        SlabAllocator::flush_cache(self, slot)
+    }
+    fn cache_segment(&self) -> (&Segment, u64) {
+        (&self.seg, self.ino)
+    }
+    fn my_token(&self) -> u32 {
+        self.liveness_token()
+    }
+    fn is_alive(&self, token: u32) -> bool {
+        self.token_alive(token)
+    }
+}
+
 impl Drop for SlabAllocator {
     fn drop(&mut self) {
         if self.depth != 0 {
             if let Some(slot) = self.member.current() {
-                self.flush_cache(slot);
+                cache::flush_own(self, slot);
                 self.cache_owner.release(self.ino, slot);
             }
         }
@@ -778,18 +818,29 @@ impl ShmAllocator for SlabAllocator {
             return Ok(off);
         }
         if let Some(slot) = self.my_cache() {
-            let m = self.mag(slot);
-            let n = m[0].load(Ordering::Relaxed);
-            if n != 0 && n <= self.depth as u64 {
-                let off = m[n as usize].load(Ordering::Relaxed);
-                crate::fail_point!("slab.cache.pop");
-                m[0].store(n - 1, Ordering::Relaxed);
-                if let Some(mark) = self.mark(off) {
-                    mark.store(0, Ordering::Relaxed);
-                    return Ok(Offset::new(off));
+            let gate = self.gate(slot);
+            if let Some(flush) = gate.enter(&|t| self.token_alive(t)) {
+                if flush {
+                    self.flush_cache(slot);
                 }
+                let m = self.mag(slot);
+                let n = m[0].load(Ordering::Relaxed);
+                if n != 0 && n <= self.depth as u64 {
+                    let off = m[n as usize].load(Ordering::Relaxed);
+                    crate::fail_point!("slab.cache.pop");
+                    m[0].store(n - 1, Ordering::Relaxed);
+                    if let Some(mark) = self.mark(off) {
+                        mark.store(0, Ordering::Relaxed);
+                        gate.leave();
+                        return Ok(Offset::new(off));
+                    }
+                }
+                gate.leave();
+                // Outside the cache: running out of memory empties it.
+                let first = self.alloc_shared(size)?;
+                self.refill(slot, first);
+                return Ok(first);
             }
-            return self.refill(slot, size);
         }
         self.alloc_shared(size)
     }
@@ -866,11 +917,13 @@ impl SlabAllocator {
         }
         // Bounded wait (20 ms) while other handles' caches may give slots back.
         let mut last = r;
-        for _ in 0..20 {
-            if !self.relieve() {
+        for round in 0..20 {
+            if !self.relieve(round) {
                 return self.alloc_bit(size);
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            if round % 8 != 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             last = self.alloc_bit(size);
             if !matches!(last, Err(AllocError::OutOfMemory { .. })) {
                 break;
@@ -962,17 +1015,24 @@ impl SlabAllocator {
             {
                 return Err(FreeError::DoubleFree { offset: off });
             }
-            let m = self.mag(cs);
-            let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
-            if n == self.depth || self.flush_request(cs).load(Ordering::Relaxed) != 0 {
-                self.flush_requested(cs);
-                n = self.flush_to(cs, self.depth / 2);
+            let gate = self.gate(cs);
+            if let Some(flush) = gate.enter(&|t| self.token_alive(t)) {
+                if flush {
+                    self.flush_cache(cs);
+                }
+                let m = self.mag(cs);
+                let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
+                if n == self.depth {
+                    n = self.flush_to(cs, self.depth / 2);
+                }
+                m[n + 1].store(off, Ordering::Relaxed);
+                crate::fail_point!("slab.cache.push");
+                m[0].store(n as u64 + 1, Ordering::Relaxed);
+                mark.store(self.key ^ off, Ordering::Relaxed);
+                gate.leave();
+                return Ok(());
             }
-            m[n + 1].store(off, Ordering::Relaxed);
-            crate::fail_point!("slab.cache.push");
-            m[0].store(n as u64 + 1, Ordering::Relaxed);
-            mark.store(self.key ^ off, Ordering::Relaxed);
-            return Ok(());
+            // Another process is emptying our cache: the shared path below.
         }
         let prev = self.bits()[w].fetch_and(!bit, Ordering::AcqRel);
         if prev & bit == 0 {

@@ -559,12 +559,13 @@ fn reclaim_intents_into_orphans(seg: &(impl Reg + ?Sized), i: usize) -> bool {
 /// Finds slots whose holders died, takes each one's lock (becoming its one
 /// reclaimer), lets `on_dead` return what the allocator keeps in the slot (its
 /// caches), parks its intents as orphans, and frees the slot. Returns how many,
-/// and whether a dead slot kept records because the orphan list was full (drain
-/// the list, then call again).
+/// and whether a dead slot is left for later: its records did not fit the orphan
+/// list (drain the list, then call again), or `on_dead` returned false (its
+/// caches were busy).
 pub(crate) fn reclaim_dead(
     seg: &Segment,
     me: Option<usize>,
-    on_dead: &mut dyn FnMut(usize),
+    on_dead: &mut dyn FnMut(usize) -> bool,
 ) -> (usize, bool) {
     let (mut n, mut pending) = (0, false);
     for i in 0..SLOTS {
@@ -582,8 +583,10 @@ pub(crate) fn reclaim_dead(
         // Re-check under the lock: a joiner may have freed and re-taken it meanwhile.
         let st = w[W_STATUS].load(Ordering::Acquire);
         if st & 0xFFFF_FFFF != STATUS_FREE {
-            on_dead(i);
-            if reclaim_intents_into_orphans(seg, i) {
+            if !on_dead(i) {
+                // Its caches are busy (another process is emptying them): later.
+                pending = true;
+            } else if reclaim_intents_into_orphans(seg, i) {
                 crate::fail_point!("registry.reclaim.before_free");
                 w[W_STATUS].store(st & !0xFFFF_FFFF, Ordering::Release);
                 n += 1;
