@@ -49,19 +49,36 @@
 //! An empty cache is refilled with up to 8 blocks by one CAS on one block word; a
 //! full one gives half back, one CAS per block word. A block freed by another
 //! process than the one that allocated it simply goes into the freeing handle's
-//! cache. When memory runs out, the allocating handle empties its own cache,
-//! reclaims dead handles' caches, asks live handles to flush theirs (they do on
-//! their next free or refill; caches this very thread owns in other handles are
-//! emptied at once), and retries for at most 20 ms before `OutOfMemory`. A cache
-//! that its owner never touches again keeps its blocks until the handle drops or
-//! dies (at most `depth` blocks per class per handle).
+//! cache.
+//!
+//! *Memory pressure*: when memory runs out, the allocating handle empties its own
+//! cache (and the caches this very thread owns in other handles), reclaims dead
+//! handles' caches, asks live handles to flush theirs on their next call, and
+//! *takes* the caches of owners that are not inside a cache operation right now,
+//! so an owner that never calls again cannot keep memory from others. Each cache
+//! has a gate: the owner marks itself active around every cache operation and
+//! reads the gate (two plain stores and a load); a thief claims the gate with its
+//! registry token, runs `membarrier(MEMBARRIER_CMD_GLOBAL)` (a memory barrier in
+//! every running thread, a few milliseconds), waits up to 10 ms for the owner to
+//! be outside, and empties the cache; an owner that finds the gate claimed uses
+//! the shared path until the thief is done. It retries for at most 20 ms before
+//! `OutOfMemory`. [`FreeListAllocator::stolen_blocks`] counts what a handle took.
+//! Where the kernel refuses `membarrier` (no `CONFIG_MEMBARRIER`, `nohz_full`
+//! CPUs, a seccomp filter), nothing is taken and flush requests alone remain: then
+//! an owner that never calls again keeps its cache (at most `depth` blocks per
+//! class) until it is dropped or dies.
 //!
 //! *Crash safety*: a pop lowers the count after reading the entry and a push
 //! raises it after writing the entry, so a crash leaks at most the one block in
 //! hand, and everything counted in a dead handle's cache goes back through the
 //! reclaimer. A crash inside a refill or a flush, between its one CAS and its count
 //! update, leaks the blocks of that one block word (at most 8); it never returns a
-//! block twice (`tests/failpoints.rs` kills at `fl.cache.*` and counts them).
+//! block twice (`tests/failpoints.rs` kills at `fl.cache.*` and counts them). A
+//! thief or reclaimer that dies holding a gate leaves a claim by a dead
+//! registration, which the next owner, thief or reclaimer reopens; the cache's
+//! count always covers exactly the entries not yet given back, so the next one
+//! continues where it stopped (`tests/registry.rs` kills at `cache.steal.claimed`
+//! and `cache.dead.claimed`).
 //!
 //! *Double frees*: a cached block carries a mark (`key ^ offset`, with a random
 //! per-segment key) in its first word. `free` refuses a block whose bit is clear or
@@ -258,8 +275,9 @@ fn avail_start(pages: u64, c: usize) -> u64 {
 fn lines_start(pages: u64) -> u64 {
     avail_start(pages, NCLASS)
 }
-/// Per-handle caches: for each registry slot, one line with the flush-request
-/// word, then per class `[count, block offsets ...]` of `depth + 1` words.
+/// Per-handle caches: for each registry slot, one line with the gate (`cache::Gate`:
+/// its control word and the owner's mark), then per class `[count, block
+/// offsets ...]` of `depth + 1` words.
 fn cache_start(pages: u64) -> u64 {
     lines_start(pages) + pages * LINE
 }
@@ -1055,7 +1073,7 @@ impl FreeListAllocator {
 
     /// The allocation fast path: pops a block of class `c` off this thread's cache
     /// with plain loads and stores. `None` (not the owner thread, empty cache, a
-    /// flush request, an entry that is no block offset) sends the caller to
+    /// gate that is not open, an entry that is no block offset) sends the caller to
     /// `alloc_small`, which handles every case.
     #[inline(always)]
     fn pop_cached(&self, c: usize) -> Option<Offset> {
@@ -1085,7 +1103,7 @@ impl FreeListAllocator {
     /// The free fast path: pushes a small block onto this thread's cache after the
     /// same checks as `free_small` (the span's state, the block start, its bit set
     /// under the span's tag, no cache mark). False (any check failed, not the owner
-    /// thread, a full cache, a flush request) sends the caller to `free_checked`,
+    /// thread, a full cache, a gate that is not open) sends the caller to `free_checked`,
     /// which repeats every check and reports the precise error.
     #[inline(always)]
     fn push_cached(&self, off: u64) -> bool {

@@ -79,7 +79,8 @@ pub const SLAB_CACHE_DEPTH: u64 = 15;
 const CACHE_LINE: u64 = 8;
 
 /// Metadata words: a spare line, the summary, the bitmap, then per registry slot a
-/// cache of `[flush request, spare x 7, count, slot offsets x depth]`.
+/// cache of `[gate control, owner mark, spare x 6, count, slot offsets x depth]`
+/// (see `cache::Gate`).
 fn cache_start(slots: u64) -> u64 {
     let words = words_for(slots);
     8 + summary_words(words).next_multiple_of(8) + words.next_multiple_of(8)
@@ -497,7 +498,7 @@ impl SlabAllocator {
 
     /// The free fast path: pushes a slot onto this thread's cache after the same
     /// checks as the full path (a slot start, its bit set, no cache mark). False
-    /// (any check failed, not the owner thread, a full cache, a flush request) sends
+    /// (any check failed, not the owner thread, a full cache, a gate not open) sends
     /// the caller to `free_checked`, which repeats every check and reports the
     /// precise error.
     #[inline(always)]
