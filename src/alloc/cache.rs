@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use super::Offset;
+use crate::error::AllocError;
 use crate::process::{self, Membership};
 use crate::segment::Segment;
 
@@ -162,14 +164,168 @@ impl CacheOwner {
     }
 }
 
+// ------------------------------------------------------------------ magazines
+
+/// One class's cache in a registry slot, `[count, entries ...]`: the entries are
+/// block offsets, the count says how many of them (from the first) are cached.
+/// Only the owner inside the gate, or the gate's claimant, changes it. Every
+/// change keeps it consistent at each store, in the order that makes a crash leak
+/// at most the blocks in hand and never list a block twice.
+#[derive(Clone, Copy)]
+pub(crate) struct Mag<'a>(&'a [AtomicU64]);
+
+impl<'a> Mag<'a> {
+    /// The cache in `words` (`depth + 1` of them).
+    #[inline(always)]
+    pub fn new(words: &'a [AtomicU64]) -> Mag<'a> {
+        debug_assert!(!words.is_empty());
+        Mag(words)
+    }
+
+    /// Entries it can hold.
+    #[inline(always)]
+    pub fn depth(&self) -> usize {
+        self.0.len() - 1
+    }
+
+    /// Entries it holds (a count past the depth, a scribble, reads as full).
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        (self.0[0].load(Ordering::Relaxed) as usize).min(self.depth())
+    }
+
+    /// The cached entries (as read now).
+    pub fn entries(&self) -> impl Iterator<Item = u64> + 'a {
+        let words = self.0;
+        words[1..=self.len()]
+            .iter()
+            .map(|e| e.load(Ordering::Relaxed))
+    }
+
+    /// Takes the top entry. The count drops first: a crash after that store leaks
+    /// the block (its code may have had it), before it the reclaimer returns it.
+    /// Then the block's cache mark, `mark(entry)`, is cleared. An entry that
+    /// `mark` refuses (no block of this allocator: a scribble) is dropped, and
+    /// `None` returned; `fail_point` runs before the count drops.
+    #[inline(always)]
+    pub fn pop<'m>(
+        &self,
+        mark: impl FnOnce(u64) -> Option<&'m AtomicU64>,
+        fail_point: impl FnOnce(),
+    ) -> Option<u64> {
+        let n = self.0[0].load(Ordering::Relaxed) as usize;
+        if n == 0 || n > self.depth() {
+            return None;
+        }
+        let off = self.0[n].load(Ordering::Relaxed);
+        let m = mark(off);
+        fail_point();
+        self.0[0].store(n as u64 - 1, Ordering::Relaxed);
+        m?.store(0, Ordering::Relaxed);
+        Some(off)
+    }
+
+    /// Puts `off` on top if there is room: the entry first, then the count (a
+    /// crash in between leaks this one block, which still reads as allocated),
+    /// then its mark `key ^ off` in `mark`. `fail_point` runs before the count.
+    #[inline(always)]
+    pub fn push(&self, off: u64, mark: &AtomicU64, key: u64, fail_point: impl FnOnce()) -> bool {
+        let n = self.0[0].load(Ordering::Relaxed) as usize;
+        if n >= self.depth() {
+            return false;
+        }
+        self.0[n + 1].store(off, Ordering::Relaxed);
+        fail_point();
+        self.0[0].store(n as u64 + 1, Ordering::Relaxed);
+        mark.store(key ^ off, Ordering::Relaxed);
+        true
+    }
+
+    /// Puts blocks just taken from the shared words on top, as many as fit: the
+    /// entries, then the count (a crash in between leaks them: taken, and in no
+    /// cache), then their marks. Returns how many it cached; the caller took no
+    /// more than there was room for.
+    pub fn append<'m>(
+        &self,
+        offs: impl Iterator<Item = u64>,
+        mark: impl Fn(u64) -> Option<&'m AtomicU64>,
+        key: u64,
+    ) -> usize {
+        let from = self.len();
+        let mut n = from;
+        for off in offs.take(self.depth() - from) {
+            n += 1;
+            self.0[n].store(off, Ordering::Relaxed);
+        }
+        self.0[0].store(n as u64, Ordering::Relaxed);
+        for e in &self.0[from + 1..=n] {
+            let off = e.load(Ordering::Relaxed);
+            if let Some(m) = mark(off) {
+                m.store(key ^ off, Ordering::Relaxed);
+            }
+        }
+        n - from
+    }
+
+    /// Gives back the entries above the first `keep`; returns the new count. The
+    /// entries are first sorted so that blocks of one shared word (the same
+    /// `word_of`) sit together; then, from the top, for each group of at most
+    /// [`BATCH`] blocks of one word: their marks are cleared (a block still counted
+    /// in the cache needs none), the count drops, and `give_back(group)` returns
+    /// them. A crash between the count and `give_back` leaks that group; nothing is
+    /// ever returned twice. `fail_point` runs before each `give_back`.
+    pub fn flush<'m, K: PartialEq>(
+        &self,
+        keep: usize,
+        word_of: impl Fn(u64) -> K,
+        mark: impl Fn(u64) -> Option<&'m AtomicU64>,
+        mut give_back: impl FnMut(&[u64]),
+        fail_point: impl Fn(),
+    ) -> usize {
+        let n = self.len();
+        if n <= keep {
+            return n;
+        }
+        let mut top: Vec<u64> = (keep + 1..=n)
+            .map(|k| self.0[k].load(Ordering::Relaxed))
+            .collect();
+        top.sort_unstable();
+        for (k, off) in top.iter().enumerate() {
+            self.0[keep + 1 + k].store(*off, Ordering::Relaxed);
+        }
+        let mut count = n;
+        let mut end = top.len();
+        while end > 0 {
+            let mut start = end - 1;
+            while start > 0
+                && end - start < BATCH as usize
+                && word_of(top[start - 1]) == word_of(top[end - 1])
+            {
+                start -= 1;
+            }
+            for &off in &top[start..end] {
+                if let Some(m) = mark(off) {
+                    m.store(0, Ordering::Relaxed);
+                }
+            }
+            count -= end - start;
+            self.0[0].store(count as u64, Ordering::Relaxed);
+            fail_point();
+            give_back(&top[start..end]);
+            end = start;
+        }
+        count
+    }
+}
+
 // ------------------------------------------------------------------ the gate
 
 /// Word 0 of a registry slot's cache words: the gate. `0` (open), [`REQUEST`] (the
 /// owner is asked to empty its cache), or a claim by another thread,
 /// `CLAIM | token << 1`, that is emptying it.
-pub(crate) const GATE_CTL: usize = 0;
+const GATE_CTL: usize = 0;
 /// Word 1: non-zero while the owner thread is inside an operation on its cache.
-pub(crate) const GATE_ACTIVE: usize = 1;
+const GATE_ACTIVE: usize = 1;
 const REQUEST: u64 = 1;
 const CLAIM: u64 = 1 << 63;
 
@@ -397,20 +553,62 @@ pub(crate) trait Caches {
     /// This handle's registry token, and whether another one is alive.
     fn my_token(&self) -> u32;
     fn is_alive(&self, token: u32) -> bool;
+    /// The first word of the block at `off` (its cache mark), if `off` is a block
+    /// start of this allocator; and the segment's mark key.
+    fn mark(&self, off: u64) -> Option<&AtomicU64>;
+    fn mark_key(&self) -> u64;
+
+    /// Whether the block at `off` sits in some handle's cache (free to its users,
+    /// though taken in the shared words): it carries the mark `key ^ off`.
+    fn is_cached(&self, off: u64) -> bool {
+        self.mark(off)
+            .is_some_and(|m| m.load(Ordering::Relaxed) == self.mark_key() ^ off)
+    }
+}
+
+/// Runs `f` inside slot `slot`'s gate, as the owner of its cache (emptying the
+/// cache first if a flush was requested); `None` (without running it) while
+/// another thread is emptying the cache.
+pub(crate) fn inside<C: Caches + ?Sized, R>(
+    c: &C,
+    slot: usize,
+    f: impl FnOnce() -> R,
+) -> Option<R> {
+    let gate = c.gate(slot);
+    if gate.enter(&|t| c.is_alive(t))? {
+        c.flush_cache(slot);
+    }
+    let r = f();
+    gate.leave();
+    Some(r)
+}
+
+/// The owner's allocation past the fast path: `pop` inside the gate; if the
+/// cache had nothing, `shared` outside it (running out of memory empties
+/// caches, ours included), then `refill` inside it again with the block that
+/// `shared` returned.
+pub(crate) fn alloc_through<C: Caches + ?Sized>(
+    c: &C,
+    slot: usize,
+    pop: impl FnOnce() -> Option<u64>,
+    shared: impl FnOnce() -> Result<Offset, AllocError>,
+    refill: impl FnOnce(Offset),
+) -> Result<Offset, AllocError> {
+    match inside(c, slot, pop) {
+        Some(Some(off)) => Ok(Offset::new(off)),
+        Some(None) => {
+            let first = shared()?;
+            inside(c, slot, || refill(first));
+            Ok(first)
+        }
+        None => shared(), // another thread is emptying our cache
+    }
 }
 
 /// Empties the cache of slot `slot`, which the calling thread owns (through this
 /// handle or another); nothing if another thread is emptying it already.
 pub(crate) fn flush_own<C: Caches + ?Sized>(c: &C, slot: usize) -> usize {
-    let gate = c.gate(slot);
-    match gate.enter(&|t| c.is_alive(t)) {
-        Some(_) => {
-            let n = c.flush_cache(slot);
-            gate.leave();
-            n
-        }
-        None => 0,
-    }
+    inside(c, slot, || c.flush_cache(slot)).unwrap_or(0)
 }
 
 /// Empties the cache of a dead handle's slot, whose slot lock we hold (or that

@@ -97,7 +97,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::cache::{self, cache_key, Gate, BATCH};
+use super::cache::{self, cache_key, Gate, Mag, BATCH};
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Intent, Membership, ProcessInfo};
@@ -716,36 +716,25 @@ impl FreeListAllocator {
         }
     }
 
-    #[inline]
+    #[inline(never)]
     fn alloc_small(&self, c: usize, requested: u64) -> Result<Offset, AllocError> {
-        if let Some(slot) = self.my_cache() {
-            let gate = self.gate(slot);
-            if let Some(flush) = gate.enter(&|t| self.token_alive(t)) {
-                if flush {
-                    self.flush_cache(slot);
-                }
-                let m = self.mag(slot, c);
-                let n = m[0].load(Ordering::Relaxed);
-                if n != 0 && n <= self.depth as u64 {
-                    let off = m[n as usize].load(Ordering::Relaxed);
-                    crate::fail_point!("fl.cache.pop");
-                    // Count first: a crash after this store leaks the block (its
-                    // code may have had it); before it, the reclaimer returns it.
-                    m[0].store(n - 1, Ordering::Relaxed);
-                    if let Some(mark) = self.mark(off) {
-                        mark.store(0, Ordering::Relaxed);
-                        gate.leave();
-                        return Ok(Offset::new(off));
-                    }
-                }
-                gate.leave();
-                // Outside the cache: running out of memory empties it.
-                let first = self.alloc_shared(c, requested)?;
-                self.refill(slot, c);
-                return Ok(first);
-            }
+        match self.my_cache() {
+            Some(slot) => cache::alloc_through(
+                self,
+                slot,
+                || {
+                    self.mag(slot, c).pop(
+                        |off| self.mark(off),
+                        || {
+                            crate::fail_point!("fl.cache.pop");
+                        },
+                    )
+                },
+                || self.alloc_shared(c, requested),
+                |_| self.refill_inside(slot, c),
+            ),
+            None => self.alloc_shared(c, requested),
         }
-        self.alloc_shared(c, requested)
     }
 
     /// Allocation without the cache: one CAS on the current span's block word.
@@ -981,23 +970,16 @@ impl FreeListAllocator {
             if mark.load(Ordering::Relaxed) == self.key ^ off {
                 return Err(FreeError::DoubleFree { offset: off });
             }
-            let gate = self.gate(slot);
-            if let Some(flush) = gate.enter(&|t| self.token_alive(t)) {
-                if flush {
-                    self.flush_cache(slot);
-                }
+            let pushed = cache::inside(self, slot, || {
                 let m = self.mag(slot, c);
-                let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
-                if n == self.depth {
-                    n = self.flush_class(slot, c, self.depth / 2);
+                if m.len() == m.depth() {
+                    self.flush_class(slot, c, self.depth / 2);
                 }
-                // Entry first, then the count: a crash between leaks this one block
-                // (untouched: it reads as still allocated). The mark comes last.
-                m[n + 1].store(off, Ordering::Relaxed);
-                crate::fail_point!("fl.cache.push");
-                m[0].store(n as u64 + 1, Ordering::Relaxed);
-                mark.store(self.key ^ off, Ordering::Relaxed);
-                gate.leave();
+                m.push(off, mark, self.key, || {
+                    crate::fail_point!("fl.cache.push");
+                })
+            });
+            if pushed == Some(true) {
                 return Ok(());
             }
             // Another process is emptying our cache: the shared path below.
@@ -1041,9 +1023,9 @@ impl FreeListAllocator {
 
     /// Slot `slot`'s cache of class `c`: `[count, offsets ...]`.
     #[inline(always)]
-    fn mag(&self, slot: usize, c: usize) -> &[AtomicU64] {
+    fn mag(&self, slot: usize, c: usize) -> Mag<'_> {
         let start = self.cache_base(slot) + LINE as usize + c * (self.depth + 1);
-        &self.meta()[start..start + self.depth + 1]
+        Mag::new(&self.meta()[start..start + self.depth + 1])
     }
 
     /// Slot `slot`'s cache gate (see [`Gate`]).
@@ -1053,7 +1035,7 @@ impl FreeListAllocator {
     }
 
     /// The first word of the block at `off` (any 16-aligned offset in the data region).
-    #[inline]
+    #[inline(always)]
     fn mark(&self, off: u64) -> Option<&AtomicU64> {
         if !self.in_data(off) || off % 16 != 0 {
             return None;
@@ -1080,24 +1062,19 @@ impl FreeListAllocator {
         let base = self.cache_owner.base()?;
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
         let (gate, m) = unsafe { self.fast_mag(base, c) };
+        // An entry is only trusted as a 16-aligned offset inside the data region
+        // (what `mark` checks).
         if !gate.enter_fast() {
             return None;
         }
-        let n = m[0].load(Ordering::Relaxed) as usize;
-        let off = m[n.min(self.depth)].load(Ordering::Relaxed);
-        // An entry is only trusted as a 16-aligned offset inside the data region.
-        if n == 0 || n > self.depth || !self.in_data(off) || off % 16 != 0 {
-            gate.leave();
-            return None;
-        }
-        crate::fail_point!("fl.cache.pop");
-        // Count first: a crash after this store leaks the block (its code may have
-        // had it); before it, the reclaimer returns it.
-        m[0].store(n as u64 - 1, Ordering::Relaxed);
-        // SAFETY: `off` was just checked to be a 16-aligned offset in the data region.
-        unsafe { self.mark_at(off) }.store(0, Ordering::Relaxed);
+        let off = m.pop(
+            |off| self.mark(off),
+            || {
+                crate::fail_point!("fl.cache.pop");
+            },
+        );
         gate.leave();
-        Some(Offset::new(off))
+        off.map(Offset::new)
     }
 
     /// The free fast path: pushes a small block onto this thread's cache after the
@@ -1146,19 +1123,11 @@ impl FreeListAllocator {
         if !gate.enter_fast() {
             return false;
         }
-        let n = m[0].load(Ordering::Relaxed) as usize;
-        if n >= self.depth {
-            gate.leave();
-            return false;
-        }
-        // Entry first, then the count: a crash between leaks this one block
-        // (untouched: it reads as still allocated). The mark comes last.
-        m[n + 1].store(off, Ordering::Relaxed);
-        crate::fail_point!("fl.cache.push");
-        m[0].store(n as u64 + 1, Ordering::Relaxed);
-        mark.store(self.key ^ off, Ordering::Relaxed);
+        let pushed = m.push(off, mark, self.key, || {
+            crate::fail_point!("fl.cache.push");
+        });
         gate.leave();
-        true
+        pushed
     }
 
     /// The gate and class `c`'s cache `[count, offsets ...]` of the slot whose
@@ -1169,7 +1138,7 @@ impl FreeListAllocator {
     /// slot's `cache_stride(depth)` cache words inside our metadata mapping), and
     /// `c < NCLASS`.
     #[inline(always)]
-    unsafe fn fast_mag(&self, base: *const AtomicU64, c: usize) -> (Gate<'_>, &[AtomicU64]) {
+    unsafe fn fast_mag(&self, base: *const AtomicU64, c: usize) -> (Gate<'_>, Mag<'_>) {
         // SAFETY: the slot's cache words lie in our mapping (caller's contract),
         // which lives as long as `self`, and open with the gate's two words.
         let gate = unsafe { Gate::at(base) };
@@ -1183,7 +1152,7 @@ impl FreeListAllocator {
                 self.depth + 1,
             )
         };
-        (gate, mag)
+        (gate, Mag::new(mag))
     }
 
     /// Page `p`'s metadata line, without the bounds checks of `page_line`.
@@ -1236,85 +1205,38 @@ impl FreeListAllocator {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn in_data(&self, off: u64) -> bool {
         off >= self.data_off && off < self.data_end
     }
 
     /// Blocks held in slot `slot`'s cache (as its counts say).
     fn cached_in(&self, slot: usize) -> u64 {
-        (0..NCLASS)
-            .map(|c| {
-                self.mag(slot, c)[0]
-                    .load(Ordering::Relaxed)
-                    .min(self.depth as u64)
-            })
-            .sum()
+        (0..NCLASS).map(|c| self.mag(slot, c).len() as u64).sum()
     }
 
     /// Empties slot `slot`'s cache of every class (ours, or a dead handle's whose
     /// slot lock we hold). Returns how many blocks went back.
     fn flush_cache(&self, slot: usize) -> usize {
         (0..NCLASS)
-            .map(|c| {
-                let before =
-                    (self.mag(slot, c)[0].load(Ordering::Relaxed) as usize).min(self.depth);
-                before - self.flush_class(slot, c, 0)
-            })
+            .map(|c| self.mag(slot, c).len() - self.flush_class(slot, c, 0))
             .sum()
     }
 
     /// Returns the cached blocks of class `c` above the first `keep` to the shared
-    /// bitmaps, one read-modify-write per block word. Returns the new count.
-    ///
-    /// Entries are first sorted so that blocks of one word are adjacent; then, for
-    /// each group from the top, the count drops *before* the group's bits clear: a
-    /// crash in between leaks that group (at most one word's blocks), and never
-    /// returns a block twice.
+    /// bitmaps, one read-modify-write per block word (see `Mag::flush` for the
+    /// crash ordering). Returns the new count.
     fn flush_class(&self, slot: usize, c: usize, keep: usize) -> usize {
-        let m = self.mag(slot, c);
-        let n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
-        if n <= keep {
-            return n;
-        }
-        let mut top: Vec<u64> = (keep + 1..=n)
-            .map(|k| m[k].load(Ordering::Relaxed))
-            .collect();
-        top.sort_unstable();
-        for (k, off) in top.iter().enumerate() {
-            m[keep + 1 + k].store(*off, Ordering::Relaxed);
-        }
-        let mut count = n;
-        let mut end = top.len();
-        while end > 0 {
-            let key = |o: u64| {
-                (
-                    o >> PAGE_SHIFT,
-                    (o & (PAGE - 1)) / u64::from(SIZE_CLASSES[c]) / BITS,
-                )
-            };
-            // At most BATCH blocks per group: what a crash below may leak.
-            let mut start = end - 1;
-            while start > 0
-                && end - start < BATCH as usize
-                && key(top[start - 1]) == key(top[end - 1])
-            {
-                start -= 1;
-            }
-            // Marks off first (a block still counted in the cache needs none), so
-            // that a group lost to a crash below reads as plainly allocated.
-            for &off in &top[start..end] {
-                if let Some(mark) = self.mark(off) {
-                    mark.store(0, Ordering::Relaxed);
-                }
-            }
-            count -= end - start;
-            m[0].store(count as u64, Ordering::Relaxed);
-            crate::fail_point!("fl.cache.flush");
-            self.return_blocks(c, &top[start..end]);
-            end = start;
-        }
-        count
+        let size = u64::from(SIZE_CLASSES[c]);
+        self.mag(slot, c).flush(
+            keep,
+            |o| (o >> PAGE_SHIFT, (o & (PAGE - 1)) / size / BITS),
+            |o| self.mark(o),
+            |group| self.return_blocks(c, group),
+            || {
+                crate::fail_point!("fl.cache.flush");
+            },
+        )
     }
 
     /// Clears the bits of `offs` (blocks of class `c` in one block word) with one
@@ -1376,26 +1298,11 @@ impl FreeListAllocator {
     }
 
     /// The cache of class `c` was empty, and one block was just taken through the
-    /// shared path: takes up to [`BATCH`] more from the current span's block words
-    /// with one CAS into the cache.
-    #[cold]
-    fn refill(&self, slot: usize, c: usize) {
-        let gate = self.gate(slot);
-        let Some(flush) = gate.enter(&|t| self.token_alive(t)) else {
-            return;
-        };
-        if flush {
-            self.flush_cache(slot);
-        }
-        self.refill_inside(slot, c);
-        gate.leave();
-    }
-
-    /// `refill`'s work, inside the gate.
+    /// shared path (inside the gate): takes up to [`BATCH`] more from the current
+    /// span's block words with one CAS into the cache.
     fn refill_inside(&self, slot: usize, c: usize) {
         let m = self.mag(slot, c);
-        let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
-        let want = (self.depth / 2).saturating_sub(n).min(BATCH as usize) as u32;
+        let want = (self.depth / 2).saturating_sub(m.len()).min(BATCH as usize) as u32;
         let cur = self.cur[c].load(Ordering::Relaxed);
         if want == 0 || cur == 0 {
             return;
@@ -1405,51 +1312,17 @@ impl FreeListAllocator {
             return;
         };
         for w in 0..words_of(c) {
-            let word = &line[PM_WORDS + w];
-            let mut v = word.load(Ordering::Relaxed);
-            for _ in 0..64 {
-                if v >> BITS != tag {
-                    return;
-                }
-                let mut free = !v & BITS_MASK;
-                if free == 0 {
-                    break;
-                }
-                let mut mask = 0u64;
-                for _ in 0..want {
-                    if free == 0 {
-                        break;
-                    }
-                    let b = free & free.wrapping_neg();
-                    mask |= b;
-                    free &= free - 1;
-                }
-                match word.compare_exchange_weak(v, v | mask, Ordering::SeqCst, Ordering::Relaxed) {
-                    Ok(_) => {
-                        crate::fail_point!("fl.cache.refill");
-                        // Entries, then the count: a crash in between leaks these.
-                        let base = self.page_offset(p);
-                        let size = u64::from(SIZE_CLASSES[c]);
-                        // Highest first, so that pops hand blocks out in ascending order.
-                        let (from, mut bits) = (n, mask);
-                        while bits != 0 {
-                            let top = 63 - bits.leading_zeros();
-                            let i = w as u64 * BITS + u64::from(top);
-                            n += 1;
-                            m[n].store(base + i * size, Ordering::Relaxed);
-                            bits &= !(1u64 << top);
-                        }
-                        m[0].store(n as u64, Ordering::Relaxed);
-                        for e in &m[from + 1..=n] {
-                            let off = e.load(Ordering::Relaxed);
-                            if let Some(mark) = self.mark(off) {
-                                mark.store(self.key ^ off, Ordering::Relaxed);
-                            }
-                        }
-                        return;
-                    }
-                    Err(now) => v = now,
-                }
+            let taken = bitmap::claim_lowest(&line[PM_WORDS + w], want, |v| {
+                (v >> BITS == tag).then_some(!v & BITS_MASK)
+            });
+            if let Some(mask) = taken {
+                crate::fail_point!("fl.cache.refill");
+                // Highest first, so that pops hand blocks out in ascending order.
+                let (base, size) = (self.page_offset(p), u64::from(SIZE_CLASSES[c]));
+                let offs = bitmap::bits_high_first(mask)
+                    .map(|b| base + (w as u64 * BITS + u64::from(b)) * size);
+                m.append(offs, |o| self.mark(o), self.key);
+                return;
             }
         }
     }
@@ -1969,6 +1842,12 @@ impl cache::Caches for FreeListAllocator {
     fn is_alive(&self, token: u32) -> bool {
         self.token_alive(token)
     }
+    fn mark(&self, off: u64) -> Option<&AtomicU64> {
+        FreeListAllocator::mark(self, off)
+    }
+    fn mark_key(&self) -> u64 {
+        self.key
+    }
 }
 
 impl Drop for FreeListAllocator {
@@ -2063,11 +1942,7 @@ impl ShmAllocator for FreeListAllocator {
                 }
                 // A block in some handle's cache is free to its users.
                 let start = self.page_offset(p) + i * size;
-                if self.depth != 0
-                    && self
-                        .mark(start)
-                        .is_some_and(|m| m.load(Ordering::Relaxed) == self.key ^ start)
-                {
+                if self.depth != 0 && cache::Caches::is_cached(self, start) {
                     return Err(not_alloc);
                 }
                 Ok(())
@@ -2118,10 +1993,7 @@ impl ShmAllocator for FreeListAllocator {
             let data = self.seg.layout().data_offset;
             for slot in 0..process::SLOTS {
                 for (c, &size) in SIZE_CLASSES.iter().enumerate() {
-                    let m = self.mag(slot, c);
-                    let n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
-                    for e in &m[1..=n] {
-                        let off = e.load(Ordering::Relaxed);
+                    for off in self.mag(slot, c).entries() {
                         if self.in_data(off) {
                             *cached_in
                                 .entry(((off - data) >> PAGE_SHIFT) as usize)

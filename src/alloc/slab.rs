@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::cache::{self, cache_key, Gate, BATCH};
+use super::cache::{self, cache_key, Gate, Mag, BATCH};
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Membership, ProcessInfo};
@@ -340,7 +340,7 @@ impl SlabAllocator {
     /// Tries to take a bit of word `w`; marks the word full in the summary when it
     /// takes the last one.
     #[inline]
-    fn claim_in_word(&self, bits: &[AtomicU64], summary: &[AtomicU64], w: usize) -> Option<usize> {
+    fn claim_in_word(&self, bits: &[AtomicU64], w: usize) -> Option<usize> {
         let word = &bits[w];
         let mut v = word.load(Ordering::Relaxed);
         // Each failed claim means a peer set that bit; bounded so that a peer that
@@ -354,19 +354,27 @@ impl SlabAllocator {
             if prev & (1 << b) == 0 {
                 crate::fail_point!("slab.alloc.claimed");
                 if prev | (1 << b) == !0 {
-                    let sbit = 1u64 << (w % 64);
-                    summary[w / 64].fetch_or(sbit, Ordering::AcqRel);
-                    // A free may have cleared a bit between our claim and the summary
-                    // update: undo the hint rather than hide that slot.
-                    if word.load(Ordering::Acquire) != !0 {
-                        summary[w / 64].fetch_and(!sbit, Ordering::AcqRel);
-                    }
+                    self.note_full(w);
                 }
                 return Some(w * 64 + b as usize);
             }
             v = prev | (1 << b);
         }
         None
+    }
+
+    /// Marks bitmap word `w` full in the summary if it is. A free may clear a bit
+    /// between the look and the summary update: the word is looked at again after,
+    /// and the hint undone, rather than hide that slot.
+    fn note_full(&self, w: usize) {
+        let (word, summary) = (&self.bits()[w], &self.summary()[w / 64]);
+        let sbit = 1u64 << (w % 64);
+        if word.load(Ordering::Acquire) == !0 {
+            summary.fetch_or(sbit, Ordering::AcqRel);
+            if word.load(Ordering::Acquire) != !0 {
+                summary.fetch_and(!sbit, Ordering::AcqRel);
+            }
+        }
     }
 
     fn offset_of(&self, slot: usize) -> Offset {
@@ -437,10 +445,10 @@ impl SlabAllocator {
 
     /// Registry slot `slot`'s cache: `[count, slot offsets ...]`.
     #[inline(always)]
-    fn mag(&self, slot: usize) -> &[AtomicU64] {
+    fn mag(&self, slot: usize) -> Mag<'_> {
         let start =
             self.cache_base0 + slot * cache_words(self.depth as u64) as usize + CACHE_LINE as usize;
-        &self.meta()[start..start + self.depth + 1]
+        Mag::new(&self.meta()[start..start + self.depth + 1])
     }
 
     /// Registry slot `slot`'s cache gate (see [`Gate`]).
@@ -476,24 +484,19 @@ impl SlabAllocator {
         let base = self.cache_owner.base()?;
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
         let (gate, m) = unsafe { self.fast_mag(base) };
+        // An entry is only trusted once it is a slot start in the data region
+        // (what `mark` checks).
         if !gate.enter_fast() {
             return None;
         }
-        let n = m[0].load(Ordering::Relaxed) as usize;
-        let off = m[n.min(self.depth)].load(Ordering::Relaxed);
-        // An entry is only trusted once it is a slot start in the data region.
-        let mark = match self.mark(off) {
-            Some(mark) if n != 0 && n <= self.depth => mark,
-            _ => {
-                gate.leave();
-                return None;
-            }
-        };
-        crate::fail_point!("slab.cache.pop");
-        m[0].store(n as u64 - 1, Ordering::Relaxed);
-        mark.store(0, Ordering::Relaxed);
+        let off = m.pop(
+            |off| self.mark(off),
+            || {
+                crate::fail_point!("slab.cache.pop");
+            },
+        );
         gate.leave();
-        Some(Offset::new(off))
+        off.map(Offset::new)
     }
 
     /// The free fast path: pushes a slot onto this thread's cache after the same
@@ -532,17 +535,11 @@ impl SlabAllocator {
         if !gate.enter_fast() {
             return false;
         }
-        let n = m[0].load(Ordering::Relaxed) as usize;
-        if n >= self.depth {
-            gate.leave();
-            return false;
-        }
-        m[n + 1].store(off, Ordering::Relaxed);
-        crate::fail_point!("slab.cache.push");
-        m[0].store(n as u64 + 1, Ordering::Relaxed);
-        mark.store(self.key ^ off, Ordering::Relaxed);
+        let pushed = m.push(off, mark, self.key, || {
+            crate::fail_point!("slab.cache.push");
+        });
         gate.leave();
-        true
+        pushed
     }
 
     /// The gate and the cache `[count, slot offsets ...]` of the registry slot whose
@@ -552,7 +549,7 @@ impl SlabAllocator {
     /// `base` must come from `self.cache_owner.base()`: the address of one registry
     /// slot's `cache_words(depth)` words inside our metadata mapping.
     #[inline(always)]
-    unsafe fn fast_mag(&self, base: *const AtomicU64) -> (Gate<'_>, &[AtomicU64]) {
+    unsafe fn fast_mag(&self, base: *const AtomicU64) -> (Gate<'_>, Mag<'_>) {
         // SAFETY: the slot's cache words lie in our mapping (caller's contract),
         // which lives as long as `self`, and open with the gate's two words.
         let gate = unsafe { Gate::at(base) };
@@ -562,7 +559,7 @@ impl SlabAllocator {
         let mag = unsafe {
             std::slice::from_raw_parts(base.wrapping_add(CACHE_LINE as usize), self.depth + 1)
         };
-        (gate, mag)
+        (gate, Mag::new(mag))
     }
 
     /// The first word of the slot at data-relative offset `rel`, without the checks
@@ -578,140 +575,69 @@ impl SlabAllocator {
 
     /// Empties registry slot `slot`'s cache; returns how many slots went back.
     fn flush_cache(&self, slot: usize) -> usize {
-        let before = (self.mag(slot)[0].load(Ordering::Relaxed) as usize).min(self.depth);
-        before - self.flush_to(slot, 0)
+        self.mag(slot).len() - self.flush_to(slot, 0)
     }
 
     /// Returns the cached slots above the first `keep`, one `fetch_and` per bitmap
-    /// word; as in the free list, the count drops before the bits clear (a crash in
-    /// between leaks that group, never returns a slot twice). Returns the new count.
+    /// word (see `Mag::flush` for the crash ordering). Returns the new count.
     fn flush_to(&self, slot: usize, keep: usize) -> usize {
-        let m = self.mag(slot);
-        let n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
-        if n <= keep {
-            return n;
-        }
         let data = self.seg.layout().data_offset;
-        let mut top: Vec<u64> = (keep + 1..=n)
-            .map(|k| m[k].load(Ordering::Relaxed))
-            .collect();
-        top.sort_unstable();
-        for (k, off) in top.iter().enumerate() {
-            m[keep + 1 + k].store(*off, Ordering::Relaxed);
-        }
-        let word_of = |o: u64| self.slot_index(o.wrapping_sub(data)) / 64;
-        let mut count = n;
-        let mut end = top.len();
-        let (bits, summary) = (self.bits(), self.summary());
-        while end > 0 {
-            // At most BATCH slots per group: what a crash below may leak.
-            let mut start = end - 1;
-            while start > 0
-                && end - start < BATCH as usize
-                && word_of(top[start - 1]) == word_of(top[end - 1])
-            {
-                start -= 1;
-            }
-            let mut mask = 0u64;
-            let mut w = usize::MAX;
-            for &off in &top[start..end] {
-                if let Some(mark) = self.mark(off) {
-                    mark.store(0, Ordering::Relaxed);
-                    let s = self.slot_index(off - data);
-                    if s < self.slots {
-                        w = (s / 64) as usize;
-                        mask |= 1 << (s % 64);
-                    }
+        let slot_of = |o: u64| self.slot_index(o.wrapping_sub(data));
+        self.mag(slot).flush(
+            keep,
+            |o| slot_of(o) / 64,
+            |o| self.mark(o),
+            |group| {
+                // Entries that are slot starts (a scribbled one is dropped).
+                let slots = group
+                    .iter()
+                    .filter(|&&o| self.mark(o).is_some())
+                    .map(|&o| slot_of(o))
+                    .filter(|&s| s < self.slots);
+                let (mut w, mut mask) = (usize::MAX, 0u64);
+                for s in slots {
+                    w = (s / 64) as usize;
+                    mask |= 1 << (s % 64);
                 }
-            }
-            count -= end - start;
-            m[0].store(count as u64, Ordering::Relaxed);
-            crate::fail_point!("slab.cache.flush");
-            if w < bits.len() {
-                let prev = bits[w].fetch_and(!mask, Ordering::AcqRel);
+                let Some(word) = self.bits().get(w) else {
+                    return;
+                };
+                let prev = word.fetch_and(!mask, Ordering::AcqRel);
                 let missing = (mask & !prev).count_ones();
                 if missing != 0 {
                     self.late_double_frees
                         .fetch_add(u64::from(missing), Ordering::Relaxed);
                 }
                 if prev == !0 {
-                    summary[w / 64].fetch_and(!(1u64 << (w % 64)), Ordering::AcqRel);
+                    self.summary()[w / 64].fetch_and(!(1u64 << (w % 64)), Ordering::AcqRel);
                 }
-            }
-            end = start;
-        }
-        count
+            },
+            || {
+                crate::fail_point!("slab.cache.flush");
+            },
+        )
     }
 
     /// The cache was empty, and slot `first` was just taken through the shared
-    /// path: takes up to [`BATCH`] more from the same bitmap word with one CAS
-    /// into the cache.
-    #[cold]
-    fn refill(&self, slot: usize, first: Offset) {
-        let gate = self.gate(slot);
-        let Some(flush) = gate.enter(&|t| self.token_alive(t)) else {
-            return;
-        };
-        if flush {
-            self.flush_cache(slot);
-        }
-        self.refill_inside(slot, first);
-        gate.leave();
-    }
-
-    /// `refill`'s work, inside the gate.
+    /// path (inside the gate): takes up to [`BATCH`] more from the same bitmap
+    /// word with one CAS into the cache.
     fn refill_inside(&self, slot: usize, first: Offset) {
         let m = self.mag(slot);
-        let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
-        let want = (self.depth / 2).saturating_sub(n).min(BATCH as usize);
-        let data = self.seg.layout().data_offset;
-        let w = (self.slot_index(first.get() - data) / 64) as usize;
-        let bits = self.bits();
-        let Some(word) = bits.get(w) else {
+        let want = (self.depth / 2).saturating_sub(m.len()).min(BATCH as usize) as u32;
+        let w = (self.slot_index(first.get() - self.seg.layout().data_offset) / 64) as usize;
+        let Some(word) = self.bits().get(w) else {
             return;
         };
-        let mut v = word.load(Ordering::Relaxed);
-        for _ in 0..64 {
-            let mut free = !v;
-            if free == 0 || want == 0 {
-                break;
-            }
-            let mut mask = 0u64;
-            for _ in 0..want {
-                if free == 0 {
-                    break;
-                }
-                mask |= free & free.wrapping_neg();
-                free &= free - 1;
-            }
-            match word.compare_exchange_weak(v, v | mask, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => {
-                    crate::fail_point!("slab.cache.refill");
-                    // Highest first, so that pops hand slots out in ascending order.
-                    let from = n;
-                    let mut b = mask;
-                    while b != 0 {
-                        let top = 63 - b.leading_zeros();
-                        let s = w as u64 * 64 + u64::from(top);
-                        n += 1;
-                        m[n].store(self.offset_of(s as usize).get(), Ordering::Relaxed);
-                        b &= !(1u64 << top);
-                    }
-                    m[0].store(n as u64, Ordering::Relaxed);
-                    for e in &m[from + 1..=n] {
-                        let off = e.load(Ordering::Relaxed);
-                        if let Some(mark) = self.mark(off) {
-                            mark.store(self.key ^ off, Ordering::Relaxed);
-                        }
-                    }
-                    if v | mask == !0 {
-                        let summary = self.summary();
-                        summary[w / 64].fetch_or(1 << (w % 64), Ordering::AcqRel);
-                    }
-                    break;
-                }
-                Err(now) => v = now,
-            }
+        if want == 0 {
+            return;
+        }
+        if let Some(mask) = bitmap::claim_lowest(word, want, |v| Some(!v)) {
+            crate::fail_point!("slab.cache.refill");
+            // Highest first, so that pops hand slots out in ascending order.
+            let offs =
+                bitmap::bits_high_first(mask).map(|b| self.offset_of(w * 64 + b as usize).get());
+            m.append(offs, |o| self.mark(o), self.key);
+            self.note_full(w);
         }
     }
 
@@ -751,9 +677,7 @@ impl cache::Caches for SlabAllocator {
         SlabAllocator::gate(self, slot)
     }
     fn cached_in(&self, slot: usize) -> u64 {
-        self.mag(slot)[0]
-            .load(Ordering::Relaxed)
-            .min(self.depth as u64)
+        self.mag(slot).len() as u64
     }
     fn flush_cache(&self, slot: usize) -> usize {
         SlabAllocator::flush_cache(self, slot)
@@ -766,6 +690,12 @@ impl cache::Caches for SlabAllocator {
     }
     fn is_alive(&self, token: u32) -> bool {
         self.token_alive(token)
+    }
+    fn mark(&self, off: u64) -> Option<&AtomicU64> {
+        SlabAllocator::mark(self, off)
+    }
+    fn mark_key(&self) -> u64 {
+        self.key
     }
 }
 
@@ -818,32 +748,23 @@ impl ShmAllocator for SlabAllocator {
         if let Some(off) = self.pop_cached() {
             return Ok(off);
         }
-        if let Some(slot) = self.my_cache() {
-            let gate = self.gate(slot);
-            if let Some(flush) = gate.enter(&|t| self.token_alive(t)) {
-                if flush {
-                    self.flush_cache(slot);
-                }
-                let m = self.mag(slot);
-                let n = m[0].load(Ordering::Relaxed);
-                if n != 0 && n <= self.depth as u64 {
-                    let off = m[n as usize].load(Ordering::Relaxed);
-                    crate::fail_point!("slab.cache.pop");
-                    m[0].store(n - 1, Ordering::Relaxed);
-                    if let Some(mark) = self.mark(off) {
-                        mark.store(0, Ordering::Relaxed);
-                        gate.leave();
-                        return Ok(Offset::new(off));
-                    }
-                }
-                gate.leave();
-                // Outside the cache: running out of memory empties it.
-                let first = self.alloc_shared(size)?;
-                self.refill(slot, first);
-                return Ok(first);
-            }
+        match self.my_cache() {
+            Some(slot) => cache::alloc_through(
+                self,
+                slot,
+                || {
+                    self.mag(slot).pop(
+                        |off| self.mark(off),
+                        || {
+                            crate::fail_point!("slab.cache.pop");
+                        },
+                    )
+                },
+                || self.alloc_shared(size),
+                |first| self.refill_inside(slot, first),
+            ),
+            None => self.alloc_shared(size),
         }
-        self.alloc_shared(size)
     }
 
     fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
@@ -858,11 +779,7 @@ impl ShmAllocator for SlabAllocator {
         }
         // A slot in some handle's cache is free to its users.
         let start = offset.get() - within;
-        if self.depth != 0
-            && self
-                .mark(start)
-                .is_some_and(|m| m.load(Ordering::Relaxed) == self.key ^ start)
-        {
+        if self.depth != 0 && cache::Caches::is_cached(self, start) {
             return Err(not_alloc);
         }
         Ok(())
@@ -901,13 +818,7 @@ impl SlabAllocator {
         if self.depth == 0 {
             return 0;
         }
-        (0..process::SLOTS)
-            .map(|s| {
-                self.mag(s)[0]
-                    .load(Ordering::Relaxed)
-                    .min(self.depth as u64)
-            })
-            .sum()
+        (0..process::SLOTS).map(|s| self.mag(s).len() as u64).sum()
     }
 
     /// Allocation without the cache: a bit of the bitmap, found through the summary.
@@ -955,7 +866,7 @@ impl SlabAllocator {
                 if w >= nw {
                     break;
                 }
-                if let Some(slot) = self.claim_in_word(bits, summary, w) {
+                if let Some(slot) = self.claim_in_word(bits, w) {
                     if slot as u64 >= self.slots {
                         // Only if a peer cleared the permanently-set tail bits.
                         return Err(AllocError::Corrupted {
@@ -1016,21 +927,16 @@ impl SlabAllocator {
             {
                 return Err(FreeError::DoubleFree { offset: off });
             }
-            let gate = self.gate(cs);
-            if let Some(flush) = gate.enter(&|t| self.token_alive(t)) {
-                if flush {
-                    self.flush_cache(cs);
-                }
+            let pushed = cache::inside(self, cs, || {
                 let m = self.mag(cs);
-                let mut n = (m[0].load(Ordering::Relaxed) as usize).min(self.depth);
-                if n == self.depth {
-                    n = self.flush_to(cs, self.depth / 2);
+                if m.len() == m.depth() {
+                    self.flush_to(cs, self.depth / 2);
                 }
-                m[n + 1].store(off, Ordering::Relaxed);
-                crate::fail_point!("slab.cache.push");
-                m[0].store(n as u64 + 1, Ordering::Relaxed);
-                mark.store(self.key ^ off, Ordering::Relaxed);
-                gate.leave();
+                m.push(off, mark, self.key, || {
+                    crate::fail_point!("slab.cache.push");
+                })
+            });
+            if pushed == Some(true) {
                 return Ok(());
             }
             // Another process is emptying our cache: the shared path below.

@@ -42,6 +42,47 @@ pub fn claim_one<W: Word>(words: &[W], start_word: usize) -> Option<usize> {
     None
 }
 
+/// Sets up to `want` clear bits of `word`, the lowest first, with one
+/// compare-and-swap. `usable(v)` gives the clear bits of the current value `v`
+/// that may be taken (`None`: none may, e.g. the word changed owner). Returns the
+/// bits set, or `None` if there were none to take; bounded, so a peer that keeps
+/// changing the word cannot keep us here.
+pub fn claim_lowest<W: Word>(
+    word: &W,
+    want: u32,
+    usable: impl Fn(u64) -> Option<u64>,
+) -> Option<u64> {
+    let mut v = word.load(Ordering::Relaxed);
+    for _ in 0..64 {
+        let mut free = usable(v)?;
+        let mut mask = 0u64;
+        for _ in 0..want {
+            if free == 0 {
+                break;
+            }
+            mask |= free & free.wrapping_neg();
+            free &= free - 1;
+        }
+        if mask == 0 {
+            return None;
+        }
+        match word.compare_exchange_weak(v, v | mask, Ordering::SeqCst, Ordering::Relaxed) {
+            Ok(_) => return Some(mask),
+            Err(now) => v = now,
+        }
+    }
+    None
+}
+
+/// The set bits of `mask`, highest first.
+pub fn bits_high_first(mut mask: u64) -> impl Iterator<Item = u32> {
+    std::iter::from_fn(move || {
+        let top = 63u32.checked_sub(mask.leading_zeros())?;
+        mask &= !(1u64 << top);
+        Some(top)
+    })
+}
+
 /// Finds the first run of `n` clear bits (a snapshot: the bits may change).
 pub fn find_clear_run<W: Word>(words: &[W], n: usize) -> Option<usize> {
     let mut run_start = 0usize;
