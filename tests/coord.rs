@@ -18,7 +18,7 @@
 //!   registry tokens, alive while the kernel holds their slot's lock: no pids).
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -348,23 +348,15 @@ fn mutex_holder_killed_in_other_pid_namespace() {
     let name = ShmName::new("coord-ns");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let r: &Robust = a.root("robust").unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let unshare = Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child=SIGKILL"])
-        .arg(exe)
-        .args([
-            "mutex_holder_killed_in_other_pid_namespace",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(common::ROLE_VAR, "holder")
-        .env("SA_SEG", name.as_str())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("run unshare (util-linux) as root: this test must not be skipped");
+    let unshare = common::child_command(
+        &["unshare", "--pid", "--fork", "--kill-child=SIGKILL"],
+        "mutex_holder_killed_in_other_pid_namespace",
+        "holder",
+        &[("SA_SEG", name.as_str().into())],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("run unshare (util-linux) as root: this test must not be skipped");
     let mut unshare = KillOnDrop::new(unshare);
     if !r
         .holding_changed
@@ -374,16 +366,7 @@ fn mutex_holder_killed_in_other_pid_namespace() {
         panic!("the holder in the new pid namespace never locked (unshare status {status:?})");
     }
     // Kill the holder (pid 1 of its namespace) from here, through unshare's child.
-    let upid = unshare.child().id();
-    let kids = std::fs::read_to_string(format!("/proc/{upid}/task/{upid}/children")).unwrap();
-    for pid in kids.split_whitespace() {
-        let pid: i32 = pid.parse().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-    }
+    common::kill_children(unshare.child().id());
     unshare.child().wait().unwrap();
     match r.lock.lock_timeout(Duration::from_secs(5)) {
         Err(TryLockError::OwnerDied(died)) => assert_eq!(*died.into_inner(), [1, 0]),

@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::{env_req, results, role, say, wait_with_watchdog, KillOnDrop, Rng, ShmName};
@@ -19,16 +19,10 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// Starts this test binary running test `entry` in role `role`, stdin and stdout piped.
 fn child(entry: &str, role: &str, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"])
-        .env(common::ROLE_VAR, role)
+    common::child_command(&[], entry, role, env)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn child")
+        .spawn()
+        .expect("spawn child")
 }
 
 /// Reads the child's stdout lines until one starts with `prefix`; returns it.
@@ -261,22 +255,13 @@ fn liveness_across_pid_namespaces() {
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let mine = a.allocate(64).unwrap();
     a.write(mine, &[7; 64]).unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--kill-child"])
-        .arg(&exe)
-        .args([
-            "liveness_across_pid_namespaces",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(common::ROLE_VAR, "ns")
-        .env("SA_NAME", name.as_str())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut cmd = common::child_command(
+        &["unshare", "--pid", "--fork", "--kill-child"],
+        "liveness_across_pid_namespaces",
+        "ns",
+        &[("SA_NAME", name.as_str().into())],
+    );
+    cmd.stdin(Stdio::piped());
     let mut ns = KillOnDrop::new(cmd.spawn().expect("unshare is installed (util-linux)"));
     let mut out = BufReader::new(ns.child().stdout.take().unwrap());
     let line = expect_line(&mut out, "ns pid=");
@@ -296,20 +281,7 @@ fn liveness_across_pid_namespaces() {
     assert_eq!(procs.iter().filter(|p| p.alive).count(), 2, "{procs:?}");
     // SIGKILL the namespaced process itself (unshare's child, found through /proc):
     // we see it dead, and reclaim its slot exactly once.
-    let unshare_pid = ns.child().id();
-    let kids = std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
-        .expect("/proc children list");
-    let host_pid: i32 = kids
-        .split_whitespace()
-        .next()
-        .expect("unshare's child")
-        .parse()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(host_pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    assert_eq!(common::kill_children(ns.child().id()), 1, "unshare's child");
     let _ = ns.child().wait();
     // `unshare --kill-child` kills the namespaced process when unshare dies.
     wait_dead(&a, 1);
@@ -695,6 +667,42 @@ fn number(line: &str, key: &str) -> u64 {
         .unwrap()
 }
 
+/// A child running [`idle_owner`] (role `role` of test `entry`) on segment `name`.
+struct IdleOwner {
+    proc: KillOnDrop,
+    out: BufReader<std::process::ChildStdout>,
+    stdin: std::process::ChildStdin,
+}
+
+impl IdleOwner {
+    fn start(entry: &str, role: &str, name: &ShmName) -> IdleOwner {
+        let mut proc = KillOnDrop::new(child(entry, role, &[("SA_NAME", name.as_str().into())]));
+        let out = BufReader::new(proc.child().stdout.take().unwrap());
+        let stdin = proc.child().stdin.take().unwrap();
+        IdleOwner { proc, out, stdin }
+    }
+
+    /// Waits until it idles with a full cache in round `round`; the blocks it had.
+    fn cached(&mut self, round: u32) -> u64 {
+        number(
+            &expect_line(&mut self.out, &format!("cached round={round}")),
+            "n",
+        )
+    }
+
+    /// Lets it go on from its idle wait.
+    fn go_on(&mut self) {
+        writeln!(self.stdin).unwrap();
+    }
+
+    /// After its last round: the blocks it had then, once it exited successfully.
+    fn finish(mut self) -> u64 {
+        let n = number(&expect_line(&mut self.out, "after"), "n");
+        assert!(wait_with_watchdog(self.proc.child(), LIMIT, "idle owner").success());
+        n
+    }
+}
+
 /// The requirement: never out of memory while enough memory sits in
 /// caches. The child's blocks sit in its cache while it idles (no call that could
 /// honour a flush request); the parent still gets the whole region, first as one
@@ -709,14 +717,8 @@ fn an_idle_owners_cache_is_taken_when_memory_runs_out() {
     let name = ShmName::new("reg-idle");
     let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
     let cap = a.stats().capacity;
-    let mut c = KillOnDrop::new(child(
-        ENTRY,
-        "idle-fl",
-        &[("SA_NAME", name.as_str().into())],
-    ));
-    let mut out = BufReader::new(c.child().stdout.take().unwrap());
-    let mut stdin = c.child().stdin.take().unwrap();
-    let n = number(&expect_line(&mut out, "cached round=0"), "n");
+    let mut owner = IdleOwner::start(ENTRY, "idle-fl", &name);
+    let n = owner.cached(0);
     assert!(a.stats().cached_bytes > 0, "the child's cache holds blocks");
     // One block of the whole region: only if the child's cached blocks come back
     // and their span is released.
@@ -726,9 +728,9 @@ fn an_idle_owners_cache_is_taken_when_memory_runs_out() {
     a.free(big).unwrap();
     assert!(a.stolen_blocks() > 0);
     assert_eq!(a.stats().cached_bytes, 0);
-    writeln!(stdin).unwrap();
+    owner.go_on();
     // Again with small blocks: exactly as many as the child got.
-    assert_eq!(number(&expect_line(&mut out, "cached round=1"), "n"), n);
+    assert_eq!(owner.cached(1), n);
     let before = a.stolen_blocks();
     let held = fill(&a, 64);
     assert_eq!(held.len() as u64, n, "every block, cached ones included");
@@ -736,9 +738,8 @@ fn an_idle_owners_cache_is_taken_when_memory_runs_out() {
     for o in held {
         a.free(o).unwrap();
     }
-    writeln!(stdin).unwrap();
-    assert_eq!(number(&expect_line(&mut out, "after"), "n"), n);
-    assert!(wait_with_watchdog(c.child(), LIMIT, "idle owner").success());
+    owner.go_on();
+    assert_eq!(owner.finish(), n);
     a.reclaim();
     let st = a.stats();
     assert_eq!(st.live_blocks, Some(0));
@@ -756,30 +757,19 @@ fn an_idle_owners_slab_cache_is_taken_when_slots_run_out() {
     }
     let name = ShmName::new("reg-idleslab");
     let a = SlabAllocator::create(name.as_str(), 32, 256).unwrap();
-    let mut c = KillOnDrop::new(child(
-        ENTRY,
-        "idle-slab",
-        &[("SA_NAME", name.as_str().into())],
-    ));
-    let mut out = BufReader::new(c.child().stdout.take().unwrap());
-    let mut stdin = c.child().stdin.take().unwrap();
+    let mut owner = IdleOwner::start(ENTRY, "idle-slab", &name);
     for round in 0..2 {
-        let n = number(
-            &expect_line(&mut out, &format!("cached round={round}")),
-            "n",
-        );
-        assert_eq!(n, 256);
+        assert_eq!(owner.cached(round), 256);
         assert!(a.stats().cached_bytes > 0, "the child's cache holds slots");
         let held = fill(&a, 32);
         assert_eq!(held.len(), 256, "every slot, cached ones included");
         for o in held {
             a.free(o).unwrap();
         }
-        writeln!(stdin).unwrap();
+        owner.go_on();
     }
     assert!(a.stolen_blocks() > 0);
-    assert_eq!(number(&expect_line(&mut out, "after"), "n"), 256);
-    assert!(wait_with_watchdog(c.child(), LIMIT, "idle owner").success());
+    assert_eq!(owner.finish(), 256);
     a.reclaim();
     assert_eq!(a.stats().live_blocks, Some(0));
     assert_eq!(a.late_double_frees(), 0);
@@ -889,6 +879,19 @@ fn pause_at(point: &'static str, nth: u32) {
         }
     })
     .unwrap();
+}
+
+/// Waits for a child that should die by SIGKILL at its fail point: killed there,
+/// not failed on the way.
+#[cfg(feature = "failpoints")]
+fn killed_at_fail_point(c: &mut Child, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let status = wait_with_watchdog(c, LIMIT, what);
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the {what} was not killed: {status}"
+    );
 }
 
 /// In a child: die by SIGKILL at the `nth` hit of fail point `point`.
@@ -1113,14 +1116,7 @@ fn a_resetter_killed_while_waiting_blocks_nobody() {
         "die-resetting",
         &[("SA_NAME", name.as_str().into())],
     ));
-    let status = wait_with_watchdog(c.child(), LIMIT, "resetter");
-    // Killed at the fail point, not failed on the way there.
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the resetter was not killed: {status}"
-    );
+    killed_at_fail_point(c.child(), "resetter");
     // Within the watchdog, not the 120 s an allocation would wait for a live one.
     let start = std::time::Instant::now();
     let after = bump.arena().alloc(12u64).unwrap().handle();
@@ -1157,18 +1153,10 @@ fn a_thief_killed_after_claiming_blocks_nobody() {
     let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
     let cap = a.stats().capacity;
     let env = [("SA_NAME", name.as_str().to_owned())];
-    let mut owner = KillOnDrop::new(child(ENTRY, "idle-fl", &env));
-    let mut out = BufReader::new(owner.child().stdout.take().unwrap());
-    let mut stdin = owner.child().stdin.take().unwrap();
-    let n = number(&expect_line(&mut out, "cached round=0"), "n");
+    let mut owner = IdleOwner::start(ENTRY, "idle-fl", &name);
+    let n = owner.cached(0);
     let mut thief = KillOnDrop::new(child(ENTRY, "thief-dies", &env));
-    let status = wait_with_watchdog(thief.child(), LIMIT, "thief");
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the thief was not killed: {status}"
-    );
+    killed_at_fail_point(thief.child(), "thief");
     assert!(a.stats().cached_bytes > 0, "the dead thief took nothing");
     // The next thief: past the dead claim, the whole region.
     let big = a
@@ -1177,11 +1165,10 @@ fn a_thief_killed_after_claiming_blocks_nobody() {
     a.free(big).unwrap();
     assert!(a.stolen_blocks() > 0);
     // The owner carries on: its cache is usable, nothing lost or doubled.
-    writeln!(stdin).unwrap();
-    assert_eq!(number(&expect_line(&mut out, "cached round=1"), "n"), n);
-    writeln!(stdin).unwrap();
-    assert_eq!(number(&expect_line(&mut out, "after"), "n"), n);
-    assert!(wait_with_watchdog(owner.child(), LIMIT, "owner").success());
+    owner.go_on();
+    assert_eq!(owner.cached(1), n);
+    owner.go_on();
+    assert_eq!(owner.finish(), n);
     a.reclaim();
     let st = a.stats();
     assert_eq!((st.live_blocks, st.free_bytes), (Some(0), cap), "{st:?}");
@@ -1212,21 +1199,14 @@ fn a_reclaimer_killed_while_emptying_a_dead_cache() {
     let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
     let cap = a.stats().capacity;
     let env = [("SA_NAME", name.as_str().to_owned())];
-    let mut owner = KillOnDrop::new(child(ENTRY, "idle-fl", &env));
-    let mut out = BufReader::new(owner.child().stdout.take().unwrap());
-    expect_line(&mut out, "cached round=0");
+    let mut owner = IdleOwner::start(ENTRY, "idle-fl", &name);
+    owner.cached(0);
     let cached = a.stats().cached_bytes;
     assert!(cached > 0);
     drop(owner); // SIGKILL while idle, its cache full
     wait_dead(&a, 1);
     let mut r = KillOnDrop::new(child(ENTRY, "reclaimer-dies", &env));
-    let status = wait_with_watchdog(r.child(), LIMIT, "reclaimer");
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the reclaimer was not killed: {status}"
-    );
+    killed_at_fail_point(r.child(), "reclaimer");
     wait_dead(&a, 2);
     let got = a.reclaim();
     assert_eq!(got.dead_slots, 2, "{got:?}");

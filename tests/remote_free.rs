@@ -13,7 +13,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -101,22 +101,11 @@ fn consumer(a: &FreeListAllocator, ctl: &Ctl, ch: &Chan) {
 }
 
 fn spawn(role: &str, name: &str, seed: u64) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "remote_frees_at_scale_with_kills",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(common::ROLE_VAR, role)
-        .env("SA_NAME", name)
-        .env("SA_SEED", seed.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn worker")
+    common::spawn_child(
+        "remote_frees_at_scale_with_kills",
+        role,
+        &[("SA_NAME", name.into()), ("SA_SEED", seed.to_string())],
+    )
 }
 
 /// Waits until the worker says it is running (its handle joined and its endpoint

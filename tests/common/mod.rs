@@ -43,10 +43,20 @@ pub fn role() -> Option<String> {
     std::env::var(ROLE_VAR).ok()
 }
 
-/// Re-executes this test binary running only the test `entry` (which must dispatch
-/// on [`role`]), with `role` and extra environment variables.
-pub fn spawn_child(entry: &str, role: &str, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+/// The command that re-executes this test binary running only the test `entry`
+/// (which must dispatch on [`role`]), with `role` and extra environment variables;
+/// through `wrapper` first if it is not empty (`["unshare", "--pid", "--fork"]`).
+/// stdin is null, stdout piped, stderr inherited: callers change what they need.
+pub fn child_command(wrapper: &[&str], entry: &str, role: &str, env: &[(&str, String)]) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match wrapper.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     cmd.args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"])
         .env(ROLE_VAR, role)
         .stdin(Stdio::null())
@@ -55,7 +65,32 @@ pub fn spawn_child(entry: &str, role: &str, env: &[(&str, String)]) -> Child {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("spawn child test process")
+    cmd
+}
+
+/// [`child_command`] without a wrapper, started.
+pub fn spawn_child(entry: &str, role: &str, env: &[(&str, String)]) -> Child {
+    child_command(&[], entry, role, env)
+        .spawn()
+        .expect("spawn child test process")
+}
+
+/// SIGKILLs the children of process `pid` (found through /proc): the process that
+/// `unshare --fork` runs in its new namespace. Returns how many.
+pub fn kill_children(pid: u32) -> usize {
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .expect("/proc children list");
+    let mut n = 0;
+    for kid in kids.split_whitespace() {
+        let kid: i32 = kid.parse().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(kid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        n += 1;
+    }
+    n
 }
 
 /// Waits for `child`, killing it and failing the test if it runs past `limit`.
