@@ -269,8 +269,8 @@ impl BumpAllocator {
     /// [`AccessError::Busy`] with the number of handles still holding views when
     /// `timeout` passed: the reset withdrew and nothing changed.
     pub fn reset_timeout(&mut self, timeout: Duration) -> Result<u64, AccessError> {
-        let me = self.member.slot(&self.seg).ok();
-        let token = me.map_or(0, |slot| process::token(&self.seg, slot));
+        let token = self.member.token(&self.seg);
+        let me = self.member.current();
         if token == 0 {
             return Err(AccessError::Busy { readers: 0 });
         }
@@ -338,7 +338,7 @@ impl BumpAllocator {
         let state = self.state();
         let mut round = 0;
         while resetter(cur) != 0 {
-            if !process::token_alive(&self.seg, self.member.current(), resetter(cur)) {
+            if !self.member.is_alive(&self.seg, resetter(cur)) {
                 // Its holder died mid-reset: nothing was rewound yet, withdraw it.
                 let _ = state.compare_exchange(
                     cur,
@@ -439,13 +439,11 @@ impl ShmAllocator for BumpAllocator {
     const KIND: AllocatorKind = AllocatorKind::Bump;
 
     fn liveness_token(&self) -> u32 {
-        self.member
-            .slot(&self.seg)
-            .map_or(0, |slot| process::token(&self.seg, slot))
+        self.member.token(&self.seg)
     }
 
     fn token_alive(&self, token: u32) -> bool {
-        process::token_alive(&self.seg, self.member.current(), token)
+        self.member.is_alive(&self.seg, token)
     }
 
     fn segment(&self) -> &Segment {

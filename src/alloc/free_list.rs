@@ -1886,13 +1886,11 @@ impl ShmAllocator for FreeListAllocator {
     const KIND: AllocatorKind = AllocatorKind::FreeList;
 
     fn liveness_token(&self) -> u32 {
-        self.member
-            .slot(&self.seg)
-            .map_or(0, |slot| process::token(&self.seg, slot))
+        self.member.token(&self.seg)
     }
 
     fn token_alive(&self, token: u32) -> bool {
-        process::token_alive(&self.seg, self.member.current(), token)
+        self.member.is_alive(&self.seg, token)
     }
 
     fn segment(&self) -> &Segment {

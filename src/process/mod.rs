@@ -661,6 +661,18 @@ impl Membership {
     pub fn current(&self) -> Option<usize> {
         self.own_slot()
     }
+
+    /// This registration's [`token`] in `seg` (re-joining first in a fork child;
+    /// 0 if it has no slot): what an allocator's `liveness_token` returns.
+    pub fn token(&self, seg: &Segment) -> u32 {
+        self.slot(seg).map_or(0, |slot| token(seg, slot))
+    }
+
+    /// Whether the registration named by `tok` is alive, as this one sees it
+    /// ([`token_alive`]): what an allocator's `token_alive` returns.
+    pub fn is_alive(&self, seg: &Segment, tok: u32) -> bool {
+        token_alive(seg, self.current(), tok)
+    }
 }
 
 // ------------------------------------------------------------------ liveness tokens
