@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::Offset;
+use super::{Offset, ShmAllocator};
 use crate::error::AllocError;
 use crate::process::{self, Membership};
 use crate::segment::Segment;
@@ -539,8 +539,9 @@ pub(crate) fn heavy_barrier() -> bool {
 // ------------------------------------------------------------------ whole caches
 
 /// What the free list and the slab give the cache protocol: per registry slot, a
-/// gate and a cache that can be counted and emptied.
-pub(crate) trait Caches {
+/// gate and a cache that can be counted and emptied (their registry token and
+/// segment come from [`ShmAllocator`]).
+pub(crate) trait Caches: ShmAllocator {
     /// Slot `slot`'s gate.
     fn gate(&self, slot: usize) -> Gate<'_>;
     /// Blocks held in slot `slot`'s cache, as its counts say.
@@ -548,11 +549,8 @@ pub(crate) trait Caches {
     /// Returns every block of slot `slot`'s cache to the shared structures (the
     /// caller is inside the gate, or holds its claim). Returns how many.
     fn flush_cache(&self, slot: usize) -> usize;
-    /// The segment, and its object's inode (the key of [`owned_here`]).
-    fn cache_segment(&self) -> (&Segment, u64);
-    /// This handle's registry token, and whether another one is alive.
-    fn my_token(&self) -> u32;
-    fn is_alive(&self, token: u32) -> bool;
+    /// The segment object's inode (the key of [`owned_here`]).
+    fn cache_ino(&self) -> u64;
     /// The first word of the block at `off` (its cache mark), if `off` is a block
     /// start of this allocator; and the segment's mark key.
     fn mark(&self, off: u64) -> Option<&AtomicU64>;
@@ -575,7 +573,7 @@ pub(crate) fn inside<C: Caches + ?Sized, R>(
     f: impl FnOnce() -> R,
 ) -> Option<R> {
     let gate = c.gate(slot);
-    if gate.enter(&|t| c.is_alive(t))? {
+    if gate.enter(&|t| c.token_alive(t))? {
         c.flush_cache(slot);
     }
     let r = f();
@@ -605,6 +603,13 @@ pub(crate) fn alloc_through<C: Caches + ?Sized>(
     }
 }
 
+/// A handle with a cache is dropped: its cache goes back (dropping needs `&mut`,
+/// so no thread uses it), and its owner record is forgotten.
+pub(crate) fn drop_own<C: Caches + ?Sized>(c: &C, owner: &CacheOwner, slot: usize) {
+    flush_own(c, slot);
+    owner.release(c.cache_ino(), slot);
+}
+
 /// Empties the cache of slot `slot`, which the calling thread owns (through this
 /// handle or another); nothing if another thread is emptying it already.
 pub(crate) fn flush_own<C: Caches + ?Sized>(c: &C, slot: usize) -> usize {
@@ -617,8 +622,8 @@ pub(crate) fn flush_own<C: Caches + ?Sized>(c: &C, slot: usize) -> usize {
 /// of blocks returned.
 pub(crate) fn flush_dead<C: Caches + ?Sized>(c: &C, slot: usize) -> (bool, usize) {
     let gate = c.gate(slot);
-    let token = c.my_token();
-    if !gate.claim_waiting(token, &|t| c.is_alive(t)) {
+    let token = c.liveness_token();
+    if !gate.claim_waiting(token, &|t| c.token_alive(t)) {
         return (false, 0);
     }
     crate::fail_point!("cache.dead.claimed");
@@ -632,7 +637,7 @@ pub(crate) fn flush_dead<C: Caches + ?Sized>(c: &C, slot: usize) -> (bool, usize
 /// its cache on its next call (a cache this thread owns through another handle is
 /// emptied here: its owner is the one waiting). True if any held blocks.
 pub(crate) fn request_flushes<C: Caches + ?Sized>(c: &C, me: Option<usize>) -> bool {
-    let (seg, ino) = c.cache_segment();
+    let (seg, ino) = (c.segment(), c.cache_ino());
     let mut any = false;
     for slot in 0..process::SLOTS {
         // Only handles that can answer: dead ones are reclaimed by repair, and
@@ -656,9 +661,9 @@ pub(crate) fn request_flushes<C: Caches + ?Sized>(c: &C, me: Option<usize>) -> b
 /// past the wait keeps its cache, with a flush request. Returns how many blocks
 /// went back.
 pub(crate) fn steal_idle<C: Caches + ?Sized>(c: &C, me: Option<usize>) -> usize {
-    let (seg, ino) = c.cache_segment();
-    let token = c.my_token();
-    let alive = |t| c.is_alive(t);
+    let (seg, ino) = (c.segment(), c.cache_ino());
+    let token = c.liveness_token();
+    let alive = |t| c.token_alive(t);
     let claimed: Vec<usize> = (0..process::SLOTS)
         .filter(|&s| Some(s) != me && process::listed_live(seg, s))
         .filter(|&s| c.cached_in(s) != 0 && !owned_here(ino, s))

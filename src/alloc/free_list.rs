@@ -1833,14 +1833,8 @@ impl cache::Caches for FreeListAllocator {
     fn flush_cache(&self, slot: usize) -> usize {
         FreeListAllocator::flush_cache(self, slot)
     }
-    fn cache_segment(&self) -> (&Segment, u64) {
-        (&self.seg, self.ino)
-    }
-    fn my_token(&self) -> u32 {
-        self.liveness_token()
-    }
-    fn is_alive(&self, token: u32) -> bool {
-        self.token_alive(token)
+    fn cache_ino(&self) -> u64 {
+        self.ino
     }
     fn mark(&self, off: u64) -> Option<&AtomicU64> {
         FreeListAllocator::mark(self, off)
@@ -1855,8 +1849,7 @@ impl Drop for FreeListAllocator {
         // Our cache goes back first (dropping needs `&mut self`: no thread uses it).
         if self.depth != 0 {
             if let Some(slot) = self.member.current() {
-                cache::flush_own(self, slot);
-                self.cache_owner.release(self.ino, slot);
+                cache::drop_own(self, &self.cache_owner, slot);
             }
         }
         // Our current spans stay on hold only while we may allocate from them.

@@ -682,14 +682,8 @@ impl cache::Caches for SlabAllocator {
     fn flush_cache(&self, slot: usize) -> usize {
         SlabAllocator::flush_cache(self, slot)
     }
-    fn cache_segment(&self) -> (&Segment, u64) {
-        (&self.seg, self.ino)
-    }
-    fn my_token(&self) -> u32 {
-        self.liveness_token()
-    }
-    fn is_alive(&self, token: u32) -> bool {
-        self.token_alive(token)
+    fn cache_ino(&self) -> u64 {
+        self.ino
     }
     fn mark(&self, off: u64) -> Option<&AtomicU64> {
         SlabAllocator::mark(self, off)
@@ -703,8 +697,7 @@ impl Drop for SlabAllocator {
     fn drop(&mut self) {
         if self.depth != 0 {
             if let Some(slot) = self.member.current() {
-                cache::flush_own(self, slot);
-                self.cache_owner.release(self.ino, slot);
+                cache::drop_own(self, &self.cache_owner, slot);
             }
         }
         self.member.leave(&self.seg);
