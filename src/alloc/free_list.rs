@@ -1062,11 +1062,11 @@ impl FreeListAllocator {
         let base = self.cache_owner.base()?;
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
         let (gate, m) = unsafe { self.fast_mag(base, c) };
-        // An entry is only trusted as a 16-aligned offset inside the data region
-        // (what `mark` checks).
         if !gate.enter_fast() {
             return None;
         }
+        // An entry is only trusted as a 16-aligned offset inside the data region
+        // (what `mark` checks).
         let off = m.pop(
             |off| self.mark(off),
             || {

@@ -484,11 +484,11 @@ impl SlabAllocator {
         let base = self.cache_owner.base()?;
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
         let (gate, m) = unsafe { self.fast_mag(base) };
-        // An entry is only trusted once it is a slot start in the data region
-        // (what `mark` checks).
         if !gate.enter_fast() {
             return None;
         }
+        // An entry is only trusted once it is a slot start in the data region
+        // (what `mark` checks).
         let off = m.pop(
             |off| self.mark(off),
             || {
