@@ -57,6 +57,17 @@ pub enum SegmentError {
         /// The object's size when `open` gave up.
         size: u64,
     },
+    /// The object has no published header and no process is initialising it: it
+    /// is not a segment of this library (an all-zero or empty object), or its
+    /// creator died before publishing it. Reported after a short grace period
+    /// instead of the whole open timeout.
+    #[error("segment {name:?} ({size} bytes) is not initialised and no process is initialising it: not a shared_allocator segment, or its creator died while creating it")]
+    Uninitialized {
+        /// The normalised name.
+        name: String,
+        /// The object's size in bytes.
+        size: u64,
+    },
     /// The object does not start with our magic number: not a segment of this library.
     #[error("segment {name:?} has bad magic {found:#018x}: not a shared_allocator segment")]
     BadMagic {

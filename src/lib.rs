@@ -5,6 +5,29 @@
 #![warn(clippy::missing_safety_doc)]
 #![warn(clippy::multiple_unsafe_ops_per_block)]
 
+// A clear refusal on targets the design does not cover, instead of errors deep
+// inside the OFD-lock, futex, membarrier and /proc code (the rest of the crate is
+// compiled only on supported targets, so this is the only error).
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "shared_allocator supports Linux only: it is built on Linux's POSIX shared memory, futexes, open-file-description locks, membarrier and /proc."
+);
+#[cfg(all(target_os = "linux", not(target_pointer_width = "64")))]
+compile_error!(
+    "shared_allocator supports 64-bit targets only: its offsets, lock-free words and segment layout are 64 bits wide."
+);
+
+/// Emits each item only on supported targets (Linux, 64-bit); elsewhere the
+/// `compile_error!` above is the crate's only output.
+macro_rules! supported {
+    ($($item:item)*) => {
+        $(
+            #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+            $item
+        )*
+    };
+}
+
 /// `fail_point!(name)`: a named crash point (the `fail` crate) under the
 /// `failpoints` feature; nothing otherwise.
 #[cfg(feature = "failpoints")]
@@ -19,6 +42,7 @@ macro_rules! fail_point {
 }
 pub(crate) use fail_point;
 
+supported! {
 pub mod alloc;
 #[cfg(feature = "rkyv")]
 pub mod archive;
@@ -79,4 +103,5 @@ pub mod prelude {
         Arena, ArenaBox, ArenaPtr, BoxToken, RelPtr, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
         ShmVecReader, TokenSlot, VecToken,
     };
+}
 }

@@ -720,43 +720,109 @@ fn open_garbage_file() {
     assert_eq!(BumpAllocator::open(name.as_str()).unwrap_err(), want);
 }
 
+/// Takes (or, with `F_UNLCK`, releases) the init lock a creator holds from
+/// `shm_open` until it publishes the header (byte 2^40 - 1 of the object).
+fn init_lock(file: &std::fs::File, l_type: i16) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let fl = nix::libc::flock {
+        l_type,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: (1 << 40) - 1,
+        l_len: 1,
+        l_pid: 0,
+    };
+    fcntl(file, FcntlArg::F_OFD_SETLK(&fl)).unwrap();
+}
+
 #[test]
 fn open_never_initialised_file() {
-    // A creator that died after ftruncate, before writing anything: all zeros.
+    // An all-zero object that nobody initialises: not ours, or a creator that died
+    // after ftruncate. Refused after the short grace, long before the open timeout.
     let name = ShmName::new("bad-zeros");
     let mut file = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .open(shm_path(name.as_str()))
         .unwrap();
     file.set_len(64 << 10).unwrap();
+    let long = opts(60_000); // the old code waited this whole minute
     for open in [
-        |n: &str| FreeListAllocator::open_with(n, &opts(150)).map(drop),
-        |n: &str| SlabAllocator::open_with(n, &opts(150)).map(drop),
-        |n: &str| BumpAllocator::open_with(n, &opts(150)).map(drop),
+        |n: &str, o: &OpenOptions| FreeListAllocator::open_with(n, o).map(drop),
+        |n: &str, o: &OpenOptions| SlabAllocator::open_with(n, o).map(drop),
+        |n: &str, o: &OpenOptions| BumpAllocator::open_with(n, o).map(drop),
     ] {
-        match open(name.as_str()).unwrap_err() {
-            SegmentError::InitTimeout {
-                name: n,
-                waited_ms,
-                creator_pid,
-                size,
-            } => {
-                assert_eq!(n, format!("/{}", name.as_str()));
-                assert!(waited_ms >= 150);
-                assert_eq!(creator_pid, 0);
-                assert_eq!(size, 64 << 10);
+        assert_eq!(
+            open(name.as_str(), &long).unwrap_err(),
+            SegmentError::Uninitialized {
+                name: format!("/{}", name.as_str()),
+                size: 64 << 10
             }
-            e => panic!("expected InitTimeout, got {e:?}"),
-        }
+        );
     }
     // A creator that died before ftruncate: an empty object.
     file.set_len(0).unwrap();
     file.flush().unwrap();
     assert!(matches!(
-        FreeListAllocator::open_with(name.as_str(), &opts(100)),
-        Err(SegmentError::InitTimeout { size: 0, .. })
+        FreeListAllocator::open_with(name.as_str(), &long),
+        Err(SegmentError::Uninitialized { size: 0, .. })
     ));
+    // While some process holds the init lock (a creator still at work), open waits
+    // for it, up to the timeout, whatever the object looks like.
+    init_lock(&file, nix::libc::F_WRLCK as i16);
+    match FreeListAllocator::open_with(name.as_str(), &opts(300)).unwrap_err() {
+        SegmentError::InitTimeout {
+            waited_ms, size, ..
+        } => {
+            assert!(waited_ms >= 300);
+            assert_eq!(size, 0);
+        }
+        e => panic!("expected InitTimeout, got {e:?}"),
+    }
+    file.set_len(64 << 10).unwrap();
+    match BumpAllocator::open_with(name.as_str(), &opts(300)).unwrap_err() {
+        SegmentError::InitTimeout {
+            waited_ms,
+            creator_pid,
+            size,
+            ..
+        } => {
+            assert!(waited_ms >= 300);
+            assert_eq!((creator_pid, size), (0, 64 << 10));
+        }
+        e => panic!("expected InitTimeout, got {e:?}"),
+    }
+    init_lock(&file, nix::libc::F_UNLCK as i16);
+    assert!(matches!(
+        BumpAllocator::open_with(name.as_str(), &long),
+        Err(SegmentError::Uninitialized { .. })
+    ));
+}
+
+#[test]
+fn open_waits_for_a_creator_that_holds_the_init_lock_then_succeeds() {
+    // A real creator racing many openers: none of them may see "uninitialised".
+    for round in 0..20 {
+        let name = ShmName::new(&format!("bad-race-{round}"));
+        let n = name.as_str().to_owned();
+        let openers: Vec<_> = (0..3)
+            .map(|_| {
+                let n = n.clone();
+                std::thread::spawn(move || loop {
+                    match FreeListAllocator::open(&n) {
+                        Ok(_) => return,
+                        Err(SegmentError::NotFound { .. }) => std::thread::yield_now(),
+                        Err(e) => panic!("open during create: {e:?}"),
+                    }
+                })
+            })
+            .collect();
+        let a = FreeListAllocator::create(&n, 1 << 20).unwrap();
+        for t in openers {
+            t.join().unwrap();
+        }
+        drop(a);
+    }
 }
 
 // ----------------------------------------------------------------- names

@@ -4,16 +4,17 @@ use std::sync::{Mutex, PoisonError};
 
 use pyo3::prelude::*;
 
+use shared_allocator::alloc::BUMP_MAX_CAPACITY;
 use shared_allocator::{AllocError, BumpAllocator, ShmAllocator};
 
 use crate::common::allocator_class;
-use crate::core::{align_arg, int_arg, offsets_array, opt_int, size_arg, Handle};
+use crate::core::{align_arg, int_arg, offsets_array, opt_int, param, size_arg, Handle};
 use crate::errors;
 
 /// Bump (linear) allocator in POSIX shared memory.
 ///
 /// ``BumpAllocator(name, capacity=1024*1024, create=True)``: with ``create=True``
-/// makes the segment ``name`` with ``capacity`` bytes of data (``ExistsError``, a
+/// makes the segment ``name`` with ``capacity`` bytes of data (at most 32 GiB - 1) (``ExistsError``, a
 /// ``FileExistsError``, if the name is taken); with ``create=False`` opens it
 /// (``NotFoundError``, a ``FileNotFoundError``, if missing; ``capacity`` is then read
 /// from the segment).
@@ -38,7 +39,7 @@ fn out_of_memory(e: &AllocError) -> bool {
 
 allocator_class!(PyBump, "BumpAllocator", {
     #[new]
-    #[pyo3(signature = (name, capacity = None, create = true), text_signature = "(name, capacity=1024*1024, create=True)")]
+    #[pyo3(signature = (name, capacity = None, create = true), text_signature = "(name, capacity=1048576, create=True)")]
     fn new(
         py: Python<'_>,
         name: &str,
@@ -47,14 +48,14 @@ allocator_class!(PyBump, "BumpAllocator", {
     ) -> PyResult<Self> {
         let name = name.to_owned();
         let opened = if create {
-            let cap = opt_int(py, capacity, 1024 * 1024, "capacity")?;
-            let cap = u64::try_from(cap).ok().filter(|&c| c > 0).ok_or_else(|| {
-                errors::err(
-                    py,
-                    errors::Kind::InvalidArgument,
-                    format!("capacity must be positive, got {cap}"),
-                )
-            })?;
+            let cap = param(
+                py,
+                capacity,
+                1024 * 1024,
+                "capacity",
+                BUMP_MAX_CAPACITY,
+                "32 GiB - 1",
+            )?;
             py.detach(|| {
                 let a = BumpAllocator::create(&name, cap)?;
                 match BumpAllocator::open(&name) {

@@ -85,9 +85,11 @@ macro_rules! allocator_class {
                 Ok(self.h.get(py)?.alloc.used_bytes())
             }
 
-            /// Bytes still available for allocation (possibly fragmented).
+            /// Bytes still available for allocation (possibly fragmented), at most
+            /// ``capacity`` (the data region may be a little larger than ``capacity``,
+            /// which counts what the constructor asked for).
             fn available_bytes(&self, py: Python<'_>) -> PyResult<u64> {
-                Ok(self.h.get(py)?.alloc.available_bytes())
+                Ok(self.h.get(py)?.alloc.available_bytes().min(self.capacity()))
             }
 
             /// The segment name as given to the constructor.

@@ -148,7 +148,10 @@ impl<A: ShmAllocator> Core<A> {
         o.get() - self.base
     }
 
-    /// Copies `data` to Python offset `rel`.
+    /// Copies `data` to Python offset `rel`: `bytes` directly, any other object
+    /// with the buffer protocol (`bytearray`, `memoryview`, `array.array`, numpy
+    /// arrays of any dtype and strides, a `SharedView`) through a copy of its bytes
+    /// in C order, taken with the GIL held.
     pub(crate) fn write(&self, py: Python<'_>, rel: i64, data: &Bound<'_, PyAny>) -> PyResult<()> {
         if let Ok(b) = data.cast::<PyBytes>() {
             return self.write_slice(py, rel, b.as_bytes());
@@ -157,16 +160,8 @@ impl<A: ShmAllocator> Core<A> {
             // A bytearray can be resized by other Python code: copy it out first.
             return self.write_slice(py, rel, &b.to_vec());
         }
-        match pyo3::buffer::PyBuffer::<u8>::get(data) {
-            Ok(buf) => {
-                let v = buf.to_vec(py)?;
-                self.write_slice(py, rel, &v)
-            }
-            Err(_) => Err(PyTypeError::new_err(format!(
-                "data must be bytes or a bytes-like object, not {}",
-                data.get_type().name()?
-            ))),
-        }
+        let bytes = exported_bytes(data)?;
+        self.write_slice(py, rel, &bytes)
     }
 
     fn write_slice(&self, py: Python<'_>, rel: i64, bytes: &[u8]) -> PyResult<()> {
@@ -335,6 +330,35 @@ pub(crate) fn offsets_array<'py>(py: Python<'py>, v: &[u64]) -> PyResult<Bound<'
     array.bind(py).call1(("Q", bytes))
 }
 
+/// A creation parameter (a size or a count): `default` when `None` or missing,
+/// else an integer in `1..=max`. Anything else is `InvalidArgumentError` naming the
+/// argument and its limit (`limit` says `max` for people, e.g. "32 GiB - 1").
+pub(crate) fn param(
+    py: Python<'_>,
+    v: Option<&Bound<'_, PyAny>>,
+    default: u64,
+    what: &str,
+    max: u64,
+    limit: &str,
+) -> PyResult<u64> {
+    let v = match v {
+        Some(v) if !v.is_none() => v,
+        _ => return Ok(default),
+    };
+    let got = match v.extract::<i64>() {
+        Ok(x) => u64::try_from(x).ok().filter(|&x| (1..=max).contains(&x)),
+        Err(e) if e.is_instance_of::<PyOverflowError>(py) => None,
+        Err(e) => return Err(e),
+    };
+    got.ok_or_else(|| {
+        errors::err(
+            py,
+            Kind::InvalidArgument,
+            format!("{what} must be between 1 and {max} ({limit}), got {v}"),
+        )
+    })
+}
+
 /// An optional integer argument (`None` or missing: `default`), as [`int_arg`].
 #[inline]
 pub(crate) fn opt_int(
@@ -373,4 +397,52 @@ pub(crate) fn align_arg(py: Python<'_>, alignment: i64) -> PyResult<usize> {
             format!("alignment must be a power of 2 and at most 4096, got {alignment}"),
         )),
     }
+}
+
+/// The bytes of any object with the buffer protocol, in C order, copied by
+/// `PyBuffer_ToContiguous` (so any item format and any strides), or `TypeError`.
+///
+/// Copied rather than borrowed: the exporter may be mutable memory (a numpy array,
+/// another process's shared memory through a `SharedView`), which Rust must not
+/// hold a `&[u8]` to while someone else may write it.
+fn exported_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    use pyo3::ffi;
+    // SAFETY: `Py_buffer` is a plain C struct for which all-zero is a valid (empty)
+    // value; `PyObject_GetBuffer` fills it.
+    let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
+    // SAFETY:
+    // - `obj` is a live object, borrowed for the call with the GIL held (`Bound`);
+    // - `view` points to a writable `Py_buffer` at a stable heap address (boxed),
+    //   released below exactly once if this call succeeds.
+    let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_STRIDES) };
+    if rc != 0 {
+        let cause = PyErr::take(obj.py());
+        let ty = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        let e = PyTypeError::new_err(format!(
+            "data must be bytes or support the buffer protocol (bytearray, memoryview, \
+             array.array, numpy arrays), not {ty}"
+        ));
+        e.set_cause(obj.py(), cause);
+        return Err(e);
+    }
+    let len = usize::try_from(view.len).unwrap_or(0);
+    let mut out = vec![0u8; len];
+    // SAFETY:
+    // - `view` was filled by the successful `PyObject_GetBuffer` above and `out`
+    //   holds exactly `view.len` writable bytes, the size `PyBuffer_ToContiguous`
+    //   writes;
+    // - the GIL is held for the copy, as the C API requires.
+    let rc =
+        unsafe { ffi::PyBuffer_ToContiguous(out.as_mut_ptr().cast(), &*view, view.len, b'C' as _) };
+    // SAFETY: `view` was filled by a successful `PyObject_GetBuffer` and is released
+    // exactly once, here, with the GIL held.
+    unsafe { ffi::PyBuffer_Release(&mut *view) };
+    if rc != 0 {
+        return Err(PyErr::fetch(obj.py()));
+    }
+    Ok(out)
 }

@@ -122,6 +122,7 @@ pub(crate) fn segment(py: Python<'_>, e: SegmentError) -> PyErr {
         SegmentError::WrongKind { .. } => err(py, Kind::WrongAllocator, msg),
         SegmentError::InitTimeout { .. } => err(py, Kind::NotReady, msg),
         SegmentError::BadMagic { .. }
+        | SegmentError::Uninitialized { .. }
         | SegmentError::VersionMismatch { .. }
         | SegmentError::SizeMismatch { .. }
         | SegmentError::CorruptHeader { .. } => err(py, Kind::Corrupted, msg),

@@ -18,7 +18,9 @@ use shared_allocator::typed::Roots;
 use shared_allocator::{AllocError, FreeListAllocator, Offset, ShmAllocator, ShmFree};
 
 use crate::common::allocator_class;
-use crate::core::{align_arg, int_arg, offsets_arg, offsets_array, opt_int, size_arg, Handle};
+use crate::core::{
+    align_arg, int_arg, offsets_arg, offsets_array, opt_int, param, size_arg, Handle,
+};
 use crate::errors::{self, Kind};
 
 /// Name of the root holding `[state, slot_size, num_slots, live_slots]`.
@@ -32,6 +34,8 @@ const BUSY: u64 = 1;
 /// apply: slot_size 256, num_slots = capacity // 256.
 const META_WAIT: Duration = Duration::from_secs(2);
 const PAGE: u64 = 4096;
+/// Largest data region of a free list (`FreeListAllocator::create` refuses more).
+const MAX_DATA: u64 = (1 << 36) - PAGE;
 
 /// Bytes of data region for `num_slots` blocks of `slot_size` bytes: the blocks as
 /// the free list packs them (size class per page, or whole pages), plus a page for
@@ -172,7 +176,7 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
     #[new]
     #[pyo3(
         signature = (name, capacity = None, slot_size = None, num_slots = None, create = true),
-        text_signature = "(name, capacity=10*1024*1024, slot_size=256, num_slots=None, create=True)"
+        text_signature = "(name, capacity=10485760, slot_size=256, num_slots=None, create=True)"
     )]
     fn new(
         py: Python<'_>,
@@ -185,20 +189,37 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
         let name = name.to_owned();
         let bad = |msg: String| errors::err(py, Kind::InvalidArgument, msg);
         let alloc = if create {
-            let cap = opt_int(py, capacity, 10 * 1024 * 1024, "capacity")?;
-            let slot = opt_int(py, slot_size, 256, "slot_size")?;
-            if slot <= 0 {
-                return Err(bad(format!("slot_size must be positive, got {slot}")));
-            }
-            let n = opt_int(py, num_slots, cap / slot, "num_slots")?;
-            if n <= 0 {
-                return Err(bad(format!(
-                    "num_slots must be positive (capacity {cap} / slot_size {slot} = {n})"
-                )));
-            }
-            let (slot, n) = (slot as u64, n as u64);
+            let slot = param(py, slot_size, 256, "slot_size", MAX_DATA, "64 GiB - 4 KiB")?;
+            let default = 10 * 1024 * 1024;
+            let cap = param(
+                py,
+                capacity,
+                default,
+                "capacity",
+                MAX_DATA,
+                "64 GiB - 4 KiB",
+            )?;
+            let n = match num_slots {
+                Some(v) if !v.is_none() => param(py, Some(v), 0, "num_slots", MAX_DATA, "2**36")?,
+                _ => {
+                    if cap < slot {
+                        return Err(bad(format!(
+                            "capacity {cap} is smaller than slot_size {slot}: no slot fits \
+                             (num_slots defaults to capacity // slot_size); pass a larger \
+                             capacity, a smaller slot_size or num_slots"
+                        )));
+                    }
+                    cap / slot
+                }
+            };
             let bytes = data_capacity(slot, n)
-                .ok_or_else(|| bad(format!("slot_size {slot} x num_slots {n} is too large")))?;
+                .filter(|&b| b <= MAX_DATA)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "slot_size {slot} x num_slots {n} needs more than the free list's limit \
+                     of {MAX_DATA} bytes (64 GiB - 4 KiB) of data region"
+                    ))
+                })?;
             let made = py.detach(|| {
                 let a = FreeListAllocator::create(&name, bytes)?;
                 Ok(a)

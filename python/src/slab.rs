@@ -5,13 +5,19 @@ use pyo3::prelude::*;
 use shared_allocator::{AllocError, Offset, ShmAllocator, ShmFree, SlabAllocator};
 
 use crate::common::allocator_class;
-use crate::core::{align_arg, int_arg, offsets_arg, offsets_array, opt_int, size_arg, Handle};
+use crate::core::{
+    align_arg, int_arg, offsets_arg, offsets_array, opt_int, param, size_arg, Handle,
+};
+
+/// Largest data region of a slab allocator (slots rounded up to 8 bytes): 1 TiB.
+const SLAB_MAX_DATA: u64 = 1 << 40;
 use crate::errors::{self, Kind};
 
 /// Fixed-size slot ("slab") allocator in POSIX shared memory.
 ///
 /// ``SlabAllocator(name, slab_size=256, num_slabs=4096, create=True)``: ``num_slabs``
-/// slots of ``slab_size`` bytes, tracked by an atomic bitmap. With ``create=False``
+/// slots of ``slab_size`` bytes, tracked by an atomic bitmap (each at most 2**32,
+/// 1 TiB in all). With ``create=False``
 /// both are read from the segment.
 ///
 /// Every allocation takes one whole slab; requests larger than ``slab_size`` raise
@@ -57,16 +63,21 @@ allocator_class!(PySlab, "SlabAllocator", {
     ) -> PyResult<Self> {
         let name = name.to_owned();
         let a = if create {
-            let size = opt_int(py, slab_size, 256, "slab_size")?;
-            let count = opt_int(py, num_slabs, 4096, "num_slabs")?;
-            if size <= 0 || count <= 0 {
+            let size = param(py, slab_size, 256, "slab_size", 1 << 32, "4 GiB")?;
+            let count = param(py, num_slabs, 4096, "num_slabs", 1 << 32, "2**32")?;
+            let stride = size.next_multiple_of(8);
+            if stride.saturating_mul(count) > SLAB_MAX_DATA {
                 return Err(errors::err(
                     py,
                     Kind::InvalidArgument,
-                    format!("slab_size and num_slabs must be positive, got {size} and {count}"),
+                    format!(
+                        "slab_size {size} x num_slabs {count} needs {} bytes, more than the \
+                         limit of {SLAB_MAX_DATA} (1 TiB)",
+                        stride as u128 * count as u128
+                    ),
                 ));
             }
-            py.detach(|| SlabAllocator::create(&name, size as u64, count as u64))
+            py.detach(|| SlabAllocator::create(&name, size, count))
         } else {
             py.detach(|| SlabAllocator::open(&name))
         };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::PyMemoryView;
 
 use shared_allocator::{Offset, ShmAllocator};
 
@@ -108,6 +109,26 @@ impl SharedView {
     /// Number of bytes.
     fn __len__(&self) -> usize {
         self.len
+    }
+
+    /// ``v[i]`` (an ``int``) or ``v[start:stop:step]`` (a ``memoryview`` of the same
+    /// shared bytes), as on ``multiprocessing.shared_memory.SharedMemory.buf``.
+    /// A slice holds a buffer of this view until it is released or collected.
+    fn __getitem__<'py>(
+        slf: &Bound<'py, Self>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        PyMemoryView::from(slf.as_any())?.get_item(key)
+    }
+
+    /// ``v[i] = byte`` or ``v[start:stop] = data`` (same length), written straight
+    /// into shared memory; ``TypeError`` on a read-only view.
+    fn __setitem__(
+        slf: &Bound<'_, Self>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        PyMemoryView::from(slf.as_any())?.set_item(key, value)
     }
 
     /// Ends the view: its block may then be freed and its allocator reset.

@@ -251,13 +251,19 @@ def test_view_release_twice_and_use_after_release(alloc):
         memoryview(v)
 
 
-def test_segment_never_initialised_raises_not_ready(name):
-    # A zeroed object of the right size looks like a creator that never finished.
+def test_segment_never_initialised_is_refused_without_the_open_timeout(name):
+    # A zeroed object of the right size that no process is initialising: not one of
+    # ours (or its creator died). Refused as CorruptedError after a short grace
+    # (about 0.1 s), not after the 2 s open timeout with NotReadyError.
     with open(f"/dev/shm/{name}", "wb") as f:
         f.write(bytes(16384))
-    with pytest.raises(sa.NotReadyError) as e:
-        SlabAllocator(name, create=False)  # after the open timeout (2 s)
-    assert isinstance(e.value, TimeoutError)
+    for cls in (SlabAllocator, BumpAllocator, FreeListAllocator):
+        with pytest.raises(sa.CorruptedError, match="not initialised and no process is initialising it"):
+            cls(name, create=False)
+    # An empty object (a creator that died right after shm_open): the same.
+    open(f"/dev/shm/{name}", "wb").close()
+    with pytest.raises(sa.CorruptedError, match=r"\(0 bytes\)"):
+        BumpAllocator(name, create=False)
 
 
 def test_wrong_arity_raises_type_error(alloc):

@@ -172,6 +172,9 @@ pub struct Segment {
     map: MmapRaw,
     layout: Layout,
     file: File,
+    /// The creator's `shm_open` description, which holds the init lock from right
+    /// after `shm_open` until [`Segment::publish`] (`None` for opened segments).
+    init: Option<File>,
     /// The mode this handle saw decided (`SegmentMode as u8`; 0: not yet). A
     /// decided mode never changes, so one local load answers later checks.
     mode_seen: std::sync::atomic::AtomicU8,
@@ -180,6 +183,54 @@ pub struct Segment {
 /// A fresh open file description of the object behind `file` (never shared with the
 /// mapping). Through `/proc/self/fd`, which names the same object even if it was
 /// unlinked or its name re-used meanwhile.
+/// Byte of the object that its creator locks (OFD write lock) from `shm_open` until
+/// the header is published: an opener that finds the header unpublished and this
+/// byte unlocked knows nobody is initialising the object (not one of ours, or its
+/// creator died) and fails at once instead of waiting. Just below the registry's
+/// liveness lock bytes (`crate::process`); `fcntl` locks may lie beyond EOF.
+const INIT_LOCK_BYTE: i64 = (1 << 40) - 1;
+
+/// How long `open` still waits for a header while nobody holds the init lock: only
+/// the few instructions between a creator's `shm_open` and its taking the lock.
+const UNLOCKED_GRACE: Duration = Duration::from_millis(100);
+
+/// Sets (`F_WRLCK`), releases (`F_UNLCK`) or, with `get`, queries the init lock.
+/// Returns the lock type found by a query (`F_UNLCK` when nobody holds it).
+fn init_lock(file: &File, l_type: i16, get: bool) -> Result<i16, Errno> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use std::os::fd::AsFd;
+    let mut fl = nix::libc::flock {
+        l_type,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: INIT_LOCK_BYTE,
+        l_len: 1,
+        l_pid: 0,
+    };
+    if get {
+        fcntl(file.as_fd(), FcntlArg::F_OFD_GETLK(&mut fl))?;
+    } else {
+        fcntl(file.as_fd(), FcntlArg::F_OFD_SETLK(&fl))?;
+    }
+    Ok(fl.l_type)
+}
+
+/// Whether some process holds the init lock of the object behind `file`. An error
+/// of the query counts as held (keep waiting, bounded by the open timeout).
+fn being_initialised(file: &File) -> bool {
+    init_lock(file, nix::libc::F_WRLCK as i16, true)
+        .map_or(true, |t| t != nix::libc::F_UNLCK as i16)
+}
+
+/// Whether `open` should give up on an unpublished object: nobody holds its init
+/// lock, after the grace period, on two passes in a row (`seen` carries the first).
+fn nobody_initialising(file: &File, start: Instant, seen: &mut bool) -> bool {
+    if start.elapsed() < UNLOCKED_GRACE || being_initialised(file) {
+        *seen = false;
+        return false;
+    }
+    std::mem::replace(seen, true)
+}
+
 fn lock_description(file: &File) -> Result<File, SegmentError> {
     use std::os::fd::AsRawFd;
     std::fs::OpenOptions::new()
@@ -325,6 +376,13 @@ impl Segment {
         })?;
         let file = File::from(fd);
         let result = (|| {
+            // First, before the object has a size: openers wait while this is held.
+            init_lock(&file, nix::libc::F_WRLCK as i16, false).map_err(|errno| {
+                SegmentError::Os {
+                    op: "fcntl(F_OFD_SETLK)",
+                    errno,
+                }
+            })?;
             // The umask may have narrowed (or a strange one widened) the mode: set it exactly.
             file.set_permissions(std::fs::Permissions::from_mode(opts.mode))
                 .map_err(|e| io_err("fchmod", e))?;
@@ -334,11 +392,12 @@ impl Segment {
             Ok((map, lock_description(&file)?))
         })();
         match result {
-            Ok((map, file)) => Ok(Segment {
+            Ok((map, lock_file)) => Ok(Segment {
                 name,
                 map,
                 layout,
-                file,
+                file: lock_file,
+                init: Some(file),
                 mode_seen: Default::default(),
             }),
             Err(e) => {
@@ -351,6 +410,11 @@ impl Segment {
     /// Publishes the header: after this, `open` in any process succeeds.
     pub(crate) fn publish(&self) {
         self.layout.write_to(self.header());
+        if let Some(f) = &self.init {
+            // Released after the header is written: an opener that sees the lock
+            // free re-reads the header and finds it published.
+            let _ = init_lock(f, nix::libc::F_UNLCK as i16, false);
+        }
     }
 
     /// Opens the object `name`, waits (bounded) until its creator published it, and
@@ -367,6 +431,9 @@ impl Segment {
         check_owner_and_mode(&file, &name, opts)?;
         let start = Instant::now();
         let mut pause = Duration::from_micros(50);
+        // Set when a pass found the init lock free: the next pass (which re-reads the
+        // header, published before the lock is released) decides.
+        let mut unlocked_seen = false;
         loop {
             let size = file.metadata().map_err(|e| io_err("fstat", e))?.len();
             if size >= HEADER_REGION {
@@ -386,6 +453,7 @@ impl Segment {
                     name: name.clone(),
                     map,
                     file,
+                    init: None,
                     mode_seen: Default::default(),
                     layout: Layout {
                         kind,
@@ -426,6 +494,11 @@ impl Segment {
                     });
                 }
                 file = provisional.file;
+                if nobody_initialising(&file, start, &mut unlocked_seen) {
+                    return Err(SegmentError::Uninitialized { name, size });
+                }
+            } else if nobody_initialising(&file, start, &mut unlocked_seen) {
+                return Err(SegmentError::Uninitialized { name, size });
             } else if start.elapsed() >= opts.timeout {
                 return Err(SegmentError::InitTimeout {
                     name,

@@ -8,7 +8,8 @@ views (``SharedView``) and batch calls. See the package README.
 
 from __future__ import annotations
 
-from . import _errors
+from importlib import metadata as _metadata
+
 from ._errors import (
     ClosedError,
     CorruptedError,
@@ -32,13 +33,30 @@ from ._native import (
     SlabAllocator,
 )
 
-__version__ = "0.2.0"
+try:
+    __version__: str = _metadata.version("shared_allocator")
+except _metadata.PackageNotFoundError:  # imported from a source tree, not installed
+    __version__ = "0.0.0+unknown"
 
+# Listed name by name (not built from _errors.__all__) so that type checkers
+# (mypy --strict, pyright) see every re-export.
 __all__ = [
     "BumpAllocator",
     "FreeListAllocator",
     "SlabAllocator",
     "SharedView",
     "GIL_RELEASE_THRESHOLD",
-    *_errors.__all__,
+    "SharedAllocatorError",
+    "InvalidArgumentError",
+    "OutOfBoundsError",
+    "NotAllocatedError",
+    "DoubleFreeError",
+    "WrongAllocatorKindError",
+    "ExistsError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ClosedError",
+    "CorruptedError",
+    "NotReadyError",
+    "ExportedViewsError",
 ]

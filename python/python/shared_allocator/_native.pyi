@@ -1,11 +1,23 @@
 """Type stubs for the Rust extension ``shared_allocator._native``."""
 
+import sys
 from array import array
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Literal, final
+from typing import Any, Literal, Protocol, SupportsIndex, final, overload
 
-from typing_extensions import Buffer, Self
+from typing_extensions import Buffer, Self, TypeAlias
+
+class _ArrayInterface(Protocol):
+    # numpy's stubs declare ndarray.__buffer__ only for Python 3.12+; on 3.11 an
+    # array is recognised by its array interface (numpy arrays export a buffer).
+    @property
+    def __array_interface__(self) -> dict[str, Any]: ...
+
+if sys.version_info >= (3, 12):
+    _Data: TypeAlias = Buffer
+else:
+    _Data: TypeAlias = Buffer | _ArrayInterface
 
 __all__ = [
     "BumpAllocator",
@@ -38,6 +50,18 @@ class SharedView:
         """Whether ``release()`` was called."""
     def __len__(self) -> int:
         """Number of bytes."""
+    @overload
+    def __getitem__(self, key: SupportsIndex, /) -> int:
+        """The byte at ``key``."""
+    @overload
+    def __getitem__(self, key: slice, /) -> memoryview:
+        """A ``memoryview`` of the same shared bytes."""
+    @overload
+    def __setitem__(self, key: SupportsIndex, value: SupportsIndex, /) -> None:
+        """Stores one byte."""
+    @overload
+    def __setitem__(self, key: slice, value: Buffer, /) -> None:
+        """Stores as many bytes as the slice has."""
     def release(self) -> None:
         """Ends the view; ``BufferError`` while buffers taken from it still exist."""
     def __enter__(self) -> Self:
@@ -73,7 +97,7 @@ class _Allocator:
     @property
     def exported_views(self) -> int:
         """Number of live ``SharedView`` objects made through this object."""
-    def write(self, offset: int, data: Buffer) -> None:
+    def write(self, offset: int, data: _Data) -> None:
         """Copies ``data`` to ``offset`` (inside one allocated block)."""
     def read(self, offset: int, size: int) -> bytes:
         """Returns ``size`` bytes at ``offset`` (inside one allocated block)."""
