@@ -46,6 +46,8 @@ supported! {
 pub mod alloc;
 #[cfg(feature = "rkyv")]
 pub mod archive;
+#[doc = include_str!("../docs/safety.md")]
+pub mod safety_model {}
 pub mod channel;
 pub mod error;
 pub mod process;

@@ -11,7 +11,7 @@ so each runs in its own virtualenv:
     python python/bench/bench_seed.py --run      # JSON for the importable package only
 
 Run the first form from the repository root with the package installed in the
-current interpreter (``scripts/test-all`` leaves it in target/py-venv). The two
+current interpreter (``scripts/test-all`` leaves it in target/wheel-venv). The two
 packages run alternately, RUNS times each, so that load changes on a shared
 machine hit both; each number is the median over all rounds of all runs. Rounds
 are timed in CPU time of the benchmarking process (``time.process_time_ns``):
