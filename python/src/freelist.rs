@@ -200,7 +200,7 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
                 "64 GiB - 4 KiB",
             )?;
             let n = match num_slots {
-                Some(v) if !v.is_none() => param(py, Some(v), 0, "num_slots", MAX_DATA, "2**36")?,
+                Some(v) if !v.is_none() => param(py, Some(v), 0, "num_slots", 1 << 36, "2**36")?,
                 _ => {
                     if cap < slot {
                         return Err(bad(format!(

@@ -217,8 +217,10 @@ fn init_lock(file: &File, l_type: i16, get: bool) -> Result<i16, Errno> {
 /// Whether some process holds the init lock of the object behind `file`. An error
 /// of the query counts as held (keep waiting, bounded by the open timeout).
 fn being_initialised(file: &File) -> bool {
-    init_lock(file, nix::libc::F_WRLCK as i16, true)
-        .map_or(true, |t| t != nix::libc::F_UNLCK as i16)
+    !matches!(
+        init_lock(file, nix::libc::F_WRLCK as i16, true),
+        Ok(t) if t == nix::libc::F_UNLCK as i16
+    )
 }
 
 /// Whether `open` should give up on an unpublished object: nobody holds its init
