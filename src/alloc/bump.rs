@@ -164,7 +164,7 @@ impl BumpAllocator {
             data_len: capacity,
             params: [0; 4],
         };
-        let seg = Segment::create(name, layout, opts)?;
+        let mut seg = Segment::create(name, layout, opts)?;
         // The metadata region is zero (fresh ftruncate): epoch 0, cursor 0.
         seg.publish();
         Self::from_segment(seg)

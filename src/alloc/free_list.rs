@@ -429,7 +429,7 @@ impl FreeListAllocator {
             params: [pages, depth, cache_key(), 0],
         };
         let seg = Segment::create(name, layout, opts)?;
-        let this = Self::from_segment(seg).inspect_err(|_| {
+        let mut this = Self::from_segment(seg).inspect_err(|_| {
             let _ = crate::segment::unlink(name);
         })?;
         // Pages past the end of the last hint word are permanently "in use"; every

@@ -182,7 +182,7 @@ impl SlabAllocator {
             params: [slot_size, slot_count, depth, cache_key()],
         };
         let seg = Segment::create(name, layout, opts)?;
-        let this = Self::from_segment(seg).inspect_err(|_| {
+        let mut this = Self::from_segment(seg).inspect_err(|_| {
             let _ = crate::segment::unlink(name);
         })?;
         // Bits past the last slot are permanently set, in the bitmap and the summary.

@@ -172,8 +172,9 @@ pub struct Segment {
     map: MmapRaw,
     layout: Layout,
     file: File,
-    /// The creator's `shm_open` description, which holds the init lock from right
-    /// after `shm_open` until [`Segment::publish`] (`None` for opened segments).
+    /// The creator's `shm_open` descriptor, whose open file description holds the
+    /// init lock from right after `shm_open` until [`Segment::publish`] (then, and
+    /// for opened segments, `None`).
     init: Option<File>,
     /// The mode this handle saw decided (`SegmentMode as u8`; 0: not yet). A
     /// decided mode never changes, so one local load answers later checks.
@@ -410,12 +411,13 @@ impl Segment {
     }
 
     /// Publishes the header: after this, `open` in any process succeeds.
-    pub(crate) fn publish(&self) {
+    pub(crate) fn publish(&mut self) {
         self.layout.write_to(self.header());
-        if let Some(f) = &self.init {
+        if let Some(f) = self.init.take() {
             // Released after the header is written: an opener that sees the lock
-            // free re-reads the header and finds it published.
-            let _ = init_lock(f, nix::libc::F_UNLCK as i16, false);
+            // free re-reads the header and finds it published. (Closing `f` would
+            // not release it: the mapping keeps the open file description.)
+            let _ = init_lock(&f, nix::libc::F_UNLCK as i16, false);
         }
     }
 
