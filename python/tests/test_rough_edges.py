@@ -18,24 +18,10 @@ import pytest
 
 import shared_allocator as sa
 from shared_allocator import BumpAllocator, FreeListAllocator, SharedView, SlabAllocator
+from test_bad_input import alloc  # noqa: F401  (the fixture: one allocator of each kind)
+from test_bad_input import sized as block
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(params=["bump", "freelist", "slab"])
-def alloc(request, name):
-    if request.param == "bump":
-        a = BumpAllocator(name, capacity=64 * 1024)
-    elif request.param == "freelist":
-        a = FreeListAllocator(name, capacity=64 * 1024, slot_size=256)
-    else:
-        a = SlabAllocator(name, slab_size=256, num_slabs=64)
-    yield a
-    a.close()
-
-
-def block(a, n=256):
-    return a.allocate() if isinstance(a, SlabAllocator) else a.allocate(n)
 
 
 # ------------------------------------------------------------- write(buffer)
