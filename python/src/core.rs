@@ -160,7 +160,17 @@ impl<A: ShmAllocator> Core<A> {
             // A bytearray can be resized by other Python code: copy it out first.
             return self.write_slice(py, rel, &b.to_vec());
         }
-        let bytes = exported_bytes(data)?;
+        let buf = ExportedBuffer::get(data)?;
+        let len = buf.len() as u64;
+        // Checked before copying, so that a huge buffer is refused without a copy.
+        if len > 0 {
+            let off = self.abs(py, rel, len)?;
+            self.alloc
+                .check_range(off, len)
+                .map_err(|e| errors::access(py, e, rel as u64, len))?;
+        }
+        let bytes = buf.to_vec(py)?;
+        drop(buf);
         self.write_slice(py, rel, &bytes)
     }
 
@@ -399,50 +409,76 @@ pub(crate) fn align_arg(py: Python<'_>, alignment: i64) -> PyResult<usize> {
     }
 }
 
-/// The bytes of any object with the buffer protocol, in C order, copied by
-/// `PyBuffer_ToContiguous` (so any item format and any strides), or `TypeError`.
-///
-/// Copied rather than borrowed: the exporter may be mutable memory (a numpy array,
-/// another process's shared memory through a `SharedView`), which Rust must not
-/// hold a `&[u8]` to while someone else may write it.
-fn exported_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
-    use pyo3::ffi;
-    // SAFETY: `Py_buffer` is a plain C struct for which all-zero is a valid (empty)
-    // value; `PyObject_GetBuffer` fills it.
-    let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
-    // SAFETY:
-    // - `obj` is a live object, borrowed for the call with the GIL held (`Bound`);
-    // - `view` points to a writable `Py_buffer` at a stable heap address (boxed),
-    //   released below exactly once if this call succeeds.
-    let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_STRIDES) };
-    if rc != 0 {
-        let cause = PyErr::take(obj.py());
-        let ty = obj
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_default();
-        let e = PyTypeError::new_err(format!(
-            "data must be bytes or support the buffer protocol (bytearray, memoryview, \
-             array.array, numpy arrays), not {ty}"
-        ));
-        e.set_cause(obj.py(), cause);
-        return Err(e);
+/// A buffer exported by a Python object (`PyObject_GetBuffer` with `PyBUF_STRIDES`:
+/// any item format, any strides), released on drop. Its bytes are only ever copied
+/// out (`to_vec`), in C order by `PyBuffer_ToContiguous`: the exporter may be
+/// mutable memory (a numpy array, another process's shared memory through a
+/// `SharedView`), which Rust must not hold a `&[u8]` to while someone may write it.
+struct ExportedBuffer(Box<pyo3::ffi::Py_buffer>);
+
+impl ExportedBuffer {
+    /// The buffer of `obj`, or `TypeError` if it has none.
+    fn get(obj: &Bound<'_, PyAny>) -> PyResult<ExportedBuffer> {
+        use pyo3::ffi;
+        // SAFETY: `Py_buffer` is a plain C struct for which all-zero is a valid
+        // (empty) value; `PyObject_GetBuffer` fills it.
+        let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
+        // SAFETY:
+        // - `obj` is a live object, borrowed for the call with the GIL held (`Bound`);
+        // - `view` points to a writable `Py_buffer` at a stable heap address (boxed,
+        //   never moved out), released exactly once in `Drop` if this call succeeds.
+        let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_STRIDES) };
+        if rc != 0 {
+            let cause = PyErr::take(obj.py());
+            let ty = obj
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            let e = PyTypeError::new_err(format!(
+                "data must be bytes or support the buffer protocol (bytearray, memoryview, \
+                 array.array, numpy arrays), not {ty}"
+            ));
+            e.set_cause(obj.py(), cause);
+            return Err(e);
+        }
+        Ok(ExportedBuffer(view))
     }
-    let len = usize::try_from(view.len).unwrap_or(0);
-    let mut out = vec![0u8; len];
-    // SAFETY:
-    // - `view` was filled by the successful `PyObject_GetBuffer` above and `out`
-    //   holds exactly `view.len` writable bytes, the size `PyBuffer_ToContiguous`
-    //   writes;
-    // - the GIL is held for the copy, as the C API requires.
-    let rc =
-        unsafe { ffi::PyBuffer_ToContiguous(out.as_mut_ptr().cast(), &*view, view.len, b'C' as _) };
-    // SAFETY: `view` was filled by a successful `PyObject_GetBuffer` and is released
-    // exactly once, here, with the GIL held.
-    unsafe { ffi::PyBuffer_Release(&mut *view) };
-    if rc != 0 {
-        return Err(PyErr::fetch(obj.py()));
+
+    /// Number of bytes.
+    fn len(&self) -> usize {
+        usize::try_from(self.0.len).unwrap_or(0)
     }
-    Ok(out)
+
+    /// A copy of the bytes in C order (the GIL is held: `py`).
+    fn to_vec(&self, py: Python<'_>) -> PyResult<Vec<u8>> {
+        let mut out = vec![0u8; self.len()];
+        // SAFETY:
+        // - `self.0` was filled by a successful `PyObject_GetBuffer` and is not yet
+        //   released (that happens in `Drop`);
+        // - `out` holds exactly `self.0.len` writable bytes, the size
+        //   `PyBuffer_ToContiguous` writes;
+        // - the GIL is held (`py`), as the C API requires.
+        let rc = unsafe {
+            pyo3::ffi::PyBuffer_ToContiguous(
+                out.as_mut_ptr().cast(),
+                &*self.0,
+                self.0.len,
+                b'C' as _,
+            )
+        };
+        if rc != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for ExportedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` was filled by a successful `PyObject_GetBuffer` and is
+        // released exactly once, here. An `ExportedBuffer` never leaves the function
+        // that made it (`Core::write`), which holds the GIL throughout.
+        unsafe { pyo3::ffi::PyBuffer_Release(&mut *self.0) };
+    }
 }

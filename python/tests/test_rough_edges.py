@@ -43,6 +43,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
         bytearray(b"bytearray"),
         b"plain bytes",
         b"",
+        memoryview(b""),
+        np.zeros(0, dtype=np.float64),
     ],
     ids=lambda d: type(d).__name__ + ":" + str(getattr(d, "dtype", getattr(d, "typecode", ""))),
 )
@@ -68,11 +70,16 @@ def test_write_refuses_non_buffers_with_type_error(alloc):
             alloc.write(o, bad)
 
 
-def test_write_of_a_too_large_array_is_out_of_bounds(name):
+def test_write_of_a_too_large_array_is_refused_before_copying(name):
     a = FreeListAllocator(name, capacity=64 * 1024)
     o = a.allocate(64)
     with pytest.raises(sa.NotAllocatedError):
         a.write(o, np.zeros(4096, dtype=np.float64))
+    # A 2**40-byte buffer (a broadcast view: no memory behind it) is refused by its
+    # length alone; copying it first would need 1 TiB.
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, dtype=np.uint8), shape=(2**40,), strides=(0,))
+    with pytest.raises(sa.OutOfBoundsError):
+        a.write(o, huge)
 
 
 # -------------------------------------------------------------- view slicing
