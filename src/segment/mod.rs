@@ -7,6 +7,7 @@
 //! [`unlink`], separate and explicit, as in the seed package.
 
 mod header;
+mod lifecycle;
 mod name;
 
 use std::fs::File;
@@ -28,6 +29,8 @@ pub use header::{
     REGISTRY_REGION, ROOTS_LEN, ROOTS_OFFSET,
 };
 pub(crate) use header::{RawHeader, STATE_INIT, STATE_READY};
+pub use lifecycle::{remove_if_stale, Staleness, STALE_GRACE};
+pub(crate) use lifecycle::open_or_create;
 pub use name::MAX_NAME_LEN;
 
 /// Chunk size of the byte-wise atomic copies in `write_bytes` / `read_bytes`.
