@@ -128,7 +128,7 @@ mod inspect;
 impl Drop for BumpAllocator {
     fn drop(&mut self) {
         let (member, seg) = (&mut self.member, &self.seg);
-        seg.close_with(|| member.leave(seg));
+        seg.close_with(member.current(), || member.leave(seg));
     }
 }
 
@@ -171,7 +171,7 @@ impl BumpAllocator {
         // The metadata region is zero (fresh ftruncate): epoch 0, cursor 0.
         seg.publish();
         let this = Self::from_segment(seg)?;
-        this.seg.attach_end()?;
+        this.seg.attach_end(this.member.current())?;
         Ok(this)
     }
 
@@ -230,7 +230,7 @@ impl BumpAllocator {
             });
         }
         let this = Self::from_segment(seg)?;
-        this.seg.attach_end()?;
+        this.seg.attach_end(this.member.current())?;
         Ok(this)
     }
 

@@ -447,7 +447,7 @@ impl FreeListAllocator {
             }
         }
         this.seg.publish();
-        this.seg.attach_end()?;
+        this.seg.attach_end(this.member.current())?;
         Ok(this)
     }
 
@@ -500,7 +500,7 @@ impl FreeListAllocator {
     /// As [`open`](Self::open).
     pub fn open_with(name: &str, opts: &OpenOptions) -> Result<Self, SegmentError> {
         let this = Self::from_segment(Segment::open_attaching(name, AllocatorKind::FreeList, opts)?)?;
-        this.seg.attach_end()?;
+        this.seg.attach_end(this.member.current())?;
         Ok(this)
     }
 
@@ -1908,7 +1908,7 @@ impl Drop for FreeListAllocator {
             }
         }
         let (member, seg) = (&mut self.member, &self.seg);
-        seg.close_with(|| member.leave(seg));
+        seg.close_with(member.current(), || member.leave(seg));
     }
 }
 

@@ -198,7 +198,7 @@ impl SlabAllocator {
             summary[summary.len() - 1].store(!0 << stail, Ordering::Relaxed);
         }
         this.seg.publish();
-        this.seg.attach_end()?;
+        this.seg.attach_end(this.member.current())?;
         Ok(this)
     }
 
@@ -261,7 +261,7 @@ impl SlabAllocator {
     /// As [`open`](Self::open).
     pub fn open_with(name: &str, opts: &OpenOptions) -> Result<Self, SegmentError> {
         let this = Self::from_segment(Segment::open_attaching(name, AllocatorKind::Slab, opts)?)?;
-        this.seg.attach_end()?;
+        this.seg.attach_end(this.member.current())?;
         Ok(this)
     }
 
@@ -749,7 +749,7 @@ impl Drop for SlabAllocator {
             }
         }
         let (member, seg) = (&mut self.member, &self.seg);
-        seg.close_with(|| member.leave(seg));
+        seg.close_with(member.current(), || member.leave(seg));
     }
 }
 

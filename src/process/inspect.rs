@@ -53,6 +53,9 @@ pub struct SlotInfo {
     pub alive: bool,
     /// Whether this is the calling handle's own slot.
     pub is_self: bool,
+    /// Whether the holder is an observer (a tool looking: see
+    /// [`set_observer_mode`](crate::segment::set_observer_mode)).
+    pub observer: bool,
     /// The operations in flight recorded in the slot.
     pub intents: Vec<IntentInfo>,
     /// Reader pins (views of shared-immutable memory) the holder counts.
@@ -70,9 +73,12 @@ pub struct RegistryInfo {
 }
 
 impl RegistryInfo {
-    /// Slots held by live handles other than the caller's own.
+    /// Slots held by live handles other than the caller's own and observers.
     pub fn live_others(&self) -> usize {
-        self.slots.iter().filter(|s| s.alive && !s.is_self).count()
+        self.slots
+            .iter()
+            .filter(|s| s.alive && !s.is_self && !s.observer)
+            .count()
     }
 
     /// Slots of dead handles not yet reclaimed.
@@ -107,6 +113,7 @@ pub(crate) fn registry_info(seg: &Segment, me: Option<usize>) -> RegistryInfo {
                 start_time_ns: w[W_START].load(Ordering::Relaxed),
                 alive: is_self || locked_by_other(seg.lock_fd(), i),
                 is_self,
+                observer: seg.is_observer(i),
                 intents,
                 pins: w[W_PINS].load(Ordering::Relaxed),
             })
@@ -125,10 +132,12 @@ pub(crate) fn registry_info(seg: &Segment, me: Option<usize>) -> RegistryInfo {
     }
 }
 
-/// Whether a live handle other than slot `me` is attached to `seg`.
-pub(crate) fn any_live(seg: &Segment, me: Option<usize>) -> bool {
+/// Whether a live handle other than slot `me` and the slots `skip` names is
+/// attached to `seg`.
+pub(crate) fn any_live(seg: &Segment, me: Option<usize>, skip: &dyn Fn(usize) -> bool) -> bool {
     (0..SLOTS).any(|i| {
         Some(i) != me
+            && !skip(i)
             && slot_words(seg, i)[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF != STATUS_FREE
             && locked_by_other(seg.lock_fd(), i)
     })

@@ -56,6 +56,24 @@ pub(crate) const FLAGS_WORD: u64 = 448;
 const _: () = assert!(std::mem::size_of::<RawHeader>() as u64 <= FLAGS_WORD);
 const _: () = assert!(FLAGS_WORD + 8 <= ROOTS_OFFSET);
 const FLAG_REMOVE_ON_LAST_CLOSE: u64 = 1;
+/// Two words after the flags: bit `i` set = registry slot `i` is held by an
+/// observer (a tool looking), which the last-close policy does not count.
+pub(crate) const OBSERVER_WORDS: u64 = FLAGS_WORD + 8;
+const _: () = assert!(crate::process::SLOTS <= 128);
+const _: () = assert!(OBSERVER_WORDS + 16 <= ROOTS_OFFSET);
+
+/// Whether handles this process opens from now on attach as observers.
+static OBSERVER_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// For tools that look at segments (`shm-alloc`): every handle this process
+/// creates or opens afterwards is an **observer**. Observers hold a registry slot
+/// like any handle (so they are safe to use), but the remove-on-last-close policy
+/// neither counts them as attached nor lets them apply it: looking at a segment
+/// never keeps its name alive, and never removes it.
+#[doc(hidden)]
+pub fn set_observer_mode(on: bool) {
+    OBSERVER_MODE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// The byte of the segment file whose OFD lock is the lifecycle lock (below the
 /// registry's slot-lock bytes at 2^40; locks may lie beyond the end of the file).
@@ -145,6 +163,18 @@ impl Segment {
         })
     }
 
+    /// The observer bit of registry slot `slot`: its word and mask.
+    fn observer_bit(&self, slot: usize) -> Option<(&std::sync::atomic::AtomicU64, u64)> {
+        let w = self.words(OBSERVER_WORDS, 2)?;
+        Some((w.get(slot / 64)?, 1 << (slot % 64)))
+    }
+
+    /// Whether registry slot `slot` is held by an observer (see [`set_observer_mode`]).
+    pub(crate) fn is_observer(&self, slot: usize) -> bool {
+        self.observer_bit(slot)
+            .is_some_and(|(w, m)| w.load(std::sync::atomic::Ordering::Acquire) & m != 0)
+    }
+
     /// The inode of the object this handle mapped.
     fn ino(&self) -> Option<u64> {
         self.file().metadata().ok().map(|m| m.ino())
@@ -169,7 +199,16 @@ impl Segment {
     ///
     /// # Errors
     /// [`SegmentError::NotFound`] when the object was removed meanwhile.
-    pub(crate) fn attach_end(&self) -> Result<(), SegmentError> {
+    pub(crate) fn attach_end(&self, slot: Option<usize>) -> Result<(), SegmentError> {
+        // Under the shared lock, so no remover sees the slot with a stale bit (a
+        // dead observer's, whose slot this handle took over).
+        if let Some((w, m)) = slot.and_then(|s| self.observer_bit(s)) {
+            if OBSERVER_MODE.load(std::sync::atomic::Ordering::Relaxed) {
+                w.fetch_or(m, std::sync::atomic::Ordering::AcqRel);
+            } else if w.load(std::sync::atomic::Ordering::Relaxed) & m != 0 {
+                w.fetch_and(!m, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
         let ok = self.ino().is_some_and(|ino| name_names(&self.name, ino));
         lifecycle_unlock(self.file().as_fd());
         if ok {
@@ -208,17 +247,18 @@ impl Segment {
         Ok(seg)
     }
 
-    /// How a handle leaves: `leave` frees its registry slot; with the policy set,
-    /// under the lifecycle lock, and the name is removed if no live handle is left.
-    pub(crate) fn close_with(&self, leave: impl FnOnce()) {
-        if !self.removes_on_last_close() {
+    /// How a handle leaves: `leave` frees its registry slot `me`; with the policy
+    /// set, under the lifecycle lock, and the name is removed if no live handle
+    /// (observers aside) is left. An observer only leaves.
+    pub(crate) fn close_with(&self, me: Option<usize>, leave: impl FnOnce()) {
+        if !self.removes_on_last_close() || me.is_some_and(|s| self.is_observer(s)) {
             leave();
             return;
         }
         let locked = lifecycle_lock(self.file().as_fd(), libc::F_WRLCK, CLOSE_WAIT).unwrap_or(false);
         leave();
         if locked {
-            if !crate::process::any_live(self, None)
+            if !crate::process::any_live(self, None, &|s| self.is_observer(s))
                 && self.ino().is_some_and(|ino| name_names(&self.name, ino))
             {
                 let _ = shm_unlink(self.name.as_str());
@@ -227,8 +267,8 @@ impl Segment {
         }
     }
 
-    /// Removes the name if no live handle other than the caller's own registry slot
-    /// `me` is attached, under the lifecycle lock (so no `open` can attach between
+    /// Removes the name if no live handle (observers aside) other than the
+    /// caller's own registry slot `me` is attached, under the lifecycle lock (so no `open` can attach between
     /// the check and the removal). Returns whether it removed the name.
     ///
     /// This is what `shm-alloc rm` (without `--force`) and `gc` use.
@@ -247,7 +287,7 @@ impl Segment {
             });
         }
         let result = (|| {
-            if crate::process::any_live(self, me) {
+            if crate::process::any_live(self, me, &|s| self.is_observer(s)) {
                 return Ok(false);
             }
             if !self.ino().is_some_and(|ino| name_names(&self.name, ino)) {

@@ -9,6 +9,7 @@
 mod header;
 mod lifecycle;
 mod name;
+pub mod peek;
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -29,7 +30,7 @@ pub use header::{
     REGISTRY_REGION, ROOTS_LEN, ROOTS_OFFSET,
 };
 pub(crate) use header::{RawHeader, STATE_INIT, STATE_READY};
-pub use lifecycle::{remove_if_stale, Staleness, STALE_GRACE};
+pub use lifecycle::{remove_if_stale, set_observer_mode, Staleness, STALE_GRACE};
 pub(crate) use lifecycle::open_or_create;
 pub use name::MAX_NAME_LEN;
 
