@@ -179,16 +179,16 @@ fn open(name: &str) -> Result<Handle, Fail> {
         }
         PeekKind::Ours(h) => h,
     };
-    if h.version != LAYOUT_VERSION {
-        return Err(Fail(format!(
-            "{}: layout version {}, this tool reads version {LAYOUT_VERSION}",
-            p.name, h.version
-        )));
-    }
     if !h.ready {
         return Err(Fail(format!(
             "{}: not initialised (being created, or its creator died; `gc` removes it once stale)",
             p.name
+        )));
+    }
+    if h.version != LAYOUT_VERSION {
+        return Err(Fail(format!(
+            "{}: layout version {}, this tool reads version {LAYOUT_VERSION}",
+            p.name, h.version
         )));
     }
     let o = open_opts();
@@ -354,14 +354,14 @@ fn list(prefix: &str) -> Result<Vec<ListRow>, Fail> {
             PeekKind::Ours(h) => {
                 row.kind = h.kind.map(|k| k.name().to_owned());
                 row.version = Some(h.version);
-                if h.version != LAYOUT_VERSION {
-                    row.status = format!("layout version {} (not opened)", h.version);
-                } else if !h.ready {
+                if !h.ready {
                     row.status = if p.age >= STALE_GRACE {
                         "uninitialised (creator dead or stalled)".into()
                     } else {
                         "initialising".into()
                     };
+                } else if h.version != LAYOUT_VERSION {
+                    row.status = format!("layout version {} (not opened)", h.version);
                 } else {
                     match open(&p.name) {
                         Ok(handle) => with!(&handle, a => {
@@ -437,7 +437,7 @@ fn gc(prefix: &str, dry_run: bool) -> Result<Vec<GcRow>, Fail> {
             PeekKind::NotOurs => continue,
             PeekKind::ForeignOwner => ("skipped", format!("owned by uid {}", p.uid)),
             PeekKind::WorldWritable => ("skipped", "writable by every user".to_owned()),
-            PeekKind::Ours(h) if h.version != LAYOUT_VERSION => {
+            PeekKind::Ours(h) if h.ready && h.version != LAYOUT_VERSION => {
                 ("skipped", format!("layout version {}", h.version))
             }
             PeekKind::Ours(h) if !h.ready => {

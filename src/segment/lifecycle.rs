@@ -244,6 +244,12 @@ impl Segment {
             let _ = shm_unlink(seg.name.as_str());
             return Err(e);
         }
+        // Our magic and version at once (the state stays INIT until `publish`):
+        // a creator that dies from here on leaves an object that tools recognise
+        // as a half-initialised one of ours (`shm-alloc list`, `gc`).
+        let h = seg.header();
+        h.version.store(super::LAYOUT_VERSION, std::sync::atomic::Ordering::Relaxed);
+        h.magic.store(MAGIC, std::sync::atomic::Ordering::Release);
         Ok(seg)
     }
 

@@ -107,9 +107,9 @@ impl FreeListAllocator {
                     if v >> BITS != tag_of(st) || v & (1 << (i % BITS)) == 0 {
                         bad("is free in its span's bitmap");
                     }
-                    if self.mark(off).map(|m| m.load(Ordering::Acquire)) != Some(self.key ^ off) {
-                        bad("lost its cache mark");
-                    }
+                    // (Its cache mark is not checked: a push writes it after the
+                    // count, so a handle killed in between leaves a cached block
+                    // without one, which is harmless.)
                 }
             }
         }
