@@ -175,6 +175,13 @@ impl Segment {
             .is_some_and(|(w, m)| w.load(std::sync::atomic::Ordering::Acquire) & m != 0)
     }
 
+    /// The inode of the object this handle mapped: tells it from a later object
+    /// under the same name. For tools and bindings.
+    #[doc(hidden)]
+    pub fn inode(&self) -> Option<u64> {
+        self.ino()
+    }
+
     /// The inode of the object this handle mapped.
     fn ino(&self) -> Option<u64> {
         self.file().metadata().ok().map(|m| m.ino())
