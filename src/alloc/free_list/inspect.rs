@@ -19,16 +19,6 @@ impl FreeListAllocator {
             .collect()
     }
 
-    /// Whether page `p` is free for a large block: a free page, or an empty span.
-    fn page_free(&self, p: usize) -> bool {
-        let st = self.state(p).load(Ordering::Acquire);
-        match kind(st) {
-            KIND_FREE => true,
-            KIND_SMALL if class(st) < NCLASS => self.is_empty_span(p, class(st), tag_of(st)),
-            _ => false,
-        }
-    }
-
     fn check_page(&self, p: usize, out: &mut Consistency, heads: &mut Vec<(usize, u64)>) {
         let line = self.line(p);
         let st = line[PM_STATE].load(Ordering::Acquire);
@@ -121,15 +111,33 @@ impl Inspect for FreeListAllocator {
         process::registry_info(&self.seg, self.member.current())
     }
 
+    /// The longest run of pages whose page hints are clear: what a large
+    /// allocation searches first (a repair pass, which runs before an allocation
+    /// reports out-of-memory, may find more: stale hints, empty spans). Reads the
+    /// hint bitmap only (one bit per page), so it stays fast at 16 GiB. With no
+    /// free page: the largest size class with a free block.
     fn largest_free_block(&self) -> u64 {
         let (mut best, mut run) = (0u64, 0u64);
-        for p in 0..self.pages {
-            if self.page_free(p) {
-                run += 1;
-                best = best.max(run);
-            } else {
+        let mut left = self.pages as u64;
+        for w in self.page_hints() {
+            let bits = left.min(64);
+            left -= bits;
+            let v = w.load(Ordering::Acquire) | if bits == 64 { 0 } else { !0 << bits };
+            if v == 0 {
+                run += 64;
+            } else if v == !0 {
                 run = 0;
+            } else {
+                for b in 0..64 {
+                    if v & (1 << b) == 0 {
+                        run += 1;
+                        best = best.max(run);
+                    } else {
+                        run = 0;
+                    }
+                }
             }
+            best = best.max(run);
         }
         if best > 0 {
             return best * PAGE;
