@@ -1189,7 +1189,12 @@ fn check_after_death<A: Target>(
 ) {
     // The consistency walk (`shm-alloc check`): the dead victim's operations in
     // flight are skipped, everything else must hold.
-    let mut problems: Vec<String> = a.check().problems.into_iter().map(|p| format!("check: {p}")).collect();
+    let mut problems: Vec<String> = a
+        .check()
+        .problems
+        .into_iter()
+        .map(|p| format!("check: {p}"))
+        .collect();
     // No overlap among the blocks the victim held.
     let mut prev_end = 0;
     for (&off, &(size, _)) in &rep.held {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 use shared_allocator::alloc::Inspect;
 use shared_allocator::prelude::*;
-use shared_allocator::SegmentError;
 use shared_allocator::segment::{remove_if_stale, Staleness, STALE_GRACE};
+use shared_allocator::SegmentError;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -89,7 +89,11 @@ fn read_line(child: &mut Child, what: &str) -> String {
 /// creates it the way `create` starts (O_EXCL, sized, magic written, header not
 /// published) and is SIGKILLed before publishing.
 fn crashed_creator(entry: &str, name: &str) {
-    let mut c = KillOnDrop::new(spawn_child(entry, "half-create", &[("SA_NAME", name.to_owned())]));
+    let mut c = KillOnDrop::new(spawn_child(
+        entry,
+        "half-create",
+        &[("SA_NAME", name.to_owned())],
+    ));
     let line = read_line(c.child(), "half-create child");
     assert_eq!(line, "half", "child said {line:?}");
     c.child().kill().unwrap();
@@ -181,11 +185,17 @@ fn open_or_create_replaces_a_crashed_creators_object() {
     let name = ShmName::new("l19-stale");
     crashed_creator(entry, name.as_str());
     // Too young to judge: left alone (it could be a creator at work).
-    assert_eq!(remove_if_stale(name.as_str()).unwrap(), Staleness::Initialising);
+    assert_eq!(
+        remove_if_stale(name.as_str()).unwrap(),
+        Staleness::Initialising
+    );
     std::thread::sleep(STALE_GRACE + Duration::from_millis(100));
     race_eight(entry, &name);
     // A published segment is never stale.
-    assert_eq!(remove_if_stale(name.as_str()).unwrap(), Staleness::Published);
+    assert_eq!(
+        remove_if_stale(name.as_str()).unwrap(),
+        Staleness::Published
+    );
 }
 
 #[test]
@@ -267,7 +277,13 @@ fn last_close_removes_the_name_exactly_when_no_live_handle_remains() {
         let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
         a.segment().set_remove_on_last_close(true);
         let mut kids: Vec<Option<Child>> = (0..4)
-            .map(|_| Some(spawn_interactive(entry, "holder", &[("SA_NAME", name.as_str().to_owned())])))
+            .map(|_| {
+                Some(spawn_interactive(
+                    entry,
+                    "holder",
+                    &[("SA_NAME", name.as_str().to_owned())],
+                ))
+            })
             .collect();
         for k in kids.iter_mut() {
             assert_eq!(read_line(k.as_mut().unwrap(), "holder open"), "open");
@@ -351,10 +367,16 @@ fn last_close_never_races_a_concurrent_open() {
         match read_line(&mut c, "opener").as_str() {
             "opened" => {
                 opened += 1;
-                assert!(exists(&name), "round {round}: a live handle, but the name is gone");
+                assert!(
+                    exists(&name),
+                    "round {round}: a live handle, but the name is gone"
+                );
                 writeln!(c.stdin.as_mut().unwrap(), "close").unwrap();
                 assert_eq!(read_line(&mut c, "opener close"), "closed");
-                assert!(!exists(&name), "round {round}: last handle closed, name stays");
+                assert!(
+                    !exists(&name),
+                    "round {round}: last handle closed, name stays"
+                );
             }
             "notfound" => {
                 missed += 1;
@@ -396,7 +418,11 @@ fn check_is_consistent_after_sigkills() {
         println!("ready");
         loop {
             if held.len() < 64 && rng.below(2) == 0 {
-                let size = if rng.below(8) == 0 { 4096 * (1 + rng.below(4) as usize) } else { 1 + rng.below(2048) as usize };
+                let size = if rng.below(8) == 0 {
+                    4096 * (1 + rng.below(4) as usize)
+                } else {
+                    1 + rng.below(2048) as usize
+                };
                 if let Ok(o) = a.allocate(size) {
                     held.push(o);
                 }

@@ -387,19 +387,17 @@ fn list(prefix: &str) -> Result<Vec<ListRow>, Fail> {
 fn rm(name: &str, force: bool) -> Result<ExitCode, Fail> {
     let p = peek::peek(name)?;
     match &p.kind {
-        PeekKind::Ours(h) if !h.ready => {
-            match shared_allocator::segment::remove_if_stale(name)? {
-                Staleness::Removed | Staleness::Changed => {}
-                _ if force => shared_allocator::unlink(name)?,
-                _ => {
-                    eprintln!(
-                        "shm-alloc: {} is being initialised; not removed (use --force)",
-                        p.name
-                    );
-                    return Ok(ExitCode::from(1));
-                }
+        PeekKind::Ours(h) if !h.ready => match shared_allocator::segment::remove_if_stale(name)? {
+            Staleness::Removed | Staleness::Changed => {}
+            _ if force => shared_allocator::unlink(name)?,
+            _ => {
+                eprintln!(
+                    "shm-alloc: {} is being initialised; not removed (use --force)",
+                    p.name
+                );
+                return Ok(ExitCode::from(1));
             }
-        }
+        },
         PeekKind::Ours(h) if h.version != LAYOUT_VERSION => {
             if !force {
                 eprintln!(

@@ -133,9 +133,21 @@ pub fn print_info(i: &Info) {
     println!("layout version       {}", i.layout_version);
     println!("owner uid / mode     {} / {}", i.uid, i.file_mode);
     println!("creator pid          {}", i.creator_pid);
-    println!("total size           {} ({})", i.total_size, bytes(i.total_size));
-    println!("metadata             {:#x} + {}", i.meta_offset, bytes(i.meta_len));
-    println!("data                 {:#x} + {}", i.data_offset, bytes(i.data_len));
+    println!(
+        "total size           {} ({})",
+        i.total_size,
+        bytes(i.total_size)
+    );
+    println!(
+        "metadata             {:#x} + {}",
+        i.meta_offset,
+        bytes(i.meta_len)
+    );
+    println!(
+        "data                 {:#x} + {}",
+        i.data_offset,
+        bytes(i.data_len)
+    );
     println!("parameters           {:?}", i.params);
     println!("segment mode         {}", i.segment_mode);
     println!("remove on last close {}", i.remove_on_last_close);
@@ -144,12 +156,19 @@ pub fn print_info(i: &Info) {
     println!("dead slots           {}", i.dead_slots);
     let s = &i.stats;
     println!("capacity             {}", bytes(s.capacity));
-    println!("live                 {} in {} blocks", bytes(s.live_bytes), opt(&s.live_blocks));
+    println!(
+        "live                 {} in {} blocks",
+        bytes(s.live_bytes),
+        opt(&s.live_blocks)
+    );
     println!("free                 {}", bytes(s.free_bytes));
     println!("cached               {}", bytes(s.cached_bytes));
     println!("largest free block   {}", bytes(i.largest_free_block));
     if s.classes.iter().any(|c| c.spans > 0) {
-        println!("\n{:>10} {:>8} {:>12} {:>12}", "CLASS", "SPANS", "LIVE", "FREE");
+        println!(
+            "\n{:>10} {:>8} {:>12} {:>12}",
+            "CLASS", "SPANS", "LIVE", "FREE"
+        );
         for c in s.classes.iter().filter(|c| c.spans > 0) {
             println!(
                 "{:>10} {:>8} {:>12} {:>12}",
@@ -249,7 +268,10 @@ pub fn print_ps(r: &Registry) {
         );
     }
     if !r.orphan_intents.is_empty() {
-        println!("{} parked intent(s) of dead handles await a repair", r.orphan_intents.len());
+        println!(
+            "{} parked intent(s) of dead handles await a repair",
+            r.orphan_intents.len()
+        );
     }
 }
 
@@ -265,7 +287,10 @@ pub struct RootOut {
 }
 
 pub fn print_roots(rows: &[RootOut]) {
-    println!("{:<24} {:<18} {:>10} {:>10} TYPE", "NAME", "FINGERPRINT", "OFFSET", "SIZE");
+    println!(
+        "{:<24} {:<18} {:>10} {:>10} TYPE",
+        "NAME", "FINGERPRINT", "OFFSET", "SIZE"
+    );
     for r in rows {
         println!(
             "{:<24} {:<18} {:>#10x} {:>10} {}",
@@ -306,7 +331,11 @@ pub fn print_check(c: &Check) {
     }
     println!(
         "{}: {} unit(s) checked, {} in flight (skipped), {} cached block(s) checked, {} problem(s)",
-        if c.consistent { "consistent" } else { "INCONSISTENT" },
+        if c.consistent {
+            "consistent"
+        } else {
+            "INCONSISTENT"
+        },
         c.checked,
         c.in_flight,
         c.cached_blocks,
@@ -326,7 +355,10 @@ pub struct ReclaimReport {
 }
 
 pub fn print_reclaim(r: &ReclaimReport) {
-    println!("dead slots reclaimed  {} ({} before, {} left)", r.dead_slots, r.dead_before, r.dead_after);
+    println!(
+        "dead slots reclaimed  {} ({} before, {} left)",
+        r.dead_slots, r.dead_before, r.dead_after
+    );
     println!("intents finished      {}", r.intents);
     println!("pages returned        {}", r.pages);
     println!("cached blocks back    {}", r.cached_blocks);

@@ -18,8 +18,8 @@ use assert_cmd::Command;
 use common::*;
 use serde_json::Value;
 use shared_allocator::alloc::Inspect;
-use shared_allocator::prelude::*;
 use shared_allocator::alloc::SIZE_CLASSES;
+use shared_allocator::prelude::*;
 use shared_allocator::segment::CreateOptions;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -48,7 +48,8 @@ fn run(args: &[&str], code: i32) -> (String, String) {
 
 fn json(args: &[&str]) -> Value {
     let (so, _) = run(args, 0);
-    serde_json::from_str(&so).unwrap_or_else(|e| panic!("shm-alloc {args:?}: bad JSON ({e}):\n{so}"))
+    serde_json::from_str(&so)
+        .unwrap_or_else(|e| panic!("shm-alloc {args:?}: bad JSON ({e}):\n{so}"))
 }
 
 /// The prefix that scopes `list` and `gc` to the names `ShmName::new(tag)` makes
@@ -141,12 +142,18 @@ fn every_subcommand_with_json() {
     // info
     let i = json(&["info", n, "--json"]);
     assert_eq!(i["kind"], "free-list");
-    assert_eq!(i["layout_version"], shared_allocator::segment::LAYOUT_VERSION);
+    assert_eq!(
+        i["layout_version"],
+        shared_allocator::segment::LAYOUT_VERSION
+    );
     assert_eq!(i["name"], format!("/{n}"));
     assert_eq!(i["creator_pid"], std::process::id());
     assert_eq!(i["stats"]["capacity"], 4 << 20);
     assert_eq!(i["stats"]["live_blocks"], a.stats().live_blocks.unwrap());
-    assert_eq!(i["stats"]["classes"].as_array().unwrap().len(), SIZE_CLASSES.len());
+    assert_eq!(
+        i["stats"]["classes"].as_array().unwrap().len(),
+        SIZE_CLASSES.len()
+    );
     assert_eq!(i["largest_free_block"], a.largest_free_block());
     let largest = i["largest_free_block"].as_u64().unwrap();
     assert!(largest >= 4096 && largest <= i["stats"]["free_bytes"].as_u64().unwrap());
@@ -167,7 +174,9 @@ fn every_subcommand_with_json() {
     assert_eq!(me["observer"], false);
     assert!(me["start_time_ns"].as_u64().unwrap() > 0);
     assert!(me["intents"].as_array().unwrap().is_empty());
-    assert!(slots.iter().any(|s| s["is_self"] == true && s["observer"] == true));
+    assert!(slots
+        .iter()
+        .any(|s| s["is_self"] == true && s["observer"] == true));
     run(&["ps", n], 0);
 
     // roots: name, type, fingerprint, size
@@ -206,15 +215,24 @@ fn every_subcommand_with_json() {
     assert_eq!(i["kind"], "slab");
     assert_eq!(i["stats"]["live_blocks"], 1);
     assert_eq!(i["largest_free_block"], 48);
-    assert_eq!(json(&["check", slab.as_str(), "--json"])["consistent"], true);
+    assert_eq!(
+        json(&["check", slab.as_str(), "--json"])["consistent"],
+        true
+    );
     let bump = ShmName::new("c19-all");
     let b = BumpAllocator::create(bump.as_str(), 1 << 16).unwrap();
     b.allocate(1000).unwrap();
     let i = json(&["info", bump.as_str(), "--json"]);
     assert_eq!(i["kind"], "bump");
     assert_eq!(i["largest_free_block"], (1 << 16) - 1000);
-    assert_eq!(json(&["roots", bump.as_str(), "--json"]), Value::Array(vec![]));
-    assert_eq!(json(&["check", bump.as_str(), "--json"])["consistent"], true);
+    assert_eq!(
+        json(&["roots", bump.as_str(), "--json"]),
+        Value::Array(vec![])
+    );
+    assert_eq!(
+        json(&["check", bump.as_str(), "--json"])["consistent"],
+        true
+    );
     let rows = json(&["list", "--prefix", &prefix("c19-all"), "--json"]);
     assert_eq!(rows.as_array().unwrap().len(), 3);
 
@@ -272,12 +290,22 @@ fn gc_removes_a_crashed_creators_segment_and_keeps_a_live_one() {
     assert_eq!(d["dead"], 1, "{d:#}");
     let l = row(&rows, live.as_str());
     assert_eq!(l["live"], 1, "{l:#}");
-    assert!(row(&rows, half.as_str())["status"].as_str().unwrap().contains("init"));
+    assert!(row(&rows, half.as_str())["status"]
+        .as_str()
+        .unwrap()
+        .contains("init"));
 
     // ps shows the dead creator; check says its segment is consistent.
     let p = json(&["ps", dead.as_str(), "--json"]);
-    assert!(p["slots"].as_array().unwrap().iter().any(|s| s["alive"] == false));
-    assert_eq!(json(&["check", dead.as_str(), "--json"])["consistent"], true);
+    assert!(p["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["alive"] == false));
+    assert_eq!(
+        json(&["check", dead.as_str(), "--json"])["consistent"],
+        true
+    );
 
     std::thread::sleep(shared_allocator::segment::STALE_GRACE);
     // Dry run: says, removes nothing.
@@ -346,7 +374,11 @@ fn foreign_and_world_writable_objects_are_reported_not_opened() {
             .unwrap(),
     );
     let before = (file_bytes(foreign.as_str()), file_bytes(open.as_str()));
-    let ctime = |n: &ShmName| std::fs::metadata(shm_path(n.as_str())).unwrap().ctime_nsec();
+    let ctime = |n: &ShmName| {
+        std::fs::metadata(shm_path(n.as_str()))
+            .unwrap()
+            .ctime_nsec()
+    };
     let ctimes = (ctime(&foreign), ctime(&open));
 
     let rows = json(&["list", "--prefix", &pre, "--json"]);
@@ -359,7 +391,10 @@ fn foreign_and_world_writable_objects_are_reported_not_opened() {
     assert_eq!(w["mode"], "666");
 
     let (_, err) = run(&["info", foreign.as_str()], 2);
-    assert!(err.contains("owned by uid 65534") && err.contains("not opened"), "{err}");
+    assert!(
+        err.contains("owned by uid 65534") && err.contains("not opened"),
+        "{err}"
+    );
     let (_, err) = run(&["check", open.as_str()], 2);
     assert!(err.contains("writable by every user"), "{err}");
     run(&["ps", foreign.as_str(), "--json"], 2);
@@ -370,7 +405,10 @@ fn foreign_and_world_writable_objects_are_reported_not_opened() {
     assert_eq!(row(&g, open.as_str())["action"], "skipped");
 
     // Nothing was written to, or removed from, either.
-    assert_eq!(before, (file_bytes(foreign.as_str()), file_bytes(open.as_str())));
+    assert_eq!(
+        before,
+        (file_bytes(foreign.as_str()), file_bytes(open.as_str()))
+    );
     assert_eq!(ctimes, (ctime(&foreign), ctime(&open)));
 }
 
@@ -378,7 +416,11 @@ fn foreign_and_world_writable_objects_are_reported_not_opened() {
 fn objects_that_are_not_ours_are_ignored() {
     let pre = prefix("c19-other");
     let other = ShmName::new("c19-other");
-    std::fs::write(shm_path(other.as_str()), b"someone else's bytes, long enough to hold a header....").unwrap();
+    std::fs::write(
+        shm_path(other.as_str()),
+        b"someone else's bytes, long enough to hold a header....",
+    )
+    .unwrap();
     let rows = json(&["list", "--prefix", &pre, "--json"]);
     assert_eq!(rows, Value::Array(vec![]));
     let g = json(&["gc", "--prefix", &pre, "--json"]);
@@ -397,7 +439,10 @@ fn check_reports_damage() {
     a.allocate(100).unwrap();
     let l = *a.segment().layout();
     drop(a);
-    assert_eq!(json(&["check", name.as_str(), "--json"])["consistent"], true);
+    assert_eq!(
+        json(&["check", name.as_str(), "--json"])["consistent"],
+        true
+    );
     // Page 0's state word: an unknown page kind (7).
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -406,10 +451,17 @@ fn check_reports_damage() {
     let pages = l.data_len / 4096;
     let bitmap_words = pages.div_ceil(64).div_ceil(8) * 8;
     let lines = l.meta_offset + bitmap_words * (1 + SIZE_CLASSES.len() as u64) * 8;
-    std::os::unix::fs::FileExt::write_at(&f, &(7u64 << 37).to_le_bytes(), lines + 8 * 8 * 5).unwrap();
-    let out = shm_alloc().args(["check", name.as_str(), "--json"]).output().unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, &(7u64 << 37).to_le_bytes(), lines + 8 * 8 * 5)
+        .unwrap();
+    let out = shm_alloc()
+        .args(["check", name.as_str(), "--json"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let c: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(c["consistent"], false);
-    assert!(c["problems"][0].as_str().unwrap().contains("page 5"), "{c:#}");
+    assert!(
+        c["problems"][0].as_str().unwrap().contains("page 5"),
+        "{c:#}"
+    );
 }

@@ -32,6 +32,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Segments this process created get the remove-on-last-close policy at exit
     // (see `lifecycle`).
     let at_exit = wrap_pyfunction!(lifecycle::_remove_created_at_exit, m)?;
-    m.py().import("atexit")?.call_method1("register", (at_exit,))?;
+    m.py()
+        .import("atexit")?
+        .call_method1("register", (at_exit,))?;
     Ok(())
 }

@@ -114,7 +114,10 @@ pub(crate) fn stats_dict<'py>(py: Python<'py>, s: &Stats) -> PyResult<Bound<'py,
 }
 
 /// ``processes()`` as a list of dicts.
-pub(crate) fn processes_list<'py>(py: Python<'py>, r: &RegistryInfo) -> PyResult<Bound<'py, PyList>> {
+pub(crate) fn processes_list<'py>(
+    py: Python<'py>,
+    r: &RegistryInfo,
+) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
     for s in &r.slots {
         let d = PyDict::new(py);

@@ -110,7 +110,12 @@ allocator_class!(PySlab, "SlabAllocator", {
         if created {
             crate::lifecycle::note_created(a.segment());
         }
-        Ok((PySlab { h: Handle::new(a, name) }, created))
+        Ok((
+            PySlab {
+                h: Handle::new(a, name),
+            },
+            created,
+        ))
     }
 
     /// Allocates one slab and returns its offset, or ``None`` when all are in use.

@@ -186,7 +186,12 @@ impl BumpAllocator {
     /// # Errors
     /// As [`create`](Self::create) and [`open`](Self::open) (not `AlreadyExists`).
     pub fn open_or_create(name: &str, capacity: u64) -> Result<(Self, bool), SegmentError> {
-        Self::open_or_create_with(name, capacity, &CreateOptions::default(), &OpenOptions::default())
+        Self::open_or_create_with(
+            name,
+            capacity,
+            &CreateOptions::default(),
+            &OpenOptions::default(),
+        )
     }
 
     /// [`open_or_create`](Self::open_or_create) with options.

@@ -462,7 +462,12 @@ impl FreeListAllocator {
     /// # Errors
     /// As [`create`](Self::create) and [`open`](Self::open) (not `AlreadyExists`).
     pub fn open_or_create(name: &str, capacity: u64) -> Result<(Self, bool), SegmentError> {
-        Self::open_or_create_with(name, capacity, &CreateOptions::default(), &OpenOptions::default())
+        Self::open_or_create_with(
+            name,
+            capacity,
+            &CreateOptions::default(),
+            &OpenOptions::default(),
+        )
     }
 
     /// [`open_or_create`](Self::open_or_create) with options.
@@ -499,7 +504,11 @@ impl FreeListAllocator {
     /// # Errors
     /// As [`open`](Self::open).
     pub fn open_with(name: &str, opts: &OpenOptions) -> Result<Self, SegmentError> {
-        let this = Self::from_segment(Segment::open_attaching(name, AllocatorKind::FreeList, opts)?)?;
+        let this = Self::from_segment(Segment::open_attaching(
+            name,
+            AllocatorKind::FreeList,
+            opts,
+        )?)?;
         this.seg.attach_end(this.member.current())?;
         Ok(this)
     }

@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering;
 
 use nix::libc;
 
+use super::Reg;
 use super::{
     lock_cmd, locked_by_other, orphan_intents, slot_words, Intent, LockCmd, INTENTS, SLOTS,
     STATUS_FREE, STATUS_LIVE, W_INTENT, W_PID, W_PINS, W_START, W_STATUS,
 };
-use super::Reg;
 use crate::segment::Segment;
 
 /// One multi-step operation a handle has in flight (or had, when it died): the
@@ -121,9 +121,7 @@ pub(crate) fn registry_info(seg: &Segment, me: Option<usize>) -> RegistryInfo {
         .collect();
     let orphan_intents = orphan_intents(seg)
         .chunks_exact(2)
-        .filter_map(|p| {
-            Intent::decode(p[0].load(Ordering::Acquire), p[1].load(Ordering::Acquire))
-        })
+        .filter_map(|p| Intent::decode(p[0].load(Ordering::Acquire), p[1].load(Ordering::Acquire)))
         .map(IntentInfo::from)
         .collect();
     RegistryInfo {
@@ -165,7 +163,9 @@ pub(crate) fn check_registry(seg: &Segment) -> Vec<String> {
         if st == STATUS_FREE {
             for k in 0..INTENTS {
                 if w[W_INTENT + 2 * k].load(Ordering::Acquire) >> 63 == 1 {
-                    problems.push(format!("registry slot {i}: free slot holds intent record {k}"));
+                    problems.push(format!(
+                        "registry slot {i}: free slot holds intent record {k}"
+                    ));
                 }
             }
         }

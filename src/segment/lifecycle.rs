@@ -45,8 +45,8 @@ use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 
 use super::{
-    check_owner_and_mode, io_err, name, os_err, AllocatorKind, OpenOptions, RawHeader, Segment,
-    CreateOptions, Layout, MAGIC, ROOTS_OFFSET, STATE_READY,
+    check_owner_and_mode, io_err, name, os_err, AllocatorKind, CreateOptions, Layout, OpenOptions,
+    RawHeader, Segment, MAGIC, ROOTS_OFFSET, STATE_READY,
 };
 use crate::error::SegmentError;
 
@@ -148,9 +148,15 @@ impl Segment {
     pub fn set_remove_on_last_close(&self, on: bool) {
         if let Some(w) = self.words(FLAGS_WORD, 1) {
             if on {
-                w[0].fetch_or(FLAG_REMOVE_ON_LAST_CLOSE, std::sync::atomic::Ordering::AcqRel);
+                w[0].fetch_or(
+                    FLAG_REMOVE_ON_LAST_CLOSE,
+                    std::sync::atomic::Ordering::AcqRel,
+                );
             } else {
-                w[0].fetch_and(!FLAG_REMOVE_ON_LAST_CLOSE, std::sync::atomic::Ordering::AcqRel);
+                w[0].fetch_and(
+                    !FLAG_REMOVE_ON_LAST_CLOSE,
+                    std::sync::atomic::Ordering::AcqRel,
+                );
             }
         }
     }
@@ -255,7 +261,8 @@ impl Segment {
         // a creator that dies from here on leaves an object that tools recognise
         // as a half-initialised one of ours (`shm-alloc list`, `gc`).
         let h = seg.header();
-        h.version.store(super::LAYOUT_VERSION, std::sync::atomic::Ordering::Relaxed);
+        h.version
+            .store(super::LAYOUT_VERSION, std::sync::atomic::Ordering::Relaxed);
         h.magic.store(MAGIC, std::sync::atomic::Ordering::Release);
         Ok(seg)
     }
@@ -268,7 +275,8 @@ impl Segment {
             leave();
             return;
         }
-        let locked = lifecycle_lock(self.file().as_fd(), libc::F_WRLCK, CLOSE_WAIT).unwrap_or(false);
+        let locked =
+            lifecycle_lock(self.file().as_fd(), libc::F_WRLCK, CLOSE_WAIT).unwrap_or(false);
         leave();
         if locked {
             if !crate::process::any_live(self, None, &|s| self.is_observer(s))
@@ -365,7 +373,8 @@ pub fn remove_if_stale(name: &str) -> Result<Staleness, SegmentError> {
         return Ok(Staleness::Published);
     }
     let meta = file.metadata().map_err(|e| io_err("fstat", e))?;
-    let changed = SystemTime::UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+    let changed =
+        SystemTime::UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
     if SystemTime::now()
         .duration_since(changed)
         .is_ok_and(|age| age < STALE_GRACE)

@@ -73,14 +73,16 @@ pub fn peek(name: &str) -> Result<Peek, SegmentError> {
         _ => io_err("lstat", e),
     })?;
     let me = nix::unistd::geteuid().as_raw();
-    let changed =
-        SystemTime::UNIX_EPOCH + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec() as u32);
+    let changed = SystemTime::UNIX_EPOCH
+        + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec() as u32);
     let mut p = Peek {
         name,
         uid: meta.uid(),
         mode: meta.mode() & 0o7777,
         size: meta.len(),
-        age: SystemTime::now().duration_since(changed).unwrap_or_default(),
+        age: SystemTime::now()
+            .duration_since(changed)
+            .unwrap_or_default(),
         kind: PeekKind::NotOurs,
     };
     if !meta.file_type().is_file() {

@@ -54,7 +54,9 @@ impl FreeListAllocator {
             KIND_LARGE => {
                 let n = run_len(st);
                 if n == 0 || p as u64 + n > self.pages as u64 {
-                    return bad(format!("large block of {n} pages runs past the data region"));
+                    return bad(format!(
+                        "large block of {n} pages runs past the data region"
+                    ));
                 }
                 heads.push((p, st));
             }
@@ -72,8 +74,11 @@ impl FreeListAllocator {
             for (c, &size) in SIZE_CLASSES.iter().enumerate() {
                 for off in self.mag(slot, c).entries() {
                     out.cached_blocks += 1;
-                    let mut bad =
-                        |what: &str| out.problems.push(format!("cache of slot {slot}, class {c}: block {off:#x} {what}"));
+                    let mut bad = |what: &str| {
+                        out.problems.push(format!(
+                            "cache of slot {slot}, class {c}: block {off:#x} {what}"
+                        ))
+                    };
                     if !self.in_data(off) {
                         bad("is outside the data region");
                         continue;
@@ -186,7 +191,8 @@ impl Inspect for FreeListAllocator {
         // Every interior page belongs to exactly one large block's head.
         let mut owned = vec![false; self.pages];
         for (h, st) in heads {
-            for q in h + 1..h + run_len(st) as usize {
+            let end = h + run_len(st) as usize;
+            for (q, owned) in owned.iter_mut().enumerate().take(end).skip(h + 1) {
                 if in_flight.contains(&q) {
                     continue;
                 }
@@ -196,7 +202,10 @@ impl Inspect for FreeListAllocator {
                         "page {q}: inside the large block at page {h}, but not its interior page"
                     ));
                 }
-                owned[q] = true;
+                if std::mem::replace(owned, true) {
+                    out.problems
+                        .push(format!("page {q}: inside two large blocks"));
+                }
             }
         }
         for (q, owned) in owned.iter().enumerate() {

@@ -55,8 +55,9 @@ impl Inspect for SlabAllocator {
                 for off in self.mag(slot).entries() {
                     out.cached_blocks += 1;
                     let mut bad = |what: &str| {
-                        out.problems
-                            .push(format!("cache of registry slot {slot}: slot {off:#x} {what}"))
+                        out.problems.push(format!(
+                            "cache of registry slot {slot}: slot {off:#x} {what}"
+                        ))
                     };
                     if self.mark(off).is_none() {
                         bad("is not the start of a slot");
