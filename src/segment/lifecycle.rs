@@ -131,7 +131,7 @@ impl Segment {
     /// Sets or clears the **remove on last close** policy for this segment (in
     /// every process): with it, the handle that closes while no other live handle
     /// is attached removes the name. Decided under the lifecycle lock, so it never
-    /// races an `open` (see the [module docs](self)).
+    /// races an `open` (see the [module docs](crate::segment::lifecycle)).
     ///
     /// ```
     /// use shared_allocator::prelude::*;

@@ -5,9 +5,12 @@
 //! with a header (see [`Layout`]); the rest belongs to the allocator that created
 //! it. Closing is dropping the `Segment` (unmap); removing the name is
 //! [`unlink`], separate and explicit, as in the seed package.
+//! [`lifecycle`] adds `open_or_create`, the opt-in *remove on last close*
+//! policy and the removal of dead segments; [`peek`] looks at `/dev/shm` without
+//! opening anything.
 
 mod header;
-mod lifecycle;
+pub mod lifecycle;
 mod name;
 pub mod peek;
 
