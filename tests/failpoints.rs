@@ -74,7 +74,7 @@ use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
 use nix::sys::signal::{kill, raise, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, getpid, ForkResult};
-use shared_allocator::alloc::SIZE_CLASSES;
+use shared_allocator::alloc::{Inspect, SIZE_CLASSES};
 use shared_allocator::prelude::*;
 use shared_allocator::{AllocError, FreeError, Stats};
 
@@ -770,7 +770,7 @@ fn repairer_main() {
 // ====================================================================== allocators
 
 /// What the parent needs to know about each allocator kind.
-trait Target: ShmFree + Sized + 'static {
+trait Target: ShmFree + Inspect + Sized + 'static {
     const NAME: &'static str;
     fn create_for_test(name: &str) -> Self;
     fn open_for_test(name: &str) -> Self;
@@ -1187,7 +1187,14 @@ fn check_after_death<A: Target>(
     stats0: Stats,
     row: &mut Row,
 ) {
-    let mut problems = Vec::new();
+    // The consistency walk (`shm-alloc check`): the dead victim's operations in
+    // flight are skipped, everything else must hold.
+    let mut problems: Vec<String> = a
+        .check()
+        .problems
+        .into_iter()
+        .map(|p| format!("check: {p}"))
+        .collect();
     // No overlap among the blocks the victim held.
     let mut prev_end = 0;
     for (&off, &(size, _)) in &rep.held {

@@ -18,6 +18,7 @@ use common::{
     check_pattern, env_req, env_u64, field, fill_pattern, finish_all, report, role, spawn_child,
     KillOnDrop, Rng, ShmName,
 };
+use shared_allocator::alloc::Inspect;
 use shared_allocator::prelude::*;
 use shared_allocator::segment::Segment;
 use shared_allocator::{AllocError, Stats};
@@ -172,7 +173,7 @@ fn survivor<A: ShmFree>(a: &A, sizes: fn(&mut Rng) -> usize) {
 
 /// Parent side: survivors + `kills` victims killed at random moments. Returns the
 /// stats after the survivors freed everything, and the number of kills.
-fn kill_run<A: ShmFree>(entry: &str, name: &ShmName, a: &A, kills: u64) -> (Stats, u64) {
+fn kill_run<A: ShmFree + Inspect>(entry: &str, name: &ShmName, a: &A, kills: u64) -> (Stats, u64) {
     let started = Instant::now();
     let ctrl_off = a.allocate(64).unwrap();
     a.write(ctrl_off, &[0; 64]).unwrap();
@@ -244,6 +245,9 @@ fn kill_run<A: ShmFree>(entry: &str, name: &ShmName, a: &A, kills: u64) -> (Stat
             "survivor {i} made no progress during the kill phase ({hb_at_first_kill:?} -> {hb_end:?})"
         );
     }
+    // The consistency walk (`shm-alloc check`) after the kills.
+    let c = a.check();
+    assert!(c.is_consistent(), "{entry}: check after the kills: {c:?}");
     a.free(ctrl_off).unwrap();
     let st = a.stats();
     println!(

@@ -70,10 +70,49 @@ allocator_class!(PyBump, "BumpAllocator", {
             py.detach(|| Ok((BumpAllocator::open(&name)?, BumpAllocator::open(&name)?)))
         };
         let (a, b) = opened.map_err(|e| errors::segment(py, e))?;
+        if create {
+            crate::lifecycle::note_created(a.segment());
+        }
         Ok(PyBump {
             h: Handle::new(a, &name),
             resetter: Mutex::new(b),
         })
+    }
+
+    /// Opens the segment ``name``, or creates it with these parameters if it does
+    /// not exist; returns ``(allocator, created)``. Race-free: of any number of
+    /// processes calling it at once, exactly one creates, and all end up on one
+    /// segment. A crashed creator's half-initialised segment is replaced. An
+    /// existing segment is opened as it is (its parameters win).
+    #[staticmethod]
+    #[pyo3(signature = (name, capacity = None), text_signature = "(name, capacity=1024*1024)")]
+    fn open_or_create(
+        py: Python<'_>,
+        name: &str,
+        capacity: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(Self, bool)> {
+        let cap = opt_int(py, capacity, 1024 * 1024, "capacity")?;
+        let cap = u64::try_from(cap).ok().filter(|&c| c > 0).ok_or_else(|| {
+            errors::err(
+                py,
+                errors::Kind::InvalidArgument,
+                format!("capacity must be positive, got {cap}"),
+            )
+        })?;
+        let ((a, created), b) = py
+            .detach(|| {
+                let (a, created) = BumpAllocator::open_or_create(name, cap)?;
+                Ok((a, created)).and_then(|ac| BumpAllocator::open(name).map(|b| (ac, b)))
+            })
+            .map_err(|e| errors::segment(py, e))?;
+        if created {
+            crate::lifecycle::note_created(a.segment());
+        }
+        let this = PyBump {
+            h: Handle::new(a, name),
+            resetter: Mutex::new(b),
+        };
+        Ok((this, created))
     }
 
     /// Allocates ``size`` bytes aligned to ``alignment`` (a power of two, at most

@@ -132,6 +132,51 @@ macro_rules! allocator_class {
                 shared_allocator::unlink(&name).map_err(|e| crate::errors::segment(py, e))
             }
 
+            /// A snapshot of use as a dict: ``capacity``, ``live_blocks`` (``None`` for
+            /// the bump allocator), ``live_bytes``, ``free_bytes``, ``cached_bytes``
+            /// (free blocks held in per-process caches) and ``classes`` (per size
+            /// class: ``block_size``, ``spans``, ``live_blocks``, ``free_blocks``).
+            fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+                let core = self.h.get(py)?;
+                crate::lifecycle::stats_dict(py, &shared_allocator::ShmAllocator::stats(&core.alloc))
+            }
+
+            /// The processes attached to the segment, from its registry: one dict per
+            /// handle with ``slot``, ``pid`` (in the holder's pid namespace),
+            /// ``start_time_ns``, ``alive`` (``False``: it died and awaits reclaim),
+            /// ``generation``, ``is_self``, ``intents`` and ``pins``.
+            fn processes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyList>> {
+                let core = self.h.get(py)?;
+                crate::lifecycle::processes_list(py, &shared_allocator::alloc::Inspect::registry(&core.alloc))
+            }
+
+            /// The largest block one ``allocate`` could get now, in bytes.
+            fn largest_free_block(&self, py: Python<'_>) -> PyResult<u64> {
+                let core = self.h.get(py)?;
+                Ok(py.detach(|| shared_allocator::alloc::Inspect::largest_free_block(&core.alloc)))
+            }
+
+            /// Sets (or clears) the *remove on last close* policy of the segment, for
+            /// every handle in every process: the last attached handle to close
+            /// removes the name. Segments this process created get it at exit by
+            /// default; ``False`` also opts out of that.
+            fn set_remove_on_last_close(&self, py: Python<'_>, on: bool) -> PyResult<()> {
+                let core = self.h.get(py)?;
+                let seg = shared_allocator::ShmAllocator::segment(&core.alloc);
+                seg.set_remove_on_last_close(on);
+                if !on {
+                    crate::lifecycle::forget(seg);
+                }
+                Ok(())
+            }
+
+            /// Whether the segment has the *remove on last close* policy now.
+            #[getter]
+            fn remove_on_last_close(&self, py: Python<'_>) -> PyResult<bool> {
+                let core = self.h.get(py)?;
+                Ok(shared_allocator::ShmAllocator::segment(&core.alloc).removes_on_last_close())
+            }
+
             /// Returns the allocator itself.
             fn __enter__(slf: Py<Self>) -> Py<Self> {
                 slf

@@ -172,6 +172,48 @@ fn out_of_memory(e: &AllocError) -> bool {
     )
 }
 
+/// Checks the seed's constructor arguments; returns `(slot_size, num_slots, data bytes)`.
+fn slot_params(
+    py: Python<'_>,
+    capacity: Option<&Bound<'_, PyAny>>,
+    slot_size: Option<&Bound<'_, PyAny>>,
+    num_slots: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(u64, u64, u64)> {
+    let bad = |msg: String| errors::err(py, Kind::InvalidArgument, msg);
+    let slot = param(py, slot_size, 256, "slot_size", MAX_DATA, "64 GiB - 4 KiB")?;
+    let default = 10 * 1024 * 1024;
+    let cap = param(
+        py,
+        capacity,
+        default,
+        "capacity",
+        MAX_DATA,
+        "64 GiB - 4 KiB",
+    )?;
+    let n = match num_slots {
+        Some(v) if !v.is_none() => param(py, Some(v), 0, "num_slots", 1 << 36, "2**36")?,
+        _ => {
+            if cap < slot {
+                return Err(bad(format!(
+                    "capacity {cap} is smaller than slot_size {slot}: no slot fits \
+                     (num_slots defaults to capacity // slot_size); pass a larger \
+                     capacity, a smaller slot_size or num_slots"
+                )));
+            }
+            cap / slot
+        }
+    };
+    let bytes = data_capacity(slot, n)
+        .filter(|&b| b <= MAX_DATA)
+        .ok_or_else(|| {
+            bad(format!(
+                "slot_size {slot} x num_slots {n} needs more than the free list's limit \
+                 of {MAX_DATA} bytes (64 GiB - 4 KiB) of data region"
+            ))
+        })?;
+    Ok((slot, n, bytes))
+}
+
 allocator_class!(PyFreeList, "FreeListAllocator", {
     #[new]
     #[pyo3(
@@ -187,46 +229,18 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
         create: bool,
     ) -> PyResult<Self> {
         let name = name.to_owned();
-        let bad = |msg: String| errors::err(py, Kind::InvalidArgument, msg);
         let alloc = if create {
-            let slot = param(py, slot_size, 256, "slot_size", MAX_DATA, "64 GiB - 4 KiB")?;
-            let default = 10 * 1024 * 1024;
-            let cap = param(
-                py,
-                capacity,
-                default,
-                "capacity",
-                MAX_DATA,
-                "64 GiB - 4 KiB",
-            )?;
-            let n = match num_slots {
-                Some(v) if !v.is_none() => param(py, Some(v), 0, "num_slots", 1 << 36, "2**36")?,
-                _ => {
-                    if cap < slot {
-                        return Err(bad(format!(
-                            "capacity {cap} is smaller than slot_size {slot}: no slot fits \
-                             (num_slots defaults to capacity // slot_size); pass a larger \
-                             capacity, a smaller slot_size or num_slots"
-                        )));
-                    }
-                    cap / slot
-                }
-            };
-            let bytes = data_capacity(slot, n)
-                .filter(|&b| b <= MAX_DATA)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "slot_size {slot} x num_slots {n} needs more than the free list's limit \
-                     of {MAX_DATA} bytes (64 GiB - 4 KiB) of data region"
-                    ))
-                })?;
+            let (slot, n, bytes) = slot_params(py, capacity, slot_size, num_slots)?;
             let made = py.detach(|| {
                 let a = FreeListAllocator::create(&name, bytes)?;
                 Ok(a)
             });
             let a = made.map_err(|e| errors::segment(py, e))?;
             match py.detach(|| open_meta(&a, Some((slot, n)))) {
-                Ok(m) => (a, m),
+                Ok(m) => {
+                    crate::lifecycle::note_created(a.segment());
+                    (a, m)
+                }
                 Err(msg) => {
                     let _ = a.unlink();
                     return Err(errors::err(py, Kind::Corrupted, msg));
@@ -248,6 +262,42 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
             num_slots,
             meta,
         })
+    }
+
+    /// Opens the segment ``name``, or creates it with these parameters if it does
+    /// not exist; returns ``(allocator, created)``. Race-free: of any number of
+    /// processes calling it at once, exactly one creates, and all end up on one
+    /// segment. A crashed creator's half-initialised segment is replaced. An
+    /// existing segment is opened as it is (its parameters win).
+    #[staticmethod]
+    #[pyo3(
+        signature = (name, capacity = None, slot_size = None, num_slots = None),
+        text_signature = "(name, capacity=10*1024*1024, slot_size=256, num_slots=None)"
+    )]
+    fn open_or_create(
+        py: Python<'_>,
+        name: &str,
+        capacity: Option<&Bound<'_, PyAny>>,
+        slot_size: Option<&Bound<'_, PyAny>>,
+        num_slots: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(Self, bool)> {
+        let (slot, n, bytes) = slot_params(py, capacity, slot_size, num_slots)?;
+        let (a, created) = py
+            .detach(|| FreeListAllocator::open_or_create(name, bytes))
+            .map_err(|e| errors::segment(py, e))?;
+        let (meta, slot_size, num_slots) = py
+            .detach(|| open_meta(&a, created.then_some((slot, n))))
+            .map_err(|msg| errors::err(py, Kind::Corrupted, msg))?;
+        if created {
+            crate::lifecycle::note_created(a.segment());
+        }
+        let this = PyFreeList {
+            h: Handle::new(a, name),
+            slot_size,
+            num_slots,
+            meta,
+        };
+        Ok((this, created))
     }
 
     /// Allocates ``size`` bytes (any size up to the capacity; ``0`` is taken as 1, as

@@ -15,6 +15,7 @@ mod common;
 mod core;
 mod errors;
 mod freelist;
+mod lifecycle;
 mod slab;
 mod view;
 
@@ -28,5 +29,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<slab::PySlab>()?;
     m.add_class::<view::SharedView>()?;
     m.add("GIL_RELEASE_THRESHOLD", core::GIL_RELEASE_THRESHOLD)?;
+    // Segments this process created get the remove-on-last-close policy at exit
+    // (see `lifecycle`).
+    let at_exit = wrap_pyfunction!(lifecycle::_remove_created_at_exit, m)?;
+    m.py()
+        .import("atexit")?
+        .call_method1("register", (at_exit,))?;
     Ok(())
 }

@@ -82,9 +82,51 @@ allocator_class!(PySlab, "SlabAllocator", {
             py.detach(|| SlabAllocator::open(&name))
         };
         let a = a.map_err(|e| errors::segment(py, e))?;
+        if create {
+            crate::lifecycle::note_created(a.segment());
+        }
         Ok(PySlab {
             h: Handle::new(a, &name),
         })
+    }
+
+    /// Opens the segment ``name``, or creates it with these parameters if it does
+    /// not exist; returns ``(allocator, created)``. Race-free: of any number of
+    /// processes calling it at once, exactly one creates, and all end up on one
+    /// segment. A crashed creator's half-initialised segment is replaced. An
+    /// existing segment is opened as it is (its parameters win).
+    #[staticmethod]
+    #[pyo3(
+        signature = (name, slab_size = None, num_slabs = None),
+        text_signature = "(name, slab_size=256, num_slabs=4096)"
+    )]
+    fn open_or_create(
+        py: Python<'_>,
+        name: &str,
+        slab_size: Option<&Bound<'_, PyAny>>,
+        num_slabs: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(Self, bool)> {
+        let size = opt_int(py, slab_size, 256, "slab_size")?;
+        let count = opt_int(py, num_slabs, 4096, "num_slabs")?;
+        if size <= 0 || count <= 0 {
+            return Err(errors::err(
+                py,
+                Kind::InvalidArgument,
+                format!("slab_size and num_slabs must be positive, got {size} and {count}"),
+            ));
+        }
+        let (a, created) = py
+            .detach(|| SlabAllocator::open_or_create(name, size as u64, count as u64))
+            .map_err(|e| errors::segment(py, e))?;
+        if created {
+            crate::lifecycle::note_created(a.segment());
+        }
+        Ok((
+            PySlab {
+                h: Handle::new(a, name),
+            },
+            created,
+        ))
     }
 
     /// Allocates one slab and returns its offset, or ``None`` when all are in use.

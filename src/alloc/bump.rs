@@ -123,9 +123,12 @@ pub struct BumpAllocator {
     seg: Segment,
 }
 
+mod inspect;
+
 impl Drop for BumpAllocator {
     fn drop(&mut self) {
-        self.member.leave(&self.seg);
+        let (member, seg) = (&mut self.member, &self.seg);
+        seg.close_with(member.current(), || member.leave(seg));
     }
 }
 
@@ -164,10 +167,49 @@ impl BumpAllocator {
             data_len: capacity,
             params: [0; 4],
         };
-        let mut seg = Segment::create(name, layout, opts)?;
+        let mut seg = Segment::create_attaching(name, layout, opts)?;
         // The metadata region is zero (fresh ftruncate): epoch 0, cursor 0.
         seg.publish();
-        Self::from_segment(seg)
+        let this = Self::from_segment(seg)?;
+        this.seg.attach_end(this.member.current())?;
+        Ok(this)
+    }
+
+    /// Opens the bump allocator `name`, or creates it with `capacity` bytes if no segment of that name
+    /// exists: the common "whoever comes first" start. Returns the handle and
+    /// whether this call created the segment. Race-free: of any number of
+    /// processes calling it at once, exactly one creates and all end up on the one
+    /// segment. A crashed creator's half-initialised object under the name is
+    /// removed and created anew (see [`crate::segment::remove_if_stale`]); an
+    /// existing segment is opened as it is (its parameters win over these).
+    ///
+    /// # Errors
+    /// As [`create`](Self::create) and [`open`](Self::open) (not `AlreadyExists`).
+    pub fn open_or_create(name: &str, capacity: u64) -> Result<(Self, bool), SegmentError> {
+        Self::open_or_create_with(
+            name,
+            capacity,
+            &CreateOptions::default(),
+            &OpenOptions::default(),
+        )
+    }
+
+    /// [`open_or_create`](Self::open_or_create) with options.
+    ///
+    /// # Errors
+    /// As [`open_or_create`](Self::open_or_create).
+    pub fn open_or_create_with(
+        name: &str,
+        capacity: u64,
+        create: &CreateOptions,
+        open: &OpenOptions,
+    ) -> Result<(Self, bool), SegmentError> {
+        crate::segment::open_or_create(
+            name,
+            open,
+            || Self::create_with(name, capacity, create),
+            || Self::open_with(name, open),
+        )
     }
 
     /// Opens the bump allocator `name` created by any process.
@@ -185,14 +227,16 @@ impl BumpAllocator {
     /// As [`open`](Self::open).
     pub fn open_with(name: &str, opts: &OpenOptions) -> Result<Self, SegmentError> {
         require_lock_free_u128()?;
-        let seg = Segment::open(name, AllocatorKind::Bump, opts)?;
+        let seg = Segment::open_attaching(name, AllocatorKind::Bump, opts)?;
         let l = *seg.layout();
         if l.meta_len < 24 || l.meta_offset % 16 != 0 || l.data_len > BUMP_MAX_CAPACITY {
             return Err(SegmentError::CorruptHeader {
                 reason: "bump layout out of range",
             });
         }
-        Self::from_segment(seg)
+        let this = Self::from_segment(seg)?;
+        this.seg.attach_end(this.member.current())?;
+        Ok(this)
     }
 
     fn from_segment(seg: Segment) -> Result<Self, SegmentError> {

@@ -106,6 +106,8 @@ use crate::segment::{
 };
 use crate::sync::bitmap;
 
+mod inspect;
+
 const PAGE: u64 = 4096;
 const PAGE_SHIFT: u32 = 12;
 /// Largest number of pages (64 GiB): a large block's length fits 24 bits.
@@ -428,7 +430,7 @@ impl FreeListAllocator {
             data_len: pages * PAGE,
             params: [pages, depth, cache_key(), 0],
         };
-        let seg = Segment::create(name, layout, opts)?;
+        let seg = Segment::create_attaching(name, layout, opts)?;
         let mut this = Self::from_segment(seg).inspect_err(|_| {
             let _ = crate::segment::unlink(name);
         })?;
@@ -445,7 +447,45 @@ impl FreeListAllocator {
             }
         }
         this.seg.publish();
+        this.seg.attach_end(this.member.current())?;
         Ok(this)
+    }
+
+    /// Opens the free-list allocator `name`, or creates it with `capacity` bytes if no segment of that name
+    /// exists: the common "whoever comes first" start. Returns the handle and
+    /// whether this call created the segment. Race-free: of any number of
+    /// processes calling it at once, exactly one creates and all end up on the one
+    /// segment. A crashed creator's half-initialised object under the name is
+    /// removed and created anew (see [`crate::segment::remove_if_stale`]); an
+    /// existing segment is opened as it is (its parameters win over these).
+    ///
+    /// # Errors
+    /// As [`create`](Self::create) and [`open`](Self::open) (not `AlreadyExists`).
+    pub fn open_or_create(name: &str, capacity: u64) -> Result<(Self, bool), SegmentError> {
+        Self::open_or_create_with(
+            name,
+            capacity,
+            &CreateOptions::default(),
+            &OpenOptions::default(),
+        )
+    }
+
+    /// [`open_or_create`](Self::open_or_create) with options.
+    ///
+    /// # Errors
+    /// As [`open_or_create`](Self::open_or_create).
+    pub fn open_or_create_with(
+        name: &str,
+        capacity: u64,
+        create: &CreateOptions,
+        open: &OpenOptions,
+    ) -> Result<(Self, bool), SegmentError> {
+        crate::segment::open_or_create(
+            name,
+            open,
+            || Self::create_with(name, capacity, create),
+            || Self::open_with(name, open),
+        )
     }
 
     /// Opens the free-list allocator `name` created by any process.
@@ -464,7 +504,12 @@ impl FreeListAllocator {
     /// # Errors
     /// As [`open`](Self::open).
     pub fn open_with(name: &str, opts: &OpenOptions) -> Result<Self, SegmentError> {
-        let this = Self::from_segment(Segment::open(name, AllocatorKind::FreeList, opts)?)?;
+        let this = Self::from_segment(Segment::open_attaching(
+            name,
+            AllocatorKind::FreeList,
+            opts,
+        )?)?;
+        this.seg.attach_end(this.member.current())?;
         Ok(this)
     }
 
@@ -1871,7 +1916,8 @@ impl Drop for FreeListAllocator {
                 self.release_span(p, st);
             }
         }
-        self.member.leave(&self.seg);
+        let (member, seg) = (&mut self.member, &self.seg);
+        seg.close_with(member.current(), || member.leave(seg));
     }
 }
 

@@ -8,12 +8,14 @@
 mod bump;
 mod cache;
 mod free_list;
+mod inspect;
 mod slab;
 
 pub use bump::{BumpAllocator, BUMP_MAX_CAPACITY, DEFAULT_RESET_WAIT};
 pub use free_list::{
     FreeListAllocator, Reclaimed, DEFAULT_CACHE_DEPTH, MAX_CACHE_DEPTH, SIZE_CLASSES,
 };
+pub use inspect::{Consistency, Inspect};
 pub use slab::{SlabAllocator, SLAB_CACHE_DEPTH};
 
 use crate::error::{AccessError, AllocError, FreeError};

@@ -19,6 +19,8 @@ use crate::segment::{
 };
 use crate::sync::bitmap;
 
+mod inspect;
+
 const PAGE: u64 = 4096;
 /// Largest data region of a slab (1 TiB): keeps every slot offset computation far
 /// from overflow.
@@ -181,7 +183,7 @@ impl SlabAllocator {
             data_len,
             params: [slot_size, slot_count, depth, cache_key()],
         };
-        let seg = Segment::create(name, layout, opts)?;
+        let seg = Segment::create_attaching(name, layout, opts)?;
         let mut this = Self::from_segment(seg).inspect_err(|_| {
             let _ = crate::segment::unlink(name);
         })?;
@@ -196,7 +198,51 @@ impl SlabAllocator {
             summary[summary.len() - 1].store(!0 << stail, Ordering::Relaxed);
         }
         this.seg.publish();
+        this.seg.attach_end(this.member.current())?;
         Ok(this)
+    }
+
+    /// Opens the slab allocator `name`, or creates it with `slot_count` slots of `slot_size` bytes if no segment of that name
+    /// exists: the common "whoever comes first" start. Returns the handle and
+    /// whether this call created the segment. Race-free: of any number of
+    /// processes calling it at once, exactly one creates and all end up on the one
+    /// segment. A crashed creator's half-initialised object under the name is
+    /// removed and created anew (see [`crate::segment::remove_if_stale`]); an
+    /// existing segment is opened as it is (its parameters win over these).
+    ///
+    /// # Errors
+    /// As [`create`](Self::create) and [`open`](Self::open) (not `AlreadyExists`).
+    pub fn open_or_create(
+        name: &str,
+        slot_size: u64,
+        slot_count: u64,
+    ) -> Result<(Self, bool), SegmentError> {
+        Self::open_or_create_with(
+            name,
+            slot_size,
+            slot_count,
+            &CreateOptions::default(),
+            &OpenOptions::default(),
+        )
+    }
+
+    /// [`open_or_create`](Self::open_or_create) with options.
+    ///
+    /// # Errors
+    /// As [`open_or_create`](Self::open_or_create).
+    pub fn open_or_create_with(
+        name: &str,
+        slot_size: u64,
+        slot_count: u64,
+        create: &CreateOptions,
+        open: &OpenOptions,
+    ) -> Result<(Self, bool), SegmentError> {
+        crate::segment::open_or_create(
+            name,
+            open,
+            || Self::create_with(name, slot_size, slot_count, create),
+            || Self::open_with(name, open),
+        )
     }
 
     /// Opens the slab allocator `name` created by any process.
@@ -214,7 +260,9 @@ impl SlabAllocator {
     /// # Errors
     /// As [`open`](Self::open).
     pub fn open_with(name: &str, opts: &OpenOptions) -> Result<Self, SegmentError> {
-        Self::from_segment(Segment::open(name, AllocatorKind::Slab, opts)?)
+        let this = Self::from_segment(Segment::open_attaching(name, AllocatorKind::Slab, opts)?)?;
+        this.seg.attach_end(this.member.current())?;
+        Ok(this)
     }
 
     fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
@@ -700,7 +748,8 @@ impl Drop for SlabAllocator {
                 cache::drop_own(self, &self.cache_owner, slot);
             }
         }
-        self.member.leave(&self.seg);
+        let (member, seg) = (&mut self.member, &self.seg);
+        seg.close_with(member.current(), || member.leave(seg));
     }
 }
 

@@ -45,6 +45,10 @@ use nix::libc;
 use crate::error::SegmentError;
 use crate::segment::Segment;
 
+mod inspect;
+pub(crate) use inspect::{any_live, any_slot_locked, check_registry, registry_info};
+pub use inspect::{IntentInfo, RegistryInfo, SlotInfo};
+
 /// Slots in every registry: at most this many handles can be attached at once.
 pub const SLOTS: usize = 128;
 /// Words (8 bytes) per slot.

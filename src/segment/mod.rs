@@ -5,9 +5,14 @@
 //! with a header (see [`Layout`]); the rest belongs to the allocator that created
 //! it. Closing is dropping the `Segment` (unmap); removing the name is
 //! [`unlink`], separate and explicit, as in the seed package.
+//! [`lifecycle`] adds `open_or_create`, the opt-in *remove on last close*
+//! policy and the removal of dead segments; [`peek`] looks at `/dev/shm` without
+//! opening anything.
 
 mod header;
+pub mod lifecycle;
 mod name;
+pub mod peek;
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -28,6 +33,8 @@ pub use header::{
     REGISTRY_REGION, ROOTS_LEN, ROOTS_OFFSET,
 };
 pub(crate) use header::{RawHeader, STATE_INIT, STATE_READY};
+pub(crate) use lifecycle::open_or_create;
+pub use lifecycle::{remove_if_stale, set_observer_mode, Staleness, STALE_GRACE};
 pub use name::MAX_NAME_LEN;
 
 /// Chunk size of the byte-wise atomic copies in `write_bytes` / `read_bytes`.

@@ -107,6 +107,21 @@ class _Allocator:
         """Bytes currently handed out."""
     def available_bytes(self) -> int:
         """Bytes still available for allocation."""
+    def stats(self) -> dict[str, object]:
+        """A snapshot of use: ``capacity``, ``live_blocks`` (``None`` for bump),
+        ``live_bytes``, ``free_bytes``, ``cached_bytes`` and ``classes`` (dicts
+        with ``block_size``, ``spans``, ``live_blocks``, ``free_blocks``)."""
+    def processes(self) -> list[dict[str, object]]:
+        """The attached processes: ``slot``, ``pid``, ``start_time_ns``, ``alive``,
+        ``generation``, ``is_self``, ``intents``, ``pins``."""
+    def largest_free_block(self) -> int:
+        """The largest block one ``allocate`` could get now, in bytes."""
+    def set_remove_on_last_close(self, on: bool) -> None:
+        """Sets (or clears) the remove-on-last-close policy of the segment.
+        Segments this process created get it at exit by default; ``False`` opts out."""
+    @property
+    def remove_on_last_close(self) -> bool:
+        """Whether the segment has the remove-on-last-close policy now."""
     def close(self) -> None:
         """Closes this handle (later calls raise ``ClosedError``); idempotent."""
     def unlink(self) -> None:
@@ -127,6 +142,9 @@ class BumpAllocator(_Allocator):
 
     def __new__(cls, name: str, capacity: int = 1024 * 1024, create: bool = True) -> Self:
         """Creates (``create=True``) or opens the segment ``name``."""
+    @staticmethod
+    def open_or_create(name: str, capacity: int = 1024 * 1024) -> tuple[BumpAllocator, bool]:
+        """Opens ``name`` or creates it; returns ``(allocator, created)``. Race-free."""
     def allocate(self, size: int, alignment: int = 8) -> int | None:
         """Offset of ``size`` new bytes, or ``None`` when full."""
     def allocate_many(self, size: int, count: int, alignment: int = 8) -> array[int] | None:
@@ -147,6 +165,14 @@ class FreeListAllocator(_Allocator):
         create: bool = True,
     ) -> Self:
         """Creates (``create=True``) or opens the segment ``name``."""
+    @staticmethod
+    def open_or_create(
+        name: str,
+        capacity: int = 10 * 1024 * 1024,
+        slot_size: int = 256,
+        num_slots: int | None = None,
+    ) -> tuple[FreeListAllocator, bool]:
+        """Opens ``name`` or creates it; returns ``(allocator, created)``. Race-free."""
     @property
     def slot_size(self) -> int:
         """The ``slot_size`` given at creation."""
@@ -172,6 +198,9 @@ class SlabAllocator(_Allocator):
 
     def __new__(cls, name: str, slab_size: int = 256, num_slabs: int = 4096, create: bool = True) -> Self:
         """Creates (``create=True``) or opens the segment ``name``."""
+    @staticmethod
+    def open_or_create(name: str, slab_size: int = 256, num_slabs: int = 4096) -> tuple[SlabAllocator, bool]:
+        """Opens ``name`` or creates it; returns ``(allocator, created)``. Race-free."""
     @property
     def slab_size(self) -> int:
         """Size of one slab in bytes."""

@@ -1,0 +1,195 @@
+"""Segment lifecycle and introspection: ``stats()``, ``processes()``,
+``largest_free_block()``, ``open_or_create`` raced by processes, and the
+exit-time default (a segment this process created is removed once no process is
+attached, as the seed's resource tracker did, but never under a live user)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from shared_allocator import BumpAllocator, FreeListAllocator, SlabAllocator
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(os.path.join("/dev/shm", name))
+
+
+def make(kind: str, name: str):
+    if kind == "freelist":
+        return FreeListAllocator(name, capacity=1 << 20)
+    if kind == "slab":
+        return SlabAllocator(name, slab_size=64, num_slabs=100)
+    return BumpAllocator(name, capacity=1 << 16)
+
+
+@pytest.mark.parametrize("kind", ["freelist", "slab", "bump"])
+def test_stats_processes_largest_free_block(kind, name):
+    a = make(kind, name)
+    try:
+        off = a.allocate(48)
+        assert off is not None
+        s = a.stats()
+        assert set(s) == {"capacity", "live_blocks", "live_bytes", "free_bytes", "cached_bytes", "classes"}
+        assert s["live_bytes"] >= 48
+        assert s["capacity"] >= s["live_bytes"] + s["free_bytes"] - s["cached_bytes"]
+        if kind == "bump":
+            assert s["live_blocks"] is None
+        else:
+            # (the free list also holds its slot-accounting root)
+            assert s["live_blocks"] == (2 if kind == "freelist" else 1)
+            assert all(set(c) == {"block_size", "spans", "live_blocks", "free_blocks"} for c in s["classes"])
+        procs = a.processes()
+        me = [p for p in procs if p["is_self"]]
+        assert len(me) == 1
+        assert me[0]["pid"] == os.getpid() and me[0]["alive"]
+        assert me[0]["start_time_ns"] > 0
+        assert {"slot", "generation", "intents", "pins"} <= set(me[0])
+        largest = a.largest_free_block()
+        assert 0 < largest <= s["free_bytes"]
+        if kind == "slab":
+            assert largest == 64
+    finally:
+        a.unlink()
+        a.close()
+
+
+def _racer(name: str, go: float, q) -> None:
+    while time.time() < go:
+        pass
+    a, created = FreeListAllocator.open_or_create(name, capacity=1 << 20)
+    off = a.allocate(16)
+    q.put((created, a.capacity, off is not None))
+    a.set_remove_on_last_close(False)  # the parent checks the name afterwards
+    a.close()
+
+
+def test_open_or_create_raced_by_eight_processes(name):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    go = time.time() + 2.0
+    procs = [ctx.Process(target=_racer, args=(name, go, q)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert sum(1 for created, _, _ in results if created) == 1
+    assert len({cap for _, cap, _ in results}) == 1
+    assert all(ok for _, _, ok in results)
+    # All eight allocated in the one segment that has the name now.
+    b = FreeListAllocator(name, create=False)
+    assert b.used_slots() == 8
+    b.close()
+
+
+@pytest.mark.parametrize("kind", ["freelist", "slab", "bump"])
+def test_open_or_create_returns_created_flag(kind, name):
+    cls = {"freelist": FreeListAllocator, "slab": SlabAllocator, "bump": BumpAllocator}[kind]
+    a, created = cls.open_or_create(name)
+    assert created
+    b, created = cls.open_or_create(name)
+    assert not created
+    assert a.capacity == b.capacity
+    a.unlink()
+    a.close()
+    b.close()
+
+
+def run_child(code: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_created_segment_is_removed_at_exit(name):
+    # The seed package's README example, run twice: the second run used to fail
+    # with ExistsError because the first left its segment behind.
+    code = f"""
+        from shared_allocator import FreeListAllocator
+        a = FreeListAllocator({name!r}, capacity=1 << 20)
+        off = a.allocate(64)
+        a.write(off, b"hello")
+        print(a.remove_on_last_close)
+    """
+    assert run_child(code).strip() == "False"
+    assert not exists(name)
+    run_child(code)
+    assert not exists(name)
+
+
+def test_exit_never_removes_under_a_live_user(name):
+    code = f"""
+        import sys
+        from shared_allocator import SlabAllocator
+        a = SlabAllocator({name!r}, slab_size=64, num_slabs=10)
+        print("made", flush=True)
+        sys.stdin.readline()
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "made"
+        b = SlabAllocator(name, create=False)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(60) == 0
+        # The creator exited while we are attached: the name stays, with the policy.
+        assert exists(name)
+        assert b.remove_on_last_close
+        assert b.allocate() is not None
+        del b  # the last handle out removes it
+        import gc
+
+        gc.collect()
+        assert not exists(name)
+    finally:
+        child.kill()
+
+
+def test_opt_out_keeps_the_segment(name):
+    code = f"""
+        from shared_allocator import BumpAllocator
+        a = BumpAllocator({name!r}, capacity=4096)
+        a.set_remove_on_last_close(False)
+    """
+    run_child(code)
+    assert exists(name)
+    b = BumpAllocator(name, create=False)
+    assert not b.remove_on_last_close
+    b.unlink()
+    b.close()
+
+
+def test_killed_creator_leaves_it_for_gc(name):
+    # A process that dies by a signal runs no exit handler.
+    code = f"""
+        import os, signal
+        from shared_allocator import FreeListAllocator
+        a = FreeListAllocator({name!r}, capacity=1 << 20)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], timeout=60)
+    assert out.returncode == -9
+    assert exists(name)
+    b = FreeListAllocator(name, create=False)
+    dead = [p for p in b.processes() if not p["alive"]]
+    assert len(dead) == 1
+    b.unlink()
+    b.close()

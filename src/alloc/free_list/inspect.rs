@@ -1,0 +1,237 @@
+//! [`Inspect`] for the free-list allocator: the consistency walk over the page
+//! lines, the caches and the registry, the largest free block, block sizes.
+
+use std::collections::HashSet;
+
+use super::*;
+use crate::alloc::inspect::{registry_problems, Consistency, Inspect};
+use crate::process::RegistryInfo;
+
+impl FreeListAllocator {
+    /// Pages covered by an intent record of any slot, live or dead, or parked.
+    fn pages_in_flight(&self) -> HashSet<usize> {
+        let reg = process::registry_info(&self.seg, self.member.current());
+        reg.slots
+            .iter()
+            .flat_map(|s| s.intents.iter())
+            .chain(reg.orphan_intents.iter())
+            .flat_map(|i| i.page as usize..(i.page as usize).saturating_add(i.pages as usize))
+            .collect()
+    }
+
+    fn check_page(&self, p: usize, out: &mut Consistency, heads: &mut Vec<(usize, u64)>) {
+        let line = self.line(p);
+        let st = line[PM_STATE].load(Ordering::Acquire);
+        let mut bad = |what: String| out.problems.push(format!("page {p}: {what}"));
+        match kind(st) {
+            KIND_FREE => {}
+            KIND_SMALL => {
+                let c = class(st);
+                if c >= NCLASS {
+                    return bad(format!("span of unknown class {c}"));
+                }
+                let tag = tag_of(st);
+                for w in 0..SPAN_WORDS {
+                    let v = line[PM_WORDS + w].load(Ordering::Acquire);
+                    if v == CLOSED {
+                        continue;
+                    }
+                    if w >= words_of(c) {
+                        bad(format!("block word {w} is open past the class's blocks"));
+                    } else if v >> BITS != tag {
+                        bad(format!(
+                            "block word {w} has tag {:#x}, its span has {tag:#x}",
+                            v >> BITS
+                        ));
+                    } else {
+                        let pad = open_empty(w, c, tag) & BITS_MASK;
+                        if v & pad != pad {
+                            bad(format!("block word {w} has a bit past the last block free"));
+                        }
+                    }
+                }
+            }
+            KIND_LARGE => {
+                let n = run_len(st);
+                if n == 0 || p as u64 + n > self.pages as u64 {
+                    return bad(format!(
+                        "large block of {n} pages runs past the data region"
+                    ));
+                }
+                heads.push((p, st));
+            }
+            KIND_INTERIOR => {} // checked from its head
+            k => bad(format!("unknown page kind {k}")),
+        }
+    }
+
+    fn check_caches(&self, out: &mut Consistency) {
+        if self.depth == 0 {
+            return;
+        }
+        let mut seen = HashSet::new();
+        for slot in 0..process::SLOTS {
+            for (c, &size) in SIZE_CLASSES.iter().enumerate() {
+                for off in self.mag(slot, c).entries() {
+                    out.cached_blocks += 1;
+                    let mut bad = |what: &str| {
+                        out.problems.push(format!(
+                            "cache of slot {slot}, class {c}: block {off:#x} {what}"
+                        ))
+                    };
+                    if !self.in_data(off) {
+                        bad("is outside the data region");
+                        continue;
+                    }
+                    if !seen.insert(off) {
+                        bad("is cached twice");
+                        continue;
+                    }
+                    let (p, within) = self.locate(off - self.data_off);
+                    let st = self.state(p).load(Ordering::Acquire);
+                    if kind(st) != KIND_SMALL || class(st) != c {
+                        bad("is not in a span of its class");
+                        continue;
+                    }
+                    if within % u64::from(size) != 0 {
+                        bad("is not the start of a block");
+                        continue;
+                    }
+                    let i = block_index(within, c);
+                    let v = self.line(p)[PM_WORDS + (i / BITS) as usize].load(Ordering::Acquire);
+                    if v >> BITS != tag_of(st) || v & (1 << (i % BITS)) == 0 {
+                        bad("is free in its span's bitmap");
+                    }
+                    // (Its cache mark is not checked: a push writes it after the
+                    // count, so a handle killed in between leaves a cached block
+                    // without one, which is harmless.)
+                }
+            }
+        }
+    }
+}
+
+impl Inspect for FreeListAllocator {
+    fn registry(&self) -> RegistryInfo {
+        process::registry_info(&self.seg, self.member.current())
+    }
+
+    /// The longest run of pages whose page hints are clear: what a large
+    /// allocation searches first (a repair pass, which runs before an allocation
+    /// reports out-of-memory, may find more: stale hints, empty spans). Reads the
+    /// hint bitmap only (one bit per page), so it stays fast at 16 GiB. With no
+    /// free page: the largest size class with a free block.
+    fn largest_free_block(&self) -> u64 {
+        let (mut best, mut run) = (0u64, 0u64);
+        let mut left = self.pages as u64;
+        for w in self.page_hints() {
+            let bits = left.min(64);
+            left -= bits;
+            let v = w.load(Ordering::Acquire) | if bits == 64 { 0 } else { !0 << bits };
+            if v == 0 {
+                run += 64;
+            } else if v == !0 {
+                run = 0;
+            } else {
+                for b in 0..64 {
+                    if v & (1 << b) == 0 {
+                        run += 1;
+                        best = best.max(run);
+                    } else {
+                        run = 0;
+                    }
+                }
+            }
+            best = best.max(run);
+        }
+        if best > 0 {
+            return best * PAGE;
+        }
+        self.stats()
+            .classes
+            .iter()
+            .filter(|c| c.free_blocks > 0)
+            .map(|c| c.block_size)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn block_size(&self, offset: Offset) -> Option<u64> {
+        let rel = data_relative(&self.seg, offset, 0).ok()?;
+        let (p, within) = self.locate(rel);
+        let st = self.state(p).load(Ordering::Acquire);
+        match kind(st) {
+            KIND_LARGE if within == 0 => Some(run_len(st) * PAGE),
+            KIND_SMALL if class(st) < NCLASS => {
+                let c = class(st);
+                let size = u64::from(SIZE_CLASSES[c]);
+                if within % size != 0 || within / size >= cap_of(c) {
+                    return None;
+                }
+                let i = block_index(within, c);
+                let v = self.line(p)[PM_WORDS + (i / BITS) as usize].load(Ordering::Acquire);
+                (v >> BITS == tag_of(st) && v & (1 << (i % BITS)) != 0).then_some(size)
+            }
+            _ => None,
+        }
+    }
+
+    fn check(&self) -> Consistency {
+        let mut out = Consistency::default();
+        let in_flight = self.pages_in_flight();
+        let mut heads = Vec::new();
+        for p in 0..self.pages {
+            out.checked += 1;
+            if in_flight.contains(&p) {
+                out.in_flight += 1;
+                continue;
+            }
+            self.check_page(p, &mut out, &mut heads);
+        }
+        // Every interior page belongs to exactly one large block's head.
+        let mut owned = vec![false; self.pages];
+        for (h, st) in heads {
+            let end = h + run_len(st) as usize;
+            for (q, owned) in owned.iter_mut().enumerate().take(end).skip(h + 1) {
+                if in_flight.contains(&q) {
+                    continue;
+                }
+                let s = self.state(q).load(Ordering::Acquire);
+                if kind(s) != KIND_INTERIOR || aux(s) != interior_aux(st, (q - h) as u64) {
+                    out.problems.push(format!(
+                        "page {q}: inside the large block at page {h}, but not its interior page"
+                    ));
+                }
+                if std::mem::replace(owned, true) {
+                    out.problems
+                        .push(format!("page {q}: inside two large blocks"));
+                }
+            }
+        }
+        for (q, owned) in owned.iter().enumerate() {
+            if !owned
+                && !in_flight.contains(&q)
+                && kind(self.state(q).load(Ordering::Acquire)) == KIND_INTERIOR
+            {
+                out.problems
+                    .push(format!("page {q}: interior page of no large block"));
+            }
+        }
+        // Page hints: the bits past the last page stay set.
+        let tail = self.pages % 64;
+        if tail != 0 {
+            let w = self.page_hints()[self.pages / 64].load(Ordering::Acquire);
+            if w | ((1u64 << tail) - 1) != !0 {
+                out.problems
+                    .push("page hints: a bit past the last page is clear".to_owned());
+            }
+        }
+        self.check_caches(&mut out);
+        registry_problems(&self.seg, &mut out);
+        out
+    }
+
+    fn remove_if_unattached(&self) -> Result<bool, SegmentError> {
+        self.seg.remove_if_unattached(self.member.current())
+    }
+}
