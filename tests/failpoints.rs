@@ -347,7 +347,7 @@ fn reclaimer_killed_mid_repair_does_not_free_a_live_block() {
     assert_ne!(other, off, "a live block was handed out again");
     a.free(other).unwrap();
     a.free(off).unwrap();
-    assert_eq!(a.stats().live_blocks, Some(0));
+    assert_eq!(a.audit().live_blocks, Some(0));
 }
 
 /// Runs a child (of test `entry`) that arms a SIGKILL at the first hit of `point`,
@@ -559,10 +559,10 @@ fn allocate_verify_sweep(a: &FreeListAllocator) -> Result<(), String> {
             Err(e) => return Err(format!("sweep free of {off}: {e}")),
         }
     }
-    let s = a.stats();
+    let s = a.audit();
     if s.live_blocks != Some(0) || s.free_bytes != s.capacity {
         a.reclaim();
-        let t = a.stats();
+        let t = a.audit();
         return Err(format!(
             "after freeing everything: live_blocks {:?}, free_bytes {} of {} \
              (after another reclaim: {:?}, {})",
@@ -604,7 +604,7 @@ fn many_handles_dying_at_once_leak_nothing() {
     assert!(killed_by_sigkill(&st), "the child was not killed: {st}");
     let r = a.reclaim();
     println!("{n} handles died in new_span; one repair: {r:?}");
-    let s = a.stats();
+    let s = a.audit();
     assert_eq!(
         (s.live_blocks, s.free_bytes),
         (Some(0), s.capacity),
@@ -688,7 +688,7 @@ fn repair_never_frees_pages_of_a_block_being_grown() {
     );
     a.free(ctrl_off).unwrap();
     a.reclaim();
-    let s = a.stats();
+    let s = a.audit();
     assert_eq!((s.live_blocks, s.free_bytes), (Some(0), s.capacity));
 }
 
@@ -782,10 +782,16 @@ trait Target: ShmFree + Sized + 'static {
     fn rounded(size: u64) -> u64;
     /// After everything was freed: the whole capacity can be handed out again.
     fn capacity_check(&self) -> Result<(), String>;
+    /// The exact statistics (the free list's `audit`: its `stats` counters may be
+    /// off by what a killed operation moved).
+    fn audit(&self) -> shared_allocator::alloc::Stats;
 }
 
 impl Target for FreeListAllocator {
     const NAME: &'static str = "fl";
+    fn audit(&self) -> shared_allocator::alloc::Stats {
+        FreeListAllocator::audit(self)
+    }
     fn create_for_test(name: &str) -> Self {
         // The shared free path (its two points) runs only without a cache: a
         // cached free is a plain store into the cache.
@@ -820,7 +826,7 @@ impl Target for FreeListAllocator {
         }
     }
     fn capacity_check(&self) -> Result<(), String> {
-        let cap = self.stats().capacity;
+        let cap = self.audit().capacity;
         let off = self
             .allocate(cap as usize)
             .map_err(|e| format!("allocate(capacity = {cap}) after freeing everything: {e}"))?;
@@ -831,6 +837,9 @@ impl Target for FreeListAllocator {
 
 impl Target for SlabAllocator {
     const NAME: &'static str = "slab";
+    fn audit(&self) -> shared_allocator::alloc::Stats {
+        self.stats()
+    }
     fn create_for_test(name: &str) -> Self {
         let depth = if NO_CACHE.load(std::sync::atomic::Ordering::Relaxed) {
             0
@@ -1173,7 +1182,7 @@ fn run_one<A: Target>(point: &str, k: u64, seed: u64, row: &mut Row) -> Option<u
 
     // ---- the reclaimer runs, then stats must be exactly what the victim held.
     a.reclaim_now();
-    let stats0 = a.stats();
+    let stats0 = a.audit();
     check_after_death(&a, &ctx, &rep, pending, ctrl_off, stats0, row);
     finished
 }
@@ -1269,9 +1278,9 @@ fn check_after_death<A: Target>(
         if a.check_range(o, 1).is_err() {
             continue;
         }
-        let before = a.stats().live_bytes;
+        let before = a.audit().live_bytes;
         match a.free(o) {
-            Ok(()) => strays.push((off, before - a.stats().live_bytes)),
+            Ok(()) => strays.push((off, before - a.audit().live_bytes)),
             Err(FreeError::NotBlockStart { .. } | FreeError::DoubleFree { .. }) => {}
             Err(e) => problems.push(format!("sweep free of {off}: {e}")),
         }
@@ -1324,7 +1333,7 @@ fn check_after_death<A: Target>(
         ));
     }
     // Everything freed: the machinery holds nothing.
-    let s = a.stats();
+    let s = a.audit();
     if s.live_blocks != Some(0) {
         problems.push(format!(
             "after freeing everything live_blocks = {:?}",
@@ -1335,7 +1344,7 @@ fn check_after_death<A: Target>(
         leaked += s.capacity.saturating_sub(s.free_bytes);
         // A second pass: does it get them back? (Reported, still a leak of the first.)
         a.reclaim_now();
-        let again = a.stats();
+        let again = a.audit();
         problems.push(format!(
             "after one reclaim and freeing everything: free_bytes {} of {} ({} missing; \
              after a second reclaim: {} missing)",

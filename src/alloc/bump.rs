@@ -121,7 +121,17 @@ fn backoff(round: &mut u32) {
 pub struct BumpAllocator {
     member: Membership,
     seg: Segment,
+    /// Bytes of the data region this process has committed (`fallocate`d) itself:
+    /// an allocation ending past it commits up to its end first (see `commit_to`).
+    local: std::sync::atomic::AtomicU64,
 }
+
+/// Byte offset, in the metadata region, of the shared word that reports how many
+/// data bytes were committed (for `stats`; every process commits what it hands
+/// out itself, so a scribbled word costs nothing but a wrong number).
+const COMMITTED_AT: u64 = 32;
+/// Bytes committed at a time as the cursor advances.
+const COMMIT_CHUNK: u64 = 1 << 20;
 
 impl Drop for BumpAllocator {
     fn drop(&mut self) {
@@ -165,9 +175,48 @@ impl BumpAllocator {
             params: [0; 4],
         };
         let seg = Segment::create(name, layout, opts)?;
+        // The metadata page, then the first chunk (committed here, so a file system
+        // that cannot hold even that fails `create` at once).
+        let first = seg
+            .commit(layout.meta_offset, META_LEN)
+            .and_then(|()| Self::from_segment(seg))
+            .and_then(|this| {
+                this.commit_to(COMMIT_CHUNK.min(capacity))
+                    .map_err(|errno| SegmentError::Os {
+                        op: "fallocate",
+                        errno,
+                    })?;
+                Ok(this)
+            });
+        let this = first.inspect_err(|_| {
+            let _ = crate::segment::unlink(name);
+        })?;
         // The metadata region is zero (fresh ftruncate): epoch 0, cursor 0.
-        seg.publish();
-        Self::from_segment(seg)
+        this.seg.publish();
+        Ok(this)
+    }
+
+    /// Commits the data region up to byte `end` (relative), in this process, in
+    /// chunks of 1 MiB: pages are backed before any allocation hands them out.
+    fn commit_to(&self, end: u64) -> Result<(), nix::errno::Errno> {
+        let l = self.seg.layout();
+        let have = self.local.load(Ordering::Acquire);
+        if end <= have {
+            return Ok(());
+        }
+        let to = end.next_multiple_of(COMMIT_CHUNK).min(l.data_len);
+        crate::fail_point!("bump.commit");
+        self.seg
+            .commit(l.data_offset + have, to - have)
+            .map_err(|e| match e {
+                SegmentError::Os { errno, .. } => errno,
+                _ => nix::errno::Errno::EINVAL,
+            })?;
+        self.local.fetch_max(to, Ordering::AcqRel);
+        if let Some(w) = self.seg.words(l.meta_offset + COMMITTED_AT, 1) {
+            w[0].fetch_max(to, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Opens the bump allocator `name` created by any process.
@@ -197,7 +246,11 @@ impl BumpAllocator {
 
     fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
         let member = Membership::join(&seg)?.membership;
-        Ok(BumpAllocator { member, seg })
+        Ok(BumpAllocator {
+            member,
+            seg,
+            local: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// The handles attached to this segment, from the process registry.
@@ -415,6 +468,14 @@ impl BumpAllocator {
                     available: cap.saturating_sub(used),
                 });
             };
+            // Back the pages before they can be handed out: a file system that
+            // cannot is out-of-memory here, never a SIGBUS at the caller's write.
+            if end > self.local.load(Ordering::Relaxed) && self.commit_to(end).is_err() {
+                return Err(AllocError::OutOfMemory {
+                    requested: size as u64,
+                    available: self.local.load(Ordering::Relaxed).saturating_sub(used),
+                });
+            }
             let next = (cur & !(CURSOR_MASK | RESETTER_MASK)) | u128::from(end);
             // Acquire on success: the reset that began this epoch happens-before
             // this allocation's writes.
@@ -477,8 +538,15 @@ impl ShmAllocator for BumpAllocator {
 
     fn stats(&self) -> Stats {
         let used = self.used();
+        let l = self.seg.layout();
+        let committed = self
+            .seg
+            .words(l.meta_offset + COMMITTED_AT, 1)
+            .map_or(0, |w| w[0].load(Ordering::Relaxed))
+            .min(l.data_len);
         Stats {
             cached_bytes: 0,
+            committed_bytes: committed,
             capacity: self.seg.layout().data_len,
             live_blocks: None,
             live_bytes: used,

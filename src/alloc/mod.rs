@@ -12,7 +12,8 @@ mod slab;
 
 pub use bump::{BumpAllocator, BUMP_MAX_CAPACITY, DEFAULT_RESET_WAIT};
 pub use free_list::{
-    FreeListAllocator, Reclaimed, DEFAULT_CACHE_DEPTH, MAX_CACHE_DEPTH, SIZE_CLASSES,
+    FreeListAllocator, FreeListOptions, Reclaimed, DEFAULT_CACHE_DEPTH, MAX_CACHE_DEPTH,
+    SIZE_CLASSES,
 };
 pub use slab::{SlabAllocator, SLAB_CACHE_DEPTH};
 
@@ -81,8 +82,12 @@ pub struct ClassStats {
 /// otherwise each number is a recent value.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Stats {
-    /// Bytes of the data region.
+    /// Bytes of the data region (for a growing segment, its maximum).
     pub capacity: u64,
+    /// Bytes of the data region committed in the shared-memory file so far
+    /// (`fallocate`d: backed by the file system, never a `SIGBUS`). Grows toward
+    /// `capacity` as the allocator needs pages.
+    pub committed_bytes: u64,
     /// Blocks handed out and not freed. `None` for the bump allocator, which does
     /// not count blocks (that would cost a second atomic per allocation).
     pub live_blocks: Option<u64>,

@@ -333,19 +333,75 @@ impl Segment {
             let map = MmapRaw::map_raw(&file).map_err(|e| io_err("mmap", e))?;
             Ok((map, lock_description(&file)?))
         })();
-        match result {
-            Ok((map, file)) => Ok(Segment {
-                name,
+        let result = result.and_then(|(map, file)| {
+            let seg = Segment {
+                name: name.clone(),
                 map,
                 layout,
                 file,
                 mode_seen: Default::default(),
-            }),
+            };
+            // The header and the registry are touched at once: commit them now, so
+            // a full file system is an error here and never a SIGBUS later.
+            seg.commit(0, ALLOC_REGION_START.min(layout.total_size))?;
+            Ok(seg)
+        });
+        match result {
+            Ok(seg) => Ok(seg),
             Err(e) => {
                 let _ = shm_unlink(name.as_str());
                 Err(e)
             }
         }
+    }
+
+    /// Commits the bytes `offset..offset + len` of the object (whole pages around
+    /// them) with `fallocate`: afterwards the file system backs them, so touching
+    /// them cannot raise `SIGBUS`. Idempotent and cheap where pages are already
+    /// backed. A file system without `fallocate` (`EOPNOTSUPP`) commits nothing and
+    /// reports success: there, as with any sparse file, a page it cannot back later
+    /// still faults.
+    ///
+    /// # Errors
+    /// [`SegmentError::Os`] with `op: "fallocate"` (`ENOSPC`: the file system is full,
+    /// e.g. a small `/dev/shm`), or [`SegmentError::InvalidParameter`] for a range
+    /// past the mapping.
+    pub(crate) fn commit(&self, offset: u64, len: u64) -> Result<(), SegmentError> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset.checked_add(len).filter(|&e| e <= self.len()).ok_or(
+            SegmentError::InvalidParameter {
+                what: "commit range",
+                value: offset,
+            },
+        )?;
+        let start = offset / 4096 * 4096;
+        let end = end.div_ceil(4096).saturating_mul(4096).min(self.len());
+        for _ in 0..64 {
+            crate::fail_point!("segment.commit");
+            let r = fallocate(
+                &self.file,
+                FallocateFlags::empty(),
+                start as i64,
+                (end - start) as i64,
+            );
+            match r {
+                Ok(()) | Err(Errno::EOPNOTSUPP) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    return Err(SegmentError::Os {
+                        op: "fallocate",
+                        errno,
+                    })
+                }
+            }
+        }
+        Err(SegmentError::Os {
+            op: "fallocate",
+            errno: Errno::EINTR,
+        })
     }
 
     /// Publishes the header: after this, `open` in any process succeeds.

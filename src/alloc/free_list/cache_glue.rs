@@ -44,13 +44,19 @@ impl FreeListAllocator {
     /// The first word of the block at `off` (any 16-aligned offset in the data region).
     #[inline(always)]
     pub(super) fn mark(&self, off: u64) -> Option<&AtomicU64> {
-        if !self.in_data(off) || off % 16 != 0 {
+        // Only committed pages may be touched (a scribbled cache entry could name
+        // any offset of the mapping).
+        if !self.in_data(off)
+            || off % 16 != 0
+            || ((off - self.data_off) >> PAGE_SHIFT) as usize >= self.committed()
+        {
             return None;
         }
         let addr = self.data_addr + (off - self.data_off) as usize;
         // SAFETY:
         // - `data_addr` is the start of the data region in this mapping (`ptr_at`
-        //   checked the whole region at open) and `off` lies inside it, 16 bytes
+        //   checked the whole region at open) and `off` lies inside it, in a
+        //   page this process committed (so touching it cannot fault), 16 bytes
         //   before its end at least (the region is whole pages, `off` 16-aligned), so
         //   the 8 bytes at `addr` are in bounds and 8-aligned;
         // - any bit pattern is a valid AtomicU64; marks are only accessed atomically
@@ -99,8 +105,10 @@ impl FreeListAllocator {
             return false;
         }
         let (p, within) = self.locate(off - self.data_off);
-        // SAFETY: `off` is in the data region, which is `pages` whole pages (checked
-        // at open), so `p < pages`.
+        if p >= self.committed() {
+            return false; // `free_checked` looks again (the count may have grown)
+        }
+        // SAFETY: `p < committed()`, checked just above.
         let line = unsafe { self.line_unchecked(p) };
         let st = line[PM_STATE].load(Ordering::Acquire);
         let c = class(st);
@@ -215,7 +223,10 @@ impl FreeListAllocator {
             return; // a scribbled entry: drop it
         }
         let (p, _) = self.locate(first - l.data_offset);
-        let st = self.state(p).load(Ordering::Acquire);
+        let Some(line) = self.page_line(p) else {
+            return; // a scribbled entry past the committed pages: drop it
+        };
+        let st = line[PM_STATE].load(Ordering::Acquire);
         if kind(st) != KIND_SMALL || class(st) != c {
             self.late_double_frees
                 .fetch_add(offs.len() as u64, Ordering::Relaxed);
@@ -252,6 +263,7 @@ impl FreeListAllocator {
             match word.compare_exchange_weak(v, v & !mask, Ordering::SeqCst, Ordering::Relaxed) {
                 Ok(_) => {
                     let missing = (mask & !v).count_ones();
+                    self.count_blocks(c, -i64::from((mask & v).count_ones()));
                     if missing != 0 {
                         self.late_double_frees
                             .fetch_add(u64::from(missing), Ordering::Relaxed);
@@ -283,6 +295,7 @@ impl FreeListAllocator {
                 (v >> BITS == tag).then_some(!v & BITS_MASK)
             });
             if let Some(mask) = taken {
+                self.count_blocks(c, i64::from(mask.count_ones()));
                 crate::fail_point!("fl.cache.refill");
                 // Highest first, so that pops hand blocks out in ascending order.
                 let (base, size) = (self.page_offset(p), u64::from(SIZE_CLASSES[c]));
@@ -294,22 +307,35 @@ impl FreeListAllocator {
         }
     }
 
-    /// Out of memory after a repair: asks other handles to flush their caches and
-    /// retries `f` for a bounded time (20 ms) while any cache still holds blocks.
-    pub(super) fn retry_after_flushes<T>(
+    /// Out of memory: what can still be recovered, each step once and bounded, then
+    /// the error. `need` is the pages the request needs.
+    ///
+    /// 1. The registry part of a repair (our cache, dead handles): O(slots).
+    /// 2. The sweep (empty spans kept as some handle's current span, pages a
+    ///    crash left unlisted), only if the counters say enough free bytes exist.
+    /// 3. Other handles' caches, only if any holds blocks: one attempt to take the
+    ///    idle ones, then flush requests honoured for at most 20 ms.
+    ///
+    /// With nothing to recover the error comes within microseconds.
+    pub(super) fn out_of_memory<T>(
         &self,
+        need: usize,
         mut f: impl FnMut() -> Result<T, AllocError>,
     ) -> Result<T, AllocError> {
-        let me = self.member.current();
+        let oom = |r: &Result<T, AllocError>| matches!(r, Err(AllocError::OutOfMemory { .. }));
+        self.repair_registry();
         let mut last = f();
+        if oom(&last) && self.counted().free_bytes >= need as u64 * PAGE {
+            self.sweep(&mut Reclaimed::default());
+            last = f();
+        }
+        let me = self.member.current();
         for round in 0..20 {
-            if !matches!(last, Err(AllocError::OutOfMemory { .. }))
-                || !cache::request_flushes(self, me)
-            {
+            if !oom(&last) || !cache::request_flushes(self, me) {
                 break;
             }
-            // Idle owners never come to honour a request: take their caches.
-            if round % 8 == 0 {
+            // Idle owners never come to honour a request: take their caches, once.
+            if round == 0 {
                 let n = cache::steal_idle(self, me);
                 self.stolen.fetch_add(n as u64, Ordering::Relaxed);
             } else {
@@ -317,7 +343,7 @@ impl FreeListAllocator {
             }
             // Flushed blocks may have emptied spans (some handle's current one):
             // return those to the page pool before trying again.
-            self.repair();
+            self.sweep(&mut Reclaimed::default());
             last = f();
         }
         match last {

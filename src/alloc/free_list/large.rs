@@ -17,21 +17,41 @@ use super::*;
 impl FreeListAllocator {
     pub(super) fn alloc_large(&self, size: usize) -> Result<Offset, AllocError> {
         let n = (size as u64).div_ceil(PAGE);
-        if n > self.pages as u64 {
+        // A run's length must fit its 24-bit field.
+        let max = (self.pages as u64).min(MAX_PAGES - 1);
+        if n > max {
             return Err(AllocError::TooLarge {
                 requested: size as u64,
-                max: self.pages as u64 * PAGE,
+                max: max * PAGE,
             });
         }
         let n = n as usize;
         let me = self.my_slot()?;
         match self.try_alloc_large(size, n, me) {
             Err(AllocError::OutOfMemory { .. }) => {
-                self.repair();
-                self.retry_after_flushes(|| self.try_alloc_large(size, n, me))
+                self.out_of_memory(n, || self.try_alloc_large(size, n, me))
             }
             r => r,
         }
+    }
+
+    /// The highest run of `n` free pages below page `limit` (a snapshot of the
+    /// free-page bits): large blocks are placed from the top of the committed pages
+    /// down, small spans from the bottom up, so the free pages stay in one run in
+    /// between. Visits at most 1024 free runs, each in O(1) through the summary
+    /// levels plus O(n / 64) to measure it.
+    fn find_run(&self, n: usize, limit: usize) -> Option<usize> {
+        let free = self.free_pages();
+        let mut limit = limit;
+        for _ in 0..1024 {
+            let e = free.last_below(limit)? + 1;
+            let run = free.run_down(e, n);
+            if run >= n {
+                return Some(e - n);
+            }
+            limit = e - run;
+        }
+        None
     }
 
     pub(super) fn try_alloc_large(
@@ -40,12 +60,21 @@ impl FreeListAllocator {
         n: usize,
         me: usize,
     ) -> Result<Offset, AllocError> {
-        let hints = self.page_hints();
+        let free = self.free_pages();
+        let mut grows = 4u32;
         for _ in 0..256 {
-            let Some(s) = bitmap::find_clear_run(hints, n).filter(|&s| s + n <= self.pages) else {
-                break;
+            let Some(s) = self.find_run(n, self.committed()) else {
+                // Commit more: what the free run at the top lacks (a few times at
+                // most: other processes may commit and take pages meanwhile).
+                let top = self.committed();
+                let t = free.run_down(top, n);
+                grows = grows.saturating_sub(1);
+                if grows == 0 || !self.grow(n - t) {
+                    break;
+                }
+                continue;
             };
-            if !bitmap::claim_run(hints, s, n) {
+            if !free.claim_run(s, n) {
                 continue;
             }
             let head = self.state(s).load(Ordering::Acquire);
@@ -72,6 +101,7 @@ impl FreeListAllocator {
             crate::fail_point!("fl.large.head");
             if self.claim_interiors(s, 1, n, new_head) {
                 drop(guard);
+                self.count_large(n as i64, 1);
                 return Ok(Offset::new(self.page_offset(s)));
             }
             self.undo_large(s, n, new_head);
@@ -113,7 +143,7 @@ impl FreeListAllocator {
     /// page hints.
     pub(super) fn free_interiors(&self, s: usize, from: usize, to: usize, head: u64) -> usize {
         let mut n = 0;
-        for d in from..to.min(self.pages - s) {
+        for d in from..to.min(self.committed().saturating_sub(s)) {
             let ps = self.state(s + d);
             let st = ps.load(Ordering::Acquire);
             if kind(st) != KIND_INTERIOR || aux(st) != interior_aux(head, d as u64) {
@@ -128,7 +158,7 @@ impl FreeListAllocator {
                 )
                 .is_ok()
             {
-                Self::clear_bit(self.page_hints(), s + d);
+                self.free_pages().set(s + d);
                 n += 1;
             }
         }
@@ -149,17 +179,18 @@ impl FreeListAllocator {
             )
             .is_ok()
         {
-            Self::clear_bit(self.page_hints(), s);
+            self.free_pages().set(s);
             released += 1;
         }
         released
     }
 
-    /// Clears the page hints of the free pages among `s..s+n` (after a failed claim).
+    /// Gives the free pages among `s..s+n` their free bits back (after a failed
+    /// claim cleared them).
     pub(super) fn unhint_free_pages(&self, s: usize, n: usize) {
-        for p in s..s + n {
+        for p in s..(s + n).min(self.committed()) {
             if kind(self.state(p).load(Ordering::Acquire)) == KIND_FREE {
-                Self::clear_bit(self.page_hints(), p);
+                self.free_pages().set(p);
             }
         }
     }
@@ -169,14 +200,14 @@ impl FreeListAllocator {
         let head = self.state(s);
         let st = head.load(Ordering::Acquire);
         let n = run_len(st) as usize;
-        if kind(st) != KIND_LARGE || n == 0 || s + n > self.pages {
+        if kind(st) != KIND_LARGE || n == 0 || !self.within(s + n) {
             return false;
         }
         let want = (new_size as u64).div_ceil(PAGE) as usize;
         if want <= n {
             return true;
         }
-        if s + want > self.pages || !bitmap::claim_run(self.page_hints(), s + n, want - n) {
+        if s + want > self.committed() || !self.free_pages().claim_run(s + n, want - n) {
             return false;
         }
         let grown = (st & !0xFF_FFFF) | want as u64;
@@ -203,13 +234,14 @@ impl FreeListAllocator {
             self.free_interiors(s, n, want, st);
             return false;
         }
+        self.count_large((want - n) as i64, 0);
         drop(guard);
         true
     }
 
     pub(super) fn free_large(&self, s: usize, st: u64, offset: u64) -> Result<(), FreeError> {
         let n = run_len(st) as usize;
-        if n == 0 || s + n > self.pages {
+        if n == 0 || !self.within(s + n) {
             return Err(FreeError::Corrupted {
                 what: "large block length out of range",
             });
@@ -228,10 +260,11 @@ impl FreeListAllocator {
             return Err(FreeError::DoubleFree { offset });
         }
         crate::fail_point!("fl.large_free.head");
+        self.count_large(-(n as i64), -1);
         // Interior pages now point at a free head: any repair pass may free them
         // too (each page's CAS decides who), so a crash here loses nothing.
         self.free_interiors(s, 1, n, st);
-        Self::clear_bit(self.page_hints(), s);
+        self.free_pages().set(s);
         Ok(())
     }
 }

@@ -111,6 +111,7 @@ use crate::segment::{
     AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, ALLOC_REGION_START,
 };
 use crate::sync::bitmap;
+use crate::sync::summary::{self, Summary};
 use page::*;
 use repair::*;
 use span::*;
@@ -127,33 +128,86 @@ const MAX_PAGES: u64 = 1 << 24;
 /// forever (hostile) gets here.
 const RETRY_LIMIT: u32 = 1 << 16;
 
-fn bitmap_words(pages: u64) -> u64 {
-    pages.div_ceil(64).div_ceil(LINE) * LINE
+/// Words of the metadata head: the committed-page count, span counts per class.
+const HEAD_WORDS: u64 = 64;
+/// Head word: pages of the data region committed (fallocated) so far; only grows.
+const H_COMMITTED: usize = 0;
+/// Head words `H_SPANS + c`: spans of class `c` (counted as they are created and
+/// released; see `stats`).
+const H_SPANS: usize = 8;
+/// Head words `H_TOUCHED..+3`: which slots' counter blocks were ever written
+/// (`stats` sums only those).
+const H_TOUCHED: usize = 40;
+/// Per-slot counter words (one block of `CTR_STRIDE` per registry slot, and one
+/// more for handles without a slot): `[live blocks per class..., large pages,
+/// large blocks]`, wrapping deltas whose sum over all slots is the total.
+const CTR_STRIDE: u64 = 32;
+const CTR_LARGE_PAGES: usize = NCLASS;
+const CTR_LARGE_BLOCKS: usize = NCLASS + 1;
+/// Pages committed at a time when the pool runs dry (1 MiB; a multiple of 64 so
+/// the page lines of a chunk fill whole metadata pages).
+const GROW_CHUNK: u64 = 256;
+
+/// Words of one summary bitmap over `pages` bits.
+fn sum_words(pages: u64) -> u64 {
+    summary::total_words(pages, LINE)
 }
-/// Word offsets in the metadata region: page hints, per-class span hints, lines.
-fn avail_start(pages: u64, c: usize) -> u64 {
-    bitmap_words(pages) * (1 + c as u64)
-}
-fn lines_start(pages: u64) -> u64 {
-    avail_start(pages, NCLASS)
+/// Word offsets in the metadata region: the head, the free-page summary bitmap
+/// (bitmap 0), the span summary bitmaps of each class (bitmap `1 + c`), the
+/// caches, the per-slot counters, and last the page lines (committed with their
+/// pages, so that a segment's metadata grows with it).
+fn bitmap_start(pages: u64, k: usize) -> u64 {
+    HEAD_WORDS + sum_words(pages) * k as u64
 }
 /// Per-handle caches: for each registry slot, one line with the gate (`cache::Gate`:
 /// its control word and the owner's mark), then per class `[count, block
 /// offsets ...]` of `depth + 1` words.
 fn cache_start(pages: u64) -> u64 {
-    lines_start(pages) + pages * LINE
+    bitmap_start(pages, 1 + NCLASS)
 }
 fn cache_stride(depth: u64) -> u64 {
     LINE + NCLASS as u64 * (depth + 1)
 }
-fn meta_words_for(pages: u64, depth: u64) -> u64 {
+fn counters_start(pages: u64, depth: u64) -> u64 {
     cache_start(pages) + process::SLOTS as u64 * cache_stride(depth)
+}
+/// Page lines start on a metadata page of their own (committed with the pages).
+fn lines_start(pages: u64, depth: u64) -> u64 {
+    let end = counters_start(pages, depth) + (process::SLOTS as u64 + 1) * CTR_STRIDE;
+    end.div_ceil(PAGE / 8) * (PAGE / 8)
+}
+fn meta_words_for(pages: u64, depth: u64) -> u64 {
+    lines_start(pages, depth) + pages * LINE
 }
 
 /// Blocks per size class that each handle's cache holds at most, by default.
 pub const DEFAULT_CACHE_DEPTH: u64 = 15;
 /// The largest cache depth [`FreeListAllocator::create_with_cache`] accepts.
 pub const MAX_CACHE_DEPTH: u64 = 63;
+/// How a growing free-list segment is created; see
+/// [`FreeListAllocator::create_with_options`].
+#[derive(Debug, Clone)]
+pub struct FreeListOptions {
+    /// Bytes of the data region committed at creation (rounded up to whole pages,
+    /// at least one, at most the maximum). Default 1 MiB.
+    pub initial: u64,
+    /// Blocks per size class each handle may cache (0 turns caches off; at most
+    /// [`MAX_CACHE_DEPTH`]). Default [`DEFAULT_CACHE_DEPTH`].
+    pub cache_depth: u64,
+    /// Permission mode of the segment.
+    pub segment: CreateOptions,
+}
+
+impl Default for FreeListOptions {
+    fn default() -> Self {
+        FreeListOptions {
+            initial: 1 << 20,
+            cache_depth: DEFAULT_CACHE_DEPTH,
+            segment: CreateOptions::default(),
+        }
+    }
+}
+
 /// What a repair pass did; see [`FreeListAllocator::reclaim`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reclaimed {
@@ -190,9 +244,12 @@ pub struct Reclaimed {
 pub struct FreeListAllocator {
     member: Membership,
     seg: Segment,
+    /// Pages of the data region at its maximum (what every process maps).
     pages: usize,
-    /// Where this handle starts looking for a free page or span (spreads handles apart).
-    hint: AtomicUsize,
+    /// Pages this process has seen committed (`fallocate`d by itself, so a scribbled
+    /// committed count cannot make it touch a page the file system may not back).
+    /// Every page line and data page at or past this is never touched.
+    local: AtomicUsize,
     /// This handle's current span per class: `[tag: 16 | page + 1: 48]`, 0 = none.
     cur: [AtomicU64; NCLASS],
     /// Blocks per class in this handle's cache (0: no caches).
@@ -210,6 +267,10 @@ pub struct FreeListAllocator {
     ino: u64,
     /// Word index (in the metadata region) of page 0's line.
     lines_base: usize,
+    /// Word index (in the metadata region) of the per-slot counters.
+    ctr_base: usize,
+    /// The slot (+ 1) whose bit in `H_TOUCHED` this handle has set.
+    ctr_marked: AtomicUsize,
     /// Word index (in the metadata region) of slot 0's cache, and words per slot.
     cache_base0: usize,
     cache_stride: usize,
@@ -226,7 +287,11 @@ pub struct FreeListAllocator {
 
 impl FreeListAllocator {
     /// Creates a segment `name` with `capacity` bytes of data region (rounded up to
-    /// whole 4 KiB pages; at most 64 GiB).
+    /// whole 4 KiB pages; at most 64 GiB, of which one block can take all but one
+    /// page). The capacity is a maximum: 1 MiB is committed at once and the rest as
+    /// the allocator needs it (see [`create_with_options`](Self::create_with_options)),
+    /// so a capacity larger than `/dev/shm` gives [`AllocError::OutOfMemory`] at the
+    /// file system's limit, never a `SIGBUS`.
     ///
     /// # Errors
     /// [`SegmentError::AlreadyExists`], [`SegmentError::InvalidName`],
@@ -267,17 +332,54 @@ impl FreeListAllocator {
         depth: u64,
         opts: &CreateOptions,
     ) -> Result<Self, SegmentError> {
+        Self::create_with_options(
+            name,
+            capacity,
+            &FreeListOptions {
+                cache_depth: depth,
+                segment: opts.clone(),
+                ..FreeListOptions::default()
+            },
+        )
+    }
+
+    /// Creates a segment `name` whose data region can grow **online** up to
+    /// `maximum` bytes (rounded up to whole 4 KiB pages; at most 64 GiB), with
+    /// `opts.initial` bytes committed at once.
+    ///
+    /// Every process maps the maximum once (address space only), so offsets never
+    /// change and nothing is remapped. Pages of the shared-memory file are
+    /// committed with `fallocate` before the allocator hands them out: when the
+    /// page pool runs dry, the allocating process commits the next chunk (1 MiB, or
+    /// what a large block needs), up to `maximum`. [`Stats::committed_bytes`] and
+    /// [`Stats::capacity`] show how far it got. The maximum may be far beyond RAM:
+    /// untouched, uncommitted pages cost nothing.
+    ///
+    /// **At the file system's limit** (a `/dev/shm` smaller than the maximum, as in
+    /// a container, or memory exhausted): the commit fails, and the allocation that
+    /// needed it returns [`AllocError::OutOfMemory`], never a `SIGBUS`; everything
+    /// already allocated stays usable, and freed memory is reused as usual.
+    ///
+    /// # Errors
+    /// As [`create`](Self::create); [`SegmentError::Os`] with `op: "fallocate"`
+    /// (`ENOSPC`) if even the metadata and `opts.initial` bytes cannot be committed.
+    pub fn create_with_options(
+        name: &str,
+        maximum: u64,
+        opts: &FreeListOptions,
+    ) -> Result<Self, SegmentError> {
+        let depth = opts.cache_depth;
         if depth > MAX_CACHE_DEPTH {
             return Err(SegmentError::InvalidParameter {
                 what: "free-list cache depth",
                 value: depth,
             });
         }
-        let pages = capacity.div_ceil(PAGE);
-        if pages == 0 || pages >= MAX_PAGES {
+        let pages = maximum.div_ceil(PAGE);
+        if pages == 0 || pages > MAX_PAGES {
             return Err(SegmentError::InvalidParameter {
                 what: "free-list capacity",
-                value: capacity,
+                value: maximum,
             });
         }
         let meta_len = (meta_words_for(pages, depth) * 8).div_ceil(PAGE) * PAGE;
@@ -290,22 +392,21 @@ impl FreeListAllocator {
             data_len: pages * PAGE,
             params: [pages, depth, cache_key(), 0],
         };
-        let seg = Segment::create(name, layout, opts)?;
-        let this = Self::from_segment(seg).inspect_err(|_| {
+        let seg = Segment::create(name, layout, &opts.segment)?;
+        let fail = |e| {
             let _ = crate::segment::unlink(name);
-        })?;
-        // Pages past the end of the last hint word are permanently "in use"; every
-        // block word starts closed.
-        let bits = this.page_hints();
-        let tail = pages % 64;
-        if tail != 0 {
-            bits[(pages / 64) as usize].store(!0 << tail, Ordering::Relaxed);
-        }
-        for p in 0..this.pages {
-            for w in &this.line(p)[PM_WORDS..PM_WORDS + SPAN_WORDS] {
-                w.store(CLOSED, Ordering::Relaxed);
-            }
-        }
+            e
+        };
+        // The metadata before the page lines, then the initial pages.
+        seg.commit(layout.meta_offset, lines_start(pages, depth) * 8)
+            .map_err(fail)?;
+        let this = Self::from_segment(seg).map_err(fail)?;
+        let initial = opts.initial.div_ceil(PAGE).clamp(1, pages);
+        this.commit_pages(0, initial as usize).map_err(fail)?;
+        let head = &this.meta()[H_COMMITTED];
+        head.store(initial, Ordering::Release);
+        this.local.store(initial as usize, Ordering::Release);
+        this.free_pages().set_range(0, initial as usize);
         this.seg.publish();
         Ok(this)
     }
@@ -338,7 +439,7 @@ impl FreeListAllocator {
             return corrupt("free-list cache depth out of range");
         }
         if pages == 0
-            || pages >= MAX_PAGES
+            || pages > MAX_PAGES
             || l.data_len != pages * PAGE
             || l.data_offset % PAGE != 0
         {
@@ -365,12 +466,11 @@ impl FreeListAllocator {
             }
         })?);
         let joined = Membership::join(&seg)?;
-        let hint = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % pages as usize;
         let this = FreeListAllocator {
             member: joined.membership,
             seg,
             pages: pages as usize,
-            hint: AtomicUsize::new(hint),
+            local: AtomicUsize::new(0),
             cur: [const { AtomicU64::new(0) }; NCLASS],
             depth: depth as usize,
             key,
@@ -383,7 +483,9 @@ impl FreeListAllocator {
             late_double_frees: AtomicU64::new(0),
             stolen: AtomicU64::new(0),
             ino,
-            lines_base: lines_start(pages) as usize,
+            lines_base: lines_start(pages, depth) as usize,
+            ctr_base: counters_start(pages, depth) as usize,
+            ctr_marked: AtomicUsize::new(0),
             cache_base0: cache_start(pages) as usize,
             cache_stride: cache_stride(depth) as usize,
             data_addr,
@@ -392,6 +494,8 @@ impl FreeListAllocator {
             meta_addr,
             meta_words,
         };
+        // Pages other processes committed: commit them here too (see `local`).
+        this.refresh();
         if joined.found_dead {
             // We took over a dead handle's slot: first return what its cache held.
             if let Some(slot) = this.member.current() {
@@ -437,22 +541,46 @@ impl FreeListAllocator {
         unsafe { std::slice::from_raw_parts(self.meta_addr as *const AtomicU64, self.meta_words) }
     }
 
+    /// Whether pages below `end` are committed (checking the shared count again
+    /// when they were not, as far as this process knew).
     #[inline]
-    fn bitmap_at(&self, start: u64) -> &[AtomicU64] {
-        let start = start as usize;
-        &self.meta()[start..start + (self.pages as u64).div_ceil(64) as usize]
+    fn within(&self, end: usize) -> bool {
+        end <= self.committed() || end <= self.refresh()
     }
 
-    /// Page hints: bit set = the page is (probably) in use.
+    /// This handle's counter words (see `CTR_STRIDE`); handles without a registry
+    /// slot share the last block.
     #[inline]
-    fn page_hints(&self) -> &[AtomicU64] {
-        self.bitmap_at(0)
+    fn counters(&self) -> &[AtomicU64] {
+        let slot = self.member.current().unwrap_or(process::SLOTS);
+        if self.ctr_marked.load(Ordering::Relaxed) != slot + 1 {
+            self.meta()[H_TOUCHED + slot / 64].fetch_or(1 << (slot % 64), Ordering::Relaxed);
+            self.ctr_marked.store(slot + 1, Ordering::Relaxed);
+        }
+        let start = self.ctr_base + slot.min(process::SLOTS) * CTR_STRIDE as usize;
+        &self.meta()[start..start + CTR_STRIDE as usize]
     }
 
-    /// Span hints of class `c`: bit set = page is (probably) a span of `c` with a free block.
+    /// Counts `k` blocks of class `c` taken from (`k > 0`) or returned to the spans.
     #[inline]
-    fn avail(&self, c: usize) -> &[AtomicU64] {
-        self.bitmap_at(avail_start(self.pages as u64, c))
+    fn count_blocks(&self, c: usize, k: i64) {
+        if let Some(w) = self.counters().get(c) {
+            w.fetch_add(k as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts pages and blocks of large blocks taken (`> 0`) or freed.
+    fn count_large(&self, pages: i64, blocks: i64) {
+        let ctr = self.counters();
+        ctr[CTR_LARGE_PAGES].fetch_add(pages as u64, Ordering::Relaxed);
+        ctr[CTR_LARGE_BLOCKS].fetch_add(blocks as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a span of class `c` created (`k = 1`) or released (`k = -1`).
+    fn count_span(&self, c: usize, k: i64) {
+        if let Some(w) = self.meta().get(H_SPANS + c) {
+            w.fetch_add(k as u64, Ordering::Relaxed);
+        }
     }
 
     fn my_slot(&self) -> Result<usize, AllocError> {
@@ -483,7 +611,15 @@ impl FreeListAllocator {
             return Err(FreeError::OutOfRange { offset: off });
         }
         let (p, within) = self.locate(off - self.data_off);
-        let st = self.state(p).load(Ordering::Acquire);
+        // Past the committed pages nothing was ever handed out.
+        let Some(line) = self.page_line(p) else {
+            return Err(if within == 0 {
+                FreeError::DoubleFree { offset: off }
+            } else {
+                FreeError::NotBlockStart { offset: off }
+            });
+        };
+        let st = line[PM_STATE].load(Ordering::Acquire);
         match kind(st) {
             KIND_SMALL => self.free_small(p, st, within, off),
             KIND_LARGE if within == 0 => self.free_large(p, st, off),
@@ -519,7 +655,7 @@ impl Drop for FreeListAllocator {
                 continue;
             }
             let p = (cur & BITS_MASK) as usize - 1;
-            if p >= self.pages {
+            if p >= self.committed() {
                 continue;
             }
             let st = self.state(p).load(Ordering::Acquire);
@@ -572,7 +708,9 @@ impl ShmAllocator for FreeListAllocator {
             len,
         };
         let (p, within) = self.locate(rel);
-        let line = self.line(p);
+        let Some(line) = self.page_line(p) else {
+            return Err(not_alloc);
+        };
         let st = line[PM_STATE].load(Ordering::Acquire);
         match kind(st) {
             KIND_SMALL => {
@@ -620,16 +758,97 @@ impl ShmAllocator for FreeListAllocator {
     }
 
     fn available_bytes(&self) -> u64 {
-        self.stats().free_bytes
+        self.counted().free_bytes
     }
 
     fn used_bytes(&self) -> u64 {
-        self.stats().live_bytes
+        self.counted().live_bytes
     }
 
-    /// Scans the page metadata: O(pages). Not for hot paths. An empty span counts
-    /// as a whole free page (it is returned to the pool on demand).
+    /// From counters kept as spans, blocks and pages change: O(registry slots that
+    /// ever counted anything + size classes), whatever the capacity. Exact while no
+    /// process died in the middle of an allocation or free (each such death can
+    /// leave a counter off by the blocks that one operation moved); the exact
+    /// numbers are [`FreeListAllocator::audit`]. `free_bytes` includes the pages
+    /// not committed yet (up to the maximum) and the free blocks of every span.
     fn stats(&self) -> Stats {
+        self.counted()
+    }
+}
+
+impl FreeListAllocator {
+    /// [`stats`](ShmAllocator::stats) from the counters; see there.
+    fn counted(&self) -> Stats {
+        let meta = self.meta();
+        let signed = |v: u64| (v as i64).max(0) as u64;
+        let mut live = [0u64; NCLASS + 2];
+        let touched: [u64; 3] =
+            std::array::from_fn(|i| meta[H_TOUCHED + i].load(Ordering::Relaxed));
+        for slot in 0..=process::SLOTS {
+            if touched[slot / 64] & (1 << (slot % 64)) == 0 {
+                continue;
+            }
+            let start = self.ctr_base + slot * CTR_STRIDE as usize;
+            for (i, l) in live.iter_mut().enumerate() {
+                *l = l.wrapping_add(meta[start + i].load(Ordering::Relaxed));
+            }
+        }
+        let mut cached = [0u64; NCLASS];
+        if self.depth != 0 {
+            for slot in 0..process::SLOTS {
+                if process::listed_live(&self.seg, slot) {
+                    for (c, n) in cached.iter_mut().enumerate() {
+                        *n += self.mag(slot, c).len() as u64;
+                    }
+                }
+            }
+        }
+        let (mut live_blocks, mut live_bytes, mut cached_bytes) = (0u64, 0u64, 0u64);
+        let (mut span_pages, mut span_free) = (0u64, 0u64);
+        let classes = (0..NCLASS)
+            .map(|c| {
+                let size = u64::from(SIZE_CLASSES[c]);
+                let spans =
+                    signed(meta[H_SPANS + c].load(Ordering::Relaxed)).min(self.pages as u64);
+                let held = signed(live[c]).min(spans * cap_of(c));
+                let cached = cached[c].min(held);
+                let used = held - cached;
+                span_pages += spans;
+                span_free += (spans * cap_of(c) - used) * size;
+                live_blocks += used;
+                live_bytes += used * size;
+                cached_bytes += cached * size;
+                ClassStats {
+                    block_size: size,
+                    spans,
+                    live_blocks: used,
+                    free_blocks: spans * cap_of(c) - used,
+                }
+            })
+            .collect();
+        let large_pages = signed(live[CTR_LARGE_PAGES]).min(self.pages as u64);
+        live_blocks += signed(live[CTR_LARGE_BLOCKS]).min(large_pages);
+        live_bytes += large_pages * PAGE;
+        let pages = self.pages as u64;
+        let free_pages = pages.saturating_sub(span_pages + large_pages);
+        let committed = (meta[H_COMMITTED].load(Ordering::Relaxed)).min(pages);
+        Stats {
+            capacity: self.seg.layout().data_len,
+            committed_bytes: committed * PAGE,
+            live_blocks: Some(live_blocks),
+            live_bytes,
+            free_bytes: (free_pages * PAGE + span_free).min(pages * PAGE),
+            cached_bytes,
+            classes,
+        }
+    }
+
+    /// The exact statistics, from a walk over every committed page's metadata and
+    /// every cache: O(committed pages). For tests and tools (after processes were
+    /// killed, the counters behind [`stats`](ShmAllocator::stats) may be off; this
+    /// is not). An empty span counts as a whole free page (it is returned to the
+    /// pool on demand); pages not committed yet count as free.
+    pub fn audit(&self) -> Stats {
         let mut classes: Vec<ClassStats> = SIZE_CLASSES
             .iter()
             .map(|&s| ClassStats {
@@ -655,8 +874,10 @@ impl ShmAllocator for FreeListAllocator {
                 }
             }
         }
-        let (mut live_blocks, mut live_bytes, mut free_bytes) = (0, 0, 0);
-        for p in 0..self.pages {
+        let committed = self.refresh();
+        let (mut live_blocks, mut live_bytes) = (0, 0);
+        let mut free_bytes = (self.pages - committed) as u64 * PAGE;
+        for p in 0..committed {
             let line = self.line(p);
             let st = line[PM_STATE].load(Ordering::Relaxed);
             match kind(st) {
@@ -696,6 +917,7 @@ impl ShmAllocator for FreeListAllocator {
         }
         Stats {
             capacity: self.seg.layout().data_len,
+            committed_bytes: committed as u64 * PAGE,
             live_blocks: Some(live_blocks),
             live_bytes,
             free_bytes,
@@ -721,7 +943,10 @@ impl ShmFree for FreeListAllocator {
             return false;
         };
         let (p, within) = self.locate(rel);
-        let st = self.state(p).load(Ordering::Acquire);
+        let Some(line) = self.page_line(p) else {
+            return false;
+        };
+        let st = line[PM_STATE].load(Ordering::Acquire);
         match kind(st) {
             KIND_LARGE if within == 0 => self.grow_large_in_place(p, new_size),
             KIND_SMALL if class(st) < NCLASS => new_size <= SIZE_CLASSES[class(st)] as usize,

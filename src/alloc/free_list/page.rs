@@ -59,10 +59,36 @@ pub(super) const PM_STATE: usize = 0;
 pub(super) const PM_WORDS: usize = 1;
 
 impl FreeListAllocator {
-    /// Page `p`'s metadata line (`None` past the last page).
+    /// The free-page summary bitmap: bit set = page (probably) free.
+    #[inline]
+    pub(super) fn free_pages(&self) -> Summary<'_> {
+        self.summary_at(0)
+    }
+
+    /// Span hints of class `c`: bit set = page is (probably) a span of `c` with a free block.
+    #[inline]
+    pub(super) fn avail(&self, c: usize) -> Summary<'_> {
+        self.summary_at(1 + c)
+    }
+
+    #[inline]
+    fn summary_at(&self, k: usize) -> Summary<'_> {
+        let pages = self.pages as u64;
+        let start = bitmap_start(pages, k) as usize;
+        let words = &self.meta()[start..start + sum_words(pages) as usize];
+        Summary::new(words, self.pages, LINE).expect("summary bitmaps sized at open")
+    }
+
+    /// Pages committed as far as this process has checked (see `local`).
+    #[inline(always)]
+    pub(super) fn committed(&self) -> usize {
+        self.local.load(Ordering::Acquire)
+    }
+
+    /// Page `p`'s metadata line (`None` past the committed pages).
     #[inline]
     pub(super) fn page_line(&self, p: usize) -> Option<&[AtomicU64]> {
-        if p >= self.pages {
+        if p >= self.committed() && p >= self.refresh() {
             return None;
         }
         let start = self.lines_base + p * LINE as usize;
@@ -71,7 +97,7 @@ impl FreeListAllocator {
 
     #[inline]
     pub(super) fn line(&self, p: usize) -> &[AtomicU64] {
-        // Callers pass p < pages; the region was sized for all pages at open.
+        // Callers pass p < committed(); the region was sized for all pages at open.
         self.page_line(p).expect("page index checked by caller")
     }
 
@@ -85,35 +111,100 @@ impl FreeListAllocator {
         self.seg.layout().data_offset + ((p as u64) << PAGE_SHIFT)
     }
 
-    pub(super) fn set_bit(bits: &[AtomicU64], p: usize) {
-        let (w, m) = (p / 64, 1u64 << (p % 64));
-        if bits[w].load(Ordering::SeqCst) & m == 0 {
-            bits[w].fetch_or(m, Ordering::SeqCst);
+    /// Commits (fallocates) the data pages `from..to` and their page lines.
+    pub(super) fn commit_pages(&self, from: usize, to: usize) -> Result<(), SegmentError> {
+        if from >= to {
+            return Ok(());
         }
+        let l = self.seg.layout();
+        let line0 = l.meta_offset + self.lines_base as u64 * 8;
+        crate::fail_point!("fl.commit.before");
+        self.seg.commit(
+            line0 + from as u64 * LINE * 8,
+            (to - from) as u64 * LINE * 8,
+        )?;
+        self.seg
+            .commit(self.page_offset(from), (to - from) as u64 * PAGE)
     }
 
-    pub(super) fn clear_bit(bits: &[AtomicU64], p: usize) {
-        let (w, m) = (p / 64, 1u64 << (p % 64));
-        if bits[w].load(Ordering::Relaxed) & m != 0 {
-            bits[w].fetch_and(!m, Ordering::SeqCst);
+    /// Reads the shared committed count and commits, in this process, what it has
+    /// not checked yet (cheap where the pages are already backed). Returns the pages
+    /// now usable here. A scribbled count is capped at the maximum; a count the file
+    /// system cannot back leaves `local` where it was.
+    #[cold]
+    pub(super) fn refresh(&self) -> usize {
+        let local = self.committed();
+        let shared = (self.meta()[H_COMMITTED].load(Ordering::Acquire) as usize).min(self.pages);
+        if shared <= local {
+            return local;
         }
+        if self.commit_pages(local, shared).is_err() {
+            return local;
+        }
+        self.local.fetch_max(shared, Ordering::AcqRel);
+        self.committed()
     }
 
-    /// Claims a page whose hint is clear; returns it with its (free) state.
-    pub(super) fn claim_free_page(&self) -> Result<Option<(usize, u64)>, AllocError> {
-        let hints = self.page_hints();
+    /// Commits at least `need` more pages (at least `GROW_CHUNK`, up to the
+    /// maximum) and adds them to the page pool. Returns false at the maximum or when
+    /// the file system cannot back them (the caller reports out-of-memory).
+    pub(super) fn grow(&self, need: usize) -> bool {
+        let head = &self.meta()[H_COMMITTED];
         for _ in 0..64 {
-            let start = self.hint.load(Ordering::Relaxed) / 64 % hints.len();
-            let Some(p) = bitmap::claim_one(hints, start) else {
+            let w = self.refresh();
+            if (head.load(Ordering::Acquire) as usize).min(self.pages) > w {
+                continue; // committed elsewhere but not backed here: retry refresh
+            }
+            let want = need.max(GROW_CHUNK as usize).next_multiple_of(64);
+            let target = (w + want).min(self.pages);
+            if target <= w || target < w + need {
+                return false;
+            }
+            if self.commit_pages(w, target).is_err() {
+                return false;
+            }
+            crate::fail_point!("fl.grow.committed");
+            match head.compare_exchange(
+                w as u64,
+                target as u64,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.local.fetch_max(target, Ordering::AcqRel);
+                    crate::fail_point!("fl.grow.published");
+                    // A crash before this leaves free pages without their bits:
+                    // the repair sweep sets them again.
+                    self.free_pages().set_range(w, target);
+                    return true;
+                }
+                // Another process grew meanwhile: its pages are in the pool now.
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    /// Claims the lowest free page (small spans pack from the low end of the
+    /// region); commits more pages when the pool is empty. Returns it with its
+    /// (free) state.
+    pub(super) fn claim_free_page(&self) -> Result<Option<(usize, u64)>, AllocError> {
+        let free = self.free_pages();
+        let mut grown = false;
+        for _ in 0..64 {
+            let Some(p) = free.claim_first() else {
+                if !grown && self.grow(1) {
+                    grown = true;
+                    continue;
+                }
                 return Ok(None);
             };
-            if p >= self.pages {
+            let Some(line) = self.page_line(p) else {
                 return Err(AllocError::Corrupted {
-                    what: "page hints mark pages past the end as free",
+                    what: "free-page bits mark uncommitted pages as free",
                 });
-            }
-            self.hint.store(p, Ordering::Relaxed);
-            let st = self.state(p).load(Ordering::Acquire);
+            };
+            let st = line[PM_STATE].load(Ordering::Acquire);
             if kind(st) == KIND_FREE {
                 return Ok(Some((p, st)));
             }
@@ -125,14 +216,15 @@ impl FreeListAllocator {
     /// Page `p`'s metadata line, without the bounds checks of `page_line`.
     ///
     /// # Safety
-    /// `p < self.pages`.
+    /// `p < self.committed()`.
     #[inline(always)]
     pub(super) unsafe fn line_unchecked(&self, p: usize) -> &[AtomicU64] {
         debug_assert!(p < self.pages);
         let start = self.lines_base + p * LINE as usize;
         // SAFETY: the lines of all `pages` pages lie in the metadata region
-        // (`meta_words_for`, checked at open, counts them), so for `p < pages` the
-        // `LINE` words at `lines_base + p * LINE` are in bounds of `meta()`.
+        // (`meta_words_for`, checked at open, counts them), so for
+        // `p < committed() <= pages` the `LINE` words at `lines_base + p * LINE` are
+        // in bounds of `meta()`, and committed in this process.
         unsafe { self.meta().get_unchecked(start..start + LINE as usize) }
     }
 }

@@ -26,8 +26,17 @@ pub(super) const INTENT_GROW: u8 = 4;
 pub(super) const SPAN_REPAIRED: u64 = 1 << 31;
 
 impl FreeListAllocator {
-    /// The repair pass; see [`FreeListAllocator::reclaim`].
+    /// The repair pass; see [`FreeListAllocator::reclaim`]: the registry part, then
+    /// the sweep over the committed pages.
     pub(super) fn repair(&self) -> Reclaimed {
+        let mut r = self.repair_registry();
+        self.sweep(&mut r);
+        r
+    }
+
+    /// The registry part of a repair: our own cache, dead handles' slots, caches and
+    /// parked intents. O(registry slots).
+    pub(super) fn repair_registry(&self) -> Reclaimed {
         let me = self.member.current();
         let mut r = Reclaimed::default();
         // Our own cache first (only its owner thread may touch it).
@@ -62,23 +71,30 @@ impl FreeListAllocator {
                 break;
             }
         }
+        r
+    }
+
+    /// The sweep: returns empty spans and orphaned interior pages to the pool and
+    /// rebuilds the hints, over every committed page. O(committed pages).
+    pub(super) fn sweep(&self, r: &mut Reclaimed) {
+        let me = self.member.current();
         let live = process::live_intents(&self.seg, me);
         let covered = |p: usize, intents: &[Intent]| intents.iter().any(|i| i.covers(p));
         crate::fail_point!("fl.repair.sweep");
-        for p in 0..self.pages {
+        for p in 0..self.committed() {
             let st = self.state(p).load(Ordering::Acquire);
             match kind(st) {
-                KIND_FREE if !covered(p, &live) => Self::clear_bit(self.page_hints(), p),
+                KIND_FREE if !covered(p, &live) => self.free_pages().set(p),
                 KIND_SMALL if class(st) < NCLASS => {
-                    Self::set_bit(self.page_hints(), p);
+                    self.free_pages().clear(p);
                     let (c, tag) = (class(st), tag_of(st));
                     if self.is_empty_span(p, c, tag) {
                         r.pages += usize::from(self.release_span(p, st));
                     } else if self.has_free(p, c, tag) {
-                        Self::set_bit(self.avail(c), p);
+                        self.avail(c).set(p);
                     }
                 }
-                KIND_LARGE => Self::set_bit(self.page_hints(), p),
+                KIND_LARGE => self.free_pages().clear(p),
                 KIND_INTERIOR => {
                     let d = run_len(st) as usize;
                     let head_ok = || {
@@ -91,7 +107,7 @@ impl FreeListAllocator {
                         })
                     };
                     if head_ok() {
-                        Self::set_bit(self.page_hints(), p);
+                        self.free_pages().clear(p);
                         continue;
                     }
                     // An orphan, unless a live operation is still building or
@@ -103,7 +119,7 @@ impl FreeListAllocator {
                     // extends the head before it clears its intent, so a look at the
                     // head after the intents sees the new length.
                     if head_ok() {
-                        Self::set_bit(self.page_hints(), p);
+                        self.free_pages().clear(p);
                         continue;
                     }
                     if self
@@ -116,14 +132,13 @@ impl FreeListAllocator {
                         )
                         .is_ok()
                     {
-                        Self::clear_bit(self.page_hints(), p);
+                        self.free_pages().set(p);
                         r.pages += 1;
                     }
                 }
                 _ => {}
             }
         }
-        r
     }
 
     /// Finishes or rolls back one operation a dead handle had in flight. Returns the
@@ -131,7 +146,7 @@ impl FreeListAllocator {
     /// (the record stays parked for a later pass).
     pub(super) fn finish_intent(&self, it: Intent, me: Option<usize>) -> Option<usize> {
         let p = it.page as usize;
-        if p >= self.pages || it.pages == 0 || p + it.pages as usize > self.pages {
+        if it.pages == 0 || !self.within(p + it.pages as usize) {
             return Some(0); // a scribbled record: nothing we can trust in it
         }
         let st = self.state(p).load(Ordering::Acquire);
@@ -187,10 +202,10 @@ impl FreeListAllocator {
                         Ordering::Relaxed,
                     );
                 }
-                if give_back {
-                    let _ = w0.fetch_and(!1, Ordering::SeqCst);
+                if give_back && w0.fetch_and(!1, Ordering::SeqCst) & 1 == 1 {
+                    self.count_blocks(c, -1);
                 }
-                Self::set_bit(self.avail(c), p);
+                self.avail(c).set(p);
                 let now = st | SPAN_REPAIRED;
                 Some(usize::from(
                     self.is_empty_span(p, c, tag) && self.release_span(p, now),
@@ -227,7 +242,7 @@ impl FreeListAllocator {
             }
             INTENT_RELEASE if st == it.expected => {
                 // Released; only its hint may still say "in use".
-                Self::clear_bit(self.page_hints(), p);
+                self.free_pages().set(p);
                 Some(0)
             }
             INTENT_LARGE if st == it.expected => {

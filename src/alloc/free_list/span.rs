@@ -39,16 +39,18 @@ pub(super) const CLASS_OF: [u8; SMALL_MAX / 16 + 1] = {
 
 pub(super) const BITS: u64 = 48;
 pub(super) const BITS_MASK: u64 = (1 << BITS) - 1;
-/// A block word no allocation or free can use: its tag matches no span, and every
-/// bit reads as taken.
-pub(super) const CLOSED: u64 = u64::MAX;
+/// A block word no allocation or free can use: its tag (0) matches no span, whose
+/// tags all have bit 15 set. Zero, so the page lines of freshly committed pages
+/// (zero-filled by the file system) need no initialisation.
+pub(super) const CLOSED: u64 = 0;
 pub(super) const SPAN_WORDS: usize = 6; // 6 x 48 >= 256 blocks of the smallest class
+const _: () = assert!(PM_WORDS + SPAN_WORDS <= LINE as usize);
 
-/// The tag of span state `st`: low generation bits and the class. Never 0xFFFF
-/// (classes are < 24), so it never matches `CLOSED`.
+/// The tag of span state `st`: bit 15 set, low generation bits and the class.
+/// Never 0, so it never matches `CLOSED`.
 #[inline]
 pub(super) fn tag_of(st: u64) -> u64 {
-    (((st >> 40) & 0x7FF) << 5) | class(st) as u64
+    0x8000 | (((st >> 40) & 0x3FF) << 5) | class(st) as u64
 }
 #[inline]
 pub(super) fn cap_of(c: usize) -> u64 {
@@ -128,6 +130,7 @@ impl FreeListAllocator {
                 ) {
                     Ok(_) => {
                         crate::fail_point!("fl.alloc.taken");
+                        self.count_blocks(c, 1);
                         let i = w as u64 * BITS + u64::from(b);
                         return Some(Offset::new(
                             self.page_offset(p) + i * u64::from(SIZE_CLASSES[c]),
@@ -160,11 +163,13 @@ impl FreeListAllocator {
     /// on both sides, one of the two sees the other).
     pub(super) fn drop_hint(&self, c: usize, p: usize) {
         let avail = self.avail(c);
-        let (w, m) = (p / 64, 1u64 << (p % 64));
-        avail[w].fetch_and(!m, Ordering::SeqCst);
-        let st = self.state(p).load(Ordering::SeqCst);
+        avail.clear(p);
+        let Some(line) = self.page_line(p) else {
+            return;
+        };
+        let st = line[PM_STATE].load(Ordering::SeqCst);
         if kind(st) == KIND_SMALL && class(st) == c && self.has_free(p, c, tag_of(st)) {
-            avail[w].fetch_or(m, Ordering::SeqCst);
+            avail.set(p);
         }
     }
 
@@ -213,39 +218,33 @@ impl FreeListAllocator {
             None => self.new_span(c, requested),
         };
         match attempt() {
-            Err(AllocError::OutOfMemory { .. }) => {
-                self.repair();
-                self.retry_after_flushes(attempt)
-            }
+            Err(AllocError::OutOfMemory { .. }) => self.out_of_memory(1, attempt),
             r => r,
         }
     }
 
-    /// Finds a span of class `c` with a free block through the span hints.
+    /// Finds a span of class `c` with a free block through the span hints: the
+    /// lowest such span (spans pack at the low end), found through the summary
+    /// levels. Each round drops one stale hint or returns: at most 64 rounds.
     pub(super) fn alloc_from_hints(&self, c: usize) -> Option<Offset> {
         let avail = self.avail(c);
-        let n = avail.len();
-        let start = self.hint.load(Ordering::Relaxed) / 64 % n;
-        for k in 0..n {
-            let w = (start + k) % n;
-            let mut v = avail[w].load(Ordering::Relaxed);
-            // Each round drops one stale hint or returns: at most 64 rounds.
-            while v != 0 {
-                let p = w * 64 + v.trailing_zeros() as usize;
-                v &= v - 1;
-                if p >= self.pages {
-                    break;
+        let mut from = 0;
+        for _ in 0..64 {
+            let p = avail.first_from(from)?;
+            from = p + 1;
+            let Some(line) = self.page_line(p) else {
+                avail.clear(p); // a scribbled hint past the committed pages
+                continue;
+            };
+            let st = line[PM_STATE].load(Ordering::Acquire);
+            if kind(st) == KIND_SMALL && class(st) == c {
+                let tag = tag_of(st);
+                if let Some(off) = self.take_block(p, c, tag) {
+                    self.cur[c].store((tag << BITS) | (p as u64 + 1), Ordering::Relaxed);
+                    return Some(off);
                 }
-                let st = self.state(p).load(Ordering::Acquire);
-                if kind(st) == KIND_SMALL && class(st) == c {
-                    let tag = tag_of(st);
-                    if let Some(off) = self.take_block(p, c, tag) {
-                        self.cur[c].store((tag << BITS) | (p as u64 + 1), Ordering::Relaxed);
-                        return Some(off);
-                    }
-                }
-                self.drop_hint(c, p);
             }
+            self.drop_hint(c, p);
         }
         None
     }
@@ -272,6 +271,8 @@ impl FreeListAllocator {
             {
                 continue;
             }
+            self.count_span(c, 1);
+            self.count_blocks(c, 1);
             crate::fail_point!("fl.new_span.claimed");
             let tag = tag_of(new);
             let line = self.line(p);
@@ -280,7 +281,7 @@ impl FreeListAllocator {
                 line[PM_WORDS + w].store(open_empty(w, c, tag) | first, Ordering::SeqCst);
                 crate::fail_point!("fl.new_span.word");
             }
-            Self::set_bit(self.avail(c), p);
+            self.avail(c).set(p);
             self.cur[c].store((tag << BITS) | (p as u64 + 1), Ordering::Relaxed);
             crate::fail_point!("fl.new_span.listed");
             drop(guard);
@@ -342,9 +343,10 @@ impl FreeListAllocator {
             }
             return false;
         }
+        self.count_span(c, -1);
         crate::fail_point!("fl.release.freed");
-        Self::clear_bit(self.avail(c), p);
-        Self::clear_bit(self.page_hints(), p);
+        self.avail(c).clear(p);
+        self.free_pages().set(p);
         drop(guard);
         true
     }
@@ -355,7 +357,7 @@ impl FreeListAllocator {
     #[inline]
     pub(super) fn after_small_free(&self, p: usize, st: u64, w: usize, now: u64) {
         let c = class(st);
-        Self::set_bit(self.avail(c), p);
+        self.avail(c).set(p);
         let tag = tag_of(st);
         if now != open_empty(w, c, tag) {
             return;
@@ -428,6 +430,7 @@ impl FreeListAllocator {
             crate::fail_point!("fl.free.before_clear");
             match word.compare_exchange_weak(v, v & !bit, Ordering::SeqCst, Ordering::Relaxed) {
                 Ok(_) => {
+                    self.count_blocks(c, -1);
                     crate::fail_point!("fl.free.cleared");
                     self.after_small_free(p, st, w, v & !bit);
                     return Ok(());
