@@ -93,6 +93,8 @@ const SLAB_ITERS: u32 = 3000;
 /// The points a free-list victim is killed at.
 const FL_POINTS: &[&str] = &[
     "fl.alloc.taken",
+    "fl.commit.done",
+    "fl.commit.published",
     "fl.cache.flush",
     "fl.cache.pop",
     "fl.cache.push",
@@ -424,7 +426,11 @@ fn die_at_main() {
             a.allocate(3 * p).unwrap();
         }
         "grow" => {
+            // Large blocks are placed from the top down: a spacer above the block,
+            // freed, leaves free pages right after it to grow into.
+            let spacer = a.allocate(2 * p).unwrap();
             let o = a.allocate(p).unwrap();
+            a.free(spacer).unwrap();
             assert!(a.grow_in_place(o, 3 * p));
         }
         "large_free" => {
@@ -681,6 +687,10 @@ fn repair_never_frees_pages_of_a_block_being_grown() {
     let report = outs[0].iter().find(|l| l.starts_with("@grown")).cloned();
     let passes = outs[1].iter().find(|l| l.starts_with("@repairer")).cloned();
     println!("{report:?} {passes:?}");
+    let grown = report.as_deref().map_or(0, |r| {
+        r.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    });
+    assert!(grown > 0, "no grow succeeded: the race was not exercised");
     let bad: Vec<&String> = outs[0].iter().filter(|l| l.starts_with("@LOST")).collect();
     assert!(
         bad.is_empty(),
@@ -728,7 +738,11 @@ fn grower_main() {
     .unwrap();
     let (mut grown, mut lost) = (0, 0);
     for _ in 0..grows {
+        // Large blocks are placed from the top down: a spacer above the block,
+        // freed, leaves free pages right after it to grow into.
+        let spacer = a.allocate(2 * PAGE as usize).unwrap();
         let off = a.allocate(PAGE as usize).unwrap();
+        a.free(spacer).unwrap();
         if a.grow_in_place(off, 2 * PAGE as usize) {
             grown += 1;
             // Hold the grown block a while, as a real user would.
@@ -800,8 +814,14 @@ impl Target for FreeListAllocator {
         } else {
             shared_allocator::alloc::DEFAULT_CACHE_DEPTH
         };
-        FreeListAllocator::create_with_cache(name, FL_CAPACITY, depth, &Default::default())
-            .expect("create free list")
+        // Committed 256 KiB at a time from a 64 KiB start: the workload grows the
+        // segment while victims are killed (the `fl.commit.*` points).
+        let opts = shared_allocator::alloc::FreeListOptions {
+            initial: 64 << 10,
+            cache_depth: depth,
+            ..Default::default()
+        };
+        FreeListAllocator::create_with_options(name, FL_CAPACITY, &opts).expect("create free list")
     }
     fn open_for_test(name: &str) -> Self {
         FreeListAllocator::open(name).expect("open free list")

@@ -205,7 +205,6 @@ impl BumpAllocator {
             return Ok(());
         }
         let to = end.next_multiple_of(COMMIT_CHUNK).min(l.data_len);
-        crate::fail_point!("bump.commit");
         self.seg
             .commit(l.data_offset + have, to - have)
             .map_err(|e| match e {

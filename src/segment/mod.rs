@@ -380,7 +380,6 @@ impl Segment {
         let start = offset / 4096 * 4096;
         let end = end.div_ceil(4096).saturating_mul(4096).min(self.len());
         for _ in 0..64 {
-            crate::fail_point!("segment.commit");
             let r = fallocate(
                 &self.file,
                 FallocateFlags::empty(),

@@ -308,25 +308,27 @@ impl FreeListAllocator {
     }
 
     /// Out of memory: what can still be recovered, each step once and bounded, then
-    /// the error. `need` is the pages the request needs.
+    /// the error.
     ///
     /// 1. The registry part of a repair (our cache, dead handles): O(slots).
-    /// 2. The sweep (empty spans kept as some handle's current span, pages a
-    ///    crash left unlisted), only if the counters say enough free bytes exist.
+    /// 2. Our own current spans, if empty; the sweep over all pages only if the
+    ///    registry part finished a dead handle's operations.
     /// 3. Other handles' caches, only if any holds blocks: one attempt to take the
     ///    idle ones, then flush requests honoured for at most 20 ms.
     ///
     /// With nothing to recover the error comes within microseconds.
     pub(super) fn out_of_memory<T>(
         &self,
-        need: usize,
         mut f: impl FnMut() -> Result<T, AllocError>,
     ) -> Result<T, AllocError> {
         let oom = |r: &Result<T, AllocError>| matches!(r, Err(AllocError::OutOfMemory { .. }));
-        self.repair_registry();
+        let mut r = self.repair_registry();
+        self.release_own_spans();
         let mut last = f();
-        if oom(&last) && self.counted().free_bytes >= need as u64 * PAGE {
-            self.sweep(&mut Reclaimed::default());
+        // A dead handle's operations were finished: what they left behind (pages
+        // without their free bits, orphaned interior pages) only a sweep finds.
+        if oom(&last) && r.dead_slots + r.intents > 0 {
+            self.sweep(&mut r);
             last = f();
         }
         let me = self.member.current();
@@ -341,9 +343,9 @@ impl FreeListAllocator {
             } else {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            // Flushed blocks may have emptied spans (some handle's current one):
-            // return those to the page pool before trying again.
-            self.sweep(&mut Reclaimed::default());
+            // Flushed blocks emptied spans are released by the flush itself (or
+            // are our own current spans).
+            self.release_own_spans();
             last = f();
         }
         match last {
@@ -352,6 +354,29 @@ impl FreeListAllocator {
                 available: self.available_bytes(),
             }),
             r => r,
+        }
+    }
+
+    /// Releases this handle's current spans that are empty (they stay on hold only
+    /// while memory lasts).
+    pub(super) fn release_own_spans(&self) {
+        for c in 0..NCLASS {
+            let cur = self.cur[c].swap(0, Ordering::Relaxed);
+            if cur == 0 {
+                continue;
+            }
+            let p = (cur & BITS_MASK) as usize - 1;
+            let Some(line) = self.page_line(p) else {
+                continue;
+            };
+            let st = line[PM_STATE].load(Ordering::Acquire);
+            if kind(st) == KIND_SMALL
+                && class(st) == c
+                && tag_of(st) == cur >> BITS
+                && self.is_empty_span(p, c, tag_of(st))
+            {
+                self.release_span(p, st);
+            }
         }
     }
 

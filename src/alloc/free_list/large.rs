@@ -29,7 +29,7 @@ impl FreeListAllocator {
         let me = self.my_slot()?;
         match self.try_alloc_large(size, n, me) {
             Err(AllocError::OutOfMemory { .. }) => {
-                self.out_of_memory(n, || self.try_alloc_large(size, n, me))
+                self.out_of_memory(|| self.try_alloc_large(size, n, me))
             }
             r => r,
         }
@@ -63,7 +63,7 @@ impl FreeListAllocator {
         let free = self.free_pages();
         let mut grows = 4u32;
         for _ in 0..256 {
-            let Some(s) = self.find_run(n, self.committed()) else {
+            let Some(s) = self.find_run(n, self.refresh()) else {
                 // Commit more: what the free run at the top lacks (a few times at
                 // most: other processes may commit and take pages meanwhile).
                 let top = self.committed();
@@ -207,7 +207,12 @@ impl FreeListAllocator {
         if want <= n {
             return true;
         }
-        if s + want > self.committed() || !self.free_pages().claim_run(s + n, want - n) {
+        // A block at the top of the committed pages grows into new ones.
+        let top = self.committed();
+        if s + want > top && s + n >= top && s + want <= self.pages {
+            self.grow(s + want - top);
+        }
+        if !self.within(s + want) || !self.free_pages().claim_run(s + n, want - n) {
             return false;
         }
         let grown = (st & !0xFF_FFFF) | want as u64;

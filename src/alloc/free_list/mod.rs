@@ -27,6 +27,27 @@
 //! into a process's hands, so a process that dies holds nothing but the blocks
 //! its own code allocated, and the multi-step operations it had in flight.
 //!
+//! **Cost independent of capacity.** Each bitmap has two summary levels above it
+//! ([`crate::sync::summary`]), so the lowest span of a class with a free block, the
+//! lowest free page and the highest free page are found in a few word loads at any
+//! capacity up to 64 GiB. **Placement is compact**: small spans are taken from the
+//! bottom of the region up, large blocks from the top of the committed pages down,
+//! so the free pages stay in one run in between and a large block fits whenever the
+//! free bytes allow it (from every process alike: nothing depends on the pid).
+//!
+//! **Memory committed on demand, growing online.** The capacity is a maximum that
+//! every process maps once; pages of the shared-memory file (and their metadata
+//! lines) are committed with `fallocate` before the allocator hands them out, a
+//! chunk at a time as the page pool runs dry
+//! ([`FreeListAllocator::create_with_options`]). A file system that cannot back a
+//! chunk (a small `/dev/shm`) makes the allocation that needed it an
+//! [`AllocError::OutOfMemory`], never a `SIGBUS`. Each process commits, itself, what
+//! the shared committed count says before it touches those pages.
+//!
+//! **Statistics** come from counters kept as spans, blocks and pages change
+//! ([`ShmAllocator::stats`], O(1) in the capacity); [`FreeListAllocator::audit`]
+//! is the exact walk over the page metadata, for tests and tools.
+//!
 //! Those operations (creating a span, releasing one, claiming a run of pages for a
 //! large block, growing one) first write an intent record in the handle's slot of
 //! the process registry ([`crate::process`]), naming the pages and the state the
@@ -649,24 +670,7 @@ impl Drop for FreeListAllocator {
             }
         }
         // Our current spans stay on hold only while we may allocate from them.
-        for c in 0..NCLASS {
-            let cur = self.cur[c].swap(0, Ordering::Relaxed);
-            if cur == 0 {
-                continue;
-            }
-            let p = (cur & BITS_MASK) as usize - 1;
-            if p >= self.committed() {
-                continue;
-            }
-            let st = self.state(p).load(Ordering::Acquire);
-            if kind(st) == KIND_SMALL
-                && class(st) == c
-                && tag_of(st) == cur >> BITS
-                && self.is_empty_span(p, c, tag_of(st))
-            {
-                self.release_span(p, st);
-            }
-        }
+        self.release_own_spans();
         self.member.leave(&self.seg);
     }
 }

@@ -118,7 +118,6 @@ impl FreeListAllocator {
         }
         let l = self.seg.layout();
         let line0 = l.meta_offset + self.lines_base as u64 * 8;
-        crate::fail_point!("fl.commit.before");
         self.seg.commit(
             line0 + from as u64 * LINE * 8,
             (to - from) as u64 * LINE * 8,
@@ -155,7 +154,9 @@ impl FreeListAllocator {
             if (head.load(Ordering::Acquire) as usize).min(self.pages) > w {
                 continue; // committed elsewhere but not backed here: retry refresh
             }
-            let want = need.max(GROW_CHUNK as usize).next_multiple_of(64);
+            // Chunks of 1 MiB (less in small segments, so they grow in steps too).
+            let chunk = (self.pages / 16).clamp(64, GROW_CHUNK as usize);
+            let want = need.max(chunk).next_multiple_of(64);
             let target = (w + want).min(self.pages);
             if target <= w || target < w + need {
                 return false;
@@ -163,7 +164,7 @@ impl FreeListAllocator {
             if self.commit_pages(w, target).is_err() {
                 return false;
             }
-            crate::fail_point!("fl.grow.committed");
+            crate::fail_point!("fl.commit.done");
             match head.compare_exchange(
                 w as u64,
                 target as u64,
@@ -172,7 +173,7 @@ impl FreeListAllocator {
             ) {
                 Ok(_) => {
                     self.local.fetch_max(target, Ordering::AcqRel);
-                    crate::fail_point!("fl.grow.published");
+                    crate::fail_point!("fl.commit.published");
                     // A crash before this leaves free pages without their bits:
                     // the repair sweep sets them again.
                     self.free_pages().set_range(w, target);
@@ -190,11 +191,16 @@ impl FreeListAllocator {
     /// (free) state.
     pub(super) fn claim_free_page(&self) -> Result<Option<(usize, u64)>, AllocError> {
         let free = self.free_pages();
-        let mut grown = false;
+        let mut grows = 0;
         for _ in 0..64 {
             let Some(p) = free.claim_first() else {
-                if !grown && self.grow(1) {
-                    grown = true;
+                // Another process may have committed pages and not listed them yet:
+                // a few rounds, then out of memory.
+                if grows < 4 && self.grow(1) {
+                    grows += 1;
+                    if grows > 1 {
+                        std::thread::yield_now();
+                    }
                     continue;
                 }
                 return Ok(None);

@@ -81,7 +81,8 @@ impl FreeListAllocator {
         let live = process::live_intents(&self.seg, me);
         let covered = |p: usize, intents: &[Intent]| intents.iter().any(|i| i.covers(p));
         crate::fail_point!("fl.repair.sweep");
-        for p in 0..self.committed() {
+        // Every committed page, as far as any process got (`refresh`).
+        for p in 0..self.refresh() {
             let st = self.state(p).load(Ordering::Acquire);
             match kind(st) {
                 KIND_FREE if !covered(p, &live) => self.free_pages().set(p),

@@ -218,7 +218,7 @@ impl FreeListAllocator {
             None => self.new_span(c, requested),
         };
         match attempt() {
-            Err(AllocError::OutOfMemory { .. }) => self.out_of_memory(1, attempt),
+            Err(AllocError::OutOfMemory { .. }) => self.out_of_memory(attempt),
             r => r,
         }
     }
