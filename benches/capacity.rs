@@ -122,48 +122,45 @@ fn ring(c: &mut Criterion, fl: &FreeListAllocator, cap: &str) {
     g.finish();
 }
 
+/// Times `iters` calls of `alloc` in chunks of [`SEQ_CHUNK`], running `free` on
+/// what a chunk allocated between chunks (not timed).
+fn chunked<T>(iters: u64, mut alloc: impl FnMut() -> T, mut free: impl FnMut(T)) -> Duration {
+    let mut held = Vec::with_capacity(SEQ_CHUNK);
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(SEQ_CHUNK as u64);
+        let start = Instant::now();
+        for _ in 0..n {
+            held.push(alloc());
+        }
+        total += start.elapsed();
+        held.drain(..).for_each(&mut free);
+        left -= n;
+    }
+    total
+}
+
 fn seq64(c: &mut Criterion, fl: &FreeListAllocator, cap: &str) {
     let mut g = c.benchmark_group(format!("seq64_{cap}"));
     g.throughput(Throughput::Elements(1));
     g.bench_function("free_list", |b| {
-        let mut held = Vec::with_capacity(SEQ_CHUNK);
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(SEQ_CHUNK as u64);
-                let start = Instant::now();
-                for _ in 0..n {
-                    held.push(fl.allocate(black_box(64)).unwrap());
-                }
-                total += start.elapsed();
-                for o in held.drain(..) {
-                    fl.free(o).unwrap();
-                }
-                left -= n;
-            }
-            total
+            chunked(
+                iters,
+                || fl.allocate(black_box(64)).unwrap(),
+                |o| fl.free(o).unwrap(),
+            )
         });
     });
     g.bench_function("std_system", |b| {
         let layout = Layout::from_size_align(64, 8).unwrap();
-        let mut held = Vec::with_capacity(SEQ_CHUNK);
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(SEQ_CHUNK as u64);
-                let start = Instant::now();
-                for _ in 0..n {
-                    held.push(sys_alloc(black_box(layout)));
-                }
-                total += start.elapsed();
-                for p in held.drain(..) {
-                    sys_free(p, layout);
-                }
-                left -= n;
-            }
-            total
+            chunked(
+                iters,
+                || sys_alloc(black_box(layout)),
+                |p| sys_free(p, layout),
+            )
         });
     });
     g.finish();

@@ -51,6 +51,26 @@ fn assert_small_shm() {
     );
 }
 
+/// Safe code that names a page never committed (a forged `RelPtr` at the end of the
+/// maximum) gets an error, not a SIGBUS, also when the file system is full to the
+/// last page (another file takes what the allocator's chunks left).
+fn forged_view_of_uncommitted_page_is_an_error<A: ShmAllocator>(a: &A) {
+    let filler = format!("/dev/shm/sa-test-filler-{}", std::process::id());
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let end = a.segment().layout().data_end();
+    let forged = shared_allocator::RelPtr::<AtomicU64>::from_raw(end - 8);
+    if let Ok(v) = forged.get(a) {
+        let x = v.load(Ordering::Relaxed); // SIGBUS here if the page is not backed
+        panic!("a view of an uncommitted page (read {x})");
+    }
+    assert!(a.read(Offset::new(end - 8), 8).is_err());
+    std::fs::remove_file(&filler).unwrap();
+}
+
 /// Fills `a` with 1 MiB blocks (each written in full) until the typed error.
 fn fill_1mib<A: ShmAllocator>(a: &A) -> (Vec<Offset>, AllocError) {
     let mut blocks = Vec::new();
@@ -95,6 +115,7 @@ fn small_shm_free_list_is_out_of_memory_not_sigbus() {
             "{small_err:?}"
         );
         let filled = blocks.len();
+        forged_view_of_uncommitted_page_is_an_error(&a);
         for o in blocks.into_iter().chain(small) {
             a.free(o).unwrap();
         }
@@ -147,6 +168,7 @@ fn small_shm_bump_and_slab_are_out_of_memory_not_sigbus() {
         let mut a = BumpAllocator::create(&name, 256 * MIB).expect("create 256 MiB in 16 MiB");
         let (blocks, e) = fill_1mib(&a);
         assert!(matches!(e, AllocError::OutOfMemory { .. }), "{e:?}");
+        forged_view_of_uncommitted_page_is_an_error(&a);
         a.reset().unwrap();
         let (again, _) = fill_1mib(&a);
         assert_eq!(again.len(), blocks.len());

@@ -126,9 +126,10 @@ pub struct BumpAllocator {
     local: std::sync::atomic::AtomicU64,
 }
 
-/// Byte offset, in the metadata region, of the shared word that reports how many
-/// data bytes were committed (for `stats`; every process commits what it hands
-/// out itself, so a scribbled word costs nothing but a wrong number).
+/// Byte offset, in the metadata region, of the shared word that says how many data
+/// bytes were committed (for `stats`, and for views into blocks other processes
+/// allocated: a process commits up to it itself before touching them, so a
+/// scribbled word cannot make it touch a page the file system may not back).
 const COMMITTED_AT: u64 = 32;
 /// Bytes committed at a time as the cursor advances.
 const COMMIT_CHUNK: u64 = 1 << 20;
@@ -212,8 +213,9 @@ impl BumpAllocator {
                 _ => nix::errno::Errno::EINVAL,
             })?;
         self.local.fetch_max(to, Ordering::AcqRel);
+        self.seg.note_committed(to);
         if let Some(w) = self.seg.words(l.meta_offset + COMMITTED_AT, 1) {
-            w[0].fetch_max(to, Ordering::Relaxed);
+            w[0].fetch_max(to, Ordering::Release);
         }
         Ok(())
     }
@@ -235,7 +237,10 @@ impl BumpAllocator {
         require_lock_free_u128()?;
         let seg = Segment::open(name, AllocatorKind::Bump, opts)?;
         let l = *seg.layout();
-        if l.meta_len < 24 || l.meta_offset % 16 != 0 || l.data_len > BUMP_MAX_CAPACITY {
+        if l.meta_len < COMMITTED_AT + 8
+            || l.meta_offset % 16 != 0
+            || l.data_len > BUMP_MAX_CAPACITY
+        {
             return Err(SegmentError::CorruptHeader {
                 reason: "bump layout out of range",
             });
@@ -244,6 +249,8 @@ impl BumpAllocator {
     }
 
     fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
+        // Offsets past what was committed are out of bounds (`data_relative`).
+        seg.track_commit(seg.layout().meta_offset + COMMITTED_AT, 0);
         let member = Membership::join(&seg)?.membership;
         Ok(BumpAllocator {
             member,

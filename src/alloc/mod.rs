@@ -294,9 +294,10 @@ pub(crate) fn data_relative(seg: &Segment, offset: Offset, len: u64) -> Result<u
     let l = seg.layout();
     let end = offset.get().checked_add(len);
     // `offset < data_end` also for empty ranges: data_end itself is in no block.
+    // Pages of a growing segment that were never committed are out of bounds too.
     if offset.get() < l.data_offset
         || offset.get() >= l.data_end()
-        || end.is_none_or(|e| e > l.data_end())
+        || end.is_none_or(|e| e > l.data_end() || !seg.data_usable(e - l.data_offset))
     {
         return Err(AccessError::OutOfBounds {
             offset: offset.get(),

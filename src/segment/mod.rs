@@ -175,6 +175,14 @@ pub struct Segment {
     /// The mode this handle saw decided (`SegmentMode as u8`; 0: not yet). A
     /// decided mode never changes, so one local load answers later checks.
     mode_seen: std::sync::atomic::AtomicU8,
+    /// Bytes of the data region this process has committed itself (`u64::MAX`: the
+    /// allocator commits everything at create, or tracks nothing). Only bytes below
+    /// it are touched through offsets (see [`Segment::data_usable`]).
+    committed: AtomicU64,
+    /// Where the allocator publishes how much of the data region is committed:
+    /// `(offset of the shared word, shift to bytes)`; `None` for allocators that
+    /// commit everything at create.
+    commit_word: std::sync::OnceLock<(u64, u32)>,
 }
 
 /// A fresh open file description of the object behind `file` (never shared with the
@@ -340,6 +348,8 @@ impl Segment {
                 layout,
                 file,
                 mode_seen: Default::default(),
+                committed: AtomicU64::new(u64::MAX),
+                commit_word: Default::default(),
             };
             // The header and the registry are touched at once: commit them now, so
             // a full file system is an error here and never a SIGBUS later.
@@ -403,6 +413,55 @@ impl Segment {
         })
     }
 
+    /// Makes offsets into the data region usable only up to what the allocator
+    /// committed: the shared word at `word` (in the metadata region) holds the
+    /// committed length of the data region in units of `1 << shift` bytes. The
+    /// allocator calls this once, before it hands out anything.
+    pub(crate) fn track_commit(&self, word: u64, shift: u32) {
+        if self.commit_word.set((word, shift)).is_ok() {
+            self.committed.store(0, Ordering::Release);
+        }
+    }
+
+    /// Records that this process committed the data region up to byte `end`
+    /// (relative to the data region).
+    pub(crate) fn note_committed(&self, end: u64) {
+        if self.commit_word.get().is_some() {
+            self.committed.fetch_max(end, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether data-region bytes below `end` (relative) may be touched: committed by
+    /// this process, or committed by another one (the shared word says so), which
+    /// this process then commits too (cheap: the pages are backed already), so that
+    /// a scribbled word can never make it touch a page the file system may not back.
+    #[inline]
+    pub(crate) fn data_usable(&self, end: u64) -> bool {
+        end <= self.committed.load(Ordering::Acquire) || self.data_usable_slow(end)
+    }
+
+    #[cold]
+    fn data_usable_slow(&self, end: u64) -> bool {
+        let Some(&(word, shift)) = self.commit_word.get() else {
+            return true;
+        };
+        let l = self.layout;
+        let Some(w) = self.words(word, 1) else {
+            return false;
+        };
+        let shared = w[0]
+            .load(Ordering::Acquire)
+            .checked_shl(shift)
+            .unwrap_or(u64::MAX)
+            .min(l.data_len);
+        let have = self.committed.load(Ordering::Acquire).min(shared);
+        if end > shared || self.commit(l.data_offset + have, shared - have).is_err() {
+            return false;
+        }
+        self.committed.fetch_max(shared, Ordering::AcqRel);
+        true
+    }
+
     /// Publishes the header: after this, `open` in any process succeeds.
     pub(crate) fn publish(&self) {
         self.layout.write_to(self.header());
@@ -442,6 +501,8 @@ impl Segment {
                     map,
                     file,
                     mode_seen: Default::default(),
+                    committed: AtomicU64::new(u64::MAX),
+                    commit_word: Default::default(),
                     layout: Layout {
                         kind,
                         total_size: mapped,

@@ -30,6 +30,33 @@ pub fn total_words(n: u64, round: u64) -> u64 {
     t.div_ceil(round) * round + m.div_ceil(round) * round + l.div_ceil(round) * round
 }
 
+/// Where the levels of a summary bitmap of `n` bits lie, computed once.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    n: usize,
+    /// `(start, words)` of the top, middle and leaf levels.
+    at: [(usize, usize); 3],
+    /// Words of the whole bitmap ([`total_words`]).
+    pub words: usize,
+}
+
+impl Shape {
+    /// The shape of a summary bitmap of `n` bits, each level rounded up to `round` words.
+    pub fn new(n: usize, round: u64) -> Shape {
+        let (t, m, l) = level_words(n as u64);
+        let r = |x: u64| (x.div_ceil(round) * round) as usize;
+        Shape {
+            n,
+            at: [
+                (0, t as usize),
+                (r(t), m as usize),
+                (r(t) + r(m), l as usize),
+            ],
+            words: total_words(n as u64, round) as usize,
+        }
+    }
+}
+
 /// A summary bitmap over three slices of a shared metadata region.
 #[derive(Clone, Copy)]
 pub struct Summary<'a> {
@@ -42,17 +69,18 @@ pub struct Summary<'a> {
 const BUDGET: u32 = 4096;
 
 impl<'a> Summary<'a> {
-    /// The summary bitmap of `n` bits whose [`total_words`]`(n, round)` words are `words`.
+    /// The summary bitmap of `shape` whose [`total_words`] words start `words`.
     /// `None` if `words` is too short.
-    pub fn new(words: &'a [AtomicU64], n: usize, round: u64) -> Option<Self> {
-        let (t, m, l) = level_words(n as u64);
-        let r = |x: u64| (x.div_ceil(round) * round) as usize;
-        let top = words.get(..t as usize)?;
-        let mid = words.get(r(t)..r(t) + m as usize)?;
-        let leaf = words.get(r(t) + r(m)..r(t) + r(m) + l as usize)?;
+    #[inline]
+    pub fn new(words: &'a [AtomicU64], shape: &Shape) -> Option<Self> {
+        let [t, m, l] = shape.at;
         Some(Summary {
-            levels: [leaf, mid, top],
-            n,
+            levels: [
+                words.get(l.0..l.0 + l.1)?,
+                words.get(m.0..m.0 + m.1)?,
+                words.get(t.0..t.0 + t.1)?,
+            ],
+            n: shape.n,
         })
     }
 
@@ -312,7 +340,7 @@ mod tests {
     fn finds_lowest_and_highest_across_levels() {
         let n = 1 << 20;
         let w = make(n);
-        let s = Summary::new(&w, n, 8).unwrap();
+        let s = Summary::new(&w, &Shape::new(n, 8)).unwrap();
         assert_eq!(s.first_from(0), None);
         assert_eq!(s.last_below(n), None);
         for i in [5, 70_000, 999_999] {
@@ -333,7 +361,7 @@ mod tests {
     fn runs_claim_and_roll_back() {
         let n = 10_000;
         let w = make(n);
-        let s = Summary::new(&w, n, 8).unwrap();
+        let s = Summary::new(&w, &Shape::new(n, 8)).unwrap();
         s.set_range(100, 9_000);
         assert_eq!(s.run_down(9_000, usize::MAX), 8_900);
         assert_eq!(s.run_down(200, 50), 50);

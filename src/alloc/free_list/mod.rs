@@ -132,7 +132,7 @@ use crate::segment::{
     AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, ALLOC_REGION_START,
 };
 use crate::sync::bitmap;
-use crate::sync::summary::{self, Summary};
+use crate::sync::summary::{self, Shape, Summary};
 use page::*;
 use repair::*;
 use span::*;
@@ -290,6 +290,8 @@ pub struct FreeListAllocator {
     lines_base: usize,
     /// Word index (in the metadata region) of the per-slot counters.
     ctr_base: usize,
+    /// Where the levels of each summary bitmap lie (`sum_words(pages)` words each).
+    shape: Shape,
     /// The slot (+ 1) whose bit in `H_TOUCHED` this handle has set.
     ctr_marked: AtomicUsize,
     /// Word index (in the metadata region) of slot 0's cache, and words per slot.
@@ -427,6 +429,7 @@ impl FreeListAllocator {
         let head = &this.meta()[H_COMMITTED];
         head.store(initial, Ordering::Release);
         this.local.store(initial as usize, Ordering::Release);
+        this.seg.note_committed(initial * PAGE);
         this.free_pages().set_range(0, initial as usize);
         this.seg.publish();
         Ok(this)
@@ -486,6 +489,8 @@ impl FreeListAllocator {
                 reason: "cannot fstat the segment",
             }
         })?);
+        // Offsets into pages not committed yet are out of bounds (`data_relative`).
+        seg.track_commit(l.meta_offset + H_COMMITTED as u64 * 8, PAGE_SHIFT);
         let joined = Membership::join(&seg)?;
         let this = FreeListAllocator {
             member: joined.membership,
@@ -507,6 +512,7 @@ impl FreeListAllocator {
             lines_base: lines_start(pages, depth) as usize,
             ctr_base: counters_start(pages, depth) as usize,
             ctr_marked: AtomicUsize::new(0),
+            shape: Shape::new(pages as usize, LINE),
             cache_base0: cache_start(pages) as usize,
             cache_stride: cache_stride(depth) as usize,
             data_addr,

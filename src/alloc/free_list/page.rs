@@ -73,10 +73,8 @@ impl FreeListAllocator {
 
     #[inline]
     fn summary_at(&self, k: usize) -> Summary<'_> {
-        let pages = self.pages as u64;
-        let start = bitmap_start(pages, k) as usize;
-        let words = &self.meta()[start..start + sum_words(pages) as usize];
-        Summary::new(words, self.pages, LINE).expect("summary bitmaps sized at open")
+        let start = HEAD_WORDS as usize + k * self.shape.words;
+        Summary::new(&self.meta()[start..], &self.shape).expect("summary bitmaps sized at open")
     }
 
     /// Pages committed as far as this process has checked (see `local`).
@@ -141,6 +139,7 @@ impl FreeListAllocator {
             return local;
         }
         self.local.fetch_max(shared, Ordering::AcqRel);
+        self.seg.note_committed(shared as u64 * PAGE);
         self.committed()
     }
 
@@ -173,6 +172,7 @@ impl FreeListAllocator {
             ) {
                 Ok(_) => {
                     self.local.fetch_max(target, Ordering::AcqRel);
+                    self.seg.note_committed(target as u64 * PAGE);
                     crate::fail_point!("fl.commit.published");
                     // A crash before this leaves free pages without their bits:
                     // the repair sweep sets them again.
