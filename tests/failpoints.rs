@@ -93,6 +93,8 @@ const SLAB_ITERS: u32 = 3000;
 /// The points a free-list victim is killed at.
 const FL_POINTS: &[&str] = &[
     "fl.alloc.taken",
+    "fl.commit.done",
+    "fl.commit.published",
     "fl.cache.flush",
     "fl.cache.pop",
     "fl.cache.push",
@@ -347,7 +349,7 @@ fn reclaimer_killed_mid_repair_does_not_free_a_live_block() {
     assert_ne!(other, off, "a live block was handed out again");
     a.free(other).unwrap();
     a.free(off).unwrap();
-    assert_eq!(a.stats().live_blocks, Some(0));
+    assert_eq!(a.audit().live_blocks, Some(0));
 }
 
 /// Runs a child (of test `entry`) that arms a SIGKILL at the first hit of `point`,
@@ -424,7 +426,11 @@ fn die_at_main() {
             a.allocate(3 * p).unwrap();
         }
         "grow" => {
+            // Large blocks are placed from the top down: a spacer above the block,
+            // freed, leaves free pages right after it to grow into.
+            let spacer = a.allocate(2 * p).unwrap();
             let o = a.allocate(p).unwrap();
+            a.free(spacer).unwrap();
             assert!(a.grow_in_place(o, 3 * p));
         }
         "large_free" => {
@@ -559,10 +565,10 @@ fn allocate_verify_sweep(a: &FreeListAllocator) -> Result<(), String> {
             Err(e) => return Err(format!("sweep free of {off}: {e}")),
         }
     }
-    let s = a.stats();
+    let s = a.audit();
     if s.live_blocks != Some(0) || s.free_bytes != s.capacity {
         a.reclaim();
-        let t = a.stats();
+        let t = a.audit();
         return Err(format!(
             "after freeing everything: live_blocks {:?}, free_bytes {} of {} \
              (after another reclaim: {:?}, {})",
@@ -604,7 +610,7 @@ fn many_handles_dying_at_once_leak_nothing() {
     assert!(killed_by_sigkill(&st), "the child was not killed: {st}");
     let r = a.reclaim();
     println!("{n} handles died in new_span; one repair: {r:?}");
-    let s = a.stats();
+    let s = a.audit();
     assert_eq!(
         (s.live_blocks, s.free_bytes),
         (Some(0), s.capacity),
@@ -681,6 +687,10 @@ fn repair_never_frees_pages_of_a_block_being_grown() {
     let report = outs[0].iter().find(|l| l.starts_with("@grown")).cloned();
     let passes = outs[1].iter().find(|l| l.starts_with("@repairer")).cloned();
     println!("{report:?} {passes:?}");
+    let grown = report.as_deref().map_or(0, |r| {
+        r.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    });
+    assert!(grown > 0, "no grow succeeded: the race was not exercised");
     let bad: Vec<&String> = outs[0].iter().filter(|l| l.starts_with("@LOST")).collect();
     assert!(
         bad.is_empty(),
@@ -688,7 +698,7 @@ fn repair_never_frees_pages_of_a_block_being_grown() {
     );
     a.free(ctrl_off).unwrap();
     a.reclaim();
-    let s = a.stats();
+    let s = a.audit();
     assert_eq!((s.live_blocks, s.free_bytes), (Some(0), s.capacity));
 }
 
@@ -728,7 +738,11 @@ fn grower_main() {
     .unwrap();
     let (mut grown, mut lost) = (0, 0);
     for _ in 0..grows {
+        // Large blocks are placed from the top down: a spacer above the block,
+        // freed, leaves free pages right after it to grow into.
+        let spacer = a.allocate(2 * PAGE as usize).unwrap();
         let off = a.allocate(PAGE as usize).unwrap();
+        a.free(spacer).unwrap();
         if a.grow_in_place(off, 2 * PAGE as usize) {
             grown += 1;
             // Hold the grown block a while, as a real user would.
@@ -782,10 +796,16 @@ trait Target: ShmFree + Inspect + Sized + 'static {
     fn rounded(size: u64) -> u64;
     /// After everything was freed: the whole capacity can be handed out again.
     fn capacity_check(&self) -> Result<(), String>;
+    /// The exact statistics (the free list's `audit`: its `stats` counters may be
+    /// off by what a killed operation moved).
+    fn audit(&self) -> shared_allocator::alloc::Stats;
 }
 
 impl Target for FreeListAllocator {
     const NAME: &'static str = "fl";
+    fn audit(&self) -> shared_allocator::alloc::Stats {
+        FreeListAllocator::audit(self)
+    }
     fn create_for_test(name: &str) -> Self {
         // The shared free path (its two points) runs only without a cache: a
         // cached free is a plain store into the cache.
@@ -794,8 +814,14 @@ impl Target for FreeListAllocator {
         } else {
             shared_allocator::alloc::DEFAULT_CACHE_DEPTH
         };
-        FreeListAllocator::create_with_cache(name, FL_CAPACITY, depth, &Default::default())
-            .expect("create free list")
+        // Committed 256 KiB at a time from a 64 KiB start: the workload grows the
+        // segment while victims are killed (the `fl.commit.*` points).
+        let opts = shared_allocator::alloc::FreeListOptions {
+            initial: 64 << 10,
+            cache_depth: depth,
+            ..Default::default()
+        };
+        FreeListAllocator::create_with_options(name, FL_CAPACITY, &opts).expect("create free list")
     }
     fn open_for_test(name: &str) -> Self {
         FreeListAllocator::open(name).expect("open free list")
@@ -820,7 +846,7 @@ impl Target for FreeListAllocator {
         }
     }
     fn capacity_check(&self) -> Result<(), String> {
-        let cap = self.stats().capacity;
+        let cap = self.audit().capacity;
         let off = self
             .allocate(cap as usize)
             .map_err(|e| format!("allocate(capacity = {cap}) after freeing everything: {e}"))?;
@@ -831,6 +857,9 @@ impl Target for FreeListAllocator {
 
 impl Target for SlabAllocator {
     const NAME: &'static str = "slab";
+    fn audit(&self) -> shared_allocator::alloc::Stats {
+        self.stats()
+    }
     fn create_for_test(name: &str) -> Self {
         let depth = if NO_CACHE.load(std::sync::atomic::Ordering::Relaxed) {
             0
@@ -1173,7 +1202,7 @@ fn run_one<A: Target>(point: &str, k: u64, seed: u64, row: &mut Row) -> Option<u
 
     // ---- the reclaimer runs, then stats must be exactly what the victim held.
     a.reclaim_now();
-    let stats0 = a.stats();
+    let stats0 = a.audit();
     check_after_death(&a, &ctx, &rep, pending, ctrl_off, stats0, row);
     finished
 }
@@ -1276,9 +1305,9 @@ fn check_after_death<A: Target>(
         if a.check_range(o, 1).is_err() {
             continue;
         }
-        let before = a.stats().live_bytes;
+        let before = a.audit().live_bytes;
         match a.free(o) {
-            Ok(()) => strays.push((off, before - a.stats().live_bytes)),
+            Ok(()) => strays.push((off, before - a.audit().live_bytes)),
             Err(FreeError::NotBlockStart { .. } | FreeError::DoubleFree { .. }) => {}
             Err(e) => problems.push(format!("sweep free of {off}: {e}")),
         }
@@ -1331,7 +1360,7 @@ fn check_after_death<A: Target>(
         ));
     }
     // Everything freed: the machinery holds nothing.
-    let s = a.stats();
+    let s = a.audit();
     if s.live_blocks != Some(0) {
         problems.push(format!(
             "after freeing everything live_blocks = {:?}",
@@ -1342,7 +1371,7 @@ fn check_after_death<A: Target>(
         leaked += s.capacity.saturating_sub(s.free_bytes);
         // A second pass: does it get them back? (Reported, still a leak of the first.)
         a.reclaim_now();
-        let again = a.stats();
+        let again = a.audit();
         problems.push(format!(
             "after one reclaim and freeing everything: free_bytes {} of {} ({} missing; \
              after a second reclaim: {} missing)",

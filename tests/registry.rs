@@ -220,7 +220,7 @@ fn fork_child_joins_its_own_slot_and_parent_death_is_seen() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(a.processes().len(), 1, "{:?}", a.processes());
-    assert_eq!(a.stats().live_blocks, Some(0));
+    assert_eq!(a.audit().live_blocks, Some(0));
 }
 
 // ------------------------------------------------------------------ pid namespaces, pid reuse
@@ -342,7 +342,7 @@ fn pid_reuse_does_not_keep_a_dead_slot_alive() {
     assert_eq!(a.reclaim().dead_slots, 1);
     // Its span with the block it held is still there (its code's block may leak),
     // but the machinery is whole: everything else allocates and frees.
-    assert_eq!(a.stats().live_blocks, Some(1));
+    assert_eq!(a.audit().live_blocks, Some(1));
 }
 
 #[test]
@@ -403,7 +403,7 @@ fn a_dead_slot_has_exactly_one_reclaimer() {
         );
         assert_eq!(a.processes().len(), 1);
         // Each victim's code held one 64-byte block: those may leak, nothing else.
-        assert_eq!(a.stats().live_blocks, Some(3 * (round + 1)));
+        assert_eq!(a.audit().live_blocks, Some(3 * (round + 1)));
     }
 }
 
@@ -484,13 +484,13 @@ fn everything_freed_means_everything_free() {
     for off in held.drain(..) {
         a.free(off).unwrap();
     }
-    let s = a.stats();
+    let s = a.audit();
     assert_eq!(s.live_blocks, Some(0));
     assert_eq!(s.free_bytes, cap, "free_bytes must equal capacity: {s:?}");
     // One block of half the capacity, with no explicit reclaim first.
     let big = b.allocate(cap as usize / 2).unwrap();
     b.free(big).unwrap();
-    assert_eq!(a.stats().free_bytes, cap);
+    assert_eq!(a.audit().free_bytes, cap);
 }
 
 #[test]
@@ -521,7 +521,7 @@ fn double_free_through_another_handles_cache_is_caught() {
     let b = FreeListAllocator::open(name.as_str()).unwrap();
     let x = a.allocate(64).unwrap();
     a.write(x, &[9; 64]).unwrap();
-    let cached = a.stats().cached_bytes; // a's refill cached a few more blocks
+    let cached = a.audit().cached_bytes; // a's refill cached a few more blocks
     b.free(x).unwrap(); // into b's cache: still taken in the shared bitmap
     assert!(matches!(a.free(x), Err(FreeError::DoubleFree { .. })));
     assert!(matches!(b.free(x), Err(FreeError::DoubleFree { .. })));
@@ -529,15 +529,15 @@ fn double_free_through_another_handles_cache_is_caught() {
         a.read(x, 8).is_err(),
         "a cached block is not readable as allocated"
     );
-    assert_eq!(a.stats().live_blocks, Some(0));
-    assert_eq!(a.stats().cached_bytes, cached + 64);
+    assert_eq!(a.audit().live_blocks, Some(0));
+    assert_eq!(a.audit().cached_bytes, cached + 64);
     // b hands it out again: then it is a live block like any other.
     let y = b.allocate(64).unwrap();
     assert_eq!(y, x);
     assert!(a.read(y, 64).is_ok());
     b.free(y).unwrap();
     drop(b); // its cache goes back
-    assert_eq!(a.stats().cached_bytes, cached);
+    assert_eq!(a.audit().cached_bytes, cached);
     assert_eq!(a.late_double_frees(), 0);
 }
 
@@ -716,10 +716,10 @@ fn an_idle_owners_cache_is_taken_when_memory_runs_out() {
     }
     let name = ShmName::new("reg-idle");
     let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
-    let cap = a.stats().capacity;
+    let cap = a.audit().capacity;
     let mut owner = IdleOwner::start(ENTRY, "idle-fl", &name);
     let n = owner.cached(0);
-    assert!(a.stats().cached_bytes > 0, "the child's cache holds blocks");
+    assert!(a.audit().cached_bytes > 0, "the child's cache holds blocks");
     // One block of the whole region: only if the child's cached blocks come back
     // and their span is released.
     let big = a
@@ -727,7 +727,7 @@ fn an_idle_owners_cache_is_taken_when_memory_runs_out() {
         .expect("the whole region while the owner idles");
     a.free(big).unwrap();
     assert!(a.stolen_blocks() > 0);
-    assert_eq!(a.stats().cached_bytes, 0);
+    assert_eq!(a.audit().cached_bytes, 0);
     owner.go_on();
     // Again with small blocks: exactly as many as the child got.
     assert_eq!(owner.cached(1), n);
@@ -741,7 +741,7 @@ fn an_idle_owners_cache_is_taken_when_memory_runs_out() {
     owner.go_on();
     assert_eq!(owner.finish(), n);
     a.reclaim();
-    let st = a.stats();
+    let st = a.audit();
     assert_eq!(st.live_blocks, Some(0));
     assert_eq!(st.free_bytes, cap, "{st:?}");
     assert_eq!(a.late_double_frees(), 0);
@@ -861,7 +861,7 @@ fn a_thief_never_takes_a_block_its_owner_is_handing_out() {
     assert_eq!(number(&line, "late"), 0);
     assert!(a.stolen_blocks() > 0, "no cache was ever taken: {line}");
     a.reclaim();
-    assert_eq!(a.stats().live_blocks, Some(0));
+    assert_eq!(a.audit().live_blocks, Some(0));
     assert_eq!(a.late_double_frees(), 0);
 }
 
@@ -985,7 +985,7 @@ fn a_stalled_double_free_cannot_touch_the_next_owner() {
             "a block of the next owner changed"
         );
     }
-    assert_eq!(h1.stats().live_blocks, Some(mine.len() as u64));
+    assert_eq!(h1.audit().live_blocks, Some(mine.len() as u64));
     for y in mine {
         h1.free(y).unwrap();
     }
@@ -1049,7 +1049,7 @@ fn a_stalled_free_racing_repair_lists_nothing_twice() {
         assert!(h1.read(*y, len).unwrap().iter().all(|b| b == i));
         h1.free(*y).unwrap();
     }
-    assert_eq!(h1.stats().live_blocks, Some(0));
+    assert_eq!(h1.audit().live_blocks, Some(0));
 }
 
 /// Issue scenario (killed mid-relist): a process killed while creating a span leaves
@@ -1084,7 +1084,7 @@ fn killed_while_creating_a_span_loses_no_page() {
         wait_dead(&a, 1);
         let r = a.reclaim();
         assert_eq!(r.dead_slots, 1, "{point}");
-        let s = a.stats();
+        let s = a.audit();
         assert_eq!(s.live_blocks, Some(0), "{point}: {s:?}");
         assert_eq!(s.free_bytes, cap, "{point}");
         let all = a
@@ -1143,7 +1143,7 @@ fn a_thief_killed_after_claiming_blocks_nobody() {
         Some("thief-dies") => {
             let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
             die_at("cache.steal.claimed", 1);
-            let r = a.allocate(a.stats().capacity as usize);
+            let r = a.allocate(a.audit().capacity as usize);
             say(format!("not killed: {r:?}"));
             return;
         }
@@ -1151,13 +1151,13 @@ fn a_thief_killed_after_claiming_blocks_nobody() {
     }
     let name = ShmName::new("reg-thiefdies");
     let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
-    let cap = a.stats().capacity;
+    let cap = a.audit().capacity;
     let env = [("SA_NAME", name.as_str().to_owned())];
     let mut owner = IdleOwner::start(ENTRY, "idle-fl", &name);
     let n = owner.cached(0);
     let mut thief = KillOnDrop::new(child(ENTRY, "thief-dies", &env));
     killed_at_fail_point(thief.child(), "thief");
-    assert!(a.stats().cached_bytes > 0, "the dead thief took nothing");
+    assert!(a.audit().cached_bytes > 0, "the dead thief took nothing");
     // The next thief: past the dead claim, the whole region.
     let big = a
         .allocate(cap as usize)
@@ -1170,7 +1170,7 @@ fn a_thief_killed_after_claiming_blocks_nobody() {
     owner.go_on();
     assert_eq!(owner.finish(), n);
     a.reclaim();
-    let st = a.stats();
+    let st = a.audit();
     assert_eq!((st.live_blocks, st.free_bytes), (Some(0), cap), "{st:?}");
     assert_eq!(a.late_double_frees(), 0);
 }
@@ -1197,11 +1197,11 @@ fn a_reclaimer_killed_while_emptying_a_dead_cache() {
     }
     let name = ShmName::new("reg-reclaimdies");
     let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
-    let cap = a.stats().capacity;
+    let cap = a.audit().capacity;
     let env = [("SA_NAME", name.as_str().to_owned())];
     let mut owner = IdleOwner::start(ENTRY, "idle-fl", &name);
     owner.cached(0);
-    let cached = a.stats().cached_bytes;
+    let cached = a.audit().cached_bytes;
     assert!(cached > 0);
     drop(owner); // SIGKILL while idle, its cache full
     wait_dead(&a, 1);
@@ -1211,7 +1211,7 @@ fn a_reclaimer_killed_while_emptying_a_dead_cache() {
     let got = a.reclaim();
     assert_eq!(got.dead_slots, 2, "{got:?}");
     assert_eq!(got.cached_blocks as u64 * 64, cached, "{got:?}");
-    let st = a.stats();
+    let st = a.audit();
     assert_eq!((st.live_blocks, st.free_bytes), (Some(0), cap), "{st:?}");
     assert_eq!(a.late_double_frees(), 0);
 }

@@ -234,7 +234,7 @@ fn remote_frees_at_scale_with_kills() {
         swept <= killed * 9 + 8,
         "{swept} blocks swept after {killed} kills"
     );
-    let s = a.stats();
+    let s = a.audit();
     assert_eq!(s.live_blocks, Some(0), "{s:?}");
     assert_eq!(s.free_bytes, s.capacity, "{s:?}");
     let big = a.allocate(CAP as usize / 2).unwrap();

@@ -61,7 +61,11 @@ fn slab_and_bump_basics() {
 fn free_list_grows_large_blocks_in_place() {
     let name = ShmName::new("smoke-grow");
     let a = FreeListAllocator::create(name.as_str(), 64 * 4096).unwrap();
+    // Large blocks are placed from the top down: a spacer above the block, freed,
+    // leaves the pages right after it free.
+    let spacer = a.allocate(3 * 4096).unwrap();
     let o = a.allocate(3 * 4096).unwrap();
+    a.free(spacer).unwrap();
     a.write(o, &[1; 3 * 4096]).unwrap();
     assert!(a.write(o, &[2; 5 * 4096]).is_err(), "3 pages only");
     assert!(a.grow_in_place(o, 5 * 4096));

@@ -121,9 +121,19 @@ fn backoff(round: &mut u32) {
 pub struct BumpAllocator {
     member: Membership,
     seg: Segment,
+    /// Bytes of the data region this process has committed (`fallocate`d) itself:
+    /// an allocation ending past it commits up to its end first (see `commit_to`).
+    local: std::sync::atomic::AtomicU64,
 }
 
 mod inspect;
+/// Byte offset, in the metadata region, of the shared word that says how many data
+/// bytes were committed (for `stats`, and for views into blocks other processes
+/// allocated: a process commits up to it itself before touching them, so a
+/// scribbled word cannot make it touch a page the file system may not back).
+const COMMITTED_AT: u64 = 32;
+/// Bytes committed at a time as the cursor advances.
+const COMMIT_CHUNK: u64 = 1 << 20;
 
 impl Drop for BumpAllocator {
     fn drop(&mut self) {
@@ -167,10 +177,25 @@ impl BumpAllocator {
             data_len: capacity,
             params: [0; 4],
         };
-        let mut seg = Segment::create_attaching(name, layout, opts)?;
+        let seg = Segment::create_attaching(name, layout, opts)?;
+        // The metadata page, then the first chunk (committed here, so a file system
+        // that cannot hold even that fails `create` at once).
+        let first = seg
+            .commit(layout.meta_offset, META_LEN)
+            .and_then(|()| Self::from_segment(seg))
+            .and_then(|this| {
+                this.commit_to(COMMIT_CHUNK.min(capacity))
+                    .map_err(|errno| SegmentError::Os {
+                        op: "fallocate",
+                        errno,
+                    })?;
+                Ok(this)
+            });
+        let mut this = first.inspect_err(|_| {
+            let _ = crate::segment::unlink(name);
+        })?;
         // The metadata region is zero (fresh ftruncate): epoch 0, cursor 0.
-        seg.publish();
-        let this = Self::from_segment(seg)?;
+        this.seg.publish();
         this.seg.attach_end(this.member.current())?;
         Ok(this)
     }
@@ -212,6 +237,29 @@ impl BumpAllocator {
         )
     }
 
+    /// Commits the data region up to byte `end` (relative), in this process, in
+    /// chunks of 1 MiB: pages are backed before any allocation hands them out.
+    fn commit_to(&self, end: u64) -> Result<(), nix::errno::Errno> {
+        let l = self.seg.layout();
+        let have = self.local.load(Ordering::Acquire);
+        if end <= have {
+            return Ok(());
+        }
+        let to = end.next_multiple_of(COMMIT_CHUNK).min(l.data_len);
+        self.seg
+            .commit(l.data_offset + have, to - have)
+            .map_err(|e| match e {
+                SegmentError::Os { errno, .. } => errno,
+                _ => nix::errno::Errno::EINVAL,
+            })?;
+        self.local.fetch_max(to, Ordering::AcqRel);
+        self.seg.note_committed(to);
+        if let Some(w) = self.seg.words(l.meta_offset + COMMITTED_AT, 1) {
+            w[0].fetch_max(to, Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// Opens the bump allocator `name` created by any process.
     ///
     /// # Errors
@@ -229,7 +277,10 @@ impl BumpAllocator {
         require_lock_free_u128()?;
         let seg = Segment::open_attaching(name, AllocatorKind::Bump, opts)?;
         let l = *seg.layout();
-        if l.meta_len < 24 || l.meta_offset % 16 != 0 || l.data_len > BUMP_MAX_CAPACITY {
+        if l.meta_len < COMMITTED_AT + 8
+            || l.meta_offset % 16 != 0
+            || l.data_len > BUMP_MAX_CAPACITY
+        {
             return Err(SegmentError::CorruptHeader {
                 reason: "bump layout out of range",
             });
@@ -240,8 +291,14 @@ impl BumpAllocator {
     }
 
     fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
+        // Offsets past what was committed are out of bounds (`data_relative`).
+        seg.track_commit(seg.layout().meta_offset + COMMITTED_AT, 0);
         let member = Membership::join(&seg)?.membership;
-        Ok(BumpAllocator { member, seg })
+        Ok(BumpAllocator {
+            member,
+            seg,
+            local: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// The handles attached to this segment, from the process registry.
@@ -459,6 +516,14 @@ impl BumpAllocator {
                     available: cap.saturating_sub(used),
                 });
             };
+            // Back the pages before they can be handed out: a file system that
+            // cannot is out-of-memory here, never a SIGBUS at the caller's write.
+            if end > self.local.load(Ordering::Relaxed) && self.commit_to(end).is_err() {
+                return Err(AllocError::OutOfMemory {
+                    requested: size as u64,
+                    available: self.local.load(Ordering::Relaxed).saturating_sub(used),
+                });
+            }
             let next = (cur & !(CURSOR_MASK | RESETTER_MASK)) | u128::from(end);
             // Acquire on success: the reset that began this epoch happens-before
             // this allocation's writes.
@@ -521,8 +586,15 @@ impl ShmAllocator for BumpAllocator {
 
     fn stats(&self) -> Stats {
         let used = self.used();
+        let l = self.seg.layout();
+        let committed = self
+            .seg
+            .words(l.meta_offset + COMMITTED_AT, 1)
+            .map_or(0, |w| w[0].load(Ordering::Relaxed))
+            .min(l.data_len);
         Stats {
             cached_bytes: 0,
+            committed_bytes: committed,
             capacity: self.seg.layout().data_len,
             live_blocks: None,
             live_bytes: used,

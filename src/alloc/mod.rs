@@ -13,7 +13,8 @@ mod slab;
 
 pub use bump::{BumpAllocator, BUMP_MAX_CAPACITY, DEFAULT_RESET_WAIT};
 pub use free_list::{
-    FreeListAllocator, Reclaimed, DEFAULT_CACHE_DEPTH, MAX_CACHE_DEPTH, SIZE_CLASSES,
+    FreeListAllocator, FreeListOptions, Reclaimed, DEFAULT_CACHE_DEPTH, MAX_CACHE_DEPTH,
+    SIZE_CLASSES,
 };
 pub use inspect::{Consistency, Inspect};
 pub use slab::{SlabAllocator, SLAB_CACHE_DEPTH};
@@ -83,8 +84,12 @@ pub struct ClassStats {
 /// otherwise each number is a recent value.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Stats {
-    /// Bytes of the data region.
+    /// Bytes of the data region (for a growing segment, its maximum).
     pub capacity: u64,
+    /// Bytes of the data region committed in the shared-memory file so far
+    /// (`fallocate`d: backed by the file system, never a `SIGBUS`). Grows toward
+    /// `capacity` as the allocator needs pages.
+    pub committed_bytes: u64,
     /// Blocks handed out and not freed. `None` for the bump allocator, which does
     /// not count blocks (that would cost a second atomic per allocation).
     pub live_blocks: Option<u64>,
@@ -291,9 +296,10 @@ pub(crate) fn data_relative(seg: &Segment, offset: Offset, len: u64) -> Result<u
     let l = seg.layout();
     let end = offset.get().checked_add(len);
     // `offset < data_end` also for empty ranges: data_end itself is in no block.
+    // Pages of a growing segment that were never committed are out of bounds too.
     if offset.get() < l.data_offset
         || offset.get() >= l.data_end()
-        || end.is_none_or(|e| e > l.data_end())
+        || end.is_none_or(|e| e > l.data_end() || !seg.data_usable(e - l.data_offset))
     {
         return Err(AccessError::OutOfBounds {
             offset: offset.get(),

@@ -184,9 +184,14 @@ impl SlabAllocator {
             params: [slot_size, slot_count, depth, cache_key()],
         };
         let seg = Segment::create_attaching(name, layout, opts)?;
-        let mut this = Self::from_segment(seg).inspect_err(|_| {
-            let _ = crate::segment::unlink(name);
-        })?;
+        // Slots are handed out anywhere in the region: commit all of it now, so a
+        // file system that cannot back it fails `create`, never a later write.
+        let mut this = seg
+            .commit(layout.meta_offset, layout.total_size - layout.meta_offset)
+            .and_then(|()| Self::from_segment(seg))
+            .inspect_err(|_| {
+                let _ = crate::segment::unlink(name);
+            })?;
         // Bits past the last slot are permanently set, in the bitmap and the summary.
         let tail = slot_count % 64;
         if tail != 0 {
@@ -839,6 +844,7 @@ impl ShmAllocator for SlabAllocator {
         Stats {
             cached_bytes: cached * self.slot_size,
             capacity: self.slots * self.slot_size,
+            committed_bytes: self.slots * self.slot_size,
             live_blocks: Some(live - cached),
             live_bytes: (live - cached) * self.slot_size,
             free_bytes: (self.slots - live + cached) * self.slot_size,

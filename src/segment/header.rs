@@ -13,7 +13,7 @@ use crate::error::SegmentError;
 /// `b"SHMALLOC"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMALLOC");
 /// Layout version of the segment format; bumped on any incompatible change.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Bytes reserved at the start of every segment: header and named-roots table.
 pub const HEADER_REGION: u64 = 4096;
 /// Offset of the named-roots table inside the header region.

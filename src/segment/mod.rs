@@ -186,6 +186,14 @@ pub struct Segment {
     /// The mode this handle saw decided (`SegmentMode as u8`; 0: not yet). A
     /// decided mode never changes, so one local load answers later checks.
     mode_seen: std::sync::atomic::AtomicU8,
+    /// Bytes of the data region this process has committed itself (`u64::MAX`: the
+    /// allocator commits everything at create, or tracks nothing). Only bytes below
+    /// it are touched through offsets (see [`Segment::data_usable`]).
+    committed: AtomicU64,
+    /// Where the allocator publishes how much of the data region is committed:
+    /// `(offset of the shared word, shift to bytes)`; `None` for allocators that
+    /// commit everything at create.
+    commit_word: std::sync::OnceLock<(u64, u32)>,
 }
 
 /// A fresh open file description of the object behind `file` (never shared with the
@@ -401,20 +409,126 @@ impl Segment {
             let map = MmapRaw::map_raw(&file).map_err(|e| io_err("mmap", e))?;
             Ok((map, lock_description(&file)?))
         })();
-        match result {
-            Ok((map, lock_file)) => Ok(Segment {
-                name,
+        let result = result.and_then(|(map, lock_file)| {
+            let seg = Segment {
+                name: name.clone(),
                 map,
                 layout,
                 file: lock_file,
                 init: Some(file),
                 mode_seen: Default::default(),
-            }),
+                committed: AtomicU64::new(u64::MAX),
+                commit_word: Default::default(),
+            };
+            // The header and the registry are touched at once: commit them now, so
+            // a full file system is an error here and never a SIGBUS later.
+            seg.commit(0, ALLOC_REGION_START.min(layout.total_size))?;
+            Ok(seg)
+        });
+        match result {
+            Ok(seg) => Ok(seg),
             Err(e) => {
                 let _ = shm_unlink(name.as_str());
                 Err(e)
             }
         }
+    }
+
+    /// Commits the bytes `offset..offset + len` of the object (whole pages around
+    /// them) with `fallocate`: afterwards the file system backs them, so touching
+    /// them cannot raise `SIGBUS`. Idempotent and cheap where pages are already
+    /// backed. A file system without `fallocate` (`EOPNOTSUPP`) commits nothing and
+    /// reports success: there, as with any sparse file, a page it cannot back later
+    /// still faults.
+    ///
+    /// # Errors
+    /// [`SegmentError::Os`] with `op: "fallocate"` (`ENOSPC`: the file system is full,
+    /// e.g. a small `/dev/shm`), or [`SegmentError::InvalidParameter`] for a range
+    /// past the mapping.
+    pub(crate) fn commit(&self, offset: u64, len: u64) -> Result<(), SegmentError> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset.checked_add(len).filter(|&e| e <= self.len()).ok_or(
+            SegmentError::InvalidParameter {
+                what: "commit range",
+                value: offset,
+            },
+        )?;
+        let start = offset / 4096 * 4096;
+        let end = end.div_ceil(4096).saturating_mul(4096).min(self.len());
+        for _ in 0..64 {
+            let r = fallocate(
+                &self.file,
+                FallocateFlags::empty(),
+                start as i64,
+                (end - start) as i64,
+            );
+            match r {
+                Ok(()) | Err(Errno::EOPNOTSUPP) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    return Err(SegmentError::Os {
+                        op: "fallocate",
+                        errno,
+                    })
+                }
+            }
+        }
+        Err(SegmentError::Os {
+            op: "fallocate",
+            errno: Errno::EINTR,
+        })
+    }
+
+    /// Makes offsets into the data region usable only up to what the allocator
+    /// committed: the shared word at `word` (in the metadata region) holds the
+    /// committed length of the data region in units of `1 << shift` bytes. The
+    /// allocator calls this once, before it hands out anything.
+    pub(crate) fn track_commit(&self, word: u64, shift: u32) {
+        if self.commit_word.set((word, shift)).is_ok() {
+            self.committed.store(0, Ordering::Release);
+        }
+    }
+
+    /// Records that this process committed the data region up to byte `end`
+    /// (relative to the data region).
+    pub(crate) fn note_committed(&self, end: u64) {
+        if self.commit_word.get().is_some() {
+            self.committed.fetch_max(end, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether data-region bytes below `end` (relative) may be touched: committed by
+    /// this process, or committed by another one (the shared word says so), which
+    /// this process then commits too (cheap: the pages are backed already), so that
+    /// a scribbled word can never make it touch a page the file system may not back.
+    #[inline]
+    pub(crate) fn data_usable(&self, end: u64) -> bool {
+        end <= self.committed.load(Ordering::Acquire) || self.data_usable_slow(end)
+    }
+
+    #[cold]
+    fn data_usable_slow(&self, end: u64) -> bool {
+        let Some(&(word, shift)) = self.commit_word.get() else {
+            return true;
+        };
+        let l = self.layout;
+        let Some(w) = self.words(word, 1) else {
+            return false;
+        };
+        let shared = w[0]
+            .load(Ordering::Acquire)
+            .checked_shl(shift)
+            .unwrap_or(u64::MAX)
+            .min(l.data_len);
+        let have = self.committed.load(Ordering::Acquire).min(shared);
+        if end > shared || self.commit(l.data_offset + have, shared - have).is_err() {
+            return false;
+        }
+        self.committed.fetch_max(shared, Ordering::AcqRel);
+        true
     }
 
     /// Publishes the header: after this, `open` in any process succeeds.
@@ -466,6 +580,8 @@ impl Segment {
                     file,
                     init: None,
                     mode_seen: Default::default(),
+                    committed: AtomicU64::new(u64::MAX),
+                    commit_word: Default::default(),
                     layout: Layout {
                         kind,
                         total_size: mapped,

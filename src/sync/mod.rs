@@ -11,6 +11,7 @@
 //! whether that holder is alive, comes from `owner.rs`.
 
 pub mod bitmap;
+pub(crate) mod summary;
 mod word;
 
 pub use word::Word;
