@@ -22,16 +22,11 @@ pub(crate) fn cache_key() -> u64 {
     (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
 }
 
-/// Caches owned by threads of this process, by segment object (inode), slot and
-/// owner thread: a thread that runs out of memory empties the caches it owns in
-/// its other handles itself (they cannot honour a flush request while it waits).
-pub(crate) struct LocalCache {
-    ino: u64,
-    slot: usize,
-    tid: u64,
-    fork_epoch: u64,
-}
-static LOCAL_CACHES: parking_lot::Mutex<Vec<LocalCache>> = parking_lot::Mutex::new(Vec::new());
+// Caches owned by threads of this process, by segment object (inode), slot and
+// owner thread (`process::LOCAL_CACHES`): a thread that runs out of memory empties
+// the caches it owns in its other handles itself (they cannot honour a flush
+// request while it waits).
+use process::{OwnedCache, LOCAL_CACHES};
 
 /// A number unique among this process's live threads (never 0): the address of a
 /// thread-local. A thread that starts after another ended may get the same number,
@@ -44,7 +39,7 @@ pub(crate) fn thread_id() -> u64 {
 
 /// Records that thread `tid` owns slot `slot`'s cache of the segment object `ino`.
 pub(crate) fn register_local(ino: u64, slot: usize, tid: u64) {
-    LOCAL_CACHES.lock().push(LocalCache {
+    LOCAL_CACHES.lock().push(OwnedCache {
         ino,
         slot,
         tid,

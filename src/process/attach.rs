@@ -4,8 +4,6 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use super::*;
 use crate::segment::Segment;
 
@@ -20,7 +18,26 @@ pub(super) struct Attached {
     state: Arc<MemberState>,
 }
 
-pub(super) static ATTACHED: Mutex<Vec<Attached>> = Mutex::new(Vec::new());
+/// This process's handles (a [`ForkLock`]: a fork never strands it locked).
+pub(super) static ATTACHED: ForkLock<Vec<Attached>> = ForkLock::new(Vec::new());
+
+/// A cache that a thread of this process owns: segment object (inode), registry
+/// slot, owner thread, and the fork epoch it was recorded in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OwnedCache {
+    /// The segment object's inode.
+    pub ino: u64,
+    /// The registry slot whose cache it is.
+    pub slot: usize,
+    /// The owner thread (see `alloc::cache::thread_id`).
+    pub tid: u64,
+    /// The fork epoch the record was made in (stale in a child).
+    pub fork_epoch: u64,
+}
+
+/// The caches this process's threads own (kept here, beside the attachment table,
+/// so that the atfork handlers can hold both across a fork).
+pub(crate) static LOCAL_CACHES: ForkLock<Vec<OwnedCache>> = ForkLock::new(Vec::new());
 /// Bumped on every attach and detach: per-thread caches of a lookup compare it.
 pub(super) static ATTACHED_GEN: AtomicU64 = AtomicU64::new(1);
 pub(super) static NEXT_ATTACH: AtomicU64 = AtomicU64::new(1);

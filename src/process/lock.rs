@@ -59,3 +59,13 @@ pub(super) fn locked_by_other(fd: BorrowedFd<'_>, i: usize) -> bool {
         Err(_) => true, // cannot tell: never treat a maybe-live holder as dead
     }
 }
+
+/// Whether some open file description other than `fd`'s holds slot `i`'s lock. An
+/// error (a closed or foreign descriptor) reads as not held: for a handle asking
+/// about its own lock, where "cannot tell" must mean "stop".
+pub(super) fn locked_by_some_description(fd: BorrowedFd<'_>, i: usize) -> bool {
+    matches!(
+        lock_cmd(fd, i, libc::F_WRLCK as i16, LockCmd::Get),
+        Ok(fl) if fl.l_type != libc::F_UNLCK as i16
+    )
+}

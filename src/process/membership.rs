@@ -1,10 +1,8 @@
 //! A handle's membership: joining, leaving, re-joining after fork, intents.
 
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use super::*;
 use crate::error::SegmentError;
@@ -16,10 +14,10 @@ pub(crate) struct Membership {
     /// The slot state, shared with this process's attachment table (so that an
     /// owner token asked for in a fork child re-joins this very membership).
     shared: Arc<MemberState>,
-    /// This handle's entry in the atfork descriptor table.
-    fd_entry: Option<usize>,
     /// This handle's entry in the attachment table.
     attach_id: u64,
+    /// Whether it left already (its atfork entry is forgotten).
+    left: bool,
 }
 
 #[derive(Debug)]
@@ -27,19 +25,33 @@ pub(super) struct MemberState {
     /// `[fork epoch: 24 | generation: 32 | slot: 8]`.
     packed: AtomicU64,
     /// Serialises re-joining after a fork.
-    rejoin: Mutex<()>,
+    rejoin: ForkLock<()>,
+    /// This handle's entry in the atfork descriptor table.
+    entry: usize,
+    /// A second open file description of the segment object, holding no lock: its
+    /// `F_OFD_GETLK` on this handle's byte shows whether the lock is still held.
+    spare: OwnedFd,
+    /// Set once this handle found it lost its lock: it refuses from then on.
+    lost: AtomicBool,
+    /// The intent records of the slot that threads of this process claimed (bit
+    /// `k`: record `k`), in this fork epoch. A record in use that no thread here
+    /// claimed was written by someone else: it is overwritten at once.
+    claimed: AtomicU32,
+    /// The segment object's device and inode (what the lock descriptor must name).
+    object: (u64, u64),
 }
 
-// The lock guards no data (only the order of re-joins), and `packed` is one atomic
-// word, old or new: a panic anywhere leaves the state consistent, as std's
-// `Mutex<()>` (which this replaced) declared.
-impl std::panic::RefUnwindSafe for MemberState {}
+/// How long a thread waits for one of the [`INTENTS`] records when the handle's
+/// other threads hold them all.
+const INTENT_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl MemberState {
     #[inline]
     pub(super) fn slot(&self, seg: &(impl Reg + ?Sized)) -> Result<usize, SegmentError> {
         let p = self.packed.load(Ordering::Relaxed);
-        if p >> 40 == FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF {
+        if p >> 40 == FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF
+            && !self.lost.load(Ordering::Relaxed)
+        {
             return Ok((p & 0xFF) as usize);
         }
         self.rejoin_after_fork(seg)
@@ -50,26 +62,73 @@ impl MemberState {
         &self,
         seg: &(impl Reg + ?Sized),
     ) -> Result<usize, SegmentError> {
+        if self.lost.load(Ordering::Relaxed) {
+            return Err(self.lost_error());
+        }
         let _g = self.rejoin.lock();
         let epoch = FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF;
         let p = self.packed.load(Ordering::Relaxed);
         if p >> 40 == epoch {
             return Ok((p & 0xFF) as usize);
         }
+        if entry_lost(self.entry) {
+            self.lost.store(true, Ordering::Relaxed);
+            return Err(self.lost_error());
+        }
         crate::fail_point!("registry.fork_rejoin");
         // Only a free slot: a dead one's leftovers (its caches) need the
         // allocator's reclaim, which runs through `reclaim_dead`.
         let (slot, gen, _) = take_slot(seg, false)?;
+        // The parent's threads' intent claims are not ours: a fresh slot.
+        self.claimed.store(0, Ordering::Relaxed);
         self.packed.store(pack(epoch, gen, slot), Ordering::Relaxed);
         Ok(slot)
+    }
+
+    fn lost_error(&self) -> SegmentError {
+        SegmentError::LockLost {
+            reason: if entry_lost(self.entry) {
+                "a fork child could not open a lock description of its own (no /proc, \
+                 the re-open refused, or its descriptor was closed before the fork)"
+            } else {
+                "its lock descriptor was closed (close_range, closefrom, dup2 over it)"
+            },
+        }
     }
 
     /// The slot index if it was joined in this very process (no re-join).
     pub(super) fn own_slot(&self) -> Option<usize> {
         let p = self.packed.load(Ordering::Relaxed);
-        (p >> 40 == FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF).then_some((p & 0xFF) as usize)
+        (p >> 40 == FORK_EPOCH.load(Ordering::Relaxed) & 0xFF_FFFF
+            && !self.lost.load(Ordering::Relaxed))
+        .then_some((p & 0xFF) as usize)
+    }
+
+    /// Whether this handle still holds slot `slot`'s lock: its lock descriptor still
+    /// names the segment object, some description holds the slot's byte (asked from
+    /// the spare, which holds none), and the slot still carries this handle's
+    /// generation (a new holder would have bumped it). A closed or reused number
+    /// reads as not held. Marks the state lost if not.
+    fn still_held(&self, seg: &(impl Reg + ?Sized), slot: usize) -> bool {
+        if self.lost.load(Ordering::Relaxed) {
+            return false;
+        }
+        let gen = (self.packed.load(Ordering::Relaxed) >> 8) as u32;
+        let st = slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire);
+        if object_id(seg.lock_fd()).ok() == Some(self.object)
+            && st == (u64::from(gen) << 32) | STATUS_LIVE
+            && locked_by_some_description(self.spare.as_fd(), slot)
+        {
+            return true;
+        }
+        self.lost.store(true, Ordering::Relaxed);
+        false
     }
 }
+
+// The re-join lock guards no data (only the order of re-joins), and the other
+// fields are atomics or a descriptor: a panic anywhere leaves the state consistent.
+impl std::panic::RefUnwindSafe for MemberState {}
 
 pub(super) fn pack(epoch: u64, gen: u32, slot: usize) -> u64 {
     ((epoch & 0xFF_FFFF) << 40) | (u64::from(gen) << 8) | slot as u64
@@ -81,24 +140,58 @@ pub(crate) struct Joined {
     pub found_dead: bool,
 }
 
+/// The device and inode of the object behind `fd`.
+fn object_id(fd: BorrowedFd<'_>) -> Result<(u64, u64), SegmentError> {
+    let st = nix::sys::stat::fstat(fd).map_err(|errno| SegmentError::Os {
+        op: "fstat(lock descriptor)",
+        errno,
+    })?;
+    Ok((st.st_dev, st.st_ino))
+}
+
 impl Membership {
     /// Takes a free (or dead) slot of `seg`'s registry.
     ///
     /// # Errors
-    /// [`SegmentError::RegistryFull`] when every slot is held by a live handle, or an
-    /// OS error from `fcntl`.
+    /// [`SegmentError::RegistryFull`] when every slot is held by a live handle,
+    /// [`SegmentError::HandleLimit`] when this process holds
+    /// [`MAX_HANDLES`](super::MAX_HANDLES) handles, or an OS error (`fcntl`, or
+    /// opening the spare description through `/proc/self/fd`).
     pub fn join(seg: &Segment) -> Result<Joined, SegmentError> {
-        let (slot, gen, found_dead) = take_slot(seg, true)?;
+        let fd = seg.lock_fd().as_raw_fd();
+        let (dev, ino) = object_id(seg.lock_fd())?;
+        let spare = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{fd}"))
+            .map_err(|e| SegmentError::Os {
+                op: "open(/proc/self/fd) for the spare lock description",
+                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            })?;
+        let spare = OwnedFd::from(spare);
+        let entry = register_fd(fd, spare.as_raw_fd(), dev, ino)?;
+        let (slot, gen, found_dead) = match take_slot(seg, true) {
+            Ok(t) => t,
+            Err(e) => {
+                unregister_fd(entry);
+                return Err(e);
+            }
+        };
         let shared = Arc::new(MemberState {
             packed: AtomicU64::new(pack(FORK_EPOCH.load(Ordering::Relaxed), gen, slot)),
-            rejoin: Mutex::new(()),
+            rejoin: ForkLock::new(()),
+            entry,
+            spare,
+            lost: AtomicBool::new(false),
+            claimed: AtomicU32::new(0),
+            object: (dev, ino),
         });
         let attach_id = attach(seg, &shared);
         Ok(Joined {
             membership: Membership {
                 shared,
-                fd_entry: register_fd(seg.lock_fd().as_raw_fd()),
                 attach_id,
+                left: false,
             },
             found_dead,
         })
@@ -108,10 +201,27 @@ impl Membership {
     /// process that joined.
     ///
     /// # Errors
-    /// As [`Membership::join`], when a fork child must join and cannot.
+    /// As [`Membership::join`], when a fork child must join and cannot;
+    /// [`SegmentError::LockLost`] once the handle found its lock gone.
     #[inline]
     pub fn slot(&self, seg: &Segment) -> Result<usize, SegmentError> {
         self.shared.slot(seg)
+    }
+
+    /// [`slot`](Self::slot), after checking (one `fcntl`) that this handle still
+    /// holds the slot's lock: for the slow paths, before a step that relies on
+    /// owning the slot (a refill, a flush, an intent).
+    ///
+    /// # Errors
+    /// As [`slot`](Self::slot); [`SegmentError::LockLost`] if the lock is gone (from
+    /// then on, every call refuses).
+    pub fn verified_slot(&self, seg: &Segment) -> Result<usize, SegmentError> {
+        let slot = self.slot(seg)?;
+        if self.shared.still_held(seg, slot) {
+            Ok(slot)
+        } else {
+            Err(self.shared.lost_error())
+        }
     }
 
     /// The slot index if this handle joined it in this very process (no re-join).
@@ -120,13 +230,17 @@ impl Membership {
     }
 
     /// Leaves the slot (the handle is being dropped): clears it and unlocks it. A
-    /// handle in a forked child that never re-joined owns no slot and leaves nothing.
+    /// handle in a forked child that never re-joined owns no slot and leaves nothing;
+    /// nor does one that lost its lock (the slot may be someone else's by now).
     pub fn leave(&mut self, seg: &Segment) {
         detach(self.attach_id);
-        if let Some(e) = self.fd_entry.take() {
-            LOCK_FDS[e].store(0, Ordering::Release);
+        if !std::mem::replace(&mut self.left, true) {
+            unregister_fd(self.shared.entry);
         }
         let Some(i) = self.own_slot() else { return };
+        if !self.shared.still_held(seg, i) {
+            return;
+        }
         let w = slot_words(seg, i);
         crate::fail_point!("registry.leave.before_clear");
         for k in 0..INTENTS * 2 {
@@ -140,47 +254,63 @@ impl Membership {
 
     /// Records an intent in this handle's slot; the guard clears it when dropped.
     ///
+    /// A record in use that no thread of this process claimed (a scribble, or a
+    /// leftover) is overwritten at once, never waited for. When the handle's own
+    /// threads hold all [`INTENTS`] records, it waits a little (20 ms at most).
+    ///
     /// # Errors
-    /// As [`Membership::slot`].
+    /// As [`verified_slot`](Self::verified_slot);
+    /// [`SegmentError::IntentsBusy`] when the wait ends with every record in use
+    /// by this process's threads.
     pub fn intend<'s>(
-        &self,
+        &'s self,
         seg: &'s Segment,
         intent: Intent,
     ) -> Result<IntentGuard<'s>, SegmentError> {
-        let w = slot_words(seg, self.slot(seg)?);
-        // Threads of this process share the slot: each takes a free record.
-        for _round in 0..1 << 16 {
+        let w = slot_words(seg, self.verified_slot(seg)?);
+        let claimed = &self.shared.claimed;
+        let mut deadline = None;
+        loop {
             for k in 0..INTENTS {
-                let desc = &w[W_INTENT + 2 * k];
-                if desc.load(Ordering::Relaxed) != 0 {
+                let bit = 1u32 << k;
+                if claimed.load(Ordering::Relaxed) & bit != 0
+                    || claimed.fetch_or(bit, Ordering::Acquire) & bit != 0
+                {
                     continue;
                 }
-                // Claim the record with a placeholder, then write it in full. SeqCst:
-                // a repair pass that sees the pages this operation changes must see
-                // this record (it loads intents after loading those pages).
-                if desc
-                    .compare_exchange(0, 1, Ordering::SeqCst, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    w[W_INTENT + 2 * k + 1].store(intent.expected, Ordering::SeqCst);
-                    desc.store(intent.encode(), Ordering::SeqCst);
-                    return Ok(IntentGuard { desc });
-                }
+                // Record k is ours in this process; whatever it holds was not
+                // written by a thread here (each clears its record before its bit),
+                // so it is overwritten. The expected word first, then the record.
+                // SeqCst: a repair pass that sees the pages this operation changes
+                // must see this record (it loads intents after loading those pages).
+                let desc = &w[W_INTENT + 2 * k];
+                w[W_INTENT + 2 * k + 1].store(intent.expected, Ordering::SeqCst);
+                desc.store(intent.encode(), Ordering::SeqCst);
+                return Ok(IntentGuard { desc, claimed, bit });
+            }
+            let now = std::time::Instant::now();
+            match deadline {
+                None => deadline = Some(now + INTENT_WAIT),
+                Some(d) if now >= d => return Err(SegmentError::IntentsBusy { records: INTENTS }),
+                Some(_) => {}
             }
             std::thread::yield_now();
         }
-        Err(SegmentError::RegistryFull { slots: INTENTS })
     }
 }
 
-/// Clears its intent record when dropped (after the operation's last step).
+/// Clears its intent record when dropped (after the operation's last step), then
+/// gives the record back to this process's threads.
 pub(crate) struct IntentGuard<'s> {
     desc: &'s AtomicU64,
+    claimed: &'s AtomicU32,
+    bit: u32,
 }
 
 impl Drop for IntentGuard<'_> {
     fn drop(&mut self) {
         self.desc.store(0, Ordering::SeqCst);
+        self.claimed.fetch_and(!self.bit, Ordering::Release);
     }
 }
 

@@ -49,8 +49,9 @@ use crate::segment::Segment;
 #[allow(unused_imports)]
 use {attach::*, fork::*, intent::*, lock::*, membership::*, pin::*, reclaim::*, token::*};
 
-pub(crate) use attach::{attachment_epoch, token_alive_at, token_at};
-pub(crate) use fork::fork_epoch;
+pub(crate) use attach::{attachment_epoch, token_alive_at, token_at, OwnedCache, LOCAL_CACHES};
+pub use fork::MAX_HANDLES;
+pub(crate) use fork::{fork_epoch, ForkLock};
 pub(crate) use intent::Intent;
 pub(crate) use membership::{IntentGuard, Membership};
 pub(crate) use pin::{pin, pinned_by_others, Pin};
