@@ -1,0 +1,770 @@
+//! The general-purpose allocator: size classes over a shared page pool.
+//!
+//! The data region is cut into 4 KiB pages. Each page has one metadata line:
+//! a **state word** `[gen: 24 | kind: 3 | class: 5 | aux: 32]`, which is the sole
+//! authority on what the page is (free, a span of small blocks, the head or an
+//! interior page of a large block), and six **block words** `[tag: 16 | bits: 48]`
+//! for spans. Every change of a state word is a compare-and-swap that increments
+//! its generation, so a step that read an old state cannot act on a newer one
+//! (one exception: a repair marks a dead creator's span `SPAN_REPAIRED` in place,
+//! keeping its tag; a step that read the unmarked state then fails its CAS).
+//!
+//! Requests up to 2 KiB go to one of [`SIZE_CLASSES`]: a span is one page carved
+//! into equal blocks. Allocating a block is **one** CAS that sets a bit in a block
+//! word; freeing is one CAS that clears it. A block word carries the tag of its
+//! span (generation and class), so a free or allocation that raced a span's release
+//! and reuse fails its CAS instead of touching the new span: two frees of the same
+//! offset, in any processes, give one success and one [`FreeError::DoubleFree`],
+//! and never change another block. A span is released back to the page pool as
+//! soon as its last block is freed (eagerly), unless it is the freeing handle's
+//! current span for that class, which stays until the handle moves on, drops, or
+//! memory runs short. Releasing first *closes* every block word (CAS from "open and
+//! empty" to `CLOSED`), so no allocation can land in a span being released.
+//!
+//! There are no lists: which spans have free blocks, and which pages are free, is
+//! kept in two kinds of bitmaps that are only **hints** (a stale hint costs a
+//! retry; repair rebuilds them). Nothing is ever taken off a shared structure
+//! into a process's hands, so a process that dies holds nothing but the blocks
+//! its own code allocated, and the multi-step operations it had in flight.
+//!
+//! Those operations (creating a span, releasing one, claiming a run of pages for a
+//! large block, growing one) first write an intent record in the handle's slot of
+//! the process registry ([`crate::process`]), naming the pages and the state the
+//! first step installs (the state words also carry the slot index of the handle
+//! that installed them). When a handle dies, whoever takes its slot's lock parks
+//! its intents; the next repair pass finishes or rolls back each one, and repairs
+//! what the global rules can see (an interior page whose head is gone, an empty
+//! span). Repair runs when a handle joins over a dead one, when memory runs out,
+//! and on [`FreeListAllocator::reclaim`]. See the tests in `tests/registry.rs` and
+//! `tests/failpoints.rs`, which kill processes at every step.
+//!
+//! **Per-handle caches** (jemalloc's tcache, mimalloc's local free lists, over shared
+//! memory). Each handle's registry slot has, per size class, a cache of up to
+//! `depth` free blocks ([`DEFAULT_CACHE_DEPTH`], set per segment with
+//! [`FreeListAllocator::create_with_cache`]; 0 turns caches off). The first thread
+//! that allocates or frees through a handle owns its cache; allocation pops from
+//! it and free pushes to it with plain loads and stores, no locked instruction.
+//! Blocks in a cache count as allocated in the shared bitmaps, so every invariant
+//! above holds unchanged; `stats()` reports them as `cached_bytes` (free, not live).
+//! An empty cache is refilled with up to 8 blocks by one CAS on one block word; a
+//! full one gives half back, one CAS per block word. A block freed by another
+//! process than the one that allocated it simply goes into the freeing handle's
+//! cache.
+//!
+//! *Memory pressure*: when memory runs out, the allocating handle empties its own
+//! cache (and the caches this very thread owns in other handles), reclaims dead
+//! handles' caches, asks live handles to flush theirs on their next call, and
+//! *takes* the caches of owners that are not inside a cache operation right now,
+//! so an owner that never calls again cannot keep memory from others. Each cache
+//! has a gate: the owner marks itself active around every cache operation and
+//! reads the gate (two plain stores and a load); a thief claims the gate with its
+//! registry token, runs `membarrier(MEMBARRIER_CMD_GLOBAL)` (a memory barrier in
+//! every running thread, a few milliseconds), waits up to 10 ms for the owner to
+//! be outside, and empties the cache; an owner that finds the gate claimed uses
+//! the shared path until the thief is done. It retries for at most 20 ms before
+//! `OutOfMemory`. [`FreeListAllocator::stolen_blocks`] counts what a handle took.
+//! Where the kernel refuses `membarrier` (no `CONFIG_MEMBARRIER`, `nohz_full`
+//! CPUs, a seccomp filter), nothing is taken and flush requests alone remain: then
+//! an owner that never calls again keeps its cache (at most `depth` blocks per
+//! class) until it is dropped or dies.
+//!
+//! *Crash safety*: a pop lowers the count after reading the entry and a push
+//! raises it after writing the entry, so a crash leaks at most the one block in
+//! hand, and everything counted in a dead handle's cache goes back through the
+//! reclaimer. A crash inside a refill or a flush, between its one CAS and its count
+//! update, leaks the blocks of that one block word (at most 8); it never returns a
+//! block twice (`tests/failpoints.rs` kills at `fl.cache.*` and counts them). A
+//! thief or reclaimer that dies holding a gate leaves a claim by a dead
+//! registration, which the next owner, thief or reclaimer reopens; the cache's
+//! count always covers exactly the entries not yet given back, so the next one
+//! continues where it stopped (`tests/registry.rs` kills at `cache.steal.claimed`
+//! and `cache.dead.claimed`).
+//!
+//! *Double frees*: a cached block carries a mark (`key ^ offset`, with a random
+//! per-segment key) in its first word. `free` refuses a block whose bit is clear or
+//! that carries the mark, so a double free, through the same handle or another one
+//! in any process, is an error at once. Two processes freeing the same block at the
+//! very same instant can both succeed; the second flush then finds the bit already
+//! clear and counts it ([`FreeListAllocator::late_double_frees`]), and until then
+//! the block may be handed out twice: that race is not detected in time.
+//!
+//! **Stale offsets.** A raw offset is a number: `free(x)` after `x` was freed and
+//! then handed out again *at the same offset, in the same class* frees the new
+//! block, because nothing in the offset tells the two apart. Every other stale use
+//! (the span was released, reused for another class or a large block, or the
+//! block is free) is detected and is an error. Typed handles carry more than an
+//! offset and detect the rest.
+
+mod cache_glue;
+mod large;
+mod page;
+mod repair;
+mod span;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::cache::{self, cache_key, Gate, Mag, BATCH};
+use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
+use crate::error::{AccessError, AllocError, FreeError, SegmentError};
+use crate::process::{self, Intent, Membership, ProcessInfo};
+use crate::segment::{
+    AllocatorKind, CreateOptions, Layout, OpenOptions, Segment, ALLOC_REGION_START,
+};
+use crate::sync::bitmap;
+use page::*;
+use repair::*;
+use span::*;
+
+pub use span::SIZE_CLASSES;
+
+const PAGE: u64 = 4096;
+const PAGE_SHIFT: u32 = 12;
+/// Largest number of pages (64 GiB): a large block's length fits 24 bits.
+const MAX_PAGES: u64 = 1 << 24;
+
+/// Give up on a CAS retry loop after this many rounds and report corruption.
+/// Real contention makes progress long before; only a peer rewriting a word
+/// forever (hostile) gets here.
+const RETRY_LIMIT: u32 = 1 << 16;
+
+fn bitmap_words(pages: u64) -> u64 {
+    pages.div_ceil(64).div_ceil(LINE) * LINE
+}
+/// Word offsets in the metadata region: page hints, per-class span hints, lines.
+fn avail_start(pages: u64, c: usize) -> u64 {
+    bitmap_words(pages) * (1 + c as u64)
+}
+fn lines_start(pages: u64) -> u64 {
+    avail_start(pages, NCLASS)
+}
+/// Per-handle caches: for each registry slot, one line with the gate (`cache::Gate`:
+/// its control word and the owner's mark), then per class `[count, block
+/// offsets ...]` of `depth + 1` words.
+fn cache_start(pages: u64) -> u64 {
+    lines_start(pages) + pages * LINE
+}
+fn cache_stride(depth: u64) -> u64 {
+    LINE + NCLASS as u64 * (depth + 1)
+}
+fn meta_words_for(pages: u64, depth: u64) -> u64 {
+    cache_start(pages) + process::SLOTS as u64 * cache_stride(depth)
+}
+
+/// Blocks per size class that each handle's cache holds at most, by default.
+pub const DEFAULT_CACHE_DEPTH: u64 = 15;
+/// The largest cache depth [`FreeListAllocator::create_with_cache`] accepts.
+pub const MAX_CACHE_DEPTH: u64 = 63;
+/// What a repair pass did; see [`FreeListAllocator::reclaim`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Registry slots of dead handles that this pass took over and freed.
+    pub dead_slots: usize,
+    /// Parked intent records of dead handles that were finished or rolled back.
+    pub intents: usize,
+    /// Pages returned to the page pool (empty spans, orphaned runs).
+    pub pages: usize,
+    /// Blocks returned from the caches of dead handles.
+    pub cached_blocks: usize,
+}
+
+/// The general-purpose allocator: any size from 1 byte to the capacity, alignment up
+/// to 4096, individual [`free`](ShmFree::free), memory freed at one size reusable at
+/// any other. Lock-free: allocation and free of a small block are one CAS each.
+/// Safe against processes dying at any instant: what a dead handle had in flight
+/// is recovered through the process registry.
+///
+/// ```
+/// use shared_allocator::prelude::*;
+/// # let name = format!("doc-freelist-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
+/// let alloc = FreeListAllocator::create(&name, 10 << 20)?;
+/// let off = alloc.allocate(256)?;
+/// alloc.write(off, b"Hello from shared memory!")?;
+/// assert_eq!(alloc.read(off, 25)?, b"Hello from shared memory!");
+/// alloc.free(off)?;
+/// assert_eq!(alloc.stats().live_blocks, Some(0));
+/// alloc.unlink()?;
+/// # Ok::<(), shared_allocator::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct FreeListAllocator {
+    member: Membership,
+    seg: Segment,
+    pages: usize,
+    /// Where this handle starts looking for a free page or span (spreads handles apart).
+    hint: AtomicUsize,
+    /// This handle's current span per class: `[tag: 16 | page + 1: 48]`, 0 = none.
+    cur: [AtomicU64; NCLASS],
+    /// Blocks per class in this handle's cache (0: no caches).
+    depth: usize,
+    /// The segment's cache-mark key: a cached block's first word holds `key ^ offset`.
+    key: u64,
+    /// The thread that uses this handle's cache (the first one that allocated or
+    /// freed through it); other threads take the shared path. 0 = none yet.
+    cache_owner: cache::CacheOwner,
+    /// Double frees found when a cache was flushed (too late to report to the caller).
+    late_double_frees: AtomicU64,
+    /// Blocks this handle took from idle handles' caches (see `stolen_blocks`).
+    stolen: AtomicU64,
+    /// The segment object's inode: names it across this process's handles.
+    ino: u64,
+    /// Word index (in the metadata region) of page 0's line.
+    lines_base: usize,
+    /// Word index (in the metadata region) of slot 0's cache, and words per slot.
+    cache_base0: usize,
+    cache_stride: usize,
+    /// The data region: its address in this mapping, and its bounds as offsets
+    /// (validated at open). Numbers, so the type stays Send + Sync.
+    data_addr: usize,
+    data_off: u64,
+    data_end: u64,
+    /// The metadata region, resolved once at open (`Segment::words` checked it):
+    /// address and length in words. Kept as a number so the type stays Send + Sync.
+    meta_addr: usize,
+    meta_words: usize,
+}
+
+impl FreeListAllocator {
+    /// Creates a segment `name` with `capacity` bytes of data region (rounded up to
+    /// whole 4 KiB pages; at most 64 GiB).
+    ///
+    /// # Errors
+    /// [`SegmentError::AlreadyExists`], [`SegmentError::InvalidName`],
+    /// [`SegmentError::InvalidParameter`], [`SegmentError::ForeignOwner`], or an OS error.
+    pub fn create(name: &str, capacity: u64) -> Result<Self, SegmentError> {
+        Self::create_with(name, capacity, &CreateOptions::default())
+    }
+
+    /// [`create`](Self::create) with options (permission mode).
+    ///
+    /// # Errors
+    /// As [`create`](Self::create).
+    pub fn create_with(
+        name: &str,
+        capacity: u64,
+        opts: &CreateOptions,
+    ) -> Result<Self, SegmentError> {
+        Self::create_with_cache(name, capacity, DEFAULT_CACHE_DEPTH, opts)
+    }
+
+    /// [`create_with`](Self::create_with), choosing how many free blocks per size
+    /// class each handle may keep in its cache (0 turns caches off; at most
+    /// [`MAX_CACHE_DEPTH`]). Every handle that opens the segment uses this depth.
+    ///
+    /// A handle's cache lives in its registry slot: the first thread that allocates
+    /// or frees through the handle gets allocation and free without any locked
+    /// instruction while its cache has blocks or room, and takes or returns up to
+    /// eight blocks per read-modify-write when it has not. Other threads of the
+    /// process use the shared path. A dead handle's cache is returned by whoever
+    /// reclaims its slot.
+    ///
+    /// # Errors
+    /// As [`create`](Self::create); [`SegmentError::InvalidParameter`] for a depth
+    /// over [`MAX_CACHE_DEPTH`].
+    pub fn create_with_cache(
+        name: &str,
+        capacity: u64,
+        depth: u64,
+        opts: &CreateOptions,
+    ) -> Result<Self, SegmentError> {
+        if depth > MAX_CACHE_DEPTH {
+            return Err(SegmentError::InvalidParameter {
+                what: "free-list cache depth",
+                value: depth,
+            });
+        }
+        let pages = capacity.div_ceil(PAGE);
+        if pages == 0 || pages >= MAX_PAGES {
+            return Err(SegmentError::InvalidParameter {
+                what: "free-list capacity",
+                value: capacity,
+            });
+        }
+        let meta_len = (meta_words_for(pages, depth) * 8).div_ceil(PAGE) * PAGE;
+        let layout = Layout {
+            kind: AllocatorKind::FreeList,
+            total_size: ALLOC_REGION_START + meta_len + pages * PAGE,
+            meta_offset: ALLOC_REGION_START,
+            meta_len,
+            data_offset: ALLOC_REGION_START + meta_len,
+            data_len: pages * PAGE,
+            params: [pages, depth, cache_key(), 0],
+        };
+        let seg = Segment::create(name, layout, opts)?;
+        let this = Self::from_segment(seg).inspect_err(|_| {
+            let _ = crate::segment::unlink(name);
+        })?;
+        // Pages past the end of the last hint word are permanently "in use"; every
+        // block word starts closed.
+        let bits = this.page_hints();
+        let tail = pages % 64;
+        if tail != 0 {
+            bits[(pages / 64) as usize].store(!0 << tail, Ordering::Relaxed);
+        }
+        for p in 0..this.pages {
+            for w in &this.line(p)[PM_WORDS..PM_WORDS + SPAN_WORDS] {
+                w.store(CLOSED, Ordering::Relaxed);
+            }
+        }
+        this.seg.publish();
+        Ok(this)
+    }
+
+    /// Opens the free-list allocator `name` created by any process.
+    ///
+    /// # Errors
+    /// [`SegmentError::NotFound`], [`SegmentError::WrongKind`],
+    /// [`SegmentError::VersionMismatch`], [`SegmentError::InitTimeout`],
+    /// [`SegmentError::CorruptHeader`], [`SegmentError::ForeignOwner`],
+    /// [`SegmentError::RegistryFull`], ...
+    pub fn open(name: &str) -> Result<Self, SegmentError> {
+        Self::open_with(name, &OpenOptions::default())
+    }
+
+    /// [`open`](Self::open) with options (init timeout, ownership checks).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with(name: &str, opts: &OpenOptions) -> Result<Self, SegmentError> {
+        let this = Self::from_segment(Segment::open(name, AllocatorKind::FreeList, opts)?)?;
+        Ok(this)
+    }
+
+    fn from_segment(seg: Segment) -> Result<Self, SegmentError> {
+        let l = *seg.layout();
+        let [pages, depth, key, _] = l.params;
+        let corrupt = |reason| Err(SegmentError::CorruptHeader { reason });
+        if depth > MAX_CACHE_DEPTH {
+            return corrupt("free-list cache depth out of range");
+        }
+        if pages == 0
+            || pages >= MAX_PAGES
+            || l.data_len != pages * PAGE
+            || l.data_offset % PAGE != 0
+        {
+            return corrupt("free-list page count disagrees with the data region");
+        }
+        if meta_words_for(pages, depth) * 8 > l.meta_len {
+            return corrupt("free-list metadata region too small");
+        }
+        let meta = seg
+            .words(l.meta_offset, l.meta_len / 8)
+            .ok_or(SegmentError::CorruptHeader {
+                reason: "free-list metadata outside the mapping",
+            })?;
+        let (meta_addr, meta_words) = (meta.as_ptr() as usize, meta.len());
+        let data_addr = seg
+            .ptr_at(l.data_offset, l.data_len, PAGE as usize)
+            .ok_or(SegmentError::CorruptHeader {
+                reason: "free-list data region outside the mapping",
+            })?
+            .as_ptr() as usize;
+        let ino = std::os::unix::fs::MetadataExt::ino(&seg.file().metadata().map_err(|_| {
+            SegmentError::CorruptHeader {
+                reason: "cannot fstat the segment",
+            }
+        })?);
+        let joined = Membership::join(&seg)?;
+        let hint = (std::process::id() as usize).wrapping_mul(0x9E37_79B9) % pages as usize;
+        let this = FreeListAllocator {
+            member: joined.membership,
+            seg,
+            pages: pages as usize,
+            hint: AtomicUsize::new(hint),
+            cur: [const { AtomicU64::new(0) }; NCLASS],
+            depth: depth as usize,
+            key,
+            // Slot 0's cache words: `meta_words_for` (checked above against the
+            // metadata region) covers the caches of all registry slots.
+            cache_owner: cache::CacheOwner::new(
+                meta_addr + cache_start(pages) as usize * 8,
+                cache_stride(depth) as usize * 8,
+            ),
+            late_double_frees: AtomicU64::new(0),
+            stolen: AtomicU64::new(0),
+            ino,
+            lines_base: lines_start(pages) as usize,
+            cache_base0: cache_start(pages) as usize,
+            cache_stride: cache_stride(depth) as usize,
+            data_addr,
+            data_off: l.data_offset,
+            data_end: l.data_end(),
+            meta_addr,
+            meta_words,
+        };
+        if joined.found_dead {
+            // We took over a dead handle's slot: first return what its cache held.
+            if let Some(slot) = this.member.current() {
+                cache::flush_dead(&this, slot);
+            }
+            this.repair();
+        }
+        Ok(this)
+    }
+
+    /// Removes the segment's name; see [`crate::segment::unlink`].
+    ///
+    /// # Errors
+    /// [`SegmentError::NotFound`] if already removed.
+    pub fn unlink(&self) -> Result<(), SegmentError> {
+        self.seg.unlink()
+    }
+
+    /// The handles attached to this segment (pid, start time, slot generation,
+    /// liveness), from the process registry.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        process::processes(&self.seg, self.member.current())
+    }
+
+    /// Runs a repair pass now: takes over the registry slots of dead handles,
+    /// finishes or rolls back the operations they had in flight, returns empty spans
+    /// and orphaned pages to the pool, and rebuilds the search hints. Allocation runs
+    /// this by itself before reporting out-of-memory; call it to see the numbers.
+    /// O(pages + registry slots).
+    pub fn reclaim(&self) -> Reclaimed {
+        self.repair()
+    }
+
+    /// The whole metadata region as words (validated at open; never empty after).
+    #[inline]
+    fn meta(&self) -> &[AtomicU64] {
+        // SAFETY:
+        // - `meta_addr`/`meta_words` are the pointer and length of the slice that
+        //   `Segment::words` returned for the metadata region at open: in bounds of the
+        //   mapping, 8-aligned AtomicU64s, valid for any bit pattern;
+        // - that mapping is owned by `self.seg`, which never remaps and lives as long as
+        //   `self`, and the returned slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.meta_addr as *const AtomicU64, self.meta_words) }
+    }
+
+    #[inline]
+    fn bitmap_at(&self, start: u64) -> &[AtomicU64] {
+        let start = start as usize;
+        &self.meta()[start..start + (self.pages as u64).div_ceil(64) as usize]
+    }
+
+    /// Page hints: bit set = the page is (probably) in use.
+    #[inline]
+    fn page_hints(&self) -> &[AtomicU64] {
+        self.bitmap_at(0)
+    }
+
+    /// Span hints of class `c`: bit set = page is (probably) a span of `c` with a free block.
+    #[inline]
+    fn avail(&self, c: usize) -> &[AtomicU64] {
+        self.bitmap_at(avail_start(self.pages as u64, c))
+    }
+
+    fn my_slot(&self) -> Result<usize, AllocError> {
+        self.member
+            .slot(&self.seg)
+            .map_err(|_| AllocError::Corrupted {
+                what: "no process-registry slot (registry full or fcntl failed)",
+            })
+    }
+
+    fn intend(&self, intent: Intent) -> Result<process::IntentGuard<'_>, AllocError> {
+        self.member
+            .intend(&self.seg, intent)
+            .map_err(|_| AllocError::Corrupted {
+                what: "no process-registry slot (registry full or fcntl failed)",
+            })
+    }
+
+    /// `free` past the cache fast path: every check again, with its precise error.
+    #[inline(never)]
+    fn free_checked(&self, offset: Offset) -> Result<(), FreeError> {
+        if offset.is_null() {
+            return Err(FreeError::Null);
+        }
+        let off = offset.get();
+        // (The data-region bounds, validated at open, kept in the handle.)
+        if !self.in_data(off) {
+            return Err(FreeError::OutOfRange { offset: off });
+        }
+        let (p, within) = self.locate(off - self.data_off);
+        let st = self.state(p).load(Ordering::Acquire);
+        match kind(st) {
+            KIND_SMALL => self.free_small(p, st, within, off),
+            KIND_LARGE if within == 0 => self.free_large(p, st, off),
+            KIND_FREE if within == 0 => Err(FreeError::DoubleFree { offset: off }),
+            _ => Err(FreeError::NotBlockStart { offset: off }),
+        }
+    }
+
+    #[inline(always)]
+    fn in_data(&self, off: u64) -> bool {
+        off >= self.data_off && off < self.data_end
+    }
+
+    /// The page and in-page offset of a data-region offset.
+    #[inline]
+    fn locate(&self, rel: u64) -> (usize, u64) {
+        ((rel >> PAGE_SHIFT) as usize, rel & (PAGE - 1))
+    }
+}
+
+impl Drop for FreeListAllocator {
+    fn drop(&mut self) {
+        // Our cache goes back first (dropping needs `&mut self`: no thread uses it).
+        if self.depth != 0 {
+            if let Some(slot) = self.member.current() {
+                cache::drop_own(self, &self.cache_owner, slot);
+            }
+        }
+        // Our current spans stay on hold only while we may allocate from them.
+        for c in 0..NCLASS {
+            let cur = self.cur[c].swap(0, Ordering::Relaxed);
+            if cur == 0 {
+                continue;
+            }
+            let p = (cur & BITS_MASK) as usize - 1;
+            if p >= self.pages {
+                continue;
+            }
+            let st = self.state(p).load(Ordering::Acquire);
+            if kind(st) == KIND_SMALL
+                && class(st) == c
+                && tag_of(st) == cur >> BITS
+                && self.is_empty_span(p, c, tag_of(st))
+            {
+                self.release_span(p, st);
+            }
+        }
+        self.member.leave(&self.seg);
+    }
+}
+
+impl ShmAllocator for FreeListAllocator {
+    const KIND: AllocatorKind = AllocatorKind::FreeList;
+
+    fn liveness_token(&self) -> u32 {
+        self.member.token(&self.seg)
+    }
+
+    fn token_alive(&self, token: u32) -> bool {
+        self.member.is_alive(&self.seg, token)
+    }
+
+    fn segment(&self) -> &Segment {
+        &self.seg
+    }
+
+    #[inline]
+    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
+        check_request(size, align)?;
+        if size <= SMALL_MAX {
+            if let Some(c) = Self::class_for(size, align) {
+                if let Some(off) = self.pop_cached(c) {
+                    return Ok(off);
+                }
+                return self.alloc_small(c, size as u64);
+            }
+        }
+        self.alloc_large(size)
+    }
+
+    #[inline]
+    fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
+        let rel = data_relative(&self.seg, offset, len)?;
+        let not_alloc = AccessError::NotAllocated {
+            offset: offset.get(),
+            len,
+        };
+        let (p, within) = self.locate(rel);
+        let line = self.line(p);
+        let st = line[PM_STATE].load(Ordering::Acquire);
+        match kind(st) {
+            KIND_SMALL => {
+                let c = class(st);
+                if c >= NCLASS {
+                    return Err(AccessError::Corrupted {
+                        what: "span class out of range",
+                    });
+                }
+                let size = u64::from(SIZE_CLASSES[c]);
+                let i = block_index(within, c);
+                if i >= cap_of(c) || within + len > (i + 1) * size {
+                    return Err(not_alloc);
+                }
+                let v = line[PM_WORDS + (i / BITS) as usize].load(Ordering::Acquire);
+                if v >> BITS != tag_of(st) || v & (1 << (i % BITS)) == 0 {
+                    return Err(not_alloc);
+                }
+                // A block in some handle's cache is free to its users.
+                let start = self.page_offset(p) + i * size;
+                if self.depth != 0 && cache::Caches::is_cached(self, start) {
+                    return Err(not_alloc);
+                }
+                Ok(())
+            }
+            KIND_LARGE | KIND_INTERIOR => {
+                let (start, dist) = if kind(st) == KIND_LARGE {
+                    (p, 0)
+                } else {
+                    let d = run_len(st) as usize;
+                    (p.checked_sub(d).ok_or(not_alloc.clone())?, d)
+                };
+                let st0 = self.line(start)[PM_STATE].load(Ordering::Acquire);
+                let n = run_len(st0);
+                if kind(st0) != KIND_LARGE || (dist as u64) >= n {
+                    return Err(not_alloc);
+                }
+                if (dist as u64) * PAGE + within + len > n * PAGE {
+                    return Err(not_alloc);
+                }
+                Ok(())
+            }
+            _ => Err(not_alloc),
+        }
+    }
+
+    fn available_bytes(&self) -> u64 {
+        self.stats().free_bytes
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.stats().live_bytes
+    }
+
+    /// Scans the page metadata: O(pages). Not for hot paths. An empty span counts
+    /// as a whole free page (it is returned to the pool on demand).
+    fn stats(&self) -> Stats {
+        let mut classes: Vec<ClassStats> = SIZE_CLASSES
+            .iter()
+            .map(|&s| ClassStats {
+                block_size: u64::from(s),
+                ..ClassStats::default()
+            })
+            .collect();
+        // Blocks in the caches (of every slot) count as free, not live.
+        let mut cached_in: std::collections::HashMap<usize, u64> = Default::default();
+        let mut cached_bytes = 0;
+        if self.depth != 0 {
+            let data = self.seg.layout().data_offset;
+            for slot in 0..process::SLOTS {
+                for (c, &size) in SIZE_CLASSES.iter().enumerate() {
+                    for off in self.mag(slot, c).entries() {
+                        if self.in_data(off) {
+                            *cached_in
+                                .entry(((off - data) >> PAGE_SHIFT) as usize)
+                                .or_default() += 1;
+                            cached_bytes += u64::from(size);
+                        }
+                    }
+                }
+            }
+        }
+        let (mut live_blocks, mut live_bytes, mut free_bytes) = (0, 0, 0);
+        for p in 0..self.pages {
+            let line = self.line(p);
+            let st = line[PM_STATE].load(Ordering::Relaxed);
+            match kind(st) {
+                KIND_SMALL if class(st) < NCLASS => {
+                    let c = class(st);
+                    let (size, tag) = (u64::from(SIZE_CLASSES[c]), tag_of(st));
+                    let used: u64 = (0..words_of(c))
+                        .map(|w| {
+                            let v = line[PM_WORDS + w].load(Ordering::Relaxed);
+                            if v >> BITS != tag {
+                                return 0;
+                            }
+                            let pad = open_empty(w, c, tag) & BITS_MASK;
+                            u64::from((v & BITS_MASK & !pad).count_ones())
+                        })
+                        .sum();
+                    let used = used.saturating_sub(cached_in.get(&p).copied().unwrap_or(0));
+                    let cs = &mut classes[c];
+                    cs.spans += 1;
+                    cs.live_blocks += used;
+                    cs.free_blocks += cap_of(c) - used;
+                    live_blocks += used;
+                    live_bytes += used * size;
+                    free_bytes += if used == 0 {
+                        PAGE
+                    } else {
+                        (cap_of(c) - used) * size
+                    };
+                }
+                KIND_LARGE => {
+                    live_blocks += 1;
+                    live_bytes += run_len(st).min(self.pages as u64) * PAGE;
+                }
+                KIND_FREE => free_bytes += PAGE,
+                _ => {}
+            }
+        }
+        Stats {
+            capacity: self.seg.layout().data_len,
+            live_blocks: Some(live_blocks),
+            live_bytes,
+            free_bytes,
+            cached_bytes,
+            classes,
+        }
+    }
+}
+
+impl ShmFree for FreeListAllocator {
+    #[inline]
+    unsafe fn free_owned(&self, offset: Offset) -> Result<(), FreeError> {
+        if self.push_cached(offset.get()) {
+            return Ok(());
+        }
+        self.free_checked(offset)
+    }
+
+    /// Large blocks (whole pages) grow over free pages right after them; blocks of
+    /// a size class grow only within their class size.
+    fn grow_in_place(&self, offset: Offset, new_size: usize) -> bool {
+        let Ok(rel) = data_relative(&self.seg, offset, 0) else {
+            return false;
+        };
+        let (p, within) = self.locate(rel);
+        let st = self.state(p).load(Ordering::Acquire);
+        match kind(st) {
+            KIND_LARGE if within == 0 => self.grow_large_in_place(p, new_size),
+            KIND_SMALL if class(st) < NCLASS => new_size <= SIZE_CLASSES[class(st)] as usize,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reciprocal_division_is_exact() {
+        for (c, &size) in SIZE_CLASSES.iter().enumerate() {
+            for x in 0..PAGE {
+                assert_eq!(block_index(x, c), x / u64::from(size), "{c} {x}");
+            }
+        }
+    }
+
+    #[test]
+    fn class_table_fits() {
+        for size in 1..=SMALL_MAX {
+            let c = FreeListAllocator::class_for(size, 8).unwrap();
+            assert!(SIZE_CLASSES[c] as usize >= size);
+            assert!(c == 0 || (SIZE_CLASSES[c - 1] as usize) < size);
+        }
+        let c = FreeListAllocator::class_for(100, 64).unwrap();
+        assert_eq!(SIZE_CLASSES[c] % 64, 0);
+        assert!(FreeListAllocator::class_for(2047, 4096).is_none());
+    }
+
+    #[test]
+    fn span_words_cover_every_class() {
+        for c in 0..NCLASS {
+            assert!(words_of(c) <= SPAN_WORDS);
+            let tag = 0x123;
+            let free: u64 = (0..words_of(c))
+                .map(|w| u64::from((!open_empty(w, c, tag) & BITS_MASK).count_ones()))
+                .sum();
+            assert_eq!(free, cap_of(c), "class {c}");
+            assert_ne!(tag_of(next(0, KIND_SMALL, c, 0)), CLOSED >> BITS);
+        }
+    }
+}
