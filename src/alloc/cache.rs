@@ -327,6 +327,8 @@ const CLAIM: u64 = 1 << 63;
 /// How long a thief waits for an owner to leave its cache, and a reclaimer for a
 /// thief to finish, before giving up on that cache for now.
 const STEAL_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+/// CAS rounds of one [`Gate::claim`] before it gives up on a word that keeps changing.
+const CLAIM_ROUNDS: u32 = 64;
 const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Who may touch a registry slot's cache: its owner thread, or one other thread
@@ -445,11 +447,12 @@ impl<'a> Gate<'a> {
     }
 
     /// Claims the cache for the thread of registration `token` (not the owner).
-    /// False if another live thread holds it.
+    /// False if another live thread holds it, or if the gate word kept changing
+    /// under this thread for [`CLAIM_ROUNDS`] rounds (a peer rewriting it).
     pub fn claim(&self, token: u32, alive: &dyn Fn(u32) -> bool) -> bool {
         let me = claim_word(token);
         let mut c = self.ctl.load(Ordering::Acquire);
-        loop {
+        for _ in 0..CLAIM_ROUNDS {
             if c & CLAIM != 0 && c != me && alive(((c & !CLAIM) >> 1) as u32) {
                 return false;
             }
@@ -461,6 +464,7 @@ impl<'a> Gate<'a> {
                 Err(now) => c = now,
             }
         }
+        false
     }
 
     /// [`claim`](Self::claim), waiting a while (50 ms) for a live claimant to finish.
@@ -477,10 +481,9 @@ impl<'a> Gate<'a> {
         }
     }
 
-    /// After [`claim`](Self::claim) and [`heavy_barrier`]: waits (10 ms at most)
-    /// until the owner is outside its cache. False if it stayed inside.
-    pub fn owner_left(&self) -> bool {
-        let deadline = std::time::Instant::now() + STEAL_WAIT;
+    /// After [`claim`](Self::claim) and [`heavy_barrier`]: waits until the owner is
+    /// outside its cache, or until `deadline`. False if it stayed inside.
+    pub fn owner_left(&self, deadline: std::time::Instant) -> bool {
         while self.active.load(Ordering::Acquire) != 0 {
             if std::time::Instant::now() >= deadline {
                 return false;
@@ -550,6 +553,8 @@ pub(crate) trait Caches: ShmAllocator {
     /// start of this allocator; and the segment's mark key.
     fn mark(&self, off: u64) -> Option<&AtomicU64>;
     fn mark_key(&self) -> u64;
+    /// Whether slot `slot` is still this handle's (see `Membership::holds`).
+    fn holds(&self, slot: usize) -> bool;
 
     /// Whether the block at `off` sits in some handle's cache (free to its users,
     /// though taken in the shared words): it carries the mark `key ^ off`.
@@ -567,6 +572,11 @@ pub(crate) fn inside<C: Caches + ?Sized, R>(
     slot: usize,
     f: impl FnOnce() -> R,
 ) -> Option<R> {
+    // A handle whose slot was reclaimed (its lock descriptor was closed) or taken
+    // over never touches the slot's cache words again.
+    if !c.holds(slot) {
+        return None;
+    }
     let gate = c.gate(slot);
     if gate.enter(&|t| c.token_alive(t))? {
         c.flush_cache(slot);
@@ -670,9 +680,12 @@ pub(crate) fn steal_idle<C: Caches + ?Sized>(c: &C, me: Option<usize>) -> usize 
     let barrier = heavy_barrier();
     crate::fail_point!("cache.steal.claimed");
     let mut n = 0;
+    // One wait for all of them (10 ms): owners that stay inside (or peers that
+    // scribbled their marks) cost that once, not once per slot.
+    let deadline = std::time::Instant::now() + STEAL_WAIT;
     for s in claimed {
         let gate = c.gate(s);
-        let took = barrier && gate.owner_left();
+        let took = barrier && gate.owner_left(deadline);
         if took {
             n += c.flush_cache(s);
         }

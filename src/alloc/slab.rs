@@ -691,6 +691,9 @@ impl cache::Caches for SlabAllocator {
     fn mark_key(&self) -> u64 {
         self.key
     }
+    fn holds(&self, slot: usize) -> bool {
+        self.member.holds(&self.seg, slot)
+    }
 }
 
 impl Drop for SlabAllocator {

@@ -229,6 +229,24 @@ impl Membership {
         self.shared.own_slot()
     }
 
+    /// False if this handle lost its lock, or if `slot` is this handle's slot but
+    /// no longer carries its generation, live (one load, no system call): a
+    /// reclaimer freed it (the lock was lost) or another handle took it over. True
+    /// for another handle's slot (a sibling's cache this thread owns). The cache
+    /// paths ask this before they touch a slot's cache words.
+    #[inline]
+    pub fn holds(&self, seg: &Segment, slot: usize) -> bool {
+        if self.shared.lost.load(Ordering::Relaxed) {
+            return false;
+        }
+        let p = self.shared.packed.load(Ordering::Relaxed);
+        if self.own_slot() != Some(slot) || (p & 0xFF) as usize != slot {
+            return true;
+        }
+        slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire)
+            == ((p >> 8) & 0xFFFF_FFFF) << 32 | STATUS_LIVE
+    }
+
     /// Leaves the slot (the handle is being dropped): clears it and unlocks it. A
     /// handle in a forked child that never re-joined owns no slot and leaves nothing;
     /// nor does one that lost its lock (the slot may be someone else's by now).

@@ -361,4 +361,7 @@ impl cache::Caches for FreeListAllocator {
     fn mark_key(&self) -> u64 {
         self.key
     }
+    fn holds(&self, slot: usize) -> bool {
+        self.member.holds(&self.seg, slot)
+    }
 }

@@ -456,19 +456,13 @@ impl FreeListAllocator {
     }
 
     fn my_slot(&self) -> Result<usize, AllocError> {
-        self.member
-            .slot(&self.seg)
-            .map_err(|_| AllocError::Corrupted {
-                what: "no process-registry slot (registry full or fcntl failed)",
-            })
+        self.member.slot(&self.seg).map_err(AllocError::Registry)
     }
 
     fn intend(&self, intent: Intent) -> Result<process::IntentGuard<'_>, AllocError> {
         self.member
             .intend(&self.seg, intent)
-            .map_err(|_| AllocError::Corrupted {
-                what: "no process-registry slot (registry full or fcntl failed)",
-            })
+            .map_err(AllocError::Registry)
     }
 
     /// `free` past the cache fast path: every check again, with its precise error.
