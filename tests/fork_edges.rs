@@ -677,3 +677,74 @@ fn exec_releases_the_slot_unless_cloexec_was_cleared() {
         assert_eq!(a.stats().live_blocks, Some(1), "{role}: the child's block");
     }
 }
+
+// ------------------------------------------------------------------ intents exhausted
+
+/// Issue 16, 7: more threads of one handle in multi-step operations than it has
+/// intent records: the extra one gets `AllocError::Registry(IntentsBusy)` after a
+/// short bounded wait (never `Corrupted`), and its refused call leaks nothing.
+#[cfg(feature = "failpoints")]
+#[test]
+fn more_threads_than_intent_records_get_intents_busy() {
+    const ENTRY: &str = "more_threads_than_intent_records_get_intents_busy";
+    if role().as_deref() == Some("busy") {
+        let a = Arc::new(FreeListAllocator::open(&env_req("SA_NAME")).unwrap());
+        let parked = Arc::new(AtomicU64::new(0));
+        let release = Arc::new(AtomicBool::new(false));
+        {
+            let (parked, release) = (parked.clone(), release.clone());
+            fail::cfg_callback("fl.large.intent", move || {
+                parked.fetch_add(1, Ordering::SeqCst);
+                let start = Instant::now();
+                while !release.load(Ordering::SeqCst) {
+                    assert!(start.elapsed() < LIMIT, "never released");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+            .unwrap();
+        }
+        let holders: Vec<_> = (0..INTENTS)
+            .map(|_| {
+                let a = a.clone();
+                std::thread::spawn(move || a.allocate(2 * 4096).unwrap())
+            })
+            .collect();
+        let start = Instant::now();
+        while parked.load(Ordering::SeqCst) < INTENTS as u64 {
+            assert!(start.elapsed() < LIMIT, "holders never parked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let r = a.allocate(2 * 4096);
+        say(format!("extra {r:?}"));
+        release.store(true, Ordering::SeqCst);
+        let blocks: Vec<_> = holders.into_iter().map(|h| h.join().unwrap()).collect();
+        fail::remove("fl.large.intent");
+        // The extra call's page run went back: everything frees, and the whole
+        // capacity can be had again.
+        for b in blocks {
+            a.free(b).unwrap();
+        }
+        a.reclaim();
+        let s = a.stats();
+        say(format!(
+            "after live={:?} free={} cap={}",
+            s.live_blocks, s.free_bytes, s.capacity
+        ));
+        return;
+    }
+    if role().is_some() {
+        return;
+    }
+    let name = ShmName::new("fe-busy");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let lines = run_role(ENTRY, "busy", &name);
+    let extra = lines.iter().find(|l| l.starts_with("extra ")).unwrap();
+    assert!(
+        extra.contains("Registry(IntentsBusy"),
+        "expected IntentsBusy: {extra}"
+    );
+    let after = lines.iter().find(|l| l.starts_with("after ")).unwrap();
+    let s = a.stats();
+    assert_eq!(s.live_blocks, Some(0), "{after}");
+    assert_eq!(s.free_bytes, s.capacity, "{after}");
+}

@@ -16,10 +16,33 @@
 //! - **Several handles in one process** each get their own slot (each has its own
 //!   open file description, and OFD locks of two descriptions conflict).
 //! - **`fork`**: the child inherits the parent's descriptors, and with them the
-//!   parent's locks. A `pthread_atfork` child handler re-opens each registered
-//!   descriptor through `/proc/self/fd` and `dup3`s the fresh description over the
-//!   inherited one, so the child never keeps the parent's slot alive; the child's
-//!   handles join slots of their own on first use.
+//!   parent's locks. A `pthread_atfork` child handler gives each registered handle a
+//!   lock description of its own, even with a full descriptor table (each handle
+//!   keeps a spare description whose number the child reuses; see `fork.rs`), so the
+//!   child never keeps the parent's slot alive and never reads it as dead; the
+//!   child's handles join slots of their own on first use. If the child cannot get
+//!   one (no `/proc`), its handles refuse with [`SegmentError::LockLost`] and every
+//!   lock question it asks reads "alive". The atfork handlers also hold this
+//!   process's local tables across the fork, so a fork from a busy multi-threaded
+//!   process never leaves them locked in the child.
+//! - **Descriptors must stay open.** A handle holds two descriptors (the lock
+//!   description and the spare). A process that closes them (`close_range`,
+//!   `closefrom`) drops its lock: its slot reads dead, and a peer reclaims it. The
+//!   handle notices (its slot's generation changed, or the spare's `F_OFD_GETLK`
+//!   finds no holder): it stops using its cache at once and refuses multi-step
+//!   operations with [`SegmentError::LockLost`].
+//! - **`exec`**: both descriptors are close-on-exec, so `exec` ends the slot as death
+//!   does. A program that clears `FD_CLOEXEC` on them and execs keeps the slot
+//!   alive, unused, for the new image's lifetime (its caches come back only when
+//!   that image exits).
+//! - **`/proc` is required**: joining opens the spare through `/proc/self/fd`
+//!   (without `/proc`, `create` and `open` fail with an OS error naming it).
+//!
+//! Limits: [`SLOTS`] handles per segment ([`SegmentError::RegistryFull`]),
+//! [`MAX_HANDLES`] per process ([`SegmentError::HandleLimit`]), [`INTENTS`] intent
+//! records per handle ([`SegmentError::IntentsBusy`] past a 20 ms wait). An intent
+//! record that no thread of this process claimed (a scribble) is overwritten at
+//! once, never waited for.
 //! - **Exactly one reclaimer**: whoever wins the lock of a slot whose status is still
 //!   `LIVE` found a dead holder and is the only process that reclaims it. It runs the
 //!   allocator's repair (which reads the dead slot's intent records), then marks the
@@ -44,6 +67,8 @@ mod token;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::AtomicU64;
 
+#[allow(unused_imports)] // doc links
+use crate::error::SegmentError;
 use crate::segment::Segment;
 
 #[allow(unused_imports)]

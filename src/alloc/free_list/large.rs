@@ -54,12 +54,19 @@ impl FreeListAllocator {
                 continue;
             }
             let new_head = next(head, KIND_LARGE, 0, run_aux(me, n as u64));
-            let guard = self.intend(Intent {
+            let guard = match self.intend(Intent {
                 kind: INTENT_LARGE,
                 page: s as u32,
                 pages: n as u32,
                 expected: new_head,
-            })?;
+            }) {
+                Ok(g) => g,
+                Err(e) => {
+                    // No record, no step taken: the run goes back to the free hints.
+                    self.unhint_free_pages(s, n);
+                    return Err(e);
+                }
+            };
             crate::fail_point!("fl.large.intent");
             if self
                 .state(s)
