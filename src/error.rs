@@ -352,6 +352,11 @@ pub enum FreeError {
         /// What was found inconsistent.
         what: &'static str,
     },
+    /// The handle's place in the process registry failed: its intent records are
+    /// all in use, or it lost its registry lock (see [`SegmentError`]). The block
+    /// was not freed.
+    #[error("process registry: {0}")]
+    Registry(SegmentError),
 }
 
 impl AccessError {

@@ -748,3 +748,99 @@ fn more_threads_than_intent_records_get_intents_busy() {
     assert_eq!(s.live_blocks, Some(0), "{after}");
     assert_eq!(s.free_bytes, s.capacity, "{after}");
 }
+
+// ------------------------------------------------------------------ a stalled large free
+
+/// Issue 16, 2: a `free` of a large block stalls right after its head CAS while a
+/// repair pass runs and the head page is reused 128 times (interior pages used to
+/// carry 8 bits of the head's generation). When the free goes on, it must not free
+/// the interior pages of the block that now lives there.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_stalled_large_free_never_frees_a_newer_blocks_pages() {
+    const ENTRY: &str = "a_stalled_large_free_never_frees_a_newer_blocks_pages";
+    const SIZE: usize = 3 * 4096;
+    if role().as_deref() == Some("stalled-large-free") {
+        let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+        let x = Offset::new(env_req("SA_OFF").parse().unwrap());
+        fail::cfg_callback("fl.large_free.head", || {
+            say("paused");
+            let mut s = String::new();
+            let _ = std::io::stdin().read_line(&mut s);
+        })
+        .unwrap();
+        let r = a.free(x);
+        say(format!("freed {r:?}"));
+        return;
+    }
+    if role().is_some() {
+        return;
+    }
+    let name = ShmName::new("fe-aba");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let x = a.allocate(SIZE).unwrap();
+    let mut c = KillOnDrop::new(
+        common::child_command(
+            &[],
+            ENTRY,
+            "stalled-large-free",
+            &[
+                ("SA_NAME", name.as_str().into()),
+                ("SA_OFF", x.get().to_string()),
+            ],
+        )
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut out = BufReader::new(c.child().stdout.take().unwrap());
+    expect_line(&mut out, "paused");
+    // A repair while the free stalls, then reuse: keep the 128th block that lands
+    // on the stalled block's head page (its generation's low 8 bits match).
+    a.reclaim();
+    let mut landed = 0;
+    let mut kept = None;
+    for _ in 0..2000 {
+        let b = a.allocate(SIZE).unwrap();
+        if b == x {
+            landed += 1;
+            if landed == 128 {
+                kept = Some(b);
+                break;
+            }
+        }
+        a.free(b).unwrap();
+    }
+    let kept = kept.unwrap_or_else(|| a.allocate(SIZE).unwrap());
+    a.write(kept, &[0xB7; SIZE]).unwrap();
+    writeln!(c.child().stdin.take().unwrap()).unwrap();
+    let freed = expect_line(&mut out, "freed ");
+    wait_with_watchdog(c.child(), LIMIT, "stalled large free");
+    assert_eq!(freed, "freed Ok(())");
+    // Fill the rest: nothing may land on the kept block, whose bytes stay.
+    let mut others = Vec::new();
+    while let Ok(o) = a.allocate(SIZE) {
+        a.write(o, &[0xC3; SIZE]).unwrap();
+        others.push(o);
+    }
+    for o in &others {
+        assert!(
+            o.get() + SIZE as u64 <= kept.get() || kept.get() + SIZE as u64 <= o.get(),
+            "block {} overlaps the live block {} (landed {landed} times on the head)",
+            o.get(),
+            kept.get()
+        );
+    }
+    assert_eq!(
+        a.read(kept, SIZE).unwrap(),
+        vec![0xB7; SIZE],
+        "the live block's pages were handed out again"
+    );
+    for o in others {
+        a.free(o).unwrap();
+    }
+    a.free(kept).unwrap();
+    a.reclaim();
+    let s = a.stats();
+    assert_eq!((s.live_blocks, s.free_bytes), (Some(0), s.capacity));
+}

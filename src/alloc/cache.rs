@@ -125,7 +125,9 @@ impl CacheOwner {
     /// The slot after a fork (the membership re-joins), remembered for the fast path.
     #[cold]
     fn refresh(&self, member: &Membership, seg: &Segment) -> Option<usize> {
-        let slot = member.slot(seg).ok()?;
+        // Once per thread and handle (and after a fork): the kernel-level check
+        // that this handle still holds its lock.
+        let slot = member.verified_slot(seg).ok()?;
         if slot >= process::SLOTS {
             return None;
         }

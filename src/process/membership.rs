@@ -277,7 +277,8 @@ impl Membership {
     /// threads hold all [`INTENTS`] records, it waits a little (20 ms at most).
     ///
     /// # Errors
-    /// As [`verified_slot`](Self::verified_slot);
+    /// As [`slot`](Self::slot); [`SegmentError::LockLost`] if the slot no longer
+    /// carries this handle's generation (see [`holds`](Self::holds));
     /// [`SegmentError::IntentsBusy`] when the wait ends with every record in use
     /// by this process's threads.
     pub fn intend<'s>(
@@ -285,7 +286,14 @@ impl Membership {
         seg: &'s Segment,
         intent: Intent,
     ) -> Result<IntentGuard<'s>, SegmentError> {
-        let w = slot_words(seg, self.verified_slot(seg)?);
+        // The cheap check (no system call): the slot still carries this handle's
+        // generation, live. `verified_slot` also asks the kernel; `leave` does.
+        let slot = self.slot(seg)?;
+        if !self.holds(seg, slot) {
+            self.shared.lost.store(true, Ordering::Relaxed);
+            return Err(self.shared.lost_error());
+        }
+        let w = slot_words(seg, slot);
         let claimed = &self.shared.claimed;
         let mut deadline = None;
         loop {

@@ -221,6 +221,21 @@ impl FreeListAllocator {
                 what: "large block length out of range",
             });
         }
+        // Repair keeps its hands off the interior pages until they are freed here
+        // (see `INTENT_LARGE_FREE`): however long this free stalls after the head
+        // CAS, the interior pages it frees are still this block's.
+        let _guard = self
+            .member
+            .intend(
+                &self.seg,
+                Intent {
+                    kind: INTENT_LARGE_FREE,
+                    page: s as u32,
+                    pages: n as u32,
+                    expected: next(st, KIND_FREE, 0, 0),
+                },
+            )
+            .map_err(FreeError::Registry)?;
         // Only one of two racing frees wins this CAS: the other sees a double free.
         if self
             .state(s)
