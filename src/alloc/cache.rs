@@ -331,7 +331,7 @@ const CLAIM: u64 = 1 << 63;
 const STEAL_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 /// CAS rounds of one [`Gate::claim`] before it gives up on a word that keeps changing.
 const CLAIM_ROUNDS: u32 = 64;
-const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+pub(crate) const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Who may touch a registry slot's cache: its owner thread, or one other thread
 /// that claimed it (a *thief* emptying an idle owner's cache under memory
@@ -469,9 +469,13 @@ impl<'a> Gate<'a> {
         false
     }
 
-    /// [`claim`](Self::claim), waiting a while (50 ms) for a live claimant to finish.
-    pub fn claim_waiting(&self, token: u32, alive: &dyn Fn(u32) -> bool) -> bool {
-        let deadline = std::time::Instant::now() + CLAIM_WAIT;
+    /// [`claim`](Self::claim), waiting until `deadline` for a live claimant to finish.
+    pub fn claim_waiting(
+        &self,
+        token: u32,
+        alive: &dyn Fn(u32) -> bool,
+        deadline: std::time::Instant,
+    ) -> bool {
         loop {
             if self.claim(token, alive) {
                 return true;
@@ -624,13 +628,19 @@ pub(crate) fn flush_own<C: Caches + ?Sized>(c: &C, slot: usize) -> usize {
 }
 
 /// Empties the cache of a dead handle's slot, whose slot lock we hold (or that
-/// we just joined). Claims it first, since a thief may be emptying it: `false` if
-/// a live thief kept it past the wait (a later reclaim finishes), with the count
+/// we just joined). Claims it first, since a thief may be emptying it, waiting for
+/// a live claimant until `deadline` (one deadline for a whole reclaim pass, see
+/// [`CLAIM_WAIT`], so claims scribbled into many gates cost one wait): `false` if a
+/// live thief kept it past the deadline (a later reclaim finishes), with the count
 /// of blocks returned.
-pub(crate) fn flush_dead<C: Caches + ?Sized>(c: &C, slot: usize) -> (bool, usize) {
+pub(crate) fn flush_dead<C: Caches + ?Sized>(
+    c: &C,
+    slot: usize,
+    deadline: std::time::Instant,
+) -> (bool, usize) {
     let gate = c.gate(slot);
     let token = c.liveness_token();
-    if !gate.claim_waiting(token, &|t| c.token_alive(t)) {
+    if !gate.claim_waiting(token, &|t| c.token_alive(t), deadline) {
         return (false, 0);
     }
     crate::fail_point!("cache.dead.claimed");

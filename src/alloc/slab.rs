@@ -289,7 +289,8 @@ impl SlabAllocator {
         };
         if joined.found_dead {
             if let Some(slot) = this.member.current() {
-                cache::flush_dead(&this, slot); // the dead holder's cache
+                // The dead holder's cache.
+                cache::flush_dead(&this, slot, std::time::Instant::now() + cache::CLAIM_WAIT);
             }
         }
         Ok(this)
@@ -415,8 +416,9 @@ impl SlabAllocator {
     pub fn reclaim(&self) -> usize {
         let mut returned = 0;
         let me = self.member.current();
+        let deadline = std::time::Instant::now() + cache::CLAIM_WAIT;
         process::reclaim_dead(&self.seg, me, &mut |slot| {
-            let (done, n) = cache::flush_dead(self, slot);
+            let (done, n) = cache::flush_dead(self, slot, deadline);
             returned += n;
             done
         });

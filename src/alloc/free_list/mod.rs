@@ -395,7 +395,7 @@ impl FreeListAllocator {
         if joined.found_dead {
             // We took over a dead handle's slot: first return what its cache held.
             if let Some(slot) = this.member.current() {
-                cache::flush_dead(&this, slot);
+                cache::flush_dead(&this, slot, std::time::Instant::now() + cache::CLAIM_WAIT);
             }
             this.repair();
         }

@@ -41,13 +41,14 @@ impl FreeListAllocator {
         }
         // Dead slots whose records did not fit the orphan list keep them: park
         // more after each drain, while draining makes progress.
+        let deadline = std::time::Instant::now() + cache::CLAIM_WAIT;
         for _round in 0..process::SLOTS {
             let mut cached = 0;
             let (freed, pending) = process::reclaim_dead(&self.seg, me, &mut |slot| {
                 if self.depth == 0 {
                     return true;
                 }
-                let (done, n) = cache::flush_dead(self, slot);
+                let (done, n) = cache::flush_dead(self, slot, deadline);
                 cached += n;
                 done
             });
