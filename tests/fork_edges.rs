@@ -348,11 +348,20 @@ fn a_handle_whose_descriptors_were_closed_stops() {
     for o in &theirs {
         a.write(*o, &[0x5A; 64]).unwrap();
     }
+    let cached_before = a.stats().cached_bytes;
+    assert!(cached_before > 0);
     writeln!(c.child().stdin.take().unwrap()).unwrap();
     let small = expect_line(&mut out, "small ");
     let large = expect_line(&mut out, "large ");
     wait_with_watchdog(c.child(), LIMIT, "closer");
     assert_eq!(large, "large lost", "{large}");
+    // The closer never touched the new holder's cache (its gate is stamped with
+    // the new holder's generation).
+    assert_eq!(
+        a.stats().cached_bytes,
+        cached_before,
+        "the closer took blocks out of the new holder's cache"
+    );
     // Nothing the closer got is a block the new holder holds or caches.
     for o in &theirs {
         assert_eq!(a.read(*o, 64).unwrap(), [0x5A; 64], "a live block changed");

@@ -74,6 +74,9 @@ pub(crate) struct CacheOwner {
     /// The address of that slot's cache words (`cache0 + slot * stride`), written
     /// with `slot` by the owner thread, read only by it.
     base: AtomicUsize,
+    /// The slot's gate word that lets this handle in ([`open_word`] of its
+    /// registry generation), written with `slot`.
+    open: AtomicU64,
     /// Address of registry slot 0's cache words in this mapping, and bytes per
     /// slot: the allocator checked at open that all [`process::SLOTS`] fit in its
     /// metadata region.
@@ -89,6 +92,7 @@ impl CacheOwner {
             owner: AtomicU64::new(0),
             slot: AtomicU64::new(0),
             base: AtomicUsize::new(0),
+            open: AtomicU64::new(0),
             cache0,
             stride,
         }
@@ -122,6 +126,13 @@ impl CacheOwner {
         Some(self.base.load(Ordering::Relaxed) as *const AtomicU64)
     }
 
+    /// The gate word that lets this handle in (valid when [`base`](Self::base)
+    /// returned `Some`).
+    #[inline(always)]
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// The slot after a fork (the membership re-joins), remembered for the fast path.
     #[cold]
     fn refresh(&self, member: &Membership, seg: &Segment) -> Option<usize> {
@@ -133,6 +144,10 @@ impl CacheOwner {
         }
         self.base
             .store(self.cache0 + slot * self.stride, Ordering::Relaxed);
+        self.open.store(
+            open_word(process::slot_generation(seg, slot)),
+            Ordering::Relaxed,
+        );
         self.slot.store(
             ((process::fork_epoch() + 1) << 8) | slot as u64,
             Ordering::Relaxed,
@@ -317,14 +332,35 @@ impl<'a> Mag<'a> {
 
 // ------------------------------------------------------------------ the gate
 
-/// Word 0 of a registry slot's cache words: the gate. `0` (open), [`REQUEST`] (the
-/// owner is asked to empty its cache), or a claim by another thread,
-/// `CLAIM | token << 1`, that is emptying it.
+/// Word 0 of a registry slot's cache words: the gate. [`open_word`]`(gen)` (open
+/// for the slot's holder of generation `gen`: only that holder's fast path
+/// enters), `0` (open, not yet stamped: a clean leave), [`REQUEST`] (the owner is
+/// asked to empty its cache), [`RECLAIMED`] (a reclaimer emptied a dead holder's
+/// cache), or a claim by another thread, `CLAIM | token << 1`, that is emptying it.
+///
+/// The generation in the open word is what keeps a handle that lost its slot (its
+/// lock descriptor was closed, a reclaimer freed the slot, another handle took it)
+/// out of the next holder's cache: its fast path compares the word with its own
+/// generation's, and its slow path checks the slot first (`Caches::holds`).
 const GATE_CTL: usize = 0;
 /// Word 1: non-zero while the owner thread is inside an operation on its cache.
 const GATE_ACTIVE: usize = 1;
 const REQUEST: u64 = 1;
+const RECLAIMED: u64 = 2;
 const CLAIM: u64 = 1 << 63;
+
+/// The gate word that lets the holder of registry generation `gen` in (never 0,
+/// [`REQUEST`], [`RECLAIMED`] or a claim).
+#[inline(always)]
+pub(crate) fn open_word(gen: u32) -> u64 {
+    (u64::from(gen) << 2) | 3
+}
+
+/// Whether `c` is some holder's open word.
+#[inline(always)]
+fn is_open_word(c: u64) -> bool {
+    c & CLAIM == 0 && c & 3 == 3
+}
 
 /// How long a thief waits for an owner to leave its cache, and a reclaimer for a
 /// thief to finish, before giving up on that cache for now.
@@ -381,16 +417,17 @@ impl<'a> Gate<'a> {
         Gate::new(unsafe { std::slice::from_raw_parts(base, 2) })
     }
 
-    /// The owner's entry on its fast path: true if the gate is open (the owner is
-    /// now inside and must [`leave`](Self::leave)); false sends it to
-    /// [`enter`](Self::enter) on its slow path.
+    /// The owner's entry on its fast path: true if the gate is open for the
+    /// holder whose open word is `open` (the owner is now inside and must
+    /// [`leave`](Self::leave)); false sends it to [`enter`](Self::enter) on its
+    /// slow path.
     #[inline(always)]
-    pub fn enter_fast(&self) -> bool {
+    pub fn enter_fast(&self, open: u64) -> bool {
         self.active.store(1, Ordering::Relaxed);
         // Orders the mark before the read of the gate in this thread's program;
         // the thief's membarrier makes the order hold between processors.
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
-        if self.ctl.load(Ordering::Acquire) == 0 {
+        if self.ctl.load(Ordering::Acquire) == open {
             return true;
         }
         self.active.store(0, Ordering::Release);
@@ -404,23 +441,27 @@ impl<'a> Gate<'a> {
         self.active.store(0, Ordering::Release);
     }
 
-    /// The owner's full entry. `Some(flush)`: the owner is inside (it must
-    /// [`leave`](Self::leave)), and if `flush`, a flush was requested (the request
-    /// is taken: the caller empties its cache). `None`: a live thread has claimed
-    /// the cache, and the owner uses the shared path until it is done.
+    /// The owner's full entry, as the slot's current holder, whose open word is
+    /// `open` (the caller checked that the slot is still its own). `Some(flush)`:
+    /// the owner is inside (it must [`leave`](Self::leave)), and if `flush`, a
+    /// flush was requested (the request is taken: the caller empties its cache).
+    /// `None`: a live thread has claimed the cache, and the owner uses the shared
+    /// path until it is done. An unstamped gate, a reclaimed one, a dead
+    /// claimant's, or an earlier holder's open word (or a scribble) is stamped with
+    /// `open`.
     #[cold]
-    pub fn enter(&self, alive: &dyn Fn(u32) -> bool) -> Option<bool> {
+    pub fn enter(&self, open: u64, alive: &dyn Fn(u32) -> bool) -> Option<bool> {
         for _ in 0..64 {
             self.active.store(1, Ordering::Relaxed);
             std::sync::atomic::compiler_fence(Ordering::SeqCst);
             let c = self.ctl.load(Ordering::Acquire);
-            if c == 0 {
+            if c == open {
                 return Some(false);
             }
             if c == REQUEST {
                 if self
                     .ctl
-                    .compare_exchange(REQUEST, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(REQUEST, open, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
                     return Some(true);
@@ -431,10 +472,9 @@ impl<'a> Gate<'a> {
             if c & CLAIM != 0 && alive(((c & !CLAIM) >> 1) as u32) {
                 return None;
             }
-            // A dead claimant (its work so far is consistent), or a scribble.
             let _ = self
                 .ctl
-                .compare_exchange(c, 0, Ordering::AcqRel, Ordering::Relaxed);
+                .compare_exchange(c, open, Ordering::AcqRel, Ordering::Relaxed);
         }
         self.active.store(0, Ordering::Release);
         None
@@ -443,9 +483,20 @@ impl<'a> Gate<'a> {
     /// Asks the owner to empty its cache on its next slow path (no effect while
     /// the gate is claimed).
     pub fn request(&self) {
+        let c = self.ctl.load(Ordering::Acquire);
+        if c == 0 || is_open_word(c) {
+            let _ = self
+                .ctl
+                .compare_exchange(c, REQUEST, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// The owner's cache is empty and the handle is being dropped: the gate
+    /// goes back to unstamped (the slot's next holder stamps its own).
+    pub fn unstamp(&self, open: u64) {
         let _ = self
             .ctl
-            .compare_exchange(0, REQUEST, Ordering::AcqRel, Ordering::Relaxed);
+            .compare_exchange(open, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Claims the cache for the thread of registration `token` (not the owner).
@@ -499,15 +550,13 @@ impl<'a> Gate<'a> {
         true
     }
 
-    /// Ends a claim of `token`; `request` leaves a flush request behind (the
-    /// owner never left, so it empties its cache itself).
-    pub fn release(&self, token: u32, request: bool) {
-        let _ = self.ctl.compare_exchange(
-            claim_word(token),
-            if request { REQUEST } else { 0 },
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+    /// Ends a claim of `token`, leaving `to` behind: the owner's open word (its
+    /// fast path goes on), [`REQUEST`] (the owner never left, so it empties its
+    /// cache itself), or [`RECLAIMED`] (a dead owner's reclaimer).
+    pub fn release(&self, token: u32, to: u64) {
+        let _ =
+            self.ctl
+                .compare_exchange(claim_word(token), to, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// A dead owner's reclaimer, holding the claim: clears the owner's mark,
@@ -584,7 +633,8 @@ pub(crate) fn inside<C: Caches + ?Sized, R>(
         return None;
     }
     let gate = c.gate(slot);
-    if gate.enter(&|t| c.token_alive(t))? {
+    let open = open_word(process::slot_generation(c.segment(), slot));
+    if gate.enter(open, &|t| c.token_alive(t))? {
         c.flush_cache(slot);
     }
     let r = f();
@@ -618,6 +668,10 @@ pub(crate) fn alloc_through<C: Caches + ?Sized>(
 /// so no thread uses it), and its owner record is forgotten.
 pub(crate) fn drop_own<C: Caches + ?Sized>(c: &C, owner: &CacheOwner, slot: usize) {
     flush_own(c, slot);
+    if c.holds(slot) {
+        c.gate(slot)
+            .unstamp(open_word(process::slot_generation(c.segment(), slot)));
+    }
     owner.release(c.cache_ino(), slot);
 }
 
@@ -646,7 +700,7 @@ pub(crate) fn flush_dead<C: Caches + ?Sized>(
     crate::fail_point!("cache.dead.claimed");
     let n = c.flush_cache(slot);
     gate.clear_owner();
-    gate.release(token, false);
+    gate.release(token, RECLAIMED);
     (true, n)
 }
 
@@ -701,7 +755,12 @@ pub(crate) fn steal_idle<C: Caches + ?Sized>(c: &C, me: Option<usize>) -> usize 
         if took {
             n += c.flush_cache(s);
         }
-        gate.release(token, !took);
+        let to = if took {
+            open_word(process::slot_generation(seg, s))
+        } else {
+            REQUEST
+        };
+        gate.release(token, to);
     }
     n
 }

@@ -486,7 +486,7 @@ impl SlabAllocator {
         let base = self.cache_owner.base()?;
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
         let (gate, m) = unsafe { self.fast_mag(base) };
-        if !gate.enter_fast() {
+        if !gate.enter_fast(self.cache_owner.open()) {
             return None;
         }
         // An entry is only trusted once it is a slot start in the data region
@@ -534,7 +534,7 @@ impl SlabAllocator {
         }
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
         let (gate, m) = unsafe { self.fast_mag(base) };
-        if !gate.enter_fast() {
+        if !gate.enter_fast(self.cache_owner.open()) {
             return false;
         }
         let pushed = m.push(off, mark, self.key, || {

@@ -81,7 +81,7 @@ pub(crate) use intent::Intent;
 pub(crate) use membership::{IntentGuard, Membership};
 pub(crate) use pin::{pin, pinned_by_others, Pin};
 pub(crate) use reclaim::{drain_orphans, live_intents, reclaim_dead};
-pub(crate) use token::{listed_live, processes, token, token_alive};
+pub(crate) use token::{listed_live, processes, slot_generation, token, token_alive};
 
 /// Slots in every registry: at most this many handles can be attached at once.
 pub const SLOTS: usize = 128;

@@ -62,3 +62,11 @@ pub(crate) fn listed_live(seg: &Segment, slot: usize) -> bool {
     slot < SLOTS
         && slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF == STATUS_LIVE
 }
+
+/// The registry generation of slot `slot` as it reads now (0 past the end).
+pub(crate) fn slot_generation(seg: &Segment, slot: usize) -> u32 {
+    if slot >= SLOTS {
+        return 0;
+    }
+    (slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire) >> 32) as u32
+}
