@@ -853,3 +853,61 @@ fn a_stalled_large_free_never_frees_a_newer_blocks_pages() {
     let s = a.stats();
     assert_eq!((s.live_blocks, s.free_bytes), (Some(0), s.capacity));
 }
+
+// ------------------------------------------------------------------ the per-process handle limit
+
+/// Issue 16, 1: past `MAX_HANDLES` handles in one process (over all segments),
+/// `open` says so (`HandleLimit`) instead of silently leaving the handle out of
+/// the fork table; a dropped handle's entry is reused.
+#[test]
+fn the_per_process_handle_limit_is_a_typed_error() {
+    const ENTRY: &str = "the_per_process_handle_limit_is_a_typed_error";
+    use shared_allocator::process::MAX_HANDLES;
+    if role().as_deref() == Some("many-handles") {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write a valid rlimit struct.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+            lim.rlim_cur = lim.rlim_max.min(8192);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+        let names: Vec<ShmName> = (0..MAX_HANDLES / SLOTS + 1)
+            .map(|_| ShmName::new("fe-many"))
+            .collect();
+        let mut hs = Vec::new();
+        for n in &names {
+            hs.push(FreeListAllocator::create(n.as_str(), 1 << 16).unwrap());
+        }
+        let mut refused = None;
+        'outer: for n in names.iter().cycle().take(MAX_HANDLES * 2) {
+            match FreeListAllocator::open(n.as_str()) {
+                Ok(h) => hs.push(h),
+                Err(SegmentError::RegistryFull { .. }) => continue,
+                Err(e) => {
+                    refused = Some(e);
+                    break 'outer;
+                }
+            }
+        }
+        say(format!("held={} refused={refused:?}", hs.len()));
+        hs.pop();
+        let again = FreeListAllocator::open(names[0].as_str()).map(|_| ());
+        say(format!("after drop {again:?}"));
+        return;
+    }
+    if role().is_some() {
+        return;
+    }
+    let name = ShmName::new("fe-many-parent");
+    let lines = run_role(ENTRY, "many-handles", &name);
+    assert!(
+        lines.contains(&format!(
+            "held={MAX_HANDLES} refused=Some(HandleLimit {{ limit: {MAX_HANDLES} }})"
+        )),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"after drop Ok(())".to_owned()), "{lines:?}");
+}

@@ -251,8 +251,8 @@ impl Membership {
     /// handle in a forked child that never re-joined owns no slot and leaves nothing;
     /// nor does one that lost its lock (the slot may be someone else's by now).
     pub fn leave(&mut self, seg: &Segment) {
-        detach(self.attach_id);
         if !std::mem::replace(&mut self.left, true) {
+            detach(self.attach_id);
             unregister_fd(self.shared.entry);
         }
         let Some(i) = self.own_slot() else { return };
@@ -321,6 +321,18 @@ impl Membership {
                 Some(_) => {}
             }
             std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for Membership {
+    /// A membership dropped without [`leave`](Membership::leave) (its allocator
+    /// failed to open after joining) still leaves this process's tables: the
+    /// slot itself reads dead once the segment's descriptors close.
+    fn drop(&mut self) {
+        if !std::mem::replace(&mut self.left, true) {
+            detach(self.attach_id);
+            unregister_fd(self.shared.entry);
         }
     }
 }
