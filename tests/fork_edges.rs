@@ -7,13 +7,13 @@
 //! role (with a watchdog), and the role forks where it needs a child.
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{env_req, results, role, say, wait_with_watchdog, KillOnDrop, ShmName};
+use common::{env_req, expect_line, results, role, say, wait_with_watchdog, KillOnDrop, ShmName};
 use nix::libc;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -49,6 +49,21 @@ fn wait_child(pid: Pid, limit: Duration, what: &str) -> i32 {
             panic!("watchdog: {what} still running after {limit:?}; killed it");
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Forks this single-threaded role process: the child runs `child` and `_exit`s
+/// with 0; the parent waits for it (watchdog) and checks that exit code.
+fn fork_and_wait(what: &str, child: impl FnOnce()) {
+    // SAFETY: every role that calls this is single-threaded (the test harness runs
+    // with --test-threads=1 and these roles spawn no threads), so the child may
+    // run arbitrary code after fork.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            child();
+            exit_child(0);
+        }
+        ForkResult::Parent { child } => assert_eq!(wait_child(child, LIMIT, what), 0),
     }
 }
 
@@ -141,19 +156,9 @@ fn fork_at_the_descriptor_limit_never_shares_the_parents_lock() {
             filled += 1;
         }
         assert!(filled > 0);
-        // SAFETY: this role process is single-threaded (the test harness runs
-        // with --test-threads=1 and this role spawns no threads).
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Child => {
-                report_child(&a, me.slot);
-                exit_child(0);
-            }
-            ForkResult::Parent { child } => {
-                assert_eq!(wait_child(child, LIMIT, "fd-full child"), 0);
-                a.free(keep).unwrap();
-                say("parent done");
-            }
-        }
+        fork_and_wait("fd-full child", || report_child(&a, me.slot));
+        a.free(keep).unwrap();
+        say("parent done");
         return;
     }
     if role().is_some() {
@@ -180,16 +185,7 @@ fn fork_without_proc_refuses_with_lock_lost() {
         let me = a.processes().into_iter().find(|p| p.is_self).unwrap();
         say(format!("parent slot={}", me.slot));
         hide_proc();
-        // SAFETY: single-threaded role process (see above).
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Child => {
-                report_child(&a, me.slot);
-                exit_child(0);
-            }
-            ForkResult::Parent { child } => {
-                assert_eq!(wait_child(child, LIMIT, "no-proc child"), 0);
-            }
-        }
+        fork_and_wait("no-proc child", || report_child(&a, me.slot));
         return;
     }
     if role().is_some() {
@@ -388,23 +384,6 @@ fn a_handle_whose_descriptors_were_closed_stops() {
     assert_eq!(sorted.len(), got.len(), "the closer got a block twice");
 }
 
-/// Reads `@@` lines until one starts with `prefix`; returns it (without `@@ `).
-fn expect_line(r: &mut impl BufRead, prefix: &str) -> String {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            r.read_line(&mut line).expect("read child stdout") > 0,
-            "child ended before printing {prefix:?}"
-        );
-        if let Some(l) = line.trim().strip_prefix("@@ ") {
-            if l.starts_with(prefix) {
-                return l.to_owned();
-            }
-        }
-    }
-}
-
 // ------------------------------------------------------------------ fork vs churning threads
 
 /// Issue 16, 5: `fork` while other threads open, use and drop handles (they take
@@ -574,17 +553,9 @@ fn a_fork_child_finding_the_registry_full_gets_registry_full() {
                 Err(e) => panic!("open: {e:?}"),
             }
         }
-        // SAFETY: single-threaded role process.
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Child => {
-                let r = hs[0].allocate(64);
-                say(format!("child {r:?}"));
-                exit_child(0);
-            }
-            ForkResult::Parent { child } => {
-                assert_eq!(wait_child(child, LIMIT, "full child"), 0);
-            }
-        }
+        fork_and_wait("full child", || {
+            say(format!("child {:?}", hs[0].allocate(64)))
+        });
         return;
     }
     if role().is_some() {
