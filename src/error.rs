@@ -144,6 +144,30 @@ pub enum SegmentError {
         /// Number of slots.
         slots: usize,
     },
+    /// Every intent record of this handle's registry slot is in use by its other
+    /// threads (more than [`INTENTS`](crate::process::INTENTS) threads of one process
+    /// in multi-step operations through one handle at once), past a short wait.
+    #[error("all {records} intent records of this handle are in use by its other threads")]
+    IntentsBusy {
+        /// Intent records per handle.
+        records: usize,
+    },
+    /// This process holds [`MAX_HANDLES`](crate::process::MAX_HANDLES) handles
+    /// already (over all segments): no more can join a registry.
+    #[error("this process holds {limit} handles already")]
+    HandleLimit {
+        /// Handles per process.
+        limit: usize,
+    },
+    /// This handle no longer holds its registry lock, so it refuses to work rather
+    /// than share its slot with another holder: its lock descriptor was closed under
+    /// it, or it is a fork child that could not get a lock description of its own
+    /// (no `/proc`, the re-open refused). Open the segment again.
+    #[error("this handle lost its registry lock: {reason}")]
+    LockLost {
+        /// What happened.
+        reason: &'static str,
+    },
     /// This machine lacks something the allocator needs.
     #[error("unsupported on this machine: {what}")]
     Unsupported {
@@ -200,6 +224,11 @@ pub enum AllocError {
     /// A bump reset in progress did not end within the allocation's wait.
     #[error("a reset in progress did not end in time")]
     Busy,
+    /// The handle's place in the process registry failed: the registry is full
+    /// (a fork child re-joining), its intent records are all in use, or it lost its
+    /// registry lock (see [`SegmentError`]). Nothing in the segment changed.
+    #[error("process registry: {0}")]
+    Registry(SegmentError),
 }
 
 /// A read, write or pointer resolution was refused. Nothing in the segment changed.
@@ -334,6 +363,11 @@ pub enum FreeError {
         /// What was found inconsistent.
         what: &'static str,
     },
+    /// The handle's place in the process registry failed: its intent records are
+    /// all in use, or it lost its registry lock (see [`SegmentError`]). The block
+    /// was not freed.
+    #[error("process registry: {0}")]
+    Registry(SegmentError),
 }
 
 impl AccessError {

@@ -342,7 +342,8 @@ impl SlabAllocator {
         };
         if joined.found_dead {
             if let Some(slot) = this.member.current() {
-                cache::flush_dead(&this, slot); // the dead holder's cache
+                // The dead holder's cache.
+                cache::flush_dead(&this, slot, std::time::Instant::now() + cache::CLAIM_WAIT);
             }
         }
         Ok(this)
@@ -468,8 +469,9 @@ impl SlabAllocator {
     pub fn reclaim(&self) -> usize {
         let mut returned = 0;
         let me = self.member.current();
+        let deadline = std::time::Instant::now() + cache::CLAIM_WAIT;
         process::reclaim_dead(&self.seg, me, &mut |slot| {
-            let (done, n) = cache::flush_dead(self, slot);
+            let (done, n) = cache::flush_dead(self, slot, deadline);
             returned += n;
             done
         });
@@ -537,7 +539,7 @@ impl SlabAllocator {
         let base = self.cache_owner.base()?;
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
         let (gate, m) = unsafe { self.fast_mag(base) };
-        if !gate.enter_fast() {
+        if !gate.enter_fast(self.cache_owner.open()) {
             return None;
         }
         // An entry is only trusted once it is a slot start in the data region
@@ -585,7 +587,7 @@ impl SlabAllocator {
         }
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
         let (gate, m) = unsafe { self.fast_mag(base) };
-        if !gate.enter_fast() {
+        if !gate.enter_fast(self.cache_owner.open()) {
             return false;
         }
         let pushed = m.push(off, mark, self.key, || {
@@ -743,6 +745,9 @@ impl cache::Caches for SlabAllocator {
     }
     fn mark_key(&self) -> u64 {
         self.key
+    }
+    fn holds(&self, slot: usize) -> bool {
+        self.member.holds(&self.seg, slot)
     }
 }
 

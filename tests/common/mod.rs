@@ -339,6 +339,24 @@ pub fn check_pattern(got: &[u8], tag: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Reads a child's stdout lines until one `@@ ` line starts with `prefix`;
+/// returns it (without `@@ `). Fails if the child ends first.
+pub fn expect_line(r: &mut impl std::io::BufRead, prefix: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).expect("read child stdout") > 0,
+            "child ended before printing {prefix:?}"
+        );
+        if let Some(l) = line.trim().strip_prefix("@@ ") {
+            if l.starts_with(prefix) {
+                return l.to_owned();
+            }
+        }
+    }
+}
+
 /// Prints a result line for the parent (the test harness prints its own lines too;
 /// only lines written with `say` are returned by [`results`]).
 pub fn say(line: impl std::fmt::Display) {

@@ -75,7 +75,7 @@ impl FreeListAllocator {
         let base = self.cache_owner.base()?;
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
         let (gate, m) = unsafe { self.fast_mag(base, c) };
-        if !gate.enter_fast() {
+        if !gate.enter_fast(self.cache_owner.open()) {
             return None;
         }
         // An entry is only trusted as a 16-aligned offset inside the data region
@@ -135,7 +135,7 @@ impl FreeListAllocator {
         }
         // SAFETY: `base` is the address of our slot's cache words (see `fast_mag`).
         let (gate, m) = unsafe { self.fast_mag(base, c) };
-        if !gate.enter_fast() {
+        if !gate.enter_fast(self.cache_owner.open()) {
             return false;
         }
         let pushed = m.push(off, mark, self.key, || {
@@ -411,5 +411,8 @@ impl cache::Caches for FreeListAllocator {
     }
     fn mark_key(&self) -> u64 {
         self.key
+    }
+    fn holds(&self, slot: usize) -> bool {
+        self.member.holds(&self.seg, slot)
     }
 }

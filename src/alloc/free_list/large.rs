@@ -83,12 +83,19 @@ impl FreeListAllocator {
                 continue;
             }
             let new_head = next(head, KIND_LARGE, 0, run_aux(me, n as u64));
-            let guard = self.intend(Intent {
+            let guard = match self.intend(Intent {
                 kind: INTENT_LARGE,
                 page: s as u32,
                 pages: n as u32,
                 expected: new_head,
-            })?;
+            }) {
+                Ok(g) => g,
+                Err(e) => {
+                    // No record, no step taken: the run goes back to the free hints.
+                    self.unhint_free_pages(s, n);
+                    return Err(e);
+                }
+            };
             crate::fail_point!("fl.large.intent");
             if self
                 .state(s)
@@ -251,6 +258,21 @@ impl FreeListAllocator {
                 what: "large block length out of range",
             });
         }
+        // Repair keeps its hands off the interior pages until they are freed here
+        // (see `INTENT_LARGE_FREE`): however long this free stalls after the head
+        // CAS, the interior pages it frees are still this block's.
+        let _guard = self
+            .member
+            .intend(
+                &self.seg,
+                Intent {
+                    kind: INTENT_LARGE_FREE,
+                    page: s as u32,
+                    pages: n as u32,
+                    expected: next(st, KIND_FREE, 0, 0),
+                },
+            )
+            .map_err(FreeError::Registry)?;
         // Only one of two racing frees wins this CAS: the other sees a double free.
         if self
             .state(s)

@@ -570,7 +570,7 @@ impl FreeListAllocator {
         if joined.found_dead {
             // We took over a dead handle's slot: first return what its cache held.
             if let Some(slot) = this.member.current() {
-                cache::flush_dead(&this, slot);
+                cache::flush_dead(&this, slot, std::time::Instant::now() + cache::CLAIM_WAIT);
             }
             this.repair();
         }
@@ -655,19 +655,13 @@ impl FreeListAllocator {
     }
 
     fn my_slot(&self) -> Result<usize, AllocError> {
-        self.member
-            .slot(&self.seg)
-            .map_err(|_| AllocError::Corrupted {
-                what: "no process-registry slot (registry full or fcntl failed)",
-            })
+        self.member.slot(&self.seg).map_err(AllocError::Registry)
     }
 
     fn intend(&self, intent: Intent) -> Result<process::IntentGuard<'_>, AllocError> {
         self.member
             .intend(&self.seg, intent)
-            .map_err(|_| AllocError::Corrupted {
-                what: "no process-registry slot (registry full or fcntl failed)",
-            })
+            .map_err(AllocError::Registry)
     }
 
     /// `free` past the cache fast path: every check again, with its precise error.

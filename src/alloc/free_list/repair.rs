@@ -19,6 +19,11 @@ pub(super) const INTENT_NEW_SPAN: u8 = 1;
 pub(super) const INTENT_RELEASE: u8 = 2;
 pub(super) const INTENT_LARGE: u8 = 3;
 pub(super) const INTENT_GROW: u8 = 4;
+/// A large block being freed: while the record is live, repair leaves its interior
+/// pages alone (the free itself frees them), so a free that stalls between its
+/// head CAS and its interior pages never finds a newer block there. A dead one's
+/// record needs nothing: the sweep frees interior pages whose head is gone.
+pub(super) const INTENT_LARGE_FREE: u8 = 5;
 
 /// In a span's state `aux`: a repair has finished (or is finishing) the creation of
 /// this span, whose creator died (see `finish_intent`). Set without a new
@@ -45,13 +50,14 @@ impl FreeListAllocator {
         }
         // Dead slots whose records did not fit the orphan list keep them: park
         // more after each drain, while draining makes progress.
+        let deadline = std::time::Instant::now() + cache::CLAIM_WAIT;
         for _round in 0..process::SLOTS {
             let mut cached = 0;
             let (freed, pending) = process::reclaim_dead(&self.seg, me, &mut |slot| {
                 if self.depth == 0 {
                     return true;
                 }
-                let (done, n) = cache::flush_dead(self, slot);
+                let (done, n) = cache::flush_dead(self, slot, deadline);
                 cached += n;
                 done
             });

@@ -257,12 +257,19 @@ impl FreeListAllocator {
                 break;
             };
             let new = next(st, KIND_SMALL, c, me as u64);
-            let guard = self.intend(Intent {
+            let guard = match self.intend(Intent {
                 kind: INTENT_NEW_SPAN,
                 page: p as u32,
                 pages: 1,
                 expected: new,
-            })?;
+            }) {
+                Ok(g) => g,
+                Err(e) => {
+                    // No record, no step taken: the page goes back to the free hints.
+                    self.unhint_free_pages(p, 1);
+                    return Err(e);
+                }
+            };
             crate::fail_point!("fl.new_span.intent");
             if self
                 .state(p)
