@@ -84,6 +84,12 @@ impl<'a> Summary<'a> {
         })
     }
 
+    /// The leaf level (one bit per item), for tools that walk it.
+    #[inline]
+    pub fn leaf(&self) -> &'a [AtomicU64] {
+        self.levels[0]
+    }
+
     fn set_at(&self, lvl: usize, i: usize) {
         let Some(word) = self.levels[lvl].get(i / 64) else {
             return;

@@ -116,25 +116,30 @@ impl Inspect for FreeListAllocator {
         process::registry_info(&self.seg, self.member.current())
     }
 
-    /// The longest run of pages whose page hints are clear: what a large
-    /// allocation searches first (a repair pass, which runs before an allocation
-    /// reports out-of-memory, may find more: stale hints, empty spans). Reads the
-    /// hint bitmap only (one bit per page), so it stays fast at 16 GiB. With no
-    /// free page: the largest size class with a free block.
+    /// The longest run of free pages: set in the free-page summary bitmap (what a
+    /// large allocation searches), or not committed yet (growth commits them on
+    /// demand). A repair pass, which runs before an allocation reports
+    /// out-of-memory, may find more (stale hints, empty spans). Reads one bit per
+    /// page, so it stays fast at 16 GiB. With no free page: the largest size class
+    /// with a free block.
     fn largest_free_block(&self) -> u64 {
         let (mut best, mut run) = (0u64, 0u64);
-        let mut left = self.pages as u64;
-        for w in self.page_hints() {
+        let committed = self.committed().min(self.pages) as u64;
+        let leaf = self.free_pages().leaf();
+        let mut left = committed;
+        for w in leaf.iter().take(committed.div_ceil(64) as usize) {
             let bits = left.min(64);
             left -= bits;
-            let v = w.load(Ordering::Acquire) | if bits == 64 { 0 } else { !0 << bits };
-            if v == 0 {
+            // Set bit = free; bits past the committed pages count as not free here.
+            let v = w.load(Ordering::Acquire) & if bits == 64 { !0 } else { (1u64 << bits) - 1 };
+            if v == !0 {
                 run += 64;
-            } else if v == !0 {
+            } else if v == 0 {
+                best = best.max(run);
                 run = 0;
             } else {
-                for b in 0..64 {
-                    if v & (1 << b) == 0 {
+                for b in 0..bits {
+                    if v & (1 << b) != 0 {
                         run += 1;
                         best = best.max(run);
                     } else {
@@ -144,6 +149,8 @@ impl Inspect for FreeListAllocator {
             }
             best = best.max(run);
         }
+        // Pages not committed yet continue the run that ends at the committed edge.
+        best = best.max(run + (self.pages as u64 - committed));
         if best > 0 {
             return best * PAGE;
         }
@@ -180,7 +187,9 @@ impl Inspect for FreeListAllocator {
         let mut out = Consistency::default();
         let in_flight = self.pages_in_flight();
         let mut heads = Vec::new();
-        for p in 0..self.pages {
+        // Pages past the committed ones have no metadata line yet (growth writes it).
+        let pages = self.committed().min(self.pages);
+        for p in 0..pages {
             out.checked += 1;
             if in_flight.contains(&p) {
                 out.in_flight += 1;
@@ -189,9 +198,13 @@ impl Inspect for FreeListAllocator {
             self.check_page(p, &mut out, &mut heads);
         }
         // Every interior page belongs to exactly one large block's head.
-        let mut owned = vec![false; self.pages];
+        let mut owned = vec![false; pages];
         for (h, st) in heads {
             let end = h + run_len(st) as usize;
+            if end > pages {
+                out.problems
+                    .push(format!("page {h}: a large block that runs past the committed pages"));
+            }
             for (q, owned) in owned.iter_mut().enumerate().take(end).skip(h + 1) {
                 if in_flight.contains(&q) {
                     continue;
@@ -217,13 +230,14 @@ impl Inspect for FreeListAllocator {
                     .push(format!("page {q}: interior page of no large block"));
             }
         }
-        // Page hints: the bits past the last page stay set.
+        // Free-page summary: no bit past the last page is set.
         let tail = self.pages % 64;
         if tail != 0 {
-            let w = self.page_hints()[self.pages / 64].load(Ordering::Acquire);
-            if w | ((1u64 << tail) - 1) != !0 {
-                out.problems
-                    .push("page hints: a bit past the last page is clear".to_owned());
+            if let Some(w) = self.free_pages().leaf().get(self.pages / 64) {
+                if w.load(Ordering::Acquire) & !((1u64 << tail) - 1) != 0 {
+                    out.problems
+                        .push("free-page summary: a bit past the last page is set".to_owned());
+                }
             }
         }
         self.check_caches(&mut out);
