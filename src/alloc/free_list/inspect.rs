@@ -8,6 +8,14 @@ use crate::alloc::inspect::{registry_problems, Consistency, Inspect};
 use crate::process::RegistryInfo;
 
 impl FreeListAllocator {
+    /// Where page `p`'s state word lies in the segment (bytes from its start): for
+    /// tools and tests that damage the metadata on purpose, without copying the
+    /// layout arithmetic.
+    #[doc(hidden)]
+    pub fn page_state_offset(&self, p: usize) -> u64 {
+        self.seg.layout().meta_offset + ((self.lines_base + p * LINE as usize) * 8) as u64
+    }
+
     /// Pages covered by an intent record of any slot, live or dead, or parked.
     fn pages_in_flight(&self) -> HashSet<usize> {
         let reg = process::registry_info(&self.seg, self.member.current());
