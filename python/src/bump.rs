@@ -85,20 +85,20 @@ allocator_class!(PyBump, "BumpAllocator", {
     /// segment. A crashed creator's half-initialised segment is replaced. An
     /// existing segment is opened as it is (its parameters win).
     #[staticmethod]
-    #[pyo3(signature = (name, capacity = None), text_signature = "(name, capacity=1024*1024)")]
+    #[pyo3(signature = (name, capacity = None), text_signature = "(name, capacity=1048576)")]
     fn open_or_create(
         py: Python<'_>,
         name: &str,
         capacity: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(Self, bool)> {
-        let cap = opt_int(py, capacity, 1024 * 1024, "capacity")?;
-        let cap = u64::try_from(cap).ok().filter(|&c| c > 0).ok_or_else(|| {
-            errors::err(
-                py,
-                errors::Kind::InvalidArgument,
-                format!("capacity must be positive, got {cap}"),
-            )
-        })?;
+        let cap = param(
+            py,
+            capacity,
+            1024 * 1024,
+            "capacity",
+            BUMP_MAX_CAPACITY,
+            "32 GiB - 1",
+        )?;
         let ((a, created), b) = py
             .detach(|| {
                 let (a, created) = BumpAllocator::open_or_create(name, cap)?;

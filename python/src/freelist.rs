@@ -272,7 +272,7 @@ allocator_class!(PyFreeList, "FreeListAllocator", {
     #[staticmethod]
     #[pyo3(
         signature = (name, capacity = None, slot_size = None, num_slots = None),
-        text_signature = "(name, capacity=10*1024*1024, slot_size=256, num_slots=None)"
+        text_signature = "(name, capacity=10485760, slot_size=256, num_slots=None)"
     )]
     fn open_or_create(
         py: Python<'_>,

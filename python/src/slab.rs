@@ -106,17 +106,10 @@ allocator_class!(PySlab, "SlabAllocator", {
         slab_size: Option<&Bound<'_, PyAny>>,
         num_slabs: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(Self, bool)> {
-        let size = opt_int(py, slab_size, 256, "slab_size")?;
-        let count = opt_int(py, num_slabs, 4096, "num_slabs")?;
-        if size <= 0 || count <= 0 {
-            return Err(errors::err(
-                py,
-                Kind::InvalidArgument,
-                format!("slab_size and num_slabs must be positive, got {size} and {count}"),
-            ));
-        }
+        let size = param(py, slab_size, 256, "slab_size", 1 << 32, "4 GiB")?;
+        let count = param(py, num_slabs, 4096, "num_slabs", 1 << 32, "2**32")?;
         let (a, created) = py
-            .detach(|| SlabAllocator::open_or_create(name, size as u64, count as u64))
+            .detach(|| SlabAllocator::open_or_create(name, size, count))
             .map_err(|e| errors::segment(py, e))?;
         if created {
             crate::lifecycle::note_created(a.segment());
