@@ -46,7 +46,9 @@ use crate::error::SegmentError;
 use crate::segment::Segment;
 
 mod inspect;
-pub(crate) use inspect::{any_live, any_slot_locked, check_registry, registry_info};
+pub(crate) use inspect::{
+    any_live, any_slot_locked, check_registry, dead_slot, is_observer, mark_observer, registry_info,
+};
 pub use inspect::{IntentInfo, RegistryInfo, SlotInfo};
 
 /// Slots in every registry: at most this many handles can be attached at once.
