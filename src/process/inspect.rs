@@ -36,6 +36,22 @@ pub(crate) fn dead_slot(seg: &Segment, slot: usize) -> bool {
         && !locked_by_other(seg.lock_fd(), slot)
 }
 
+/// The registry slots that handles of *this process* hold in the segment whose
+/// object has inode `ino` (from the process's attachment table).
+pub(crate) fn own_slots(ino: u64) -> Vec<usize> {
+    let t = super::ATTACHED.lock();
+    t.iter()
+        .filter(|a| {
+            // SAFETY: `fd` is the handle's lock descriptor, open while its entry is
+            // in the table (the handle detaches before it closes it); we hold the
+            // table lock.
+            let fd = unsafe { BorrowedFd::borrow_raw(a.fd) };
+            nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_ino == ino)
+        })
+        .filter_map(|a| a.state.own_slot())
+        .collect()
+}
+
 /// Whether slot `slot`'s current holder is an observer.
 pub(crate) fn is_observer(seg: &Segment, slot: usize) -> bool {
     if slot >= SLOTS {

@@ -47,7 +47,8 @@ use crate::segment::Segment;
 
 mod inspect;
 pub(crate) use inspect::{
-    any_live, any_slot_locked, check_registry, dead_slot, is_observer, mark_observer, registry_info,
+    any_live, any_slot_locked, check_registry, dead_slot, is_observer, mark_observer, own_slots,
+    registry_info,
 };
 pub use inspect::{IntentInfo, RegistryInfo, SlotInfo};
 

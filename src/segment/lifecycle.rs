@@ -310,6 +310,31 @@ impl Segment {
     }
 }
 
+impl Segment {
+    /// [`remove_if_unattached`](Self::remove_if_unattached), not counting any
+    /// handle of this very process: for an exit hook (the Python package's
+    /// default), when this process's own handles are about to go anyway.
+    ///
+    /// # Errors
+    /// As [`remove_if_unattached`](Self::remove_if_unattached).
+    #[doc(hidden)]
+    pub fn remove_unless_others_attached(&self) -> Result<bool, SegmentError> {
+        let Some(ino) = self.ino() else {
+            return Ok(false);
+        };
+        let mine = crate::process::own_slots(ino);
+        if !lifecycle_lock(self.file().as_fd(), libc::F_WRLCK, CLOSE_WAIT)? {
+            return Ok(false);
+        }
+        let removed =
+            !crate::process::any_live(self, None, &|s| mine.contains(&s) || self.is_observer(s))
+                && name_names(&self.name, ino)
+                && shm_unlink(self.name.as_str()).is_ok();
+        lifecycle_unlock(self.file().as_fd());
+        Ok(removed)
+    }
+}
+
 /// What [`remove_if_stale`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Staleness {
