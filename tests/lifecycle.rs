@@ -242,6 +242,13 @@ fn holder_role() -> bool {
         }
         Some("opener") => {
             let name = env_req("SA_NAME");
+            // With the `failpoints` feature: stall between taking the lifecycle
+            // lock and joining the registry, so that the race with a remover is
+            // hit every time (without the lock, the name would go meanwhile).
+            #[cfg(feature = "failpoints")]
+            if let Ok(ms) = std::env::var("SA_ATTACH_SLEEP_MS") {
+                fail::cfg("lifecycle.attach.before_join", &format!("sleep({ms})")).unwrap();
+            }
             wait_for_go();
             match FreeListAllocator::open(&name) {
                 Ok(a) => {
@@ -350,7 +357,10 @@ fn last_close_never_races_a_concurrent_open() {
         let name = ShmName::new("l19-race-close");
         let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
         a.segment().set_remove_on_last_close(true);
-        // Spread the opener's start around the close by a few hundred µs.
+        // Spread the opener's start around the close by a few hundred µs; with
+        // fail points, every other round stalls the opener 30 ms inside `open`
+        // and closes 10 ms into that.
+        let stall = cfg!(feature = "failpoints") && round % 2 == 0;
         let go = now_ns() + 150_000_000 + (round % 8) * 100_000;
         let mut c = spawn_interactive(
             entry,
@@ -358,9 +368,13 @@ fn last_close_never_races_a_concurrent_open() {
             &[
                 ("SA_NAME", name.as_str().to_owned()),
                 ("SA_GO", go.to_string()),
+                (
+                    "SA_ATTACH_SLEEP_MS",
+                    if stall { "30" } else { "0" }.to_owned(),
+                ),
             ],
         );
-        while now_ns() < go + 300_000 {
+        while now_ns() < go + if stall { 10_000_000 } else { 300_000 } {
             std::hint::spin_loop();
         }
         drop(a);
@@ -456,4 +470,125 @@ fn check_is_consistent_after_sigkills() {
     assert!(c2.is_consistent(), "{c2:?}");
     assert_eq!(a.registry().dead(), 0);
     assert_eq!(c2.in_flight, 0);
+}
+
+/// Red-team: an observer (a tool) SIGKILLed while attached leaves its slot's
+/// observer mark behind. Whoever takes that slot next must count as a live handle
+/// for the last-close policy, or the name would vanish under it.
+#[test]
+fn a_dead_observers_mark_never_passes_to_the_next_holder() {
+    if let Some(r) = role() {
+        assert_eq!(r, "observer");
+        shared_allocator::segment::set_observer_mode(true);
+        let _o = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+        println!("ready");
+        std::thread::sleep(Duration::from_secs(3600));
+        return;
+    }
+    let name = ShmName::new("l19-obs-dead");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    a.segment().set_remove_on_last_close(true);
+    let mut c = KillOnDrop::new(spawn_child(
+        "a_dead_observers_mark_never_passes_to_the_next_holder",
+        "observer",
+        &[("SA_NAME", name.as_str().to_owned())],
+    ));
+    let mut out = BufReader::new(c.child().stdout.take().unwrap());
+    let mut l = String::new();
+    while l.trim() != "ready" {
+        l.clear();
+        assert!(out.read_line(&mut l).unwrap() > 0, "observer child exited");
+    }
+    let obs_slot = a
+        .registry()
+        .slots
+        .iter()
+        .find(|s| s.observer)
+        .expect("the observer's slot")
+        .slot;
+    c.child().kill().unwrap();
+    c.child().wait().unwrap();
+    a.reclaim();
+    // Take slots until one lands on the dead observer's.
+    let mut handles = Vec::new();
+    loop {
+        let h = FreeListAllocator::open(name.as_str()).unwrap();
+        let mine = h
+            .registry()
+            .slots
+            .iter()
+            .find(|s| s.is_self)
+            .unwrap()
+            .clone();
+        assert!(
+            !mine.observer,
+            "slot {} inherited an observer mark",
+            mine.slot
+        );
+        let hit = mine.slot == obs_slot;
+        handles.push(h);
+        if hit {
+            break;
+        }
+        assert!(handles.len() < 128, "never got slot {obs_slot}");
+    }
+    let last = handles.pop().unwrap();
+    drop(handles);
+    drop(a);
+    assert!(
+        exists(&name),
+        "removed while the handle in the old observer slot lives"
+    );
+    drop(last);
+    assert!(!exists(&name));
+}
+
+/// Red-team: `gc` / `rm` (remove if unattached, from an observer handle) racing a
+/// process's `open`: the process either finds the name gone, or is attached to
+/// the segment that keeps the name. Never attached to a removed one.
+#[test]
+fn remove_if_unattached_never_races_a_concurrent_open() {
+    if holder_role() {
+        return;
+    }
+    let entry = "remove_if_unattached_never_races_a_concurrent_open";
+    let rounds = env_u64("SA_GC_RACES", 16);
+    for round in 0..rounds {
+        let name = ShmName::new("l19-gc-race");
+        drop(FreeListAllocator::create(name.as_str(), 1 << 20).unwrap());
+        let stall = cfg!(feature = "failpoints") && round % 2 == 0;
+        let go = now_ns() + 150_000_000 + (round % 8) * 100_000;
+        let mut c = spawn_interactive(
+            entry,
+            "opener",
+            &[
+                ("SA_NAME", name.as_str().to_owned()),
+                ("SA_GO", go.to_string()),
+                (
+                    "SA_ATTACH_SLEEP_MS",
+                    if stall { "30" } else { "0" }.to_owned(),
+                ),
+            ],
+        );
+        shared_allocator::segment::set_observer_mode(true);
+        let o = FreeListAllocator::open(name.as_str());
+        shared_allocator::segment::set_observer_mode(false);
+        let o = o.unwrap();
+        while now_ns() < go + if stall { 10_000_000 } else { 200_000 } {
+            std::hint::spin_loop();
+        }
+        let removed = o.remove_if_unattached().unwrap();
+        match read_line(&mut c, "opener").as_str() {
+            "opened" => {
+                assert!(!removed, "round {round}: removed while a process attached");
+                assert!(exists(&name), "round {round}");
+                writeln!(c.stdin.as_mut().unwrap(), "close").unwrap();
+                assert_eq!(read_line(&mut c, "opener close"), "closed");
+            }
+            "notfound" => assert!(removed && !exists(&name), "round {round}"),
+            other => panic!("opener said {other:?}"),
+        }
+        drop(c.stdin.take());
+        wait_with_watchdog(&mut c, LIMIT, "opener exit");
+    }
 }

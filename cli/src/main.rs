@@ -272,7 +272,10 @@ fn run(cmd: Cmd) -> Result<ExitCode, Fail> {
                     cached_blocks: a.reclaim(),
                     ..ReclaimReport::default()
                 },
-                Handle::Bump(_) => ReclaimReport::default(),
+                Handle::Bump(a) => ReclaimReport {
+                    dead_slots: a.reclaim(),
+                    ..ReclaimReport::default()
+                },
             };
             r.dead_before = dead_before;
             r.dead_after = with!(&h, a => a.registry().dead());

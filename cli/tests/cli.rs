@@ -72,6 +72,14 @@ fn row<'a>(rows: &'a Value, name: &str) -> &'a Value {
 fn child_role() -> bool {
     let Some(r) = role() else { return false };
     let name = env_req("SA_NAME");
+    if r == "bump-holder" {
+        let b = BumpAllocator::open(&name).unwrap();
+        b.allocate(10).unwrap();
+        println!("ready");
+        let mut s = String::new();
+        let _ = std::io::stdin().read_to_string(&mut s);
+        return true;
+    }
     let a = match r.as_str() {
         "holder" => FreeListAllocator::open(&name).unwrap(),
         "creator" => FreeListAllocator::create(&name, 1 << 20).unwrap(),
@@ -349,6 +357,23 @@ fn rm_refuses_while_a_process_is_attached() {
     assert!(r["cached_blocks"].as_u64().unwrap() > 0, "{r:#}");
     run(&["rm", name.as_str()], 0);
     assert!(!shm_path(name.as_str()).exists());
+
+    // A bump allocator's dead slots come back too.
+    let bump = ShmName::new("c19-rm");
+    drop(BumpAllocator::create(bump.as_str(), 1 << 16).unwrap());
+    let mut holder = spawn_ready(entry, "bump-holder", bump.as_str());
+    holder.child().kill().unwrap();
+    holder.child().wait().unwrap();
+    let r = json(&["reclaim", bump.as_str(), "--json"]);
+    assert_eq!(
+        (
+            r["dead_before"].as_u64(),
+            r["dead_slots"].as_u64(),
+            r["dead_after"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "{r:#}"
+    );
 
     // --force removes while attached.
     let forced = ShmName::new("c19-rm");

@@ -55,8 +55,10 @@ pub(crate) fn forget(seg: &Segment) {
 fn flag<A: ShmAllocator>(a: A, ino: u64) {
     if a.segment().inode() == Some(ino) {
         a.segment().set_remove_on_last_close(true);
+        // This process's own handles (still open at exit) do not count: they go
+        // with the process. Other processes' do: the last of them removes it.
+        let _ = a.segment().remove_unless_others_attached();
     }
-    drop(a); // the policy decides here: removed if no other live handle
 }
 
 /// Registered with ``atexit``: every segment this process created gets the

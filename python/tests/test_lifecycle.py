@@ -130,6 +130,19 @@ def test_created_segment_is_removed_at_exit(name):
     assert not exists(name)
 
 
+def test_removed_at_exit_even_if_the_handle_is_never_finalized(name):
+    # Python does not promise to finalize objects at exit: the exit hook must not
+    # count this process's own handles.
+    code = f"""
+        import ctypes
+        from shared_allocator import FreeListAllocator
+        a = FreeListAllocator({name!r}, capacity=1 << 20)
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(a))  # never deallocated
+    """
+    run_child(code)
+    assert not exists(name)
+
+
 def test_exit_never_removes_under_a_live_user(name):
     code = f"""
         import sys

@@ -28,8 +28,11 @@ pub struct Consistency {
     pub problems: Vec<String>,
     /// Metadata units (pages, slots) walked.
     pub checked: u64,
-    /// Units skipped because an operation in flight (a live handle's intent, or a
-    /// dead handle's not yet repaired) covers them: their state is transitional.
+    /// Units in a transitional state, not checked: pages an operation in flight
+    /// covers (a live handle's intent, or a dead handle's not yet repaired),
+    /// interior pages a dead free left behind, blocks in dead handles' caches.
+    /// A repair pass (`reclaim`) returns what the dead left: then this is 0 when
+    /// no other process is working on the segment.
     pub in_flight: u64,
     /// Blocks found in per-handle caches (each checked: inside the data region, a
     /// block of the right class, taken in the bitmaps, listed once).
@@ -74,6 +77,12 @@ pub trait Inspect: ShmAllocator {
     /// # Errors
     /// As [`Segment::remove_if_unattached`](crate::segment::Segment::remove_if_unattached).
     fn remove_if_unattached(&self) -> Result<bool, SegmentError>;
+}
+
+/// Whether registry slot `slot` of `seg` is taken by a handle that died (not yet
+/// reclaimed): its leftovers are its reclaimer's, not inconsistencies.
+pub(crate) fn dead_slot(seg: &crate::segment::Segment, slot: usize, me: Option<usize>) -> bool {
+    Some(slot) != me && crate::process::dead_slot(seg, slot)
 }
 
 /// Checks every registry-side invariant and adds `problems` for a segment.

@@ -13,6 +13,54 @@ use super::{
     lock_cmd, locked_by_other, orphan_intents, slot_words, Intent, LockCmd, INTENTS, SLOTS,
     STATUS_FREE, STATUS_LIVE, W_INTENT, W_PID, W_PINS, W_START, W_STATUS,
 };
+
+/// A spare slot word: `generation << 1 | 1` while the slot's holder (in that
+/// generation) is an observer (a tool looking: see
+/// [`set_observer_mode`](crate::segment::set_observer_mode)). A later holder of the
+/// slot has another generation, so a mark never outlives its holder.
+const W_OBSERVER: usize = 7;
+const _: () = assert!(W_OBSERVER > W_PINS && W_OBSERVER < W_INTENT);
+
+/// Marks slot `slot` (held by the caller) as an observer's.
+pub(crate) fn mark_observer(seg: &Segment, slot: usize) {
+    let w = slot_words(seg, slot);
+    let gen = w[W_STATUS].load(Ordering::Acquire) >> 32;
+    w[W_OBSERVER].store((gen << 1) | 1, Ordering::Release);
+}
+
+/// Whether slot `slot` is taken (not free) by a handle whose lock is gone: dead,
+/// waiting for its reclaimer.
+pub(crate) fn dead_slot(seg: &Segment, slot: usize) -> bool {
+    slot < SLOTS
+        && slot_words(seg, slot)[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF != STATUS_FREE
+        && !locked_by_other(seg.lock_fd(), slot)
+}
+
+/// The registry slots that handles of *this process* hold in the segment whose
+/// object has inode `ino` (from the process's attachment table).
+pub(crate) fn own_slots(ino: u64) -> Vec<usize> {
+    let t = super::ATTACHED.lock();
+    t.iter()
+        .filter(|a| {
+            // SAFETY: `fd` is the handle's lock descriptor, open while its entry is
+            // in the table (the handle detaches before it closes it); we hold the
+            // table lock.
+            let fd = unsafe { BorrowedFd::borrow_raw(a.fd) };
+            nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_ino == ino)
+        })
+        .filter_map(|a| a.state.own_slot())
+        .collect()
+}
+
+/// Whether slot `slot`'s current holder is an observer.
+pub(crate) fn is_observer(seg: &Segment, slot: usize) -> bool {
+    if slot >= SLOTS {
+        return false;
+    }
+    let w = slot_words(seg, slot);
+    let gen = w[W_STATUS].load(Ordering::Acquire) >> 32;
+    w[W_OBSERVER].load(Ordering::Acquire) == (gen << 1) | 1
+}
 use crate::segment::Segment;
 
 /// One multi-step operation a handle has in flight (or had, when it died): the
@@ -113,7 +161,7 @@ pub(crate) fn registry_info(seg: &Segment, me: Option<usize>) -> RegistryInfo {
                 start_time_ns: w[W_START].load(Ordering::Relaxed),
                 alive: is_self || locked_by_other(seg.lock_fd(), i),
                 is_self,
-                observer: seg.is_observer(i),
+                observer: is_observer(seg, i),
                 intents,
                 pins: w[W_PINS].load(Ordering::Relaxed),
             })
@@ -131,14 +179,10 @@ pub(crate) fn registry_info(seg: &Segment, me: Option<usize>) -> RegistryInfo {
 }
 
 /// Whether a live handle other than slot `me` and the slots `skip` names is
-/// attached to `seg`.
+/// attached to `seg`. Every slot's lock is probed, whatever its status says: a
+/// handle that is joining holds its lock before it marks the slot live.
 pub(crate) fn any_live(seg: &Segment, me: Option<usize>, skip: &dyn Fn(usize) -> bool) -> bool {
-    (0..SLOTS).any(|i| {
-        Some(i) != me
-            && !skip(i)
-            && slot_words(seg, i)[W_STATUS].load(Ordering::Acquire) & 0xFFFF_FFFF != STATUS_FREE
-            && locked_by_other(seg.lock_fd(), i)
-    })
+    (0..SLOTS).any(|i| Some(i) != me && locked_by_other(seg.lock_fd(), i) && !skip(i))
 }
 
 /// Whether any registry slot lock of the object behind `fd` is held by another

@@ -72,7 +72,10 @@ use crate::error::SegmentError;
 use crate::segment::Segment;
 
 mod inspect;
-pub(crate) use inspect::{any_live, any_slot_locked, check_registry, registry_info};
+pub(crate) use inspect::{
+    any_live, any_slot_locked, check_registry, dead_slot, is_observer, mark_observer, own_slots,
+    registry_info,
+};
 pub use inspect::{IntentInfo, RegistryInfo, SlotInfo};
 #[allow(unused_imports)]
 use {attach::*, fork::*, intent::*, lock::*, membership::*, pin::*, reclaim::*, token::*};

@@ -56,11 +56,6 @@ pub(crate) const FLAGS_WORD: u64 = 448;
 const _: () = assert!(std::mem::size_of::<RawHeader>() as u64 <= FLAGS_WORD);
 const _: () = assert!(FLAGS_WORD + 8 <= ROOTS_OFFSET);
 const FLAG_REMOVE_ON_LAST_CLOSE: u64 = 1;
-/// Two words after the flags: bit `i` set = registry slot `i` is held by an
-/// observer (a tool looking), which the last-close policy does not count.
-pub(crate) const OBSERVER_WORDS: u64 = FLAGS_WORD + 8;
-const _: () = assert!(crate::process::SLOTS <= 128);
-const _: () = assert!(OBSERVER_WORDS + 16 <= ROOTS_OFFSET);
 
 /// Whether handles this process opens from now on attach as observers.
 static OBSERVER_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -169,16 +164,9 @@ impl Segment {
         })
     }
 
-    /// The observer bit of registry slot `slot`: its word and mask.
-    fn observer_bit(&self, slot: usize) -> Option<(&std::sync::atomic::AtomicU64, u64)> {
-        let w = self.words(OBSERVER_WORDS, 2)?;
-        Some((w.get(slot / 64)?, 1 << (slot % 64)))
-    }
-
     /// Whether registry slot `slot` is held by an observer (see [`set_observer_mode`]).
     pub(crate) fn is_observer(&self, slot: usize) -> bool {
-        self.observer_bit(slot)
-            .is_some_and(|(w, m)| w.load(std::sync::atomic::Ordering::Acquire) & m != 0)
+        crate::process::is_observer(self, slot)
     }
 
     /// The inode of the object this handle mapped: tells it from a later object
@@ -196,6 +184,7 @@ impl Segment {
     /// Takes the lifecycle lock shared, before this handle joins the registry.
     pub(crate) fn attach_begin(&self, wait: Duration) -> Result<(), SegmentError> {
         if lifecycle_lock(self.file().as_fd(), libc::F_RDLCK, wait)? {
+            crate::fail_point!("lifecycle.attach.before_join");
             Ok(())
         } else {
             Err(SegmentError::InitTimeout {
@@ -213,13 +202,12 @@ impl Segment {
     /// # Errors
     /// [`SegmentError::NotFound`] when the object was removed meanwhile.
     pub(crate) fn attach_end(&self, slot: Option<usize>) -> Result<(), SegmentError> {
-        // Under the shared lock, so no remover sees the slot with a stale bit (a
-        // dead observer's, whose slot this handle took over).
-        if let Some((w, m)) = slot.and_then(|s| self.observer_bit(s)) {
+        // Under the shared lock, so no remover sees the slot live but unmarked.
+        // (A mark names the slot's generation: whoever takes the slot next, by
+        // any path, is no observer.)
+        if let Some(s) = slot {
             if OBSERVER_MODE.load(std::sync::atomic::Ordering::Relaxed) {
-                w.fetch_or(m, std::sync::atomic::Ordering::AcqRel);
-            } else if w.load(std::sync::atomic::Ordering::Relaxed) & m != 0 {
-                w.fetch_and(!m, std::sync::atomic::Ordering::AcqRel);
+                crate::process::mark_observer(self, s);
             }
         }
         let ok = self.ino().is_some_and(|ino| name_names(&self.name, ino));
@@ -319,6 +307,31 @@ impl Segment {
         })();
         lifecycle_unlock(self.file().as_fd());
         result
+    }
+}
+
+impl Segment {
+    /// [`remove_if_unattached`](Self::remove_if_unattached), not counting any
+    /// handle of this very process: for an exit hook (the Python package's
+    /// default), when this process's own handles are about to go anyway.
+    ///
+    /// # Errors
+    /// As [`remove_if_unattached`](Self::remove_if_unattached).
+    #[doc(hidden)]
+    pub fn remove_unless_others_attached(&self) -> Result<bool, SegmentError> {
+        let Some(ino) = self.ino() else {
+            return Ok(false);
+        };
+        let mine = crate::process::own_slots(ino);
+        if !lifecycle_lock(self.file().as_fd(), libc::F_WRLCK, CLOSE_WAIT)? {
+            return Ok(false);
+        }
+        let removed =
+            !crate::process::any_live(self, None, &|s| mine.contains(&s) || self.is_observer(s))
+                && name_names(&self.name, ino)
+                && shm_unlink(self.name.as_str()).is_ok();
+        lifecycle_unlock(self.file().as_fd());
+        Ok(removed)
     }
 }
 

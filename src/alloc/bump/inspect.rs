@@ -4,6 +4,16 @@ use super::*;
 use crate::alloc::inspect::{registry_problems, Consistency, Inspect};
 use crate::process::RegistryInfo;
 
+impl BumpAllocator {
+    /// Frees the registry slots of dead handles (a bump allocator keeps nothing
+    /// else in them: a dead reader's pins already count for nothing). Returns how
+    /// many. Joining handles take dead slots over by themselves when no free one
+    /// is left; this is for tools (`shm-alloc reclaim`).
+    pub fn reclaim(&self) -> usize {
+        process::reclaim_dead(&self.seg, self.member.current(), &mut |_| true).0
+    }
+}
+
 impl Inspect for BumpAllocator {
     fn registry(&self) -> RegistryInfo {
         process::registry_info(&self.seg, self.member.current())

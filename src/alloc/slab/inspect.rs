@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::*;
-use crate::alloc::inspect::{registry_problems, Consistency, Inspect};
+use crate::alloc::inspect::{dead_slot, registry_problems, Consistency, Inspect};
 use crate::process::RegistryInfo;
 
 impl Inspect for SlabAllocator {
@@ -52,6 +52,11 @@ impl Inspect for SlabAllocator {
             let mut seen = HashSet::new();
             let data = self.seg.layout().data_offset;
             for slot in 0..process::SLOTS {
+                if dead_slot(&self.seg, slot, self.member.current()) {
+                    // Its reclaimer returns it (see the free list's check).
+                    out.in_flight += self.mag(slot).len() as u64;
+                    continue;
+                }
                 for off in self.mag(slot).entries() {
                     out.cached_blocks += 1;
                     let mut bad = |what: &str| {
