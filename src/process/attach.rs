@@ -14,8 +14,8 @@ pub(super) struct Attached {
     id: u64,
     base: usize,
     len: usize,
-    fd: RawFd,
-    state: Arc<MemberState>,
+    pub(super) fd: RawFd,
+    pub(super) state: Arc<MemberState>,
 }
 
 /// This process's handles (a [`ForkLock`]: a fork never strands it locked).
