@@ -377,21 +377,9 @@ fn holder() {
     let me: u64 = env_req("SA_PROC").parse().unwrap();
     let ctl = Offset::new(env_req("SA_CTL").parse().unwrap());
     let mut rng = common::Rng::new(0xB10C + me);
-    // First a churn of small and large blocks, all freed again in random order.
-    let mut churn: Vec<Offset> = (0..400)
-        .map(|_| {
-            let size = if rng.below(4) == 0 {
-                4096 + rng.below(60 * 1024) as usize
-            } else {
-                16 + rng.below(2033) as usize
-            };
-            a.allocate(size).unwrap()
-        })
-        .collect();
-    while !churn.is_empty() {
-        let i = rng.below(churn.len() as u64) as usize;
-        a.free(churn.swap_remove(i)).unwrap();
-    }
+    // (No churn before: after a history that filled much of the region, blocks
+    // kept in the caches and current spans sit anywhere in it; see the report of
+    // issue 17.)
     let mut held = Vec::new();
     let mut bytes = 0;
     // About 32 KiB of small blocks each: 512 KiB in all, under 1% of 64 MiB.
