@@ -115,6 +115,12 @@ fn small_shm_free_list_is_out_of_memory_not_sigbus() {
             "{small_err:?}"
         );
         let filled = blocks.len();
+        // Another handle, opened on the full file system, reads every block.
+        let b = FreeListAllocator::open(&name).unwrap();
+        for &o in &blocks {
+            assert_eq!(b.read(Offset::new(o.get() + MIB - 1), 1).unwrap(), [0xA5]);
+        }
+        drop(b);
         forged_view_of_uncommitted_page_is_an_error(&a);
         for o in blocks.into_iter().chain(small) {
             a.free(o).unwrap();
@@ -371,6 +377,9 @@ fn holder() {
     let me: u64 = env_req("SA_PROC").parse().unwrap();
     let ctl = Offset::new(env_req("SA_CTL").parse().unwrap());
     let mut rng = common::Rng::new(0xB10C + me);
+    // (No churn before: after a history that filled much of the region, blocks
+    // kept in the caches and current spans sit anywhere in it; see the report of
+    // issue 17.)
     let mut held = Vec::new();
     let mut bytes = 0;
     // About 32 KiB of small blocks each: 512 KiB in all, under 1% of 64 MiB.
@@ -479,4 +488,26 @@ fn fresh_allocator_gives_its_capacity_to_every_process() {
     let off = a.allocate(cap as usize).unwrap();
     a.free(off).unwrap();
     assert_eq!(a.audit().free_bytes, cap);
+}
+
+#[test]
+fn sixty_four_gib_is_accepted_and_cheap_until_used() {
+    let name = ShmName::new("64g");
+    let a = FreeListAllocator::create(name.as_str(), 64 << 30).unwrap();
+    let s = a.stats();
+    assert_eq!((s.capacity, s.committed_bytes), (64 << 30, MIB));
+    let small = a.allocate(64).unwrap();
+    let large = a.allocate(MIB as usize).unwrap();
+    a.write(large, &[1; 4096]).unwrap();
+    // One block may take everything but one page (a run's length has 24 bits).
+    let e = a.allocate(64 << 30).unwrap_err();
+    assert!(matches!(e, AllocError::TooLarge { .. }), "{e:?}");
+    let e = a.allocate((64 << 30) - 4096).unwrap_err();
+    assert!(matches!(e, AllocError::OutOfMemory { .. }), "{e:?}");
+    a.free(small).unwrap();
+    a.free(large).unwrap();
+    // Committed: the initial MiB and what the blocks took, not 64 GiB.
+    let s = a.audit();
+    assert!(s.committed_bytes <= 4 * MIB, "{s:?}");
+    assert_eq!((s.live_blocks, s.free_bytes), (Some(0), 64 << 30));
 }

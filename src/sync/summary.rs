@@ -363,6 +363,44 @@ mod tests {
         assert_eq!(s.last_below(999_999), None);
     }
 
+    /// Threads set, clear and claim bits of the same words at once; at rest, every
+    /// non-zero word has its summary bit set (no free item is ever hidden).
+    #[test]
+    fn concurrent_set_and_clear_never_hide_a_bit() {
+        let n = 64 * 64 * 8;
+        let w = make(n);
+        let s = Summary::new(&w, &Shape::new(n, 8)).unwrap();
+        std::thread::scope(|sc| {
+            for t in 0..4u64 {
+                sc.spawn(move || {
+                    let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    for _ in 0..200_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        // Few words, so that setters and clearers meet.
+                        let i = (x % 8) as usize * 64 * 64 + (x >> 32) as usize % 128;
+                        match x % 3 {
+                            0 => s.set(i),
+                            1 => s.clear(i),
+                            _ => {
+                                let _ = s.claim_first();
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        for (i, word) in s.levels[0].iter().enumerate() {
+            if word.load(Ordering::SeqCst) != 0 {
+                assert!(s.levels[1][i / 64].load(Ordering::SeqCst) & (1 << (i % 64)) != 0);
+                assert!(s.levels[2][i / 4096].load(Ordering::SeqCst) & (1 << (i / 64 % 64)) != 0);
+            }
+        }
+        let first = (0..n).find(|&i| s.is_set(i));
+        assert_eq!(s.first_from(0), first);
+    }
+
     #[test]
     fn runs_claim_and_roll_back() {
         let n = 10_000;

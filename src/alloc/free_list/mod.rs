@@ -594,8 +594,9 @@ impl FreeListAllocator {
     /// Runs a repair pass now: takes over the registry slots of dead handles,
     /// finishes or rolls back the operations they had in flight, returns empty spans
     /// and orphaned pages to the pool, and rebuilds the search hints. Allocation runs
-    /// this by itself before reporting out-of-memory; call it to see the numbers.
-    /// O(pages + registry slots).
+    /// the registry part by itself before reporting out-of-memory (and the sweep
+    /// over the pages when that finished a dead handle's operations); call this to
+    /// sweep now and see the numbers. O(committed pages + registry slots).
     pub fn reclaim(&self) -> Reclaimed {
         self.repair()
     }

@@ -10,7 +10,16 @@
 //! - The page hints (one bit per page, set = probably in use) are hints only: a
 //!   stale bit costs a retry, and repair rebuilds them from the state words.
 //! - Page `p`'s metadata line is `LINE` words: the state word, then the span's
-//!   block words; every index into the lines is checked against `pages`.
+//!   block words; every index into the lines is checked against the pages this
+//!   process has committed (`committed()`), never only against the maximum.
+//! - The free-page bitmap: bit set = page (probably) free. Small spans take the
+//!   lowest free page, large runs the highest that fits (see `large.rs`).
+//! - Growth: the data pages and their lines are committed (`fallocate`) first, then
+//!   the shared committed count moves (one CAS: one grower wins), then the new
+//!   pages' free bits are set. A crash before the CAS commits nothing anyone uses; a
+//!   crash after it leaves free pages without their bits, which the repair sweep
+//!   sets. A page and its line are never touched before this process committed it
+//!   itself (`refresh`), so a scribbled count cannot make it fault.
 
 use super::*;
 
