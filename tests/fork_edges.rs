@@ -78,7 +78,9 @@ fn exit_child(code: i32) -> ! {
 fn report_child(a: &FreeListAllocator, parent_slot: usize) {
     let alloc = match a.allocate(64) {
         Ok(_) => "ok".to_owned(),
-        Err(AllocError::Registry(SegmentError::LockLost { .. })) => "lost".to_owned(),
+        Err(AllocError::Registry(e)) if matches!(*e, SegmentError::LockLost { .. }) => {
+            "lost".to_owned()
+        }
         Err(e) => format!("error:{e:?}"),
     };
     let procs = a.processes();
@@ -291,7 +293,9 @@ fn a_handle_whose_descriptors_were_closed_stops() {
             }
         }
         let large = match a.allocate(3 * 4096) {
-            Err(AllocError::Registry(SegmentError::LockLost { .. })) => "lost".to_owned(),
+            Err(AllocError::Registry(e)) if matches!(*e, SegmentError::LockLost { .. }) => {
+                "lost".to_owned()
+            }
             other => format!("{other:?}"),
         };
         say(format!("small {}", got.join(",")));
