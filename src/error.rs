@@ -226,9 +226,10 @@ pub enum AllocError {
     Busy,
     /// The handle's place in the process registry failed: the registry is full
     /// (a fork child re-joining), its intent records are all in use, or it lost its
-    /// registry lock (see [`SegmentError`]). Nothing in the segment changed.
+    /// registry lock (see [`SegmentError`]). Nothing in the segment changed. (Boxed:
+    /// the error stays small, and so does every allocation's `Result`.)
     #[error("process registry: {0}")]
-    Registry(SegmentError),
+    Registry(Box<SegmentError>),
 }
 
 /// A read, write or pointer resolution was refused. Nothing in the segment changed.
@@ -365,9 +366,9 @@ pub enum FreeError {
     },
     /// The handle's place in the process registry failed: its intent records are
     /// all in use, or it lost its registry lock (see [`SegmentError`]). The block
-    /// was not freed.
+    /// was not freed. (Boxed: the error stays small.)
     #[error("process registry: {0}")]
-    Registry(SegmentError),
+    Registry(Box<SegmentError>),
 }
 
 impl AccessError {

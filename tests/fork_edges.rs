@@ -76,9 +76,16 @@ fn exit_child(code: i32) -> ! {
 
 /// What a fork child reports about its parent's slot and its own handle.
 fn report_child(a: &FreeListAllocator, parent_slot: usize) {
+    report_as("child", a, parent_slot);
+}
+
+/// [`report_child`] with another label (a grandchild's).
+fn report_as(label: &str, a: &FreeListAllocator, parent_slot: usize) {
     let alloc = match a.allocate(64) {
         Ok(_) => "ok".to_owned(),
-        Err(AllocError::Registry(SegmentError::LockLost { .. })) => "lost".to_owned(),
+        Err(AllocError::Registry(e)) if matches!(*e, SegmentError::LockLost { .. }) => {
+            "lost".to_owned()
+        }
         Err(e) => format!("error:{e:?}"),
     };
     let procs = a.processes();
@@ -89,16 +96,20 @@ fn report_child(a: &FreeListAllocator, parent_slot: usize) {
     let own = procs.iter().find(|p| p.is_self).map(|p| p.slot);
     let reclaimed = a.reclaim().dead_slots;
     say(format!(
-        "child alloc={alloc} parent_alive={parent_alive:?} own={own:?} reclaimed={reclaimed}"
+        "{label} alloc={alloc} parent_alive={parent_alive:?} own={own:?} reclaimed={reclaimed}"
     ));
 }
 
 /// The child's line is either "it got a lock of its own" or "its handle refuses".
 fn check_child_line(lines: &[String], parent_slot: usize) {
+    check_line_of("child ", lines, parent_slot);
+}
+
+fn check_line_of(label: &str, lines: &[String], parent_slot: usize) {
     let line = lines
         .iter()
-        .find(|l| l.starts_with("child "))
-        .unwrap_or_else(|| panic!("no child line in {lines:?}"));
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label}line in {lines:?}"));
     assert!(
         line.contains("parent_alive=Some(true)"),
         "the child saw its live parent as dead: {line}"
@@ -156,7 +167,14 @@ fn fork_at_the_descriptor_limit_never_shares_the_parents_lock() {
             filled += 1;
         }
         assert!(filled > 0);
-        fork_and_wait("fd-full child", || report_child(&a, me.slot));
+        fork_and_wait("fd-full child", || {
+            report_child(&a, me.slot);
+            // Its own fork, still at the limit: the grandchild gets a lock of its
+            // own too (or refuses), and sees its live grandparent as alive.
+            fork_and_wait("fd-full grandchild", || {
+                report_as("grandchild", &a, me.slot)
+            });
+        });
         a.free(keep).unwrap();
         say("parent done");
         return;
@@ -168,10 +186,11 @@ fn fork_at_the_descriptor_limit_never_shares_the_parents_lock() {
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let lines = run_role(ENTRY, "fd-full", &name);
     check_child_line(&lines, parent_slot(&lines));
+    check_line_of("grandchild ", &lines, parent_slot(&lines));
     assert!(lines.iter().any(|l| l == "parent done"), "{lines:?}");
     a.reclaim();
-    // The child's own block (its code held it when it exited).
-    assert_eq!(a.stats().live_blocks, Some(1), "{lines:?}");
+    // The child's and the grandchild's own blocks (their code held them at exit).
+    assert_eq!(a.stats().live_blocks, Some(2), "{lines:?}");
 }
 
 /// Issue 16, 1 and 8: without `/proc` at fork time the child cannot re-open its
@@ -291,7 +310,9 @@ fn a_handle_whose_descriptors_were_closed_stops() {
             }
         }
         let large = match a.allocate(3 * 4096) {
-            Err(AllocError::Registry(SegmentError::LockLost { .. })) => "lost".to_owned(),
+            Err(AllocError::Registry(e)) if matches!(*e, SegmentError::LockLost { .. }) => {
+                "lost".to_owned()
+            }
             other => format!("{other:?}"),
         };
         say(format!("small {}", got.join(",")));

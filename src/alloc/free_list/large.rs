@@ -272,7 +272,7 @@ impl FreeListAllocator {
                     expected: next(st, KIND_FREE, 0, 0),
                 },
             )
-            .map_err(FreeError::Registry)?;
+            .map_err(|e| FreeError::Registry(Box::new(e)))?;
         // Only one of two racing frees wins this CAS: the other sees a double free.
         if self
             .state(s)

@@ -656,13 +656,15 @@ impl FreeListAllocator {
     }
 
     fn my_slot(&self) -> Result<usize, AllocError> {
-        self.member.slot(&self.seg).map_err(AllocError::Registry)
+        self.member
+            .slot(&self.seg)
+            .map_err(|e| AllocError::Registry(Box::new(e)))
     }
 
     fn intend(&self, intent: Intent) -> Result<process::IntentGuard<'_>, AllocError> {
         self.member
             .intend(&self.seg, intent)
-            .map_err(AllocError::Registry)
+            .map_err(|e| AllocError::Registry(Box::new(e)))
     }
 
     /// `free` past the cache fast path: every check again, with its precise error.
