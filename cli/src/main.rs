@@ -125,6 +125,8 @@ enum Cmd {
 }
 
 /// An opened segment of any kind.
+// One handle per run of the tool: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Handle {
     FreeList(FreeListAllocator),
     Slab(SlabAllocator),

@@ -311,6 +311,7 @@ pub struct Check {
     pub checked: u64,
     pub in_flight: u64,
     pub cached_blocks: u64,
+    pub counter_drift: Option<String>,
 }
 
 impl From<&Consistency> for Check {
@@ -321,6 +322,7 @@ impl From<&Consistency> for Check {
             checked: c.checked,
             in_flight: c.in_flight,
             cached_blocks: c.cached_blocks,
+            counter_drift: c.counter_drift.clone(),
         }
     }
 }
@@ -328,6 +330,9 @@ impl From<&Consistency> for Check {
 pub fn print_check(c: &Check) {
     for p in &c.problems {
         println!("problem: {p}");
+    }
+    if let Some(d) = &c.counter_drift {
+        println!("note: {d} (counters left off by a killed process; audit() is exact)");
     }
     println!(
         "{}: {} unit(s) checked, {} in flight (skipped), {} cached block(s) checked, {} problem(s)",

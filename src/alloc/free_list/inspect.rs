@@ -126,54 +126,6 @@ impl FreeListAllocator {
     }
 }
 
-impl FreeListAllocator {
-    /// Live blocks, live bytes and cached bytes counted from the metadata itself
-    /// (page lines and caches), by the rules `stats()` documents.
-    fn counted_from_metadata(&self) -> (u64, u64, u64) {
-        let mut cached_in: std::collections::HashMap<usize, u64> = Default::default();
-        let mut cached_bytes = 0;
-        if self.depth != 0 {
-            for slot in 0..process::SLOTS {
-                for (c, &size) in SIZE_CLASSES.iter().enumerate() {
-                    for off in self.mag(slot, c).entries().filter(|&o| self.in_data(o)) {
-                        *cached_in
-                            .entry(self.locate(off - self.data_off).0)
-                            .or_default() += 1;
-                        cached_bytes += u64::from(size);
-                    }
-                }
-            }
-        }
-        let (mut blocks, mut bytes) = (0, 0);
-        for p in 0..self.pages {
-            let line = self.line(p);
-            let st = line[PM_STATE].load(Ordering::Acquire);
-            match kind(st) {
-                KIND_SMALL if class(st) < NCLASS => {
-                    let (c, tag) = (class(st), tag_of(st));
-                    let taken: u64 = (0..words_of(c))
-                        .map(|w| line[PM_WORDS + w].load(Ordering::Acquire))
-                        .enumerate()
-                        .filter(|&(_, v)| v >> BITS == tag)
-                        .map(|(w, v)| {
-                            u64::from((v & BITS_MASK & !open_empty(w, c, tag)).count_ones())
-                        })
-                        .sum();
-                    let used = taken.saturating_sub(cached_in.get(&p).copied().unwrap_or(0));
-                    blocks += used;
-                    bytes += used * u64::from(SIZE_CLASSES[c]);
-                }
-                KIND_LARGE => {
-                    blocks += 1;
-                    bytes += run_len(st).min(self.pages as u64) * PAGE;
-                }
-                _ => {}
-            }
-        }
-        (blocks, bytes, cached_bytes)
-    }
-}
-
 impl Inspect for FreeListAllocator {
     fn registry(&self) -> RegistryInfo {
         process::registry_info(&self.seg, self.member.current())
@@ -310,10 +262,15 @@ impl Inspect for FreeListAllocator {
         // nothing is in flight: otherwise they may differ by what is moving).
         if out.in_flight == 0 && self.registry().dead() == 0 {
             let st = self.stats();
-            let (blocks, bytes, cached) = self.counted_from_metadata();
+            let exact = self.audit();
+            let (blocks, bytes, cached) = (
+                exact.live_blocks.unwrap_or(0),
+                exact.live_bytes,
+                exact.cached_bytes,
+            );
             let found = (st.live_blocks.unwrap_or(0), st.live_bytes, st.cached_bytes);
             if found != (blocks, bytes, cached) {
-                out.problems.push(format!(
+                out.counter_drift = Some(format!(
                     "stats() says {found:?} (live blocks, live bytes, cached bytes), \
                      the metadata {:?}",
                     (blocks, bytes, cached)
