@@ -67,6 +67,13 @@ macro_rules! allocator_class {
                     )
                 })?;
                 let off = core.abs(py, rel, len)?;
+                // Views obey the segment's mode exactly as `write` does (read-only
+                // ones too: a typed segment's blocks change under typed handles'
+                // rules, not plain memory).
+                core.alloc
+                    .segment()
+                    .require_raw()
+                    .map_err(|e| crate::errors::access(py, e, rel as u64, len))?;
                 core.alloc
                     .check_range(off, len)
                     .map_err(|e| crate::errors::access(py, e, rel as u64, len))?;

@@ -102,7 +102,24 @@ pub struct Stats {
 /// The raw interface of every allocator: bytes at offsets, checked.
 ///
 /// Import it (or [`crate::prelude`]) to call these methods.
-pub trait ShmAllocator: Send + Sync {
+///
+/// # Safety
+/// The typed layer's unsafe code turns what this trait answers into references, so
+/// an implementation promises, for every handle in every process of the segment:
+/// - [`segment`](Self::segment) is the one segment the blocks live in, the same for
+///   every call;
+/// - [`allocate_aligned`](Self::allocate_aligned) returns the start of a block of at
+///   least `size` bytes, aligned to `align`, inside the data region, that overlaps
+///   no other live block (in any process) until it is freed;
+/// - [`check_range`](Self::check_range) is `Ok` only for a range inside one live
+///   block, and [`check_block_start`](Self::check_block_start) only for the start
+///   of one, both decided from allocator metadata that no safe API of this crate
+///   writes (never from bytes inside the data region's blocks);
+/// - a block stays live (is not handed out again) until it is freed.
+///
+/// The allocators of this crate are the implementations; a new one must prove
+/// each point (the multi-process conformance tests are the check).
+pub unsafe trait ShmAllocator: Send + Sync {
     /// The kind stored in the segment header.
     const KIND: AllocatorKind;
 
@@ -130,6 +147,22 @@ pub trait ShmAllocator: Send + Sync {
     /// # Errors
     /// [`AccessError::Null`], [`AccessError::OutOfBounds`], [`AccessError::NotAllocated`].
     fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError>;
+
+    /// Checks, from allocator metadata only, that `offset` is the start of a live
+    /// block (not inside one, not free, not in a handle's cache). What tokens and
+    /// other handles built from numbers are checked against: in a segment of typed
+    /// handles every block start holds a header only this crate writes.
+    ///
+    /// # Errors
+    /// [`AccessError::NotBlockStart`] (the default: allocators without individual
+    /// blocks), [`AccessError::Null`], [`AccessError::OutOfBounds`],
+    /// [`AccessError::Corrupted`].
+    #[doc(hidden)]
+    fn check_block_start(&self, offset: Offset) -> Result<(), AccessError> {
+        Err(AccessError::NotBlockStart {
+            offset: offset.get(),
+        })
+    }
 
     /// Copies `data` into the block at `offset` (which may point inside a block),
     /// with byte-wise atomic stores. Decides the segment's mode as
@@ -214,7 +247,13 @@ pub trait ShmAllocator: Send + Sync {
 }
 
 /// Allocators that free blocks one at a time.
-pub trait ShmFree: ShmAllocator {
+///
+/// # Safety
+/// Beyond [`ShmAllocator`]'s promises: [`free_owned`](Self::free_owned) frees at most
+/// the one block that starts at its offset (never a block it was not given, never
+/// a block twice), and [`grow_in_place`](Self::grow_in_place) returns `true` only if
+/// the block now spans `new_size` bytes that overlap no other live block.
+pub unsafe trait ShmFree: ShmAllocator {
     /// Frees the raw block starting at `offset`. Decides the segment's mode as
     /// [`Raw`](crate::segment::SegmentMode::Raw) if unset.
     ///
@@ -235,6 +274,12 @@ pub trait ShmFree: ShmAllocator {
                     what: "segment mode word",
                 })
             }
+        }
+        // Roots are never freed: other processes hold `&T` from `root` (no pin).
+        if crate::typed::roots::is_root_block(self, offset) {
+            return Err(FreeError::Root {
+                offset: offset.get(),
+            });
         }
         // SAFETY: the segment is in raw mode, so no typed handle (in any process)
         // owns a block of it or holds a non-atomic reference into one; raw readers

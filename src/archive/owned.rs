@@ -61,6 +61,8 @@ pub struct ShmArchive<'a, T: ShmArchivable, A: ShmFree> {
     alloc: &'a A,
     span: Span,
     validated: AtomicBool,
+    /// Fork epoch of the owning process: a `fork` child's copy owns nothing.
+    fork: u64,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -117,6 +119,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
                 alloc,
                 span: Span { block, len },
                 validated: AtomicBool::new(false),
+                fork: crate::process::fork_epoch(),
                 _type: PhantomData,
             })),
             Ok(len) => {
@@ -159,6 +162,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
         }
         let owner = OwnedHeader::at(alloc, block)?;
         owner.redeem(
+            alloc,
             block,
             token.nonce(),
             std::any::type_name::<T>(),
@@ -171,6 +175,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
                 alloc,
                 span,
                 validated: AtomicBool::new(true),
+                fork: crate::process::fork_epoch(),
                 _type: PhantomData,
             }),
             Err(e) => {
@@ -180,14 +185,31 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
         }
     }
 
+    /// [`AccessError::Forked`](crate::AccessError::Forked) in a `fork` child's
+    /// copy of a handle its parent owns.
+    fn check_owner(&self) -> Result<(), ArchiveError> {
+        let now = crate::process::fork_epoch();
+        if self.fork != now {
+            return Err(crate::AccessError::Forked {
+                handle_epoch: self.fork,
+                current_epoch: now,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// Gives the archive away: returns the token another process takes it with
     /// (once), and gives up this handle (and with it any access from this side).
+    /// In a `fork` child's copy of a parent's handle, the token is one that can
+    /// never be redeemed (the parent still owns the block).
     pub fn into_token(self) -> ArchiveToken<T> {
         let block = self.span.block;
         let nonce = match OwnedHeader::at(self.alloc, block) {
-            Ok(owner) => owner.issue(self.alloc),
-            // The block was freed behind our back: a token that can never be redeemed.
-            Err(_) => 0,
+            Ok(owner) if self.check_owner().is_ok() => owner.issue(self.alloc),
+            // The block was freed behind our back, or this is a fork child's copy:
+            // a token that can never be redeemed.
+            _ => 0,
         };
         std::mem::forget(self);
         ArchiveToken::new(block, nonce)
@@ -200,9 +222,11 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     /// the block is still allocated (cheap).
     ///
     /// # Errors
-    /// [`ArchiveError::Access`] if the block was freed by someone else; on the
+    /// [`ArchiveError::Access`] if the block was freed by someone else (or
+    /// [`AccessError::Forked`](crate::AccessError::Forked) in a fork child); on the
     /// first call of a writer's handle, the validation errors of `from_token`.
     pub fn access(&self) -> Result<&Archived<T>, ArchiveError> {
+        self.check_owner()?;
         let bytes = self.span.bytes(self.alloc)?;
         if !self.validated.load(Ordering::Acquire) {
             // This process wrote and checksummed the bytes; bytecheck proves
@@ -271,6 +295,9 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
 
 impl<T: ShmArchivable, A: ShmFree> Drop for ShmArchive<'_, T, A> {
     fn drop(&mut self) {
+        if self.check_owner().is_err() {
+            return; // a fork child's copy: the parent owns the block
+        }
         if let Ok(owner) = OwnedHeader::at(self.alloc, self.span.block) {
             owner.release();
         }

@@ -595,6 +595,18 @@ impl Segment {
         }
     }
 
+    /// Decides the segment's mode as [`SegmentMode::Raw`] if it is unset; an error
+    /// in a segment of typed handles. What every access to a block's bytes outside
+    /// the typed API checks first (raw `write` and `free`, and bindings that hand out
+    /// views of raw bytes, such as the Python package's `view()`, read-only ones
+    /// included: a typed segment's blocks are not plain memory).
+    ///
+    /// # Errors
+    /// [`AccessError::WrongMode`] in a typed segment.
+    pub fn require_raw(&self) -> Result<(), AccessError> {
+        self.claim_mode(SegmentMode::Raw)
+    }
+
     /// Decides the segment's mode as `want` if it is unset; errors if it was
     /// decided otherwise.
     #[inline]

@@ -466,4 +466,6 @@ impl<T: ShmSafe + fmt::Debug> fmt::Debug for ShmMutexGuard<'_, T> {
 // SAFETY: the lock word is atomic and the value is inside an UnsafeCell that only
 // the holder of the lock (one handle in one process at a time) touches, so the
 // shared API is sound when other processes call it at once.
-unsafe impl<T: ShmSafe> crate::typed::ShmSync for ShmMutex<T> {}
+unsafe impl<T: ShmSafe> crate::typed::ShmShared for ShmMutex<T> {
+    const ATOMIC_ONLY: bool = false;
+}

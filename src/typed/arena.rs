@@ -22,7 +22,7 @@ use std::sync::atomic::{fence, Ordering};
 use crate::alloc::{BumpAllocator, Offset, ShmAllocator, MAX_ALIGN};
 use crate::error::{AccessError, ArenaError};
 use crate::process::{fork_epoch, Pin};
-use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
+use crate::typed::{layout_checked, raw, ShmSafe};
 
 /// A typed allocation scope over a bump allocator. Created by
 /// [`BumpAllocator::arena`]; holds the allocator mutably so that neither
@@ -250,6 +250,7 @@ impl<'b> Arena<'b> {
         Ok(ArenaBox {
             bump: self.bump,
             ptr: ArenaPtr::new(off, epoch, 1),
+            fork: fork_epoch(),
         })
     }
 
@@ -276,6 +277,7 @@ impl<'b> Arena<'b> {
         Ok(ArenaBox {
             bump: self.bump,
             ptr: ArenaPtr::new(off, epoch, values.len() as u64),
+            fork: fork_epoch(),
         })
     }
 
@@ -344,6 +346,8 @@ impl<T: ?Sized + std::fmt::Display> std::fmt::Display for ArenaRef<'_, T> {
 pub struct ArenaBox<'a, T> {
     bump: &'a BumpAllocator,
     ptr: ArenaPtr<T>,
+    /// The fork epoch the arena's pin protects: a fork child's copy pins anew.
+    fork: u64,
 }
 
 impl<'a, T: ShmSafe> ArenaBox<'a, T> {
@@ -353,9 +357,21 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     /// # Errors
     /// [`AccessError::Stale`] if any process reset the bump allocator since.
     pub fn get(&self) -> Result<ArenaRef<'a, T>, AccessError> {
-        // The arena this value borrows pins the region: no second pin.
-        self.ptr.check_epoch(self.bump)?;
-        raw::value_at(self.bump, self.ptr.offset()).map(|v| ArenaRef::new(v, None))
+        let pin = self.own_pin()?;
+        raw::value_at(self.bump, self.ptr.offset()).map(|v| ArenaRef::new(v, pin))
+    }
+
+    /// In the process that made the value, the arena it borrows pins the region:
+    /// no second pin (just the epoch check). In a fork child, that pin is the
+    /// parent's and protects nothing here: the view takes its own.
+    #[inline]
+    fn own_pin(&self) -> Result<Option<Pin>, AccessError> {
+        if self.fork == fork_epoch() {
+            self.ptr.check_epoch(self.bump)?;
+            Ok(None)
+        } else {
+            self.ptr.pin(self.bump).map(Some)
+        }
     }
 
     /// The elements of a slice allocation.
@@ -363,9 +379,9 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     /// # Errors
     /// As [`get`](ArenaBox::get).
     pub fn get_slice(&self) -> Result<ArenaRef<'a, [T]>, AccessError> {
-        self.ptr.check_epoch(self.bump)?;
-        raw::slice_at(self.bump, self.ptr.offset(), self.ptr.len as usize)
-            .map(|v| ArenaRef::new(v, None))
+        let pin = self.own_pin()?;
+        raw::slice_at(self.bump, self.ptr.offset(), self.ptr.len())
+            .map(|v| ArenaRef::new(v, pin))
     }
 
     /// The handle to send to other processes.
@@ -373,6 +389,9 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
         self.ptr
     }
 }
+
+/// The bit of `ArenaPtr::len` that marks a handle rebuilt from numbers.
+const FROM_NUMBERS: u64 = 1 << 63;
 
 /// A cross-process handle to an arena allocation: offset, epoch and element count.
 /// [`ShmSafe`], so it can itself be stored in shared memory.
@@ -383,7 +402,17 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
 /// [`get`](ArenaPtr::get) ([`ArenaRef`]) pin the region, so no reset by a
 /// cooperating process reuses their bytes while they live; they trust untrusted
 /// writers (a process scribbling on the segment) not to write there.
-#[derive(zerocopy::FromBytes, zerocopy::KnownLayout, zerocopy::Immutable)]
+///
+/// A view ([`get`](ArenaPtr::get)) is a claim that this crate wrote the bytes the
+/// handle names: a view of bytes the arena has reserved but not written yet would
+/// change under the `&T` when the arena later fills them. So a handle rebuilt from
+/// numbers ([`from_parts`](ArenaPtr::from_parts)) gives copies only
+/// ([`read`](ArenaPtr::read), sound for any numbers; `get` is
+/// [`AccessError::Unverified`]), views need the `unsafe`
+/// [`from_parts_unchecked`](ArenaPtr::from_parts_unchecked), and the type is
+/// deliberately not `ShmSafe`, `bytemuck::Pod` or `zerocopy::FromBytes` (send its
+/// three numbers instead, as `examples/arena_pipeline.rs` does).
+#[derive(zerocopy::KnownLayout, zerocopy::Immutable)]
 #[repr(C)]
 pub struct ArenaPtr<T> {
     offset: u64,
@@ -409,12 +438,17 @@ impl<T> ArenaPtr<T> {
 
     /// Number of elements (1 for a single value).
     pub fn len(&self) -> usize {
-        self.len as usize
+        (self.len & !FROM_NUMBERS) as usize
     }
 
     /// Whether this handle covers no elements.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// Whether this handle was rebuilt from numbers (copies only).
+    pub fn is_from_numbers(&self) -> bool {
+        self.len & FROM_NUMBERS != 0
     }
 
     /// The offset of the first element.
@@ -422,9 +456,36 @@ impl<T> ArenaPtr<T> {
         Offset::new(self.offset)
     }
 
-    /// Rebuilds a handle from its three numbers (as sent by another process).
+    /// Rebuilds a handle from its three numbers (as sent by another process), for
+    /// copies: [`read`](Self::read) checks epoch, bounds and liveness and is sound
+    /// for any numbers; views ([`get`](Self::get)) are refused with
+    /// [`AccessError::Unverified`] (nothing proves the arena wrote those bytes).
     pub fn from_parts(offset: u64, epoch: u64, len: u64) -> Self {
-        ArenaPtr::new(Offset::new(offset), epoch, len)
+        ArenaPtr::new(Offset::new(offset), epoch, (len & !FROM_NUMBERS) | FROM_NUMBERS)
+    }
+
+    /// Rebuilds a handle from its three numbers, for views too.
+    ///
+    /// # Safety
+    /// The numbers are [`offset`](Self::offset), [`epoch`](Self::epoch) and
+    /// [`len`](Self::len) of an `ArenaPtr<T>` (or [`ArenaBox::handle`]) that this
+    /// crate made in the same segment, unchanged: then every element lies in bytes
+    /// the arena has written (and never writes again in that epoch). Numbers that
+    /// name bytes an arena reserved but has not written yet would give a view that
+    /// changes when the arena fills them. A stale epoch is still checked
+    /// ([`AccessError::Stale`]), and bounds and alignment too.
+    pub unsafe fn from_parts_unchecked(offset: u64, epoch: u64, len: u64) -> Self {
+        ArenaPtr::new(Offset::new(offset), epoch, len & !FROM_NUMBERS)
+    }
+
+    /// A view needs a handle this crate made (or an `unsafe` caller vouched for).
+    fn check_viewable(&self) -> Result<(), AccessError> {
+        if self.is_from_numbers() {
+            return Err(AccessError::Unverified {
+                offset: self.offset,
+            });
+        }
+        Ok(())
     }
 
     /// Pins the region for a view of this handle's epoch: `Stale` if a reset
@@ -461,6 +522,7 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// [`AccessError::Stale`] after a reset; bounds and alignment errors otherwise.
     pub fn get<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, T>, AccessError> {
         let _ = layout_checked::<T>();
+        self.check_viewable()?;
         let pin = self.pin(bump)?;
         raw::value_at(bump, self.offset()).map(|v| ArenaRef::new(v, Some(pin)))
     }
@@ -471,8 +533,9 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// As [`get`](ArenaPtr::get).
     pub fn get_slice<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, [T]>, AccessError> {
         let _ = layout_checked::<T>();
+        self.check_viewable()?;
         let pin = self.pin(bump)?;
-        raw::slice_at(bump, self.offset(), self.len as usize).map(|v| ArenaRef::new(v, Some(pin)))
+        raw::slice_at(bump, self.offset(), self.len()).map(|v| ArenaRef::new(v, Some(pin)))
     }
 
     /// Copies the elements out with byte-wise atomic loads, then re-checks the
@@ -490,10 +553,7 @@ impl<T: ShmSafe> ArenaPtr<T> {
     {
         let _ = layout_checked::<T>();
         self.check_epoch(bump)?;
-        let len = usize::try_from(self.len).map_err(|_| AccessError::NotAllocated {
-            offset: self.offset,
-            len: self.len,
-        })?;
+        let len = self.len();
         let mut v = Vec::new();
         raw::copy_out(bump, self.offset(), len, &mut v)?;
         fence(Ordering::Acquire);
@@ -527,14 +587,3 @@ impl<T> std::fmt::Debug for ArenaPtr<T> {
     }
 }
 
-// SAFETY: repr(C) of three u64 and a zero-sized PhantomData: all-zero is valid.
-unsafe impl<T: 'static> bytemuck::Zeroable for ArenaPtr<T> {}
-// SAFETY: repr(C) of three u64 and a ZST: no padding, every bit pattern valid,
-// Copy + 'static. (zerocopy's IntoBytes derive cannot see through the generic.)
-unsafe impl<T: 'static> bytemuck::Pod for ArenaPtr<T> {}
-
-// SAFETY: repr(C) of three u64 and a zero-sized PhantomData: no padding, every bit
-// pattern valid, no pointers (offsets), fixed layout.
-unsafe impl<T: 'static> ShmSafe for ArenaPtr<T> {
-    const FINGERPRINT: u64 = fingerprint::primitive("ArenaPtr", 24, 8);
-}

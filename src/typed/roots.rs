@@ -21,8 +21,19 @@
 //! same first EMPTY slot.
 //!
 //! Roots are shared by every process, so `root` gives a shared `&T` only for
-//! [`ShmSync`] types (atomics, token slots): the *concurrently mutable* state of the
-//! safety model. Bump allocators have no roots: a reset would release the objects.
+//! [`ShmShared`] types: [`ShmSync`] ones (atomics, token slots), in a segment of
+//! either mode, and the coordination types (locks, channels), which put the
+//! segment in typed mode so that nothing raw writes or frees their blocks. This is
+//! the *concurrently mutable* state of the safety model. Bump allocators have no
+//! roots: a reset would release the objects.
+//!
+//! Every root object's block, and the overflow block, starts with a
+//! [`PINNED`] header (no token can name it) and is **never freed**: removing a
+//! root leaves a tombstone and the object allocated, and a raw `free` of a root's
+//! block is [`FreeError::Root`](crate::FreeError::Root). (In a raw segment that
+//! check reads the block's header and the directory, which raw writes can reach;
+//! a process that scribbles on them can make a root freeable, and since every
+//! byte of a raw segment's roots is atomic that is a wrong value, never UB.)
 
 use std::mem::{align_of, size_of};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +42,8 @@ use std::time::{Duration, Instant};
 use crate::alloc::{Offset, ShmAllocator};
 use crate::error::{AccessError, Error};
 use crate::segment::{AllocatorKind, ROOTS_LEN, ROOTS_OFFSET};
-use crate::typed::{layout_checked, raw, ShmSync};
+use crate::typed::token::{payload_offset, OwnedHeader, PINNED};
+use crate::typed::{fingerprint, layout_checked, raw, ShmShared};
 
 /// Longest root name, in bytes.
 pub const MAX_ROOT_NAME: usize = 48;
@@ -42,6 +54,8 @@ const ENTRY_BYTES: u64 = (ENTRY_WORDS * 8) as u64;
 /// directory pointer, reserved).
 pub(crate) const CONTROL_BYTES: u64 = 64;
 const W_CTRL_OVERFLOW: usize = 1;
+/// Fingerprint in the [`PINNED`] header of the overflow directory block.
+const DIRECTORY_FP: u64 = fingerprint::primitive("RootDirectory", 128, 64);
 /// Roots whose entries live in the header region.
 pub const FIXED_ROOTS: usize = ((ROOTS_LEN - CONTROL_BYTES) / ENTRY_BYTES) as usize;
 /// Roots whose entries live in the overflow block.
@@ -133,7 +147,10 @@ pub trait Roots: ShmAllocator {
     /// fingerprint); [`Error::InvalidRootName`], [`Error::RootTableFull`],
     /// [`Error::RootBusy`], [`Error::RootsUnsupported`] (bump allocator),
     /// allocation and access errors.
-    fn root<T: ShmSync>(&self, name: &str) -> Result<&T, Error> {
+    ///
+    /// A `T` that is not [`ShmSync`](crate::typed::ShmSync) (a lock, a channel) puts the segment in typed
+    /// mode ([`AccessError::WrongMode`] in a raw one).
+    fn root<T: ShmShared>(&self, name: &str) -> Result<&T, Error> {
         self.root_with(name, zeroed::<T>)
     }
 
@@ -143,7 +160,7 @@ pub trait Roots: ShmAllocator {
     ///
     /// # Errors
     /// As [`root`](Roots::root).
-    fn root_with<T: ShmSync>(&self, name: &str, init: impl FnOnce() -> T) -> Result<&T, Error> {
+    fn root_with<T: ShmShared>(&self, name: &str, init: impl FnOnce() -> T) -> Result<&T, Error> {
         find_or_create(self, name, init)
     }
 
@@ -172,7 +189,7 @@ pub trait Roots: ShmAllocator {
 impl<A: ShmAllocator> Roots for A {}
 
 /// A `T` of all-zero bytes.
-fn zeroed<T: ShmSync>() -> T {
+fn zeroed<T: ShmShared>() -> T {
     // SAFETY: T: ShmSafe is valid for every bit pattern, all zeros included.
     unsafe { std::mem::zeroed() }
 }
@@ -278,7 +295,9 @@ impl<'a> Directory<'a> {
             if claimed {
                 let made = (|| {
                     let words = OVERFLOW_ROOTS * ENTRY_WORDS;
-                    let off = alloc.allocate_aligned(words * 8, 64)?;
+                    let block = alloc.allocate_aligned(64 + words * 8, 64)?;
+                    OwnedHeader::init_pinned(alloc, block, DIRECTORY_FP)?;
+                    let off = Offset::new(block.get() + 64);
                     raw::write_fresh(alloc, off, (0..words).map(|_| AtomicU64::new(0)))?;
                     Ok::<Offset, Error>(off)
                 })();
@@ -331,12 +350,17 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
+fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmShared>(
     alloc: &'a A,
     name: &str,
     init: impl FnOnce() -> T,
 ) -> Result<&'a T, Error> {
     let _ = layout_checked::<T>();
+    if !T::ATOMIC_ONLY {
+        // Not every byte atomic: only the type's own API may touch it, so no raw
+        // write, free or view may ever reach the block.
+        raw::require_typed(alloc)?;
+    }
     check_name(name)?;
     let mut dir = Directory::open(alloc)?;
     let me = alloc.liveness_token();
@@ -410,7 +434,7 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
     })
 }
 
-fn create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
+fn create<'a, A: ShmAllocator + ?Sized, T: ShmShared>(
     alloc: &'a A,
     e: &[AtomicU64],
     name: &str,
@@ -429,7 +453,14 @@ fn create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
     e[W_FP].store(layout_checked::<T>(), Ordering::Relaxed);
     // The epoch before allocating: the block belongs to this epoch or a later one.
     e[W_EPOCH].store(alloc.epoch(), Ordering::Relaxed);
-    let off = alloc.allocate_aligned(size_of::<T>().max(1), align_of::<T>())?;
+    // The block starts with a PINNED header (so its start is never bytes the
+    // object's users write); the object follows it. Never freed (roots outlive
+    // every `&T` handed out, which carry no pin).
+    let pay = payload_offset(align_of::<T>());
+    let block =
+        alloc.allocate_aligned(pay as usize + size_of::<T>().max(1), align_of::<T>().max(8))?;
+    OwnedHeader::init_pinned(alloc, block, layout_checked::<T>())?;
+    let off = Offset::new(block.get() + pay);
     let v = raw::write_fresh(alloc, off, std::iter::once(value))?;
     e[W_OFF].store(off.get(), Ordering::Relaxed);
     e[W_STATE].store(READY, Ordering::Release);
@@ -437,7 +468,7 @@ fn create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
     Ok(&v[0])
 }
 
-fn resolve<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
+fn resolve<'a, A: ShmAllocator + ?Sized, T: ShmShared>(
     alloc: &'a A,
     e: &[AtomicU64],
     name: &str,
@@ -514,4 +545,36 @@ fn remove<A: ShmAllocator + ?Sized>(alloc: &A, name: &str) -> Result<bool, Error
         }
     }
     Ok(false)
+}
+
+/// Whether the block that starts at `block` is a root's object or the overflow
+/// directory: what a raw `free` refuses (roots are never freed). Cheap for every
+/// other block: one atomic load of its first word, which only a root's
+/// [`PINNED`] header (or raw bytes that equal it) holds.
+pub(crate) fn is_root_block<A: ShmAllocator + ?Sized>(alloc: &A, block: Offset) -> bool {
+    if A::KIND == AllocatorKind::Bump {
+        return false;
+    }
+    let Some(h) = alloc.segment().words(block.get(), 2) else {
+        return false;
+    };
+    if h[0].load(Ordering::Acquire) != PINNED {
+        return false;
+    }
+    let Ok(dir) = Directory::open(alloc) else {
+        // A directory we cannot read protects nothing; refuse to guess wrong.
+        return true;
+    };
+    if dir.overflow_ptr.load(Ordering::Acquire) == block.get() + 64 {
+        return true;
+    }
+    let fp = h[1].load(Ordering::Relaxed);
+    (0..MAX_ROOTS).map_while(|i| dir.entry(i)).any(|e| {
+        let st = e[W_STATE].load(Ordering::Acquire);
+        let d = e[W_OFF].load(Ordering::Relaxed).wrapping_sub(block.get());
+        st != EMPTY
+            && e[W_FP].load(Ordering::Relaxed) == fp
+            && (16..=crate::alloc::MAX_ALIGN as u64).contains(&d)
+            && d.is_power_of_two()
+    })
 }
