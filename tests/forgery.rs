@@ -101,8 +101,11 @@ fn forged_box_token_inside_a_payload_is_refused_in_another_process() {
     assert_eq!(carrier[0], FORGED_NONCE, "nothing changed in the carrier");
     // Every word of the payload, as a token offset: none is a block start.
     for i in 0..16u64 {
-        let e = ShmBox::<[u64; 4], _>::from_token(&alloc, BoxToken::from_raw([at + 8 * i, FORGED_NONCE]))
-            .unwrap_err();
+        let e = ShmBox::<[u64; 4], _>::from_token(
+            &alloc,
+            BoxToken::from_raw([at + 8 * i, FORGED_NONCE]),
+        )
+        .unwrap_err();
         assert!(
             matches!(e, TokenError::Access(AccessError::NotBlockStart { .. })),
             "{e}"
@@ -153,7 +156,11 @@ fn forged_token_over_a_root_is_refused_and_the_root_stays() {
     assert!(verdict.starts_with("refused"), "{verdict}");
     root[2].store(5, Ordering::Relaxed);
     let again: &[AtomicU64; 4] = alloc.root("words").unwrap();
-    assert_eq!(again[2].load(Ordering::Relaxed), 5, "the root is still there");
+    assert_eq!(
+        again[2].load(Ordering::Relaxed),
+        5,
+        "the root is still there"
+    );
 }
 
 /// Class 1: an ArchiveToken over a byte-exact copy of a genuine archive (header,
@@ -291,7 +298,11 @@ fn fork_entry() {
                 matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
                 "{st:?}"
             );
-            assert_eq!(alloc.stats().live_blocks.unwrap(), live, "child freed nothing");
+            assert_eq!(
+                alloc.stats().live_blocks.unwrap(),
+                live,
+                "child freed nothing"
+            );
             assert_eq!(*b, [3; 4]);
             assert_eq!(v.as_slice(), &[1]);
             say("fork ok");

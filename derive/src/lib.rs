@@ -186,8 +186,9 @@ fn parse_shm_attrs(attrs: &[Attribute]) -> Result<ShmAttrs> {
                 shared = true;
                 Ok(())
             } else {
-                Err(meta
-                    .error("unknown `#[shm(...)]` option; expected `crate = \"path\"`, `sync` or `shared`"))
+                Err(meta.error(
+                    "unknown `#[shm(...)]` option; expected `crate = \"path\"`, `sync` or `shared`",
+                ))
             }
         })?;
     }

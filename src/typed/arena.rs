@@ -380,8 +380,7 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     /// As [`get`](ArenaBox::get).
     pub fn get_slice(&self) -> Result<ArenaRef<'a, [T]>, AccessError> {
         let pin = self.own_pin()?;
-        raw::slice_at(self.bump, self.ptr.offset(), self.ptr.len())
-            .map(|v| ArenaRef::new(v, pin))
+        raw::slice_at(self.bump, self.ptr.offset(), self.ptr.len()).map(|v| ArenaRef::new(v, pin))
     }
 
     /// The handle to send to other processes.
@@ -461,7 +460,11 @@ impl<T> ArenaPtr<T> {
     /// for any numbers; views ([`get`](Self::get)) are refused with
     /// [`AccessError::Unverified`] (nothing proves the arena wrote those bytes).
     pub fn from_parts(offset: u64, epoch: u64, len: u64) -> Self {
-        ArenaPtr::new(Offset::new(offset), epoch, (len & !FROM_NUMBERS) | FROM_NUMBERS)
+        ArenaPtr::new(
+            Offset::new(offset),
+            epoch,
+            (len & !FROM_NUMBERS) | FROM_NUMBERS,
+        )
     }
 
     /// Rebuilds a handle from its three numbers, for views too.
@@ -586,4 +589,3 @@ impl<T> std::fmt::Debug for ArenaPtr<T> {
         )
     }
 }
-

@@ -21,7 +21,7 @@
 //! same first EMPTY slot.
 //!
 //! Roots are shared by every process, so `root` gives a shared `&T` only for
-//! [`ShmShared`] types: [`ShmSync`] ones (atomics, token slots), in a segment of
+//! [`ShmShared`] types: [`ShmSync`](crate::typed::ShmSync) ones (atomics, token slots), in a segment of
 //! either mode, and the coordination types (locks, channels), which put the
 //! segment in typed mode so that nothing raw writes or frees their blocks. This is
 //! the *concurrently mutable* state of the safety model. Bump allocators have no

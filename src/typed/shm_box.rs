@@ -6,8 +6,8 @@ use std::ptr::NonNull;
 
 use crate::alloc::{Offset, ShmFree};
 use crate::error::{Error, TokenError};
-use crate::typed::token::{box_payload_offset, BoxHeader, BoxToken, OwnedHeader};
 use crate::process::fork_epoch;
+use crate::typed::token::{box_payload_offset, BoxHeader, BoxToken, OwnedHeader};
 use crate::typed::{layout_checked, raw, RelPtr, ShmPtr, ShmSafe};
 
 /// Owns one `T` in a shared segment, **exclusively**: it gives `&T`, and `&mut T`

@@ -199,6 +199,12 @@ pub unsafe trait ShmSync: ShmSafe {}
 /// several processes call it at once on the same bytes, as long as no other code
 /// writes them. Set [`ATOMIC_ONLY`](Self::ATOMIC_ONLY) to `true` only if the type
 /// is also [`ShmSync`] (the blanket impl does that).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be shared across processes: it is neither `ShmSync` nor `ShmShared`",
+    label = "`{Self}` is not `ShmShared`",
+    note = "a `&T` that every process may hold needs interior mutability (atomics, or a lock \
+            type such as `ShmMutex`); read plain data by copy (`read`) or through its owning handle"
+)]
 pub unsafe trait ShmShared: ShmSafe {
     /// Whether every byte is only ever accessed atomically ([`ShmSync`]): then the
     /// raw API may share the segment.

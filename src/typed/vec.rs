@@ -218,7 +218,11 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             if h.claim_word(Ordering::Relaxed) != PINNED {
                 return Err(corrupt("vector buffer is not a buffer block"));
             }
-            h.check(block, std::any::type_name::<Self>(), buffer_fingerprint::<T>())?;
+            h.check(
+                block,
+                std::any::type_name::<Self>(),
+                buffer_fingerprint::<T>(),
+            )?;
             (block, raw::checked_ptr::<T, A>(alloc, data, cap)?)
         };
         hdr.owner.redeem(
@@ -320,9 +324,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
                 return Ok(());
             }
         }
-        let off = self
-            .alloc
-            .allocate_aligned(bytes, align_of::<T>().max(8))?;
+        let off = self.alloc.allocate_aligned(bytes, align_of::<T>().max(8))?;
         let made = OwnedHeader::init_pinned(self.alloc, off, buffer_fingerprint::<T>())
             .and_then(|()| raw::checked_ptr::<T, A>(self.alloc, data_of(off), new_cap));
         let ptr = match made {
