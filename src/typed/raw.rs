@@ -114,6 +114,17 @@ unsafe fn slice_from<T: ShmSafe, A: ShmAllocator + ?Sized>(
     unsafe { std::slice::from_raw_parts(p.as_ptr() as *const T, count) }
 }
 
+/// Resolves the header `T` at `offset`, which the caller checked with
+/// `check_block_start` is the start of a live block at least `size_of::<T>()`
+/// long: only the data region, the mapping bounds and alignment are checked here.
+#[inline]
+pub(crate) fn header_at<T: ShmSafe + crate::typed::ShmSync, A: ShmAllocator + ?Sized>(
+    alloc: &A,
+    offset: Offset,
+) -> Result<&T, AccessError> {
+    slice_in_data::<T, A>(alloc, offset, 1).map(|s| &s[0])
+}
+
 /// Resolves one `T` at `offset`; see [`slice_at`].
 pub(crate) fn value_at<T: ShmSafe, A: ShmAllocator + ?Sized>(
     alloc: &A,

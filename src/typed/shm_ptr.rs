@@ -104,8 +104,10 @@ impl<T: ShmSafe> ShmPtr<T> {
     {
         let fp = layout_checked::<T>();
         let block = self.block();
+        // A live block start (allocator metadata): its first 24 bytes are its
+        // header (every box block is longer), so only mapping bounds remain.
         alloc.check_block_start(block)?;
-        let h = raw::value_at::<BoxHeader, A>(alloc, block)?;
+        let h = raw::header_at::<BoxHeader, A>(alloc, block)?;
         let stale = |found| AccessError::StaleGeneration {
             offset: self.block,
             pointer: self.generation,

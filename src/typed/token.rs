@@ -84,6 +84,8 @@ pub(crate) struct BoxHeader {
 unsafe impl ShmSafe for BoxHeader {
     const FINGERPRINT: u64 = fingerprint::primitive("BoxHeader", 24, 8);
 }
+// SAFETY: every field is atomic: every byte is only ever accessed atomically.
+unsafe impl ShmSync for BoxHeader {}
 
 impl BoxHeader {
     pub(crate) fn new(fp: u64) -> BoxHeader {
