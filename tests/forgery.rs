@@ -30,8 +30,20 @@ const FORGED_NONCE: u64 = (1 << 63) | 0x5eed;
 fn child() {
     let Some(role) = role() else { return };
     let name = env("SA_NAME");
-    let alloc = FreeListAllocator::open(&name).unwrap();
     let raw = [env_u64("SA_OFF"), env_u64("SA_NONCE")];
+    #[cfg(feature = "rkyv")]
+    if role == "open-arena-archive" {
+        // Opens an arena archive token the parent forged: refused, or (before the
+        // fix) a view whose bytes the parent's arena was about to write.
+        use shared_allocator::archive::{ArenaArchiveReader, ArenaArchiveToken};
+        let bump = BumpAllocator::open(&name).unwrap();
+        match ArenaArchiveReader::<Vec<u64>>::open(&bump, ArenaArchiveToken::from_raw(raw)) {
+            Ok(r) => say(format!("redeemed {:?}", r.access().map(|a| a.len()))),
+            Err(e) => say(format!("refused {e:?}")),
+        }
+        return;
+    }
+    let alloc = FreeListAllocator::open(&name).unwrap();
     match role.as_str() {
         // Redeems a BoxToken the parent forged: must be refused with a typed error.
         "redeem-box" => match ShmBox::<[u64; 4], _>::from_token(&alloc, BoxToken::from_raw(raw)) {
@@ -253,6 +265,67 @@ fn arena_handles_from_numbers_give_copies_not_views() {
     assert_eq!(*second.get().unwrap(), 2);
     // The genuine handle views fine.
     assert_eq!(*h.get(arena.allocator()).unwrap(), 1);
+}
+
+/// Class 4: an arena archive token forged over an arena chunk's reserved but
+/// unwritten tail that still holds a genuine archive of an earlier epoch. Before:
+/// the checksum was of the bytes alone, so another process opened it as a view,
+/// and the arena's next allocations wrote under that `&Archived`. Now an arena
+/// archive's checksum is keyed (segment secret) over block offset and epoch: the
+/// old image, a copy of a current one elsewhere, or a hand-built one, is refused.
+#[cfg(feature = "rkyv")]
+#[test]
+fn forged_arena_archive_token_over_an_unwritten_tail_is_refused() {
+    use shared_allocator::archive::{ArchiveError, ArenaArchiveReader, ArenaArchiveToken};
+    let name = ShmName::new("forge-arena-arc");
+    let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let value: Vec<u64> = (0..32).collect();
+    // Epoch N-1: a genuine archive at the start of the bump region.
+    let (old, old_epoch, len) = {
+        let arena = bump.arena();
+        let a = arena.archive(&value).unwrap();
+        let len = a.len();
+        let t = a.into_token();
+        (t.offset().get(), t.epoch(), len)
+    };
+    let header = shared_allocator::archive::HEADER_LEN as usize;
+    let image = bump.read(Offset::new(old), (header + len).next_multiple_of(8)).unwrap();
+    let epoch = bump.reset().unwrap();
+    assert_ne!(epoch, old_epoch);
+    // Epoch N: an arena reserves its chunk over the same bytes and writes only
+    // its first value; the old archive's header and bytes sit in the tail.
+    let arena = bump.arena();
+    let first = arena.alloc(7u64).unwrap();
+    assert_eq!(first.handle().offset().get(), old, "the chunk starts there");
+    let forged = ArenaArchiveToken::<Vec<u64>>::from_raw([old, epoch]);
+    let verdict = redeem_in_child("open-arena-archive", &name, forged.to_raw());
+    assert!(verdict.contains("Checksum"), "{verdict}");
+    let e = ArenaArchiveReader::open(arena.allocator(), forged).unwrap_err();
+    assert!(matches!(e, ArchiveError::Checksum { .. }), "{e}");
+    assert!(forged.deserialize_copied(arena.allocator()).is_err());
+    // A byte-exact copy of the old image written by the arena (so bytes it will
+    // never write again) is refused too: the checksum binds the block offset.
+    let mut words = vec![0u64; image.len() / 8];
+    for (w, b) in words.iter_mut().zip(image.chunks(8)) {
+        *w = u64::from_ne_bytes(b.try_into().unwrap());
+    }
+    let _pad = arena.alloc(0u64).unwrap();
+    let copy = arena.alloc_slice(&words).unwrap();
+    let at = copy.handle().offset().get();
+    assert_eq!(at % 16, 0, "an archive-aligned place");
+    let e = ArenaArchiveReader::open(
+        arena.allocator(),
+        ArenaArchiveToken::<Vec<u64>>::from_raw([at, epoch]),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ArchiveError::Checksum { .. }), "{e}");
+    // A genuine archive of this epoch opens, in another process too; its token
+    // with another epoch is Stale.
+    let t = arena.archive(&value).unwrap().into_token();
+    let verdict = redeem_in_child("open-arena-archive", &name, t.to_raw());
+    assert_eq!(verdict, "redeemed Ok(32)");
+    let stale = ArenaArchiveToken::<Vec<u64>>::from_raw([t.offset().get(), old_epoch]);
+    assert!(ArenaArchiveReader::open(arena.allocator(), stale).is_err());
 }
 
 /// Class 5: owning handles copied by fork. The child's copy is no owner: its drop

@@ -9,7 +9,7 @@ use rkyv::rancor;
 use rkyv::{Archived, Deserialize};
 
 use super::block::{archived_unchecked, deserialize_archived, deserialize_copy, Span};
-use super::writer::{block_size, nondeterministic, seal, serialize_into};
+use super::writer::{block_size, nondeterministic, seal, serialize_into, Binding};
 use super::{ArchiveError, ShmArchivable, ARCHIVE_ALIGN};
 use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
 use crate::error::AccessError;
@@ -116,7 +116,7 @@ impl<'a, T: ShmArchivable> ArenaArchive<'a, T> {
         if len > cap {
             return Ok(Err(len));
         }
-        seal::<T, BumpAllocator>(bump, block, len)?;
+        seal::<T, BumpAllocator>(bump, block, len, Binding::Arena { epoch })?;
         Ok(Ok(ArenaArchive {
             bump,
             span: Span { block, len },
@@ -244,7 +244,7 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
         // Pinned before validating: the validated bytes stay this epoch's.
         let pin = crate::ArenaPtr::<u8>::from_parts(token.offset, token.epoch, 0).pin(bump)?;
         let (span, sum, bytes) = Span::read::<T, BumpAllocator>(bump, token.offset())?;
-        span.validate::<T>(bytes, sum)?;
+        span.validate::<T, BumpAllocator>(bump, Binding::Arena { epoch: token.epoch }, bytes, sum)?;
         Ok(ArenaArchiveReader {
             bump,
             span,
@@ -285,7 +285,11 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
         Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
     {
         check_epoch(self.bump, self.epoch)?;
-        let v = deserialize_copy::<T, BumpAllocator>(self.bump, self.span.block)?;
+        let v = deserialize_copy::<T, BumpAllocator>(
+            self.bump,
+            self.span.block,
+            Binding::Arena { epoch: self.epoch },
+        )?;
         fence(Ordering::Acquire);
         check_epoch(self.bump, self.epoch)?;
         Ok(v)
@@ -351,7 +355,11 @@ impl<T: ShmArchivable> ArenaArchiveToken<T> {
         Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
     {
         check_epoch(bump, self.epoch)?;
-        let v = deserialize_copy::<T, BumpAllocator>(bump, self.offset());
+        let v = deserialize_copy::<T, BumpAllocator>(
+            bump,
+            self.offset(),
+            Binding::Arena { epoch: self.epoch },
+        );
         fence(Ordering::Acquire);
         // A reset during the copy makes whatever came out (value or error) stale.
         check_epoch(bump, self.epoch)?;

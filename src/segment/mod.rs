@@ -288,6 +288,20 @@ impl Drop for UnlinkGuard {
     }
 }
 
+/// 128 unpredictable bits: SipHash outputs under the standard library's randomly
+/// seeded (per thread, from the OS) `RandomState` keys.
+fn random_key() -> [u64; 2] {
+    use std::hash::BuildHasher;
+    let s = std::collections::hash_map::RandomState::new();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    [
+        s.hash_one((0u8, t, std::process::id())),
+        s.hash_one((1u8, t, std::process::id())),
+    ]
+}
+
 impl Segment {
     /// Creates a new object `name` of `layout.total_size` bytes with `O_EXCL`, maps it,
     /// and returns it still in the INIT state: the caller writes its metadata and then
@@ -350,7 +364,20 @@ impl Segment {
 
     /// Publishes the header: after this, `open` in any process succeeds.
     pub(crate) fn publish(&self) {
-        self.layout.write_to(self.header());
+        let h = self.header();
+        for (slot, k) in h.archive_key.iter().zip(random_key()) {
+            slot.store(k, Ordering::Relaxed);
+        }
+        // (`write_to` publishes READY with Release: openers see the key too.)
+        self.layout.write_to(h);
+    }
+
+    /// The secret key of this segment's arena archive checksums: unknown to
+    /// every process that reaches the segment only through this crate's API
+    /// (see `crate::archive`, "Arena archives from numbers").
+    pub(crate) fn archive_key(&self) -> [u64; 2] {
+        let k = &self.header().archive_key;
+        [k[0].load(Ordering::Relaxed), k[1].load(Ordering::Relaxed)]
     }
 
     /// Opens the object `name`, waits (bounded) until its creator published it, and
