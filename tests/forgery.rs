@@ -289,7 +289,9 @@ fn forged_arena_archive_token_over_an_unwritten_tail_is_refused() {
         (t.offset().get(), t.epoch(), len)
     };
     let header = shared_allocator::archive::HEADER_LEN as usize;
-    let image = bump.read(Offset::new(old), (header + len).next_multiple_of(8)).unwrap();
+    let image = bump
+        .read(Offset::new(old), (header + len).next_multiple_of(8))
+        .unwrap();
     let epoch = bump.reset().unwrap();
     assert_ne!(epoch, old_epoch);
     // Epoch N: an arena reserves its chunk over the same bytes and writes only
@@ -347,23 +349,94 @@ fn fork_entry() {
     if role().as_deref() != Some("fork") {
         return;
     }
+    use shared_allocator::sync::TryLockError;
     let name = ShmName::new("forge-fork");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let b = ShmBox::new_in(&alloc, [3u64; 4]).unwrap();
+    let mut b = ShmBox::new_in(&alloc, [3u64; 4]).unwrap();
     let mut v = ShmVec::<u64, _>::new_in(&alloc).unwrap();
     v.push(1).unwrap();
+    let m: &ShmMutex<u64> = alloc.root("lock").unwrap();
+    let mut g = m.lock().unwrap();
+    *g = 11;
+    let bname = ShmName::new("forge-fork-b");
+    let mut bump = BumpAllocator::create(bname.as_str(), 1 << 20).unwrap();
+    let arena = bump.arena();
+    let ab = arena.alloc(5u64).unwrap();
+    let view = ab.get().unwrap();
+    #[cfg(feature = "rkyv")]
+    let (archive, reader) = {
+        use shared_allocator::archive::ArenaArchiveReader;
+        let a = arena.archive(&vec![1u64, 2, 3]).unwrap();
+        let t = arena.archive(&vec![4u64]).unwrap().into_token();
+        (a, ArenaArchiveReader::open(arena.allocator(), t).unwrap())
+    };
     let live = alloc.stats().live_blocks.unwrap();
     // SAFETY: this process is single-threaded (a test binary run with
     // --test-threads=1, in a role that spawns no threads).
     match unsafe { nix::unistd::fork() }.unwrap() {
         nix::unistd::ForkResult::Child => {
-            let ok = !b.is_owner()
-                && !v.is_owner()
-                && matches!(v.push(2), Err(Error::Access(AccessError::Forked { .. })))
-                && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b[0])).is_err();
-            drop(b); // must not free the parent's block
-            drop(v);
-            std::process::exit(if ok { 0 } else { 1 });
+            let forked = |r: Result<(), AccessError>| matches!(r, Err(AccessError::Forked { .. }));
+            let panics =
+                |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+            let mut checks: Vec<(&str, bool)> = vec![
+                ("box not owner", !b.is_owner()),
+                ("vec not owner", !v.is_owner()),
+                ("guard not holder", !g.is_holder()),
+                (
+                    "push",
+                    matches!(v.push(2), Err(Error::Access(AccessError::Forked { .. }))),
+                ),
+                ("box try_get", forked(b.try_get().map(|_| ()))),
+                ("box try_get_mut", forked(b.try_get_mut().map(|_| ()))),
+                ("vec try_as_slice", forked(v.try_as_slice().map(|_| ()))),
+                ("guard try_get", forked(g.try_get().map(|_| ()))),
+                ("guard try_get_mut", forked(g.try_get_mut().map(|_| ()))),
+                ("view try_get", forked(view.try_get().map(|_| ()))),
+                (
+                    "box deref panics",
+                    panics(&|| {
+                        std::hint::black_box(b[0]);
+                    }),
+                ),
+                (
+                    "vec as_slice panics",
+                    panics(&|| {
+                        std::hint::black_box(v.as_slice().len());
+                    }),
+                ),
+                (
+                    "guard deref panics",
+                    panics(&|| {
+                        std::hint::black_box(*g);
+                    }),
+                ),
+                (
+                    "view deref panics",
+                    panics(&|| {
+                        std::hint::black_box(*view);
+                    }),
+                ),
+                // A fresh view in the child pins in the child.
+                ("child's own view", *ab.get().unwrap() == 5),
+            ];
+            #[cfg(feature = "rkyv")]
+            {
+                use shared_allocator::archive::ArchiveError;
+                let f = |r: Result<usize, ArchiveError>| {
+                    matches!(r, Err(ArchiveError::Access(AccessError::Forked { .. })))
+                };
+                checks.push(("arena archive access", f(archive.access().map(|a| a.len()))));
+                checks.push(("arena reader access", f(reader.access().map(|a| a.len()))));
+                checks.push(("copy path works", reader.deserialize_copied().is_ok()));
+            }
+            checks.push(("box try_into_token", forked(b.try_into_token().map(|_| ()))));
+            checks.push(("vec try_into_token", forked(v.try_into_token().map(|_| ()))));
+            drop(g); // must not unlock the parent's lock
+            let bad: Vec<&str> = checks.iter().filter(|c| !c.1).map(|c| c.0).collect();
+            if !bad.is_empty() {
+                eprintln!("fork child: failed checks {bad:?}");
+            }
+            std::process::exit(if bad.is_empty() { 0 } else { 1 });
         }
         nix::unistd::ForkResult::Parent { child } => {
             let st = nix::sys::wait::waitpid(child, None).unwrap();
@@ -377,7 +450,24 @@ fn fork_entry() {
                 "child freed nothing"
             );
             assert_eq!(*b, [3; 4]);
+            b[0] = 4;
             assert_eq!(v.as_slice(), &[1]);
+            // The child's copy of the guard did not unlock the parent's lock.
+            assert!(matches!(m.try_lock(), Err(TryLockError::WouldBlock)));
+            assert!(g.is_holder());
+            *g += 1;
+            drop(g);
+            assert_eq!(*m.lock().unwrap(), 12);
+            assert_eq!(*view, 5);
+            #[cfg(feature = "rkyv")]
+            {
+                assert_eq!(archive.access().unwrap().len(), 3);
+                assert_eq!(reader.access().unwrap().len(), 1);
+                drop((archive, reader));
+            }
+            drop(view);
+            drop(arena);
+            bump.unlink().unwrap();
             say("fork ok");
         }
     }

@@ -310,14 +310,34 @@ impl<'b> Arena<'b> {
 /// so a reset by any handle in any process waits for it to drop, or returns
 /// [`AccessError::Busy`]. Keep views short-lived (a long-lived view holds resets
 /// off); use [`ArenaPtr::read`] to keep data.
+///
+/// # Panics
+/// A view copied into a `fork` child protects nothing there (its pin, or its
+/// arena's, counts for the parent, which may drop it and reset): `Deref` panics
+/// on such a copy; [`try_get`](ArenaRef::try_get) returns
+/// [`AccessError::Forked`]. Take a fresh view in the child (`get` pins anew).
 pub struct ArenaRef<'a, T: ?Sized> {
     value: &'a T,
     _pin: Option<Pin>,
+    /// The fork epoch the view was taken in.
+    fork: u64,
 }
 
 impl<'a, T: ?Sized> ArenaRef<'a, T> {
     fn new(value: &'a T, pin: Option<Pin>) -> Self {
-        ArenaRef { value, _pin: pin }
+        ArenaRef {
+            value,
+            _pin: pin,
+            fork: fork_epoch(),
+        }
+    }
+
+    /// The value, or [`AccessError::Forked`] on a fork child's copy of a parent's
+    /// view (the fallible form of `Deref`).
+    #[inline]
+    pub fn try_get(&self) -> Result<&T, AccessError> {
+        crate::process::check_fork(self.fork)?;
+        Ok(self.value)
     }
 }
 
@@ -325,19 +345,31 @@ impl<T: ?Sized> std::ops::Deref for ArenaRef<'_, T> {
     type Target = T;
     #[inline]
     fn deref(&self) -> &T {
+        if self.fork != fork_epoch() {
+            forked_view();
+        }
         self.value
     }
 }
 
+#[cold]
+#[inline(never)]
+fn forked_view() -> ! {
+    panic!(
+        "an arena view copied into a fork child is not pinned there: take a new view \
+         in the child"
+    )
+}
+
 impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for ArenaRef<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.value.fmt(f)
+        (**self).fmt(f)
     }
 }
 
 impl<T: ?Sized + std::fmt::Display> std::fmt::Display for ArenaRef<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.value.fmt(f)
+        (**self).fmt(f)
     }
 }
 
