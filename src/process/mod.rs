@@ -761,6 +761,7 @@ impl Pin {
 
     /// The fork epoch the pin was taken in.
     #[inline]
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (arena archive readers)
     pub(crate) fn fork(&self) -> u64 {
         self.fork
     }

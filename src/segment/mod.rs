@@ -375,6 +375,7 @@ impl Segment {
     /// The secret key of this segment's arena archive checksums: unknown to
     /// every process that reaches the segment only through this crate's API
     /// (see `crate::archive`, "Arena archives from numbers").
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (archives)
     pub(crate) fn archive_key(&self) -> [u64; 2] {
         let k = &self.header().archive_key;
         [k[0].load(Ordering::Relaxed), k[1].load(Ordering::Relaxed)]

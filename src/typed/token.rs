@@ -142,6 +142,7 @@ impl OwnedHeader {
 
     /// Writes a fresh header into a block this process just allocated.
     #[inline]
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (archive blocks)
     pub(crate) fn init<A: ShmAllocator + ?Sized>(
         alloc: &A,
         block: Offset,
