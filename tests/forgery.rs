@@ -244,6 +244,33 @@ fn locks_need_typed_segments_and_roots_are_never_freed() {
     drop(g);
 }
 
+/// Class 3: the raw `free` reads the root directory (the segment's, not the typed
+/// layer's) for roots in the overflow part too.
+#[test]
+fn overflow_roots_are_never_freed_either() {
+    use shared_allocator::typed::FIXED_ROOTS;
+    let name = ShmName::new("forge-overflow");
+    let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let off = alloc.allocate(8).unwrap();
+    alloc.write(off, &[1; 8]).unwrap(); // a raw segment
+    for i in 0..FIXED_ROOTS + 2 {
+        let r: &AtomicU64 = alloc.root(&format!("r{i}")).unwrap();
+        r.store(i as u64, Ordering::Relaxed);
+    }
+    // Every root's block, in either part of the directory, is refused.
+    for i in 0..FIXED_ROOTS + 2 {
+        let at = root_offset(&alloc, &format!("r{i}"));
+        assert!(matches!(
+            alloc.free(Offset::new(at - 16)),
+            Err(FreeError::Root { .. })
+        ));
+    }
+    let last = format!("r{}", FIXED_ROOTS + 1);
+    let again: &AtomicU64 = alloc.root(&last).unwrap();
+    assert_eq!(again.load(Ordering::Relaxed), FIXED_ROOTS as u64 + 1);
+    alloc.free(off).unwrap();
+}
+
 /// Class 4: an arena handle rebuilt from numbers that name the reserved but not
 /// yet written tail of a chunk. Before: a `&u64` there changed when the arena
 /// later allocated. Now such a handle gives copies only.
@@ -375,6 +402,8 @@ fn fork_entry() {
     // --test-threads=1, in a role that spawns no threads).
     match unsafe { nix::unistd::fork() }.unwrap() {
         nix::unistd::ForkResult::Child => {
+            // The panics below are expected (and caught): keep stderr quiet.
+            std::panic::set_hook(Box::new(|_| {}));
             let forked = |r: Result<(), AccessError>| matches!(r, Err(AccessError::Forked { .. }));
             let panics =
                 |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();

@@ -8,6 +8,7 @@
 
 mod header;
 mod name;
+pub(crate) mod roots_table;
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
