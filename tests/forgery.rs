@@ -294,6 +294,42 @@ fn arena_handles_from_numbers_give_copies_not_views() {
     assert_eq!(*h.get(arena.allocator()).unwrap(), 1);
 }
 
+/// Class 4: a genuine (viewable) arena handle from one bump segment used against
+/// another segment in the same epoch, where the same offset is an arena chunk's
+/// unwritten tail. Before: the view was granted and changed when the second
+/// segment's arena wrote there. Now a handle views only the segment it was made in.
+#[test]
+fn arena_handle_of_another_segment_gives_no_view() {
+    let (na, nb) = (ShmName::new("forge-seg-a"), ShmName::new("forge-seg-b"));
+    let mut a = BumpAllocator::create(na.as_str(), 1 << 20).unwrap();
+    let mut b = BumpAllocator::create(nb.as_str(), 1 << 20).unwrap();
+    let arena_a = a.arena();
+    let _first = arena_a.alloc(1u64).unwrap();
+    let h = arena_a.alloc_slice(&[0u64; 16]).unwrap().handle();
+    assert!(!h.is_from_numbers());
+    let arena_b = b.arena();
+    let _first_b = arena_b.alloc(1u64).unwrap();
+    assert_eq!(
+        arena_b.epoch(),
+        h.epoch(),
+        "both segments are in the same epoch"
+    );
+    // In `b`, `h`'s range is the reserved, unwritten tail of `arena_b`'s chunk.
+    let e = h.get_slice(arena_b.allocator()).unwrap_err();
+    assert!(matches!(e, AccessError::Unverified { .. }), "{e}");
+    assert!(h.get(arena_b.allocator()).is_err());
+    let later = arena_b.alloc_slice(&[9u64; 16]).unwrap();
+    assert_eq!(
+        later.handle().offset(),
+        h.offset(),
+        "the bytes a view would have covered"
+    );
+    // Its own segment views it, also through a second handle of the same segment.
+    assert_eq!(*h.get_slice(arena_a.allocator()).unwrap(), [0; 16]);
+    let a2 = BumpAllocator::open(na.as_str()).unwrap();
+    assert_eq!(*h.get_slice(&a2).unwrap(), [0; 16]);
+}
+
 /// Class 4: an arena archive token forged over an arena chunk's reserved but
 /// unwritten tail that still holds a genuine archive of an earlier epoch. Before:
 /// the checksum was of the bytes alone, so another process opened it as a view,
