@@ -59,6 +59,16 @@
 //! segment every block start is raw bytes; that is sound because everything there
 //! is accessed atomically, and tokens are refused there (they need typed mode).
 //!
+//! A known limit (found by the red-team pass of issue 15, not closed): the copy
+//! paths ([`RelPtr::read`], [`ShmPtr::read`]) load a [`ShmBox`]'s bytes atomically
+//! while its owner may be writing them through `&mut T` with plain stores. The
+//! copy is torn at worst, and every bit pattern is a valid `T`, but under the Rust
+//! memory model an atomic load racing a non-atomic store is a data race (a sanitizer
+//! reports it). [`ShmVec`]'s writer stores with atomics, so its readers do not race;
+//! a box whose value other processes copy while it changes should hold
+//! [`ShmSync`] types (atomics). Closing it means a `ShmBox` without `&mut T`
+//! (writes through atomic stores), an API change left to a later issue.
+//!
 //! ## Every public way to make a handle from numbers
 //!
 //! | constructor | checks | cannot check |
