@@ -441,6 +441,10 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     }
 
     /// Removes and returns the last element.
+    ///
+    /// # Panics
+    /// In a `fork` child's copy of a vector its parent owns (as
+    /// [`as_slice`](Self::as_slice); [`is_owner`](Self::is_owner) tells).
     pub fn pop(&mut self) -> Option<T>
     where
         T: Copy,
@@ -451,6 +455,9 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     }
 
     /// Removes every element (the buffer is kept).
+    ///
+    /// # Panics
+    /// In a `fork` child's copy of a non-empty vector its parent owns.
     pub fn clear(&mut self) {
         if self.len > 0 {
             self.shrink_len(0);
