@@ -82,6 +82,11 @@ fn rel_ptr(c: &mut Criterion) {
     g.bench_function("rel_ptr_read", |bn| {
         bn.iter(|| black_box(q).read(black_box(&alloc)).unwrap())
     });
+    // The generation-checked read of the same value (target: <= 2x rel_ptr_read).
+    let gp = owned.shm_ptr();
+    g.bench_function("shm_ptr_read", |bn| {
+        bn.iter(|| black_box(gp).read(black_box(&alloc)).unwrap())
+    });
     g.finish();
 }
 

@@ -293,6 +293,49 @@ pub enum AccessError {
         /// Handles (in any process) holding views when the wait ended.
         readers: u32,
     },
+    /// The offset is not the start of a live block (allocator metadata says so):
+    /// what a token or a handle built from numbers gets when its offset points
+    /// inside a block, at a freed block, or anywhere else.
+    #[error("offset {offset} is not the start of a live block")]
+    NotBlockStart {
+        /// The offset.
+        offset: u64,
+    },
+    /// A view was asked of a handle rebuilt from numbers that nothing vouches for
+    /// (e.g. [`ArenaPtr::from_parts`](crate::ArenaPtr::from_parts)): such handles
+    /// give copies (`read`), not views.
+    #[error("the handle at offset {offset} was rebuilt from numbers: it gives copies, not views")]
+    Unverified {
+        /// The offset.
+        offset: u64,
+    },
+    /// A raw write or view that reaches a named root's block: roots are reached
+    /// only through `root` (a lock's or channel's bytes only through its own API).
+    #[error("raw access to offset {offset} refused: it is inside a named root's block")]
+    Root {
+        /// Start of the refused range.
+        offset: u64,
+    },
+    /// A handle copied into a `fork` child: ownership and views stay with the
+    /// process that made them (the child's copy would be a second owner).
+    #[error("this handle was made in the parent process before fork (fork epoch {handle_epoch}, this process {current_epoch})")]
+    Forked {
+        /// Fork epoch recorded in the handle.
+        handle_epoch: u64,
+        /// This process's fork epoch.
+        current_epoch: u64,
+    },
+    /// The pointer's block was freed (and maybe reused) since the pointer was
+    /// made: its generation no longer matches the block's.
+    #[error("stale pointer to offset {offset}: generation {pointer} but the block is in generation {block}")]
+    StaleGeneration {
+        /// Block offset.
+        offset: u64,
+        /// Generation in the pointer.
+        pointer: u64,
+        /// Generation found in the block header (0 if the block is not live).
+        block: u64,
+    },
     /// Allocator metadata in the segment is inconsistent.
     #[error("allocator metadata is corrupt: {what}")]
     Corrupted {
@@ -347,6 +390,13 @@ pub enum FreeError {
     /// The block at this offset is not allocated (freed twice, or never handed out).
     #[error("double free (or free of an unallocated block) at offset {offset}")]
     DoubleFree {
+        /// The offset.
+        offset: u64,
+    },
+    /// The block is a named root's: roots are never freed (other processes hold
+    /// references from `root` that carry no pin).
+    #[error("raw free refused: the block at offset {offset} is a named root's")]
+    Root {
         /// The offset.
         offset: u64,
     },

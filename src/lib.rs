@@ -81,8 +81,8 @@ pub use error::{AccessError, AllocError, ArenaError, Error, FreeError, SegmentEr
 pub use segment::{unlink, CreateOptions, OpenOptions, UnlinkGuard};
 pub use sync::{OwnerDied, ShmCondvar, ShmEvent, ShmMutex};
 pub use typed::{
-    Arena, ArenaBox, ArenaPtr, ArenaRef, BoxToken, RelPtr, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
-    ShmVecHeader, ShmVecReader, TokenSlot, VecToken,
+    Arena, ArenaBox, ArenaPtr, ArenaRef, BoxToken, RelPtr, Roots, ShmBox, ShmPtr, ShmSafe,
+    ShmShared, ShmSync, ShmVec, ShmVecHeader, ShmVecReader, TokenSlot, VecToken,
 };
 
 /// Everything a typical user needs: `use shared_allocator::prelude::*;`.

@@ -673,8 +673,9 @@ fn ownership_sizing_and_bad_tokens() {
     drop(a);
     assert_eq!(live(), 0);
     let e = ShmArchive::from_token(&alloc, t).unwrap_err();
+    // The block is no longer a live block start (allocator metadata says so).
     assert!(
-        matches!(e, ArchiveError::Access(AccessError::NotAllocated { .. })),
+        matches!(e, ArchiveError::Access(AccessError::NotBlockStart { .. })),
         "{e}"
     );
     // A second redemption of a live block's token: refused, nothing changes.

@@ -139,7 +139,7 @@ fn event_notify_all_wakes_every_process() {
 }
 
 #[derive(ShmSafe)]
-#[shm(sync)]
+#[shm(shared)]
 #[repr(C)]
 struct Shared {
     lock: ShmMutex<[u64; 2]>,
@@ -223,7 +223,7 @@ fn mutex_excludes_across_processes() {
 }
 
 #[derive(ShmSafe)]
-#[shm(sync)]
+#[shm(shared)]
 #[repr(C)]
 struct Robust {
     lock: ShmMutex<[u64; 2]>,

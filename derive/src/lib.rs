@@ -53,6 +53,9 @@
 //! - `#[shm(sync)]`: also implement `shared_allocator::typed::ShmSync` (shared `&T`
 //!   across processes, for structs whose every field is `ShmSync`: atomics, arrays of
 //!   them, other `#[shm(sync)]` structs). A plain field is a compile error.
+//! - `#[shm(shared)]`: also implement `shared_allocator::typed::ShmShared` (a root
+//!   may hold it: for structs of coordination types such as `ShmMutex`, `ShmCondvar`,
+//!   whose every field is `ShmShared`). Nothing raw reaches such a root's block.
 //!
 //! # Example
 //!
@@ -151,12 +154,16 @@ struct ShmAttrs {
     krate: Path,
     /// `sync`: also implement `ShmSync` (every field must be `ShmSync`).
     sync: bool,
+    /// `shared`: also implement `ShmShared` (every field must be `ShmShared`), for
+    /// structs of coordination types (locks, channels) shared through roots.
+    shared: bool,
 }
 
 /// Reads `#[shm(crate = "path", sync)]`.
 fn parse_shm_attrs(attrs: &[Attribute]) -> Result<ShmAttrs> {
     let mut path = None;
     let mut sync = false;
+    let mut shared = false;
     for attr in attrs.iter().filter(|a| a.path().is_ident("shm")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("crate") {
@@ -172,15 +179,29 @@ fn parse_shm_attrs(attrs: &[Attribute]) -> Result<ShmAttrs> {
                 }
                 sync = true;
                 Ok(())
+            } else if meta.path.is_ident("shared") {
+                if shared {
+                    return Err(meta.error("duplicate `shared` in `#[shm(...)]`"));
+                }
+                shared = true;
+                Ok(())
             } else {
-                Err(meta
-                    .error("unknown `#[shm(...)]` option; expected `crate = \"path\"` or `sync`"))
+                Err(meta.error(
+                    "unknown `#[shm(...)]` option; expected `crate = \"path\"`, `sync` or `shared`",
+                ))
             }
         })?;
+    }
+    if sync && shared {
+        return Err(Error::new(
+            proc_macro2::Span::call_site(),
+            "`#[shm(sync)]` already implies `ShmShared`; use one of `sync` and `shared`",
+        ));
     }
     Ok(ShmAttrs {
         krate: path.unwrap_or_else(|| parse_quote!(::shared_allocator)),
         sync,
+        shared,
     })
 }
 
@@ -203,7 +224,11 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
             ))
         }
     };
-    let ShmAttrs { krate, sync } = parse_shm_attrs(&input.attrs)?;
+    let ShmAttrs {
+        krate,
+        sync,
+        shared,
+    } = parse_shm_attrs(&input.attrs)?;
     let repr = parse_repr(&input.attrs)?;
     if !repr.c_or_transparent {
         return Err(Error::new_spanned(
@@ -324,8 +349,12 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     // `#[shm(sync)]`: every byte is inside an `UnsafeCell` shared safely across
     // processes, because every field is `ShmSync` (a where-clause per field type:
     // rustc rejects the impl, naming the field's type, if one is not).
-    let sync_impl = if sync {
-        let sync_path = quote!(#krate::typed::ShmSync);
+    let sync_impl = if sync || shared {
+        let sync_path = if sync {
+            quote!(#krate::typed::ShmSync)
+        } else {
+            quote!(#krate::typed::ShmShared)
+        };
         let mut sync_generics = input.generics.clone();
         for param in &mut sync_generics.params {
             if let GenericParam::Type(ty) = param {
@@ -347,12 +376,27 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
         let sync_doc = "SAFETY (checked by `#[derive(ShmSafe)]` with `#[shm(sync)]`): `ShmSafe`, \
                         and every field is `ShmSync`, so every byte is behind an `UnsafeCell` \
                         that is sound to share across processes.";
-        quote! {
-            #[doc = #sync_doc]
-            #[automatically_derived]
-            unsafe impl #sync_impl_generics #sync_path for #name #ty_generics
-            where #(#preds,)*
-            {}
+        if sync {
+            quote! {
+                #[doc = #sync_doc]
+                #[automatically_derived]
+                unsafe impl #sync_impl_generics #sync_path for #name #ty_generics
+                where #(#preds,)*
+                {}
+            }
+        } else {
+            let shared_doc = "SAFETY (checked by `#[derive(ShmSafe)]` with `#[shm(shared)]`): \
+                              `ShmSafe`, and every field is `ShmShared`, so the shared API of \
+                              each is sound across processes while nothing else writes it.";
+            quote! {
+                #[doc = #shared_doc]
+                #[automatically_derived]
+                unsafe impl #sync_impl_generics #sync_path for #name #ty_generics
+                where #(#preds,)*
+                {
+                    const ATOMIC_ONLY: bool = false;
+                }
+            }
         }
     } else {
         quote!()

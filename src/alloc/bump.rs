@@ -544,7 +544,10 @@ impl BumpAllocator {
     }
 }
 
-impl ShmAllocator for BumpAllocator {
+// SAFETY: one atomic cursor hands out disjoint ranges; `check_range` admits only
+// ranges below the cursor (written extent) of this epoch; no block starts are
+// vouched for (the default `check_block_start`).
+unsafe impl ShmAllocator for BumpAllocator {
     const KIND: AllocatorKind = AllocatorKind::Bump;
 
     fn liveness_token(&self) -> u32 {

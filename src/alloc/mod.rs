@@ -109,7 +109,24 @@ pub struct Stats {
 /// The raw interface of every allocator: bytes at offsets, checked.
 ///
 /// Import it (or [`crate::prelude`]) to call these methods.
-pub trait ShmAllocator: Send + Sync {
+///
+/// # Safety
+/// The typed layer's unsafe code turns what this trait answers into references, so
+/// an implementation promises, for every handle in every process of the segment:
+/// - [`segment`](Self::segment) is the one segment the blocks live in, the same for
+///   every call;
+/// - [`allocate_aligned`](Self::allocate_aligned) returns the start of a block of at
+///   least `size` bytes, aligned to `align`, inside the data region, that overlaps
+///   no other live block (in any process) until it is freed;
+/// - [`check_range`](Self::check_range) is `Ok` only for a range inside one live
+///   block, and [`check_block_start`](Self::check_block_start) only for the start
+///   of one, both decided from allocator metadata that no safe API of this crate
+///   writes (never from bytes inside the data region's blocks);
+/// - a block stays live (is not handed out again) until it is freed.
+///
+/// The allocators of this crate are the implementations; a new one must prove
+/// each point (the multi-process conformance tests are the check).
+pub unsafe trait ShmAllocator: Send + Sync {
     /// The kind stored in the segment header.
     const KIND: AllocatorKind;
 
@@ -138,6 +155,50 @@ pub trait ShmAllocator: Send + Sync {
     /// [`AccessError::Null`], [`AccessError::OutOfBounds`], [`AccessError::NotAllocated`].
     fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError>;
 
+    /// [`check_range`](ShmAllocator::check_range), returning the start of the
+    /// block the range lies in, where the allocator knows it (`None`: it keeps no
+    /// block starts, as the bump allocator, whose segments have no roots).
+    ///
+    /// # Errors
+    /// As [`check_range`](ShmAllocator::check_range).
+    fn block_start_of(&self, offset: Offset, len: u64) -> Result<Option<Offset>, AccessError> {
+        self.check_range(offset, len).map(|()| None)
+    }
+
+    /// What a raw write and a raw view (the Python package's `view()`) check:
+    /// the range lies inside one live block, and that block is not a named root's
+    /// (roots are reached only through `root`: a lock's or channel's bytes only
+    /// through its own API, in either segment mode).
+    ///
+    /// # Errors
+    /// As [`check_range`](ShmAllocator::check_range); [`AccessError::Root`].
+    fn check_raw_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
+        if let Some(start) = self.block_start_of(offset, len)? {
+            if is_root_block(self.segment(), start) {
+                return Err(AccessError::Root {
+                    offset: offset.get(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks, from allocator metadata only, that `offset` is the start of a live
+    /// block (not inside one, not free, not in a handle's cache). What tokens and
+    /// other handles built from numbers are checked against: in a segment of typed
+    /// handles every block start holds a header only this crate writes.
+    ///
+    /// # Errors
+    /// [`AccessError::NotBlockStart`] (the default: allocators without individual
+    /// blocks), [`AccessError::Null`], [`AccessError::OutOfBounds`],
+    /// [`AccessError::Corrupted`].
+    #[doc(hidden)]
+    fn check_block_start(&self, offset: Offset) -> Result<(), AccessError> {
+        Err(AccessError::NotBlockStart {
+            offset: offset.get(),
+        })
+    }
+
     /// Copies `data` into the block at `offset` (which may point inside a block),
     /// with byte-wise atomic stores. Decides the segment's mode as
     /// [`Raw`](crate::segment::SegmentMode::Raw) if unset.
@@ -145,11 +206,13 @@ pub trait ShmAllocator: Send + Sync {
     /// # Errors
     /// As [`ShmAllocator::check_range`]: the whole range must be inside one live
     /// block; [`AccessError::WrongMode`] in a segment of typed handles (whose
-    /// blocks a raw write would change under their references).
+    /// blocks a raw write would change under their references);
+    /// [`AccessError::Root`] inside a named root's block (see
+    /// [`check_raw_range`](ShmAllocator::check_raw_range)).
     fn write(&self, offset: Offset, data: &[u8]) -> Result<(), AccessError> {
         self.segment()
             .claim_mode(crate::segment::SegmentMode::Raw)?;
-        self.check_range(offset, data.len() as u64)?;
+        self.check_raw_range(offset, data.len() as u64)?;
         if self.segment().write_bytes(offset.get(), data) {
             Ok(())
         } else {
@@ -221,7 +284,13 @@ pub trait ShmAllocator: Send + Sync {
 }
 
 /// Allocators that free blocks one at a time.
-pub trait ShmFree: ShmAllocator {
+///
+/// # Safety
+/// Beyond [`ShmAllocator`]'s promises: [`free_owned`](Self::free_owned) frees at most
+/// the one block that starts at its offset (never a block it was not given, never
+/// a block twice), and [`grow_in_place`](Self::grow_in_place) returns `true` only if
+/// the block now spans `new_size` bytes that overlap no other live block.
+pub unsafe trait ShmFree: ShmAllocator {
     /// Frees the raw block starting at `offset`. Decides the segment's mode as
     /// [`Raw`](crate::segment::SegmentMode::Raw) if unset.
     ///
@@ -242,6 +311,12 @@ pub trait ShmFree: ShmAllocator {
                     what: "segment mode word",
                 })
             }
+        }
+        // Roots are never freed: other processes hold `&T` from `root` (no pin).
+        if is_root_block(self.segment(), offset) {
+            return Err(FreeError::Root {
+                offset: offset.get(),
+            });
         }
         // SAFETY: the segment is in raw mode, so no typed handle (in any process)
         // owns a block of it or holds a non-atomic reference into one; raw readers
@@ -309,4 +384,69 @@ pub(crate) fn data_relative(seg: &Segment, offset: Offset, len: u64) -> Result<u
         });
     }
     Ok(offset.get() - l.data_offset)
+}
+
+/// Whether the block that starts at `block` is a named root's object or the root
+/// directory's overflow block: what a raw `free` refuses (roots are never freed:
+/// other processes hold `&T` from `root`, with no pin). Read from the segment's
+/// root directory (`segment::roots_table`), so this layer needs nothing from the
+/// typed one. Cheap for every other block: one atomic load of its first word,
+/// which only a root's [`PINNED`](crate::segment::roots_table::PINNED) header (or
+/// raw bytes that equal it) holds.
+fn is_root_block(seg: &Segment, block: Offset) -> bool {
+    use crate::segment::roots_table::{
+        CONTROL_BYTES, EMPTY, ENTRY_WORDS, FIXED_ROOTS, MAX_ROOTS, OVERFLOW_HEADER, OVERFLOW_ROOTS,
+        PINNED, W_CTRL_OVERFLOW, W_FP, W_OFF, W_STATE,
+    };
+    use crate::segment::ROOTS_OFFSET;
+    use std::sync::atomic::Ordering;
+    if seg.layout().kind == AllocatorKind::Bump {
+        return false; // no roots in bump segments
+    }
+    let Some(h) = seg.words(block.get(), 2) else {
+        return false;
+    };
+    if h[0].load(Ordering::Acquire) != PINNED {
+        return false;
+    }
+    // A directory we cannot read protects nothing; refuse rather than guess wrong.
+    let (Some(ctrl), Some(fixed)) = (
+        seg.words(ROOTS_OFFSET, CONTROL_BYTES / 8),
+        seg.words(
+            ROOTS_OFFSET + CONTROL_BYTES,
+            (FIXED_ROOTS * ENTRY_WORDS) as u64,
+        ),
+    ) else {
+        return true;
+    };
+    let overflow_at = ctrl[W_CTRL_OVERFLOW].load(Ordering::Acquire);
+    if overflow_at == block.get() + OVERFLOW_HEADER {
+        return true;
+    }
+    let overflow = if overflow_at != 0 && overflow_at & 1 == 0 {
+        match seg.words(overflow_at, (OVERFLOW_ROOTS * ENTRY_WORDS) as u64) {
+            Some(w) => Some(w),
+            None => return true,
+        }
+    } else {
+        None
+    };
+    let fp = h[1].load(Ordering::Relaxed);
+    let entries = fixed
+        .chunks_exact(ENTRY_WORDS)
+        .chain(
+            overflow
+                .into_iter()
+                .flat_map(|o| o.chunks_exact(ENTRY_WORDS)),
+        )
+        .take(MAX_ROOTS);
+    // A root's object starts 16 bytes (its PINNED header) or its alignment (a
+    // power of two up to MAX_ALIGN) after its block's start.
+    entries.into_iter().any(|e| {
+        let d = e[W_OFF].load(Ordering::Relaxed).wrapping_sub(block.get());
+        e[W_STATE].load(Ordering::Acquire) != EMPTY
+            && e[W_FP].load(Ordering::Relaxed) == fp
+            && (16..=MAX_ALIGN as u64).contains(&d)
+            && d.is_power_of_two()
+    })
 }

@@ -763,7 +763,10 @@ impl Drop for SlabAllocator {
     }
 }
 
-impl ShmAllocator for SlabAllocator {
+// SAFETY: the slab hands out disjoint slots of its data region, claimed in an atomic
+// bitmap (the multi-process suites check it); its checks read only that bitmap and
+// the cache marks kept outside live blocks.
+unsafe impl ShmAllocator for SlabAllocator {
     const KIND: AllocatorKind = AllocatorKind::Slab;
 
     fn liveness_token(&self) -> u32 {
@@ -818,6 +821,10 @@ impl ShmAllocator for SlabAllocator {
     }
 
     fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
+        self.block_start_of(offset, len).map(|_| ())
+    }
+
+    fn block_start_of(&self, offset: Offset, len: u64) -> Result<Option<Offset>, AccessError> {
         data_relative(&self.seg, offset, len)?;
         let not_alloc = AccessError::NotAllocated {
             offset: offset.get(),
@@ -831,6 +838,21 @@ impl ShmAllocator for SlabAllocator {
         let start = offset.get() - within;
         if self.depth != 0 && cache::Caches::is_cached(self, start) {
             return Err(not_alloc);
+        }
+        Ok(Some(Offset::new(start)))
+    }
+
+    fn check_block_start(&self, offset: Offset) -> Result<(), AccessError> {
+        data_relative(&self.seg, offset, 1)?;
+        let not_start = AccessError::NotBlockStart {
+            offset: offset.get(),
+        };
+        let (slot, within) = self.slot_of(offset).map_err(|_| not_start.clone())?;
+        if within != 0 || !bitmap::is_set(self.bits(), slot) {
+            return Err(not_start);
+        }
+        if self.depth != 0 && cache::Caches::is_cached(self, offset.get()) {
+            return Err(not_start);
         }
         Ok(())
     }
@@ -945,7 +967,8 @@ impl SlabAllocator {
     }
 }
 
-impl ShmFree for SlabAllocator {
+// SAFETY: `free_owned` clears exactly the one slot it is given, once (the bitmap bit).
+unsafe impl ShmFree for SlabAllocator {
     #[inline]
     unsafe fn free_owned(&self, offset: Offset) -> Result<(), FreeError> {
         if self.push_cached(offset.get()) {

@@ -8,7 +8,7 @@ use rkyv::rancor;
 use rkyv::{Archived, Deserialize};
 
 use super::block::{archived_unchecked, deserialize_archived, deserialize_copy, Span};
-use super::writer::{block_size, nondeterministic, seal, serialize_into, type_tag};
+use super::writer::{block_size, nondeterministic, seal, serialize_into, type_tag, Binding};
 use super::{ArchiveError, ArchiveToken, ShmArchivable, ARCHIVE_ALIGN};
 use crate::alloc::{Offset, ShmAllocator, ShmFree};
 use crate::typed::token::OwnedHeader;
@@ -61,6 +61,8 @@ pub struct ShmArchive<'a, T: ShmArchivable, A: ShmFree> {
     alloc: &'a A,
     span: Span,
     validated: AtomicBool,
+    /// Fork epoch of the owning process: a `fork` child's copy owns nothing.
+    fork: u64,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -108,7 +110,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
         let block = alloc.allocate_aligned(block_size(cap)?, ARCHIVE_ALIGN)?;
         let sealed = serialize_into(alloc.segment(), block, cap, value).and_then(|len| {
             if len <= cap {
-                seal::<T, A>(alloc, block, len)?;
+                seal::<T, A>(alloc, block, len, Binding::Owned)?;
             }
             Ok(len)
         });
@@ -117,6 +119,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
                 alloc,
                 span: Span { block, len },
                 validated: AtomicBool::new(false),
+                fork: crate::process::fork_epoch(),
                 _type: PhantomData,
             })),
             Ok(len) => {
@@ -159,18 +162,22 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
         }
         let owner = OwnedHeader::at(alloc, block)?;
         owner.redeem(
+            alloc,
             block,
             token.nonce(),
             std::any::type_name::<T>(),
             type_tag::<T>(),
         )?;
-        let checked = Span::read::<T, A>(alloc, block)
-            .and_then(|(span, sum, bytes)| span.validate::<T>(bytes, sum).map(|()| span));
+        let checked = Span::read::<T, A>(alloc, block).and_then(|(span, sum, bytes)| {
+            span.validate::<T, A>(alloc, Binding::Owned, bytes, sum)
+                .map(|()| span)
+        });
         match checked {
             Ok(span) => Ok(ShmArchive {
                 alloc,
                 span,
                 validated: AtomicBool::new(true),
+                fork: crate::process::fork_epoch(),
                 _type: PhantomData,
             }),
             Err(e) => {
@@ -180,14 +187,31 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
         }
     }
 
+    /// [`AccessError::Forked`](crate::AccessError::Forked) in a `fork` child's
+    /// copy of a handle its parent owns.
+    fn check_owner(&self) -> Result<(), ArchiveError> {
+        let now = crate::process::fork_epoch();
+        if self.fork != now {
+            return Err(crate::AccessError::Forked {
+                handle_epoch: self.fork,
+                current_epoch: now,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// Gives the archive away: returns the token another process takes it with
     /// (once), and gives up this handle (and with it any access from this side).
+    /// In a `fork` child's copy of a parent's handle, the token is one that can
+    /// never be redeemed (the parent still owns the block).
     pub fn into_token(self) -> ArchiveToken<T> {
         let block = self.span.block;
         let nonce = match OwnedHeader::at(self.alloc, block) {
-            Ok(owner) => owner.issue(self.alloc),
-            // The block was freed behind our back: a token that can never be redeemed.
-            Err(_) => 0,
+            Ok(owner) if self.check_owner().is_ok() => owner.issue(self.alloc),
+            // The block was freed behind our back, or this is a fork child's copy:
+            // a token that can never be redeemed.
+            _ => 0,
         };
         std::mem::forget(self);
         ArchiveToken::new(block, nonce)
@@ -200,9 +224,11 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     /// the block is still allocated (cheap).
     ///
     /// # Errors
-    /// [`ArchiveError::Access`] if the block was freed by someone else; on the
+    /// [`ArchiveError::Access`] if the block was freed by someone else (or
+    /// [`AccessError::Forked`](crate::AccessError::Forked) in a fork child); on the
     /// first call of a writer's handle, the validation errors of `from_token`.
     pub fn access(&self) -> Result<&Archived<T>, ArchiveError> {
+        self.check_owner()?;
         let bytes = self.span.bytes(self.alloc)?;
         if !self.validated.load(Ordering::Acquire) {
             // This process wrote and checksummed the bytes; bytecheck proves
@@ -233,7 +259,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     where
         Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
     {
-        deserialize_copy::<T, A>(self.alloc, self.span.block)
+        deserialize_copy::<T, A>(self.alloc, self.span.block, Binding::Owned)
     }
 
     /// Deserializes an owned `T` from the archive (zero-copy read of the validated
@@ -271,6 +297,9 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
 
 impl<T: ShmArchivable, A: ShmFree> Drop for ShmArchive<'_, T, A> {
     fn drop(&mut self) {
+        if self.check_owner().is_err() {
+            return; // a fork child's copy: the parent owns the block
+        }
         if let Ok(owner) = OwnedHeader::at(self.alloc, self.span.block) {
             owner.release();
         }

@@ -685,4 +685,6 @@ impl<T: ShmSafe + Copy, const N: usize> Drop for Receiver<'_, T, N> {
 // SAFETY: the ring's words are atomics and each slot's value sits in an UnsafeCell
 // that the slot protocol gives to one endpoint at a time, so the shared API is
 // sound when other processes call it at once.
-unsafe impl<T: ShmSafe, const N: usize> crate::typed::ShmSync for ShmChannel<T, N> {}
+unsafe impl<T: ShmSafe, const N: usize> crate::typed::ShmShared for ShmChannel<T, N> {
+    const ATOMIC_ONLY: bool = false;
+}

@@ -73,6 +73,20 @@ pub(crate) fn fork_epoch() -> u64 {
     FORK_EPOCH.load(Ordering::Relaxed)
 }
 
+/// [`AccessError::Forked`](crate::AccessError::Forked) if state recorded in fork
+/// epoch `recorded` is a copy in a fork child.
+#[inline]
+pub(crate) fn check_fork(recorded: u64) -> Result<(), crate::AccessError> {
+    let now = fork_epoch();
+    if recorded != now {
+        return Err(crate::AccessError::Forked {
+            handle_epoch: recorded,
+            current_epoch: now,
+        });
+    }
+    Ok(())
+}
+
 /// `/proc/self/fd/<fd>` as a NUL-terminated path, built without allocating (the
 /// child handler may only make async-signal-safe calls).
 fn proc_fd_path(fd: RawFd) -> [u8; 40] {

@@ -82,7 +82,7 @@ use {attach::*, fork::*, intent::*, lock::*, membership::*, pin::*, reclaim::*, 
 
 pub(crate) use attach::{attachment_epoch, token_alive_at, token_at, OwnedCache, LOCAL_CACHES};
 pub use fork::MAX_HANDLES;
-pub(crate) use fork::{fork_epoch, ForkLock};
+pub(crate) use fork::{check_fork, fork_epoch, ForkLock};
 pub(crate) use intent::Intent;
 pub(crate) use membership::{IntentGuard, Membership};
 pub(crate) use pin::{pin, pinned_by_others, Pin};

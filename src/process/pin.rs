@@ -37,6 +37,13 @@ impl Pin {
     pub(crate) fn valid(&self) -> bool {
         self.fork == fork_epoch()
     }
+
+    /// The fork epoch the pin was taken in.
+    #[inline]
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (arena archive readers)
+    pub(crate) fn fork(&self) -> u64 {
+        self.fork
+    }
 }
 
 impl Drop for Pin {

@@ -77,6 +77,10 @@ pub(crate) struct RawHeader {
     pub data_offset: AtomicU64,
     pub data_len: AtomicU64,
     pub params: [AtomicU64; 4],
+    /// The segment's secret key for arena archive checksums (see
+    /// `crate::archive`), drawn by the creator before publishing. Outside every
+    /// block: no API reads or writes it.
+    pub archive_key: [AtomicU64; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<RawHeader>() as u64 <= ROOTS_OFFSET);

@@ -22,7 +22,7 @@ use std::sync::atomic::{fence, Ordering};
 use crate::alloc::{BumpAllocator, Offset, ShmAllocator, MAX_ALIGN};
 use crate::error::{AccessError, ArenaError};
 use crate::process::{fork_epoch, Pin};
-use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
+use crate::typed::{layout_checked, raw, ShmSafe};
 
 /// A typed allocation scope over a bump allocator. Created by
 /// [`BumpAllocator::arena`]; holds the allocator mutably so that neither
@@ -36,7 +36,7 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 /// let mut arena = bump.arena();
 /// let x = arena.alloc(7u64)?;
 /// let s = arena.alloc_slice(&[1u32, 2, 3])?;
-/// let handle = s.handle();                 // 24 bytes: offset, epoch, length
+/// let handle = s.handle();                 // offset, epoch, length
 /// assert_eq!(*x.get()?, 7);
 /// assert_eq!(*handle.get_slice(arena.allocator())?, [1, 2, 3]);
 /// arena.reset()?;                           // only compiles once x and s are gone
@@ -66,6 +66,8 @@ pub struct Arena<'b> {
     chunk: Cell<Chunk>,
     /// The pin held since the first allocation (its epoch is `chunk.epoch`).
     pin: RefCell<Option<Pin>>,
+    /// The segment's id, for the handles this arena makes.
+    segment_id: u64,
 }
 
 /// The part of the bump region this arena reserved: `next..end` is free, in
@@ -88,6 +90,7 @@ impl BumpAllocator {
     /// Opens a typed arena over this allocator; see [`Arena`].
     pub fn arena(&mut self) -> Arena<'_> {
         Arena {
+            segment_id: self.segment().id(),
             bump: self,
             next: Cell::new(0),
             chunk: Cell::new(Chunk::default()),
@@ -249,7 +252,8 @@ impl<'b> Arena<'b> {
         self.write(off, addr, 1, std::iter::once(value))?;
         Ok(ArenaBox {
             bump: self.bump,
-            ptr: ArenaPtr::new(off, epoch, 1),
+            ptr: ArenaPtr::new(off, epoch, 1, self.segment_id),
+            fork: fork_epoch(),
         })
     }
 
@@ -275,7 +279,8 @@ impl<'b> Arena<'b> {
         self.write(off, addr, values.len(), values.iter().copied())?;
         Ok(ArenaBox {
             bump: self.bump,
-            ptr: ArenaPtr::new(off, epoch, values.len() as u64),
+            ptr: ArenaPtr::new(off, epoch, values.len() as u64, self.segment_id),
+            fork: fork_epoch(),
         })
     }
 
@@ -308,14 +313,34 @@ impl<'b> Arena<'b> {
 /// so a reset by any handle in any process waits for it to drop, or returns
 /// [`AccessError::Busy`]. Keep views short-lived (a long-lived view holds resets
 /// off); use [`ArenaPtr::read`] to keep data.
+///
+/// # Panics
+/// A view copied into a `fork` child protects nothing there (its pin, or its
+/// arena's, counts for the parent, which may drop it and reset): `Deref` panics
+/// on such a copy; [`try_get`](ArenaRef::try_get) returns
+/// [`AccessError::Forked`]. Take a fresh view in the child (`get` pins anew).
 pub struct ArenaRef<'a, T: ?Sized> {
     value: &'a T,
     _pin: Option<Pin>,
+    /// The fork epoch the view was taken in.
+    fork: u64,
 }
 
 impl<'a, T: ?Sized> ArenaRef<'a, T> {
     fn new(value: &'a T, pin: Option<Pin>) -> Self {
-        ArenaRef { value, _pin: pin }
+        ArenaRef {
+            value,
+            _pin: pin,
+            fork: fork_epoch(),
+        }
+    }
+
+    /// The value, or [`AccessError::Forked`] on a fork child's copy of a parent's
+    /// view (the fallible form of `Deref`).
+    #[inline]
+    pub fn try_get(&self) -> Result<&T, AccessError> {
+        crate::process::check_fork(self.fork)?;
+        Ok(self.value)
     }
 }
 
@@ -323,19 +348,31 @@ impl<T: ?Sized> std::ops::Deref for ArenaRef<'_, T> {
     type Target = T;
     #[inline]
     fn deref(&self) -> &T {
+        if self.fork != fork_epoch() {
+            forked_view();
+        }
         self.value
     }
 }
 
+#[cold]
+#[inline(never)]
+fn forked_view() -> ! {
+    panic!(
+        "an arena view copied into a fork child is not pinned there: take a new view \
+         in the child"
+    )
+}
+
 impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for ArenaRef<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.value.fmt(f)
+        (**self).fmt(f)
     }
 }
 
 impl<T: ?Sized + std::fmt::Display> std::fmt::Display for ArenaRef<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.value.fmt(f)
+        (**self).fmt(f)
     }
 }
 
@@ -344,6 +381,8 @@ impl<T: ?Sized + std::fmt::Display> std::fmt::Display for ArenaRef<'_, T> {
 pub struct ArenaBox<'a, T> {
     bump: &'a BumpAllocator,
     ptr: ArenaPtr<T>,
+    /// The fork epoch the arena's pin protects: a fork child's copy pins anew.
+    fork: u64,
 }
 
 impl<'a, T: ShmSafe> ArenaBox<'a, T> {
@@ -353,9 +392,21 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     /// # Errors
     /// [`AccessError::Stale`] if any process reset the bump allocator since.
     pub fn get(&self) -> Result<ArenaRef<'a, T>, AccessError> {
-        // The arena this value borrows pins the region: no second pin.
-        self.ptr.check_epoch(self.bump)?;
-        raw::value_at(self.bump, self.ptr.offset()).map(|v| ArenaRef::new(v, None))
+        let pin = self.own_pin()?;
+        raw::value_at(self.bump, self.ptr.offset()).map(|v| ArenaRef::new(v, pin))
+    }
+
+    /// In the process that made the value, the arena it borrows pins the region:
+    /// no second pin (just the epoch check). In a fork child, that pin is the
+    /// parent's and protects nothing here: the view takes its own.
+    #[inline]
+    fn own_pin(&self) -> Result<Option<Pin>, AccessError> {
+        if self.fork == fork_epoch() {
+            self.ptr.check_epoch(self.bump)?;
+            Ok(None)
+        } else {
+            self.ptr.pin(self.bump).map(Some)
+        }
     }
 
     /// The elements of a slice allocation.
@@ -363,9 +414,8 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     /// # Errors
     /// As [`get`](ArenaBox::get).
     pub fn get_slice(&self) -> Result<ArenaRef<'a, [T]>, AccessError> {
-        self.ptr.check_epoch(self.bump)?;
-        raw::slice_at(self.bump, self.ptr.offset(), self.ptr.len as usize)
-            .map(|v| ArenaRef::new(v, None))
+        let pin = self.own_pin()?;
+        raw::slice_at(self.bump, self.ptr.offset(), self.ptr.len()).map(|v| ArenaRef::new(v, pin))
     }
 
     /// The handle to send to other processes.
@@ -373,6 +423,9 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
         self.ptr
     }
 }
+
+/// The bit of `ArenaPtr::len` that marks a handle rebuilt from numbers.
+const FROM_NUMBERS: u64 = 1 << 63;
 
 /// A cross-process handle to an arena allocation: offset, epoch and element count.
 /// [`ShmSafe`], so it can itself be stored in shared memory.
@@ -383,21 +436,44 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
 /// [`get`](ArenaPtr::get) ([`ArenaRef`]) pin the region, so no reset by a
 /// cooperating process reuses their bytes while they live; they trust untrusted
 /// writers (a process scribbling on the segment) not to write there.
-#[derive(zerocopy::FromBytes, zerocopy::KnownLayout, zerocopy::Immutable)]
+///
+/// A view ([`get`](ArenaPtr::get)) is a claim that this crate wrote the bytes the
+/// handle names: a view of bytes the arena has reserved but not written yet would
+/// change under the `&T` when the arena later fills them. So a handle rebuilt from
+/// numbers ([`from_parts`](ArenaPtr::from_parts)) gives copies only
+/// ([`read`](ArenaPtr::read), sound for any numbers; `get` is
+/// [`AccessError::Unverified`]), views need the `unsafe`
+/// [`from_parts_unchecked`](ArenaPtr::from_parts_unchecked), and the type is
+/// deliberately not `ShmSafe`, `bytemuck::Pod` or `zerocopy::FromBytes` (send its
+/// three numbers instead, as `examples/arena_pipeline.rs` does).
+///
+/// A handle also records which segment it was made in (a process-local tag, not
+/// one of its three numbers): viewing it through another segment's allocator is
+/// [`AccessError::Unverified`], since there the same offset and epoch may name
+/// bytes that segment's arena has not written yet.
+#[derive(zerocopy::KnownLayout, zerocopy::Immutable)]
 #[repr(C)]
 pub struct ArenaPtr<T> {
     offset: u64,
     epoch: u64,
     len: u64,
+    /// The id of the segment the handle was made in ([`ANY_SEGMENT`]: vouched
+    /// for by an `unsafe` caller, or rebuilt from numbers).
+    segment: u64,
     _type: PhantomData<fn() -> T>,
 }
 
+/// `ArenaPtr::segment` of a handle no segment check applies to (segment ids are
+/// never 0).
+const ANY_SEGMENT: u64 = 0;
+
 impl<T> ArenaPtr<T> {
-    fn new(offset: Offset, epoch: u64, len: u64) -> Self {
+    fn new(offset: Offset, epoch: u64, len: u64, segment: u64) -> Self {
         ArenaPtr {
             offset: offset.get(),
             epoch,
             len,
+            segment,
             _type: PhantomData,
         }
     }
@@ -409,12 +485,17 @@ impl<T> ArenaPtr<T> {
 
     /// Number of elements (1 for a single value).
     pub fn len(&self) -> usize {
-        self.len as usize
+        (self.len & !FROM_NUMBERS) as usize
     }
 
     /// Whether this handle covers no elements.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// Whether this handle was rebuilt from numbers (copies only).
+    pub fn is_from_numbers(&self) -> bool {
+        self.len & FROM_NUMBERS != 0
     }
 
     /// The offset of the first element.
@@ -422,9 +503,43 @@ impl<T> ArenaPtr<T> {
         Offset::new(self.offset)
     }
 
-    /// Rebuilds a handle from its three numbers (as sent by another process).
+    /// Rebuilds a handle from its three numbers (as sent by another process), for
+    /// copies: [`read`](Self::read) checks epoch, bounds and liveness and is sound
+    /// for any numbers; views ([`get`](Self::get)) are refused with
+    /// [`AccessError::Unverified`] (nothing proves the arena wrote those bytes).
     pub fn from_parts(offset: u64, epoch: u64, len: u64) -> Self {
-        ArenaPtr::new(Offset::new(offset), epoch, len)
+        ArenaPtr::new(
+            Offset::new(offset),
+            epoch,
+            (len & !FROM_NUMBERS) | FROM_NUMBERS,
+            ANY_SEGMENT,
+        )
+    }
+
+    /// Rebuilds a handle from its three numbers, for views too.
+    ///
+    /// # Safety
+    /// The numbers are [`offset`](Self::offset), [`epoch`](Self::epoch) and
+    /// [`len`](Self::len) of an `ArenaPtr<T>` (or [`ArenaBox::handle`]) that this
+    /// crate made in the segment it is resolved in, unchanged: then every element lies in bytes
+    /// the arena has written (and never writes again in that epoch). Numbers that
+    /// name bytes an arena reserved but has not written yet would give a view that
+    /// changes when the arena fills them. A stale epoch is still checked
+    /// ([`AccessError::Stale`]), and bounds and alignment too.
+    pub unsafe fn from_parts_unchecked(offset: u64, epoch: u64, len: u64) -> Self {
+        ArenaPtr::new(Offset::new(offset), epoch, len & !FROM_NUMBERS, ANY_SEGMENT)
+    }
+
+    /// A view needs a handle this crate made in `bump`'s segment (or an `unsafe`
+    /// caller vouched for).
+    fn check_viewable(&self, bump: &BumpAllocator) -> Result<(), AccessError> {
+        let other_segment = self.segment != ANY_SEGMENT && self.segment != bump.segment().id();
+        if self.is_from_numbers() || other_segment {
+            return Err(AccessError::Unverified {
+                offset: self.offset,
+            });
+        }
+        Ok(())
     }
 
     /// Pins the region for a view of this handle's epoch: `Stale` if a reset
@@ -461,6 +576,7 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// [`AccessError::Stale`] after a reset; bounds and alignment errors otherwise.
     pub fn get<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, T>, AccessError> {
         let _ = layout_checked::<T>();
+        self.check_viewable(bump)?;
         let pin = self.pin(bump)?;
         raw::value_at(bump, self.offset()).map(|v| ArenaRef::new(v, Some(pin)))
     }
@@ -471,8 +587,9 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// As [`get`](ArenaPtr::get).
     pub fn get_slice<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, [T]>, AccessError> {
         let _ = layout_checked::<T>();
+        self.check_viewable(bump)?;
         let pin = self.pin(bump)?;
-        raw::slice_at(bump, self.offset(), self.len as usize).map(|v| ArenaRef::new(v, Some(pin)))
+        raw::slice_at(bump, self.offset(), self.len()).map(|v| ArenaRef::new(v, Some(pin)))
     }
 
     /// Copies the elements out with byte-wise atomic loads, then re-checks the
@@ -490,10 +607,7 @@ impl<T: ShmSafe> ArenaPtr<T> {
     {
         let _ = layout_checked::<T>();
         self.check_epoch(bump)?;
-        let len = usize::try_from(self.len).map_err(|_| AccessError::NotAllocated {
-            offset: self.offset,
-            len: self.len,
-        })?;
+        let len = self.len();
         let mut v = Vec::new();
         raw::copy_out(bump, self.offset(), len, &mut v)?;
         fence(Ordering::Acquire);
@@ -525,16 +639,4 @@ impl<T> std::fmt::Debug for ArenaPtr<T> {
             self.len
         )
     }
-}
-
-// SAFETY: repr(C) of three u64 and a zero-sized PhantomData: all-zero is valid.
-unsafe impl<T: 'static> bytemuck::Zeroable for ArenaPtr<T> {}
-// SAFETY: repr(C) of three u64 and a ZST: no padding, every bit pattern valid,
-// Copy + 'static. (zerocopy's IntoBytes derive cannot see through the generic.)
-unsafe impl<T: 'static> bytemuck::Pod for ArenaPtr<T> {}
-
-// SAFETY: repr(C) of three u64 and a zero-sized PhantomData: no padding, every bit
-// pattern valid, no pointers (offsets), fixed layout.
-unsafe impl<T: 'static> ShmSafe for ArenaPtr<T> {
-    const FINGERPRINT: u64 = fingerprint::primitive("ArenaPtr", 24, 8);
 }

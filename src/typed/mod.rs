@@ -18,12 +18,81 @@
 //! - [`Roots`]: named, typed objects, found or created by name; [`TokenSlot`] parks
 //!   a token in one.
 //! - [`Arena`]: typed allocations over a bump allocator, epoch-checked handles.
+//! - [`ShmPtr<T>`]: a generation-checked pointer to a [`ShmBox`]'s value.
+//!
+//! # Authority: where ownership is decided
+//!
+//! Who owns a block, which type it holds, whether a view may exist: none of it is
+//! read from bytes that safe code can write.
+//!
+//! - **Every block of a typed segment starts with a header this crate writes**: a
+//!   [`ShmBox`] block starts with its owner header and generation, a vector's header
+//!   block with its owner header, a vector's element buffer, a named root's object
+//!   and the root directory's overflow block with a [`PINNED`](token::PINNED)
+//!   header (no token can claim it), an archive block with its owner header. Payloads
+//!   (box values, vector elements, root objects, archive bytes) start *after* the
+//!   header. No safe API writes a header: the payload views start after it, the raw
+//!   API (`write`, `free`, `RelPtr::get`) is refused in typed segments
+//!   ([`SegmentMode`](crate::segment::SegmentMode)), and Python's `view()` too.
+//! - **A token names a block start, checked against allocator metadata**: the
+//!   free list's page and span bitmaps, the slab's slot bitmap (and the handle caches'
+//!   records), which live outside the data region
+//!   ([`ShmAllocator::check_block_start`](crate::ShmAllocator)). So a token (or a
+//!   `ShmPtr`) whose offset points into a payload is
+//!   [`AccessError::NotBlockStart`](crate::AccessError::NotBlockStart), whatever
+//!   bytes the attacker put there; only then is the header's nonce swapped, and the
+//!   block start checked once more after the swap (a block freed and reused in
+//!   between is refused and the swap undone).
+//! - **The traits that unsafe code trusts are `unsafe`**: [`ShmAllocator`](crate::ShmAllocator)
+//!   and [`ShmFree`](crate::ShmFree) (what an implementation promises is in their
+//!   `# Safety`), [`ShmSafe`], [`ShmSync`] (every byte is only ever accessed
+//!   atomically) and [`ShmShared`] (shared `&T` sound while only the type's own API
+//!   touches it: locks and channels; no raw write, free or view reaches a root's
+//!   block, in either mode: [`ShmAllocator::check_raw_range`](crate::ShmAllocator::check_raw_range)).
+//! - **Fork**: owning handles ([`ShmBox`], [`ShmVec`], [`ShmArchive`](crate::ShmArchive))
+//!   record the fork epoch; a child's copy is no owner (its drop frees nothing,
+//!   access is [`AccessError::Forked`](crate::AccessError::Forked) or, for `Deref`,
+//!   a panic), and an [`ArenaBox`] view in a child takes its own pin.
+//!
+//! What this does not cover: *untrusted writers* (processes outside the safe API,
+//! e.g. a scribbler with its own mapping) can write headers and metadata; against
+//! them only the checked copy paths hold (crate *Safety model*). In a **raw**
+//! segment every block start is raw bytes; that is sound because everything there
+//! is accessed atomically, and tokens are refused there (they need typed mode).
+//!
+//! A known limit (found by the red-team pass of issue 15, not closed): the copy
+//! paths ([`RelPtr::read`], [`ShmPtr::read`]) load a [`ShmBox`]'s bytes atomically
+//! while its owner may be writing them through `&mut T` with plain stores. The
+//! copy is torn at worst, and every bit pattern is a valid `T`, but under the Rust
+//! memory model an atomic load racing a non-atomic store is a data race (a sanitizer
+//! reports it). [`ShmVec`]'s writer stores with atomics, so its readers do not race;
+//! a box whose value other processes copy while it changes should hold
+//! [`ShmSync`] types (atomics). Closing it means a `ShmBox` without `&mut T`
+//! (writes through atomic stores), an API change left to a later issue.
+//!
+//! ## Every public way to make a handle from numbers
+//!
+//! | constructor | checks | cannot check |
+//! | --- | --- | --- |
+//! | `BoxToken::from_raw` + [`ShmBox::from_token`] | typed mode; offset is a live block start (allocator metadata); header fingerprint = `T`'s; payload inside the block; nonce swap (exactly once), block start re-checked after | nothing that safe code can forge; a hostile non-crate writer can forge headers |
+//! | `VecToken::from_raw` + [`ShmVec::from_token`] | as above for the header block; `len <= cap`; the buffer is a live block start holding a `PINNED` buffer header of `T` and `cap` elements | as above |
+//! | `ArchiveToken::from_raw` + `ShmArchive::from_token` | as above, then checksum and bytecheck | as above |
+//! | [`ShmPtr::from_raw`] + [`ShmPtr::read`] | live block start, header generation equal (before and after the copy), fingerprint; copy-out only | a generation value racing with a free *and* a reuse that puts the same number at the same place (a wrong copy, never UB) |
+//! | [`RelPtr::from_raw`] + [`RelPtr::read`] | inside one live block, aligned; copy-out only | whether it is the object it was (a freed and reused block reads the new value: use [`ShmPtr`]) |
+//! | [`RelPtr::get`] | raw mode only, data region, alignment; `T: ShmSync` | liveness (`get_checked` adds it); atomics only, so a stale view is still sound |
+//! | [`ArenaBox::handle`] + [`ArenaPtr::get`] | epoch (`Stale`), pin, bounds; the segment it was made in (a process-local tag: another segment's same offset and epoch may be an arena's unwritten tail) | nothing more: the handle cannot be made from numbers or bytes (not `ShmSafe`, no `FromBytes`) |
+//! | [`ArenaPtr::from_parts`] | epoch (`Stale`), bounds, liveness; gives copies only (`read`): `get` is [`AccessError::Unverified`](crate::AccessError::Unverified) | that the arena wrote the bytes: the `unsafe` [`ArenaPtr::from_parts_unchecked`] is for views |
+//! | `ArenaArchiveToken::from_raw` + `ArenaArchiveReader::open` | epoch, pin, header, a checksum *keyed* with the segment's secret over (block offset, epoch, length, type tag, bytes), bytecheck: only this crate's seal of that block in that epoch validates, so an image left from an earlier epoch in an arena chunk's unwritten tail, a copy elsewhere, or a hand-built one is [`ArchiveError::Checksum`](crate::archive::ArchiveError) | a process that reads the key out of the shared memory object directly (outside the API, like an untrusted writer) can build images that validate |
+//! | [`Roots::root`] by name | directory entry, type fingerprint, epoch, bounds | nothing more is needed: the directory is written only by this crate in typed mode |
+//! | [`ShmVecReader::open`] by `RelPtr` | copies out with a seqlock; lengths bounded by the live block | that the header is a vector's (a forged one gives wrong but valid copies) |
+//! | [`Offset::new`](crate::Offset) + raw `read`/`write`/`free` | raw mode for `write`/`free`, one live block, block start for `free`, never a root's block for `write`/`free` (and Python's `view()`) | nothing: raw segments are all-atomic |
 
 mod arena;
 pub(crate) mod raw;
 mod rel_ptr;
 pub mod roots;
 mod shm_box;
+mod shm_ptr;
 mod shm_safe;
 pub mod token;
 mod vec;
@@ -33,7 +102,8 @@ pub use arena::{Arena, ArenaBox, ArenaPtr, ArenaRef};
 pub use rel_ptr::RelPtr;
 pub use roots::{RootInfo, Roots, FIXED_ROOTS, MAX_ROOTS, MAX_ROOT_NAME, OVERFLOW_ROOTS};
 pub use shm_box::ShmBox;
-pub use shm_safe::{fingerprint, layout_checked, ShmSafe, ShmSync};
+pub use shm_ptr::ShmPtr;
+pub use shm_safe::{fingerprint, layout_checked, ShmSafe, ShmShared, ShmSync};
 pub use token::{BoxToken, HandOverToken, TokenSlot, VecToken};
 pub use vec::{ShmVec, ShmVecHeader};
 pub use vec_reader::ShmVecReader;

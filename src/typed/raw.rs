@@ -114,6 +114,17 @@ unsafe fn slice_from<T: ShmSafe, A: ShmAllocator + ?Sized>(
     unsafe { std::slice::from_raw_parts(p.as_ptr() as *const T, count) }
 }
 
+/// Resolves the header `T` at `offset`, which the caller checked with
+/// `check_block_start` is the start of a live block at least `size_of::<T>()`
+/// long: only the data region, the mapping bounds and alignment are checked here.
+#[inline]
+pub(crate) fn header_at<T: ShmSafe + crate::typed::ShmSync, A: ShmAllocator + ?Sized>(
+    alloc: &A,
+    offset: Offset,
+) -> Result<&T, AccessError> {
+    slice_in_data::<T, A>(alloc, offset, 1).map(|s| &s[0])
+}
+
 /// Resolves one `T` at `offset`; see [`slice_at`].
 pub(crate) fn value_at<T: ShmSafe, A: ShmAllocator + ?Sized>(
     alloc: &A,
@@ -240,7 +251,7 @@ pub(crate) fn copy_out<T: ShmSafe + Copy, A: ShmAllocator + ?Sized>(
 
 /// Copies `out.len()` bytes at `offset` out of one live block with byte-wise atomic
 /// loads (the checked copy path for byte ranges another process may be writing).
-#[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // used by the archives only
+#[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (archives)
 pub(crate) fn copy_bytes_out<A: ShmAllocator + ?Sized>(
     alloc: &A,
     offset: Offset,

@@ -13,8 +13,16 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe, ShmSync};
 ///
 /// A `RelPtr` is just a number: holding one does not keep the object alive, and
 /// every resolution checks that it points inside the data region (or a live block)
-/// and is aligned for `T`. A forged, stale or corrupted `RelPtr` is an
-/// [`AccessError`], never undefined behaviour.
+/// and is aligned for `T`. A forged, stale or corrupted `RelPtr` is never undefined
+/// behaviour, and it is an [`AccessError`] when it points outside every live block.
+///
+/// **What a bare `RelPtr` cannot detect:** that the block it pointed to was freed
+/// and its bytes reused. After the reuse, [`read`](RelPtr::read) copies whatever
+/// object lives there now (a valid `T`, but another object's value). Across
+/// processes, and wherever the pointee may be dropped while pointers to it are
+/// around, use the generation-checked [`ShmPtr`](crate::ShmPtr)
+/// ([`ShmBox::shm_ptr`](crate::ShmBox::shm_ptr)), whose read of a freed or reused
+/// block is [`AccessError::StaleGeneration`].
 ///
 /// Because anyone can forge a `RelPtr`, it never proves that nobody writes the bytes.
 /// So it resolves to a shared `&T` ([`get`](RelPtr::get)) only for

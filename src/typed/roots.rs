@@ -21,8 +21,21 @@
 //! same first EMPTY slot.
 //!
 //! Roots are shared by every process, so `root` gives a shared `&T` only for
-//! [`ShmSync`] types (atomics, token slots): the *concurrently mutable* state of the
-//! safety model. Bump allocators have no roots: a reset would release the objects.
+//! [`ShmShared`] types: [`ShmSync`](crate::typed::ShmSync) ones (atomics, token slots), in a segment of
+//! either mode, and the coordination types (locks, channels), also in either mode:
+//! no raw write, free or view reaches a root's block
+//! ([`AccessError::Root`],
+//! [`FreeError::Root`](crate::FreeError::Root)). This is
+//! the *concurrently mutable* state of the safety model. Bump allocators have no
+//! roots: a reset would release the objects.
+//!
+//! Every root object's block, and the overflow block, starts with a
+//! [`PINNED`](crate::typed::token::PINNED) header (no token can name it) and is **never freed**: removing a
+//! root leaves a tombstone and the object allocated, and a raw `free` of a root's
+//! block is [`FreeError::Root`](crate::FreeError::Root). (In a raw segment that
+//! check reads the block's header and the directory, which raw writes can reach;
+//! a process that scribbles on them can make a root freeable, and since every
+//! byte of a raw segment's roots is atomic that is a wrong value, never UB.)
 
 use std::mem::{align_of, size_of};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,33 +43,27 @@ use std::time::{Duration, Instant};
 
 use crate::alloc::{Offset, ShmAllocator};
 use crate::error::{AccessError, Error};
-use crate::segment::{AllocatorKind, ROOTS_LEN, ROOTS_OFFSET};
-use crate::typed::{layout_checked, raw, ShmSync};
+use crate::segment::{AllocatorKind, ROOTS_OFFSET};
+use crate::typed::token::{payload_offset, OwnedHeader};
+use crate::typed::{fingerprint, layout_checked, raw, ShmShared};
 
 /// Longest root name, in bytes.
 pub const MAX_ROOT_NAME: usize = 48;
 const TYPE_NAME_BYTES: usize = 48;
-const ENTRY_WORDS: usize = 16;
-const ENTRY_BYTES: u64 = (ENTRY_WORDS * 8) as u64;
-/// Bytes of control words at the start of the roots area (nonce counter, overflow
-/// directory pointer, reserved).
-pub(crate) const CONTROL_BYTES: u64 = 64;
-const W_CTRL_OVERFLOW: usize = 1;
-/// Roots whose entries live in the header region.
-pub const FIXED_ROOTS: usize = ((ROOTS_LEN - CONTROL_BYTES) / ENTRY_BYTES) as usize;
-/// Roots whose entries live in the overflow block.
-pub const OVERFLOW_ROOTS: usize = 1024;
-/// How many named roots one segment holds (removed names included).
-pub const MAX_ROOTS: usize = FIXED_ROOTS + OVERFLOW_ROOTS;
+/// Fingerprint in the [`PINNED`](crate::typed::token::PINNED) header of the overflow directory block.
+const DIRECTORY_FP: u64 = fingerprint::primitive("RootDirectory", 128, 64);
+// The directory's layout (entry words, control words, sizes) is the segment's:
+// `crate::segment::roots_table`.
+pub(crate) use crate::segment::roots_table::CONTROL_BYTES;
+use crate::segment::roots_table::{
+    EMPTY, ENTRY_WORDS, OVERFLOW_HEADER, W_CTRL_OVERFLOW, W_FP, W_OFF, W_STATE,
+};
+pub use crate::segment::roots_table::{FIXED_ROOTS, MAX_ROOTS, OVERFLOW_ROOTS};
 
-const EMPTY: u64 = 0;
 const CLAIMING: u64 = 1;
 const READY: u64 = 2;
 const REMOVED: u64 = 3;
 // Entry words: [state, fingerprint, offset, epoch, name x6, type name x6]
-const W_STATE: usize = 0;
-const W_FP: usize = 1;
-const W_OFF: usize = 2;
 const W_EPOCH: usize = 3;
 const W_NAME: usize = 4;
 const W_TYPE: usize = 10;
@@ -133,7 +140,10 @@ pub trait Roots: ShmAllocator {
     /// fingerprint); [`Error::InvalidRootName`], [`Error::RootTableFull`],
     /// [`Error::RootBusy`], [`Error::RootsUnsupported`] (bump allocator),
     /// allocation and access errors.
-    fn root<T: ShmSync>(&self, name: &str) -> Result<&T, Error> {
+    ///
+    /// A `T` that is not [`ShmSync`](crate::typed::ShmSync) (a lock, a channel) puts the segment in typed
+    /// mode ([`AccessError::WrongMode`] in a raw one).
+    fn root<T: ShmShared>(&self, name: &str) -> Result<&T, Error> {
         self.root_with(name, zeroed::<T>)
     }
 
@@ -143,7 +153,7 @@ pub trait Roots: ShmAllocator {
     ///
     /// # Errors
     /// As [`root`](Roots::root).
-    fn root_with<T: ShmSync>(&self, name: &str, init: impl FnOnce() -> T) -> Result<&T, Error> {
+    fn root_with<T: ShmShared>(&self, name: &str, init: impl FnOnce() -> T) -> Result<&T, Error> {
         find_or_create(self, name, init)
     }
 
@@ -172,7 +182,7 @@ pub trait Roots: ShmAllocator {
 impl<A: ShmAllocator> Roots for A {}
 
 /// A `T` of all-zero bytes.
-fn zeroed<T: ShmSync>() -> T {
+fn zeroed<T: ShmShared>() -> T {
     // SAFETY: T: ShmSafe is valid for every bit pattern, all zeros included.
     unsafe { std::mem::zeroed() }
 }
@@ -278,7 +288,10 @@ impl<'a> Directory<'a> {
             if claimed {
                 let made = (|| {
                     let words = OVERFLOW_ROOTS * ENTRY_WORDS;
-                    let off = alloc.allocate_aligned(words * 8, 64)?;
+                    let header = OVERFLOW_HEADER as usize;
+                    let block = alloc.allocate_aligned(header + words * 8, 64)?;
+                    OwnedHeader::init_pinned(alloc, block, DIRECTORY_FP)?;
+                    let off = Offset::new(block.get() + OVERFLOW_HEADER);
                     raw::write_fresh(alloc, off, (0..words).map(|_| AtomicU64::new(0)))?;
                     Ok::<Offset, Error>(off)
                 })();
@@ -331,12 +344,16 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
+fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmShared>(
     alloc: &'a A,
     name: &str,
     init: impl FnOnce() -> T,
 ) -> Result<&'a T, Error> {
     let _ = layout_checked::<T>();
+    // A type whose bytes are not all atomic (`ShmShared`: locks, channels) is
+    // touched only through its own API: no raw write, free or view reaches a
+    // root's block in either mode (`ShmAllocator::check_raw_range`, raw `free`),
+    // and `RelPtr::get` needs `ShmSync`.
     check_name(name)?;
     let mut dir = Directory::open(alloc)?;
     let me = alloc.liveness_token();
@@ -410,7 +427,7 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
     })
 }
 
-fn create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
+fn create<'a, A: ShmAllocator + ?Sized, T: ShmShared>(
     alloc: &'a A,
     e: &[AtomicU64],
     name: &str,
@@ -429,7 +446,14 @@ fn create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
     e[W_FP].store(layout_checked::<T>(), Ordering::Relaxed);
     // The epoch before allocating: the block belongs to this epoch or a later one.
     e[W_EPOCH].store(alloc.epoch(), Ordering::Relaxed);
-    let off = alloc.allocate_aligned(size_of::<T>().max(1), align_of::<T>())?;
+    // The block starts with a PINNED header (so its start is never bytes the
+    // object's users write); the object follows it. Never freed (roots outlive
+    // every `&T` handed out, which carry no pin).
+    let pay = payload_offset(align_of::<T>());
+    let block =
+        alloc.allocate_aligned(pay as usize + size_of::<T>().max(1), align_of::<T>().max(8))?;
+    OwnedHeader::init_pinned(alloc, block, layout_checked::<T>())?;
+    let off = Offset::new(block.get() + pay);
     let v = raw::write_fresh(alloc, off, std::iter::once(value))?;
     e[W_OFF].store(off.get(), Ordering::Relaxed);
     e[W_STATE].store(READY, Ordering::Release);
@@ -437,7 +461,7 @@ fn create<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
     Ok(&v[0])
 }
 
-fn resolve<'a, A: ShmAllocator + ?Sized, T: ShmSync>(
+fn resolve<'a, A: ShmAllocator + ?Sized, T: ShmShared>(
     alloc: &'a A,
     e: &[AtomicU64],
     name: &str,

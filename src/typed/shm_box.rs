@@ -5,9 +5,10 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
 use crate::alloc::{Offset, ShmFree};
-use crate::error::{Error, TokenError};
-use crate::typed::token::{payload_offset, BoxToken, OwnedHeader};
-use crate::typed::{layout_checked, raw, RelPtr, ShmSafe};
+use crate::error::{AccessError, Error, TokenError};
+use crate::process::fork_epoch;
+use crate::typed::token::{box_payload_offset, BoxHeader, BoxToken, OwnedHeader};
+use crate::typed::{layout_checked, raw, RelPtr, ShmPtr, ShmSafe};
 
 /// Owns one `T` in a shared segment, **exclusively**: it gives `&T`, and `&mut T`
 /// for plain data (`T: Copy`), like `Box`, and frees the block when dropped.
@@ -21,6 +22,13 @@ use crate::typed::{layout_checked, raw, RelPtr, ShmSafe};
 ///
 /// Ownership moves to another process with [`into_token`](ShmBox::into_token) and
 /// [`from_token`](ShmBox::from_token): exactly once, and type-checked on arrival.
+///
+/// # Panics
+/// A box copied into a `fork` child is no owner ([`is_owner`](ShmBox::is_owner) is
+/// false; its drop frees nothing). `Deref`, `DerefMut` and
+/// [`into_token`](ShmBox::into_token) panic on such a copy; [`try_get`](ShmBox::try_get),
+/// [`try_get_mut`](ShmBox::try_get_mut) and [`try_into_token`](ShmBox::try_into_token)
+/// return [`AccessError::Forked`] instead.
 ///
 /// ```
 /// use shared_allocator::prelude::*;
@@ -45,9 +53,11 @@ use crate::typed::{layout_checked, raw, RelPtr, ShmSafe};
 pub struct ShmBox<'a, T: ShmSafe, A: ShmFree> {
     alloc: &'a A,
     /// The payload, resolved once: the block is ours for as long as this box lives.
-    /// The block (and its [`OwnedHeader`]) starts `PAYLOAD` bytes before it. Two
-    /// words in all, so that a box moves as a pair of registers.
+    /// The block (and its [`OwnedHeader`]) starts `PAYLOAD` bytes before it.
     value: NonNull<T>,
+    /// The fork epoch of the process that owns the block: a `fork` child's copy
+    /// of the box is not an owner (it neither frees nor gives out references).
+    fork: u64,
 }
 
 // SAFETY: a ShmBox is an owning pointer to a `T` (like `Box<T>`), plus a shared
@@ -58,7 +68,7 @@ unsafe impl<T: ShmSafe, A: ShmFree> Send for ShmBox<'_, T, A> {}
 unsafe impl<T: ShmSafe, A: ShmFree> Sync for ShmBox<'_, T, A> {}
 
 impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
-    const PAYLOAD: u64 = payload_offset(align_of::<T>());
+    const PAYLOAD: u64 = box_payload_offset(align_of::<T>());
 
     /// Allocates room for a `T` in `alloc` and moves `value` there.
     ///
@@ -82,14 +92,15 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
             return Self::new_in_checked(alloc, block, value);
         };
         // SAFETY: `ptr_at` checked that the `size` bytes at `p` lie in the mapping,
-        // aligned to `align` (at least 8, OwnedHeader's alignment); the 16-byte header
-        // is at the block start; the block was just allocated and is not published.
+        // aligned to `align` (at least 8, BoxHeader's alignment); the 24-byte header
+        // is at the block start (`PAYLOAD >= 24`); the block was just allocated and
+        // is not published.
         unsafe {
             raw::write_values(
                 alloc,
-                p.as_ptr().cast::<OwnedHeader>(),
+                p.as_ptr().cast::<BoxHeader>(),
                 1,
-                std::iter::once(OwnedHeader::new(fp)),
+                std::iter::once(BoxHeader::new(fp)),
             )
         };
         let value_ptr = p.as_ptr().wrapping_add(Self::PAYLOAD as usize).cast::<T>();
@@ -100,6 +111,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         Ok(ShmBox {
             alloc,
             value: NonNull::from(&v[0]),
+            fork: fork_epoch(),
         })
     }
 
@@ -110,12 +122,16 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     fn new_in_checked(alloc: &'a A, block: Offset, value: T) -> Result<Self, Error> {
         let fp = layout_checked::<T>();
         let made = (|| {
-            let header = OwnedHeader::init(alloc, block, fp)?;
+            let header = raw::write_fresh(alloc, block, std::iter::once(BoxHeader::new(fp)))?;
             let v = raw::write_fresh(alloc, Self::payload(block), std::iter::once(value))?;
             Ok::<_, Error>((header, NonNull::from(&v[0])))
         })();
         match made {
-            Ok((_header, value)) => Ok(ShmBox { alloc, value }),
+            Ok((_header, value)) => Ok(ShmBox {
+                alloc,
+                value,
+                fork: fork_epoch(),
+            }),
             Err(e) => {
                 // SAFETY: `new_in` allocated the block just before this call; no
                 // reference into it was handed out.
@@ -143,13 +159,23 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         let header = OwnedHeader::at(alloc, block)?;
         // Check the payload's bounds before claiming: a refused token changes nothing.
         let value = raw::checked_ptr::<T, A>(alloc, Self::payload(block), 1)?;
-        header.redeem(block, token.nonce(), std::any::type_name::<T>(), fp)?;
-        Ok(ShmBox { alloc, value })
+        header.redeem(alloc, block, token.nonce(), std::any::type_name::<T>(), fp)?;
+        Ok(ShmBox {
+            alloc,
+            value,
+            fork: fork_epoch(),
+        })
     }
 
     /// The block's owner header: `PAYLOAD` bytes before the value.
     #[inline]
     fn header(&self) -> &'a OwnedHeader {
+        &self.box_header().owner
+    }
+
+    /// The block's whole header (owner and generation).
+    #[inline]
+    pub(crate) fn box_header(&self) -> &'a BoxHeader {
         let p = self
             .value
             .as_ptr()
@@ -160,28 +186,95 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         // inside the mapping `alloc` owns, which outlives `'a`, 8-aligned (blocks
         // are aligned to at least 8 and `PAYLOAD` is a multiple of 8); the header is
         // all atomics, shared with other processes only through them.
-        unsafe { &*p.cast::<OwnedHeader>() }
+        unsafe { &*p.cast::<BoxHeader>() }
     }
 
     /// The block's offset: the header's address in the mapping, as an offset.
     #[inline]
-    fn block(&self) -> Offset {
+    pub(crate) fn block(&self) -> Offset {
         let header = self.header() as *const OwnedHeader as usize;
         Offset::new((header - self.alloc.segment().base_addr()) as u64)
     }
 
+    /// Whether this process owns the block: false for a `fork` child's copy of a
+    /// box made (or redeemed) in its parent.
+    #[inline]
+    pub fn is_owner(&self) -> bool {
+        self.fork == fork_epoch()
+    }
+
+    #[inline]
+    fn assert_owner(&self) {
+        if !self.is_owner() {
+            forked_box();
+        }
+    }
+
     /// Gives up ownership without freeing, for another process (or a later one) to
     /// take with [`from_token`](ShmBox::from_token), once.
+    ///
+    /// # Panics
+    /// In a `fork` child, for a box its parent owns (see [`is_owner`](Self::is_owner));
+    /// [`try_into_token`](Self::try_into_token) returns the error instead.
     pub fn into_token(self) -> BoxToken<T> {
+        match self.try_into_token() {
+            Ok(t) => t,
+            Err(_) => forked_box(),
+        }
+    }
+
+    /// [`into_token`](Self::into_token), or [`AccessError::Forked`] in a `fork`
+    /// child's copy of a box its parent owns (the copy is dropped: it frees nothing).
+    pub fn try_into_token(self) -> Result<BoxToken<T>, AccessError> {
+        crate::process::check_fork(self.fork)?;
         let me = ManuallyDrop::new(self);
         let nonce = me.header().issue(me.alloc);
-        BoxToken::new(me.block(), nonce)
+        Ok(BoxToken::new(me.block(), nonce))
+    }
+
+    /// The value, or [`AccessError::Forked`] in a `fork` child's copy of a box its
+    /// parent owns (the fallible form of `Deref`, which panics there).
+    #[inline]
+    pub fn try_get(&self) -> Result<&T, AccessError> {
+        crate::process::check_fork(self.fork)?;
+        Ok(self)
+    }
+
+    /// The value mutably, or [`AccessError::Forked`] as [`try_get`](Self::try_get).
+    #[inline]
+    pub fn try_get_mut(&mut self) -> Result<&mut T, AccessError>
+    where
+        T: Copy,
+    {
+        crate::process::check_fork(self.fork)?;
+        Ok(self)
     }
 
     /// The pointer to the value, for copies in other processes ([`RelPtr::read`]), or
     /// shared views of [`ShmSync`](crate::typed::ShmSync) values ([`RelPtr::get`]).
     pub fn rel_ptr(&self) -> RelPtr<T> {
         RelPtr::from_offset(Self::payload(self.block()))
+    }
+
+    /// A generation-checked pointer to the value, for other processes: unlike
+    /// [`rel_ptr`](Self::rel_ptr), reading it after this box is dropped (and the
+    /// block reused) is an error ([`ShmPtr::read`]).
+    pub fn shm_ptr(&self) -> ShmPtr<T> {
+        let h = self.box_header();
+        let mut g = h.generation.load(std::sync::atomic::Ordering::Acquire);
+        if g == 0 {
+            let fresh = crate::typed::token::fresh_generation(self.alloc);
+            g = match h.generation.compare_exchange(
+                0,
+                fresh,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            ) {
+                Ok(_) => fresh,
+                Err(now) => now,
+            };
+        }
+        ShmPtr::new(self.block(), g)
     }
 
     /// The value's bytes, through zerocopy (for `T` that derives
@@ -205,6 +298,7 @@ impl<T: ShmSafe, A: ShmFree> Deref for ShmBox<'_, T, A> {
 
     #[inline]
     fn deref(&self) -> &T {
+        self.assert_owner();
         // SAFETY:
         // - `value` was checked in-bounds and aligned for T when the box was made, in
         //   the mapping `alloc` owns, which outlives the box;
@@ -225,6 +319,7 @@ impl<T: ShmSafe, A: ShmFree> Deref for ShmBox<'_, T, A> {
 impl<T: ShmSafe + Copy, A: ShmFree> DerefMut for ShmBox<'_, T, A> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
+        self.assert_owner();
         // SAFETY:
         // - in-bounds, aligned and initialised, as in `deref`;
         // - `&mut self` makes this the only reference from this box, and the block is
@@ -236,6 +331,16 @@ impl<T: ShmSafe + Copy, A: ShmFree> DerefMut for ShmBox<'_, T, A> {
 
 impl<T: ShmSafe, A: ShmFree> Drop for ShmBox<'_, T, A> {
     fn drop(&mut self) {
+        if !self.is_owner() {
+            // A fork child's copy: the parent owns the block (and may have handed
+            // it on); the copy goes without touching it.
+            return;
+        }
+        // Generation first: a ShmPtr checks it after the claim, so it never sees a
+        // released block with its old generation.
+        self.box_header()
+            .generation
+            .store(0, std::sync::atomic::Ordering::Release);
         self.header().release();
         // A failure here means the block was freed behind our back: nothing to do.
         // SAFETY: the box owns its block exclusively (allocated or redeemed once);
@@ -248,4 +353,13 @@ impl<T: ShmSafe + std::fmt::Debug, A: ShmFree> std::fmt::Debug for ShmBox<'_, T,
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("ShmBox").field(&**self).finish()
     }
+}
+
+#[cold]
+#[inline(never)]
+fn forked_box() -> ! {
+    panic!(
+        "a ShmBox copied into a fork child is not an owner: its parent owns the block \
+         (move boxes across fork with into_token / from_token)"
+    )
 }

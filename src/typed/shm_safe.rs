@@ -168,9 +168,14 @@ pub const fn layout_checked<T: ShmSafe>() -> u64 {
 /// ```
 ///
 /// # Safety
-/// Implement it only for a `ShmSafe` type all of whose bytes are inside `UnsafeCell`s
-/// whose shared API is sound when other threads (and so other processes) call it at
-/// the same time: atomics, or a lock type in shared memory. Prefer `#[shm(sync)]`.
+/// Implement it only for a `ShmSafe` type every byte of which is inside an
+/// `UnsafeCell` and **only ever accessed atomically**, by the type's own API and by
+/// anyone else: the raw API (byte-wise atomic `write`, `RelPtr::get` views of freed
+/// and reused blocks) may write any byte of it at any time, and that must stay a
+/// race-free change to a valid value. Atomics and arrays or `#[shm(sync)]` structs
+/// of them qualify; a lock that hands out `&mut` to plain data under it
+/// ([`ShmMutex`](crate::ShmMutex)) or a channel's slots do not (they are
+/// [`ShmShared`] only). Prefer `#[shm(sync)]`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be shared mutably across processes: it is not `ShmSync`",
     label = "`{Self}` is not `ShmSync`",
@@ -178,6 +183,39 @@ pub const fn layout_checked<T: ShmSafe>() -> u64 {
             (atomics); read plain data by copy (`read`) or through its owning handle"
 )]
 pub unsafe trait ShmSync: ShmSafe {}
+
+/// Types that any number of processes may hold as a shared `&T` (named roots give
+/// them out), provided nothing but the type's own API ever touches their bytes:
+/// every [`ShmSync`] type, and the coordination types ([`ShmMutex`](crate::ShmMutex),
+/// [`ShmChannel`](crate::ShmChannel), [`ShmEvent`](crate::ShmEvent),
+/// [`ShmCondvar`](crate::ShmCondvar)), whose shared API hands out non-atomic access
+/// under a lock or a slot protocol. Since the raw API could break that protocol, no
+/// raw write, free or view reaches a root's block, in either segment mode
+/// ([`ShmAllocator::check_raw_range`](crate::ShmAllocator::check_raw_range)), and
+/// roots are never freed.
+///
+/// # Safety
+/// Implement it only for a `ShmSafe` type whose shared API is sound when threads in
+/// several processes call it at once on the same bytes, as long as no other code
+/// writes them. Set [`ATOMIC_ONLY`](Self::ATOMIC_ONLY) to `true` only if the type
+/// is also [`ShmSync`] (the blanket impl does that).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be shared across processes: it is neither `ShmSync` nor `ShmShared`",
+    label = "`{Self}` is not `ShmShared`",
+    note = "a `&T` that every process may hold needs interior mutability (atomics, or a lock \
+            type such as `ShmMutex`); read plain data by copy (`read`) or through its owning handle"
+)]
+pub unsafe trait ShmShared: ShmSafe {
+    /// Whether every byte is only ever accessed atomically ([`ShmSync`]): then the
+    /// raw API may share the segment.
+    const ATOMIC_ONLY: bool;
+}
+
+// SAFETY: a ShmSync type's every byte is accessed only atomically, by anyone, which
+// is more than ShmShared asks.
+unsafe impl<T: ShmSync> ShmShared for T {
+    const ATOMIC_ONLY: bool = true;
+}
 
 macro_rules! sync_atomics {
     ($($t:ty),*) => {$(

@@ -28,6 +28,10 @@ use crate::typed::{fingerprint, raw, ShmSafe, ShmSync};
 pub const OWNED: u64 = 1;
 /// Claim word of a block whose owner dropped it.
 pub const RELEASED: u64 = 0;
+/// Claim word of a block that no token can ever name: a vector's element buffer, a
+/// named root's object, the root directory's overflow block. Its header exists so
+/// that no block start of a typed segment is ever bytes that safe code writes.
+pub const PINNED: u64 = crate::segment::roots_table::PINNED;
 const NONCE_BIT: u64 = 1 << 63;
 
 /// Offset of the segment-wide nonce counter: the first word of the typed layer's
@@ -59,6 +63,45 @@ pub(crate) const fn payload_offset(align: usize) -> u64 {
     }
 }
 
+/// Bytes from a [`ShmBox`](crate::ShmBox) block's start to its payload: the
+/// [`OwnedHeader`] and the generation word (24 bytes), rounded up to `T`'s alignment.
+pub(crate) const fn box_payload_offset(align: usize) -> u64 {
+    let a = if align > 8 { align as u64 } else { 8 };
+    24u64.div_ceil(a) * a
+}
+
+/// The header of a [`ShmBox`](crate::ShmBox) block: the owner header and the
+/// block's generation (0 until a [`ShmPtr`](crate::typed::ShmPtr) is made; a fresh
+/// never-repeating value after; 0 again just before the block is freed).
+#[repr(C)]
+pub(crate) struct BoxHeader {
+    pub(crate) owner: OwnedHeader,
+    pub(crate) generation: AtomicU64,
+}
+
+// SAFETY: repr(C) of a 16-byte all-atomic OwnedHeader and an AtomicU64: 24 bytes,
+// no padding, every bit pattern valid, no pointers, fixed layout, no Drop.
+unsafe impl ShmSafe for BoxHeader {
+    const FINGERPRINT: u64 = fingerprint::primitive("BoxHeader", 24, 8);
+}
+// SAFETY: every field is atomic: every byte is only ever accessed atomically.
+unsafe impl ShmSync for BoxHeader {}
+
+impl BoxHeader {
+    pub(crate) fn new(fp: u64) -> BoxHeader {
+        BoxHeader {
+            owner: OwnedHeader::new(fp),
+            generation: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A fresh generation (never 0, never repeats within the segment): drawn from the
+/// same counter as hand-over nonces, without the nonce bit.
+pub(crate) fn fresh_generation<A: ShmAllocator + ?Sized>(alloc: &A) -> u64 {
+    next_nonce(alloc) & !NONCE_BIT
+}
+
 impl OwnedHeader {
     /// A header for a block this process creates, owned by its creator.
     pub(crate) fn new(fp: u64) -> OwnedHeader {
@@ -66,6 +109,11 @@ impl OwnedHeader {
             claim: AtomicU64::new(OWNED),
             fingerprint: AtomicU64::new(fp),
         }
+    }
+
+    /// The fingerprint word now.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        self.fingerprint.load(Ordering::Relaxed)
     }
 
     /// The claim word now.
@@ -94,6 +142,7 @@ impl OwnedHeader {
 
     /// Writes a fresh header into a block this process just allocated.
     #[inline]
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (archive blocks)
     pub(crate) fn init<A: ShmAllocator + ?Sized>(
         alloc: &A,
         block: Offset,
@@ -102,12 +151,30 @@ impl OwnedHeader {
         raw::write_fresh(alloc, block, std::iter::once(OwnedHeader::new(fp))).map(|s| &s[0])
     }
 
-    /// The header of the owned block at `block` (bounds, alignment and liveness checked).
+    /// The header of the block that starts at `block`: the allocator's metadata
+    /// must say that `block` is the start of a live block (so, in a typed segment,
+    /// these 16 bytes were written by this crate, never by a payload, a vector
+    /// buffer or a root: they all start after a header), then bounds and alignment.
     pub(crate) fn at<A: ShmAllocator + ?Sized>(
         alloc: &A,
         block: Offset,
     ) -> Result<&OwnedHeader, AccessError> {
+        alloc.check_block_start(block)?;
         raw::value_at::<OwnedHeader, A>(alloc, block)
+    }
+
+    /// Writes the header of a block no token may name ([`PINNED`]), with the
+    /// fingerprint `fp` of what it holds.
+    pub(crate) fn init_pinned<A: ShmAllocator + ?Sized>(
+        alloc: &A,
+        block: Offset,
+        fp: u64,
+    ) -> Result<(), AccessError> {
+        let h = OwnedHeader {
+            claim: AtomicU64::new(PINNED),
+            fingerprint: AtomicU64::new(fp),
+        };
+        raw::write_fresh(alloc, block, std::iter::once(h)).map(|_| ())
     }
 
     /// Gives the block away: stores a fresh nonce (Release: everything this owner
@@ -120,7 +187,27 @@ impl OwnedHeader {
 
     /// Takes the block: checks the fingerprint, then swaps the token's nonce for
     /// `OWNED` (Acquire: sees everything the giver wrote). Exactly one caller wins.
-    pub(crate) fn redeem(
+    /// Then the allocator's word again that `block` is a
+    /// live block start: a block freed and reused between [`at`](Self::at) and the
+    /// swap (its old header bytes now inside someone's payload) is refused, and the
+    /// swap undone.
+    pub(crate) fn redeem<A: ShmAllocator + ?Sized>(
+        &self,
+        alloc: &A,
+        block: Offset,
+        nonce: u64,
+        expected: &'static str,
+        fp: u64,
+    ) -> Result<(), TokenError> {
+        self.redeem_only(block, nonce, expected, fp)?;
+        if let Err(e) = alloc.check_block_start(block) {
+            self.unredeem(nonce);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn redeem_only(
         &self,
         block: Offset,
         nonce: u64,

@@ -8,7 +8,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use crate::alloc::{Offset, ShmFree};
 use crate::error::{AccessError, Error, TokenError};
-use crate::typed::token::{OwnedHeader, VecToken};
+use crate::typed::token::{payload_offset, OwnedHeader, VecToken, PINNED};
 use crate::typed::{fingerprint, layout_checked, raw, RelPtr, ShmSafe, ShmSync};
 
 /// The part of a [`ShmVec`] that lives in shared memory, so other processes can find
@@ -43,6 +43,11 @@ const fn vec_fingerprint<T: ShmSafe>() -> u64 {
     fingerprint::str(layout_checked::<T>(), "ShmVec")
 }
 
+/// The fingerprint in the [`PINNED`] header of a vector's element buffer.
+const fn buffer_fingerprint<T: ShmSafe>() -> u64 {
+    fingerprint::str(layout_checked::<T>(), "ShmVecBuffer")
+}
+
 /// A growable vector in a shared segment. The owner (this handle) is the only writer
 /// (the block is exclusively owned); other processes read it with [`ShmVecReader`](super::ShmVecReader),
 /// which copies out a consistent prefix (seqlock, byte-wise atomic copies).
@@ -73,12 +78,15 @@ pub struct ShmVec<'a, T: ShmSafe, A: ShmFree> {
     alloc: &'a A,
     header: RelPtr<ShmVecHeader<T>>,
     hdr: &'a ShmVecHeader<T>,
-    /// The element buffer: its offset (null before the first allocation) and pointer
-    /// (dangling, never dereferenced, while `cap == 0`).
+    /// The element buffer: its block's offset (null before the first allocation;
+    /// the elements start `BUF` bytes after it, past a [`PINNED`] header) and the
+    /// pointer to the elements (dangling, never dereferenced, while `cap == 0`).
     buf_off: Offset,
     buf: NonNull<T>,
     len: usize,
     cap: usize,
+    /// Fork epoch of the owning process: a `fork` child's copy owns nothing.
+    fork: u64,
 }
 
 impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
@@ -89,6 +97,8 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         );
         size_of::<T>()
     };
+    /// Bytes from a buffer block's start to its first element.
+    const BUF: u64 = payload_offset(align_of::<T>());
 
     /// Creates an empty vector (its header is allocated in `alloc`).
     ///
@@ -131,6 +141,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             buf: NonNull::dangling(),
             len: 0,
             cap: 0,
+            fork: crate::process::fork_epoch(),
         };
         if cap > 0 {
             v.grow_to(cap)?;
@@ -146,10 +157,25 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     /// Gives up ownership without freeing anything, for another process (or a later
     /// one) to take with [`from_token`](ShmVec::from_token), once. Readers keep
     /// reading meanwhile.
+    ///
+    /// # Panics
+    /// In a `fork` child's copy of a vector its parent owns.
+    /// [`try_into_token`](Self::try_into_token) returns the error instead.
     pub fn into_token(self) -> VecToken<T> {
+        match self.try_into_token() {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`into_token`](Self::into_token), or [`AccessError::Forked`] in a `fork`
+    /// child's copy of a vector its parent owns (the copy is dropped: it frees
+    /// nothing).
+    pub fn try_into_token(self) -> Result<VecToken<T>, AccessError> {
+        self.check_owner()?;
         let me = ManuallyDrop::new(self);
         let nonce = me.hdr.owner.issue(me.alloc);
-        VecToken::new(me.header.offset(), nonce)
+        Ok(VecToken::new(me.header.offset(), nonce))
     }
 
     /// Takes ownership of a vector given away with [`into_token`](ShmVec::into_token),
@@ -164,6 +190,8 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         let _ = Self::ELEM;
         let fp = vec_fingerprint::<T>();
         let header = RelPtr::<ShmVecHeader<T>>::from_offset(token.offset());
+        // A block start, so a header only this crate wrote (never a payload).
+        alloc.check_block_start(token.offset())?;
         let hdr = raw::value_at::<ShmVecHeader<T>, A>(alloc, token.offset())?;
         hdr.owner
             .check(token.offset(), std::any::type_name::<Self>(), fp)?;
@@ -185,12 +213,29 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         if len > cap || (cap == 0) != data.is_null() || hdr.seq.load(Ordering::Relaxed) % 2 == 1 {
             return Err(corrupt("vector header is inconsistent"));
         }
-        let buf = if cap == 0 {
-            NonNull::dangling()
+        let (buf_off, buf) = if cap == 0 {
+            (Offset::NULL, NonNull::dangling())
         } else {
-            raw::checked_ptr::<T, A>(alloc, data, cap)?
+            // The buffer must be a live block of this vector's kind: its start is a
+            // [`PINNED`] buffer header of `T`, written by this crate.
+            let block = data
+                .get()
+                .checked_sub(Self::BUF)
+                .map(Offset::new)
+                .ok_or_else(|| corrupt("vector buffer offset"))?;
+            let h = OwnedHeader::at(alloc, block)?;
+            if h.claim_word(Ordering::Relaxed) != PINNED {
+                return Err(corrupt("vector buffer is not a buffer block"));
+            }
+            h.check(
+                block,
+                std::any::type_name::<Self>(),
+                buffer_fingerprint::<T>(),
+            )?;
+            (block, raw::checked_ptr::<T, A>(alloc, data, cap)?)
         };
         hdr.owner.redeem(
+            alloc,
             token.offset(),
             token.nonce(),
             std::any::type_name::<Self>(),
@@ -200,11 +245,24 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             alloc,
             header,
             hdr,
-            buf_off: data,
+            buf_off,
             buf,
             len,
             cap,
+            fork: crate::process::fork_epoch(),
         })
+    }
+
+    /// Whether this process owns the vector: false for a `fork` child's copy of a
+    /// vector its parent owns (which neither writes, frees nor gives references).
+    #[inline]
+    pub fn is_owner(&self) -> bool {
+        self.fork == crate::process::fork_epoch()
+    }
+
+    #[inline]
+    fn check_owner(&self) -> Result<(), AccessError> {
+        crate::process::check_fork(self.fork)
     }
 
     /// Number of elements.
@@ -228,6 +286,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     /// [`Error::Alloc`] if the allocator cannot provide the new buffer; the vector is
     /// unchanged.
     pub fn reserve(&mut self, additional: usize) -> Result<(), Error> {
+        self.check_owner()?;
         let need = self
             .len
             .checked_add(additional)
@@ -248,24 +307,29 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     }
 
     fn grow_to(&mut self, new_cap: usize) -> Result<(), Error> {
+        let too_large = crate::AllocError::TooLarge {
+            requested: u64::MAX,
+            max: self.alloc.segment().layout().data_len,
+        };
         let bytes = new_cap
             .checked_mul(Self::ELEM)
-            .ok_or(crate::AllocError::TooLarge {
-                requested: u64::MAX,
-                max: self.alloc.segment().layout().data_len,
-            })?;
+            .and_then(|b| b.checked_add(Self::BUF as usize))
+            .ok_or(too_large)?;
+        let data_of = |block: Offset| Offset::new(block.get() + Self::BUF);
         // Extend in place when the allocator can: no copy, and readers see only
         // `cap` grow (the data offset stays).
         if !self.buf_off.is_null() && self.alloc.grow_in_place(self.buf_off, bytes) {
-            if let Ok(p) = raw::checked_ptr::<T, A>(self.alloc, self.buf_off, new_cap) {
+            if let Ok(p) = raw::checked_ptr::<T, A>(self.alloc, data_of(self.buf_off), new_cap) {
                 self.buf = p;
                 self.hdr.cap.store(new_cap as u64, Ordering::Release);
                 self.cap = new_cap;
                 return Ok(());
             }
         }
-        let off = self.alloc.allocate_aligned(bytes, align_of::<T>())?;
-        let ptr = match raw::checked_ptr::<T, A>(self.alloc, off, new_cap) {
+        let off = self.alloc.allocate_aligned(bytes, align_of::<T>().max(8))?;
+        let made = OwnedHeader::init_pinned(self.alloc, off, buffer_fingerprint::<T>())
+            .and_then(|()| raw::checked_ptr::<T, A>(self.alloc, data_of(off), new_cap));
+        let ptr = match made {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: allocated just above by this vector; never published.
@@ -296,7 +360,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         self.hdr.seq.fetch_add(1, Ordering::AcqRel);
         // Readers that see the changes below also see `seq` odd (seqlock writer).
         fence(Ordering::Release);
-        self.hdr.data.store(off.get(), Ordering::Release);
+        self.hdr.data.store(data_of(off).get(), Ordering::Release);
         self.hdr.cap.store(new_cap as u64, Ordering::Release);
         self.hdr.seq.fetch_add(1, Ordering::AcqRel);
         let old = std::mem::replace(&mut self.buf_off, off);
@@ -316,6 +380,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     /// [`Error::Alloc`] if the buffer must grow and cannot.
     #[inline]
     pub fn push(&mut self, value: T) -> Result<(), Error> {
+        self.check_owner()?;
         if self.len == self.cap {
             self.grow_for_push()?;
         }
@@ -364,6 +429,9 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     }
 
     fn shrink_len(&mut self, new_len: usize) {
+        if let Err(e) = self.check_owner() {
+            panic!("{e}");
+        }
         // Readers copying the elements being retired must notice: bump the sequence.
         self.hdr.seq.fetch_add(1, Ordering::AcqRel);
         fence(Ordering::Release);
@@ -373,6 +441,10 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     }
 
     /// Removes and returns the last element.
+    ///
+    /// # Panics
+    /// In a `fork` child's copy of a vector its parent owns (as
+    /// [`as_slice`](Self::as_slice); [`is_owner`](Self::is_owner) tells).
     pub fn pop(&mut self) -> Option<T>
     where
         T: Copy,
@@ -383,6 +455,9 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     }
 
     /// Removes every element (the buffer is kept).
+    ///
+    /// # Panics
+    /// In a `fork` child's copy of a non-empty vector its parent owns.
     pub fn clear(&mut self) {
         if self.len > 0 {
             self.shrink_len(0);
@@ -390,15 +465,33 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     }
 
     /// The elements, in this (the writer's) process.
+    ///
+    /// # Panics
+    /// In a `fork` child's copy of a vector its parent owns (the parent may be
+    /// writing it).
+    /// [`try_as_slice`](Self::try_as_slice) returns the error instead; so do
+    /// [`get`](Self::get), [`iter`](Self::iter), [`as_bytes`](Self::as_bytes),
+    /// [`pop`](Self::pop) and [`clear`](Self::clear), which go through it.
     pub fn as_slice(&self) -> &[T] {
+        match self.try_as_slice() {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The elements, or [`AccessError::Forked`] in a `fork` child's copy of a
+    /// vector its parent owns (the fallible form of [`as_slice`](Self::as_slice)).
+    pub fn try_as_slice(&self) -> Result<&[T], AccessError> {
+        self.check_owner()?;
         // SAFETY:
         // - `buf` is our buffer, checked in-bounds and aligned for `cap >= len` elements,
         //   or dangling (non-null, aligned) with `len == 0`;
         // - the first `len` elements were initialised by push/extend;
         // - `&self` prevents this handle from writing while the slice lives; other
         //   processes only read (single-writer contract; a hostile peer can only
-        //   change bytes, and every bit pattern is a valid T: ShmSafe).
-        unsafe { std::slice::from_raw_parts(self.buf.as_ptr(), self.len) }
+        //   change bytes, and every bit pattern is a valid T: ShmSafe);
+        // - `check_owner`: this is the owner's handle, not a fork child's copy.
+        Ok(unsafe { std::slice::from_raw_parts(self.buf.as_ptr(), self.len) })
     }
 
     /// The elements' bytes, through zerocopy (for `T: zerocopy::IntoBytes +
@@ -423,6 +516,9 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
 
 impl<T: ShmSafe, A: ShmFree> Drop for ShmVec<'_, T, A> {
     fn drop(&mut self) {
+        if !self.is_owner() {
+            return; // a fork child's copy: the parent owns the vector
+        }
         self.hdr.owner.release();
         if !self.buf_off.is_null() {
             // SAFETY: the vector owns its buffer; dropping ends every borrow of it.

@@ -723,7 +723,10 @@ impl Drop for FreeListAllocator {
     }
 }
 
-impl ShmAllocator for FreeListAllocator {
+// SAFETY: spans and runs are claimed in page metadata outside the data region (the
+// multi-process suites check that live blocks never overlap); its checks read only
+// that metadata.
+unsafe impl ShmAllocator for FreeListAllocator {
     const KIND: AllocatorKind = AllocatorKind::FreeList;
 
     fn liveness_token(&self) -> u32 {
@@ -754,6 +757,11 @@ impl ShmAllocator for FreeListAllocator {
 
     #[inline]
     fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
+        self.block_start_of(offset, len).map(|_| ())
+    }
+
+    #[inline]
+    fn block_start_of(&self, offset: Offset, len: u64) -> Result<Option<Offset>, AccessError> {
         let rel = data_relative(&self.seg, offset, len)?;
         let not_alloc = AccessError::NotAllocated {
             offset: offset.get(),
@@ -786,7 +794,7 @@ impl ShmAllocator for FreeListAllocator {
                 if self.depth != 0 && cache::Caches::is_cached(self, start) {
                     return Err(not_alloc);
                 }
-                Ok(())
+                Ok(Some(Offset::new(start)))
             }
             KIND_LARGE | KIND_INTERIOR => {
                 let (start, dist) = if kind(st) == KIND_LARGE {
@@ -803,9 +811,45 @@ impl ShmAllocator for FreeListAllocator {
                 if (dist as u64) * PAGE + within + len > n * PAGE {
                     return Err(not_alloc);
                 }
-                Ok(())
+                Ok(Some(Offset::new(self.page_offset(start))))
             }
             _ => Err(not_alloc),
+        }
+    }
+
+    fn check_block_start(&self, offset: Offset) -> Result<(), AccessError> {
+        let rel = data_relative(&self.seg, offset, 1)?;
+        let not_start = AccessError::NotBlockStart {
+            offset: offset.get(),
+        };
+        let (p, within) = self.locate(rel);
+        let Some(line) = self.page_line(p) else {
+            return Err(not_start);
+        };
+        let st = line[PM_STATE].load(Ordering::Acquire);
+        match kind(st) {
+            KIND_SMALL => {
+                let c = class(st);
+                if c >= NCLASS {
+                    return Err(AccessError::Corrupted {
+                        what: "span class out of range",
+                    });
+                }
+                let i = block_index(within, c);
+                if i >= cap_of(c) || within != i * u64::from(SIZE_CLASSES[c]) {
+                    return Err(not_start);
+                }
+                let v = line[PM_WORDS + (i / BITS) as usize].load(Ordering::Acquire);
+                if v >> BITS != tag_of(st) || v & (1 << (i % BITS)) == 0 {
+                    return Err(not_start);
+                }
+                if self.depth != 0 && cache::Caches::is_cached(self, offset.get()) {
+                    return Err(not_start);
+                }
+                Ok(())
+            }
+            KIND_LARGE if within == 0 => Ok(()),
+            _ => Err(not_start),
         }
     }
 
@@ -979,7 +1023,9 @@ impl FreeListAllocator {
     }
 }
 
-impl ShmFree for FreeListAllocator {
+// SAFETY: `free_owned` frees exactly the block it is given, once (bitmap bit or run
+// state, both CAS-claimed).
+unsafe impl ShmFree for FreeListAllocator {
     #[inline]
     unsafe fn free_owned(&self, offset: Offset) -> Result<(), FreeError> {
         if self.push_cached(offset.get()) {
