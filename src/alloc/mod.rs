@@ -8,6 +8,7 @@
 mod bump;
 mod cache;
 mod free_list;
+mod handle;
 mod slab;
 
 pub use bump::{BumpAllocator, BUMP_MAX_CAPACITY, DEFAULT_RESET_WAIT};
