@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut bump = BumpAllocator::create(&data, 4 << 20)?;
     let control_seg = FreeListAllocator::create(&ctl, 64 << 10)?;
     let _cleanup = (UnlinkGuard::new(&data), UnlinkGuard::new(&ctl));
-    let control: &Control = control_seg.root("control")?;
+    let control = control_seg.root::<Control>("control")?;
 
     let children_cpu_before = children_cpu(); // a baseline: only our workers count
     let mut kids = Vec::new();
@@ -177,7 +177,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn worker(data: &str, ctl: &str) -> Result<(), Box<dyn std::error::Error>> {
     let bump = BumpAllocator::open(data)?;
     let control_seg = FreeListAllocator::open(ctl)?;
-    let control: &Control = control_seg.root("control")?;
+    let control = control_seg.root::<Control>("control")?;
     let mut seen = 0;
     let mut previous: Option<ArenaPtr<Record>> = None;
     let (mut idle_wall, mut idle_cpu) = (Duration::ZERO, Duration::ZERO);

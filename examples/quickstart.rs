@@ -75,7 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let [off, len] = replies.recv(Some(TIMEOUT))?; // sleeps until a child replies
         got.push((Offset::new(off), len as usize));
     }
-    let bye: &Bye = alloc.root("bye")?;
+    let bye = alloc.root::<Bye>("bye")?;
     bye.done.store(1, Ordering::Release);
     bye.event.notify_all(); // every child may go now
     for mut kid in kids {
@@ -131,7 +131,7 @@ fn child(name: &str, id: usize) -> Result<(), Box<dyn std::error::Error>> {
     replies.send([off.get(), reply.len() as u64], Some(TIMEOUT))?;
     // Stay registered until the parent has every reply: were every sender gone in
     // between, the parent's receiver would rightly report `Disconnected`.
-    let bye: &Bye = alloc.root("bye")?;
+    let bye = alloc.root::<Bye>("bye")?;
     if !bye
         .event
         .wait_until(Some(TIMEOUT), || bye.done.load(Ordering::Acquire) == 1)

@@ -55,7 +55,7 @@ pub use error::{AccessError, AllocError, ArenaError, Error, FreeError, SegmentEr
 pub use segment::{unlink, CreateOptions, OpenOptions, UnlinkGuard};
 pub use sync::{OwnerDied, ShmCondvar, ShmEvent, ShmMutex};
 pub use typed::{
-    Arena, ArenaBox, ArenaPtr, ArenaRef, BoxToken, RelPtr, Roots, ShmBox, ShmPtr, ShmSafe,
+    Arena, ArenaBox, ArenaPtr, ArenaRef, BoxToken, RelPtr, Root, Roots, ShmBox, ShmPtr, ShmSafe,
     ShmShared, ShmSync, ShmVec, ShmVecHeader, ShmVecReader, TokenSlot, VecToken,
 };
 
@@ -76,7 +76,7 @@ pub mod prelude {
     pub use crate::error::Error;
     pub use crate::sync::{ShmCondvar, ShmEvent, ShmMutex};
     pub use crate::typed::{
-        Arena, ArenaBox, ArenaPtr, BoxToken, RelPtr, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
+        Arena, ArenaBox, ArenaPtr, BoxToken, RelPtr, Root, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
         ShmVecReader, TokenSlot, VecToken,
     };
 }

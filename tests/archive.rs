@@ -396,7 +396,7 @@ fn arena_archive_reset_waits_for_readers_in_other_processes() {
         Some("holding-reader") => {
             let bump = BumpAllocator::open(&env("SA_SEG")).unwrap();
             let flags = FreeListAllocator::open(&env("SA_FLAGS")).unwrap();
-            let flag: &AtomicU64 = flags.root("flag").unwrap();
+            let flag = flags.root::<AtomicU64>("flag").unwrap();
             let raw: Vec<u64> = env("SA_TOKEN")
                 .split(',')
                 .map(|s| s.parse().unwrap())
@@ -452,7 +452,7 @@ fn arena_archive_reset_waits_for_readers_in_other_processes() {
     let flags_name = ShmName::new("arc-stale-flags");
     let mut bump = BumpAllocator::create(name.as_str(), 4 << 20).unwrap();
     let flags = FreeListAllocator::create(flags_name.as_str(), 1 << 16).unwrap();
-    let flag: &AtomicU64 = flags.root("flag").unwrap();
+    let flag = flags.root::<AtomicU64>("flag").unwrap();
 
     for die in [false, true] {
         flag.store(0, Ordering::Release);

@@ -59,7 +59,7 @@ fn event_ping_pong_no_lost_wakeups() {
     let rounds = env_u64("SA_COORD_PINGPONG", 20_000);
     if role().as_deref() == Some("pong") {
         let a = open(&env_req("SA_SEG"));
-        let pp: &PingPong = a.root("pp").unwrap();
+        let pp = a.root::<PingPong>("pp").unwrap();
         for i in 0..rounds {
             // Odd values are the ping's, even ones the pong's.
             await_value(&pp.ping, &pp.ball, 2 * i + 1, "pong");
@@ -71,7 +71,7 @@ fn event_ping_pong_no_lost_wakeups() {
     }
     let name = ShmName::new("coord-pp");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let pp: &PingPong = a.root("pp").unwrap();
+    let pp = a.root::<PingPong>("pp").unwrap();
     let child = spawn_child(
         "event_ping_pong_no_lost_wakeups",
         "pong",
@@ -106,7 +106,7 @@ fn event_notify_all_wakes_every_process() {
     let gens = env_u64("SA_COORD_GENERATIONS", 300);
     if role().as_deref() == Some("gen-waiter") {
         let a = open(&env_req("SA_SEG"));
-        let g: &Generations = a.root("gen").unwrap();
+        let g = a.root::<Generations>("gen").unwrap();
         for k in 1..=gens {
             await_value(&g.changed, &g.generation, k, "gen-waiter");
             g.seen.fetch_add(1, Ordering::AcqRel);
@@ -117,7 +117,7 @@ fn event_notify_all_wakes_every_process() {
     }
     let name = ShmName::new("coord-gen");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let g: &Generations = a.root("gen").unwrap();
+    let g = a.root::<Generations>("gen").unwrap();
     let kids: Vec<_> = (0..WAITERS)
         .map(|_| {
             spawn_child(
@@ -168,20 +168,20 @@ fn condvar_ping_pong_across_processes() {
     };
     if role().as_deref() == Some("cv") {
         let a = open(&env_req("SA_SEG"));
-        bounce(a.root("shared").unwrap(), 1, "child");
+        bounce(&a.root("shared").unwrap(), 1, "child");
         say("cv done");
         return;
     }
     let name = ShmName::new("coord-cv");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let s: &Shared = a.root("shared").unwrap();
+    let s = a.root::<Shared>("shared").unwrap();
     let child = spawn_child(
         "condvar_ping_pong_across_processes",
         "cv",
         &[("SA_SEG", name.as_str().to_owned())],
     );
     let mut guard = KillOnDrop::new(child);
-    bounce(s, 0, "parent");
+    bounce(&s, 0, "parent");
     assert_eq!(results(guard.take(), WATCHDOG, "cv child"), ["cv done"]);
     let g = s.lock.lock().unwrap();
     assert_eq!(*g, [2 * rounds, 2 * rounds]);
@@ -193,7 +193,7 @@ fn mutex_excludes_across_processes() {
     let iters = env_u64("SA_COORD_MUTEX_ITERS", 20_000);
     if role().as_deref() == Some("incr") {
         let a = open(&env_req("SA_SEG"));
-        let s: &Shared = a.root("shared").unwrap();
+        let s = a.root::<Shared>("shared").unwrap();
         for _ in 0..iters {
             let mut g = s.lock.lock().expect("nobody died");
             // Two separate, non-atomic steps: another holder would see them differ.
@@ -208,7 +208,7 @@ fn mutex_excludes_across_processes() {
     }
     let name = ShmName::new("coord-mx");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let s: &Shared = a.root("shared").unwrap();
+    let s = a.root::<Shared>("shared").unwrap();
     let kids = (0..PROCS)
         .map(|_| {
             spawn_child(
@@ -233,7 +233,7 @@ struct Robust {
 
 /// Child role: lock, half-update, announce, and wait to be killed.
 fn holder(a: &FreeListAllocator) -> ! {
-    let r: &Robust = a.root("robust").unwrap();
+    let r = a.root::<Robust>("robust").unwrap();
     let mut g = r.lock.lock().expect("first holder");
     g[0] = 1; // the update is half done: g[1] still 0
     r.holding.store(1, Ordering::Release);
@@ -245,7 +245,7 @@ fn holder(a: &FreeListAllocator) -> ! {
 
 /// Child role: wait until the holder holds, then block in `lock()` and report.
 fn blocked_locker(a: &FreeListAllocator) {
-    let r: &Robust = a.root("robust").unwrap();
+    let r = a.root::<Robust>("robust").unwrap();
     await_value(&r.holding_changed, &r.holding, 1, "locker");
     let start = Instant::now();
     match r.lock.lock() {
@@ -261,7 +261,7 @@ fn blocked_locker(a: &FreeListAllocator) {
             g.mark_consistent();
         }
         Ok(_) => say("owner_died=0"),
-    }
+    };
 }
 
 fn wait_holding(r: &Robust) {
@@ -277,12 +277,12 @@ fn mutex_holder_killed_waiter_gets_owner_died() {
     }
     let name = ShmName::new("coord-od");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let r: &Robust = a.root("robust").unwrap();
+    let r = a.root::<Robust>("robust").unwrap();
     let env = [("SA_SEG", name.as_str().to_owned())];
     let entry = "mutex_holder_killed_waiter_gets_owner_died";
     let mut holder = KillOnDrop::new(spawn_child(entry, "holder", &env));
     let locker = KillOnDrop::new(spawn_child(entry, "locker", &env)).take();
-    wait_holding(r);
+    wait_holding(&r);
     // Let the locker reach its futex sleep, then kill the holder mid-update.
     std::thread::sleep(Duration::from_millis(200));
     assert!(matches!(r.lock.try_lock(), Err(TryLockError::WouldBlock)));
@@ -304,14 +304,14 @@ fn mutex_holder_killed_try_lock_and_timeout_get_owner_died() {
     }
     let name = ShmName::new("coord-od2");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let r: &Robust = a.root("robust").unwrap();
+    let r = a.root::<Robust>("robust").unwrap();
     let env = [("SA_SEG", name.as_str().to_owned())];
     let mut holder = KillOnDrop::new(spawn_child(
         "mutex_holder_killed_try_lock_and_timeout_get_owner_died",
         "holder",
         &env,
     ));
-    wait_holding(r);
+    wait_holding(&r);
     assert!(matches!(
         r.lock.lock_timeout(Duration::from_millis(100)),
         Err(TryLockError::TimedOut)
@@ -347,7 +347,7 @@ fn mutex_holder_killed_in_other_pid_namespace() {
     }
     let name = ShmName::new("coord-ns");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let r: &Robust = a.root("robust").unwrap();
+    let r = a.root::<Robust>("robust").unwrap();
     let unshare = common::child_command(
         &["unshare", "--pid", "--fork", "--kill-child=SIGKILL"],
         "mutex_holder_killed_in_other_pid_namespace",
@@ -405,7 +405,7 @@ fn event_waiter_killed_while_waiting_is_forgotten() {
     match role().as_deref() {
         Some("doomed") => {
             let a = open(&env_req("SA_SEG"));
-            let d: &Doomed = a.root("doomed").unwrap();
+            let d = a.root::<Doomed>("doomed").unwrap();
             // Never notified: the parent kills this process while it sleeps here.
             d.ev.wait_until(Some(WATCHDOG), || d.flag.load(Ordering::Acquire) == 2);
             say("not killed");
@@ -413,7 +413,7 @@ fn event_waiter_killed_while_waiting_is_forgotten() {
         }
         Some(r @ ("survivor" | "survivor2")) => {
             let a = open(&env_req("SA_SEG"));
-            let d: &Doomed = a.root("doomed").unwrap();
+            let d = a.root::<Doomed>("doomed").unwrap();
             await_value(&d.ev, &d.flag, if r == "survivor" { 1 } else { 2 }, r);
             say("woken");
             return;
@@ -422,7 +422,7 @@ fn event_waiter_killed_while_waiting_is_forgotten() {
     }
     let name = ShmName::new("coord-doomed");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let d: &Doomed = a.root("doomed").unwrap();
+    let d = a.root::<Doomed>("doomed").unwrap();
     let env = [("SA_SEG", name.as_str().to_owned())];
     let entry = "event_waiter_killed_while_waiting_is_forgotten";
     let mut doomed: Vec<KillOnDrop> = (0..2)
@@ -467,7 +467,7 @@ fn a_notifier_killed_before_its_wake_strands_no_sleeper() {
     match role().as_deref() {
         Some("sleeper") => {
             let a = open(&env_req("SA_SEG"));
-            let d: &Doomed = a.root("doomed").unwrap();
+            let d = a.root::<Doomed>("doomed").unwrap();
             assert!(d
                 .ev
                 .wait_until(None, || d.flag.load(Ordering::Acquire) == 1));
@@ -476,7 +476,7 @@ fn a_notifier_killed_before_its_wake_strands_no_sleeper() {
         }
         Some("notifier") => {
             let a = open(&env_req("SA_SEG"));
-            let d: &Doomed = a.root("doomed").unwrap();
+            let d = a.root::<Doomed>("doomed").unwrap();
             fail::cfg_callback("event.notify.before_wake", || {
                 nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
             })
@@ -490,7 +490,7 @@ fn a_notifier_killed_before_its_wake_strands_no_sleeper() {
     }
     let name = ShmName::new("coord-dead-notifier");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let d: &Doomed = a.root("doomed").unwrap();
+    let d = a.root::<Doomed>("doomed").unwrap();
     let env = [("SA_SEG", name.as_str().to_owned())];
     let entry = "a_notifier_killed_before_its_wake_strands_no_sleeper";
     let sleeper = KillOnDrop::new(spawn_child(entry, "sleeper", &env)).take();

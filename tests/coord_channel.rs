@@ -62,9 +62,9 @@ fn setup(name: &ShmName, size: u64) -> FreeListAllocator {
     for w in map.iter() {
         w.store(0, Ordering::Relaxed);
     }
-    let ctl: &Control = a.root("ctl").unwrap();
+    let ctl = a.root::<Control>("ctl").unwrap();
     ctl.map.store(off.get(), Ordering::Release);
-    let _: &Chan = a.root("chan").unwrap();
+    let _ = a.root::<Chan>("chan").unwrap();
     a
 }
 
@@ -75,9 +75,9 @@ fn map_at(a: &FreeListAllocator, off: u64) -> &Map {
 /// Consumer role: receive until disconnected; mark, check duplicates and order.
 fn consumer(bits_per_stream: u32) {
     let a = FreeListAllocator::open(&env_req("SA_SEG")).unwrap();
-    let ctl: &Control = a.root("ctl").unwrap();
+    let ctl = a.root::<Control>("ctl").unwrap();
     let map = map_at(&a, ctl.map.load(Ordering::Acquire));
-    let chan: &Chan = a.root("chan").unwrap();
+    let chan = a.root::<Chan>("chan").unwrap();
     let rx = chan.receiver().unwrap();
     let mut last = vec![None::<u64>; 256];
     let mut n = 0u64;
@@ -109,8 +109,8 @@ fn consumer(bits_per_stream: u32) {
 /// Producer role: send stream `SA_STREAM`, `SA_COUNT` values, unless stopped.
 fn producer() {
     let a = FreeListAllocator::open(&env_req("SA_SEG")).unwrap();
-    let ctl: &Control = a.root("ctl").unwrap();
-    let chan: &Chan = a.root("chan").unwrap();
+    let ctl = a.root::<Control>("ctl").unwrap();
+    let chan = a.root::<Chan>("chan").unwrap();
     let stream: u64 = env_req("SA_STREAM").parse().unwrap();
     let count: u64 = env_req("SA_COUNT").parse().unwrap();
     let tx = chan.sender().unwrap();
@@ -146,14 +146,14 @@ fn delivery_4x4() {
     }
     let name = ShmName::new("coord-ch");
     let a = setup(&name, 16 << 20);
-    let ctl: &Control = a.root("ctl").unwrap();
+    let ctl = a.root::<Control>("ctl").unwrap();
     let env = |k: &str, v: String| (k.to_owned(), v);
     let seg = name.as_str().to_owned();
     let start = Instant::now();
     // Until every producer has sent something, the parent holds a sender: a fast
     // producer can finish its whole stream before the last one registers, and
     // consumers would see Disconnected in between.
-    let chan: &Chan = a.root("chan").unwrap();
+    let chan = a.root::<Chan>("chan").unwrap();
     let hold = chan.sender().unwrap();
     let mut kids: Vec<_> = (0..CONSUMERS)
         .map(|_| spawn_child("delivery_4x4", "consumer", &[("SA_SEG", seg.clone())]))
@@ -221,8 +221,8 @@ fn sigkill_producers_and_consumers() {
     }
     let name = ShmName::new("coord-kill");
     let a = setup(&name, 16 << 20);
-    let ctl: &Control = a.root("ctl").unwrap();
-    let chan: &Chan = a.root("chan").unwrap();
+    let ctl = a.root::<Control>("ctl").unwrap();
+    let chan = a.root::<Chan>("chan").unwrap();
     let seg = name.as_str().to_owned();
     let entry = "sigkill_producers_and_consumers";
     let mut next_stream = 0u64;
@@ -376,7 +376,7 @@ fn endpoints_errors_and_handles() {
     let name = ShmName::new("coord-api");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
 
-    let ch: &ShmChannel<u64, 2> = a.root("small").unwrap();
+    let ch = a.root::<ShmChannel<u64, 2>>("small").unwrap();
     let rx = ch.receiver().unwrap();
     assert_eq!(rx.try_recv(), Err(TryRecvError::Empty)); // no sender yet: not disconnected
     let tx = ch.sender().unwrap();
@@ -413,11 +413,11 @@ fn endpoints_errors_and_handles() {
 
     // Handles travel as values; ownership moves with them.
     let boxed = ShmBox::new_in(&a, 42u64).unwrap();
-    let ptrs: &ShmChannel<RelPtr<u64>, 4> = a.root("ptrs").unwrap();
+    let ptrs = a.root::<ShmChannel<RelPtr<u64>, 4>>("ptrs").unwrap();
     let (ptx, prx) = (ptrs.sender().unwrap(), ptrs.receiver().unwrap());
     ptx.send(boxed.rel_ptr(), None).unwrap();
     assert_eq!(prx.recv(None).unwrap().read(&a).unwrap(), 42);
-    let tokens: &ShmChannel<[u64; 2], 4> = a.root("tokens").unwrap();
+    let tokens = a.root::<ShmChannel<[u64; 2], 4>>("tokens").unwrap();
     let (ttx, trx) = (tokens.sender().unwrap(), tokens.receiver().unwrap());
     ttx.send([7, 8], None).unwrap();
     assert_eq!(trx.recv(None), Ok([7, 8]));
@@ -434,7 +434,7 @@ fn endpoint_table_limits() {
     use shared_allocator::channel::{EndpointError, MAX_ENDPOINTS};
     let name = ShmName::new("coord-eps");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let ch: &ShmChannel<u64, 4> = a.root("ch").unwrap();
+    let ch = a.root::<ShmChannel<u64, 4>>("ch").unwrap();
     let mut held: Vec<_> = (0..MAX_ENDPOINTS).map(|_| ch.sender().unwrap()).collect();
     assert_eq!(
         ch.receiver().unwrap_err(),
@@ -454,7 +454,7 @@ fn receiver_killed_while_waiting_is_forgotten() {
     type Small = ShmChannel<u64, 4>;
     if role().as_deref() == Some("sleeper") {
         let a = FreeListAllocator::open(&env_req("SA_SEG")).unwrap();
-        let ch: &Small = a.root("ch").unwrap();
+        let ch = a.root::<Small>("ch").unwrap();
         let rx = ch.receiver().unwrap();
         // Nothing is ever sent before the parent kills this process.
         let got = rx.recv(Some(WATCHDOG));
@@ -463,7 +463,7 @@ fn receiver_killed_while_waiting_is_forgotten() {
     }
     let name = ShmName::new("coord-sleeper");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let ch: &Small = a.root("ch").unwrap();
+    let ch = a.root::<Small>("ch").unwrap();
     let tx = ch.sender().unwrap();
     let env = [("SA_SEG", name.as_str().to_owned())];
     let mut sleeper = KillOnDrop::new(spawn_child(

@@ -144,7 +144,7 @@ fn forged_token_over_a_root_is_refused_and_the_root_stays() {
     let name = ShmName::new("forge-root");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let _typed = ShmBox::new_in(&alloc, 1u64).unwrap(); // a typed segment
-    let root: &[AtomicU64; 4] = alloc.root("words").unwrap();
+    let root = alloc.root::<[AtomicU64; 4]>("words").unwrap();
     root[0].store(FORGED_NONCE, Ordering::Relaxed);
     root[1].store(layout_checked::<[u64; 4]>(), Ordering::Relaxed);
     let at = root_offset(&alloc, "words");
@@ -155,7 +155,7 @@ fn forged_token_over_a_root_is_refused_and_the_root_stays() {
     let verdict = redeem_in_child("redeem-box", &name, [block, FORGED_NONCE]);
     assert!(verdict.starts_with("refused"), "{verdict}");
     root[2].store(5, Ordering::Relaxed);
-    let again: &[AtomicU64; 4] = alloc.root("words").unwrap();
+    let again = alloc.root::<[AtomicU64; 4]>("words").unwrap();
     assert_eq!(
         again[2].load(Ordering::Relaxed),
         5,
@@ -201,7 +201,7 @@ fn archive_token_over_a_copy_is_refused_in_another_process() {
 fn locks_need_typed_segments_and_roots_are_never_freed() {
     let name = ShmName::new("forge-lock");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let counter: &AtomicU64 = alloc.root("hits").unwrap(); // fine in raw mode
+    let counter = alloc.root::<AtomicU64>("hits").unwrap(); // fine in raw mode
     let off = alloc.allocate(8).unwrap();
     alloc.write(off, &[1; 8]).unwrap(); // the segment is raw now
     let e = alloc.root::<ShmMutex<u64>>("lock").unwrap_err();
@@ -217,14 +217,14 @@ fn locks_need_typed_segments_and_roots_are_never_freed() {
     ));
     assert!(alloc.free(Offset::new(at)).is_err());
     counter.fetch_add(1, Ordering::Relaxed);
-    let again: &AtomicU64 = alloc.root("hits").unwrap();
+    let again = alloc.root::<AtomicU64>("hits").unwrap();
     assert_eq!(again.load(Ordering::Relaxed), 1);
     alloc.free(off).unwrap(); // ordinary raw blocks still free
 
     // In a typed segment the lock root works, and nothing raw reaches it.
     let tname = ShmName::new("forge-lock-t");
     let t = FreeListAllocator::create(tname.as_str(), 1 << 20).unwrap();
-    let m: &ShmMutex<u64> = t.root("lock").unwrap();
+    let m = t.root::<ShmMutex<u64>>("lock").unwrap();
     let g = m.lock().unwrap();
     let lock_at = root_offset(&t, "lock");
     assert!(t.write(Offset::new(lock_at), &[0; 8]).is_err());

@@ -41,7 +41,7 @@ fn tag_of(off: u64, size: u64) -> u64 {
     MAGIC ^ (off << 16) ^ size
 }
 
-fn producer(a: &FreeListAllocator, ctl: &Ctl, ch: &Chan, seed: u64) {
+fn producer(a: &FreeListAllocator, ctl: &Ctl, ch: &Root<Chan, &FreeListAllocator>, seed: u64) {
     let tx = ch.sender().unwrap();
     let mut rng = Rng::new(seed);
     let mut buf = Vec::new();
@@ -78,7 +78,7 @@ fn producer(a: &FreeListAllocator, ctl: &Ctl, ch: &Chan, seed: u64) {
     }
 }
 
-fn consumer(a: &FreeListAllocator, ctl: &Ctl, ch: &Chan) {
+fn consumer(a: &FreeListAllocator, ctl: &Ctl, ch: &Root<Chan, &FreeListAllocator>) {
     let rx = ch.receiver().unwrap();
     let mut head = [0u8; 8];
     loop {
@@ -128,20 +128,20 @@ fn ready(c: &mut Child) {
 fn remote_frees_at_scale_with_kills() {
     if let Some(r) = role() {
         let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
-        let ctl: &Ctl = a.root("ctl").unwrap();
-        let ch: &Chan = a.root("chan").unwrap();
+        let ctl = a.root::<Ctl>("ctl").unwrap();
+        let ch = a.root::<Chan>("chan").unwrap();
         common::say("running");
         match r.as_str() {
-            "producer" => producer(&a, ctl, ch, env_req("SA_SEED").parse().unwrap()),
-            "consumer" => consumer(&a, ctl, ch),
+            "producer" => producer(&a, &ctl, &ch, env_req("SA_SEED").parse().unwrap()),
+            "consumer" => consumer(&a, &ctl, &ch),
             other => panic!("unknown role {other}"),
         }
         return;
     }
     let name = ShmName::new("remote-free");
     let a = FreeListAllocator::create(name.as_str(), CAP).unwrap();
-    let ctl: &Ctl = a.root("ctl").unwrap();
-    let ch: &Chan = a.root("chan").unwrap();
+    let ctl = a.root::<Ctl>("ctl").unwrap();
+    let ch = a.root::<Chan>("chan").unwrap();
     // The parent keeps one endpoint per side while workers come and go, so that
     // nobody sees a transient "every peer is gone".
     let keep_tx = ch.sender().unwrap();

@@ -122,9 +122,11 @@ fn open_meta(
     alloc: &FreeListAllocator,
     create: Option<(u64, u64)>,
 ) -> Result<(Offset, u64, u64), String> {
-    let m: &[AtomicU64; 4] = alloc.root(META_ROOT).map_err(|e| e.to_string())?;
+    let m = alloc
+        .root::<[AtomicU64; 4]>(META_ROOT)
+        .map_err(|e| e.to_string())?;
     let base = alloc.segment().ptr_at(0, 0, 1).ok_or("empty mapping")?;
-    let off = Offset::new((m as *const _ as usize - base.as_ptr() as usize) as u64);
+    let off = Offset::new((&*m as *const [AtomicU64; 4] as usize - base.as_ptr() as usize) as u64);
     let store = |(s, n): (u64, u64)| -> bool {
         if m[0]
             .compare_exchange(0, BUSY, Ordering::AcqRel, Ordering::Acquire)

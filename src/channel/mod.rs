@@ -29,10 +29,11 @@ use std::time::{Duration, Instant};
 pub use error::{EndpointError, RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError};
 use ring::{PopFail, PushFail, Role};
 
+use crate::alloc::ShmAllocator;
 use crate::sync::futex::Deadline;
 use crate::sync::owner;
 use crate::sync::ShmEvent;
-use crate::typed::{fingerprint, ShmSafe};
+use crate::typed::{fingerprint, Root, ShmSafe};
 
 /// How many endpoints (senders plus receivers, in all processes) one channel holds.
 pub const MAX_ENDPOINTS: usize = 64;
@@ -108,16 +109,13 @@ struct Slot<T> {
 /// # let name = format!("doc-channel-{}", std::process::id());
 /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
-/// let jobs: &ShmChannel<u64, 64> = alloc.root("jobs")?;
+/// let jobs = alloc.root::<ShmChannel<u64, 64>>("jobs")?;
 /// // In the producer process:
 /// let tx = jobs.sender()?;
-/// let block = alloc.allocate(128)?;
-/// tx.send(block.get(), Some(Duration::from_secs(1)))?;
+/// tx.send(42, Some(Duration::from_secs(1)))?;
 /// // In a consumer process:
 /// let rx = jobs.receiver()?;
-/// let off = Offset::new(rx.recv(Some(Duration::from_secs(1)))?);
-/// assert_eq!(off, block);
-/// alloc.free(off)?;
+/// assert_eq!(rx.recv(Some(Duration::from_secs(1)))?, 42);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[repr(C)]
@@ -341,34 +339,6 @@ impl<T: ShmSafe + Copy, const N: usize> ShmChannel<T, N> {
         count.load(Ordering::Acquire) == 0 || (scan && !self.any_alive(role))
     }
 
-    /// Registers a new sender in this process.
-    ///
-    /// # Errors
-    /// [`EndpointError::TooManyEndpoints`] if all [`MAX_ENDPOINTS`] entries are held
-    /// by live endpoints.
-    pub fn sender(&self) -> Result<Sender<'_, T, N>, EndpointError> {
-        let () = Self::LAYOUT;
-        Ok(Sender {
-            chan: self,
-            entry: self.register(Role::Sender)?,
-            _not_sync: PhantomData,
-        })
-    }
-
-    /// Registers a new receiver in this process.
-    ///
-    /// # Errors
-    /// As [`sender`](ShmChannel::sender).
-    pub fn receiver(&self) -> Result<Receiver<'_, T, N>, EndpointError> {
-        let () = Self::LAYOUT;
-        Ok(Receiver {
-            chan: self,
-            entry: self.register(Role::Receiver)?,
-            last_scan: Cell::new(None),
-            _not_sync: PhantomData,
-        })
-    }
-
     /// Number of slots.
     pub const fn capacity(&self) -> usize {
         N
@@ -409,24 +379,59 @@ impl<T, const N: usize> fmt::Debug for ShmChannel<T, N> {
     }
 }
 
+/// Endpoints are made from the channel's [`Root`]: it holds the allocator that
+/// keeps the channel's mapping alive, and each endpoint holds a clone of it (a
+/// reference, or an `Arc` for endpoints that live anywhere).
+impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator + Clone> Root<ShmChannel<T, N>, A> {
+    /// Registers a new sender in this process.
+    ///
+    /// # Errors
+    /// [`EndpointError::TooManyEndpoints`] if all [`MAX_ENDPOINTS`] entries are held
+    /// by live endpoints.
+    pub fn sender(&self) -> Result<Sender<T, N, A>, EndpointError> {
+        let () = ShmChannel::<T, N>::LAYOUT;
+        let entry = self.register(Role::Sender)?;
+        Ok(Sender {
+            chan: self.clone(),
+            entry,
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// Registers a new receiver in this process.
+    ///
+    /// # Errors
+    /// As [`sender`](Root::sender).
+    pub fn receiver(&self) -> Result<Receiver<T, N, A>, EndpointError> {
+        let () = ShmChannel::<T, N>::LAYOUT;
+        let entry = self.register(Role::Receiver)?;
+        Ok(Receiver {
+            chan: self.clone(),
+            entry,
+            last_scan: Cell::new(None),
+            _not_sync: PhantomData,
+        })
+    }
+}
+
 /// The sending side of a [`ShmChannel`], registered in the channel's endpoint
 /// table until dropped. `Send`, not `Sync`: one per thread (clone for more).
-pub struct Sender<'a, T: ShmSafe + Copy, const N: usize> {
-    chan: &'a ShmChannel<T, N>,
+pub struct Sender<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> {
+    chan: Root<ShmChannel<T, N>, A>,
     entry: usize,
     _not_sync: PhantomData<Cell<()>>,
 }
 
 /// The receiving side of a [`ShmChannel`], registered until dropped. `Send`, not `Sync`.
-pub struct Receiver<'a, T: ShmSafe + Copy, const N: usize> {
-    chan: &'a ShmChannel<T, N>,
+pub struct Receiver<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> {
+    chan: Root<ShmChannel<T, N>, A>,
     entry: usize,
     /// When `try_recv` last scanned for dead senders (a system call per sender).
     last_scan: Cell<Option<Instant>>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
-impl<T: ShmSafe + Copy, const N: usize> fmt::Debug for Sender<'_, T, N> {
+impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> fmt::Debug for Sender<T, N, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sender")
             .field("entry", &self.entry)
@@ -434,7 +439,7 @@ impl<T: ShmSafe + Copy, const N: usize> fmt::Debug for Sender<'_, T, N> {
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize> fmt::Debug for Receiver<'_, T, N> {
+impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> fmt::Debug for Receiver<T, N, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Receiver")
             .field("entry", &self.entry)
@@ -442,22 +447,22 @@ impl<T: ShmSafe + Copy, const N: usize> fmt::Debug for Receiver<'_, T, N> {
     }
 }
 
-impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
+impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Sender<T, N, A> {
     #[inline]
-    fn inflight(&self) -> &'a AtomicU64 {
+    fn inflight(&self) -> &AtomicU64 {
         &self.chan.endpoints[self.entry].inflight
     }
 
     /// The channel this sender belongs to.
-    pub fn channel(&self) -> &'a ShmChannel<T, N> {
-        self.chan
+    pub fn channel(&self) -> &Root<ShmChannel<T, N>, A> {
+        &self.chan
     }
 
     /// One push; `Ok(true)` once sent (and a sleeping receiver notified),
     /// `Ok(false)` if the ring is full.
     #[inline]
     fn push_once(&self, value: T, repair: bool) -> Result<bool, SendTimeoutError<T>> {
-        match ring::push(self.chan, self.inflight(), value, repair) {
+        match ring::push(&*self.chan, self.inflight(), value, repair) {
             Ok(()) => {
                 self.chan.not_empty.notify_one();
                 Ok(true)
@@ -474,7 +479,7 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
     /// or dead; checked with a liveness scan only when the channel is full), or
     /// [`TrySendError::Corrupted`]; each carries the value back.
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
-        let c = self.chan;
+        let c: &ShmChannel<T, N> = &self.chan;
         if c.gone(Role::Receiver, false) {
             return Err(TrySendError::Disconnected(value));
         }
@@ -499,7 +504,7 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
     /// receiver dropped or dead), [`SendTimeoutError::Corrupted`]; each carries the
     /// value back.
     pub fn send(&self, value: T, timeout: Option<Duration>) -> Result<(), SendTimeoutError<T>> {
-        let c = self.chan;
+        let c: &ShmChannel<T, N> = &self.chan;
         // The first attempt reads no clock (the deadline costs a clock read, ~20 ns,
         // as much as the push itself); it is the loop's first round otherwise.
         if c.gone(Role::Receiver, false) {
@@ -539,20 +544,20 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
     }
 }
 
-impl<'a, T: ShmSafe + Copy, const N: usize> Receiver<'a, T, N> {
+impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Receiver<T, N, A> {
     #[inline]
-    fn inflight(&self) -> &'a AtomicU64 {
+    fn inflight(&self) -> &AtomicU64 {
         &self.chan.endpoints[self.entry].inflight
     }
 
     /// The channel this receiver belongs to.
-    pub fn channel(&self) -> &'a ShmChannel<T, N> {
-        self.chan
+    pub fn channel(&self) -> &Root<ShmChannel<T, N>, A> {
+        &self.chan
     }
 
     #[inline]
     fn take(&self, repair: bool) -> Result<Option<T>, PopFail> {
-        match ring::pop(self.chan, self.inflight(), repair) {
+        match ring::pop(&*self.chan, self.inflight(), repair) {
             Ok(v) => {
                 self.chan.not_full.notify_one();
                 Ok(Some(v))
@@ -605,7 +610,7 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Receiver<'a, T, N> {
     /// is queued and every sender is gone (dropped or dead);
     /// [`RecvTimeoutError::Corrupted`].
     pub fn recv(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
-        let c = self.chan;
+        let c: &ShmChannel<T, N> = &self.chan;
         // The first attempt reads no clock (as in `send`).
         match self.take(false) {
             Ok(Some(v)) => return Ok(v),
@@ -650,33 +655,33 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Receiver<'a, T, N> {
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize> Clone for Sender<'_, T, N> {
+impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator + Clone> Clone for Sender<T, N, A> {
     /// Registers another sender.
     ///
     /// # Panics
-    /// If the endpoint table is full (use [`ShmChannel::sender`] to handle that).
+    /// If the endpoint table is full (use [`Root::sender`] to handle that).
     fn clone(&self) -> Self {
         self.chan.sender().expect("channel endpoint table full")
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize> Clone for Receiver<'_, T, N> {
+impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator + Clone> Clone for Receiver<T, N, A> {
     /// Registers another receiver.
     ///
     /// # Panics
-    /// If the endpoint table is full (use [`ShmChannel::receiver`] to handle that).
+    /// If the endpoint table is full (use [`Root::receiver`] to handle that).
     fn clone(&self) -> Self {
         self.chan.receiver().expect("channel endpoint table full")
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize> Drop for Sender<'_, T, N> {
+impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Drop for Sender<T, N, A> {
     fn drop(&mut self) {
         self.chan.deregister(self.entry, Role::Sender);
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize> Drop for Receiver<'_, T, N> {
+impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Drop for Receiver<T, N, A> {
     fn drop(&mut self) {
         self.chan.deregister(self.entry, Role::Receiver);
     }

@@ -21,14 +21,14 @@ use crate::typed::{fingerprint, ShmSafe};
 /// use std::time::Duration;
 ///
 /// #[derive(ShmSafe)]
-/// #[shm(sync)]
+/// #[shm(shared)]
 /// #[repr(C)]
 /// struct Queue { lock: ShmMutex<u64>, changed: ShmCondvar }
 ///
 /// # let name = format!("doc-condvar-{}", std::process::id());
 /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
-/// let q: &Queue = alloc.root("queue")?;
+/// let q = alloc.root::<Queue>("queue")?;
 /// // A producer (normally another process):
 /// *q.lock.lock().unwrap() += 1;
 /// q.changed.notify_all();

@@ -228,7 +228,7 @@ fn advance<F: FutexWord>(seq: &F, waiters: &F, count: u32, mut cur: u32) {
 /// # let name = format!("doc-event-{}", std::process::id());
 /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
-/// let mbox: &Mailbox = alloc.root("mailbox")?;
+/// let mbox = alloc.root::<Mailbox>("mailbox")?;
 /// // Another process would do this part:
 /// mbox.value.store(42, Ordering::Release);
 /// mbox.ready.notify_all();

@@ -88,7 +88,7 @@ mod vec_reader;
 
 pub use arena::{Arena, ArenaBox, ArenaPtr, ArenaRef};
 pub use rel_ptr::RelPtr;
-pub use roots::{RootInfo, Roots, FIXED_ROOTS, MAX_ROOTS, MAX_ROOT_NAME, OVERFLOW_ROOTS};
+pub use roots::{Root, RootInfo, Roots, FIXED_ROOTS, MAX_ROOTS, MAX_ROOT_NAME, OVERFLOW_ROOTS};
 pub use shm_box::ShmBox;
 pub use shm_ptr::ShmPtr;
 pub use shm_safe::{fingerprint, layout_checked, ShmSafe, ShmShared, ShmSync};
