@@ -51,7 +51,10 @@ pub use archive::{
     ShmArchive,
 };
 pub use channel::ShmChannel;
-pub use error::{AccessError, AllocError, ArenaError, Error, FreeError, SegmentError, TokenError};
+pub use error::{
+    AccessError, AllocError, ArenaError, ChannelError, Error, FreeError, LockError, SegmentError,
+    TokenError,
+};
 pub use segment::{unlink, CreateOptions, OpenOptions, UnlinkGuard};
 pub use sync::{OwnerDied, ShmCondvar, ShmEvent, ShmMutex};
 pub use typed::{

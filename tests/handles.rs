@@ -25,7 +25,7 @@ struct Consumer {
 }
 
 impl Consumer {
-    fn new(alloc: Shared) -> Result<Consumer, Box<dyn std::error::Error>> {
+    fn new(alloc: Shared) -> Result<Consumer, Error> {
         let jobs: Root<Jobs, Shared> = Root::new_in(alloc.clone(), "jobs")?;
         let rx = jobs.receiver()?;
         let seen = Root::new_in(alloc.clone(), "seen")?;
@@ -56,7 +56,6 @@ fn struct_holds_allocator_and_its_receiver() {
     assert_eq!(consumer.seen.load(Ordering::Relaxed), 1);
     // The struct can be dropped after the borrowed handles: it owns what it uses.
     drop(tx);
-    drop(jobs);
     drop(consumer);
     assert_eq!(
         Arc::strong_count(&alloc),

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use super::event::{ShmEvent, WaitOutcome};
-use super::mutex::{relock, LockResult, ShmMutexGuard};
+use super::mutex::{relock, ShmMutexGuard};
+use crate::error::LockError;
 use crate::typed::{fingerprint, ShmSafe};
 
 /// A condition variable in shared memory, used with a [`ShmMutex`](super::ShmMutex).
@@ -61,11 +62,12 @@ impl ShmCondvar {
     /// Unlocks `guard`'s mutex, sleeps until notified (or spuriously), relocks.
     ///
     /// # Errors
-    /// [`OwnerDied`](super::OwnerDied) (holding the lock) if relocking found a dead holder's lock.
+    /// [`LockError::OwnerDied`] if relocking found a dead holder's lock (the lock is
+    /// released then: repair with [`ShmMutex::lock_or_repair`](super::ShmMutex::lock_or_repair)).
     pub fn wait<'a, T: ShmSafe>(
         &self,
         guard: ShmMutexGuard<'a, T>,
-    ) -> LockResult<ShmMutexGuard<'a, T>> {
+    ) -> Result<ShmMutexGuard<'a, T>, LockError> {
         self.wait_timeout(guard, None).0
     }
 
@@ -75,7 +77,7 @@ impl ShmCondvar {
         &self,
         guard: ShmMutexGuard<'a, T>,
         timeout: Option<Duration>,
-    ) -> (LockResult<ShmMutexGuard<'a, T>>, WaitOutcome) {
+    ) -> (Result<ShmMutexGuard<'a, T>, LockError>, WaitOutcome) {
         let listener = self.event.listen(); // before the unlock: no notify is missed
         let mutex = guard.unlock_for_wait();
         let outcome = listener.wait(timeout);
@@ -85,13 +87,13 @@ impl ShmCondvar {
     /// Waits while `cond(&mut data)` is true.
     ///
     /// # Errors
-    /// [`OwnerDied`](super::OwnerDied) as for [`wait`](ShmCondvar::wait); the condition is then not
+    /// [`LockError::OwnerDied`] as for [`wait`](ShmCondvar::wait); the condition is then not
     /// checked again (repair first).
     pub fn wait_while<'a, T: ShmSafe>(
         &self,
         mut guard: ShmMutexGuard<'a, T>,
         mut cond: impl FnMut(&mut T) -> bool,
-    ) -> LockResult<ShmMutexGuard<'a, T>> {
+    ) -> Result<ShmMutexGuard<'a, T>, LockError> {
         while cond(&mut guard) {
             guard = self.wait(guard)?;
         }
@@ -105,7 +107,7 @@ impl ShmCondvar {
         mut guard: ShmMutexGuard<'a, T>,
         timeout: Duration,
         mut cond: impl FnMut(&mut T) -> bool,
-    ) -> (LockResult<ShmMutexGuard<'a, T>>, WaitOutcome) {
+    ) -> (Result<ShmMutexGuard<'a, T>, LockError>, WaitOutcome) {
         let deadline = super::futex::Deadline::after(Some(timeout));
         loop {
             if !cond(&mut guard) {

@@ -21,6 +21,7 @@ pub(crate) mod futex;
 mod mutex;
 pub(crate) mod owner;
 
+pub use crate::error::LockError;
 pub use condvar::ShmCondvar;
 pub use event::{EventListener, ShmEvent, WaitOutcome};
-pub use mutex::{LockResult, OwnerDied, ShmMutex, ShmMutexGuard, TryLockError};
+pub use mutex::{LockResult, OwnerDied, ShmMutex, ShmMutexGuard};

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use super::futex::{Deadline, FutexWord};
 use super::owner::{self, OWNER_LIMIT};
+use crate::error::LockError;
 use crate::typed::{fingerprint, ShmSafe};
 
 const WAITERS: u32 = 1 << 31;
@@ -151,47 +152,35 @@ impl<G> fmt::Display for OwnerDied<G> {
 
 impl<G> std::error::Error for OwnerDied<G> {}
 
-/// Why [`ShmMutex::try_lock`] or [`ShmMutex::lock_timeout`] did not return a clean guard.
-pub enum TryLockError<G> {
-    /// The lock is held (by a live owner) and `try_lock` does not wait.
-    WouldBlock,
-    /// The timeout of `lock_timeout` passed while a live owner held the lock.
-    TimedOut,
-    /// Acquired, but a previous holder died: see [`OwnerDied`].
-    OwnerDied(OwnerDied<G>),
-}
+impl<G> OwnerDied<G> {
+    /// The `Send + Sync + 'static` error value of this (for `?` after taking the
+    /// guard out with [`into_inner`](OwnerDied::into_inner) or
+    /// [`into_parts`](OwnerDied::into_parts)).
+    pub fn error(&self) -> LockError {
+        LockError::OwnerDied
+    }
 
-impl<G> fmt::Debug for TryLockError<G> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TryLockError::WouldBlock => f.write_str("WouldBlock"),
-            TryLockError::TimedOut => f.write_str("TimedOut"),
-            TryLockError::OwnerDied(e) => e.fmt(f),
-        }
+    /// The guard (the lock is held) and the `Send` error value.
+    pub fn into_parts(self) -> (G, LockError) {
+        (self.guard, LockError::OwnerDied)
     }
 }
 
-impl<G> fmt::Display for TryLockError<G> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TryLockError::WouldBlock => f.write_str("the shared mutex is held by a live owner"),
-            TryLockError::TimedOut => {
-                f.write_str("timed out waiting for the shared mutex (held by a live owner)")
-            }
-            TryLockError::OwnerDied(e) => e.fmt(f),
-        }
+/// Drops the guard (releasing the lock; the data stays marked inconsistent).
+impl<G> From<OwnerDied<G>> for LockError {
+    fn from(_: OwnerDied<G>) -> LockError {
+        LockError::OwnerDied
     }
 }
 
-impl<G> std::error::Error for TryLockError<G> {}
-
-impl<G> From<OwnerDied<G>> for TryLockError<G> {
-    fn from(e: OwnerDied<G>) -> Self {
-        TryLockError::OwnerDied(e)
+/// Drops the guard (releasing the lock; the data stays marked inconsistent).
+impl<G> From<OwnerDied<G>> for crate::Error {
+    fn from(_: OwnerDied<G>) -> crate::Error {
+        crate::Error::Lock(LockError::OwnerDied)
     }
 }
 
-/// The result of [`ShmMutex::lock`]: the guard, or the guard wrapped in [`OwnerDied`].
+/// The result of [`ShmMutex::lock_robust`]: the guard, or the guard wrapped in [`OwnerDied`].
 pub type LockResult<G> = Result<G, OwnerDied<G>>;
 
 /// Holds a [`ShmMutex`] locked; unlocks on drop. Dereferences to the data.
@@ -269,10 +258,39 @@ impl<T: ShmSafe> ShmMutex<T> {
     /// within about 50 ms of its death).
     ///
     /// # Errors
-    /// [`OwnerDied`] (holding the lock) if a holder died or panicked and the data has
-    /// not been marked consistent since.
+    /// [`LockError::OwnerDied`] if a holder died or panicked and the data has not
+    /// been marked consistent since: the lock is released again and the data stays
+    /// marked inconsistent, so every `lock` reports it until someone repairs it
+    /// with [`lock_or_repair`](ShmMutex::lock_or_repair) or
+    /// [`lock_robust`](ShmMutex::lock_robust).
     #[inline]
-    pub fn lock(&self) -> LockResult<ShmMutexGuard<'_, T>> {
+    pub fn lock(&self) -> Result<ShmMutexGuard<'_, T>, LockError> {
+        self.lock_robust().map_err(|died| died.error())
+    }
+
+    /// Acquires the lock; if a holder died (the data marked inconsistent), calls
+    /// `repair` on the data first and marks it consistent. Never fails.
+    pub fn lock_or_repair(&self, repair: impl FnOnce(&mut T)) -> ShmMutexGuard<'_, T> {
+        match self.lock_robust() {
+            Ok(g) => g,
+            Err(died) => {
+                let mut g = died.into_inner();
+                repair(&mut g);
+                g.mark_consistent();
+                g
+            }
+        }
+    }
+
+    /// Acquires the lock like [`lock`](ShmMutex::lock), but a dead holder's lock
+    /// comes as [`OwnerDied`] *holding the guard*: repair the data through it, call
+    /// [`ShmMutexGuard::mark_consistent`], go on. (`OwnerDied` borrows the mutex:
+    /// take the guard out with [`OwnerDied::into_parts`] before `?`.)
+    ///
+    /// # Errors
+    /// [`OwnerDied`] (holding the lock).
+    #[inline]
+    pub fn lock_robust(&self) -> LockResult<ShmMutexGuard<'_, T>> {
         let me = owner::current_owner(self.addr());
         if self
             .state
@@ -291,9 +309,9 @@ impl<T: ShmSafe> ShmMutex<T> {
     /// over at once).
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] if a live owner holds it; [`TryLockError::OwnerDied`]
-    /// (holding the lock) as for [`lock`](ShmMutex::lock).
-    pub fn try_lock(&self) -> Result<ShmMutexGuard<'_, T>, TryLockError<ShmMutexGuard<'_, T>>> {
+    /// [`LockError::WouldBlock`] if a live owner holds it; [`LockError::OwnerDied`]
+    /// as for [`lock`](ShmMutex::lock).
+    pub fn try_lock(&self) -> Result<ShmMutexGuard<'_, T>, LockError> {
         let me = owner::current_owner(self.addr());
         let s = match self
             .state
@@ -305,18 +323,15 @@ impl<T: ShmSafe> ShmMutex<T> {
         if self.holder_dead(s) && self.take_over(s, me) {
             return Ok(self.guard(Acquired::Inconsistent)?);
         }
-        Err(TryLockError::WouldBlock)
+        Err(LockError::WouldBlock)
     }
 
     /// Acquires the lock, waiting at most `timeout`.
     ///
     /// # Errors
-    /// [`TryLockError::TimedOut`] if a live owner held it all along;
-    /// [`TryLockError::OwnerDied`] (holding the lock) as for [`lock`](ShmMutex::lock).
-    pub fn lock_timeout(
-        &self,
-        timeout: Duration,
-    ) -> Result<ShmMutexGuard<'_, T>, TryLockError<ShmMutexGuard<'_, T>>> {
+    /// [`LockError::TimedOut`] if a live owner held it all along;
+    /// [`LockError::OwnerDied`] as for [`lock`](ShmMutex::lock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<ShmMutexGuard<'_, T>, LockError> {
         let me = owner::current_owner(self.addr());
         if self
             .state
@@ -327,7 +342,7 @@ impl<T: ShmSafe> ShmMutex<T> {
         }
         match self.lock_slow(me, Deadline::after(Some(timeout))) {
             Some(how) => Ok(self.guard(how)?),
-            None => Err(TryLockError::TimedOut),
+            None => Err(LockError::TimedOut),
         }
     }
 
@@ -421,7 +436,7 @@ impl<'a, T: ShmSafe> ShmMutexGuard<'a, T> {
 }
 
 /// Relocks `m` for a condvar waiter.
-pub(crate) fn relock<T: ShmSafe>(m: &ShmMutex<T>) -> LockResult<ShmMutexGuard<'_, T>> {
+pub(crate) fn relock<T: ShmSafe>(m: &ShmMutex<T>) -> Result<ShmMutexGuard<'_, T>, LockError> {
     m.lock()
 }
 
