@@ -38,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use shared_allocator::channel::{RecvTimeoutError, ShmChannel, TryRecvError};
+use shared_allocator::coord::{ShmEvent, ShmMutex};
 use shared_allocator::prelude::*;
 use shared_allocator::segment::UnlinkGuard;
-use shared_allocator::sync::{ShmEvent, ShmMutex};
 
 const ROLE_VAR: &str = "SA_BENCH_COORD_ROLE";
 const SEG_VAR: &str = "SA_BENCH_COORD_SEG";

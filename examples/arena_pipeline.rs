@@ -20,9 +20,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use shared_allocator::coord::ShmEvent;
 use shared_allocator::prelude::*;
 use shared_allocator::segment::UnlinkGuard;
-use shared_allocator::sync::ShmEvent;
 
 #[derive(ShmSafe, Clone, Copy)]
 #[repr(C)]

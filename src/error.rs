@@ -235,14 +235,14 @@ pub enum AccessError {
         current_epoch: u64,
     },
     /// The segment is used the other way (see
-    /// [`SegmentMode`](crate::segment::SegmentMode)): a raw write to a segment of
+    /// [`SegmentMode`](crate::mode::SegmentMode)): a raw write to a segment of
     /// typed handles, or a typed handle in a segment the raw API writes.
     #[error("the segment is in {found} mode; this needs {wanted} mode")]
     WrongMode {
         /// The mode the operation needs.
-        wanted: crate::segment::SegmentMode,
+        wanted: crate::mode::SegmentMode,
         /// The segment's mode.
-        found: crate::segment::SegmentMode,
+        found: crate::mode::SegmentMode,
     },
     /// A bump reset and views of the region met: a reset whose wait ended while
     /// `readers` other handles still held views (it withdrew: nothing changed), or
@@ -353,12 +353,12 @@ pub enum FreeError {
         offset: u64,
     },
     /// A raw free in a segment of typed handles (see
-    /// [`SegmentMode`](crate::segment::SegmentMode)): typed blocks are freed by
+    /// [`SegmentMode`](crate::mode::SegmentMode)): typed blocks are freed by
     /// their handles.
     #[error("raw free refused: the segment is in {found} mode")]
     WrongMode {
         /// The segment's mode.
-        found: crate::segment::SegmentMode,
+        found: crate::mode::SegmentMode,
     },
     /// Allocator metadata in the segment is inconsistent.
     #[error("allocator metadata is corrupt: {what}")]

@@ -8,8 +8,8 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::{shm_path, Rng, ShmName};
+use shared_allocator::__layout::{LAYOUT_VERSION, MAGIC};
 use shared_allocator::prelude::*;
-use shared_allocator::segment::{LAYOUT_VERSION, MAGIC};
 use shared_allocator::{
     AccessError, AllocError, CreateOptions, FreeError, OpenOptions, SegmentError, Stats,
 };

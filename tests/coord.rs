@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{env_req, env_u64, finish_all, results, role, say, spawn_child, KillOnDrop, ShmName};
+use shared_allocator::coord::{LockError, ShmCondvar, ShmEvent, ShmMutex, WaitOutcome};
 use shared_allocator::prelude::*;
-use shared_allocator::sync::{LockError, ShmCondvar, ShmEvent, ShmMutex, WaitOutcome};
 
 /// A wait that takes this long means a lost wake-up (nothing here is that slow).
 const GENEROUS: Duration = Duration::from_secs(10);

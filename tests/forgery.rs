@@ -174,7 +174,7 @@ fn archive_token_over_a_copy_is_refused_in_another_process() {
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let value: Vec<u64> = (0..32).collect();
     let a = ShmArchive::new_in(&alloc, &value).unwrap();
-    let block_len = shared_allocator::archive::HEADER_LEN as usize + a.len();
+    let block_len = shared_allocator::__layout::HEADER_LEN as usize + a.len();
     let token = a.into_token();
     let bytes = alloc.read(token.offset(), block_len).unwrap();
     let mut carrier = ShmBox::new_in(&alloc, [0u64; 64]).unwrap();

@@ -321,8 +321,8 @@ fn pid_reuse_does_not_keep_a_dead_slot_alive() {
         .write(true)
         .open(common::shm_path(name.as_str()))
         .unwrap();
-    let pid_word = shared_allocator::segment::HEADER_REGION
-        + (dead.slot * shared_allocator::process::SLOT_WORDS * 8 + 8) as u64;
+    let pid_word = shared_allocator::__layout::HEADER_REGION
+        + (dead.slot * shared_allocator::__layout::SLOT_WORDS * 8 + 8) as u64;
     std::os::unix::fs::FileExt::write_at(
         &file,
         &u64::from(std::process::id()).to_le_bytes(),

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{results as finish, role, say, spawn_child, ShmName};
-use shared_allocator::archive::{ArchiveToken, ShmArchive, HEADER_LEN};
+use shared_allocator::__layout::HEADER_LEN;
+use shared_allocator::archive::{ArchiveToken, ShmArchive};
 use shared_allocator::prelude::*;
 use shared_allocator::segment::SegmentMode;
 use shared_allocator::typed::{TokenSlot, MAX_ROOTS};

@@ -23,11 +23,12 @@ use nix::fcntl::OFlag;
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 
-pub use header::{
-    AllocatorKind, Layout, ALLOC_REGION_START, HEADER_REGION, LAYOUT_VERSION, MAGIC,
-    REGISTRY_REGION, ROOTS_LEN, ROOTS_OFFSET,
-};
+pub use header::{AllocatorKind, Layout};
 pub(crate) use header::{RawHeader, STATE_INIT, STATE_READY};
+pub(crate) use header::{
+    ALLOC_REGION_START, HEADER_REGION, LAYOUT_VERSION, MAGIC, REGISTRY_REGION, ROOTS_LEN,
+    ROOTS_OFFSET,
+};
 pub use name::MAX_NAME_LEN;
 
 /// Chunk size of the byte-wise atomic copies in `write_bytes` / `read_bytes`.
@@ -64,61 +65,7 @@ unsafe fn load_chunk<const N: usize>(src: *const u8, dst: &mut [u8]) {
 /// words at the start of the roots area (0 is the nonce counter, 1 the overflow).
 pub(crate) const MODE_WORD: u64 = ROOTS_OFFSET + 16;
 
-/// What a segment's data is used for. Decided by the first use that needs it and
-/// never changed, so that the raw offset API and typed references never meet on
-/// one block (the raw API cannot see whose a block is, and a block it writes or
-/// frees could become typed between a check and the write).
-///
-/// - [`SegmentMode::Raw`]: the raw offset API writes and frees (`ShmAllocator::write`,
-///   `ShmFree::free`; the seed's API and the Python package). Typed handles that
-///   give non-atomic references (`ShmBox`, `ShmVec`, archives, arenas) are refused
-///   with [`AccessError::WrongMode`].
-/// - [`SegmentMode::Typed`]: those typed handles. Raw `write` and `free` are refused
-///   with [`AccessError::WrongMode`] / [`FreeError::WrongMode`](crate::FreeError::WrongMode).
-///
-/// In both modes: raw `allocate`, `read` and the other copy paths, roots and
-/// `RelPtr::get` of [`ShmSync`](crate::ShmSync) types (atomics: every access is
-/// atomic, so no write is ever a data race) work.
-///
-/// ```
-/// use shared_allocator::prelude::*;
-/// use shared_allocator::segment::SegmentMode;
-/// # let name = format!("doc-mode-{}", std::process::id());
-/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
-/// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
-/// let b = ShmBox::new_in(&alloc, 7u64)?;               // decides Typed
-/// assert_eq!(alloc.segment().mode(), SegmentMode::Typed);
-/// let raw = alloc.allocate(64)?;                        // fine: a raw block
-/// assert!(alloc.write(b.rel_ptr().offset(), &[0; 8]).is_err()); // refused
-/// assert!(alloc.write(raw, b"x").is_err());             // raw writes too
-/// assert_eq!(*b, 7);
-/// # drop(b);
-/// # alloc.unlink()?;
-/// # Ok::<(), shared_allocator::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u64)]
-pub enum SegmentMode {
-    /// Not decided yet (nothing that needs a mode was done).
-    Unset = 0,
-    /// The raw offset API writes and frees.
-    Raw = 1,
-    /// Typed handles own the blocks; raw writes and frees are refused.
-    Typed = 2,
-    /// The mode word holds neither (a peer scribbled on it): both are refused.
-    Corrupted = 3,
-}
-
-impl std::fmt::Display for SegmentMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SegmentMode::Unset => "unset",
-            SegmentMode::Raw => "raw",
-            SegmentMode::Typed => "typed",
-            SegmentMode::Corrupted => "corrupted",
-        })
-    }
-}
+pub use crate::mode::SegmentMode;
 
 use crate::error::SegmentError;
 
@@ -499,7 +446,7 @@ impl Segment {
     /// Returns the pointer to `len` bytes at `offset`, if they lie inside the mapping
     /// and `offset` is a multiple of `align` (a power of two).
     #[inline]
-    pub fn ptr_at(&self, offset: u64, len: u64, align: usize) -> Option<NonNull<u8>> {
+    pub(crate) fn ptr_at(&self, offset: u64, len: u64, align: usize) -> Option<NonNull<u8>> {
         debug_assert!(align.is_power_of_two());
         let end = offset.checked_add(len)?;
         if end > self.len() || offset & (align as u64 - 1) != 0 {

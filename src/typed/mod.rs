@@ -85,6 +85,7 @@ mod shm_safe;
 pub mod token;
 mod vec;
 mod vec_reader;
+mod words;
 
 pub use arena::{Arena, ArenaBox, ArenaPtr, ArenaRef};
 pub use rel_ptr::RelPtr;
@@ -95,3 +96,4 @@ pub use shm_safe::{fingerprint, layout_checked, ShmSafe, ShmShared, ShmSync};
 pub use token::{BoxToken, HandOverToken, TokenSlot, VecToken};
 pub use vec::{ShmVec, ShmVecHeader};
 pub use vec_reader::ShmVecReader;
+pub use words::{ChannelElement, MutexPayload};

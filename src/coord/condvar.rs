@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::event::{ShmEvent, WaitOutcome};
 use super::mutex::{relock, ShmMutexGuard};
 use crate::error::LockError;
+use crate::typed::MutexPayload;
 use crate::typed::{fingerprint, ShmSafe};
 
 /// A condition variable in shared memory, used with a [`ShmMutex`](super::ShmMutex).
@@ -18,7 +19,7 @@ use crate::typed::{fingerprint, ShmSafe};
 ///
 /// ```
 /// use shared_allocator::prelude::*;
-/// use shared_allocator::sync::{ShmCondvar, ShmMutex};
+/// use shared_allocator::coord::{ShmCondvar, ShmMutex};
 /// use std::time::Duration;
 ///
 /// #[derive(ShmSafe)]
@@ -64,7 +65,7 @@ impl ShmCondvar {
     /// # Errors
     /// [`LockError::OwnerDied`] if relocking found a dead holder's lock (the lock is
     /// released then: repair with [`ShmMutex::lock_or_repair`](super::ShmMutex::lock_or_repair)).
-    pub fn wait<'a, T: ShmSafe>(
+    pub fn wait<'a, T: MutexPayload>(
         &self,
         guard: ShmMutexGuard<'a, T>,
     ) -> Result<ShmMutexGuard<'a, T>, LockError> {
@@ -73,7 +74,7 @@ impl ShmCondvar {
 
     /// Like [`wait`](ShmCondvar::wait), sleeping at most `timeout` (`None`: no limit)
     /// before relocking. Also returns whether a notification came.
-    pub fn wait_timeout<'a, T: ShmSafe>(
+    pub fn wait_timeout<'a, T: MutexPayload>(
         &self,
         guard: ShmMutexGuard<'a, T>,
         timeout: Option<Duration>,
@@ -89,7 +90,7 @@ impl ShmCondvar {
     /// # Errors
     /// [`LockError::OwnerDied`] as for [`wait`](ShmCondvar::wait); the condition is then not
     /// checked again (repair first).
-    pub fn wait_while<'a, T: ShmSafe>(
+    pub fn wait_while<'a, T: MutexPayload>(
         &self,
         mut guard: ShmMutexGuard<'a, T>,
         mut cond: impl FnMut(&mut T) -> bool,
@@ -102,13 +103,13 @@ impl ShmCondvar {
 
     /// Waits while `cond(&mut data)` is true, at most `timeout` in total. Returns
     /// [`WaitOutcome::TimedOut`] if the condition still held at the deadline.
-    pub fn wait_timeout_while<'a, T: ShmSafe>(
+    pub fn wait_timeout_while<'a, T: MutexPayload>(
         &self,
         mut guard: ShmMutexGuard<'a, T>,
         timeout: Duration,
         mut cond: impl FnMut(&mut T) -> bool,
     ) -> (Result<ShmMutexGuard<'a, T>, LockError>, WaitOutcome) {
-        let deadline = super::futex::Deadline::after(Some(timeout));
+        let deadline = crate::sync::futex::Deadline::after(Some(timeout));
         loop {
             if !cond(&mut guard) {
                 return (Ok(guard), WaitOutcome::Notified);
@@ -137,3 +138,8 @@ impl ShmCondvar {
 // SAFETY: every byte of a ShmCondvar is an atomic word (inside an UnsafeCell), and
 // its shared API (wait, notify) is sound when other processes call it at once.
 unsafe impl crate::typed::ShmSync for ShmCondvar {}
+
+// SAFETY: `repr(C)` around one `ShmEvent`: one 8-byte word.
+unsafe impl crate::typed::ChannelElement for ShmCondvar {}
+// SAFETY: as above.
+unsafe impl crate::typed::MutexPayload for ShmCondvar {}

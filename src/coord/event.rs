@@ -54,7 +54,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::futex::{Deadline, FutexWord};
+use crate::sync::futex::{Deadline, FutexWord};
 use crate::typed::{fingerprint, ShmSafe};
 
 /// The wake count meaning "everyone". FUTEX_WAKE takes a signed count, so
@@ -213,7 +213,7 @@ fn advance<F: FutexWord>(seq: &F, waiters: &F, count: u32, mut cur: u32) {
 ///
 /// ```
 /// use shared_allocator::prelude::*;
-/// use shared_allocator::sync::ShmEvent;
+/// use shared_allocator::coord::ShmEvent;
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use std::time::Duration;
 ///
@@ -559,3 +559,8 @@ mod loom_tests {
 // SAFETY: every byte of a ShmEvent is an atomic word (inside an UnsafeCell), and its
 // shared API (wait, notify) is sound when other processes call it at once.
 unsafe impl crate::typed::ShmSync for ShmEvent {}
+
+// SAFETY: one 8-byte word (asserted above).
+unsafe impl crate::typed::ChannelElement for ShmEvent {}
+// SAFETY: as above.
+unsafe impl crate::typed::MutexPayload for ShmEvent {}

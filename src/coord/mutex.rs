@@ -21,10 +21,10 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::futex::{Deadline, FutexWord};
-use super::owner::{self, OWNER_LIMIT};
 use crate::error::LockError;
-use crate::typed::{fingerprint, ShmSafe};
+use crate::sync::futex::{Deadline, FutexWord};
+use crate::sync::owner::{self, OWNER_LIMIT};
+use crate::typed::{fingerprint, MutexPayload, ShmSafe};
 
 const WAITERS: u32 = 1 << 31;
 const OWNER_MASK: u32 = OWNER_LIMIT - 1;
@@ -44,7 +44,7 @@ const SPINS: u32 = 100;
 ///
 /// ```
 /// use shared_allocator::prelude::*;
-/// use shared_allocator::sync::ShmMutex;
+/// use shared_allocator::coord::ShmMutex;
 ///
 /// #[derive(ShmSafe, Clone, Copy)]
 /// #[repr(C)]
@@ -54,45 +54,49 @@ const SPINS: u32 = 100;
 /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
 /// let acct = alloc.root::<ShmMutex<Account>>("account")?;
-/// let mut g = match acct.lock() {
+/// // If a holder was killed mid-update, repair first (and mark consistent).
+/// let mut g = acct.lock_or_repair(|a| a.updates = a.balance / 10);
+/// g.balance += 10;
+/// g.updates += 1;
+/// drop(g);
+/// assert_eq!(acct.lock()?.balance, 10); // `?`: a dead holder is `LockError::OwnerDied`
+///
+/// // Or repair with the guard in hand:
+/// let g = match acct.lock_robust() {
 ///     Ok(g) => g,
 ///     Err(died) => {
-///         // A holder was killed mid-update: repair, then mark consistent.
 ///         let mut g = died.into_inner();
 ///         g.updates = g.balance / 10;
 ///         g.mark_consistent();
 ///         g
 ///     }
 /// };
-/// g.balance += 10;
-/// g.updates += 1;
-/// drop(g);
-/// assert_eq!(acct.lock().unwrap().balance, 10);
+/// assert_eq!(g.updates, 1);
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
 #[repr(C)]
-pub struct ShmMutex<T> {
+pub struct ShmMutex<T: MutexPayload> {
     state: AtomicU32,
     inconsistent: AtomicU32,
     data: UnsafeCell<T>,
 }
 
 // SAFETY: the lock hands out `&mut T` to one holder at a time, in whatever thread or
-// process, so sharing the mutex needs `T: Send` (a `T: ShmSafe` is Send + Sync).
-unsafe impl<T: ShmSafe> Sync for ShmMutex<T> {}
+// process, so sharing the mutex needs `T: Send` (a `T: MutexPayload` is Send + Sync).
+unsafe impl<T: MutexPayload> Sync for ShmMutex<T> {}
 
 // SAFETY: ShmMutex<T> is `repr(C)`: two `AtomicU32` then an `UnsafeCell<T>`, which has
 // `T`'s layout:
 // - every bit pattern is valid: the lock words accept any value (an unknown owner is
 //   checked with owner_alive, so a scribbled word is at worst "held by a dead owner"),
-//   and `T: ShmSafe` is valid for every bit pattern;
+//   and `T: MutexPayload` is valid for every bit pattern;
 // - no padding: FINGERPRINT asserts size == 8 + size_of::<T>() for each instantiation
 //   (evaluated by roots and by `new`);
-// - no pointers, no Drop beyond `T`'s (none, `T: ShmSafe`);
+// - no pointers, no Drop beyond `T`'s (none, `T: MutexPayload`);
 // - other processes access `data` only while holding the lock (Acquire/Release on the
 //   lock word), so there is no data race in the cooperating-process model;
 // - `Send + Sync + 'static` because `T` is (the Sync impl above).
-unsafe impl<T: ShmSafe> ShmSafe for ShmMutex<T> {
+unsafe impl<T: MutexPayload> ShmSafe for ShmMutex<T> {
     const FINGERPRINT: u64 = {
         assert!(
             std::mem::size_of::<ShmMutex<T>>() == 8 + std::mem::size_of::<T>(),
@@ -102,7 +106,7 @@ unsafe impl<T: ShmSafe> ShmSafe for ShmMutex<T> {
     };
 }
 
-impl<T: fmt::Debug> fmt::Debug for ShmMutex<T> {
+impl<T: MutexPayload + fmt::Debug> fmt::Debug for ShmMutex<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.state.load(Ordering::Relaxed);
         f.debug_struct("ShmMutex")
@@ -185,15 +189,15 @@ pub type LockResult<G> = Result<G, OwnerDied<G>>;
 
 /// Holds a [`ShmMutex`] locked; unlocks on drop. Dereferences to the data.
 #[must_use = "the lock is released as soon as the guard is dropped"]
-pub struct ShmMutexGuard<'a, T: ShmSafe> {
+pub struct ShmMutexGuard<'a, T: MutexPayload> {
     mutex: &'a ShmMutex<T>,
     // Not Send: the unlock must run where the lock was taken only in spirit (the
     // owner is per process), but keeping guards on their thread is the std contract.
     _not_send: PhantomData<*const ()>,
 }
 
-// SAFETY: a guard only gives `&T` to other threads when shared; `T: ShmSafe` is Sync.
-unsafe impl<T: ShmSafe> Sync for ShmMutexGuard<'_, T> {}
+// SAFETY: a guard only gives `&T` to other threads when shared; `T: MutexPayload` is Sync.
+unsafe impl<T: MutexPayload> Sync for ShmMutexGuard<'_, T> {}
 
 /// How a lock was acquired.
 enum Acquired {
@@ -202,7 +206,7 @@ enum Acquired {
     Inconsistent,
 }
 
-impl<T: ShmSafe> ShmMutex<T> {
+impl<T: MutexPayload> ShmMutex<T> {
     /// A new unlocked, consistent mutex over `value`.
     pub const fn new(value: T) -> ShmMutex<T> {
         let _ = const { <Self as ShmSafe>::FINGERPRINT }; // the layout check
@@ -417,7 +421,7 @@ impl<T: ShmSafe> ShmMutex<T> {
     }
 }
 
-impl<T: ShmSafe> ShmMutexGuard<'_, T> {
+impl<T: MutexPayload> ShmMutexGuard<'_, T> {
     /// Marks the data consistent again after an [`OwnerDied`]: later lockers get
     /// clean guards.
     pub fn mark_consistent(&mut self) {
@@ -425,7 +429,7 @@ impl<T: ShmSafe> ShmMutexGuard<'_, T> {
     }
 }
 
-impl<'a, T: ShmSafe> ShmMutexGuard<'a, T> {
+impl<'a, T: MutexPayload> ShmMutexGuard<'a, T> {
     /// Unlocks without the guard's drop; returns the mutex (for the condvar).
     pub(crate) fn unlock_for_wait(self) -> &'a ShmMutex<T> {
         let m = self.mutex;
@@ -436,11 +440,11 @@ impl<'a, T: ShmSafe> ShmMutexGuard<'a, T> {
 }
 
 /// Relocks `m` for a condvar waiter.
-pub(crate) fn relock<T: ShmSafe>(m: &ShmMutex<T>) -> Result<ShmMutexGuard<'_, T>, LockError> {
+pub(crate) fn relock<T: MutexPayload>(m: &ShmMutex<T>) -> Result<ShmMutexGuard<'_, T>, LockError> {
     m.lock()
 }
 
-impl<T: ShmSafe> Deref for ShmMutexGuard<'_, T> {
+impl<T: MutexPayload> Deref for ShmMutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY:
@@ -452,7 +456,7 @@ impl<T: ShmSafe> Deref for ShmMutexGuard<'_, T> {
     }
 }
 
-impl<T: ShmSafe> DerefMut for ShmMutexGuard<'_, T> {
+impl<T: MutexPayload> DerefMut for ShmMutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY:
         // - as in `deref`, this guard is the only holder of the lock anywhere;
@@ -461,7 +465,7 @@ impl<T: ShmSafe> DerefMut for ShmMutexGuard<'_, T> {
     }
 }
 
-impl<T: ShmSafe> Drop for ShmMutexGuard<'_, T> {
+impl<T: MutexPayload> Drop for ShmMutexGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -472,7 +476,7 @@ impl<T: ShmSafe> Drop for ShmMutexGuard<'_, T> {
     }
 }
 
-impl<T: ShmSafe + fmt::Debug> fmt::Debug for ShmMutexGuard<'_, T> {
+impl<T: MutexPayload + fmt::Debug> fmt::Debug for ShmMutexGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&**self, f)
     }
@@ -481,6 +485,15 @@ impl<T: ShmSafe + fmt::Debug> fmt::Debug for ShmMutexGuard<'_, T> {
 // SAFETY: the lock word is atomic and the value is inside an UnsafeCell that only
 // the holder of the lock (one handle in one process at a time) touches, so the
 // shared API is sound when other processes call it at once.
-unsafe impl<T: ShmSafe> crate::typed::ShmShared for ShmMutex<T> {
+unsafe impl<T: MutexPayload> crate::typed::ShmShared for ShmMutex<T> {
     const ATOMIC_ONLY: bool = false;
 }
+
+// SAFETY: 8 bytes of lock words then `T` with no padding (the ShmSafe impl's
+// assertion): whole 8-byte words when `T` is, alignment that of `T` (at most 8).
+unsafe impl<T: crate::typed::ChannelElement + MutexPayload> crate::typed::ChannelElement
+    for ShmMutex<T>
+{
+}
+// SAFETY: as above, whole 4-byte words when `T` is.
+unsafe impl<T: MutexPayload> MutexPayload for ShmMutex<T> {}
