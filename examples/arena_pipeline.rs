@@ -57,7 +57,7 @@ const WATCHDOG: Duration = Duration::from_secs(60);
 /// Blocks on `event` until `cond()` holds (a notification between the check and the
 /// sleep is never missed), failing after the watchdog's time.
 fn wait_until(event: &ShmEvent, what: &str, cond: impl FnMut() -> bool) -> Result<(), String> {
-    if event.wait_until(Some(WATCHDOG), cond) {
+    if event.wait_timeout_until(WATCHDOG, cond) {
         Ok(())
     } else {
         Err(format!("watchdog: {what}"))
@@ -122,7 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 values: [(i * k) as u32; 6],
             })
             .collect();
-        let h = arena.alloc_slice(&records)?.handle();
+        let h = arena.alloc_slice(&records)?.arena_ptr();
         control.off.store(h.offset().get(), Ordering::Relaxed);
         control.epoch.store(h.epoch(), Ordering::Relaxed);
         control.len.store(h.len() as u64, Ordering::Relaxed);

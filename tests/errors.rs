@@ -105,14 +105,14 @@ macro_rules! program {
             let jobs: Root<ShmChannel<u64, 8>, _> = Root::new_in(alloc.clone(), "jobs")?;
             let tx = jobs.sender()?;
             let rx = jobs.receiver()?;
-            tx.send(1, Some(Duration::from_secs(5)))?;
+            tx.send_timeout(1, Duration::from_secs(5))?;
             tx.try_send(2)?;
-            let got = rx.recv(Some(Duration::from_secs(5)))? + rx.try_recv()?;
+            let got = rx.recv_timeout(Duration::from_secs(5))? + rx.try_recv()?;
             let l = alloc.root::<Locked>("locked")?;
             l.m.lock()?[0] += 1;
             l.m.try_lock()?[1] += 1;
             let g = l.m.lock_timeout(Duration::from_secs(5))?;
-            let (g, _) = l.changed.wait_timeout(g, Some(Duration::from_millis(1)));
+            let (g, _) = l.changed.wait_timeout(g, Duration::from_millis(1));
             let g = g?;
             let (g, _) = l
                 .changed
@@ -137,7 +137,7 @@ macro_rules! program {
                 let _ = a.get()?;
                 let s = arena.alloc_slice(&[1u32, 2])?;
                 let _ = s.get_slice()?;
-                let h = a.handle();
+                let h = a.arena_ptr();
                 let _ = h.read(arena.allocator())?;
                 let t = arena.archive(&vec![1u32, 2])?.into_token();
                 let r = ArenaArchiveReader::<Vec<u32>>::open(arena.allocator(), t)?;

@@ -95,7 +95,7 @@ fn forged_box_token_inside_a_payload_is_refused_in_another_process() {
     let mut carrier = ShmBox::new_in(&alloc, [0u64; 16]).unwrap();
     carrier[0] = FORGED_NONCE;
     carrier[1] = layout_checked::<[u64; 4]>();
-    let at = carrier.rel_ptr().raw();
+    let at = carrier.rel_ptr().to_raw();
     let verdict = redeem_in_child("redeem-box", &name, [at, FORGED_NONCE]);
     assert!(verdict.contains("NotBlockStart"), "{verdict}");
     assert_eq!(carrier[0], FORGED_NONCE, "nothing changed in the carrier");
@@ -123,8 +123,12 @@ fn forged_vec_header_naming_a_live_box_is_refused_in_another_process() {
     let mut carrier = ShmBox::new_in(&alloc, [0u64; 8]).unwrap();
     let vec_fp = fingerprint::str(layout_checked::<u64>(), "ShmVec");
     // [claim, fingerprint, len, cap, data, seq]
-    carrier[..6].copy_from_slice(&[FORGED_NONCE, vec_fp, 0, 8, victim.rel_ptr().raw(), 0]);
-    let verdict = redeem_in_child("redeem-vec", &name, [carrier.rel_ptr().raw(), FORGED_NONCE]);
+    carrier[..6].copy_from_slice(&[FORGED_NONCE, vec_fp, 0, 8, victim.rel_ptr().to_raw(), 0]);
+    let verdict = redeem_in_child(
+        "redeem-vec",
+        &name,
+        [carrier.rel_ptr().to_raw(), FORGED_NONCE],
+    );
     assert!(verdict.contains("NotBlockStart"), "{verdict}");
     assert_eq!(*victim, [7; 8]);
     // A genuine vector's header cannot be pointed at a box either: its data word is
@@ -179,7 +183,7 @@ fn archive_token_over_a_copy_is_refused_in_another_process() {
     let bytes = alloc.read(token.offset(), block_len).unwrap();
     let mut carrier = ShmBox::new_in(&alloc, [0u64; 64]).unwrap();
     // A 16-aligned place inside the payload, as the archive format wants.
-    let base = carrier.rel_ptr().raw();
+    let base = carrier.rel_ptr().to_raw();
     let skip = ((16 - base % 16) % 16) as usize / 8;
     for (i, w) in bytes.chunks(8).enumerate() {
         let mut b = [0u8; 8];
@@ -241,7 +245,7 @@ fn arena_handles_from_numbers_give_copies_not_views() {
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
     let arena = bump.arena();
     let first = arena.alloc(1u64).unwrap();
-    let h = first.handle();
+    let h = first.arena_ptr();
     // The next 8 bytes are reserved by the arena but not written yet.
     let forged = ArenaPtr::<u64>::from_parts(h.offset().get() + 8, h.epoch(), 1);
     let e = forged.get(arena.allocator()).unwrap_err();

@@ -34,7 +34,7 @@ impl Consumer {
 
     /// Receives one number, counts it in the shared root.
     fn step(&self) -> Result<u64, Box<dyn std::error::Error>> {
-        let n = self.rx.recv(Some(Duration::from_secs(10)))?;
+        let n = self.rx.recv_timeout(Duration::from_secs(10))?;
         self.seen.fetch_add(1, Ordering::Relaxed);
         assert!(self.alloc.used_bytes() > 0);
         Ok(n)
@@ -51,7 +51,7 @@ fn struct_holds_allocator_and_its_receiver() {
     is_static_send(&consumer.rx);
     let jobs = alloc.root::<Jobs>("jobs").unwrap();
     let tx = jobs.sender().unwrap();
-    tx.send(7, None).unwrap();
+    tx.send(7).unwrap();
     assert_eq!(consumer.step().unwrap(), 7);
     assert_eq!(consumer.seen.load(Ordering::Relaxed), 1);
     // The struct can be dropped after the borrowed handles: it owns what it uses.
@@ -76,7 +76,7 @@ fn receiver_and_box_move_into_spawned_threads() {
     let consumer = std::thread::spawn(move || {
         let mut sum = 0;
         for _ in 0..100 {
-            sum += rx.recv(Some(Duration::from_secs(10))).unwrap();
+            sum += rx.recv_timeout(Duration::from_secs(10)).unwrap();
         }
         sum
     });
@@ -93,7 +93,7 @@ fn receiver_and_box_move_into_spawned_threads() {
     });
     std::thread::spawn(move || {
         for i in 0..100 {
-            tx.send(i, Some(Duration::from_secs(10))).unwrap();
+            tx.send_timeout(i, Duration::from_secs(10)).unwrap();
         }
     })
     .join()

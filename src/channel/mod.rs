@@ -112,10 +112,10 @@ struct Slot<T> {
 /// let jobs = alloc.root::<ShmChannel<u64, 64>>("jobs")?;
 /// // In the producer process:
 /// let tx = jobs.sender()?;
-/// tx.send(42, Some(Duration::from_secs(1)))?;
+/// tx.send_timeout(42, Duration::from_secs(1))?;
 /// // In a consumer process:
 /// let rx = jobs.receiver()?;
-/// assert_eq!(rx.recv(Some(Duration::from_secs(1)))?, 42);
+/// assert_eq!(rx.recv_timeout(Duration::from_secs(1))?, 42);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[repr(C)]
@@ -496,14 +496,35 @@ impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Sender<T, N, A> 
         }
     }
 
-    /// Sends `value`, waiting while the channel is full, at most `timeout` (`None`:
-    /// until a slot frees or every receiver is gone). Waiting sleeps on a futex.
+    /// Sends `value`, waiting while the channel is full, until a slot frees or every
+    /// receiver is gone. Waiting sleeps on a futex.
+    ///
+    /// # Errors
+    /// [`SendTimeoutError::Disconnected`] (every receiver dropped or dead),
+    /// [`SendTimeoutError::Corrupted`]; each carries the value back. (Never
+    /// `Timeout`.)
+    #[inline]
+    pub fn send(&self, value: T) -> Result<(), SendTimeoutError<T>> {
+        self.send_deadline(value, None)
+    }
+
+    /// Sends `value`, waiting while the channel is full, at most `timeout`.
     ///
     /// # Errors
     /// [`SendTimeoutError::Timeout`], [`SendTimeoutError::Disconnected`] (every
     /// receiver dropped or dead), [`SendTimeoutError::Corrupted`]; each carries the
     /// value back.
-    pub fn send(&self, value: T, timeout: Option<Duration>) -> Result<(), SendTimeoutError<T>> {
+    #[inline]
+    pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.send_deadline(value, Some(timeout))
+    }
+
+    #[inline]
+    fn send_deadline(
+        &self,
+        value: T,
+        timeout: Option<Duration>,
+    ) -> Result<(), SendTimeoutError<T>> {
         let c: &ShmChannel<T, N> = &self.chan;
         // The first attempt reads no clock (the deadline costs a clock read, ~20 ns,
         // as much as the push itself); it is the loop's first round otherwise.
@@ -601,15 +622,29 @@ impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Receiver<T, N, A
         Err(TryRecvError::Empty)
     }
 
-    /// Takes a message, waiting at most `timeout` (`None`: until one arrives or every
-    /// sender is gone). Waiting sleeps on a futex; every 50 ms of quiet it checks for
-    /// dead senders and for slots a dead sender left half-written.
+    /// Takes a message, waiting until one arrives or every sender is gone. Waiting
+    /// sleeps on a futex; every 50 ms of quiet it checks for dead senders and for
+    /// slots a dead sender left half-written.
     ///
     /// # Errors
-    /// [`RecvTimeoutError::Timeout`]; [`RecvTimeoutError::Disconnected`] once nothing
-    /// is queued and every sender is gone (dropped or dead);
-    /// [`RecvTimeoutError::Corrupted`].
-    pub fn recv(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
+    /// [`RecvTimeoutError::Disconnected`] once nothing is queued and every sender is
+    /// gone (dropped or dead); [`RecvTimeoutError::Corrupted`]. (Never `Timeout`.)
+    #[inline]
+    pub fn recv(&self) -> Result<T, RecvTimeoutError> {
+        self.recv_deadline(None)
+    }
+
+    /// Takes a message, waiting at most `timeout`; otherwise as [`recv`](Self::recv).
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`], and the errors of [`recv`](Self::recv).
+    #[inline]
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_deadline(Some(timeout))
+    }
+
+    #[inline]
+    fn recv_deadline(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
         let c: &ShmChannel<T, N> = &self.chan;
         // The first attempt reads no clock (as in `send`).
         match self.take(false) {

@@ -69,19 +69,27 @@ impl ShmCondvar {
         &self,
         guard: ShmMutexGuard<'a, T>,
     ) -> Result<ShmMutexGuard<'a, T>, LockError> {
-        self.wait_timeout(guard, None).0
+        self.wait_for(guard, None).0
     }
 
-    /// Like [`wait`](ShmCondvar::wait), sleeping at most `timeout` (`None`: no limit)
-    /// before relocking. Also returns whether a notification came.
+    /// Like [`wait`](ShmCondvar::wait), sleeping at most `timeout` before
+    /// relocking. Also returns whether a notification came.
     pub fn wait_timeout<'a, T: MutexPayload>(
+        &self,
+        guard: ShmMutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> (Result<ShmMutexGuard<'a, T>, LockError>, WaitOutcome) {
+        self.wait_for(guard, Some(timeout))
+    }
+
+    fn wait_for<'a, T: MutexPayload>(
         &self,
         guard: ShmMutexGuard<'a, T>,
         timeout: Option<Duration>,
     ) -> (Result<ShmMutexGuard<'a, T>, LockError>, WaitOutcome) {
         let listener = self.event.listen(); // before the unlock: no notify is missed
         let mutex = guard.unlock_for_wait();
-        let outcome = listener.wait(timeout);
+        let outcome = listener.wait_for(timeout);
         (relock(mutex), outcome)
     }
 
@@ -117,7 +125,7 @@ impl ShmCondvar {
             let Some(left) = deadline.remaining().filter(|d| !d.is_zero()) else {
                 return (Ok(guard), WaitOutcome::TimedOut);
             };
-            match self.wait_timeout(guard, Some(left)).0 {
+            match self.wait_timeout(guard, left).0 {
                 Ok(g) => guard = g,
                 Err(died) => return (Err(died), WaitOutcome::Notified),
             }
