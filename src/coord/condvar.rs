@@ -65,6 +65,10 @@ impl ShmCondvar {
     /// # Errors
     /// [`LockError::OwnerDied`] if relocking found a dead holder's lock (the lock is
     /// released then: repair with [`ShmMutex::lock_or_repair`](super::ShmMutex::lock_or_repair)).
+    ///
+    /// # Panics
+    /// If `guard` is a `fork` child's copy of its parent's guard (it holds nothing:
+    /// see [`ShmMutexGuard`]); the wait forms below too.
     pub fn wait<'a, T: MutexPayload>(
         &self,
         guard: ShmMutexGuard<'a, T>,
