@@ -73,6 +73,17 @@ pub enum SegmentError {
         /// The version in the segment.
         found: u32,
     },
+    /// The segment was created (or first used) for the other kind of API than
+    /// [`OpenOptions::segment_mode`](crate::segment::OpenOptions) expects.
+    #[error("segment {name:?} is in {found} mode, not {expected} mode (the mode is fixed when the segment is created or first used)")]
+    WrongMode {
+        /// The normalised name.
+        name: String,
+        /// The mode asked for.
+        expected: crate::mode::SegmentMode,
+        /// The segment's mode.
+        found: crate::mode::SegmentMode,
+    },
     /// The segment holds another allocator kind than the one asked for.
     #[error("segment holds a {found} allocator, not a {expected} allocator")]
     WrongKind {

@@ -890,7 +890,15 @@ fn invalid_creation_parameters() {
     );
     for mode in [0o1000, 0o4600, 0o7777, u32::MAX] {
         ip(
-            FreeListAllocator::create_with(n, PAGE, &CreateOptions { mode }).unwrap_err(),
+            FreeListAllocator::create_with(
+                n,
+                PAGE,
+                &CreateOptions {
+                    mode,
+                    ..Default::default()
+                },
+            )
+            .unwrap_err(),
             "mode",
             u64::from(mode),
         );

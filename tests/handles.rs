@@ -129,3 +129,67 @@ fn tokens_give_the_allocator_back() {
     drop((b, v));
     assert_eq!(Arc::strong_count(&alloc), 1);
 }
+
+/// The segment mode is fixed at `create` (`CreateOptions::typed()` / `raw()`) and
+/// checked at `open` (`OpenOptions::segment_mode`): mixing is refused from the first
+/// call, and a mismatched open is a clear `SegmentError::WrongMode`.
+#[test]
+fn segment_mode_is_fixed_at_create_and_checked_at_open() {
+    use shared_allocator::segment::{CreateOptions, OpenOptions, SegmentMode};
+    use shared_allocator::{AccessError, SegmentError};
+    let typed_name = ShmName::new("handles-mode-typed");
+    let typed =
+        FreeListAllocator::create_with(typed_name.as_str(), 1 << 20, &CreateOptions::typed())
+            .unwrap();
+    assert_eq!(typed.segment().mode(), SegmentMode::Typed);
+    let raw_block = typed.allocate(64).unwrap();
+    assert!(matches!(
+        typed.write(raw_block, b"x"),
+        Err(AccessError::WrongMode { .. })
+    ));
+    let b = ShmBox::new_in(&typed, 1u64).unwrap();
+    assert_eq!(*b, 1);
+
+    let raw_name = ShmName::new("handles-mode-raw");
+    let raw =
+        FreeListAllocator::create_with(raw_name.as_str(), 1 << 20, &CreateOptions::raw()).unwrap();
+    assert_eq!(raw.segment().mode(), SegmentMode::Raw);
+    assert!(
+        ShmBox::new_in(&raw, 1u64).is_err(),
+        "typed handle in a raw segment"
+    );
+    let o = raw.allocate(8).unwrap();
+    raw.write(o, &[1; 8]).unwrap();
+
+    let expect = |m| OpenOptions {
+        segment_mode: Some(m),
+        ..OpenOptions::default()
+    };
+    let err =
+        FreeListAllocator::open_with(raw_name.as_str(), &expect(SegmentMode::Typed)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SegmentError::WrongMode {
+                expected: SegmentMode::Typed,
+                found: SegmentMode::Raw,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("raw mode, not typed mode"),
+        "{err}"
+    );
+    FreeListAllocator::open_with(typed_name.as_str(), &expect(SegmentMode::Typed)).unwrap();
+
+    // An undecided segment is fixed by the opener's expectation.
+    let unset_name = ShmName::new("handles-mode-unset");
+    let unset = FreeListAllocator::create(unset_name.as_str(), 1 << 20).unwrap();
+    assert_eq!(unset.segment().mode(), SegmentMode::Unset);
+    let opened =
+        FreeListAllocator::open_with(unset_name.as_str(), &expect(SegmentMode::Raw)).unwrap();
+    assert_eq!(opened.segment().mode(), SegmentMode::Raw);
+    assert!(ShmBox::new_in(&unset, 1u64).is_err());
+}

@@ -76,11 +76,41 @@ pub struct CreateOptions {
     /// Permission bits of the object; applied with `fchmod`, so the umask cannot widen
     /// or narrow them. Default `0o600`: only this user may open the segment.
     pub mode: u32,
+    /// What the segment's data is for, fixed at creation: [`SegmentMode::Raw`]
+    /// (the raw offset API) or [`SegmentMode::Typed`] (typed handles), so that a
+    /// use of the other kind is refused from the first call, in every process.
+    /// [`SegmentMode::Unset`] (the default) leaves it to the first use.
+    pub segment_mode: SegmentMode,
 }
 
 impl Default for CreateOptions {
     fn default() -> Self {
-        CreateOptions { mode: 0o600 }
+        CreateOptions {
+            mode: 0o600,
+            segment_mode: SegmentMode::Unset,
+        }
+    }
+}
+
+impl CreateOptions {
+    /// The defaults, with the segment fixed to typed handles
+    /// ([`SegmentMode::Typed`]): `ShmBox`, `ShmVec`, archives, arenas, locks and
+    /// channels; raw `write`/`free` are refused.
+    pub fn typed() -> CreateOptions {
+        CreateOptions {
+            segment_mode: SegmentMode::Typed,
+            ..CreateOptions::default()
+        }
+    }
+
+    /// The defaults, with the segment fixed to the raw offset API
+    /// ([`SegmentMode::Raw`]): `allocate`/`write`/`free` and `RelPtr::get` of
+    /// atomics; typed handles are refused.
+    pub fn raw() -> CreateOptions {
+        CreateOptions {
+            segment_mode: SegmentMode::Raw,
+            ..CreateOptions::default()
+        }
     }
 }
 
@@ -96,6 +126,11 @@ pub struct OpenOptions {
     /// Accept an object whose mode lets users other than the owner's group write
     /// it (`o+w`). Off by default, for the same reason.
     pub allow_world_writable: bool,
+    /// The mode the opener expects ([`SegmentMode::Raw`] or [`SegmentMode::Typed`]):
+    /// a segment already in the other mode is [`SegmentError::WrongMode`] at
+    /// `open`, one still undecided is fixed to it. `None` (the default) accepts
+    /// either.
+    pub segment_mode: Option<SegmentMode>,
 }
 
 impl Default for OpenOptions {
@@ -104,6 +139,7 @@ impl Default for OpenOptions {
             timeout: Duration::from_secs(2),
             allow_foreign_owner: false,
             allow_world_writable: false,
+            segment_mode: None,
         }
     }
 }
@@ -312,15 +348,36 @@ impl Segment {
             Ok((map, lock_description(&file)?))
         })();
         match result {
-            Ok((map, file)) => Ok(Segment {
-                name,
-                map,
-                layout,
-                file,
-                mode_seen: Default::default(),
-                key,
-                id: segment_id(key),
-            }),
+            Ok((map, file)) => {
+                let seg = Segment {
+                    name,
+                    map,
+                    layout,
+                    file,
+                    mode_seen: Default::default(),
+                    key,
+                    id: segment_id(key),
+                };
+                match opts.segment_mode {
+                    SegmentMode::Unset => Ok(seg),
+                    // A fresh, unpublished segment: the mode word is still 0.
+                    m @ (SegmentMode::Raw | SegmentMode::Typed) => {
+                        seg.claim_mode(m)
+                            .map_err(|_| SegmentError::InvalidParameter {
+                                what: "segment_mode",
+                                value: m as u64,
+                            })?;
+                        Ok(seg)
+                    }
+                    SegmentMode::Corrupted => {
+                        let _ = shm_unlink(seg.name.as_str());
+                        Err(SegmentError::InvalidParameter {
+                            what: "segment_mode",
+                            value: SegmentMode::Corrupted as u64,
+                        })
+                    }
+                }
+            }
             Err(e) => {
                 let _ = shm_unlink(name.as_str());
                 Err(e)
@@ -410,13 +467,15 @@ impl Segment {
                     let file = lock_description(&provisional.file)?;
                     // (Published before READY, which the Acquire above saw.)
                     let key = h.archive_key.each_ref().map(|k| k.load(Ordering::Relaxed));
-                    return Ok(Segment {
+                    let seg = Segment {
                         layout,
                         file,
                         key,
                         id: segment_id(key),
                         ..provisional
-                    });
+                    };
+                    seg.expect_mode(opts)?;
+                    return Ok(seg);
                 }
                 if state != STATE_INIT && state != STATE_READY {
                     return Err(SegmentError::CorruptHeader {
@@ -443,6 +502,25 @@ impl Segment {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(10));
         }
+    }
+
+    /// Checks (and, if undecided, fixes) the mode `opts` expects, at `open`.
+    pub(crate) fn expect_mode(&self, opts: &OpenOptions) -> Result<(), SegmentError> {
+        let Some(want) = opts.segment_mode else {
+            return Ok(());
+        };
+        let wrong = |found| SegmentError::WrongMode {
+            name: self.name.clone(),
+            expected: want,
+            found,
+        };
+        if !matches!(want, SegmentMode::Raw | SegmentMode::Typed) {
+            return Err(SegmentError::InvalidParameter {
+                what: "segment_mode",
+                value: want as u64,
+            });
+        }
+        self.claim_mode(want).map_err(|_| wrong(self.mode()))
     }
 
     /// The normalised name (`/name`).
