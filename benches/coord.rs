@@ -38,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use shared_allocator::channel::{RecvTimeoutError, ShmChannel, TryRecvError};
+use shared_allocator::coord::{ShmEvent, ShmMutex};
 use shared_allocator::prelude::*;
 use shared_allocator::segment::UnlinkGuard;
-use shared_allocator::sync::{ShmEvent, ShmMutex};
 
 const ROLE_VAR: &str = "SA_BENCH_COORD_ROLE";
 const SEG_VAR: &str = "SA_BENCH_COORD_SEG";
@@ -98,7 +98,7 @@ impl Workers {
         }
     }
 
-    fn ctl(&self) -> &Ctl {
+    fn ctl(&self) -> shared_allocator::typed::Root<Ctl, &FreeListAllocator> {
         self.alloc.root("ctl").expect("control block")
     }
 
@@ -143,7 +143,7 @@ impl Drop for Workers {
 }
 
 fn wait(ev: &ShmEvent, what: &str, cond: impl FnMut() -> bool) {
-    assert!(ev.wait_until(Some(HANG), cond), "bench hang: {what}");
+    assert!(ev.wait_timeout_until(HANG, cond), "bench hang: {what}");
 }
 
 /// A pong child and this process's ends of every reference channel.
@@ -213,7 +213,7 @@ impl RoundTrips {
                     // No timeout, like the blocking reads of the fd references (a
                     // timed futex wait arms a kernel timer).
                     ctl.pong
-                        .wait_until(None, || ctl.ball.load(Ordering::Acquire) > odd);
+                        .wait_until(|| ctl.ball.load(Ordering::Acquire) > odd);
                 }
                 start.elapsed()
             }
@@ -288,7 +288,7 @@ fn paired(
 /// The pong side: one command at a time, `iters` round trips of the command's kind.
 fn pong() {
     let alloc = FreeListAllocator::open(&std::env::var(SEG_VAR).unwrap()).unwrap();
-    let ctl: &Ctl = alloc.root("ctl").unwrap();
+    let ctl = alloc.root::<Ctl>("ctl").unwrap();
     let fds: Vec<RawFd> = std::env::var(FDS_VAR)
         .unwrap()
         .split(',')
@@ -319,7 +319,7 @@ fn pong() {
             KIND_EVENT => {
                 for _ in 0..iters {
                     let mut odd = 0;
-                    ctl.ping.wait_until(None, || {
+                    ctl.ping.wait_until(|| {
                         odd = ctl.ball.load(Ordering::Acquire);
                         odd % 2 == 1
                     });
@@ -373,7 +373,7 @@ fn token_workers() -> Vec<(String, Workers, u64)> {
     let mut groups = Vec::new();
     for (np, nc) in [(1usize, 1usize), (4, 4)] {
         let mut w = Workers::new(&format!("ch{np}{nc}"));
-        let _: &Chan = w.alloc.root("chan").unwrap();
+        let _ = w.alloc.root::<Chan>("chan").unwrap();
         for i in 0..nc {
             w.spawn("consumer", i, nc, &[]);
         }
@@ -427,10 +427,10 @@ fn share(iters: u64, index: u64, count: u64) -> u64 {
 /// Producer worker: for every command, sends its share of the tokens.
 fn producer(stream: bool) {
     let alloc = FreeListAllocator::open(&std::env::var(SEG_VAR).unwrap()).unwrap();
-    let ctl: &Ctl = alloc.root("ctl").unwrap();
+    let ctl = alloc.root::<Ctl>("ctl").unwrap();
     let index: u64 = std::env::var(INDEX_VAR).unwrap().parse().unwrap();
     let count: u64 = std::env::var(COUNT_VAR).unwrap().parse().unwrap();
-    let chan: &Chan = alloc.root("chan").unwrap();
+    let chan = alloc.root::<Chan>("chan").unwrap();
     let tx = (!stream).then(|| chan.sender().unwrap());
     let mut sock = stream.then(|| {
         let fd: RawFd = std::env::var(FDS_VAR).unwrap().parse().unwrap();
@@ -452,7 +452,7 @@ fn producer(stream: bool) {
         for i in 0..n {
             let token = index << 48 | i;
             match (&tx, &mut sock) {
-                (Some(tx), _) => tx.send(token, Some(HANG)).expect("send"),
+                (Some(tx), _) => tx.send_timeout(token, HANG).expect("send"),
                 (_, Some(s)) => s.write_all(&token.to_ne_bytes()).expect("write"),
                 _ => unreachable!(),
             }
@@ -467,8 +467,8 @@ fn producer(stream: bool) {
 /// harness cost, not the queue's.) Every candidate counts the same way.
 fn consumer(stream: bool) {
     let alloc = FreeListAllocator::open(&std::env::var(SEG_VAR).unwrap()).unwrap();
-    let ctl: &Ctl = alloc.root("ctl").unwrap();
-    let chan: &Chan = alloc.root("chan").unwrap();
+    let ctl = alloc.root::<Ctl>("ctl").unwrap();
+    let chan = alloc.root::<Chan>("chan").unwrap();
     let rx = (!stream).then(|| chan.receiver().unwrap());
     let mut sock = stream.then(|| {
         let fd: RawFd = std::env::var(FDS_VAR).unwrap().parse().unwrap();
@@ -528,7 +528,7 @@ fn consumer(stream: bool) {
             _ => unreachable!(),
         }
         match (&rx, &mut sock) {
-            (Some(rx), _) => match rx.recv(Some(Duration::from_millis(200))) {
+            (Some(rx), _) => match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(token) => {
                     std::hint::black_box(token);
                 }
@@ -554,7 +554,7 @@ fn consumer(stream: bool) {
 
 fn bench_mutex(c: &mut Criterion) {
     let w = Workers::new("mutex");
-    let shm: &ShmMutex<[u64; 2]> = w.alloc.root("m").unwrap();
+    let shm = w.alloc.root::<ShmMutex<[u64; 2]>>("m").unwrap();
     let std_mutex = std::sync::Mutex::new([0u64; 2]);
     let mut g = c.benchmark_group("mutex");
     g.bench_function("shm_mutex_lock_unlock", |b| {

@@ -20,9 +20,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use shared_allocator::coord::ShmEvent;
 use shared_allocator::prelude::*;
 use shared_allocator::segment::UnlinkGuard;
-use shared_allocator::sync::ShmEvent;
 
 #[derive(ShmSafe, Clone, Copy)]
 #[repr(C)]
@@ -57,7 +57,7 @@ const WATCHDOG: Duration = Duration::from_secs(60);
 /// Blocks on `event` until `cond()` holds (a notification between the check and the
 /// sleep is never missed), failing after the watchdog's time.
 fn wait_until(event: &ShmEvent, what: &str, cond: impl FnMut() -> bool) -> Result<(), String> {
-    if event.wait_until(Some(WATCHDOG), cond) {
+    if event.wait_timeout_until(WATCHDOG, cond) {
         Ok(())
     } else {
         Err(format!("watchdog: {what}"))
@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut bump = BumpAllocator::create(&data, 4 << 20)?;
     let control_seg = FreeListAllocator::create(&ctl, 64 << 10)?;
     let _cleanup = (UnlinkGuard::new(&data), UnlinkGuard::new(&ctl));
-    let control: &Control = control_seg.root("control")?;
+    let control = control_seg.root::<Control>("control")?;
 
     let children_cpu_before = children_cpu(); // a baseline: only our workers count
     let mut kids = Vec::new();
@@ -122,7 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 values: [(i * k) as u32; 6],
             })
             .collect();
-        let h = arena.alloc_slice(&records)?.handle();
+        let h = arena.alloc_slice(&records)?.arena_ptr();
         control.off.store(h.offset().get(), Ordering::Relaxed);
         control.epoch.store(h.epoch(), Ordering::Relaxed);
         control.len.store(h.len() as u64, Ordering::Relaxed);
@@ -177,7 +177,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn worker(data: &str, ctl: &str) -> Result<(), Box<dyn std::error::Error>> {
     let bump = BumpAllocator::open(data)?;
     let control_seg = FreeListAllocator::open(ctl)?;
-    let control: &Control = control_seg.root("control")?;
+    let control = control_seg.root::<Control>("control")?;
     let mut seen = 0;
     let mut previous: Option<ArenaPtr<Record>> = None;
     let (mut idle_wall, mut idle_cpu) = (Duration::ZERO, Duration::ZERO);

@@ -61,9 +61,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         next = node.rel_ptr();
         tokens.push(node.into_token()); // the list owns its nodes now
     }
-    let head: &ListHead = alloc.root("particles")?;
+    let head = alloc.root::<ListHead>("particles")?;
     head.count.store(N, Ordering::Relaxed);
-    head.first.store(next.raw(), Ordering::Release);
+    head.first.store(next.to_raw(), Ordering::Release);
     println!(
         "producer {}: built {N} particles in /{name}",
         std::process::id()
@@ -101,7 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn consumer(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let alloc = FreeListAllocator::open(name)?;
-    let head: &ListHead = alloc.root("particles")?;
+    let head = alloc.root::<ListHead>("particles")?;
     let mut p = RelPtr::<Particle>::from_raw(head.first.load(Ordering::Acquire));
     let (mut seen, mut sum) = (0u64, 0.0f64);
     while !p.is_null() {

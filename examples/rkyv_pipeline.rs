@@ -176,11 +176,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let token = archive.into_token().to_raw();
 
         for tx in &senders {
-            tx.send(token, Some(WATCHDOG))?;
+            tx.send_timeout(token, WATCHDOG)?;
         }
         for _ in 0..consumers {
             let [i, digest, validate_us, read_us, idle_wall_us, idle_cpu_us] =
-                replies.recv(Some(WATCHDOG))?;
+                replies.recv_timeout(WATCHDOG)?;
             assert_eq!(digest, expected, "consumer {i}: batch {seq} digest differs");
             consumer_validate_us += validate_us;
             consumer_read_us += read_us;
@@ -248,7 +248,7 @@ fn consumer(name: &str, ctl_name: &str, index: u64) -> Result<(), Box<dyn std::e
     let (mut idle_wall, mut idle_cpu) = (Duration::ZERO, Duration::ZERO);
     loop {
         let (wall0, cpu0) = (Instant::now(), cpu_now());
-        let raw = match tokens.recv(Some(WATCHDOG)) {
+        let raw = match tokens.recv_timeout(WATCHDOG) {
             Ok(raw) => raw,
             Err(RecvTimeoutError::Disconnected) => return Ok(()), // the producer is done
             Err(e) => return Err(e.into()),
@@ -271,6 +271,6 @@ fn consumer(name: &str, ctl_name: &str, index: u64) -> Result<(), Box<dyn std::e
             idle_wall.as_micros() as u64,
             idle_cpu.as_micros() as u64,
         ];
-        replies.send(reply, Some(WATCHDOG))?;
+        replies.send_timeout(reply, WATCHDOG)?;
     }
 }

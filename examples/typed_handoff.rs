@@ -27,13 +27,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.next().as_deref() == Some("bump") {
         let mut bump = BumpAllocator::create(&name, 1 << 20)?;
         let arena = bump.arena();
-        let h = arena.alloc_slice(&[1u64, 2, 3, 4])?.handle();
+        let h = arena.alloc_slice(&[1u64, 2, 3, 4])?.arena_ptr();
         println!("{} {}", h.offset().get(), h.epoch());
         return Ok(());
     }
     let alloc = FreeListAllocator::create(&name, 1 << 20)?;
     let value = ShmBox::new_in(&alloc, [1u64, 2, 3, 4])?;
-    let at = value.rel_ptr().raw();
+    let at = value.rel_ptr().to_raw();
     let [offset, nonce] = value.into_token().to_raw();
     println!("{at} {offset} {nonce}");
     Ok(())

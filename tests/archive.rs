@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::{finish, role, spawn_child, Rng, ShmName};
 use rkyv::{Archive, Deserialize, Serialize};
+use shared_allocator::__layout::HEADER_LEN;
 use shared_allocator::archive::{
-    ArchiveError, ArchiveToken, ArenaArchiveReader, ArenaArchiveToken, ShmArchive, HEADER_LEN,
+    ArchiveError, ArchiveToken, ArenaArchiveReader, ArenaArchiveToken, ShmArchive,
 };
 use shared_allocator::prelude::*;
 use shared_allocator::{AccessError, TokenError};
@@ -379,7 +380,9 @@ fn corrupted_archives_are_rejected() {
 
 /// Address of the first archive byte at `data` (to turn field addresses into positions).
 fn archive_start(alloc: &FreeListAllocator, data: Offset) -> usize {
-    alloc.segment().ptr_at(data.get(), 1, 1).unwrap().as_ptr() as usize
+    shared_allocator::__layout::ptr_at(alloc.segment(), data.get(), 1, 1)
+        .unwrap()
+        .as_ptr() as usize
 }
 
 // ---------------------------------------------------------------------------
@@ -396,7 +399,7 @@ fn arena_archive_reset_waits_for_readers_in_other_processes() {
         Some("holding-reader") => {
             let bump = BumpAllocator::open(&env("SA_SEG")).unwrap();
             let flags = FreeListAllocator::open(&env("SA_FLAGS")).unwrap();
-            let flag: &AtomicU64 = flags.root("flag").unwrap();
+            let flag = flags.root::<AtomicU64>("flag").unwrap();
             let raw: Vec<u64> = env("SA_TOKEN")
                 .split(',')
                 .map(|s| s.parse().unwrap())
@@ -452,7 +455,7 @@ fn arena_archive_reset_waits_for_readers_in_other_processes() {
     let flags_name = ShmName::new("arc-stale-flags");
     let mut bump = BumpAllocator::create(name.as_str(), 4 << 20).unwrap();
     let flags = FreeListAllocator::create(flags_name.as_str(), 1 << 16).unwrap();
-    let flag: &AtomicU64 = flags.root("flag").unwrap();
+    let flag = flags.root::<AtomicU64>("flag").unwrap();
 
     for die in [false, true] {
         flag.store(0, Ordering::Release);

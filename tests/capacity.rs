@@ -234,10 +234,13 @@ fn check_stamp(a: &FreeListAllocator, off: Offset, size: u64, tag: u64) {
 }
 
 fn grow_table(a: &FreeListAllocator, table: Offset) -> &[AtomicU64] {
-    let p = a
-        .segment()
-        .ptr_at(table.get(), (GROW_PROCS * PER_PROC + 8) as u64 * 8, 8)
-        .unwrap();
+    let p = shared_allocator::__layout::ptr_at(
+        a.segment(),
+        table.get(),
+        (GROW_PROCS * PER_PROC + 8) as u64 * 8,
+        8,
+    )
+    .unwrap();
     // SAFETY: the table block is allocated for the whole test, 8-aligned, and
     // only ever accessed through atomics by every process.
     unsafe { std::slice::from_raw_parts(p.as_ptr() as *const AtomicU64, GROW_PROCS * PER_PROC + 8) }
@@ -388,7 +391,7 @@ fn holder() {
         held.push(a.allocate(size).unwrap());
         bytes += size;
     }
-    let p = a.segment().ptr_at(ctl.get(), 16, 8).unwrap();
+    let p = shared_allocator::__layout::ptr_at(a.segment(), ctl.get(), 16, 8).unwrap();
     // SAFETY: the control block (16 bytes, 8-aligned) lives for the whole test and
     // is only accessed through atomics.
     let w = unsafe { std::slice::from_raw_parts(p.as_ptr() as *const AtomicU64, 2) };
@@ -412,7 +415,7 @@ fn sixteen_holders_leave_one_large_run() {
     let a = FreeListAllocator::create(name.as_str(), cap).unwrap();
     let ctl = a.allocate(16).unwrap();
     a.write(ctl, &[0; 16]).unwrap();
-    let p = a.segment().ptr_at(ctl.get(), 16, 8).unwrap();
+    let p = shared_allocator::__layout::ptr_at(a.segment(), ctl.get(), 16, 8).unwrap();
     // SAFETY: as in `holder`.
     let w = unsafe { std::slice::from_raw_parts(p.as_ptr() as *const AtomicU64, 2) };
     let children: Vec<_> = (0..HOLDERS)

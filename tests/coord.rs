@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{env_req, env_u64, finish_all, results, role, say, spawn_child, KillOnDrop, ShmName};
+use shared_allocator::coord::{LockError, ShmCondvar, ShmEvent, ShmMutex, WaitOutcome};
 use shared_allocator::prelude::*;
-use shared_allocator::sync::{ShmCondvar, ShmEvent, ShmMutex, TryLockError, WaitOutcome};
 
 /// A wait that takes this long means a lost wake-up (nothing here is that slow).
 const GENEROUS: Duration = Duration::from_secs(10);
@@ -46,7 +46,7 @@ fn open(name: &str) -> FreeListAllocator {
 
 /// Waits until `word` is at least `at_least`, asserting progress within GENEROUS.
 fn await_value(ev: &ShmEvent, word: &AtomicU64, at_least: u64, who: &str) {
-    if !ev.wait_until(Some(GENEROUS), || word.load(Ordering::Acquire) >= at_least) {
+    if !ev.wait_timeout_until(GENEROUS, || word.load(Ordering::Acquire) >= at_least) {
         panic!(
             "{who}: no wake-up for {at_least} within {GENEROUS:?} (value {}): a lost wake-up",
             word.load(Ordering::Acquire)
@@ -59,7 +59,7 @@ fn event_ping_pong_no_lost_wakeups() {
     let rounds = env_u64("SA_COORD_PINGPONG", 20_000);
     if role().as_deref() == Some("pong") {
         let a = open(&env_req("SA_SEG"));
-        let pp: &PingPong = a.root("pp").unwrap();
+        let pp = a.root::<PingPong>("pp").unwrap();
         for i in 0..rounds {
             // Odd values are the ping's, even ones the pong's.
             await_value(&pp.ping, &pp.ball, 2 * i + 1, "pong");
@@ -71,7 +71,7 @@ fn event_ping_pong_no_lost_wakeups() {
     }
     let name = ShmName::new("coord-pp");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let pp: &PingPong = a.root("pp").unwrap();
+    let pp = a.root::<PingPong>("pp").unwrap();
     let child = spawn_child(
         "event_ping_pong_no_lost_wakeups",
         "pong",
@@ -106,7 +106,7 @@ fn event_notify_all_wakes_every_process() {
     let gens = env_u64("SA_COORD_GENERATIONS", 300);
     if role().as_deref() == Some("gen-waiter") {
         let a = open(&env_req("SA_SEG"));
-        let g: &Generations = a.root("gen").unwrap();
+        let g = a.root::<Generations>("gen").unwrap();
         for k in 1..=gens {
             await_value(&g.changed, &g.generation, k, "gen-waiter");
             g.seen.fetch_add(1, Ordering::AcqRel);
@@ -117,7 +117,7 @@ fn event_notify_all_wakes_every_process() {
     }
     let name = ShmName::new("coord-gen");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let g: &Generations = a.root("gen").unwrap();
+    let g = a.root::<Generations>("gen").unwrap();
     let kids: Vec<_> = (0..WAITERS)
         .map(|_| {
             spawn_child(
@@ -168,20 +168,20 @@ fn condvar_ping_pong_across_processes() {
     };
     if role().as_deref() == Some("cv") {
         let a = open(&env_req("SA_SEG"));
-        bounce(a.root("shared").unwrap(), 1, "child");
+        bounce(&a.root("shared").unwrap(), 1, "child");
         say("cv done");
         return;
     }
     let name = ShmName::new("coord-cv");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let s: &Shared = a.root("shared").unwrap();
+    let s = a.root::<Shared>("shared").unwrap();
     let child = spawn_child(
         "condvar_ping_pong_across_processes",
         "cv",
         &[("SA_SEG", name.as_str().to_owned())],
     );
     let mut guard = KillOnDrop::new(child);
-    bounce(s, 0, "parent");
+    bounce(&s, 0, "parent");
     assert_eq!(results(guard.take(), WATCHDOG, "cv child"), ["cv done"]);
     let g = s.lock.lock().unwrap();
     assert_eq!(*g, [2 * rounds, 2 * rounds]);
@@ -193,7 +193,7 @@ fn mutex_excludes_across_processes() {
     let iters = env_u64("SA_COORD_MUTEX_ITERS", 20_000);
     if role().as_deref() == Some("incr") {
         let a = open(&env_req("SA_SEG"));
-        let s: &Shared = a.root("shared").unwrap();
+        let s = a.root::<Shared>("shared").unwrap();
         for _ in 0..iters {
             let mut g = s.lock.lock().expect("nobody died");
             // Two separate, non-atomic steps: another holder would see them differ.
@@ -208,7 +208,7 @@ fn mutex_excludes_across_processes() {
     }
     let name = ShmName::new("coord-mx");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let s: &Shared = a.root("shared").unwrap();
+    let s = a.root::<Shared>("shared").unwrap();
     let kids = (0..PROCS)
         .map(|_| {
             spawn_child(
@@ -233,7 +233,7 @@ struct Robust {
 
 /// Child role: lock, half-update, announce, and wait to be killed.
 fn holder(a: &FreeListAllocator) -> ! {
-    let r: &Robust = a.root("robust").unwrap();
+    let r = a.root::<Robust>("robust").unwrap();
     let mut g = r.lock.lock().expect("first holder");
     g[0] = 1; // the update is half done: g[1] still 0
     r.holding.store(1, Ordering::Release);
@@ -245,10 +245,10 @@ fn holder(a: &FreeListAllocator) -> ! {
 
 /// Child role: wait until the holder holds, then block in `lock()` and report.
 fn blocked_locker(a: &FreeListAllocator) {
-    let r: &Robust = a.root("robust").unwrap();
+    let r = a.root::<Robust>("robust").unwrap();
     await_value(&r.holding_changed, &r.holding, 1, "locker");
     let start = Instant::now();
-    match r.lock.lock() {
+    match r.lock.lock_robust() {
         Err(died) => {
             let mut g = died.into_inner();
             say(format!(
@@ -261,7 +261,7 @@ fn blocked_locker(a: &FreeListAllocator) {
             g.mark_consistent();
         }
         Ok(_) => say("owner_died=0"),
-    }
+    };
 }
 
 fn wait_holding(r: &Robust) {
@@ -277,15 +277,15 @@ fn mutex_holder_killed_waiter_gets_owner_died() {
     }
     let name = ShmName::new("coord-od");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let r: &Robust = a.root("robust").unwrap();
+    let r = a.root::<Robust>("robust").unwrap();
     let env = [("SA_SEG", name.as_str().to_owned())];
     let entry = "mutex_holder_killed_waiter_gets_owner_died";
     let mut holder = KillOnDrop::new(spawn_child(entry, "holder", &env));
     let locker = KillOnDrop::new(spawn_child(entry, "locker", &env)).take();
-    wait_holding(r);
+    wait_holding(&r);
     // Let the locker reach its futex sleep, then kill the holder mid-update.
     std::thread::sleep(Duration::from_millis(200));
-    assert!(matches!(r.lock.try_lock(), Err(TryLockError::WouldBlock)));
+    assert!(matches!(r.lock.try_lock(), Err(LockError::WouldBlock)));
     holder.child().kill().unwrap();
     holder.child().wait().unwrap(); // reaped: the holder is gone for good
     let out = results(locker, WATCHDOG, "locker");
@@ -304,30 +304,38 @@ fn mutex_holder_killed_try_lock_and_timeout_get_owner_died() {
     }
     let name = ShmName::new("coord-od2");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let r: &Robust = a.root("robust").unwrap();
+    let r = a.root::<Robust>("robust").unwrap();
     let env = [("SA_SEG", name.as_str().to_owned())];
     let mut holder = KillOnDrop::new(spawn_child(
         "mutex_holder_killed_try_lock_and_timeout_get_owner_died",
         "holder",
         &env,
     ));
-    wait_holding(r);
+    wait_holding(&r);
     assert!(matches!(
         r.lock.lock_timeout(Duration::from_millis(100)),
-        Err(TryLockError::TimedOut)
+        Err(LockError::TimedOut)
     ));
     holder.child().kill().unwrap();
     holder.child().wait().unwrap();
-    let g = match r.lock.try_lock() {
-        Err(TryLockError::OwnerDied(died)) => died.into_inner(),
+    match r.lock.try_lock() {
+        Err(LockError::OwnerDied) => {}
         other => panic!("expected OwnerDied, got {:?}", other.map(|g| *g)),
     };
+    // `lock` released it again, still inconsistent: `lock_robust` hands the guard.
+    let g = r
+        .lock
+        .lock_robust()
+        .expect_err("still inconsistent")
+        .into_inner();
     assert_eq!(*g, [1, 0]);
     drop(g); // not marked consistent: the next locker is told too
-    let mut g = match r.lock.lock_timeout(Duration::from_secs(5)) {
-        Err(TryLockError::OwnerDied(died)) => died.into_inner(),
+    match r.lock.lock_timeout(Duration::from_secs(5)) {
+        Err(LockError::OwnerDied) => {}
         other => panic!("expected OwnerDied again, got {:?}", other.map(|g| *g)),
     };
+    let mut g = r.lock.lock_or_repair(|_| {});
+    assert_eq!(*g, [1, 0], "lock_or_repair's closure marked it consistent");
     g[1] = 1;
     g.mark_consistent();
     drop(g);
@@ -347,7 +355,7 @@ fn mutex_holder_killed_in_other_pid_namespace() {
     }
     let name = ShmName::new("coord-ns");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let r: &Robust = a.root("robust").unwrap();
+    let r = a.root::<Robust>("robust").unwrap();
     let unshare = common::child_command(
         &["unshare", "--pid", "--fork", "--kill-child=SIGKILL"],
         "mutex_holder_killed_in_other_pid_namespace",
@@ -360,7 +368,7 @@ fn mutex_holder_killed_in_other_pid_namespace() {
     let mut unshare = KillOnDrop::new(unshare);
     if !r
         .holding_changed
-        .wait_until(Some(GENEROUS), || r.holding.load(Ordering::Acquire) == 1)
+        .wait_timeout_until(GENEROUS, || r.holding.load(Ordering::Acquire) == 1)
     {
         let status = unshare.child().try_wait().unwrap();
         panic!("the holder in the new pid namespace never locked (unshare status {status:?})");
@@ -369,8 +377,11 @@ fn mutex_holder_killed_in_other_pid_namespace() {
     common::kill_children(unshare.child().id());
     unshare.child().wait().unwrap();
     match r.lock.lock_timeout(Duration::from_secs(5)) {
-        Err(TryLockError::OwnerDied(died)) => assert_eq!(*died.into_inner(), [1, 0]),
-        Err(TryLockError::TimedOut) => panic!(
+        Err(LockError::OwnerDied) => assert_eq!(
+            *r.lock.lock_robust().expect_err("inconsistent").into_inner(),
+            [1, 0]
+        ),
+        Err(LockError::TimedOut) => panic!(
             "the holder died in another pid namespace, but the lock still looks held \
              by a live owner (pid-based owner identity)"
         ),
@@ -405,15 +416,15 @@ fn event_waiter_killed_while_waiting_is_forgotten() {
     match role().as_deref() {
         Some("doomed") => {
             let a = open(&env_req("SA_SEG"));
-            let d: &Doomed = a.root("doomed").unwrap();
+            let d = a.root::<Doomed>("doomed").unwrap();
             // Never notified: the parent kills this process while it sleeps here.
-            d.ev.wait_until(Some(WATCHDOG), || d.flag.load(Ordering::Acquire) == 2);
+            d.ev.wait_timeout_until(WATCHDOG, || d.flag.load(Ordering::Acquire) == 2);
             say("not killed");
             return;
         }
         Some(r @ ("survivor" | "survivor2")) => {
             let a = open(&env_req("SA_SEG"));
-            let d: &Doomed = a.root("doomed").unwrap();
+            let d = a.root::<Doomed>("doomed").unwrap();
             await_value(&d.ev, &d.flag, if r == "survivor" { 1 } else { 2 }, r);
             say("woken");
             return;
@@ -422,7 +433,7 @@ fn event_waiter_killed_while_waiting_is_forgotten() {
     }
     let name = ShmName::new("coord-doomed");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let d: &Doomed = a.root("doomed").unwrap();
+    let d = a.root::<Doomed>("doomed").unwrap();
     let env = [("SA_SEG", name.as_str().to_owned())];
     let entry = "event_waiter_killed_while_waiting_is_forgotten";
     let mut doomed: Vec<KillOnDrop> = (0..2)
@@ -467,16 +478,14 @@ fn a_notifier_killed_before_its_wake_strands_no_sleeper() {
     match role().as_deref() {
         Some("sleeper") => {
             let a = open(&env_req("SA_SEG"));
-            let d: &Doomed = a.root("doomed").unwrap();
-            assert!(d
-                .ev
-                .wait_until(None, || d.flag.load(Ordering::Acquire) == 1));
+            let d = a.root::<Doomed>("doomed").unwrap();
+            d.ev.wait_until(|| d.flag.load(Ordering::Acquire) == 1);
             say("woken");
             return;
         }
         Some("notifier") => {
             let a = open(&env_req("SA_SEG"));
-            let d: &Doomed = a.root("doomed").unwrap();
+            let d = a.root::<Doomed>("doomed").unwrap();
             fail::cfg_callback("event.notify.before_wake", || {
                 nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
             })
@@ -490,7 +499,7 @@ fn a_notifier_killed_before_its_wake_strands_no_sleeper() {
     }
     let name = ShmName::new("coord-dead-notifier");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let d: &Doomed = a.root("doomed").unwrap();
+    let d = a.root::<Doomed>("doomed").unwrap();
     let env = [("SA_SEG", name.as_str().to_owned())];
     let entry = "a_notifier_killed_before_its_wake_strands_no_sleeper";
     let sleeper = KillOnDrop::new(spawn_child(entry, "sleeper", &env)).take();

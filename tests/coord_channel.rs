@@ -31,7 +31,7 @@ const MAP_WORDS: usize = 1 << 16;
 /// The map lives in roots (a channel root makes the segment typed, so no raw
 /// block), split in parts that fit on a stack while a root is created (zeroed).
 const MAP_PART: usize = 1024;
-struct Map<'a>(Vec<&'a [AtomicU64; MAP_PART]>);
+struct Map<'a>(Vec<Root<[AtomicU64; MAP_PART], &'a FreeListAllocator>>);
 
 impl std::ops::Index<usize> for Map<'_> {
     type Output = AtomicU64;
@@ -66,8 +66,8 @@ fn setup(name: &ShmName, size: u64) -> FreeListAllocator {
     // A channel root puts the segment in typed mode (nothing raw may write a
     // channel's bytes), so the delivery map is in roots too (zeroed), not a raw block.
     let _ = map_of(&a);
-    let _: &Control = a.root("ctl").unwrap();
-    let _: &Chan = a.root("chan").unwrap();
+    let _ = a.root::<Control>("ctl").unwrap();
+    let _ = a.root::<Chan>("chan").unwrap();
     a
 }
 
@@ -80,14 +80,14 @@ fn map_of(a: &FreeListAllocator) -> Map<'_> {
 /// Consumer role: receive until disconnected; mark, check duplicates and order.
 fn consumer(bits_per_stream: u32) {
     let a = FreeListAllocator::open(&env_req("SA_SEG")).unwrap();
-    let ctl: &Control = a.root("ctl").unwrap();
+    let ctl = a.root::<Control>("ctl").unwrap();
     let map = map_of(&a);
-    let chan: &Chan = a.root("chan").unwrap();
+    let chan = a.root::<Chan>("chan").unwrap();
     let rx = chan.receiver().unwrap();
     let mut last = vec![None::<u64>; 256];
     let mut n = 0u64;
     loop {
-        match rx.recv(Some(OP_TIMEOUT)) {
+        match rx.recv_timeout(OP_TIMEOUT) {
             Ok(v) => {
                 let (stream, seq) = (v >> 40, v & ((1 << 40) - 1));
                 assert!(stream < 256 && seq < 1 << bits_per_stream, "garbage {v:#x}");
@@ -114,8 +114,8 @@ fn consumer(bits_per_stream: u32) {
 /// Producer role: send stream `SA_STREAM`, `SA_COUNT` values, unless stopped.
 fn producer() {
     let a = FreeListAllocator::open(&env_req("SA_SEG")).unwrap();
-    let ctl: &Control = a.root("ctl").unwrap();
-    let chan: &Chan = a.root("chan").unwrap();
+    let ctl = a.root::<Control>("ctl").unwrap();
+    let chan = a.root::<Chan>("chan").unwrap();
     let stream: u64 = env_req("SA_STREAM").parse().unwrap();
     let count: u64 = env_req("SA_COUNT").parse().unwrap();
     let tx = chan.sender().unwrap();
@@ -123,7 +123,7 @@ fn producer() {
         if seq % 256 == 0 && ctl.stop.load(Ordering::Acquire) != 0 {
             break;
         }
-        match tx.send(value(stream, seq), Some(OP_TIMEOUT)) {
+        match tx.send_timeout(value(stream, seq), OP_TIMEOUT) {
             Ok(()) => ctl.sent[stream as usize].store(seq + 1, Ordering::Release),
             Err(SendTimeoutError::Disconnected(_)) => break,
             Err(e) => panic!("producer {stream}: {e} at {seq}"),
@@ -151,14 +151,14 @@ fn delivery_4x4() {
     }
     let name = ShmName::new("coord-ch");
     let a = setup(&name, 16 << 20);
-    let ctl: &Control = a.root("ctl").unwrap();
+    let ctl = a.root::<Control>("ctl").unwrap();
     let env = |k: &str, v: String| (k.to_owned(), v);
     let seg = name.as_str().to_owned();
     let start = Instant::now();
     // Until every producer has sent something, the parent holds a sender: a fast
     // producer can finish its whole stream before the last one registers, and
     // consumers would see Disconnected in between.
-    let chan: &Chan = a.root("chan").unwrap();
+    let chan = a.root::<Chan>("chan").unwrap();
     let hold = chan.sender().unwrap();
     let mut kids: Vec<_> = (0..CONSUMERS)
         .map(|_| spawn_child("delivery_4x4", "consumer", &[("SA_SEG", seg.clone())]))
@@ -226,8 +226,8 @@ fn sigkill_producers_and_consumers() {
     }
     let name = ShmName::new("coord-kill");
     let a = setup(&name, 16 << 20);
-    let ctl: &Control = a.root("ctl").unwrap();
-    let chan: &Chan = a.root("chan").unwrap();
+    let ctl = a.root::<Control>("ctl").unwrap();
+    let chan = a.root::<Chan>("chan").unwrap();
     let seg = name.as_str().to_owned();
     let entry = "sigkill_producers_and_consumers";
     let mut next_stream = 0u64;
@@ -381,51 +381,48 @@ fn endpoints_errors_and_handles() {
     let name = ShmName::new("coord-api");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
 
-    let ch: &ShmChannel<u64, 2> = a.root("small").unwrap();
+    let ch = a.root::<ShmChannel<u64, 2>>("small").unwrap();
     let rx = ch.receiver().unwrap();
     assert_eq!(rx.try_recv(), Err(TryRecvError::Empty)); // no sender yet: not disconnected
     let tx = ch.sender().unwrap();
     tx.try_send(1).unwrap();
-    tx.send(2, Some(Duration::from_millis(10))).unwrap();
+    tx.send_timeout(2, Duration::from_millis(10)).unwrap();
     assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
     let start = Instant::now();
     assert!(matches!(
-        tx.send(3, Some(Duration::from_millis(100))),
+        tx.send_timeout(3, Duration::from_millis(100)),
         Err(SendTimeoutError::Timeout(3))
     ));
     assert!(start.elapsed() >= Duration::from_millis(100));
     assert_eq!(ch.len(), 2);
-    assert_eq!(rx.recv(None), Ok(1));
+    assert_eq!(rx.recv(), Ok(1));
     assert_eq!(rx.try_recv(), Ok(2));
     let start = Instant::now();
     assert_eq!(
-        rx.recv(Some(Duration::from_millis(100))),
+        rx.recv_timeout(Duration::from_millis(100)),
         Err(RecvTimeoutError::Timeout)
     );
     assert!(start.elapsed() >= Duration::from_millis(100));
-    tx.send(4, None).unwrap();
+    tx.send(4).unwrap();
     drop(tx); // the last sender: queued values still arrive, then Disconnected
-    assert_eq!(rx.recv(None), Ok(4));
-    assert_eq!(rx.recv(None), Err(RecvTimeoutError::Disconnected));
+    assert_eq!(rx.recv(), Ok(4));
+    assert_eq!(rx.recv(), Err(RecvTimeoutError::Disconnected));
     assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
     let tx = ch.sender().unwrap(); // a new sender reconnects
     drop(rx);
-    assert!(matches!(
-        tx.send(5, None),
-        Err(SendTimeoutError::Disconnected(5))
-    ));
+    assert!(matches!(tx.send(5), Err(SendTimeoutError::Disconnected(5))));
     assert!(matches!(tx.try_send(6), Err(TrySendError::Disconnected(6))));
 
     // Handles travel as values; ownership moves with them.
     let boxed = ShmBox::new_in(&a, 42u64).unwrap();
-    let ptrs: &ShmChannel<RelPtr<u64>, 4> = a.root("ptrs").unwrap();
+    let ptrs = a.root::<ShmChannel<RelPtr<u64>, 4>>("ptrs").unwrap();
     let (ptx, prx) = (ptrs.sender().unwrap(), ptrs.receiver().unwrap());
-    ptx.send(boxed.rel_ptr(), None).unwrap();
-    assert_eq!(prx.recv(None).unwrap().read(&a).unwrap(), 42);
-    let tokens: &ShmChannel<[u64; 2], 4> = a.root("tokens").unwrap();
+    ptx.send(boxed.rel_ptr()).unwrap();
+    assert_eq!(prx.recv().unwrap().read(&a).unwrap(), 42);
+    let tokens = a.root::<ShmChannel<[u64; 2], 4>>("tokens").unwrap();
     let (ttx, trx) = (tokens.sender().unwrap(), tokens.receiver().unwrap());
-    ttx.send([7, 8], None).unwrap();
-    assert_eq!(trx.recv(None), Ok([7, 8]));
+    ttx.send([7, 8]).unwrap();
+    assert_eq!(trx.recv(), Ok([7, 8]));
     let stats = ch.stats();
     assert_eq!(
         (stats.capacity, stats.lost_in_send, stats.lost_in_recv),
@@ -439,7 +436,7 @@ fn endpoint_table_limits() {
     use shared_allocator::channel::{EndpointError, MAX_ENDPOINTS};
     let name = ShmName::new("coord-eps");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let ch: &ShmChannel<u64, 4> = a.root("ch").unwrap();
+    let ch = a.root::<ShmChannel<u64, 4>>("ch").unwrap();
     let mut held: Vec<_> = (0..MAX_ENDPOINTS).map(|_| ch.sender().unwrap()).collect();
     assert_eq!(
         ch.receiver().unwrap_err(),
@@ -459,16 +456,16 @@ fn receiver_killed_while_waiting_is_forgotten() {
     type Small = ShmChannel<u64, 4>;
     if role().as_deref() == Some("sleeper") {
         let a = FreeListAllocator::open(&env_req("SA_SEG")).unwrap();
-        let ch: &Small = a.root("ch").unwrap();
+        let ch = a.root::<Small>("ch").unwrap();
         let rx = ch.receiver().unwrap();
         // Nothing is ever sent before the parent kills this process.
-        let got = rx.recv(Some(WATCHDOG));
+        let got = rx.recv_timeout(WATCHDOG);
         say(format!("not killed: {got:?}"));
         return;
     }
     let name = ShmName::new("coord-sleeper");
     let a = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let ch: &Small = a.root("ch").unwrap();
+    let ch = a.root::<Small>("ch").unwrap();
     let tx = ch.sender().unwrap();
     let env = [("SA_SEG", name.as_str().to_owned())];
     let mut sleeper = KillOnDrop::new(spawn_child(
@@ -492,7 +489,7 @@ fn receiver_killed_while_waiting_is_forgotten() {
         1,
         "nobody could know it died yet"
     );
-    tx.send(1, Some(OP_TIMEOUT))
+    tx.send_timeout(1, OP_TIMEOUT)
         .expect("send past a dead receiver");
     let s = ch.stats();
     assert_eq!(
@@ -501,8 +498,8 @@ fn receiver_killed_while_waiting_is_forgotten() {
         "the send must forget the dead receiver's registration"
     );
     let rx = ch.receiver().unwrap();
-    assert_eq!(rx.recv(Some(OP_TIMEOUT)).unwrap(), 1);
-    tx.send(2, Some(OP_TIMEOUT)).unwrap();
+    assert_eq!(rx.recv_timeout(OP_TIMEOUT).unwrap(), 1);
+    tx.send_timeout(2, OP_TIMEOUT).unwrap();
     assert_eq!(rx.try_recv().unwrap(), 2);
     assert_eq!(ch.stats().lost_in_recv + ch.stats().lost_in_send, 0);
 }

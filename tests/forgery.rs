@@ -107,7 +107,7 @@ fn forged_box_token_inside_a_payload_is_refused_in_another_process() {
     let mut carrier = ShmBox::new_in(&alloc, [0u64; 16]).unwrap();
     carrier[0] = FORGED_NONCE;
     carrier[1] = layout_checked::<[u64; 4]>();
-    let at = carrier.rel_ptr().raw();
+    let at = carrier.rel_ptr().to_raw();
     let verdict = redeem_in_child("redeem-box", &name, [at, FORGED_NONCE]);
     assert!(verdict.contains("NotBlockStart"), "{verdict}");
     assert_eq!(carrier[0], FORGED_NONCE, "nothing changed in the carrier");
@@ -135,8 +135,12 @@ fn forged_vec_header_naming_a_live_box_is_refused_in_another_process() {
     let mut carrier = ShmBox::new_in(&alloc, [0u64; 8]).unwrap();
     let vec_fp = fingerprint::str(layout_checked::<u64>(), "ShmVec");
     // [claim, fingerprint, len, cap, data, seq]
-    carrier[..6].copy_from_slice(&[FORGED_NONCE, vec_fp, 0, 8, victim.rel_ptr().raw(), 0]);
-    let verdict = redeem_in_child("redeem-vec", &name, [carrier.rel_ptr().raw(), FORGED_NONCE]);
+    carrier[..6].copy_from_slice(&[FORGED_NONCE, vec_fp, 0, 8, victim.rel_ptr().to_raw(), 0]);
+    let verdict = redeem_in_child(
+        "redeem-vec",
+        &name,
+        [carrier.rel_ptr().to_raw(), FORGED_NONCE],
+    );
     assert!(verdict.contains("NotBlockStart"), "{verdict}");
     assert_eq!(*victim, [7; 8]);
     // A genuine vector's header cannot be pointed at a box either: its data word is
@@ -156,7 +160,7 @@ fn forged_token_over_a_root_is_refused_and_the_root_stays() {
     let name = ShmName::new("forge-root");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let _typed = ShmBox::new_in(&alloc, 1u64).unwrap(); // a typed segment
-    let root: &[AtomicU64; 4] = alloc.root("words").unwrap();
+    let root = alloc.root::<[AtomicU64; 4]>("words").unwrap();
     root[0].store(FORGED_NONCE, Ordering::Relaxed);
     root[1].store(layout_checked::<[u64; 4]>(), Ordering::Relaxed);
     let at = root_offset(&alloc, "words");
@@ -167,7 +171,7 @@ fn forged_token_over_a_root_is_refused_and_the_root_stays() {
     let verdict = redeem_in_child("redeem-box", &name, [block, FORGED_NONCE]);
     assert!(verdict.starts_with("refused"), "{verdict}");
     root[2].store(5, Ordering::Relaxed);
-    let again: &[AtomicU64; 4] = alloc.root("words").unwrap();
+    let again = alloc.root::<[AtomicU64; 4]>("words").unwrap();
     assert_eq!(
         again[2].load(Ordering::Relaxed),
         5,
@@ -186,12 +190,12 @@ fn archive_token_over_a_copy_is_refused_in_another_process() {
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let value: Vec<u64> = (0..32).collect();
     let a = ShmArchive::new_in(&alloc, &value).unwrap();
-    let block_len = shared_allocator::archive::HEADER_LEN as usize + a.len();
+    let block_len = shared_allocator::__layout::HEADER_LEN as usize + a.len();
     let token = a.into_token();
     let bytes = alloc.read(token.offset(), block_len).unwrap();
     let mut carrier = ShmBox::new_in(&alloc, [0u64; 64]).unwrap();
     // A 16-aligned place inside the payload, as the archive format wants.
-    let base = carrier.rel_ptr().raw();
+    let base = carrier.rel_ptr().to_raw();
     let skip = ((16 - base % 16) % 16) as usize / 8;
     for (i, w) in bytes.chunks(8).enumerate() {
         let mut b = [0u8; 8];
@@ -213,10 +217,10 @@ fn archive_token_over_a_copy_is_refused_in_another_process() {
 fn raw_access_never_reaches_a_roots_block_in_either_mode() {
     let name = ShmName::new("forge-lock");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let counter: &AtomicU64 = alloc.root("hits").unwrap();
+    let counter = alloc.root::<AtomicU64>("hits").unwrap();
     let off = alloc.allocate(8).unwrap();
     alloc.write(off, &[1; 8]).unwrap(); // the segment is raw now
-    let m: &ShmMutex<u64> = alloc.root("lock").unwrap();
+    let m = alloc.root::<ShmMutex<u64>>("lock").unwrap();
     let mut g = m.lock().unwrap();
     *g = 7;
     for root in ["hits", "lock"] {
@@ -235,7 +239,7 @@ fn raw_access_never_reaches_a_roots_block_in_either_mode() {
     assert_eq!(*g, 7, "the guard's value did not change");
     drop(g);
     counter.fetch_add(1, Ordering::Relaxed);
-    let again: &AtomicU64 = alloc.root("hits").unwrap();
+    let again = alloc.root::<AtomicU64>("hits").unwrap();
     assert_eq!(again.load(Ordering::Relaxed), 1);
     alloc.write(off, &[2; 8]).unwrap(); // ordinary raw blocks still write
     alloc.free(off).unwrap(); // and free
@@ -244,7 +248,7 @@ fn raw_access_never_reaches_a_roots_block_in_either_mode() {
     let tname = ShmName::new("forge-lock-t");
     let t = FreeListAllocator::create(tname.as_str(), 1 << 20).unwrap();
     let _typed = ShmBox::new_in(&t, 1u64).unwrap();
-    let m: &ShmMutex<u64> = t.root("lock").unwrap();
+    let m = t.root::<ShmMutex<u64>>("lock").unwrap();
     let g = m.lock().unwrap();
     let lock_at = root_offset(&t, "lock");
     assert!(t.write(Offset::new(lock_at), &[0; 8]).is_err());
@@ -262,7 +266,7 @@ fn overflow_roots_are_never_freed_either() {
     let off = alloc.allocate(8).unwrap();
     alloc.write(off, &[1; 8]).unwrap(); // a raw segment
     for i in 0..FIXED_ROOTS + 2 {
-        let r: &AtomicU64 = alloc.root(&format!("r{i}")).unwrap();
+        let r = alloc.root::<AtomicU64>(&format!("r{i}")).unwrap();
         r.store(i as u64, Ordering::Relaxed);
     }
     // Every root's block, in either part of the directory, is refused.
@@ -274,7 +278,7 @@ fn overflow_roots_are_never_freed_either() {
         ));
     }
     let last = format!("r{}", FIXED_ROOTS + 1);
-    let again: &AtomicU64 = alloc.root(&last).unwrap();
+    let again = alloc.root::<AtomicU64>(&last).unwrap();
     assert_eq!(again.load(Ordering::Relaxed), FIXED_ROOTS as u64 + 1);
     alloc.free(off).unwrap();
 }
@@ -288,7 +292,7 @@ fn arena_handles_from_numbers_give_copies_not_views() {
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
     let arena = bump.arena();
     let first = arena.alloc(1u64).unwrap();
-    let h = first.handle();
+    let h = first.arena_ptr();
     // The next 8 bytes are reserved by the arena but not written yet.
     let forged = ArenaPtr::<u64>::from_parts(h.offset().get() + 8, h.epoch(), 1);
     let e = forged.get(arena.allocator()).unwrap_err();
@@ -313,7 +317,7 @@ fn arena_handle_of_another_segment_gives_no_view() {
     let mut b = BumpAllocator::create(nb.as_str(), 1 << 20).unwrap();
     let arena_a = a.arena();
     let _first = arena_a.alloc(1u64).unwrap();
-    let h = arena_a.alloc_slice(&[0u64; 16]).unwrap().handle();
+    let h = arena_a.alloc_slice(&[0u64; 16]).unwrap().arena_ptr();
     assert!(!h.is_from_numbers());
     let arena_b = b.arena();
     let _first_b = arena_b.alloc(1u64).unwrap();
@@ -328,7 +332,7 @@ fn arena_handle_of_another_segment_gives_no_view() {
     assert!(h.get(arena_b.allocator()).is_err());
     let later = arena_b.alloc_slice(&[9u64; 16]).unwrap();
     assert_eq!(
-        later.handle().offset(),
+        later.arena_ptr().offset(),
         h.offset(),
         "the bytes a view would have covered"
     );
@@ -359,7 +363,7 @@ fn forged_arena_archive_token_over_an_unwritten_tail_is_refused() {
         let t = a.into_token();
         (t.offset().get(), t.epoch(), len)
     };
-    let header = shared_allocator::archive::HEADER_LEN as usize;
+    let header = shared_allocator::__layout::HEADER_LEN as usize;
     let image = bump
         .read(Offset::new(old), (header + len).next_multiple_of(8))
         .unwrap();
@@ -369,7 +373,11 @@ fn forged_arena_archive_token_over_an_unwritten_tail_is_refused() {
     // its first value; the old archive's header and bytes sit in the tail.
     let arena = bump.arena();
     let first = arena.alloc(7u64).unwrap();
-    assert_eq!(first.handle().offset().get(), old, "the chunk starts there");
+    assert_eq!(
+        first.arena_ptr().offset().get(),
+        old,
+        "the chunk starts there"
+    );
     let forged = ArenaArchiveToken::<Vec<u64>>::from_raw([old, epoch]);
     let verdict = redeem_in_child("open-arena-archive", &name, forged.to_raw());
     assert!(verdict.contains("Checksum"), "{verdict}");
@@ -384,7 +392,7 @@ fn forged_arena_archive_token_over_an_unwritten_tail_is_refused() {
     }
     let _pad = arena.alloc(0u64).unwrap();
     let copy = arena.alloc_slice(&words).unwrap();
-    let at = copy.handle().offset().get();
+    let at = copy.arena_ptr().offset().get();
     assert_eq!(at % 16, 0, "an archive-aligned place");
     let e = ArenaArchiveReader::open(
         arena.allocator(),
@@ -420,13 +428,13 @@ fn fork_entry() {
     if role().as_deref() != Some("fork") {
         return;
     }
-    use shared_allocator::sync::TryLockError;
+    use shared_allocator::coord::LockError;
     let name = ShmName::new("forge-fork");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let mut b = ShmBox::new_in(&alloc, [3u64; 4]).unwrap();
     let mut v = ShmVec::<u64, _>::new_in(&alloc).unwrap();
     v.push(1).unwrap();
-    let m: &ShmMutex<u64> = alloc.root("lock").unwrap();
+    let m = alloc.root::<ShmMutex<u64>>("lock").unwrap();
     let mut g = m.lock().unwrap();
     *g = 11;
     let bname = ShmName::new("forge-fork-b");
@@ -526,7 +534,7 @@ fn fork_entry() {
             b[0] = 4;
             assert_eq!(v.as_slice(), &[1]);
             // The child's copy of the guard did not unlock the parent's lock.
-            assert!(matches!(m.try_lock(), Err(TryLockError::WouldBlock)));
+            assert!(matches!(m.try_lock(), Err(LockError::WouldBlock)));
             assert!(g.is_holder());
             *g += 1;
             drop(g);

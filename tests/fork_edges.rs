@@ -17,9 +17,8 @@ use common::{env_req, expect_line, results, role, say, wait_with_watchdog, KillO
 use nix::libc;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
+use shared_allocator::__layout::{HEADER_REGION, INTENTS, SLOTS};
 use shared_allocator::prelude::*;
-use shared_allocator::process::{INTENTS, SLOTS};
-use shared_allocator::segment::HEADER_REGION;
 use shared_allocator::{AllocError, SegmentError};
 
 const LIMIT: Duration = Duration::from_secs(60);

@@ -128,7 +128,7 @@ fn race_role() -> bool {
             let name = env_req("SA_NAME");
             wait_for_go();
             let (a, created) = FreeListAllocator::open_or_create(&name, 1 << 20).unwrap();
-            let joined: &AtomicU64 = a.root("joined").unwrap();
+            let joined = a.root::<AtomicU64>("joined").unwrap();
             joined.fetch_add(1, Ordering::SeqCst);
             println!("created={}", u8::from(created));
             true
@@ -160,7 +160,7 @@ fn race_eight(entry: &str, name: &ShmName) {
     // Every racer counted itself in the segment that now has the name: all eight
     // ended up on this one segment.
     let a = FreeListAllocator::open(name.as_str()).unwrap();
-    let joined: &AtomicU64 = a.root("joined").unwrap();
+    let joined = a.root::<AtomicU64>("joined").unwrap();
     assert_eq!(joined.load(Ordering::SeqCst), 8);
     assert!(a.check().is_consistent(), "{:?}", a.check());
 }

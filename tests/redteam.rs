@@ -255,10 +255,12 @@ fn a4_modes() {
     alloc.write(o, &[1; 64]).unwrap(); // raw mode now
                                        // (Since the red-team pass: a lock root is allowed in a raw segment too, and
                                        // no raw write, free or view reaches its block: checked below for both modes.)
-    let m = alloc.root::<ShmMutex<u64>>("m").unwrap();
+    let m = &*alloc.root::<ShmMutex<u64>>("m").unwrap();
     let held = m.lock().unwrap();
-    let base =
-        (m as *const _ as usize) - (alloc.segment().ptr_at(0, 1, 1).unwrap().as_ptr() as usize);
+    let base = (m as *const _ as usize)
+        - (shared_allocator::__layout::ptr_at(alloc.segment(), 0, 1, 1)
+            .unwrap()
+            .as_ptr() as usize);
     let mut raw_hits = 0;
     for d in -256i64..256 {
         let off = Offset::new((base as i64 + d) as u64);
@@ -280,7 +282,7 @@ fn a4_modes() {
     eprintln!("A4: ShmBox in raw segment -> {:?}", b.as_ref().err());
     assert!(b.is_err());
     // a ShmSync root in raw mode: try to free it raw
-    let c: &std::sync::atomic::AtomicU64 = alloc.root("c").unwrap();
+    let c = &*alloc.root::<std::sync::atomic::AtomicU64>("c").unwrap();
     c.store(5, std::sync::atomic::Ordering::Relaxed);
     let info = alloc.roots().unwrap();
     eprintln!("A4: roots {info:?}");
@@ -288,14 +290,16 @@ fn a4_modes() {
     let (name2, _g2) = seg(6);
     let alloc2 = FreeListAllocator::create(&name2, 1 << 20).unwrap();
     let _typed = ShmBox::new_in(&alloc2, 1u64).unwrap(); // a typed segment
-    let mref = alloc2.root::<ShmMutex<u64>>("m").unwrap();
+    let mref = &*alloc2.root::<ShmMutex<u64>>("m").unwrap();
     let g = mref.lock().unwrap();
     let o2 = alloc2.allocate(64).unwrap();
     assert!(alloc2.write(o2, &[0; 8]).is_err());
     let mut hits = 0;
     // raw free/write of every offset near the mutex
-    let base =
-        (mref as *const _ as usize) - (alloc2.segment().ptr_at(0, 1, 1).unwrap().as_ptr() as usize);
+    let base = (mref as *const _ as usize)
+        - (shared_allocator::__layout::ptr_at(alloc2.segment(), 0, 1, 1)
+            .unwrap()
+            .as_ptr() as usize);
     for d in -256i64..256 {
         let off = Offset::new((base as i64 + d) as u64);
         if alloc2.free(off).is_ok() {
@@ -316,9 +320,11 @@ fn a5_double_redeem_two_procs() {
         if r.starts_with("a5") {
             let name = std::env::var("RT15_ARG").unwrap();
             let alloc = FreeListAllocator::open(&name).unwrap();
-            let slot: &TokenSlot = alloc.root("slot").unwrap();
-            let wins: &[std::sync::atomic::AtomicU64; 2048] = alloc.root("wins").unwrap();
-            let go: &std::sync::atomic::AtomicU64 = alloc.root("go").unwrap();
+            let slot = &*alloc.root::<TokenSlot>("slot").unwrap();
+            let wins = &*alloc
+                .root::<[std::sync::atomic::AtomicU64; 2048]>("wins")
+                .unwrap();
+            let go = &*alloc.root::<std::sync::atomic::AtomicU64>("go").unwrap();
             let mut last = 0;
             let t0 = Instant::now();
             loop {
@@ -350,9 +356,11 @@ fn a5_double_redeem_two_procs() {
     }
     let (name, _g) = seg(7);
     let alloc = FreeListAllocator::create(&name, 1 << 22).unwrap();
-    let slot: &TokenSlot = alloc.root("slot").unwrap();
-    let wins: &[std::sync::atomic::AtomicU64; 2048] = alloc.root("wins").unwrap();
-    let go: &std::sync::atomic::AtomicU64 = alloc.root("go").unwrap();
+    let slot = &*alloc.root::<TokenSlot>("slot").unwrap();
+    let wins = &*alloc
+        .root::<[std::sync::atomic::AtomicU64; 2048]>("wins")
+        .unwrap();
+    let go = &*alloc.root::<std::sync::atomic::AtomicU64>("go").unwrap();
     let n2 = name.clone();
     let h1 = std::thread::spawn(move || child("a5_double_redeem_two_procs", "a5a", &n2));
     let n3 = name.clone();
@@ -397,7 +405,7 @@ fn a6_fork_box() {
     let (name, _g) = seg(8);
     let alloc = FreeListAllocator::create(&name, 1 << 20).unwrap();
     let b = ShmBox::new_in(&alloc, Pair { a: 1, b: 1 }).unwrap();
-    let tok_go: &std::sync::atomic::AtomicU64 = alloc.root("go").unwrap();
+    let tok_go = &*alloc.root::<std::sync::atomic::AtomicU64>("go").unwrap();
     let go_off = tok_go as *const _ as usize;
     let _ = go_off;
     // SAFETY: this process runs one test on one thread (re-executed by the
@@ -525,7 +533,7 @@ fn a8_arena_from_parts() {
     let h;
     {
         let arena = bump.arena();
-        h = arena.alloc_slice(&[1u64, 2, 3]).unwrap().handle();
+        h = arena.alloc_slice(&[1u64, 2, 3]).unwrap().arena_ptr();
     }
     let f = ArenaPtr::<u64>::from_parts(h.offset().get(), h.epoch(), 3);
     let g = f.get_slice(&bump);
@@ -566,7 +574,7 @@ fn a9_fork_arena_chunk() {
     let (name, _g) = seg(11);
     let (fname, _fg) = seg(12);
     let flags = FreeListAllocator::create(&fname, 1 << 16).unwrap();
-    let f: &std::sync::atomic::AtomicU64 = flags.root("f").unwrap();
+    let f = &*flags.root::<std::sync::atomic::AtomicU64>("f").unwrap();
     let mut bump = BumpAllocator::create(&name, 1 << 20).unwrap();
     let arena = bump.arena();
     let _first = arena.alloc(1u64).unwrap(); // reserve a chunk
@@ -630,8 +638,10 @@ fn a10_fork_handle_cache() {
     let (name, _g) = seg(13);
     let (fname, _fg) = seg(14);
     let flags = FreeListAllocator::create(&fname, 1 << 16).unwrap();
-    let f: &std::sync::atomic::AtomicU64 = flags.root("f").unwrap();
-    let offs: &[std::sync::atomic::AtomicU64; 8] = flags.root("offs").unwrap();
+    let f = &*flags.root::<std::sync::atomic::AtomicU64>("f").unwrap();
+    let offs = &*flags
+        .root::<[std::sync::atomic::AtomicU64; 8]>("offs")
+        .unwrap();
     let alloc = FreeListAllocator::create(&name, 1 << 20).unwrap();
     {
         let v: Vec<_> = (0..16)

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use common::{env_req, env_u64, role, KillOnDrop, Rng, ShmName};
 use shared_allocator::channel::RecvTimeoutError;
 use shared_allocator::prelude::*;
+use shared_allocator::segment::{CreateOptions, UnlinkGuard};
 
 const CAP: u64 = 32 << 20;
 const MAGIC: u64 = 0x5A5A_0000_0000_0000;
@@ -41,7 +42,7 @@ fn tag_of(off: u64, size: u64) -> u64 {
     MAGIC ^ (off << 16) ^ size
 }
 
-fn producer(a: &FreeListAllocator, ctl: &Ctl, ch: &Chan, seed: u64) {
+fn producer(a: &FreeListAllocator, ctl: &Ctl, ch: &Root<Chan, &FreeListAllocator>, seed: u64) {
     let tx = ch.sender().unwrap();
     let mut rng = Rng::new(seed);
     let mut buf = Vec::new();
@@ -64,7 +65,7 @@ fn producer(a: &FreeListAllocator, ctl: &Ctl, ch: &Chan, seed: u64) {
         a.write(off, &buf).unwrap();
         let mut v = off.get();
         loop {
-            match tx.send(v, Some(Duration::from_millis(50))) {
+            match tx.send_timeout(v, Duration::from_millis(50)) {
                 Ok(()) => break,
                 Err(e) if ctl.stop.load(Ordering::Acquire) != 0 => {
                     v = e.into_inner();
@@ -78,11 +79,11 @@ fn producer(a: &FreeListAllocator, ctl: &Ctl, ch: &Chan, seed: u64) {
     }
 }
 
-fn consumer(a: &FreeListAllocator, ctl: &Ctl, ch: &Chan) {
+fn consumer(a: &FreeListAllocator, ctl: &Ctl, ch: &Root<Chan, &FreeListAllocator>) {
     let rx = ch.receiver().unwrap();
     let mut head = [0u8; 8];
     loop {
-        let off = match rx.recv(Some(Duration::from_millis(50))) {
+        let off = match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(o) => Offset::new(o),
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
@@ -128,20 +129,28 @@ fn ready(c: &mut Child) {
 fn remote_frees_at_scale_with_kills() {
     if let Some(r) = role() {
         let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
-        let ctl: &Ctl = a.root("ctl").unwrap();
-        let ch: &Chan = a.root("chan").unwrap();
+        // The channel lives in its own typed segment; the blocks in this raw one.
+        let coord = FreeListAllocator::open(&format!("{}-coord", env_req("SA_NAME"))).unwrap();
+        let ctl = a.root::<Ctl>("ctl").unwrap();
+        let ch = coord.root::<Chan>("chan").unwrap();
         common::say("running");
         match r.as_str() {
-            "producer" => producer(&a, ctl, ch, env_req("SA_SEED").parse().unwrap()),
-            "consumer" => consumer(&a, ctl, ch),
+            "producer" => producer(&a, &ctl, &ch, env_req("SA_SEED").parse().unwrap()),
+            "consumer" => consumer(&a, &ctl, &ch),
             other => panic!("unknown role {other}"),
         }
         return;
     }
     let name = ShmName::new("remote-free");
-    let a = FreeListAllocator::create(name.as_str(), CAP).unwrap();
-    let ctl: &Ctl = a.root("ctl").unwrap();
-    let ch: &Chan = a.root("chan").unwrap();
+    let a = FreeListAllocator::create_with(name.as_str(), CAP, &CreateOptions::raw()).unwrap();
+    // Channels need a typed segment (nothing raw may write their words): a second
+    // one, next to the raw segment whose blocks travel through the channel.
+    let coord_name = format!("{}-coord", name.as_str());
+    let _coord_cleanup = UnlinkGuard::new(&coord_name);
+    let coord =
+        FreeListAllocator::create_with(&coord_name, 1 << 20, &CreateOptions::typed()).unwrap();
+    let ctl = a.root::<Ctl>("ctl").unwrap();
+    let ch = coord.root::<Chan>("chan").unwrap();
     // The parent keeps one endpoint per side while workers come and go, so that
     // nobody sees a transient "every peer is gone".
     let keep_tx = ch.sender().unwrap();

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{results as finish, role, say, spawn_child, ShmName};
-use shared_allocator::archive::{ArchiveToken, ShmArchive, HEADER_LEN};
+use shared_allocator::__layout::HEADER_LEN;
+use shared_allocator::archive::{ArchiveToken, ShmArchive};
 use shared_allocator::prelude::*;
 use shared_allocator::segment::SegmentMode;
 use shared_allocator::typed::{TokenSlot, MAX_ROOTS};
@@ -29,7 +30,7 @@ fn child() {
         // it), appends its range, parks the vector again and exits.
         "vec-writer" => {
             let alloc = FreeListAllocator::open(&name).unwrap();
-            let slot: &TokenSlot = alloc.root("log").unwrap();
+            let slot = alloc.root::<TokenSlot>("log").unwrap();
             let mut log = match slot.take::<VecToken<u64>>() {
                 Some(t) => ShmVec::from_token(&alloc, t).unwrap(),
                 None => ShmVec::new_in(&alloc).unwrap(),
@@ -49,7 +50,7 @@ fn child() {
         // Several processes race to redeem one token: exactly one wins.
         "redeem" => {
             let alloc = FreeListAllocator::open(&name).unwrap();
-            let go: &AtomicU64 = alloc.root("go").unwrap();
+            let go = alloc.root::<AtomicU64>("go").unwrap();
             let token = BoxToken::<[u64; 4]>::from_raw([
                 env("SA_OFF").parse().unwrap(),
                 env("SA_NONCE").parse().unwrap(),
@@ -83,13 +84,13 @@ fn child() {
         // Creates its own 100 roots while three other processes do the same.
         "many-roots" => {
             let alloc = FreeListAllocator::open(&name).unwrap();
-            let go: &AtomicU64 = alloc.root("go").unwrap();
+            let go = alloc.root::<AtomicU64>("go").unwrap();
             while go.load(Ordering::Acquire) == 0 {
                 std::hint::spin_loop();
             }
             let me = env("SA_ME");
             for i in 0..100 {
-                let c: &AtomicU64 = alloc.root(&format!("r-{me}-{i}")).unwrap();
+                let c = alloc.root::<AtomicU64>(&format!("r-{me}-{i}")).unwrap();
                 c.fetch_add(1, Ordering::Relaxed);
             }
             say("done");
@@ -104,7 +105,7 @@ fn child() {
 fn roots_directory_grows_once_under_a_race() {
     let name = ShmName::new("snd-many-roots");
     let alloc = FreeListAllocator::create(name.as_str(), 8 << 20).unwrap();
-    let go: &AtomicU64 = alloc.root("go").unwrap();
+    let go = alloc.root::<AtomicU64>("go").unwrap();
     let kids: Vec<_> = (0..4)
         .map(|k| {
             spawn_child(
@@ -141,7 +142,7 @@ fn shm_vec_survives_writer_restarts_through_a_root() {
         );
         assert_eq!(finish(kid, LIMIT, "vec writer"), ["parked"]);
     }
-    let slot: &TokenSlot = alloc.root("log").unwrap();
+    let slot = alloc.root::<TokenSlot>("log").unwrap();
     let token: VecToken<u64> = slot.take().expect("the last writer parked the log");
     // A reader follows the vector without owning it.
     let reader = ShmVecReader::open(
@@ -175,7 +176,7 @@ fn shm_vec_survives_writer_restarts_through_a_root() {
 fn a_token_is_redeemed_exactly_once_across_processes() {
     let name = ShmName::new("snd-redeem");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let go: &AtomicU64 = alloc.root("go").unwrap();
+    let go = alloc.root::<AtomicU64>("go").unwrap();
     let token = ShmBox::new_in(&alloc, [1u64, 2, 3, 4])
         .unwrap()
         .into_token();
@@ -294,8 +295,8 @@ fn hostile_vector_length_is_an_error() {
     let hdr = v.rel_ptr();
     let reader = ShmVecReader::open(&alloc, hdr).unwrap();
     // Header words: claim, fingerprint, len, cap, data, seq.
-    let len_at = Offset::new(hdr.raw() + 16);
-    let cap_at = Offset::new(hdr.raw() + 24);
+    let len_at = Offset::new(hdr.to_raw() + 16);
+    let cap_at = Offset::new(hdr.to_raw() + 24);
     for (len, cap) in [
         (u64::MAX, u64::MAX),
         (1 << 60, 1 << 60),
@@ -331,8 +332,10 @@ fn shared_views_see_concurrent_writes_through_atomics() {
     let other = FreeListAllocator::open(name.as_str()).unwrap();
     // In a segment of typed handles, atomics are shared through roots (never
     // freed, so a view can not outlive its object).
-    let owner: &AtomicU64 = alloc.root_with("v", || AtomicU64::new(42)).unwrap();
-    let seen: &AtomicU64 = other.root("v").unwrap();
+    let owner = alloc
+        .root_with::<AtomicU64>("v", || AtomicU64::new(42))
+        .unwrap();
+    let seen = other.root::<AtomicU64>("v").unwrap();
     let first = seen.load(Ordering::Relaxed);
     owner.store(99, Ordering::Relaxed);
     assert_eq!((first, seen.load(Ordering::Relaxed)), (42, 99));
@@ -355,16 +358,18 @@ fn roots_release_panicking_claims_and_scale_past_a_thousand() {
     }));
     assert!(r.is_err());
     // Not RootBusy: the claim was released while the panic unwound.
-    let v: &AtomicU64 = alloc.root_with("flaky", || AtomicU64::new(5)).unwrap();
+    let v = alloc
+        .root_with::<AtomicU64>("flaky", || AtomicU64::new(5))
+        .unwrap();
     assert_eq!(v.load(Ordering::Relaxed), 5);
 
     let n = 1024;
     for i in 0..n {
-        let c: &AtomicU64 = alloc.root(&format!("root-{i}")).unwrap();
+        let c = alloc.root::<AtomicU64>(&format!("root-{i}")).unwrap();
         c.store(i, Ordering::Relaxed);
     }
     for i in 0..n {
-        let c: &AtomicU64 = alloc.root(&format!("root-{i}")).unwrap();
+        let c = alloc.root::<AtomicU64>(&format!("root-{i}")).unwrap();
         assert_eq!(c.load(Ordering::Relaxed), i);
     }
     let listed = alloc.roots().unwrap();
@@ -374,7 +379,7 @@ fn roots_release_panicking_claims_and_scale_past_a_thousand() {
     assert!(!alloc.remove_root("root-7").unwrap());
     assert_eq!(alloc.roots().unwrap().len() as u64, n);
     // Recreated after removal: a fresh object.
-    let again: &AtomicU64 = alloc.root("root-7").unwrap();
+    let again = alloc.root::<AtomicU64>("root-7").unwrap();
     assert_eq!(again.load(Ordering::Relaxed), 0);
     // The table ends with a clear error.
     let mut full = None;
@@ -403,7 +408,7 @@ fn roots_release_panicking_claims_and_scale_past_a_thousand() {
 fn bump_epochs_do_not_wrap() {
     let name = ShmName::new("snd-epoch");
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 16).unwrap();
-    let h = bump.arena().alloc(7u64).unwrap().handle();
+    let h = bump.arena().alloc(7u64).unwrap().arena_ptr();
     for _ in 0..(1 << 20) {
         bump.reset().unwrap();
     }
@@ -500,7 +505,7 @@ fn raw_and_typed_segments_do_not_mix() {
     let v = RelPtr::<AtomicU64>::from_offset(off).get(&other).unwrap();
     v.fetch_add(5, Ordering::Relaxed);
     assert_eq!(alloc.read(off, 1).unwrap(), [5]);
-    let r: &AtomicU64 = alloc.root("counter").unwrap();
+    let r = alloc.root::<AtomicU64>("counter").unwrap();
     r.store(1, Ordering::Relaxed);
     alloc.free(off).unwrap();
 
@@ -511,7 +516,7 @@ fn raw_and_typed_segments_do_not_mix() {
     // the box's `&mut u64`: refused.
     assert!(b.rel_ptr().cast::<AtomicU64>().get(&typed).is_err());
     assert_eq!(b.rel_ptr().read(&typed).unwrap(), 7);
-    let r: &AtomicU64 = typed.root("counter").unwrap();
+    let r = typed.root::<AtomicU64>("counter").unwrap();
     r.store(2, Ordering::Relaxed);
     assert_eq!(*b, 7);
 }
@@ -527,7 +532,7 @@ fn second_bump_mapping_cannot_reset_under_a_reader() {
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
     let batch: Vec<String> = (0..64).map(|i| format!("item-{i}")).collect();
     let token = bump.arena().archive(&batch).unwrap().into_token();
-    let h = bump.arena().alloc(5u64).unwrap().handle();
+    let h = bump.arena().alloc(5u64).unwrap().arena_ptr();
     let reader = ArenaArchiveReader::<Vec<String>>::open(&bump, token).unwrap();
     let view = reader.access().unwrap();
     let mut second = BumpAllocator::open(name.as_str()).unwrap();

@@ -63,7 +63,7 @@ fn child() {
         }
         "vec-reader" => {
             let alloc = FreeListAllocator::open(&name).unwrap();
-            let done: &AtomicU64 = alloc.root("done").unwrap();
+            let done = alloc.root::<AtomicU64>("done").unwrap();
             let ptr = RelPtr::<ShmVecHeader<u64>>::from_raw(env("SA_PTR").parse().unwrap());
             let reader = ShmVecReader::open(&alloc, ptr).unwrap();
             alloc
@@ -88,7 +88,7 @@ fn child() {
         }
         "roots" => {
             let alloc = FreeListAllocator::open(&name).unwrap();
-            let c: &AtomicU64 = alloc.root("counter").unwrap();
+            let c = alloc.root::<AtomicU64>("counter").unwrap();
             for _ in 0..1000 {
                 c.fetch_add(1, Ordering::Relaxed);
             }
@@ -162,17 +162,17 @@ fn shm_box_ownership_moves_to_another_process() {
 fn shm_vec_reader_sees_consistent_prefix_while_writer_pushes() {
     let name = ShmName::new("typed-vec");
     let alloc = FreeListAllocator::create(name.as_str(), 64 << 20).unwrap();
-    let done: &AtomicU64 = alloc.root("done").unwrap();
+    let done = alloc.root::<AtomicU64>("done").unwrap();
     let mut v = ShmVec::<u64, _>::new_in(&alloc).unwrap();
     let kid = spawn_child(
         "child",
         "vec-reader",
         &[
             ("SA_NAME", name.as_str().into()),
-            ("SA_PTR", v.rel_ptr().raw().to_string()),
+            ("SA_PTR", v.rel_ptr().to_raw().to_string()),
         ],
     );
-    let ready: &AtomicU64 = alloc.root("ready").unwrap();
+    let ready = alloc.root::<AtomicU64>("ready").unwrap();
     let t0 = std::time::Instant::now();
     while ready.load(Ordering::Acquire) == 0 {
         assert!(t0.elapsed() < LIMIT, "watchdog: reader never became ready");
@@ -207,7 +207,7 @@ fn roots_are_created_once_when_processes_race() {
     for k in kids {
         finish(k, LIMIT, "roots child");
     }
-    let c: &AtomicU64 = alloc.root("counter").unwrap();
+    let c = alloc.root::<AtomicU64>("counter").unwrap();
     assert_eq!(c.load(Ordering::Relaxed), 4000, "all four used one object");
     let roots = alloc.roots().unwrap();
     assert_eq!(roots.len(), 1, "created exactly once: {roots:?}");
@@ -233,7 +233,7 @@ fn arena_handles_are_stale_after_reset_in_another_process() {
     let name = ShmName::new("typed-arena");
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
     let mut arena = bump.arena();
-    let h = arena.alloc_slice(&[1u64, 2, 3, 4]).unwrap().handle();
+    let h = arena.alloc_slice(&[1u64, 2, 3, 4]).unwrap().arena_ptr();
     let vars = |h: ArenaPtr<u64>| {
         [
             ("SA_NAME", name.as_str().to_owned()),
@@ -253,7 +253,7 @@ fn arena_handles_are_stale_after_reset_in_another_process() {
     let fresh = arena
         .alloc_slice(&[100u64, 200, 300, 400])
         .unwrap()
-        .handle();
+        .arena_ptr();
     assert_eq!(fresh.offset(), h.offset());
     let after = finish(
         spawn_child("child", "arena-read", &vars(h)),
@@ -286,7 +286,7 @@ fn bad_rel_ptrs_are_errors() {
         Err(AccessError::OutOfBounds { .. })
     ));
     assert!(matches!(
-        RelPtr::<AtomicU64>::from_raw(p.raw() + 1).get(&alloc),
+        RelPtr::<AtomicU64>::from_raw(p.to_raw() + 1).get(&alloc),
         Err(AccessError::Misaligned { .. })
     ));
     // The block (8 bytes, in the 16-byte class) is too small for a [u64; 4].

@@ -23,15 +23,14 @@
 
 mod report;
 
+use shared_allocator::__layout::LAYOUT_VERSION;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shared_allocator::alloc::Inspect;
 use shared_allocator::segment::peek::{self, PeekKind};
-use shared_allocator::segment::{
-    AllocatorKind, OpenOptions, Staleness, LAYOUT_VERSION, STALE_GRACE,
-};
+use shared_allocator::segment::{AllocatorKind, OpenOptions, Staleness, STALE_GRACE};
 use shared_allocator::{BumpAllocator, FreeListAllocator, ShmAllocator, SlabAllocator};
 
 use report::*;

@@ -128,7 +128,7 @@ fn every_subcommand_with_json() {
     let name = ShmName::new("c19-all");
     let n = name.as_str();
     let a = FreeListAllocator::create(n, 4 << 20).unwrap();
-    let hits: &AtomicU64 = a.root("hits").unwrap();
+    let hits = a.root::<AtomicU64>("hits").unwrap();
     hits.store(5, std::sync::atomic::Ordering::Relaxed);
     let small = a.allocate(100).unwrap();
     let _large = a.allocate(3 * 4096).unwrap();
@@ -152,7 +152,7 @@ fn every_subcommand_with_json() {
     assert_eq!(i["kind"], "free-list");
     assert_eq!(
         i["layout_version"],
-        shared_allocator::segment::LAYOUT_VERSION
+        shared_allocator::__layout::LAYOUT_VERSION
     );
     assert_eq!(i["name"], format!("/{n}"));
     assert_eq!(i["creator_pid"], std::process::id());
@@ -398,8 +398,15 @@ fn foreign_and_world_writable_objects_are_reported_not_opened() {
     drop(FreeListAllocator::create(foreign.as_str(), 1 << 20).unwrap());
     std::os::unix::fs::chown(shm_path(foreign.as_str()), Some(65534), Some(65534)).unwrap();
     drop(
-        FreeListAllocator::create_with(open.as_str(), 1 << 20, &CreateOptions { mode: 0o666 })
-            .unwrap(),
+        FreeListAllocator::create_with(
+            open.as_str(),
+            1 << 20,
+            &CreateOptions {
+                mode: 0o666,
+                ..CreateOptions::default()
+            },
+        )
+        .unwrap(),
     );
     let before = (file_bytes(foreign.as_str()), file_bytes(open.as_str()));
     let ctime = |n: &ShmName| {

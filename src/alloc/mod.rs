@@ -8,6 +8,7 @@
 mod bump;
 mod cache;
 mod free_list;
+mod handle;
 mod inspect;
 mod slab;
 

@@ -132,6 +132,7 @@ pub use crate::error::ArchiveError;
 pub use crate::typed::token::ArchiveToken;
 pub use arena::{ArenaArchive, ArenaArchiveReader, ArenaArchiveToken};
 pub use owned::ShmArchive;
+#[doc(hidden)]
 pub use writer::ShmWriter;
 
 /// The rkyv this module is built against (0.8), for `#[rkyv(crate = ...)]` or
@@ -139,10 +140,10 @@ pub use writer::ShmWriter;
 pub use rkyv;
 
 /// Alignment of an archive block and of the archive inside it (rkyv's buffer alignment).
-pub const ARCHIVE_ALIGN: usize = 16;
+pub(crate) const ARCHIVE_ALIGN: usize = 16;
 /// Bytes of the block header in front of the archive: the hand-over claim word and
 /// type fingerprint, then magic, length, type tag and checksum.
-pub const HEADER_LEN: u64 = 48;
+pub(crate) const HEADER_LEN: u64 = 48;
 
 /// Types that can be archived into shared memory and validated back: anything
 /// that derives `rkyv::Archive` and `rkyv::Serialize` with rkyv's default

@@ -57,8 +57,8 @@ use crate::typed::token::OwnedHeader;
 /// # alloc.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
-pub struct ShmArchive<'a, T: ShmArchivable, A: ShmFree> {
-    alloc: &'a A,
+pub struct ShmArchive<T: ShmArchivable, A: ShmFree> {
+    alloc: A,
     span: Span,
     validated: AtomicBool,
     /// Fork epoch of the owning process: a `fork` child's copy owns nothing.
@@ -66,7 +66,7 @@ pub struct ShmArchive<'a, T: ShmArchivable, A: ShmFree> {
     _type: PhantomData<fn() -> T>,
 }
 
-impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
+impl<T: ShmArchivable, A: ShmFree> ShmArchive<T, A> {
     /// Serializes `value` into a new block of `alloc`, sized exactly: one pass
     /// measures, the second writes in place (see the [module docs](super) for
     /// this trade-off).
@@ -74,7 +74,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     /// # Errors
     /// [`ArchiveError::Alloc`] if the allocator refuses, [`ArchiveError::Serialize`]
     /// if the value's `Serialize` fails. Nothing is left allocated on error.
-    pub fn new_in(alloc: &'a A, value: &T) -> Result<Self, ArchiveError> {
+    pub fn new_in(alloc: A, value: &T) -> Result<Self, ArchiveError> {
         let len = serialize_into(alloc.segment(), Offset::NULL, 0, value)?;
         Self::write_exact(alloc, value, len)
     }
@@ -87,30 +87,31 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     /// # Errors
     /// As [`new_in`](ShmArchive::new_in).
     pub fn new_in_with_capacity(
-        alloc: &'a A,
+        alloc: A,
         value: &T,
         capacity: usize,
     ) -> Result<Self, ArchiveError> {
         match Self::fill(alloc, capacity, value)? {
             Ok(me) => Ok(me),
             // The first pass counted the exact size past the end of the block.
-            Err(len) => Self::write_exact(alloc, value, len),
+            Err((len, alloc)) => Self::write_exact(alloc, value, len),
         }
     }
 
-    fn write_exact(alloc: &'a A, value: &T, len: usize) -> Result<Self, ArchiveError> {
+    fn write_exact(alloc: A, value: &T, len: usize) -> Result<Self, ArchiveError> {
         Self::fill(alloc, len, value)?.map_err(|_| nondeterministic::<T>(len))
     }
 
     /// Allocates a block with room for `cap` archive bytes, serializes into it
-    /// and seals it. `Ok(Err(len))` if the archive (of `len` bytes) did not fit;
-    /// the block is freed then, and on error.
-    fn fill(alloc: &'a A, cap: usize, value: &T) -> Result<Result<Self, usize>, ArchiveError> {
-        crate::typed::raw::require_typed(alloc)?;
+    /// and seals it. `Ok(Err((len, alloc)))` if the archive (of `len` bytes) did
+    /// not fit; the block is freed then, and on error.
+    #[allow(clippy::type_complexity)]
+    fn fill(alloc: A, cap: usize, value: &T) -> Result<Result<Self, (usize, A)>, ArchiveError> {
+        crate::typed::raw::require_typed(&alloc)?;
         let block = alloc.allocate_aligned(block_size(cap)?, ARCHIVE_ALIGN)?;
         let sealed = serialize_into(alloc.segment(), block, cap, value).and_then(|len| {
             if len <= cap {
-                seal::<T, A>(alloc, block, len, Binding::Owned)?;
+                seal::<T, A>(&alloc, block, len, Binding::Owned)?;
             }
             Ok(len)
         });
@@ -125,7 +126,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
             Ok(len) => {
                 // SAFETY: allocated just above by this call, never published.
                 let _ = unsafe { alloc.free_owned(block) };
-                Ok(Err(len))
+                Ok(Err((len, alloc)))
             }
             Err(e) => {
                 // SAFETY: as above.
@@ -151,8 +152,8 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     /// block), [`ArchiveError::BadHeader`], [`ArchiveError::TypeMismatch`],
     /// [`ArchiveError::Checksum`], [`ArchiveError::Invalid`]. On error the block
     /// is not freed and the token is unchanged.
-    pub fn from_token(alloc: &'a A, token: ArchiveToken<T>) -> Result<Self, ArchiveError> {
-        crate::typed::raw::require_typed(alloc)?;
+    pub fn from_token(alloc: A, token: ArchiveToken<T>) -> Result<Self, ArchiveError> {
+        crate::typed::raw::require_typed(&alloc)?;
         let block = token.offset();
         if block.get() % ARCHIVE_ALIGN as u64 != 0 {
             return Err(ArchiveError::BadHeader {
@@ -160,16 +161,16 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
                 reason: "offset is not 16-aligned",
             });
         }
-        let owner = OwnedHeader::at(alloc, block)?;
+        let owner = OwnedHeader::at(&alloc, block)?;
         owner.redeem(
-            alloc,
+            &alloc,
             block,
             token.nonce(),
             std::any::type_name::<T>(),
             type_tag::<T>(),
         )?;
-        let checked = Span::read::<T, A>(alloc, block).and_then(|(span, sum, bytes)| {
-            span.validate::<T, A>(alloc, Binding::Owned, bytes, sum)
+        let checked = Span::read::<T, A>(&alloc, block).and_then(|(span, sum, bytes)| {
+            span.validate::<T, A>(&alloc, Binding::Owned, bytes, sum)
                 .map(|()| span)
         });
         match checked {
@@ -207,13 +208,16 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     /// never be redeemed (the parent still owns the block).
     pub fn into_token(self) -> ArchiveToken<T> {
         let block = self.span.block;
-        let nonce = match OwnedHeader::at(self.alloc, block) {
-            Ok(owner) if self.check_owner().is_ok() => owner.issue(self.alloc),
+        let nonce = match OwnedHeader::at(&self.alloc, block) {
+            Ok(owner) if self.check_owner().is_ok() => owner.issue(&self.alloc),
             // The block was freed behind our back, or this is a fork child's copy:
             // a token that can never be redeemed.
             _ => 0,
         };
-        std::mem::forget(self);
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never used or dropped again; its allocator handle is
+        // moved out once and dropped here (an `Arc` gives its count back).
+        drop(unsafe { std::ptr::read(&me.alloc) });
         ArchiveToken::new(block, nonce)
     }
 
@@ -229,7 +233,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     /// first call of a writer's handle, the validation errors of `from_token`.
     pub fn access(&self) -> Result<&Archived<T>, ArchiveError> {
         self.check_owner()?;
-        let bytes = self.span.bytes(self.alloc)?;
+        let bytes = self.span.bytes(&self.alloc)?;
         if !self.validated.load(Ordering::Acquire) {
             // This process wrote and checksummed the bytes; bytecheck proves
             // nobody broke them since.
@@ -259,7 +263,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     where
         Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
     {
-        deserialize_copy::<T, A>(self.alloc, self.span.block, Binding::Owned)
+        deserialize_copy::<T, A>(&self.alloc, self.span.block, Binding::Owned)
     }
 
     /// Deserializes an owned `T` from the archive (zero-copy read of the validated
@@ -290,17 +294,17 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     }
 
     /// The allocator the archive lives in.
-    pub fn allocator(&self) -> &'a A {
-        self.alloc
+    pub fn allocator(&self) -> &A {
+        &self.alloc
     }
 }
 
-impl<T: ShmArchivable, A: ShmFree> Drop for ShmArchive<'_, T, A> {
+impl<T: ShmArchivable, A: ShmFree> Drop for ShmArchive<T, A> {
     fn drop(&mut self) {
         if self.check_owner().is_err() {
             return; // a fork child's copy: the parent owns the block
         }
-        if let Ok(owner) = OwnedHeader::at(self.alloc, self.span.block) {
+        if let Ok(owner) = OwnedHeader::at(&self.alloc, self.span.block) {
             owner.release();
         }
         // A failure means someone else already freed it (a broken hand-over): nothing to do.
@@ -310,7 +314,7 @@ impl<T: ShmArchivable, A: ShmFree> Drop for ShmArchive<'_, T, A> {
     }
 }
 
-impl<T: ShmArchivable, A: ShmFree> std::fmt::Debug for ShmArchive<'_, T, A> {
+impl<T: ShmArchivable, A: ShmFree> std::fmt::Debug for ShmArchive<T, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShmArchive")
             .field("type", &std::any::type_name::<T>())

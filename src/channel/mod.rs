@@ -29,10 +29,11 @@ use std::time::{Duration, Instant};
 pub use error::{EndpointError, RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError};
 use ring::{PopFail, PushFail, Role};
 
+use crate::alloc::ShmAllocator;
+use crate::coord::ShmEvent;
 use crate::sync::futex::Deadline;
 use crate::sync::owner;
-use crate::sync::ShmEvent;
-use crate::typed::{fingerprint, ShmSafe};
+use crate::typed::{fingerprint, ChannelElement, Root, ShmSafe};
 
 /// How many endpoints (senders plus receivers, in all processes) one channel holds.
 pub const MAX_ENDPOINTS: usize = 64;
@@ -108,20 +109,17 @@ struct Slot<T> {
 /// # let name = format!("doc-channel-{}", std::process::id());
 /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
-/// let jobs: &ShmChannel<u64, 64> = alloc.root("jobs")?;
+/// let jobs = alloc.root::<ShmChannel<u64, 64>>("jobs")?;
 /// // In the producer process:
 /// let tx = jobs.sender()?;
-/// let block = alloc.allocate(128)?;
-/// tx.send(block.get(), Some(Duration::from_secs(1)))?;
+/// tx.send_timeout(42, Duration::from_secs(1))?;
 /// // In a consumer process:
 /// let rx = jobs.receiver()?;
-/// let off = Offset::new(rx.recv(Some(Duration::from_secs(1)))?);
-/// assert_eq!(off, block);
-/// alloc.free(off)?;
+/// assert_eq!(rx.recv_timeout(Duration::from_secs(1))?, 42);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[repr(C)]
-pub struct ShmChannel<T, const N: usize> {
+pub struct ShmChannel<T: ChannelElement, const N: usize> {
     head: AtomicU64,
     _pad_head: [u64; 7],
     tail: AtomicU64,
@@ -140,10 +138,10 @@ pub struct ShmChannel<T, const N: usize> {
 }
 
 // SAFETY: values move between threads only by copy under the slot protocol, which
-// gives each slot's value to one claimant at a time; `T: ShmSafe` is Send + Sync.
-unsafe impl<T: ShmSafe, const N: usize> Sync for ShmChannel<T, N> {}
+// gives each slot's value to one claimant at a time; `T: ChannelElement` is Send + Sync.
+unsafe impl<T: ChannelElement, const N: usize> Sync for ShmChannel<T, N> {}
 
-const fn layout_ok<T, const N: usize>() -> bool {
+const fn layout_ok<T: ChannelElement, const N: usize>() -> bool {
     use std::mem::{align_of, size_of};
     size_of::<T>() % 8 == 0
         && align_of::<T>() <= 8
@@ -157,14 +155,14 @@ const fn layout_ok<T, const N: usize>() -> bool {
 // endpoint table of atomics, and `N` slots of an `AtomicU64` and an `UnsafeCell<T>`:
 // - every bit pattern is valid: the atomics and padding accept any value (the
 //   protocol treats unknown states as stale or corrupt, never as an index: slot
-//   indices are positions modulo N), and `T: ShmSafe` is valid for every pattern;
+//   indices are positions modulo N), and `T: ChannelElement` is valid for every pattern;
 // - no padding: FINGERPRINT asserts the exact size for each instantiation (T a
 //   multiple of 8 bytes, alignment <= 8);
 // - no pointers, no Drop;
 // - values are read and written only by the claimant of their slot (CAS on the slot
 //   word with Acquire/Release), so there is no data race among cooperating processes;
 // - Send + Sync + 'static because `T` is (the Sync impl above).
-unsafe impl<T: ShmSafe, const N: usize> ShmSafe for ShmChannel<T, N> {
+unsafe impl<T: ChannelElement, const N: usize> ShmSafe for ShmChannel<T, N> {
     const FINGERPRINT: u64 = {
         assert!(
             layout_ok::<T, N>(),
@@ -175,7 +173,7 @@ unsafe impl<T: ShmSafe, const N: usize> ShmSafe for ShmChannel<T, N> {
     };
 }
 
-impl<T: ShmSafe + Copy, const N: usize> ring::Ring for ShmChannel<T, N> {
+impl<T: ChannelElement + Copy, const N: usize> ring::Ring for ShmChannel<T, N> {
     type W = AtomicU64;
     type T = T;
     #[inline]
@@ -257,7 +255,7 @@ pub struct ChannelStats {
     pub waiting_senders: u32,
 }
 
-impl<T: ShmSafe + Copy, const N: usize> ShmChannel<T, N> {
+impl<T: ChannelElement + Copy, const N: usize> ShmChannel<T, N> {
     const LAYOUT: () = assert!(
         layout_ok::<T, N>(),
         "ShmChannel<T, N>: T must be a multiple of 8 bytes with alignment <= 8, and N > 0"
@@ -341,34 +339,6 @@ impl<T: ShmSafe + Copy, const N: usize> ShmChannel<T, N> {
         count.load(Ordering::Acquire) == 0 || (scan && !self.any_alive(role))
     }
 
-    /// Registers a new sender in this process.
-    ///
-    /// # Errors
-    /// [`EndpointError::TooManyEndpoints`] if all [`MAX_ENDPOINTS`] entries are held
-    /// by live endpoints.
-    pub fn sender(&self) -> Result<Sender<'_, T, N>, EndpointError> {
-        let () = Self::LAYOUT;
-        Ok(Sender {
-            chan: self,
-            entry: self.register(Role::Sender)?,
-            _not_sync: PhantomData,
-        })
-    }
-
-    /// Registers a new receiver in this process.
-    ///
-    /// # Errors
-    /// As [`sender`](ShmChannel::sender).
-    pub fn receiver(&self) -> Result<Receiver<'_, T, N>, EndpointError> {
-        let () = Self::LAYOUT;
-        Ok(Receiver {
-            chan: self,
-            entry: self.register(Role::Receiver)?,
-            last_scan: Cell::new(None),
-            _not_sync: PhantomData,
-        })
-    }
-
     /// Number of slots.
     pub const fn capacity(&self) -> usize {
         N
@@ -399,7 +369,7 @@ impl<T: ShmSafe + Copy, const N: usize> ShmChannel<T, N> {
     }
 }
 
-impl<T, const N: usize> fmt::Debug for ShmChannel<T, N> {
+impl<T: ChannelElement, const N: usize> fmt::Debug for ShmChannel<T, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShmChannel")
             .field("capacity", &N)
@@ -409,24 +379,59 @@ impl<T, const N: usize> fmt::Debug for ShmChannel<T, N> {
     }
 }
 
+/// Endpoints are made from the channel's [`Root`]: it holds the allocator that
+/// keeps the channel's mapping alive, and each endpoint holds a clone of it (a
+/// reference, or an `Arc` for endpoints that live anywhere).
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator + Clone> Root<ShmChannel<T, N>, A> {
+    /// Registers a new sender in this process.
+    ///
+    /// # Errors
+    /// [`EndpointError::TooManyEndpoints`] if all [`MAX_ENDPOINTS`] entries are held
+    /// by live endpoints.
+    pub fn sender(&self) -> Result<Sender<T, N, A>, EndpointError> {
+        let () = ShmChannel::<T, N>::LAYOUT;
+        let entry = self.register(Role::Sender)?;
+        Ok(Sender {
+            chan: self.clone(),
+            entry,
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// Registers a new receiver in this process.
+    ///
+    /// # Errors
+    /// As [`sender`](Root::sender).
+    pub fn receiver(&self) -> Result<Receiver<T, N, A>, EndpointError> {
+        let () = ShmChannel::<T, N>::LAYOUT;
+        let entry = self.register(Role::Receiver)?;
+        Ok(Receiver {
+            chan: self.clone(),
+            entry,
+            last_scan: Cell::new(None),
+            _not_sync: PhantomData,
+        })
+    }
+}
+
 /// The sending side of a [`ShmChannel`], registered in the channel's endpoint
 /// table until dropped. `Send`, not `Sync`: one per thread (clone for more).
-pub struct Sender<'a, T: ShmSafe + Copy, const N: usize> {
-    chan: &'a ShmChannel<T, N>,
+pub struct Sender<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> {
+    chan: Root<ShmChannel<T, N>, A>,
     entry: usize,
     _not_sync: PhantomData<Cell<()>>,
 }
 
 /// The receiving side of a [`ShmChannel`], registered until dropped. `Send`, not `Sync`.
-pub struct Receiver<'a, T: ShmSafe + Copy, const N: usize> {
-    chan: &'a ShmChannel<T, N>,
+pub struct Receiver<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> {
+    chan: Root<ShmChannel<T, N>, A>,
     entry: usize,
     /// When `try_recv` last scanned for dead senders (a system call per sender).
     last_scan: Cell<Option<Instant>>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
-impl<T: ShmSafe + Copy, const N: usize> fmt::Debug for Sender<'_, T, N> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> fmt::Debug for Sender<T, N, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sender")
             .field("entry", &self.entry)
@@ -434,7 +439,7 @@ impl<T: ShmSafe + Copy, const N: usize> fmt::Debug for Sender<'_, T, N> {
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize> fmt::Debug for Receiver<'_, T, N> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> fmt::Debug for Receiver<T, N, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Receiver")
             .field("entry", &self.entry)
@@ -442,22 +447,22 @@ impl<T: ShmSafe + Copy, const N: usize> fmt::Debug for Receiver<'_, T, N> {
     }
 }
 
-impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Sender<T, N, A> {
     #[inline]
-    fn inflight(&self) -> &'a AtomicU64 {
+    fn inflight(&self) -> &AtomicU64 {
         &self.chan.endpoints[self.entry].inflight
     }
 
     /// The channel this sender belongs to.
-    pub fn channel(&self) -> &'a ShmChannel<T, N> {
-        self.chan
+    pub fn channel(&self) -> &Root<ShmChannel<T, N>, A> {
+        &self.chan
     }
 
     /// One push; `Ok(true)` once sent (and a sleeping receiver notified),
     /// `Ok(false)` if the ring is full.
     #[inline]
     fn push_once(&self, value: T, repair: bool) -> Result<bool, SendTimeoutError<T>> {
-        match ring::push(self.chan, self.inflight(), value, repair) {
+        match ring::push(&*self.chan, self.inflight(), value, repair) {
             Ok(()) => {
                 self.chan.not_empty.notify_one();
                 Ok(true)
@@ -474,7 +479,7 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
     /// or dead; checked with a liveness scan only when the channel is full), or
     /// [`TrySendError::Corrupted`]; each carries the value back.
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
-        let c = self.chan;
+        let c: &ShmChannel<T, N> = &self.chan;
         if c.gone(Role::Receiver, false) {
             return Err(TrySendError::Disconnected(value));
         }
@@ -491,15 +496,36 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
         }
     }
 
-    /// Sends `value`, waiting while the channel is full, at most `timeout` (`None`:
-    /// until a slot frees or every receiver is gone). Waiting sleeps on a futex.
+    /// Sends `value`, waiting while the channel is full, until a slot frees or every
+    /// receiver is gone. Waiting sleeps on a futex.
+    ///
+    /// # Errors
+    /// [`SendTimeoutError::Disconnected`] (every receiver dropped or dead),
+    /// [`SendTimeoutError::Corrupted`]; each carries the value back. (Never
+    /// `Timeout`.)
+    #[inline]
+    pub fn send(&self, value: T) -> Result<(), SendTimeoutError<T>> {
+        self.send_deadline(value, None)
+    }
+
+    /// Sends `value`, waiting while the channel is full, at most `timeout`.
     ///
     /// # Errors
     /// [`SendTimeoutError::Timeout`], [`SendTimeoutError::Disconnected`] (every
     /// receiver dropped or dead), [`SendTimeoutError::Corrupted`]; each carries the
     /// value back.
-    pub fn send(&self, value: T, timeout: Option<Duration>) -> Result<(), SendTimeoutError<T>> {
-        let c = self.chan;
+    #[inline]
+    pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.send_deadline(value, Some(timeout))
+    }
+
+    #[inline]
+    fn send_deadline(
+        &self,
+        value: T,
+        timeout: Option<Duration>,
+    ) -> Result<(), SendTimeoutError<T>> {
+        let c: &ShmChannel<T, N> = &self.chan;
         // The first attempt reads no clock (the deadline costs a clock read, ~20 ns,
         // as much as the push itself); it is the loop's first round otherwise.
         if c.gone(Role::Receiver, false) {
@@ -539,20 +565,20 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Sender<'a, T, N> {
     }
 }
 
-impl<'a, T: ShmSafe + Copy, const N: usize> Receiver<'a, T, N> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Receiver<T, N, A> {
     #[inline]
-    fn inflight(&self) -> &'a AtomicU64 {
+    fn inflight(&self) -> &AtomicU64 {
         &self.chan.endpoints[self.entry].inflight
     }
 
     /// The channel this receiver belongs to.
-    pub fn channel(&self) -> &'a ShmChannel<T, N> {
-        self.chan
+    pub fn channel(&self) -> &Root<ShmChannel<T, N>, A> {
+        &self.chan
     }
 
     #[inline]
     fn take(&self, repair: bool) -> Result<Option<T>, PopFail> {
-        match ring::pop(self.chan, self.inflight(), repair) {
+        match ring::pop(&*self.chan, self.inflight(), repair) {
             Ok(v) => {
                 self.chan.not_full.notify_one();
                 Ok(Some(v))
@@ -596,16 +622,30 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Receiver<'a, T, N> {
         Err(TryRecvError::Empty)
     }
 
-    /// Takes a message, waiting at most `timeout` (`None`: until one arrives or every
-    /// sender is gone). Waiting sleeps on a futex; every 50 ms of quiet it checks for
-    /// dead senders and for slots a dead sender left half-written.
+    /// Takes a message, waiting until one arrives or every sender is gone. Waiting
+    /// sleeps on a futex; every 50 ms of quiet it checks for dead senders and for
+    /// slots a dead sender left half-written.
     ///
     /// # Errors
-    /// [`RecvTimeoutError::Timeout`]; [`RecvTimeoutError::Disconnected`] once nothing
-    /// is queued and every sender is gone (dropped or dead);
-    /// [`RecvTimeoutError::Corrupted`].
-    pub fn recv(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
-        let c = self.chan;
+    /// [`RecvTimeoutError::Disconnected`] once nothing is queued and every sender is
+    /// gone (dropped or dead); [`RecvTimeoutError::Corrupted`]. (Never `Timeout`.)
+    #[inline]
+    pub fn recv(&self) -> Result<T, RecvTimeoutError> {
+        self.recv_deadline(None)
+    }
+
+    /// Takes a message, waiting at most `timeout`; otherwise as [`recv`](Self::recv).
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`], and the errors of [`recv`](Self::recv).
+    #[inline]
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_deadline(Some(timeout))
+    }
+
+    #[inline]
+    fn recv_deadline(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
+        let c: &ShmChannel<T, N> = &self.chan;
         // The first attempt reads no clock (as in `send`).
         match self.take(false) {
             Ok(Some(v)) => return Ok(v),
@@ -650,33 +690,35 @@ impl<'a, T: ShmSafe + Copy, const N: usize> Receiver<'a, T, N> {
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize> Clone for Sender<'_, T, N> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator + Clone> Clone for Sender<T, N, A> {
     /// Registers another sender.
     ///
     /// # Panics
-    /// If the endpoint table is full (use [`ShmChannel::sender`] to handle that).
+    /// If the endpoint table is full (use [`Root::sender`] to handle that).
     fn clone(&self) -> Self {
         self.chan.sender().expect("channel endpoint table full")
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize> Clone for Receiver<'_, T, N> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator + Clone> Clone
+    for Receiver<T, N, A>
+{
     /// Registers another receiver.
     ///
     /// # Panics
-    /// If the endpoint table is full (use [`ShmChannel::receiver`] to handle that).
+    /// If the endpoint table is full (use [`Root::receiver`] to handle that).
     fn clone(&self) -> Self {
         self.chan.receiver().expect("channel endpoint table full")
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize> Drop for Sender<'_, T, N> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Drop for Sender<T, N, A> {
     fn drop(&mut self) {
         self.chan.deregister(self.entry, Role::Sender);
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize> Drop for Receiver<'_, T, N> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Drop for Receiver<T, N, A> {
     fn drop(&mut self) {
         self.chan.deregister(self.entry, Role::Receiver);
     }
@@ -685,6 +727,6 @@ impl<T: ShmSafe + Copy, const N: usize> Drop for Receiver<'_, T, N> {
 // SAFETY: the ring's words are atomics and each slot's value sits in an UnsafeCell
 // that the slot protocol gives to one endpoint at a time, so the shared API is
 // sound when other processes call it at once.
-unsafe impl<T: ShmSafe, const N: usize> crate::typed::ShmShared for ShmChannel<T, N> {
+unsafe impl<T: ChannelElement, const N: usize> crate::typed::ShmShared for ShmChannel<T, N> {
     const ATOMIC_ONLY: bool = false;
 }

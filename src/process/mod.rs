@@ -2,7 +2,7 @@
 //!
 //! Every handle that creates or opens a segment (every `FreeListAllocator`,
 //! `SlabAllocator` and `BumpAllocator` value) joins the segment's registry and holds
-//! one of its [`SLOTS`] slots for as long as it lives. A slot is *held* through an
+//! one of its `SLOTS` slots for as long as it lives. A slot is *held* through an
 //! open-file-description lock (`fcntl(F_OFD_SETLK)`) on one byte of the segment's own
 //! file, taken on the handle's own `shm_open` descriptor. The kernel drops that lock
 //! when the last descriptor of the open file description closes, which happens when
@@ -90,16 +90,16 @@ pub(crate) use reclaim::{drain_orphans, live_intents, reclaim_dead};
 pub(crate) use token::{listed_live, processes, slot_generation, token, token_alive};
 
 /// Slots in every registry: at most this many handles can be attached at once.
-pub const SLOTS: usize = 128;
+pub(crate) const SLOTS: usize = 128;
 /// Words (8 bytes) per slot.
-pub const SLOT_WORDS: usize = 32;
+pub(crate) const SLOT_WORDS: usize = 32;
 /// Parked intent records of dead handles (pairs of words) after the slots.
 const ORPHAN_WORDS: usize = 64;
 /// Bytes of the registry: the slots, then the parked (orphan) intent records.
-pub const REGISTRY_BYTES: u64 = ((SLOTS * SLOT_WORDS + ORPHAN_WORDS) * 8) as u64;
+pub(crate) const REGISTRY_BYTES: u64 = ((SLOTS * SLOT_WORDS + ORPHAN_WORDS) * 8) as u64;
 const _: () = assert!(REGISTRY_BYTES <= crate::segment::REGISTRY_REGION);
 /// Intent records per slot (threads of one process that use one handle share them).
-pub const INTENTS: usize = 12;
+pub(crate) const INTENTS: usize = 12;
 
 /// Where the per-slot lock bytes start in the segment file (far past any data, so
 /// the locks never look like they guard data; `fcntl` locks may lie beyond EOF).

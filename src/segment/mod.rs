@@ -29,13 +29,14 @@ use nix::fcntl::OFlag;
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 
-pub use header::{
-    AllocatorKind, Layout, ALLOC_REGION_START, HEADER_REGION, LAYOUT_VERSION, MAGIC,
-    REGISTRY_REGION, ROOTS_LEN, ROOTS_OFFSET,
-};
+pub use header::{AllocatorKind, Layout};
 pub(crate) use header::{RawHeader, STATE_INIT, STATE_READY};
 pub(crate) use lifecycle::open_or_create;
 pub use lifecycle::{remove_if_stale, set_observer_mode, Staleness, STALE_GRACE};
+pub(crate) use header::{
+    ALLOC_REGION_START, HEADER_REGION, LAYOUT_VERSION, MAGIC, REGISTRY_REGION, ROOTS_LEN,
+    ROOTS_OFFSET,
+};
 pub use name::MAX_NAME_LEN;
 
 /// Chunk size of the byte-wise atomic copies in `write_bytes` / `read_bytes`.
@@ -72,61 +73,7 @@ unsafe fn load_chunk<const N: usize>(src: *const u8, dst: &mut [u8]) {
 /// words at the start of the roots area (0 is the nonce counter, 1 the overflow).
 pub(crate) const MODE_WORD: u64 = ROOTS_OFFSET + 16;
 
-/// What a segment's data is used for. Decided by the first use that needs it and
-/// never changed, so that the raw offset API and typed references never meet on
-/// one block (the raw API cannot see whose a block is, and a block it writes or
-/// frees could become typed between a check and the write).
-///
-/// - [`SegmentMode::Raw`]: the raw offset API writes and frees (`ShmAllocator::write`,
-///   `ShmFree::free`; the seed's API and the Python package). Typed handles that
-///   give non-atomic references (`ShmBox`, `ShmVec`, archives, arenas) are refused
-///   with [`AccessError::WrongMode`].
-/// - [`SegmentMode::Typed`]: those typed handles. Raw `write` and `free` are refused
-///   with [`AccessError::WrongMode`] / [`FreeError::WrongMode`](crate::FreeError::WrongMode).
-///
-/// In both modes: raw `allocate`, `read` and the other copy paths, roots and
-/// `RelPtr::get` of [`ShmSync`](crate::ShmSync) types (atomics: every access is
-/// atomic, so no write is ever a data race) work.
-///
-/// ```
-/// use shared_allocator::prelude::*;
-/// use shared_allocator::segment::SegmentMode;
-/// # let name = format!("doc-mode-{}", std::process::id());
-/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
-/// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
-/// let b = ShmBox::new_in(&alloc, 7u64)?;               // decides Typed
-/// assert_eq!(alloc.segment().mode(), SegmentMode::Typed);
-/// let raw = alloc.allocate(64)?;                        // fine: a raw block
-/// assert!(alloc.write(b.rel_ptr().offset(), &[0; 8]).is_err()); // refused
-/// assert!(alloc.write(raw, b"x").is_err());             // raw writes too
-/// assert_eq!(*b, 7);
-/// # drop(b);
-/// # alloc.unlink()?;
-/// # Ok::<(), shared_allocator::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u64)]
-pub enum SegmentMode {
-    /// Not decided yet (nothing that needs a mode was done).
-    Unset = 0,
-    /// The raw offset API writes and frees.
-    Raw = 1,
-    /// Typed handles own the blocks; raw writes and frees are refused.
-    Typed = 2,
-    /// The mode word holds neither (a peer scribbled on it): both are refused.
-    Corrupted = 3,
-}
-
-impl std::fmt::Display for SegmentMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SegmentMode::Unset => "unset",
-            SegmentMode::Raw => "raw",
-            SegmentMode::Typed => "typed",
-            SegmentMode::Corrupted => "corrupted",
-        })
-    }
-}
+pub use crate::mode::SegmentMode;
 
 use crate::error::SegmentError;
 
@@ -136,11 +83,41 @@ pub struct CreateOptions {
     /// Permission bits of the object; applied with `fchmod`, so the umask cannot widen
     /// or narrow them. Default `0o600`: only this user may open the segment.
     pub mode: u32,
+    /// What the segment's data is for, fixed at creation: [`SegmentMode::Raw`]
+    /// (the raw offset API) or [`SegmentMode::Typed`] (typed handles), so that a
+    /// use of the other kind is refused from the first call, in every process.
+    /// [`SegmentMode::Unset`] (the default) leaves it to the first use.
+    pub segment_mode: SegmentMode,
 }
 
 impl Default for CreateOptions {
     fn default() -> Self {
-        CreateOptions { mode: 0o600 }
+        CreateOptions {
+            mode: 0o600,
+            segment_mode: SegmentMode::Unset,
+        }
+    }
+}
+
+impl CreateOptions {
+    /// The defaults, with the segment fixed to typed handles
+    /// ([`SegmentMode::Typed`]): `ShmBox`, `ShmVec`, archives, arenas, locks and
+    /// channels; raw `write`/`free` are refused.
+    pub fn typed() -> CreateOptions {
+        CreateOptions {
+            segment_mode: SegmentMode::Typed,
+            ..CreateOptions::default()
+        }
+    }
+
+    /// The defaults, with the segment fixed to the raw offset API
+    /// ([`SegmentMode::Raw`]): `allocate`/`write`/`free` and `RelPtr::get` of
+    /// atomics; typed handles are refused.
+    pub fn raw() -> CreateOptions {
+        CreateOptions {
+            segment_mode: SegmentMode::Raw,
+            ..CreateOptions::default()
+        }
     }
 }
 
@@ -156,6 +133,11 @@ pub struct OpenOptions {
     /// Accept an object whose mode lets users other than the owner's group write
     /// it (`o+w`). Off by default, for the same reason.
     pub allow_world_writable: bool,
+    /// The mode the opener expects ([`SegmentMode::Raw`] or [`SegmentMode::Typed`]):
+    /// a segment already in the other mode is [`SegmentError::WrongMode`] at
+    /// `open`, one still undecided is fixed to it. `None` (the default) accepts
+    /// either.
+    pub segment_mode: Option<SegmentMode>,
 }
 
 impl Default for OpenOptions {
@@ -164,6 +146,7 @@ impl Default for OpenOptions {
             timeout: Duration::from_secs(2),
             allow_foreign_owner: false,
             allow_world_writable: false,
+            segment_mode: None,
         }
     }
 }
@@ -456,7 +439,22 @@ impl Segment {
             // The header and the registry are touched at once: commit them now, so
             // a full file system is an error here and never a SIGBUS later.
             seg.commit(0, ALLOC_REGION_START.min(layout.total_size))?;
-            Ok(seg)
+            match opts.segment_mode {
+                SegmentMode::Unset => Ok(seg),
+                // A fresh, unpublished segment: the mode word is still 0.
+                m @ (SegmentMode::Raw | SegmentMode::Typed) => {
+                    seg.claim_mode(m)
+                        .map_err(|_| SegmentError::InvalidParameter {
+                            what: "segment_mode",
+                            value: m as u64,
+                        })?;
+                    Ok(seg)
+                }
+                SegmentMode::Corrupted => Err(SegmentError::InvalidParameter {
+                    what: "segment_mode",
+                    value: SegmentMode::Corrupted as u64,
+                }),
+            }
         });
         match result {
             Ok(seg) => Ok(seg),
@@ -658,13 +656,15 @@ impl Segment {
                     let file = lock_description(&provisional.file)?;
                     // (Published before READY, which the Acquire above saw.)
                     let key = h.archive_key.each_ref().map(|k| k.load(Ordering::Relaxed));
-                    return Ok(Segment {
+                    let seg = Segment {
                         layout,
                         file,
                         key,
                         id: segment_id(key),
                         ..provisional
-                    });
+                    };
+                    seg.expect_mode(opts)?;
+                    return Ok(seg);
                 }
                 if state != STATE_INIT && state != STATE_READY {
                     return Err(SegmentError::CorruptHeader {
@@ -696,6 +696,25 @@ impl Segment {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(10));
         }
+    }
+
+    /// Checks (and, if undecided, fixes) the mode `opts` expects, at `open`.
+    pub(crate) fn expect_mode(&self, opts: &OpenOptions) -> Result<(), SegmentError> {
+        let Some(want) = opts.segment_mode else {
+            return Ok(());
+        };
+        let wrong = |found| SegmentError::WrongMode {
+            name: self.name.clone(),
+            expected: want,
+            found,
+        };
+        if !matches!(want, SegmentMode::Raw | SegmentMode::Typed) {
+            return Err(SegmentError::InvalidParameter {
+                what: "segment_mode",
+                value: want as u64,
+            });
+        }
+        self.claim_mode(want).map_err(|_| wrong(self.mode()))
     }
 
     /// The normalised name (`/name`).
@@ -758,7 +777,7 @@ impl Segment {
     /// Returns the pointer to `len` bytes at `offset`, if they lie inside the mapping
     /// and `offset` is a multiple of `align` (a power of two).
     #[inline]
-    pub fn ptr_at(&self, offset: u64, len: u64, align: usize) -> Option<NonNull<u8>> {
+    pub(crate) fn ptr_at(&self, offset: u64, len: u64, align: usize) -> Option<NonNull<u8>> {
         debug_assert!(align.is_power_of_two());
         let end = offset.checked_add(len)?;
         if end > self.len() || offset & (align as u64 - 1) != 0 {

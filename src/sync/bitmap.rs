@@ -84,6 +84,9 @@ pub fn bits_high_first(mut mask: u64) -> impl Iterator<Item = u32> {
 }
 
 /// Finds the first run of `n` clear bits (a snapshot: the bits may change).
+// Kept for its unit tests and loom model (the free list now searches runs in a
+// summary bitmap, `sync::summary`).
+#[cfg_attr(not(any(test, loom)), allow(dead_code))]
 pub fn find_clear_run<W: Word>(words: &[W], n: usize) -> Option<usize> {
     let mut run_start = 0usize;
     let mut run_len = 0usize;
@@ -143,6 +146,7 @@ fn for_each_word(start: usize, n: usize, mut f: impl FnMut(usize, u64) -> bool) 
 
 /// Atomically (per word) sets bits `start..start+n`. If any of them was already set,
 /// undoes what it set and returns false. Bits must be inside `words`.
+#[cfg_attr(not(any(test, loom)), allow(dead_code))]
 pub fn claim_run<W: Word>(words: &[W], start: usize, n: usize) -> bool {
     let mut done: Vec<(usize, u64)> = Vec::new();
     let ok = for_each_word(start, n, |w, m| {
@@ -164,6 +168,7 @@ pub fn claim_run<W: Word>(words: &[W], start: usize, n: usize) -> bool {
 }
 
 /// Clears bits `start..start+n`. Bits must be inside `words`.
+#[cfg_attr(not(test), allow(dead_code))] // the unit and loom tests release runs
 pub fn release_run<W: Word>(words: &[W], start: usize, n: usize) {
     for_each_word(start, n, |w, m| {
         words[w].fetch_and(!m, Ordering::Release);

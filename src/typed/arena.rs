@@ -36,7 +36,7 @@ use crate::typed::{layout_checked, raw, ShmSafe};
 /// let mut arena = bump.arena();
 /// let x = arena.alloc(7u64)?;
 /// let s = arena.alloc_slice(&[1u32, 2, 3])?;
-/// let handle = s.handle();                 // offset, epoch, length
+/// let handle = s.arena_ptr();            // offset, epoch, length
 /// assert_eq!(*x.get()?, 7);
 /// assert_eq!(*handle.get_slice(arena.allocator())?, [1, 2, 3]);
 /// arena.reset()?;                           // only compiles once x and s are gone
@@ -419,7 +419,7 @@ impl<'a, T: ShmSafe> ArenaBox<'a, T> {
     }
 
     /// The handle to send to other processes.
-    pub fn handle(&self) -> ArenaPtr<T> {
+    pub fn arena_ptr(&self) -> ArenaPtr<T> {
         self.ptr
     }
 }
@@ -520,7 +520,7 @@ impl<T> ArenaPtr<T> {
     ///
     /// # Safety
     /// The numbers are [`offset`](Self::offset), [`epoch`](Self::epoch) and
-    /// [`len`](Self::len) of an `ArenaPtr<T>` (or [`ArenaBox::handle`]) that this
+    /// [`len`](Self::len) of an `ArenaPtr<T>` (or [`ArenaBox::arena_ptr`]) that this
     /// crate made in the segment it is resolved in, unchanged: then every element lies in bytes
     /// the arena has written (and never writes again in that epoch). Numbers that
     /// name bytes an arena reserved but has not written yet would give a view that

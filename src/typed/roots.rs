@@ -3,7 +3,7 @@
 //! The directory is one open-addressing hash table of [`MAX_ROOTS`] fixed 128-byte
 //! entries in two parts: the first [`FIXED_ROOTS`] live in the segment's header
 //! region (after the typed layer's control words at
-//! [`crate::segment::ROOTS_OFFSET`]); the rest live in one overflow
+//! `ROOTS_OFFSET`); the rest live in one overflow
 //! block, allocated from the segment when a probe first needs it, by exactly one
 //! process (it claims a control word first; the others wait for the pointer).
 //!
@@ -30,7 +30,7 @@
 //! roots: a reset would release the objects.
 //!
 //! Every root object's block, and the overflow block, starts with a
-//! [`PINNED`](crate::typed::token::PINNED) header (no token can name it) and is **never freed**: removing a
+//! `PINNED` header (no token can name it) and is **never freed**: removing a
 //! root leaves a tombstone and the object allocated, and a raw `free` of a root's
 //! block is [`FreeError::Root`](crate::FreeError::Root). (In a raw segment that
 //! check reads the block's header and the directory, which raw writes can reach;
@@ -120,9 +120,9 @@ pub struct RootInfo {
 /// # let name = format!("doc-roots-{}", std::process::id());
 /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
-/// let hits: &AtomicU64 = alloc.root("hits")?;          // created, zeroed
+/// let hits = alloc.root::<AtomicU64>("hits")?;          // created, zeroed
 /// hits.fetch_add(1, Ordering::Relaxed);
-/// let again: &AtomicU64 = alloc.root("hits")?;         // found: same object
+/// let again = alloc.root::<AtomicU64>("hits")?;         // found: same object
 /// assert_eq!(again.load(Ordering::Relaxed), 1);
 /// assert!(matches!(alloc.root::<std::sync::atomic::AtomicU32>("hits"), Err(Error::TypeMismatch { .. })));
 /// assert_eq!(alloc.roots()?.len(), 1);
@@ -143,7 +143,7 @@ pub trait Roots: ShmAllocator {
     ///
     /// A `T` that is not [`ShmSync`](crate::typed::ShmSync) (a lock, a channel) puts the segment in typed
     /// mode ([`AccessError::WrongMode`] in a raw one).
-    fn root<T: ShmShared>(&self, name: &str) -> Result<&T, Error> {
+    fn root<T: ShmShared>(&self, name: &str) -> Result<Root<T, &Self>, Error> {
         self.root_with(name, zeroed::<T>)
     }
 
@@ -153,8 +153,12 @@ pub trait Roots: ShmAllocator {
     ///
     /// # Errors
     /// As [`root`](Roots::root).
-    fn root_with<T: ShmShared>(&self, name: &str, init: impl FnOnce() -> T) -> Result<&T, Error> {
-        find_or_create(self, name, init)
+    fn root_with<T: ShmShared>(
+        &self,
+        name: &str,
+        init: impl FnOnce() -> T,
+    ) -> Result<Root<T, &Self>, Error> {
+        Root::new_with_in(self, name, init)
     }
 
     /// Every root that exists now (a snapshot).
@@ -180,6 +184,95 @@ pub trait Roots: ShmAllocator {
 }
 
 impl<A: ShmAllocator> Roots for A {}
+
+/// A named root's object, found or created by name, together with the allocator
+/// that keeps its mapping alive: it derefs to `&T`.
+///
+/// `A` says how the root holds its allocator: [`Roots::root`] gives a
+/// `Root<T, &Alloc>` that borrows it; [`Root::new_in`] with an
+/// `Arc<FreeListAllocator>` gives a `'static` root that can be stored in a struct
+/// next to the allocator or moved into a thread. Roots are never freed, so the
+/// reference stays valid for as long as the allocator (its mapping) lives.
+///
+/// ```
+/// use shared_allocator::prelude::*;
+/// use shared_allocator::typed::roots::Root;
+/// use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
+/// # let name = format!("doc-root-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
+/// let alloc = Arc::new(FreeListAllocator::create(&name, 1 << 20)?);
+/// let hits: Root<AtomicU64, _> = Root::new_in(alloc.clone(), "hits")?;
+/// std::thread::spawn(move || hits.fetch_add(1, Ordering::Relaxed)).join().unwrap();
+/// assert_eq!(alloc.root::<AtomicU64>("hits")?.load(Ordering::Relaxed), 1);
+/// # Ok::<(), shared_allocator::Error>(())
+/// ```
+pub struct Root<T, A> {
+    alloc: A,
+    ptr: std::ptr::NonNull<T>,
+}
+
+// SAFETY: a Root is a shared reference to a `T: ShmShared` (Send + Sync: shared
+// access from any thread is its own API's promise) plus an `A: ShmAllocator`
+// (Send + Sync by the trait's bounds).
+unsafe impl<T: ShmShared, A: ShmAllocator> Send for Root<T, A> {}
+// SAFETY: as for Send: `&Root` gives `&T` and `&A`, both Sync.
+unsafe impl<T: ShmShared, A: ShmAllocator> Sync for Root<T, A> {}
+
+impl<T: ShmShared, A: ShmAllocator> Root<T, A> {
+    /// Finds the root `name` in `alloc`, or creates it filled with zero bytes, as
+    /// [`Roots::root`] does, and keeps `alloc` (a reference or an `Arc`) with it.
+    ///
+    /// # Errors
+    /// As [`Roots::root`].
+    pub fn new_in(alloc: A, name: &str) -> Result<Self, Error> {
+        Self::new_with_in(alloc, name, zeroed::<T>)
+    }
+
+    /// Finds the root `name`, or creates it with `init()`, as [`Roots::root_with`].
+    ///
+    /// # Errors
+    /// As [`Roots::root`].
+    pub fn new_with_in(alloc: A, name: &str, init: impl FnOnce() -> T) -> Result<Self, Error> {
+        let ptr = std::ptr::NonNull::from(find_or_create(&alloc, name, init)?);
+        Ok(Root { alloc, ptr })
+    }
+
+    /// The allocator this root lives in.
+    pub fn allocator(&self) -> &A {
+        &self.alloc
+    }
+}
+
+impl<T: ShmShared, A: ShmAllocator> std::ops::Deref for Root<T, A> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY:
+        // - `ptr` came from `find_or_create` on `alloc`: a checked, aligned,
+        //   initialised `T` inside `alloc`'s mapping;
+        // - roots are never freed, and the mapping lives as long as `alloc`, which
+        //   this root holds (a reference or an owning handle);
+        // - `T: ShmShared`: a shared `&T` is sound while other processes use it
+        //   through its own API.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T: ShmShared, A: ShmAllocator + Clone> Clone for Root<T, A> {
+    fn clone(&self) -> Self {
+        Root {
+            alloc: self.alloc.clone(),
+            ptr: self.ptr,
+        }
+    }
+}
+
+impl<T: ShmShared + std::fmt::Debug, A: ShmAllocator> std::fmt::Debug for Root<T, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Root").field(&**self).finish()
+    }
+}
 
 /// A `T` of all-zero bytes.
 fn zeroed<T: ShmShared>() -> T {

@@ -50,8 +50,8 @@ use crate::typed::{layout_checked, raw, RelPtr, ShmPtr, ShmSafe};
 /// # alloc.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
-pub struct ShmBox<'a, T: ShmSafe, A: ShmFree> {
-    alloc: &'a A,
+pub struct ShmBox<T: ShmSafe, A: ShmFree> {
+    alloc: A,
     /// The payload, resolved once: the block is ours for as long as this box lives.
     /// The block (and its [`OwnedHeader`]) starts `PAYLOAD` bytes before it.
     value: NonNull<T>,
@@ -63,11 +63,11 @@ pub struct ShmBox<'a, T: ShmSafe, A: ShmFree> {
 // SAFETY: a ShmBox is an owning pointer to a `T` (like `Box<T>`), plus a shared
 // reference to an allocator (`A: Sync` through `ShmAllocator: Send + Sync`) and to an
 // all-atomic header; `T: ShmSafe` is `Send + Sync`.
-unsafe impl<T: ShmSafe, A: ShmFree> Send for ShmBox<'_, T, A> {}
+unsafe impl<T: ShmSafe, A: ShmFree> Send for ShmBox<T, A> {}
 // SAFETY: `&ShmBox` gives only `&T` (`T: Sync`) and shared access to the allocator.
-unsafe impl<T: ShmSafe, A: ShmFree> Sync for ShmBox<'_, T, A> {}
+unsafe impl<T: ShmSafe, A: ShmFree> Sync for ShmBox<T, A> {}
 
-impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
+impl<T: ShmSafe, A: ShmFree> ShmBox<T, A> {
     const PAYLOAD: u64 = box_payload_offset(align_of::<T>());
 
     /// Allocates room for a `T` in `alloc` and moves `value` there.
@@ -75,8 +75,8 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     /// # Errors
     /// [`Error::Alloc`] if the allocator refuses.
     #[inline]
-    pub fn new_in(alloc: &'a A, value: T) -> Result<Self, Error> {
-        raw::require_typed(alloc)?;
+    pub fn new_in(alloc: A, value: T) -> Result<Self, Error> {
+        raw::require_typed(&alloc)?;
         let fp = layout_checked::<T>();
         let size = Self::PAYLOAD as usize + size_of::<T>();
         let align = align_of::<T>().max(8);
@@ -97,7 +97,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         // is not published.
         unsafe {
             raw::write_values(
-                alloc,
+                &alloc,
                 p.as_ptr().cast::<BoxHeader>(),
                 1,
                 std::iter::once(BoxHeader::new(fp)),
@@ -107,10 +107,11 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         // SAFETY: the payload's `size_of::<T>()` bytes at `PAYLOAD` end at `size`,
         // inside the checked block; `PAYLOAD` is a multiple of `align_of::<T>()` and
         // the block aligned to it; unpublished, as above.
-        let v = unsafe { raw::write_values(alloc, value_ptr, 1, std::iter::once(value)) };
+        let v = unsafe { raw::write_values(&alloc, value_ptr, 1, std::iter::once(value)) };
+        let value = NonNull::from(&v[0]);
         Ok(ShmBox {
             alloc,
-            value: NonNull::from(&v[0]),
+            value,
             fork: fork_epoch(),
         })
     }
@@ -119,11 +120,11 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     /// written by the checked path each, and the block is freed if either fails.
     #[cold]
     #[inline(never)]
-    fn new_in_checked(alloc: &'a A, block: Offset, value: T) -> Result<Self, Error> {
+    fn new_in_checked(alloc: A, block: Offset, value: T) -> Result<Self, Error> {
         let fp = layout_checked::<T>();
         let made = (|| {
-            let header = raw::write_fresh(alloc, block, std::iter::once(BoxHeader::new(fp)))?;
-            let v = raw::write_fresh(alloc, Self::payload(block), std::iter::once(value))?;
+            let header = raw::write_fresh(&alloc, block, std::iter::once(BoxHeader::new(fp)))?;
+            let v = raw::write_fresh(&alloc, Self::payload(block), std::iter::once(value))?;
             Ok::<_, Error>((header, NonNull::from(&v[0])))
         })();
         match made {
@@ -152,14 +153,14 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     /// [`TokenError::AlreadyClaimed`] if the token was redeemed already (or the block
     /// freed since), [`TokenError::TypeMismatch`] if the block holds another type,
     /// [`TokenError::Access`] if the token does not resolve to a live block.
-    pub fn from_token(alloc: &'a A, token: BoxToken<T>) -> Result<Self, TokenError> {
-        raw::require_typed(alloc)?;
+    pub fn from_token(alloc: A, token: BoxToken<T>) -> Result<Self, TokenError> {
+        raw::require_typed(&alloc)?;
         let fp = layout_checked::<T>();
         let block = token.offset();
-        let header = OwnedHeader::at(alloc, block)?;
+        let header = OwnedHeader::at(&alloc, block)?;
         // Check the payload's bounds before claiming: a refused token changes nothing.
-        let value = raw::checked_ptr::<T, A>(alloc, Self::payload(block), 1)?;
-        header.redeem(alloc, block, token.nonce(), std::any::type_name::<T>(), fp)?;
+        let value = raw::checked_ptr::<T, A>(&alloc, Self::payload(block), 1)?;
+        header.redeem(&alloc, block, token.nonce(), std::any::type_name::<T>(), fp)?;
         Ok(ShmBox {
             alloc,
             value,
@@ -169,13 +170,13 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
 
     /// The block's owner header: `PAYLOAD` bytes before the value.
     #[inline]
-    fn header(&self) -> &'a OwnedHeader {
+    fn header(&self) -> &OwnedHeader {
         &self.box_header().owner
     }
 
     /// The block's whole header (owner and generation).
     #[inline]
-    pub(crate) fn box_header(&self) -> &'a BoxHeader {
+    pub(crate) fn box_header(&self) -> &BoxHeader {
         let p = self
             .value
             .as_ptr()
@@ -183,7 +184,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
             .wrapping_sub(Self::PAYLOAD as usize);
         // SAFETY: the block starts `PAYLOAD` bytes before the value (`new_in` wrote
         // the header there; `from_token` checked it there with `OwnedHeader::at`):
-        // inside the mapping `alloc` owns, which outlives `'a`, 8-aligned (blocks
+        // inside the mapping `alloc` keeps alive, which outlives `&self`, 8-aligned (blocks
         // are aligned to at least 8 and `PAYLOAD` is a multiple of 8); the header is
         // all atomics, shared with other processes only through them.
         unsafe { &*p.cast::<BoxHeader>() }
@@ -228,8 +229,12 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     pub fn try_into_token(self) -> Result<BoxToken<T>, AccessError> {
         crate::process::check_fork(self.fork)?;
         let me = ManuallyDrop::new(self);
-        let nonce = me.header().issue(me.alloc);
-        Ok(BoxToken::new(me.block(), nonce))
+        let nonce = me.header().issue(&me.alloc);
+        let token = BoxToken::new(me.block(), nonce);
+        // SAFETY: `me` is never used or dropped again; its allocator handle is
+        // moved out once and dropped here (an `Arc` gives its count back).
+        drop(unsafe { std::ptr::read(&me.alloc) });
+        Ok(token)
     }
 
     /// The value, or [`AccessError::Forked`] in a `fork` child's copy of a box its
@@ -263,7 +268,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
         let h = self.box_header();
         let mut g = h.generation.load(std::sync::atomic::Ordering::Acquire);
         if g == 0 {
-            let fresh = crate::typed::token::fresh_generation(self.alloc);
+            let fresh = crate::typed::token::fresh_generation(&self.alloc);
             g = match h.generation.compare_exchange(
                 0,
                 fresh,
@@ -288,12 +293,12 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     }
 
     /// The allocator this box lives in.
-    pub fn allocator(&self) -> &'a A {
-        self.alloc
+    pub fn allocator(&self) -> &A {
+        &self.alloc
     }
 }
 
-impl<T: ShmSafe, A: ShmFree> Deref for ShmBox<'_, T, A> {
+impl<T: ShmSafe, A: ShmFree> Deref for ShmBox<T, A> {
     type Target = T;
 
     #[inline]
@@ -316,7 +321,7 @@ impl<T: ShmSafe, A: ShmFree> Deref for ShmBox<'_, T, A> {
 /// [`RelPtr::get`] in another process: a `&mut` to it would let this process write
 /// non-atomically (`AtomicU64::get_mut`) under those shared references. Atomics in a
 /// box are used through `&` (their shared API), like every shared atomic.
-impl<T: ShmSafe + Copy, A: ShmFree> DerefMut for ShmBox<'_, T, A> {
+impl<T: ShmSafe + Copy, A: ShmFree> DerefMut for ShmBox<T, A> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
         self.assert_owner();
@@ -329,7 +334,7 @@ impl<T: ShmSafe + Copy, A: ShmFree> DerefMut for ShmBox<'_, T, A> {
     }
 }
 
-impl<T: ShmSafe, A: ShmFree> Drop for ShmBox<'_, T, A> {
+impl<T: ShmSafe, A: ShmFree> Drop for ShmBox<T, A> {
     fn drop(&mut self) {
         if !self.is_owner() {
             // A fork child's copy: the parent owns the block (and may have handed
@@ -349,7 +354,7 @@ impl<T: ShmSafe, A: ShmFree> Drop for ShmBox<'_, T, A> {
     }
 }
 
-impl<T: ShmSafe + std::fmt::Debug, A: ShmFree> std::fmt::Debug for ShmBox<'_, T, A> {
+impl<T: ShmSafe + std::fmt::Debug, A: ShmFree> std::fmt::Debug for ShmBox<T, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("ShmBox").field(&**self).finish()
     }

@@ -3,13 +3,13 @@
 //!
 //! Every block that an owning handle ([`ShmBox`](crate::ShmBox),
 //! [`ShmVec`](crate::ShmVec), [`ShmArchive`](crate::ShmArchive)) manages starts with
-//! a 16-byte [`OwnedHeader`]: a claim word and the payload type's fingerprint. The
+//! a 16-byte `OwnedHeader`: a claim word and the payload type's fingerprint. The
 //! claim word is
 //!
-//! - [`OWNED`] while exactly one handle, in one process, owns the block;
+//! - `OWNED` while exactly one handle, in one process, owns the block;
 //! - a *nonce* (top bit set) while a token for it is in flight: `into_token` stores
 //!   a fresh nonce drawn from a segment-wide counter, and the token carries it;
-//! - [`RELEASED`] once the owner dropped it (just before the block is freed).
+//! - `RELEASED` once the owner dropped it (just before the block is freed).
 //!
 //! `from_token` checks the fingerprint, then compare-and-swaps the token's nonce
 //! back to `OWNED`: exactly one `from_token` of a token succeeds, in any number of
@@ -25,13 +25,13 @@ use crate::segment::ROOTS_OFFSET;
 use crate::typed::{fingerprint, raw, ShmSafe, ShmSync};
 
 /// Claim word of a block that one live handle owns.
-pub const OWNED: u64 = 1;
+pub(crate) const OWNED: u64 = 1;
 /// Claim word of a block whose owner dropped it.
-pub const RELEASED: u64 = 0;
+pub(crate) const RELEASED: u64 = 0;
 /// Claim word of a block that no token can ever name: a vector's element buffer, a
 /// named root's object, the root directory's overflow block. Its header exists so
 /// that no block start of a typed segment is ever bytes that safe code writes.
-pub const PINNED: u64 = crate::segment::roots_table::PINNED;
+pub(crate) const PINNED: u64 = crate::segment::roots_table::PINNED;
 const NONCE_BIT: u64 = 1 << 63;
 
 /// Offset of the segment-wide nonce counter: the first word of the typed layer's
@@ -40,7 +40,7 @@ pub(crate) const NONCE_COUNTER: u64 = ROOTS_OFFSET;
 
 /// The 16 bytes in front of the payload of every owned block.
 #[repr(C)]
-pub struct OwnedHeader {
+pub(crate) struct OwnedHeader {
     claim: AtomicU64,
     fingerprint: AtomicU64,
 }

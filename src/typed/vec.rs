@@ -74,10 +74,11 @@ const fn buffer_fingerprint<T: ShmSafe>() -> u64 {
 /// # alloc.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
-pub struct ShmVec<'a, T: ShmSafe, A: ShmFree> {
-    alloc: &'a A,
+pub struct ShmVec<T: ShmSafe, A: ShmFree> {
+    alloc: A,
     header: RelPtr<ShmVecHeader<T>>,
-    hdr: &'a ShmVecHeader<T>,
+    /// The header, resolved once (all atomics; in the mapping `alloc` keeps alive).
+    hdr: NonNull<ShmVecHeader<T>>,
     /// The element buffer: its block's offset (null before the first allocation;
     /// the elements start `BUF` bytes after it, past a [`PINNED`] header) and the
     /// pointer to the elements (dangling, never dereferenced, while `cap == 0`).
@@ -89,7 +90,15 @@ pub struct ShmVec<'a, T: ShmSafe, A: ShmFree> {
     fork: u64,
 }
 
-impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
+// SAFETY: a ShmVec owns its buffer like `Vec<T>` (writes need `&mut self`), and
+// shares an all-atomic header and an allocator (`A: Send + Sync` through
+// `ShmAllocator`); `T: ShmSafe` is `Send + Sync`.
+unsafe impl<T: ShmSafe, A: ShmFree> Send for ShmVec<T, A> {}
+// SAFETY: `&ShmVec` gives only `&[T]` (`T: Sync`), atomic header loads and shared
+// access to the allocator.
+unsafe impl<T: ShmSafe, A: ShmFree> Sync for ShmVec<T, A> {}
+
+impl<T: ShmSafe, A: ShmFree> ShmVec<T, A> {
     const ELEM: usize = {
         assert!(
             size_of::<T>() > 0,
@@ -104,7 +113,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     ///
     /// # Errors
     /// [`Error::Alloc`] if the header cannot be allocated.
-    pub fn new_in(alloc: &'a A) -> Result<Self, Error> {
+    pub fn new_in(alloc: A) -> Result<Self, Error> {
         Self::with_capacity_in(alloc, 0)
     }
 
@@ -112,8 +121,8 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     ///
     /// # Errors
     /// [`Error::Alloc`] if the header or buffer cannot be allocated.
-    pub fn with_capacity_in(alloc: &'a A, cap: usize) -> Result<Self, Error> {
-        raw::require_typed(alloc)?;
+    pub fn with_capacity_in(alloc: A, cap: usize) -> Result<Self, Error> {
+        raw::require_typed(&alloc)?;
         let _ = Self::ELEM;
         let fp = vec_fingerprint::<T>();
         let off = alloc.allocate_aligned(size_of::<ShmVecHeader<T>>(), 8)?;
@@ -126,13 +135,14 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             seq: AtomicU64::new(0),
             _type: PhantomData,
         };
-        let hdr = raw::write_fresh(alloc, off, std::iter::once(init))
+        let hdr = raw::write_fresh(&alloc, off, std::iter::once(init))
             .map(|s| &s[0])
             .inspect_err(|_| {
                 // SAFETY: allocated just above by this call; no reference into it
                 // was handed out (its header write failed).
                 let _ = unsafe { alloc.free_owned(off) };
             })?;
+        let hdr = NonNull::from(hdr);
         let mut v = ShmVec {
             alloc,
             header,
@@ -147,6 +157,16 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             v.grow_to(cap)?;
         }
         Ok(v)
+    }
+
+    /// The header: all atomics, in the mapping `alloc` keeps alive.
+    #[inline]
+    fn hdr(&self) -> &ShmVecHeader<T> {
+        // SAFETY: `hdr` was resolved (bounds, alignment, live block) when the vector
+        // was made; the header block is this vector's until it is dropped or given
+        // away, inside the mapping `self.alloc` keeps alive; all atomics, so shared
+        // access with readers in other processes is sound.
+        unsafe { self.hdr.as_ref() }
     }
 
     /// The pointer to the header, for readers in other processes.
@@ -174,8 +194,12 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     pub fn try_into_token(self) -> Result<VecToken<T>, AccessError> {
         self.check_owner()?;
         let me = ManuallyDrop::new(self);
-        let nonce = me.hdr.owner.issue(me.alloc);
-        Ok(VecToken::new(me.header.offset(), nonce))
+        let nonce = me.hdr().owner.issue(&me.alloc);
+        let token = VecToken::new(me.header.offset(), nonce);
+        // SAFETY: `me` is never used or dropped again; its allocator handle is
+        // moved out once and dropped here (an `Arc` gives its count back).
+        drop(unsafe { std::ptr::read(&me.alloc) });
+        Ok(token)
     }
 
     /// Takes ownership of a vector given away with [`into_token`](ShmVec::into_token),
@@ -185,14 +209,14 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     /// # Errors
     /// [`TokenError::AlreadyClaimed`], [`TokenError::TypeMismatch`],
     /// [`TokenError::Access`] (also for an inconsistent header).
-    pub fn from_token(alloc: &'a A, token: VecToken<T>) -> Result<Self, TokenError> {
-        raw::require_typed(alloc)?;
+    pub fn from_token(alloc: A, token: VecToken<T>) -> Result<Self, TokenError> {
+        raw::require_typed(&alloc)?;
         let _ = Self::ELEM;
         let fp = vec_fingerprint::<T>();
         let header = RelPtr::<ShmVecHeader<T>>::from_offset(token.offset());
         // A block start, so a header only this crate wrote (never a payload).
         alloc.check_block_start(token.offset())?;
-        let hdr = raw::value_at::<ShmVecHeader<T>, A>(alloc, token.offset())?;
+        let hdr = raw::value_at::<ShmVecHeader<T>, A>(&alloc, token.offset())?;
         hdr.owner
             .check(token.offset(), std::any::type_name::<Self>(), fp)?;
         // Only the token's holder may change the header now, and the giver stored
@@ -223,7 +247,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
                 .checked_sub(Self::BUF)
                 .map(Offset::new)
                 .ok_or_else(|| corrupt("vector buffer offset"))?;
-            let h = OwnedHeader::at(alloc, block)?;
+            let h = OwnedHeader::at(&alloc, block)?;
             if h.claim_word(Ordering::Relaxed) != PINNED {
                 return Err(corrupt("vector buffer is not a buffer block"));
             }
@@ -232,15 +256,16 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
                 std::any::type_name::<Self>(),
                 buffer_fingerprint::<T>(),
             )?;
-            (block, raw::checked_ptr::<T, A>(alloc, data, cap)?)
+            (block, raw::checked_ptr::<T, A>(&alloc, data, cap)?)
         };
         hdr.owner.redeem(
-            alloc,
+            &alloc,
             token.offset(),
             token.nonce(),
             std::any::type_name::<Self>(),
             fp,
         )?;
+        let hdr = NonNull::from(hdr);
         Ok(ShmVec {
             alloc,
             header,
@@ -319,16 +344,16 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
         // Extend in place when the allocator can: no copy, and readers see only
         // `cap` grow (the data offset stays).
         if !self.buf_off.is_null() && self.alloc.grow_in_place(self.buf_off, bytes) {
-            if let Ok(p) = raw::checked_ptr::<T, A>(self.alloc, data_of(self.buf_off), new_cap) {
+            if let Ok(p) = raw::checked_ptr::<T, A>(&self.alloc, data_of(self.buf_off), new_cap) {
                 self.buf = p;
-                self.hdr.cap.store(new_cap as u64, Ordering::Release);
+                self.hdr().cap.store(new_cap as u64, Ordering::Release);
                 self.cap = new_cap;
                 return Ok(());
             }
         }
         let off = self.alloc.allocate_aligned(bytes, align_of::<T>().max(8))?;
-        let made = OwnedHeader::init_pinned(self.alloc, off, buffer_fingerprint::<T>())
-            .and_then(|()| raw::checked_ptr::<T, A>(self.alloc, data_of(off), new_cap));
+        let made = OwnedHeader::init_pinned(&self.alloc, off, buffer_fingerprint::<T>())
+            .and_then(|()| raw::checked_ptr::<T, A>(&self.alloc, data_of(off), new_cap));
         let ptr = match made {
             Ok(p) => p,
             Err(e) => {
@@ -357,12 +382,12 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             //   `raw::write_fresh`.
             unsafe { atomic_memcpy::atomic_store(dst, v, Ordering::Relaxed) };
         }
-        self.hdr.seq.fetch_add(1, Ordering::AcqRel);
+        self.hdr().seq.fetch_add(1, Ordering::AcqRel);
         // Readers that see the changes below also see `seq` odd (seqlock writer).
         fence(Ordering::Release);
-        self.hdr.data.store(data_of(off).get(), Ordering::Release);
-        self.hdr.cap.store(new_cap as u64, Ordering::Release);
-        self.hdr.seq.fetch_add(1, Ordering::AcqRel);
+        self.hdr().data.store(data_of(off).get(), Ordering::Release);
+        self.hdr().cap.store(new_cap as u64, Ordering::Release);
+        self.hdr().seq.fetch_add(1, Ordering::AcqRel);
         let old = std::mem::replace(&mut self.buf_off, off);
         self.buf = ptr;
         if !old.is_null() {
@@ -397,7 +422,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             atomic_memcpy::atomic_store(p.as_ptr().wrapping_add(self.len), value, Ordering::Relaxed)
         };
         self.len += 1;
-        self.hdr.len.store(self.len as u64, Ordering::Release);
+        self.hdr().len.store(self.len as u64, Ordering::Release);
         Ok(())
     }
 
@@ -424,7 +449,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             unsafe { atomic_memcpy::atomic_store(dst.wrapping_add(i), *v, Ordering::Relaxed) };
         }
         self.len += values.len();
-        self.hdr.len.store(self.len as u64, Ordering::Release);
+        self.hdr().len.store(self.len as u64, Ordering::Release);
         Ok(())
     }
 
@@ -433,10 +458,10 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
             panic!("{e}");
         }
         // Readers copying the elements being retired must notice: bump the sequence.
-        self.hdr.seq.fetch_add(1, Ordering::AcqRel);
+        self.hdr().seq.fetch_add(1, Ordering::AcqRel);
         fence(Ordering::Release);
-        self.hdr.len.store(new_len as u64, Ordering::Release);
-        self.hdr.seq.fetch_add(1, Ordering::AcqRel);
+        self.hdr().len.store(new_len as u64, Ordering::Release);
+        self.hdr().seq.fetch_add(1, Ordering::AcqRel);
         self.len = new_len;
     }
 
@@ -514,12 +539,12 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     }
 }
 
-impl<T: ShmSafe, A: ShmFree> Drop for ShmVec<'_, T, A> {
+impl<T: ShmSafe, A: ShmFree> Drop for ShmVec<T, A> {
     fn drop(&mut self) {
         if !self.is_owner() {
             return; // a fork child's copy: the parent owns the vector
         }
-        self.hdr.owner.release();
+        self.hdr().owner.release();
         if !self.buf_off.is_null() {
             // SAFETY: the vector owns its buffer; dropping ends every borrow of it.
             let _ = unsafe { self.alloc.free_owned(self.buf_off) };
@@ -529,7 +554,7 @@ impl<T: ShmSafe, A: ShmFree> Drop for ShmVec<'_, T, A> {
     }
 }
 
-impl<'s, T: ShmSafe, A: ShmFree> IntoIterator for &'s ShmVec<'_, T, A> {
+impl<'s, T: ShmSafe, A: ShmFree> IntoIterator for &'s ShmVec<T, A> {
     type Item = &'s T;
     type IntoIter = std::slice::Iter<'s, T>;
     fn into_iter(self) -> Self::IntoIter {

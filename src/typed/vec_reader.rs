@@ -14,15 +14,22 @@ use crate::typed::{layout_checked, raw, RelPtr, ShmSafe, ShmVecHeader};
 /// (a seqlock), retrying if the writer moved or shrank the buffer meanwhile. This is
 /// a checked copy path: a hostile header gives errors, never undefined behaviour or
 /// an allocation sized by it.
-pub struct ShmVecReader<'a, T: ShmSafe, A: ShmAllocator> {
-    alloc: &'a A,
-    hdr: &'a ShmVecHeader<T>,
+pub struct ShmVecReader<T: ShmSafe, A: ShmAllocator> {
+    alloc: A,
+    /// The header (all atomics, `ShmSync`), in the mapping `alloc` keeps alive.
+    hdr: std::ptr::NonNull<ShmVecHeader<T>>,
 }
+
+// SAFETY: a reader holds an allocator (`Send + Sync` through `ShmAllocator`) and a
+// pointer to an all-atomic header; it copies elements out (`T: ShmSafe` is Send).
+unsafe impl<T: ShmSafe, A: ShmAllocator> Send for ShmVecReader<T, A> {}
+// SAFETY: `&ShmVecReader` only loads the header's atomics and copies out.
+unsafe impl<T: ShmSafe, A: ShmAllocator> Sync for ShmVecReader<T, A> {}
 
 /// How often a read retries while the writer keeps moving the buffer.
 const READ_RETRIES: u32 = 10_000;
 
-impl<'a, T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<'a, T, A> {
+impl<T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<T, A> {
     /// Opens the vector whose header `ptr` points at.
     ///
     /// Works in a segment of either mode: the reader only loads the header's
@@ -32,17 +39,25 @@ impl<'a, T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<'a, T, A> {
     /// # Errors
     /// As [`RelPtr::get_checked`] (bounds, alignment, a live block), without
     /// `WrongMode`.
-    pub fn open(alloc: &'a A, ptr: RelPtr<ShmVecHeader<T>>) -> Result<Self, AccessError> {
+    pub fn open(alloc: A, ptr: RelPtr<ShmVecHeader<T>>) -> Result<Self, AccessError> {
         let _ = layout_checked::<T>();
-        Ok(ShmVecReader {
-            alloc,
-            hdr: raw::value_at(alloc, ptr.offset())?,
-        })
+        let hdr =
+            std::ptr::NonNull::from(raw::value_at::<ShmVecHeader<T>, A>(&alloc, ptr.offset())?);
+        Ok(ShmVecReader { alloc, hdr })
+    }
+
+    /// The header: all atomics.
+    #[inline]
+    fn hdr(&self) -> &ShmVecHeader<T> {
+        // SAFETY: `open` checked bounds, alignment and a live block; the mapping
+        // lives as long as `self.alloc`; the header is `ShmSync` (all atomics), so
+        // a stale or shared view is still sound (wrong values, never UB).
+        unsafe { self.hdr.as_ref() }
     }
 
     /// The published length now (a number from shared memory: a hint, not a bound).
     pub fn len(&self) -> usize {
-        usize::try_from(self.hdr.len.load(Ordering::Acquire)).unwrap_or(usize::MAX)
+        usize::try_from(self.hdr().len.load(Ordering::Acquire)).unwrap_or(usize::MAX)
     }
 
     /// Whether the published length is 0.
@@ -54,13 +69,13 @@ impl<'a, T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<'a, T, A> {
     /// the writer changed `seq` meanwhile (the caller retries).
     fn try_read(&self, from: usize, out: &mut Vec<T>) -> Option<Result<usize, AccessError>> {
         let keep = out.len();
-        let s1 = self.hdr.seq.load(Ordering::Acquire);
+        let s1 = self.hdr().seq.load(Ordering::Acquire);
         if s1 % 2 == 1 {
             return None;
         }
-        let data = self.hdr.data.load(Ordering::Acquire);
-        let len = self.hdr.len.load(Ordering::Acquire);
-        let cap = self.hdr.cap.load(Ordering::Acquire);
+        let data = self.hdr().data.load(Ordering::Acquire);
+        let len = self.hdr().len.load(Ordering::Acquire);
+        let cap = self.hdr().cap.load(Ordering::Acquire);
         let result = if len > cap {
             Err(AccessError::Corrupted {
                 what: "vector length exceeds its capacity",
@@ -82,14 +97,14 @@ impl<'a, T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<'a, T, A> {
                         what: "vector length out of range",
                     })
                     .and_then(|n| {
-                        raw::copy_out(self.alloc, Offset::new(start), n, out).map(|()| n)
+                        raw::copy_out(&self.alloc, Offset::new(start), n, out).map(|()| n)
                     }),
             }
         };
         // Seqlock reader: the copies above happen-before this fence, which orders
         // them before the re-read of `seq`.
         fence(Ordering::Acquire);
-        if self.hdr.seq.load(Ordering::Relaxed) != s1 {
+        if self.hdr().seq.load(Ordering::Relaxed) != s1 {
             out.truncate(keep);
             return None;
         }
@@ -131,13 +146,13 @@ impl<'a, T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<'a, T, A> {
     /// As [`read_from`](Self::read_from).
     pub fn get(&self, index: usize) -> Result<Option<T>, AccessError> {
         for _ in 0..READ_RETRIES {
-            let s1 = self.hdr.seq.load(Ordering::Acquire);
+            let s1 = self.hdr().seq.load(Ordering::Acquire);
             if s1 % 2 == 1 {
                 std::hint::spin_loop();
                 continue;
             }
-            let data = self.hdr.data.load(Ordering::Acquire);
-            let len = self.hdr.len.load(Ordering::Acquire);
+            let data = self.hdr().data.load(Ordering::Acquire);
+            let len = self.hdr().len.load(Ordering::Acquire);
             let v = if (index as u64) >= len {
                 Ok(None)
             } else {
@@ -148,14 +163,14 @@ impl<'a, T: ShmSafe + Copy, A: ShmAllocator> ShmVecReader<'a, T, A> {
                         what: "vector data offset out of range",
                     });
                 at.and_then(|at| {
-                    let p = raw::checked_ptr::<T, A>(self.alloc, Offset::new(at), 1)?;
+                    let p = raw::checked_ptr::<T, A>(&self.alloc, Offset::new(at), 1)?;
                     // SAFETY: `checked_ptr` proved one aligned T inside one live block
                     // of the mapping `self.alloc` owns (borrowed for this call).
                     Ok(Some(unsafe { raw::atomic_read_relaxed(p) }))
                 })
             };
             fence(Ordering::Acquire);
-            if self.hdr.seq.load(Ordering::Relaxed) != s1 {
+            if self.hdr().seq.load(Ordering::Relaxed) != s1 {
                 continue;
             }
             return v;

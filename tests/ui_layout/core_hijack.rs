@@ -25,7 +25,7 @@ struct Padded {
 
 fn main() -> Result<(), Error> {
     let alloc = FreeListAllocator::create("never-created", 1 << 20)?;
-    let p: &Padded = alloc.root("padded")?;
+    let p = alloc.root::<Padded>("padded")?;
     let _ = p;
     Ok(())
 }

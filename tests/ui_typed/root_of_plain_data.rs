@@ -4,7 +4,7 @@ use shared_allocator::prelude::*;
 
 fn main() -> Result<(), Error> {
     let alloc = FreeListAllocator::create("never-created", 1 << 20)?;
-    let n: &u64 = alloc.root("n")?;
+    let n = alloc.root::<u64>("n")?;
     println!("{n}");
     Ok(())
 }
