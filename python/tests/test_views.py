@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing as mp
+import os
 import pathlib
 import shutil
 import subprocess
@@ -183,10 +184,17 @@ def _typed_segment(name, *kind):
     """Has a Rust program (``examples/typed_handoff.rs``) create ``name`` in typed
     mode, holding a ``ShmBox`` it gave away as a token (or, with ``"bump"``, an
     arena value); returns the value's offset in the segment."""
-    if shutil.which("cargo") is None:
-        pytest.skip("needs cargo to build the Rust example")
+    # scripts/test-all builds the example first (pytest then runs without cargo on
+    # PATH) and names it here; without that, cargo builds it now.
+    prebuilt = os.environ.get("SA_TYPED_HANDOFF")
+    if prebuilt:
+        cmd = [prebuilt, name, *kind]
+    elif shutil.which("cargo") is not None:
+        cmd = ["cargo", "run", "--quiet", "--example", "typed_handoff", "--", name, *kind]
+    else:
+        pytest.fail("needs SA_TYPED_HANDOFF (a built examples/typed_handoff) or cargo")
     out = subprocess.run(
-        ["cargo", "run", "--quiet", "--example", "typed_handoff", "--", name, *kind],
+        cmd,
         cwd=REPO,
         capture_output=True,
         text=True,
