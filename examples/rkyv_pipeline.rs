@@ -5,7 +5,7 @@
 //! shared arena ([`Arena::archive_with_capacity`]: one pass, sized by the
 //! previous batch) and sends each consumer the 16-byte token (offset and epoch)
 //! through that consumer's [`ShmChannel`]. Each consumer validates the archive once
-//! ([`ArenaArchiveReader::open`]: checksum + bytecheck), reads every field
+//! ([`ArenaArchiveReader::from_token`]: checksum + bytecheck), reads every field
 //! zero-copy, and answers with a digest of the batch through a shared replies
 //! channel, which the producer checks. When all consumers have answered, the
 //! producer resets the arena: the next batch reuses the same memory, and old tokens
@@ -258,7 +258,7 @@ fn consumer(name: &str, ctl_name: &str, index: u64) -> Result<(), Box<dyn std::e
         let token = ArenaArchiveToken::<Batch>::from_raw(raw);
 
         let t = Instant::now();
-        let reader = ArenaArchiveReader::open(&bump, token)?; // validates once
+        let reader = ArenaArchiveReader::from_token(&bump, token)?; // validates once
         let validate = t.elapsed();
         let t = Instant::now();
         let digest = digest_archived(reader.access()?); // zero-copy
