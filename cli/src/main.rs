@@ -332,7 +332,12 @@ fn roots_of<A: ShmAllocator + Inspect>(a: &A) -> Result<Vec<RootOut>, Fail> {
     Ok(a.roots()?
         .into_iter()
         .map(|r| RootOut {
-            size: a.block_size(r.offset),
+            // The block the root lives in (it starts with the crate's header).
+            size: a
+                .block_start_of(r.offset, 1)
+                .ok()
+                .flatten()
+                .and_then(|start| a.block_size(start)),
             name: r.name,
             type_name: r.type_name,
             fingerprint: format!("{:#018x}", r.fingerprint),
