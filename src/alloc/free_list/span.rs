@@ -180,12 +180,14 @@ impl FreeListAllocator {
                 self,
                 slot,
                 || {
-                    self.mag(slot, c).pop(
-                        |off| self.mark(off),
-                        || {
-                            crate::fail_point!("fl.cache.pop");
-                        },
-                    )
+                    self.mag(slot, c)
+                        .pop(
+                            |off| self.mark(off),
+                            || {
+                                crate::fail_point!("fl.cache.pop");
+                            },
+                        )
+                        .or_else(|| self.take_batch_inside(slot, c))
                 },
                 || self.alloc_shared(c, requested),
                 |_| self.refill_inside(slot, c),
