@@ -17,8 +17,9 @@
 //! offset, in any processes, give one success and one [`FreeError::DoubleFree`],
 //! and never change another block. A span is released back to the page pool as
 //! soon as its last block is freed (eagerly), unless it is the freeing handle's
-//! current span for that class, which stays until the handle moves on, drops, or
-//! memory runs short. Releasing first *closes* every block word (CAS from "open and
+//! current span for that class and no free page lies below it: then it stays
+//! until the handle moves on, drops, or memory runs short (a current span above a
+//! free page goes back, so small spans pack toward the low end). Releasing first *closes* every block word (CAS from "open and
 //! empty" to `CLOSED`), so no allocation can land in a span being released.
 //!
 //! There are no lists: which spans have free blocks, and which pages are free, is
