@@ -276,6 +276,48 @@ impl FreeListAllocator {
         }
     }
 
+    /// The cache of class `c` is empty (inside the gate): takes the caller's block
+    /// and up to [`BATCH`] more for the cache from the current span's block words
+    /// with one CAS (the lowest block is the caller's). `None` (no current span,
+    /// none free in it, a word of another span) sends the caller to the shared
+    /// path. One CAS and one gate entry per refill instead of two of each: the
+    /// sequential-allocation path.
+    pub(super) fn take_batch_inside(&self, slot: usize, c: usize) -> Option<u64> {
+        let m = self.mag(slot, c);
+        let want = (self.depth / 2).saturating_sub(m.len()).min(BATCH as usize) as u32 + 1;
+        let cur = self.cur[c].load(Ordering::Relaxed);
+        if cur == 0 {
+            return None;
+        }
+        let (p, tag) = ((cur & BITS_MASK) as usize - 1, cur >> BITS);
+        let line = self.page_line(p)?;
+        for w in 0..words_of(c) {
+            let taken = bitmap::claim_lowest(&line[PM_WORDS + w], want, |v| {
+                (v >> BITS == tag).then_some(!v & BITS_MASK)
+            });
+            if let Some(mask) = taken {
+                self.count_blocks(c, i64::from(mask.count_ones()));
+                // Killed here: the caller's block and those for the cache are in
+                // flight together, as in `refill_inside`.
+                crate::fail_point!("fl.cache.refill");
+                let (base, size) = (self.page_offset(p), u64::from(SIZE_CLASSES[c]));
+                let at = |b: u32| base + (w as u64 * BITS + u64::from(b)) * size;
+                let rest = mask & (mask - 1);
+                // Highest first, so that pops hand blocks out in ascending order.
+                m.append(
+                    bitmap::bits_high_first(rest).map(at),
+                    |o| self.mark(o),
+                    self.key,
+                );
+                return Some(at(mask.trailing_zeros()));
+            }
+            if line[PM_WORDS + w].load(Ordering::Relaxed) >> BITS != tag {
+                return None; // released, closing, or another span now
+            }
+        }
+        None
+    }
+
     /// The cache of class `c` was empty, and one block was just taken through the
     /// shared path (inside the gate): takes up to [`BATCH`] more from the current
     /// span's block words with one CAS into the cache.

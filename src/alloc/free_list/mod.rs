@@ -17,8 +17,9 @@
 //! offset, in any processes, give one success and one [`FreeError::DoubleFree`],
 //! and never change another block. A span is released back to the page pool as
 //! soon as its last block is freed (eagerly), unless it is the freeing handle's
-//! current span for that class, which stays until the handle moves on, drops, or
-//! memory runs short. Releasing first *closes* every block word (CAS from "open and
+//! current span for that class and no free page lies below it: then it stays
+//! until the handle moves on, drops, or memory runs short (a current span above a
+//! free page goes back, so small spans pack toward the low end). Releasing first *closes* every block word (CAS from "open and
 //! empty" to `CLOSED`), so no allocation can land in a span being released.
 //!
 //! There are no lists: which spans have free blocks, and which pages are free, is
@@ -67,8 +68,10 @@
 //! it and free pushes to it with plain loads and stores, no locked instruction.
 //! Blocks in a cache count as allocated in the shared bitmaps, so every invariant
 //! above holds unchanged; `stats()` reports them as `cached_bytes` (free, not live).
-//! An empty cache is refilled with up to 8 blocks by one CAS on one block word; a
-//! full one gives half back, one CAS per block word. A block freed by another
+//! An empty cache takes the caller's block and up to 8 more for itself by one CAS
+//! on one block word of the handle's current span, inside one gate entry (only
+//! when that span has none left does the shared path find a block, and a second
+//! CAS refills); a full one gives half back, one CAS per block word. A block freed by another
 //! process than the one that allocated it simply goes into the freeing handle's
 //! cache.
 //!
@@ -93,7 +96,8 @@
 //! raises it after writing the entry, so a crash leaks at most the one block in
 //! hand, and everything counted in a dead handle's cache goes back through the
 //! reclaimer. A crash inside a refill or a flush, between its one CAS and its count
-//! update, leaks the blocks of that one block word (at most 8); it never returns a
+//! update, leaks the blocks of that one block word (at most 9: the caller's block
+//! and 8 for the cache); it never returns a
 //! block twice (`tests/failpoints.rs` kills at `fl.cache.*` and counts them). A
 //! thief or reclaimer that dies holding a gate leaves a claim by a dead
 //! registration, which the next owner, thief or reclaimer reopens; the cache's

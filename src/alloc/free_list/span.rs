@@ -180,12 +180,14 @@ impl FreeListAllocator {
                 self,
                 slot,
                 || {
-                    self.mag(slot, c).pop(
-                        |off| self.mark(off),
-                        || {
-                            crate::fail_point!("fl.cache.pop");
-                        },
-                    )
+                    self.mag(slot, c)
+                        .pop(
+                            |off| self.mark(off),
+                            || {
+                                crate::fail_point!("fl.cache.pop");
+                            },
+                        )
+                        .or_else(|| self.take_batch_inside(slot, c))
                 },
                 || self.alloc_shared(c, requested),
                 |_| self.refill_inside(slot, c),
@@ -370,8 +372,14 @@ impl FreeListAllocator {
             return;
         }
         let cur = self.cur[c].load(Ordering::Relaxed);
-        if cur == (tag << BITS) | (p as u64 + 1) {
-            return; // keep our current span: the next allocation reuses it
+        // Keep our current span for the next allocation, unless a free page lies
+        // below it: then it goes back, so that small spans pack toward the low end
+        // (an empty span kept anywhere would pin its page and attract the next
+        // allocations of every process through the span hints).
+        if cur == (tag << BITS) | (p as u64 + 1)
+            && self.free_pages().first_from(0).is_none_or(|q| q > p)
+        {
+            return;
         }
         if self.is_empty_span(p, c, tag) {
             self.release_span(p, st);
