@@ -108,6 +108,7 @@ use crate::{alloc::ShmFree, typed::Arena, BumpAllocator};
 mod arena;
 mod block;
 mod owned;
+mod pipeline;
 mod writer;
 
 use rkyv::api::high::{HighSerializer, HighValidator};
@@ -120,6 +121,9 @@ pub use crate::error::ArchiveError;
 pub use crate::typed::token::ArchiveToken;
 pub use arena::{ArenaArchive, ArenaArchiveReader, ArenaArchiveToken};
 pub use owned::ShmArchive;
+pub use pipeline::{
+    Batch, Delivery, PipelineError, PipelineOptions, Publisher, Subscriber, MAX_SUBSCRIBERS,
+};
 pub use writer::ShmWriter;
 
 /// The rkyv this module is built against (0.8), for `#[rkyv(crate = ...)]` or
