@@ -92,7 +92,7 @@ const R_OFF: usize = 2; // block offset in that segment
 const R_LEN: usize = 3; // archive length
                         // Subscriber words.
 const S_TOKEN: usize = 0; // liveness token (0: free slot)
-const S_DONE: usize = 1; // Every: last released sequence number
+const S_DONE: usize = 1; // last released sequence number
 const S_PIN: usize = 2; // Latest: pinned sequence number (0: none)
 
 /// How batches reach subscribers.
@@ -227,6 +227,9 @@ pub struct Publisher<T: ShmArchivable> {
     opts: PipelineOptions,
     regions: usize,
     data: Data,
+    /// The previous data segment after a growth, until a batch of the new one is
+    /// published (then its name is removed).
+    retired: Option<Data>,
     closed: bool,
     _type: PhantomData<fn(&T)>,
 }
@@ -270,6 +273,7 @@ impl<T: ShmArchivable> Publisher<T> {
             opts,
             regions,
             data,
+            retired: None,
             closed: false,
             _type: PhantomData,
         })
@@ -416,6 +420,11 @@ impl<T: ShmArchivable> Publisher<T> {
         w[R_SEQ].store(seq, SeqCst);
         c.published.store(seq, SeqCst);
         c.data.notify_all();
+        if let Some(old) = self.retired.take() {
+            // Subscribers that mapped it keep their mapping; the others now find a
+            // newer batch than any of its own.
+            let _ = old.bump.unlink();
+        }
         Ok(seq)
     }
 
@@ -430,14 +439,15 @@ impl<T: ShmArchivable> Publisher<T> {
         let data = Self::new_data(&self.name, gen, self.regions, cap)?;
         let old = std::mem::replace(&mut self.data, data);
         self.control().gen.store(gen, SeqCst);
-        // Subscribers that mapped it keep their mapping; the others skip its batches.
-        let _ = old.bump.unlink();
+        if let Some(older) = self.retired.replace(old) {
+            let _ = older.bump.unlink();
+        }
         Ok(())
     }
 
-    /// Ends the stream: in `Every` mode waits (up to the timeout) until every live
-    /// subscriber has released every batch, then marks the pipeline closed and
-    /// removes its names. Subscribers' `recv` then returns `None`.
+    /// Ends the stream: waits (up to the timeout) until every live subscriber has
+    /// released the last batch (`Every`: every batch), then marks the pipeline
+    /// closed and removes its names. Subscribers' `recv` then returns `None`.
     ///
     /// # Errors
     /// [`PipelineError::Timeout`] if a subscriber did not drain in time (the
@@ -451,14 +461,15 @@ impl<T: ShmArchivable> Publisher<T> {
             return Ok(());
         }
         self.closed = true;
-        let drained = match self.opts.delivery {
-            Delivery::Every => self.wait_released(self.published()),
-            Delivery::Latest => Ok(()),
-        };
+        // Both modes: every live subscriber gets the last batch before the end.
+        let drained = self.wait_released(self.published());
         let c = self.control();
         c.closed.store(1, SeqCst);
         c.data.notify_all();
         let _ = self.data.bump.unlink();
+        if let Some(old) = self.retired.take() {
+            let _ = old.bump.unlink();
+        }
         let _ = self.ctl.allocator().unlink();
         drained
     }
@@ -673,9 +684,13 @@ impl<T: ShmArchivable> Subscriber<T> {
                     if self.delivery == Delivery::Latest =>
                 {
                     c.subs[self.slot][S_PIN].store(0, SeqCst);
-                    if c.published.load(SeqCst) == seq {
-                        return Err(PipelineError::Corrupt("data segment missing"));
+                    if c.closed.load(SeqCst) != 0 {
+                        return Ok(None); // its segment went with the close
                     }
+                    // Removed only once a newer batch is published.
+                    c.data.wait_until(Some(LIVENESS_SLICE), || {
+                        c.published.load(SeqCst) != seq || c.closed.load(SeqCst) != 0
+                    });
                     continue;
                 }
                 Err(e) => {
@@ -779,13 +794,11 @@ impl<T: ShmArchivable> std::ops::Deref for Batch<'_, T> {
 impl<T: ShmArchivable> Drop for Batch<'_, T> {
     fn drop(&mut self) {
         let s = &self.ctl.subs[self.slot];
-        match self.delivery {
-            Delivery::Every => {
-                s[S_DONE].store(self.seq, SeqCst);
-                self.ctl.space.notify_all();
-            }
-            Delivery::Latest => s[S_PIN].store(0, SeqCst),
+        s[S_DONE].store(self.seq, SeqCst);
+        if self.delivery == Delivery::Latest {
+            s[S_PIN].store(0, SeqCst);
         }
+        self.ctl.space.notify_all();
     }
 }
 
