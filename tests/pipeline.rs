@@ -48,7 +48,7 @@ fn cpu_now() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
-fn wait_for_subscribers<T: shared_allocator::archive::ShmArchivable>(p: &Publisher<T>, n: usize) {
+fn wait_for_subscribers<T: shared_allocator::archive::PipelineBatch>(p: &Publisher<T>, n: usize) {
     let start = Instant::now();
     while p.subscribers() < n {
         assert!(

@@ -122,7 +122,8 @@ pub use crate::typed::token::ArchiveToken;
 pub use arena::{ArenaArchive, ArenaArchiveReader, ArenaArchiveToken};
 pub use owned::ShmArchive;
 pub use pipeline::{
-    Batch, Delivery, PipelineError, PipelineOptions, Publisher, Subscriber, MAX_SUBSCRIBERS,
+    Batch, Delivery, PipeWriter, PipelineBatch, PipelineError, PipelineOptions, Publisher,
+    Subscriber, MAX_SUBSCRIBERS,
 };
 pub use writer::ShmWriter;
 

@@ -63,17 +63,22 @@
 //! [`ArenaArchiveReader::access`](super::ArenaArchiveReader::access)).
 
 use std::marker::PhantomData;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rkyv::{rancor, Archived};
+use rkyv::rancor::{self, Source};
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::{Positional, Writer};
+use rkyv::{Archived, Serialize};
 use thiserror::Error;
 
-use super::writer::{serialize_into, type_tag};
+use super::writer::type_tag;
 use super::{ArchiveError, ShmArchivable, ARCHIVE_ALIGN, HEADER_LEN};
 use crate::alloc::{BumpAllocator, FreeListAllocator, Offset, ShmAllocator};
 use crate::error::SegmentError;
+use crate::segment::Segment;
 use crate::sync::ShmEvent;
 use crate::typed::{fingerprint, Root, ShmSafe, ShmSync};
 
@@ -201,6 +206,110 @@ unsafe impl ShmSafe for Control {
         fingerprint::primitive("PipelineControl/1", std::mem::size_of::<Control>(), 8);
 }
 
+/// What a [`Publisher`] can publish: an rkyv type whose archive validates
+/// ([`ShmArchivable`]) and that serialises through a [`PipeWriter`]. Every type
+/// with `#[derive(Archive, Serialize)]` (and `CheckBytes`, rkyv's default) is one.
+pub trait PipelineBatch:
+    ShmArchivable
+    + for<'w, 'a> Serialize<HighSerializer<PipeWriter<'w>, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+impl<T> PipelineBatch for T where
+    T: ShmArchivable
+        + for<'w, 'a> Serialize<HighSerializer<PipeWriter<'w>, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+type HighSerializer<W, A, E> = rkyv::api::high::HighSerializer<W, A, E>;
+
+/// The rkyv writer of a pipeline batch: copies each piece rkyv emits straight
+/// to its place in the region (plain stores: the region is the publisher's alone
+/// while it is written, see [`Publisher::publish`]); bytes past the region's
+/// capacity are only counted, so one pass also measures the size.
+#[derive(Debug)]
+pub struct PipeWriter<'s> {
+    /// Start of the region's archive bytes (`cap` of them, inside a mapping that
+    /// outlives `'s`).
+    region: NonNull<u8>,
+    cap: usize,
+    pos: usize,
+    _seg: PhantomData<&'s Segment>,
+}
+
+impl Positional for PipeWriter<'_> {
+    #[inline]
+    fn pos(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<E: Source> Writer<E> for PipeWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        let end = self.pos.saturating_add(bytes.len());
+        if end <= self.cap {
+            // SAFETY:
+            // - `pos + len <= cap`, and `region..region + cap` lies inside the live
+            //   mapping (`serialize_into` got it from `ptr_at`, and the segment
+            //   outlives `'s`);
+            // - `bytes` is process-local memory, so the ranges do not overlap;
+            // - no process reads or writes these bytes meanwhile: the publisher
+            //   cleared the region's sequence number and checked that no live
+            //   subscriber holds it (Every: cursors past its last batch; Latest: no
+            //   pin on it, Dekker-ordered), so no subscriber of this API looks at
+            //   it until the new sequence number is published.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    self.region.as_ptr().add(self.pos),
+                    bytes.len(),
+                )
+            };
+        }
+        self.pos = end;
+        Ok(())
+    }
+}
+
+/// Serialises `value` into the region at `block` (archive bytes at
+/// `block + HEADER_LEN`, `cap` of them); returns the archive's length, which
+/// exceeds `cap` if it did not fit (then the region holds nothing usable).
+fn serialize_into<T: PipelineBatch>(
+    seg: &Segment,
+    block: Offset,
+    cap: usize,
+    value: &T,
+) -> Result<usize, ArchiveError> {
+    let region = seg
+        .ptr_at(block.get() + HEADER_LEN, cap as u64, ARCHIVE_ALIGN)
+        .ok_or(PipelineErrorInner::OutsideMapping)
+        .map_err(|e| ArchiveError::Serialize {
+            type_name: std::any::type_name::<T>(),
+            reason: e.to_string(),
+        })?;
+    let w = PipeWriter {
+        region,
+        cap,
+        pos: 0,
+        _seg: PhantomData,
+    };
+    let w = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, w).map_err(|e| {
+        ArchiveError::Serialize {
+            type_name: std::any::type_name::<T>(),
+            reason: e.to_string(),
+        }
+    })?;
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    Ok(w.pos)
+}
+
+#[derive(Debug, Error)]
+enum PipelineErrorInner {
+    #[error("region outside the data segment")]
+    OutsideMapping,
+}
+
 fn data_name(name: &str, gen: u64) -> String {
     format!("{name}-d{gen}")
 }
@@ -221,7 +330,7 @@ fn block_len(cap: usize) -> usize {
 
 /// The writing end of a pipeline (one per pipeline). Dropping it closes the
 /// stream (as [`close`](Publisher::close), ignoring errors).
-pub struct Publisher<T: ShmArchivable> {
+pub struct Publisher<T: PipelineBatch> {
     ctl: Root<Control, Arc<FreeListAllocator>>,
     name: String,
     opts: PipelineOptions,
@@ -234,7 +343,7 @@ pub struct Publisher<T: ShmArchivable> {
     _type: PhantomData<fn(&T)>,
 }
 
-impl<T: ShmArchivable> Publisher<T> {
+impl<T: PipelineBatch> Publisher<T> {
     /// Creates the pipeline `name` (its control and first data segment).
     ///
     /// # Errors
@@ -445,6 +554,15 @@ impl<T: ShmArchivable> Publisher<T> {
         Ok(())
     }
 
+    /// Waits (up to the timeout) until every live subscriber has released the
+    /// last batch published (`Every`: every batch).
+    ///
+    /// # Errors
+    /// [`PipelineError::Timeout`].
+    pub fn flush(&self) -> Result<(), PipelineError> {
+        self.wait_released(self.published())
+    }
+
     /// Ends the stream: waits (up to the timeout) until every live subscriber has
     /// released the last batch (`Every`: every batch), then marks the pipeline
     /// closed and removes its names. Subscribers' `recv` then returns `None`.
@@ -475,13 +593,13 @@ impl<T: ShmArchivable> Publisher<T> {
     }
 }
 
-impl<T: ShmArchivable> Drop for Publisher<T> {
+impl<T: PipelineBatch> Drop for Publisher<T> {
     fn drop(&mut self) {
         let _ = self.finish();
     }
 }
 
-impl<T: ShmArchivable> std::fmt::Debug for Publisher<T> {
+impl<T: PipelineBatch> std::fmt::Debug for Publisher<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("name", &self.name)
