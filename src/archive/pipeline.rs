@@ -249,23 +249,18 @@ impl<E: Source> Writer<E> for PipeWriter<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
         let end = self.pos.saturating_add(bytes.len());
         if end <= self.cap {
+            let dst = self.region.as_ptr().wrapping_add(self.pos);
             // SAFETY:
             // - `pos + len <= cap`, and `region..region + cap` lies inside the live
             //   mapping (`serialize_into` got it from `ptr_at`, and the segment
-            //   outlives `'s`);
+            //   outlives `'s`), so `dst..dst + len` is valid for writes;
             // - `bytes` is process-local memory, so the ranges do not overlap;
             // - no process reads or writes these bytes meanwhile: the publisher
             //   cleared the region's sequence number and checked that no live
             //   subscriber holds it (Every: cursors past its last batch; Latest: no
             //   pin on it, Dekker-ordered), so no subscriber of this API looks at
             //   it until the new sequence number is published.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    bytes.as_ptr(),
-                    self.region.as_ptr().add(self.pos),
-                    bytes.len(),
-                )
-            };
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
         }
         self.pos = end;
         Ok(())
