@@ -214,9 +214,14 @@ fn latency(c: &mut Criterion) {
             }
         })
     });
-    p.close().unwrap();
+    p.close().unwrap(); // the echo process sees the end and closes its side
     drop(back);
-    drop(kids);
+    let mut kids = kids;
+    for k in &mut kids.0 {
+        let _ = k.wait();
+    }
+    let _ = shared_allocator::unlink(&pong); // had it died first
+    let _ = shared_allocator::unlink(&format!("{pong}-d1"));
 
     let mut kid = spawn("pipe", "", Stdio::piped(), Stdio::piped());
     let (mut to, mut from) = (kid.stdin.take().unwrap(), kid.stdout.take().unwrap());

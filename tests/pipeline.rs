@@ -371,3 +371,31 @@ fn publisher_killed_mid_batch() {
         }
     }
 }
+
+/// A subscriber copied into a fork child does not use the parent's slot there.
+#[test]
+fn forked_subscriber_is_refused() {
+    let name = ShmName::new("fork");
+    let mut p =
+        Publisher::<Msg>::create(name.as_str(), PipelineOptions::new(Delivery::Every)).unwrap();
+    let mut sub = Subscriber::<Msg>::open(name.as_str()).unwrap();
+    p.publish(&msg(1, 10)).unwrap();
+    // SAFETY: the child only calls `recv` (no locks held by other threads are
+    // touched: the test harness thread is idle) and leaves with `_exit`.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            let ok = matches!(
+                sub.recv(Some(Duration::ZERO)),
+                Err(PipelineError::Forked(_))
+            );
+            std::mem::forget(sub);
+            // SAFETY: `_exit` ends the child without running the parent's destructors.
+            unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+        }
+    }
+    check(&sub.recv(Some(WATCHDOG)).unwrap().unwrap(), 1);
+}

@@ -54,7 +54,14 @@
 //! - A publisher that dies never exposes a half-written batch (a region's
 //!   sequence number is cleared before it is written and set after): subscribers
 //!   get the complete batches already published, then [`PipelineError::PublisherGone`].
-//!   [`Publisher::close`] (or drop) ends the stream cleanly: `recv` returns `None`.
+//!   [`Publisher::close`] (or drop) ends the stream cleanly: it first waits (up to
+//!   the timeout) until every live subscriber has released the last batch, then
+//!   `recv` returns `None`.
+//! - A subscriber copied into a fork child answers [`PipelineError::Forked`] there
+//!   (its slot is the parent's); the child opens its own.
+//! - Left behind by a killed publisher: its segments' names (`name`,
+//!   `name-d<generation>`); remove them with [`unlink`](crate::unlink) before
+//!   creating the pipeline again.
 //!
 //! # Trust
 //! Subscribers validate every batch (bytecheck) before reading it; the region
@@ -174,6 +181,10 @@ pub enum PipelineError {
     /// An option is out of range.
     #[error("pipeline option {0} out of range")]
     BadOption(&'static str),
+    /// The subscriber was opened in another process (this one is a fork child):
+    /// its slot and releases belong to the parent. Open a new one.
+    #[error("this subscriber belongs to process {0}; open a new one after fork")]
+    Forked(u32),
 }
 
 /// The shared control block (a root of the control segment).
@@ -612,6 +623,8 @@ pub struct Subscriber<T: ShmArchivable> {
     ctl: Root<Control, Arc<FreeListAllocator>>,
     name: String,
     slot: usize,
+    /// The process that opened it (its slot is that process's).
+    pid: u32,
     delivery: Delivery,
     regions: usize,
     /// Last sequence number handed out (Latest) or released (Every).
@@ -685,6 +698,7 @@ impl<T: ShmArchivable> Subscriber<T> {
         let mut sub = Subscriber {
             name: name.to_owned(),
             slot,
+            pid: std::process::id(),
             delivery,
             regions,
             seen,
@@ -727,11 +741,15 @@ impl<T: ShmArchivable> Subscriber<T> {
     /// # Errors
     /// `Ok(None)` when the publisher closed the stream (after the last batch);
     /// [`PipelineError::PublisherGone`] when it died; [`PipelineError::RecvTimeout`];
+    /// [`PipelineError::Forked`] in a fork child of the process that opened it;
     /// [`PipelineError::Archive`] if a batch fails validation.
     pub fn recv(
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<Batch<'_, T>>, PipelineError> {
+        if self.pid != std::process::id() {
+            return Err(PipelineError::Forked(self.pid));
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let c: &Control = &self.ctl;
@@ -850,6 +868,9 @@ impl<T: ShmArchivable> Subscriber<T> {
 
 impl<T: ShmArchivable> Drop for Subscriber<T> {
     fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            return; // a fork child's copy: the slot is the parent's
+        }
         let c = self.control();
         let s = &c.subs[self.slot];
         s[S_PIN].store(0, SeqCst);
