@@ -27,7 +27,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::Archived;
-use shared_allocator::archive::{ArchiveToken, ShmArchive, HEADER_LEN};
+use shared_allocator::__layout::HEADER_LEN;
+use shared_allocator::archive::{ArchiveToken, ShmArchive};
 use shared_allocator::prelude::*;
 use shared_allocator::segment::UnlinkGuard;
 

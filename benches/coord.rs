@@ -38,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use shared_allocator::channel::{RecvTimeoutError, ShmChannel, TryRecvError};
+use shared_allocator::coord::{ShmEvent, ShmMutex};
 use shared_allocator::prelude::*;
 use shared_allocator::segment::UnlinkGuard;
-use shared_allocator::sync::{ShmEvent, ShmMutex};
 
 const ROLE_VAR: &str = "SA_BENCH_COORD_ROLE";
 const SEG_VAR: &str = "SA_BENCH_COORD_SEG";
@@ -143,7 +143,7 @@ impl Drop for Workers {
 }
 
 fn wait(ev: &ShmEvent, what: &str, cond: impl FnMut() -> bool) {
-    assert!(ev.wait_until(Some(HANG), cond), "bench hang: {what}");
+    assert!(ev.wait_timeout_until(HANG, cond), "bench hang: {what}");
 }
 
 /// A pong child and this process's ends of every reference channel.
@@ -213,7 +213,7 @@ impl RoundTrips {
                     // No timeout, like the blocking reads of the fd references (a
                     // timed futex wait arms a kernel timer).
                     ctl.pong
-                        .wait_until(None, || ctl.ball.load(Ordering::Acquire) > odd);
+                        .wait_until(|| ctl.ball.load(Ordering::Acquire) > odd);
                 }
                 start.elapsed()
             }
@@ -319,7 +319,7 @@ fn pong() {
             KIND_EVENT => {
                 for _ in 0..iters {
                     let mut odd = 0;
-                    ctl.ping.wait_until(None, || {
+                    ctl.ping.wait_until(|| {
                         odd = ctl.ball.load(Ordering::Acquire);
                         odd % 2 == 1
                     });
@@ -452,7 +452,7 @@ fn producer(stream: bool) {
         for i in 0..n {
             let token = index << 48 | i;
             match (&tx, &mut sock) {
-                (Some(tx), _) => tx.send(token, Some(HANG)).expect("send"),
+                (Some(tx), _) => tx.send_timeout(token, HANG).expect("send"),
                 (_, Some(s)) => s.write_all(&token.to_ne_bytes()).expect("write"),
                 _ => unreachable!(),
             }
@@ -528,7 +528,7 @@ fn consumer(stream: bool) {
             _ => unreachable!(),
         }
         match (&rx, &mut sock) {
-            (Some(rx), _) => match rx.recv(Some(Duration::from_millis(200))) {
+            (Some(rx), _) => match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(token) => {
                     std::hint::black_box(token);
                 }

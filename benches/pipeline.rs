@@ -207,7 +207,7 @@ fn latency(c: &mut Criterion) {
             small.seq += 1;
             p.publish(&small).unwrap();
             loop {
-                let r = back.recv(Some(Duration::from_secs(10))).unwrap().unwrap();
+                let r = back.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
                 if r.seq.to_native() == small.seq {
                     break;
                 }
@@ -243,7 +243,7 @@ fn child(role: &str) {
     match role {
         "sub" => {
             let mut s = Subscriber::<Big>::open(&name).unwrap();
-            while let Some(b) = s.recv(Some(Duration::from_secs(120))).unwrap() {
+            while let Some(b) = s.recv_timeout(Duration::from_secs(120)).unwrap() {
                 black_box(digest(&b));
             }
         }
@@ -272,7 +272,7 @@ fn child(role: &str) {
                 seq: 0,
                 payload: vec![1; 1000],
             };
-            while let Ok(Some(b)) = s.recv(Some(Duration::from_secs(120))) {
+            while let Ok(Some(b)) = s.recv_timeout(Duration::from_secs(120)) {
                 reply.seq = b.seq.to_native();
                 drop(b);
                 p.publish(&reply).unwrap();

@@ -99,9 +99,7 @@ fn ctl_words(a: &FreeListAllocator, off: Offset) -> &[AtomicU64] {
     let bytes = (CTL_WORDS * 8) as u64;
     a.check_range(off, bytes)
         .expect("control block is a live block");
-    let p = a
-        .segment()
-        .ptr_at(off.get(), bytes, 8)
+    let p = shared_allocator::__layout::ptr_at(a.segment(), off.get(), bytes, 8)
         .expect("control block inside the mapping, 8-aligned");
     // SAFETY: `ptr_at` checked that CTL_WORDS * 8 bytes at `off` lie inside the
     // mapping and are 8-aligned; every bit pattern is a valid AtomicU64, and all

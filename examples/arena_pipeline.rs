@@ -77,7 +77,7 @@ fn reader(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut sub = Subscriber::<Snapshot>::open(name)?;
     let (wall, cpu) = (Instant::now(), cpu_now());
     let (mut seen, mut last, mut idle) = (0u64, 0u64, None);
-    while let Some(snap) = sub.recv(Some(Duration::from_secs(60)))? {
+    while let Some(snap) = sub.recv_timeout(Duration::from_secs(60))? {
         idle.get_or_insert((wall.elapsed(), cpu_now() - cpu));
         let v = snap.version.to_native();
         assert!(v > last, "snapshots go forward");

@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let head = alloc.root::<ListHead>("particles")?;
     head.count.store(N, Ordering::Relaxed);
-    head.first.store(next.raw(), Ordering::Release);
+    head.first.store(next.to_raw(), Ordering::Release);
     println!(
         "producer {}: built {N} particles in /{name}",
         std::process::id()

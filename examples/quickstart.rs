@@ -67,12 +67,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     for _ in 0..CHILDREN {
-        greetings.send(hello.get(), Some(TIMEOUT))?; // one offset per child
+        greetings.send_timeout(hello.get(), TIMEOUT)?; // one offset per child
     }
 
     let mut got = Vec::new();
     for _ in 0..CHILDREN {
-        let [off, len] = replies.recv(Some(TIMEOUT))?; // sleeps until a child replies
+        let [off, len] = replies.recv_timeout(TIMEOUT)?; // sleeps until a child replies
         got.push((Offset::new(off), len as usize));
     }
     let bye = alloc.root::<Bye>("bye")?;
@@ -119,7 +119,7 @@ fn child(name: &str, id: usize) -> Result<(), Box<dyn std::error::Error>> {
     let alloc = FreeListAllocator::open(name)?;
     let greetings = alloc.root::<Greetings>("greetings")?.receiver()?;
     let replies = alloc.root::<Replies>("replies")?.sender()?;
-    let hello = Offset::new(greetings.recv(Some(TIMEOUT))?);
+    let hello = Offset::new(greetings.recv_timeout(TIMEOUT)?);
     let greeting = alloc.read(hello, 21)?;
     let reply = format!(
         "child {id} (pid {}) got {:?}",
@@ -128,13 +128,13 @@ fn child(name: &str, id: usize) -> Result<(), Box<dyn std::error::Error>> {
     );
     let off = alloc.allocate(reply.len())?;
     alloc.write(off, reply.as_bytes())?;
-    replies.send([off.get(), reply.len() as u64], Some(TIMEOUT))?;
+    replies.send_timeout([off.get(), reply.len() as u64], TIMEOUT)?;
     // Stay registered until the parent has every reply: were every sender gone in
     // between, the parent's receiver would rightly report `Disconnected`.
     let bye = alloc.root::<Bye>("bye")?;
     if !bye
         .event
-        .wait_until(Some(TIMEOUT), || bye.done.load(Ordering::Acquire) == 1)
+        .wait_timeout_until(TIMEOUT, || bye.done.load(Ordering::Acquire) == 1)
     {
         return Err("the parent never said goodbye".into());
     }

@@ -87,7 +87,7 @@ fn consumer(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut sub = Subscriber::<Batch>::open(name)?;
     let (wall, cpu) = (Instant::now(), cpu_now());
     let (mut digest, mut idle) = (0u64, None);
-    while let Some(batch) = sub.recv(Some(Duration::from_secs(60)))? {
+    while let Some(batch) = sub.recv_timeout(Duration::from_secs(60))? {
         idle.get_or_insert((wall.elapsed(), cpu_now() - cpu));
         digest = batch
             .records

@@ -73,6 +73,17 @@ pub enum SegmentError {
         /// The version in the segment.
         found: u32,
     },
+    /// The segment was created (or first used) for the other kind of API than
+    /// [`OpenOptions::segment_mode`](crate::segment::OpenOptions) expects.
+    #[error("segment {name:?} is in {found} mode, not {expected} mode (the mode is fixed when the segment is created or first used)")]
+    WrongMode {
+        /// The normalised name.
+        name: String,
+        /// The mode asked for.
+        expected: crate::mode::SegmentMode,
+        /// The segment's mode.
+        found: crate::mode::SegmentMode,
+    },
     /// The segment holds another allocator kind than the one asked for.
     #[error("segment holds a {found} allocator, not a {expected} allocator")]
     WrongKind {
@@ -235,14 +246,14 @@ pub enum AccessError {
         current_epoch: u64,
     },
     /// The segment is used the other way (see
-    /// [`SegmentMode`](crate::segment::SegmentMode)): a raw write to a segment of
+    /// [`SegmentMode`](crate::mode::SegmentMode)): a raw write to a segment of
     /// typed handles, or a typed handle in a segment the raw API writes.
     #[error("the segment is in {found} mode; this needs {wanted} mode")]
     WrongMode {
         /// The mode the operation needs.
-        wanted: crate::segment::SegmentMode,
+        wanted: crate::mode::SegmentMode,
         /// The segment's mode.
-        found: crate::segment::SegmentMode,
+        found: crate::mode::SegmentMode,
     },
     /// A bump reset and views of the region met: a reset whose wait ended while
     /// `readers` other handles still held views (it withdrew: nothing changed), or
@@ -353,12 +364,12 @@ pub enum FreeError {
         offset: u64,
     },
     /// A raw free in a segment of typed handles (see
-    /// [`SegmentMode`](crate::segment::SegmentMode)): typed blocks are freed by
+    /// [`SegmentMode`](crate::mode::SegmentMode)): typed blocks are freed by
     /// their handles.
     #[error("raw free refused: the segment is in {found} mode")]
     WrongMode {
         /// The segment's mode.
-        found: crate::segment::SegmentMode,
+        found: crate::mode::SegmentMode,
     },
     /// Allocator metadata in the segment is inconsistent.
     #[error("allocator metadata is corrupt: {what}")]
@@ -494,7 +505,62 @@ impl ArchiveError {
     }
 }
 
-/// Any error of this crate.
+/// A channel call failed: the value-free summary of the channel's own errors
+/// ([`TrySendError`](crate::channel::TrySendError),
+/// [`SendTimeoutError`](crate::channel::SendTimeoutError),
+/// [`TryRecvError`](crate::channel::TryRecvError),
+/// [`RecvTimeoutError`](crate::channel::RecvTimeoutError),
+/// [`EndpointError`](crate::channel::EndpointError)), which `?` turns into
+/// [`Error::Channel`] (a value that was not sent is dropped then: match the
+/// specific error to get it back).
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The channel was full (`try_send`).
+    #[error("the channel is full")]
+    Full,
+    /// Nothing was queued (`try_recv`).
+    #[error("the channel is empty")]
+    Empty,
+    /// The timeout passed (`send`/`recv` with a timeout).
+    #[error("timed out waiting on the channel")]
+    Timeout,
+    /// Every endpoint on the other side is gone (dropped, or its process died).
+    #[error("every endpoint on the other side of the channel is gone")]
+    Disconnected,
+    /// The channel's words hold values no correct peer writes.
+    #[error("the channel's shared state is corrupted")]
+    Corrupted,
+    /// Every endpoint entry is held by a live endpoint.
+    #[error("the channel already has {max} live endpoints")]
+    TooManyEndpoints {
+        /// The size of the endpoint table.
+        max: usize,
+    },
+}
+
+/// A [`ShmMutex`](crate::ShmMutex) could not give a clean guard. `Send + Sync +
+/// 'static`: it holds no guard (the lock is released when it is made).
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LockError {
+    /// A previous holder died (or panicked) while holding the lock and nobody has
+    /// marked the data consistent since. Repair it with
+    /// [`ShmMutex::lock_or_repair`](crate::ShmMutex::lock_or_repair) or
+    /// [`ShmMutex::lock_robust`](crate::ShmMutex::lock_robust).
+    #[error("a previous holder of the shared mutex died (or panicked) while holding it; the data needs repair (lock_or_repair)")]
+    OwnerDied,
+    /// A live owner holds the lock and `try_lock` does not wait.
+    #[error("the shared mutex is held by a live owner")]
+    WouldBlock,
+    /// The timeout of `lock_timeout` passed while a live owner held the lock.
+    #[error("timed out waiting for the shared mutex (held by a live owner)")]
+    TimedOut,
+}
+
+/// Any error of this crate: every public error converts into it, so `?` works
+/// everywhere; it is `Send + Sync + 'static` (for `Box<dyn Error + Send + Sync>`
+/// and `anyhow`). The specific errors stay available for matching.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
@@ -523,6 +589,12 @@ pub enum Error {
     /// See [`TokenError`].
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// See [`ChannelError`].
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// See [`LockError`].
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// See [`ArchiveError`].
     #[cfg(feature = "rkyv")]
     #[error(transparent)]

@@ -1,33 +1,76 @@
 #![doc = include_str!("../README.md")]
+#![doc = r#"
+# Layers
+
+Each layer uses only the layers below it (doc links aside):
+
+```text
+ user API    channel (ShmChannel, Sender, Receiver)   coord (ShmEvent, ShmMutex, ShmCondvar)
+                  \____________________  _____________________/
+                                        \/
+ handles     archive (ShmArchive, arena archives)  ->  typed (ShmBox, ShmVec, Root, tokens)
+                                        |
+ allocators  alloc (FreeListAllocator, SlabAllocator, BumpAllocator, ShmAllocator)
+                                        |
+ blocks      sync (bitmap claims, futex word, owner identities)    process (registry)
+                                        |
+ memory      segment (mapping, header, names)
+                                        |
+ bottom      error (every error type)   mode (SegmentMode)   failpoint (fail_point!)
+```
+
+One arrow still runs up: a raw `free` in `alloc` asks the root directory of
+`typed` whether the block is a named root (roots are never freed); and
+`segment` and `process` use each other (a segment joins the registry on open).
+"#]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(clippy::missing_safety_doc)]
 #![warn(clippy::multiple_unsafe_ops_per_block)]
 
-/// `fail_point!(name)`: a named crash point (the `fail` crate) under the
-/// `failpoints` feature; nothing otherwise.
-#[cfg(feature = "failpoints")]
-macro_rules! fail_point {
-    ($name:expr) => {
-        fail::fail_point!($name)
-    };
-}
-#[cfg(not(feature = "failpoints"))]
-macro_rules! fail_point {
-    ($name:expr) => {};
-}
-pub(crate) use fail_point;
+mod failpoint;
+pub(crate) use failpoint::fail_point;
+mod mode;
 
 pub mod alloc;
 #[cfg(feature = "rkyv")]
 pub mod archive;
 pub mod channel;
+pub mod coord;
 pub mod error;
 pub mod process;
 pub mod segment;
-pub mod sync;
+pub(crate) mod sync;
 pub mod typed;
+
+/// Not public API (no semver promise): the segment's on-memory layout, for the
+/// crate's own attack tests and for tools that inspect segments.
+#[doc(hidden)]
+pub mod __layout {
+    /// Words of one process-registry slot.
+    pub const SLOT_WORDS: usize = crate::process::SLOT_WORDS;
+    /// Bytes of the segment header region.
+    pub const HEADER_REGION: u64 = crate::segment::HEADER_REGION;
+    /// The segment layout version this build writes and accepts.
+    pub const LAYOUT_VERSION: u32 = crate::segment::LAYOUT_VERSION;
+    /// The segment's magic number (its first word).
+    pub const MAGIC: u64 = crate::segment::MAGIC;
+    /// Bytes before an archive's data in its block.
+    #[cfg(feature = "rkyv")]
+    pub const HEADER_LEN: u64 = crate::archive::HEADER_LEN;
+
+    /// [`Segment::ptr_at`](crate::segment::Segment): a checked pointer into the
+    /// mapping (`len` bytes at `offset`, aligned to `align`).
+    pub fn ptr_at(
+        seg: &crate::segment::Segment,
+        offset: u64,
+        len: u64,
+        align: usize,
+    ) -> Option<std::ptr::NonNull<u8>> {
+        seg.ptr_at(offset, len, align)
+    }
+}
 
 /// Not public API: what `#[derive(ShmSafe)]` expands to refers to `core` only through
 /// this re-export, so a crate that renames something else to `core` (for example
@@ -51,9 +94,12 @@ pub use archive::{
     ShmArchive,
 };
 pub use channel::ShmChannel;
-pub use error::{AccessError, AllocError, ArenaError, Error, FreeError, SegmentError, TokenError};
+pub use coord::{OwnerDied, ShmCondvar, ShmEvent, ShmMutex};
+pub use error::{
+    AccessError, AllocError, ArenaError, ChannelError, Error, FreeError, LockError, SegmentError,
+    TokenError,
+};
 pub use segment::{unlink, CreateOptions, OpenOptions, UnlinkGuard};
-pub use sync::{OwnerDied, ShmCondvar, ShmEvent, ShmMutex};
 pub use typed::{
     Arena, ArenaBox, ArenaPtr, ArenaRef, BoxToken, RelPtr, Root, Roots, ShmBox, ShmPtr, ShmSafe,
     ShmShared, ShmSync, ShmVec, ShmVecHeader, ShmVecReader, TokenSlot, VecToken,
@@ -73,8 +119,8 @@ pub mod prelude {
         ArchiveToken, ArenaArchive, ArenaArchiveReader, ArenaArchiveToken, ShmArchive,
     };
     pub use crate::channel::ShmChannel;
+    pub use crate::coord::{ShmCondvar, ShmEvent, ShmMutex};
     pub use crate::error::Error;
-    pub use crate::sync::{ShmCondvar, ShmEvent, ShmMutex};
     pub use crate::typed::{
         Arena, ArenaBox, ArenaPtr, BoxToken, RelPtr, Root, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
         ShmVecReader, TokenSlot, VecToken,

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::{finish, role, spawn_child, Rng, ShmName};
 use rkyv::{Archive, Deserialize, Serialize};
+use shared_allocator::__layout::HEADER_LEN;
 use shared_allocator::archive::{
-    ArchiveError, ArchiveToken, ArenaArchiveReader, ArenaArchiveToken, ShmArchive, HEADER_LEN,
+    ArchiveError, ArchiveToken, ArenaArchiveReader, ArenaArchiveToken, ShmArchive,
 };
 use shared_allocator::prelude::*;
 use shared_allocator::{AccessError, TokenError};
@@ -379,7 +380,9 @@ fn corrupted_archives_are_rejected() {
 
 /// Address of the first archive byte at `data` (to turn field addresses into positions).
 fn archive_start(alloc: &FreeListAllocator, data: Offset) -> usize {
-    alloc.segment().ptr_at(data.get(), 1, 1).unwrap().as_ptr() as usize
+    shared_allocator::__layout::ptr_at(alloc.segment(), data.get(), 1, 1)
+        .unwrap()
+        .as_ptr() as usize
 }
 
 // ---------------------------------------------------------------------------

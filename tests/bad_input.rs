@@ -8,8 +8,8 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::{shm_path, Rng, ShmName};
+use shared_allocator::__layout::{LAYOUT_VERSION, MAGIC};
 use shared_allocator::prelude::*;
-use shared_allocator::segment::{LAYOUT_VERSION, MAGIC};
 use shared_allocator::{
     AccessError, AllocError, CreateOptions, FreeError, OpenOptions, SegmentError, Stats,
 };
@@ -890,7 +890,15 @@ fn invalid_creation_parameters() {
     );
     for mode in [0o1000, 0o4600, 0o7777, u32::MAX] {
         ip(
-            FreeListAllocator::create_with(n, PAGE, &CreateOptions { mode }).unwrap_err(),
+            FreeListAllocator::create_with(
+                n,
+                PAGE,
+                &CreateOptions {
+                    mode,
+                    ..Default::default()
+                },
+            )
+            .unwrap_err(),
             "mode",
             u64::from(mode),
         );

@@ -85,7 +85,7 @@ fn arena_read_is_old_values_or_stale_while_another_mapping_resets() {
     let reader = BumpAllocator::open(name.as_str()).unwrap();
     let parts = |h: ArenaPtr<u64>| [h.offset().get(), h.epoch(), h.len() as u64];
     let handle = Board::new(parts(
-        writer.arena().alloc_slice(&[7u64; 64]).unwrap().handle(),
+        writer.arena().alloc_slice(&[7u64; 64]).unwrap().arena_ptr(),
     ));
     let done = AtomicBool::new(false);
     let (ok, stale) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -115,7 +115,11 @@ fn arena_read_is_old_values_or_stale_while_another_mapping_resets() {
                 && start.elapsed() < std::time::Duration::from_secs(20))
         {
             writer.reset().unwrap();
-            let h = writer.arena().alloc_slice(&[round; 64]).unwrap().handle();
+            let h = writer
+                .arena()
+                .alloc_slice(&[round; 64])
+                .unwrap()
+                .arena_ptr();
             if round % 16 == 0 {
                 handle.put(parts(h));
             }

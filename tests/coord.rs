@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{env_req, env_u64, finish_all, results, role, say, spawn_child, KillOnDrop, ShmName};
+use shared_allocator::coord::{LockError, ShmCondvar, ShmEvent, ShmMutex, WaitOutcome};
 use shared_allocator::prelude::*;
-use shared_allocator::sync::{ShmCondvar, ShmEvent, ShmMutex, TryLockError, WaitOutcome};
 
 /// A wait that takes this long means a lost wake-up (nothing here is that slow).
 const GENEROUS: Duration = Duration::from_secs(10);
@@ -46,7 +46,7 @@ fn open(name: &str) -> FreeListAllocator {
 
 /// Waits until `word` is at least `at_least`, asserting progress within GENEROUS.
 fn await_value(ev: &ShmEvent, word: &AtomicU64, at_least: u64, who: &str) {
-    if !ev.wait_until(Some(GENEROUS), || word.load(Ordering::Acquire) >= at_least) {
+    if !ev.wait_timeout_until(GENEROUS, || word.load(Ordering::Acquire) >= at_least) {
         panic!(
             "{who}: no wake-up for {at_least} within {GENEROUS:?} (value {}): a lost wake-up",
             word.load(Ordering::Acquire)
@@ -248,7 +248,7 @@ fn blocked_locker(a: &FreeListAllocator) {
     let r = a.root::<Robust>("robust").unwrap();
     await_value(&r.holding_changed, &r.holding, 1, "locker");
     let start = Instant::now();
-    match r.lock.lock() {
+    match r.lock.lock_robust() {
         Err(died) => {
             let mut g = died.into_inner();
             say(format!(
@@ -285,7 +285,7 @@ fn mutex_holder_killed_waiter_gets_owner_died() {
     wait_holding(&r);
     // Let the locker reach its futex sleep, then kill the holder mid-update.
     std::thread::sleep(Duration::from_millis(200));
-    assert!(matches!(r.lock.try_lock(), Err(TryLockError::WouldBlock)));
+    assert!(matches!(r.lock.try_lock(), Err(LockError::WouldBlock)));
     holder.child().kill().unwrap();
     holder.child().wait().unwrap(); // reaped: the holder is gone for good
     let out = results(locker, WATCHDOG, "locker");
@@ -314,20 +314,28 @@ fn mutex_holder_killed_try_lock_and_timeout_get_owner_died() {
     wait_holding(&r);
     assert!(matches!(
         r.lock.lock_timeout(Duration::from_millis(100)),
-        Err(TryLockError::TimedOut)
+        Err(LockError::TimedOut)
     ));
     holder.child().kill().unwrap();
     holder.child().wait().unwrap();
-    let g = match r.lock.try_lock() {
-        Err(TryLockError::OwnerDied(died)) => died.into_inner(),
+    match r.lock.try_lock() {
+        Err(LockError::OwnerDied) => {}
         other => panic!("expected OwnerDied, got {:?}", other.map(|g| *g)),
     };
+    // `lock` released it again, still inconsistent: `lock_robust` hands the guard.
+    let g = r
+        .lock
+        .lock_robust()
+        .expect_err("still inconsistent")
+        .into_inner();
     assert_eq!(*g, [1, 0]);
     drop(g); // not marked consistent: the next locker is told too
-    let mut g = match r.lock.lock_timeout(Duration::from_secs(5)) {
-        Err(TryLockError::OwnerDied(died)) => died.into_inner(),
+    match r.lock.lock_timeout(Duration::from_secs(5)) {
+        Err(LockError::OwnerDied) => {}
         other => panic!("expected OwnerDied again, got {:?}", other.map(|g| *g)),
     };
+    let mut g = r.lock.lock_or_repair(|_| {});
+    assert_eq!(*g, [1, 0], "lock_or_repair's closure marked it consistent");
     g[1] = 1;
     g.mark_consistent();
     drop(g);
@@ -360,7 +368,7 @@ fn mutex_holder_killed_in_other_pid_namespace() {
     let mut unshare = KillOnDrop::new(unshare);
     if !r
         .holding_changed
-        .wait_until(Some(GENEROUS), || r.holding.load(Ordering::Acquire) == 1)
+        .wait_timeout_until(GENEROUS, || r.holding.load(Ordering::Acquire) == 1)
     {
         let status = unshare.child().try_wait().unwrap();
         panic!("the holder in the new pid namespace never locked (unshare status {status:?})");
@@ -369,8 +377,11 @@ fn mutex_holder_killed_in_other_pid_namespace() {
     common::kill_children(unshare.child().id());
     unshare.child().wait().unwrap();
     match r.lock.lock_timeout(Duration::from_secs(5)) {
-        Err(TryLockError::OwnerDied(died)) => assert_eq!(*died.into_inner(), [1, 0]),
-        Err(TryLockError::TimedOut) => panic!(
+        Err(LockError::OwnerDied) => assert_eq!(
+            *r.lock.lock_robust().expect_err("inconsistent").into_inner(),
+            [1, 0]
+        ),
+        Err(LockError::TimedOut) => panic!(
             "the holder died in another pid namespace, but the lock still looks held \
              by a live owner (pid-based owner identity)"
         ),
@@ -407,7 +418,7 @@ fn event_waiter_killed_while_waiting_is_forgotten() {
             let a = open(&env_req("SA_SEG"));
             let d = a.root::<Doomed>("doomed").unwrap();
             // Never notified: the parent kills this process while it sleeps here.
-            d.ev.wait_until(Some(WATCHDOG), || d.flag.load(Ordering::Acquire) == 2);
+            d.ev.wait_timeout_until(WATCHDOG, || d.flag.load(Ordering::Acquire) == 2);
             say("not killed");
             return;
         }
@@ -468,9 +479,7 @@ fn a_notifier_killed_before_its_wake_strands_no_sleeper() {
         Some("sleeper") => {
             let a = open(&env_req("SA_SEG"));
             let d = a.root::<Doomed>("doomed").unwrap();
-            assert!(d
-                .ev
-                .wait_until(None, || d.flag.load(Ordering::Acquire) == 1));
+            d.ev.wait_until(|| d.flag.load(Ordering::Acquire) == 1);
             say("woken");
             return;
         }

@@ -82,7 +82,7 @@ fn consumer(bits_per_stream: u32) {
     let mut last = vec![None::<u64>; 256];
     let mut n = 0u64;
     loop {
-        match rx.recv(Some(OP_TIMEOUT)) {
+        match rx.recv_timeout(OP_TIMEOUT) {
             Ok(v) => {
                 let (stream, seq) = (v >> 40, v & ((1 << 40) - 1));
                 assert!(stream < 256 && seq < 1 << bits_per_stream, "garbage {v:#x}");
@@ -118,7 +118,7 @@ fn producer() {
         if seq % 256 == 0 && ctl.stop.load(Ordering::Acquire) != 0 {
             break;
         }
-        match tx.send(value(stream, seq), Some(OP_TIMEOUT)) {
+        match tx.send_timeout(value(stream, seq), OP_TIMEOUT) {
             Ok(()) => ctl.sent[stream as usize].store(seq + 1, Ordering::Release),
             Err(SendTimeoutError::Disconnected(_)) => break,
             Err(e) => panic!("producer {stream}: {e} at {seq}"),
@@ -381,46 +381,43 @@ fn endpoints_errors_and_handles() {
     assert_eq!(rx.try_recv(), Err(TryRecvError::Empty)); // no sender yet: not disconnected
     let tx = ch.sender().unwrap();
     tx.try_send(1).unwrap();
-    tx.send(2, Some(Duration::from_millis(10))).unwrap();
+    tx.send_timeout(2, Duration::from_millis(10)).unwrap();
     assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
     let start = Instant::now();
     assert!(matches!(
-        tx.send(3, Some(Duration::from_millis(100))),
+        tx.send_timeout(3, Duration::from_millis(100)),
         Err(SendTimeoutError::Timeout(3))
     ));
     assert!(start.elapsed() >= Duration::from_millis(100));
     assert_eq!(ch.len(), 2);
-    assert_eq!(rx.recv(None), Ok(1));
+    assert_eq!(rx.recv(), Ok(1));
     assert_eq!(rx.try_recv(), Ok(2));
     let start = Instant::now();
     assert_eq!(
-        rx.recv(Some(Duration::from_millis(100))),
+        rx.recv_timeout(Duration::from_millis(100)),
         Err(RecvTimeoutError::Timeout)
     );
     assert!(start.elapsed() >= Duration::from_millis(100));
-    tx.send(4, None).unwrap();
+    tx.send(4).unwrap();
     drop(tx); // the last sender: queued values still arrive, then Disconnected
-    assert_eq!(rx.recv(None), Ok(4));
-    assert_eq!(rx.recv(None), Err(RecvTimeoutError::Disconnected));
+    assert_eq!(rx.recv(), Ok(4));
+    assert_eq!(rx.recv(), Err(RecvTimeoutError::Disconnected));
     assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
     let tx = ch.sender().unwrap(); // a new sender reconnects
     drop(rx);
-    assert!(matches!(
-        tx.send(5, None),
-        Err(SendTimeoutError::Disconnected(5))
-    ));
+    assert!(matches!(tx.send(5), Err(SendTimeoutError::Disconnected(5))));
     assert!(matches!(tx.try_send(6), Err(TrySendError::Disconnected(6))));
 
     // Handles travel as values; ownership moves with them.
     let boxed = ShmBox::new_in(&a, 42u64).unwrap();
     let ptrs = a.root::<ShmChannel<RelPtr<u64>, 4>>("ptrs").unwrap();
     let (ptx, prx) = (ptrs.sender().unwrap(), ptrs.receiver().unwrap());
-    ptx.send(boxed.rel_ptr(), None).unwrap();
-    assert_eq!(prx.recv(None).unwrap().read(&a).unwrap(), 42);
+    ptx.send(boxed.rel_ptr()).unwrap();
+    assert_eq!(prx.recv().unwrap().read(&a).unwrap(), 42);
     let tokens = a.root::<ShmChannel<[u64; 2], 4>>("tokens").unwrap();
     let (ttx, trx) = (tokens.sender().unwrap(), tokens.receiver().unwrap());
-    ttx.send([7, 8], None).unwrap();
-    assert_eq!(trx.recv(None), Ok([7, 8]));
+    ttx.send([7, 8]).unwrap();
+    assert_eq!(trx.recv(), Ok([7, 8]));
     let stats = ch.stats();
     assert_eq!(
         (stats.capacity, stats.lost_in_send, stats.lost_in_recv),
@@ -457,7 +454,7 @@ fn receiver_killed_while_waiting_is_forgotten() {
         let ch = a.root::<Small>("ch").unwrap();
         let rx = ch.receiver().unwrap();
         // Nothing is ever sent before the parent kills this process.
-        let got = rx.recv(Some(WATCHDOG));
+        let got = rx.recv_timeout(WATCHDOG);
         say(format!("not killed: {got:?}"));
         return;
     }
@@ -487,7 +484,7 @@ fn receiver_killed_while_waiting_is_forgotten() {
         1,
         "nobody could know it died yet"
     );
-    tx.send(1, Some(OP_TIMEOUT))
+    tx.send_timeout(1, OP_TIMEOUT)
         .expect("send past a dead receiver");
     let s = ch.stats();
     assert_eq!(
@@ -496,8 +493,8 @@ fn receiver_killed_while_waiting_is_forgotten() {
         "the send must forget the dead receiver's registration"
     );
     let rx = ch.receiver().unwrap();
-    assert_eq!(rx.recv(Some(OP_TIMEOUT)).unwrap(), 1);
-    tx.send(2, Some(OP_TIMEOUT)).unwrap();
+    assert_eq!(rx.recv_timeout(OP_TIMEOUT).unwrap(), 1);
+    tx.send_timeout(2, OP_TIMEOUT).unwrap();
     assert_eq!(rx.try_recv().unwrap(), 2);
     assert_eq!(ch.stats().lost_in_recv + ch.stats().lost_in_send, 0);
 }

@@ -160,7 +160,7 @@ const W_DEAD: usize = 2;
 const W_ACK: usize = 3;
 
 fn ctrl(seg: &shared_allocator::segment::Segment, off: u64) -> &[AtomicU64; 8] {
-    let p = seg.ptr_at(off, 64, 8).expect("control block in bounds");
+    let p = shared_allocator::__layout::ptr_at(seg, off, 64, 8).expect("control block in bounds");
     // SAFETY:
     // - `ptr_at` checked that 64 bytes at `off` lie inside the live mapping, 8-aligned;
     // - AtomicU64 is valid for every bit pattern, and every process of this test

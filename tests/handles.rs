@@ -25,7 +25,7 @@ struct Consumer {
 }
 
 impl Consumer {
-    fn new(alloc: Shared) -> Result<Consumer, Box<dyn std::error::Error>> {
+    fn new(alloc: Shared) -> Result<Consumer, Error> {
         let jobs: Root<Jobs, Shared> = Root::new_in(alloc.clone(), "jobs")?;
         let rx = jobs.receiver()?;
         let seen = Root::new_in(alloc.clone(), "seen")?;
@@ -34,7 +34,7 @@ impl Consumer {
 
     /// Receives one number, counts it in the shared root.
     fn step(&self) -> Result<u64, Box<dyn std::error::Error>> {
-        let n = self.rx.recv(Some(Duration::from_secs(10)))?;
+        let n = self.rx.recv_timeout(Duration::from_secs(10))?;
         self.seen.fetch_add(1, Ordering::Relaxed);
         assert!(self.alloc.used_bytes() > 0);
         Ok(n)
@@ -51,12 +51,11 @@ fn struct_holds_allocator_and_its_receiver() {
     is_static_send(&consumer.rx);
     let jobs = alloc.root::<Jobs>("jobs").unwrap();
     let tx = jobs.sender().unwrap();
-    tx.send(7, None).unwrap();
+    tx.send(7).unwrap();
     assert_eq!(consumer.step().unwrap(), 7);
     assert_eq!(consumer.seen.load(Ordering::Relaxed), 1);
     // The struct can be dropped after the borrowed handles: it owns what it uses.
     drop(tx);
-    drop(jobs);
     drop(consumer);
     assert_eq!(
         Arc::strong_count(&alloc),
@@ -77,7 +76,7 @@ fn receiver_and_box_move_into_spawned_threads() {
     let consumer = std::thread::spawn(move || {
         let mut sum = 0;
         for _ in 0..100 {
-            sum += rx.recv(Some(Duration::from_secs(10))).unwrap();
+            sum += rx.recv_timeout(Duration::from_secs(10)).unwrap();
         }
         sum
     });
@@ -94,7 +93,7 @@ fn receiver_and_box_move_into_spawned_threads() {
     });
     std::thread::spawn(move || {
         for i in 0..100 {
-            tx.send(i, Some(Duration::from_secs(10))).unwrap();
+            tx.send_timeout(i, Duration::from_secs(10)).unwrap();
         }
     })
     .join()
@@ -129,4 +128,68 @@ fn tokens_give_the_allocator_back() {
     assert_eq!((*b, v.as_slice()), (5, &[1u64][..]));
     drop((b, v));
     assert_eq!(Arc::strong_count(&alloc), 1);
+}
+
+/// The segment mode is fixed at `create` (`CreateOptions::typed()` / `raw()`) and
+/// checked at `open` (`OpenOptions::segment_mode`): mixing is refused from the first
+/// call, and a mismatched open is a clear `SegmentError::WrongMode`.
+#[test]
+fn segment_mode_is_fixed_at_create_and_checked_at_open() {
+    use shared_allocator::segment::{CreateOptions, OpenOptions, SegmentMode};
+    use shared_allocator::{AccessError, SegmentError};
+    let typed_name = ShmName::new("handles-mode-typed");
+    let typed =
+        FreeListAllocator::create_with(typed_name.as_str(), 1 << 20, &CreateOptions::typed())
+            .unwrap();
+    assert_eq!(typed.segment().mode(), SegmentMode::Typed);
+    let raw_block = typed.allocate(64).unwrap();
+    assert!(matches!(
+        typed.write(raw_block, b"x"),
+        Err(AccessError::WrongMode { .. })
+    ));
+    let b = ShmBox::new_in(&typed, 1u64).unwrap();
+    assert_eq!(*b, 1);
+
+    let raw_name = ShmName::new("handles-mode-raw");
+    let raw =
+        FreeListAllocator::create_with(raw_name.as_str(), 1 << 20, &CreateOptions::raw()).unwrap();
+    assert_eq!(raw.segment().mode(), SegmentMode::Raw);
+    assert!(
+        ShmBox::new_in(&raw, 1u64).is_err(),
+        "typed handle in a raw segment"
+    );
+    let o = raw.allocate(8).unwrap();
+    raw.write(o, &[1; 8]).unwrap();
+
+    let expect = |m| OpenOptions {
+        segment_mode: Some(m),
+        ..OpenOptions::default()
+    };
+    let err =
+        FreeListAllocator::open_with(raw_name.as_str(), &expect(SegmentMode::Typed)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SegmentError::WrongMode {
+                expected: SegmentMode::Typed,
+                found: SegmentMode::Raw,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("raw mode, not typed mode"),
+        "{err}"
+    );
+    FreeListAllocator::open_with(typed_name.as_str(), &expect(SegmentMode::Typed)).unwrap();
+
+    // An undecided segment is fixed by the opener's expectation.
+    let unset_name = ShmName::new("handles-mode-unset");
+    let unset = FreeListAllocator::create(unset_name.as_str(), 1 << 20).unwrap();
+    assert_eq!(unset.segment().mode(), SegmentMode::Unset);
+    let opened =
+        FreeListAllocator::open_with(unset_name.as_str(), &expect(SegmentMode::Raw)).unwrap();
+    assert_eq!(opened.segment().mode(), SegmentMode::Raw);
+    assert!(ShmBox::new_in(&unset, 1u64).is_err());
 }

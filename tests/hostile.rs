@@ -19,8 +19,8 @@ use common::{
     cleanup_pid, env_req, env_u64, read_stdout, role, shm_path, spawn_child, wait_or_kill, Rng,
     ShmName,
 };
+use shared_allocator::__layout::{HEADER_REGION, LAYOUT_VERSION, MAGIC};
 use shared_allocator::prelude::*;
-use shared_allocator::segment::{HEADER_REGION, LAYOUT_VERSION, MAGIC};
 use shared_allocator::{AllocError, OpenOptions, SegmentError};
 
 const BATCH: u64 = 25;

@@ -47,7 +47,13 @@ fn mode_ignores_umask() {
         let default = modes_with("perm-def", &CreateOptions::default());
         assert_eq!(default, [0o600; 3], "default mode under umask {mask:03o}");
         for mode in CUSTOM {
-            let got = modes_with("perm-custom", &CreateOptions { mode });
+            let got = modes_with(
+                "perm-custom",
+                &CreateOptions {
+                    mode,
+                    ..Default::default()
+                },
+            );
             assert_eq!(got, [mode; 3], "mode {mode:03o} under umask {mask:03o}");
         }
         println!(
@@ -80,7 +86,13 @@ fn mode_ignores_umask() {
 #[test]
 fn custom_mode_is_exact() {
     for mode in CUSTOM.into_iter().chain([0o000, 0o604, 0o777]) {
-        let got = modes_with("perm-exact", &CreateOptions { mode });
+        let got = modes_with(
+            "perm-exact",
+            &CreateOptions {
+                mode,
+                ..Default::default()
+            },
+        );
         assert_eq!(got, [mode; 3], "mode {mode:03o}");
     }
     // Owned by this process's user.
@@ -98,8 +110,15 @@ fn custom_mode_is_exact() {
 #[test]
 fn read_only_mode_and_permission_denied() {
     let name = ShmName::new("perm-ro");
-    let a = FreeListAllocator::create_with(name.as_str(), 4096, &CreateOptions { mode: 0o400 })
-        .unwrap();
+    let a = FreeListAllocator::create_with(
+        name.as_str(),
+        4096,
+        &CreateOptions {
+            mode: 0o400,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let o = a.allocate(16).unwrap();
     a.write(o, b"still writable!!").unwrap();
     assert_eq!(mode_of(name.as_str()), 0o400);
@@ -133,8 +152,15 @@ fn create_is_exclusive() {
         exists
     );
     assert_eq!(
-        FreeListAllocator::create_with(name.as_str(), 4096, &CreateOptions { mode: 0o666 })
-            .unwrap_err(),
+        FreeListAllocator::create_with(
+            name.as_str(),
+            4096,
+            &CreateOptions {
+                mode: 0o666,
+                ..Default::default()
+            }
+        )
+        .unwrap_err(),
         exists
     );
     assert_eq!(

@@ -86,7 +86,7 @@ fn subscriber_role() {
     let (mut count, mut last, mut idle_wall, mut idle_cpu) = (0u64, 0u64, 0u128, 0u128);
     let ended = loop {
         let (w0, c0) = (Instant::now(), cpu_now());
-        let got = sub.recv(Some(WATCHDOG));
+        let got = sub.recv_timeout(WATCHDOG);
         if count == 0 {
             idle_wall = w0.elapsed().as_micros();
             idle_cpu = cpu_now().saturating_sub(c0).as_micros();
@@ -261,22 +261,22 @@ fn late_joiner_starts_at_the_next_batch() {
     let mut early = Subscriber::<Msg>::open(name.as_str()).unwrap();
     for seq in 1..=5 {
         p.publish(&msg(seq, 10)).unwrap();
-        assert_eq!(early.recv(Some(WATCHDOG)).unwrap().unwrap().seq(), seq);
+        assert_eq!(early.recv_timeout(WATCHDOG).unwrap().unwrap().seq(), seq);
     }
     let mut late = Subscriber::<Msg>::open(name.as_str()).unwrap();
     for seq in 6..=8 {
         p.publish(&msg(seq, 10)).unwrap();
-        assert_eq!(early.recv(Some(WATCHDOG)).unwrap().unwrap().seq(), seq);
+        assert_eq!(early.recv_timeout(WATCHDOG).unwrap().unwrap().seq(), seq);
     }
     let mut got = vec![];
     for _ in 6..=8 {
-        let b = late.recv(Some(WATCHDOG)).unwrap().unwrap();
+        let b = late.recv_timeout(WATCHDOG).unwrap().unwrap();
         check(&b, b.seq());
         got.push(b.seq());
     }
     assert_eq!(got, [6, 7, 8]);
     p.close().unwrap(); // every live subscriber has drained: no wait
-    assert!(late.recv(Some(WATCHDOG)).unwrap().is_none());
+    assert!(late.recv_timeout(WATCHDOG).unwrap().is_none());
 }
 
 /// Every mode blocks the publisher for a slow subscriber, then fails with
@@ -292,7 +292,7 @@ fn slow_subscriber_back_pressure() {
     let mut slow = Subscriber::<Msg>::open(name.as_str()).unwrap();
     p.publish(&msg(1, 10)).unwrap();
     p.publish(&msg(2, 10)).unwrap();
-    let held = slow.recv(None).unwrap().unwrap();
+    let held = slow.recv().unwrap().unwrap();
     assert!(matches!(
         p.publish(&msg(3, 10)),
         Err(PipelineError::Timeout(_))
@@ -302,7 +302,7 @@ fn slow_subscriber_back_pressure() {
     drop(held);
     p.publish(&msg(3, 10)).unwrap();
     for seq in 2..=3 {
-        let b = slow.recv(None).unwrap().unwrap();
+        let b = slow.recv().unwrap().unwrap();
         check(&b, seq);
     }
 
@@ -311,13 +311,13 @@ fn slow_subscriber_back_pressure() {
         Publisher::<Msg>::create(name.as_str(), PipelineOptions::new(Delivery::Latest)).unwrap();
     let mut slow = Subscriber::<Msg>::open(name.as_str()).unwrap();
     p.publish(&msg(1, 10)).unwrap();
-    let held = slow.recv(None).unwrap().unwrap();
+    let held = slow.recv().unwrap().unwrap();
     for seq in 2..=100 {
         p.publish(&msg(seq, 10)).unwrap(); // never blocks
     }
     check(&held, 1);
     drop(held);
-    let b = slow.recv(None).unwrap().unwrap();
+    let b = slow.recv().unwrap().unwrap();
     assert_eq!(b.seq(), 100, "Latest hands out the newest batch");
     check(&b, 100);
 }
@@ -385,7 +385,7 @@ fn forked_subscriber_is_refused() {
     match unsafe { nix::unistd::fork() }.unwrap() {
         nix::unistd::ForkResult::Child => {
             let ok = matches!(
-                sub.recv(Some(Duration::ZERO)),
+                sub.recv_timeout(Duration::ZERO),
                 Err(PipelineError::Forked(_))
             );
             std::mem::forget(sub);
@@ -397,5 +397,5 @@ fn forked_subscriber_is_refused() {
             assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
         }
     }
-    check(&sub.recv(Some(WATCHDOG)).unwrap().unwrap(), 1);
+    check(&sub.recv_timeout(WATCHDOG).unwrap().unwrap(), 1);
 }

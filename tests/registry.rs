@@ -321,8 +321,8 @@ fn pid_reuse_does_not_keep_a_dead_slot_alive() {
         .write(true)
         .open(common::shm_path(name.as_str()))
         .unwrap();
-    let pid_word = shared_allocator::segment::HEADER_REGION
-        + (dead.slot * shared_allocator::process::SLOT_WORDS * 8 + 8) as u64;
+    let pid_word = shared_allocator::__layout::HEADER_REGION
+        + (dead.slot * shared_allocator::__layout::SLOT_WORDS * 8 + 8) as u64;
     std::os::unix::fs::FileExt::write_at(
         &file,
         &u64::from(std::process::id()).to_le_bytes(),
@@ -1110,7 +1110,7 @@ fn a_resetter_killed_while_waiting_blocks_nobody() {
     }
     let name = ShmName::new("reg-resetter");
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let h = bump.arena().alloc(11u64).unwrap().handle();
+    let h = bump.arena().alloc(11u64).unwrap().arena_ptr();
     let mut c = KillOnDrop::new(child(
         "a_resetter_killed_while_waiting_blocks_nobody",
         "die-resetting",
@@ -1119,7 +1119,7 @@ fn a_resetter_killed_while_waiting_blocks_nobody() {
     killed_at_fail_point(c.child(), "resetter");
     // Within the watchdog, not the 120 s an allocation would wait for a live one.
     let start = std::time::Instant::now();
-    let after = bump.arena().alloc(12u64).unwrap().handle();
+    let after = bump.arena().alloc(12u64).unwrap().arena_ptr();
     assert!(start.elapsed() < LIMIT);
     assert_eq!(*after.get(&bump).unwrap(), 12);
     assert_eq!(*h.get(&bump).unwrap(), 11, "the epoch did not change");

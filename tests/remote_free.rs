@@ -64,7 +64,7 @@ fn producer(a: &FreeListAllocator, ctl: &Ctl, ch: &Root<Chan, &FreeListAllocator
         a.write(off, &buf).unwrap();
         let mut v = off.get();
         loop {
-            match tx.send(v, Some(Duration::from_millis(50))) {
+            match tx.send_timeout(v, Duration::from_millis(50)) {
                 Ok(()) => break,
                 Err(e) if ctl.stop.load(Ordering::Acquire) != 0 => {
                     v = e.into_inner();
@@ -82,7 +82,7 @@ fn consumer(a: &FreeListAllocator, ctl: &Ctl, ch: &Root<Chan, &FreeListAllocator
     let rx = ch.receiver().unwrap();
     let mut head = [0u8; 8];
     loop {
-        let off = match rx.recv(Some(Duration::from_millis(50))) {
+        let off = match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(o) => Offset::new(o),
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,

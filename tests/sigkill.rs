@@ -35,9 +35,8 @@ const W_READY: usize = 1;
 const W_HB: usize = 2;
 
 fn ctrl(seg: &Segment, off: Offset) -> &[AtomicU64; 8] {
-    let p = seg
-        .ptr_at(off.get(), 64, 8)
-        .expect("control block in bounds");
+    let p =
+        shared_allocator::__layout::ptr_at(seg, off.get(), 64, 8).expect("control block in bounds");
     // SAFETY:
     // - `ptr_at` checked 64 bytes at `off` are inside the live mapping and 8-aligned;
     // - AtomicU64 is valid for every bit pattern and these words are only accessed

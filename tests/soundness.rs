@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{results as finish, role, say, spawn_child, ShmName};
-use shared_allocator::archive::{ArchiveToken, ShmArchive, HEADER_LEN};
+use shared_allocator::__layout::HEADER_LEN;
+use shared_allocator::archive::{ArchiveToken, ShmArchive};
 use shared_allocator::prelude::*;
 use shared_allocator::segment::SegmentMode;
 use shared_allocator::typed::{TokenSlot, MAX_ROOTS};
@@ -294,8 +295,8 @@ fn hostile_vector_length_is_an_error() {
     let hdr = v.rel_ptr();
     let reader = ShmVecReader::open(&alloc, hdr).unwrap();
     // Header words: claim, fingerprint, len, cap, data, seq.
-    let len_at = Offset::new(hdr.raw() + 16);
-    let cap_at = Offset::new(hdr.raw() + 24);
+    let len_at = Offset::new(hdr.to_raw() + 16);
+    let cap_at = Offset::new(hdr.to_raw() + 24);
     for (len, cap) in [
         (u64::MAX, u64::MAX),
         (1 << 60, 1 << 60),
@@ -407,7 +408,7 @@ fn roots_release_panicking_claims_and_scale_past_a_thousand() {
 fn bump_epochs_do_not_wrap() {
     let name = ShmName::new("snd-epoch");
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 16).unwrap();
-    let h = bump.arena().alloc(7u64).unwrap().handle();
+    let h = bump.arena().alloc(7u64).unwrap().arena_ptr();
     for _ in 0..(1 << 20) {
         bump.reset().unwrap();
     }
@@ -531,7 +532,7 @@ fn second_bump_mapping_cannot_reset_under_a_reader() {
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
     let batch: Vec<String> = (0..64).map(|i| format!("item-{i}")).collect();
     let token = bump.arena().archive(&batch).unwrap().into_token();
-    let h = bump.arena().alloc(5u64).unwrap().handle();
+    let h = bump.arena().alloc(5u64).unwrap().arena_ptr();
     let reader = ArenaArchiveReader::<Vec<String>>::open(&bump, token).unwrap();
     let view = reader.access().unwrap();
     let mut second = BumpAllocator::open(name.as_str()).unwrap();

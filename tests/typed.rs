@@ -169,7 +169,7 @@ fn shm_vec_reader_sees_consistent_prefix_while_writer_pushes() {
         "vec-reader",
         &[
             ("SA_NAME", name.as_str().into()),
-            ("SA_PTR", v.rel_ptr().raw().to_string()),
+            ("SA_PTR", v.rel_ptr().to_raw().to_string()),
         ],
     );
     let ready = alloc.root::<AtomicU64>("ready").unwrap();
@@ -233,7 +233,7 @@ fn arena_handles_are_stale_after_reset_in_another_process() {
     let name = ShmName::new("typed-arena");
     let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
     let mut arena = bump.arena();
-    let h = arena.alloc_slice(&[1u64, 2, 3, 4]).unwrap().handle();
+    let h = arena.alloc_slice(&[1u64, 2, 3, 4]).unwrap().arena_ptr();
     let vars = |h: ArenaPtr<u64>| {
         [
             ("SA_NAME", name.as_str().to_owned()),
@@ -253,7 +253,7 @@ fn arena_handles_are_stale_after_reset_in_another_process() {
     let fresh = arena
         .alloc_slice(&[100u64, 200, 300, 400])
         .unwrap()
-        .handle();
+        .arena_ptr();
     assert_eq!(fresh.offset(), h.offset());
     let after = finish(
         spawn_child("child", "arena-read", &vars(h)),
@@ -286,7 +286,7 @@ fn bad_rel_ptrs_are_errors() {
         Err(AccessError::OutOfBounds { .. })
     ));
     assert!(matches!(
-        RelPtr::<AtomicU64>::from_raw(p.raw() + 1).get(&alloc),
+        RelPtr::<AtomicU64>::from_raw(p.to_raw() + 1).get(&alloc),
         Err(AccessError::Misaligned { .. })
     ));
     // The block (8 bytes, in the 16-byte class) is too small for a [u64; 4].

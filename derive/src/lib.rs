@@ -112,11 +112,14 @@ pub fn derive_shm_safe(input: TokenStream) -> TokenStream {
 /// What the `#[repr]` attributes of the struct say, as far as we care.
 struct Repr {
     c_or_transparent: bool,
+    /// `align(N)`: the alignment may exceed 8, so no whole-word impls are emitted.
+    align: bool,
 }
 
 fn parse_repr(attrs: &[Attribute]) -> Result<Repr> {
     let mut repr = Repr {
         c_or_transparent: false,
+        align: false,
     };
     for attr in attrs.iter().filter(|a| a.path().is_ident("repr")) {
         attr.parse_nested_meta(|meta| {
@@ -128,6 +131,7 @@ fn parse_repr(attrs: &[Attribute]) -> Result<Repr> {
                 let content;
                 syn::parenthesized!(content in meta.input);
                 content.parse::<syn::LitInt>()?;
+                repr.align = true;
                 Ok(())
             } else if meta.path.is_ident("packed") {
                 Err(meta.error(
@@ -402,6 +406,36 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
         quote!()
     };
 
+    // Whole-word layouts for channel elements and mutex payloads, as trait bounds
+    // (so a misfit is a `cargo check` error naming the user's type): a struct with
+    // no padding (the assertion above) whose fields are all whole 8-byte (4-byte)
+    // words has a size that is a multiple of 8 (4), and its alignment is its
+    // largest field's (at most 8), unless `align(N)` raises it (no impls then).
+    // The per-field bounds are higher-ranked (`for<'__w>`) so that a field that
+    // does not fit makes the impl not apply instead of being an error here.
+    let words_impls = if repr.align {
+        quote!()
+    } else {
+        let where_preds: Vec<TokenStream2> = generics
+            .where_clause
+            .as_ref()
+            .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
+            .unwrap_or_default();
+        let impl_for = |tr: TokenStream2| {
+            let preds = where_preds
+                .iter()
+                .cloned()
+                .chain(field_tys.iter().map(|ty| quote!(for<'__w> #ty: #tr)));
+            quote! {
+                #[automatically_derived]
+                unsafe impl #impl_generics #tr for #name #ty_generics where #(#preds,)* {}
+            }
+        };
+        let ce = impl_for(quote!(#krate::typed::ChannelElement));
+        let mp = impl_for(quote!(#krate::typed::MutexPayload));
+        quote!(#ce #mp)
+    };
+
     Ok(quote! {
         const _: () = {
             /// Mixes field `F` into the fingerprint `h`; requires `F: ShmSafe`.
@@ -431,6 +465,8 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
             #eager_check
 
             #sync_impl
+
+            #words_impls
         };
     })
 }

@@ -104,9 +104,7 @@ impl PyFreeList {
 /// The metadata root at `off`, which `open_meta` resolved through the root table
 /// (8-aligned, 32 bytes, inside the mapping of `alloc`).
 fn meta_at(alloc: &FreeListAllocator, off: Offset) -> &[AtomicU64; 4] {
-    let p = alloc
-        .segment()
-        .ptr_at(off.get(), 32, 8)
+    let p = shared_allocator::__layout::ptr_at(alloc.segment(), off.get(), 32, 8)
         .expect("metadata root validated at open");
     // SAFETY:
     // - `ptr_at` checked that 32 bytes at `off` lie inside the mapping and are
@@ -125,7 +123,8 @@ fn open_meta(
     let m = alloc
         .root::<[AtomicU64; 4]>(META_ROOT)
         .map_err(|e| e.to_string())?;
-    let base = alloc.segment().ptr_at(0, 0, 1).ok_or("empty mapping")?;
+    let base =
+        shared_allocator::__layout::ptr_at(alloc.segment(), 0, 0, 1).ok_or("empty mapping")?;
     let off = Offset::new((&*m as *const [AtomicU64; 4] as usize - base.as_ptr() as usize) as u64);
     let store = |(s, n): (u64, u64)| -> bool {
         if m[0]

@@ -51,7 +51,7 @@ impl SharedView {
         len: usize,
         readonly: bool,
     ) -> Option<SharedView> {
-        let p = core.alloc.segment().ptr_at(off.get(), len as u64, 1)?;
+        let p = shared_allocator::__layout::ptr_at(core.alloc.segment(), off.get(), len as u64, 1)?;
         let end = off.get() + len as u64;
         core.exports.add(off.get(), end);
         Some(SharedView {

@@ -75,6 +75,18 @@
 //!   bytecheck alone checks structure, not content. The checksum is not a
 //!   security boundary (a hostile writer can recompute it); bytecheck, which
 //!   runs after it regardless, is what rules out undefined behaviour.
+//! - An **arena archive's** checksum word is keyed: SipHash-2-4 under a 128-bit
+//!   secret the segment's creator draws (kept in the segment header, which no
+//!   API reads or writes) over the block offset, the bump epoch, the length, the
+//!   type tag and the XXH3 checksum. An arena archive token is two numbers with
+//!   no owner header to check against, and an arena chunk's reserved but unwritten
+//!   tail may still hold an archive from an earlier epoch, which the arena will
+//!   write over: a view there would change under its reader. With the key, only
+//!   this crate's seal of *that* block in *that* epoch validates; an old image, a
+//!   copy of a current one at another offset, or one built by the caller (say, as
+//!   an arena slice) is [`ArchiveError::Checksum`]. (A process that reads the key
+//!   out of the shared memory object directly is outside the API, like an
+//!   untrusted writer: the copy paths stay sound against it, views trust it.)
 //!
 //! # Where bytes are copied
 //!
@@ -121,10 +133,13 @@ pub use crate::error::ArchiveError;
 pub use crate::typed::token::ArchiveToken;
 pub use arena::{ArenaArchive, ArenaArchiveReader, ArenaArchiveToken};
 pub use owned::ShmArchive;
+#[doc(hidden)]
+pub use pipeline::PipeWriter;
 pub use pipeline::{
-    Batch, Delivery, PipeWriter, PipelineBatch, PipelineError, PipelineOptions, Publisher,
-    Subscriber, MAX_SUBSCRIBERS,
+    Batch, Delivery, PipelineBatch, PipelineError, PipelineOptions, Publisher, Subscriber,
+    MAX_SUBSCRIBERS,
 };
+#[doc(hidden)]
 pub use writer::ShmWriter;
 
 /// The rkyv this module is built against (0.8), for `#[rkyv(crate = ...)]` or
@@ -132,10 +147,10 @@ pub use writer::ShmWriter;
 pub use rkyv;
 
 /// Alignment of an archive block and of the archive inside it (rkyv's buffer alignment).
-pub const ARCHIVE_ALIGN: usize = 16;
+pub(crate) const ARCHIVE_ALIGN: usize = 16;
 /// Bytes of the block header in front of the archive: the hand-over claim word and
 /// type fingerprint, then magic, length, type tag and checksum.
-pub const HEADER_LEN: u64 = 48;
+pub(crate) const HEADER_LEN: u64 = 48;
 
 /// Types that can be archived into shared memory and validated back: anything
 /// that derives `rkyv::Archive` and `rkyv::Serialize` with rkyv's default

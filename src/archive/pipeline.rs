@@ -9,11 +9,11 @@
 //! // In a reader process (here: the same one):
 //! let mut subscriber = Subscriber::<Vec<u64>>::open(&name)?;
 //! publisher.publish(&vec![1, 2, 3])?; // serialised once, in place
-//! let batch = subscriber.recv(None)?.expect("not closed");
+//! let batch = subscriber.recv()?.expect("not closed");
 //! assert_eq!(batch[2].to_native(), 3); // a validated `&Archived<Vec<u64>>`
 //! drop(batch); // releases the region: the publisher may reuse it
 //! publisher.close()?; // the subscriber sees the end of the stream
-//! assert!(subscriber.recv(None)?.is_none());
+//! assert!(subscriber.recv()?.is_none());
 //! # Ok::<(), shared_allocator::archive::PipelineError>(())
 //! ```
 //!
@@ -84,9 +84,9 @@ use thiserror::Error;
 use super::writer::type_tag;
 use super::{ArchiveError, ShmArchivable, ARCHIVE_ALIGN, HEADER_LEN};
 use crate::alloc::{BumpAllocator, FreeListAllocator, Offset, ShmAllocator};
+use crate::coord::ShmEvent;
 use crate::error::SegmentError;
 use crate::segment::Segment;
-use crate::sync::ShmEvent;
 use crate::typed::{fingerprint, Root, ShmSafe, ShmSync};
 
 /// Most subscribers a pipeline can have at once.
@@ -460,7 +460,7 @@ impl<T: PipelineBatch> Publisher<T> {
         let deadline = Instant::now() + self.opts.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if c.space.wait_until(Some(left.min(LIVENESS_SLICE)), ok) {
+            if c.space.wait_timeout_until(left.min(LIVENESS_SLICE), ok) {
                 return Ok(());
             }
             if left.is_zero() {
@@ -735,15 +735,30 @@ impl<T: ShmArchivable> Subscriber<T> {
 
     /// The next batch: in `Every` mode the one after the last received, in
     /// `Latest` mode the newest one not yet received. Blocks (futex, no polling)
-    /// up to `timeout` (`None`: forever). The batch stays valid, and its region
-    /// reserved, until the returned guard is dropped.
+    /// until there is one. The batch stays valid, and its region reserved, until
+    /// the returned guard is dropped.
     ///
     /// # Errors
     /// `Ok(None)` when the publisher closed the stream (after the last batch);
-    /// [`PipelineError::PublisherGone`] when it died; [`PipelineError::RecvTimeout`];
+    /// [`PipelineError::PublisherGone`] when it died;
     /// [`PipelineError::Forked`] in a fork child of the process that opened it;
     /// [`PipelineError::Archive`] if a batch fails validation.
-    pub fn recv(
+    pub fn recv(&mut self) -> Result<Option<Batch<'_, T>>, PipelineError> {
+        self.recv_inner(None)
+    }
+
+    /// As [`recv`](Self::recv), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), and [`PipelineError::RecvTimeout`].
+    pub fn recv_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<Batch<'_, T>>, PipelineError> {
+        self.recv_inner(Some(timeout))
+    }
+
+    fn recv_inner(
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<Batch<'_, T>>, PipelineError> {
@@ -772,7 +787,7 @@ impl<T: ShmArchivable> Subscriber<T> {
                     return Err(PipelineError::RecvTimeout(timeout.unwrap_or_default()));
                 }
                 let slice = left.map_or(LIVENESS_SLICE, |l| l.min(LIVENESS_SLICE));
-                c.data.wait_until(Some(slice), || {
+                c.data.wait_timeout_until(slice, || {
                     c.published.load(SeqCst) >= want || c.closed.load(SeqCst) != 0
                 });
                 continue;
@@ -819,7 +834,7 @@ impl<T: ShmArchivable> Subscriber<T> {
                         return Ok(None); // its segment went with the close
                     }
                     // Removed only once a newer batch is published.
-                    c.data.wait_until(Some(LIVENESS_SLICE), || {
+                    c.data.wait_timeout_until(LIVENESS_SLICE, || {
                         c.published.load(SeqCst) != seq || c.closed.load(SeqCst) != 0
                     });
                     continue;

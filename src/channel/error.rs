@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::error::ChannelError;
+
 /// Why an endpoint could not be created.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -42,6 +44,18 @@ macro_rules! value_error {
         }
 
         impl<T> std::error::Error for $name<T> {}
+
+        impl<T> From<$name<T>> for ChannelError {
+            fn from(e: $name<T>) -> ChannelError {
+                match e { $($name::$var(_) => ChannelError::$var,)* }
+            }
+        }
+
+        impl<T> From<$name<T>> for crate::Error {
+            fn from(e: $name<T>) -> crate::Error {
+                crate::Error::Channel(e.into())
+            }
+        }
     };
 }
 
@@ -96,3 +110,42 @@ pub enum RecvTimeoutError {
     #[error("the channel's shared state is corrupted")]
     Corrupted,
 }
+
+impl From<EndpointError> for ChannelError {
+    fn from(e: EndpointError) -> ChannelError {
+        match e {
+            EndpointError::TooManyEndpoints { max } => ChannelError::TooManyEndpoints { max },
+        }
+    }
+}
+
+impl From<TryRecvError> for ChannelError {
+    fn from(e: TryRecvError) -> ChannelError {
+        match e {
+            TryRecvError::Empty => ChannelError::Empty,
+            TryRecvError::Disconnected => ChannelError::Disconnected,
+            TryRecvError::Corrupted => ChannelError::Corrupted,
+        }
+    }
+}
+
+impl From<RecvTimeoutError> for ChannelError {
+    fn from(e: RecvTimeoutError) -> ChannelError {
+        match e {
+            RecvTimeoutError::Timeout => ChannelError::Timeout,
+            RecvTimeoutError::Disconnected => ChannelError::Disconnected,
+            RecvTimeoutError::Corrupted => ChannelError::Corrupted,
+        }
+    }
+}
+
+macro_rules! into_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for crate::Error {
+            fn from(e: $t) -> crate::Error {
+                crate::Error::Channel(e.into())
+            }
+        }
+    )*};
+}
+into_error!(EndpointError, TryRecvError, RecvTimeoutError);

@@ -30,10 +30,10 @@ pub use error::{EndpointError, RecvTimeoutError, SendTimeoutError, TryRecvError,
 use ring::{PopFail, PushFail, Role};
 
 use crate::alloc::ShmAllocator;
+use crate::coord::ShmEvent;
 use crate::sync::futex::Deadline;
 use crate::sync::owner;
-use crate::sync::ShmEvent;
-use crate::typed::{fingerprint, Root, ShmSafe};
+use crate::typed::{fingerprint, ChannelElement, Root, ShmSafe};
 
 /// How many endpoints (senders plus receivers, in all processes) one channel holds.
 pub const MAX_ENDPOINTS: usize = 64;
@@ -112,14 +112,14 @@ struct Slot<T> {
 /// let jobs = alloc.root::<ShmChannel<u64, 64>>("jobs")?;
 /// // In the producer process:
 /// let tx = jobs.sender()?;
-/// tx.send(42, Some(Duration::from_secs(1)))?;
+/// tx.send_timeout(42, Duration::from_secs(1))?;
 /// // In a consumer process:
 /// let rx = jobs.receiver()?;
-/// assert_eq!(rx.recv(Some(Duration::from_secs(1)))?, 42);
+/// assert_eq!(rx.recv_timeout(Duration::from_secs(1))?, 42);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[repr(C)]
-pub struct ShmChannel<T, const N: usize> {
+pub struct ShmChannel<T: ChannelElement, const N: usize> {
     head: AtomicU64,
     _pad_head: [u64; 7],
     tail: AtomicU64,
@@ -138,10 +138,10 @@ pub struct ShmChannel<T, const N: usize> {
 }
 
 // SAFETY: values move between threads only by copy under the slot protocol, which
-// gives each slot's value to one claimant at a time; `T: ShmSafe` is Send + Sync.
-unsafe impl<T: ShmSafe, const N: usize> Sync for ShmChannel<T, N> {}
+// gives each slot's value to one claimant at a time; `T: ChannelElement` is Send + Sync.
+unsafe impl<T: ChannelElement, const N: usize> Sync for ShmChannel<T, N> {}
 
-const fn layout_ok<T, const N: usize>() -> bool {
+const fn layout_ok<T: ChannelElement, const N: usize>() -> bool {
     use std::mem::{align_of, size_of};
     size_of::<T>() % 8 == 0
         && align_of::<T>() <= 8
@@ -155,14 +155,14 @@ const fn layout_ok<T, const N: usize>() -> bool {
 // endpoint table of atomics, and `N` slots of an `AtomicU64` and an `UnsafeCell<T>`:
 // - every bit pattern is valid: the atomics and padding accept any value (the
 //   protocol treats unknown states as stale or corrupt, never as an index: slot
-//   indices are positions modulo N), and `T: ShmSafe` is valid for every pattern;
+//   indices are positions modulo N), and `T: ChannelElement` is valid for every pattern;
 // - no padding: FINGERPRINT asserts the exact size for each instantiation (T a
 //   multiple of 8 bytes, alignment <= 8);
 // - no pointers, no Drop;
 // - values are read and written only by the claimant of their slot (CAS on the slot
 //   word with Acquire/Release), so there is no data race among cooperating processes;
 // - Send + Sync + 'static because `T` is (the Sync impl above).
-unsafe impl<T: ShmSafe, const N: usize> ShmSafe for ShmChannel<T, N> {
+unsafe impl<T: ChannelElement, const N: usize> ShmSafe for ShmChannel<T, N> {
     const FINGERPRINT: u64 = {
         assert!(
             layout_ok::<T, N>(),
@@ -173,7 +173,7 @@ unsafe impl<T: ShmSafe, const N: usize> ShmSafe for ShmChannel<T, N> {
     };
 }
 
-impl<T: ShmSafe + Copy, const N: usize> ring::Ring for ShmChannel<T, N> {
+impl<T: ChannelElement + Copy, const N: usize> ring::Ring for ShmChannel<T, N> {
     type W = AtomicU64;
     type T = T;
     #[inline]
@@ -255,7 +255,7 @@ pub struct ChannelStats {
     pub waiting_senders: u32,
 }
 
-impl<T: ShmSafe + Copy, const N: usize> ShmChannel<T, N> {
+impl<T: ChannelElement + Copy, const N: usize> ShmChannel<T, N> {
     const LAYOUT: () = assert!(
         layout_ok::<T, N>(),
         "ShmChannel<T, N>: T must be a multiple of 8 bytes with alignment <= 8, and N > 0"
@@ -369,7 +369,7 @@ impl<T: ShmSafe + Copy, const N: usize> ShmChannel<T, N> {
     }
 }
 
-impl<T, const N: usize> fmt::Debug for ShmChannel<T, N> {
+impl<T: ChannelElement, const N: usize> fmt::Debug for ShmChannel<T, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShmChannel")
             .field("capacity", &N)
@@ -382,7 +382,7 @@ impl<T, const N: usize> fmt::Debug for ShmChannel<T, N> {
 /// Endpoints are made from the channel's [`Root`]: it holds the allocator that
 /// keeps the channel's mapping alive, and each endpoint holds a clone of it (a
 /// reference, or an `Arc` for endpoints that live anywhere).
-impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator + Clone> Root<ShmChannel<T, N>, A> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator + Clone> Root<ShmChannel<T, N>, A> {
     /// Registers a new sender in this process.
     ///
     /// # Errors
@@ -416,14 +416,14 @@ impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator + Clone> Root<ShmChannel
 
 /// The sending side of a [`ShmChannel`], registered in the channel's endpoint
 /// table until dropped. `Send`, not `Sync`: one per thread (clone for more).
-pub struct Sender<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> {
+pub struct Sender<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> {
     chan: Root<ShmChannel<T, N>, A>,
     entry: usize,
     _not_sync: PhantomData<Cell<()>>,
 }
 
 /// The receiving side of a [`ShmChannel`], registered until dropped. `Send`, not `Sync`.
-pub struct Receiver<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> {
+pub struct Receiver<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> {
     chan: Root<ShmChannel<T, N>, A>,
     entry: usize,
     /// When `try_recv` last scanned for dead senders (a system call per sender).
@@ -431,7 +431,7 @@ pub struct Receiver<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> {
     _not_sync: PhantomData<Cell<()>>,
 }
 
-impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> fmt::Debug for Sender<T, N, A> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> fmt::Debug for Sender<T, N, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sender")
             .field("entry", &self.entry)
@@ -439,7 +439,7 @@ impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> fmt::Debug for Sender<T
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> fmt::Debug for Receiver<T, N, A> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> fmt::Debug for Receiver<T, N, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Receiver")
             .field("entry", &self.entry)
@@ -447,7 +447,7 @@ impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> fmt::Debug for Receiver
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Sender<T, N, A> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Sender<T, N, A> {
     #[inline]
     fn inflight(&self) -> &AtomicU64 {
         &self.chan.endpoints[self.entry].inflight
@@ -496,14 +496,35 @@ impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Sender<T, N, A> {
         }
     }
 
-    /// Sends `value`, waiting while the channel is full, at most `timeout` (`None`:
-    /// until a slot frees or every receiver is gone). Waiting sleeps on a futex.
+    /// Sends `value`, waiting while the channel is full, until a slot frees or every
+    /// receiver is gone. Waiting sleeps on a futex.
+    ///
+    /// # Errors
+    /// [`SendTimeoutError::Disconnected`] (every receiver dropped or dead),
+    /// [`SendTimeoutError::Corrupted`]; each carries the value back. (Never
+    /// `Timeout`.)
+    #[inline]
+    pub fn send(&self, value: T) -> Result<(), SendTimeoutError<T>> {
+        self.send_deadline(value, None)
+    }
+
+    /// Sends `value`, waiting while the channel is full, at most `timeout`.
     ///
     /// # Errors
     /// [`SendTimeoutError::Timeout`], [`SendTimeoutError::Disconnected`] (every
     /// receiver dropped or dead), [`SendTimeoutError::Corrupted`]; each carries the
     /// value back.
-    pub fn send(&self, value: T, timeout: Option<Duration>) -> Result<(), SendTimeoutError<T>> {
+    #[inline]
+    pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.send_deadline(value, Some(timeout))
+    }
+
+    #[inline]
+    fn send_deadline(
+        &self,
+        value: T,
+        timeout: Option<Duration>,
+    ) -> Result<(), SendTimeoutError<T>> {
         let c: &ShmChannel<T, N> = &self.chan;
         // The first attempt reads no clock (the deadline costs a clock read, ~20 ns,
         // as much as the push itself); it is the loop's first round otherwise.
@@ -544,7 +565,7 @@ impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Sender<T, N, A> {
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Receiver<T, N, A> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Receiver<T, N, A> {
     #[inline]
     fn inflight(&self) -> &AtomicU64 {
         &self.chan.endpoints[self.entry].inflight
@@ -601,15 +622,29 @@ impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Receiver<T, N, A> {
         Err(TryRecvError::Empty)
     }
 
-    /// Takes a message, waiting at most `timeout` (`None`: until one arrives or every
-    /// sender is gone). Waiting sleeps on a futex; every 50 ms of quiet it checks for
-    /// dead senders and for slots a dead sender left half-written.
+    /// Takes a message, waiting until one arrives or every sender is gone. Waiting
+    /// sleeps on a futex; every 50 ms of quiet it checks for dead senders and for
+    /// slots a dead sender left half-written.
     ///
     /// # Errors
-    /// [`RecvTimeoutError::Timeout`]; [`RecvTimeoutError::Disconnected`] once nothing
-    /// is queued and every sender is gone (dropped or dead);
-    /// [`RecvTimeoutError::Corrupted`].
-    pub fn recv(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
+    /// [`RecvTimeoutError::Disconnected`] once nothing is queued and every sender is
+    /// gone (dropped or dead); [`RecvTimeoutError::Corrupted`]. (Never `Timeout`.)
+    #[inline]
+    pub fn recv(&self) -> Result<T, RecvTimeoutError> {
+        self.recv_deadline(None)
+    }
+
+    /// Takes a message, waiting at most `timeout`; otherwise as [`recv`](Self::recv).
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`], and the errors of [`recv`](Self::recv).
+    #[inline]
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_deadline(Some(timeout))
+    }
+
+    #[inline]
+    fn recv_deadline(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
         let c: &ShmChannel<T, N> = &self.chan;
         // The first attempt reads no clock (as in `send`).
         match self.take(false) {
@@ -655,7 +690,7 @@ impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Receiver<T, N, A> {
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator + Clone> Clone for Sender<T, N, A> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator + Clone> Clone for Sender<T, N, A> {
     /// Registers another sender.
     ///
     /// # Panics
@@ -665,7 +700,9 @@ impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator + Clone> Clone for Sende
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator + Clone> Clone for Receiver<T, N, A> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator + Clone> Clone
+    for Receiver<T, N, A>
+{
     /// Registers another receiver.
     ///
     /// # Panics
@@ -675,13 +712,13 @@ impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator + Clone> Clone for Recei
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Drop for Sender<T, N, A> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Drop for Sender<T, N, A> {
     fn drop(&mut self) {
         self.chan.deregister(self.entry, Role::Sender);
     }
 }
 
-impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Drop for Receiver<T, N, A> {
+impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Drop for Receiver<T, N, A> {
     fn drop(&mut self) {
         self.chan.deregister(self.entry, Role::Receiver);
     }
@@ -690,6 +727,6 @@ impl<T: ShmSafe + Copy, const N: usize, A: ShmAllocator> Drop for Receiver<T, N,
 // SAFETY: the ring's words are atomics and each slot's value sits in an UnsafeCell
 // that the slot protocol gives to one endpoint at a time, so the shared API is
 // sound when other processes call it at once.
-unsafe impl<T: ShmSafe, const N: usize> crate::typed::ShmShared for ShmChannel<T, N> {
+unsafe impl<T: ChannelElement, const N: usize> crate::typed::ShmShared for ShmChannel<T, N> {
     const ATOMIC_ONLY: bool = false;
 }

@@ -46,16 +46,16 @@ use crate::error::SegmentError;
 use crate::segment::Segment;
 
 /// Slots in every registry: at most this many handles can be attached at once.
-pub const SLOTS: usize = 128;
+pub(crate) const SLOTS: usize = 128;
 /// Words (8 bytes) per slot.
-pub const SLOT_WORDS: usize = 32;
+pub(crate) const SLOT_WORDS: usize = 32;
 /// Parked intent records of dead handles (pairs of words) after the slots.
 const ORPHAN_WORDS: usize = 64;
 /// Bytes of the registry: the slots, then the parked (orphan) intent records.
-pub const REGISTRY_BYTES: u64 = ((SLOTS * SLOT_WORDS + ORPHAN_WORDS) * 8) as u64;
+pub(crate) const REGISTRY_BYTES: u64 = ((SLOTS * SLOT_WORDS + ORPHAN_WORDS) * 8) as u64;
 const _: () = assert!(REGISTRY_BYTES <= crate::segment::REGISTRY_REGION);
 /// Intent records per slot (threads of one process that use one handle share them).
-pub const INTENTS: usize = 12;
+pub(crate) const INTENTS: usize = 12;
 
 /// Where the per-slot lock bytes start in the segment file (far past any data, so
 /// the locks never look like they guard data; `fcntl` locks may lie beyond EOF).
@@ -134,6 +134,20 @@ static LOCK_FDS: [AtomicI32; 256] = [const { AtomicI32::new(0) }; 256];
 #[inline]
 pub(crate) fn fork_epoch() -> u64 {
     FORK_EPOCH.load(Ordering::Relaxed)
+}
+
+/// [`AccessError::Forked`](crate::AccessError::Forked) if state recorded in fork
+/// epoch `recorded` is a copy in a fork child.
+#[inline]
+pub(crate) fn check_fork(recorded: u64) -> Result<(), crate::AccessError> {
+    let now = fork_epoch();
+    if recorded != now {
+        return Err(crate::AccessError::Forked {
+            handle_epoch: recorded,
+            current_epoch: now,
+        });
+    }
+    Ok(())
 }
 
 extern "C" fn after_fork_in_child() {
@@ -743,6 +757,13 @@ impl Pin {
     #[inline]
     pub(crate) fn valid(&self) -> bool {
         self.fork == fork_epoch()
+    }
+
+    /// The fork epoch the pin was taken in.
+    #[inline]
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (arena archive readers)
+    pub(crate) fn fork(&self) -> u64 {
+        self.fork
     }
 }
 

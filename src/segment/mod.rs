@@ -8,6 +8,7 @@
 
 mod header;
 mod name;
+pub(crate) mod roots_table;
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -23,11 +24,12 @@ use nix::fcntl::OFlag;
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 
-pub use header::{
-    AllocatorKind, Layout, ALLOC_REGION_START, HEADER_REGION, LAYOUT_VERSION, MAGIC,
-    REGISTRY_REGION, ROOTS_LEN, ROOTS_OFFSET,
-};
+pub use header::{AllocatorKind, Layout};
 pub(crate) use header::{RawHeader, STATE_INIT, STATE_READY};
+pub(crate) use header::{
+    ALLOC_REGION_START, HEADER_REGION, LAYOUT_VERSION, MAGIC, REGISTRY_REGION, ROOTS_LEN,
+    ROOTS_OFFSET,
+};
 pub use name::MAX_NAME_LEN;
 
 /// Chunk size of the byte-wise atomic copies in `write_bytes` / `read_bytes`.
@@ -64,61 +66,7 @@ unsafe fn load_chunk<const N: usize>(src: *const u8, dst: &mut [u8]) {
 /// words at the start of the roots area (0 is the nonce counter, 1 the overflow).
 pub(crate) const MODE_WORD: u64 = ROOTS_OFFSET + 16;
 
-/// What a segment's data is used for. Decided by the first use that needs it and
-/// never changed, so that the raw offset API and typed references never meet on
-/// one block (the raw API cannot see whose a block is, and a block it writes or
-/// frees could become typed between a check and the write).
-///
-/// - [`SegmentMode::Raw`]: the raw offset API writes and frees (`ShmAllocator::write`,
-///   `ShmFree::free`; the seed's API and the Python package). Typed handles that
-///   give non-atomic references (`ShmBox`, `ShmVec`, archives, arenas) are refused
-///   with [`AccessError::WrongMode`].
-/// - [`SegmentMode::Typed`]: those typed handles. Raw `write` and `free` are refused
-///   with [`AccessError::WrongMode`] / [`FreeError::WrongMode`](crate::FreeError::WrongMode).
-///
-/// In both modes: raw `allocate`, `read` and the other copy paths, roots and
-/// `RelPtr::get` of [`ShmSync`](crate::ShmSync) types (atomics: every access is
-/// atomic, so no write is ever a data race) work.
-///
-/// ```
-/// use shared_allocator::prelude::*;
-/// use shared_allocator::segment::SegmentMode;
-/// # let name = format!("doc-mode-{}", std::process::id());
-/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
-/// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
-/// let b = ShmBox::new_in(&alloc, 7u64)?;               // decides Typed
-/// assert_eq!(alloc.segment().mode(), SegmentMode::Typed);
-/// let raw = alloc.allocate(64)?;                        // fine: a raw block
-/// assert!(alloc.write(b.rel_ptr().offset(), &[0; 8]).is_err()); // refused
-/// assert!(alloc.write(raw, b"x").is_err());             // raw writes too
-/// assert_eq!(*b, 7);
-/// # drop(b);
-/// # alloc.unlink()?;
-/// # Ok::<(), shared_allocator::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u64)]
-pub enum SegmentMode {
-    /// Not decided yet (nothing that needs a mode was done).
-    Unset = 0,
-    /// The raw offset API writes and frees.
-    Raw = 1,
-    /// Typed handles own the blocks; raw writes and frees are refused.
-    Typed = 2,
-    /// The mode word holds neither (a peer scribbled on it): both are refused.
-    Corrupted = 3,
-}
-
-impl std::fmt::Display for SegmentMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SegmentMode::Unset => "unset",
-            SegmentMode::Raw => "raw",
-            SegmentMode::Typed => "typed",
-            SegmentMode::Corrupted => "corrupted",
-        })
-    }
-}
+pub use crate::mode::SegmentMode;
 
 use crate::error::SegmentError;
 
@@ -128,11 +76,41 @@ pub struct CreateOptions {
     /// Permission bits of the object; applied with `fchmod`, so the umask cannot widen
     /// or narrow them. Default `0o600`: only this user may open the segment.
     pub mode: u32,
+    /// What the segment's data is for, fixed at creation: [`SegmentMode::Raw`]
+    /// (the raw offset API) or [`SegmentMode::Typed`] (typed handles), so that a
+    /// use of the other kind is refused from the first call, in every process.
+    /// [`SegmentMode::Unset`] (the default) leaves it to the first use.
+    pub segment_mode: SegmentMode,
 }
 
 impl Default for CreateOptions {
     fn default() -> Self {
-        CreateOptions { mode: 0o600 }
+        CreateOptions {
+            mode: 0o600,
+            segment_mode: SegmentMode::Unset,
+        }
+    }
+}
+
+impl CreateOptions {
+    /// The defaults, with the segment fixed to typed handles
+    /// ([`SegmentMode::Typed`]): `ShmBox`, `ShmVec`, archives, arenas, locks and
+    /// channels; raw `write`/`free` are refused.
+    pub fn typed() -> CreateOptions {
+        CreateOptions {
+            segment_mode: SegmentMode::Typed,
+            ..CreateOptions::default()
+        }
+    }
+
+    /// The defaults, with the segment fixed to the raw offset API
+    /// ([`SegmentMode::Raw`]): `allocate`/`write`/`free` and `RelPtr::get` of
+    /// atomics; typed handles are refused.
+    pub fn raw() -> CreateOptions {
+        CreateOptions {
+            segment_mode: SegmentMode::Raw,
+            ..CreateOptions::default()
+        }
     }
 }
 
@@ -148,6 +126,11 @@ pub struct OpenOptions {
     /// Accept an object whose mode lets users other than the owner's group write
     /// it (`o+w`). Off by default, for the same reason.
     pub allow_world_writable: bool,
+    /// The mode the opener expects ([`SegmentMode::Raw`] or [`SegmentMode::Typed`]):
+    /// a segment already in the other mode is [`SegmentError::WrongMode`] at
+    /// `open`, one still undecided is fixed to it. `None` (the default) accepts
+    /// either.
+    pub segment_mode: Option<SegmentMode>,
 }
 
 impl Default for OpenOptions {
@@ -156,6 +139,7 @@ impl Default for OpenOptions {
             timeout: Duration::from_secs(2),
             allow_foreign_owner: false,
             allow_world_writable: false,
+            segment_mode: None,
         }
     }
 }
@@ -175,6 +159,12 @@ pub struct Segment {
     /// The mode this handle saw decided (`SegmentMode as u8`; 0: not yet). A
     /// decided mode never changes, so one local load answers later checks.
     mode_seen: std::sync::atomic::AtomicU8,
+    /// The segment's secret key (see [`Segment::archive_key`]): drawn by the
+    /// creator, read once at open (a later scribble on the header changes nothing
+    /// here).
+    key: [u64; 2],
+    /// [`Segment::id`], computed once from the key.
+    id: u64,
 }
 
 /// A fresh open file description of the object behind `file` (never shared with the
@@ -288,6 +278,29 @@ impl Drop for UnlinkGuard {
     }
 }
 
+/// 128 unpredictable bits: SipHash outputs under the standard library's randomly
+/// seeded (per thread, from the OS) `RandomState` keys.
+fn random_key() -> [u64; 2] {
+    use std::hash::BuildHasher;
+    let s = std::collections::hash_map::RandomState::new();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    [
+        s.hash_one((0u8, t, std::process::id())),
+        s.hash_one((1u8, t, std::process::id())),
+    ]
+}
+
+/// The segment id for `key`: a keyed hash (reveals nothing of the key), never 0.
+fn segment_id(key: [u64; 2]) -> u64 {
+    use std::hash::Hasher;
+    #[allow(deprecated)] // SipHash-2-4, see `archive::writer::checksum`
+    let mut h = std::hash::SipHasher::new_with_keys(key[0], key[1]);
+    h.write(b"segment id");
+    h.finish() | 1
+}
+
 impl Segment {
     /// Creates a new object `name` of `layout.total_size` bytes with `O_EXCL`, maps it,
     /// and returns it still in the INIT state: the caller writes its metadata and then
@@ -299,6 +312,7 @@ impl Segment {
     ) -> Result<Segment, SegmentError> {
         let name = name::normalize(name)?;
         layout.validate()?;
+        let key = random_key();
         if opts.mode & !0o777 != 0 {
             return Err(SegmentError::InvalidParameter {
                 what: "mode",
@@ -334,13 +348,36 @@ impl Segment {
             Ok((map, lock_description(&file)?))
         })();
         match result {
-            Ok((map, file)) => Ok(Segment {
-                name,
-                map,
-                layout,
-                file,
-                mode_seen: Default::default(),
-            }),
+            Ok((map, file)) => {
+                let seg = Segment {
+                    name,
+                    map,
+                    layout,
+                    file,
+                    mode_seen: Default::default(),
+                    key,
+                    id: segment_id(key),
+                };
+                match opts.segment_mode {
+                    SegmentMode::Unset => Ok(seg),
+                    // A fresh, unpublished segment: the mode word is still 0.
+                    m @ (SegmentMode::Raw | SegmentMode::Typed) => {
+                        seg.claim_mode(m)
+                            .map_err(|_| SegmentError::InvalidParameter {
+                                what: "segment_mode",
+                                value: m as u64,
+                            })?;
+                        Ok(seg)
+                    }
+                    SegmentMode::Corrupted => {
+                        let _ = shm_unlink(seg.name.as_str());
+                        Err(SegmentError::InvalidParameter {
+                            what: "segment_mode",
+                            value: SegmentMode::Corrupted as u64,
+                        })
+                    }
+                }
+            }
             Err(e) => {
                 let _ = shm_unlink(name.as_str());
                 Err(e)
@@ -350,7 +387,27 @@ impl Segment {
 
     /// Publishes the header: after this, `open` in any process succeeds.
     pub(crate) fn publish(&self) {
-        self.layout.write_to(self.header());
+        let h = self.header();
+        for (slot, k) in h.archive_key.iter().zip(self.key) {
+            slot.store(k, Ordering::Relaxed);
+        }
+        // (`write_to` publishes READY with Release: openers see the key too.)
+        self.layout.write_to(h);
+    }
+
+    /// The secret key of this segment's arena archive checksums: unknown to
+    /// every process that reaches the segment only through this crate's API
+    /// (see `crate::archive`, "Arena archives from numbers").
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (archives)
+    pub(crate) fn archive_key(&self) -> [u64; 2] {
+        self.key
+    }
+
+    /// A number that tells this segment from every other (a keyed hash: it
+    /// reveals nothing of the key); never 0. The same in every handle and process.
+    #[inline]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Opens the object `name`, waits (bounded) until its creator published it, and
@@ -387,6 +444,8 @@ impl Segment {
                     map,
                     file,
                     mode_seen: Default::default(),
+                    key: [0; 2],
+                    id: 0,
                     layout: Layout {
                         kind,
                         total_size: mapped,
@@ -406,11 +465,17 @@ impl Segment {
                 if state == STATE_READY && magic == MAGIC {
                     let layout = Layout::read_from(h, kind, mapped)?;
                     let file = lock_description(&provisional.file)?;
-                    return Ok(Segment {
+                    // (Published before READY, which the Acquire above saw.)
+                    let key = h.archive_key.each_ref().map(|k| k.load(Ordering::Relaxed));
+                    let seg = Segment {
                         layout,
                         file,
+                        key,
+                        id: segment_id(key),
                         ..provisional
-                    });
+                    };
+                    seg.expect_mode(opts)?;
+                    return Ok(seg);
                 }
                 if state != STATE_INIT && state != STATE_READY {
                     return Err(SegmentError::CorruptHeader {
@@ -437,6 +502,25 @@ impl Segment {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(10));
         }
+    }
+
+    /// Checks (and, if undecided, fixes) the mode `opts` expects, at `open`.
+    pub(crate) fn expect_mode(&self, opts: &OpenOptions) -> Result<(), SegmentError> {
+        let Some(want) = opts.segment_mode else {
+            return Ok(());
+        };
+        let wrong = |found| SegmentError::WrongMode {
+            name: self.name.clone(),
+            expected: want,
+            found,
+        };
+        if !matches!(want, SegmentMode::Raw | SegmentMode::Typed) {
+            return Err(SegmentError::InvalidParameter {
+                what: "segment_mode",
+                value: want as u64,
+            });
+        }
+        self.claim_mode(want).map_err(|_| wrong(self.mode()))
     }
 
     /// The normalised name (`/name`).
@@ -499,7 +583,7 @@ impl Segment {
     /// Returns the pointer to `len` bytes at `offset`, if they lie inside the mapping
     /// and `offset` is a multiple of `align` (a power of two).
     #[inline]
-    pub fn ptr_at(&self, offset: u64, len: u64, align: usize) -> Option<NonNull<u8>> {
+    pub(crate) fn ptr_at(&self, offset: u64, len: u64, align: usize) -> Option<NonNull<u8>> {
         debug_assert!(align.is_power_of_two());
         let end = offset.checked_add(len)?;
         if end > self.len() || offset & (align as u64 - 1) != 0 {

@@ -164,6 +164,7 @@ pub fn claim_run<W: Word>(words: &[W], start: usize, n: usize) -> bool {
 }
 
 /// Clears bits `start..start+n`. Bits must be inside `words`.
+#[cfg_attr(not(test), allow(dead_code))] // the unit and loom tests release runs
 pub fn release_run<W: Word>(words: &[W], start: usize, n: usize) {
     for_each_word(start, n, |w, m| {
         words[w].fetch_and(!m, Ordering::Release);

@@ -6,21 +6,14 @@
 //! bounded, so a peer that scribbles on the words can make operations fail but
 //! not hang or touch memory outside the view.
 //!
-//! The blocking coordination types ([`ShmEvent`], [`ShmMutex`], [`ShmCondvar`]) are
-//! `ShmSafe` state built on shared futexes (see `futex.rs`); who holds what, and
-//! whether that holder is alive, comes from `owner.rs`.
+//! Also the shared futex word (`futex.rs`) and owner identities (`owner.rs`: who
+//! holds what, and whether that holder is alive), which the coordination types of
+//! [`crate::coord`] and the channel build on.
 
 pub mod bitmap;
 mod word;
 
 pub use word::Word;
 
-mod condvar;
-mod event;
 pub(crate) mod futex;
-mod mutex;
 pub(crate) mod owner;
-
-pub use condvar::ShmCondvar;
-pub use event::{EventListener, ShmEvent, WaitOutcome};
-pub use mutex::{LockResult, OwnerDied, ShmMutex, ShmMutexGuard, TryLockError};

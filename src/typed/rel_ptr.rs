@@ -46,8 +46,8 @@ use crate::typed::{fingerprint, layout_checked, raw, ShmSafe, ShmSync};
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
 /// let b = ShmBox::new_in(&alloc, 42u64)?; // a segment of typed handles
 /// let p: RelPtr<u64> = b.rel_ptr();
-/// // Send `p.raw()` to another process; there:
-/// let q = RelPtr::<u64>::from_raw(p.raw());
+/// // Send `p.to_raw()` to another process; there:
+/// let q = RelPtr::<u64>::from_raw(p.to_raw());
 /// assert_eq!(q.read(&alloc)?, 42);
 /// assert!(b.rel_ptr().cast::<AtomicU64>().get(&alloc).is_err()); // no shared view
 ///
@@ -100,7 +100,7 @@ impl<T> RelPtr<T> {
     }
 
     /// The raw offset, to send to another process.
-    pub const fn raw(self) -> u64 {
+    pub const fn to_raw(self) -> u64 {
         self.offset
     }
 

@@ -25,13 +25,13 @@ use crate::segment::ROOTS_OFFSET;
 use crate::typed::{fingerprint, raw, ShmSafe, ShmSync};
 
 /// Claim word of a block that one live handle owns.
-pub const OWNED: u64 = 1;
+pub(crate) const OWNED: u64 = 1;
 /// Claim word of a block whose owner dropped it.
-pub const RELEASED: u64 = 0;
+pub(crate) const RELEASED: u64 = 0;
 /// Claim word of a block that no token can ever name: a vector's element buffer, a
 /// named root's object, the root directory's overflow block. Its header exists so
 /// that no block start of a typed segment is ever bytes that safe code writes.
-pub const PINNED: u64 = 2;
+pub(crate) const PINNED: u64 = crate::segment::roots_table::PINNED;
 const NONCE_BIT: u64 = 1 << 63;
 
 /// Offset of the segment-wide nonce counter: the first word of the typed layer's
@@ -40,7 +40,7 @@ pub(crate) const NONCE_COUNTER: u64 = ROOTS_OFFSET;
 
 /// The 16 bytes in front of the payload of every owned block.
 #[repr(C)]
-pub struct OwnedHeader {
+pub(crate) struct OwnedHeader {
     claim: AtomicU64,
     fingerprint: AtomicU64,
 }
@@ -142,6 +142,7 @@ impl OwnedHeader {
 
     /// Writes a fresh header into a block this process just allocated.
     #[inline]
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (archive blocks)
     pub(crate) fn init<A: ShmAllocator + ?Sized>(
         alloc: &A,
         block: Offset,

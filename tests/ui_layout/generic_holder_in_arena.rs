@@ -19,6 +19,6 @@ fn main() -> Result<(), Error> {
     let mut bump = BumpAllocator::create("never-created", 1 << 20)?;
     let arena = bump.arena();
     let h = arena.alloc(Holder { inner: Tagged { tag: 1u8, value: 2 } })?;
-    println!("{:?}", h.handle());
+    println!("{:?}", h.arena_ptr());
     Ok(())
 }

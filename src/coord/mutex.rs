@@ -21,9 +21,10 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::futex::{Deadline, FutexWord};
-use super::owner::{self, OWNER_LIMIT};
-use crate::typed::{fingerprint, ShmSafe};
+use crate::error::{AccessError, LockError};
+use crate::sync::futex::{Deadline, FutexWord};
+use crate::sync::owner::{self, OWNER_LIMIT};
+use crate::typed::{fingerprint, MutexPayload, ShmSafe};
 
 const WAITERS: u32 = 1 << 31;
 const OWNER_MASK: u32 = OWNER_LIMIT - 1;
@@ -43,7 +44,7 @@ const SPINS: u32 = 100;
 ///
 /// ```
 /// use shared_allocator::prelude::*;
-/// use shared_allocator::sync::ShmMutex;
+/// use shared_allocator::coord::ShmMutex;
 ///
 /// #[derive(ShmSafe, Clone, Copy)]
 /// #[repr(C)]
@@ -53,45 +54,49 @@ const SPINS: u32 = 100;
 /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
 /// let acct = alloc.root::<ShmMutex<Account>>("account")?;
-/// let mut g = match acct.lock() {
+/// // If a holder was killed mid-update, repair first (and mark consistent).
+/// let mut g = acct.lock_or_repair(|a| a.updates = a.balance / 10);
+/// g.balance += 10;
+/// g.updates += 1;
+/// drop(g);
+/// assert_eq!(acct.lock()?.balance, 10); // `?`: a dead holder is `LockError::OwnerDied`
+///
+/// // Or repair with the guard in hand:
+/// let g = match acct.lock_robust() {
 ///     Ok(g) => g,
 ///     Err(died) => {
-///         // A holder was killed mid-update: repair, then mark consistent.
 ///         let mut g = died.into_inner();
 ///         g.updates = g.balance / 10;
 ///         g.mark_consistent();
 ///         g
 ///     }
 /// };
-/// g.balance += 10;
-/// g.updates += 1;
-/// drop(g);
-/// assert_eq!(acct.lock().unwrap().balance, 10);
+/// assert_eq!(g.updates, 1);
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
 #[repr(C)]
-pub struct ShmMutex<T> {
+pub struct ShmMutex<T: MutexPayload> {
     state: AtomicU32,
     inconsistent: AtomicU32,
     data: UnsafeCell<T>,
 }
 
 // SAFETY: the lock hands out `&mut T` to one holder at a time, in whatever thread or
-// process, so sharing the mutex needs `T: Send` (a `T: ShmSafe` is Send + Sync).
-unsafe impl<T: ShmSafe> Sync for ShmMutex<T> {}
+// process, so sharing the mutex needs `T: Send` (a `T: MutexPayload` is Send + Sync).
+unsafe impl<T: MutexPayload> Sync for ShmMutex<T> {}
 
 // SAFETY: ShmMutex<T> is `repr(C)`: two `AtomicU32` then an `UnsafeCell<T>`, which has
 // `T`'s layout:
 // - every bit pattern is valid: the lock words accept any value (an unknown owner is
 //   checked with owner_alive, so a scribbled word is at worst "held by a dead owner"),
-//   and `T: ShmSafe` is valid for every bit pattern;
+//   and `T: MutexPayload` is valid for every bit pattern;
 // - no padding: FINGERPRINT asserts size == 8 + size_of::<T>() for each instantiation
 //   (evaluated by roots and by `new`);
-// - no pointers, no Drop beyond `T`'s (none, `T: ShmSafe`);
+// - no pointers, no Drop beyond `T`'s (none, `T: MutexPayload`);
 // - other processes access `data` only while holding the lock (Acquire/Release on the
 //   lock word), so there is no data race in the cooperating-process model;
 // - `Send + Sync + 'static` because `T` is (the Sync impl above).
-unsafe impl<T: ShmSafe> ShmSafe for ShmMutex<T> {
+unsafe impl<T: MutexPayload> ShmSafe for ShmMutex<T> {
     const FINGERPRINT: u64 = {
         assert!(
             std::mem::size_of::<ShmMutex<T>>() == 8 + std::mem::size_of::<T>(),
@@ -101,7 +106,7 @@ unsafe impl<T: ShmSafe> ShmSafe for ShmMutex<T> {
     };
 }
 
-impl<T: fmt::Debug> fmt::Debug for ShmMutex<T> {
+impl<T: MutexPayload + fmt::Debug> fmt::Debug for ShmMutex<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.state.load(Ordering::Relaxed);
         f.debug_struct("ShmMutex")
@@ -151,60 +156,61 @@ impl<G> fmt::Display for OwnerDied<G> {
 
 impl<G> std::error::Error for OwnerDied<G> {}
 
-/// Why [`ShmMutex::try_lock`] or [`ShmMutex::lock_timeout`] did not return a clean guard.
-pub enum TryLockError<G> {
-    /// The lock is held (by a live owner) and `try_lock` does not wait.
-    WouldBlock,
-    /// The timeout of `lock_timeout` passed while a live owner held the lock.
-    TimedOut,
-    /// Acquired, but a previous holder died: see [`OwnerDied`].
-    OwnerDied(OwnerDied<G>),
-}
+impl<G> OwnerDied<G> {
+    /// The `Send + Sync + 'static` error value of this (for `?` after taking the
+    /// guard out with [`into_inner`](OwnerDied::into_inner) or
+    /// [`into_parts`](OwnerDied::into_parts)).
+    pub fn error(&self) -> LockError {
+        LockError::OwnerDied
+    }
 
-impl<G> fmt::Debug for TryLockError<G> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TryLockError::WouldBlock => f.write_str("WouldBlock"),
-            TryLockError::TimedOut => f.write_str("TimedOut"),
-            TryLockError::OwnerDied(e) => e.fmt(f),
-        }
+    /// The guard (the lock is held) and the `Send` error value.
+    pub fn into_parts(self) -> (G, LockError) {
+        (self.guard, LockError::OwnerDied)
     }
 }
 
-impl<G> fmt::Display for TryLockError<G> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TryLockError::WouldBlock => f.write_str("the shared mutex is held by a live owner"),
-            TryLockError::TimedOut => {
-                f.write_str("timed out waiting for the shared mutex (held by a live owner)")
-            }
-            TryLockError::OwnerDied(e) => e.fmt(f),
-        }
+/// Drops the guard (releasing the lock; the data stays marked inconsistent).
+impl<G> From<OwnerDied<G>> for LockError {
+    fn from(_: OwnerDied<G>) -> LockError {
+        LockError::OwnerDied
     }
 }
 
-impl<G> std::error::Error for TryLockError<G> {}
-
-impl<G> From<OwnerDied<G>> for TryLockError<G> {
-    fn from(e: OwnerDied<G>) -> Self {
-        TryLockError::OwnerDied(e)
+/// Drops the guard (releasing the lock; the data stays marked inconsistent).
+impl<G> From<OwnerDied<G>> for crate::Error {
+    fn from(_: OwnerDied<G>) -> crate::Error {
+        crate::Error::Lock(LockError::OwnerDied)
     }
 }
 
-/// The result of [`ShmMutex::lock`]: the guard, or the guard wrapped in [`OwnerDied`].
+/// The result of [`ShmMutex::lock_robust`]: the guard, or the guard wrapped in [`OwnerDied`].
 pub type LockResult<G> = Result<G, OwnerDied<G>>;
 
 /// Holds a [`ShmMutex`] locked; unlocks on drop. Dereferences to the data.
+///
+/// # Fork
+/// A guard copied into a `fork` child is no holder: the lock belongs to the
+/// parent, which may be writing the data. The child's copy gives no access
+/// ([`try_get`](Self::try_get) is [`AccessError::Forked`]), and its drop neither
+/// unlocks nor marks anything ([`is_holder`](Self::is_holder) is false).
+///
+/// # Panics
+/// `Deref`, `DerefMut`, [`mark_consistent`](Self::mark_consistent) and
+/// [`ShmCondvar::wait`](super::ShmCondvar::wait) panic on a fork child's copy
+/// (they cannot return an error).
 #[must_use = "the lock is released as soon as the guard is dropped"]
-pub struct ShmMutexGuard<'a, T: ShmSafe> {
+pub struct ShmMutexGuard<'a, T: MutexPayload> {
     mutex: &'a ShmMutex<T>,
+    /// The fork epoch of the process that took the lock (see "Fork" above).
+    fork: u64,
     // Not Send: the unlock must run where the lock was taken only in spirit (the
     // owner is per process), but keeping guards on their thread is the std contract.
     _not_send: PhantomData<*const ()>,
 }
 
-// SAFETY: a guard only gives `&T` to other threads when shared; `T: ShmSafe` is Sync.
-unsafe impl<T: ShmSafe> Sync for ShmMutexGuard<'_, T> {}
+// SAFETY: a guard only gives `&T` to other threads when shared; `T: MutexPayload` is Sync.
+unsafe impl<T: MutexPayload> Sync for ShmMutexGuard<'_, T> {}
 
 /// How a lock was acquired.
 enum Acquired {
@@ -213,7 +219,7 @@ enum Acquired {
     Inconsistent,
 }
 
-impl<T: ShmSafe> ShmMutex<T> {
+impl<T: MutexPayload> ShmMutex<T> {
     /// A new unlocked, consistent mutex over `value`.
     pub const fn new(value: T) -> ShmMutex<T> {
         let _ = const { <Self as ShmSafe>::FINGERPRINT }; // the layout check
@@ -233,6 +239,7 @@ impl<T: ShmSafe> ShmMutex<T> {
     fn guard(&self, how: Acquired) -> LockResult<ShmMutexGuard<'_, T>> {
         let g = ShmMutexGuard {
             mutex: self,
+            fork: crate::process::fork_epoch(),
             _not_send: PhantomData,
         };
         match how {
@@ -269,10 +276,39 @@ impl<T: ShmSafe> ShmMutex<T> {
     /// within about 50 ms of its death).
     ///
     /// # Errors
-    /// [`OwnerDied`] (holding the lock) if a holder died or panicked and the data has
-    /// not been marked consistent since.
+    /// [`LockError::OwnerDied`] if a holder died or panicked and the data has not
+    /// been marked consistent since: the lock is released again and the data stays
+    /// marked inconsistent, so every `lock` reports it until someone repairs it
+    /// with [`lock_or_repair`](ShmMutex::lock_or_repair) or
+    /// [`lock_robust`](ShmMutex::lock_robust).
     #[inline]
-    pub fn lock(&self) -> LockResult<ShmMutexGuard<'_, T>> {
+    pub fn lock(&self) -> Result<ShmMutexGuard<'_, T>, LockError> {
+        self.lock_robust().map_err(|died| died.error())
+    }
+
+    /// Acquires the lock; if a holder died (the data marked inconsistent), calls
+    /// `repair` on the data first and marks it consistent. Never fails.
+    pub fn lock_or_repair(&self, repair: impl FnOnce(&mut T)) -> ShmMutexGuard<'_, T> {
+        match self.lock_robust() {
+            Ok(g) => g,
+            Err(died) => {
+                let mut g = died.into_inner();
+                repair(&mut g);
+                g.mark_consistent();
+                g
+            }
+        }
+    }
+
+    /// Acquires the lock like [`lock`](ShmMutex::lock), but a dead holder's lock
+    /// comes as [`OwnerDied`] *holding the guard*: repair the data through it, call
+    /// [`ShmMutexGuard::mark_consistent`], go on. (`OwnerDied` borrows the mutex:
+    /// take the guard out with [`OwnerDied::into_parts`] before `?`.)
+    ///
+    /// # Errors
+    /// [`OwnerDied`] (holding the lock).
+    #[inline]
+    pub fn lock_robust(&self) -> LockResult<ShmMutexGuard<'_, T>> {
         let me = owner::current_owner(self.addr());
         if self
             .state
@@ -291,9 +327,9 @@ impl<T: ShmSafe> ShmMutex<T> {
     /// over at once).
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] if a live owner holds it; [`TryLockError::OwnerDied`]
-    /// (holding the lock) as for [`lock`](ShmMutex::lock).
-    pub fn try_lock(&self) -> Result<ShmMutexGuard<'_, T>, TryLockError<ShmMutexGuard<'_, T>>> {
+    /// [`LockError::WouldBlock`] if a live owner holds it; [`LockError::OwnerDied`]
+    /// as for [`lock`](ShmMutex::lock).
+    pub fn try_lock(&self) -> Result<ShmMutexGuard<'_, T>, LockError> {
         let me = owner::current_owner(self.addr());
         let s = match self
             .state
@@ -305,18 +341,15 @@ impl<T: ShmSafe> ShmMutex<T> {
         if self.holder_dead(s) && self.take_over(s, me) {
             return Ok(self.guard(Acquired::Inconsistent)?);
         }
-        Err(TryLockError::WouldBlock)
+        Err(LockError::WouldBlock)
     }
 
     /// Acquires the lock, waiting at most `timeout`.
     ///
     /// # Errors
-    /// [`TryLockError::TimedOut`] if a live owner held it all along;
-    /// [`TryLockError::OwnerDied`] (holding the lock) as for [`lock`](ShmMutex::lock).
-    pub fn lock_timeout(
-        &self,
-        timeout: Duration,
-    ) -> Result<ShmMutexGuard<'_, T>, TryLockError<ShmMutexGuard<'_, T>>> {
+    /// [`LockError::TimedOut`] if a live owner held it all along;
+    /// [`LockError::OwnerDied`] as for [`lock`](ShmMutex::lock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<ShmMutexGuard<'_, T>, LockError> {
         let me = owner::current_owner(self.addr());
         if self
             .state
@@ -327,7 +360,7 @@ impl<T: ShmSafe> ShmMutex<T> {
         }
         match self.lock_slow(me, Deadline::after(Some(timeout))) {
             Some(how) => Ok(self.guard(how)?),
-            None => Err(TryLockError::TimedOut),
+            None => Err(LockError::TimedOut),
         }
     }
 
@@ -402,17 +435,61 @@ impl<T: ShmSafe> ShmMutex<T> {
     }
 }
 
-impl<T: ShmSafe> ShmMutexGuard<'_, T> {
+impl<T: MutexPayload> ShmMutexGuard<'_, T> {
     /// Marks the data consistent again after an [`OwnerDied`]: later lockers get
     /// clean guards.
+    ///
+    /// # Panics
+    /// On a fork child's copy of a parent's guard (see [`ShmMutexGuard`]).
     pub fn mark_consistent(&mut self) {
+        self.assert_holder();
         self.mutex.inconsistent.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether this process holds the lock through this guard: false for a `fork`
+    /// child's copy of its parent's guard.
+    #[inline]
+    pub fn is_holder(&self) -> bool {
+        self.fork == crate::process::fork_epoch()
+    }
+
+    #[inline]
+    fn assert_holder(&self) {
+        if !self.is_holder() {
+            forked_guard();
+        }
+    }
+
+    /// The data, or [`AccessError::Forked`] on a fork child's copy of a parent's
+    /// guard (the fallible form of `Deref`).
+    pub fn try_get(&self) -> Result<&T, AccessError> {
+        crate::process::check_fork(self.fork)?;
+        Ok(self)
+    }
+
+    /// The data mutably, or [`AccessError::Forked`] as [`try_get`](Self::try_get).
+    pub fn try_get_mut(&mut self) -> Result<&mut T, AccessError> {
+        crate::process::check_fork(self.fork)?;
+        Ok(self)
     }
 }
 
-impl<'a, T: ShmSafe> ShmMutexGuard<'a, T> {
+#[cold]
+#[inline(never)]
+fn forked_guard() -> ! {
+    panic!(
+        "a ShmMutexGuard copied into a fork child holds nothing: the parent holds the \
+         lock (lock the mutex again in the child)"
+    )
+}
+
+impl<'a, T: MutexPayload> ShmMutexGuard<'a, T> {
     /// Unlocks without the guard's drop; returns the mutex (for the condvar).
+    ///
+    /// # Panics
+    /// On a fork child's copy of a parent's guard (it must not unlock).
     pub(crate) fn unlock_for_wait(self) -> &'a ShmMutex<T> {
+        self.assert_holder();
         let m = self.mutex;
         std::mem::forget(self);
         m.unlock();
@@ -421,14 +498,17 @@ impl<'a, T: ShmSafe> ShmMutexGuard<'a, T> {
 }
 
 /// Relocks `m` for a condvar waiter.
-pub(crate) fn relock<T: ShmSafe>(m: &ShmMutex<T>) -> LockResult<ShmMutexGuard<'_, T>> {
+pub(crate) fn relock<T: MutexPayload>(m: &ShmMutex<T>) -> Result<ShmMutexGuard<'_, T>, LockError> {
     m.lock()
 }
 
-impl<T: ShmSafe> Deref for ShmMutexGuard<'_, T> {
+impl<T: MutexPayload> Deref for ShmMutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
+        self.assert_holder();
         // SAFETY:
+        // - `assert_holder`: this guard was made in this process (not a fork
+        //   child's copy of a parent's guard, whose lock the parent holds);
         // - the guard exists only while this process holds the lock (Acquire on the
         //   lock word made the previous holder's writes visible);
         // - holders in other processes touch `data` only while holding the lock, so
@@ -437,18 +517,23 @@ impl<T: ShmSafe> Deref for ShmMutexGuard<'_, T> {
     }
 }
 
-impl<T: ShmSafe> DerefMut for ShmMutexGuard<'_, T> {
+impl<T: MutexPayload> DerefMut for ShmMutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
+        self.assert_holder();
         // SAFETY:
-        // - as in `deref`, this guard is the only holder of the lock anywhere;
+        // - as in `deref` (made in this process), this guard is the only holder of the lock anywhere;
         // - `&mut self` makes this the only reference derived from the guard.
         unsafe { &mut *self.mutex.data.get() }
     }
 }
 
-impl<T: ShmSafe> Drop for ShmMutexGuard<'_, T> {
+impl<T: MutexPayload> Drop for ShmMutexGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
+        if !self.is_holder() {
+            // A fork child's copy: the parent holds the lock; leave it alone.
+            return;
+        }
         if std::thread::panicking() {
             // Like poisoning: the update may be half done.
             self.mutex.inconsistent.store(1, Ordering::Relaxed);
@@ -457,7 +542,7 @@ impl<T: ShmSafe> Drop for ShmMutexGuard<'_, T> {
     }
 }
 
-impl<T: ShmSafe + fmt::Debug> fmt::Debug for ShmMutexGuard<'_, T> {
+impl<T: MutexPayload + fmt::Debug> fmt::Debug for ShmMutexGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&**self, f)
     }
@@ -466,6 +551,15 @@ impl<T: ShmSafe + fmt::Debug> fmt::Debug for ShmMutexGuard<'_, T> {
 // SAFETY: the lock word is atomic and the value is inside an UnsafeCell that only
 // the holder of the lock (one handle in one process at a time) touches, so the
 // shared API is sound when other processes call it at once.
-unsafe impl<T: ShmSafe> crate::typed::ShmShared for ShmMutex<T> {
+unsafe impl<T: MutexPayload> crate::typed::ShmShared for ShmMutex<T> {
     const ATOMIC_ONLY: bool = false;
 }
+
+// SAFETY: 8 bytes of lock words then `T` with no padding (the ShmSafe impl's
+// assertion): whole 8-byte words when `T` is, alignment that of `T` (at most 8).
+unsafe impl<T: crate::typed::ChannelElement + MutexPayload> crate::typed::ChannelElement
+    for ShmMutex<T>
+{
+}
+// SAFETY: as above, whole 4-byte words when `T` is.
+unsafe impl<T: MutexPayload> MutexPayload for ShmMutex<T> {}

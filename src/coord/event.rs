@@ -54,7 +54,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::futex::{Deadline, FutexWord};
+use crate::sync::futex::{Deadline, FutexWord};
 use crate::typed::{fingerprint, ShmSafe};
 
 /// The wake count meaning "everyone". FUTEX_WAKE takes a signed count, so
@@ -213,7 +213,7 @@ fn advance<F: FutexWord>(seq: &F, waiters: &F, count: u32, mut cur: u32) {
 ///
 /// ```
 /// use shared_allocator::prelude::*;
-/// use shared_allocator::sync::ShmEvent;
+/// use shared_allocator::coord::ShmEvent;
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use std::time::Duration;
 ///
@@ -233,7 +233,7 @@ fn advance<F: FutexWord>(seq: &F, waiters: &F, count: u32, mut cur: u32) {
 /// mbox.value.store(42, Ordering::Release);
 /// mbox.ready.notify_all();
 /// // The waiter:
-/// let got = mbox.ready.wait_until(Some(Duration::from_secs(5)), || {
+/// let got = mbox.ready.wait_timeout_until(Duration::from_secs(5), || {
 ///     mbox.value.load(Ordering::Acquire) != 0
 /// });
 /// assert!(got);
@@ -296,9 +296,19 @@ pub struct EventListener<'a> {
 }
 
 impl EventListener<'_> {
+    /// Sleeps until a notification sent after [`ShmEvent::listen`] returned. Returns
+    /// at once if one was already sent.
+    pub fn wait(self) {
+        self.wait_for(None);
+    }
+
     /// Sleeps until a notification sent after [`ShmEvent::listen`] returned, or until
-    /// `timeout` passes (`None`: no limit). Returns at once if one was already sent.
-    pub fn wait(mut self, timeout: Option<Duration>) -> WaitOutcome {
+    /// `timeout` passes. Returns at once if one was already sent.
+    pub fn wait_timeout(self, timeout: Duration) -> WaitOutcome {
+        self.wait_for(Some(timeout))
+    }
+
+    pub(crate) fn wait_for(mut self, timeout: Option<Duration>) -> WaitOutcome {
         self.done = true;
         let e = self.event;
         if wait(&e.seq, &e.waiters, self.ticket, Deadline::after(timeout)) {
@@ -343,15 +353,33 @@ impl ShmEvent {
         }
     }
 
+    /// Waits for the next notification sent after this call.
+    pub fn wait(&self) {
+        self.listen().wait()
+    }
+
     /// Waits for the next notification sent after this call, at most `timeout`.
-    pub fn wait(&self, timeout: Option<Duration>) -> WaitOutcome {
-        self.listen().wait(timeout)
+    pub fn wait_timeout(&self, timeout: Duration) -> WaitOutcome {
+        self.listen().wait_timeout(timeout)
+    }
+
+    /// Waits until `cond()` is true, sleeping between notifications. A notification
+    /// sent between a check of `cond` and the sleep is never missed.
+    pub fn wait_until(&self, cond: impl FnMut() -> bool) {
+        self.wait_until_deadline(None, cond);
     }
 
     /// Waits until `cond()` is true, sleeping between notifications, at most
-    /// `timeout` in total (`None`: no limit). Returns the final value of `cond()`.
-    /// A notification sent between a check of `cond` and the sleep is never missed.
-    pub fn wait_until(&self, timeout: Option<Duration>, mut cond: impl FnMut() -> bool) -> bool {
+    /// `timeout` in total. Returns the final value of `cond()`.
+    pub fn wait_timeout_until(&self, timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+        self.wait_until_deadline(Some(timeout), cond)
+    }
+
+    fn wait_until_deadline(
+        &self,
+        timeout: Option<Duration>,
+        mut cond: impl FnMut() -> bool,
+    ) -> bool {
         let deadline = Deadline::after(timeout);
         loop {
             if cond() {
@@ -559,3 +587,8 @@ mod loom_tests {
 // SAFETY: every byte of a ShmEvent is an atomic word (inside an UnsafeCell), and its
 // shared API (wait, notify) is sound when other processes call it at once.
 unsafe impl crate::typed::ShmSync for ShmEvent {}
+
+// SAFETY: one 8-byte word (asserted above).
+unsafe impl crate::typed::ChannelElement for ShmEvent {}
+// SAFETY: as above.
+unsafe impl crate::typed::MutexPayload for ShmEvent {}

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use super::event::{ShmEvent, WaitOutcome};
-use super::mutex::{relock, LockResult, ShmMutexGuard};
+use super::mutex::{relock, ShmMutexGuard};
+use crate::error::LockError;
+use crate::typed::MutexPayload;
 use crate::typed::{fingerprint, ShmSafe};
 
 /// A condition variable in shared memory, used with a [`ShmMutex`](super::ShmMutex).
@@ -17,7 +19,7 @@ use crate::typed::{fingerprint, ShmSafe};
 ///
 /// ```
 /// use shared_allocator::prelude::*;
-/// use shared_allocator::sync::{ShmCondvar, ShmMutex};
+/// use shared_allocator::coord::{ShmCondvar, ShmMutex};
 /// use std::time::Duration;
 ///
 /// #[derive(ShmSafe)]
@@ -61,37 +63,50 @@ impl ShmCondvar {
     /// Unlocks `guard`'s mutex, sleeps until notified (or spuriously), relocks.
     ///
     /// # Errors
-    /// [`OwnerDied`](super::OwnerDied) (holding the lock) if relocking found a dead holder's lock.
-    pub fn wait<'a, T: ShmSafe>(
+    /// [`LockError::OwnerDied`] if relocking found a dead holder's lock (the lock is
+    /// released then: repair with [`ShmMutex::lock_or_repair`](super::ShmMutex::lock_or_repair)).
+    ///
+    /// # Panics
+    /// If `guard` is a `fork` child's copy of its parent's guard (it holds nothing:
+    /// see [`ShmMutexGuard`]); the wait forms below too.
+    pub fn wait<'a, T: MutexPayload>(
         &self,
         guard: ShmMutexGuard<'a, T>,
-    ) -> LockResult<ShmMutexGuard<'a, T>> {
-        self.wait_timeout(guard, None).0
+    ) -> Result<ShmMutexGuard<'a, T>, LockError> {
+        self.wait_for(guard, None).0
     }
 
-    /// Like [`wait`](ShmCondvar::wait), sleeping at most `timeout` (`None`: no limit)
-    /// before relocking. Also returns whether a notification came.
-    pub fn wait_timeout<'a, T: ShmSafe>(
+    /// Like [`wait`](ShmCondvar::wait), sleeping at most `timeout` before
+    /// relocking. Also returns whether a notification came.
+    pub fn wait_timeout<'a, T: MutexPayload>(
+        &self,
+        guard: ShmMutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> (Result<ShmMutexGuard<'a, T>, LockError>, WaitOutcome) {
+        self.wait_for(guard, Some(timeout))
+    }
+
+    fn wait_for<'a, T: MutexPayload>(
         &self,
         guard: ShmMutexGuard<'a, T>,
         timeout: Option<Duration>,
-    ) -> (LockResult<ShmMutexGuard<'a, T>>, WaitOutcome) {
+    ) -> (Result<ShmMutexGuard<'a, T>, LockError>, WaitOutcome) {
         let listener = self.event.listen(); // before the unlock: no notify is missed
         let mutex = guard.unlock_for_wait();
-        let outcome = listener.wait(timeout);
+        let outcome = listener.wait_for(timeout);
         (relock(mutex), outcome)
     }
 
     /// Waits while `cond(&mut data)` is true.
     ///
     /// # Errors
-    /// [`OwnerDied`](super::OwnerDied) as for [`wait`](ShmCondvar::wait); the condition is then not
+    /// [`LockError::OwnerDied`] as for [`wait`](ShmCondvar::wait); the condition is then not
     /// checked again (repair first).
-    pub fn wait_while<'a, T: ShmSafe>(
+    pub fn wait_while<'a, T: MutexPayload>(
         &self,
         mut guard: ShmMutexGuard<'a, T>,
         mut cond: impl FnMut(&mut T) -> bool,
-    ) -> LockResult<ShmMutexGuard<'a, T>> {
+    ) -> Result<ShmMutexGuard<'a, T>, LockError> {
         while cond(&mut guard) {
             guard = self.wait(guard)?;
         }
@@ -100,13 +115,13 @@ impl ShmCondvar {
 
     /// Waits while `cond(&mut data)` is true, at most `timeout` in total. Returns
     /// [`WaitOutcome::TimedOut`] if the condition still held at the deadline.
-    pub fn wait_timeout_while<'a, T: ShmSafe>(
+    pub fn wait_timeout_while<'a, T: MutexPayload>(
         &self,
         mut guard: ShmMutexGuard<'a, T>,
         timeout: Duration,
         mut cond: impl FnMut(&mut T) -> bool,
-    ) -> (LockResult<ShmMutexGuard<'a, T>>, WaitOutcome) {
-        let deadline = super::futex::Deadline::after(Some(timeout));
+    ) -> (Result<ShmMutexGuard<'a, T>, LockError>, WaitOutcome) {
+        let deadline = crate::sync::futex::Deadline::after(Some(timeout));
         loop {
             if !cond(&mut guard) {
                 return (Ok(guard), WaitOutcome::Notified);
@@ -114,7 +129,7 @@ impl ShmCondvar {
             let Some(left) = deadline.remaining().filter(|d| !d.is_zero()) else {
                 return (Ok(guard), WaitOutcome::TimedOut);
             };
-            match self.wait_timeout(guard, Some(left)).0 {
+            match self.wait_timeout(guard, left).0 {
                 Ok(g) => guard = g,
                 Err(died) => return (Err(died), WaitOutcome::Notified),
             }
@@ -135,3 +150,8 @@ impl ShmCondvar {
 // SAFETY: every byte of a ShmCondvar is an atomic word (inside an UnsafeCell), and
 // its shared API (wait, notify) is sound when other processes call it at once.
 unsafe impl crate::typed::ShmSync for ShmCondvar {}
+
+// SAFETY: `repr(C)` around one `ShmEvent`: one 8-byte word.
+unsafe impl crate::typed::ChannelElement for ShmCondvar {}
+// SAFETY: as above.
+unsafe impl crate::typed::MutexPayload for ShmCondvar {}
