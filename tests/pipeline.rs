@@ -399,3 +399,56 @@ fn forked_subscriber_is_refused() {
     }
     check(&sub.recv_timeout(WATCHDOG).unwrap().unwrap(), 1);
 }
+
+/// Latest mode: every subscriber holding a different old batch never leaves the
+/// publisher without a free region; the held batches stay intact.
+#[test]
+fn latest_every_subscriber_holding_an_old_batch() {
+    let name = ShmName::new("latest-hold");
+    let mut opts = PipelineOptions::new(Delivery::Latest);
+    opts.max_subscribers = 3;
+    let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+    let mut subs: Vec<_> = (0..3)
+        .map(|_| Subscriber::<Msg>::open(name.as_str()).unwrap())
+        .collect();
+    let mut held = Vec::new();
+    for (i, s) in subs.iter_mut().enumerate() {
+        p.publish(&msg(i as u64 + 1, 50)).unwrap();
+        held.push(s.recv().unwrap().unwrap()); // pins batch i + 1
+    }
+    for seq in 4..=200 {
+        p.publish(&msg(seq, 50)).unwrap();
+    }
+    for (i, b) in held.iter().enumerate() {
+        check(b, i as u64 + 1);
+    }
+    assert!(
+        Subscriber::<Msg>::open(name.as_str()).is_err(),
+        "a 4th is Full"
+    );
+    drop(held);
+    let b = subs[0].recv().unwrap().unwrap();
+    assert_eq!(b.seq(), 200);
+}
+
+/// Wrong type and too many subscribers are typed errors.
+#[test]
+fn wrong_type_and_full_are_refused() {
+    let name = ShmName::new("refuse");
+    let mut opts = PipelineOptions::new(Delivery::Every);
+    opts.max_subscribers = 1;
+    let _p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+    assert!(matches!(
+        Subscriber::<Vec<u64>>::open(name.as_str()),
+        Err(PipelineError::TypeMismatch(_))
+    ));
+    let _one = Subscriber::<Msg>::open(name.as_str()).unwrap();
+    assert!(matches!(
+        Subscriber::<Msg>::open(name.as_str()),
+        Err(PipelineError::Full(1))
+    ));
+    assert!(matches!(
+        Publisher::<Msg>::create(name.as_str(), PipelineOptions::new(Delivery::Every)),
+        Err(PipelineError::Segment(_))
+    ));
+}
