@@ -766,6 +766,7 @@ impl<T: ShmArchivable> Subscriber<T> {
             return Err(PipelineError::Forked(self.pid));
         }
         let deadline = timeout.map(|t| Instant::now() + t);
+        let mut slept_in_vain = false;
         loop {
             let c: &Control = &self.ctl;
             let want = self.seen + 1;
@@ -774,20 +775,23 @@ impl<T: ShmArchivable> Subscriber<T> {
                 if c.closed.load(SeqCst) != 0 {
                     return Ok(None);
                 }
-                let tok = c.writer.load(SeqCst);
-                if !u32::try_from(tok).is_ok_and(|t| self.ctl.allocator().token_alive(t)) {
-                    // Published just before dying?
-                    if c.published.load(SeqCst) < want {
-                        return Err(PipelineError::PublisherGone);
+                // Liveness costs a system call: only after a slice passed in vain.
+                if slept_in_vain {
+                    let tok = c.writer.load(SeqCst);
+                    if !u32::try_from(tok).is_ok_and(|t| self.ctl.allocator().token_alive(t)) {
+                        // Published just before dying?
+                        if c.published.load(SeqCst) < want {
+                            return Err(PipelineError::PublisherGone);
+                        }
+                        continue;
                     }
-                    continue;
                 }
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 if left.is_some_and(|l| l.is_zero()) {
                     return Err(PipelineError::RecvTimeout(timeout.unwrap_or_default()));
                 }
                 let slice = left.map_or(LIVENESS_SLICE, |l| l.min(LIVENESS_SLICE));
-                c.data.wait_timeout_until(slice, || {
+                slept_in_vain = !c.data.wait_timeout_until(slice, || {
                     c.published.load(SeqCst) >= want || c.closed.load(SeqCst) != 0
                 });
                 continue;
