@@ -2,7 +2,7 @@
 //!
 //! Every handle that creates or opens a segment (every `FreeListAllocator`,
 //! `SlabAllocator` and `BumpAllocator` value) joins the segment's registry and holds
-//! one of its [`SLOTS`] slots for as long as it lives. A slot is *held* through an
+//! one of its `SLOTS` slots for as long as it lives. A slot is *held* through an
 //! open-file-description lock (`fcntl(F_OFD_SETLK)`) on one byte of the segment's own
 //! file, taken on the handle's own `shm_open` descriptor. The kernel drops that lock
 //! when the last descriptor of the open file description closes, which happens when

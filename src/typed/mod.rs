@@ -28,7 +28,7 @@
 //! - **Every block of a typed segment starts with a header this crate writes**: a
 //!   [`ShmBox`] block starts with its owner header and generation, a vector's header
 //!   block with its owner header, a vector's element buffer, a named root's object
-//!   and the root directory's overflow block with a [`PINNED`](token::PINNED)
+//!   and the root directory's overflow block with a `PINNED`
 //!   header (no token can claim it), an archive block with its owner header. Payloads
 //!   (box values, vector elements, root objects, archive bytes) start *after* the
 //!   header. No safe API writes a header: the payload views start after it, the raw
@@ -80,7 +80,7 @@
 //! | [`ShmPtr::from_raw`] + [`ShmPtr::read`] | live block start, header generation equal (before and after the copy), fingerprint; copy-out only | a generation value racing with a free *and* a reuse that puts the same number at the same place (a wrong copy, never UB) |
 //! | [`RelPtr::from_raw`] + [`RelPtr::read`] | inside one live block, aligned; copy-out only | whether it is the object it was (a freed and reused block reads the new value: use [`ShmPtr`]) |
 //! | [`RelPtr::get`] | raw mode only, data region, alignment; `T: ShmSync` | liveness (`get_checked` adds it); atomics only, so a stale view is still sound |
-//! | [`ArenaBox::handle`] + [`ArenaPtr::get`] | epoch (`Stale`), pin, bounds; the segment it was made in (a process-local tag: another segment's same offset and epoch may be an arena's unwritten tail) | nothing more: the handle cannot be made from numbers or bytes (not `ShmSafe`, no `FromBytes`) |
+//! | [`ArenaBox::arena_ptr`] + [`ArenaPtr::get`] | epoch (`Stale`), pin, bounds; the segment it was made in (a process-local tag: another segment's same offset and epoch may be an arena's unwritten tail) | nothing more: the handle cannot be made from numbers or bytes (not `ShmSafe`, no `FromBytes`) |
 //! | [`ArenaPtr::from_parts`] | epoch (`Stale`), bounds, liveness; gives copies only (`read`): `get` is [`AccessError::Unverified`](crate::AccessError::Unverified) | that the arena wrote the bytes: the `unsafe` [`ArenaPtr::from_parts_unchecked`] is for views |
 //! | `ArenaArchiveToken::from_raw` + `ArenaArchiveReader::open` | epoch, pin, header, a checksum *keyed* with the segment's secret over (block offset, epoch, length, type tag, bytes), bytecheck: only this crate's seal of that block in that epoch validates, so an image left from an earlier epoch in an arena chunk's unwritten tail, a copy elsewhere, or a hand-built one is [`ArchiveError::Checksum`](crate::archive::ArchiveError) | a process that reads the key out of the shared memory object directly (outside the API, like an untrusted writer) can build images that validate |
 //! | [`Roots::root`] by name | directory entry, type fingerprint, epoch, bounds | nothing more is needed: the directory is written only by this crate in typed mode |

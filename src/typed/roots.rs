@@ -3,7 +3,7 @@
 //! The directory is one open-addressing hash table of [`MAX_ROOTS`] fixed 128-byte
 //! entries in two parts: the first [`FIXED_ROOTS`] live in the segment's header
 //! region (after the typed layer's control words at
-//! [`crate::segment::ROOTS_OFFSET`]); the rest live in one overflow
+//! `ROOTS_OFFSET`); the rest live in one overflow
 //! block, allocated from the segment when a probe first needs it, by exactly one
 //! process (it claims a control word first; the others wait for the pointer).
 //!
@@ -30,7 +30,7 @@
 //! roots: a reset would release the objects.
 //!
 //! Every root object's block, and the overflow block, starts with a
-//! [`PINNED`](crate::typed::token::PINNED) header (no token can name it) and is **never freed**: removing a
+//! `PINNED` header (no token can name it) and is **never freed**: removing a
 //! root leaves a tombstone and the object allocated, and a raw `free` of a root's
 //! block is [`FreeError::Root`](crate::FreeError::Root). (In a raw segment that
 //! check reads the block's header and the directory, which raw writes can reach;

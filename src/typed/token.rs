@@ -3,13 +3,13 @@
 //!
 //! Every block that an owning handle ([`ShmBox`](crate::ShmBox),
 //! [`ShmVec`](crate::ShmVec), [`ShmArchive`](crate::ShmArchive)) manages starts with
-//! a 16-byte [`OwnedHeader`]: a claim word and the payload type's fingerprint. The
+//! a 16-byte `OwnedHeader`: a claim word and the payload type's fingerprint. The
 //! claim word is
 //!
-//! - [`OWNED`] while exactly one handle, in one process, owns the block;
+//! - `OWNED` while exactly one handle, in one process, owns the block;
 //! - a *nonce* (top bit set) while a token for it is in flight: `into_token` stores
 //!   a fresh nonce drawn from a segment-wide counter, and the token carries it;
-//! - [`RELEASED`] once the owner dropped it (just before the block is freed).
+//! - `RELEASED` once the owner dropped it (just before the block is freed).
 //!
 //! `from_token` checks the fingerprint, then compare-and-swaps the token's nonce
 //! back to `OWNED`: exactly one `from_token` of a token succeeds, in any number of
