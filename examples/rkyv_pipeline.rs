@@ -98,7 +98,7 @@ fn consumer(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     }
     let (wall, cpu) = idle.unwrap_or_default();
     println!(
-        "digest {digest}; idle {:.1} ms using {:.3} ms CPU ({:.2}%)",
+        "digest {digest} - idle {:.1} ms using {:.3} ms CPU ({:.2}%)",
         wall.as_secs_f64() * 1e3,
         cpu.as_secs_f64() * 1e3,
         100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9)
