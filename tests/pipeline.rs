@@ -81,7 +81,7 @@ fn open_retrying(name: &str) -> Subscriber<Msg> {
 fn subscriber_role() {
     let name = env_req("SA_NAME");
     let every = env_req("SA_MODE") == "every";
-    let hold = env_u64("SA_HOLD", 0) != 0;
+    let hold = std::env::var("SA_HOLD").ok(); // a file to create while holding
     let mut sub = open_retrying(&name);
     let (mut count, mut last, mut idle_wall, mut idle_cpu) = (0u64, 0u64, 0u128, 0u128);
     let ended = loop {
@@ -101,8 +101,8 @@ fn subscriber_role() {
                 assert!(seq > last, "batches out of order: {seq} after {last}");
                 last = seq;
                 count += 1;
-                if hold {
-                    say("holding");
+                if let Some(mark) = &hold {
+                    std::fs::write(mark, b"holding").unwrap();
                     std::thread::sleep(WATCHDOG); // killed here
                 }
             }
@@ -209,34 +209,30 @@ fn subscriber_killed_holding_a_batch() {
         opts.max_subscribers = 2;
         opts.timeout = Duration::from_secs(30);
         let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+        let mark = std::env::temp_dir().join(format!("{}.holding", name.as_str()));
         let mut victim = KillOnDrop::new(spawn_subscriber(
             ENTRY,
             name.as_str(),
             mode,
-            &[("SA_HOLD", "1".into())],
+            &[("SA_HOLD", mark.display().to_string())],
         ));
-        let out = read_stdout(victim.child());
         wait_for_subscribers(&p, 1);
         let survivor = spawn_subscriber(ENTRY, name.as_str(), mode, &[]);
         wait_for_subscribers(&p, 2);
         p.publish(&msg(1, 100)).unwrap();
-        // Wait until the victim holds batch 1, then kill it.
+        // Wait until the victim holds batch 1 (it creates the mark), then kill it.
         let start = Instant::now();
-        while !std::fs::read_to_string(format!("/proc/{}/status", victim.child().id()))
-            .map(|s| s.contains("State:\tS"))
-            .unwrap_or(false)
-            || start.elapsed() < Duration::from_millis(200)
-        {
-            assert!(start.elapsed() < WATCHDOG, "watchdog: victim never blocked");
-            std::thread::sleep(Duration::from_millis(10));
+        while !mark.exists() {
+            assert!(
+                start.elapsed() < WATCHDOG,
+                "watchdog: victim never got batch 1"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
+        let _ = std::fs::remove_file(&mark);
         let mut v = victim.take();
         v.kill().unwrap();
         v.wait().unwrap();
-        assert!(
-            out.join().unwrap().contains("holding"),
-            "victim received batch 1"
-        );
         // With K = 2, batch 3 reuses batch 1's region: only possible because the
         // dead holder no longer counts (Every would otherwise time out after 30 s).
         for seq in 2..=20 {
