@@ -1,8 +1,10 @@
 //! The first thing to run: one parent, three child processes, one shared allocator.
 //!
-//! The parent creates a free-list allocator in a named segment, writes a greeting
-//! into it, and hands the greeting's offset to each child through a [`ShmChannel`]
-//! (a named root in the same segment). Each child (this same program, re-executed
+//! The parent creates two free-list segments, each with its mode fixed at
+//! creation: a raw one for the bytes (the offset API: `allocate`, `write`,
+//! `read`, `free`) and a typed one for the coordination (channels and an event,
+//! as named roots). It writes a greeting into the raw one, and hands the
+//! greeting's offset to each child through a [`ShmChannel`] in the typed one. Each child (this same program, re-executed
 //! with `child`) opens the segment by name, takes the offset from the channel, reads
 //! the greeting, allocates a block of its own, writes a reply into it and sends the
 //! reply's offset and length back through a second channel, and waits (on a
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use shared_allocator::prelude::*;
-use shared_allocator::segment::UnlinkGuard;
+use shared_allocator::segment::{CreateOptions, UnlinkGuard};
 
 const CHILDREN: usize = 3;
 /// Offsets of greetings, parent to children.
@@ -45,14 +47,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let name = format!("quickstart-{}", std::process::id());
-    let alloc = FreeListAllocator::create(&name, 1 << 20)?;
+    let data_name = format!("{name}-data");
+    // Coordination (channels, an event) in a typed segment, bytes in a raw one.
+    let coord = FreeListAllocator::create_with(&name, 1 << 20, &CreateOptions::typed())?;
     let _cleanup = UnlinkGuard::new(&name);
+    let alloc = FreeListAllocator::create_with(&data_name, 1 << 20, &CreateOptions::raw())?;
+    let _cleanup_data = UnlinkGuard::new(&data_name);
     println!(
-        "parent {}: created segment /{name} (1 MiB free list)",
+        "parent {}: created segments /{name} (typed) and /{data_name} (raw), 1 MiB free lists",
         std::process::id()
     );
-    let greetings = alloc.root::<Greetings>("greetings")?.sender()?;
-    let replies = alloc.root::<Replies>("replies")?.receiver()?;
+    let greetings = coord.root::<Greetings>("greetings")?.sender()?;
+    let replies = coord.root::<Replies>("replies")?.receiver()?;
 
     let greeting = b"hello from the parent";
     let hello = alloc.allocate(greeting.len())?;
@@ -75,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let [off, len] = replies.recv_timeout(TIMEOUT)?; // sleeps until a child replies
         got.push((Offset::new(off), len as usize));
     }
-    let bye = alloc.root::<Bye>("bye")?;
+    let bye = coord.root::<Bye>("bye")?;
     bye.done.store(1, Ordering::Release);
     bye.event.notify_all(); // every child may go now
     for mut kid in kids {
@@ -105,20 +111,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     alloc.free(hello)?;
     let stats = alloc.stats();
     println!(
-        "after freeing: {} live blocks (the three named roots), {} bytes free of {}",
+        "after freeing: {} live blocks in the raw segment, {} bytes free of {}",
         stats.live_blocks.unwrap_or(0),
         stats.free_bytes,
         stats.capacity
     );
     alloc.unlink()?;
-    println!("segment removed");
+    coord.unlink()?;
+    println!("segments removed");
     Ok(())
 }
 
 fn child(name: &str, id: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let alloc = FreeListAllocator::open(name)?;
-    let greetings = alloc.root::<Greetings>("greetings")?.receiver()?;
-    let replies = alloc.root::<Replies>("replies")?.sender()?;
+    let coord = FreeListAllocator::open(name)?;
+    let alloc = FreeListAllocator::open(&format!("{name}-data"))?;
+    let greetings = coord.root::<Greetings>("greetings")?.receiver()?;
+    let replies = coord.root::<Replies>("replies")?.sender()?;
     let hello = Offset::new(greetings.recv_timeout(TIMEOUT)?);
     let greeting = alloc.read(hello, 21)?;
     let reply = format!(
@@ -131,7 +139,7 @@ fn child(name: &str, id: usize) -> Result<(), Box<dyn std::error::Error>> {
     replies.send_timeout([off.get(), reply.len() as u64], TIMEOUT)?;
     // Stay registered until the parent has every reply: were every sender gone in
     // between, the parent's receiver would rightly report `Disconnected`.
-    let bye = alloc.root::<Bye>("bye")?;
+    let bye = coord.root::<Bye>("bye")?;
     if !bye
         .event
         .wait_timeout_until(TIMEOUT, || bye.done.load(Ordering::Acquire) == 1)

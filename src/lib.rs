@@ -12,16 +12,19 @@ Each layer uses only the layers below it (doc links aside):
                                         |
  allocators  alloc (FreeListAllocator, SlabAllocator, BumpAllocator, ShmAllocator)
                                         |
- blocks      sync (bitmap claims, futex word, owner identities)    process (registry)
+ blocks      sync (bitmap claims, futex word, owner identities)
                                         |
- memory      segment (mapping, header, names)
+ registry    process (which processes hold a segment, liveness)
+                                        |
+ memory      segment (mapping, header, names, root directory layout)
                                         |
  bottom      error (every error type)   mode (SegmentMode)   failpoint (fail_point!)
 ```
 
-One arrow still runs up: a raw `free` in `alloc` asks the root directory of
-`typed` whether the block is a named root (roots are never freed); and
-`segment` and `process` use each other (a segment joins the registry on open).
+No arrow runs up: `segment` holds the root directory's layout that a raw `free`
+in `alloc` checks (roots are never freed), and `process` (the registry) sits on
+`segment`; `sync` uses the registry for owner liveness; the channel sleeps on
+`coord`'s `ShmEvent` (one sideways arrow in the top layer).
 "#]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -406,7 +406,7 @@ fn arena_archive_reset_waits_for_readers_in_other_processes() {
                 .collect();
             let token = ArenaArchiveToken::<Vec<Record>>::from_raw([raw[0], raw[1]]);
 
-            let reader = ArenaArchiveReader::open(&bump, token).unwrap();
+            let reader = ArenaArchiveReader::from_token(&bump, token).unwrap();
             let view = reader.access().unwrap();
             let before: Vec<u64> = view.iter().map(|r| r.id.to_native()).collect();
             flag.store(1, Ordering::Release);
@@ -429,7 +429,7 @@ fn arena_archive_reset_waits_for_readers_in_other_processes() {
             wait_until("the parent's reset", Duration::from_secs(60), || {
                 bump.epoch() != token.epoch()
             });
-            assert!(ArenaArchiveReader::open(&bump, token)
+            assert!(ArenaArchiveReader::from_token(&bump, token)
                 .unwrap_err()
                 .is_stale());
             // SAFETY: trusted data, if it were current; the epoch check fails first.
@@ -530,7 +530,7 @@ fn arena_archive_reset_waits_for_readers_in_other_processes() {
     let reset = resetter();
     let expected = format!("RESET {}", before + 1);
     assert!(reset.contains(&expected), "{reset:?}");
-    assert!(ArenaArchiveReader::open(&bump, token)
+    assert!(ArenaArchiveReader::from_token(&bump, token)
         .unwrap_err()
         .is_stale());
 }
@@ -646,7 +646,7 @@ fn nested_types_roundtrip() {
     let mut bump = BumpAllocator::create(name.as_str(), 4 << 20).unwrap();
     let arena = bump.arena();
     let token = arena.archive(&inv).unwrap().into_token();
-    let reader = ArenaArchiveReader::open(arena.allocator(), token).unwrap();
+    let reader = ArenaArchiveReader::from_token(arena.allocator(), token).unwrap();
     assert_eq!(reader.deserialize().unwrap(), inv);
     assert_eq!(
         reader.access().unwrap().by_name.get("key-5").unwrap().len(),

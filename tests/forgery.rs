@@ -37,7 +37,7 @@ fn child() {
         // fix) a view whose bytes the parent's arena was about to write.
         use shared_allocator::archive::{ArenaArchiveReader, ArenaArchiveToken};
         let bump = BumpAllocator::open(&name).unwrap();
-        match ArenaArchiveReader::<Vec<u64>>::open(&bump, ArenaArchiveToken::from_raw(raw)) {
+        match ArenaArchiveReader::<Vec<u64>>::from_token(&bump, ArenaArchiveToken::from_raw(raw)) {
             Ok(r) => say(format!("redeemed {:?}", r.access().map(|a| a.len()))),
             Err(e) => say(format!("refused {e:?}")),
         }
@@ -381,7 +381,7 @@ fn forged_arena_archive_token_over_an_unwritten_tail_is_refused() {
     let forged = ArenaArchiveToken::<Vec<u64>>::from_raw([old, epoch]);
     let verdict = redeem_in_child("open-arena-archive", &name, forged.to_raw());
     assert!(verdict.contains("Checksum"), "{verdict}");
-    let e = ArenaArchiveReader::open(arena.allocator(), forged).unwrap_err();
+    let e = ArenaArchiveReader::from_token(arena.allocator(), forged).unwrap_err();
     assert!(matches!(e, ArchiveError::Checksum { .. }), "{e}");
     assert!(forged.deserialize_copied(arena.allocator()).is_err());
     // A byte-exact copy of the old image written by the arena (so bytes it will
@@ -394,7 +394,7 @@ fn forged_arena_archive_token_over_an_unwritten_tail_is_refused() {
     let copy = arena.alloc_slice(&words).unwrap();
     let at = copy.arena_ptr().offset().get();
     assert_eq!(at % 16, 0, "an archive-aligned place");
-    let e = ArenaArchiveReader::open(
+    let e = ArenaArchiveReader::from_token(
         arena.allocator(),
         ArenaArchiveToken::<Vec<u64>>::from_raw([at, epoch]),
     )
@@ -406,7 +406,7 @@ fn forged_arena_archive_token_over_an_unwritten_tail_is_refused() {
     let verdict = redeem_in_child("open-arena-archive", &name, t.to_raw());
     assert_eq!(verdict, "redeemed Ok(32)");
     let stale = ArenaArchiveToken::<Vec<u64>>::from_raw([t.offset().get(), old_epoch]);
-    assert!(ArenaArchiveReader::open(arena.allocator(), stale).is_err());
+    assert!(ArenaArchiveReader::from_token(arena.allocator(), stale).is_err());
 }
 
 /// Class 5: owning handles copied by fork. The child's copy is no owner: its drop
@@ -447,7 +447,10 @@ fn fork_entry() {
         use shared_allocator::archive::ArenaArchiveReader;
         let a = arena.archive(&vec![1u64, 2, 3]).unwrap();
         let t = arena.archive(&vec![4u64]).unwrap().into_token();
-        (a, ArenaArchiveReader::open(arena.allocator(), t).unwrap())
+        (
+            a,
+            ArenaArchiveReader::from_token(arena.allocator(), t).unwrap(),
+        )
     };
     let live = alloc.stats().live_blocks.unwrap();
     // SAFETY: this process is single-threaded (a test binary run with

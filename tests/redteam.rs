@@ -72,7 +72,7 @@ fn a1_arena_archive_tail_forgery() {
     let e2 = arena.epoch();
     let other = BumpAllocator::open(&name).unwrap();
     let forged = ArenaArchiveToken::<Vec<u64>>::from_raw([o1, e2]);
-    let mut res = ArenaArchiveReader::open(&other, forged);
+    let mut res = ArenaArchiveReader::from_token(&other, forged);
     let mut steps = 0;
     // Bump 8 bytes at a time until a chunk covering o1 is reserved (o1 then lies
     // in the chunk's unwritten tail, below the cursor, holding epoch-1 bytes):
@@ -80,7 +80,7 @@ fn a1_arena_archive_tail_forgery() {
     while !matches!(res, Err(ArchiveError::Checksum { .. }) | Ok(_)) && steps < 20000 {
         let _ = arena.alloc(0u64).unwrap();
         steps += 1;
-        res = ArenaArchiveReader::open(&other, forged);
+        res = ArenaArchiveReader::from_token(&other, forged);
     }
     eprintln!(
         "A1: after {steps} 8-byte allocations: {:?}",
@@ -116,12 +116,12 @@ fn a1b_arena_archive_tail_forgery_crash() {
         let e2 = arena.epoch();
         let other = BumpAllocator::open(&name).unwrap();
         let forged = ArenaArchiveToken::<Vec<u64>>::from_raw([o1, e2]);
-        let mut res = ArenaArchiveReader::open(&other, forged);
+        let mut res = ArenaArchiveReader::from_token(&other, forged);
         let mut steps = 0;
         while res.is_err() && steps < 20000 {
             let _ = arena.alloc(0u64).unwrap();
             steps += 1;
-            res = ArenaArchiveReader::open(&other, forged);
+            res = ArenaArchiveReader::from_token(&other, forged);
         }
         let reader = match res {
             // Refused: the old archive's checksum is keyed to its epoch.
@@ -255,9 +255,9 @@ fn a4_modes() {
     alloc.write(o, &[1; 64]).unwrap(); // raw mode now
                                        // (Since the red-team pass: a lock root is allowed in a raw segment too, and
                                        // no raw write, free or view reaches its block: checked below for both modes.)
-    let m = alloc.root::<ShmMutex<u64>>("m").unwrap();
+    let m = &*alloc.root::<ShmMutex<u64>>("m").unwrap();
     let held = m.lock().unwrap();
-    let base = (&*m as *const ShmMutex<u64> as usize)
+    let base = (m as *const _ as usize)
         - (shared_allocator::__layout::ptr_at(alloc.segment(), 0, 1, 1)
             .unwrap()
             .as_ptr() as usize);

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use common::{env_req, env_u64, role, KillOnDrop, Rng, ShmName};
 use shared_allocator::channel::RecvTimeoutError;
 use shared_allocator::prelude::*;
+use shared_allocator::segment::{CreateOptions, UnlinkGuard};
 
 const CAP: u64 = 32 << 20;
 const MAGIC: u64 = 0x5A5A_0000_0000_0000;
@@ -128,8 +129,10 @@ fn ready(c: &mut Child) {
 fn remote_frees_at_scale_with_kills() {
     if let Some(r) = role() {
         let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+        // The channel lives in its own typed segment; the blocks in this raw one.
+        let coord = FreeListAllocator::open(&format!("{}-coord", env_req("SA_NAME"))).unwrap();
         let ctl = a.root::<Ctl>("ctl").unwrap();
-        let ch = a.root::<Chan>("chan").unwrap();
+        let ch = coord.root::<Chan>("chan").unwrap();
         common::say("running");
         match r.as_str() {
             "producer" => producer(&a, &ctl, &ch, env_req("SA_SEED").parse().unwrap()),
@@ -139,9 +142,15 @@ fn remote_frees_at_scale_with_kills() {
         return;
     }
     let name = ShmName::new("remote-free");
-    let a = FreeListAllocator::create(name.as_str(), CAP).unwrap();
+    let a = FreeListAllocator::create_with(name.as_str(), CAP, &CreateOptions::raw()).unwrap();
+    // Channels need a typed segment (nothing raw may write their words): a second
+    // one, next to the raw segment whose blocks travel through the channel.
+    let coord_name = format!("{}-coord", name.as_str());
+    let _coord_cleanup = UnlinkGuard::new(&coord_name);
+    let coord =
+        FreeListAllocator::create_with(&coord_name, 1 << 20, &CreateOptions::typed()).unwrap();
     let ctl = a.root::<Ctl>("ctl").unwrap();
-    let ch = a.root::<Chan>("chan").unwrap();
+    let ch = coord.root::<Chan>("chan").unwrap();
     // The parent keeps one endpoint per side while workers come and go, so that
     // nobody sees a transient "every peer is gone".
     let keep_tx = ch.sender().unwrap();

@@ -533,7 +533,7 @@ fn second_bump_mapping_cannot_reset_under_a_reader() {
     let batch: Vec<String> = (0..64).map(|i| format!("item-{i}")).collect();
     let token = bump.arena().archive(&batch).unwrap().into_token();
     let h = bump.arena().alloc(5u64).unwrap().arena_ptr();
-    let reader = ArenaArchiveReader::<Vec<String>>::open(&bump, token).unwrap();
+    let reader = ArenaArchiveReader::<Vec<String>>::from_token(&bump, token).unwrap();
     let view = reader.access().unwrap();
     let mut second = BumpAllocator::open(name.as_str()).unwrap();
     assert_eq!(second.try_reset(), Err(AccessError::Busy { readers: 1 }));
@@ -556,7 +556,7 @@ fn second_bump_mapping_cannot_reset_under_a_reader() {
     drop(v);
     second.try_reset().unwrap();
     assert!(token.deserialize_copied(&bump).unwrap_err().is_stale());
-    assert!(ArenaArchiveReader::<Vec<String>>::open(&bump, token)
+    assert!(ArenaArchiveReader::<Vec<String>>::from_token(&bump, token)
         .unwrap_err()
         .is_stale());
     assert!(h.get(&bump).unwrap_err().is_stale());

@@ -407,10 +407,12 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     };
 
     // Whole-word layouts for channel elements and mutex payloads, as trait bounds
-    // (so a misfit is a `cargo check` error naming the user's type): a struct with
-    // no padding (the assertion above) whose fields are all whole 8-byte (4-byte)
-    // words has a size that is a multiple of 8 (4), and its alignment is its
-    // largest field's (at most 8), unless `align(N)` raises it (no impls then).
+    // (so a misfit is a `cargo check` error naming the user's type). In a `repr(C)`
+    // struct whose fields are all whole 8-byte (4-byte) words with alignment at most
+    // 8, every field offset is the previous end (a multiple of 8, resp. 4) rounded
+    // up to an alignment of at most 8, so the end and the size, rounded to the
+    // struct's alignment (its largest field's, at most 8), stay multiples of 8
+    // (resp. 4), padding or not; `align(N)` could raise the alignment (no impls).
     // The per-field bounds are higher-ranked (`for<'__w>`) so that a field that
     // does not fit makes the impl not apply instead of being an error here.
     let words_impls = if repr.align {

@@ -65,7 +65,7 @@ impl<'b> Arena<'b> {
 /// this process cannot reset it meanwhile) and carries the epoch it was written in.
 ///
 /// Give it to other processes with [`into_token`](ArenaArchive::into_token);
-/// each opens it with [`ArenaArchiveReader::open`]. After the arena's reset
+/// each opens it with [`ArenaArchiveReader::from_token`]. After the arena's reset
 /// (in any process) every handle and token of it is [`AccessError::Stale`].
 ///
 /// ```
@@ -82,7 +82,7 @@ impl<'b> Arena<'b> {
 ///
 /// // A consumer process: open (validates once), then read zero-copy.
 /// let consumer = BumpAllocator::open(&name)?;
-/// let reader = ArenaArchiveReader::<Vec<String>>::open(&consumer, ArenaArchiveToken::from_raw(raw))?;
+/// let reader = ArenaArchiveReader::<Vec<String>>::from_token(&consumer, ArenaArchiveToken::from_raw(raw))?;
 /// assert_eq!(reader.access()?[1].as_str(), "bc");
 ///
 /// // The coordinator (here: a third mapping of the segment) ends the batch. A
@@ -91,7 +91,7 @@ impl<'b> Arena<'b> {
 /// assert!(coordinator.try_reset().unwrap_err().is_busy());
 /// drop((reader, arena));
 /// coordinator.reset()?;
-/// let again = ArenaArchiveReader::<Vec<String>>::open(&consumer, ArenaArchiveToken::from_raw(raw));
+/// let again = ArenaArchiveReader::<Vec<String>>::from_token(&consumer, ArenaArchiveToken::from_raw(raw));
 /// assert!(again.unwrap_err().is_stale());
 /// # bump.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
@@ -225,7 +225,7 @@ fn check_epoch(bump: &BumpAllocator, epoch: u64) -> Result<(), AccessError> {
 /// A validated, read-only view of an arena archive, in any process. Any number
 /// of readers may view one archive; the arena's reset releases it.
 ///
-/// [`open`](ArenaArchiveReader::open) pins the region (in this handle's registry
+/// [`open`](ArenaArchiveReader::from_token) pins the region (in this handle's registry
 /// slot) and validates once; while the reader lives, no reset by any handle in any
 /// process completes (it waits, or returns [`AccessError::Busy`]), so
 /// [`access`](ArenaArchiveReader::access) only checks the bounds. Drop readers
@@ -247,7 +247,7 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
     /// # Errors
     /// [`AccessError::Stale`] (as [`ArchiveError::Access`]) if the arena was reset
     /// since the token was made; otherwise as [`ShmArchive::from_token`](super::ShmArchive::from_token).
-    pub fn open(
+    pub fn from_token(
         bump: &'a BumpAllocator,
         token: ArenaArchiveToken<T>,
     ) -> Result<Self, ArchiveError> {
@@ -292,7 +292,7 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
     /// [`access`](Self::access) trusts every writer.
     ///
     /// # Errors
-    /// [`AccessError::Stale`], the validation errors of [`open`](Self::open), or
+    /// [`AccessError::Stale`], the validation errors of [`from_token`](ArenaArchiveReader::from_token), or
     /// [`ArchiveError::Deserialize`].
     pub fn deserialize_copied(&self) -> Result<T, ArchiveError>
     where
@@ -363,7 +363,7 @@ impl<T: ShmArchivable> ArenaArchiveToken<T> {
     ///
     /// # Errors
     /// [`AccessError::Stale`] (also when a reset raced the copy), the validation
-    /// errors of [`ArenaArchiveReader::open`], or [`ArchiveError::Deserialize`].
+    /// errors of [`ArenaArchiveReader::from_token`], or [`ArchiveError::Deserialize`].
     pub fn deserialize_copied(self, bump: &BumpAllocator) -> Result<T, ArchiveError>
     where
         Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,

@@ -7,7 +7,7 @@
 //! | writer process | token sent across | reader process |
 //! | --- | --- | --- |
 //! | [`ShmArchive::new_in`] (any [`ShmFree`] allocator), then [`ShmArchive::into_token`] | [`ArchiveToken`], 16 bytes (offset + nonce) | [`ShmArchive::from_token`]: takes ownership exactly once, validates, frees on drop |
-//! | [`Arena::archive`] (a [`BumpAllocator`] arena), then [`ArenaArchive::into_token`] | [`ArenaArchiveToken`], 16 bytes (offset + epoch) | [`ArenaArchiveReader::open`]: validates; any number of readers; the arena's `reset` frees |
+//! | [`Arena::archive`] (a [`BumpAllocator`] arena), then [`ArenaArchive::into_token`] | [`ArenaArchiveToken`], 16 bytes (offset + epoch) | [`ArenaArchiveReader::from_token`]: validates; any number of readers; the arena's `reset` frees |
 //!
 //! # The rule: validate when ownership passes
 //!

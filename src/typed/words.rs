@@ -10,7 +10,8 @@
 //! Both are implemented for the primitives and arrays that fit, for this crate's
 //! 8- and 16-byte handles (offsets, pointers, tokens), and by
 //! `#[derive(ShmSafe)]` for every struct whose fields all fit (a `repr(C)` struct
-//! without padding whose fields are whole words is whole words itself). Fields of
+//! whose fields are whole words, aligned to at most 8, is whole words itself; see
+//! the derive's comment), unless it has `#[repr(align(N))]`. Fields of
 //! `u8`/`u16` fit as arrays of a whole number of words (`[u8; 8]`, `[u16; 2]`).
 //!
 //! The channel and mutex keep their `const` layout assertions as a second line.
@@ -26,7 +27,7 @@ use super::ShmSafe;
 ///
 /// # Safety
 /// `size_of::<Self>() % 8 == 0` and `align_of::<Self>() <= 8`. (The derive proves
-/// it from the fields: no padding, every field whole 8-byte words.)
+/// it from the fields: every field whole 8-byte words, no `repr(align)`.)
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a `ShmChannel` element: it is not whole 8-byte words",
     label = "`{Self}` is not `ChannelElement`",
