@@ -120,6 +120,7 @@ use crate::{alloc::ShmFree, typed::Arena, BumpAllocator};
 mod arena;
 mod block;
 mod owned;
+mod pipeline;
 mod writer;
 
 use rkyv::api::high::{HighSerializer, HighValidator};
@@ -132,6 +133,12 @@ pub use crate::error::ArchiveError;
 pub use crate::typed::token::ArchiveToken;
 pub use arena::{ArenaArchive, ArenaArchiveReader, ArenaArchiveToken};
 pub use owned::ShmArchive;
+#[doc(hidden)]
+pub use pipeline::PipeWriter;
+pub use pipeline::{
+    Batch, Delivery, PipelineBatch, PipelineError, PipelineOptions, Publisher, Subscriber,
+    MAX_SUBSCRIBERS,
+};
 #[doc(hidden)]
 pub use writer::ShmWriter;
 

@@ -1,0 +1,450 @@
+//! Batch pipelines across real processes: every digest checked in both delivery
+//! modes, a subscriber SIGKILLed while holding a batch, a late joiner, a slow
+//! subscriber under back-pressure, the publisher killed mid-stream, and idle
+//! subscribers' CPU time.
+#![cfg(feature = "rkyv")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use shared_allocator::archive::{Delivery, PipelineError, PipelineOptions, Publisher, Subscriber};
+
+#[derive(rkyv::Archive, rkyv::Serialize, Debug)]
+struct Msg {
+    seq: u64,
+    values: Vec<u64>,
+    label: String,
+}
+
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+fn value(seq: u64, i: u64) -> u64 {
+    (seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ i
+}
+
+/// Batch `seq`: its size varies (so the regions grow several times).
+fn msg(seq: u64, scale: u64) -> Msg {
+    let n = scale + (seq % 7) * scale / 2;
+    Msg {
+        seq,
+        values: (0..n).map(|i| value(seq, i)).collect(),
+        label: format!("batch-{seq}"),
+    }
+}
+
+/// Checks every field of an archived batch against what `msg` makes.
+fn check(m: &ArchivedMsg, seq: u64) {
+    assert_eq!(m.seq.to_native(), seq, "sequence number");
+    assert_eq!(m.label.as_str(), format!("batch-{seq}"));
+    for (i, v) in m.values.iter().enumerate() {
+        assert_eq!(v.to_native(), value(seq, i as u64), "batch {seq} value {i}");
+    }
+}
+
+fn cpu_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn wait_for_subscribers<T: shared_allocator::archive::PipelineBatch>(p: &Publisher<T>, n: usize) {
+    let start = Instant::now();
+    while p.subscribers() < n {
+        assert!(
+            start.elapsed() < WATCHDOG,
+            "watchdog: subscribers did not join"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn open_retrying(name: &str) -> Subscriber<Msg> {
+    let start = Instant::now();
+    loop {
+        match Subscriber::<Msg>::open(name) {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < WATCHDOG,
+                    "watchdog: cannot open {name}: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Subscriber role: receives until the end of the stream (or the publisher's
+/// death), checking every batch; reports count, last sequence number, how it
+/// ended, and the CPU and wall time of its first (idle) wait.
+fn subscriber_role() {
+    let name = env_req("SA_NAME");
+    let every = env_req("SA_MODE") == "every";
+    let hold = std::env::var("SA_HOLD").ok(); // a file to create while holding
+    let mut sub = open_retrying(&name);
+    let (mut count, mut last, mut idle_wall, mut idle_cpu) = (0u64, 0u64, 0u128, 0u128);
+    let ended = loop {
+        let (w0, c0) = (Instant::now(), cpu_now());
+        let got = sub.recv_timeout(WATCHDOG);
+        if count == 0 {
+            idle_wall = w0.elapsed().as_micros();
+            idle_cpu = cpu_now().saturating_sub(c0).as_micros();
+        }
+        match got {
+            Ok(Some(batch)) => {
+                let seq = batch.seq();
+                check(&batch, seq);
+                if every && last != 0 {
+                    assert_eq!(seq, last + 1, "Every mode skipped a batch");
+                }
+                assert!(seq > last, "batches out of order: {seq} after {last}");
+                last = seq;
+                count += 1;
+                if let Some(mark) = &hold {
+                    std::fs::write(mark, b"holding").unwrap();
+                    std::thread::sleep(WATCHDOG); // killed here
+                }
+            }
+            Ok(None) => break "closed",
+            Err(PipelineError::PublisherGone) => break "gone",
+            Err(e) => panic!("subscriber: {e}"),
+        }
+    };
+    say(format!(
+        "sub count={count} last={last} idle_wall_us={idle_wall} idle_cpu_us={idle_cpu} ended={ended}"
+    ));
+}
+
+fn spawn_subscriber(
+    entry: &str,
+    name: &str,
+    mode: &str,
+    extra: &[(&str, String)],
+) -> std::process::Child {
+    let mut env = vec![("SA_NAME", name.to_owned()), ("SA_MODE", mode.to_owned())];
+    env.extend(extra.iter().cloned());
+    spawn_child(entry, "subscriber", &env)
+}
+
+fn lines(out: &[String]) -> Vec<&str> {
+    out.iter().filter_map(|l| l.strip_prefix("@@ ")).collect()
+}
+
+fn thousand_batches(entry: &str, delivery: Delivery, mode: &str) {
+    if role().is_some() {
+        return subscriber_role();
+    }
+    let name = ShmName::new(mode);
+    let batches = env_u64("SA_BATCHES", 1000);
+    let mut opts = PipelineOptions::new(delivery);
+    opts.region_capacity = 4096; // batches are 8-24 KiB: the regions grow
+    opts.timeout = WATCHDOG;
+    let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+    let kids = (0..3)
+        .map(|_| spawn_subscriber(entry, name.as_str(), mode, &[]))
+        .collect();
+    wait_for_subscribers(&p, 3);
+    std::thread::sleep(Duration::from_millis(300)); // they sit idle meanwhile
+    for seq in 1..=batches {
+        assert_eq!(p.publish(&msg(seq, 1000)).unwrap(), seq);
+    }
+    assert!(
+        p.region_capacity() >= 20_000,
+        "regions grew: {}",
+        p.region_capacity()
+    );
+    p.close().unwrap();
+    for out in finish_all(kids, WATCHDOG, "subscriber") {
+        let l = lines(&out);
+        let r = report(&l.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "sub").to_owned();
+        assert!(r.ends_with("ended=closed"), "{r}");
+        assert_eq!(field(&r, "last"), batches, "{r}");
+        if delivery == Delivery::Every {
+            assert_eq!(field(&r, "count"), batches, "{r}");
+        } else {
+            assert!(field(&r, "count") >= 1, "{r}");
+        }
+        // Idle: blocked on a futex, not spinning (a generous bound, not a timing).
+        let (wall, cpu) = (field(&r, "idle_wall_us"), field(&r, "idle_cpu_us"));
+        assert!(wall >= 200_000, "the first wait was idle for 300 ms: {r}");
+        assert!(
+            cpu * 5 < wall,
+            "idle subscriber used {cpu} us CPU in {wall} us: {r}"
+        );
+        println!("{mode}: {r}");
+    }
+}
+
+#[test]
+fn every_mode_three_subscribers_every_digest() {
+    thousand_batches(
+        "every_mode_three_subscribers_every_digest",
+        Delivery::Every,
+        "every",
+    );
+}
+
+#[test]
+fn latest_mode_three_subscribers_every_digest() {
+    thousand_batches(
+        "latest_mode_three_subscribers_every_digest",
+        Delivery::Latest,
+        "latest",
+    );
+}
+
+/// A subscriber SIGKILLed while holding batch 1: its slot stops counting, so the
+/// publisher goes on (instead of timing out) and the other subscriber gets all.
+#[test]
+fn subscriber_killed_holding_a_batch() {
+    const ENTRY: &str = "subscriber_killed_holding_a_batch";
+    if role().is_some() {
+        return subscriber_role();
+    }
+    for (delivery, mode) in [(Delivery::Every, "every"), (Delivery::Latest, "latest")] {
+        let name = ShmName::new("killed-sub");
+        let mut opts = PipelineOptions::new(delivery);
+        opts.regions = 2;
+        opts.max_subscribers = 2;
+        opts.timeout = Duration::from_secs(30);
+        let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+        let mark = std::env::temp_dir().join(format!("{}.holding", name.as_str()));
+        let mut victim = KillOnDrop::new(spawn_subscriber(
+            ENTRY,
+            name.as_str(),
+            mode,
+            &[("SA_HOLD", mark.display().to_string())],
+        ));
+        wait_for_subscribers(&p, 1);
+        let survivor = spawn_subscriber(ENTRY, name.as_str(), mode, &[]);
+        wait_for_subscribers(&p, 2);
+        p.publish(&msg(1, 100)).unwrap();
+        // Wait until the victim holds batch 1 (it creates the mark), then kill it.
+        let start = Instant::now();
+        while !mark.exists() {
+            assert!(
+                start.elapsed() < WATCHDOG,
+                "watchdog: victim never got batch 1"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = std::fs::remove_file(&mark);
+        let mut v = victim.take();
+        v.kill().unwrap();
+        v.wait().unwrap();
+        // With K = 2, batch 3 reuses batch 1's region: only possible because the
+        // dead holder no longer counts (Every would otherwise time out after 30 s).
+        for seq in 2..=20 {
+            p.publish(&msg(seq, 100)).unwrap();
+        }
+        assert_eq!(p.subscribers(), 1);
+        p.close().unwrap();
+        let out = finish_all(vec![survivor], WATCHDOG, "survivor");
+        let l: Vec<String> = lines(&out[0]).iter().map(|s| s.to_string()).collect();
+        let r = report(&l, "sub");
+        assert_eq!(field(r, "last"), 20, "{r}");
+        assert!(r.ends_with("ended=closed"), "{r}");
+    }
+}
+
+/// A subscriber that joins after 5 batches receives 6.. (Every mode).
+#[test]
+fn late_joiner_starts_at_the_next_batch() {
+    let name = ShmName::new("late");
+    let mut p =
+        Publisher::<Msg>::create(name.as_str(), PipelineOptions::new(Delivery::Every)).unwrap();
+    let mut early = Subscriber::<Msg>::open(name.as_str()).unwrap();
+    for seq in 1..=5 {
+        p.publish(&msg(seq, 10)).unwrap();
+        assert_eq!(early.recv_timeout(WATCHDOG).unwrap().unwrap().seq(), seq);
+    }
+    let mut late = Subscriber::<Msg>::open(name.as_str()).unwrap();
+    for seq in 6..=8 {
+        p.publish(&msg(seq, 10)).unwrap();
+        assert_eq!(early.recv_timeout(WATCHDOG).unwrap().unwrap().seq(), seq);
+    }
+    let mut got = vec![];
+    for _ in 6..=8 {
+        let b = late.recv_timeout(WATCHDOG).unwrap().unwrap();
+        check(&b, b.seq());
+        got.push(b.seq());
+    }
+    assert_eq!(got, [6, 7, 8]);
+    p.close().unwrap(); // every live subscriber has drained: no wait
+    assert!(late.recv_timeout(WATCHDOG).unwrap().is_none());
+}
+
+/// Every mode blocks the publisher for a slow subscriber, then fails with
+/// `Timeout` (nothing published); once the batch is released it goes on.
+/// Latest mode never blocks it.
+#[test]
+fn slow_subscriber_back_pressure() {
+    let name = ShmName::new("slow");
+    let mut opts = PipelineOptions::new(Delivery::Every);
+    opts.regions = 2;
+    opts.timeout = Duration::from_millis(200);
+    let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+    let mut slow = Subscriber::<Msg>::open(name.as_str()).unwrap();
+    p.publish(&msg(1, 10)).unwrap();
+    p.publish(&msg(2, 10)).unwrap();
+    let held = slow.recv().unwrap().unwrap();
+    assert!(matches!(
+        p.publish(&msg(3, 10)),
+        Err(PipelineError::Timeout(_))
+    ));
+    assert_eq!(p.published(), 2);
+    check(&held, 1); // untouched by the failed publish
+    drop(held);
+    p.publish(&msg(3, 10)).unwrap();
+    for seq in 2..=3 {
+        let b = slow.recv().unwrap().unwrap();
+        check(&b, seq);
+    }
+
+    let name = ShmName::new("slow-latest");
+    let mut p =
+        Publisher::<Msg>::create(name.as_str(), PipelineOptions::new(Delivery::Latest)).unwrap();
+    let mut slow = Subscriber::<Msg>::open(name.as_str()).unwrap();
+    p.publish(&msg(1, 10)).unwrap();
+    let held = slow.recv().unwrap().unwrap();
+    for seq in 2..=100 {
+        p.publish(&msg(seq, 10)).unwrap(); // never blocks
+    }
+    check(&held, 1);
+    drop(held);
+    let b = slow.recv().unwrap().unwrap();
+    assert_eq!(b.seq(), 100, "Latest hands out the newest batch");
+    check(&b, 100);
+}
+
+/// The publisher is SIGKILLed while publishing large batches: the subscribers see
+/// only complete, correct batches, then `PublisherGone`.
+#[test]
+fn publisher_killed_mid_batch() {
+    const ENTRY: &str = "publisher_killed_mid_batch";
+    match role().as_deref() {
+        Some("subscriber") => return subscriber_role(),
+        Some("publisher") => {
+            let mut opts = PipelineOptions::new(if env_req("SA_MODE") == "every" {
+                Delivery::Every
+            } else {
+                Delivery::Latest
+            });
+            opts.timeout = WATCHDOG;
+            let mut p = Publisher::<Msg>::create(&env_req("SA_NAME"), opts).unwrap();
+            wait_for_subscribers(&p, 2);
+            for seq in 1.. {
+                p.publish(&msg(seq, 100_000)).unwrap(); // ~1 MiB: killed mid-write
+            }
+            unreachable!();
+        }
+        _ => {}
+    }
+    for mode in ["every", "latest"] {
+        let name = ShmName::new("killed-pub");
+        let data = format!("{}-d", name.as_str());
+        let env = [
+            ("SA_NAME", name.as_str().to_owned()),
+            ("SA_MODE", mode.to_owned()),
+        ];
+        let mut publisher = KillOnDrop::new(spawn_child(ENTRY, "publisher", &env));
+        let subs = (0..2)
+            .map(|_| spawn_subscriber(ENTRY, name.as_str(), mode, &[]))
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        let mut p = publisher.take();
+        p.kill().unwrap();
+        p.wait().unwrap();
+        for out in finish_all(subs, WATCHDOG, "subscriber") {
+            let l: Vec<String> = lines(&out).iter().map(|s| s.to_string()).collect();
+            let r = report(&l, "sub");
+            assert!(r.ends_with("ended=gone"), "{r}");
+            println!("{mode}: {r}");
+        }
+        for e in shm_entries(&data) {
+            let _ = shared_allocator::unlink(&e);
+        }
+    }
+}
+
+/// A subscriber copied into a fork child does not use the parent's slot there.
+#[test]
+fn forked_subscriber_is_refused() {
+    let name = ShmName::new("fork");
+    let mut p =
+        Publisher::<Msg>::create(name.as_str(), PipelineOptions::new(Delivery::Every)).unwrap();
+    let mut sub = Subscriber::<Msg>::open(name.as_str()).unwrap();
+    p.publish(&msg(1, 10)).unwrap();
+    // SAFETY: the child only calls `recv` (no locks held by other threads are
+    // touched: the test harness thread is idle) and leaves with `_exit`.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            let ok = matches!(
+                sub.recv_timeout(Duration::ZERO),
+                Err(PipelineError::Forked(_))
+            );
+            std::mem::forget(sub);
+            // SAFETY: `_exit` ends the child without running the parent's destructors.
+            unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+        }
+    }
+    check(&sub.recv_timeout(WATCHDOG).unwrap().unwrap(), 1);
+}
+
+/// Latest mode: every subscriber holding a different old batch never leaves the
+/// publisher without a free region; the held batches stay intact.
+#[test]
+fn latest_every_subscriber_holding_an_old_batch() {
+    let name = ShmName::new("latest-hold");
+    let mut opts = PipelineOptions::new(Delivery::Latest);
+    opts.max_subscribers = 3;
+    let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+    let mut subs: Vec<_> = (0..3)
+        .map(|_| Subscriber::<Msg>::open(name.as_str()).unwrap())
+        .collect();
+    let mut held = Vec::new();
+    for (i, s) in subs.iter_mut().enumerate() {
+        p.publish(&msg(i as u64 + 1, 50)).unwrap();
+        held.push(s.recv().unwrap().unwrap()); // pins batch i + 1
+    }
+    for seq in 4..=200 {
+        p.publish(&msg(seq, 50)).unwrap();
+    }
+    for (i, b) in held.iter().enumerate() {
+        check(b, i as u64 + 1);
+    }
+    assert!(
+        Subscriber::<Msg>::open(name.as_str()).is_err(),
+        "a 4th is Full"
+    );
+    drop(held);
+    let b = subs[0].recv().unwrap().unwrap();
+    assert_eq!(b.seq(), 200);
+}
+
+/// Wrong type and too many subscribers are typed errors.
+#[test]
+fn wrong_type_and_full_are_refused() {
+    let name = ShmName::new("refuse");
+    let mut opts = PipelineOptions::new(Delivery::Every);
+    opts.max_subscribers = 1;
+    let _p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+    assert!(matches!(
+        Subscriber::<Vec<u64>>::open(name.as_str()),
+        Err(PipelineError::TypeMismatch(_))
+    ));
+    let _one = Subscriber::<Msg>::open(name.as_str()).unwrap();
+    assert!(matches!(
+        Subscriber::<Msg>::open(name.as_str()),
+        Err(PipelineError::Full(1))
+    ));
+    assert!(matches!(
+        Publisher::<Msg>::create(name.as_str(), PipelineOptions::new(Delivery::Every)),
+        Err(PipelineError::Segment(_))
+    ));
+}
