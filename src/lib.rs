@@ -23,6 +23,7 @@ pub mod alloc;
 #[cfg(feature = "rkyv")]
 pub mod archive;
 pub mod channel;
+pub mod collections;
 pub mod error;
 pub mod process;
 pub mod segment;
@@ -51,7 +52,11 @@ pub use archive::{
     ShmArchive,
 };
 pub use channel::ShmChannel;
-pub use error::{AccessError, AllocError, ArenaError, Error, FreeError, SegmentError, TokenError};
+pub use collections::{InlineStr, ShmHashMap};
+pub use error::{
+    AccessError, AllocError, ArenaError, CollectionError, Error, FreeError, SegmentError,
+    TokenError,
+};
 pub use segment::{unlink, CreateOptions, OpenOptions, UnlinkGuard};
 pub use sync::{OwnerDied, ShmCondvar, ShmEvent, ShmMutex};
 pub use typed::{
@@ -73,6 +78,7 @@ pub mod prelude {
         ArchiveToken, ArenaArchive, ArenaArchiveReader, ArenaArchiveToken, ShmArchive,
     };
     pub use crate::channel::ShmChannel;
+    pub use crate::collections::{InlineStr, ShmHashMap};
     pub use crate::error::Error;
     pub use crate::sync::{ShmCondvar, ShmEvent, ShmMutex};
     pub use crate::typed::{
