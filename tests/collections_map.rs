@@ -160,6 +160,7 @@ const FAIL_POINTS: &[&str] = &[
     "map.resize.built",
     "map.resize.committed",
     "coll.release.cleared",
+    "map.repair.table",
 ];
 
 fn torture_worker() {

@@ -1,5 +1,5 @@
 //! Shared data structures built on the typed layer: a concurrent hash map
-//! ([`ShmHashMap`]), strings ([`InlineStr`], `String` values) and nested values
+//! ([`ShmHashMap`]), shared read-only ownership ([`ShmArc`]), strings ([`InlineStr`], `String` values) and nested values
 //! ([`ShmValue`], [`RawVec`]).
 //!
 //! # Nesting by construction
@@ -22,10 +22,12 @@
 //!
 //! Collections live in typed segments (they put the segment in typed mode).
 
+mod arc;
 mod map;
 mod string;
 mod value;
 
+pub use arc::{ArcToken, ShmArc, ARC_TOKENS};
 pub use map::{ShmHashMap, SHARDS};
 pub use string::InlineStr;
 pub use value::{MapHasher, RawStr, RawVec, ShmKey, ShmValue};
