@@ -28,6 +28,7 @@ from ._native import (
     GIL_RELEASE_THRESHOLD,
     BumpAllocator,
     FreeListAllocator,
+    SharedDict,
     SharedView,
     SlabAllocator,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "FreeListAllocator",
     "SlabAllocator",
     "SharedView",
+    "SharedDict",
     "GIL_RELEASE_THRESHOLD",
     *_errors.__all__,
 ]

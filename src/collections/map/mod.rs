@@ -439,6 +439,8 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     /// current value (or `None`) and returns the new one (`None` removes the key).
     /// No other writer of that shard runs in between; readers see the old or the
     /// new value. If `f` panics the map is unchanged (the next locker repairs).
+    /// `f` must not write to this map (the shard's lock is not reentrant: such a
+    /// write waits [`LOCK_TIMEOUT`] and fails with [`CollectionError::Busy`]).
     ///
     /// # Errors
     /// As [`insert`](Self::insert).
