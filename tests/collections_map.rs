@@ -243,7 +243,12 @@ fn torture_worker() {
 
 /// What the log of one worker says about its keys: the last acknowledged state and
 /// the operation in flight (if it died in one).
-fn replay(text: &str) -> (HashMap<u64, Option<u64>>, Option<(u64, Option<u64>)>, bool) {
+/// Per key: the last acknowledged value version (`None`: removed).
+type Acked = HashMap<u64, Option<u64>>;
+/// The key and version of an operation logged as started but not acknowledged.
+type InFlight = Option<(u64, Option<u64>)>;
+
+fn replay(text: &str) -> (Acked, InFlight, bool) {
     let mut acked: HashMap<u64, Option<u64>> = HashMap::new();
     let mut pending = None;
     let mut done = false;

@@ -28,7 +28,7 @@ mod string;
 mod value;
 
 pub use arc::{ArcToken, ShmArc, ARC_TOKENS};
-pub use map::{ShmHashMap, SHARDS};
+pub use map::{Entries, ShmHashMap, SHARDS};
 pub use string::InlineStr;
 pub use value::{MapHasher, RawStr, RawVec, ShmKey, ShmValue};
 

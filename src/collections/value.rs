@@ -420,9 +420,13 @@ unsafe impl<T: ShmValue + Borrow<T::Query>> ShmValue for Vec<T> {
     }
 
     unsafe fn release<A: ShmFree + ?Sized>(raw: NonNull<Self::Raw>, alloc: &A) {
-        // SAFETY: the caller's duties for `raw`; each element slot of the checked
-        // block is a `T::Raw` written by `T::store` and owned with the vector.
-        unsafe { release_vec::<T::Raw, A>(raw, alloc, |e| T::release(e, alloc)) }
+        let elem = |e| {
+            // SAFETY: each element slot of the checked vector block is a `T::Raw`
+            // written by `T::store` and owned with the vector, which the caller owns.
+            unsafe { T::release(e, alloc) }
+        };
+        // SAFETY: the caller's duties for `raw`; `elem` is the element release.
+        unsafe { release_vec::<T::Raw, A>(raw, alloc, elem) }
     }
 }
 

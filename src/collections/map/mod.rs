@@ -178,6 +178,9 @@ unsafe impl<K: ShmKey, V: ShmValue, A: ShmFree> Send for ShmHashMap<K, V, A> {}
 // sequence words in shared memory, which already serve many processes at once.
 unsafe impl<K: ShmKey, V: ShmValue, A: ShmFree> Sync for ShmHashMap<K, V, A> {}
 
+/// A snapshot of a map's entries: `(key, value)` copies.
+pub type Entries<K, V> = Vec<(<K as ShmValue>::Out, <V as ShmValue>::Out)>;
+
 /// What a probe found.
 struct Probe {
     found: Option<u64>,
@@ -364,7 +367,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     ///
     /// # Errors
     /// As [`get`](Self::get).
-    pub fn entries(&self) -> Result<Vec<(K::Out, V::Out)>, Error> {
+    pub fn entries(&self) -> Result<Entries<K, V>, Error> {
         let mut out = Vec::with_capacity(self.len().min(1 << 20));
         for si in 0..SHARDS {
             out.extend(self.read(si, |t| {
@@ -807,15 +810,13 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
                 .into());
             }
             match intent & 3 {
-                I_INSERT => {
-                    if t.tag(i).load(Ordering::Acquire) & FULL == 0 {
-                        // Never committed: the key and value are the intent's only.
-                        self.release_intent(t, true, false);
-                        // SAFETY: the intent's new value was never published (its
-                        // slot's tag is not FULL), so the shard owns it; release
-                        // clears before it frees.
-                        unsafe { V::release(t.intent_new::<V::Raw>(), self.alloc()) };
-                    }
+                I_INSERT if t.tag(i).load(Ordering::Acquire) & FULL == 0 => {
+                    // Never committed: the key and value are the intent's only.
+                    self.release_intent(t, true, false);
+                    // SAFETY: the intent's new value was never published (its
+                    // slot's tag is not FULL), so the shard owns it; release
+                    // clears before it frees.
+                    unsafe { V::release(t.intent_new::<V::Raw>(), self.alloc()) };
                 }
                 I_UPDATE => {
                     table::store::<V::Raw>(t.val(i), table::load(t.intent_new()));
