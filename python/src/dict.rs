@@ -15,12 +15,12 @@
 
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyKeyError, PyTypeError};
+use pyo3::exceptions::{PyKeyError, PyMemoryError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use shared_allocator::collections::ShmHashMap;
-use shared_allocator::{Error, FreeListAllocator, SegmentError};
+use shared_allocator::{AllocError, Error, FreeListAllocator, SegmentError};
 
 use crate::errors::{self, Kind};
 
@@ -35,6 +35,9 @@ type Map = ShmHashMap<Vec<u8>, Vec<u8>, Arc<FreeListAllocator>>;
 fn map_err(py: Python<'_>, e: Error) -> PyErr {
     match e {
         Error::Segment(s) => errors::segment(py, s),
+        Error::Alloc(a @ AllocError::OutOfMemory { .. }) => PyMemoryError::new_err(format!(
+            "the SharedDict's segment is full ({a}); create it with a larger capacity"
+        )),
         Error::Alloc(a) => errors::alloc(py, a),
         Error::Collection(c) => errors::err(py, Kind::Corrupted, c.to_string()),
         Error::TypeMismatch { .. } => errors::err(py, Kind::WrongAllocator, e.to_string()),
@@ -282,7 +285,9 @@ impl SharedDict {
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
         let py = slf.py();
         let cls = slf.get_type();
-        let args = PyTuple::new(py, [slf.get().name.as_str()])?;
+        // Reopened by name, never re-created: a worker must not make a new empty
+        // dict after the parent unlinked the name.
+        let args = (slf.get().name.as_str(), DEFAULT_CAPACITY, false).into_pyobject(py)?;
         PyTuple::new(py, [cls.into_any(), args.into_any()])
     }
 

@@ -134,8 +134,21 @@ def test_numpy_arrays_keep_dtype_and_shape(name):
 def test_pickles_by_name(name):
     d = sa.SharedDict(name, capacity=4 << 20)
     d["x"] = 1
-    e = pickle.loads(pickle.dumps(d))
+    data = pickle.dumps(d)
+    e = pickle.loads(data)
     assert e.name == name and e["x"] == 1
+    d.unlink()
+    # Unpickling after the name is gone does not make a new, empty dict.
+    with pytest.raises(FileNotFoundError):
+        pickle.loads(data)
+
+
+def test_a_full_segment_is_a_memory_error_and_changes_nothing(name):
+    d = sa.SharedDict(name, capacity=1 << 20)
+    d["small"] = b"x"
+    with pytest.raises(MemoryError):
+        d["big"] = b"y" * (4 << 20)
+    assert "big" not in d and d["small"] == b"x" and len(d) == 1
     d.unlink()
 
 
