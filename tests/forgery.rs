@@ -30,8 +30,20 @@ const FORGED_NONCE: u64 = (1 << 63) | 0x5eed;
 fn child() {
     let Some(role) = role() else { return };
     let name = env("SA_NAME");
-    let alloc = FreeListAllocator::open(&name).unwrap();
     let raw = [env_u64("SA_OFF"), env_u64("SA_NONCE")];
+    #[cfg(feature = "rkyv")]
+    if role == "open-arena-archive" {
+        // Opens an arena archive token the parent forged: refused, or (before the
+        // fix) a view whose bytes the parent's arena was about to write.
+        use shared_allocator::archive::{ArenaArchiveReader, ArenaArchiveToken};
+        let bump = BumpAllocator::open(&name).unwrap();
+        match ArenaArchiveReader::<Vec<u64>>::open(&bump, ArenaArchiveToken::from_raw(raw)) {
+            Ok(r) => say(format!("redeemed {:?}", r.access().map(|a| a.len()))),
+            Err(e) => say(format!("refused {e:?}")),
+        }
+        return;
+    }
+    let alloc = FreeListAllocator::open(&name).unwrap();
     match role.as_str() {
         // Redeems a BoxToken the parent forged: must be refused with a typed error.
         "redeem-box" => match ShmBox::<[u64; 4], _>::from_token(&alloc, BoxToken::from_raw(raw)) {
@@ -232,6 +244,33 @@ fn locks_need_typed_segments_and_roots_are_never_freed() {
     drop(g);
 }
 
+/// Class 3: the raw `free` reads the root directory (the segment's, not the typed
+/// layer's) for roots in the overflow part too.
+#[test]
+fn overflow_roots_are_never_freed_either() {
+    use shared_allocator::typed::FIXED_ROOTS;
+    let name = ShmName::new("forge-overflow");
+    let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let off = alloc.allocate(8).unwrap();
+    alloc.write(off, &[1; 8]).unwrap(); // a raw segment
+    for i in 0..FIXED_ROOTS + 2 {
+        let r: &AtomicU64 = alloc.root(&format!("r{i}")).unwrap();
+        r.store(i as u64, Ordering::Relaxed);
+    }
+    // Every root's block, in either part of the directory, is refused.
+    for i in 0..FIXED_ROOTS + 2 {
+        let at = root_offset(&alloc, &format!("r{i}"));
+        assert!(matches!(
+            alloc.free(Offset::new(at - 16)),
+            Err(FreeError::Root { .. })
+        ));
+    }
+    let last = format!("r{}", FIXED_ROOTS + 1);
+    let again: &AtomicU64 = alloc.root(&last).unwrap();
+    assert_eq!(again.load(Ordering::Relaxed), FIXED_ROOTS as u64 + 1);
+    alloc.free(off).unwrap();
+}
+
 /// Class 4: an arena handle rebuilt from numbers that name the reserved but not
 /// yet written tail of a chunk. Before: a `&u64` there changed when the arena
 /// later allocated. Now such a handle gives copies only.
@@ -255,6 +294,105 @@ fn arena_handles_from_numbers_give_copies_not_views() {
     assert_eq!(*h.get(arena.allocator()).unwrap(), 1);
 }
 
+/// Class 4: a genuine (viewable) arena handle from one bump segment used against
+/// another segment in the same epoch, where the same offset is an arena chunk's
+/// unwritten tail. Before: the view was granted and changed when the second
+/// segment's arena wrote there. Now a handle views only the segment it was made in.
+#[test]
+fn arena_handle_of_another_segment_gives_no_view() {
+    let (na, nb) = (ShmName::new("forge-seg-a"), ShmName::new("forge-seg-b"));
+    let mut a = BumpAllocator::create(na.as_str(), 1 << 20).unwrap();
+    let mut b = BumpAllocator::create(nb.as_str(), 1 << 20).unwrap();
+    let arena_a = a.arena();
+    let _first = arena_a.alloc(1u64).unwrap();
+    let h = arena_a.alloc_slice(&[0u64; 16]).unwrap().handle();
+    assert!(!h.is_from_numbers());
+    let arena_b = b.arena();
+    let _first_b = arena_b.alloc(1u64).unwrap();
+    assert_eq!(
+        arena_b.epoch(),
+        h.epoch(),
+        "both segments are in the same epoch"
+    );
+    // In `b`, `h`'s range is the reserved, unwritten tail of `arena_b`'s chunk.
+    let e = h.get_slice(arena_b.allocator()).unwrap_err();
+    assert!(matches!(e, AccessError::Unverified { .. }), "{e}");
+    assert!(h.get(arena_b.allocator()).is_err());
+    let later = arena_b.alloc_slice(&[9u64; 16]).unwrap();
+    assert_eq!(
+        later.handle().offset(),
+        h.offset(),
+        "the bytes a view would have covered"
+    );
+    // Its own segment views it, also through a second handle of the same segment.
+    assert_eq!(*h.get_slice(arena_a.allocator()).unwrap(), [0; 16]);
+    let a2 = BumpAllocator::open(na.as_str()).unwrap();
+    assert_eq!(*h.get_slice(&a2).unwrap(), [0; 16]);
+}
+
+/// Class 4: an arena archive token forged over an arena chunk's reserved but
+/// unwritten tail that still holds a genuine archive of an earlier epoch. Before:
+/// the checksum was of the bytes alone, so another process opened it as a view,
+/// and the arena's next allocations wrote under that `&Archived`. Now an arena
+/// archive's checksum is keyed (segment secret) over block offset and epoch: the
+/// old image, a copy of a current one elsewhere, or a hand-built one, is refused.
+#[cfg(feature = "rkyv")]
+#[test]
+fn forged_arena_archive_token_over_an_unwritten_tail_is_refused() {
+    use shared_allocator::archive::{ArchiveError, ArenaArchiveReader, ArenaArchiveToken};
+    let name = ShmName::new("forge-arena-arc");
+    let mut bump = BumpAllocator::create(name.as_str(), 1 << 20).unwrap();
+    let value: Vec<u64> = (0..32).collect();
+    // Epoch N-1: a genuine archive at the start of the bump region.
+    let (old, old_epoch, len) = {
+        let arena = bump.arena();
+        let a = arena.archive(&value).unwrap();
+        let len = a.len();
+        let t = a.into_token();
+        (t.offset().get(), t.epoch(), len)
+    };
+    let header = shared_allocator::archive::HEADER_LEN as usize;
+    let image = bump
+        .read(Offset::new(old), (header + len).next_multiple_of(8))
+        .unwrap();
+    let epoch = bump.reset().unwrap();
+    assert_ne!(epoch, old_epoch);
+    // Epoch N: an arena reserves its chunk over the same bytes and writes only
+    // its first value; the old archive's header and bytes sit in the tail.
+    let arena = bump.arena();
+    let first = arena.alloc(7u64).unwrap();
+    assert_eq!(first.handle().offset().get(), old, "the chunk starts there");
+    let forged = ArenaArchiveToken::<Vec<u64>>::from_raw([old, epoch]);
+    let verdict = redeem_in_child("open-arena-archive", &name, forged.to_raw());
+    assert!(verdict.contains("Checksum"), "{verdict}");
+    let e = ArenaArchiveReader::open(arena.allocator(), forged).unwrap_err();
+    assert!(matches!(e, ArchiveError::Checksum { .. }), "{e}");
+    assert!(forged.deserialize_copied(arena.allocator()).is_err());
+    // A byte-exact copy of the old image written by the arena (so bytes it will
+    // never write again) is refused too: the checksum binds the block offset.
+    let mut words = vec![0u64; image.len() / 8];
+    for (w, b) in words.iter_mut().zip(image.chunks(8)) {
+        *w = u64::from_ne_bytes(b.try_into().unwrap());
+    }
+    let _pad = arena.alloc(0u64).unwrap();
+    let copy = arena.alloc_slice(&words).unwrap();
+    let at = copy.handle().offset().get();
+    assert_eq!(at % 16, 0, "an archive-aligned place");
+    let e = ArenaArchiveReader::open(
+        arena.allocator(),
+        ArenaArchiveToken::<Vec<u64>>::from_raw([at, epoch]),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ArchiveError::Checksum { .. }), "{e}");
+    // A genuine archive of this epoch opens, in another process too; its token
+    // with another epoch is Stale.
+    let t = arena.archive(&value).unwrap().into_token();
+    let verdict = redeem_in_child("open-arena-archive", &name, t.to_raw());
+    assert_eq!(verdict, "redeemed Ok(32)");
+    let stale = ArenaArchiveToken::<Vec<u64>>::from_raw([t.offset().get(), old_epoch]);
+    assert!(ArenaArchiveReader::open(arena.allocator(), stale).is_err());
+}
+
 /// Class 5: owning handles copied by fork. The child's copy is no owner: its drop
 /// frees nothing (the parent's next allocation does not get the block twice),
 /// access is refused, and an arena value's view in the child takes its own pin.
@@ -274,23 +412,96 @@ fn fork_entry() {
     if role().as_deref() != Some("fork") {
         return;
     }
+    use shared_allocator::sync::TryLockError;
     let name = ShmName::new("forge-fork");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let b = ShmBox::new_in(&alloc, [3u64; 4]).unwrap();
+    let mut b = ShmBox::new_in(&alloc, [3u64; 4]).unwrap();
     let mut v = ShmVec::<u64, _>::new_in(&alloc).unwrap();
     v.push(1).unwrap();
+    let m: &ShmMutex<u64> = alloc.root("lock").unwrap();
+    let mut g = m.lock().unwrap();
+    *g = 11;
+    let bname = ShmName::new("forge-fork-b");
+    let mut bump = BumpAllocator::create(bname.as_str(), 1 << 20).unwrap();
+    let arena = bump.arena();
+    let ab = arena.alloc(5u64).unwrap();
+    let view = ab.get().unwrap();
+    #[cfg(feature = "rkyv")]
+    let (archive, reader) = {
+        use shared_allocator::archive::ArenaArchiveReader;
+        let a = arena.archive(&vec![1u64, 2, 3]).unwrap();
+        let t = arena.archive(&vec![4u64]).unwrap().into_token();
+        (a, ArenaArchiveReader::open(arena.allocator(), t).unwrap())
+    };
     let live = alloc.stats().live_blocks.unwrap();
     // SAFETY: this process is single-threaded (a test binary run with
     // --test-threads=1, in a role that spawns no threads).
     match unsafe { nix::unistd::fork() }.unwrap() {
         nix::unistd::ForkResult::Child => {
-            let ok = !b.is_owner()
-                && !v.is_owner()
-                && matches!(v.push(2), Err(Error::Access(AccessError::Forked { .. })))
-                && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b[0])).is_err();
-            drop(b); // must not free the parent's block
-            drop(v);
-            std::process::exit(if ok { 0 } else { 1 });
+            // The panics below are expected (and caught): keep stderr quiet.
+            std::panic::set_hook(Box::new(|_| {}));
+            let forked = |r: Result<(), AccessError>| matches!(r, Err(AccessError::Forked { .. }));
+            let panics =
+                |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+            let mut checks: Vec<(&str, bool)> = vec![
+                ("box not owner", !b.is_owner()),
+                ("vec not owner", !v.is_owner()),
+                ("guard not holder", !g.is_holder()),
+                (
+                    "push",
+                    matches!(v.push(2), Err(Error::Access(AccessError::Forked { .. }))),
+                ),
+                ("box try_get", forked(b.try_get().map(|_| ()))),
+                ("box try_get_mut", forked(b.try_get_mut().map(|_| ()))),
+                ("vec try_as_slice", forked(v.try_as_slice().map(|_| ()))),
+                ("guard try_get", forked(g.try_get().map(|_| ()))),
+                ("guard try_get_mut", forked(g.try_get_mut().map(|_| ()))),
+                ("view try_get", forked(view.try_get().map(|_| ()))),
+                (
+                    "box deref panics",
+                    panics(&|| {
+                        std::hint::black_box(b[0]);
+                    }),
+                ),
+                (
+                    "vec as_slice panics",
+                    panics(&|| {
+                        std::hint::black_box(v.as_slice().len());
+                    }),
+                ),
+                (
+                    "guard deref panics",
+                    panics(&|| {
+                        std::hint::black_box(*g);
+                    }),
+                ),
+                (
+                    "view deref panics",
+                    panics(&|| {
+                        std::hint::black_box(*view);
+                    }),
+                ),
+                // A fresh view in the child pins in the child.
+                ("child's own view", *ab.get().unwrap() == 5),
+            ];
+            #[cfg(feature = "rkyv")]
+            {
+                use shared_allocator::archive::ArchiveError;
+                let f = |r: Result<usize, ArchiveError>| {
+                    matches!(r, Err(ArchiveError::Access(AccessError::Forked { .. })))
+                };
+                checks.push(("arena archive access", f(archive.access().map(|a| a.len()))));
+                checks.push(("arena reader access", f(reader.access().map(|a| a.len()))));
+                checks.push(("copy path works", reader.deserialize_copied().is_ok()));
+            }
+            checks.push(("box try_into_token", forked(b.try_into_token().map(|_| ()))));
+            checks.push(("vec try_into_token", forked(v.try_into_token().map(|_| ()))));
+            drop(g); // must not unlock the parent's lock
+            let bad: Vec<&str> = checks.iter().filter(|c| !c.1).map(|c| c.0).collect();
+            if !bad.is_empty() {
+                eprintln!("fork child: failed checks {bad:?}");
+            }
+            std::process::exit(if bad.is_empty() { 0 } else { 1 });
         }
         nix::unistd::ForkResult::Parent { child } => {
             let st = nix::sys::wait::waitpid(child, None).unwrap();
@@ -304,7 +515,24 @@ fn fork_entry() {
                 "child freed nothing"
             );
             assert_eq!(*b, [3; 4]);
+            b[0] = 4;
             assert_eq!(v.as_slice(), &[1]);
+            // The child's copy of the guard did not unlock the parent's lock.
+            assert!(matches!(m.try_lock(), Err(TryLockError::WouldBlock)));
+            assert!(g.is_holder());
+            *g += 1;
+            drop(g);
+            assert_eq!(*m.lock().unwrap(), 12);
+            assert_eq!(*view, 5);
+            #[cfg(feature = "rkyv")]
+            {
+                assert_eq!(archive.access().unwrap().len(), 3);
+                assert_eq!(reader.access().unwrap().len(), 1);
+                drop((archive, reader));
+            }
+            drop(view);
+            drop(arena);
+            bump.unlink().unwrap();
             say("fork ok");
         }
     }

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gc
 import multiprocessing as mp
+import pathlib
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -170,4 +173,41 @@ def test_numpy_view_shared_between_two_processes(name):
     assert res["ok"] and res["ro_refused"]
     assert p.exitcode == 0
     assert (arr == 2 * np.arange(count)).all()  # the child's writes, seen here
+    a.unlink()
+
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _typed_segment(name):
+    """Has a Rust program (``examples/typed_handoff.rs``) create ``name`` in typed
+    mode, holding a ``ShmBox`` it gave away as a token; returns the value's offset
+    in the segment."""
+    if shutil.which("cargo") is None:
+        pytest.skip("needs cargo to build the Rust example")
+    out = subprocess.run(
+        ["cargo", "run", "--quiet", "--example", "typed_handoff", "--", name],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[0])
+
+
+def test_views_obey_a_typed_segments_mode(name):
+    # A Rust process left a typed value (a box given away as a token): its bytes
+    # change only under the typed layer's rules, so neither a writable nor a
+    # read-only view may exist, exactly as raw writes are refused.
+    at = _typed_segment(name)
+    a = FreeListAllocator(name, create=False)
+    rel = at - a.data_offset
+    for readonly in (False, True):
+        with pytest.raises(sa.SharedAllocatorError, match="typed mode"):
+            a.view(rel, 32, readonly=readonly)
+    with pytest.raises(sa.SharedAllocatorError, match="typed mode"):
+        a.write(rel, b"\0" * 8)
+    # Copies stay allowed (byte-wise atomic, never undefined behaviour).
+    assert a.read(rel, 8) == (1).to_bytes(8, "little")
     a.unlink()

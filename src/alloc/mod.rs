@@ -277,7 +277,7 @@ pub unsafe trait ShmFree: ShmAllocator {
             }
         }
         // Roots are never freed: other processes hold `&T` from `root` (no pin).
-        if crate::typed::roots::is_root_block(self, offset) {
+        if is_root_block(self.segment(), offset) {
             return Err(FreeError::Root {
                 offset: offset.get(),
             });
@@ -347,4 +347,69 @@ pub(crate) fn data_relative(seg: &Segment, offset: Offset, len: u64) -> Result<u
         });
     }
     Ok(offset.get() - l.data_offset)
+}
+
+/// Whether the block that starts at `block` is a named root's object or the root
+/// directory's overflow block: what a raw `free` refuses (roots are never freed:
+/// other processes hold `&T` from `root`, with no pin). Read from the segment's
+/// root directory (`segment::roots_table`), so this layer needs nothing from the
+/// typed one. Cheap for every other block: one atomic load of its first word,
+/// which only a root's [`PINNED`](crate::segment::roots_table::PINNED) header (or
+/// raw bytes that equal it) holds.
+fn is_root_block(seg: &Segment, block: Offset) -> bool {
+    use crate::segment::roots_table::{
+        CONTROL_BYTES, EMPTY, ENTRY_WORDS, FIXED_ROOTS, MAX_ROOTS, OVERFLOW_HEADER, OVERFLOW_ROOTS,
+        PINNED, W_CTRL_OVERFLOW, W_FP, W_OFF, W_STATE,
+    };
+    use crate::segment::ROOTS_OFFSET;
+    use std::sync::atomic::Ordering;
+    if seg.layout().kind == AllocatorKind::Bump {
+        return false; // no roots in bump segments
+    }
+    let Some(h) = seg.words(block.get(), 2) else {
+        return false;
+    };
+    if h[0].load(Ordering::Acquire) != PINNED {
+        return false;
+    }
+    // A directory we cannot read protects nothing; refuse rather than guess wrong.
+    let (Some(ctrl), Some(fixed)) = (
+        seg.words(ROOTS_OFFSET, CONTROL_BYTES / 8),
+        seg.words(
+            ROOTS_OFFSET + CONTROL_BYTES,
+            (FIXED_ROOTS * ENTRY_WORDS) as u64,
+        ),
+    ) else {
+        return true;
+    };
+    let overflow_at = ctrl[W_CTRL_OVERFLOW].load(Ordering::Acquire);
+    if overflow_at == block.get() + OVERFLOW_HEADER {
+        return true;
+    }
+    let overflow = if overflow_at != 0 && overflow_at & 1 == 0 {
+        match seg.words(overflow_at, (OVERFLOW_ROOTS * ENTRY_WORDS) as u64) {
+            Some(w) => Some(w),
+            None => return true,
+        }
+    } else {
+        None
+    };
+    let fp = h[1].load(Ordering::Relaxed);
+    let entries = fixed
+        .chunks_exact(ENTRY_WORDS)
+        .chain(
+            overflow
+                .into_iter()
+                .flat_map(|o| o.chunks_exact(ENTRY_WORDS)),
+        )
+        .take(MAX_ROOTS);
+    // A root's object starts 16 bytes (its PINNED header) or its alignment (a
+    // power of two up to MAX_ALIGN) after its block's start.
+    entries.into_iter().any(|e| {
+        let d = e[W_OFF].load(Ordering::Relaxed).wrapping_sub(block.get());
+        e[W_STATE].load(Ordering::Acquire) != EMPTY
+            && e[W_FP].load(Ordering::Relaxed) == fp
+            && (16..=MAX_ALIGN as u64).contains(&d)
+            && d.is_power_of_two()
+    })
 }

@@ -9,7 +9,7 @@ use rkyv::rancor;
 use rkyv::{Archived, Deserialize};
 
 use super::block::{archived_unchecked, deserialize_archived, deserialize_copy, Span};
-use super::writer::{block_size, nondeterministic, seal, serialize_into};
+use super::writer::{block_size, nondeterministic, seal, serialize_into, Binding};
 use super::{ArchiveError, ShmArchivable, ARCHIVE_ALIGN};
 use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
 use crate::error::AccessError;
@@ -100,6 +100,9 @@ pub struct ArenaArchive<'a, T: ShmArchivable> {
     bump: &'a BumpAllocator,
     span: Span,
     epoch: u64,
+    /// The fork epoch of the writer: in a fork child the arena's pin is the
+    /// parent's, so the copy gives no view.
+    fork: u64,
     validated: AtomicBool,
     _type: PhantomData<fn() -> T>,
 }
@@ -116,11 +119,12 @@ impl<'a, T: ShmArchivable> ArenaArchive<'a, T> {
         if len > cap {
             return Ok(Err(len));
         }
-        seal::<T, BumpAllocator>(bump, block, len)?;
+        seal::<T, BumpAllocator>(bump, block, len, Binding::Arena { epoch })?;
         Ok(Ok(ArenaArchive {
             bump,
             span: Span { block, len },
             epoch,
+            fork: crate::process::fork_epoch(),
             validated: AtomicBool::new(false),
             _type: PhantomData,
         }))
@@ -135,8 +139,11 @@ impl<'a, T: ShmArchivable> ArenaArchive<'a, T> {
     /// The archived value, zero-copy; validated on the first call (bytecheck).
     ///
     /// # Errors
-    /// On the first call, [`ArchiveError::Invalid`] if the bytes were damaged.
+    /// On the first call, [`ArchiveError::Invalid`] if the bytes were damaged;
+    /// [`AccessError::Forked`] in a fork child's copy of the handle (open a reader
+    /// there: it pins in the child).
     pub fn access(&self) -> Result<&Archived<T>, ArchiveError> {
+        crate::process::check_fork(self.fork)?;
         let bytes = self.span.bytes(self.bump)?;
         if !self.validated.load(Ordering::Acquire) {
             self.span.check_bytes::<T>(bytes)?;
@@ -145,6 +152,8 @@ impl<'a, T: ShmArchivable> ArenaArchive<'a, T> {
         // SAFETY:
         // - `validated` is set only after `check_bytes` accepted this span's bytes
         //   in this bump allocator (the handle holds it);
+        // - `check_fork`: this process made the handle, so the arena's pin below
+        //   is this process's (a fork child's copy was refused);
         // - the arena this handle borrows pinned the region before the archive was
         //   written and keeps the pin while the handle lives: no reset by any
         //   handle completes, so the block is not released or reused, and no safe
@@ -225,7 +234,8 @@ pub struct ArenaArchiveReader<'a, T: ShmArchivable> {
     bump: &'a BumpAllocator,
     span: Span,
     epoch: u64,
-    _pin: Pin,
+    /// Protects the view in the process that opened the reader only (`Pin::valid`).
+    pin: Pin,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -244,12 +254,12 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
         // Pinned before validating: the validated bytes stay this epoch's.
         let pin = crate::ArenaPtr::<u8>::from_parts(token.offset, token.epoch, 0).pin(bump)?;
         let (span, sum, bytes) = Span::read::<T, BumpAllocator>(bump, token.offset())?;
-        span.validate::<T>(bytes, sum)?;
+        span.validate::<T, BumpAllocator>(bump, Binding::Arena { epoch: token.epoch }, bytes, sum)?;
         Ok(ArenaArchiveReader {
             bump,
             span,
             epoch: token.epoch,
-            _pin: pin,
+            pin,
             _type: PhantomData,
         })
     }
@@ -257,11 +267,15 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
     /// The archived value, zero-copy, without re-validation.
     ///
     /// # Errors
-    /// Bounds errors only if the segment's layout was damaged.
+    /// Bounds errors only if the segment's layout was damaged;
+    /// [`AccessError::Forked`] in a fork child's copy of the reader (its pin counts
+    /// for the parent: open a reader in the child).
     #[inline]
     pub fn access(&self) -> Result<&Archived<T>, ArchiveError> {
+        crate::process::check_fork(self.pin.fork())?;
         let bytes = self.span.bytes(self.bump)?;
         // SAFETY:
+        // - the pin is this process's (`valid`: not a fork child's copy);
         // - `open` (the only constructor) pinned the region, then ran `check_bytes`
         //   on this span's bytes in this bump allocator (the reader holds it);
         // - the pin lives in `self`: no reset completes while it does, so the block
@@ -285,7 +299,11 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
         Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
     {
         check_epoch(self.bump, self.epoch)?;
-        let v = deserialize_copy::<T, BumpAllocator>(self.bump, self.span.block)?;
+        let v = deserialize_copy::<T, BumpAllocator>(
+            self.bump,
+            self.span.block,
+            Binding::Arena { epoch: self.epoch },
+        )?;
         fence(Ordering::Acquire);
         check_epoch(self.bump, self.epoch)?;
         Ok(v)
@@ -351,7 +369,11 @@ impl<T: ShmArchivable> ArenaArchiveToken<T> {
         Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
     {
         check_epoch(bump, self.epoch)?;
-        let v = deserialize_copy::<T, BumpAllocator>(bump, self.offset());
+        let v = deserialize_copy::<T, BumpAllocator>(
+            bump,
+            self.offset(),
+            Binding::Arena { epoch: self.epoch },
+        );
         fence(Ordering::Acquire);
         // A reset during the copy makes whatever came out (value or error) stale.
         check_epoch(bump, self.epoch)?;

@@ -6,7 +6,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Archived, Deserialize};
 
-use super::writer::{checksum, type_tag, MAGIC, SEAL_OFFSET, SEAL_WORDS};
+use super::writer::{checksum, type_tag, Binding, MAGIC, SEAL_OFFSET, SEAL_WORDS};
 use super::{ArchiveError, ShmArchivable, ARCHIVE_ALIGN, HEADER_LEN};
 use crate::alloc::{Offset, ShmAllocator};
 use crate::error::AccessError;
@@ -93,22 +93,25 @@ impl Span {
     pub(super) fn copy_validated<T: ShmArchivable, A: ShmAllocator + ?Sized>(
         alloc: &A,
         block: Offset,
+        binding: Binding,
     ) -> Result<AlignedVec<ARCHIVE_ALIGN>, ArchiveError> {
         let (span, sum) = Self::read_seal::<T, A>(alloc, block)?;
         let mut copy = AlignedVec::<ARCHIVE_ALIGN>::with_capacity(span.len);
         copy.resize(span.len, 0);
         raw::copy_bytes_out(alloc, span.data(), &mut copy)?;
-        span.validate::<T>(&copy, sum)?;
+        span.validate::<T, A>(alloc, binding, &copy, sum)?;
         Ok(copy)
     }
 
-    /// Full validation: checksum, then bytecheck.
-    pub(super) fn validate<T: ShmArchivable>(
+    /// Full validation: checksum (bound as `binding` says), then bytecheck.
+    pub(super) fn validate<T: ShmArchivable, A: ShmAllocator + ?Sized>(
         &self,
+        alloc: &A,
+        binding: Binding,
         bytes: &[u8],
         sum: u64,
     ) -> Result<(), ArchiveError> {
-        let found = checksum(bytes);
+        let found = checksum(alloc.segment(), binding, self.block, type_tag::<T>(), bytes);
         if found != sum {
             return Err(ArchiveError::Checksum {
                 offset: self.block.get(),
@@ -160,13 +163,17 @@ where
 
 /// Deserializes an owned `T` from a private, validated copy of the archive at
 /// `block` (see [`Span::copy_validated`]).
-pub(super) fn deserialize_copy<T, A>(alloc: &A, block: Offset) -> Result<T, ArchiveError>
+pub(super) fn deserialize_copy<T, A>(
+    alloc: &A,
+    block: Offset,
+    binding: Binding,
+) -> Result<T, ArchiveError>
 where
     T: ShmArchivable,
     A: ShmAllocator + ?Sized,
     Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
 {
-    let copy = Span::copy_validated::<T, A>(alloc, block)?;
+    let copy = Span::copy_validated::<T, A>(alloc, block, binding)?;
     // The copy is private and passed bytecheck just now.
     let archived = rkyv::api::high::access::<T::Archived, rancor::Error>(&copy).map_err(|e| {
         ArchiveError::Invalid {

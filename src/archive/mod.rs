@@ -75,6 +75,18 @@
 //!   bytecheck alone checks structure, not content. The checksum is not a
 //!   security boundary (a hostile writer can recompute it); bytecheck, which
 //!   runs after it regardless, is what rules out undefined behaviour.
+//! - An **arena archive's** checksum word is keyed: SipHash-2-4 under a 128-bit
+//!   secret the segment's creator draws (kept in the segment header, which no
+//!   API reads or writes) over the block offset, the bump epoch, the length, the
+//!   type tag and the XXH3 checksum. An arena archive token is two numbers with
+//!   no owner header to check against, and an arena chunk's reserved but unwritten
+//!   tail may still hold an archive from an earlier epoch, which the arena will
+//!   write over: a view there would change under its reader. With the key, only
+//!   this crate's seal of *that* block in *that* epoch validates; an old image, a
+//!   copy of a current one at another offset, or one built by the caller (say, as
+//!   an arena slice) is [`ArchiveError::Checksum`]. (A process that reads the key
+//!   out of the shared memory object directly is outside the API, like an
+//!   untrusted writer: the copy paths stay sound against it, views trust it.)
 //!
 //! # Where bytes are copied
 //!

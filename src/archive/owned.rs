@@ -8,7 +8,7 @@ use rkyv::rancor;
 use rkyv::{Archived, Deserialize};
 
 use super::block::{archived_unchecked, deserialize_archived, deserialize_copy, Span};
-use super::writer::{block_size, nondeterministic, seal, serialize_into, type_tag};
+use super::writer::{block_size, nondeterministic, seal, serialize_into, type_tag, Binding};
 use super::{ArchiveError, ArchiveToken, ShmArchivable, ARCHIVE_ALIGN};
 use crate::alloc::{Offset, ShmAllocator, ShmFree};
 use crate::typed::token::OwnedHeader;
@@ -110,7 +110,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
         let block = alloc.allocate_aligned(block_size(cap)?, ARCHIVE_ALIGN)?;
         let sealed = serialize_into(alloc.segment(), block, cap, value).and_then(|len| {
             if len <= cap {
-                seal::<T, A>(alloc, block, len)?;
+                seal::<T, A>(alloc, block, len, Binding::Owned)?;
             }
             Ok(len)
         });
@@ -168,8 +168,10 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
             std::any::type_name::<T>(),
             type_tag::<T>(),
         )?;
-        let checked = Span::read::<T, A>(alloc, block)
-            .and_then(|(span, sum, bytes)| span.validate::<T>(bytes, sum).map(|()| span));
+        let checked = Span::read::<T, A>(alloc, block).and_then(|(span, sum, bytes)| {
+            span.validate::<T, A>(alloc, Binding::Owned, bytes, sum)
+                .map(|()| span)
+        });
         match checked {
             Ok(span) => Ok(ShmArchive {
                 alloc,
@@ -257,7 +259,7 @@ impl<'a, T: ShmArchivable, A: ShmFree> ShmArchive<'a, T, A> {
     where
         Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
     {
-        deserialize_copy::<T, A>(self.alloc, self.span.block)
+        deserialize_copy::<T, A>(self.alloc, self.span.block, Binding::Owned)
     }
 
     /// Deserializes an owned `T` from the archive (zero-copy read of the validated

@@ -99,8 +99,50 @@ pub(super) fn type_tag<T: Archive>() -> u64 {
     fingerprint::u64(h, std::mem::align_of::<T::Archived>() as u64)
 }
 
-pub(super) fn checksum(bytes: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(bytes)
+/// What an archive's checksum word binds its bytes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Binding {
+    /// An owned archive ([`ShmArchive`](super::ShmArchive)): the plain checksum of
+    /// the bytes. Its authority is the block start and owner header (tokens name
+    /// checked block starts), so the checksum only detects damage.
+    Owned,
+    /// An arena archive of bump `epoch`: a keyed hash of the block offset, the
+    /// epoch, the length, the type tag and the bytes' checksum, under the segment's
+    /// secret key. Only this crate's `seal` can produce one, so an archive image
+    /// left in an arena chunk from an earlier epoch, copied elsewhere, or built by
+    /// the caller does not validate for a token it was not sealed for.
+    Arena {
+        /// The bump epoch the archive was written in.
+        epoch: u64,
+    },
+}
+
+/// The checksum word of an archive of type tag `tag` whose bytes are `bytes`,
+/// in a block at `block` of `seg`, bound as `binding` says.
+pub(super) fn checksum(
+    seg: &Segment,
+    binding: Binding,
+    block: Offset,
+    tag: u64,
+    bytes: &[u8],
+) -> u64 {
+    let sum = xxhash_rust::xxh3::xxh3_64(bytes);
+    match binding {
+        Binding::Owned => sum,
+        Binding::Arena { epoch } => {
+            use std::hash::Hasher;
+            let [k0, k1] = seg.archive_key();
+            // SipHash-2-4 (std's `SipHasher`, deprecated only in favour of
+            // `DefaultHasher`, whose algorithm is unspecified): a keyed PRF, so the
+            // word cannot be computed without the key.
+            #[allow(deprecated)]
+            let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+            for w in [block.get(), epoch, bytes.len() as u64, tag, sum] {
+                h.write_u64(w);
+            }
+            h.finish()
+        }
+    }
 }
 
 /// Block size for an archive of `len` bytes: header, at least one byte (so the
@@ -147,9 +189,12 @@ pub(super) fn seal<T: Archive, A: ShmAllocator + ?Sized>(
     alloc: &A,
     block: Offset,
     len: usize,
+    binding: Binding,
 ) -> Result<(), ArchiveError> {
     let data = raw::slice_at::<u8, A>(alloc, Offset::new(block.get() + HEADER_LEN), len)?;
-    let header = [MAGIC, len as u64, type_tag::<T>(), checksum(data)];
+    let tag = type_tag::<T>();
+    let sum = checksum(alloc.segment(), binding, block, tag, data);
+    let header = [MAGIC, len as u64, tag, sum];
     raw::write_fresh::<u64, A>(
         alloc,
         Offset::new(block.get() + SEAL_OFFSET),

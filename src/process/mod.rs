@@ -136,6 +136,20 @@ pub(crate) fn fork_epoch() -> u64 {
     FORK_EPOCH.load(Ordering::Relaxed)
 }
 
+/// [`AccessError::Forked`](crate::AccessError::Forked) if state recorded in fork
+/// epoch `recorded` is a copy in a fork child.
+#[inline]
+pub(crate) fn check_fork(recorded: u64) -> Result<(), crate::AccessError> {
+    let now = fork_epoch();
+    if recorded != now {
+        return Err(crate::AccessError::Forked {
+            handle_epoch: recorded,
+            current_epoch: now,
+        });
+    }
+    Ok(())
+}
+
 extern "C" fn after_fork_in_child() {
     FORK_EPOCH.fetch_add(1, Ordering::Relaxed);
     for entry in &LOCK_FDS {
@@ -743,6 +757,13 @@ impl Pin {
     #[inline]
     pub(crate) fn valid(&self) -> bool {
         self.fork == fork_epoch()
+    }
+
+    /// The fork epoch the pin was taken in.
+    #[inline]
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (arena archive readers)
+    pub(crate) fn fork(&self) -> u64 {
+        self.fork
     }
 }
 

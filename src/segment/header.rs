@@ -13,7 +13,7 @@ use crate::error::SegmentError;
 /// `b"SHMALLOC"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMALLOC");
 /// Layout version of the segment format; bumped on any incompatible change.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Bytes reserved at the start of every segment: header and named-roots table.
 pub const HEADER_REGION: u64 = 4096;
 /// Offset of the named-roots table inside the header region.
@@ -77,6 +77,10 @@ pub(crate) struct RawHeader {
     pub data_offset: AtomicU64,
     pub data_len: AtomicU64,
     pub params: [AtomicU64; 4],
+    /// The segment's secret key for arena archive checksums (see
+    /// `crate::archive`), drawn by the creator before publishing. Outside every
+    /// block: no API reads or writes it.
+    pub archive_key: [AtomicU64; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<RawHeader>() as u64 <= ROOTS_OFFSET);

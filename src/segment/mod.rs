@@ -8,6 +8,7 @@
 
 mod header;
 mod name;
+pub(crate) mod roots_table;
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -175,6 +176,12 @@ pub struct Segment {
     /// The mode this handle saw decided (`SegmentMode as u8`; 0: not yet). A
     /// decided mode never changes, so one local load answers later checks.
     mode_seen: std::sync::atomic::AtomicU8,
+    /// The segment's secret key (see [`Segment::archive_key`]): drawn by the
+    /// creator, read once at open (a later scribble on the header changes nothing
+    /// here).
+    key: [u64; 2],
+    /// [`Segment::id`], computed once from the key.
+    id: u64,
 }
 
 /// A fresh open file description of the object behind `file` (never shared with the
@@ -288,6 +295,29 @@ impl Drop for UnlinkGuard {
     }
 }
 
+/// 128 unpredictable bits: SipHash outputs under the standard library's randomly
+/// seeded (per thread, from the OS) `RandomState` keys.
+fn random_key() -> [u64; 2] {
+    use std::hash::BuildHasher;
+    let s = std::collections::hash_map::RandomState::new();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    [
+        s.hash_one((0u8, t, std::process::id())),
+        s.hash_one((1u8, t, std::process::id())),
+    ]
+}
+
+/// The segment id for `key`: a keyed hash (reveals nothing of the key), never 0.
+fn segment_id(key: [u64; 2]) -> u64 {
+    use std::hash::Hasher;
+    #[allow(deprecated)] // SipHash-2-4, see `archive::writer::checksum`
+    let mut h = std::hash::SipHasher::new_with_keys(key[0], key[1]);
+    h.write(b"segment id");
+    h.finish() | 1
+}
+
 impl Segment {
     /// Creates a new object `name` of `layout.total_size` bytes with `O_EXCL`, maps it,
     /// and returns it still in the INIT state: the caller writes its metadata and then
@@ -299,6 +329,7 @@ impl Segment {
     ) -> Result<Segment, SegmentError> {
         let name = name::normalize(name)?;
         layout.validate()?;
+        let key = random_key();
         if opts.mode & !0o777 != 0 {
             return Err(SegmentError::InvalidParameter {
                 what: "mode",
@@ -340,6 +371,8 @@ impl Segment {
                 layout,
                 file,
                 mode_seen: Default::default(),
+                key,
+                id: segment_id(key),
             }),
             Err(e) => {
                 let _ = shm_unlink(name.as_str());
@@ -350,7 +383,27 @@ impl Segment {
 
     /// Publishes the header: after this, `open` in any process succeeds.
     pub(crate) fn publish(&self) {
-        self.layout.write_to(self.header());
+        let h = self.header();
+        for (slot, k) in h.archive_key.iter().zip(self.key) {
+            slot.store(k, Ordering::Relaxed);
+        }
+        // (`write_to` publishes READY with Release: openers see the key too.)
+        self.layout.write_to(h);
+    }
+
+    /// The secret key of this segment's arena archive checksums: unknown to
+    /// every process that reaches the segment only through this crate's API
+    /// (see `crate::archive`, "Arena archives from numbers").
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (archives)
+    pub(crate) fn archive_key(&self) -> [u64; 2] {
+        self.key
+    }
+
+    /// A number that tells this segment from every other (a keyed hash: it
+    /// reveals nothing of the key); never 0. The same in every handle and process.
+    #[inline]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Opens the object `name`, waits (bounded) until its creator published it, and
@@ -387,6 +440,8 @@ impl Segment {
                     map,
                     file,
                     mode_seen: Default::default(),
+                    key: [0; 2],
+                    id: 0,
                     layout: Layout {
                         kind,
                         total_size: mapped,
@@ -406,9 +461,13 @@ impl Segment {
                 if state == STATE_READY && magic == MAGIC {
                     let layout = Layout::read_from(h, kind, mapped)?;
                     let file = lock_description(&provisional.file)?;
+                    // (Published before READY, which the Acquire above saw.)
+                    let key = h.archive_key.each_ref().map(|k| k.load(Ordering::Relaxed));
                     return Ok(Segment {
                         layout,
                         file,
+                        key,
+                        id: segment_id(key),
                         ..provisional
                     });
                 }

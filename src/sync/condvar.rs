@@ -62,6 +62,10 @@ impl ShmCondvar {
     ///
     /// # Errors
     /// [`OwnerDied`](super::OwnerDied) (holding the lock) if relocking found a dead holder's lock.
+    ///
+    /// # Panics
+    /// If `guard` is a `fork` child's copy of its parent's guard (it holds nothing:
+    /// see [`ShmMutexGuard`]); the wait forms below too.
     pub fn wait<'a, T: ShmSafe>(
         &self,
         guard: ShmMutexGuard<'a, T>,

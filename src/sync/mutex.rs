@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use super::futex::{Deadline, FutexWord};
 use super::owner::{self, OWNER_LIMIT};
+use crate::error::AccessError;
 use crate::typed::{fingerprint, ShmSafe};
 
 const WAITERS: u32 = 1 << 31;
@@ -195,9 +196,22 @@ impl<G> From<OwnerDied<G>> for TryLockError<G> {
 pub type LockResult<G> = Result<G, OwnerDied<G>>;
 
 /// Holds a [`ShmMutex`] locked; unlocks on drop. Dereferences to the data.
+///
+/// # Fork
+/// A guard copied into a `fork` child is no holder: the lock belongs to the
+/// parent, which may be writing the data. The child's copy gives no access
+/// ([`try_get`](Self::try_get) is [`AccessError::Forked`]), and its drop neither
+/// unlocks nor marks anything ([`is_holder`](Self::is_holder) is false).
+///
+/// # Panics
+/// `Deref`, `DerefMut`, [`mark_consistent`](Self::mark_consistent) and
+/// [`ShmCondvar::wait`](super::ShmCondvar::wait) panic on a fork child's copy
+/// (they cannot return an error).
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ShmMutexGuard<'a, T: ShmSafe> {
     mutex: &'a ShmMutex<T>,
+    /// The fork epoch of the process that took the lock (see "Fork" above).
+    fork: u64,
     // Not Send: the unlock must run where the lock was taken only in spirit (the
     // owner is per process), but keeping guards on their thread is the std contract.
     _not_send: PhantomData<*const ()>,
@@ -233,6 +247,7 @@ impl<T: ShmSafe> ShmMutex<T> {
     fn guard(&self, how: Acquired) -> LockResult<ShmMutexGuard<'_, T>> {
         let g = ShmMutexGuard {
             mutex: self,
+            fork: crate::process::fork_epoch(),
             _not_send: PhantomData,
         };
         match how {
@@ -405,14 +420,58 @@ impl<T: ShmSafe> ShmMutex<T> {
 impl<T: ShmSafe> ShmMutexGuard<'_, T> {
     /// Marks the data consistent again after an [`OwnerDied`]: later lockers get
     /// clean guards.
+    ///
+    /// # Panics
+    /// On a fork child's copy of a parent's guard (see [`ShmMutexGuard`]).
     pub fn mark_consistent(&mut self) {
+        self.assert_holder();
         self.mutex.inconsistent.store(0, Ordering::Relaxed);
     }
+
+    /// Whether this process holds the lock through this guard: false for a `fork`
+    /// child's copy of its parent's guard.
+    #[inline]
+    pub fn is_holder(&self) -> bool {
+        self.fork == crate::process::fork_epoch()
+    }
+
+    #[inline]
+    fn assert_holder(&self) {
+        if !self.is_holder() {
+            forked_guard();
+        }
+    }
+
+    /// The data, or [`AccessError::Forked`] on a fork child's copy of a parent's
+    /// guard (the fallible form of `Deref`).
+    pub fn try_get(&self) -> Result<&T, AccessError> {
+        crate::process::check_fork(self.fork)?;
+        Ok(self)
+    }
+
+    /// The data mutably, or [`AccessError::Forked`] as [`try_get`](Self::try_get).
+    pub fn try_get_mut(&mut self) -> Result<&mut T, AccessError> {
+        crate::process::check_fork(self.fork)?;
+        Ok(self)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn forked_guard() -> ! {
+    panic!(
+        "a ShmMutexGuard copied into a fork child holds nothing: the parent holds the \
+         lock (lock the mutex again in the child)"
+    )
 }
 
 impl<'a, T: ShmSafe> ShmMutexGuard<'a, T> {
     /// Unlocks without the guard's drop; returns the mutex (for the condvar).
+    ///
+    /// # Panics
+    /// On a fork child's copy of a parent's guard (it must not unlock).
     pub(crate) fn unlock_for_wait(self) -> &'a ShmMutex<T> {
+        self.assert_holder();
         let m = self.mutex;
         std::mem::forget(self);
         m.unlock();
@@ -428,7 +487,10 @@ pub(crate) fn relock<T: ShmSafe>(m: &ShmMutex<T>) -> LockResult<ShmMutexGuard<'_
 impl<T: ShmSafe> Deref for ShmMutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
+        self.assert_holder();
         // SAFETY:
+        // - `assert_holder`: this guard was made in this process (not a fork
+        //   child's copy of a parent's guard, whose lock the parent holds);
         // - the guard exists only while this process holds the lock (Acquire on the
         //   lock word made the previous holder's writes visible);
         // - holders in other processes touch `data` only while holding the lock, so
@@ -439,8 +501,9 @@ impl<T: ShmSafe> Deref for ShmMutexGuard<'_, T> {
 
 impl<T: ShmSafe> DerefMut for ShmMutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
+        self.assert_holder();
         // SAFETY:
-        // - as in `deref`, this guard is the only holder of the lock anywhere;
+        // - as in `deref` (made in this process), this guard is the only holder of the lock anywhere;
         // - `&mut self` makes this the only reference derived from the guard.
         unsafe { &mut *self.mutex.data.get() }
     }
@@ -449,6 +512,10 @@ impl<T: ShmSafe> DerefMut for ShmMutexGuard<'_, T> {
 impl<T: ShmSafe> Drop for ShmMutexGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
+        if !self.is_holder() {
+            // A fork child's copy: the parent holds the lock; leave it alone.
+            return;
+        }
         if std::thread::panicking() {
             // Like poisoning: the update may be half done.
             self.mutex.inconsistent.store(1, Ordering::Relaxed);

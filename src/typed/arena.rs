@@ -36,7 +36,7 @@ use crate::typed::{layout_checked, raw, ShmSafe};
 /// let mut arena = bump.arena();
 /// let x = arena.alloc(7u64)?;
 /// let s = arena.alloc_slice(&[1u32, 2, 3])?;
-/// let handle = s.handle();                 // 24 bytes: offset, epoch, length
+/// let handle = s.handle();                 // offset, epoch, length
 /// assert_eq!(*x.get()?, 7);
 /// assert_eq!(*handle.get_slice(arena.allocator())?, [1, 2, 3]);
 /// arena.reset()?;                           // only compiles once x and s are gone
@@ -66,6 +66,8 @@ pub struct Arena<'b> {
     chunk: Cell<Chunk>,
     /// The pin held since the first allocation (its epoch is `chunk.epoch`).
     pin: RefCell<Option<Pin>>,
+    /// The segment's id, for the handles this arena makes.
+    segment_id: u64,
 }
 
 /// The part of the bump region this arena reserved: `next..end` is free, in
@@ -88,6 +90,7 @@ impl BumpAllocator {
     /// Opens a typed arena over this allocator; see [`Arena`].
     pub fn arena(&mut self) -> Arena<'_> {
         Arena {
+            segment_id: self.segment().id(),
             bump: self,
             next: Cell::new(0),
             chunk: Cell::new(Chunk::default()),
@@ -249,7 +252,7 @@ impl<'b> Arena<'b> {
         self.write(off, addr, 1, std::iter::once(value))?;
         Ok(ArenaBox {
             bump: self.bump,
-            ptr: ArenaPtr::new(off, epoch, 1),
+            ptr: ArenaPtr::new(off, epoch, 1, self.segment_id),
             fork: fork_epoch(),
         })
     }
@@ -276,7 +279,7 @@ impl<'b> Arena<'b> {
         self.write(off, addr, values.len(), values.iter().copied())?;
         Ok(ArenaBox {
             bump: self.bump,
-            ptr: ArenaPtr::new(off, epoch, values.len() as u64),
+            ptr: ArenaPtr::new(off, epoch, values.len() as u64, self.segment_id),
             fork: fork_epoch(),
         })
     }
@@ -310,14 +313,34 @@ impl<'b> Arena<'b> {
 /// so a reset by any handle in any process waits for it to drop, or returns
 /// [`AccessError::Busy`]. Keep views short-lived (a long-lived view holds resets
 /// off); use [`ArenaPtr::read`] to keep data.
+///
+/// # Panics
+/// A view copied into a `fork` child protects nothing there (its pin, or its
+/// arena's, counts for the parent, which may drop it and reset): `Deref` panics
+/// on such a copy; [`try_get`](ArenaRef::try_get) returns
+/// [`AccessError::Forked`]. Take a fresh view in the child (`get` pins anew).
 pub struct ArenaRef<'a, T: ?Sized> {
     value: &'a T,
     _pin: Option<Pin>,
+    /// The fork epoch the view was taken in.
+    fork: u64,
 }
 
 impl<'a, T: ?Sized> ArenaRef<'a, T> {
     fn new(value: &'a T, pin: Option<Pin>) -> Self {
-        ArenaRef { value, _pin: pin }
+        ArenaRef {
+            value,
+            _pin: pin,
+            fork: fork_epoch(),
+        }
+    }
+
+    /// The value, or [`AccessError::Forked`] on a fork child's copy of a parent's
+    /// view (the fallible form of `Deref`).
+    #[inline]
+    pub fn try_get(&self) -> Result<&T, AccessError> {
+        crate::process::check_fork(self.fork)?;
+        Ok(self.value)
     }
 }
 
@@ -325,19 +348,31 @@ impl<T: ?Sized> std::ops::Deref for ArenaRef<'_, T> {
     type Target = T;
     #[inline]
     fn deref(&self) -> &T {
+        if self.fork != fork_epoch() {
+            forked_view();
+        }
         self.value
     }
 }
 
+#[cold]
+#[inline(never)]
+fn forked_view() -> ! {
+    panic!(
+        "an arena view copied into a fork child is not pinned there: take a new view \
+         in the child"
+    )
+}
+
 impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for ArenaRef<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.value.fmt(f)
+        (**self).fmt(f)
     }
 }
 
 impl<T: ?Sized + std::fmt::Display> std::fmt::Display for ArenaRef<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.value.fmt(f)
+        (**self).fmt(f)
     }
 }
 
@@ -411,21 +446,34 @@ const FROM_NUMBERS: u64 = 1 << 63;
 /// [`from_parts_unchecked`](ArenaPtr::from_parts_unchecked), and the type is
 /// deliberately not `ShmSafe`, `bytemuck::Pod` or `zerocopy::FromBytes` (send its
 /// three numbers instead, as `examples/arena_pipeline.rs` does).
+///
+/// A handle also records which segment it was made in (a process-local tag, not
+/// one of its three numbers): viewing it through another segment's allocator is
+/// [`AccessError::Unverified`], since there the same offset and epoch may name
+/// bytes that segment's arena has not written yet.
 #[derive(zerocopy::KnownLayout, zerocopy::Immutable)]
 #[repr(C)]
 pub struct ArenaPtr<T> {
     offset: u64,
     epoch: u64,
     len: u64,
+    /// The id of the segment the handle was made in ([`ANY_SEGMENT`]: vouched
+    /// for by an `unsafe` caller, or rebuilt from numbers).
+    segment: u64,
     _type: PhantomData<fn() -> T>,
 }
 
+/// `ArenaPtr::segment` of a handle no segment check applies to (segment ids are
+/// never 0).
+const ANY_SEGMENT: u64 = 0;
+
 impl<T> ArenaPtr<T> {
-    fn new(offset: Offset, epoch: u64, len: u64) -> Self {
+    fn new(offset: Offset, epoch: u64, len: u64, segment: u64) -> Self {
         ArenaPtr {
             offset: offset.get(),
             epoch,
             len,
+            segment,
             _type: PhantomData,
         }
     }
@@ -464,6 +512,7 @@ impl<T> ArenaPtr<T> {
             Offset::new(offset),
             epoch,
             (len & !FROM_NUMBERS) | FROM_NUMBERS,
+            ANY_SEGMENT,
         )
     }
 
@@ -472,18 +521,20 @@ impl<T> ArenaPtr<T> {
     /// # Safety
     /// The numbers are [`offset`](Self::offset), [`epoch`](Self::epoch) and
     /// [`len`](Self::len) of an `ArenaPtr<T>` (or [`ArenaBox::handle`]) that this
-    /// crate made in the same segment, unchanged: then every element lies in bytes
+    /// crate made in the segment it is resolved in, unchanged: then every element lies in bytes
     /// the arena has written (and never writes again in that epoch). Numbers that
     /// name bytes an arena reserved but has not written yet would give a view that
     /// changes when the arena fills them. A stale epoch is still checked
     /// ([`AccessError::Stale`]), and bounds and alignment too.
     pub unsafe fn from_parts_unchecked(offset: u64, epoch: u64, len: u64) -> Self {
-        ArenaPtr::new(Offset::new(offset), epoch, len & !FROM_NUMBERS)
+        ArenaPtr::new(Offset::new(offset), epoch, len & !FROM_NUMBERS, ANY_SEGMENT)
     }
 
-    /// A view needs a handle this crate made (or an `unsafe` caller vouched for).
-    fn check_viewable(&self) -> Result<(), AccessError> {
-        if self.is_from_numbers() {
+    /// A view needs a handle this crate made in `bump`'s segment (or an `unsafe`
+    /// caller vouched for).
+    fn check_viewable(&self, bump: &BumpAllocator) -> Result<(), AccessError> {
+        let other_segment = self.segment != ANY_SEGMENT && self.segment != bump.segment().id();
+        if self.is_from_numbers() || other_segment {
             return Err(AccessError::Unverified {
                 offset: self.offset,
             });
@@ -525,7 +576,7 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// [`AccessError::Stale`] after a reset; bounds and alignment errors otherwise.
     pub fn get<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, T>, AccessError> {
         let _ = layout_checked::<T>();
-        self.check_viewable()?;
+        self.check_viewable(bump)?;
         let pin = self.pin(bump)?;
         raw::value_at(bump, self.offset()).map(|v| ArenaRef::new(v, Some(pin)))
     }
@@ -536,7 +587,7 @@ impl<T: ShmSafe> ArenaPtr<T> {
     /// As [`get`](ArenaPtr::get).
     pub fn get_slice<'a>(&self, bump: &'a BumpAllocator) -> Result<ArenaRef<'a, [T]>, AccessError> {
         let _ = layout_checked::<T>();
-        self.check_viewable()?;
+        self.check_viewable(bump)?;
         let pin = self.pin(bump)?;
         raw::slice_at(bump, self.offset(), self.len()).map(|v| ArenaRef::new(v, Some(pin)))
     }

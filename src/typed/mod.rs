@@ -59,6 +59,16 @@
 //! segment every block start is raw bytes; that is sound because everything there
 //! is accessed atomically, and tokens are refused there (they need typed mode).
 //!
+//! A known limit (found by the red-team pass of issue 15, not closed): the copy
+//! paths ([`RelPtr::read`], [`ShmPtr::read`]) load a [`ShmBox`]'s bytes atomically
+//! while its owner may be writing them through `&mut T` with plain stores. The
+//! copy is torn at worst, and every bit pattern is a valid `T`, but under the Rust
+//! memory model an atomic load racing a non-atomic store is a data race (a sanitizer
+//! reports it). [`ShmVec`]'s writer stores with atomics, so its readers do not race;
+//! a box whose value other processes copy while it changes should hold
+//! [`ShmSync`] types (atomics). Closing it means a `ShmBox` without `&mut T`
+//! (writes through atomic stores), an API change left to a later issue.
+//!
 //! ## Every public way to make a handle from numbers
 //!
 //! | constructor | checks | cannot check |
@@ -69,8 +79,9 @@
 //! | [`ShmPtr::from_raw`] + [`ShmPtr::read`] | live block start, header generation equal (before and after the copy), fingerprint; copy-out only | a generation value racing with a free *and* a reuse that puts the same number at the same place (a wrong copy, never UB) |
 //! | [`RelPtr::from_raw`] + [`RelPtr::read`] | inside one live block, aligned; copy-out only | whether it is the object it was (a freed and reused block reads the new value: use [`ShmPtr`]) |
 //! | [`RelPtr::get`] | raw mode only, data region, alignment; `T: ShmSync` | liveness (`get_checked` adds it); atomics only, so a stale view is still sound |
+//! | [`ArenaBox::handle`] + [`ArenaPtr::get`] | epoch (`Stale`), pin, bounds; the segment it was made in (a process-local tag: another segment's same offset and epoch may be an arena's unwritten tail) | nothing more: the handle cannot be made from numbers or bytes (not `ShmSafe`, no `FromBytes`) |
 //! | [`ArenaPtr::from_parts`] | epoch (`Stale`), bounds, liveness; gives copies only (`read`): `get` is [`AccessError::Unverified`](crate::AccessError::Unverified) | that the arena wrote the bytes: the `unsafe` [`ArenaPtr::from_parts_unchecked`] is for views |
-//! | `ArenaArchiveToken::from_raw` + `ArenaArchiveReader::open` | epoch, pin, header, checksum, bytecheck | bytes of an earlier epoch left in an arena chunk's unwritten tail validate too (see the report of issue 15: not closed) |
+//! | `ArenaArchiveToken::from_raw` + `ArenaArchiveReader::open` | epoch, pin, header, a checksum *keyed* with the segment's secret over (block offset, epoch, length, type tag, bytes), bytecheck: only this crate's seal of that block in that epoch validates, so an image left from an earlier epoch in an arena chunk's unwritten tail, a copy elsewhere, or a hand-built one is [`ArchiveError::Checksum`](crate::archive::ArchiveError) | a process that reads the key out of the shared memory object directly (outside the API, like an untrusted writer) can build images that validate |
 //! | [`Roots::root`] by name | directory entry, type fingerprint, epoch, bounds; non-`ShmSync` types need typed mode | nothing more is needed: the directory is written only by this crate in typed mode |
 //! | [`ShmVecReader::open`] by `RelPtr` | copies out with a seqlock; lengths bounded by the live block | that the header is a vector's (a forged one gives wrong but valid copies) |
 //! | [`Offset::new`](crate::Offset) + raw `read`/`write`/`free` | raw mode for `write`/`free`, one live block, block start for `free`, never a root | nothing: raw segments are all-atomic |

@@ -251,6 +251,7 @@ pub(crate) fn copy_out<T: ShmSafe + Copy, A: ShmAllocator + ?Sized>(
 
 /// Copies `out.len()` bytes at `offset` out of one live block with byte-wise atomic
 /// loads (the checked copy path for byte ranges another process may be writing).
+#[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (archives)
 pub(crate) fn copy_bytes_out<A: ShmAllocator + ?Sized>(
     alloc: &A,
     offset: Offset,

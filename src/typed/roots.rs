@@ -28,7 +28,7 @@
 //! roots: a reset would release the objects.
 //!
 //! Every root object's block, and the overflow block, starts with a
-//! [`PINNED`] header (no token can name it) and is **never freed**: removing a
+//! [`PINNED`](crate::typed::token::PINNED) header (no token can name it) and is **never freed**: removing a
 //! root leaves a tombstone and the object allocated, and a raw `free` of a root's
 //! block is [`FreeError::Root`](crate::FreeError::Root). (In a raw segment that
 //! check reads the block's header and the directory, which raw writes can reach;
@@ -41,36 +41,27 @@ use std::time::{Duration, Instant};
 
 use crate::alloc::{Offset, ShmAllocator};
 use crate::error::{AccessError, Error};
-use crate::segment::{AllocatorKind, ROOTS_LEN, ROOTS_OFFSET};
-use crate::typed::token::{payload_offset, OwnedHeader, PINNED};
+use crate::segment::{AllocatorKind, ROOTS_OFFSET};
+use crate::typed::token::{payload_offset, OwnedHeader};
 use crate::typed::{fingerprint, layout_checked, raw, ShmShared};
 
 /// Longest root name, in bytes.
 pub const MAX_ROOT_NAME: usize = 48;
 const TYPE_NAME_BYTES: usize = 48;
-const ENTRY_WORDS: usize = 16;
-const ENTRY_BYTES: u64 = (ENTRY_WORDS * 8) as u64;
-/// Bytes of control words at the start of the roots area (nonce counter, overflow
-/// directory pointer, reserved).
-pub(crate) const CONTROL_BYTES: u64 = 64;
-const W_CTRL_OVERFLOW: usize = 1;
-/// Fingerprint in the [`PINNED`] header of the overflow directory block.
+/// Fingerprint in the [`PINNED`](crate::typed::token::PINNED) header of the overflow directory block.
 const DIRECTORY_FP: u64 = fingerprint::primitive("RootDirectory", 128, 64);
-/// Roots whose entries live in the header region.
-pub const FIXED_ROOTS: usize = ((ROOTS_LEN - CONTROL_BYTES) / ENTRY_BYTES) as usize;
-/// Roots whose entries live in the overflow block.
-pub const OVERFLOW_ROOTS: usize = 1024;
-/// How many named roots one segment holds (removed names included).
-pub const MAX_ROOTS: usize = FIXED_ROOTS + OVERFLOW_ROOTS;
+// The directory's layout (entry words, control words, sizes) is the segment's:
+// `crate::segment::roots_table`.
+pub(crate) use crate::segment::roots_table::CONTROL_BYTES;
+use crate::segment::roots_table::{
+    EMPTY, ENTRY_WORDS, OVERFLOW_HEADER, W_CTRL_OVERFLOW, W_FP, W_OFF, W_STATE,
+};
+pub use crate::segment::roots_table::{FIXED_ROOTS, MAX_ROOTS, OVERFLOW_ROOTS};
 
-const EMPTY: u64 = 0;
 const CLAIMING: u64 = 1;
 const READY: u64 = 2;
 const REMOVED: u64 = 3;
 // Entry words: [state, fingerprint, offset, epoch, name x6, type name x6]
-const W_STATE: usize = 0;
-const W_FP: usize = 1;
-const W_OFF: usize = 2;
 const W_EPOCH: usize = 3;
 const W_NAME: usize = 4;
 const W_TYPE: usize = 10;
@@ -295,9 +286,10 @@ impl<'a> Directory<'a> {
             if claimed {
                 let made = (|| {
                     let words = OVERFLOW_ROOTS * ENTRY_WORDS;
-                    let block = alloc.allocate_aligned(64 + words * 8, 64)?;
+                    let header = OVERFLOW_HEADER as usize;
+                    let block = alloc.allocate_aligned(header + words * 8, 64)?;
                     OwnedHeader::init_pinned(alloc, block, DIRECTORY_FP)?;
-                    let off = Offset::new(block.get() + 64);
+                    let off = Offset::new(block.get() + OVERFLOW_HEADER);
                     raw::write_fresh(alloc, off, (0..words).map(|_| AtomicU64::new(0)))?;
                     Ok::<Offset, Error>(off)
                 })();
@@ -545,36 +537,4 @@ fn remove<A: ShmAllocator + ?Sized>(alloc: &A, name: &str) -> Result<bool, Error
         }
     }
     Ok(false)
-}
-
-/// Whether the block that starts at `block` is a root's object or the overflow
-/// directory: what a raw `free` refuses (roots are never freed). Cheap for every
-/// other block: one atomic load of its first word, which only a root's
-/// [`PINNED`] header (or raw bytes that equal it) holds.
-pub(crate) fn is_root_block<A: ShmAllocator + ?Sized>(alloc: &A, block: Offset) -> bool {
-    if A::KIND == AllocatorKind::Bump {
-        return false;
-    }
-    let Some(h) = alloc.segment().words(block.get(), 2) else {
-        return false;
-    };
-    if h[0].load(Ordering::Acquire) != PINNED {
-        return false;
-    }
-    let Ok(dir) = Directory::open(alloc) else {
-        // A directory we cannot read protects nothing; refuse to guess wrong.
-        return true;
-    };
-    if dir.overflow_ptr.load(Ordering::Acquire) == block.get() + 64 {
-        return true;
-    }
-    let fp = h[1].load(Ordering::Relaxed);
-    (0..MAX_ROOTS).map_while(|i| dir.entry(i)).any(|e| {
-        let st = e[W_STATE].load(Ordering::Acquire);
-        let d = e[W_OFF].load(Ordering::Relaxed).wrapping_sub(block.get());
-        st != EMPTY
-            && e[W_FP].load(Ordering::Relaxed) == fp
-            && (16..=crate::alloc::MAX_ALIGN as u64).contains(&d)
-            && d.is_power_of_two()
-    })
 }

@@ -5,7 +5,7 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
 use crate::alloc::{Offset, ShmFree};
-use crate::error::{Error, TokenError};
+use crate::error::{AccessError, Error, TokenError};
 use crate::process::fork_epoch;
 use crate::typed::token::{box_payload_offset, BoxHeader, BoxToken, OwnedHeader};
 use crate::typed::{layout_checked, raw, RelPtr, ShmPtr, ShmSafe};
@@ -22,6 +22,13 @@ use crate::typed::{layout_checked, raw, RelPtr, ShmPtr, ShmSafe};
 ///
 /// Ownership moves to another process with [`into_token`](ShmBox::into_token) and
 /// [`from_token`](ShmBox::from_token): exactly once, and type-checked on arrival.
+///
+/// # Panics
+/// A box copied into a `fork` child is no owner ([`is_owner`](ShmBox::is_owner) is
+/// false; its drop frees nothing). `Deref`, `DerefMut` and
+/// [`into_token`](ShmBox::into_token) panic on such a copy; [`try_get`](ShmBox::try_get),
+/// [`try_get_mut`](ShmBox::try_get_mut) and [`try_into_token`](ShmBox::try_into_token)
+/// return [`AccessError::Forked`] instead.
 ///
 /// ```
 /// use shared_allocator::prelude::*;
@@ -207,12 +214,40 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmBox<'a, T, A> {
     /// take with [`from_token`](ShmBox::from_token), once.
     ///
     /// # Panics
-    /// In a `fork` child, for a box its parent owns (see [`is_owner`](Self::is_owner)).
+    /// In a `fork` child, for a box its parent owns (see [`is_owner`](Self::is_owner));
+    /// [`try_into_token`](Self::try_into_token) returns the error instead.
     pub fn into_token(self) -> BoxToken<T> {
-        self.assert_owner();
+        match self.try_into_token() {
+            Ok(t) => t,
+            Err(_) => forked_box(),
+        }
+    }
+
+    /// [`into_token`](Self::into_token), or [`AccessError::Forked`] in a `fork`
+    /// child's copy of a box its parent owns (the copy is dropped: it frees nothing).
+    pub fn try_into_token(self) -> Result<BoxToken<T>, AccessError> {
+        crate::process::check_fork(self.fork)?;
         let me = ManuallyDrop::new(self);
         let nonce = me.header().issue(me.alloc);
-        BoxToken::new(me.block(), nonce)
+        Ok(BoxToken::new(me.block(), nonce))
+    }
+
+    /// The value, or [`AccessError::Forked`] in a `fork` child's copy of a box its
+    /// parent owns (the fallible form of `Deref`, which panics there).
+    #[inline]
+    pub fn try_get(&self) -> Result<&T, AccessError> {
+        crate::process::check_fork(self.fork)?;
+        Ok(self)
+    }
+
+    /// The value mutably, or [`AccessError::Forked`] as [`try_get`](Self::try_get).
+    #[inline]
+    pub fn try_get_mut(&mut self) -> Result<&mut T, AccessError>
+    where
+        T: Copy,
+    {
+        crate::process::check_fork(self.fork)?;
+        Ok(self)
     }
 
     /// The pointer to the value, for copies in other processes ([`RelPtr::read`]), or

@@ -31,7 +31,7 @@ pub const RELEASED: u64 = 0;
 /// Claim word of a block that no token can ever name: a vector's element buffer, a
 /// named root's object, the root directory's overflow block. Its header exists so
 /// that no block start of a typed segment is ever bytes that safe code writes.
-pub const PINNED: u64 = 2;
+pub const PINNED: u64 = crate::segment::roots_table::PINNED;
 const NONCE_BIT: u64 = 1 << 63;
 
 /// Offset of the segment-wide nonce counter: the first word of the typed layer's
@@ -142,6 +142,7 @@ impl OwnedHeader {
 
     /// Writes a fresh header into a block this process just allocated.
     #[inline]
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))] // (archive blocks)
     pub(crate) fn init<A: ShmAllocator + ?Sized>(
         alloc: &A,
         block: Offset,

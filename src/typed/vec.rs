@@ -160,13 +160,22 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     ///
     /// # Panics
     /// In a `fork` child's copy of a vector its parent owns.
+    /// [`try_into_token`](Self::try_into_token) returns the error instead.
     pub fn into_token(self) -> VecToken<T> {
-        if let Err(e) = self.check_owner() {
-            panic!("{e}");
+        match self.try_into_token() {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
         }
+    }
+
+    /// [`into_token`](Self::into_token), or [`AccessError::Forked`] in a `fork`
+    /// child's copy of a vector its parent owns (the copy is dropped: it frees
+    /// nothing).
+    pub fn try_into_token(self) -> Result<VecToken<T>, AccessError> {
+        self.check_owner()?;
         let me = ManuallyDrop::new(self);
         let nonce = me.hdr.owner.issue(me.alloc);
-        VecToken::new(me.header.offset(), nonce)
+        Ok(VecToken::new(me.header.offset(), nonce))
     }
 
     /// Takes ownership of a vector given away with [`into_token`](ShmVec::into_token),
@@ -253,14 +262,7 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
 
     #[inline]
     fn check_owner(&self) -> Result<(), AccessError> {
-        let now = crate::process::fork_epoch();
-        if self.fork != now {
-            return Err(AccessError::Forked {
-                handle_epoch: self.fork,
-                current_epoch: now,
-            });
-        }
-        Ok(())
+        crate::process::check_fork(self.fork)
     }
 
     /// Number of elements.
@@ -439,6 +441,10 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     }
 
     /// Removes and returns the last element.
+    ///
+    /// # Panics
+    /// In a `fork` child's copy of a vector its parent owns (as
+    /// [`as_slice`](Self::as_slice); [`is_owner`](Self::is_owner) tells).
     pub fn pop(&mut self) -> Option<T>
     where
         T: Copy,
@@ -449,6 +455,9 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     }
 
     /// Removes every element (the buffer is kept).
+    ///
+    /// # Panics
+    /// In a `fork` child's copy of a non-empty vector its parent owns.
     pub fn clear(&mut self) {
         if self.len > 0 {
             self.shrink_len(0);
@@ -460,18 +469,29 @@ impl<'a, T: ShmSafe, A: ShmFree> ShmVec<'a, T, A> {
     /// # Panics
     /// In a `fork` child's copy of a vector its parent owns (the parent may be
     /// writing it).
+    /// [`try_as_slice`](Self::try_as_slice) returns the error instead; so do
+    /// [`get`](Self::get), [`iter`](Self::iter), [`as_bytes`](Self::as_bytes),
+    /// [`pop`](Self::pop) and [`clear`](Self::clear), which go through it.
     pub fn as_slice(&self) -> &[T] {
-        if let Err(e) = self.check_owner() {
-            panic!("{e}");
+        match self.try_as_slice() {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
         }
+    }
+
+    /// The elements, or [`AccessError::Forked`] in a `fork` child's copy of a
+    /// vector its parent owns (the fallible form of [`as_slice`](Self::as_slice)).
+    pub fn try_as_slice(&self) -> Result<&[T], AccessError> {
+        self.check_owner()?;
         // SAFETY:
         // - `buf` is our buffer, checked in-bounds and aligned for `cap >= len` elements,
         //   or dangling (non-null, aligned) with `len == 0`;
         // - the first `len` elements were initialised by push/extend;
         // - `&self` prevents this handle from writing while the slice lives; other
         //   processes only read (single-writer contract; a hostile peer can only
-        //   change bytes, and every bit pattern is a valid T: ShmSafe).
-        unsafe { std::slice::from_raw_parts(self.buf.as_ptr(), self.len) }
+        //   change bytes, and every bit pattern is a valid T: ShmSafe);
+        // - `check_owner`: this is the owner's handle, not a fork child's copy.
+        Ok(unsafe { std::slice::from_raw_parts(self.buf.as_ptr(), self.len) })
     }
 
     /// The elements' bytes, through zerocopy (for `T: zerocopy::IntoBytes +
