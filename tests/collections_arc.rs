@@ -37,6 +37,25 @@ fn holder() {
     println!("dropped");
 }
 
+/// Redeems a token and drops it, dying at the fail point `SA_FAILPOINT` on the way.
+fn victim() {
+    #[cfg(feature = "failpoints")]
+    fail::cfg_callback(env_req("SA_FAILPOINT"), || {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    })
+    .unwrap();
+    let alloc = FreeListAllocator::open(&env_req("SA_SEG")).unwrap();
+    let raw: Vec<u64> = env_req("SA_TOKEN")
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let token = ArcToken::<[u64; 8]>::from_raw([raw[0], raw[1], raw[2]]);
+    let a = ShmArc::from_token(&alloc, token).unwrap();
+    assert_eq!(*a, VALUE);
+    drop(a);
+    println!("survived");
+}
+
 fn live(alloc: &FreeListAllocator) -> u64 {
     alloc.stats().live_blocks.unwrap()
 }
@@ -148,4 +167,83 @@ fn arc_tokens_are_typed_and_single_use() {
     assert_eq!(alloc.stats().live_blocks.unwrap(), before);
     drop(b);
     assert_eq!(alloc.stats().live_blocks.unwrap(), before - 1);
+}
+
+/// A holder killed at each step of the header's lock-protected paths (redeeming,
+/// its last drop, reaping another dead holder) leaves the count repairable: the
+/// parent, the last live holder, frees the block when it drops.
+#[cfg(feature = "failpoints")]
+#[test]
+fn holders_killed_at_fail_points_still_free_at_the_last_live_drop() {
+    const ENTRY: &str = "holders_killed_at_fail_points_still_free_at_the_last_live_drop";
+    match role().as_deref() {
+        Some("holder") => return holder(),
+        Some("victim") => return victim(),
+        Some(_) => return,
+        None => {}
+    }
+    for point in ["arc.redeem.claimed", "arc.drop.cleared", "arc.reap.cleared"] {
+        let name = ShmName::new("arc-fp");
+        let alloc = FreeListAllocator::create(name.as_str(), 8 << 20).unwrap();
+        let before = live(&alloc);
+        let a = ShmArc::new_in(&alloc, VALUE).unwrap();
+        let tok = |t: ArcToken<[u64; 8]>| {
+            let t = t.to_raw();
+            format!("{},{},{}", t[0], t[1], t[2])
+        };
+        if point == "arc.reap.cleared" {
+            // A holder that dies holding: the victim's last drop reaps it.
+            let mut b = child_command(
+                &[],
+                ENTRY,
+                "holder",
+                &[
+                    ("SA_SEG", name.as_str().to_owned()),
+                    ("SA_TOKEN", tok(a.share().unwrap())),
+                ],
+            )
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+            let mut out = BufReader::new(b.stdout.take().unwrap());
+            let mut line = String::new();
+            while line.trim() != "ready" {
+                line.clear();
+                assert!(out.read_line(&mut line).unwrap() > 0, "holder exited");
+            }
+            b.kill().unwrap();
+            b.wait().unwrap();
+        }
+        let mut v = child_command(
+            &[],
+            ENTRY,
+            "victim",
+            &[
+                ("SA_SEG", name.as_str().to_owned()),
+                ("SA_TOKEN", tok(a.share().unwrap())),
+                ("SA_FAILPOINT", point.to_owned()),
+            ],
+        )
+        .spawn()
+        .unwrap();
+        let status = wait_or_kill(&mut v, Duration::from_secs(60)).expect("watchdog: victim");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "{point}: the victim did not die there"
+        );
+        assert_eq!(
+            live(&alloc),
+            before + 1,
+            "{point}: freed while the parent holds it"
+        );
+        assert_eq!(*a, VALUE);
+        drop(a);
+        assert_eq!(
+            live(&alloc),
+            before,
+            "{point}: not freed at the last live drop"
+        );
+    }
 }

@@ -301,7 +301,11 @@ fn every_fail_point_is_listed() {
         "event.notify.before_wake",
         "cache.steal.claimed",
         "cache.dead.claimed",
-        // tests/collections_map.rs (torture workers killed at each of them).
+        // tests/collections_map.rs (torture workers killed at each of them) and
+        // tests/collections_arc.rs (holders killed at each `arc.` point).
+        "arc.drop.cleared",
+        "arc.reap.cleared",
+        "arc.redeem.claimed",
         "coll.release.cleared",
         "map.insert.committed",
         "map.insert.intent",

@@ -3,13 +3,17 @@
 //! The block holds a crate-written header, then the value. The header counts
 //! references **per process-registry slot**: entry `s` is `[liveness token: 32 |
 //! count: 32]` of the handle registered in slot `s`, and `holders` counts the
-//! nonzero entries plus the outstanding hand-over tokens. A process only ever
-//! changes its own entry's count; a holder that dies leaves its entry behind, and
-//! whoever next looks (the drop of another process's last reference, a
-//! [`reap`](ShmArc::reap), a new registration of that slot) sees from the registry
-//! that the token is dead, clears the entry with one compare-exchange and drops its
-//! share of `holders`. The block is freed by whoever takes `holders` to 0: when the
-//! last live holder drops, after it reaped the dead ones.
+//! nonzero entries plus the outstanding hand-over tokens. A process changes its own
+//! entry's count with one atomic add (clone, and drops that leave it above 0);
+//! everything else (a process's first and last reference, tokens, reaping, the
+//! free) happens under the header's robust lock, so `holders` is always
+//! recomputable from the entries and token words: a holder that dies under the
+//! lock is repaired by the next locker with that recount. A holder that dies
+//! holding references leaves its entry behind, and whoever next takes the lock
+//! (the drop of another process's last reference, a [`reap`](ShmArc::reap), a new
+//! registration of that slot) sees from the registry that the token is dead and
+//! clears the entry. The block is freed by whoever, under the lock, sees `holders`
+//! reach 0: when the last live holder drops, after it reaped the dead ones.
 //!
 //! A [`ArcToken`] is an extra reference taken by a live holder ([`share`](ShmArc::share))
 //! and parked in one of the header's [`ARC_TOKENS`] token words under a fresh
@@ -22,7 +26,7 @@
 //! live process is left to drop the last reference, and the block stays allocated:
 //! a leak of the dead processes, like their other live blocks.
 
-use std::mem::{align_of, size_of};
+use std::mem::{align_of, size_of, ManuallyDrop};
 use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,25 +34,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::alloc::{Offset, ShmFree};
 use crate::error::{CollectionError, Error, TokenError};
 use crate::process::fork_epoch;
+use crate::sync::{ShmMutex, ShmMutexGuard, TryLockError};
 use crate::typed::token::{fresh_generation, OwnedHeader, PINNED};
-use crate::typed::{fingerprint, layout_checked, raw, ShmSafe, ShmSync};
+use crate::typed::{fingerprint, layout_checked, raw, ShmSafe};
 
 /// Registry slots a header counts (one entry each).
 const SLOTS: usize = crate::process::SLOTS;
 /// Hand-over tokens that may be outstanding at once per value.
 pub const ARC_TOKENS: usize = 32;
+/// A token word being redeemed: this bit and the redeemer's liveness token.
+const CLAIMED: u64 = 1 << 63;
 
 #[repr(C)]
 struct ArcHeader {
     owner: OwnedHeader,
+    /// Serialises every change of `holders` and of other processes' entries (the
+    /// own-entry increments and decrements above 0 need no lock); robust, so a
+    /// holder that dies in there is repaired by a recount.
+    lock: ShmMutex<[u32; 2]>,
     holders: AtomicU64,
     spare: AtomicU64,
     slots: [AtomicU64; SLOTS],
     tokens: [AtomicU64; ARC_TOKENS],
 }
 
-// SAFETY: repr(C) of a 16-byte all-atomic OwnedHeader and AtomicU64s: no padding,
-// every bit pattern valid (every word is checked on use), no pointers, no Drop.
+// SAFETY: repr(C) of a 16-byte all-atomic OwnedHeader, a 16-byte ShmMutex<[u32; 2]>
+// and AtomicU64s: no padding, every bit pattern valid (every word is checked on
+// use, the lock accepts any word), no pointers, no Drop.
 unsafe impl ShmSafe for ArcHeader {
     const FINGERPRINT: u64 = fingerprint::primitive(
         "ShmArcHeader",
@@ -56,8 +68,6 @@ unsafe impl ShmSafe for ArcHeader {
         align_of::<ArcHeader>(),
     );
 }
-// SAFETY: every field is atomic.
-unsafe impl ShmSync for ArcHeader {}
 
 /// Bytes from the block start to the value.
 const fn payload(align: usize) -> u64 {
@@ -219,7 +229,8 @@ impl<T: ShmSafe, A: ShmFree> ShmArc<T, A> {
         // SAFETY: the block (checked a live ShmArc block of T when this handle was
         // made) starts `PAYLOAD` bytes before the value, 8-aligned, inside the
         // mapping that `self.alloc` keeps alive; this handle's counted reference
-        // keeps the block from being freed; the header is all atomics.
+        // keeps the block from being freed; the header is atomics and a lock,
+        // only ever used through their shared API.
         unsafe { &*p.cast::<ArcHeader>() }
     }
 
@@ -228,12 +239,12 @@ impl<T: ShmSafe, A: ShmFree> ShmArc<T, A> {
     /// # Errors
     /// [`TokenError::AlreadyClaimed`] if it was redeemed already,
     /// [`TokenError::TypeMismatch`] for a value of another type,
-    /// [`TokenError::Access`] if the token names no live block start.
+    /// [`TokenError::Access`] if the token names no live block start;
+    /// [`CollectionError::Busy`] if the header's lock stayed held.
     pub fn from_token(alloc: A, token: ArcToken<T>) -> Result<Self, Error> {
         raw::require_typed(&alloc)?;
         let me = Self::my_token(&alloc)?;
         let block = Offset::new(token.offset);
-        alloc.check_block_start(block).map_err(TokenError::from)?;
         let owner = OwnedHeader::at(&alloc, block).map_err(TokenError::from)?;
         owner.check(block, std::any::type_name::<ShmArc<T, A>>(), arc_fp::<T>())?;
         if owner.claim_word(Ordering::Acquire) != PINNED {
@@ -245,80 +256,122 @@ impl<T: ShmSafe, A: ShmFree> ShmArc<T, A> {
         }
         let value = raw::checked_ptr::<T, A>(&alloc, Offset::new(token.offset + Self::PAYLOAD), 1)
             .map_err(TokenError::from)?;
-        let h: &ArcHeader =
-            raw::value_at::<ArcHeader, A>(&alloc, block).map_err(TokenError::from)?;
+        let arc = ManuallyDrop::new(ShmArc {
+            alloc,
+            block: token.offset,
+            value,
+            me,
+            fork: fork_epoch(),
+        });
         let idx = usize::try_from(token.index).unwrap_or(usize::MAX);
-        let claimed = idx < ARC_TOKENS
-            && token.nonce != 0
-            && h.tokens[idx]
-                .compare_exchange(token.nonce, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok();
-        if !claimed {
+        if idx >= ARC_TOKENS || token.nonce == 0 {
             return Err(TokenError::AlreadyClaimed {
                 offset: token.offset,
                 found: 0,
             }
             .into());
         }
-        let arc = ShmArc {
-            alloc,
-            block: token.offset,
-            value,
-            me,
-            fork: fork_epoch(),
+        let h = arc.header();
+        // Claim first, with one compare-exchange that writes only if the nonce
+        // (never 0, never repeated) is still there, so a token of a block freed
+        // and reused since the checks above changes nothing. The claim mark keeps
+        // the reference counted (a recount counts nonzero token words) until it is
+        // moved into our entry under the lock.
+        let mark = CLAIMED | u64::from(me);
+        if h.tokens[idx]
+            .compare_exchange(token.nonce, mark, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(TokenError::AlreadyClaimed {
+                offset: token.offset,
+                found: 0,
+            }
+            .into());
+        }
+        crate::fail_point!("arc.redeem.claimed");
+        let g = match arc.lock() {
+            Ok(g) => g,
+            Err(e) => {
+                h.tokens[idx].store(token.nonce, Ordering::Release);
+                return Err(e);
+            }
         };
         arc.adopt();
-        Ok(arc)
+        h.tokens[idx].store(0, Ordering::Release);
+        drop(g);
+        Ok(ManuallyDrop::into_inner(arc))
+    }
+
+    /// Takes the header's lock; a holder that died under it (or left it
+    /// inconsistent) is repaired: dead entries cleared, `holders` recounted.
+    fn lock(&self) -> Result<ShmMutexGuard<'_, [u32; 2]>, Error> {
+        let h = self.header();
+        let mut g = match h.lock.lock_timeout(super::LOCK_TIMEOUT) {
+            Ok(g) => return Ok(g),
+            Err(TryLockError::OwnerDied(d)) => d.into_inner(),
+            Err(_) => {
+                return Err(CollectionError::Busy {
+                    secs: super::LOCK_TIMEOUT.as_secs(),
+                }
+                .into())
+            }
+        };
+        self.reap_locked();
+        let entries = h
+            .slots
+            .iter()
+            .filter(|e| e.load(Ordering::Acquire) != 0)
+            .count();
+        let tokens = h
+            .tokens
+            .iter()
+            .filter(|t| t.load(Ordering::Acquire) != 0)
+            .count();
+        h.holders
+            .store((entries + tokens) as u64, Ordering::Release);
+        g.mark_consistent();
+        Ok(g)
     }
 
     /// Moves one counted reference (a redeemed token's, counted in `holders`)
-    /// into this process's registry slot entry.
+    /// into this process's registry slot entry. Under the lock.
     fn adopt(&self) {
         let h = self.header();
         let entry = &h.slots[Self::slot_of(self.me)];
         let mine = u64::from(self.me) << 32;
-        loop {
-            let e = entry.load(Ordering::Acquire);
-            if e == 0 {
-                if entry
-                    .compare_exchange(0, mine | 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return; // the token's count is now the entry's
-                }
-            } else if e >> 32 == u64::from(self.me) {
-                if entry
-                    .compare_exchange(e, e + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    // The entry was counted already: the token's count goes.
-                    h.holders.fetch_sub(1, Ordering::AcqRel);
-                    return;
-                }
-            } else if entry
-                .compare_exchange(e, 0, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                // A former holder of this registry slot (dead: the slot is ours now).
-                // `holders` stays >= 1: the token's count is still in it.
-                h.holders.fetch_sub(1, Ordering::AcqRel);
-            }
+        let e = entry.load(Ordering::Acquire);
+        if e != 0 && e >> 32 != u64::from(self.me) {
+            // A former holder of this registry slot (dead: the slot is ours now).
+            entry.store(0, Ordering::Release);
+            h.holders.fetch_sub(1, Ordering::AcqRel);
+        }
+        // Our own entry changes without the lock only from a count above 0 (we
+        // add, or drop to 0 and then wait for this lock), so one add suffices.
+        let before = entry.fetch_add(1, Ordering::AcqRel);
+        if before == 0 {
+            entry.fetch_or(mine, Ordering::AcqRel); // the token's count is now the entry's
+        } else {
+            // The entry was counted already (possibly at 0, its last drop waiting
+            // for this lock): the token's count goes.
+            h.holders.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// Parks an extra reference for another process under a fresh nonce.
     ///
     /// # Errors
-    /// [`CollectionError::Full`] if [`ARC_TOKENS`] tokens are outstanding.
+    /// [`CollectionError::Full`] if [`ARC_TOKENS`] tokens are outstanding;
+    /// [`CollectionError::Busy`] if the header's lock stayed held.
     pub fn share(&self) -> Result<ArcToken<T>, Error> {
         self.assert_owner();
         let h = self.header();
-        h.holders.fetch_add(1, Ordering::AcqRel);
+        let _g = self.lock()?;
         let nonce = fresh_generation(&self.alloc) | 1;
         for (i, t) in h.tokens.iter().enumerate() {
             if t.compare_exchange(0, nonce, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
+                h.holders.fetch_add(1, Ordering::AcqRel);
                 return Ok(ArcToken {
                     offset: self.block,
                     index: i as u64,
@@ -327,7 +380,6 @@ impl<T: ShmSafe, A: ShmFree> ShmArc<T, A> {
                 });
             }
         }
-        h.holders.fetch_sub(1, Ordering::AcqRel);
         Err(CollectionError::Full {
             capacity: ARC_TOKENS as u64,
         }
@@ -336,26 +388,36 @@ impl<T: ShmSafe, A: ShmFree> ShmArc<T, A> {
 
     /// Releases the references of dead processes (also done by the drop of a
     /// process's last reference); returns how many registry slots it cleared.
-    pub fn reap(&self) -> usize {
-        self.reap_dead()
+    ///
+    /// # Errors
+    /// [`CollectionError::Busy`] if the header's lock stayed held.
+    pub fn reap(&self) -> Result<usize, Error> {
+        let _g = self.lock()?;
+        Ok(self.reap_locked())
     }
 
-    fn reap_dead(&self) -> usize {
+    /// Clears the entries and token claims of dead registrations (under the lock).
+    fn reap_locked(&self) -> usize {
         let h = self.header();
         let mut n = 0;
+        for t in &h.tokens {
+            let w = t.load(Ordering::Acquire);
+            if w & CLAIMED != 0 && !self.alloc.token_alive(w as u32) {
+                // A redeemer that died between its claim and its adoption.
+                t.store(0, Ordering::Release);
+                h.holders.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         for entry in &h.slots {
             let e = entry.load(Ordering::Acquire);
             if e == 0 || e >> 32 == u64::from(self.me) {
                 continue;
             }
-            if !self.alloc.token_alive((e >> 32) as u32)
-                && entry
-                    .compare_exchange(e, 0, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
-                n += 1;
-                // This handle's own count keeps `holders` >= 1 here.
+            if !self.alloc.token_alive((e >> 32) as u32) {
+                entry.store(0, Ordering::Release);
+                crate::fail_point!("arc.reap.cleared");
                 h.holders.fetch_sub(1, Ordering::AcqRel);
+                n += 1;
             }
         }
         n
@@ -423,25 +485,31 @@ impl<T: ShmSafe, A: ShmFree> Drop for ShmArc<T, A> {
         let h = self.header();
         let entry = &h.slots[Self::slot_of(self.me)];
         let mine = u64::from(self.me) << 32;
-        let e = entry.fetch_sub(1, Ordering::AcqRel);
-        if e != mine | 1 {
+        if entry.fetch_sub(1, Ordering::AcqRel) != mine | 1 {
             return; // other references of this process remain
         }
-        // This process's last reference: release the dead ones first, then ours.
-        self.reap_dead();
+        // This process's last reference: under the lock, uncount our entry (unless
+        // a token was redeemed into it meanwhile), release the dead, and free the
+        // block if nothing counts any more.
+        let Ok(g) = self.lock() else {
+            return; // a lock held by a live process for LOCK_TIMEOUT: leave it
+        };
         if entry
             .compare_exchange(mine, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
+            .is_ok()
         {
-            return; // a token was just redeemed into our entry: it counts now
+            crate::fail_point!("arc.drop.cleared");
+            h.holders.fetch_sub(1, Ordering::AcqRel);
         }
-        crate::fail_point!("arc.drop.cleared");
-        if h.holders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let block = Offset::new(self.block);
-            // SAFETY: `holders` reached 0: no registry slot and no token counts a
-            // reference, so no handle in any process can reach the value any more
-            // (every handle is counted); this is the one call that saw it reach 0.
-            let _ = unsafe { self.alloc.free_owned(block) };
+        self.reap_locked();
+        if h.holders.load(Ordering::Acquire) == 0 {
+            // The lock word lives in the block: it is never unlocked (no process
+            // can be waiting: every waiter would hold a counted reference).
+            std::mem::forget(g);
+            // SAFETY: `holders` is 0 under the lock: no registry slot and no token
+            // counts a reference, so no handle in any process reaches the value any
+            // more (every handle is counted); this is the one call that saw it.
+            let _ = unsafe { self.alloc.free_owned(Offset::new(self.block)) };
         }
     }
 }
