@@ -35,9 +35,11 @@ type Map = ShmHashMap<Vec<u8>, Vec<u8>, Arc<FreeListAllocator>>;
 fn map_err(py: Python<'_>, e: Error) -> PyErr {
     match e {
         Error::Segment(s) => errors::segment(py, s),
-        Error::Alloc(a @ AllocError::OutOfMemory { .. }) => PyMemoryError::new_err(format!(
-            "the SharedDict's segment is full ({a}); create it with a larger capacity"
-        )),
+        Error::Alloc(a @ (AllocError::OutOfMemory { .. } | AllocError::TooLarge { .. })) => {
+            PyMemoryError::new_err(format!(
+                "the SharedDict's segment is full ({a}); create it with a larger capacity"
+            ))
+        }
         Error::Alloc(a) => errors::alloc(py, a),
         Error::Collection(c) => errors::err(py, Kind::Corrupted, c.to_string()),
         Error::TypeMismatch { .. } => errors::err(py, Kind::WrongAllocator, e.to_string()),
