@@ -38,8 +38,8 @@ fn holder() {
 }
 
 /// Redeems a token and drops it, dying at the fail point `SA_FAILPOINT` on the way.
+#[cfg(feature = "failpoints")]
 fn victim() {
-    #[cfg(feature = "failpoints")]
     fail::cfg_callback(env_req("SA_FAILPOINT"), || {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     })

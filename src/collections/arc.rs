@@ -254,8 +254,12 @@ impl<T: ShmSafe, A: ShmFree> ShmArc<T, A> {
             }
             .into());
         }
-        let value = raw::checked_ptr::<T, A>(&alloc, Offset::new(token.offset + Self::PAYLOAD), 1)
-            .map_err(TokenError::from)?;
+        let payload = token
+            .offset
+            .checked_add(Self::PAYLOAD)
+            .ok_or(TokenError::Access(crate::error::AccessError::Null))?;
+        let value =
+            raw::checked_ptr::<T, A>(&alloc, Offset::new(payload), 1).map_err(TokenError::from)?;
         let arc = ManuallyDrop::new(ShmArc {
             alloc,
             block: token.offset,

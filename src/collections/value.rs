@@ -16,6 +16,18 @@ use crate::typed::{fingerprint, raw, ShmSafe};
 /// Bytes of the [`PINNED`] header in front of the elements of a [`RawVec`] block.
 pub(crate) const VEC_HEADER: u64 = 16;
 
+/// The elements' offset of the vector block at `off` (read from shared memory,
+/// so never trusted not to overflow).
+fn elems(off: u64) -> Result<Offset, Error> {
+    off.checked_add(VEC_HEADER).map(Offset::new).ok_or_else(|| {
+        CollectionError::Corrupted {
+            what: "vector offset",
+            found: off,
+        }
+        .into()
+    })
+}
+
 /// A value that a shared collection can hold: its plain-data in-segment form
 /// ([`Raw`](Self::Raw), offsets and lengths, no process pointers), how to build it
 /// from a borrowed value ([`store`](Self::store)), how to copy it back out
@@ -290,7 +302,7 @@ fn check_vec_block<R: ShmSafe, A: ShmAllocator + ?Sized>(
             found: len,
         })?;
     if bytes > 0 {
-        alloc.check_range(Offset::new(off + VEC_HEADER), bytes)?;
+        alloc.check_range(elems(off)?, bytes)?;
     }
     Ok(())
 }
@@ -315,7 +327,7 @@ fn load_raw_elems<R: ShmSafe + Copy, A: ShmAllocator + ?Sized>(
         what: "vector length",
         found: v.len,
     })?;
-    raw::copy_out::<R, A>(alloc, Offset::new(v.off + VEC_HEADER), count, &mut out)?;
+    raw::copy_out::<R, A>(alloc, elems(v.off)?, count, &mut out)?;
     Ok(out)
 }
 
@@ -347,7 +359,9 @@ unsafe fn release_vec<R: ShmSafe, A: ShmFree + ?Sized>(
     }
     if size_of::<R>() > 0 {
         for i in 0..len {
-            if let Some(e) = ptr_to::<R, A>(alloc, off + VEC_HEADER + i * size_of::<R>() as u64) {
+            // In range: `check_vec_block` checked all `len` elements inside the block.
+            let at = (off + VEC_HEADER).wrapping_add(i.wrapping_mul(size_of::<R>() as u64));
+            if let Some(e) = ptr_to::<R, A>(alloc, at) {
                 elem(e);
             }
         }
@@ -475,9 +489,9 @@ pub(crate) fn load_bytes<A: ShmAllocator + ?Sized>(
         found: raw.len,
     })?;
     // The range is checked (inside one live block) before the buffer grows.
-    alloc.check_range(Offset::new(raw.off + VEC_HEADER), raw.len)?;
+    alloc.check_range(elems(raw.off)?, raw.len)?;
     let mut out = vec![0u8; len];
-    raw::copy_bytes_out(alloc, Offset::new(raw.off + VEC_HEADER), &mut out)?;
+    raw::copy_bytes_out(alloc, elems(raw.off)?, &mut out)?;
     Ok(out)
 }
 
@@ -496,7 +510,7 @@ pub(crate) fn bytes_match<A: ShmAllocator + ?Sized>(
     let mut buf = [0u8; 64];
     if key.len() <= buf.len() {
         let b = &mut buf[..key.len()];
-        raw::copy_bytes_out(alloc, Offset::new(raw.off + VEC_HEADER), b)?;
+        raw::copy_bytes_out(alloc, elems(raw.off)?, b)?;
         return Ok(b == key);
     }
     Ok(load_bytes(raw, alloc)? == key)

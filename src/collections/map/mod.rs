@@ -80,7 +80,7 @@ const I_UPDATE: u64 = 2;
 const I_REMOVE: u64 = 3;
 
 /// Lock-free read attempts before a reader takes the shard's lock.
-const READ_TRIES: u32 = 10_000;
+const READ_TRIES: u32 = 256;
 
 #[repr(C)]
 struct Shard {
