@@ -22,8 +22,8 @@
 //!
 //! Collections live in typed segments (they put the segment in typed mode).
 
-mod arc;
-mod map;
+pub mod arc;
+pub mod map;
 mod string;
 mod value;
 
