@@ -87,7 +87,7 @@ fn map_matches_a_std_hashmap_and_frees_everything() {
 }
 
 #[test]
-fn map_of_u64_grows_past_a_million() {
+fn map_of_u64_grows_to_200k_keys_and_shrinks_by_removal() {
     if role().is_some() {
         return;
     }

@@ -668,7 +668,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
             return Ok(self.replace(&t, i, vraw));
         }
         let used = self.shard.used.load(Ordering::Relaxed);
-        if p.free.is_none() || used.saturating_add(1) > t.cap() / 4 * 3 {
+        if p.free.is_none() || used.saturating_add(1) > t.cap() / 2 {
             let len = self.shard.len.load(Ordering::Relaxed);
             let want = len
                 .saturating_add(1)
