@@ -268,6 +268,13 @@ pub enum AccessError {
         /// The offset.
         offset: u64,
     },
+    /// A raw write or view that reaches a named root's block: roots are reached
+    /// only through `root` (a lock's or channel's bytes only through its own API).
+    #[error("raw access to offset {offset} refused: it is inside a named root's block")]
+    Root {
+        /// Start of the refused range.
+        offset: u64,
+    },
     /// A handle copied into a `fork` child: ownership and views stay with the
     /// process that made them (the child's copy would be a second owner).
     #[error("this handle was made in the parent process before fork (fork epoch {handle_epoch}, this process {current_epoch})")]

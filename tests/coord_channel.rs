@@ -28,7 +28,17 @@ type Chan = ShmChannel<u64, 512>;
 
 /// Bits of the delivery map: 256 streams x 2^14 values (kill test), or 4 x 2^20.
 const MAP_WORDS: usize = 1 << 16;
-type Map = [AtomicU64; MAP_WORDS];
+/// The map lives in roots (a channel root makes the segment typed, so no raw
+/// block), split in parts that fit on a stack while a root is created (zeroed).
+const MAP_PART: usize = 1024;
+struct Map<'a>(Vec<&'a [AtomicU64; MAP_PART]>);
+
+impl std::ops::Index<usize> for Map<'_> {
+    type Output = AtomicU64;
+    fn index(&self, i: usize) -> &AtomicU64 {
+        &self.0[i / MAP_PART][i % MAP_PART]
+    }
+}
 
 /// Longer than any healthy wait: hitting it means a survivor was blocked.
 const OP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -45,8 +55,6 @@ struct Control {
     duplicates: AtomicU64,
     out_of_order: AtomicU64,
     received: AtomicU64,
-    /// Offset of the delivery map.
-    map: AtomicU64,
 }
 
 fn value(stream: u64, seq: u64) -> u64 {
@@ -55,28 +63,25 @@ fn value(stream: u64, seq: u64) -> u64 {
 
 fn setup(name: &ShmName, size: u64) -> FreeListAllocator {
     let a = FreeListAllocator::create(name.as_str(), size).unwrap();
-    let off = a
-        .allocate_aligned(std::mem::size_of::<Map>(), 8)
-        .expect("room for the delivery map");
-    let map = map_at(&a, off.get());
-    for w in map.iter() {
-        w.store(0, Ordering::Relaxed);
-    }
-    let ctl: &Control = a.root("ctl").unwrap();
-    ctl.map.store(off.get(), Ordering::Release);
+    // A channel root puts the segment in typed mode (nothing raw may write a
+    // channel's bytes), so the delivery map is in roots too (zeroed), not a raw block.
+    let _ = map_of(&a);
+    let _: &Control = a.root("ctl").unwrap();
     let _: &Chan = a.root("chan").unwrap();
     a
 }
 
-fn map_at(a: &FreeListAllocator, off: u64) -> &Map {
-    RelPtr::<Map>::from_raw(off).get(a).expect("delivery map")
+fn map_of(a: &FreeListAllocator) -> Map<'_> {
+    Map((0..MAP_WORDS / MAP_PART)
+        .map(|i| a.root(&format!("map{i}")).expect("delivery map"))
+        .collect())
 }
 
 /// Consumer role: receive until disconnected; mark, check duplicates and order.
 fn consumer(bits_per_stream: u32) {
     let a = FreeListAllocator::open(&env_req("SA_SEG")).unwrap();
     let ctl: &Control = a.root("ctl").unwrap();
-    let map = map_at(&a, ctl.map.load(Ordering::Acquire));
+    let map = map_of(&a);
     let chan: &Chan = a.root("chan").unwrap();
     let rx = chan.receiver().unwrap();
     let mut last = vec![None::<u64>; 256];
@@ -187,7 +192,7 @@ fn delivery_4x4() {
     assert_eq!(total, PRODUCERS * per);
     assert_eq!(ctl.duplicates.load(Ordering::Relaxed), 0);
     assert_eq!(ctl.out_of_order.load(Ordering::Relaxed), 0);
-    let map = map_at(&a, ctl.map.load(Ordering::Relaxed));
+    let map = map_of(&a);
     for s in 0..PRODUCERS {
         for seq in 0..per {
             let bit = (s << 20) + seq;
@@ -331,7 +336,7 @@ fn sigkill_producers_and_consumers() {
     // Every value below a stream's `sent` count was delivered, except at most one per
     // dead consumer (taken and never recorded); `sent` itself may have arrived (sent
     // just before the kill, the count not yet raised); nothing beyond it exists.
-    let map = map_at(&a, ctl.map.load(Ordering::Relaxed));
+    let map = map_of(&a);
     let bit = |s: u64, q: u64| {
         let b = (s << 14) + q;
         map[(b / 64) as usize].load(Ordering::Relaxed) & (1 << (b % 64)) != 0

@@ -206,36 +206,44 @@ fn archive_token_over_a_copy_is_refused_in_another_process() {
     assert_eq!(a.access().unwrap().len(), 32);
 }
 
-/// Class 3: a lock in a root needs a typed segment (the raw API could write its
-/// bytes under a held guard), and a raw free of a root's block is refused in a raw
-/// segment ("roots are never freed").
+/// Class 3: a lock in a root, in either segment mode: no raw write (which before
+/// this issue landed under a held guard, changing the guard's `&T`), raw free or
+/// view reaches a root's block ("roots are never freed").
 #[test]
-fn locks_need_typed_segments_and_roots_are_never_freed() {
+fn raw_access_never_reaches_a_roots_block_in_either_mode() {
     let name = ShmName::new("forge-lock");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
-    let counter: &AtomicU64 = alloc.root("hits").unwrap(); // fine in raw mode
+    let counter: &AtomicU64 = alloc.root("hits").unwrap();
     let off = alloc.allocate(8).unwrap();
     alloc.write(off, &[1; 8]).unwrap(); // the segment is raw now
-    let e = alloc.root::<ShmMutex<u64>>("lock").unwrap_err();
-    assert!(
-        matches!(e, Error::Access(AccessError::WrongMode { .. })),
-        "{e}"
-    );
-    let at = root_offset(&alloc, "hits");
-    // Its block starts 16 bytes before the object: a raw free there is refused.
-    assert!(matches!(
-        alloc.free(Offset::new(at - 16)),
-        Err(FreeError::Root { .. })
-    ));
-    assert!(alloc.free(Offset::new(at)).is_err());
+    let m: &ShmMutex<u64> = alloc.root("lock").unwrap();
+    let mut g = m.lock().unwrap();
+    *g = 7;
+    for root in ["hits", "lock"] {
+        let at = root_offset(&alloc, root);
+        // Its block starts 16 bytes before the object (its PINNED header).
+        for o in [at - 16, at - 8, at, at + 4] {
+            let e = alloc.write(Offset::new(o), &[0xff; 4]).unwrap_err();
+            assert!(matches!(e, AccessError::Root { .. }), "{root} {o}: {e}");
+        }
+        assert!(matches!(
+            alloc.free(Offset::new(at - 16)),
+            Err(FreeError::Root { .. })
+        ));
+        assert!(alloc.free(Offset::new(at)).is_err());
+    }
+    assert_eq!(*g, 7, "the guard's value did not change");
+    drop(g);
     counter.fetch_add(1, Ordering::Relaxed);
     let again: &AtomicU64 = alloc.root("hits").unwrap();
     assert_eq!(again.load(Ordering::Relaxed), 1);
-    alloc.free(off).unwrap(); // ordinary raw blocks still free
+    alloc.write(off, &[2; 8]).unwrap(); // ordinary raw blocks still write
+    alloc.free(off).unwrap(); // and free
 
-    // In a typed segment the lock root works, and nothing raw reaches it.
+    // In a typed segment the lock root works too, and nothing raw reaches it.
     let tname = ShmName::new("forge-lock-t");
     let t = FreeListAllocator::create(tname.as_str(), 1 << 20).unwrap();
+    let _typed = ShmBox::new_in(&t, 1u64).unwrap();
     let m: &ShmMutex<u64> = t.root("lock").unwrap();
     let g = m.lock().unwrap();
     let lock_at = root_offset(&t, "lock");

@@ -253,9 +253,29 @@ fn a4_modes() {
     let alloc = FreeListAllocator::create(&name, 1 << 20).unwrap();
     let o = alloc.allocate(64).unwrap();
     alloc.write(o, &[1; 64]).unwrap(); // raw mode now
-    let m = alloc.root::<ShmMutex<u64>>("m");
-    eprintln!("A4: mutex root in raw segment -> {:?}", m.as_ref().err());
-    assert!(m.is_err(), "A4 BROKEN: ShmShared root in raw segment");
+                                       // (Since the red-team pass: a lock root is allowed in a raw segment too, and
+                                       // no raw write, free or view reaches its block: checked below for both modes.)
+    let m = alloc.root::<ShmMutex<u64>>("m").unwrap();
+    let held = m.lock().unwrap();
+    let base =
+        (m as *const _ as usize) - (alloc.segment().ptr_at(0, 1, 1).unwrap().as_ptr() as usize);
+    let mut raw_hits = 0;
+    for d in -256i64..256 {
+        let off = Offset::new((base as i64 + d) as u64);
+        let theirs = off.get() < o.get() || off.get() >= o.get() + 64;
+        if theirs && alloc.write(off, &[0xff; 8]).is_ok() {
+            raw_hits += 1;
+        }
+        if theirs && alloc.free(off).is_ok() {
+            raw_hits += 1;
+        }
+    }
+    assert_eq!(*held, 0, "A4 BROKEN: raw write under a held guard");
+    drop(held);
+    assert_eq!(
+        raw_hits, 0,
+        "A4 BROKEN: raw op on a lock root in a raw segment"
+    );
     let b = ShmBox::new_in(&alloc, 1u64);
     eprintln!("A4: ShmBox in raw segment -> {:?}", b.as_ref().err());
     assert!(b.is_err());
@@ -267,6 +287,7 @@ fn a4_modes() {
 
     let (name2, _g2) = seg(6);
     let alloc2 = FreeListAllocator::create(&name2, 1 << 20).unwrap();
+    let _typed = ShmBox::new_in(&alloc2, 1u64).unwrap(); // a typed segment
     let mref = alloc2.root::<ShmMutex<u64>>("m").unwrap();
     let g = mref.lock().unwrap();
     let o2 = alloc2.allocate(64).unwrap();

@@ -228,15 +228,15 @@ fn remote_frees_at_scale_with_kills() {
     );
     assert!(checked > 10_000, "too little work: {checked}");
     // Each kill may strand the blocks its victim held: at most one in a producer's
-    // hands (plus a refill batch of 8) or one in a consumer's; roots and their
-    // directory are swept too (a handful).
+    // hands (plus a refill batch of 8) or one in a consumer's. Roots are never
+    // freed (a raw free of a root's block is `FreeError::Root`): they stay.
     assert!(
         swept <= killed * 9 + 8,
         "{swept} blocks swept after {killed} kills"
     );
     let s = a.stats();
-    assert_eq!(s.live_blocks, Some(0), "{s:?}");
-    assert_eq!(s.free_bytes, s.capacity, "{s:?}");
+    let roots = a.roots().unwrap().len() as u64;
+    assert_eq!(s.live_blocks, Some(roots), "{s:?}");
     let big = a.allocate(CAP as usize / 2).unwrap();
     a.free(big).unwrap();
 }

@@ -55,7 +55,7 @@
 //!   them, other `#[shm(sync)]` structs). A plain field is a compile error.
 //! - `#[shm(shared)]`: also implement `shared_allocator::typed::ShmShared` (a root
 //!   may hold it: for structs of coordination types such as `ShmMutex`, `ShmCondvar`,
-//!   whose every field is `ShmShared`). Such a root puts its segment in typed mode.
+//!   whose every field is `ShmShared`). Nothing raw reaches such a root's block.
 //!
 //! # Example
 //!

@@ -74,8 +74,10 @@ macro_rules! allocator_class {
                     .segment()
                     .require_raw()
                     .map_err(|e| crate::errors::access(py, e, rel as u64, len))?;
+                // Not a root's block either (a lock's or channel's bytes are
+                // reached only through its own API).
                 core.alloc
-                    .check_range(off, len)
+                    .check_raw_range(off, len)
                     .map_err(|e| crate::errors::access(py, e, rel as u64, len))?;
                 crate::view::SharedView::new(&self.h.core, off, rel as u64, len as usize, readonly)
                     .ok_or_else(|| {

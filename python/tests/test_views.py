@@ -179,14 +179,14 @@ def test_numpy_view_shared_between_two_processes(name):
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _typed_segment(name):
+def _typed_segment(name, *kind):
     """Has a Rust program (``examples/typed_handoff.rs``) create ``name`` in typed
-    mode, holding a ``ShmBox`` it gave away as a token; returns the value's offset
-    in the segment."""
+    mode, holding a ``ShmBox`` it gave away as a token (or, with ``"bump"``, an
+    arena value); returns the value's offset in the segment."""
     if shutil.which("cargo") is None:
         pytest.skip("needs cargo to build the Rust example")
     out = subprocess.run(
-        ["cargo", "run", "--quiet", "--example", "typed_handoff", "--", name],
+        ["cargo", "run", "--quiet", "--example", "typed_handoff", "--", name, *kind],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -209,5 +209,20 @@ def test_views_obey_a_typed_segments_mode(name):
     with pytest.raises(sa.SharedAllocatorError, match="typed mode"):
         a.write(rel, b"\0" * 8)
     # Copies stay allowed (byte-wise atomic, never undefined behaviour).
+    assert a.read(rel, 8) == (1).to_bytes(8, "little")
+    a.unlink()
+
+
+def test_views_obey_a_typed_bump_segments_mode(name):
+    # Arena values are shared and immutable (Rust views of them hold `&T`): a bump
+    # segment with arenas is typed, and Python's views and writes are refused there.
+    at = _typed_segment(name, "bump")
+    a = BumpAllocator(name, create=False)
+    rel = at - a.data_offset
+    for readonly in (False, True):
+        with pytest.raises(sa.SharedAllocatorError, match="typed mode"):
+            a.view(rel, 32, readonly=readonly)
+    with pytest.raises(sa.SharedAllocatorError, match="typed mode"):
+        a.write(rel, b"\0" * 8)
     assert a.read(rel, 8) == (1).to_bytes(8, "little")
     a.unlink()

@@ -1909,6 +1909,11 @@ unsafe impl ShmAllocator for FreeListAllocator {
 
     #[inline]
     fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
+        self.block_start_of(offset, len).map(|_| ())
+    }
+
+    #[inline]
+    fn block_start_of(&self, offset: Offset, len: u64) -> Result<Option<Offset>, AccessError> {
         let rel = data_relative(&self.seg, offset, len)?;
         let not_alloc = AccessError::NotAllocated {
             offset: offset.get(),
@@ -1939,7 +1944,7 @@ unsafe impl ShmAllocator for FreeListAllocator {
                 if self.depth != 0 && cache::Caches::is_cached(self, start) {
                     return Err(not_alloc);
                 }
-                Ok(())
+                Ok(Some(Offset::new(start)))
             }
             KIND_LARGE | KIND_INTERIOR => {
                 let (start, dist) = if kind(st) == KIND_LARGE {
@@ -1956,7 +1961,7 @@ unsafe impl ShmAllocator for FreeListAllocator {
                 if (dist as u64) * PAGE + within + len > n * PAGE {
                     return Err(not_alloc);
                 }
-                Ok(())
+                Ok(Some(Offset::new(self.page_offset(start))))
             }
             _ => Err(not_alloc),
         }

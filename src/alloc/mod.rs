@@ -149,6 +149,34 @@ pub unsafe trait ShmAllocator: Send + Sync {
     /// [`AccessError::Null`], [`AccessError::OutOfBounds`], [`AccessError::NotAllocated`].
     fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError>;
 
+    /// [`check_range`](ShmAllocator::check_range), returning the start of the
+    /// block the range lies in, where the allocator knows it (`None`: it keeps no
+    /// block starts, as the bump allocator, whose segments have no roots).
+    ///
+    /// # Errors
+    /// As [`check_range`](ShmAllocator::check_range).
+    fn block_start_of(&self, offset: Offset, len: u64) -> Result<Option<Offset>, AccessError> {
+        self.check_range(offset, len).map(|()| None)
+    }
+
+    /// What a raw write and a raw view (the Python package's `view()`) check:
+    /// the range lies inside one live block, and that block is not a named root's
+    /// (roots are reached only through `root`: a lock's or channel's bytes only
+    /// through its own API, in either segment mode).
+    ///
+    /// # Errors
+    /// As [`check_range`](ShmAllocator::check_range); [`AccessError::Root`].
+    fn check_raw_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
+        if let Some(start) = self.block_start_of(offset, len)? {
+            if is_root_block(self.segment(), start) {
+                return Err(AccessError::Root {
+                    offset: offset.get(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks, from allocator metadata only, that `offset` is the start of a live
     /// block (not inside one, not free, not in a handle's cache). What tokens and
     /// other handles built from numbers are checked against: in a segment of typed
@@ -172,11 +200,13 @@ pub unsafe trait ShmAllocator: Send + Sync {
     /// # Errors
     /// As [`ShmAllocator::check_range`]: the whole range must be inside one live
     /// block; [`AccessError::WrongMode`] in a segment of typed handles (whose
-    /// blocks a raw write would change under their references).
+    /// blocks a raw write would change under their references);
+    /// [`AccessError::Root`] inside a named root's block (see
+    /// [`check_raw_range`](ShmAllocator::check_raw_range)).
     fn write(&self, offset: Offset, data: &[u8]) -> Result<(), AccessError> {
         self.segment()
             .claim_mode(crate::segment::SegmentMode::Raw)?;
-        self.check_range(offset, data.len() as u64)?;
+        self.check_raw_range(offset, data.len() as u64)?;
         if self.segment().write_bytes(offset.get(), data) {
             Ok(())
         } else {

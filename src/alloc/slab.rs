@@ -762,6 +762,10 @@ unsafe impl ShmAllocator for SlabAllocator {
     }
 
     fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
+        self.block_start_of(offset, len).map(|_| ())
+    }
+
+    fn block_start_of(&self, offset: Offset, len: u64) -> Result<Option<Offset>, AccessError> {
         data_relative(&self.seg, offset, len)?;
         let not_alloc = AccessError::NotAllocated {
             offset: offset.get(),
@@ -776,7 +780,7 @@ unsafe impl ShmAllocator for SlabAllocator {
         if self.depth != 0 && cache::Caches::is_cached(self, start) {
             return Err(not_alloc);
         }
-        Ok(())
+        Ok(Some(Offset::new(start)))
     }
 
     fn check_block_start(&self, offset: Offset) -> Result<(), AccessError> {

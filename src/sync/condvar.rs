@@ -21,7 +21,7 @@ use crate::typed::{fingerprint, ShmSafe};
 /// use std::time::Duration;
 ///
 /// #[derive(ShmSafe)]
-/// #[shm(sync)]
+/// #[shm(shared)]
 /// #[repr(C)]
 /// struct Queue { lock: ShmMutex<u64>, changed: ShmCondvar }
 ///

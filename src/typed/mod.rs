@@ -47,7 +47,8 @@
 //!   and [`ShmFree`](crate::ShmFree) (what an implementation promises is in their
 //!   `# Safety`), [`ShmSafe`], [`ShmSync`] (every byte is only ever accessed
 //!   atomically) and [`ShmShared`] (shared `&T` sound while only the type's own API
-//!   touches it: locks and channels, which therefore live only in typed segments).
+//!   touches it: locks and channels; no raw write, free or view reaches a root's
+//!   block, in either mode: [`ShmAllocator::check_raw_range`](crate::ShmAllocator::check_raw_range)).
 //! - **Fork**: owning handles ([`ShmBox`], [`ShmVec`], [`ShmArchive`](crate::ShmArchive))
 //!   record the fork epoch; a child's copy is no owner (its drop frees nothing,
 //!   access is [`AccessError::Forked`](crate::AccessError::Forked) or, for `Deref`,
@@ -82,9 +83,9 @@
 //! | [`ArenaBox::handle`] + [`ArenaPtr::get`] | epoch (`Stale`), pin, bounds; the segment it was made in (a process-local tag: another segment's same offset and epoch may be an arena's unwritten tail) | nothing more: the handle cannot be made from numbers or bytes (not `ShmSafe`, no `FromBytes`) |
 //! | [`ArenaPtr::from_parts`] | epoch (`Stale`), bounds, liveness; gives copies only (`read`): `get` is [`AccessError::Unverified`](crate::AccessError::Unverified) | that the arena wrote the bytes: the `unsafe` [`ArenaPtr::from_parts_unchecked`] is for views |
 //! | `ArenaArchiveToken::from_raw` + `ArenaArchiveReader::open` | epoch, pin, header, a checksum *keyed* with the segment's secret over (block offset, epoch, length, type tag, bytes), bytecheck: only this crate's seal of that block in that epoch validates, so an image left from an earlier epoch in an arena chunk's unwritten tail, a copy elsewhere, or a hand-built one is [`ArchiveError::Checksum`](crate::archive::ArchiveError) | a process that reads the key out of the shared memory object directly (outside the API, like an untrusted writer) can build images that validate |
-//! | [`Roots::root`] by name | directory entry, type fingerprint, epoch, bounds; non-`ShmSync` types need typed mode | nothing more is needed: the directory is written only by this crate in typed mode |
+//! | [`Roots::root`] by name | directory entry, type fingerprint, epoch, bounds | nothing more is needed: the directory is written only by this crate in typed mode |
 //! | [`ShmVecReader::open`] by `RelPtr` | copies out with a seqlock; lengths bounded by the live block | that the header is a vector's (a forged one gives wrong but valid copies) |
-//! | [`Offset::new`](crate::Offset) + raw `read`/`write`/`free` | raw mode for `write`/`free`, one live block, block start for `free`, never a root | nothing: raw segments are all-atomic |
+//! | [`Offset::new`](crate::Offset) + raw `read`/`write`/`free` | raw mode for `write`/`free`, one live block, block start for `free`, never a root's block for `write`/`free` (and Python's `view()`) | nothing: raw segments are all-atomic |
 
 mod arena;
 pub(crate) mod raw;

@@ -22,8 +22,10 @@
 //!
 //! Roots are shared by every process, so `root` gives a shared `&T` only for
 //! [`ShmShared`] types: [`ShmSync`](crate::typed::ShmSync) ones (atomics, token slots), in a segment of
-//! either mode, and the coordination types (locks, channels), which put the
-//! segment in typed mode so that nothing raw writes or frees their blocks. This is
+//! either mode, and the coordination types (locks, channels), also in either mode:
+//! no raw write, free or view reaches a root's block
+//! ([`AccessError::Root`],
+//! [`FreeError::Root`](crate::FreeError::Root)). This is
 //! the *concurrently mutable* state of the safety model. Bump allocators have no
 //! roots: a reset would release the objects.
 //!
@@ -348,11 +350,10 @@ fn find_or_create<'a, A: ShmAllocator + ?Sized, T: ShmShared>(
     init: impl FnOnce() -> T,
 ) -> Result<&'a T, Error> {
     let _ = layout_checked::<T>();
-    if !T::ATOMIC_ONLY {
-        // Not every byte atomic: only the type's own API may touch it, so no raw
-        // write, free or view may ever reach the block.
-        raw::require_typed(alloc)?;
-    }
+    // A type whose bytes are not all atomic (`ShmShared`: locks, channels) is
+    // touched only through its own API: no raw write, free or view reaches a
+    // root's block in either mode (`ShmAllocator::check_raw_range`, raw `free`),
+    // and `RelPtr::get` needs `ShmSync`.
     check_name(name)?;
     let mut dir = Directory::open(alloc)?;
     let me = alloc.liveness_token();

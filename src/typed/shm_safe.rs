@@ -189,10 +189,10 @@ pub unsafe trait ShmSync: ShmSafe {}
 /// every [`ShmSync`] type, and the coordination types ([`ShmMutex`](crate::ShmMutex),
 /// [`ShmChannel`](crate::ShmChannel), [`ShmEvent`](crate::ShmEvent),
 /// [`ShmCondvar`](crate::ShmCondvar)), whose shared API hands out non-atomic access
-/// under a lock or a slot protocol. Since the raw API could break that protocol, a
-/// root of a type that is not `ShmSync` puts its segment in typed mode
-/// ([`SegmentMode::Typed`](crate::segment::SegmentMode)), where nothing raw writes
-/// or frees a block, and roots are never freed.
+/// under a lock or a slot protocol. Since the raw API could break that protocol, no
+/// raw write, free or view reaches a root's block, in either segment mode
+/// ([`ShmAllocator::check_raw_range`](crate::ShmAllocator::check_raw_range)), and
+/// roots are never freed.
 ///
 /// # Safety
 /// Implement it only for a `ShmSafe` type whose shared API is sound when threads in
