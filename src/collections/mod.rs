@@ -29,7 +29,7 @@ mod value;
 
 pub use arc::{ArcToken, ShmArc, ARC_TOKENS};
 pub use map::{Entries, ShmHashMap, SHARDS};
-pub use string::InlineStr;
+pub use string::{InlineStr, ShmString, StringToken};
 pub use value::{MapHasher, RawStr, RawVec, ShmKey, ShmValue};
 
 /// How long a collection waits for a lock held by a live process before it gives
