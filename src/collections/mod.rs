@@ -1,6 +1,7 @@
 //! Shared data structures built on the typed layer: a concurrent hash map
-//! ([`ShmHashMap`]), shared read-only ownership ([`ShmArc`]), strings ([`InlineStr`], `String` values) and nested values
-//! ([`ShmValue`], [`RawVec`]).
+//! ([`ShmHashMap`]), shared read-only ownership ([`ShmArc`]), strings
+//! ([`ShmString`], an owning growable handle; [`InlineStr`]; `String` values of
+//! collections) and nested values ([`ShmValue`], [`RawVec`]).
 //!
 //! # Nesting by construction
 //!
