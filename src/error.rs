@@ -684,6 +684,9 @@ pub enum Error {
         /// generation; see `processes()`), not a pid.
         holder: u32,
     },
+    /// See [`CollectionError`].
+    #[error(transparent)]
+    Collection(#[from] CollectionError),
 }
 
 impl Error {
@@ -696,4 +699,44 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// A shared collection ([`crate::collections`]) refused an operation: nothing changed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CollectionError {
+    /// Bytes of the collection in shared memory are not what this crate wrote (a
+    /// scribbler, or a segment of another version).
+    #[error("shared collection damaged: {what} (found {found:#x})")]
+    Corrupted {
+        /// What was found inconsistent.
+        what: &'static str,
+        /// The offending value.
+        found: u64,
+    },
+    /// A lock of the collection stayed held by a live process for longer than
+    /// [`LOCK_TIMEOUT`](crate::collections::LOCK_TIMEOUT) (or its word was
+    /// scribbled with a live owner's identity).
+    #[error("a lock of the shared collection stayed held by a live process for {secs} s")]
+    Busy {
+        /// How long the caller waited, in seconds.
+        secs: u64,
+    },
+    /// A string does not fit the fixed capacity of an inline string.
+    #[error("string of {len} bytes does not fit an inline string of {capacity}")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The inline capacity in bytes.
+        capacity: usize,
+    },
+    /// String bytes read from shared memory are not UTF-8.
+    #[error("string bytes in shared memory are not UTF-8")]
+    NotUtf8,
+    /// The map holds more entries than one shard's table can address.
+    #[error("a shard of the shared map cannot grow past {capacity} slots")]
+    Full {
+        /// The largest table capacity.
+        capacity: u64,
+    },
 }

@@ -66,6 +66,7 @@ pub mod archive;
 #[doc = include_str!("../docs/safety.md")]
 pub mod safety_model {}
 pub mod channel;
+pub mod collections;
 pub mod coord;
 pub mod error;
 pub mod process;
@@ -127,9 +128,11 @@ pub use archive::{
     ShmArchive,
 };
 pub use channel::ShmChannel;
+pub use collections::{InlineStr, ShmHashMap};
 pub use coord::{OwnerDied, ShmCondvar, ShmEvent, ShmMutex};
 pub use error::{
-    AccessError, AllocError, ArenaError, ChannelError, Error, FreeError, LockError, SegmentError,
+    AccessError, AllocError, ArenaError, ChannelError, CollectionError, Error, FreeError,
+    LockError, SegmentError,
     TokenError,
 };
 pub use segment::{unlink, CreateOptions, OpenOptions, UnlinkGuard};
@@ -152,6 +155,7 @@ pub mod prelude {
         ArchiveToken, ArenaArchive, ArenaArchiveReader, ArenaArchiveToken, ShmArchive,
     };
     pub use crate::channel::ShmChannel;
+    pub use crate::collections::{InlineStr, ShmHashMap};
     pub use crate::coord::{ShmCondvar, ShmEvent, ShmMutex};
     pub use crate::error::Error;
     pub use crate::typed::{

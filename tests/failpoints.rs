@@ -305,6 +305,23 @@ fn every_fail_point_is_listed() {
         "event.notify.before_wake",
         "cache.steal.claimed",
         "cache.dead.claimed",
+        // tests/collections_map.rs (torture workers killed at each of them) and
+        // tests/collections_arc.rs (holders killed at each `arc.` point).
+        "arc.drop.cleared",
+        "arc.reap.cleared",
+        "arc.redeem.claimed",
+        "coll.release.cleared",
+        "map.insert.committed",
+        "map.insert.intent",
+        "map.insert.written",
+        "map.remove.intent",
+        "map.remove.tombstoned",
+        "map.repair.table",
+        "map.resize.allocated",
+        "map.resize.built",
+        "map.resize.committed",
+        "map.update.intent",
+        "map.update.written",
     ];
     let mut listed: Vec<String> = FL_POINTS
         .iter()

@@ -13,6 +13,7 @@
 mod bump;
 mod common;
 mod core;
+mod dict;
 mod errors;
 mod freelist;
 mod lifecycle;
@@ -28,6 +29,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<freelist::PyFreeList>()?;
     m.add_class::<slab::PySlab>()?;
     m.add_class::<view::SharedView>()?;
+    m.add_class::<dict::SharedDict>()?;
     m.add("GIL_RELEASE_THRESHOLD", core::GIL_RELEASE_THRESHOLD)?;
     // Segments this process created get the remove-on-last-close policy at exit
     // (see `lifecycle`).

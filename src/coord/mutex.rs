@@ -364,6 +364,25 @@ impl<T: MutexPayload> ShmMutex<T> {
         }
     }
 
+    /// [`lock_timeout`](ShmMutex::lock_timeout) that keeps the guard of a dead
+    /// holder's data (`Some(Err(died))`) for a repair inside the crate (the
+    /// collections); `None`: a live owner held it until `timeout`.
+    pub(crate) fn lock_robust_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Option<LockResult<ShmMutexGuard<'_, T>>> {
+        let me = owner::current_owner(self.addr());
+        if self
+            .state
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(self.guard(Acquired::Clean));
+        }
+        self.lock_slow(me, Deadline::after(Some(timeout)))
+            .map(|how| self.guard(how))
+    }
+
     #[cold]
     fn lock_slow(&self, me: u32, deadline: Deadline) -> Option<Acquired> {
         let mut slept = false;

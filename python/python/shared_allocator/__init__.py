@@ -29,6 +29,7 @@ from ._native import (
     GIL_RELEASE_THRESHOLD,
     BumpAllocator,
     FreeListAllocator,
+    SharedDict,
     SharedView,
     SlabAllocator,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "FreeListAllocator",
     "SlabAllocator",
     "SharedView",
+    "SharedDict",
     "GIL_RELEASE_THRESHOLD",
     "SharedAllocatorError",
     "InvalidArgumentError",
