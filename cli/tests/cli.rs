@@ -489,3 +489,27 @@ fn check_reports_damage() {
         "{c:#}"
     );
 }
+
+/// Red-team #1: `check` on a healthy free list whose data region is sized by size
+/// classes (10 MiB, 12345678 B) panicked (page index out of range) instead of
+/// reporting `consistent`.
+#[test]
+fn check_is_consistent_on_healthy_free_lists_of_odd_sizes() {
+    for cap in [1u64 << 20, 10 << 20, 1 << 16, 12_345_678] {
+        let name = ShmName::new("cli-chk-size");
+        let a = shared_allocator::FreeListAllocator::create(name.as_str(), cap).unwrap();
+        let _ = a.allocate(100).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shm-alloc"))
+            .args(["check", name.as_str()])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "check on a {cap}-byte free list: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
