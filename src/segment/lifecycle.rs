@@ -427,7 +427,7 @@ pub(crate) fn open_or_create<A>(
 ) -> Result<(A, bool), SegmentError> {
     // Each round either returns or saw the name change (removed, replaced, stale):
     // a bound only against a peer that keeps removing it.
-    let deadline = Instant::now() + opts.timeout * 4 + Duration::from_secs(1);
+    let deadline = Instant::now() + opts.timeout * 4 + STALE_GRACE + Duration::from_secs(1);
     let mut last = None;
     loop {
         if Instant::now() >= deadline {
@@ -453,6 +453,13 @@ pub(crate) fn open_or_create<A>(
             // that `remove_if_stale` removes on the next round.
             Err(e @ (SegmentError::NotFound { .. } | SegmentError::InitTimeout { .. })) => {
                 last = Some(e);
+            }
+            // A creator died mid-initialisation and its object is younger than
+            // STALE_GRACE: `remove_if_stale` removes it once the grace is over, so
+            // wait it out (bounded by the deadline) instead of giving up.
+            Err(e @ SegmentError::Uninitialized { .. }) => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(e),
         }
