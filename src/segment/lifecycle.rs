@@ -361,6 +361,22 @@ pub enum Staleness {
 /// # Errors
 /// Those above, [`SegmentError::NotFound`], [`SegmentError::InvalidName`], OS errors.
 pub fn remove_if_stale(name: &str) -> Result<Staleness, SegmentError> {
+    stale(name, true)
+}
+
+/// What [`remove_if_stale`] would do now, without removing anything: `Removed`
+/// means it would remove the name. The same checks under the same lock (taken and
+/// released), so a live creator stopped mid-initialisation reads as
+/// `Initialising` here as it does there. For `shm-alloc gc --dry-run`.
+///
+/// # Errors
+/// As [`remove_if_stale`].
+#[doc(hidden)]
+pub fn would_remove_if_stale(name: &str) -> Result<Staleness, SegmentError> {
+    stale(name, false)
+}
+
+fn stale(name: &str, remove: bool) -> Result<Staleness, SegmentError> {
     let name = name::normalize(name)?;
     let fd = shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty())
         .map_err(|e| os_err("shm_open", &name, e))?;
@@ -409,7 +425,9 @@ pub fn remove_if_stale(name: &str) -> Result<Staleness, SegmentError> {
         if crate::process::any_slot_locked(file.as_fd()) {
             return Ok(Staleness::Initialising);
         }
-        shm_unlink(name.as_str()).map_err(|e| os_err("shm_unlink", &name, e))?;
+        if remove {
+            shm_unlink(name.as_str()).map_err(|e| os_err("shm_unlink", &name, e))?;
+        }
         Ok(Staleness::Removed)
     })();
     lifecycle_unlock(file.as_fd());

@@ -35,7 +35,9 @@ pub use header::{
 };
 pub(crate) use header::{RawHeader, STATE_INIT, STATE_READY};
 pub(crate) use lifecycle::open_or_create;
-pub use lifecycle::{remove_if_stale, set_observer_mode, Staleness, STALE_GRACE};
+pub use lifecycle::{
+    remove_if_stale, set_observer_mode, would_remove_if_stale, Staleness, STALE_GRACE,
+};
 pub use name::MAX_NAME_LEN;
 
 /// Chunk size of the byte-wise atomic copies in `write_bytes` / `read_bytes`.
