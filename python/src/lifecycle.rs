@@ -50,6 +50,27 @@ pub(crate) fn note_created(seg: &Segment) {
     });
 }
 
+/// Registry slots of handles of this process that `close()` closed but that are
+/// not dropped yet (they still hold their slots): (inode, slot).
+static CLOSED: Mutex<Vec<(u64, usize)>> = Mutex::new(Vec::new());
+
+/// Records a closed handle's slot; returns the closed slots of inode `ino`.
+pub(crate) fn note_closed(entry: Option<(u64, usize)>, ino: u64) -> Vec<usize> {
+    let mut c = CLOSED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = entry {
+        c.push(e);
+    }
+    c.iter().filter(|e| e.0 == ino).map(|e| e.1).collect()
+}
+
+/// Forgets a closed handle's slot (the handle is going, and its slot with it).
+pub(crate) fn forget_closed(entry: (u64, usize)) {
+    let mut c = CLOSED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = c.iter().position(|e| *e == entry) {
+        c.swap_remove(i);
+    }
+}
+
 /// Takes `seg` out of the exit-time list.
 pub(crate) fn forget(seg: &Segment) {
     let ino = seg.inode();

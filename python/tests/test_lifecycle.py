@@ -289,3 +289,37 @@ def test_close_of_the_last_handle_applies_remove_on_last_close(name):
     """
     assert run_child(code).strip() == "False"
     assert not exists(name)
+
+
+@pytest.mark.parametrize("capacity", [1 << 20, 10 << 20, 100000])
+def test_largest_free_block_never_exceeds_capacity(name, capacity):
+    # Red-team #7: the free list's data region is rounded up by size classes, and
+    # largest_free_block() reported 1064960 for capacity=1<<20.
+    a = FreeListAllocator(name, capacity=capacity)
+    try:
+        assert a.largest_free_block() <= a.available_bytes() <= a.capacity
+        off = a.allocate(64)
+        assert a.largest_free_block() <= a.available_bytes() <= a.capacity
+        a.free(off)
+    finally:
+        a.unlink()
+        a.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_foreign_owner_raises_permission_denied(name):
+    # Red-team #8b: an object owned by another uid raises the documented
+    # PermissionDeniedError (a PermissionError), not the plain base class.
+    from shared_allocator import PermissionDeniedError
+
+    a = FreeListAllocator(name, capacity=1 << 20)
+    a.set_remove_on_last_close(False)
+    a.close()
+    os.chown("/dev/shm/" + name, 65534, -1)
+    with pytest.raises(PermissionDeniedError) as e:
+        FreeListAllocator(name, create=False)
+    assert isinstance(e.value, PermissionError)
+    os.chown("/dev/shm/" + name, 0, -1)
+    os.chmod("/dev/shm/" + name, 0o666)
+    with pytest.raises(PermissionError):
+        FreeListAllocator(name, create=False)

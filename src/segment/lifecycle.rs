@@ -287,6 +287,21 @@ impl Segment {
     /// lifecycle lock stays taken for 2 s (handles are attaching or closing).
     #[doc(hidden)]
     pub fn remove_if_unattached(&self, me: Option<usize>) -> Result<bool, SegmentError> {
+        self.remove_if_unattached_except(me, &|_| false)
+    }
+
+    /// [`remove_if_unattached`](Self::remove_if_unattached), also not counting the
+    /// registry slots for which `skip` is true: for the Python package's `close()`,
+    /// whose closed handles keep their slots until they are dropped.
+    ///
+    /// # Errors
+    /// As [`remove_if_unattached`](Self::remove_if_unattached).
+    #[doc(hidden)]
+    pub fn remove_if_unattached_except(
+        &self,
+        me: Option<usize>,
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Result<bool, SegmentError> {
         if !lifecycle_lock(self.file().as_fd(), libc::F_WRLCK, CLOSE_WAIT)? {
             return Err(SegmentError::InitTimeout {
                 name: self.name.clone(),
@@ -296,7 +311,7 @@ impl Segment {
             });
         }
         let result = (|| {
-            if crate::process::any_live(self, me, &|s| self.is_observer(s)) {
+            if crate::process::any_live(self, me, &|s| skip(s) || self.is_observer(s)) {
                 return Ok(false);
             }
             if !self.ino().is_some_and(|ino| name_names(&self.name, ino)) {
