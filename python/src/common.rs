@@ -188,10 +188,14 @@ macro_rules! allocator_class {
                 crate::lifecycle::processes_list(py, &shared_allocator::alloc::Inspect::registry(&core.alloc))
             }
 
-            /// The largest block one ``allocate`` could get now, in bytes.
+            /// The largest block one ``allocate`` could get now, in bytes; never more
+            /// than ``available_bytes()`` (so never more than ``capacity``, even where
+            /// the data region is rounded up past it by size classes).
             fn largest_free_block(&self, py: Python<'_>) -> PyResult<u64> {
                 let core = self.h.get(py)?;
-                Ok(py.detach(|| shared_allocator::alloc::Inspect::largest_free_block(&core.alloc)))
+                let largest =
+                    py.detach(|| shared_allocator::alloc::Inspect::largest_free_block(&core.alloc));
+                Ok(largest.min(core.alloc.available_bytes()).min(self.capacity()))
             }
 
             /// Sets (or clears) the *remove on last close* policy of the segment, for
