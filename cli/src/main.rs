@@ -333,7 +333,14 @@ fn roots_of<A: ShmAllocator + Inspect>(a: &A) -> Result<Vec<RootOut>, Fail> {
     Ok(a.roots()?
         .into_iter()
         .map(|r| RootOut {
-            size: a.block_size(r.offset),
+            // A root's offset may lie inside its block (after the block's own
+            // header): the size is the enclosing block's.
+            size: a
+                .block_start_of(r.offset, 1)
+                .ok()
+                .flatten()
+                .and_then(|start| a.block_size(start))
+                .or_else(|| a.block_size(r.offset)),
             name: r.name,
             type_name: r.type_name,
             fingerprint: format!("{:#018x}", r.fingerprint),
