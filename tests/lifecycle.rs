@@ -592,3 +592,22 @@ fn remove_if_unattached_never_races_a_concurrent_open() {
         wait_with_watchdog(&mut c, LIMIT, "opener exit");
     }
 }
+
+/// Red-team #3: `open_or_create` right after a creator died mid-initialisation
+/// (younger than `STALE_GRACE`, nobody holding its init lock) waits the grace out
+/// and replaces the object instead of failing with `Uninitialized`.
+#[test]
+fn open_or_create_right_after_a_crashed_creator_replaces_it() {
+    if race_role() {
+        return;
+    }
+    let entry = "open_or_create_right_after_a_crashed_creator_replaces_it";
+    let name = ShmName::new("l19-fresh-stale");
+    crashed_creator(entry, name.as_str());
+    let (a, created) = FreeListAllocator::open_or_create(name.as_str(), 1 << 20)
+        .expect("open_or_create replaces a crashed creator's object");
+    assert!(created, "the crashed creator's object was replaced");
+    let off = a.allocate(64).unwrap();
+    a.write(off, b"x").unwrap();
+    assert!(a.check().is_consistent(), "{:?}", a.check());
+}

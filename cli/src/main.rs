@@ -450,10 +450,18 @@ fn gc(prefix: &str, dry_run: bool) -> Result<Vec<GcRow>, Fail> {
             PeekKind::Ours(h) if !h.ready => {
                 if p.age < STALE_GRACE {
                     ("kept", "initialising".to_owned())
-                } else if dry_run {
-                    ("would remove", "uninitialised, creator dead".to_owned())
                 } else {
-                    match shared_allocator::segment::remove_if_stale(&p.name) {
+                    // The dry run asks the same question under the same lock, so it
+                    // reports exactly what the real run would do.
+                    let decide = if dry_run {
+                        shared_allocator::segment::would_remove_if_stale
+                    } else {
+                        shared_allocator::segment::remove_if_stale
+                    };
+                    match decide(&p.name) {
+                        Ok(Staleness::Removed) if dry_run => {
+                            ("would remove", "uninitialised, creator dead".to_owned())
+                        }
                         Ok(Staleness::Removed) => {
                             ("removed", "uninitialised, creator dead".to_owned())
                         }

@@ -498,3 +498,81 @@ fn check_reports_damage() {
         "{c:#}"
     );
 }
+
+/// Red-team #1: `check` on a healthy free list whose data region is sized by size
+/// classes (10 MiB, 12345678 B) panicked (page index out of range) instead of
+/// reporting `consistent`.
+#[test]
+fn check_is_consistent_on_healthy_free_lists_of_odd_sizes() {
+    for cap in [1u64 << 20, 10 << 20, 1 << 16, 12_345_678] {
+        let name = ShmName::new("cli-chk-size");
+        let a = shared_allocator::FreeListAllocator::create(name.as_str(), cap).unwrap();
+        let _ = a.allocate(100).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shm-alloc"))
+            .args(["check", name.as_str()])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "check on a {cap}-byte free list: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Red-team #2: `gc --dry-run` reports exactly what `gc` does. A half-initialised
+/// object older than the grace whose lifecycle lock a live process holds (a
+/// creator stopped mid-initialisation, or an opener) is kept by both; once the
+/// lock is released both remove it ("would remove" / "removed").
+#[test]
+fn gc_dry_run_reports_what_gc_does() {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsFd;
+    let pre = prefix("c19-dry");
+    let half = ShmName::new("c19-dry");
+    let fd = nix::sys::mman::shm_open(
+        format!("/{}", half.as_str()).as_str(),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+        Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let f = std::fs::File::from(fd);
+    f.set_len(1 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"SHMALLOC", 0).unwrap();
+    // The lifecycle lock byte (src/segment/lifecycle.rs), held shared as an
+    // attaching process holds it.
+    let lock = |l_type: i32| nix::libc::flock {
+        l_type: l_type as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: (1 << 40) - 4096,
+        l_len: 1,
+        l_pid: 0,
+    };
+    fcntl(f.as_fd(), FcntlArg::F_OFD_SETLK(&lock(nix::libc::F_RDLCK))).unwrap();
+    std::thread::sleep(shared_allocator::segment::STALE_GRACE + Duration::from_millis(200));
+    let action = |dry: bool| -> String {
+        let mut args = vec!["gc", "--prefix", &pre, "--json"];
+        if dry {
+            args.push("--dry-run");
+        }
+        let rows = json(&args);
+        row(&rows, half.as_str())["action"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(action(true), "kept", "dry run while the lock is held");
+    assert_eq!(action(false), "kept", "gc while the lock is held");
+    fcntl(f.as_fd(), FcntlArg::F_OFD_SETLK(&lock(nix::libc::F_UNLCK))).unwrap();
+    assert_eq!(action(true), "would remove");
+    assert!(
+        shm_path(half.as_str()).exists(),
+        "a dry run removes nothing"
+    );
+    assert_eq!(action(false), "removed");
+    assert!(!shm_path(half.as_str()).exists());
+}

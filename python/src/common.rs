@@ -129,8 +129,37 @@ macro_rules! allocator_class {
             /// Closes this handle: later calls on it raise ``ClosedError`` (a
             /// ``ValueError``). The segment itself stays (see ``unlink``); the mapping
             /// is released once this object and all its views are gone. Idempotent.
-            fn close(&self) {
+            ///
+            /// If the segment has the *remove on last close* policy and no other handle
+            /// (in any process) is attached, the name is removed now, as dropping the
+            /// last handle would. A handle inherited through ``fork`` never removes on
+            /// ``close()`` (it cannot tell its parent's handle from its own); ``shm-alloc
+            /// gc`` or the last other handle removes the name then.
+            fn close(&self, py: Python<'_>) {
+                if self.h.is_closed() {
+                    return;
+                }
                 self.h.close();
+                let core = &self.h.core;
+                if core.pid != std::process::id() {
+                    return;
+                }
+                let seg = shared_allocator::ShmAllocator::segment(&core.alloc);
+                let Some(ino) = seg.inode() else { return };
+                let me = shared_allocator::alloc::Inspect::registry(&core.alloc)
+                    .slots
+                    .iter()
+                    .find(|s| s.is_self)
+                    .map(|s| s.slot);
+                let entry = me.map(|m| (ino, m));
+                *self.h.closed_slot.lock().unwrap_or_else(|e| e.into_inner()) = entry;
+                // This process's closed handles still hold their slots: not counted.
+                let closed = crate::lifecycle::note_closed(entry, ino);
+                if seg.removes_on_last_close() {
+                    py.detach(|| {
+                        let _ = seg.remove_if_unattached_except(me, &|s| closed.contains(&s));
+                    });
+                }
             }
 
             /// Removes the segment's name from the system (``shm_unlink``). Processes
@@ -159,10 +188,14 @@ macro_rules! allocator_class {
                 crate::lifecycle::processes_list(py, &shared_allocator::alloc::Inspect::registry(&core.alloc))
             }
 
-            /// The largest block one ``allocate`` could get now, in bytes.
+            /// The largest block one ``allocate`` could get now, in bytes; never more
+            /// than ``available_bytes()`` (so never more than ``capacity``, even where
+            /// the data region is rounded up past it by size classes).
             fn largest_free_block(&self, py: Python<'_>) -> PyResult<u64> {
                 let core = self.h.get(py)?;
-                Ok(py.detach(|| shared_allocator::alloc::Inspect::largest_free_block(&core.alloc)))
+                let largest =
+                    py.detach(|| shared_allocator::alloc::Inspect::largest_free_block(&core.alloc));
+                Ok(largest.min(core.alloc.available_bytes()).min(self.capacity()))
             }
 
             /// Sets (or clears) the *remove on last close* policy of the segment, for

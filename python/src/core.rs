@@ -99,6 +99,9 @@ pub(crate) struct Core<A> {
     pub(crate) data_len: u64,
     /// Views exported through this handle.
     pub(crate) exports: Exports,
+    /// The process that made this handle (a fork child's inherited copy has its
+    /// parent's pid here).
+    pub(crate) pid: u32,
 }
 
 /// What a view needs from its allocator: release its record when it goes away.
@@ -123,6 +126,7 @@ impl<A: ShmAllocator> Core<A> {
             base: l.data_offset,
             data_len: l.data_len,
             exports: Exports::default(),
+            pid: std::process::id(),
         }
     }
 
@@ -247,6 +251,22 @@ impl<A: ShmAllocator> Core<A> {
 pub(crate) struct Handle<A> {
     pub(crate) core: Arc<Core<A>>,
     closed: AtomicBool,
+    /// After `close()`: the (inode, registry slot) this handle recorded as closed
+    /// (see `lifecycle::note_closed`), forgotten when the handle goes.
+    pub(crate) closed_slot: std::sync::Mutex<Option<(u64, usize)>>,
+}
+
+impl<A> Drop for Handle<A> {
+    fn drop(&mut self) {
+        let slot = self
+            .closed_slot
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(entry) = slot {
+            crate::lifecycle::forget_closed(entry);
+        }
+    }
 }
 
 impl<A: ShmAllocator> Handle<A> {
@@ -255,6 +275,7 @@ impl<A: ShmAllocator> Handle<A> {
         Handle {
             core: Arc::new(Core::new(alloc, name)),
             closed: AtomicBool::new(false),
+            closed_slot: std::sync::Mutex::new(None),
         }
     }
 

@@ -116,6 +116,11 @@ pub(crate) fn segment(py: Python<'_>, e: SegmentError) -> PyErr {
             "Permission denied",
             &name,
         ),
+        // Documented as PermissionDeniedError: an object owned by another user, or
+        // writable by every user, is refused like a permission failure.
+        SegmentError::ForeignOwner { .. } | SegmentError::InsecureMode { .. } => {
+            err(py, Kind::PermissionDenied, msg)
+        }
         SegmentError::InvalidName { .. } | SegmentError::InvalidParameter { .. } => {
             err(py, Kind::InvalidArgument, msg)
         }

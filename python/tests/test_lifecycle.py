@@ -206,3 +206,120 @@ def test_killed_creator_leaves_it_for_gc(name):
     assert len(dead) == 1
     b.unlink()
     b.close()
+
+
+def test_open_or_create_replaces_a_creator_killed_mid_init(name):
+    # Red-team #3: a creator SIGKILLed while initialising leaves a half-made
+    # object (our magic, header unpublished, nobody holding its init lock) that is
+    # younger than the stale grace: open_or_create waits the grace out and
+    # replaces it instead of raising CorruptedError.
+    path = "/dev/shm/" + name
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, 1 << 20)
+        os.pwrite(fd, b"SHMALLOC", 0)
+    finally:
+        os.close(fd)
+    a, created = FreeListAllocator.open_or_create(name, capacity=1 << 20)
+    assert created
+    off = a.allocate(8)
+    a.write(off, b"replaced")
+    a.unlink()
+    a.close()
+
+
+def test_exit_default_keeps_a_name_a_fork_child_still_uses(name):
+    # Red-team #4: the parent creates, forks a child that only reads and writes
+    # the inherited object, and exits normally: the name must stay while the
+    # child is alive.
+    code = f"""
+        import os, sys, time
+        from shared_allocator import FreeListAllocator
+        a = FreeListAllocator({name!r}, capacity=1 << 20)
+        off = a.allocate(8)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(w)
+            os.read(r, 1)  # the parent has exited (its end of the pipe closed)
+            a.write(off, b"child!!!")
+            print(os.path.exists("/dev/shm/{name}"), flush=True)
+            os._exit(0)
+        os.close(r)
+        print(pid, flush=True)
+        sys.exit(0)
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    child = int(lines[0])
+    # subprocess.run waited for EOF on stdout, which the child holds: it has run.
+    assert lines[1:] == ["True"], out.stdout + out.stderr
+    # The child prints after the parent's exit hook ran (stdout pipe shared).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        pytest.fail("fork child did not finish")
+    assert exists(name), "the name was removed while the fork child used it"
+
+
+def test_close_of_the_last_handle_applies_remove_on_last_close(name):
+    # Red-team #5: close() on the last handle removes the name, as a drop does,
+    # even if the process then leaves through os._exit.
+    code = f"""
+        import os
+        from shared_allocator import FreeListAllocator
+        a = FreeListAllocator({name!r}, capacity=1 << 20)
+        b = FreeListAllocator({name!r}, create=False)
+        a.set_remove_on_last_close(True)
+        a.close()
+        assert os.path.exists("/dev/shm/{name}")  # b is still open
+        b.close()
+        print(os.path.exists("/dev/shm/{name}"), flush=True)
+        os._exit(0)
+    """
+    assert run_child(code).strip() == "False"
+    assert not exists(name)
+
+
+@pytest.mark.parametrize("capacity", [1 << 20, 10 << 20, 100000])
+def test_largest_free_block_never_exceeds_capacity(name, capacity):
+    # Red-team #7: the free list's data region is rounded up by size classes, and
+    # largest_free_block() reported 1064960 for capacity=1<<20.
+    a = FreeListAllocator(name, capacity=capacity)
+    try:
+        assert a.largest_free_block() <= a.available_bytes() <= a.capacity
+        off = a.allocate(64)
+        assert a.largest_free_block() <= a.available_bytes() <= a.capacity
+        a.free(off)
+    finally:
+        a.unlink()
+        a.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_foreign_owner_raises_permission_denied(name):
+    # Red-team #8b: an object owned by another uid raises the documented
+    # PermissionDeniedError (a PermissionError), not the plain base class.
+    from shared_allocator import PermissionDeniedError
+
+    a = FreeListAllocator(name, capacity=1 << 20)
+    a.set_remove_on_last_close(False)
+    a.close()
+    os.chown("/dev/shm/" + name, 65534, -1)
+    with pytest.raises(PermissionDeniedError) as e:
+        FreeListAllocator(name, create=False)
+    assert isinstance(e.value, PermissionError)
+    os.chown("/dev/shm/" + name, 0, -1)
+    os.chmod("/dev/shm/" + name, 0o666)
+    with pytest.raises(PermissionError):
+        FreeListAllocator(name, create=False)

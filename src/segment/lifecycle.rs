@@ -287,6 +287,21 @@ impl Segment {
     /// lifecycle lock stays taken for 2 s (handles are attaching or closing).
     #[doc(hidden)]
     pub fn remove_if_unattached(&self, me: Option<usize>) -> Result<bool, SegmentError> {
+        self.remove_if_unattached_except(me, &|_| false)
+    }
+
+    /// [`remove_if_unattached`](Self::remove_if_unattached), also not counting the
+    /// registry slots for which `skip` is true: for the Python package's `close()`,
+    /// whose closed handles keep their slots until they are dropped.
+    ///
+    /// # Errors
+    /// As [`remove_if_unattached`](Self::remove_if_unattached).
+    #[doc(hidden)]
+    pub fn remove_if_unattached_except(
+        &self,
+        me: Option<usize>,
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Result<bool, SegmentError> {
         if !lifecycle_lock(self.file().as_fd(), libc::F_WRLCK, CLOSE_WAIT)? {
             return Err(SegmentError::InitTimeout {
                 name: self.name.clone(),
@@ -296,7 +311,7 @@ impl Segment {
             });
         }
         let result = (|| {
-            if crate::process::any_live(self, me, &|s| self.is_observer(s)) {
+            if crate::process::any_live(self, me, &|s| skip(s) || self.is_observer(s)) {
                 return Ok(false);
             }
             if !self.ino().is_some_and(|ino| name_names(&self.name, ino)) {
@@ -361,6 +376,22 @@ pub enum Staleness {
 /// # Errors
 /// Those above, [`SegmentError::NotFound`], [`SegmentError::InvalidName`], OS errors.
 pub fn remove_if_stale(name: &str) -> Result<Staleness, SegmentError> {
+    stale(name, true)
+}
+
+/// What [`remove_if_stale`] would do now, without removing anything: `Removed`
+/// means it would remove the name. The same checks under the same lock (taken and
+/// released), so a live creator stopped mid-initialisation reads as
+/// `Initialising` here as it does there. For `shm-alloc gc --dry-run`.
+///
+/// # Errors
+/// As [`remove_if_stale`].
+#[doc(hidden)]
+pub fn would_remove_if_stale(name: &str) -> Result<Staleness, SegmentError> {
+    stale(name, false)
+}
+
+fn stale(name: &str, remove: bool) -> Result<Staleness, SegmentError> {
     let name = name::normalize(name)?;
     let fd = shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty())
         .map_err(|e| os_err("shm_open", &name, e))?;
@@ -409,7 +440,9 @@ pub fn remove_if_stale(name: &str) -> Result<Staleness, SegmentError> {
         if crate::process::any_slot_locked(file.as_fd()) {
             return Ok(Staleness::Initialising);
         }
-        shm_unlink(name.as_str()).map_err(|e| os_err("shm_unlink", &name, e))?;
+        if remove {
+            shm_unlink(name.as_str()).map_err(|e| os_err("shm_unlink", &name, e))?;
+        }
         Ok(Staleness::Removed)
     })();
     lifecycle_unlock(file.as_fd());
@@ -427,7 +460,7 @@ pub(crate) fn open_or_create<A>(
 ) -> Result<(A, bool), SegmentError> {
     // Each round either returns or saw the name change (removed, replaced, stale):
     // a bound only against a peer that keeps removing it.
-    let deadline = Instant::now() + opts.timeout * 4 + Duration::from_secs(1);
+    let deadline = Instant::now() + opts.timeout * 4 + STALE_GRACE + Duration::from_secs(1);
     let mut last = None;
     loop {
         if Instant::now() >= deadline {
@@ -453,6 +486,13 @@ pub(crate) fn open_or_create<A>(
             // that `remove_if_stale` removes on the next round.
             Err(e @ (SegmentError::NotFound { .. } | SegmentError::InitTimeout { .. })) => {
                 last = Some(e);
+            }
+            // A creator died mid-initialisation and its object is younger than
+            // STALE_GRACE: `remove_if_stale` removes it once the grace is over, so
+            // wait it out (bounded by the deadline) instead of giving up.
+            Err(e @ SegmentError::Uninitialized { .. }) => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(e),
         }

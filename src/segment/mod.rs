@@ -32,7 +32,9 @@ use nix::sys::stat::Mode;
 pub use header::{AllocatorKind, Layout};
 pub(crate) use header::{RawHeader, STATE_INIT, STATE_READY};
 pub(crate) use lifecycle::open_or_create;
-pub use lifecycle::{remove_if_stale, set_observer_mode, Staleness, STALE_GRACE};
+pub use lifecycle::{
+    remove_if_stale, set_observer_mode, would_remove_if_stale, Staleness, STALE_GRACE,
+};
 pub(crate) use header::{
     ALLOC_REGION_START, HEADER_REGION, LAYOUT_VERSION, MAGIC, REGISTRY_REGION, ROOTS_LEN,
     ROOTS_OFFSET,
