@@ -61,7 +61,7 @@ impl FreeListAllocator {
         me: usize,
     ) -> Result<Offset, AllocError> {
         let free = self.free_pages();
-        let mut grows = 4u32;
+        let mut grows = GROW_ROUNDS;
         for _ in 0..256 {
             let Some(s) = self.find_run(n, self.refresh()) else {
                 // Commit more: what the free run at the top lacks (a few times at
@@ -71,6 +71,10 @@ impl FreeListAllocator {
                 grows = grows.saturating_sub(1);
                 if grows == 0 || !self.grow(n - t) {
                     break;
+                }
+                if grows < GROW_ROUNDS - 1 {
+                    // Lost a race: let the process that grew list its pages.
+                    std::thread::yield_now();
                 }
                 continue;
             };

@@ -63,6 +63,10 @@ pub(super) fn run_len(st: u64) -> u64 {
     aux(st) & 0xFF_FFFF
 }
 
+/// Rounds an allocation may spend growing the pool (or waiting, yielding, for a
+/// process that grew it to list the new pages) before it reports out of memory.
+pub(super) const GROW_ROUNDS: u32 = 32;
+
 pub(super) const LINE: u64 = 8; // words per page line: state, 6 block words, spare
 pub(super) const PM_STATE: usize = 0;
 pub(super) const PM_WORDS: usize = 1;
@@ -203,9 +207,11 @@ impl FreeListAllocator {
         let mut grows = 0;
         for _ in 0..64 {
             let Some(p) = free.claim_first() else {
-                // Another process may have committed pages and not listed them yet:
-                // a few rounds, then out of memory.
-                if grows < 4 && self.grow(1) {
+                // Another process may have committed pages and not listed them yet
+                // (it sets their free bits after publishing the count, and may be
+                // preempted in between): up to `GROW_ROUNDS` rounds, yielding to it,
+                // then out of memory.
+                if grows < GROW_ROUNDS && self.grow(1) {
                     grows += 1;
                     if grows > 1 {
                         std::thread::yield_now();
