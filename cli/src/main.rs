@@ -377,6 +377,7 @@ fn list(prefix: &str) -> Result<Vec<ListRow>, Fail> {
                             let st = a.stats();
                             let reg = a.registry();
                             row.capacity = Some(st.capacity);
+                            row.committed = Some(st.committed_bytes);
                             row.used_bytes = Some(st.live_bytes);
                             row.live = Some(reg.live_others());
                             row.dead = Some(reg.dead());

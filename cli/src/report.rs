@@ -36,6 +36,9 @@ pub struct ListRow {
     pub mode: String,
     pub size: u64,
     pub capacity: Option<u64>,
+    /// Bytes of the data region committed in the file so far (growth commits more,
+    /// up to `capacity`, the maximum).
+    pub committed: Option<u64>,
     pub used_bytes: Option<u64>,
     pub live: Option<usize>,
     pub dead: Option<usize>,
@@ -44,17 +47,18 @@ pub struct ListRow {
 
 pub fn print_list(rows: &[ListRow]) {
     println!(
-        "{:<32} {:<9} {:>5} {:>6} {:>11} {:>11} {:>4} {:>4} STATUS",
-        "NAME", "KIND", "MODE", "UID", "CAPACITY", "USED", "LIVE", "DEAD"
+        "{:<32} {:<9} {:>5} {:>6} {:>11} {:>11} {:>11} {:>4} {:>4} STATUS",
+        "NAME", "KIND", "MODE", "UID", "MAXIMUM", "COMMITTED", "USED", "LIVE", "DEAD"
     );
     for r in rows {
         println!(
-            "{:<32} {:<9} {:>5} {:>6} {:>11} {:>11} {:>4} {:>4} {}",
+            "{:<32} {:<9} {:>5} {:>6} {:>11} {:>11} {:>11} {:>4} {:>4} {}",
             r.name,
             opt(&r.kind),
             r.mode,
             r.uid,
             r.capacity.map_or("-".into(), bytes),
+            r.committed.map_or("-".into(), bytes),
             r.used_bytes.map_or("-".into(), bytes),
             opt(&r.live),
             opt(&r.dead),
@@ -74,6 +78,7 @@ pub struct ClassOut {
 #[derive(Serialize)]
 pub struct StatsOut {
     pub capacity: u64,
+    pub committed_bytes: u64,
     pub live_blocks: Option<u64>,
     pub live_bytes: u64,
     pub free_bytes: u64,
@@ -85,6 +90,7 @@ impl From<&Stats> for StatsOut {
     fn from(s: &Stats) -> Self {
         StatsOut {
             capacity: s.capacity,
+            committed_bytes: s.committed_bytes,
             live_blocks: s.live_blocks,
             live_bytes: s.live_bytes,
             free_bytes: s.free_bytes,
@@ -155,7 +161,8 @@ pub fn print_info(i: &Info) {
     println!("live processes       {}", i.live_processes);
     println!("dead slots           {}", i.dead_slots);
     let s = &i.stats;
-    println!("capacity             {}", bytes(s.capacity));
+    println!("capacity (maximum)   {}", bytes(s.capacity));
+    println!("committed            {}", bytes(s.committed_bytes));
     println!(
         "live                 {} in {} blocks",
         bytes(s.live_bytes),

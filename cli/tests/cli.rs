@@ -143,6 +143,9 @@ fn every_subcommand_with_json() {
     assert_eq!(r["uid"], nix::unistd::geteuid().as_raw());
     assert_eq!(r["mode"], "600");
     assert_eq!(r["capacity"], 4 << 20);
+    // Growth commits on demand: some of the maximum, never more.
+    let committed = r["committed"].as_u64().expect("committed bytes");
+    assert!(committed > 0 && committed <= 4 << 20, "{r:#}");
     assert!(r["used_bytes"].as_u64().unwrap() >= 3 * 4096 + 112);
     let (human, _) = run(&["list", "--prefix", &prefix("c19-all")], 0);
     assert!(human.contains(n) && human.contains("free-list"), "{human}");
@@ -157,6 +160,7 @@ fn every_subcommand_with_json() {
     assert_eq!(i["name"], format!("/{n}"));
     assert_eq!(i["creator_pid"], std::process::id());
     assert_eq!(i["stats"]["capacity"], 4 << 20);
+    assert_eq!(i["stats"]["committed_bytes"], r["committed"], "{i:#}");
     assert_eq!(i["stats"]["live_blocks"], a.stats().live_blocks.unwrap());
     assert_eq!(
         i["stats"]["classes"].as_array().unwrap().len(),
