@@ -156,7 +156,7 @@ pub enum SegmentError {
         slots: usize,
     },
     /// Every intent record of this handle's registry slot is in use by its other
-    /// threads (more than [`INTENTS`](crate::process::INTENTS) threads of one process
+    /// threads (more than 12 threads of one process
     /// in multi-step operations through one handle at once), past a short wait.
     #[error("all {records} intent records of this handle are in use by its other threads")]
     IntentsBusy {

@@ -11,7 +11,7 @@
 //! bytes), a `Vec<T>` is a [`RawVec`] of `T`'s raw forms. A struct of such fields
 //! is a `#[derive(ShmSafe)]` struct of their raw forms, so a string sits in a struct
 //! in a vector in a map. Every block a raw form names starts with a header this
-//! crate writes ([`PINNED`](crate::typed::token::PINNED): no token can name it),
+//! crate writes (a *pinned* header: no token can name it),
 //! and is owned by exactly one raw form: removing or replacing a value releases
 //! its blocks exactly once, in whichever process does it
 //! ([`ShmValue::release`] clears each reference before freeing what it named, so

@@ -194,7 +194,7 @@ impl Hasher for MapHasher {
 }
 
 /// The plain-data form of a vector of `R` (and, as [`RawStr`], of a string): the
-/// offset of a block holding a [`PINNED`] header and `len` elements, or offset 0
+/// offset of a block holding a *pinned* header (no token can name it) and `len` elements, or offset 0
 /// for an empty one. Put it in a `#[derive(ShmSafe)]` struct to nest vectors.
 #[repr(C)]
 pub struct RawVec<R> {

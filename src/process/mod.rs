@@ -38,8 +38,8 @@
 //! - **`/proc` is required**: joining opens the spare through `/proc/self/fd`
 //!   (without `/proc`, `create` and `open` fail with an OS error naming it).
 //!
-//! Limits: [`SLOTS`] handles per segment ([`SegmentError::RegistryFull`]),
-//! [`MAX_HANDLES`] per process ([`SegmentError::HandleLimit`]), [`INTENTS`] intent
+//! Limits: 128 (`SLOTS`) handles per segment ([`SegmentError::RegistryFull`]),
+//! [`MAX_HANDLES`] per process ([`SegmentError::HandleLimit`]), 12 (`INTENTS`) intent
 //! records per handle ([`SegmentError::IntentsBusy`] past a 20 ms wait). An intent
 //! record that no thread of this process claimed (a scribble) is overwritten at
 //! once, never waited for.

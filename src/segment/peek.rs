@@ -33,7 +33,7 @@ pub enum PeekKind {
 /// The header fields of one of our objects, as read (not validated beyond the magic).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderPeek {
-    /// Layout version in the header (this build opens [`super::LAYOUT_VERSION`] only).
+    /// Layout version in the header (this build opens its own `LAYOUT_VERSION` only).
     pub version: u32,
     /// Allocator kind, if known to this build.
     pub kind: Option<AllocatorKind>,
