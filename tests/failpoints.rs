@@ -322,6 +322,9 @@ fn every_fail_point_is_listed() {
         "map.resize.committed",
         "map.update.intent",
         "map.update.written",
+        // tests/pipeline.rs (`publisher_killed_mid_batch`: the publisher killed
+        // between claiming a region and writing its batch).
+        "pipeline.publish.claimed",
     ];
     let mut listed: Vec<String> = FL_POINTS
         .iter()

@@ -334,6 +334,18 @@ fn publisher_killed_mid_batch() {
             opts.timeout = WATCHDOG;
             let mut p = Publisher::<Msg>::create(&env_req("SA_NAME"), opts).unwrap();
             wait_for_subscribers(&p, 2);
+            // With `SA_FAILPOINT`: die at that point of the 5th batch (the first four
+            // are complete), instead of at a random instant.
+            #[cfg(feature = "failpoints")]
+            if let Ok(point) = std::env::var("SA_FAILPOINT") {
+                static HITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                fail::cfg_callback(point, || {
+                    if HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 4 {
+                        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+                    }
+                })
+                .unwrap();
+            }
             for seq in 1.. {
                 p.publish(&msg(seq, 100_000)).unwrap(); // ~1 MiB: killed mid-write
             }
@@ -341,21 +353,54 @@ fn publisher_killed_mid_batch() {
         }
         _ => {}
     }
-    for mode in ["every", "latest"] {
+    // At a random instant; with the `failpoints` feature also at the step between
+    // claiming a region and writing the batch (.ci/run runs that build).
+    let mut points = vec![None];
+    if cfg!(feature = "failpoints") {
+        points.push(Some("pipeline.publish.claimed"));
+    }
+    for (mode, point) in ["every", "latest"]
+        .into_iter()
+        .flat_map(|m| points.iter().map(move |p| (m, *p)))
+    {
         let name = ShmName::new("killed-pub");
         let data = format!("{}-d", name.as_str());
-        let env = [
+        let mut env = vec![
             ("SA_NAME", name.as_str().to_owned()),
             ("SA_MODE", mode.to_owned()),
         ];
+        if let Some(point) = point {
+            env.push(("SA_FAILPOINT", point.to_owned()));
+        }
         let mut publisher = KillOnDrop::new(spawn_child(ENTRY, "publisher", &env));
         let subs = (0..2)
             .map(|_| spawn_subscriber(ENTRY, name.as_str(), mode, &[]))
             .collect();
-        std::thread::sleep(Duration::from_millis(700));
         let mut p = publisher.take();
-        p.kill().unwrap();
-        p.wait().unwrap();
+        if point.is_none() {
+            std::thread::sleep(Duration::from_millis(700));
+            p.kill().unwrap();
+            p.wait().unwrap();
+        } else {
+            // It kills itself at the point; a watchdog in case it never gets there.
+            let start = Instant::now();
+            let status = loop {
+                if let Some(st) = p.try_wait().unwrap() {
+                    break st;
+                }
+                if start.elapsed() > WATCHDOG {
+                    let _ = p.kill();
+                    panic!("{mode}: the publisher never reached {point:?}");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "{mode}: died at {point:?}: {status:?}"
+            );
+        }
         for out in finish_all(subs, WATCHDOG, "subscriber") {
             let l: Vec<String> = lines(&out).iter().map(|s| s.to_string()).collect();
             let r = report(&l, "sub");
