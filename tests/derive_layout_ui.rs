@@ -10,6 +10,6 @@
 #[test]
 fn padding_is_proven_for_every_instantiation_a_handle_uses() {
     let t = trybuild::TestCases::new();
-    t.compile_fail("tests/ui_layout/*.rs");
-    t.pass("tests/ui_layout_pass/*.rs");
+    t.compile_fail("ui_layout/*.rs");
+    t.pass("ui_layout_pass/*.rs");
 }

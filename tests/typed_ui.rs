@@ -4,5 +4,5 @@
 #[test]
 fn arena_borrows_forbid_reset() {
     let t = trybuild::TestCases::new();
-    t.compile_fail("tests/ui_typed/*.rs");
+    t.compile_fail("ui_typed/*.rs");
 }

@@ -8,5 +8,5 @@
 #[test]
 fn layout_mistakes_fail_cargo_check_at_the_users_line() {
     let t = trybuild::TestCases::new();
-    t.compile_fail("tests/ui_words/*.rs");
+    t.compile_fail("ui_words/*.rs");
 }
