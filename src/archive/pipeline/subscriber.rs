@@ -1,0 +1,362 @@
+//! The reading ends: subscribers and their received batches.
+
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rkyv::rancor;
+use rkyv::Archived;
+
+use super::*;
+use crate::alloc::{BumpAllocator, FreeListAllocator, ShmAllocator};
+use crate::archive::writer::type_tag;
+use crate::typed::Root;
+
+/// A reading end of a pipeline, in any process. Holds a subscriber slot (named
+/// by its registry liveness token) until dropped.
+pub struct Subscriber<T: ShmArchivable> {
+    ctl: Root<Control, Arc<FreeListAllocator>>,
+    name: String,
+    slot: usize,
+    /// The process that opened it (its slot is that process's).
+    pid: u32,
+    delivery: Delivery,
+    regions: usize,
+    /// Last sequence number handed out (Latest) or released (Every).
+    seen: u64,
+    data: Option<Data>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: ShmArchivable> Subscriber<T> {
+    /// Subscribes to the pipeline `name`; the first batch received is the first
+    /// one published after this call.
+    ///
+    /// # Errors
+    /// Segment errors (e.g. no such pipeline), [`PipelineError::TypeMismatch`],
+    /// [`PipelineError::Full`], [`PipelineError::Corrupt`].
+    pub fn open(name: &str) -> Result<Self, PipelineError> {
+        let ctl_seg = Arc::new(FreeListAllocator::open(name)?);
+        let ctl = Root::<Control, _>::new_in(ctl_seg, ROOT)?;
+        let c: &Control = &ctl;
+        if c.magic.load(SeqCst) != MAGIC {
+            return Err(PipelineError::Corrupt("control block not initialised"));
+        }
+        if c.tag.load(SeqCst) != type_tag::<T>() {
+            return Err(PipelineError::TypeMismatch(std::any::type_name::<T>()));
+        }
+        let delivery = match c.mode.load(SeqCst) {
+            x if x == Delivery::Every as u64 => Delivery::Every,
+            x if x == Delivery::Latest as u64 => Delivery::Latest,
+            _ => return Err(PipelineError::Corrupt("mode")),
+        };
+        let regions = c.regions.load(SeqCst) as usize;
+        let max_subs = c.max_subs.load(SeqCst) as usize;
+        if !(2..=MAX_REGIONS).contains(&regions) || !(1..=MAX_SUBSCRIBERS).contains(&max_subs) {
+            return Err(PipelineError::Corrupt("regions"));
+        }
+        let me = u64::from(ctl.allocator().liveness_token());
+        let slot = (0..max_subs)
+            .find(|&i| {
+                let s = &c.subs[i];
+                s[S_PIN].load(SeqCst) == 0 && {
+                    let tok = s[S_TOKEN].load(SeqCst);
+                    let free = tok == 0
+                        || !u32::try_from(tok).is_ok_and(|t| ctl.allocator().token_alive(t));
+                    free && s[S_TOKEN].compare_exchange(tok, me, SeqCst, SeqCst).is_ok()
+                }
+            })
+            .or_else(|| {
+                // A dead subscriber's pin: take the slot and clear it.
+                (0..max_subs).find(|&i| {
+                    let tok = c.subs[i][S_TOKEN].load(SeqCst);
+                    (tok == 0 || !u32::try_from(tok).is_ok_and(|t| ctl.allocator().token_alive(t)))
+                        && c.subs[i][S_TOKEN]
+                            .compare_exchange(tok, me, SeqCst, SeqCst)
+                            .is_ok()
+                })
+            })
+            .ok_or(PipelineError::Full(max_subs))?;
+        let s = &c.subs[slot];
+        s[S_PIN].store(0, SeqCst);
+        // Late joiner: start after the newest batch. Re-read until stable, so the
+        // publisher either saw this cursor or published nothing we need since.
+        let mut seen = c.published.load(SeqCst);
+        loop {
+            s[S_DONE].store(seen, SeqCst);
+            let now = c.published.load(SeqCst);
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        let mut sub = Subscriber {
+            name: name.to_owned(),
+            slot,
+            pid: std::process::id(),
+            delivery,
+            regions,
+            seen,
+            data: None,
+            ctl,
+            _type: PhantomData,
+        };
+        let gen = sub.control().gen.load(SeqCst);
+        // The current generation, mapped now (the publisher may replace it later).
+        let _ = Self::map(&mut sub.data, &sub.name, gen);
+        Ok(sub)
+    }
+
+    fn control(&self) -> &Control {
+        &self.ctl
+    }
+
+    fn map<'d>(
+        data: &'d mut Option<Data>,
+        name: &str,
+        gen: u64,
+    ) -> Result<&'d BumpAllocator, PipelineError> {
+        if data.as_ref().is_none_or(|d| d.gen != gen) {
+            let bump = BumpAllocator::open(&data_name(name, gen))?;
+            *data = Some(Data {
+                gen,
+                bump,
+                blocks: Vec::new(),
+                cap: 0,
+            });
+        }
+        Ok(&data.as_ref().expect("just mapped").bump)
+    }
+
+    /// The next batch: in `Every` mode the one after the last received, in
+    /// `Latest` mode the newest one not yet received. Blocks (futex, no polling)
+    /// until there is one. The batch stays valid, and its region reserved, until
+    /// the returned guard is dropped.
+    ///
+    /// # Errors
+    /// `Ok(None)` when the publisher closed the stream (after the last batch);
+    /// [`PipelineError::PublisherGone`] when it died;
+    /// [`PipelineError::Forked`] in a fork child of the process that opened it;
+    /// [`PipelineError::Archive`] if a batch fails validation.
+    pub fn recv(&mut self) -> Result<Option<Batch<'_, T>>, PipelineError> {
+        self.recv_inner(None)
+    }
+
+    /// As [`recv`](Self::recv), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), and [`PipelineError::RecvTimeout`].
+    pub fn recv_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<Batch<'_, T>>, PipelineError> {
+        self.recv_inner(Some(timeout))
+    }
+
+    fn recv_inner(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Batch<'_, T>>, PipelineError> {
+        if self.pid != std::process::id() {
+            return Err(PipelineError::Forked(self.pid));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut slept_in_vain = false;
+        loop {
+            let c: &Control = &self.ctl;
+            let want = self.seen + 1;
+            let published = c.published.load(SeqCst);
+            if published < want {
+                if c.closed.load(SeqCst) != 0 {
+                    return Ok(None);
+                }
+                // Liveness costs a system call: only after a slice passed in vain.
+                if slept_in_vain {
+                    let tok = c.writer.load(SeqCst);
+                    if !u32::try_from(tok).is_ok_and(|t| self.ctl.allocator().token_alive(t)) {
+                        // Published just before dying?
+                        if c.published.load(SeqCst) < want {
+                            return Err(PipelineError::PublisherGone);
+                        }
+                        continue;
+                    }
+                }
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if left.is_some_and(|l| l.is_zero()) {
+                    return Err(PipelineError::RecvTimeout(timeout.unwrap_or_default()));
+                }
+                let slice = left.map_or(LIVENESS_SLICE, |l| l.min(LIVENESS_SLICE));
+                slept_in_vain = !c.data.wait_timeout_until(slice, || {
+                    c.published.load(SeqCst) >= want || c.closed.load(SeqCst) != 0
+                });
+                continue;
+            }
+            let (seq, r) = match self.delivery {
+                Delivery::Every => (want, ((want - 1) % self.regions as u64) as usize),
+                Delivery::Latest => {
+                    // Pin the newest batch, then check that its region still holds it.
+                    let s = &c.subs[self.slot];
+                    s[S_PIN].store(published, SeqCst);
+                    match (0..self.regions).find(|&r| c.region[r][R_SEQ].load(SeqCst) == published)
+                    {
+                        Some(r) => (published, r),
+                        None => {
+                            s[S_PIN].store(0, SeqCst);
+                            continue; // replaced meanwhile: a newer one is published
+                        }
+                    }
+                }
+            };
+            let w = &c.region[r];
+            let (gen, off, len) = (
+                w[R_GEN].load(SeqCst),
+                w[R_OFF].load(SeqCst),
+                w[R_LEN].load(SeqCst),
+            );
+            if w[R_SEQ].load(SeqCst) != seq {
+                c.subs[self.slot][S_PIN].store(0, SeqCst);
+                return Err(PipelineError::Corrupt(
+                    "region does not hold the published batch",
+                ));
+            }
+            let bytes = match Self::map(&mut self.data, &self.name, gen) {
+                Ok(bump) => bump
+                    .segment()
+                    .ptr_at(off, len, ARCHIVE_ALIGN)
+                    .map(|p| (p, len)),
+                // The publisher replaced that segment (Latest): take a newer batch.
+                Err(PipelineError::Segment(SegmentError::NotFound { .. }))
+                    if self.delivery == Delivery::Latest =>
+                {
+                    c.subs[self.slot][S_PIN].store(0, SeqCst);
+                    if c.closed.load(SeqCst) != 0 {
+                        return Ok(None); // its segment went with the close
+                    }
+                    // Removed only once a newer batch is published.
+                    c.data.wait_timeout_until(LIVENESS_SLICE, || {
+                        c.published.load(SeqCst) != seq || c.closed.load(SeqCst) != 0
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    c.subs[self.slot][S_PIN].store(0, SeqCst);
+                    return Err(e);
+                }
+            };
+            let Some((ptr, len)) = bytes else {
+                c.subs[self.slot][S_PIN].store(0, SeqCst);
+                return Err(PipelineError::Corrupt("region outside the data segment"));
+            };
+            // SAFETY:
+            // - `ptr_at` checked that `len` bytes at `ptr` lie inside the mapping,
+            //   which `self.data` keeps alive while the returned `Batch` borrows `self`;
+            // - the publisher does not write this region until this subscriber
+            //   releases it (Every: its cursor is below `seq`; Latest: its pin, set
+            //   before the region was seen holding `seq`), so no process writes
+            //   these bytes while the slice lives.
+            let bytes = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), len as usize) };
+            let archived = match rkyv::access::<Archived<T>, rancor::Error>(bytes) {
+                Ok(a) => a,
+                Err(e) => {
+                    c.subs[self.slot][S_PIN].store(0, SeqCst);
+                    return Err(ArchiveError::Invalid {
+                        offset: off,
+                        len,
+                        reason: e.to_string(),
+                    }
+                    .into());
+                }
+            };
+            self.seen = seq;
+            return Ok(Some(Batch {
+                archived,
+                seq,
+                len: len as usize,
+                ctl: &self.ctl,
+                slot: self.slot,
+                delivery: self.delivery,
+            }));
+        }
+    }
+}
+
+impl<T: ShmArchivable> Drop for Subscriber<T> {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            return; // a fork child's copy: the slot is the parent's
+        }
+        let c = self.control();
+        let s = &c.subs[self.slot];
+        s[S_PIN].store(0, SeqCst);
+        s[S_TOKEN].store(0, SeqCst);
+        c.space.notify_all();
+    }
+}
+
+impl<T: ShmArchivable> std::fmt::Debug for Subscriber<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("name", &self.name)
+            .field("slot", &self.slot)
+            .field("delivery", &self.delivery)
+            .field("seen", &self.seen)
+            .finish()
+    }
+}
+
+/// One received batch: derefs to the validated `&Archived<T>`, zero-copy. Its
+/// region is released (the publisher may reuse it) when this guard is dropped.
+pub struct Batch<'s, T: ShmArchivable> {
+    archived: &'s Archived<T>,
+    seq: u64,
+    len: usize,
+    ctl: &'s Control,
+    slot: usize,
+    delivery: Delivery,
+}
+
+impl<T: ShmArchivable> Batch<'_, T> {
+    /// The batch's sequence number (1 for the first batch published).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Archive length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the archive has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<T: ShmArchivable> std::ops::Deref for Batch<'_, T> {
+    type Target = Archived<T>;
+    fn deref(&self) -> &Archived<T> {
+        self.archived
+    }
+}
+
+impl<T: ShmArchivable> Drop for Batch<'_, T> {
+    fn drop(&mut self) {
+        let s = &self.ctl.subs[self.slot];
+        s[S_DONE].store(self.seq, SeqCst);
+        if self.delivery == Delivery::Latest {
+            s[S_PIN].store(0, SeqCst);
+        }
+        self.ctl.space.notify_all();
+    }
+}
+
+impl<T: ShmArchivable> std::fmt::Debug for Batch<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("type", &std::any::type_name::<T>())
+            .field("seq", &self.seq)
+            .field("len", &self.len)
+            .finish()
+    }
+}
