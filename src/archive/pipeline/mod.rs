@@ -150,8 +150,10 @@ impl PipelineOptions {
     }
 }
 
-/// What can go wrong in a pipeline.
-#[derive(Debug, Error)]
+/// What can go wrong in a pipeline. Converts into [`crate::Error`] (so `?` works
+/// into it, `Box<dyn Error + Send + Sync>` and `anyhow`).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PipelineError {
     /// A segment could not be created or opened.
     #[error(transparent)]
