@@ -27,17 +27,24 @@
 //! batch once (bytecheck) before handing out `&Archived<T>`.
 //!
 //! # Delivery
-//! - [`Delivery::Every`]: every subscriber gets every batch, in order. Batch `n`
-//!   goes to region `n mod K`, so the publisher fills batch `n + 1` while
-//!   subscribers read `n` (K >= 2). **Back-pressure: the publisher blocks** while
-//!   a live subscriber has not released batch `n - K`, for at most
-//!   [`PipelineOptions::timeout`], then fails with [`PipelineError::Timeout`]
-//!   (nothing is published; the batch can be retried). Dropping the oldest for
-//!   slow subscribers is not offered.
+//! - [`Delivery::Every`]: every subscriber gets every batch, in order, from a
+//!   queue of K = [`PipelineOptions::regions`] batches; the publisher fills batch
+//!   `n + 1` while subscribers read `n` (K >= 2). What happens to a subscriber K
+//!   batches behind is the [`Backpressure`] policy:
+//!   - [`Backpressure::Block`] (default): batch `n` goes to region `n mod K`; **the
+//!     publisher blocks** while a live subscriber has not released batch `n - K`,
+//!     for at most [`PipelineOptions::timeout`], then fails with
+//!     [`PipelineError::Timeout`] (nothing is published; the batch can be retried).
+//!   - [`Backpressure::DropOldest`]: **the publisher never waits**; the K newest
+//!     batches are kept, and a subscriber that fell further behind loses the older
+//!     ones: its next batch is the oldest one kept, and [`Batch::skipped`] (and the
+//!     running total [`Subscriber::skipped`]) tells it how many it lost. Like
+//!     tokio's broadcast channel, but the loss is reported on the batch, not as an
+//!     error. There are `K + max_subscribers + 1` regions: K hold the newest
+//!     batches, each subscriber pins at most one older one, one is free to write.
 //! - [`Delivery::Latest`]: subscribers always get the newest complete batch and
-//!   skip the ones they missed; the publisher never waits. There are
-//!   `max_subscribers + 2` regions: each subscriber pins at most one, one holds the
-//!   newest batch, so one is always free to write.
+//!   skip the ones they missed ([`Batch::skipped`] counts them); the publisher
+//!   never waits. This is drop-oldest with K = 1: `max_subscribers + 2` regions.
 //!
 //! # Sizing
 //! Regions start at [`PipelineOptions::region_capacity`] bytes. A batch that does
@@ -59,9 +66,14 @@
 //!   `recv` returns `None`.
 //! - A subscriber copied into a fork child answers [`PipelineError::Forked`] there
 //!   (its slot is the parent's); the child opens its own.
-//! - Left behind by a killed publisher: its segments' names (`name`,
-//!   `name-d<generation>`); remove them with [`unlink`](crate::unlink) before
-//!   creating the pipeline again.
+//! - A publisher that is killed runs no code, so its segments' names (`name`,
+//!   `name-d<generation>`) are removed by its subscribers: every segment is
+//!   created with [remove on last close](crate::Segment::set_remove_on_last_close),
+//!   and a subscriber that sees [`PipelineError::PublisherGone`] maps the current
+//!   data segment (so the last subscriber to close removes it) and removes the
+//!   names only a dead publisher could still use (the previous and the next
+//!   generation). A publisher killed before any subscriber attached leaves its
+//!   names until [`unlink`](crate::unlink) or `shm-alloc gc` removes them.
 //!
 //! # Trust
 //! Subscribers validate every batch (bytecheck) before reading it; the region
@@ -93,8 +105,9 @@ pub use writer::PipeWriter;
 
 /// Most subscribers a pipeline can have at once.
 pub const MAX_SUBSCRIBERS: usize = 32;
-const MAX_REGIONS: usize = MAX_SUBSCRIBERS + 2;
-const MAGIC: u64 = u64::from_le_bytes(*b"SApipe01");
+/// Regions: `Every` + drop-oldest needs `K + max_subscribers + 1`.
+const MAX_REGIONS: usize = 2 * MAX_SUBSCRIBERS + 2;
+const MAGIC: u64 = u64::from_le_bytes(*b"SApipe02");
 const ROOT: &str = "pipeline";
 /// How often a waiting side wakes to check the other side's liveness.
 const LIVENESS_SLICE: Duration = Duration::from_millis(100);
@@ -107,16 +120,28 @@ const R_LEN: usize = 3; // archive length
                         // Subscriber words.
 const S_TOKEN: usize = 0; // liveness token (0: free slot)
 const S_DONE: usize = 1; // last released sequence number
-const S_PIN: usize = 2; // Latest: pinned sequence number (0: none)
+const S_PIN: usize = 2; // pinned modes: pinned sequence number (0: none)
 
 /// How batches reach subscribers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    /// Every batch to every subscriber, in order; the publisher blocks (bounded by
-    /// the timeout) while the slowest live subscriber is K batches behind.
+    /// Every batch to every subscriber, in order, from a queue of K batches; a
+    /// subscriber K batches behind is handled by the [`Backpressure`] policy.
     Every,
     /// Subscribers see the newest complete batch; the publisher never blocks.
     Latest,
+}
+
+/// What [`Delivery::Every`] does about a subscriber that is K batches behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backpressure {
+    /// The publisher waits (up to [`PipelineOptions::timeout`], then
+    /// [`PipelineError::Timeout`]) until the slow subscriber releases the batch.
+    #[default]
+    Block,
+    /// The publisher never waits: the slow subscriber loses the oldest batches
+    /// (only the K newest are kept) and learns how many from [`Batch::skipped`].
+    DropOldest,
 }
 
 /// How a pipeline is created.
@@ -124,10 +149,13 @@ pub enum Delivery {
 pub struct PipelineOptions {
     /// The delivery mode.
     pub delivery: Delivery,
-    /// Regions in rotation for [`Delivery::Every`] (2..=34, default 3): how many
-    /// batches a subscriber may lag before the publisher blocks. `Latest` always
-    /// uses `max_subscribers + 2`.
+    /// Queue length K for [`Delivery::Every`] (default 3): how many batches a
+    /// subscriber may lag before the back-pressure policy applies. `Block`:
+    /// 2..=66 regions; `DropOldest`: 1..=65 and `K + max_subscribers + 1 <= 66`.
+    /// `Latest` always uses `max_subscribers + 2` regions.
     pub regions: usize,
+    /// What `Every` does about a subscriber K batches behind (default: block).
+    pub backpressure: Backpressure,
     /// Most subscribers at once (1..=32, default 8).
     pub max_subscribers: usize,
     /// Initial bytes per region (default 1 MiB); grows on demand.
@@ -143,6 +171,7 @@ impl PipelineOptions {
         PipelineOptions {
             delivery,
             regions: 3,
+            backpressure: Backpressure::Block,
             max_subscribers: 8,
             region_capacity: 1 << 20,
             timeout: Duration::from_secs(10),
@@ -203,6 +232,9 @@ struct Control {
     published: AtomicU64,
     closed: AtomicU64,
     writer: AtomicU64,
+    /// Pinned modes: how many newest batches are kept (Latest 1, drop-oldest K);
+    /// 0: `Every` + `Block` (batch `n` in region `n mod K`, cursors).
+    keep: AtomicU64,
     data: ShmEvent,
     space: ShmEvent,
     region: [[AtomicU64; 4]; MAX_REGIONS],
@@ -218,7 +250,7 @@ unsafe impl ShmSync for Control {}
 // - no pointers (offsets are numbers), no Drop, Send + Sync + 'static.
 unsafe impl ShmSafe for Control {
     const FINGERPRINT: u64 =
-        fingerprint::primitive("PipelineControl/1", std::mem::size_of::<Control>(), 8);
+        fingerprint::primitive("PipelineControl/2", std::mem::size_of::<Control>(), 8);
 }
 
 /// What a [`Publisher`] can publish: an rkyv type whose archive validates

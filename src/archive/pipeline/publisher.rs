@@ -18,10 +18,12 @@ pub struct Publisher<T: PipelineBatch> {
     name: String,
     opts: PipelineOptions,
     regions: usize,
+    /// Pinned modes: newest batches kept (see `Control::keep`); 0: Every + Block.
+    keep: u64,
     data: Data,
-    /// The previous data segment after a growth, until a batch of the new one is
-    /// published (then its name is removed).
-    retired: Option<Data>,
+    /// The previous data segment after a growth and the last batch published in
+    /// it, until no kept batch lives there (then its name is removed).
+    retired: Option<(Data, u64)>,
     closed: bool,
     _type: PhantomData<fn(&T)>,
 }
@@ -35,10 +37,17 @@ impl<T: PipelineBatch> Publisher<T> {
         if !(1..=MAX_SUBSCRIBERS).contains(&opts.max_subscribers) {
             return Err(PipelineError::BadOption("max_subscribers"));
         }
-        let regions = match opts.delivery {
-            Delivery::Every if (2..=MAX_REGIONS).contains(&opts.regions) => opts.regions,
-            Delivery::Every => return Err(PipelineError::BadOption("regions")),
-            Delivery::Latest => opts.max_subscribers + 2,
+        let (regions, keep) = match (opts.delivery, opts.backpressure) {
+            (Delivery::Every, Backpressure::Block) if (2..=MAX_REGIONS).contains(&opts.regions) => {
+                (opts.regions, 0)
+            }
+            (Delivery::Every, Backpressure::DropOldest)
+                if opts.regions >= 1 && opts.regions + opts.max_subscribers < MAX_REGIONS =>
+            {
+                (opts.regions + opts.max_subscribers + 1, opts.regions as u64)
+            }
+            (Delivery::Every, _) => return Err(PipelineError::BadOption("regions")),
+            (Delivery::Latest, _) => (opts.max_subscribers + 2, 1),
         };
         let ctl_seg = Arc::new(FreeListAllocator::create(name, 256 << 10)?);
         let ctl = Root::<Control, _>::new_in(ctl_seg, ROOT)?;
@@ -54,6 +63,7 @@ impl<T: PipelineBatch> Publisher<T> {
         c.tag.store(type_tag::<T>(), SeqCst);
         c.mode.store(opts.delivery as u64, SeqCst);
         c.regions.store(regions as u64, SeqCst);
+        c.keep.store(keep, SeqCst);
         c.max_subs.store(opts.max_subscribers as u64, SeqCst);
         c.gen.store(1, SeqCst);
         c.writer
@@ -64,6 +74,7 @@ impl<T: PipelineBatch> Publisher<T> {
             name,
             opts,
             regions,
+            keep,
             data,
             retired: None,
             closed: false,
@@ -149,19 +160,19 @@ impl<T: PipelineBatch> Publisher<T> {
     /// A region to write batch `seq` into, its descriptor invalidated.
     fn claim_region(&self, seq: u64) -> Result<usize, PipelineError> {
         let c = self.control();
-        match self.opts.delivery {
-            Delivery::Every => {
+        match self.keep {
+            0 => {
                 let r = ((seq - 1) % self.regions as u64) as usize;
                 self.wait_released(seq.saturating_sub(self.regions as u64))?;
                 c.region[r][R_SEQ].store(0, SeqCst);
                 Ok(r)
             }
-            Delivery::Latest => {
+            keep => {
                 let latest = c.published.load(SeqCst);
                 for r in 0..self.regions {
                     let old = c.region[r][R_SEQ].load(SeqCst);
-                    if old != 0 && old == latest {
-                        continue;
+                    if old != 0 && old + keep > latest {
+                        continue; // one of the `keep` newest batches
                     }
                     // Dekker with the subscribers: clear, then look at the pins.
                     c.region[r][R_SEQ].store(0, SeqCst);
@@ -173,17 +184,18 @@ impl<T: PipelineBatch> Publisher<T> {
                     }
                     c.region[r][R_SEQ].store(old, SeqCst); // untouched: still valid
                 }
-                // Each subscriber pins one region, one is the newest: cannot happen
-                // unless the control block was damaged.
+                // Each subscriber pins one region, `keep` hold the newest: cannot
+                // happen unless the control block was damaged.
                 Err(PipelineError::Corrupt("no free region"))
             }
         }
     }
 
     /// Serialises `value` straight into a free region and publishes it. In
-    /// `Every` mode this first waits (up to the timeout) until the region's
-    /// previous batch is released by every live subscriber; a batch larger than
-    /// the regions moves the pipeline to a larger data segment.
+    /// `Every` mode with [`Backpressure::Block`] this first waits (up to the
+    /// timeout) until the region's previous batch is released by every live
+    /// subscriber; the other modes never wait. A batch larger than the regions
+    /// moves the pipeline to a larger data segment.
     ///
     /// # Errors
     /// [`PipelineError::Timeout`] (nothing published; retry or give up),
@@ -212,17 +224,23 @@ impl<T: PipelineBatch> Publisher<T> {
         w[R_SEQ].store(seq, SeqCst);
         c.published.store(seq, SeqCst);
         c.data.notify_all();
-        if let Some(old) = self.retired.take() {
-            // Subscribers that mapped it keep their mapping; the others now find a
-            // newer batch than any of its own.
-            let _ = old.bump.unlink();
+        if self
+            .retired
+            .as_ref()
+            .is_some_and(|(_, last)| seq >= last + self.keep.max(1))
+        {
+            // No kept batch lives there any more. Subscribers that mapped it keep
+            // their mapping; the others now find newer batches than any of its own.
+            if let Some((old, _)) = self.retired.take() {
+                let _ = old.bump.unlink();
+            }
         }
         Ok(seq)
     }
 
     /// Moves to a data segment whose regions hold `len` bytes.
     fn grow(&mut self, seq: u64, len: usize) -> Result<(), PipelineError> {
-        if self.opts.delivery == Delivery::Every {
+        if self.keep == 0 {
             // Nobody may still need a batch of the old segment.
             self.wait_released(seq - 1)?;
         }
@@ -231,7 +249,7 @@ impl<T: PipelineBatch> Publisher<T> {
         let data = Self::new_data(&self.name, gen, self.regions, cap)?;
         let old = std::mem::replace(&mut self.data, data);
         self.control().gen.store(gen, SeqCst);
-        if let Some(older) = self.retired.replace(old) {
+        if let Some((older, _)) = self.retired.replace((old, seq - 1)) {
             let _ = older.bump.unlink();
         }
         Ok(())
@@ -268,7 +286,7 @@ impl<T: PipelineBatch> Publisher<T> {
         c.closed.store(1, SeqCst);
         c.data.notify_all();
         let _ = self.data.bump.unlink();
-        if let Some(old) = self.retired.take() {
+        if let Some((old, _)) = self.retired.take() {
             let _ = old.bump.unlink();
         }
         let _ = self.ctl.allocator().unlink();

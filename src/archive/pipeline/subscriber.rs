@@ -11,6 +11,7 @@ use rkyv::Archived;
 use super::*;
 use crate::alloc::{BumpAllocator, FreeListAllocator, ShmAllocator};
 use crate::archive::writer::type_tag;
+use crate::process::fork_epoch;
 use crate::typed::Root;
 
 /// A reading end of a pipeline, in any process. Holds a subscriber slot (named
@@ -23,8 +24,14 @@ pub struct Subscriber<T: ShmArchivable> {
     pid: u32,
     delivery: Delivery,
     regions: usize,
-    /// Last sequence number handed out (Latest) or released (Every).
+    /// Pinned modes: newest batches kept (see `Control::keep`); 0: Every + Block.
+    keep: u64,
+    /// Last sequence number handed out.
     seen: u64,
+    /// Batches lost before the next one handed out (their segment was gone).
+    lost: u64,
+    /// Batches skipped in all.
+    skipped: u64,
     data: Option<Data>,
     _type: PhantomData<fn() -> T>,
 }
@@ -53,7 +60,16 @@ impl<T: ShmArchivable> Subscriber<T> {
         };
         let regions = c.regions.load(SeqCst) as usize;
         let max_subs = c.max_subs.load(SeqCst) as usize;
-        if !(2..=MAX_REGIONS).contains(&regions) || !(1..=MAX_SUBSCRIBERS).contains(&max_subs) {
+        let keep = c.keep.load(SeqCst);
+        let keep_ok = match (delivery, keep) {
+            (Delivery::Every, 0) => true,
+            (Delivery::Latest, 0) | (Delivery::Latest, 2..) => false,
+            (_, k) => k.saturating_add(max_subs as u64 + 1) <= regions as u64,
+        };
+        if !(2..=MAX_REGIONS).contains(&regions)
+            || !(1..=MAX_SUBSCRIBERS).contains(&max_subs)
+            || !keep_ok
+        {
             return Err(PipelineError::Corrupt("regions"));
         }
         let me = u64::from(ctl.allocator().liveness_token());
@@ -97,7 +113,10 @@ impl<T: ShmArchivable> Subscriber<T> {
             pid: std::process::id(),
             delivery,
             regions,
+            keep,
             seen,
+            lost: 0,
+            skipped: 0,
             data: None,
             ctl,
             _type: PhantomData,
@@ -129,10 +148,12 @@ impl<T: ShmArchivable> Subscriber<T> {
         Ok(&data.as_ref().expect("just mapped").bump)
     }
 
-    /// The next batch: in `Every` mode the one after the last received, in
-    /// `Latest` mode the newest one not yet received. Blocks (futex, no polling)
-    /// until there is one. The batch stays valid, and its region reserved, until
-    /// the returned guard is dropped.
+    /// The next batch: in `Every` mode the one after the last received (with
+    /// [`Backpressure::DropOldest`]: the oldest one kept, if that one is gone), in
+    /// `Latest` mode the newest one not yet received; [`Batch::skipped`] tells
+    /// how many were skipped before it. Blocks (futex, no polling) until there is
+    /// one. The batch stays valid, and its region reserved, until the returned
+    /// guard is dropped.
     ///
     /// # Errors
     /// `Ok(None)` when the publisher closed the stream (after the last batch);
@@ -192,51 +213,53 @@ impl<T: ShmArchivable> Subscriber<T> {
                 });
                 continue;
             }
-            let (seq, r) = match self.delivery {
-                Delivery::Every => (want, ((want - 1) % self.regions as u64) as usize),
-                Delivery::Latest => {
-                    // Pin the newest batch, then check that its region still holds it.
+            let (seq, r) = match self.keep {
+                0 => {
+                    let r = ((want - 1) % self.regions as u64) as usize;
+                    // Its region is this subscriber's to read until it releases
+                    // `want` (the publisher waits for its cursor).
+                    if c.region[r][R_SEQ].load(SeqCst) != want {
+                        return Err(PipelineError::Corrupt(
+                            "region does not hold the published batch",
+                        ));
+                    }
+                    (want, r)
+                }
+                keep => {
+                    // The oldest batch kept, or `want` if it is newer. Pin it, then
+                    // check that a region still holds it (Dekker with the publisher,
+                    // which clears a region's number, then looks at the pins).
+                    let seq = want.max(published.saturating_sub(keep - 1));
                     let s = &c.subs[self.slot];
-                    s[S_PIN].store(published, SeqCst);
-                    match (0..self.regions).find(|&r| c.region[r][R_SEQ].load(SeqCst) == published)
-                    {
-                        Some(r) => (published, r),
+                    s[S_PIN].store(seq, SeqCst);
+                    match (0..self.regions).find(|&r| c.region[r][R_SEQ].load(SeqCst) == seq) {
+                        Some(r) => (seq, r),
                         None => {
                             s[S_PIN].store(0, SeqCst);
-                            continue; // replaced meanwhile: a newer one is published
+                            continue; // replaced meanwhile: newer ones are published
                         }
                     }
                 }
             };
+            // Written before the region's number was published; stable while the
+            // cursor (Every + Block) or the pin (seen after it) holds the region.
             let w = &c.region[r];
             let (gen, off, len) = (
                 w[R_GEN].load(SeqCst),
                 w[R_OFF].load(SeqCst),
                 w[R_LEN].load(SeqCst),
             );
-            if w[R_SEQ].load(SeqCst) != seq {
-                c.subs[self.slot][S_PIN].store(0, SeqCst);
-                return Err(PipelineError::Corrupt(
-                    "region does not hold the published batch",
-                ));
-            }
             let bytes = match Self::map(&mut self.data, &self.name, gen) {
                 Ok(bump) => bump
                     .segment()
                     .ptr_at(off, len, ARCHIVE_ALIGN)
                     .map(|p| (p, len)),
-                // The publisher replaced that segment (Latest): take a newer batch.
-                Err(PipelineError::Segment(SegmentError::NotFound { .. }))
-                    if self.delivery == Delivery::Latest =>
-                {
+                // The publisher replaced that segment (pinned modes): its batches
+                // are lost to this subscriber (counted); go on with newer ones.
+                Err(PipelineError::Segment(SegmentError::NotFound { .. })) if self.keep != 0 => {
                     c.subs[self.slot][S_PIN].store(0, SeqCst);
-                    if c.closed.load(SeqCst) != 0 {
-                        return Ok(None); // its segment went with the close
-                    }
-                    // Removed only once a newer batch is published.
-                    c.data.wait_timeout_until(LIVENESS_SLICE, || {
-                        c.published.load(SeqCst) != seq || c.closed.load(SeqCst) != 0
-                    });
+                    self.lost += seq - self.seen;
+                    self.seen = seq;
                     continue;
                 }
                 Err(e) => {
@@ -251,10 +274,10 @@ impl<T: ShmArchivable> Subscriber<T> {
             // SAFETY:
             // - `ptr_at` checked that `len` bytes at `ptr` lie inside the mapping,
             //   which `self.data` keeps alive while the returned `Batch` borrows `self`;
-            // - the publisher does not write this region until this subscriber
-            //   releases it (Every: its cursor is below `seq`; Latest: its pin, set
-            //   before the region was seen holding `seq`), so no process writes
-            //   these bytes while the slice lives.
+            // - no process writes these bytes while the slice lives: see "Why no
+            //   subscriber reads a region being written" in the module docs (Every +
+            //   Block: this subscriber's cursor is below `seq`; pinned modes: its
+            //   pin, set before the region was seen holding `seq`).
             let bytes = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), len as usize) };
             let archived = match rkyv::access::<Archived<T>, rancor::Error>(bytes) {
                 Ok(a) => a,
@@ -268,16 +291,30 @@ impl<T: ShmArchivable> Subscriber<T> {
                     .into());
                 }
             };
+            let skipped = self.lost + (seq - self.seen - 1);
+            self.lost = 0;
+            self.skipped += skipped;
             self.seen = seq;
             return Ok(Some(Batch {
                 archived,
                 seq,
+                skipped,
                 len: len as usize,
                 ctl: &self.ctl,
                 slot: self.slot,
-                delivery: self.delivery,
+                pinned: self.keep != 0,
+                fork: fork_epoch(),
             }));
         }
+    }
+}
+
+impl<T: ShmArchivable> Subscriber<T> {
+    /// How many batches this subscriber skipped in all: lost to
+    /// [`Backpressure::DropOldest`] or passed over by [`Delivery::Latest`]
+    /// (always 0 for `Every` + `Block`).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 }
 
@@ -301,25 +338,40 @@ impl<T: ShmArchivable> std::fmt::Debug for Subscriber<T> {
             .field("slot", &self.slot)
             .field("delivery", &self.delivery)
             .field("seen", &self.seen)
+            .field("skipped", &self.skipped)
             .finish()
     }
 }
 
 /// One received batch: derefs to the validated `&Archived<T>`, zero-copy. Its
 /// region is released (the publisher may reuse it) when this guard is dropped.
+///
+/// A copy of a batch in a `fork` child protects nothing there (the pin is the
+/// parent's): dereferencing it panics, and dropping it releases nothing.
 pub struct Batch<'s, T: ShmArchivable> {
     archived: &'s Archived<T>,
     seq: u64,
+    skipped: u64,
     len: usize,
     ctl: &'s Control,
     slot: usize,
-    delivery: Delivery,
+    /// Released by clearing the pin (pinned modes), not only the cursor.
+    pinned: bool,
+    /// The fork epoch it was received in.
+    fork: u64,
 }
 
 impl<T: ShmArchivable> Batch<'_, T> {
     /// The batch's sequence number (1 for the first batch published).
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// How many batches this subscriber skipped right before this one: lost to
+    /// [`Backpressure::DropOldest`], or passed over by [`Delivery::Latest`]
+    /// (always 0 for `Every` + `Block`).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// Archive length in bytes.
@@ -335,16 +387,32 @@ impl<T: ShmArchivable> Batch<'_, T> {
 
 impl<T: ShmArchivable> std::ops::Deref for Batch<'_, T> {
     type Target = Archived<T>;
+    #[inline]
     fn deref(&self) -> &Archived<T> {
+        if self.fork != fork_epoch() {
+            forked_batch();
+        }
         self.archived
     }
 }
 
+#[cold]
+#[inline(never)]
+fn forked_batch() -> ! {
+    panic!(
+        "a pipeline batch copied into a fork child is not pinned there (the publisher \
+         may overwrite it): open a subscriber in the child"
+    )
+}
+
 impl<T: ShmArchivable> Drop for Batch<'_, T> {
     fn drop(&mut self) {
+        if self.fork != fork_epoch() {
+            return; // a fork child's copy: the cursor and pin are the parent's
+        }
         let s = &self.ctl.subs[self.slot];
         s[S_DONE].store(self.seq, SeqCst);
-        if self.delivery == Delivery::Latest {
+        if self.pinned {
             s[S_PIN].store(0, SeqCst);
         }
         self.ctl.space.notify_all();
@@ -356,6 +424,7 @@ impl<T: ShmArchivable> std::fmt::Debug for Batch<'_, T> {
         f.debug_struct("Batch")
             .field("type", &std::any::type_name::<T>())
             .field("seq", &self.seq)
+            .field("skipped", &self.skipped)
             .field("len", &self.len)
             .finish()
     }
