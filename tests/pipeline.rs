@@ -344,7 +344,8 @@ fn slow_subscriber_back_pressure() {
 }
 
 /// The publisher is SIGKILLed while publishing large batches: the subscribers see
-/// only complete, correct batches, then `PublisherGone`.
+/// only complete, correct batches, then `PublisherGone`; once they finish, none
+/// of the pipeline's names is left in /dev/shm.
 #[test]
 fn publisher_killed_mid_batch() {
     const ENTRY: &str = "publisher_killed_mid_batch";
@@ -432,9 +433,18 @@ fn publisher_killed_mid_batch() {
             assert!(r.ends_with("ended=gone"), "{r}");
             println!("{mode}: {r}");
         }
-        for e in shm_entries(&data) {
-            let _ = shared_allocator::unlink(&e);
+        // Nothing of the pipeline remains: the subscribers removed the names.
+        let left: Vec<String> = shm_entries(name.as_str())
+            .into_iter()
+            .filter(|e| e == name.as_str() || e.starts_with(&data))
+            .collect();
+        for e in &left {
+            let _ = shared_allocator::unlink(e);
         }
+        assert!(
+            left.is_empty(),
+            "{mode} {point:?}: a killed publisher's names remain: {left:?}"
+        );
     }
 }
 

@@ -50,6 +50,8 @@ impl<T: PipelineBatch> Publisher<T> {
             (Delivery::Latest, _) => (opts.max_subscribers + 2, 1),
         };
         let ctl_seg = Arc::new(FreeListAllocator::create(name, 256 << 10)?);
+        // A killed publisher runs no code: its subscribers remove the names.
+        ctl_seg.segment().set_remove_on_last_close(true);
         let ctl = Root::<Control, _>::new_in(ctl_seg, ROOT)?;
         let name = name.to_owned();
         let data = match Self::new_data(&name, 1, regions, opts.region_capacity.max(64)) {
@@ -86,6 +88,7 @@ impl<T: PipelineBatch> Publisher<T> {
         let block = block_len(cap);
         let size = (block * regions + (64 << 10)) as u64;
         let bump = BumpAllocator::create(&data_name(name, gen), size)?;
+        bump.segment().set_remove_on_last_close(true);
         let blocks = (0..regions)
             .map(|_| Ok(bump.allocate_with_epoch(block, ARCHIVE_ALIGN)?.0))
             .collect::<Result<Vec<_>, crate::Error>>();

@@ -198,6 +198,7 @@ impl<T: ShmArchivable> Subscriber<T> {
                     if !u32::try_from(tok).is_ok_and(|t| self.ctl.allocator().token_alive(t)) {
                         // Published just before dying?
                         if c.published.load(SeqCst) < want {
+                            self.publisher_gone();
                             return Err(PipelineError::PublisherGone);
                         }
                         continue;
@@ -264,6 +265,15 @@ impl<T: ShmArchivable> Subscriber<T> {
                 }
                 Err(e) => {
                     c.subs[self.slot][S_PIN].store(0, SeqCst);
+                    let tok = c.writer.load(SeqCst);
+                    if matches!(e, PipelineError::Segment(SegmentError::NotFound { .. }))
+                        && !u32::try_from(tok).is_ok_and(|t| self.ctl.allocator().token_alive(t))
+                    {
+                        // A dead publisher's segment, removed by the last
+                        // subscriber out: the stream ends here.
+                        self.publisher_gone();
+                        return Err(PipelineError::PublisherGone);
+                    }
                     return Err(e);
                 }
             };
@@ -310,6 +320,23 @@ impl<T: ShmArchivable> Subscriber<T> {
 }
 
 impl<T: ShmArchivable> Subscriber<T> {
+    /// The publisher died: leave nothing of the pipeline behind. Every segment
+    /// removes its name on last close, so this subscriber attaches to the current
+    /// data segment (the last subscriber to close then removes it, with the
+    /// control segment), and removes the names only a dead publisher could still
+    /// use: the generation before the current one (no subscriber needs its
+    /// batches any more, or has it mapped) and the one after (created, never
+    /// announced).
+    fn publisher_gone(&mut self) {
+        let gen = self.control().gen.load(SeqCst);
+        let _ = Self::map(&mut self.data, &self.name, gen);
+        for g in [gen.wrapping_sub(1), gen.wrapping_add(1)] {
+            if g != 0 {
+                let _ = crate::unlink(&data_name(&self.name, g));
+            }
+        }
+    }
+
     /// How many batches this subscriber skipped in all: lost to
     /// [`Backpressure::DropOldest`] or passed over by [`Delivery::Latest`]
     /// (always 0 for `Every` + `Block`).
