@@ -75,6 +75,39 @@
 //!   generation). A publisher killed before any subscriber attached leaves its
 //!   names until [`unlink`](crate::unlink) or `shm-alloc gc` removes them.
 //!
+//! # Why no subscriber reads a region being written
+//! The publisher writes a batch with plain stores ([`PipeWriter`]), so it must
+//! own the region's bytes. It writes only into a region it has *claimed* for the
+//! new sequence number `seq` (greater than every published one; numbers are never
+//! reused), and a subscriber reads a region's bytes only while it holds a
+//! [`Batch`] (and while validating it in `recv`). All control words are `SeqCst`.
+//! - **`Every` + `Block`**: batch `n` lives in region `(n - 1) mod K`. The
+//!   publisher claims region `r` for `seq` only after every live subscriber's
+//!   cursor (`S_DONE`, stored when it drops a `Batch`) is at least `seq - K`, the
+//!   batch that region last held. A subscriber reads region `r` for batch `want`
+//!   only if `want <= published < seq` and `want ≡ seq (mod K)`, so
+//!   `want <= seq - K <= S_DONE`: it already dropped that batch, and its later
+//!   batches are numbered above its cursor. A subscriber that joins later starts
+//!   at `published + 1 >= seq`, published only after the write.
+//! - **Pinned modes** (`Latest`, `Every` + `DropOldest`): a Dekker handshake. The
+//!   publisher (P1) clears the region's number, then (P2) reads every pin and
+//!   restores the number if a live subscriber pinned it. A subscriber (S1) pins
+//!   `s`, then (S2) looks for the region holding `s`. In the single `SeqCst`
+//!   order, either P1 comes before S2 (the subscriber does not find `s` there,
+//!   and `s` is never written to a region again) or S1 < S2 < P1 < P2 (the
+//!   publisher sees the pin and leaves the region alone). A subscriber clears its
+//!   pin only when it drops the `Batch`.
+//! - **Dead subscribers** (their registry token no longer alive) are not waited
+//!   for: a dead process reads nothing. A subscriber's slot is freed only when
+//!   the `Subscriber` drops, which no `Batch` outlives (it borrows it).
+//! - **Fork**: a `Batch` copied into a fork child releases nothing there and
+//!   panics if dereferenced (its pin is the parent's), and the child's copy of the
+//!   `Subscriber` answers [`PipelineError::Forked`]. A plain `&Archived<T>` taken
+//!   from a batch *before* `fork` (itself `unsafe`) is the caller's to not use in
+//!   the child after the parent released it.
+//! - **Growth** writes only into the new data segment's fresh regions (never
+//!   published before), claimed as above; the old segment is not written again.
+//!
 //! # Trust
 //! Subscribers validate every batch (bytecheck) before reading it; the region
 //! protocol assumes the publisher process follows it (a writer that scribbles

@@ -15,7 +15,7 @@ use crate::segment::Segment;
 
 /// The rkyv writer of a pipeline batch: copies each piece rkyv emits straight
 /// to its place in the region (plain stores: the region is the publisher's alone
-/// while it is written, see [`Publisher::publish`]); bytes past the region's
+/// while it is written, see [`Publisher::publish`](super::Publisher::publish)); bytes past the region's
 /// capacity are only counted, so one pass also measures the size.
 #[derive(Debug)]
 pub struct PipeWriter<'s> {
@@ -45,11 +45,17 @@ impl<E: Source> Writer<E> for PipeWriter<'_> {
             //   mapping (`serialize_into` got it from `ptr_at`, and the segment
             //   outlives `'s`), so `dst..dst + len` is valid for writes;
             // - `bytes` is process-local memory, so the ranges do not overlap;
-            // - no process reads or writes these bytes meanwhile: the publisher
-            //   cleared the region's sequence number and checked that no live
-            //   subscriber holds it (Every: cursors past its last batch; Latest: no
-            //   pin on it, Dekker-ordered), so no subscriber of this API looks at
-            //   it until the new sequence number is published.
+            // - no process reads or writes these bytes meanwhile: `PipeWriter`s
+            //   are made only by `serialize_into`, called by the one publisher on
+            //   a region it claimed for a new sequence number. Claiming (see "Why
+            //   no subscriber reads a region being written" in the module docs):
+            //   Every + Block waits until every live subscriber's cursor has
+            //   passed the region's last batch, so none holds or will read it;
+            //   pinned modes clear the region's number, then check that no live
+            //   subscriber pinned it (SeqCst Dekker: a subscriber pins, then looks
+            //   for the number, so it either is seen pinning or does not find the
+            //   region). No subscriber looks at the region again until the new
+            //   number is published, after this write.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
         }
         self.pos = end;
