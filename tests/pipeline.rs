@@ -220,16 +220,23 @@ fn latest_mode_three_subscribers_every_digest() {
 }
 
 /// A subscriber SIGKILLed while holding batch 1: its slot stops counting, so the
-/// publisher goes on (instead of timing out) and the other subscriber gets all.
+/// publisher goes on (instead of timing out) and the other subscriber gets all;
+/// in the pinned modes its dead pin no longer keeps its region, and its slot is
+/// taken over by a new subscriber.
 #[test]
 fn subscriber_killed_holding_a_batch() {
     const ENTRY: &str = "subscriber_killed_holding_a_batch";
     if role().is_some() {
         return subscriber_role();
     }
-    for (delivery, mode) in [(Delivery::Every, "every"), (Delivery::Latest, "latest")] {
+    for (delivery, backpressure, mode) in [
+        (Delivery::Every, Backpressure::Block, "every"),
+        (Delivery::Every, Backpressure::DropOldest, "drop"),
+        (Delivery::Latest, Backpressure::Block, "latest"),
+    ] {
         let name = ShmName::new("killed-sub");
         let mut opts = PipelineOptions::new(delivery);
+        opts.backpressure = backpressure;
         opts.regions = 2;
         opts.max_subscribers = 2;
         opts.timeout = Duration::from_secs(30);
@@ -258,6 +265,8 @@ fn subscriber_killed_holding_a_batch() {
         let mut v = victim.take();
         v.kill().unwrap();
         v.wait().unwrap();
+        // The dead subscriber's slot (and pin) is taken over (2 slots, 1 live).
+        drop(Subscriber::<Msg>::open(name.as_str()).unwrap());
         // With K = 2, batch 3 reuses batch 1's region: only possible because the
         // dead holder no longer counts (Every would otherwise time out after 30 s).
         for seq in 2..=20 {
