@@ -11,6 +11,8 @@
 //!   writes the bytes to each reader's socket; each reader reads them into an
 //!   aligned buffer, validates and reads every field, and acks with one byte.
 //! - `writer_10mib/{publish,rkyv_to_bytes}`: the writer's cost alone (no subscriber).
+//! - `reader_10mib/{validate,digest,copy}`: where a reader's time goes (bytecheck,
+//!   reading every field, and the copy a socket reader adds).
 //! - `latency_1kib/{latest_pipeline_round_trip,pipe_round_trip}`: a 1 KiB batch to a
 //!   reader process and back (publish-to-visible is about half the round trip).
 //!
