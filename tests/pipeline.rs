@@ -361,11 +361,15 @@ fn publisher_killed_mid_batch() {
     match role().as_deref() {
         Some("subscriber") => return subscriber_role(),
         Some("publisher") => {
-            let mut opts = PipelineOptions::new(if env_req("SA_MODE") == "every" {
-                Delivery::Every
-            } else {
+            let mode = env_req("SA_MODE");
+            let mut opts = PipelineOptions::new(if mode == "latest" {
                 Delivery::Latest
+            } else {
+                Delivery::Every
             });
+            if mode == "drop" {
+                opts.backpressure = Backpressure::DropOldest;
+            }
             opts.timeout = WATCHDOG;
             let mut p = Publisher::<Msg>::create(&env_req("SA_NAME"), opts).unwrap();
             wait_for_subscribers(&p, 2);
@@ -394,7 +398,7 @@ fn publisher_killed_mid_batch() {
     if cfg!(feature = "failpoints") {
         points.push(Some("pipeline.publish.claimed"));
     }
-    for (mode, point) in ["every", "latest"]
+    for (mode, point) in ["every", "latest", "drop"]
         .into_iter()
         .flat_map(|m| points.iter().map(move |p| (m, *p)))
     {
