@@ -727,3 +727,70 @@ fn forked_batch_copy_releases_nothing() {
         assert_eq!(held.seq(), 1);
     }
 }
+
+/// A publisher copied into a fork child (red team rt22 A14/A20): there it must
+/// neither publish into the parent's pipeline (two writers tear held batches) nor
+/// close it or remove its names when dropped.
+#[test]
+fn forked_publisher_is_refused() {
+    let name = ShmName::new("fork-pub");
+    let mut opts = PipelineOptions::new(Delivery::Latest);
+    opts.max_subscribers = 2;
+    let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+    let mut sub = Subscriber::<Msg>::open(name.as_str()).unwrap();
+    p.publish(&msg(1, 10)).unwrap();
+    let held = sub.recv().unwrap().unwrap();
+    // SAFETY: the child only calls `publish`, `flush`, `close` on its copy and
+    // leaves with `_exit`; no other thread of this test holds a lock it needs.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            let mut ok = matches!(p.publish(&msg(99, 10)), Err(PipelineError::Forked(_)));
+            ok &= matches!(p.flush(), Err(PipelineError::Forked(_)));
+            ok &= matches!(p.close(), Err(PipelineError::Forked(_))); // closes nothing
+            std::mem::forget(held);
+            std::mem::forget(sub);
+            // SAFETY: `_exit` ends the child without running the parent's destructors.
+            unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+        }
+    }
+    assert_eq!(p.published(), 1, "the child published nothing");
+    assert!(
+        shm_entries(name.as_str())
+            .iter()
+            .any(|e| e == name.as_str()),
+        "the child's drop removed no name"
+    );
+    for seq in 2..=50 {
+        p.publish(&msg(seq, 10 + seq)).unwrap();
+    }
+    check(&held, 1);
+    drop(held);
+    let b = sub.recv().unwrap().unwrap();
+    check(&b, 50);
+    drop(b);
+    p.close().unwrap();
+    assert!(sub.recv().unwrap().is_none());
+}
+
+/// Region capacities whose sizes overflow are `BadOption`, not a panic or a
+/// pipeline that never publishes (red team rt22 A04/A19).
+#[test]
+fn huge_region_capacity_is_a_bad_option() {
+    for cap in [usize::MAX, 1 << 62, usize::MAX / 2] {
+        let name = ShmName::new("huge-cap");
+        let mut opts = PipelineOptions::new(Delivery::Latest);
+        opts.region_capacity = cap;
+        assert!(
+            matches!(
+                Publisher::<Msg>::create(name.as_str(), opts),
+                Err(PipelineError::BadOption("region_capacity"))
+            ),
+            "capacity {cap}"
+        );
+        assert!(shm_entries(name.as_str()).is_empty(), "nothing left behind");
+    }
+}

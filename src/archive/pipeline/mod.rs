@@ -64,8 +64,9 @@
 //!   [`Publisher::close`] (or drop) ends the stream cleanly: it first waits (up to
 //!   the timeout) until every live subscriber has released the last batch, then
 //!   `recv` returns `None`.
-//! - A subscriber copied into a fork child answers [`PipelineError::Forked`] there
-//!   (its slot is the parent's); the child opens its own.
+//! - A subscriber or publisher copied into a fork child answers
+//!   [`PipelineError::Forked`] there (its slot, or its stream, is the parent's),
+//!   and dropping it there changes nothing; the child opens its own.
 //! - A publisher that is killed runs no code, so its segments' names (`name`,
 //!   `name-d<generation>`) are removed by its subscribers: every segment is
 //!   created with [remove on last close](crate::Segment::set_remove_on_last_close),
@@ -247,9 +248,10 @@ pub enum PipelineError {
     /// An option is out of range.
     #[error("pipeline option {0} out of range")]
     BadOption(&'static str),
-    /// The subscriber was opened in another process (this one is a fork child):
-    /// its slot and releases belong to the parent. Open a new one.
-    #[error("this subscriber belongs to process {0}; open a new one after fork")]
+    /// The subscriber or publisher was made in another process (this one is a
+    /// fork child): its slot, releases and stream belong to the parent. Open (or
+    /// create) a new one.
+    #[error("this pipeline end belongs to process {0}; open a new one after fork")]
     Forked(u32),
 }
 
@@ -316,6 +318,7 @@ struct Data {
     cap: usize,
 }
 
-fn block_len(cap: usize) -> usize {
-    (cap + HEADER_LEN as usize + ARCHIVE_ALIGN - 1) & !(ARCHIVE_ALIGN - 1)
+/// Bytes of a region's block for `cap` archive bytes (`None` on overflow).
+fn block_len(cap: usize) -> Option<usize> {
+    Some(cap.checked_add(HEADER_LEN as usize + ARCHIVE_ALIGN - 1)? & !(ARCHIVE_ALIGN - 1))
 }

@@ -25,6 +25,8 @@ pub struct Publisher<T: PipelineBatch> {
     /// it, until no kept batch lives there (then its name is removed).
     retired: Option<(Data, u64)>,
     closed: bool,
+    /// The process that created it (a fork child's copy must not act).
+    pid: u32,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -32,7 +34,8 @@ impl<T: PipelineBatch> Publisher<T> {
     /// Creates the pipeline `name` (its control and first data segment).
     ///
     /// # Errors
-    /// [`PipelineError::BadOption`], or segment errors (e.g. the name exists).
+    /// [`PipelineError::BadOption`] (also for a `region_capacity` whose regions
+    /// overflow the address space), or segment errors (e.g. the name exists).
     pub fn create(name: &str, opts: PipelineOptions) -> Result<Self, PipelineError> {
         if !(1..=MAX_SUBSCRIBERS).contains(&opts.max_subscribers) {
             return Err(PipelineError::BadOption("max_subscribers"));
@@ -80,13 +83,20 @@ impl<T: PipelineBatch> Publisher<T> {
             data,
             retired: None,
             closed: false,
+            pid: std::process::id(),
             _type: PhantomData,
         })
     }
 
     fn new_data(name: &str, gen: u64, regions: usize, cap: usize) -> Result<Data, PipelineError> {
-        let block = block_len(cap);
-        let size = (block * regions + (64 << 10)) as u64;
+        let too_big = PipelineError::BadOption("region_capacity");
+        let block = block_len(cap).ok_or(too_big.clone())?;
+        let size = block
+            .checked_mul(regions)
+            .and_then(|b| b.checked_add(64 << 10))
+            .and_then(|s| u64::try_from(s).ok())
+            .filter(|&s| s <= i64::MAX as u64)
+            .ok_or(too_big)?;
         let bump = BumpAllocator::create(&data_name(name, gen), size)?;
         bump.segment().set_remove_on_last_close(true);
         let blocks = (0..regions)
@@ -202,8 +212,11 @@ impl<T: PipelineBatch> Publisher<T> {
     ///
     /// # Errors
     /// [`PipelineError::Timeout`] (nothing published; retry or give up),
-    /// serialisation or segment errors.
+    /// [`PipelineError::Forked`] in a fork child's copy, serialisation or
+    /// segment errors ([`PipelineError::BadOption`] if a region would outgrow
+    /// the address space).
     pub fn publish(&mut self, value: &T) -> Result<u64, PipelineError> {
+        self.check_fork()?;
         let c: &Control = &self.ctl;
         let seq = c.published.load(SeqCst) + 1;
         let r = self.claim_region(seq)?;
@@ -262,9 +275,19 @@ impl<T: PipelineBatch> Publisher<T> {
     /// last batch published (`Every`: every batch).
     ///
     /// # Errors
-    /// [`PipelineError::Timeout`].
+    /// [`PipelineError::Timeout`], [`PipelineError::Forked`] in a fork child.
     pub fn flush(&self) -> Result<(), PipelineError> {
+        self.check_fork()?;
         self.wait_released(self.published())
+    }
+
+    /// [`PipelineError::Forked`] in a fork child's copy: the stream is the
+    /// parent's (two writers would overwrite batches subscribers hold).
+    fn check_fork(&self) -> Result<(), PipelineError> {
+        if self.pid != std::process::id() {
+            return Err(PipelineError::Forked(self.pid));
+        }
+        Ok(())
     }
 
     /// Ends the stream: waits (up to the timeout) until every live subscriber has
@@ -272,6 +295,7 @@ impl<T: PipelineBatch> Publisher<T> {
     /// closed and removes its names. Subscribers' `recv` then returns `None`.
     ///
     /// # Errors
+    /// [`PipelineError::Forked`] in a fork child's copy (which closes nothing);
     /// [`PipelineError::Timeout`] if a subscriber did not drain in time (the
     /// pipeline is closed anyway).
     pub fn close(mut self) -> Result<(), PipelineError> {
@@ -283,6 +307,8 @@ impl<T: PipelineBatch> Publisher<T> {
             return Ok(());
         }
         self.closed = true;
+        // A fork child's copy closes and removes nothing of the parent's.
+        self.check_fork()?;
         // Both modes: every live subscriber gets the last batch before the end.
         let drained = self.wait_released(self.published());
         let c = self.control();
