@@ -110,10 +110,17 @@
 //!   published before), claimed as above; the old segment is not written again.
 //!
 //! # Trust
-//! Subscribers validate every batch (bytecheck) before reading it; the region
-//! protocol assumes the publisher process follows it (a writer that scribbles
-//! over a region while a subscriber reads it is outside this API's trust, as for
-//! [`ArenaArchiveReader::access`](super::ArenaArchiveReader::access)).
+//! Subscribers validate every batch (bytecheck) before reading it. A [`Batch`]
+//! is a zero-copy view, and like every zero-copy view of this crate it trusts
+//! every process with write access to the pipeline's segments (control segment
+//! included): a process that scribbles a region, or a cursor, pin or region word
+//! of the control block (which can make the honest publisher rewrite a region a
+//! subscriber holds), is outside what `recv` protects against, as for
+//! [`ArenaArchiveReader::access`](super::ArenaArchiveReader::access). A reader
+//! that does not trust every such process uses the **checked copy path**
+//! [`Subscriber::recv_copied`]: the batch is copied out with byte-wise atomic
+//! loads, validated in the private copy and deserialised, so a scribbler gets it
+//! an error or a wrong-but-valid value, never undefined behaviour.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;

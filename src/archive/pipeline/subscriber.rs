@@ -179,6 +179,99 @@ impl<T: ShmArchivable> Subscriber<T> {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<Batch<'_, T>>, PipelineError> {
+        let Some(f) = self.locate(timeout)? else {
+            return Ok(None);
+        };
+        let c: &Control = &self.ctl;
+        // SAFETY:
+        // - `locate` checked (`ptr_at`) that `len` bytes at `ptr` lie inside the
+        //   mapping, which `self.data` keeps alive while the returned `Batch`
+        //   borrows `self`;
+        // - no process writes these bytes while the slice lives: see "Why no
+        //   subscriber reads a region being written" in the module docs (Every +
+        //   Block: this subscriber's cursor is below `seq`; pinned modes: its pin,
+        //   set before the region was seen holding `seq`).
+        let bytes = unsafe { std::slice::from_raw_parts(f.ptr.as_ptr(), f.len) };
+        let archived = match rkyv::access::<Archived<T>, rancor::Error>(bytes) {
+            Ok(a) => a,
+            Err(e) => {
+                c.subs[self.slot][S_PIN].store(0, SeqCst);
+                return Err(ArchiveError::Invalid {
+                    offset: f.off,
+                    len: f.len as u64,
+                    reason: e.to_string(),
+                }
+                .into());
+            }
+        };
+        let skipped = self.hand_out(f.seq);
+        Ok(Some(Batch {
+            archived,
+            seq: f.seq,
+            skipped,
+            len: f.len,
+            ctl: &self.ctl,
+            slot: self.slot,
+            pinned: self.keep != 0,
+            fork: fork_epoch(),
+        }))
+    }
+
+    /// The next batch (as [`recv`](Self::recv)), **copied out** of shared memory
+    /// with byte-wise atomic loads, validated in the private copy and
+    /// deserialised: the checked copy path, for a reader that does not trust
+    /// every process with write access to the pipeline's segments (a scribbled
+    /// control block can make the publisher rewrite a batch under a zero-copy
+    /// view; here it gives an error or a wrong-but-valid `T`, never undefined
+    /// behaviour). The batch is released before this returns. Returns the
+    /// sequence number, the number skipped before it, and the value.
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](Self::recv_timeout), and [`PipelineError::Archive`]
+    /// if the copy does not validate or deserialise.
+    pub fn recv_copied(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(u64, u64, T)>, PipelineError>
+    where
+        Archived<T>: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    {
+        let Some(f) = self.locate(Some(timeout))? else {
+            return Ok(None);
+        };
+        let mut copy = rkyv::util::AlignedVec::<ARCHIVE_ALIGN>::with_capacity(f.len);
+        copy.resize(f.len, 0);
+        let copied = match self.data.as_ref() {
+            Some(d) => crate::typed::raw::copy_bytes_out(&d.bump, Offset::new(f.off), &mut copy)
+                .map_err(|e| PipelineError::Shm(e.into())),
+            None => Err(PipelineError::Corrupt("no data segment mapped")),
+        };
+        // Released: the copy is private from here on.
+        let skipped = self.hand_out(f.seq);
+        release(&self.ctl, self.slot, f.seq, self.keep != 0);
+        copied?;
+        let value = rkyv::from_bytes::<T, rancor::Error>(&copy).map_err(|e| {
+            PipelineError::Archive(ArchiveError::Invalid {
+                offset: f.off,
+                len: f.len as u64,
+                reason: e.to_string(),
+            })
+        })?;
+        Ok(Some((f.seq, skipped, value)))
+    }
+
+    /// Accounts batch `seq` as handed out; returns how many were skipped before it.
+    fn hand_out(&mut self, seq: u64) -> u64 {
+        let skipped = self.lost + (seq - self.seen - 1);
+        self.lost = 0;
+        self.skipped += skipped;
+        self.seen = seq;
+        skipped
+    }
+
+    /// Finds the next batch and reserves it (cursor below it, or pinned): its
+    /// bytes are checked to lie inside the mapped data segment.
+    fn locate(&mut self, timeout: Option<Duration>) -> Result<Option<Found>, PipelineError> {
         if self.pid != std::process::id() {
             return Err(PipelineError::Forked(self.pid));
         }
@@ -281,42 +374,34 @@ impl<T: ShmArchivable> Subscriber<T> {
                 c.subs[self.slot][S_PIN].store(0, SeqCst);
                 return Err(PipelineError::Corrupt("region outside the data segment"));
             };
-            // SAFETY:
-            // - `ptr_at` checked that `len` bytes at `ptr` lie inside the mapping,
-            //   which `self.data` keeps alive while the returned `Batch` borrows `self`;
-            // - no process writes these bytes while the slice lives: see "Why no
-            //   subscriber reads a region being written" in the module docs (Every +
-            //   Block: this subscriber's cursor is below `seq`; pinned modes: its
-            //   pin, set before the region was seen holding `seq`).
-            let bytes = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), len as usize) };
-            let archived = match rkyv::access::<Archived<T>, rancor::Error>(bytes) {
-                Ok(a) => a,
-                Err(e) => {
-                    c.subs[self.slot][S_PIN].store(0, SeqCst);
-                    return Err(ArchiveError::Invalid {
-                        offset: off,
-                        len,
-                        reason: e.to_string(),
-                    }
-                    .into());
-                }
-            };
-            let skipped = self.lost + (seq - self.seen - 1);
-            self.lost = 0;
-            self.skipped += skipped;
-            self.seen = seq;
-            return Ok(Some(Batch {
-                archived,
+            return Ok(Some(Found {
                 seq,
-                skipped,
+                ptr,
+                off,
                 len: len as usize,
-                ctl: &self.ctl,
-                slot: self.slot,
-                pinned: self.keep != 0,
-                fork: fork_epoch(),
             }));
         }
     }
+}
+
+/// A batch located and reserved by [`Subscriber::locate`].
+struct Found {
+    seq: u64,
+    ptr: std::ptr::NonNull<u8>,
+    /// Offset of the archive bytes in the data segment.
+    off: u64,
+    len: usize,
+}
+
+/// Releases batch `seq` of subscriber slot `slot`: its cursor moves past it, and
+/// in the pinned modes the pin is cleared.
+fn release(ctl: &Control, slot: usize, seq: u64, pinned: bool) {
+    let s = &ctl.subs[slot];
+    s[S_DONE].store(seq, SeqCst);
+    if pinned {
+        s[S_PIN].store(0, SeqCst);
+    }
+    ctl.space.notify_all();
 }
 
 impl<T: ShmArchivable> Subscriber<T> {
@@ -437,12 +522,7 @@ impl<T: ShmArchivable> Drop for Batch<'_, T> {
         if self.fork != fork_epoch() {
             return; // a fork child's copy: the cursor and pin are the parent's
         }
-        let s = &self.ctl.subs[self.slot];
-        s[S_DONE].store(self.seq, SeqCst);
-        if self.pinned {
-            s[S_PIN].store(0, SeqCst);
-        }
-        self.ctl.space.notify_all();
+        release(self.ctl, self.slot, self.seq, self.pinned);
     }
 }
 
