@@ -11,6 +11,8 @@
 //!   writes the bytes to each reader's socket; each reader reads them into an
 //!   aligned buffer, validates and reads every field, and acks with one byte.
 //! - `writer_10mib/{publish,rkyv_to_bytes}`: the writer's cost alone (no subscriber).
+//! - `reader_10mib/{validate,digest,copy}`: where a reader's time goes (bytecheck,
+//!   reading every field, and the copy a socket reader adds).
 //! - `latency_1kib/{latest_pipeline_round_trip,pipe_round_trip}`: a 1 KiB batch to a
 //!   reader process and back (publish-to-visible is about half the round trip).
 //!
@@ -184,6 +186,30 @@ fn big_batches(c: &mut Criterion) {
     g.finish();
 }
 
+/// Where a reader's time goes: validation (bytecheck) and reading every field,
+/// and the copy a socket reader makes.
+fn reader_parts(c: &mut Criterion) {
+    let batch = big();
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&batch).unwrap();
+    let mut g = c.benchmark_group("reader_10mib");
+    g.throughput(Throughput::Bytes(bytes.len() as u64))
+        .sample_size(10);
+    g.bench_function("validate", |b| {
+        b.iter(|| rkyv::access::<ArchivedBig, rkyv::rancor::Error>(black_box(&bytes)).is_ok())
+    });
+    g.bench_function("digest", |b| {
+        // SAFETY: `bytes` is what `rkyv::to_bytes` made of a `Big` just above.
+        let a = unsafe { rkyv::access_unchecked::<ArchivedBig>(&bytes) };
+        b.iter(|| digest(black_box(a)))
+    });
+    let mut copy = rkyv::util::AlignedVec::<16>::new();
+    copy.resize(bytes.len(), 0);
+    g.bench_function("copy", |b| {
+        b.iter(|| copy.copy_from_slice(black_box(&bytes)))
+    });
+    g.finish();
+}
+
 fn latency(c: &mut Criterion) {
     let mut g = c.benchmark_group("latency_1kib");
     let mut small = Small {
@@ -290,7 +316,7 @@ fn child(role: &str) {
     }
 }
 
-criterion_group!(benches, big_batches, latency);
+criterion_group!(benches, big_batches, reader_parts, latency);
 
 fn main() {
     if let Ok(role) = std::env::var(ROLE) {

@@ -687,6 +687,25 @@ pub enum Error {
     /// See [`CollectionError`].
     #[error(transparent)]
     Collection(#[from] CollectionError),
+    /// A pipeline's own error (see
+    /// [`PipelineError`](crate::archive::PipelineError)); the segment, allocator and
+    /// archive errors a pipeline passes on convert to their own variants instead.
+    #[cfg(feature = "rkyv")]
+    #[error(transparent)]
+    Pipeline(Box<crate::archive::PipelineError>),
+}
+
+#[cfg(feature = "rkyv")]
+impl From<crate::archive::PipelineError> for Error {
+    fn from(e: crate::archive::PipelineError) -> Self {
+        use crate::archive::PipelineError as P;
+        match e {
+            P::Segment(e) => Error::Segment(e),
+            P::Shm(e) => e,
+            P::Archive(e) => Error::Archive(e),
+            e => Error::Pipeline(Box::new(e)),
+        }
+    }
 }
 
 impl Error {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::ShmName;
-use shared_allocator::archive::{ArchiveToken, ArenaArchiveReader, ShmArchive};
+use shared_allocator::archive::{
+    ArchiveToken, ArenaArchiveReader, Delivery, PipelineOptions, Publisher, ShmArchive, Subscriber,
+};
 use shared_allocator::prelude::*;
 use shared_allocator::{ShmPtr, ShmVecReader};
 
@@ -31,11 +33,12 @@ struct Order {
 macro_rules! program {
     ($name:ident, $err:ty) => {
         fn $name(tag: &str) -> Result<u64, $err> {
-            let (raw_name, typed_name, bump_name, slab_name) = (
+            let (raw_name, typed_name, bump_name, slab_name, pipe_name) = (
                 ShmName::new(&format!("{tag}-raw")),
                 ShmName::new(&format!("{tag}-typed")),
                 ShmName::new(&format!("{tag}-bump")),
                 ShmName::new(&format!("{tag}-slab")),
+                ShmName::new(&format!("{tag}-pipe")),
             );
             // Segments, raw allocation (a raw segment).
             let raw = FreeListAllocator::create(raw_name.as_str(), 1 << 20)?;
@@ -151,6 +154,22 @@ macro_rules! program {
             let s = slab.allocate(64)?;
             slab.free(s)?;
             let _ = SlabAllocator::open(slab_name.as_str())?;
+
+            // Pipelines.
+            let mut publisher = Publisher::<Vec<u64>>::create(
+                pipe_name.as_str(),
+                PipelineOptions::new(Delivery::Every),
+            )?;
+            let mut sub = Subscriber::<Vec<u64>>::open(pipe_name.as_str())?;
+            publisher.publish(&vec![4, 5])?;
+            let got_batch = sub
+                .recv_timeout(Duration::from_secs(5))?
+                .map_or(0, |b| b.len() as u64);
+            publisher.flush()?;
+            publisher.close()?;
+            assert!(sub.recv_timeout(Duration::from_secs(5))?.is_none());
+            assert!(got_batch > 0);
+
             slab.unlink()?;
             bump.unlink()?;
             raw.unlink()?;
@@ -192,4 +211,19 @@ fn specific_errors_stay_matchable_through_error() {
     let e: Error = l.m.try_lock().unwrap_err().into();
     assert_eq!(e, Error::Lock(LockError::WouldBlock));
     assert!(e.to_string().contains("held by a live owner"), "{e}");
+
+    // Pipeline errors: the pipeline's own ones under `Error::Pipeline`, the
+    // segment, allocator and archive errors it carries under their own variants.
+    use shared_allocator::archive::PipelineError;
+    let e = Error::from(PipelineError::Timeout(Duration::from_secs(1)));
+    assert_eq!(
+        e,
+        Error::Pipeline(Box::new(PipelineError::Timeout(Duration::from_secs(1))))
+    );
+    assert!(e.to_string().contains("did not release a batch"), "{e}");
+    let missing = ShmName::new("err-match-nopipe");
+    let e: Error = Subscriber::<Vec<u64>>::open(missing.as_str())
+        .unwrap_err()
+        .into();
+    assert!(matches!(e, Error::Segment(_)), "{e:?}");
 }

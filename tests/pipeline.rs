@@ -1,7 +1,8 @@
 //! Batch pipelines across real processes: every digest checked in both delivery
 //! modes, a subscriber SIGKILLed while holding a batch, a late joiner, a slow
-//! subscriber under back-pressure, the publisher killed mid-stream, and idle
-//! subscribers' CPU time.
+//! subscriber under each back-pressure policy (block, drop oldest), the publisher
+//! killed mid-stream (and its names gone afterwards), a fork child's copy of a
+//! batch, and idle subscribers' CPU time.
 #![cfg(feature = "rkyv")]
 
 mod common;
@@ -9,7 +10,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shared_allocator::archive::{Delivery, PipelineError, PipelineOptions, Publisher, Subscriber};
+use shared_allocator::archive::{
+    Backpressure, Delivery, PipelineError, PipelineOptions, Publisher, Subscriber,
+};
 
 #[derive(rkyv::Archive, rkyv::Serialize, Debug)]
 struct Msg {
@@ -78,10 +81,16 @@ fn open_retrying(name: &str) -> Subscriber<Msg> {
 /// Subscriber role: receives until the end of the stream (or the publisher's
 /// death), checking every batch; reports count, last sequence number, how it
 /// ended, and the CPU and wall time of its first (idle) wait.
+///
+/// `SA_HOLD`: create that file while holding the first batch, then sleep (to be
+/// killed), or with `SA_GO` wait until that file exists and go on. `SA_SLOW_MS`:
+/// sleep that long holding each batch.
 fn subscriber_role() {
     let name = env_req("SA_NAME");
     let every = env_req("SA_MODE") == "every";
     let hold = std::env::var("SA_HOLD").ok(); // a file to create while holding
+    let go = std::env::var("SA_GO").ok();
+    let slow = Duration::from_millis(env_u64("SA_SLOW_MS", 0));
     let mut sub = open_retrying(&name);
     let (mut count, mut last, mut idle_wall, mut idle_cpu) = (0u64, 0u64, 0u128, 0u128);
     let ended = loop {
@@ -99,20 +108,36 @@ fn subscriber_role() {
                     assert_eq!(seq, last + 1, "Every mode skipped a batch");
                 }
                 assert!(seq > last, "batches out of order: {seq} after {last}");
+                if last != 0 {
+                    assert_eq!(seq, last + 1 + batch.skipped(), "skips are counted");
+                }
                 last = seq;
                 count += 1;
-                if let Some(mark) = &hold {
+                if let Some(mark) = hold.as_ref().filter(|_| count == 1) {
                     std::fs::write(mark, b"holding").unwrap();
-                    std::thread::sleep(WATCHDOG); // killed here
+                    match &go {
+                        None => std::thread::sleep(WATCHDOG), // killed here
+                        Some(go) => {
+                            let start = Instant::now();
+                            while !std::path::Path::new(go).exists() {
+                                assert!(start.elapsed() < WATCHDOG, "watchdog: no go");
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                        }
+                    }
+                    check(&batch, seq); // intact after the publisher went on
                 }
+                std::thread::sleep(slow);
             }
             Ok(None) => break "closed",
             Err(PipelineError::PublisherGone) => break "gone",
             Err(e) => panic!("subscriber: {e}"),
         }
     };
+    let skipped = sub.skipped();
+    drop(sub);
     say(format!(
-        "sub count={count} last={last} idle_wall_us={idle_wall} idle_cpu_us={idle_cpu} ended={ended}"
+        "sub count={count} skipped={skipped} last={last} idle_wall_us={idle_wall} idle_cpu_us={idle_cpu} ended={ended}"
     ));
 }
 
@@ -195,16 +220,23 @@ fn latest_mode_three_subscribers_every_digest() {
 }
 
 /// A subscriber SIGKILLed while holding batch 1: its slot stops counting, so the
-/// publisher goes on (instead of timing out) and the other subscriber gets all.
+/// publisher goes on (instead of timing out) and the other subscriber gets all;
+/// in the pinned modes its dead pin no longer keeps its region, and its slot is
+/// taken over by a new subscriber.
 #[test]
 fn subscriber_killed_holding_a_batch() {
     const ENTRY: &str = "subscriber_killed_holding_a_batch";
     if role().is_some() {
         return subscriber_role();
     }
-    for (delivery, mode) in [(Delivery::Every, "every"), (Delivery::Latest, "latest")] {
+    for (delivery, backpressure, mode) in [
+        (Delivery::Every, Backpressure::Block, "every"),
+        (Delivery::Every, Backpressure::DropOldest, "drop"),
+        (Delivery::Latest, Backpressure::Block, "latest"),
+    ] {
         let name = ShmName::new("killed-sub");
         let mut opts = PipelineOptions::new(delivery);
+        opts.backpressure = backpressure;
         opts.regions = 2;
         opts.max_subscribers = 2;
         opts.timeout = Duration::from_secs(30);
@@ -233,6 +265,8 @@ fn subscriber_killed_holding_a_batch() {
         let mut v = victim.take();
         v.kill().unwrap();
         v.wait().unwrap();
+        // The dead subscriber's slot (and pin) is taken over (2 slots, 1 live).
+        drop(Subscriber::<Msg>::open(name.as_str()).unwrap());
         // With K = 2, batch 3 reuses batch 1's region: only possible because the
         // dead holder no longer counts (Every would otherwise time out after 30 s).
         for seq in 2..=20 {
@@ -319,18 +353,23 @@ fn slow_subscriber_back_pressure() {
 }
 
 /// The publisher is SIGKILLed while publishing large batches: the subscribers see
-/// only complete, correct batches, then `PublisherGone`.
+/// only complete, correct batches, then `PublisherGone`; once they finish, none
+/// of the pipeline's names is left in /dev/shm.
 #[test]
 fn publisher_killed_mid_batch() {
     const ENTRY: &str = "publisher_killed_mid_batch";
     match role().as_deref() {
         Some("subscriber") => return subscriber_role(),
         Some("publisher") => {
-            let mut opts = PipelineOptions::new(if env_req("SA_MODE") == "every" {
-                Delivery::Every
-            } else {
+            let mode = env_req("SA_MODE");
+            let mut opts = PipelineOptions::new(if mode == "latest" {
                 Delivery::Latest
+            } else {
+                Delivery::Every
             });
+            if mode == "drop" {
+                opts.backpressure = Backpressure::DropOldest;
+            }
             opts.timeout = WATCHDOG;
             let mut p = Publisher::<Msg>::create(&env_req("SA_NAME"), opts).unwrap();
             wait_for_subscribers(&p, 2);
@@ -359,7 +398,7 @@ fn publisher_killed_mid_batch() {
     if cfg!(feature = "failpoints") {
         points.push(Some("pipeline.publish.claimed"));
     }
-    for (mode, point) in ["every", "latest"]
+    for (mode, point) in ["every", "latest", "drop"]
         .into_iter()
         .flat_map(|m| points.iter().map(move |p| (m, *p)))
     {
@@ -407,9 +446,18 @@ fn publisher_killed_mid_batch() {
             assert!(r.ends_with("ended=gone"), "{r}");
             println!("{mode}: {r}");
         }
-        for e in shm_entries(&data) {
-            let _ = shared_allocator::unlink(&e);
+        // Nothing of the pipeline remains: the subscribers removed the names.
+        let left: Vec<String> = shm_entries(name.as_str())
+            .into_iter()
+            .filter(|e| e == name.as_str() || e.starts_with(&data))
+            .collect();
+        for e in &left {
+            let _ = shared_allocator::unlink(e);
         }
+        assert!(
+            left.is_empty(),
+            "{mode} {point:?}: a killed publisher's names remain: {left:?}"
+        );
     }
 }
 
@@ -492,4 +540,349 @@ fn wrong_type_and_full_are_refused() {
         Publisher::<Msg>::create(name.as_str(), PipelineOptions::new(Delivery::Every)),
         Err(PipelineError::Segment(_))
     ));
+}
+
+fn wait_for_file(path: &std::path::Path, what: &str) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < WATCHDOG, "watchdog: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A slow subscriber process under each back-pressure policy of `Every`:
+/// - `Block`: it sleeps on every batch; the publisher waits for it, it gets all
+///   100 batches, none skipped;
+/// - `DropOldest`: it holds batch 1 while the publisher publishes 100 more with a
+///   1 ms timeout (Block would fail with `Timeout`): the publisher never waits;
+///   the subscriber's held batch stays intact, then it gets the retained newest
+///   batches, learns how many it lost (`skipped`), and every batch it gets is
+///   digest-checked. A second one that sleeps on every batch accounts for every
+///   batch as received or skipped.
+#[test]
+fn slow_subscriber_process_under_each_policy() {
+    const ENTRY: &str = "slow_subscriber_process_under_each_policy";
+    if role().is_some() {
+        return subscriber_role();
+    }
+    // Block.
+    let name = ShmName::new("slow-block");
+    let mut opts = PipelineOptions::new(Delivery::Every);
+    opts.regions = 2;
+    opts.timeout = WATCHDOG;
+    let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+    let kid = spawn_subscriber(ENTRY, name.as_str(), "every", &[("SA_SLOW_MS", "3".into())]);
+    wait_for_subscribers(&p, 1);
+    for seq in 1..=100 {
+        p.publish(&msg(seq, 200)).unwrap();
+    }
+    p.close().unwrap();
+    let out = finish_all(vec![kid], WATCHDOG, "block subscriber");
+    let l: Vec<String> = lines(&out[0]).iter().map(|s| s.to_string()).collect();
+    let r = report(&l, "sub");
+    assert_eq!(field(r, "count"), 100, "{r}");
+    assert_eq!(field(r, "skipped"), 0, "{r}");
+    assert!(r.ends_with("ended=closed"), "{r}");
+
+    // Drop oldest: a subscriber that holds batch 1 until told to go on.
+    let name = ShmName::new("slow-drop");
+    let mut opts = PipelineOptions::new(Delivery::Every);
+    opts.backpressure = Backpressure::DropOldest;
+    opts.regions = 3;
+    opts.max_subscribers = 2;
+    opts.region_capacity = 4096; // grows while the subscriber holds batch 1
+    opts.timeout = Duration::from_millis(1);
+    let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+    let mark = std::env::temp_dir().join(format!("{}.holding", name.as_str()));
+    let go = std::env::temp_dir().join(format!("{}.go", name.as_str()));
+    let holder = spawn_subscriber(
+        ENTRY,
+        name.as_str(),
+        "drop",
+        &[
+            ("SA_HOLD", mark.display().to_string()),
+            ("SA_GO", go.display().to_string()),
+        ],
+    );
+    let sleeper = spawn_subscriber(ENTRY, name.as_str(), "drop", &[("SA_SLOW_MS", "2".into())]);
+    wait_for_subscribers(&p, 2);
+    p.publish(&msg(1, 200)).unwrap();
+    wait_for_file(&mark, "the holder never got batch 1");
+    for seq in 2..=101 {
+        // Never waits: with a 1 ms timeout, Block would fail here.
+        assert_eq!(p.publish(&msg(seq, 200 + seq * 20)).unwrap(), seq);
+    }
+    std::fs::write(&go, b"go").unwrap();
+    // Close waits only 1 ms for the subscribers to drain: let them drain first.
+    let start = Instant::now();
+    while p.flush().is_err() {
+        assert!(
+            start.elapsed() < WATCHDOG,
+            "watchdog: subscribers never drained"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.close().unwrap();
+    let _ = std::fs::remove_file(&mark);
+    let _ = std::fs::remove_file(&go);
+    let outs = finish_all(vec![holder, sleeper], WATCHDOG, "drop subscriber");
+    for (i, out) in outs.iter().enumerate() {
+        let l: Vec<String> = lines(out).iter().map(|s| s.to_string()).collect();
+        let r = report(&l, "sub");
+        println!("drop-oldest subscriber {i}: {r}");
+        assert!(r.ends_with("ended=closed"), "{r}");
+        assert_eq!(field(r, "last"), 101, "the newest batch arrives: {r}");
+        assert_eq!(
+            field(r, "count") + field(r, "skipped"),
+            101,
+            "every batch received or counted as skipped: {r}"
+        );
+        if i == 0 {
+            // Held batch 1 while 100 more were published; 3 are retained.
+            assert_eq!(field(r, "count"), 4, "{r}");
+            assert_eq!(field(r, "skipped"), 97, "{r}");
+        }
+    }
+}
+
+/// Drop oldest in one process: a held batch survives the publisher lapping it and
+/// a growth of the regions; the next `recv` reports the skipped batches.
+#[test]
+fn drop_oldest_reports_skipped_batches() {
+    let name = ShmName::new("drop-skip");
+    let mut opts = PipelineOptions::new(Delivery::Every);
+    opts.backpressure = Backpressure::DropOldest;
+    opts.regions = 2;
+    opts.max_subscribers = 1;
+    opts.region_capacity = 256;
+    opts.timeout = Duration::from_millis(1);
+    let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+    let mut sub = Subscriber::<Msg>::open(name.as_str()).unwrap();
+    p.publish(&msg(1, 10)).unwrap();
+    p.publish(&msg(2, 10)).unwrap();
+    {
+        let b = sub.recv().unwrap().unwrap();
+        assert_eq!((b.seq(), b.skipped()), (1, 0));
+        for seq in 3..=50 {
+            p.publish(&msg(seq, 10 + seq * 10)).unwrap(); // grows, never waits
+        }
+        check(&b, 1);
+    }
+    let b = sub.recv().unwrap().unwrap();
+    assert_eq!((b.seq(), b.skipped()), (49, 47), "the 2 newest are kept");
+    check(&b, 49);
+    drop(b);
+    let b = sub.recv().unwrap().unwrap();
+    assert_eq!((b.seq(), b.skipped()), (50, 0));
+    check(&b, 50);
+    drop(b);
+    assert_eq!(sub.skipped(), 47);
+    p.close().unwrap();
+    assert!(sub.recv().unwrap().is_none());
+}
+
+/// A batch copied into a fork child: dropping the copy there must not release
+/// the parent's pin (else the publisher overwrites the region the parent is
+/// reading), and reading through the copy panics instead of racing the writer.
+#[test]
+fn forked_batch_copy_releases_nothing() {
+    for (delivery, backpressure) in [
+        (Delivery::Latest, Backpressure::Block),
+        (Delivery::Every, Backpressure::DropOldest),
+    ] {
+        let name = ShmName::new("fork-batch");
+        let mut opts = PipelineOptions::new(delivery);
+        opts.backpressure = backpressure;
+        opts.max_subscribers = 1;
+        opts.regions = 1;
+        let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+        let mut sub = Subscriber::<Msg>::open(name.as_str()).unwrap();
+        p.publish(&msg(1, 50)).unwrap();
+        let held = sub.recv().unwrap().unwrap();
+        // SAFETY: the child only drops its copies and leaves with `_exit`; no
+        // other thread of this test holds a lock the child could need.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let read =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| held.seq.to_native()));
+                drop(held); // must not release the parent's pin
+                std::mem::forget(sub);
+                // SAFETY: `_exit` ends the child without running the parent's
+                // destructors.
+                unsafe { nix::libc::_exit(if read.is_err() { 0 } else { 1 }) };
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(
+                    status,
+                    nix::sys::wait::WaitStatus::Exited(child, 0),
+                    "reading a batch copy in a fork child panics"
+                );
+            }
+        }
+        for seq in 2..=100 {
+            p.publish(&msg(seq, 50 + seq)).unwrap();
+        }
+        check(&held, 1); // still pinned: never overwritten
+        assert_eq!(held.seq(), 1);
+    }
+}
+
+/// A publisher copied into a fork child (red team rt22 A14/A20): there it must
+/// neither publish into the parent's pipeline (two writers tear held batches) nor
+/// close it or remove its names when dropped.
+#[test]
+fn forked_publisher_is_refused() {
+    let name = ShmName::new("fork-pub");
+    let mut opts = PipelineOptions::new(Delivery::Latest);
+    opts.max_subscribers = 2;
+    let mut p = Publisher::<Msg>::create(name.as_str(), opts).unwrap();
+    let mut sub = Subscriber::<Msg>::open(name.as_str()).unwrap();
+    p.publish(&msg(1, 10)).unwrap();
+    let held = sub.recv().unwrap().unwrap();
+    // SAFETY: the child only calls `publish`, `flush`, `close` on its copy and
+    // leaves with `_exit`; no other thread of this test holds a lock it needs.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            let mut ok = matches!(p.publish(&msg(99, 10)), Err(PipelineError::Forked(_)));
+            ok &= matches!(p.flush(), Err(PipelineError::Forked(_)));
+            ok &= matches!(p.close(), Err(PipelineError::Forked(_))); // closes nothing
+            std::mem::forget(held);
+            std::mem::forget(sub);
+            // SAFETY: `_exit` ends the child without running the parent's destructors.
+            unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+        }
+    }
+    assert_eq!(p.published(), 1, "the child published nothing");
+    assert!(
+        shm_entries(name.as_str())
+            .iter()
+            .any(|e| e == name.as_str()),
+        "the child's drop removed no name"
+    );
+    for seq in 2..=50 {
+        p.publish(&msg(seq, 10 + seq)).unwrap();
+    }
+    check(&held, 1);
+    drop(held);
+    let b = sub.recv().unwrap().unwrap();
+    check(&b, 50);
+    drop(b);
+    p.close().unwrap();
+    assert!(sub.recv().unwrap().is_none());
+}
+
+/// Region capacities whose sizes overflow are `BadOption`, not a panic or a
+/// pipeline that never publishes (red team rt22 A04/A19).
+#[test]
+fn huge_region_capacity_is_a_bad_option() {
+    for cap in [usize::MAX, 1 << 62, usize::MAX / 2] {
+        let name = ShmName::new("huge-cap");
+        let mut opts = PipelineOptions::new(Delivery::Latest);
+        opts.region_capacity = cap;
+        assert!(
+            matches!(
+                Publisher::<Msg>::create(name.as_str(), opts),
+                Err(PipelineError::BadOption("region_capacity"))
+            ),
+            "capacity {cap}"
+        );
+        assert!(shm_entries(name.as_str()).is_empty(), "nothing left behind");
+    }
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+struct Plain {
+    seq: u64,
+    values: Vec<u64>,
+}
+
+fn plain(seq: u64) -> Plain {
+    Plain {
+        seq,
+        values: (0..50 + seq % 13).map(|i| value(seq, i)).collect(),
+    }
+}
+
+/// The checked copy path: `recv_copied` hands out the same batches (and skips)
+/// as `recv`, releases each one, and with a peer scribbling the control block
+/// (red team rt22 A15b) gives typed errors or valid values, never a panic.
+#[test]
+fn recv_copied_is_the_checked_copy_path() {
+    for (delivery, backpressure) in [
+        (Delivery::Every, Backpressure::Block),
+        (Delivery::Every, Backpressure::DropOldest),
+        (Delivery::Latest, Backpressure::Block),
+    ] {
+        let name = ShmName::new("copied");
+        let mut opts = PipelineOptions::new(delivery);
+        opts.backpressure = backpressure;
+        opts.regions = 2;
+        opts.region_capacity = 256; // grows
+        opts.timeout = Duration::from_millis(50);
+        let mut p = Publisher::<Plain>::create(name.as_str(), opts).unwrap();
+        let mut sub = Subscriber::<Plain>::open(name.as_str()).unwrap();
+        for seq in 1..=20 {
+            p.publish(&plain(seq)).unwrap();
+            let (got, skipped, v) = sub.recv_copied(WATCHDOG).unwrap().unwrap();
+            assert_eq!((got, skipped), (seq, 0));
+            assert_eq!(v, plain(seq));
+        }
+        if delivery == Delivery::Latest || backpressure == Backpressure::DropOldest {
+            for seq in 21..=30 {
+                p.publish(&plain(seq)).unwrap();
+            }
+            let (got, skipped, v) = sub.recv_copied(WATCHDOG).unwrap().unwrap();
+            let kept = if delivery == Delivery::Latest { 30 } else { 29 };
+            assert_eq!((got, skipped), (kept, kept - 21));
+            assert_eq!(v, plain(kept));
+            if kept == 29 {
+                let (got, skipped, v) = sub.recv_copied(WATCHDOG).unwrap().unwrap();
+                assert_eq!((got, skipped, v), (30, 0, plain(30)));
+            }
+        }
+        p.flush().unwrap(); // every batch released
+        drop(sub);
+
+        // A scribbling peer on the control segment, between the calls.
+        let mut sub = Subscriber::<Plain>::open(name.as_str()).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/dev/shm/{}", name.as_str()))
+            .unwrap();
+        // SAFETY: a test scribbler: this process reads the control block only
+        // through `recv_copied`, whose copy-out tolerates concurrent writes.
+        let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut oks = 0;
+        for round in 0..300u64 {
+            let _ = p.publish(&plain(1000 + round));
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize % (map.len() / 8)) * 8;
+                let val = match x % 4 {
+                    0 => 0,
+                    1 => u64::MAX,
+                    2 => x >> 3,
+                    _ => x % 64,
+                };
+                map[at..at + 8].copy_from_slice(&val.to_le_bytes());
+            }
+            // Errors (and the end of the stream) are fine; a value must be valid.
+            if let Ok(Some((_, _, v))) = sub.recv_copied(Duration::from_millis(1)) {
+                oks += 1;
+                assert_eq!(v.values.len() as u64, 50 + v.seq % 13, "{v:?}");
+            }
+        }
+        println!("{delivery:?}/{backpressure:?}: {oks} values copied under scribbling");
+        drop(map);
+        drop(sub);
+    }
 }

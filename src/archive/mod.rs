@@ -136,7 +136,7 @@ pub use owned::ShmArchive;
 #[doc(hidden)]
 pub use pipeline::PipeWriter;
 pub use pipeline::{
-    Batch, Delivery, PipelineBatch, PipelineError, PipelineOptions, Publisher, Subscriber,
+    Backpressure, Batch, Delivery, PipelineBatch, PipelineError, PipelineOptions, Publisher, Subscriber,
     MAX_SUBSCRIBERS,
 };
 #[doc(hidden)]
