@@ -131,7 +131,7 @@ pub use channel::ShmChannel;
 pub use collections::{InlineStr, ShmHashMap};
 pub use coord::{OwnerDied, ShmCondvar, ShmEvent, ShmMutex};
 pub use error::{
-    AccessError, AllocError, ArenaError, ChannelError, CollectionError, Error, FreeError,
+    AccessError, AllocError, ArenaError, ChannelError, CollectionError, Error, FreeError, WrongMode,
     LockError, SegmentError,
     TokenError,
 };

@@ -140,7 +140,7 @@ macro_rules! program {
                 let h = a.arena_ptr();
                 let _ = h.read(arena.allocator())?;
                 let t = arena.archive(&vec![1u32, 2])?.into_token();
-                let r = ArenaArchiveReader::<Vec<u32>>::from_token(arena.allocator(), t)?;
+                let r = ArenaArchiveReader::<Vec<u32>, _>::from_token(arena.allocator(), t)?;
                 let _ = r.access()?;
                 let _ = r.deserialize()?;
             }

@@ -37,7 +37,7 @@ fn child() {
         // fix) a view whose bytes the parent's arena was about to write.
         use shared_allocator::archive::{ArenaArchiveReader, ArenaArchiveToken};
         let bump = BumpAllocator::open(&name).unwrap();
-        match ArenaArchiveReader::<Vec<u64>>::from_token(&bump, ArenaArchiveToken::from_raw(raw)) {
+        match ArenaArchiveReader::<Vec<u64>, _>::from_token(&bump, ArenaArchiveToken::from_raw(raw)) {
             Ok(r) => say(format!("redeemed {:?}", r.access().map(|a| a.len()))),
             Err(e) => say(format!("refused {e:?}")),
         }

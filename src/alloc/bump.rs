@@ -483,7 +483,7 @@ impl BumpAllocator {
     /// # Errors
     /// As [`ShmAllocator::allocate_aligned`].
     #[inline]
-    pub fn allocate_with_epoch(
+    pub(crate) fn allocate_with_epoch(
         &self,
         size: usize,
         align: usize,
@@ -563,7 +563,7 @@ unsafe impl ShmAllocator for BumpAllocator {
     }
 
     #[inline]
-    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
+    fn allocate_block(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
         self.allocate_with_epoch(size, align).map(|(o, _)| o)
     }
 

@@ -13,6 +13,7 @@ mod inspect;
 mod slab;
 
 pub use bump::{BumpAllocator, BUMP_MAX_CAPACITY, DEFAULT_RESET_WAIT};
+pub use handle::BumpHandle;
 pub use free_list::{
     FreeListAllocator, FreeListOptions, Reclaimed, DEFAULT_CACHE_DEPTH, MAX_CACHE_DEPTH,
     SIZE_CLASSES,
@@ -134,21 +135,39 @@ pub unsafe trait ShmAllocator: Send + Sync {
     /// The segment this allocator lives in.
     fn segment(&self) -> &Segment;
 
-    /// Allocates `size` bytes aligned to `align` (a power of two, at most [`MAX_ALIGN`]).
+    /// Allocates a raw block of `size` bytes aligned to `align` (a power of two,
+    /// at most [`MAX_ALIGN`]). Decides the segment's mode as
+    /// [`Raw`](crate::segment::SegmentMode::Raw) if unset: a raw block is written
+    /// and freed by the raw API, which a segment of typed handles refuses.
     ///
     /// # Errors
     /// [`AllocError::ZeroSize`], [`AllocError::BadAlignment`], [`AllocError::TooLarge`],
-    /// [`AllocError::OutOfMemory`] (with requested and available bytes), or
-    /// [`AllocError::Corrupted`] if a peer damaged the metadata.
-    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError>;
+    /// [`AllocError::OutOfMemory`] (with requested and available bytes),
+    /// [`AllocError::Corrupted`] if a peer damaged the metadata;
+    /// [`AllocError::WrongMode`] in a segment of typed handles (the block could
+    /// never be written or freed there).
+    #[inline]
+    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
+        claim_raw(self.segment())?;
+        self.allocate_block(size, align)
+    }
 
     /// Allocates `size` bytes aligned to [`DEFAULT_ALIGN`].
     ///
     /// # Errors
     /// As [`ShmAllocator::allocate_aligned`].
+    #[inline]
     fn allocate(&self, size: usize) -> Result<Offset, AllocError> {
         self.allocate_aligned(size, DEFAULT_ALIGN)
     }
+
+    /// The allocation itself, in a segment of either mode: what typed handles
+    /// call (they own and free their blocks), and what an implementation provides.
+    ///
+    /// # Errors
+    /// As [`allocate_aligned`](ShmAllocator::allocate_aligned), without `WrongMode`.
+    #[doc(hidden)]
+    fn allocate_block(&self, size: usize, align: usize) -> Result<Offset, AllocError>;
 
     /// Checks that `len` bytes at `offset` lie inside one live block.
     ///
@@ -304,9 +323,7 @@ pub unsafe trait ShmFree: ShmAllocator {
     fn free(&self, offset: Offset) -> Result<(), FreeError> {
         match self.segment().claim_mode(crate::segment::SegmentMode::Raw) {
             Ok(()) => {}
-            Err(AccessError::WrongMode { found, .. }) => {
-                return Err(FreeError::WrongMode { found })
-            }
+            Err(AccessError::WrongMode(w)) => return Err(FreeError::WrongMode(w)),
             Err(_) => {
                 return Err(FreeError::Corrupted {
                     what: "segment mode word",
@@ -346,6 +363,19 @@ pub unsafe trait ShmFree: ShmAllocator {
         let _ = (offset, new_size);
         false
     }
+}
+
+/// Decides the segment's mode as raw if unset (what raw `allocate`, `write` and
+/// `free` need).
+#[inline]
+fn claim_raw(seg: &Segment) -> Result<(), AllocError> {
+    seg.claim_mode(crate::segment::SegmentMode::Raw)
+        .map_err(|e| match e {
+            AccessError::WrongMode(w) => AllocError::WrongMode(w),
+            _ => AllocError::Corrupted {
+                what: "segment mode word",
+            },
+        })
 }
 
 /// Checks a size and alignment request common to all allocators.

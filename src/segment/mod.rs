@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::AccessError;
+use crate::error::{AccessError, WrongMode};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
@@ -705,11 +705,10 @@ impl Segment {
         let Some(want) = opts.segment_mode else {
             return Ok(());
         };
-        let wrong = |found| SegmentError::WrongMode {
-            name: self.name.clone(),
+        let wrong = |found| SegmentError::WrongMode(WrongMode {
             expected: want,
             found,
-        };
+        });
         if !matches!(want, SegmentMode::Raw | SegmentMode::Typed) {
             return Err(SegmentError::InvalidParameter {
                 what: "segment_mode",
@@ -927,9 +926,9 @@ impl Segment {
                 what: "segment mode word",
             });
         }
-        Err(AccessError::WrongMode {
-            wanted: want,
+        Err(AccessError::WrongMode(WrongMode {
+            expected: want,
             found,
-        })
+        }))
     }
 }

@@ -382,7 +382,7 @@ impl<'a> Directory<'a> {
                 let made = (|| {
                     let words = OVERFLOW_ROOTS * ENTRY_WORDS;
                     let header = OVERFLOW_HEADER as usize;
-                    let block = alloc.allocate_aligned(header + words * 8, 64)?;
+                    let block = alloc.allocate_block(header + words * 8, 64)?;
                     OwnedHeader::init_pinned(alloc, block, DIRECTORY_FP)?;
                     let off = Offset::new(block.get() + OVERFLOW_HEADER);
                     raw::write_fresh(alloc, off, (0..words).map(|_| AtomicU64::new(0)))?;
@@ -544,7 +544,7 @@ fn create<'a, A: ShmAllocator + ?Sized, T: ShmShared>(
     // every `&T` handed out, which carry no pin).
     let pay = payload_offset(align_of::<T>());
     let block =
-        alloc.allocate_aligned(pay as usize + size_of::<T>().max(1), align_of::<T>().max(8))?;
+        alloc.allocate_block(pay as usize + size_of::<T>().max(1), align_of::<T>().max(8))?;
     OwnedHeader::init_pinned(alloc, block, layout_checked::<T>())?;
     let off = Offset::new(block.get() + pay);
     let v = raw::write_fresh(alloc, off, std::iter::once(value))?;

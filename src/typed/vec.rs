@@ -125,7 +125,7 @@ impl<T: ShmSafe, A: ShmFree> ShmVec<T, A> {
         raw::require_typed(&alloc)?;
         let _ = Self::ELEM;
         let fp = vec_fingerprint::<T>();
-        let off = alloc.allocate_aligned(size_of::<ShmVecHeader<T>>(), 8)?;
+        let off = alloc.allocate_block(size_of::<ShmVecHeader<T>>(), 8)?;
         let header = RelPtr::from_offset(off);
         let init: ShmVecHeader<T> = ShmVecHeader {
             owner: OwnedHeader::new(fp),
@@ -351,7 +351,7 @@ impl<T: ShmSafe, A: ShmFree> ShmVec<T, A> {
                 return Ok(());
             }
         }
-        let off = self.alloc.allocate_aligned(bytes, align_of::<T>().max(8))?;
+        let off = self.alloc.allocate_block(bytes, align_of::<T>().max(8))?;
         let made = OwnedHeader::init_pinned(&self.alloc, off, buffer_fingerprint::<T>())
             .and_then(|()| raw::checked_ptr::<T, A>(&self.alloc, data_of(off), new_cap));
         let ptr = match made {

@@ -746,7 +746,7 @@ unsafe impl ShmAllocator for FreeListAllocator {
     }
 
     #[inline]
-    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
+    fn allocate_block(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
         check_request(size, align)?;
         if size <= SMALL_MAX {
             if let Some(c) = Self::class_for(size, align) {
