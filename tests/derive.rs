@@ -120,7 +120,7 @@ fn layouts_are_what_the_derive_accepted() {
     assert_eq!(size_of::<Arrays>(), 48);
     assert_eq!(size_of::<Counters>(), 16);
     assert_eq!(size_of::<Pair<u16>>(), 4);
-    assert_eq!(size_of::<Buffer<u32, 6>>(), 32);
+    assert_eq!(size_of::<Buffer<u32, 6>>(), 28);
     assert_eq!(size_of::<Meters>(), 8);
     assert_eq!(size_of::<Tagged<u32>>(), 4);
     assert_eq!((size_of::<CacheLine>(), align_of::<CacheLine>()), (64, 64));

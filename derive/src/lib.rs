@@ -256,9 +256,16 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
         ));
     }
 
-    if !input.generics.params.is_empty() && !repr.transparent {
-        check_generic_layout(&input.ident, fields)?;
-    }
+    // A refused generic shape is reported, and the impl is still emitted: the
+    // crate does not compile either way, and uses of the type are not flooded
+    // with "does not implement `ShmSafe`" errors after the one that explains.
+    let layout_error = if !input.generics.params.is_empty() && !repr.transparent {
+        check_generic_layout(&input.ident, fields)
+            .err()
+            .map(Error::into_compile_error)
+    } else {
+        None
+    };
 
     let name = &input.ident;
     let name_str = name.to_string();
@@ -449,6 +456,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     };
 
     Ok(quote! {
+        #layout_error
         const _: () = {
             /// Mixes field `F` into the fingerprint `h`; requires `F: ShmSafe`.
             const fn __shm_safe_field<F: #trait_path>(h: u64, name: &str) -> u64 {
@@ -606,12 +614,14 @@ mod tests {
             "#[repr(transparent)] struct W<T> { v: T, _m: PhantomData<u8> }",
             "#[repr(C)] struct N { a: u8, b: u64 }",
         ] {
-            assert!(expand_str(ok).is_ok(), "{ok}");
+            assert!(!expand_str(ok).unwrap().contains("compile_error"), "{ok}");
         }
-        let e = expand_str("#[repr(C)] struct G3<T> { a: u32, t: T }").unwrap_err();
+        let e = expand_str("#[repr(C)] struct G3<T> { a: u32, t: T }").unwrap();
+        assert!(e.contains("compile_error"), "{e}");
         assert!(e.contains("field `t` has type `T`, not `u32`"), "{e}");
         let e = expand_str("#[repr(C)] struct B<const N: usize> { len: u64, d: [u8; N] }")
-            .unwrap_err();
+            .unwrap();
+        assert!(e.contains("compile_error"), "{e}");
         assert!(e.contains("generic struct `B`"), "{e}");
     }
 }
