@@ -94,6 +94,26 @@ pub mod __layout {
     #[cfg(feature = "rkyv")]
     pub const HEADER_LEN: u64 = crate::archive::HEADER_LEN;
 
+    /// Decides the segment's mode as raw if unset, else `WrongMode` in a typed
+    /// segment: what bindings that hand out views of raw bytes (the Python
+    /// package's `view()`) check first.
+    ///
+    /// # Errors
+    /// [`AccessError::WrongMode`](crate::AccessError::WrongMode) in a typed segment.
+    pub fn require_raw(seg: &crate::segment::Segment) -> Result<(), crate::AccessError> {
+        seg.require_raw()
+    }
+
+    /// The metadata region of a segment: `(offset, length)`.
+    pub fn meta_region(l: &crate::segment::Layout) -> (u64, u64) {
+        (l.meta_offset, l.meta_len)
+    }
+
+    /// A segment's allocator-specific parameters (slot size, slot count, ...).
+    pub fn params(l: &crate::segment::Layout) -> [u64; 4] {
+        l.params
+    }
+
     /// [`Segment::ptr_at`](crate::segment::Segment): a checked pointer into the
     /// mapping (`len` bytes at `offset`, aligned to `align`).
     pub fn ptr_at(
@@ -112,6 +132,12 @@ pub mod __layout {
 #[doc(hidden)]
 pub mod __private {
     pub use ::core;
+
+    /// Layout fingerprint helpers (a const FNV-1a hash), for the derive and for
+    /// hand-written `ShmSafe` impls.
+    pub mod fingerprint {
+        pub use crate::typed::fingerprint::*;
+    }
 }
 
 // The derive macro; the trait of the same name is re-exported with the others below.

@@ -253,9 +253,9 @@ fn free_list_free_bad_offsets() {
         (0, FreeError::Null),
         (1, FreeError::OutOfRange { offset: 1 }),
         (
-            l.meta_offset,
+            shared_allocator::__layout::meta_region(&l).0,
             FreeError::OutOfRange {
-                offset: l.meta_offset,
+                offset: shared_allocator::__layout::meta_region(&l).0,
             },
         ),
         (
@@ -516,9 +516,9 @@ fn free_list_read_write_out_of_bounds() {
     );
     // Outside the data region, and a length that overflows.
     assert_eq!(
-        f.unchanged(|a| a.read(Offset::new(l.meta_offset), 8).map(drop)),
+        f.unchanged(|a| a.read(Offset::new(shared_allocator::__layout::meta_region(&l).0), 8).map(drop)),
         Err(AccessError::OutOfBounds {
-            offset: l.meta_offset,
+            offset: shared_allocator::__layout::meta_region(&l).0,
             len: 8,
             start: l.data_offset,
             end: l.data_end()

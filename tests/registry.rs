@@ -586,8 +586,8 @@ fn a_peer_rewriting_words_forever_gets_errors_not_hangs() {
             "scribbler",
             &[
                 ("SA_NAME", name.as_str().into()),
-                ("SA_START", l.meta_offset.to_string()),
-                ("SA_LEN", l.meta_len.min(64 * 1024).to_string()),
+                ("SA_START", shared_allocator::__layout::meta_region(&l).0.to_string()),
+                ("SA_LEN", shared_allocator::__layout::meta_region(&l).1.min(64 * 1024).to_string()),
             ],
         ));
         let mut out = BufReader::new(s.child().stdout.take().unwrap());

@@ -270,7 +270,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     let name = &input.ident;
     let name_str = name.to_string();
     let trait_path = quote!(#krate::ShmSafe);
-    let fp = quote!(#krate::typed::fingerprint);
+    let fp = quote!(#krate::__private::fingerprint);
     // Every path into `core` goes through the main crate's hidden re-export, so a
     // user's `extern crate self as core;` (or any other crate named `core` in the
     // extern prelude) cannot replace `size_of` or `assert!` in the generated proofs.

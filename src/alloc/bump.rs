@@ -329,6 +329,12 @@ impl BumpAllocator {
         unsafe { &*(p.as_ptr() as *const AtomicU128) }
     }
 
+    /// The reset epoch: how many resets completed since the segment was created.
+    /// Arena handles carry the epoch they were made in.
+    pub fn epoch(&self) -> u64 {
+        split(self.state().load(Ordering::Acquire)).0
+    }
+
     /// Releases every allocation at once and advances the epoch; returns the new
     /// epoch. Waits up to [`DEFAULT_RESET_WAIT`] for views held by other handles
     /// (in any process): see [`reset_timeout`](Self::reset_timeout).
@@ -607,7 +613,7 @@ unsafe impl ShmAllocator for BumpAllocator {
     }
 
     fn epoch(&self) -> u64 {
-        split(self.state().load(Ordering::Acquire)).0
+        BumpAllocator::epoch(self)
     }
 }
 

@@ -130,6 +130,7 @@ pub struct Stats {
 /// each point (the multi-process conformance tests are the check).
 pub unsafe trait ShmAllocator: Send + Sync {
     /// The kind stored in the segment header.
+    #[doc(hidden)]
     const KIND: AllocatorKind;
 
     /// The segment this allocator lives in.
@@ -181,6 +182,7 @@ pub unsafe trait ShmAllocator: Send + Sync {
     ///
     /// # Errors
     /// As [`check_range`](ShmAllocator::check_range).
+    #[doc(hidden)]
     fn block_start_of(&self, offset: Offset, len: u64) -> Result<Option<Offset>, AccessError> {
         self.check_range(offset, len).map(|()| None)
     }
@@ -192,6 +194,7 @@ pub unsafe trait ShmAllocator: Send + Sync {
     ///
     /// # Errors
     /// As [`check_range`](ShmAllocator::check_range); [`AccessError::Root`].
+    #[doc(hidden)]
     fn check_raw_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
         if let Some(start) = self.block_start_of(offset, len)? {
             if is_root_block(self.segment(), start) {
@@ -276,7 +279,9 @@ pub unsafe trait ShmAllocator: Send + Sync {
     /// A snapshot of use; see [`Stats`].
     fn stats(&self) -> Stats;
 
-    /// The reset epoch: 0 for allocators that never reset.
+    /// The reset epoch: 0 for allocators that never reset (the bump allocator's
+    /// is [`BumpAllocator::epoch`]).
+    #[doc(hidden)]
     fn epoch(&self) -> u64 {
         0
     }

@@ -93,15 +93,15 @@ pub struct Layout {
     /// Size of the whole object in bytes.
     pub total_size: u64,
     /// Start of the allocator metadata region.
-    pub meta_offset: u64,
+    pub(crate) meta_offset: u64,
     /// Length of the allocator metadata region.
-    pub meta_len: u64,
+    pub(crate) meta_len: u64,
     /// Start of the data region (where blocks live).
     pub data_offset: u64,
     /// Length of the data region.
     pub data_len: u64,
     /// Allocator-specific parameters (slot size, slot count, ...).
-    pub params: [u64; 4],
+    pub(crate) params: [u64; 4],
 }
 
 impl Layout {

@@ -882,7 +882,7 @@ impl Segment {
     ///
     /// # Errors
     /// [`AccessError::WrongMode`] in a typed segment.
-    pub fn require_raw(&self) -> Result<(), AccessError> {
+    pub(crate) fn require_raw(&self) -> Result<(), AccessError> {
         self.claim_mode(SegmentMode::Raw)
     }
 
