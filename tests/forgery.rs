@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{results as finish, role, say, spawn_child, ShmName};
-use shared_allocator::prelude::*;
 use shared_allocator::__private::fingerprint;
+use shared_allocator::prelude::*;
 use shared_allocator::typed::ShmPtr;
 use shared_allocator::{AccessError, Error, FreeError, ShmMutex, TokenError};
 
@@ -38,7 +38,8 @@ fn child() {
         // fix) a view whose bytes the parent's arena was about to write.
         use shared_allocator::archive::{ArenaArchiveReader, ArenaArchiveToken};
         let bump = BumpAllocator::open(&name).unwrap();
-        match ArenaArchiveReader::<Vec<u64>, _>::from_token(&bump, ArenaArchiveToken::from_raw(raw)) {
+        match ArenaArchiveReader::<Vec<u64>, _>::from_token(&bump, ArenaArchiveToken::from_raw(raw))
+        {
             Ok(r) => say(format!("redeemed {:?}", r.access().map(|a| a.len()))),
             Err(e) => say(format!("refused {e:?}")),
         }

@@ -216,7 +216,10 @@ fn raw_allocate_in_a_typed_segment_is_wrong_mode_and_leaks_nothing() {
         let used = a.used_bytes();
         for _ in 0..100 {
             assert_eq!(a.allocate(4096), Err(AllocError::WrongMode(wrong)));
-            assert_eq!(a.allocate_aligned(64, 64), Err(AllocError::WrongMode(wrong)));
+            assert_eq!(
+                a.allocate_aligned(64, 64),
+                Err(AllocError::WrongMode(wrong))
+            );
         }
         assert_eq!(a.used_bytes(), used, "nothing allocated");
         let e: Error = a.allocate(8).unwrap_err().into();
@@ -226,7 +229,10 @@ fn raw_allocate_in_a_typed_segment_is_wrong_mode_and_leaks_nothing() {
     let fl = FreeListAllocator::create_with(n.as_str(), 1 << 20, &typed).unwrap();
     check(&fl, wrong);
     let b = ShmBox::new_in(&fl, 5u64).unwrap();
-    assert_eq!(fl.free(b.rel_ptr().offset()), Err(FreeError::WrongMode(wrong)));
+    assert_eq!(
+        fl.free(b.rel_ptr().offset()),
+        Err(FreeError::WrongMode(wrong))
+    );
     drop(b);
     check(&Arc::new(fl), wrong);
     let n = ShmName::new("handles-alloc-slab");
@@ -277,7 +283,11 @@ fn arena_and_arena_reader_live_next_to_a_shared_bump() {
     };
     is_static_send(&writer);
     let (token, ptr, writer) = std::thread::spawn(move || {
-        let token = writer.arena.archive(&vec![1u32, 2, 3]).unwrap().into_token();
+        let token = writer
+            .arena
+            .archive(&vec![1u32, 2, 3])
+            .unwrap()
+            .into_token();
         let ptr = writer.arena.alloc(9u64).unwrap().arena_ptr();
         assert_eq!(writer.bump.epoch(), writer.arena.epoch());
         (token, ptr, writer)
@@ -290,7 +300,13 @@ fn arena_and_arena_reader_live_next_to_a_shared_bump() {
     };
     is_static_send(&reader);
     let (sum, reader) = std::thread::spawn(move || {
-        let sum: u32 = reader.reader.access().unwrap().iter().map(|x| x.to_native()).sum();
+        let sum: u32 = reader
+            .reader
+            .access()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_native())
+            .sum();
         assert_eq!(reader.reader.allocator().epoch(), reader.bump.epoch());
         (sum, reader)
     })
@@ -301,18 +317,28 @@ fn arena_and_arena_reader_live_next_to_a_shared_bump() {
 
     // A reset through a shared handle would not wait for that handle's own views
     // (the reader's pin is in it): refused while other clones exist.
-    let BatchWriter { bump: wb, mut arena } = writer;
+    let BatchWriter {
+        bump: wb,
+        mut arena,
+    } = writer;
     drop(wb);
     assert_eq!(arena.reset().unwrap_err(), AccessError::SharedHandle);
-    assert_eq!(reader.reader.access().unwrap().len(), 3, "nothing was reset");
+    assert_eq!(
+        reader.reader.access().unwrap().len(),
+        3,
+        "nothing was reset"
+    );
     drop(reader);
     drop(bump);
     // The arena's Arc is the last one: the reset is its own.
     let epoch = arena.reset().unwrap();
-    assert_eq!(ptr.read(arena.allocator()).unwrap_err(), AccessError::Stale {
-        handle_epoch: epoch - 1,
-        current_epoch: epoch,
-    });
+    assert_eq!(
+        ptr.read(arena.allocator()).unwrap_err(),
+        AccessError::Stale {
+            handle_epoch: epoch - 1,
+            current_epoch: epoch,
+        }
+    );
 }
 
 /// A borrowed `&BumpAllocator` makes an arena too (no `&mut` needed); it never

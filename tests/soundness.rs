@@ -556,8 +556,10 @@ fn second_bump_mapping_cannot_reset_under_a_reader() {
     drop(v);
     second.try_reset().unwrap();
     assert!(token.deserialize_copied(&bump).unwrap_err().is_stale());
-    assert!(ArenaArchiveReader::<Vec<String>, _>::from_token(&bump, token)
-        .unwrap_err()
-        .is_stale());
+    assert!(
+        ArenaArchiveReader::<Vec<String>, _>::from_token(&bump, token)
+            .unwrap_err()
+            .is_stale()
+    );
     assert!(h.get(&bump).unwrap_err().is_stale());
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{results as finish, role, say, spawn_child, ShmName};
-use shared_allocator::prelude::*;
 use shared_allocator::__private::fingerprint;
+use shared_allocator::prelude::*;
 use shared_allocator::{AccessError, ShmVecHeader};
 
 const LIMIT: Duration = Duration::from_secs(120);

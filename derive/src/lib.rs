@@ -619,8 +619,7 @@ mod tests {
         let e = expand_str("#[repr(C)] struct G3<T> { a: u32, t: T }").unwrap();
         assert!(e.contains("compile_error"), "{e}");
         assert!(e.contains("field `t` has type `T`, not `u32`"), "{e}");
-        let e = expand_str("#[repr(C)] struct B<const N: usize> { len: u64, d: [u8; N] }")
-            .unwrap();
+        let e = expand_str("#[repr(C)] struct B<const N: usize> { len: u64, d: [u8; N] }").unwrap();
         assert!(e.contains("compile_error"), "{e}");
         assert!(e.contains("generic struct `B`"), "{e}");
     }
