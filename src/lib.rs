@@ -90,6 +90,8 @@ pub mod __layout {
     pub const LAYOUT_VERSION: u32 = crate::segment::LAYOUT_VERSION;
     /// The segment's magic number (its first word).
     pub const MAGIC: u64 = crate::segment::MAGIC;
+    /// Root-directory entries in the segment header (the rest overflow).
+    pub const FIXED_ROOTS: usize = crate::segment::roots_table::FIXED_ROOTS;
     /// Bytes before an archive's data in its block.
     #[cfg(feature = "rkyv")]
     pub const HEADER_LEN: u64 = crate::archive::HEADER_LEN;

@@ -11,12 +11,13 @@
 ///   Python package). Typed handles that give non-atomic references (`ShmBox`,
 ///   `ShmVec`, archives, arenas) are refused with
 ///   [`AccessError::WrongMode`](crate::AccessError::WrongMode).
-/// - [`SegmentMode::Typed`]: those typed handles. Raw `allocate`, `write` and
-///   `free` are refused with [`WrongMode`](crate::WrongMode) (in
+/// - [`SegmentMode::Typed`]: those typed handles. Raw `allocate`, `write`,
+///   `free` and `grow_in_place` are refused with [`WrongMode`](crate::WrongMode) (in
 ///   [`AllocError`](crate::AllocError), [`AccessError`](crate::AccessError),
 ///   [`FreeError`](crate::FreeError)): a raw block there could never be freed.
 ///
-/// In both modes: raw `read` and the other copy paths, roots and `RelPtr::get`
+/// In both modes: raw `read` (a checked byte-wise atomic copy, never a reference)
+/// and the other copy paths, roots and `RelPtr::get`
 /// of [`ShmSync`](crate::ShmSync) types (atomics: every access is atomic, so no
 /// write is ever a data race) work.
 ///

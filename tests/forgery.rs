@@ -262,7 +262,7 @@ fn raw_access_never_reaches_a_roots_block_in_either_mode() {
 /// layer's) for roots in the overflow part too.
 #[test]
 fn overflow_roots_are_never_freed_either() {
-    use shared_allocator::typed::FIXED_ROOTS;
+    use shared_allocator::__layout::FIXED_ROOTS;
     let name = ShmName::new("forge-overflow");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let off = alloc.allocate(8).unwrap();

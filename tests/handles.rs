@@ -233,6 +233,20 @@ fn raw_allocate_in_a_typed_segment_is_wrong_mode_and_leaks_nothing() {
         fl.free(b.rel_ptr().offset()),
         Err(FreeError::WrongMode(wrong))
     );
+    // Nor does a raw call grow a typed block (the red team's second round: it
+    // grew a typed vector's buffer from another handle).
+    let mut v = ShmVec::new_in(&fl).unwrap();
+    v.extend_from_slice(&[1u64; 600]).unwrap();
+    let used = fl.used_bytes();
+    let other = FreeListAllocator::open(n.as_str()).unwrap();
+    for at in [b.rel_ptr().offset(), v.rel_ptr().offset()] {
+        assert_eq!(
+            other.grow_in_place(at, 64 << 10),
+            Err(AllocError::WrongMode(wrong))
+        );
+    }
+    assert_eq!(fl.used_bytes(), used);
+    drop((v, other));
     drop(b);
     check(&Arc::new(fl), wrong);
     let n = ShmName::new("handles-alloc-slab");

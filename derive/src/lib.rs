@@ -27,9 +27,9 @@
 //! struct has padding can depend on its parameters (`struct P<T> { a: T, b: u64 }`
 //! has padding for `T = u8`), and `cargo check` never evaluates a generic
 //! instantiation's constants, so the derive decides it from the shape alone: a
-//! generic struct is accepted when it is `#[repr(transparent)]`, or when every
-//! field (`PhantomData` aside) is one type `X` or an array `[X; N]` of it, which is
-//! padding-free for every parameter. Any other generic struct is a derive error at
+//! generic struct is accepted when it is `#[repr(transparent)]`, or when it has no
+//! `align(..)` and every field (`PhantomData` aside) is one type `X` or an array
+//! `[X; N]` of it, which is padding-free for every parameter. Any other generic struct is a derive error at
 //! its first field of another type (`cargo check` reports it, on the user's
 //! struct). The padding assertion is also part of `FINGERPRINT`, evaluated through
 //! `layout_checked` by every path that places or resolves a `T` in shared memory.
@@ -259,12 +259,29 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     // A refused generic shape is reported, and the impl is still emitted: the
     // crate does not compile either way, and uses of the type are not flooded
     // with "does not implement `ShmSafe`" errors after the one that explains.
-    let layout_error = if !input.generics.params.is_empty() && !repr.transparent {
+    let layout_error = if input.generics.params.is_empty() || repr.transparent {
+        None
+    } else if repr.align {
+        // `align(N)` rounds the size up to N: trailing padding after fields
+        // smaller than N, for some parameters (`struct Q<T> { a: T }`, `Q<u8>`).
+        Some(
+            Error::new_spanned(
+                &input.ident,
+                format!(
+                    "`#[derive(ShmSafe)]` on the generic struct `{}` cannot prove it has no \
+                     padding for every parameter: `#[repr(align(..))]` pads the struct to its \
+                     alignment, which some parameters do not fill. Remove `align`, add the \
+                     padding as an explicit field of a concrete struct, or derive on a \
+                     concrete struct per instantiation",
+                    input.ident
+                ),
+            )
+            .into_compile_error(),
+        )
+    } else {
         check_generic_layout(&input.ident, fields)
             .err()
             .map(Error::into_compile_error)
-    } else {
-        None
     };
 
     let name = &input.ident;
@@ -613,6 +630,7 @@ mod tests {
             "#[repr(C)] struct H<T> { inner: Other<T>, _p: PhantomData<T> }",
             "#[repr(transparent)] struct W<T> { v: T, _m: PhantomData<u8> }",
             "#[repr(C)] struct N { a: u8, b: u64 }",
+            "#[repr(C, align(64))] struct L { x: [u8; 64] }",
         ] {
             assert!(!expand_str(ok).unwrap().contains("compile_error"), "{ok}");
         }
@@ -622,5 +640,8 @@ mod tests {
         let e = expand_str("#[repr(C)] struct B<const N: usize> { len: u64, d: [u8; N] }").unwrap();
         assert!(e.contains("compile_error"), "{e}");
         assert!(e.contains("generic struct `B`"), "{e}");
+        let e = expand_str("#[repr(C, align(8))] struct Q<T> { a: T }").unwrap();
+        assert!(e.contains("compile_error"), "{e}");
+        assert!(e.contains("repr(align(..))"), "{e}");
     }
 }

@@ -569,7 +569,12 @@ unsafe impl ShmAllocator for BumpAllocator {
     }
 
     #[inline]
-    fn allocate_block(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
+    fn allocate_block(
+        &self,
+        _: super::Internal,
+        size: usize,
+        align: usize,
+    ) -> Result<Offset, AllocError> {
         self.allocate_with_epoch(size, align).map(|(o, _)| o)
     }
 

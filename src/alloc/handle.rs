@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::{BumpAllocator, Offset, ShmAllocator, ShmFree, Stats};
+use super::{BumpAllocator, Internal, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError};
 use crate::segment::{AllocatorKind, Segment};
 
@@ -24,8 +24,13 @@ macro_rules! forward_allocator {
                 (**self).segment()
             }
             #[inline]
-            fn allocate_block(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
-                (**self).allocate_block(size, align)
+            fn allocate_block(
+                &self,
+                i: Internal,
+                size: usize,
+                align: usize,
+            ) -> Result<Offset, AllocError> {
+                (**self).allocate_block(i, size, align)
             }
             #[inline]
             fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
@@ -86,8 +91,8 @@ macro_rules! forward_allocator {
                 unsafe { (**self).free_owned(offset) }
             }
             #[inline]
-            fn grow_in_place(&self, offset: Offset, new_size: usize) -> bool {
-                (**self).grow_in_place(offset, new_size)
+            fn grow_block(&self, i: Internal, offset: Offset, new_size: usize) -> bool {
+                (**self).grow_block(i, offset, new_size)
             }
         }
     )*};

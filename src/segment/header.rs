@@ -86,6 +86,8 @@ pub(crate) struct RawHeader {
 const _: () = assert!(std::mem::size_of::<RawHeader>() as u64 <= ROOTS_OFFSET);
 
 /// Where the regions of a segment are, validated. Process-local and immutable.
+/// Not public API (tools and bindings read it through `Segment::layout`).
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     /// Allocator kind.

@@ -723,7 +723,9 @@ impl Segment {
         &self.name
     }
 
-    /// The validated layout of this segment.
+    /// The validated layout of this segment (not public API: the regions are the
+    /// allocators' business; sizes are in `stats()`).
+    #[doc(hidden)]
     pub fn layout(&self) -> &Layout {
         &self.layout
     }

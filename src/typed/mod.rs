@@ -101,7 +101,7 @@ mod words;
 
 pub use arena::{Arena, ArenaBox, ArenaPtr, ArenaRef};
 pub use rel_ptr::RelPtr;
-pub use roots::{Root, RootInfo, Roots, FIXED_ROOTS, MAX_ROOTS, MAX_ROOT_NAME, OVERFLOW_ROOTS};
+pub use roots::{Root, RootInfo, Roots, MAX_ROOTS, MAX_ROOT_NAME};
 pub use shm_box::ShmBox;
 pub use shm_ptr::ShmPtr;
 pub(crate) use shm_safe::{fingerprint, layout_checked};
