@@ -187,8 +187,8 @@ pub mod prelude {
     pub use crate::coord::{ShmCondvar, ShmEvent, ShmMutex};
     pub use crate::error::Error;
     pub use crate::typed::{
-        Arena, ArenaBox, ArenaPtr, BoxToken, RelPtr, Root, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
-        ShmVecReader, TokenSlot, VecToken,
+        Arena, ArenaBox, ArenaPtr, BoxToken, ChannelElement, MutexPayload, RelPtr, Root, Roots,
+        ShmBox, ShmSafe, ShmSync, ShmVec, ShmVecReader, TokenSlot, VecToken,
     };
 }
 }
