@@ -86,15 +86,8 @@ pub enum SegmentError {
     },
     /// The segment was created (or first used) for the other kind of API than
     /// [`OpenOptions::segment_mode`](crate::segment::OpenOptions) expects.
-    #[error("segment {name:?} is in {found} mode, not {expected} mode (the mode is fixed when the segment is created or first used)")]
-    WrongMode {
-        /// The normalised name.
-        name: String,
-        /// The mode asked for.
-        expected: crate::mode::SegmentMode,
-        /// The segment's mode.
-        found: crate::mode::SegmentMode,
-    },
+    #[error(transparent)]
+    WrongMode(#[from] WrongMode),
     /// The segment holds another allocator kind than the one asked for.
     #[error("segment holds a {found} allocator, not a {expected} allocator")]
     WrongKind {
@@ -195,6 +188,18 @@ pub enum SegmentError {
     },
 }
 
+/// A call of one segment mode on a segment fixed in the other (see
+/// [`SegmentMode`](crate::mode::SegmentMode)): the one shape of this mistake, in
+/// [`SegmentError`] (at open), [`AllocError`], [`AccessError`] and [`FreeError`].
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq, Hash)]
+#[error("the segment is in {found} mode; this needs {expected} mode (a segment's mode is fixed when it is created or first used)")]
+pub struct WrongMode {
+    /// The mode the call needs.
+    pub expected: crate::mode::SegmentMode,
+    /// The segment's mode.
+    pub found: crate::mode::SegmentMode,
+}
+
 /// An allocation request was refused. Nothing in the segment changed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -235,6 +240,11 @@ pub enum AllocError {
     /// A bump reset in progress did not end within the allocation's wait.
     #[error("a reset in progress did not end in time")]
     Busy,
+    /// A raw allocation in a segment of typed handles (see
+    /// [`SegmentMode`](crate::mode::SegmentMode)): raw `write` and `free` are
+    /// refused there, so the block could never be freed.
+    #[error(transparent)]
+    WrongMode(#[from] WrongMode),
     /// The handle's place in the process registry failed: the registry is full
     /// (a fork child re-joining), its intent records are all in use, or it lost its
     /// registry lock (see [`SegmentError`]). Nothing in the segment changed. (Boxed:
@@ -289,13 +299,8 @@ pub enum AccessError {
     /// The segment is used the other way (see
     /// [`SegmentMode`](crate::mode::SegmentMode)): a raw write to a segment of
     /// typed handles, or a typed handle in a segment the raw API writes.
-    #[error("the segment is in {found} mode; this needs {wanted} mode")]
-    WrongMode {
-        /// The mode the operation needs.
-        wanted: crate::mode::SegmentMode,
-        /// The segment's mode.
-        found: crate::mode::SegmentMode,
-    },
+    #[error(transparent)]
+    WrongMode(#[from] WrongMode),
     /// A bump reset and views of the region met: a reset whose wait ended while
     /// `readers` other handles still held views (it withdrew: nothing changed), or
     /// (`readers == 0`) a view that waited too long for a reset in progress.
@@ -304,6 +309,12 @@ pub enum AccessError {
         /// Handles (in any process) holding views when the wait ended.
         readers: u32,
     },
+    /// [`Arena::reset`](crate::Arena::reset) through an allocator handle others
+    /// share (a `&BumpAllocator`, or an `Arc<BumpAllocator>` with other clones):
+    /// a reset through a handle does not wait for that handle's own views, so it
+    /// needs the only one. Reset through the owner, or drop the other clones.
+    #[error("reset needs the only handle of the bump allocator; this one is shared")]
+    SharedHandle,
     /// The offset is not the start of a live block (allocator metadata says so):
     /// what a token or a handle built from numbers gets when its offset points
     /// inside a block, at a freed block, or anywhere else.
@@ -414,11 +425,8 @@ pub enum FreeError {
     /// A raw free in a segment of typed handles (see
     /// [`SegmentMode`](crate::mode::SegmentMode)): typed blocks are freed by
     /// their handles.
-    #[error("raw free refused: the segment is in {found} mode")]
-    WrongMode {
-        /// The segment's mode.
-        found: crate::mode::SegmentMode,
-    },
+    #[error(transparent)]
+    WrongMode(#[from] WrongMode),
     /// Allocator metadata in the segment is inconsistent.
     #[error("allocator metadata is corrupt: {what}")]
     Corrupted {

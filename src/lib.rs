@@ -90,9 +90,31 @@ pub mod __layout {
     pub const LAYOUT_VERSION: u32 = crate::segment::LAYOUT_VERSION;
     /// The segment's magic number (its first word).
     pub const MAGIC: u64 = crate::segment::MAGIC;
+    /// Root-directory entries in the segment header (the rest overflow).
+    pub const FIXED_ROOTS: usize = crate::segment::roots_table::FIXED_ROOTS;
     /// Bytes before an archive's data in its block.
     #[cfg(feature = "rkyv")]
     pub const HEADER_LEN: u64 = crate::archive::HEADER_LEN;
+
+    /// Decides the segment's mode as raw if unset, else `WrongMode` in a typed
+    /// segment: what bindings that hand out views of raw bytes (the Python
+    /// package's `view()`) check first.
+    ///
+    /// # Errors
+    /// [`AccessError::WrongMode`](crate::AccessError::WrongMode) in a typed segment.
+    pub fn require_raw(seg: &crate::segment::Segment) -> Result<(), crate::AccessError> {
+        seg.require_raw()
+    }
+
+    /// The metadata region of a segment: `(offset, length)`.
+    pub fn meta_region(l: &crate::segment::Layout) -> (u64, u64) {
+        (l.meta_offset, l.meta_len)
+    }
+
+    /// A segment's allocator-specific parameters (slot size, slot count, ...).
+    pub fn params(l: &crate::segment::Layout) -> [u64; 4] {
+        l.params
+    }
 
     /// [`Segment::ptr_at`](crate::segment::Segment): a checked pointer into the
     /// mapping (`len` bytes at `offset`, aligned to `align`).
@@ -112,6 +134,12 @@ pub mod __layout {
 #[doc(hidden)]
 pub mod __private {
     pub use ::core;
+
+    /// Layout fingerprint helpers (a const FNV-1a hash), for the derive and for
+    /// hand-written `ShmSafe` impls.
+    pub mod fingerprint {
+        pub use crate::typed::fingerprint::*;
+    }
 }
 
 // The derive macro; the trait of the same name is re-exported with the others below.
@@ -131,7 +159,7 @@ pub use channel::ShmChannel;
 pub use collections::{InlineStr, ShmHashMap};
 pub use coord::{OwnerDied, ShmCondvar, ShmEvent, ShmMutex};
 pub use error::{
-    AccessError, AllocError, ArenaError, ChannelError, CollectionError, Error, FreeError,
+    AccessError, AllocError, ArenaError, ChannelError, CollectionError, Error, FreeError, WrongMode,
     LockError, SegmentError,
     TokenError,
 };
@@ -159,8 +187,8 @@ pub mod prelude {
     pub use crate::coord::{ShmCondvar, ShmEvent, ShmMutex};
     pub use crate::error::Error;
     pub use crate::typed::{
-        Arena, ArenaBox, ArenaPtr, BoxToken, RelPtr, Root, Roots, ShmBox, ShmSafe, ShmSync, ShmVec,
-        ShmVecReader, TokenSlot, VecToken,
+        Arena, ArenaBox, ArenaPtr, BoxToken, ChannelElement, MutexPayload, RelPtr, Root, Roots,
+        ShmBox, ShmSafe, ShmSync, ShmVec, ShmVecReader, TokenSlot, VecToken,
     };
 }
 }

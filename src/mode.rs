@@ -6,16 +6,20 @@
 /// one block (the raw API cannot see whose a block is, and a block it writes or
 /// frees could become typed between a check and the write).
 ///
-/// - [`SegmentMode::Raw`]: the raw offset API writes and frees (`ShmAllocator::write`,
-///   `ShmFree::free`; the seed's API and the Python package). Typed handles that
-///   give non-atomic references (`ShmBox`, `ShmVec`, archives, arenas) are refused
-///   with [`AccessError::WrongMode`](crate::AccessError::WrongMode).
-/// - [`SegmentMode::Typed`]: those typed handles. Raw `write` and `free` are refused
-///   with [`AccessError::WrongMode`](crate::AccessError::WrongMode) / [`FreeError::WrongMode`](crate::FreeError::WrongMode).
+/// - [`SegmentMode::Raw`]: the raw offset API allocates, writes and frees
+///   (`ShmAllocator::allocate`, `write`, `ShmFree::free`; the seed's API and the
+///   Python package). Typed handles that give non-atomic references (`ShmBox`,
+///   `ShmVec`, archives, arenas) are refused with
+///   [`AccessError::WrongMode`](crate::AccessError::WrongMode).
+/// - [`SegmentMode::Typed`]: those typed handles. Raw `allocate`, `write`,
+///   `free` and `grow_in_place` are refused with [`WrongMode`](crate::WrongMode) (in
+///   [`AllocError`](crate::AllocError), [`AccessError`](crate::AccessError),
+///   [`FreeError`](crate::FreeError)): a raw block there could never be freed.
 ///
-/// In both modes: raw `allocate`, `read` and the other copy paths, roots and
-/// `RelPtr::get` of [`ShmSync`](crate::ShmSync) types (atomics: every access is
-/// atomic, so no write is ever a data race) work.
+/// In both modes: raw `read` (a checked byte-wise atomic copy, never a reference)
+/// and the other copy paths, roots and `RelPtr::get`
+/// of [`ShmSync`](crate::ShmSync) types (atomics: every access is atomic, so no
+/// write is ever a data race) work.
 ///
 /// ```
 /// use shared_allocator::prelude::*;
@@ -25,9 +29,8 @@
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
 /// let b = ShmBox::new_in(&alloc, 7u64)?;               // decides Typed
 /// assert_eq!(alloc.segment().mode(), SegmentMode::Typed);
-/// let raw = alloc.allocate(64)?;                        // fine: a raw block
 /// assert!(alloc.write(b.rel_ptr().offset(), &[0; 8]).is_err()); // refused
-/// assert!(alloc.write(raw, b"x").is_err());             // raw writes too
+/// assert!(alloc.allocate(64).is_err());                 // raw blocks too
 /// assert_eq!(*b, 7);
 /// # drop(b);
 /// # alloc.unlink()?;

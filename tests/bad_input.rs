@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::{shm_path, Rng, ShmName};
-use shared_allocator::__layout::{LAYOUT_VERSION, MAGIC};
+use shared_allocator::__layout::{meta_region, LAYOUT_VERSION, MAGIC};
 use shared_allocator::prelude::*;
 use shared_allocator::{
     AccessError, AllocError, CreateOptions, FreeError, OpenOptions, SegmentError, Stats,
@@ -253,9 +253,9 @@ fn free_list_free_bad_offsets() {
         (0, FreeError::Null),
         (1, FreeError::OutOfRange { offset: 1 }),
         (
-            l.meta_offset,
+            meta_region(&l).0,
             FreeError::OutOfRange {
-                offset: l.meta_offset,
+                offset: meta_region(&l).0,
             },
         ),
         (
@@ -516,9 +516,9 @@ fn free_list_read_write_out_of_bounds() {
     );
     // Outside the data region, and a length that overflows.
     assert_eq!(
-        f.unchanged(|a| a.read(Offset::new(l.meta_offset), 8).map(drop)),
+        f.unchanged(|a| a.read(Offset::new(meta_region(&l).0), 8).map(drop)),
         Err(AccessError::OutOfBounds {
-            offset: l.meta_offset,
+            offset: meta_region(&l).0,
             len: 8,
             start: l.data_offset,
             end: l.data_end()

@@ -153,13 +153,15 @@ fn condvar_ping_pong_across_processes() {
         for i in 0..rounds {
             let want = 2 * i + parity;
             let g = s.lock.lock().expect("nobody died");
-            let (g, outcome) = s.changed.wait_timeout_while(g, GENEROUS, |v| v[0] != want);
+            let (mut g, outcome) = s
+                .changed
+                .wait_timeout_while(g, GENEROUS, |v| v[0] != want)
+                .expect("nobody died");
             assert_eq!(
                 outcome,
                 WaitOutcome::Notified,
                 "{who}: no wake-up for {want}: a lost wake-up"
             );
-            let mut g = g.expect("nobody died");
             g[0] += 1;
             g[1] += 1;
             drop(g);

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{env_req, env_u64, finish_all, role, say, spawn_child, KillOnDrop, Rng, ShmName};
-use shared_allocator::channel::{RecvTimeoutError, SendTimeoutError};
+use shared_allocator::channel::{RecvError, RecvTimeoutError, SendError, SendTimeoutError};
 use shared_allocator::prelude::*;
 
 type Chan = ShmChannel<u64, 512>;
@@ -406,11 +406,11 @@ fn endpoints_errors_and_handles() {
     tx.send(4).unwrap();
     drop(tx); // the last sender: queued values still arrive, then Disconnected
     assert_eq!(rx.recv(), Ok(4));
-    assert_eq!(rx.recv(), Err(RecvTimeoutError::Disconnected));
+    assert_eq!(rx.recv(), Err(RecvError::Disconnected));
     assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
     let tx = ch.sender().unwrap(); // a new sender reconnects
     drop(rx);
-    assert!(matches!(tx.send(5), Err(SendTimeoutError::Disconnected(5))));
+    assert!(matches!(tx.send(5), Err(SendError::Disconnected(5))));
     assert!(matches!(tx.try_send(6), Err(TrySendError::Disconnected(6))));
 
     // Handles travel as values; ownership moves with them.

@@ -56,7 +56,7 @@ struct Buffer<T: Copy, const N: usize>
 where
     T: Default,
 {
-    len: u64,
+    head: T,
     items: [T; N],
 }
 
@@ -120,7 +120,7 @@ fn layouts_are_what_the_derive_accepted() {
     assert_eq!(size_of::<Arrays>(), 48);
     assert_eq!(size_of::<Counters>(), 16);
     assert_eq!(size_of::<Pair<u16>>(), 4);
-    assert_eq!(size_of::<Buffer<u32, 6>>(), 32);
+    assert_eq!(size_of::<Buffer<u32, 6>>(), 28);
     assert_eq!(size_of::<Meters>(), 8);
     assert_eq!(size_of::<Tagged<u32>>(), 4);
     assert_eq!((size_of::<CacheLine>(), align_of::<CacheLine>()), (64, 64));
@@ -143,10 +143,10 @@ fn derived_types_are_usable() {
     };
     assert_eq!(p.a.0 + p.b.0, 4.0);
     let b = Buffer::<u8, 2> {
-        len: 2,
+        head: 2,
         items: [1, 2],
     };
-    assert_eq!(b.items.len() as u64, b.len);
+    assert_eq!(b.items.len() as u8, b.head);
     let t = Tagged {
         value: 7u8,
         _marker: PhantomData,

@@ -115,12 +115,11 @@ macro_rules! program {
             l.m.lock()?[0] += 1;
             l.m.try_lock()?[1] += 1;
             let g = l.m.lock_timeout(Duration::from_secs(5))?;
-            let (g, _) = l.changed.wait_timeout(g, Duration::from_millis(1));
-            let g = g?;
+            let (g, _) = l.changed.wait_timeout(g, Duration::from_millis(1))?;
             let (g, _) = l
                 .changed
-                .wait_timeout_while(g, Duration::from_millis(1), |d| d[0] == 0);
-            drop(g?);
+                .wait_timeout_while(g, Duration::from_millis(1), |d| d[0] == 0)?;
+            drop(g);
             // `lock_robust` hands a guard-holding error; the Send value goes on.
             let g = match l.m.lock_robust() {
                 Ok(g) => g,
@@ -143,7 +142,7 @@ macro_rules! program {
                 let h = a.arena_ptr();
                 let _ = h.read(arena.allocator())?;
                 let t = arena.archive(&vec![1u32, 2])?.into_token();
-                let r = ArenaArchiveReader::<Vec<u32>>::from_token(arena.allocator(), t)?;
+                let r = ArenaArchiveReader::<Vec<u32>, _>::from_token(arena.allocator(), t)?;
                 let _ = r.access()?;
                 let _ = r.deserialize()?;
             }

@@ -453,7 +453,7 @@ fn die_at_main() {
             let spacer = a.allocate(2 * p).unwrap();
             let o = a.allocate(p).unwrap();
             a.free(spacer).unwrap();
-            assert!(a.grow_in_place(o, 3 * p));
+            assert!(a.grow_in_place(o, 3 * p).unwrap());
         }
         "large_free" => {
             let o = a.allocate(3 * p).unwrap();
@@ -765,7 +765,7 @@ fn grower_main() {
         let spacer = a.allocate(2 * PAGE as usize).unwrap();
         let off = a.allocate(PAGE as usize).unwrap();
         a.free(spacer).unwrap();
-        if a.grow_in_place(off, 2 * PAGE as usize) {
+        if a.grow_in_place(off, 2 * PAGE as usize).unwrap() {
             grown += 1;
             // Hold the grown block a while, as a real user would.
             let t = Instant::now();
@@ -1593,7 +1593,7 @@ impl Victim<'_> {
         }
         let new = b.size + (1 + self.rng.below(2) as usize) * PAGE as usize;
         emit(&format!("@G {} {new}", b.off.get()));
-        if a.grow_in_place(b.off, new) {
+        if a.grow_in_place(b.off, new).unwrap() {
             emit(&format!("@= {} {new}", b.off.get()));
             let mut buf = vec![0u8; new];
             fill_pattern(&mut buf, b.tag);

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{results as finish, role, say, spawn_child, ShmName};
+use shared_allocator::__private::fingerprint;
 use shared_allocator::prelude::*;
-use shared_allocator::typed::{fingerprint, layout_checked, ShmPtr};
+use shared_allocator::typed::ShmPtr;
 use shared_allocator::{AccessError, Error, FreeError, ShmMutex, TokenError};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -37,7 +38,8 @@ fn child() {
         // fix) a view whose bytes the parent's arena was about to write.
         use shared_allocator::archive::{ArenaArchiveReader, ArenaArchiveToken};
         let bump = BumpAllocator::open(&name).unwrap();
-        match ArenaArchiveReader::<Vec<u64>>::from_token(&bump, ArenaArchiveToken::from_raw(raw)) {
+        match ArenaArchiveReader::<Vec<u64>, _>::from_token(&bump, ArenaArchiveToken::from_raw(raw))
+        {
             Ok(r) => say(format!("redeemed {:?}", r.access().map(|a| a.len()))),
             Err(e) => say(format!("refused {e:?}")),
         }
@@ -106,7 +108,7 @@ fn forged_box_token_inside_a_payload_is_refused_in_another_process() {
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let mut carrier = ShmBox::new_in(&alloc, [0u64; 16]).unwrap();
     carrier[0] = FORGED_NONCE;
-    carrier[1] = layout_checked::<[u64; 4]>();
+    carrier[1] = <[u64; 4] as ShmSafe>::FINGERPRINT;
     let at = carrier.rel_ptr().to_raw();
     let verdict = redeem_in_child("redeem-box", &name, [at, FORGED_NONCE]);
     assert!(verdict.contains("NotBlockStart"), "{verdict}");
@@ -133,7 +135,7 @@ fn forged_vec_header_naming_a_live_box_is_refused_in_another_process() {
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let victim = ShmBox::new_in(&alloc, [7u64; 8]).unwrap();
     let mut carrier = ShmBox::new_in(&alloc, [0u64; 8]).unwrap();
-    let vec_fp = fingerprint::str(layout_checked::<u64>(), "ShmVec");
+    let vec_fp = fingerprint::str(<u64 as ShmSafe>::FINGERPRINT, "ShmVec");
     // [claim, fingerprint, len, cap, data, seq]
     carrier[..6].copy_from_slice(&[FORGED_NONCE, vec_fp, 0, 8, victim.rel_ptr().to_raw(), 0]);
     let verdict = redeem_in_child(
@@ -162,7 +164,7 @@ fn forged_token_over_a_root_is_refused_and_the_root_stays() {
     let _typed = ShmBox::new_in(&alloc, 1u64).unwrap(); // a typed segment
     let root = alloc.root::<[AtomicU64; 4]>("words").unwrap();
     root[0].store(FORGED_NONCE, Ordering::Relaxed);
-    root[1].store(layout_checked::<[u64; 4]>(), Ordering::Relaxed);
+    root[1].store(<[u64; 4] as ShmSafe>::FINGERPRINT, Ordering::Relaxed);
     let at = root_offset(&alloc, "words");
     let verdict = redeem_in_child("redeem-box", &name, [at, FORGED_NONCE]);
     assert!(verdict.contains("NotBlockStart"), "{verdict}");
@@ -260,7 +262,7 @@ fn raw_access_never_reaches_a_roots_block_in_either_mode() {
 /// layer's) for roots in the overflow part too.
 #[test]
 fn overflow_roots_are_never_freed_either() {
-    use shared_allocator::typed::FIXED_ROOTS;
+    use shared_allocator::__layout::FIXED_ROOTS;
     let name = ShmName::new("forge-overflow");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let off = alloc.allocate(8).unwrap();

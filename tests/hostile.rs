@@ -19,7 +19,7 @@ use common::{
     cleanup_pid, env_req, env_u64, read_stdout, role, shm_path, spawn_child, wait_or_kill, Rng,
     ShmName,
 };
-use shared_allocator::__layout::{HEADER_REGION, LAYOUT_VERSION, MAGIC};
+use shared_allocator::__layout::{meta_region, HEADER_REGION, LAYOUT_VERSION, MAGIC};
 use shared_allocator::prelude::*;
 use shared_allocator::{AllocError, OpenOptions, SegmentError};
 
@@ -225,12 +225,12 @@ fn meta_seed(kind: &str, seed: u64) -> String {
                 FreeListAllocator::open_with(n, &quick())
             });
             let l = *a.segment().layout();
-            let mut what = corrupt(&name, &mut rng, l.meta_offset, l.meta_len, pages);
+            let mut what = corrupt(&name, &mut rng, meta_region(&l).0, meta_region(&l).1, pages);
             let (mut ok, mut err) = torment(&a, &name, &mut rng, ops / 2, 9000, |n| {
                 FreeListAllocator::open_with(n, &quick())
             });
             what += " + ";
-            what += &corrupt(&name, &mut rng, l.meta_offset, l.meta_len, pages);
+            what += &corrupt(&name, &mut rng, meta_region(&l).0, meta_region(&l).1, pages);
             let (o2, e2) = torment(&a, &name, &mut rng, ops / 2, 9000, |n| {
                 FreeListAllocator::open_with(n, &quick())
             });
@@ -247,12 +247,12 @@ fn meta_seed(kind: &str, seed: u64) -> String {
             });
             let l = *a.segment().layout();
             let small = count.div_ceil(64);
-            let mut what = corrupt(&name, &mut rng, l.meta_offset, l.meta_len, small);
+            let mut what = corrupt(&name, &mut rng, meta_region(&l).0, meta_region(&l).1, small);
             let (mut ok, mut err) = torment(&a, &name, &mut rng, ops / 2, slot + 8, |n| {
                 SlabAllocator::open_with(n, &quick())
             });
             what += " + ";
-            what += &corrupt(&name, &mut rng, l.meta_offset, l.meta_len, small);
+            what += &corrupt(&name, &mut rng, meta_region(&l).0, meta_region(&l).1, small);
             let (o2, e2) = torment(&a, &name, &mut rng, ops / 2, slot + 8, |n| {
                 SlabAllocator::open_with(n, &quick())
             });
@@ -268,7 +268,7 @@ fn meta_seed(kind: &str, seed: u64) -> String {
             let mut what = String::new();
             for round in 0..3 {
                 // The bump metadata is one word; scribble it (and its neighbours).
-                what += &corrupt(&name, &mut rng, l.meta_offset, 64, cap);
+                what += &corrupt(&name, &mut rng, meta_region(&l).0, 64, cap);
                 what += if round < 2 { " + " } else { "" };
                 let (o, e) = bump_torment(&mut a, &name, &mut rng, ops / 3);
                 ok += o;
@@ -633,7 +633,7 @@ fn slab_cleared_tail_bits_hand_out_slots_past_the_end() {
     let a = SlabAllocator::create(name.as_str(), 24, 10).unwrap();
     let l = *a.segment().layout();
     // Slab metadata: 8 reserved words, the summary (1 word, padded to 8), then the bitmap.
-    scribble(&name, l.meta_offset + 16 * 8, &0u64.to_le_bytes());
+    scribble(&name, meta_region(&l).0 + 16 * 8, &0u64.to_le_bytes());
     let mut outside = Vec::new();
     for _ in 0..64 {
         match a.allocate(24) {

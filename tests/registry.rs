@@ -11,6 +11,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::{env_req, results, role, say, wait_with_watchdog, KillOnDrop, Rng, ShmName};
+use shared_allocator::__layout::meta_region;
 use shared_allocator::prelude::*;
 use shared_allocator::segment::OpenOptions;
 use shared_allocator::{AllocError, FreeError, SegmentError};
@@ -586,8 +587,8 @@ fn a_peer_rewriting_words_forever_gets_errors_not_hangs() {
             "scribbler",
             &[
                 ("SA_NAME", name.as_str().into()),
-                ("SA_START", l.meta_offset.to_string()),
-                ("SA_LEN", l.meta_len.min(64 * 1024).to_string()),
+                ("SA_START", meta_region(&l).0.to_string()),
+                ("SA_LEN", meta_region(&l).1.min(64 * 1024).to_string()),
             ],
         ));
         let mut out = BufReader::new(s.child().stdout.take().unwrap());

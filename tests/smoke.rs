@@ -68,14 +68,14 @@ fn free_list_grows_large_blocks_in_place() {
     a.free(spacer).unwrap();
     a.write(o, &[1; 3 * 4096]).unwrap();
     assert!(a.write(o, &[2; 5 * 4096]).is_err(), "3 pages only");
-    assert!(a.grow_in_place(o, 5 * 4096));
+    assert!(a.grow_in_place(o, 5 * 4096).unwrap());
     a.write(o, &[2; 5 * 4096]).unwrap();
     assert_eq!(a.read(o, 5 * 4096).unwrap(), vec![2; 5 * 4096]);
     // A neighbour right after the block stops further growth; nothing changes.
     let next = a.allocate(4096).unwrap();
     assert_eq!(next.get(), o.get() + 5 * 4096);
     let before = a.stats();
-    assert!(!a.grow_in_place(o, 6 * 4096));
+    assert!(!a.grow_in_place(o, 6 * 4096).unwrap());
     assert_eq!(a.stats(), before);
     // Interior offsets of the grown part resolve to the block; freeing frees all.
     a.write(Offset::new(o.get() + 4 * 4096 + 10), &[3; 100])
@@ -86,7 +86,7 @@ fn free_list_grows_large_blocks_in_place() {
     assert_eq!(a.stats().free_bytes, 64 * 4096);
     // Size-class blocks grow only within their class.
     let small = a.allocate(40).unwrap(); // class 48
-    assert!(a.grow_in_place(small, 48));
-    assert!(!a.grow_in_place(small, 49));
+    assert!(a.grow_in_place(small, 48).unwrap());
+    assert!(!a.grow_in_place(small, 49).unwrap());
     a.free(small).unwrap();
 }

@@ -12,7 +12,9 @@ use shared_allocator::archive::{ArchiveToken, ShmArchive};
 use shared_allocator::prelude::*;
 use shared_allocator::segment::SegmentMode;
 use shared_allocator::typed::{TokenSlot, MAX_ROOTS};
-use shared_allocator::{AccessError, ArchiveError, FreeError, ShmVecHeader, TokenError};
+use shared_allocator::{
+    AccessError, AllocError, ArchiveError, FreeError, ShmVecHeader, TokenError, WrongMode,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -447,10 +449,11 @@ fn raw_write_over_an_archive_is_refused() {
     let archive = ShmArchive::<Vec<String>, _>::from_token(&alloc, token).unwrap();
     let data = archive.offset().get() + HEADER_LEN;
     let view = archive.access().unwrap();
-    let typed = Err(AccessError::WrongMode {
-        wanted: SegmentMode::Raw,
+    let wrong = WrongMode {
+        expected: SegmentMode::Raw,
         found: SegmentMode::Typed,
-    });
+    };
+    let typed = Err(AccessError::WrongMode(wrong));
     assert_eq!(
         alloc.write(Offset::new(data), &vec![0xff; archive.len()]),
         typed
@@ -458,14 +461,11 @@ fn raw_write_over_an_archive_is_refused() {
     assert_eq!(alloc.write(archive.offset(), &[0u8; 48]), typed);
     assert_eq!(
         alloc.free(archive.offset()),
-        Err(FreeError::WrongMode {
-            found: SegmentMode::Typed
-        })
+        Err(FreeError::WrongMode(wrong))
     );
-    // A raw block in the same segment is refused too: it could be freed and
-    // become a typed block between a check and a write.
-    let raw = alloc.allocate(64).unwrap();
-    assert_eq!(alloc.write(raw, b"x"), typed);
+    // A raw block in the same segment is refused too: it could never be written
+    // or freed there.
+    assert_eq!(alloc.allocate(64), Err(AllocError::WrongMode(wrong)));
     assert_eq!(view.len(), 64);
     assert_eq!(view[63].as_str(), "value-63");
     assert_eq!(archive.deserialize_copied().unwrap(), value);
@@ -488,10 +488,10 @@ fn raw_and_typed_segments_do_not_mix() {
     let off = alloc.allocate(64).unwrap();
     alloc.write(off, &[0; 8]).unwrap();
     assert_eq!(alloc.segment().mode(), SegmentMode::Raw);
-    let raw_mode = AccessError::WrongMode {
-        wanted: SegmentMode::Typed,
+    let raw_mode = AccessError::WrongMode(WrongMode {
+        expected: SegmentMode::Typed,
         found: SegmentMode::Raw,
-    };
+    });
     assert_eq!(
         ShmBox::new_in(&alloc, 1u64).unwrap_err(),
         Error::Access(raw_mode.clone())
@@ -533,7 +533,7 @@ fn second_bump_mapping_cannot_reset_under_a_reader() {
     let batch: Vec<String> = (0..64).map(|i| format!("item-{i}")).collect();
     let token = bump.arena().archive(&batch).unwrap().into_token();
     let h = bump.arena().alloc(5u64).unwrap().arena_ptr();
-    let reader = ArenaArchiveReader::<Vec<String>>::from_token(&bump, token).unwrap();
+    let reader = ArenaArchiveReader::<Vec<String>, _>::from_token(&bump, token).unwrap();
     let view = reader.access().unwrap();
     let mut second = BumpAllocator::open(name.as_str()).unwrap();
     assert_eq!(second.try_reset(), Err(AccessError::Busy { readers: 1 }));
@@ -556,8 +556,10 @@ fn second_bump_mapping_cannot_reset_under_a_reader() {
     drop(v);
     second.try_reset().unwrap();
     assert!(token.deserialize_copied(&bump).unwrap_err().is_stale());
-    assert!(ArenaArchiveReader::<Vec<String>>::from_token(&bump, token)
-        .unwrap_err()
-        .is_stale());
+    assert!(
+        ArenaArchiveReader::<Vec<String>, _>::from_token(&bump, token)
+            .unwrap_err()
+            .is_stale()
+    );
     assert!(h.get(&bump).unwrap_err().is_stale());
 }

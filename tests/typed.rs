@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{results as finish, role, say, spawn_child, ShmName};
+use shared_allocator::__private::fingerprint;
 use shared_allocator::prelude::*;
-use shared_allocator::typed::fingerprint;
 use shared_allocator::{AccessError, ShmVecHeader};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -310,7 +310,7 @@ fn bad_rel_ptrs_are_errors() {
     let b = ShmBox::new_in(&typed, AtomicU64::new(5)).unwrap();
     assert!(matches!(
         b.rel_ptr().get(&typed),
-        Err(AccessError::WrongMode { .. })
+        Err(AccessError::WrongMode(_))
     ));
     assert_eq!(b.load(Ordering::Relaxed), 5);
 }

@@ -13,6 +13,7 @@
 //! | every field is `ShmSafe` | `FINGERPRINT` is computed through a function bounded by `F: ShmSafe`, for each field type `F` | `bool`, `char`, enums, references, raw pointers, `Box`, `Vec`, `String`, non-`ShmSafe` structs |
 //! | no padding | `assert!(size_of::<Self>() == size_of::<A>() + size_of::<B>() + ...)` in a `const` item (in `FINGERPRINT` for generic structs) | implicit padding |
 //! | no lifetimes | the macro looks at the generics | lifetime parameters |
+//! | no padding for any parameter (generic structs) | the macro looks at the field types | a generic struct whose fields are not all one type `X` or `[X; N]` (unless `repr(transparent)`) |
 //!
 //! It also computes `ShmSafe::FINGERPRINT` from the type name, the number of fields,
 //! each field's name, `FINGERPRINT`, size and alignment, in declaration order, and the
@@ -22,15 +23,16 @@
 //! # Generic structs
 //!
 //! Every type parameter gets a `ShmSafe` bound on the impl, so
-//! `struct Pair<T> { a: T, b: T }` is `ShmSafe` when `T` is. Whether a generic struct
-//! has padding depends on its parameters (`struct P<T> { a: T, b: u64 }` has padding for
-//! `T = u8`), so for generic structs the padding assertion lives inside `FINGERPRINT`
-//! and fails at compile time for each instantiation whose `FINGERPRINT` is evaluated.
-//! Every path of `shared_allocator` that places or resolves a `T` in shared memory
-//! (`ShmBox::new_in`, `ShmVec::new_in`, `Arena::alloc`, roots, `RelPtr` resolution and
-//! `read`, tokens) evaluates it through `shared_allocator::typed::layout_checked`, so
-//! `ShmBox::new_in(&alloc, P { a: 1u8, b: 2 })` does not compile. (It is a
-//! monomorphization-time error: `cargo build` reports it, `cargo check` may not.)
+//! `struct Pair<T> { a: T, b: T }` is `ShmSafe` when `T` is. Whether a generic
+//! struct has padding can depend on its parameters (`struct P<T> { a: T, b: u64 }`
+//! has padding for `T = u8`), and `cargo check` never evaluates a generic
+//! instantiation's constants, so the derive decides it from the shape alone: a
+//! generic struct is accepted when it is `#[repr(transparent)]`, or when it has no
+//! `align(..)` and every field (`PhantomData` aside) is one type `X` or an array
+//! `[X; N]` of it, which is padding-free for every parameter. Any other generic struct is a derive error at
+//! its first field of another type (`cargo check` reports it, on the user's
+//! struct). The padding assertion is also part of `FINGERPRINT`, evaluated through
+//! `layout_checked` by every path that places or resolves a `T` in shared memory.
 //!
 //! A non-generic struct runs the assertion in a free `const` item, which also evaluates
 //! its fields' fingerprints, so it is checked whenever the crate compiles, together
@@ -112,6 +114,8 @@ pub fn derive_shm_safe(input: TokenStream) -> TokenStream {
 /// What the `#[repr]` attributes of the struct say, as far as we care.
 struct Repr {
     c_or_transparent: bool,
+    /// `transparent`: the layout is the one non-zero-sized field's, never padded.
+    transparent: bool,
     /// `align(N)`: the alignment may exceed 8, so no whole-word impls are emitted.
     align: bool,
 }
@@ -119,12 +123,14 @@ struct Repr {
 fn parse_repr(attrs: &[Attribute]) -> Result<Repr> {
     let mut repr = Repr {
         c_or_transparent: false,
+        transparent: false,
         align: false,
     };
     for attr in attrs.iter().filter(|a| a.path().is_ident("repr")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("C") || meta.path.is_ident("transparent") {
                 repr.c_or_transparent = true;
+                repr.transparent |= meta.path.is_ident("transparent");
                 Ok(())
             } else if meta.path.is_ident("align") {
                 // `align(N)` only adds trailing space, which the padding check sees.
@@ -250,10 +256,38 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
         ));
     }
 
+    // A refused generic shape is reported, and the impl is still emitted: the
+    // crate does not compile either way, and uses of the type are not flooded
+    // with "does not implement `ShmSafe`" errors after the one that explains.
+    let layout_error = if input.generics.params.is_empty() || repr.transparent {
+        None
+    } else if repr.align {
+        // `align(N)` rounds the size up to N: trailing padding after fields
+        // smaller than N, for some parameters (`struct Q<T> { a: T }`, `Q<u8>`).
+        Some(
+            Error::new_spanned(
+                &input.ident,
+                format!(
+                    "`#[derive(ShmSafe)]` on the generic struct `{}` cannot prove it has no \
+                     padding for every parameter: `#[repr(align(..))]` pads the struct to its \
+                     alignment, which some parameters do not fill. Remove `align`, add the \
+                     padding as an explicit field of a concrete struct, or derive on a \
+                     concrete struct per instantiation",
+                    input.ident
+                ),
+            )
+            .into_compile_error(),
+        )
+    } else {
+        check_generic_layout(&input.ident, fields)
+            .err()
+            .map(Error::into_compile_error)
+    };
+
     let name = &input.ident;
     let name_str = name.to_string();
     let trait_path = quote!(#krate::ShmSafe);
-    let fp = quote!(#krate::typed::fingerprint);
+    let fp = quote!(#krate::__private::fingerprint);
     // Every path into `core` goes through the main crate's hidden re-export, so a
     // user's `extern crate self as core;` (or any other crate named `core` in the
     // extern prelude) cannot replace `size_of` or `assert!` in the generated proofs.
@@ -439,6 +473,7 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
     };
 
     Ok(quote! {
+        #layout_error
         const _: () = {
             /// Mixes field `F` into the fingerprint `h`; requires `F: ShmSafe`.
             const fn __shm_safe_field<F: #trait_path>(h: u64, name: &str) -> u64 {
@@ -471,6 +506,60 @@ fn expand(input: &DeriveInput) -> Result<TokenStream2> {
             #words_impls
         };
     })
+}
+
+/// A generic `repr(C)` struct must be free of padding for every parameter, and
+/// that has to be decided here (`cargo check` never evaluates a generic
+/// instantiation's constants, so the per-instantiation assertion in `FINGERPRINT`
+/// would only fire at `cargo build`, inside the crate that uses the type). The
+/// derive accepts the shape that is padding-free whatever the parameters are:
+/// every field is one type `X` or an array `[X; N]` of it (each field then starts
+/// at a multiple of `size_of::<X>()`, itself a multiple of `align_of::<X>()`, and
+/// the struct ends there too). `PhantomData` fields (zero-sized, alignment 1) are
+/// ignored. Anything else is refused at the first field of another type.
+fn check_generic_layout(name: &syn::Ident, fields: &Fields) -> Result<()> {
+    fn element(ty: &syn::Type) -> &syn::Type {
+        match ty {
+            syn::Type::Array(a) => element(&a.elem),
+            syn::Type::Paren(p) => element(&p.elem),
+            syn::Type::Group(g) => element(&g.elem),
+            other => other,
+        }
+    }
+    fn is_phantom(ty: &syn::Type) -> bool {
+        matches!(ty, syn::Type::Path(p)
+            if p.path.segments.last().is_some_and(|s| s.ident == "PhantomData"))
+    }
+    let mut first: Option<(&syn::Type, String)> = None;
+    for f in fields.iter().filter(|f| !is_phantom(&f.ty)) {
+        let elem = element(&f.ty);
+        let key = quote!(#elem).to_string();
+        match &first {
+            None => first = Some((elem, key)),
+            Some((one, k)) if *k != key => {
+                let field = f
+                    .ident
+                    .as_ref()
+                    .map_or_else(|| "a field".to_string(), |i| format!("field `{i}`"));
+                let ty = &f.ty;
+                return Err(Error::new_spanned(
+                    ty,
+                    format!(
+                        "`#[derive(ShmSafe)]` on the generic struct `{name}` cannot prove it has \
+                         no padding for every parameter: {field} has type `{}`, not `{}` \
+                         (or an array of it), so the padding depends on the parameters and \
+                         would only show at `cargo build`. Give every field one type (`X` or \
+                         `[X; N]`), use `#[repr(transparent)]`, or derive on a concrete \
+                         struct per instantiation",
+                        quote!(#ty).to_string().replace(' ', ""),
+                        quote!(#one).to_string().replace(' ', ""),
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// `tokens` with every span set to `span` (recursively into groups).
@@ -530,5 +619,29 @@ mod tests {
         assert!(e.contains("lifetime"), "{e}");
         assert!(expand_str("#[repr(C, align(64))] struct A { x: [u8; 64] }").is_ok());
         assert!(expand_str("#[repr(align(8))] struct A { x: u64 }").is_err());
+    }
+
+    #[test]
+    fn generic_structs_only_in_shapes_without_padding() {
+        for ok in [
+            "#[repr(C)] struct P<T> { a: T, b: T }",
+            "#[repr(C)] struct P<T, const N: usize> { a: T, b: [T; N], c: [[T; 2]; N] }",
+            "#[repr(C)] struct B<const N: usize> { len: u64, data: [u64; N] }",
+            "#[repr(C)] struct H<T> { inner: Other<T>, _p: PhantomData<T> }",
+            "#[repr(transparent)] struct W<T> { v: T, _m: PhantomData<u8> }",
+            "#[repr(C)] struct N { a: u8, b: u64 }",
+            "#[repr(C, align(64))] struct L { x: [u8; 64] }",
+        ] {
+            assert!(!expand_str(ok).unwrap().contains("compile_error"), "{ok}");
+        }
+        let e = expand_str("#[repr(C)] struct G3<T> { a: u32, t: T }").unwrap();
+        assert!(e.contains("compile_error"), "{e}");
+        assert!(e.contains("field `t` has type `T`, not `u32`"), "{e}");
+        let e = expand_str("#[repr(C)] struct B<const N: usize> { len: u64, d: [u8; N] }").unwrap();
+        assert!(e.contains("compile_error"), "{e}");
+        assert!(e.contains("generic struct `B`"), "{e}");
+        let e = expand_str("#[repr(C, align(8))] struct Q<T> { a: T }").unwrap();
+        assert!(e.contains("compile_error"), "{e}");
+        assert!(e.contains("repr(align(..))"), "{e}");
     }
 }

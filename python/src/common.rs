@@ -70,9 +70,7 @@ macro_rules! allocator_class {
                 // Views obey the segment's mode exactly as `write` does (read-only
                 // ones too: a typed segment's blocks change under typed handles'
                 // rules, not plain memory).
-                core.alloc
-                    .segment()
-                    .require_raw()
+                shared_allocator::__layout::require_raw(core.alloc.segment())
                     .map_err(|e| crate::errors::access(py, e, rel as u64, len))?;
                 // Not a root's block either (a lock's or channel's bytes are
                 // reached only through its own API).

@@ -143,11 +143,14 @@ mod libc_errno {
 }
 
 /// An allocation request that can never be satisfied as asked (bad size or
-/// alignment, corrupt metadata). Out-of-memory is not an error: callers return `None`.
+/// alignment, corrupt metadata, a typed segment). Out-of-memory is not an error: callers return `None`.
 pub(crate) fn alloc(py: Python<'_>, e: AllocError) -> PyErr {
     let msg = e.to_string();
     match e {
         AllocError::Corrupted { .. } => err(py, Kind::Corrupted, msg),
+        // As a refused write or free in a typed segment (the block could never be
+        // freed there).
+        AllocError::WrongMode(_) => err(py, Kind::Base, msg),
         _ => err(py, Kind::InvalidArgument, msg),
     }
 }

@@ -216,6 +216,11 @@ def test_views_obey_a_typed_segments_mode(name):
             a.view(rel, 32, readonly=readonly)
     with pytest.raises(sa.SharedAllocatorError, match="typed mode"):
         a.write(rel, b"\0" * 8)
+    # A raw block could never be written or freed there: refused, not leaked.
+    used = a.used_bytes()
+    with pytest.raises(sa.SharedAllocatorError, match="typed mode"):
+        a.allocate(64)
+    assert a.used_bytes() == used
     # Copies stay allowed (byte-wise atomic, never undefined behaviour).
     assert a.read(rel, 8) == (1).to_bytes(8, "little")
     a.unlink()
@@ -232,5 +237,7 @@ def test_views_obey_a_typed_bump_segments_mode(name):
             a.view(rel, 32, readonly=readonly)
     with pytest.raises(sa.SharedAllocatorError, match="typed mode"):
         a.write(rel, b"\0" * 8)
+    with pytest.raises(sa.SharedAllocatorError, match="typed mode"):
+        a.allocate(64)
     assert a.read(rel, 8) == (1).to_bytes(8, "little")
     a.unlink()

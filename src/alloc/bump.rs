@@ -329,6 +329,12 @@ impl BumpAllocator {
         unsafe { &*(p.as_ptr() as *const AtomicU128) }
     }
 
+    /// The reset epoch: how many resets completed since the segment was created.
+    /// Arena handles carry the epoch they were made in.
+    pub fn epoch(&self) -> u64 {
+        split(self.state().load(Ordering::Acquire)).0
+    }
+
     /// Releases every allocation at once and advances the epoch; returns the new
     /// epoch. Waits up to [`DEFAULT_RESET_WAIT`] for views held by other handles
     /// (in any process): see [`reset_timeout`](Self::reset_timeout).
@@ -483,7 +489,7 @@ impl BumpAllocator {
     /// # Errors
     /// As [`ShmAllocator::allocate_aligned`].
     #[inline]
-    pub fn allocate_with_epoch(
+    pub(crate) fn allocate_with_epoch(
         &self,
         size: usize,
         align: usize,
@@ -563,7 +569,12 @@ unsafe impl ShmAllocator for BumpAllocator {
     }
 
     #[inline]
-    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
+    fn allocate_block(
+        &self,
+        _: super::Internal,
+        size: usize,
+        align: usize,
+    ) -> Result<Offset, AllocError> {
         self.allocate_with_epoch(size, align).map(|(o, _)| o)
     }
 
@@ -607,7 +618,7 @@ unsafe impl ShmAllocator for BumpAllocator {
     }
 
     fn epoch(&self) -> u64 {
-        split(self.state().load(Ordering::Acquire)).0
+        BumpAllocator::epoch(self)
     }
 }
 

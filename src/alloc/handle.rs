@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::{Offset, ShmAllocator, ShmFree, Stats};
+use super::{BumpAllocator, Internal, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError};
 use crate::segment::{AllocatorKind, Segment};
 
@@ -24,12 +24,13 @@ macro_rules! forward_allocator {
                 (**self).segment()
             }
             #[inline]
-            fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
-                (**self).allocate_aligned(size, align)
-            }
-            #[inline]
-            fn allocate(&self, size: usize) -> Result<Offset, AllocError> {
-                (**self).allocate(size)
+            fn allocate_block(
+                &self,
+                i: Internal,
+                size: usize,
+                align: usize,
+            ) -> Result<Offset, AllocError> {
+                (**self).allocate_block(i, size, align)
             }
             #[inline]
             fn check_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
@@ -90,11 +91,68 @@ macro_rules! forward_allocator {
                 unsafe { (**self).free_owned(offset) }
             }
             #[inline]
-            fn grow_in_place(&self, offset: Offset, new_size: usize) -> bool {
-                (**self).grow_in_place(offset, new_size)
+            fn grow_block(&self, i: Internal, offset: Offset, new_size: usize) -> bool {
+                (**self).grow_block(i, offset, new_size)
             }
         }
     )*};
 }
 
 forward_allocator!(&A, Arc<A>);
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for &super::BumpAllocator {}
+    impl Sealed for &mut super::BumpAllocator {}
+    impl Sealed for super::Arc<super::BumpAllocator> {}
+}
+
+/// How an [`Arena`](crate::Arena) or an
+/// [`ArenaArchiveReader`](crate::archive::ArenaArchiveReader) holds its
+/// [`BumpAllocator`]: `&BumpAllocator` or `&mut BumpAllocator` (borrowed), or
+/// `Arc<BumpAllocator>` (shared: the arena or reader is `'static`, storable next
+/// to its allocator and movable into `std::thread::spawn`).
+///
+/// Sealed: these three are the implementations, so every call names the same
+/// allocator (the pin a reader holds is that allocator's).
+pub trait BumpHandle: sealed::Sealed {
+    /// The allocator behind the handle.
+    fn bump(&self) -> &BumpAllocator;
+
+    /// The allocator, exclusively, if this is the only way to reach it: a
+    /// `&mut BumpAllocator`, or an `Arc` without other clones or weak references.
+    /// `None` for `&BumpAllocator`. What [`Arena::reset`](crate::Arena::reset)
+    /// needs: a reset through a handle does not wait for that handle's own views,
+    /// so no other user of the handle may hold one.
+    fn bump_mut(&mut self) -> Option<&mut BumpAllocator>;
+}
+
+impl BumpHandle for &BumpAllocator {
+    #[inline]
+    fn bump(&self) -> &BumpAllocator {
+        self
+    }
+    fn bump_mut(&mut self) -> Option<&mut BumpAllocator> {
+        None
+    }
+}
+
+impl BumpHandle for &mut BumpAllocator {
+    #[inline]
+    fn bump(&self) -> &BumpAllocator {
+        self
+    }
+    fn bump_mut(&mut self) -> Option<&mut BumpAllocator> {
+        Some(self)
+    }
+}
+
+impl BumpHandle for Arc<BumpAllocator> {
+    #[inline]
+    fn bump(&self) -> &BumpAllocator {
+        self
+    }
+    fn bump_mut(&mut self) -> Option<&mut BumpAllocator> {
+        Arc::get_mut(self)
+    }
+}

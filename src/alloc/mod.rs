@@ -13,6 +13,7 @@ mod inspect;
 mod slab;
 
 pub use bump::{BumpAllocator, BUMP_MAX_CAPACITY, DEFAULT_RESET_WAIT};
+pub use handle::BumpHandle;
 pub use free_list::{
     FreeListAllocator, FreeListOptions, Reclaimed, DEFAULT_CACHE_DEPTH, MAX_CACHE_DEPTH,
     SIZE_CLASSES,
@@ -107,9 +108,33 @@ pub struct Stats {
     pub classes: Vec<ClassStats>,
 }
 
+/// Not public API: the proof that a call comes from this crate. The allocator
+/// traits' internal methods (a typed handle's allocation and growth, in a segment
+/// of either mode) take it, so code outside the crate cannot call them.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Internal(());
+
+/// The one [`Internal`] value.
+pub(crate) const INTERNAL: Internal = Internal(());
+
+mod sealed {
+    /// Implemented only here: other crates cannot implement the allocator traits.
+    pub trait Sealed {}
+    impl Sealed for super::FreeListAllocator {}
+    impl Sealed for super::SlabAllocator {}
+    impl Sealed for super::BumpAllocator {}
+    impl<A: super::ShmAllocator + ?Sized> Sealed for &A {}
+    impl<A: super::ShmAllocator + ?Sized> Sealed for std::sync::Arc<A> {}
+}
+
 /// The raw interface of every allocator: bytes at offsets, checked.
 ///
 /// Import it (or [`crate::prelude`]) to call these methods.
+///
+/// **Sealed**: implemented by [`FreeListAllocator`], [`SlabAllocator`] and
+/// [`BumpAllocator`], and by `&A` and `Arc<A>` of them (handles that borrow or
+/// share an allocator); other crates cannot implement it.
 ///
 /// # Safety
 /// The typed layer's unsafe code turns what this trait answers into references, so
@@ -125,30 +150,52 @@ pub struct Stats {
 ///   writes (never from bytes inside the data region's blocks);
 /// - a block stays live (is not handed out again) until it is freed.
 ///
-/// The allocators of this crate are the implementations; a new one must prove
-/// each point (the multi-process conformance tests are the check).
-pub unsafe trait ShmAllocator: Send + Sync {
+/// The allocators of this crate are the only implementations (the trait is
+/// sealed); each proves every point (the multi-process conformance tests are the
+/// check).
+pub unsafe trait ShmAllocator: sealed::Sealed + Send + Sync {
     /// The kind stored in the segment header.
+    #[doc(hidden)]
     const KIND: AllocatorKind;
 
     /// The segment this allocator lives in.
     fn segment(&self) -> &Segment;
 
-    /// Allocates `size` bytes aligned to `align` (a power of two, at most [`MAX_ALIGN`]).
+    /// Allocates a raw block of `size` bytes aligned to `align` (a power of two,
+    /// at most [`MAX_ALIGN`]). Decides the segment's mode as
+    /// [`Raw`](crate::segment::SegmentMode::Raw) if unset: a raw block is written
+    /// and freed by the raw API, which a segment of typed handles refuses.
     ///
     /// # Errors
     /// [`AllocError::ZeroSize`], [`AllocError::BadAlignment`], [`AllocError::TooLarge`],
-    /// [`AllocError::OutOfMemory`] (with requested and available bytes), or
-    /// [`AllocError::Corrupted`] if a peer damaged the metadata.
-    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError>;
+    /// [`AllocError::OutOfMemory`] (with requested and available bytes),
+    /// [`AllocError::Corrupted`] if a peer damaged the metadata;
+    /// [`AllocError::WrongMode`] in a segment of typed handles (the block could
+    /// never be written or freed there).
+    #[inline]
+    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
+        claim_raw(self.segment())?;
+        self.allocate_block(INTERNAL, size, align)
+    }
 
     /// Allocates `size` bytes aligned to [`DEFAULT_ALIGN`].
     ///
     /// # Errors
     /// As [`ShmAllocator::allocate_aligned`].
+    #[inline]
     fn allocate(&self, size: usize) -> Result<Offset, AllocError> {
         self.allocate_aligned(size, DEFAULT_ALIGN)
     }
+
+    /// The allocation itself, in a segment of either mode: what typed handles
+    /// call (they own and free their blocks), and what an implementation provides.
+    /// Only this crate can call it ([`Internal`]).
+    ///
+    /// # Errors
+    /// As [`allocate_aligned`](ShmAllocator::allocate_aligned), without `WrongMode`.
+    #[doc(hidden)]
+    fn allocate_block(&self, _: Internal, size: usize, align: usize)
+        -> Result<Offset, AllocError>;
 
     /// Checks that `len` bytes at `offset` lie inside one live block.
     ///
@@ -162,6 +209,7 @@ pub unsafe trait ShmAllocator: Send + Sync {
     ///
     /// # Errors
     /// As [`check_range`](ShmAllocator::check_range).
+    #[doc(hidden)]
     fn block_start_of(&self, offset: Offset, len: u64) -> Result<Option<Offset>, AccessError> {
         self.check_range(offset, len).map(|()| None)
     }
@@ -173,6 +221,7 @@ pub unsafe trait ShmAllocator: Send + Sync {
     ///
     /// # Errors
     /// As [`check_range`](ShmAllocator::check_range); [`AccessError::Root`].
+    #[doc(hidden)]
     fn check_raw_range(&self, offset: Offset, len: u64) -> Result<(), AccessError> {
         if let Some(start) = self.block_start_of(offset, len)? {
             if is_root_block(self.segment(), start) {
@@ -222,7 +271,10 @@ pub unsafe trait ShmAllocator: Send + Sync {
     }
 
     /// Fills `buf` from the block at `offset`, with byte-wise atomic loads (the
-    /// checked copy path: sound whatever other processes write meanwhile).
+    /// checked copy path: sound whatever other processes write meanwhile). Allowed
+    /// in both segment modes: a copy out of a typed block is a snapshot, never a
+    /// reference (raw `allocate`, `write`, `free` and `grow_in_place` are the calls
+    /// a typed segment refuses).
     ///
     /// # Errors
     /// As [`ShmAllocator::check_range`].
@@ -235,7 +287,8 @@ pub unsafe trait ShmAllocator: Send + Sync {
         }
     }
 
-    /// Reads `len` bytes at `offset` into a new vector.
+    /// Reads `len` bytes at `offset` into a new vector: a checked copy, in both
+    /// segment modes (as [`read_into`](ShmAllocator::read_into)).
     ///
     /// # Errors
     /// As [`ShmAllocator::check_range`].
@@ -257,7 +310,9 @@ pub unsafe trait ShmAllocator: Send + Sync {
     /// A snapshot of use; see [`Stats`].
     fn stats(&self) -> Stats;
 
-    /// The reset epoch: 0 for allocators that never reset.
+    /// The reset epoch: 0 for allocators that never reset (the bump allocator's
+    /// is [`BumpAllocator::epoch`]).
+    #[doc(hidden)]
     fn epoch(&self) -> u64 {
         0
     }
@@ -304,9 +359,7 @@ pub unsafe trait ShmFree: ShmAllocator {
     fn free(&self, offset: Offset) -> Result<(), FreeError> {
         match self.segment().claim_mode(crate::segment::SegmentMode::Raw) {
             Ok(()) => {}
-            Err(AccessError::WrongMode { found, .. }) => {
-                return Err(FreeError::WrongMode { found })
-            }
+            Err(AccessError::WrongMode(w)) => return Err(FreeError::WrongMode(w)),
             Err(_) => {
                 return Err(FreeError::Corrupted {
                     what: "segment mode word",
@@ -338,14 +391,41 @@ pub unsafe trait ShmFree: ShmAllocator {
     #[doc(hidden)]
     unsafe fn free_owned(&self, offset: Offset) -> Result<(), FreeError>;
 
-    /// Tries to grow the block at `offset` to at least `new_size` bytes without moving
-    /// it (like `realloc` extending in place). Returns whether it did; on `false`
-    /// nothing changed and the caller allocates, copies and frees instead. The block
-    /// must be owned by the caller. The default never grows.
-    fn grow_in_place(&self, offset: Offset, new_size: usize) -> bool {
+    /// Tries to grow the raw block at `offset` to at least `new_size` bytes without
+    /// moving it (like `realloc` extending in place). Returns whether it did; on
+    /// `false` nothing changed and the caller allocates, copies and frees instead.
+    /// The block must be owned by the caller. Decides the segment's mode as
+    /// [`Raw`](crate::segment::SegmentMode::Raw) if unset.
+    ///
+    /// # Errors
+    /// [`AllocError::WrongMode`] in a segment of typed handles (their blocks grow
+    /// only through their handles).
+    #[inline]
+    fn grow_in_place(&self, offset: Offset, new_size: usize) -> Result<bool, AllocError> {
+        claim_raw(self.segment())?;
+        Ok(self.grow_block(INTERNAL, offset, new_size))
+    }
+
+    /// The growth itself, in a segment of either mode (a typed vector's buffer);
+    /// only this crate can call it ([`Internal`]). The default never grows.
+    #[doc(hidden)]
+    fn grow_block(&self, _: Internal, offset: Offset, new_size: usize) -> bool {
         let _ = (offset, new_size);
         false
     }
+}
+
+/// Decides the segment's mode as raw if unset (what raw `allocate`, `write` and
+/// `free` need).
+#[inline]
+fn claim_raw(seg: &Segment) -> Result<(), AllocError> {
+    seg.claim_mode(crate::segment::SegmentMode::Raw)
+        .map_err(|e| match e {
+            AccessError::WrongMode(w) => AllocError::WrongMode(w),
+            _ => AllocError::Corrupted {
+                what: "segment mode word",
+            },
+        })
 }
 
 /// Checks a size and alignment request common to all allocators.

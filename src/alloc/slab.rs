@@ -783,7 +783,12 @@ unsafe impl ShmAllocator for SlabAllocator {
 
     /// `size` must be at most the slot size and `align` at most the slot alignment.
     #[inline]
-    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
+    fn allocate_block(
+        &self,
+        _: super::Internal,
+        size: usize,
+        align: usize,
+    ) -> Result<Offset, AllocError> {
         check_request(size, align)?;
         if size as u64 > self.slot_size {
             return Err(AllocError::TooLarge {

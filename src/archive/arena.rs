@@ -11,12 +11,12 @@ use rkyv::{Archived, Deserialize};
 use super::block::{archived_unchecked, deserialize_archived, deserialize_copy, Span};
 use super::writer::{block_size, nondeterministic, seal, serialize_into, Binding};
 use super::{ArchiveError, ShmArchivable, ARCHIVE_ALIGN};
-use crate::alloc::{BumpAllocator, Offset, ShmAllocator};
+use crate::alloc::{BumpAllocator, BumpHandle, Offset, ShmAllocator};
 use crate::error::AccessError;
 use crate::process::Pin;
 use crate::typed::{fingerprint, Arena, ShmSafe};
 
-impl<'b> Arena<'b> {
+impl<A: BumpHandle> Arena<A> {
     /// Serializes `value` into this arena, sized exactly (two passes: see the
     /// [module docs](super)). The archive lives until the arena is reset; the
     /// returned handle borrows the arena, so this process cannot reset it while
@@ -82,7 +82,7 @@ impl<'b> Arena<'b> {
 ///
 /// // A consumer process: open (validates once), then read zero-copy.
 /// let consumer = BumpAllocator::open(&name)?;
-/// let reader = ArenaArchiveReader::<Vec<String>>::from_token(&consumer, ArenaArchiveToken::from_raw(raw))?;
+/// let reader = ArenaArchiveReader::<Vec<String>, _>::from_token(&consumer, ArenaArchiveToken::from_raw(raw))?;
 /// assert_eq!(reader.access()?[1].as_str(), "bc");
 ///
 /// // The coordinator (here: a third mapping of the segment) ends the batch. A
@@ -91,7 +91,7 @@ impl<'b> Arena<'b> {
 /// assert!(coordinator.try_reset().unwrap_err().is_busy());
 /// drop((reader, arena));
 /// coordinator.reset()?;
-/// let again = ArenaArchiveReader::<Vec<String>>::from_token(&consumer, ArenaArchiveToken::from_raw(raw));
+/// let again = ArenaArchiveReader::<Vec<String>, _>::from_token(&consumer, ArenaArchiveToken::from_raw(raw));
 /// assert!(again.unwrap_err().is_stale());
 /// # bump.unlink()?;
 /// # Ok::<(), shared_allocator::Error>(())
@@ -166,8 +166,8 @@ impl<'a, T: ShmArchivable> ArenaArchive<'a, T> {
 /// hold `bump`, `span` and `epoch`, and a pin (the arena's, or the reader's own),
 /// so the epoch cannot change while they live.
 macro_rules! arena_archive_common {
-    ($ty:ident) => {
-        impl<'a, T: ShmArchivable> $ty<'a, T> {
+    ($ty:ident, [$($gen:tt)*], [$($args:tt)*]) => {
+        impl<$($gen)*> $ty<$($args)*> {
             /// Deserializes an owned `T` from the zero-copy view.
             ///
             /// # Errors
@@ -195,7 +195,7 @@ macro_rules! arena_archive_common {
             }
         }
 
-        impl<T: ShmArchivable> std::fmt::Debug for $ty<'_, T> {
+        impl<$($gen)*> std::fmt::Debug for $ty<$($args)*> {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.debug_struct(stringify!($ty))
                     .field("type", &std::any::type_name::<T>())
@@ -208,8 +208,8 @@ macro_rules! arena_archive_common {
     };
 }
 
-arena_archive_common!(ArenaArchive);
-arena_archive_common!(ArenaArchiveReader);
+arena_archive_common!(ArenaArchive, ['a, T: ShmArchivable], ['a, T]);
+arena_archive_common!(ArenaArchiveReader, [T: ShmArchivable, A: BumpHandle], [T, A]);
 
 fn check_epoch(bump: &BumpAllocator, epoch: u64) -> Result<(), AccessError> {
     let now = bump.epoch();
@@ -225,21 +225,29 @@ fn check_epoch(bump: &BumpAllocator, epoch: u64) -> Result<(), AccessError> {
 /// A validated, read-only view of an arena archive, in any process. Any number
 /// of readers may view one archive; the arena's reset releases it.
 ///
-/// [`open`](ArenaArchiveReader::from_token) pins the region (in this handle's registry
-/// slot) and validates once; while the reader lives, no reset by any handle in any
-/// process completes (it waits, or returns [`AccessError::Busy`]), so
-/// [`access`](ArenaArchiveReader::access) only checks the bounds. Drop readers
-/// when the batch is read. An example is on [`ArenaArchive`].
-pub struct ArenaArchiveReader<'a, T: ShmArchivable> {
-    bump: &'a BumpAllocator,
+/// [`from_token`](ArenaArchiveReader::from_token) pins the region (in the
+/// allocator handle's registry slot) and validates once; while the reader lives,
+/// no reset by any handle in any process completes (it waits, or returns
+/// [`AccessError::Busy`]), so [`access`](ArenaArchiveReader::access) only checks
+/// the bounds. Drop readers when the batch is read. An example is on
+/// [`ArenaArchive`].
+///
+/// It holds its allocator through a [`BumpHandle`]: `&BumpAllocator` borrows it,
+/// `Arc<BumpAllocator>` shares it (the reader is then `'static`: stored next to
+/// its allocator, moved into a thread). A reset through the reader's own handle
+/// needs `&mut BumpAllocator`, which neither allows while the reader lives.
+pub struct ArenaArchiveReader<T: ShmArchivable, A: BumpHandle> {
     span: Span,
     epoch: u64,
     /// Protects the view in the process that opened the reader only (`Pin::valid`).
+    /// Declared before `bump`: dropped first, while the allocator (perhaps the
+    /// last `Arc` of it) still maps the registry the pin counts in.
     pin: Pin,
+    bump: A,
     _type: PhantomData<fn() -> T>,
 }
 
-impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
+impl<T: ShmArchivable, A: BumpHandle> ArenaArchiveReader<T, A> {
     /// Opens the archive at `token` and **validates it now**: epoch, header,
     /// bounds, checksum, bytecheck, and the epoch once more afterwards (so the
     /// bytes validated all belong to the token's epoch).
@@ -247,21 +255,24 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
     /// # Errors
     /// [`AccessError::Stale`] (as [`ArchiveError::Access`]) if the arena was reset
     /// since the token was made; otherwise as [`ShmArchive::from_token`](super::ShmArchive::from_token).
-    pub fn from_token(
-        bump: &'a BumpAllocator,
-        token: ArenaArchiveToken<T>,
-    ) -> Result<Self, ArchiveError> {
+    pub fn from_token(bump: A, token: ArenaArchiveToken<T>) -> Result<Self, ArchiveError> {
+        let b = bump.bump();
         // Pinned before validating: the validated bytes stay this epoch's.
-        let pin = crate::ArenaPtr::<u8>::from_parts(token.offset, token.epoch, 0).pin(bump)?;
-        let (span, sum, bytes) = Span::read::<T, BumpAllocator>(bump, token.offset())?;
-        span.validate::<T, BumpAllocator>(bump, Binding::Arena { epoch: token.epoch }, bytes, sum)?;
+        let pin = crate::ArenaPtr::<u8>::from_parts(token.offset, token.epoch, 0).pin(b)?;
+        let (span, sum, bytes) = Span::read::<T, BumpAllocator>(b, token.offset())?;
+        span.validate::<T, BumpAllocator>(b, Binding::Arena { epoch: token.epoch }, bytes, sum)?;
         Ok(ArenaArchiveReader {
-            bump,
             span,
             epoch: token.epoch,
             pin,
+            bump,
             _type: PhantomData,
         })
+    }
+
+    /// The bump allocator the reader holds.
+    pub fn allocator(&self) -> &BumpAllocator {
+        self.bump.bump()
     }
 
     /// The archived value, zero-copy, without re-validation.
@@ -273,15 +284,19 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
     #[inline]
     pub fn access(&self) -> Result<&Archived<T>, ArchiveError> {
         crate::process::check_fork(self.pin.fork())?;
-        let bytes = self.span.bytes(self.bump)?;
+        let bytes = self.span.bytes(self.bump.bump())?;
         // SAFETY:
         // - the pin is this process's (`valid`: not a fork child's copy);
-        // - `open` (the only constructor) pinned the region, then ran `check_bytes`
-        //   on this span's bytes in this bump allocator (the reader holds it);
-        // - the pin lives in `self`: no reset completes while it does, so the block
-        //   is not released or reused, and no safe API writes an archive after it
-        //   is written (untrusted writers are outside this view's trust: the copy
-        //   path is `deserialize_copied`).
+        // - `from_token` (the only constructor) pinned the region, then ran
+        //   `check_bytes` on this span's bytes in this bump allocator (the reader
+        //   holds its handle; `BumpHandle` is sealed, so it names the same
+        //   allocator on every call);
+        // - the pin lives in `self`: no reset by another handle completes while it
+        //   does, and a reset through this handle needs `&mut BumpAllocator`, which
+        //   the handle rules out while the reader lives (a shared borrow, or an
+        //   `Arc` clone); so the block is not released or reused, and no safe API
+        //   writes an archive after it is written (untrusted writers are outside
+        //   this view's trust: the copy path is `deserialize_copied`).
         Ok(unsafe { archived_unchecked::<T>(bytes) })
     }
 
@@ -298,14 +313,15 @@ impl<'a, T: ShmArchivable> ArenaArchiveReader<'a, T> {
     where
         Archived<T>: Deserialize<T, HighDeserializer<rancor::Error>>,
     {
-        check_epoch(self.bump, self.epoch)?;
+        let bump = self.bump.bump();
+        check_epoch(bump, self.epoch)?;
         let v = deserialize_copy::<T, BumpAllocator>(
-            self.bump,
+            bump,
             self.span.block,
             Binding::Arena { epoch: self.epoch },
         )?;
         fence(Ordering::Acquire);
-        check_epoch(self.bump, self.epoch)?;
+        check_epoch(bump, self.epoch)?;
         Ok(v)
     }
 }

@@ -108,7 +108,7 @@ impl<T: ShmArchivable, A: ShmFree> ShmArchive<T, A> {
     #[allow(clippy::type_complexity)]
     fn fill(alloc: A, cap: usize, value: &T) -> Result<Result<Self, (usize, A)>, ArchiveError> {
         crate::typed::raw::require_typed(&alloc)?;
-        let block = alloc.allocate_aligned(block_size(cap)?, ARCHIVE_ALIGN)?;
+        let block = alloc.allocate_block(crate::alloc::INTERNAL, block_size(cap)?, ARCHIVE_ALIGN)?;
         let sealed = serialize_into(alloc.segment(), block, cap, value).and_then(|len| {
             if len <= cap {
                 seal::<T, A>(&alloc, block, len, Binding::Owned)?;

@@ -72,7 +72,19 @@ value_error! {
 }
 
 value_error! {
-    /// Why [`Sender::send`](super::Sender::send) did not send; carries the value back.
+    /// Why [`Sender::send`](super::Sender::send) did not send; carries the value
+    /// back. (`send` waits without a timeout: no `Timeout` case, as std's.)
+    SendError {
+        /// Every receiver is gone (dropped, or its process died).
+        Disconnected => "every receiver of the channel is gone",
+        /// The channel's words hold values no correct peer writes.
+        Corrupted => "the channel's shared state is corrupted",
+    }
+}
+
+value_error! {
+    /// Why [`Sender::send_timeout`](super::Sender::send_timeout) did not send;
+    /// carries the value back.
     SendTimeoutError {
         /// The channel stayed full until the timeout.
         Timeout => "timed out: the channel stayed full",
@@ -97,7 +109,19 @@ pub enum TryRecvError {
     Corrupted,
 }
 
-/// Why [`Receiver::recv`](super::Receiver::recv) returned nothing.
+/// Why [`Receiver::recv`](super::Receiver::recv) returned nothing. (`recv`
+/// waits without a timeout: no `Timeout` case, as std's.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// Nothing is queued and every sender is gone (dropped, or its process died).
+    #[error("the channel is empty and every sender is gone")]
+    Disconnected,
+    /// The channel's words hold values no correct peer writes.
+    #[error("the channel's shared state is corrupted")]
+    Corrupted,
+}
+
+/// Why [`Receiver::recv_timeout`](super::Receiver::recv_timeout) returned nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RecvTimeoutError {
     /// Nothing arrived before the timeout.
@@ -129,6 +153,35 @@ impl From<TryRecvError> for ChannelError {
     }
 }
 
+impl From<RecvError> for ChannelError {
+    fn from(e: RecvError) -> ChannelError {
+        match e {
+            RecvError::Disconnected => ChannelError::Disconnected,
+            RecvError::Corrupted => ChannelError::Corrupted,
+        }
+    }
+}
+
+/// As std: a blocking call's error is one of the timed call's.
+impl From<RecvError> for RecvTimeoutError {
+    fn from(e: RecvError) -> RecvTimeoutError {
+        match e {
+            RecvError::Disconnected => RecvTimeoutError::Disconnected,
+            RecvError::Corrupted => RecvTimeoutError::Corrupted,
+        }
+    }
+}
+
+/// As std: a blocking call's error is one of the timed call's.
+impl<T> From<SendError<T>> for SendTimeoutError<T> {
+    fn from(e: SendError<T>) -> SendTimeoutError<T> {
+        match e {
+            SendError::Disconnected(v) => SendTimeoutError::Disconnected(v),
+            SendError::Corrupted(v) => SendTimeoutError::Corrupted(v),
+        }
+    }
+}
+
 impl From<RecvTimeoutError> for ChannelError {
     fn from(e: RecvTimeoutError) -> ChannelError {
         match e {
@@ -148,4 +201,4 @@ macro_rules! into_error {
         }
     )*};
 }
-into_error!(EndpointError, TryRecvError, RecvTimeoutError);
+into_error!(EndpointError, TryRecvError, RecvError, RecvTimeoutError);

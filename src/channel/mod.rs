@@ -13,8 +13,8 @@
 //!
 //! Endpoints ([`Sender`], [`Receiver`]) register in a table inside the channel with
 //! their owner identity (from `sync/owner.rs`): receivers get
-//! [`RecvTimeoutError::Disconnected`] once the queue is empty and no sender is alive,
-//! senders get [`SendTimeoutError::Disconnected`] once no receiver is alive; an
+//! [`RecvError::Disconnected`] once the queue is empty and no sender is alive,
+//! senders get [`SendError::Disconnected`] once no receiver is alive; an
 //! endpoint whose process died counts as gone.
 
 mod error;
@@ -26,7 +26,10 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub use error::{EndpointError, RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError};
+pub use error::{
+    EndpointError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
+    TrySendError,
+};
 use ring::{PopFail, PushFail, Role};
 
 use crate::alloc::ShmAllocator;
@@ -500,12 +503,16 @@ impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Sender<T, N, A> 
     /// receiver is gone. Waiting sleeps on a futex.
     ///
     /// # Errors
-    /// [`SendTimeoutError::Disconnected`] (every receiver dropped or dead),
-    /// [`SendTimeoutError::Corrupted`]; each carries the value back. (Never
-    /// `Timeout`.)
+    /// [`SendError::Disconnected`] (every receiver dropped or dead),
+    /// [`SendError::Corrupted`]; each carries the value back.
     #[inline]
-    pub fn send(&self, value: T) -> Result<(), SendTimeoutError<T>> {
-        self.send_deadline(value, None)
+    pub fn send(&self, value: T) -> Result<(), SendError<T>> {
+        self.send_deadline(value, None).map_err(|e| match e {
+            SendTimeoutError::Disconnected(v) => SendError::Disconnected(v),
+            SendTimeoutError::Corrupted(v) => SendError::Corrupted(v),
+            // No deadline: never reached (`Deadline::after(None)` never expires).
+            SendTimeoutError::Timeout(v) => SendError::Corrupted(v),
+        })
     }
 
     /// Sends `value`, waiting while the channel is full, at most `timeout`.
@@ -627,17 +634,23 @@ impl<T: ChannelElement + Copy, const N: usize, A: ShmAllocator> Receiver<T, N, A
     /// slots a dead sender left half-written.
     ///
     /// # Errors
-    /// [`RecvTimeoutError::Disconnected`] once nothing is queued and every sender is
-    /// gone (dropped or dead); [`RecvTimeoutError::Corrupted`]. (Never `Timeout`.)
+    /// [`RecvError::Disconnected`] once nothing is queued and every sender is
+    /// gone (dropped or dead); [`RecvError::Corrupted`].
     #[inline]
-    pub fn recv(&self) -> Result<T, RecvTimeoutError> {
-        self.recv_deadline(None)
+    pub fn recv(&self) -> Result<T, RecvError> {
+        self.recv_deadline(None).map_err(|e| match e {
+            RecvTimeoutError::Disconnected => RecvError::Disconnected,
+            RecvTimeoutError::Corrupted => RecvError::Corrupted,
+            // No deadline: never reached (`Deadline::after(None)` never expires).
+            RecvTimeoutError::Timeout => RecvError::Corrupted,
+        })
     }
 
     /// Takes a message, waiting at most `timeout`; otherwise as [`recv`](Self::recv).
     ///
     /// # Errors
-    /// [`RecvTimeoutError::Timeout`], and the errors of [`recv`](Self::recv).
+    /// [`RecvTimeoutError::Timeout`], [`RecvTimeoutError::Disconnected`],
+    /// [`RecvTimeoutError::Corrupted`].
     #[inline]
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.recv_deadline(Some(timeout))

@@ -187,7 +187,7 @@ impl<T: ShmSafe, A: ShmFree> ShmArc<T, A> {
         raw::require_typed(&alloc)?;
         let me = Self::my_token(&alloc)?;
         let size = Self::PAYLOAD as usize + size_of::<T>();
-        let block = alloc.allocate_aligned(size, align_of::<T>().max(8))?;
+        let block = alloc.allocate_block(crate::alloc::INTERNAL, size, align_of::<T>().max(8))?;
         let written = (|| {
             // SAFETY: ArcHeader is ShmSafe: all zeros is valid.
             let mut h: ArcHeader = unsafe { std::mem::zeroed() };

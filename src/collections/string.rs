@@ -232,7 +232,7 @@ impl<A: ShmFree> ShmString<A> {
             len: usize::MAX,
             capacity: usize::MAX,
         })?;
-        let block = alloc.allocate_aligned(bytes, 8)?;
+        let block = alloc.allocate_block(crate::alloc::INTERNAL, bytes, 8)?;
         let init = crate::typed::token::OwnedHeader::init(alloc, block, string_fp())
             .map(|_| ())
             .and_then(|()| {

@@ -270,7 +270,7 @@ fn alloc_vec_block<R: ShmSafe, A: ShmFree + ?Sized>(alloc: &A, len: usize) -> Re
             requested: u64::MAX,
             max: alloc.segment().layout().data_end(),
         })?;
-    let block = alloc.allocate_aligned(bytes, 16)?;
+    let block = alloc.allocate_block(crate::alloc::INTERNAL, bytes, 16)?;
     if let Err(e) = OwnedHeader::init_pinned(alloc, block, vec_block_fp::<R>()) {
         // SAFETY: just allocated by this call, never published.
         let _ = unsafe { alloc.free_owned(block) };

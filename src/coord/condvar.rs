@@ -35,8 +35,8 @@ use crate::typed::{fingerprint, ShmSafe};
 /// *q.lock.lock().unwrap() += 1;
 /// q.changed.notify_all();
 /// // A consumer:
-/// let (g, _) = q.changed.wait_timeout_while(q.lock.lock().unwrap(), Duration::from_secs(5), |n| *n == 0);
-/// assert_eq!(*g.unwrap(), 1);
+/// let (g, _) = q.changed.wait_timeout_while(q.lock.lock()?, Duration::from_secs(5), |n| *n == 0)?;
+/// assert_eq!(*g, 1);
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
 #[repr(C)]
@@ -77,13 +77,18 @@ impl ShmCondvar {
     }
 
     /// Like [`wait`](ShmCondvar::wait), sleeping at most `timeout` before
-    /// relocking. Also returns whether a notification came.
+    /// relocking. Also returns whether a notification came (as std's
+    /// `Condvar::wait_timeout`: the pair inside the `Result`, so `?` applies).
+    ///
+    /// # Errors
+    /// As [`wait`](ShmCondvar::wait).
     pub fn wait_timeout<'a, T: MutexPayload>(
         &self,
         guard: ShmMutexGuard<'a, T>,
         timeout: Duration,
-    ) -> (Result<ShmMutexGuard<'a, T>, LockError>, WaitOutcome) {
-        self.wait_for(guard, Some(timeout))
+    ) -> Result<(ShmMutexGuard<'a, T>, WaitOutcome), LockError> {
+        let (guard, outcome) = self.wait_for(guard, Some(timeout));
+        Ok((guard?, outcome))
     }
 
     fn wait_for<'a, T: MutexPayload>(
@@ -115,24 +120,24 @@ impl ShmCondvar {
 
     /// Waits while `cond(&mut data)` is true, at most `timeout` in total. Returns
     /// [`WaitOutcome::TimedOut`] if the condition still held at the deadline.
+    ///
+    /// # Errors
+    /// As [`wait_while`](ShmCondvar::wait_while).
     pub fn wait_timeout_while<'a, T: MutexPayload>(
         &self,
         mut guard: ShmMutexGuard<'a, T>,
         timeout: Duration,
         mut cond: impl FnMut(&mut T) -> bool,
-    ) -> (Result<ShmMutexGuard<'a, T>, LockError>, WaitOutcome) {
+    ) -> Result<(ShmMutexGuard<'a, T>, WaitOutcome), LockError> {
         let deadline = crate::sync::futex::Deadline::after(Some(timeout));
         loop {
             if !cond(&mut guard) {
-                return (Ok(guard), WaitOutcome::Notified);
+                return Ok((guard, WaitOutcome::Notified));
             }
             let Some(left) = deadline.remaining().filter(|d| !d.is_zero()) else {
-                return (Ok(guard), WaitOutcome::TimedOut);
+                return Ok((guard, WaitOutcome::TimedOut));
             };
-            match self.wait_timeout(guard, left).0 {
-                Ok(g) => guard = g,
-                Err(died) => return (Err(died), WaitOutcome::Notified),
-            }
+            guard = self.wait_timeout(guard, left)?.0;
         }
     }
 

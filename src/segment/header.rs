@@ -86,6 +86,8 @@ pub(crate) struct RawHeader {
 const _: () = assert!(std::mem::size_of::<RawHeader>() as u64 <= ROOTS_OFFSET);
 
 /// Where the regions of a segment are, validated. Process-local and immutable.
+/// Not public API (tools and bindings read it through `Segment::layout`).
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     /// Allocator kind.
@@ -93,15 +95,15 @@ pub struct Layout {
     /// Size of the whole object in bytes.
     pub total_size: u64,
     /// Start of the allocator metadata region.
-    pub meta_offset: u64,
+    pub(crate) meta_offset: u64,
     /// Length of the allocator metadata region.
-    pub meta_len: u64,
+    pub(crate) meta_len: u64,
     /// Start of the data region (where blocks live).
     pub data_offset: u64,
     /// Length of the data region.
     pub data_len: u64,
     /// Allocator-specific parameters (slot size, slot count, ...).
-    pub params: [u64; 4],
+    pub(crate) params: [u64; 4],
 }
 
 impl Layout {

@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::AccessError;
+use crate::error::{AccessError, WrongMode};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
@@ -705,11 +705,10 @@ impl Segment {
         let Some(want) = opts.segment_mode else {
             return Ok(());
         };
-        let wrong = |found| SegmentError::WrongMode {
-            name: self.name.clone(),
+        let wrong = |found| SegmentError::WrongMode(WrongMode {
             expected: want,
             found,
-        };
+        });
         if !matches!(want, SegmentMode::Raw | SegmentMode::Typed) {
             return Err(SegmentError::InvalidParameter {
                 what: "segment_mode",
@@ -724,7 +723,9 @@ impl Segment {
         &self.name
     }
 
-    /// The validated layout of this segment.
+    /// The validated layout of this segment (not public API: the regions are the
+    /// allocators' business; sizes are in `stats()`).
+    #[doc(hidden)]
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -883,7 +884,7 @@ impl Segment {
     ///
     /// # Errors
     /// [`AccessError::WrongMode`] in a typed segment.
-    pub fn require_raw(&self) -> Result<(), AccessError> {
+    pub(crate) fn require_raw(&self) -> Result<(), AccessError> {
         self.claim_mode(SegmentMode::Raw)
     }
 
@@ -927,9 +928,9 @@ impl Segment {
                 what: "segment mode word",
             });
         }
-        Err(AccessError::WrongMode {
-            wanted: want,
+        Err(AccessError::WrongMode(WrongMode {
+            expected: want,
             found,
-        })
+        }))
     }
 }

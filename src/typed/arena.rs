@@ -19,14 +19,18 @@ use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::sync::atomic::{fence, Ordering};
 
-use crate::alloc::{BumpAllocator, Offset, ShmAllocator, MAX_ALIGN};
+use crate::alloc::{BumpAllocator, BumpHandle, Offset, ShmAllocator, MAX_ALIGN};
 use crate::error::{AccessError, ArenaError};
 use crate::process::{fork_epoch, Pin};
 use crate::typed::{layout_checked, raw, ShmSafe};
 
 /// A typed allocation scope over a bump allocator. Created by
-/// [`BumpAllocator::arena`]; holds the allocator mutably so that neither
-/// `BumpAllocator::reset` nor [`Arena::reset`] can run while values from it live.
+/// [`BumpAllocator::arena`] (which holds the allocator mutably) or
+/// [`Arena::new_in`] with any [`BumpHandle`]: `&BumpAllocator`, or
+/// `Arc<BumpAllocator>` for an arena that is `'static` (stored next to its
+/// allocator, moved into a thread). Values from it borrow the arena, so
+/// [`Arena::reset`] cannot run while they live, and `BumpAllocator::reset` (which
+/// takes `&mut`) cannot run while the arena holds the allocator.
 ///
 /// ```
 /// use shared_allocator::prelude::*;
@@ -46,6 +50,22 @@ use crate::typed::{layout_checked, raw, ShmSafe};
 /// # Ok::<(), shared_allocator::Error>(())
 /// ```
 ///
+/// The same with a shared allocator, in another thread:
+///
+/// ```
+/// use std::sync::Arc;
+/// use shared_allocator::prelude::*;
+/// # let name = format!("doc-arena-arc-{}", std::process::id());
+/// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
+/// let bump = Arc::new(BumpAllocator::create(&name, 1 << 20)?);
+/// let arena = Arena::new_in(bump.clone());
+/// let ptr = std::thread::spawn(move || arena.alloc(7u64).map(|b| b.arena_ptr()))
+///     .join()
+///     .unwrap()?;
+/// assert_eq!(ptr.read(&bump)?, [7]);
+/// # Ok::<(), shared_allocator::Error>(())
+/// ```
+///
 /// An arena reserves a chunk of the bump region (64 KiB or a 64th of the region,
 /// whichever is smaller, or one object if larger)
 /// with one atomic operation and then bumps inside it locally, with no shared
@@ -58,16 +78,18 @@ use crate::typed::{layout_checked, raw, ShmSafe};
 /// returns [`AccessError::Busy`]. Drop arenas (or call [`Arena::release`]) between
 /// batches.
 #[derive(Debug)]
-pub struct Arena<'b> {
-    bump: &'b mut BumpAllocator,
+pub struct Arena<A: BumpHandle> {
     /// The chunk's first free offset (a cell of its own: the only field an
     /// allocation writes).
     next: Cell<u64>,
     chunk: Cell<Chunk>,
     /// The pin held since the first allocation (its epoch is `chunk.epoch`).
+    /// Declared before `bump`: dropped first, while the allocator (perhaps the
+    /// last `Arc` of it) still maps the registry the pin counts in.
     pin: RefCell<Option<Pin>>,
     /// The segment's id, for the handles this arena makes.
     segment_id: u64,
+    bump: A,
 }
 
 /// The part of the bump region this arena reserved: `next..end` is free, in
@@ -87,27 +109,33 @@ struct Chunk {
 const CHUNK: u64 = 64 * 1024;
 
 impl BumpAllocator {
-    /// Opens a typed arena over this allocator; see [`Arena`].
-    pub fn arena(&mut self) -> Arena<'_> {
-        Arena {
-            segment_id: self.segment().id(),
-            bump: self,
-            next: Cell::new(0),
-            chunk: Cell::new(Chunk::default()),
-            pin: RefCell::new(None),
-        }
+    /// Opens a typed arena over this allocator, holding it mutably; see [`Arena`].
+    pub fn arena(&mut self) -> Arena<&mut BumpAllocator> {
+        Arena::new_in(self)
     }
 }
 
-impl<'b> Arena<'b> {
+impl<A: BumpHandle> Arena<A> {
+    /// Opens a typed arena over the allocator `bump` holds; see [`Arena`].
+    pub fn new_in(bump: A) -> Arena<A> {
+        Arena {
+            segment_id: bump.bump().segment().id(),
+            next: Cell::new(0),
+            chunk: Cell::new(Chunk::default()),
+            pin: RefCell::new(None),
+            bump,
+        }
+    }
+
     /// The bump allocator underneath (to resolve handles, read stats).
+    #[inline]
     pub fn allocator(&self) -> &BumpAllocator {
-        self.bump
+        self.bump.bump()
     }
 
     /// The epoch allocations made now belong to.
     pub fn epoch(&self) -> u64 {
-        self.bump.epoch()
+        self.allocator().epoch()
     }
 
     /// Places `size` bytes aligned to `align` in this arena's chunk (reserving a new
@@ -141,12 +169,12 @@ impl<'b> Arena<'b> {
     pub(crate) fn pinned_epoch(&self) -> Result<u64, AccessError> {
         let mut pin = self.pin.borrow_mut();
         if pin.as_ref().is_some_and(Pin::valid) {
-            return Ok(self.bump.epoch());
+            return Ok(self.allocator().epoch());
         }
         // None yet, or a fork child's copy of the parent's (which is dropped
         // without touching the parent's count): pin in this process's slot.
-        raw::require_typed(&*self.bump)?;
-        let (p, epoch) = self.bump.pin()?;
+        raw::require_typed(self.allocator())?;
+        let (p, epoch) = self.allocator().pin()?;
         *pin = Some(p);
         Ok(epoch)
     }
@@ -159,15 +187,15 @@ impl<'b> Arena<'b> {
     ) -> Result<(Offset, u64, usize), ArenaError> {
         let epoch = self.pinned_epoch()?;
         // Small regions get small chunks (a 64th), so one arena never takes all.
-        let chunk = CHUNK.min(self.bump.segment().layout().data_len / 64);
+        let chunk = CHUNK.min(self.allocator().segment().layout().data_len / 64);
         let want = (size as u64).max(chunk) + align as u64;
         if let Ok(want) = usize::try_from(want) {
-            match self.bump.allocate_with_epoch(want, 64) {
+            match self.allocator().allocate_with_epoch(want, 64) {
                 Ok((off, e)) => {
                     debug_assert_eq!(e, epoch, "no reset completes while pinned");
                     // The allocator's metadata may have been scribbled on: the chunk
                     // is used only if it lies in the data region of the mapping.
-                    let seg = self.bump.segment();
+                    let seg = self.allocator().segment();
                     let checked = crate::alloc::data_relative(seg, off, want as u64)
                         .ok()
                         .and_then(|_| seg.ptr_at(off.get(), want as u64, 64));
@@ -201,7 +229,7 @@ impl<'b> Arena<'b> {
             }
         }
         // Not a whole chunk left: just this object (the old chunk's tail stays).
-        let (off, e) = self.bump.allocate_with_epoch(size, align)?;
+        let (off, e) = self.allocator().allocate_with_epoch(size, align)?;
         Ok((off, e, 0))
     }
 
@@ -221,7 +249,7 @@ impl<'b> Arena<'b> {
             // region of the mapping; `addr` is aligned for T (`off` is, and the chunk's
             // `delta` is a multiple of every alignment `place` gives addresses for);
             // this arena reserved the chunk and has not handed out these bytes yet.
-            unsafe { raw::write_values(&*self.bump, addr as *mut T, count, values) };
+            unsafe { raw::write_values(self.allocator(), addr as *mut T, count, values) };
         } else {
             self.write_checked(off, values)?;
         }
@@ -236,7 +264,7 @@ impl<'b> Arena<'b> {
         off: Offset,
         values: impl ExactSizeIterator<Item = T>,
     ) -> Result<(), ArenaError> {
-        raw::write_fresh(&*self.bump, off, values)?;
+        raw::write_fresh(self.allocator(), off, values)?;
         Ok(())
     }
 
@@ -251,7 +279,7 @@ impl<'b> Arena<'b> {
         let (off, epoch, addr) = self.place(size_of::<T>().max(1), align_of::<T>())?;
         self.write(off, addr, 1, std::iter::once(value))?;
         Ok(ArenaBox {
-            bump: self.bump,
+            bump: self.allocator(),
             ptr: ArenaPtr::new(off, epoch, 1, self.segment_id),
             fork: fork_epoch(),
         })
@@ -273,12 +301,12 @@ impl<'b> Arena<'b> {
                 .checked_mul(values.len())
                 .ok_or(crate::AllocError::TooLarge {
                     requested: u64::MAX,
-                    max: self.bump.segment().layout().data_len,
+                    max: self.allocator().segment().layout().data_len,
                 })?;
         let (off, epoch, addr) = self.place(bytes.max(1), align_of::<T>())?;
         self.write(off, addr, values.len(), values.iter().copied())?;
         Ok(ArenaBox {
-            bump: self.bump,
+            bump: self.allocator(),
             ptr: ArenaPtr::new(off, epoch, values.len() as u64, self.segment_id),
             fork: fork_epoch(),
         })
@@ -290,10 +318,16 @@ impl<'b> Arena<'b> {
     /// [`BumpAllocator::reset`].
     ///
     /// # Errors
-    /// [`AccessError::Busy`] if other handles' views outlast the wait.
+    /// [`AccessError::Busy`] if other handles' views outlast the wait;
+    /// [`AccessError::SharedHandle`] if the arena's handle is shared (a
+    /// `&BumpAllocator`, or an `Arc` with other clones or weak references): a reset
+    /// through a handle does not wait for its own views, so it needs the only one.
     pub fn reset(&mut self) -> Result<u64, AccessError> {
         self.release();
-        self.bump.reset()
+        match self.bump.bump_mut() {
+            Some(bump) => bump.reset(),
+            None => Err(AccessError::SharedHandle),
+        }
     }
 
     /// Gives up this arena's chunk and its pin (no values from it can be alive:

@@ -101,10 +101,11 @@ mod words;
 
 pub use arena::{Arena, ArenaBox, ArenaPtr, ArenaRef};
 pub use rel_ptr::RelPtr;
-pub use roots::{Root, RootInfo, Roots, FIXED_ROOTS, MAX_ROOTS, MAX_ROOT_NAME, OVERFLOW_ROOTS};
+pub use roots::{Root, RootInfo, Roots, MAX_ROOTS, MAX_ROOT_NAME};
 pub use shm_box::ShmBox;
 pub use shm_ptr::ShmPtr;
-pub use shm_safe::{fingerprint, layout_checked, ShmSafe, ShmShared, ShmSync};
+pub(crate) use shm_safe::{fingerprint, layout_checked};
+pub use shm_safe::{ShmSafe, ShmShared, ShmSync};
 pub use token::{BoxToken, HandOverToken, TokenSlot, VecToken};
 pub use vec::{ShmVec, ShmVecHeader};
 pub use vec_reader::ShmVecReader;

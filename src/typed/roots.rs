@@ -1,7 +1,7 @@
 //! Named roots: find-or-create a typed object by name inside a segment.
 //!
 //! The directory is one open-addressing hash table of [`MAX_ROOTS`] fixed 128-byte
-//! entries in two parts: the first [`FIXED_ROOTS`] live in the segment's header
+//! entries in two parts: the first ones (as many as fit) live in the segment's header
 //! region (after the typed layer's control words at
 //! `ROOTS_OFFSET`); the rest live in one overflow
 //! block, allocated from the segment when a probe first needs it, by exactly one
@@ -58,7 +58,8 @@ pub(crate) use crate::segment::roots_table::CONTROL_BYTES;
 use crate::segment::roots_table::{
     EMPTY, ENTRY_WORDS, OVERFLOW_HEADER, W_CTRL_OVERFLOW, W_FP, W_OFF, W_STATE,
 };
-pub use crate::segment::roots_table::{FIXED_ROOTS, MAX_ROOTS, OVERFLOW_ROOTS};
+pub use crate::segment::roots_table::MAX_ROOTS;
+use crate::segment::roots_table::{FIXED_ROOTS, OVERFLOW_ROOTS};
 
 const CLAIMING: u64 = 1;
 const READY: u64 = 2;
@@ -382,7 +383,7 @@ impl<'a> Directory<'a> {
                 let made = (|| {
                     let words = OVERFLOW_ROOTS * ENTRY_WORDS;
                     let header = OVERFLOW_HEADER as usize;
-                    let block = alloc.allocate_aligned(header + words * 8, 64)?;
+                    let block = alloc.allocate_block(crate::alloc::INTERNAL, header + words * 8, 64)?;
                     OwnedHeader::init_pinned(alloc, block, DIRECTORY_FP)?;
                     let off = Offset::new(block.get() + OVERFLOW_HEADER);
                     raw::write_fresh(alloc, off, (0..words).map(|_| AtomicU64::new(0)))?;
@@ -544,7 +545,7 @@ fn create<'a, A: ShmAllocator + ?Sized, T: ShmShared>(
     // every `&T` handed out, which carry no pin).
     let pay = payload_offset(align_of::<T>());
     let block =
-        alloc.allocate_aligned(pay as usize + size_of::<T>().max(1), align_of::<T>().max(8))?;
+        alloc.allocate_block(crate::alloc::INTERNAL, pay as usize + size_of::<T>().max(1), align_of::<T>().max(8))?;
     OwnedHeader::init_pinned(alloc, block, layout_checked::<T>())?;
     let off = Offset::new(block.get() + pay);
     let v = raw::write_fresh(alloc, off, std::iter::once(value))?;

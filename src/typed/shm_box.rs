@@ -80,7 +80,7 @@ impl<T: ShmSafe, A: ShmFree> ShmBox<T, A> {
         let fp = layout_checked::<T>();
         let size = Self::PAYLOAD as usize + size_of::<T>();
         let align = align_of::<T>().max(8);
-        let block = alloc.allocate_aligned(size, align)?;
+        let block = alloc.allocate_block(crate::alloc::INTERNAL, size, align)?;
         // The allocator produced `block`, but its metadata may have been scribbled
         // on: one check that the whole block lies in the data region of the mapping,
         // aligned, before writing header and value (else the path that checks each).

@@ -84,17 +84,18 @@ use std::sync::atomic::{
 /// # Safety
 ///
 /// A manual `unsafe impl` must uphold guarantees 1 to 5 above (6 is checked by the
-/// compiler), and `FINGERPRINT` must change whenever the layout does (use the
-/// [`fingerprint`] helpers over the name, the fields and the size and alignment). Prefer
-/// the derive, which checks all of this.
+/// compiler), and `FINGERPRINT` must change whenever the layout does (mix the name,
+/// the fields and the size and alignment into it, as the derive does). Prefer the
+/// derive, which checks all of this.
 ///
-/// Generic derived structs check "no padding" per instantiation when `FINGERPRINT` is
-/// evaluated. Every path of this crate that places a `T` in shared memory or resolves
-/// one there (`ShmBox::new_in`, `ShmVec::new_in`, `Arena::alloc`, roots, `RelPtr`
-/// resolution and `read`, tokens) evaluates it through [`layout_checked`], so a padded
-/// instantiation such as `Tagged<u8>` is a compile error wherever a handle uses it.
-/// Generic code outside this crate that places a `T: ShmSafe` in shared memory by
-/// other means must do the same (`let _ = shared_allocator::typed::layout_checked::<T>();`).
+/// The derive accepts a generic struct only in a shape that has no padding for any
+/// parameters (every field one type `X` or `[X; N]`, or `repr(transparent)`), so
+/// `cargo check` reports a padded generic struct at its definition. Evaluating
+/// `FINGERPRINT` also asserts "no padding" for the instantiation, and every path of
+/// this crate that places a `T` in shared memory or resolves one there evaluates it
+/// (a backstop for hand-written impls). Generic code outside this crate that places
+/// a `T: ShmSafe` in shared memory by other means can do the same
+/// (`let _ = const { T::FINGERPRINT };`).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be placed in shared memory: it does not implement `ShmSafe`",
     label = "`{Self}` is not `ShmSafe`",
@@ -121,7 +122,7 @@ pub unsafe trait ShmSafe: Sized + Send + Sync + 'static {
 /// compiled for a concrete `T` (`cargo build`; `cargo check` does not instantiate
 /// generic functions), and a failure is a compile error naming the struct.
 #[inline(always)]
-pub const fn layout_checked<T: ShmSafe>() -> u64 {
+pub(crate) const fn layout_checked<T: ShmSafe>() -> u64 {
     const { T::FINGERPRINT }
 }
 
@@ -246,7 +247,7 @@ unsafe impl<T: ShmSync, const N: usize> ShmSync for [T; N] {}
 unsafe impl<T: ShmSafe> ShmSync for PhantomData<T> {}
 
 /// Layout fingerprint helpers (a const FNV-1a hash), used by the derive.
-pub mod fingerprint {
+pub(crate) mod fingerprint {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
 

@@ -363,11 +363,14 @@ token_type!(
     "ArchiveToken"
 );
 
-/// Tokens of every owning handle: what a [`TokenSlot`] can hold.
+/// Tokens of every owning handle: what a [`TokenSlot`] can hold. (Their numbers
+/// are each token's `to_raw` / `from_raw`.)
 pub trait HandOverToken: Copy {
-    /// The two numbers of the token.
+    /// The two numbers of the token (the token's `to_raw`).
+    #[doc(hidden)]
     fn to_words(self) -> [u64; 2];
-    /// The token from its two numbers.
+    /// The token from its two numbers (the token's `from_raw`).
+    #[doc(hidden)]
     fn from_words(words: [u64; 2]) -> Self;
 }
 

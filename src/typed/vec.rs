@@ -125,7 +125,7 @@ impl<T: ShmSafe, A: ShmFree> ShmVec<T, A> {
         raw::require_typed(&alloc)?;
         let _ = Self::ELEM;
         let fp = vec_fingerprint::<T>();
-        let off = alloc.allocate_aligned(size_of::<ShmVecHeader<T>>(), 8)?;
+        let off = alloc.allocate_block(crate::alloc::INTERNAL, size_of::<ShmVecHeader<T>>(), 8)?;
         let header = RelPtr::from_offset(off);
         let init: ShmVecHeader<T> = ShmVecHeader {
             owner: OwnedHeader::new(fp),
@@ -343,7 +343,9 @@ impl<T: ShmSafe, A: ShmFree> ShmVec<T, A> {
         let data_of = |block: Offset| Offset::new(block.get() + Self::BUF);
         // Extend in place when the allocator can: no copy, and readers see only
         // `cap` grow (the data offset stays).
-        if !self.buf_off.is_null() && self.alloc.grow_in_place(self.buf_off, bytes) {
+        if !self.buf_off.is_null() && self
+                .alloc
+                .grow_block(crate::alloc::INTERNAL, self.buf_off, bytes) {
             if let Ok(p) = raw::checked_ptr::<T, A>(&self.alloc, data_of(self.buf_off), new_cap) {
                 self.buf = p;
                 self.hdr().cap.store(new_cap as u64, Ordering::Release);
@@ -351,7 +353,7 @@ impl<T: ShmSafe, A: ShmFree> ShmVec<T, A> {
                 return Ok(());
             }
         }
-        let off = self.alloc.allocate_aligned(bytes, align_of::<T>().max(8))?;
+        let off = self.alloc.allocate_block(crate::alloc::INTERNAL, bytes, align_of::<T>().max(8))?;
         let made = OwnedHeader::init_pinned(&self.alloc, off, buffer_fingerprint::<T>())
             .and_then(|()| raw::checked_ptr::<T, A>(&self.alloc, data_of(off), new_cap));
         let ptr = match made {

@@ -1,6 +1,7 @@
-// A generic struct is checked for padding per instantiation, when its FINGERPRINT is
-// evaluated: `Tagged<u64>` is fine, `Tagged<u8>` has 7 bytes of padding, whether it
-// is used directly or as the field of a non-generic struct.
+// A generic struct whose padding depends on its parameter (`Tagged<u8>` has 7
+// bytes of padding, `Tagged<u64>` none) is refused by the derive itself, at the
+// field that makes it so: `cargo check` reports it on the user's struct, before
+// any instantiation.
 use shared_allocator::ShmSafe;
 
 #[derive(ShmSafe)]

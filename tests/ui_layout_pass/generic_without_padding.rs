@@ -1,5 +1,6 @@
-// The same generic shapes with parameters that leave no padding compile, on every
-// path that places or resolves them. (Also makes trybuild run `cargo build`, so the
+// The generic shapes the derive accepts (every field one type `X` or `[X; N]`:
+// padding-free for every parameter) compile, on every path that places or
+// resolves them. (Also makes trybuild run `cargo build`, so the
 // per-instantiation checks of the compile-fail cases are evaluated.)
 use shared_allocator::prelude::*;
 
@@ -7,7 +8,7 @@ use shared_allocator::prelude::*;
 #[repr(C)]
 struct Tagged<T> {
     tag: T,
-    value: u64,
+    value: T,
 }
 
 #[derive(ShmSafe, Clone, Copy)]
@@ -33,6 +34,6 @@ fn main() {
         v.push(Buf::<2> { len: 1, data: [7, 8] }).unwrap();
         let mut bump = BumpAllocator::create("never-created-2", 1 << 20).unwrap();
         let arena = bump.arena();
-        let _ = arena.alloc(Holder { inner: Tagged { tag: 1i64, value: 2 } });
+        let _ = arena.alloc(Holder { inner: Tagged { tag: 1u8, value: 2 } });
     }
 }

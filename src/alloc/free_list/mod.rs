@@ -746,7 +746,12 @@ unsafe impl ShmAllocator for FreeListAllocator {
     }
 
     #[inline]
-    fn allocate_aligned(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
+    fn allocate_block(
+        &self,
+        _: super::Internal,
+        size: usize,
+        align: usize,
+    ) -> Result<Offset, AllocError> {
         check_request(size, align)?;
         if size <= SMALL_MAX {
             if let Some(c) = Self::class_for(size, align) {
@@ -1040,7 +1045,7 @@ unsafe impl ShmFree for FreeListAllocator {
 
     /// Large blocks (whole pages) grow over free pages right after them; blocks of
     /// a size class grow only within their class size.
-    fn grow_in_place(&self, offset: Offset, new_size: usize) -> bool {
+    fn grow_block(&self, _: crate::alloc::Internal, offset: Offset, new_size: usize) -> bool {
         let Ok(rel) = data_relative(&self.seg, offset, 0) else {
             return false;
         };

@@ -575,7 +575,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
         let bytes = usize::try_from(bytes).map_err(|_| CollectionError::Full {
             capacity: 1 << MAX_LOG2,
         })?;
-        let off = self.alloc().allocate_aligned(bytes, 16)?.get();
+        let off = self.alloc().allocate_block(crate::alloc::INTERNAL, bytes, 16)?.get();
         if let Err(e) = table::init_table(self.alloc(), off, fp) {
             // SAFETY: allocated just above, never published.
             let _ = unsafe { self.alloc().free_owned(Offset::new(off)) };
