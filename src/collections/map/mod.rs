@@ -171,6 +171,10 @@ pub struct ShmHashMap<K: ShmKey, V: ShmValue, A: ShmFree> {
     /// Per shard, the last table word this handle checked is a live table block of
     /// this map (writers skip the metadata lookup while it is unchanged).
     checked: Box<[AtomicU64]>,
+    /// Per shard, the last table word this handle resolved (its bytes lie inside
+    /// the mapping's usable data region, which never shrinks): lock-free readers
+    /// skip the region check while the word is unchanged.
+    readable: Box<[AtomicU64]>,
     _kv: PhantomData<fn() -> (K, V)>,
 }
 
@@ -242,6 +246,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
             alloc,
             root,
             checked: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            readable: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             _kv: PhantomData,
         })
     }
@@ -280,7 +285,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     }
 
     /// Probes `t` for `key` (hash `h`): its slot, and the first free slot seen.
-    #[inline]
+    #[inline(always)]
     fn probe(&self, t: &Table, h: u64, key: &K::Query) -> Result<Probe, Error> {
         let c = ctrl_of(h);
         let mut free = None;
@@ -334,7 +339,11 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
         for n in 0..READ_TRIES {
             let s1 = shard.seq.load(Ordering::Acquire);
             if s1 & 1 == 0 {
-                let t = Table::resolve(&self.alloc, shard.table.load(Ordering::Acquire), Self::L);
+                let word = shard.table.load(Ordering::Acquire);
+                let t = Table::resolve(&self.alloc, word, Self::L);
+                if matches!(t, Ok(Some(_))) {
+                    self.readable[si].store(word, Ordering::Relaxed);
+                }
                 let r = t.and_then(|t| f(t.as_ref()));
                 fence(Ordering::Acquire);
                 if shard.seq.load(Ordering::Relaxed) == s1 {
@@ -360,7 +369,27 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     #[inline]
     pub fn get(&self, key: &K::Query) -> Result<Option<V::Out>, Error> {
         let h = K::hash_query(key);
-        self.read(Self::shard_of(h), |t| {
+        let si = Self::shard_of(h);
+        // The fast path: a table word this handle resolved before, no writer.
+        let shard = &self.root().shards[si];
+        let s1 = shard.seq.load(Ordering::Acquire);
+        let word = shard.table.load(Ordering::Acquire);
+        if s1 & 1 == 0 && word == self.readable[si].load(Ordering::Relaxed) {
+            if let Some(t) = Table::resolve_known(&self.alloc, word, Self::L) {
+                let r = match self.probe(&t, h, key) {
+                    Ok(Probe { found: Some(i), .. }) => {
+                        V::load(&table::load(t.val(i)), &self.alloc).map(Some)
+                    }
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                fence(Ordering::Acquire);
+                if shard.seq.load(Ordering::Relaxed) == s1 {
+                    return r;
+                }
+            }
+        }
+        self.read(si, |t| {
             let Some(t) = t else { return Ok(None) };
             match self.probe(t, h, key)?.found {
                 Some(i) => V::load(&table::load(t.val(i)), &self.alloc).map(Some),

@@ -172,6 +172,33 @@ impl Table {
         }))
     }
 
+    /// Resolves a word that [`resolve`](Self::resolve) accepted before for the
+    /// same mapping (its bytes are in the usable data region, which never shrinks):
+    /// only the mapping bounds are checked again. `None` for 0 or a word out of
+    /// the mapping.
+    #[inline]
+    pub(super) fn resolve_known<A: ShmAllocator + ?Sized>(
+        alloc: &A,
+        word: u64,
+        l: Layout,
+    ) -> Option<Table> {
+        let off = word & OFF_MASK;
+        let log2 = (word >> 56) as u32;
+        if word == 0 || log2 > MAX_LOG2 {
+            return None;
+        }
+        let cap = 1u64 << log2;
+        let bytes = cap.wrapping_mul(l.slot).wrapping_add(cap).wrapping_add(l.ctrl);
+        let base = alloc.segment().ptr_at(off, bytes, 16)?;
+        Some(Table {
+            base,
+            slots: l.ctrl + cap,
+            off,
+            log2,
+            l,
+        })
+    }
+
     /// Checks that the table is a live block of this map (allocator metadata: block
     /// start, range inside it; the crate-written header: [`PINNED`] and `fp`): what
     /// a writer checks before it writes into or frees a table.
