@@ -174,7 +174,7 @@ pub struct ShmHashMap<K: ShmKey, V: ShmValue, A: ShmFree> {
     /// Per shard, the last table word this handle resolved (its bytes lie inside
     /// the mapping's usable data region, which never shrinks): lock-free readers
     /// skip the region check while the word is unchanged.
-    readable: Box<[AtomicU64]>,
+    readable: Box<[AtomicU64; SHARDS]>,
     _kv: PhantomData<fn() -> (K, V)>,
 }
 
@@ -246,7 +246,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
             alloc,
             root,
             checked: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
-            readable: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            readable: Box::new([const { AtomicU64::new(0) }; SHARDS]),
             _kv: PhantomData,
         })
     }
@@ -284,8 +284,34 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
         self.len() == 0
     }
 
-    /// Probes `t` for `key` (hash `h`): its slot, and the first free slot seen.
+    /// The slot of `key` (hash `h`) in `t`: [`probe`](Self::probe) without the
+    /// free slot (what readers need).
     #[inline(always)]
+    fn find(&self, t: &Table, h: u64, key: &K::Query) -> Result<Option<u64>, Error> {
+        let c = ctrl_of(h);
+        let mut g = (h & t.mask()) / GROUP;
+        for _ in 0..t.groups() {
+            let w = t.group(g).load(Ordering::Acquire);
+            let mut m = match_byte(w, c);
+            while m != 0 {
+                let i = g * GROUP + first(m);
+                if t.hash(i).load(Ordering::Relaxed) == h
+                    && K::matches(&table::load(t.key(i)), key, &self.alloc)?
+                {
+                    return Ok(Some(i));
+                }
+                m &= m - 1;
+            }
+            if zero_bytes(w) != 0 {
+                break;
+            }
+            g = (g + 1) & (t.groups() - 1);
+        }
+        Ok(None)
+    }
+
+    /// Probes `t` for `key` (hash `h`): its slot, and the first free slot seen.
+    #[inline]
     fn probe(&self, t: &Table, h: u64, key: &K::Query) -> Result<Probe, Error> {
         let c = ctrl_of(h);
         let mut free = None;
@@ -370,17 +396,17 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     pub fn get(&self, key: &K::Query) -> Result<Option<V::Out>, Error> {
         let h = K::hash_query(key);
         let si = Self::shard_of(h);
-        // The fast path: a table word this handle resolved before, no writer.
+        // The fast path (small enough to inline, so a caller's independent lookups
+        // overlap their memory misses): a table word this handle resolved before,
+        // no writer in the shard.
         let shard = &self.root().shards[si];
         let s1 = shard.seq.load(Ordering::Acquire);
         let word = shard.table.load(Ordering::Acquire);
         if s1 & 1 == 0 && word == self.readable[si].load(Ordering::Relaxed) {
             if let Some(t) = Table::resolve_known(&self.alloc, word, Self::L) {
-                let r = match self.probe(&t, h, key) {
-                    Ok(Probe { found: Some(i), .. }) => {
-                        V::load(&table::load(t.val(i)), &self.alloc).map(Some)
-                    }
-                    Ok(_) => Ok(None),
+                let r = match self.find(&t, h, key) {
+                    Ok(Some(i)) => V::load(&table::load(t.val(i)), &self.alloc).map(Some),
+                    Ok(None) => Ok(None),
                     Err(e) => Err(e),
                 };
                 fence(Ordering::Acquire);
@@ -389,9 +415,15 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
                 }
             }
         }
+        self.get_slow(si, h, key)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn get_slow(&self, si: usize, h: u64, key: &K::Query) -> Result<Option<V::Out>, Error> {
         self.read(si, |t| {
             let Some(t) = t else { return Ok(None) };
-            match self.probe(t, h, key)?.found {
+            match self.find(t, h, key)? {
                 Some(i) => V::load(&table::load(t.val(i)), &self.alloc).map(Some),
                 None => Ok(None),
             }
@@ -405,7 +437,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     pub fn contains_key(&self, key: &K::Query) -> Result<bool, Error> {
         let h = K::hash_query(key);
         self.read(Self::shard_of(h), |t| match t {
-            Some(t) => Ok(self.probe(t, h, key)?.found.is_some()),
+            Some(t) => Ok(self.find(t, h, key)?.is_some()),
             None => Ok(false),
         })
     }

@@ -227,7 +227,11 @@ impl Table {
     fn at(&self, byte: u64) -> NonNull<u8> {
         // `byte` is below the table's checked length (callers pass slot and group
         // indices masked to the capacity, or intent offsets below `ctrl`).
-        NonNull::new(self.base.as_ptr().wrapping_add(byte as usize)).unwrap_or(self.base)
+        let p = self.base.as_ptr().wrapping_add(byte as usize);
+        // SAFETY: `base` is a pointer into the mapping and `byte` is below the
+        // table's length, which `resolve` checked lies inside the mapping: `p` is
+        // inside the mapping too, so not null.
+        unsafe { NonNull::new_unchecked(p) }
     }
 
     /// Number of control words.
