@@ -627,8 +627,15 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
     }
 
     /// The shard's table, checked to be a live table block of this map.
+    #[inline]
     fn table(&mut self) -> Result<Option<Table>, Error> {
         let word = self.shard.table.load(Ordering::Acquire);
+        if word != 0 && self.map.checked[self.si].load(Ordering::Relaxed) == word {
+            // Checked before (resolved and owned), unchanged since.
+            if let Some(t) = Table::resolve_known(self.alloc(), word, ShmHashMap::<K, V, A>::L) {
+                return Ok(Some(t));
+            }
+        }
         let t = Table::resolve(self.alloc(), word, ShmHashMap::<K, V, A>::L)?;
         if let Some(t) = &t {
             let cache = &self.map.checked[self.si];
