@@ -199,8 +199,10 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     const L: Layout = Layout::of::<K::Raw, V::Raw>();
 
     fn kv_fp() -> u64 {
-        let k = <K::Raw as ShmSafe>::FINGERPRINT;
-        let v = <V::Raw as ShmSafe>::FINGERPRINT;
+        // The value types' fingerprints, not only their raw forms': `String`,
+        // `Vec<u8>` and a plain `RawStr` share a raw form but not its meaning.
+        let k = K::VALUE_FINGERPRINT;
+        let v = V::VALUE_FINGERPRINT;
         fingerprint::str(k.wrapping_mul(31) ^ v, "ShmHashMap") | 1
     }
 
