@@ -310,10 +310,14 @@ impl Table {
             let c = self.at(self.l.ctrl + (i / GROUP) * 8);
             let s = self.at(self.slot(i));
             #[allow(unused_unsafe)]
-            // SAFETY: a prefetch never faults and changes no memory; both pointers
-            // are inside the table's checked bytes anyway.
+            // SAFETY: a prefetch never faults and changes no memory (the pointer is
+            // inside the table's checked bytes anyway).
             unsafe {
                 _mm_prefetch::<_MM_HINT_T0>(c.as_ptr().cast::<i8>());
+            }
+            #[allow(unused_unsafe)]
+            // SAFETY: as above.
+            unsafe {
                 _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().cast::<i8>());
             }
         }
