@@ -54,7 +54,12 @@
 //! check, from allocator metadata, that the table is a live block with this map's
 //! header before writing or freeing it; nested blocks are checked the same way
 //! before they are freed; a lock held longer than [`LOCK_TIMEOUT`] (a word
-//! scribbled with a live owner) is [`CollectionError::Busy`].
+//! scribbled with another live process as its owner) is
+//! [`CollectionError::Busy`]. A lock word that names this very process while no
+//! thread of it holds the lock (each shard records its holder thread, each thread
+//! the locks it holds), unchanged for a second, is taken over and the shard
+//! repaired. (A real holder writes its thread id right after the lock word; one
+//! preempted for that whole second in between would be taken over too.)
 
 mod table;
 
@@ -86,6 +91,24 @@ const I_REMOVE: u64 = 3;
 /// Lock-free read attempts before a reader takes the shard's lock.
 const READ_TRIES: u32 = 256;
 
+/// How long a lock word naming this process may stay unchanged, with no thread
+/// of this process recorded as its holder, before it counts as forged.
+const FORGED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's id in shard `holder` words (never 0, never reused).
+    static THREAD_ID: u64 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+    /// Addresses of the shard locks this thread holds (a reentrant write waits,
+    /// it does not take its own lock away).
+    static HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn thread_id() -> u64 {
+    THREAD_ID.with(|t| *t)
+}
+
 #[repr(C)]
 struct Shard {
     lock: ShmMutex<[u32; 2]>,
@@ -96,7 +119,10 @@ struct Shard {
     intent: AtomicU64,
     resize_new: AtomicU64,
     resize_old: AtomicU64,
-    spare: AtomicU64,
+    /// The process-local id of the thread holding the lock (0 when free): lets a
+    /// thread that finds the lock word naming its own process, unchanged for
+    /// [`FORGED_AFTER`], tell a replayed or scribbled word from a real holder.
+    holder: AtomicU64,
 }
 
 #[repr(C)]
@@ -586,16 +612,38 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     /// unfinished state).
     fn lock(&self, si: usize) -> Result<Locked<'_, K, V, A>, Error> {
         let shard = &self.root().shards[si];
-        let (guard, died) = match shard.lock.lock_robust_timeout(LOCK_TIMEOUT) {
-            Some(Ok(g)) => (g, false),
-            Some(Err(d)) => (d.into_inner(), true),
-            None => {
+        let deadline = std::time::Instant::now() + LOCK_TIMEOUT;
+        let (guard, died) = loop {
+            let before = (shard.lock.state_word(), shard.holder.load(Ordering::Acquire));
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match shard.lock.lock_robust_timeout(left.min(FORGED_AFTER)) {
+                Some(Ok(g)) => break (g, false),
+                Some(Err(d)) => break (d.into_inner(), true),
+                None => {}
+            }
+            // The word stayed held. If it names this process, unchanged all along,
+            // with no holder recorded or this thread recorded, and this thread
+            // holds no such lock, no thread of this process holds it: a replayed
+            // or scribbled word. Take it (and repair) instead of waiting for good.
+            let now = (shard.lock.state_word(), shard.holder.load(Ordering::Acquire));
+            let addr = std::ptr::from_ref(&shard.lock) as usize;
+            if now == before
+                && (now.1 == 0 || now.1 == thread_id())
+                && !HELD.with(|h| h.borrow().contains(&addr))
+            {
+                if let Some(g) = shard.lock.take_from_self(now.0) {
+                    break (g, true);
+                }
+            }
+            if std::time::Instant::now() >= deadline {
                 return Err(CollectionError::Busy {
                     secs: LOCK_TIMEOUT.as_secs(),
                 }
-                .into())
+                .into());
             }
         };
+        shard.holder.store(thread_id(), Ordering::Release);
+        HELD.with(|h| h.borrow_mut().push(std::ptr::from_ref(&shard.lock) as usize));
         let mut l = Locked {
             map: self,
             shard,
@@ -621,6 +669,20 @@ struct Locked<'m, K: ShmKey, V: ShmValue, A: ShmFree> {
     shard: &'m Shard,
     si: usize,
     guard: ShmMutexGuard<'m, [u32; 2]>,
+}
+
+impl<K: ShmKey, V: ShmValue, A: ShmFree> Drop for Locked<'_, K, V, A> {
+    fn drop(&mut self) {
+        // Before the guard (a field, dropped after this) unlocks.
+        self.shard.holder.store(0, Ordering::Release);
+        let addr = std::ptr::from_ref(&self.shard.lock) as usize;
+        HELD.with(|h| {
+            let mut h = h.borrow_mut();
+            if let Some(i) = h.iter().rposition(|&a| a == addr) {
+                h.swap_remove(i);
+            }
+        });
+    }
 }
 
 impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
