@@ -57,7 +57,7 @@
 //! scribbled with another live process as its owner) is
 //! [`CollectionError::Busy`]. A lock word that names this very process while no
 //! thread of it holds the lock (each shard records its holder thread, each thread
-//! the locks it holds), unchanged for a second, is taken over and the shard
+//! how many shard locks it holds), unchanged for a second, is taken over and the shard
 //! repaired. (A real holder writes its thread id right after the lock word; one
 //! preempted for that whole second in between would be taken over too.)
 
@@ -98,15 +98,22 @@ const FORGED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// This thread's id in shard `holder` words (never 0, never reused).
-    static THREAD_ID: u64 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
-    /// Addresses of the shard locks this thread holds (a reentrant write waits,
-    /// it does not take its own lock away).
-    static HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This thread's id in shard `holder` words (never 0, never reused; set on
+    /// first use).
+    static THREAD_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// How many shard locks this thread holds (a thread that holds one never
+    /// takes a lock word over: a reentrant write waits, as documented).
+    static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
+#[inline]
 fn thread_id() -> u64 {
-    THREAD_ID.with(|t| *t)
+    THREAD_ID.with(|t| {
+        if t.get() == 0 {
+            t.set(NEXT_THREAD.fetch_add(1, Ordering::Relaxed));
+        }
+        t.get()
+    })
 }
 
 #[repr(C)]
@@ -626,10 +633,9 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
             // holds no such lock, no thread of this process holds it: a replayed
             // or scribbled word. Take it (and repair) instead of waiting for good.
             let now = (shard.lock.state_word(), shard.holder.load(Ordering::Acquire));
-            let addr = std::ptr::from_ref(&shard.lock) as usize;
             if now == before
                 && (now.1 == 0 || now.1 == thread_id())
-                && !HELD.with(|h| h.borrow().contains(&addr))
+                && HELD.with(|h| h.get()) == 0
             {
                 if let Some(g) = shard.lock.take_from_self(now.0) {
                     break (g, true);
@@ -643,7 +649,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
             }
         };
         shard.holder.store(thread_id(), Ordering::Release);
-        HELD.with(|h| h.borrow_mut().push(std::ptr::from_ref(&shard.lock) as usize));
+        HELD.with(|h| h.set(h.get().wrapping_add(1)));
         let mut l = Locked {
             map: self,
             shard,
@@ -675,13 +681,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Drop for Locked<'_, K, V, A> {
     fn drop(&mut self) {
         // Before the guard (a field, dropped after this) unlocks.
         self.shard.holder.store(0, Ordering::Release);
-        let addr = std::ptr::from_ref(&self.shard.lock) as usize;
-        HELD.with(|h| {
-            let mut h = h.borrow_mut();
-            if let Some(i) = h.iter().rposition(|&a| a == addr) {
-                h.swap_remove(i);
-            }
-        });
+        HELD.with(|h| h.set(h.get().wrapping_sub(1)));
     }
 }
 
