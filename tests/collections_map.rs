@@ -505,7 +505,7 @@ fn hostile_scribbles_over_map_metadata_give_errors_not_ub_or_hangs() {
 }
 
 #[test]
-fn a_lock_word_scribbled_with_a_live_owner_is_busy_not_a_hang() {
+fn lock_words_scribbled_with_this_process_as_owner_are_taken_over_not_busy() {
     if role().is_some() {
         return;
     }
