@@ -760,6 +760,10 @@ pub enum CollectionError {
     /// String bytes read from shared memory are not UTF-8.
     #[error("string bytes in shared memory are not UTF-8")]
     NotUtf8,
+    /// A non-empty vector of a zero-sized element type (such as `[u8; 0]`): its
+    /// block would hold no bytes. Store a count instead.
+    #[error("a shared vector of zero-sized elements cannot be stored (store a count instead)")]
+    ZeroSized,
     /// The map holds more entries than one shard's table can address.
     #[error("a shard of the shared map cannot grow past {capacity} slots")]
     Full {

@@ -505,7 +505,7 @@ fn hostile_scribbles_over_map_metadata_give_errors_not_ub_or_hangs() {
 }
 
 #[test]
-fn a_lock_word_scribbled_with_a_live_owner_is_busy_not_a_hang() {
+fn lock_words_scribbled_with_this_process_as_owner_are_taken_over_not_busy() {
     if role().is_some() {
         return;
     }
@@ -539,13 +539,64 @@ fn a_lock_word_scribbled_with_a_live_owner_is_busy_not_a_hang() {
         file.write_all_at(&token.to_le_bytes(), shard0 + si * 80)
             .unwrap();
     }
-    let r = m.insert(2, 2);
-    assert!(
-        matches!(r, Err(Error::Collection(CollectionError::Busy { .. }))),
-        "{r:?}"
-    );
     // Reads whose shard is stable still answer without the lock.
     assert_eq!(m.get(&1).unwrap(), Some(1));
+    // The words name this process, but no thread of it holds a lock (the shards'
+    // holder words say so): a writer takes the word over after
+    // `FORGED_AFTER` and repairs, instead of failing with `Busy` for as long as
+    // this process lives (red team rt18-s2 B3). A word naming another live
+    // process still waits `LOCK_TIMEOUT` and is `Busy`.
+    m.insert(2u64, 2).unwrap();
+    m.update(1u64, |v| v.map(|x| x + 10)).unwrap();
+    assert_eq!(m.remove(&2).unwrap(), Some(2));
+    assert_eq!(m.get(&1).unwrap(), Some(11));
+}
+
+/// Red team rt18-s2 B3: snapshot the segment while this thread holds a shard
+/// (inside `update`), then write back the one 8-byte word that was nonzero then
+/// and is zero now (the lock word). Every later write of that shard waited 10 s
+/// and failed with `Busy`, for as long as this process lived.
+#[test]
+fn a_replayed_lock_word_of_this_process_is_taken_over_not_busy_forever() {
+    if role().is_some() {
+        return;
+    }
+    let name = ShmName::new("map-lockreplay");
+    let alloc = FreeListAllocator::create(name.as_str(), 8 << 20).unwrap();
+    let m = ShmHashMap::<String, u64, _>::open(&alloc, "m").unwrap();
+    m.insert("k1", 1).unwrap();
+    let root = alloc.roots().unwrap()[0].offset.get();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(common::shm_path(name.as_str()))
+        .unwrap();
+    let words = 64 * 10 + 2;
+    let snap = || {
+        let mut b = vec![0u8; words as usize * 8];
+        file.read_exact_at(&mut b, root).unwrap();
+        b.chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let mut held = Vec::new();
+    m.update("k1", |v: Option<u64>| {
+        held = snap();
+        v
+    })
+    .unwrap();
+    let after = snap();
+    let w = (0..after.len())
+        .find(|&i| held[i] != 0 && after[i] == 0)
+        .expect("a word set while the shard was held");
+    file.write_all_at(&held[w].to_le_bytes(), root + 8 * w as u64)
+        .unwrap();
+    for round in 0..3u64 {
+        m.insert("k1", round).unwrap();
+        assert_eq!(m.get("k1").unwrap(), Some(round));
+    }
+    assert_eq!(m.remove("k1").unwrap(), Some(2));
+    assert!(m.is_empty());
 }
 
 // ------------------------------------------------------------------------------

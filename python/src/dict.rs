@@ -58,15 +58,29 @@ const T_FALSE: u8 = b'F';
 const T_NONE: u8 = b'n';
 const T_ARRAY: u8 = b'a';
 
+/// The plain `int` value of an `int` (or subclass) object: `int.__int__`, which
+/// no subclass override of `__index__`, `__int__` or `__str__` changes.
+fn exact_int<'py>(v: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    v.py().get_type::<PyInt>().getattr("__int__")?.call1((v,))
+}
+
+/// Stores an `int` (or subclass): 8 little-endian bytes if it fits `i64`, else its
+/// minimal two's-complement bytes (never through `str()`, whose digit limit can
+/// differ between processes).
 fn encode_int(v: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
+    let v = exact_int(v)?;
     match v.extract::<i64>() {
         Ok(i) => {
             out.push(T_INT);
             out.extend_from_slice(&i.to_le_bytes());
         }
         Err(_) => {
+            let bits: u64 = v.call_method0("bit_length")?.extract()?;
+            let kw = PyDict::new(v.py());
+            kw.set_item("signed", true)?;
+            let b = v.call_method("to_bytes", (bits / 8 + 1, "little"), Some(&kw))?;
             out.push(T_BIGINT);
-            out.extend_from_slice(v.str()?.to_str()?.as_bytes());
+            out.extend_from_slice(b.cast::<PyBytes>()?.as_bytes());
         }
     }
     Ok(())
@@ -84,8 +98,7 @@ fn encode_key(k: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
         out.extend_from_slice(b.as_bytes());
     } else if k.is_instance_of::<PyInt>() {
         // bool is an int subclass: True is the key 1, as in a dict.
-        let i = k.call_method0("__index__")?;
-        encode_int(&i, &mut out)?;
+        encode_int(k, &mut out)?;
     } else if let Ok(f) = k.cast::<PyFloat>() {
         let x = f.value();
         if x.is_nan() {
@@ -115,8 +128,13 @@ fn decode_int<'py>(py: Python<'py>, tag: u8, b: &[u8]) -> PyResult<Bound<'py, Py
             Ok(i64::from_le_bytes(a).into_pyobject(py)?.into_any())
         }
         _ => {
-            let s = std::str::from_utf8(b).map_err(|_| corrupt(py))?;
-            py.import("builtins")?.getattr("int")?.call1((s,))
+            let kw = PyDict::new(py);
+            kw.set_item("signed", true)?;
+            py.get_type::<PyInt>().call_method(
+                "from_bytes",
+                (PyBytes::new(py, b), "little"),
+                Some(&kw),
+            )
         }
     }
 }
@@ -163,8 +181,22 @@ fn encode_value(v: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
         out.push(T_FLOAT);
         out.extend_from_slice(&f.value().to_le_bytes());
     } else if v.hasattr("__array_interface__")? && v.hasattr("dtype")? {
-        // A numpy array: dtype string, shape, then the C-order bytes.
-        let dtype: String = v.getattr("dtype")?.getattr("str")?.extract()?;
+        // A numpy array: dtype string, shape, then the C-order bytes. Only dtypes
+        // that the dtype string describes whole: not structured (field names and
+        // types), not object (process pointers), and no mask.
+        let dt = v.getattr("dtype")?;
+        if !dt.getattr("fields")?.is_none() || dt.getattr("hasobject")?.is_truthy()? {
+            return Err(PyTypeError::new_err(format!(
+                "SharedDict stores numpy arrays of plain dtypes, not {}",
+                dt.repr()?
+            )));
+        }
+        if v.hasattr("mask")? {
+            return Err(PyTypeError::new_err(
+                "SharedDict does not store masked arrays (the mask would be lost)",
+            ));
+        }
+        let dtype: String = dt.getattr("str")?.extract()?;
         let shape: Vec<u64> = v.getattr("shape")?.extract()?;
         let data = v.call_method0("tobytes")?;
         let data = data.cast::<PyBytes>()?;
@@ -258,11 +290,15 @@ impl SharedDict {
     #[new]
     #[pyo3(signature = (name, capacity = DEFAULT_CAPACITY, create = true))]
     fn new(py: Python<'_>, name: &str, capacity: u64, create: bool) -> PyResult<Self> {
+        let mut created = false;
         let alloc = match FreeListAllocator::open(name) {
             Ok(a) => a,
             Err(SegmentError::NotFound { .. }) if create => {
                 match FreeListAllocator::create(name, capacity) {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        created = true;
+                        a
+                    }
                     Err(SegmentError::AlreadyExists { .. }) => {
                         FreeListAllocator::open(name).map_err(|e| errors::segment(py, e))?
                     }
@@ -271,7 +307,18 @@ impl SharedDict {
             }
             Err(e) => return Err(errors::segment(py, e)),
         };
-        let map = Map::open(Arc::new(alloc), MAP_ROOT).map_err(|e| map_err(py, e))?;
+        let map = match Map::open(Arc::new(alloc), MAP_ROOT) {
+            Ok(m) => m,
+            Err(e) => {
+                // A segment this call made that cannot hold the dict (too small a
+                // capacity): remove its name, so that a retry with a larger
+                // capacity creates a new one instead of reopening this one.
+                if created {
+                    let _ = shared_allocator::unlink(name);
+                }
+                return Err(map_err(py, e));
+            }
+        };
         Ok(SharedDict {
             name: name.to_owned(),
             map,

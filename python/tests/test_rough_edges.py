@@ -214,19 +214,99 @@ USAGE = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(shutil.which("mypy") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "mypy")), reason="mypy not installed")
-def test_mypy_strict_accepts_the_public_api(tmp_path):
+DICT_USAGE = textwrap.dedent(
+    """
+    from __future__ import annotations
+
+    from typing import Any
+
+    import numpy as np
+
+    from shared_allocator import SharedDict
+
+
+    def use(name: str) -> int:
+        d = SharedDict(name, capacity=1 << 20)
+        d["a"] = 1
+        d[b"b"] = b"x"
+        d[2] = np.arange(3, dtype=np.int64)
+        d[2.5] = bytearray(b"yz")
+        d["none"] = None
+        d.update({"c": 3.0}, e=True)
+        d.update([("f", "g")])
+        v: Any = d["a"]
+        maybe: Any | None = d.get("zz")
+        got: Any = d.get("zz", 7)
+        keys: list[str | bytes | int | float] = d.keys()
+        pairs = d.items()
+        n: int = d.increment("count", 2) + len(d)
+        s = d.setdefault("h", "i")
+        popped = d.pop("h", None)
+        plain: dict[str | bytes | int | float, Any] = d.copy()
+        for k in d:
+            print(k, k in d)
+        del d["a"]
+        print(v, maybe, got, keys, pairs, s, popped, plain, d.name, d.values())
+        d.clear()
+        d.unlink()
+        return n
+    """
+)
+
+# Each line must be refused by the SharedDict stub (so it is not `Any`).
+DICT_MISUSE = textwrap.dedent(
+    """
+    from shared_allocator import SharedDict
+
+    d = SharedDict("x")
+    d[(1, 2)] = 3
+    d["k"] = object()
+    d.increment("k", "1")
+    n: str = len(d)
+    d.no_such_method()
+    """
+)
+
+
+def _mypy_strict(tmp_path, source):
     f = tmp_path / "usage.py"
-    f.write_text(USAGE)
+    f.write_text(source)
     mypy = os.path.join(os.path.dirname(sys.executable), "mypy")
     mypy = mypy if os.path.exists(mypy) else "mypy"
-    out = subprocess.run(
+    return subprocess.run(
         [mypy, "--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(f)],
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+needs_mypy = pytest.mark.skipif(
+    shutil.which("mypy") is None
+    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "mypy")),
+    reason="mypy not installed",
+)
+
+
+@needs_mypy
+def test_mypy_strict_accepts_the_public_api(tmp_path):
+    out = _mypy_strict(tmp_path, USAGE)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@needs_mypy
+def test_mypy_strict_accepts_shared_dict_usage(tmp_path):
+    out = _mypy_strict(tmp_path, DICT_USAGE)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@needs_mypy
+def test_mypy_strict_refuses_shared_dict_misuse(tmp_path):
+    out = _mypy_strict(tmp_path, DICT_MISUSE)
+    lines = [l for l in out.stdout.splitlines() if ": error:" in l]
+    flagged = {int(l.split(":")[1]) for l in lines}
+    # Lines 5-9 of DICT_MISUSE (1 is the blank line textwrap keeps).
+    assert flagged >= {5, 6, 7, 8, 9}, out.stdout + out.stderr
 
 
 # ------------------------------------------------------ argument messages

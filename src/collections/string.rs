@@ -19,6 +19,8 @@ unsafe impl ShmValue for String {
     type Raw = RawStr;
     type Query = str;
     type Out = String;
+    const VALUE_FINGERPRINT: u64 =
+        fingerprint::str(<RawStr as ShmSafe>::FINGERPRINT, "ShmValue String");
 
     fn store<A: ShmFree + ?Sized>(value: &str, alloc: &A) -> Result<RawStr, Error> {
         store_bytes(value.as_bytes(), alloc)

@@ -60,6 +60,13 @@ pub unsafe trait ShmValue {
     /// What reads give back (an owned copy).
     type Out;
 
+    /// Identifies this value type in a collection's type check (a map opened with
+    /// other key or value types is [`Error::TypeMismatch`]). Two value types with
+    /// the same raw form but other meanings (`String` and `Vec<u8>` are both a
+    /// [`RawStr`]) must differ here. The default is the raw form's fingerprint;
+    /// override it when another implementation shares this raw form.
+    const VALUE_FINGERPRINT: u64 = <Self::Raw as ShmSafe>::FINGERPRINT;
+
     /// Builds the raw form of `value`, allocating what it needs from `alloc`.
     ///
     /// # Errors
@@ -109,6 +116,8 @@ unsafe impl<T: ShmSafe + Copy> ShmValue for T {
     type Raw = T;
     type Query = T;
     type Out = T;
+    // A plain value: a `RawStr` stored this way owns nothing (unlike a `String`).
+    const VALUE_FINGERPRINT: u64 = fingerprint::str(T::FINGERPRINT, "ShmValue plain");
 
     #[inline]
     fn store<A: ShmFree + ?Sized>(value: &T, _alloc: &A) -> Result<T, Error> {
@@ -389,8 +398,13 @@ unsafe impl<T: ShmValue + Borrow<T::Query>> ShmValue for Vec<T> {
     type Raw = RawVec<T::Raw>;
     type Query = [T];
     type Out = Vec<T::Out>;
+    const VALUE_FINGERPRINT: u64 = fingerprint::str(T::VALUE_FINGERPRINT, "ShmValue Vec");
 
     fn store<A: ShmFree + ?Sized>(value: &[T], alloc: &A) -> Result<Self::Raw, Error> {
+        if size_of::<T::Raw>() == 0 && !value.is_empty() {
+            // Its block would hold no bytes, which no checked read accepts.
+            return Err(CollectionError::ZeroSized.into());
+        }
         if value.is_empty() {
             return Ok(RawVec {
                 off: 0,

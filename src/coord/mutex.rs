@@ -383,6 +383,30 @@ impl<T: MutexPayload> ShmMutex<T> {
             .map(|how| self.guard(how))
     }
 
+    /// The lock word now (owner and flag bits), for callers that keep their own
+    /// record of who holds the lock.
+    pub(crate) fn state_word(&self) -> u32 {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    /// Takes the lock from a word `seen` that names this process, when the caller
+    /// knows from its own bookkeeping that no thread of this process holds it (a
+    /// word replayed or scribbled with this process's identity, which the liveness
+    /// check cannot see through). The data is marked inconsistent, as after a dead
+    /// holder. `None` if the word names another owner or is no longer `seen`.
+    #[cold]
+    pub(crate) fn take_from_self(&self, seen: u32) -> Option<ShmMutexGuard<'_, T>> {
+        let me = owner::current_owner(self.addr());
+        if seen & OWNER_MASK != me || !self.take_over(seen, me) {
+            return None;
+        }
+        Some(ShmMutexGuard {
+            mutex: self,
+            fork: crate::process::fork_epoch(),
+            _not_send: PhantomData,
+        })
+    }
+
     #[cold]
     fn lock_slow(&self, me: u32, deadline: Deadline) -> Option<Acquired> {
         let mut slept = false;

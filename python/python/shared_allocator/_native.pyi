@@ -2,7 +2,7 @@
 
 import sys
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal, Protocol, SupportsIndex, final, overload
 
@@ -23,9 +23,17 @@ __all__ = [
     "BumpAllocator",
     "FreeListAllocator",
     "GIL_RELEASE_THRESHOLD",
+    "SharedDict",
     "SharedView",
     "SlabAllocator",
 ]
+
+_Key: TypeAlias = str | bytes | int | float
+"""What keys a ``SharedDict`` (``bool`` is an ``int``, as in a ``dict``)."""
+
+_Value: TypeAlias = str | int | float | bool | None | _Data
+"""What a ``SharedDict`` stores: a key type, ``bool``, ``None``, any bytes-like
+object (stored as ``bytes``) or a numpy array (dtype and shape kept)."""
 
 GIL_RELEASE_THRESHOLD: int
 """Copies larger than this many bytes (4096) run with the GIL released."""
@@ -219,3 +227,68 @@ class SlabAllocator(_Allocator):
         """Number of free slabs."""
     def used_slabs(self) -> int:
         """Number of slabs in use."""
+
+@final
+class SharedDict:
+    """A dict in POSIX shared memory, shared by every process that opens it by
+    name (fork or spawn workers, a ``Pool``: it pickles by name).
+
+    Reads return copies: ``str``, ``bytes``, ``int``, ``float``, ``bool``,
+    ``None`` or a ``numpy.ndarray`` (typed ``Any``: the value's type is whatever
+    another process stored). Writes are atomic per key."""
+
+    def __new__(cls, name: str, capacity: int = 256 * 1024 * 1024, create: bool = True) -> Self:
+        """Opens the dict's segment ``name``, or creates it (``create=True``) with
+        ``capacity`` bytes of (sparse) data region."""
+    @property
+    def name(self) -> str:
+        """The segment's name (what other processes open)."""
+    def __len__(self) -> int:
+        """Number of entries (exact when no process is writing)."""
+    def __contains__(self, key: object, /) -> bool:
+        """Whether ``key`` is in the dict."""
+    def __getitem__(self, key: _Key, /) -> Any:
+        """A copy of the value of ``key``; ``KeyError`` if absent."""
+    def __setitem__(self, key: _Key, value: _Value, /) -> None:
+        """Stores ``value`` under ``key`` (atomic: readers see the old or the new)."""
+    def __delitem__(self, key: _Key, /) -> None:
+        """Removes ``key``; ``KeyError`` if absent."""
+    def __iter__(self) -> Iterator[str | bytes | int | float]:
+        """Iterates over a snapshot of the keys."""
+    @overload
+    def get(self, key: _Key, /) -> Any | None:
+        """A copy of the value of ``key``, or ``None``."""
+    @overload
+    def get(self, key: _Key, default: Any, /) -> Any:
+        """A copy of the value of ``key``, or ``default``."""
+    def keys(self) -> list[str | bytes | int | float]:
+        """A snapshot of the keys."""
+    def values(self) -> list[Any]:
+        """A snapshot of the values (copies)."""
+    def items(self) -> list[tuple[str | bytes | int | float, Any]]:
+        """A snapshot of the entries (copies)."""
+    def setdefault(self, key: _Key, default: _Value = None, /) -> Any:
+        """The value of ``key``, storing ``default`` first if absent (atomic)."""
+    def increment(self, key: _Key, /, delta: int = 1) -> int:
+        """Adds ``delta`` to the int value of ``key`` (0 if absent), atomically;
+        returns the new value. ``TypeError`` if the value is not an int that fits
+        64 bits after the increment."""
+    def update(
+        self,
+        other: Mapping[Any, Any] | Iterable[tuple[Any, Any]] | None = None,
+        /,
+        **kwargs: _Value,
+    ) -> None:
+        """Stores every entry of ``other`` (a mapping or pairs), then ``kwargs``."""
+    @overload
+    def pop(self, key: _Key, /) -> Any:
+        """Removes ``key`` and returns its value; ``KeyError`` if absent."""
+    @overload
+    def pop(self, key: _Key, default: Any, /) -> Any:
+        """Removes ``key`` and returns its value, or ``default`` if absent."""
+    def clear(self) -> None:
+        """Removes every entry."""
+    def copy(self) -> dict[str | bytes | int | float, Any]:
+        """A plain ``dict`` with copies of every entry."""
+    def unlink(self) -> None:
+        """Removes the segment's name (open handles keep working)."""

@@ -10,8 +10,9 @@
 //!   process registry, and the next locker gets [`OwnerDied`](crate::OwnerDied));
 //! - a **sequence word** (a seqlock): even when stable, odd while a writer changes
 //!   a slot that readers may be copying;
-//! - a **table word**: offset and capacity of its open-addressing table (linear
-//!   probing, tombstones), swapped in one atomic store when the shard grows;
+//! - a **table word**: offset and capacity of its open-addressing table
+//!   (SwissTable-style control bytes probed 8 at a time, tombstones, grown at 7/8
+//!   full; see `table.rs`), swapped in one atomic store when the shard grows;
 //! - `len`, `used` (full and tombstoned slots) and an **intent record**: the kind
 //!   and slot of the operation in progress, with the raw key, old and new value in
 //!   the table's intent area, and the two table offsets of a resize in progress.
@@ -28,16 +29,16 @@
 //!
 //! | operation | steps (commit point in bold) | repair after a crash |
 //! | --- | --- | --- |
-//! | insert a new key | store key and value (fresh blocks); copy their raw forms to the intent area; intent = INSERT(slot); copy into the slot; **tag = FULL** | tag FULL: done; else release the intent's key and value |
+//! | insert a new key | store key and value (fresh blocks); copy their raw forms to the intent area; intent = INSERT(slot); copy into the slot; **control byte = FULL** | control byte FULL: done; else release the intent's key and value |
 //! | replace a value | store the new value; intent area = old and new raw value; intent = UPDATE(slot); seq odd; **slot value = new**; seq even; release the old value | write the new value again, release the old one |
-//! | remove | intent area = raw key and value; **intent = REMOVE(slot)**; seq odd; tag = TOMB; seq even; release key and value | tag = TOMB, release key and value |
+//! | remove | intent area = raw key and value; **intent = REMOVE(slot)**; seq odd; control byte = TOMB; seq even; release key and value | control byte = TOMB, release key and value |
 //! | grow | allocate, header, record it (`resize_new`); copy the entries; record the old table (`resize_old`); seq odd; **table word = new**; seq even; free the old | free whichever recorded table is not the current one |
 //!
 //! Every repair step is idempotent: releasing a value clears each reference (an
 //! atomic swap) before freeing what it named ([`ShmValue::release`]), and the resize
 //! words are swapped to 0 before the table is freed, so a repairer that dies
 //! repairing leaves work that the next one redoes without freeing anything twice.
-//! The repair then recounts `len` and `used` from the tags and makes the sequence
+//! The repair then recounts `len` and `used` from the control bytes and makes the sequence
 //! word even. So after any crash: **every acknowledged write is visible** (an
 //! operation returned only after its commit point), **no key is there twice** (a
 //! key's slot is decided under its shard's lock, a new table is built privately
@@ -53,7 +54,12 @@
 //! check, from allocator metadata, that the table is a live block with this map's
 //! header before writing or freeing it; nested blocks are checked the same way
 //! before they are freed; a lock held longer than [`LOCK_TIMEOUT`] (a word
-//! scribbled with a live owner) is [`CollectionError::Busy`].
+//! scribbled with another live process as its owner) is
+//! [`CollectionError::Busy`]. A lock word that names this very process while no
+//! thread of it holds the lock (each shard records its holder thread, each thread
+//! how many shard locks it holds), unchanged for a second, is taken over and the shard
+//! repaired. (A real holder writes its thread id right after the lock word; one
+//! preempted for that whole second in between would be taken over too.)
 
 mod table;
 
@@ -62,7 +68,10 @@ use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-use self::table::{Layout, Table, EMPTY, FULL, MAX_LOG2, MIN_LOG2, TOMB};
+use self::table::{
+    ctrl_of, first, free_bytes, match_byte, zero_bytes, Layout, Table, EMPTY, FULL, GROUP, MAX_LOG2,
+    MIN_LOG2, TOMB,
+};
 use super::{ShmKey, ShmValue, LOCK_TIMEOUT};
 use crate::alloc::{Offset, ShmFree};
 use crate::error::{CollectionError, Error};
@@ -82,6 +91,31 @@ const I_REMOVE: u64 = 3;
 /// Lock-free read attempts before a reader takes the shard's lock.
 const READ_TRIES: u32 = 256;
 
+/// How long a lock word naming this process may stay unchanged, with no thread
+/// of this process recorded as its holder, before it counts as forged.
+const FORGED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's id in shard `holder` words (never 0, never reused; set on
+    /// first use).
+    static THREAD_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// How many shard locks this thread holds (a thread that holds one never
+    /// takes a lock word over: a reentrant write waits, as documented).
+    static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+#[inline]
+fn thread_id() -> u64 {
+    THREAD_ID.with(|t| {
+        if t.get() == 0 {
+            t.set(NEXT_THREAD.fetch_add(1, Ordering::Relaxed));
+        }
+        t.get()
+    })
+}
+
 #[repr(C)]
 struct Shard {
     lock: ShmMutex<[u32; 2]>,
@@ -92,7 +126,10 @@ struct Shard {
     intent: AtomicU64,
     resize_new: AtomicU64,
     resize_old: AtomicU64,
-    spare: AtomicU64,
+    /// The process-local id of the thread holding the lock (0 when free): lets a
+    /// thread that finds the lock word naming its own process, unchanged for
+    /// [`FORGED_AFTER`], tell a replayed or scribbled word from a real holder.
+    holder: AtomicU64,
 }
 
 #[repr(C)]
@@ -167,6 +204,10 @@ pub struct ShmHashMap<K: ShmKey, V: ShmValue, A: ShmFree> {
     /// Per shard, the last table word this handle checked is a live table block of
     /// this map (writers skip the metadata lookup while it is unchanged).
     checked: Box<[AtomicU64]>,
+    /// Per shard, the last table word this handle resolved (its bytes lie inside
+    /// the mapping's usable data region, which never shrinks): lock-free readers
+    /// skip the region check while the word is unchanged.
+    readable: Box<[AtomicU64; SHARDS]>,
     _kv: PhantomData<fn() -> (K, V)>,
 }
 
@@ -191,8 +232,10 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     const L: Layout = Layout::of::<K::Raw, V::Raw>();
 
     fn kv_fp() -> u64 {
-        let k = <K::Raw as ShmSafe>::FINGERPRINT;
-        let v = <V::Raw as ShmSafe>::FINGERPRINT;
+        // The value types' fingerprints, not only their raw forms': `String`,
+        // `Vec<u8>` and a plain `RawStr` share a raw form but not its meaning.
+        let k = K::VALUE_FINGERPRINT;
+        let v = V::VALUE_FINGERPRINT;
         fingerprint::str(k.wrapping_mul(31) ^ v, "ShmHashMap") | 1
     }
 
@@ -238,6 +281,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
             alloc,
             root,
             checked: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            readable: Box::new([const { AtomicU64::new(0) }; SHARDS]),
             _kv: PhantomData,
         })
     }
@@ -275,30 +319,70 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
         self.len() == 0
     }
 
+    /// The slot of `key` (hash `h`) in `t`: [`probe`](Self::probe) without the
+    /// free slot (what readers need).
+    #[inline(always)]
+    fn find(&self, t: &Table, h: u64, key: &K::Query) -> Result<Option<u64>, Error> {
+        let c = ctrl_of(h);
+        let mut g = (h & t.mask()) / GROUP;
+        for _ in 0..t.groups() {
+            let w = t.group(g).load(Ordering::Acquire);
+            let mut m = match_byte(w, c);
+            while m != 0 {
+                let i = g * GROUP + first(m);
+                if t.hash(i).load(Ordering::Relaxed) == h
+                    && K::matches(&table::load(t.key(i)), key, &self.alloc)?
+                {
+                    return Ok(Some(i));
+                }
+                m &= m - 1;
+            }
+            if zero_bytes(w) != 0 {
+                break;
+            }
+            g = (g + 1) & (t.groups() - 1);
+        }
+        Ok(None)
+    }
+
     /// Probes `t` for `key` (hash `h`): its slot, and the first free slot seen.
     #[inline]
     fn probe(&self, t: &Table, h: u64, key: &K::Query) -> Result<Probe, Error> {
-        let want = h | FULL;
+        let c = ctrl_of(h);
         let mut free = None;
-        for n in 0..t.cap() {
-            let i = (h.wrapping_add(n)) & t.mask();
-            let tag = t.tag(i).load(Ordering::Acquire);
-            if tag == want {
-                let kr: K::Raw = table::load(t.key(i));
-                if K::matches(&kr, key, &self.alloc)? {
-                    return Ok(Probe {
-                        found: Some(i),
-                        free,
-                    });
+        let home = h & t.mask();
+        let mut g = home / GROUP;
+        // In the first group, prefer free slots at or after the home slot (the
+        // line `Table::prefetch` fetched).
+        let mut from = !0u64 << (8 * (home % GROUP));
+        for _ in 0..t.groups() {
+            let w = t.group(g).load(Ordering::Acquire);
+            let mut m = match_byte(w, c);
+            while m != 0 {
+                let i = g * GROUP + first(m);
+                if t.hash(i).load(Ordering::Relaxed) == h {
+                    let kr: K::Raw = table::load(t.key(i));
+                    if K::matches(&kr, key, &self.alloc)? {
+                        return Ok(Probe {
+                            found: Some(i),
+                            free,
+                        });
+                    }
                 }
-            } else if tag == EMPTY {
-                return Ok(Probe {
-                    found: None,
-                    free: free.or(Some(i)),
-                });
-            } else if tag == TOMB && free.is_none() {
-                free = Some(i);
+                m &= m - 1;
             }
+            if free.is_none() {
+                let f = free_bytes(w);
+                let f = if f & from != 0 { f & from } else { f };
+                if f != 0 {
+                    free = Some(g * GROUP + first(f));
+                }
+            }
+            if zero_bytes(w) != 0 {
+                break;
+            }
+            from = !0;
+            g = (g + 1) & (t.groups() - 1);
         }
         Ok(Probe { found: None, free })
     }
@@ -316,7 +400,11 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
         for n in 0..READ_TRIES {
             let s1 = shard.seq.load(Ordering::Acquire);
             if s1 & 1 == 0 {
-                let t = Table::resolve(&self.alloc, shard.table.load(Ordering::Acquire), Self::L);
+                let word = shard.table.load(Ordering::Acquire);
+                let t = Table::resolve(&self.alloc, word, Self::L);
+                if matches!(t, Ok(Some(_))) {
+                    self.readable[si].store(word, Ordering::Relaxed);
+                }
                 let r = t.and_then(|t| f(t.as_ref()));
                 fence(Ordering::Acquire);
                 if shard.seq.load(Ordering::Relaxed) == s1 {
@@ -342,9 +430,35 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     #[inline]
     pub fn get(&self, key: &K::Query) -> Result<Option<V::Out>, Error> {
         let h = K::hash_query(key);
-        self.read(Self::shard_of(h), |t| {
+        let si = Self::shard_of(h);
+        // The fast path (small enough to inline, so a caller's independent lookups
+        // overlap their memory misses): a table word this handle resolved before,
+        // no writer in the shard.
+        let shard = &self.root().shards[si];
+        let s1 = shard.seq.load(Ordering::Acquire);
+        let word = shard.table.load(Ordering::Acquire);
+        if s1 & 1 == 0 && word == self.readable[si].load(Ordering::Relaxed) {
+            if let Some(t) = Table::resolve_known(&self.alloc, word, Self::L) {
+                let r = match self.find(&t, h, key) {
+                    Ok(Some(i)) => V::load(&table::load(t.val(i)), &self.alloc).map(Some),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                fence(Ordering::Acquire);
+                if shard.seq.load(Ordering::Relaxed) == s1 {
+                    return r;
+                }
+            }
+        }
+        self.get_slow(si, h, key)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn get_slow(&self, si: usize, h: u64, key: &K::Query) -> Result<Option<V::Out>, Error> {
+        self.read(si, |t| {
             let Some(t) = t else { return Ok(None) };
-            match self.probe(t, h, key)?.found {
+            match self.find(t, h, key)? {
                 Some(i) => V::load(&table::load(t.val(i)), &self.alloc).map(Some),
                 None => Ok(None),
             }
@@ -358,7 +472,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     pub fn contains_key(&self, key: &K::Query) -> Result<bool, Error> {
         let h = K::hash_query(key);
         self.read(Self::shard_of(h), |t| match t {
-            Some(t) => Ok(self.probe(t, h, key)?.found.is_some()),
+            Some(t) => Ok(self.find(t, h, key)?.is_some()),
             None => Ok(false),
         })
     }
@@ -375,7 +489,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
                 let mut v = Vec::new();
                 let Some(t) = t else { return Ok(v) };
                 for i in 0..t.cap() {
-                    if t.tag(i).load(Ordering::Acquire) & FULL != 0 {
+                    if t.ctrl(i) & FULL != 0 {
                         let k = K::load(&table::load(t.key(i)), &self.alloc)?;
                         let val = V::load(&table::load(t.val(i)), &self.alloc)?;
                         v.push((k, val));
@@ -398,7 +512,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
                 let mut v = Vec::new();
                 let Some(t) = t else { return Ok(v) };
                 for i in 0..t.cap() {
-                    if t.tag(i).load(Ordering::Acquire) & FULL != 0 {
+                    if t.ctrl(i) & FULL != 0 {
                         v.push(K::load(&table::load(t.key(i)), &self.alloc)?);
                     }
                 }
@@ -421,7 +535,13 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     ) -> Result<Option<V::Out>, Error> {
         let key = key.borrow();
         let h = K::hash_query(key);
-        let mut l = self.lock(Self::shard_of(h))?;
+        let si = Self::shard_of(h);
+        // Start fetching the slot's line before the lock's barrier stalls loads.
+        let word = self.root().shards[si].table.load(Ordering::Relaxed);
+        if let Ok(Some(t)) = Table::resolve(&self.alloc, word, Self::L) {
+            t.prefetch(h);
+        }
+        let mut l = self.lock(si)?;
         l.put(h, key, value.borrow())
     }
 
@@ -486,7 +606,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
             let mut l = self.lock(si)?;
             let Some(t) = l.table()? else { continue };
             for i in 0..t.cap() {
-                if t.tag(i).load(Ordering::Acquire) & FULL != 0 {
+                if t.ctrl(i) & FULL != 0 {
                     l.remove_slot(&t, i);
                 }
             }
@@ -499,16 +619,37 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> ShmHashMap<K, V, A> {
     /// unfinished state).
     fn lock(&self, si: usize) -> Result<Locked<'_, K, V, A>, Error> {
         let shard = &self.root().shards[si];
-        let (guard, died) = match shard.lock.lock_robust_timeout(LOCK_TIMEOUT) {
-            Some(Ok(g)) => (g, false),
-            Some(Err(d)) => (d.into_inner(), true),
-            None => {
+        let deadline = std::time::Instant::now() + LOCK_TIMEOUT;
+        let (guard, died) = loop {
+            let before = (shard.lock.state_word(), shard.holder.load(Ordering::Acquire));
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match shard.lock.lock_robust_timeout(left.min(FORGED_AFTER)) {
+                Some(Ok(g)) => break (g, false),
+                Some(Err(d)) => break (d.into_inner(), true),
+                None => {}
+            }
+            // The word stayed held. If it names this process, unchanged all along,
+            // with no holder recorded or this thread recorded, and this thread
+            // holds no such lock, no thread of this process holds it: a replayed
+            // or scribbled word. Take it (and repair) instead of waiting for good.
+            let now = (shard.lock.state_word(), shard.holder.load(Ordering::Acquire));
+            if now == before
+                && (now.1 == 0 || now.1 == thread_id())
+                && HELD.with(|h| h.get()) == 0
+            {
+                if let Some(g) = shard.lock.take_from_self(now.0) {
+                    break (g, true);
+                }
+            }
+            if std::time::Instant::now() >= deadline {
                 return Err(CollectionError::Busy {
                     secs: LOCK_TIMEOUT.as_secs(),
                 }
-                .into())
+                .into());
             }
         };
+        shard.holder.store(thread_id(), Ordering::Release);
+        HELD.with(|h| h.set(h.get().wrapping_add(1)));
         let mut l = Locked {
             map: self,
             shard,
@@ -536,14 +677,29 @@ struct Locked<'m, K: ShmKey, V: ShmValue, A: ShmFree> {
     guard: ShmMutexGuard<'m, [u32; 2]>,
 }
 
+impl<K: ShmKey, V: ShmValue, A: ShmFree> Drop for Locked<'_, K, V, A> {
+    fn drop(&mut self) {
+        // Before the guard (a field, dropped after this) unlocks.
+        self.shard.holder.store(0, Ordering::Release);
+        HELD.with(|h| h.set(h.get().wrapping_sub(1)));
+    }
+}
+
 impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
     fn alloc(&self) -> &A {
         &self.map.alloc
     }
 
     /// The shard's table, checked to be a live table block of this map.
+    #[inline]
     fn table(&mut self) -> Result<Option<Table>, Error> {
         let word = self.shard.table.load(Ordering::Acquire);
+        if word != 0 && self.map.checked[self.si].load(Ordering::Relaxed) == word {
+            // Checked before (resolved and owned), unchanged since.
+            if let Some(t) = Table::resolve_known(self.alloc(), word, ShmHashMap::<K, V, A>::L) {
+                return Ok(Some(t));
+            }
+        }
         let t = Table::resolve(self.alloc(), word, ShmHashMap::<K, V, A>::L)?;
         if let Some(t) = &t {
             let cache = &self.map.checked[self.si];
@@ -555,13 +711,25 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
         Ok(t)
     }
 
+    // The shard's words below are written only under its lock, so a load and a
+    // store stand in for a read-modify-write (no locked instruction, whose full
+    // barrier would stop a CPU from overlapping one operation's memory misses with
+    // the next's).
+
     fn seq_begin(&self) {
-        self.shard.seq.fetch_add(1, Ordering::Relaxed);
+        let s = self.shard.seq.load(Ordering::Relaxed);
+        self.shard.seq.store(s.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
     }
 
     fn seq_end(&self) {
-        self.shard.seq.fetch_add(1, Ordering::Release);
+        let s = self.shard.seq.load(Ordering::Relaxed);
+        self.shard.seq.store(s.wrapping_add(1), Ordering::Release);
+    }
+
+    fn add_len(&self, n: u64) {
+        let len = self.shard.len.load(Ordering::Relaxed);
+        self.shard.len.store(len.wrapping_add(n), Ordering::Relaxed);
     }
 
     /// Allocates and publishes a table of `2^log2` slots holding the entries of
@@ -588,36 +756,42 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
             Some(t) => t,
             None => unreachable!("a nonzero word"),
         };
-        for i in 0..new.cap() {
-            new.tag(i).store(EMPTY, Ordering::Relaxed);
+        for g in 0..new.groups() {
+            new.group(g).store(0, Ordering::Relaxed);
         }
         let mut len = 0;
         if let Some(old) = old {
             for i in 0..old.cap() {
-                let tag = old.tag(i).load(Ordering::Relaxed);
-                if tag & FULL == 0 {
+                if old.ctrl(i) & FULL == 0 {
                     continue;
                 }
                 if len + 1 >= new.cap() {
-                    // More full slots than the shard's count said (scribbled tags):
+                    // More full slots than the shard's count said (scribbled control bytes):
                     // never loop looking for room that is not there.
                     self.shard.resize_new.store(0, Ordering::Release);
                     // SAFETY: allocated above, never published; its offset was
                     // just cleared from `resize_new`.
                     let _ = unsafe { self.alloc().free_owned(Offset::new(off)) };
                     return Err(CollectionError::Corrupted {
-                        what: "map table tags (more full slots than counted)",
+                        what: "map control bytes (more full slots than counted)",
                         found: len,
                     }
                     .into());
                 }
-                let mut j = tag & new.mask();
-                while new.tag(j).load(Ordering::Relaxed) != EMPTY {
-                    j = (j + 1) & new.mask();
-                }
+                let h = old.hash(i).load(Ordering::Relaxed);
+                // A free slot exists (len + 1 < cap): the loop ends.
+                let mut g = (h & new.mask()) / GROUP;
+                let j = loop {
+                    let e = zero_bytes(new.group(g).load(Ordering::Relaxed));
+                    if e != 0 {
+                        break g * GROUP + first(e);
+                    }
+                    g = (g + 1) & (new.groups() - 1);
+                };
+                new.hash(j).store(h, Ordering::Relaxed);
                 table::store::<K::Raw>(new.key(j), table::load(old.key(i)));
                 table::store::<V::Raw>(new.val(j), table::load(old.val(i)));
-                new.tag(j).store(tag, Ordering::Relaxed);
+                new.set_ctrl(j, ctrl_of(h));
                 len += 1;
             }
             self.shard.resize_old.store(old.off, Ordering::Release);
@@ -669,7 +843,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
             return Ok(self.replace(&t, i, vraw));
         }
         let used = self.shard.used.load(Ordering::Relaxed);
-        if p.free.is_none() || used.saturating_add(1) > t.cap() / 2 {
+        if p.free.is_none() || used.saturating_add(1) > t.cap() - t.cap() / 8 {
             let len = self.shard.len.load(Ordering::Relaxed);
             let want = len
                 .saturating_add(1)
@@ -704,14 +878,17 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
             .intent
             .store(I_INSERT | (i << 2), Ordering::Release);
         crate::fail_point!("map.insert.intent");
+        t.hash(i).store(h, Ordering::Relaxed);
         table::store(t.key::<K::Raw>(i), kraw);
         table::store(t.val::<V::Raw>(i), vraw);
         crate::fail_point!("map.insert.written");
-        let was = t.tag(i).swap(h | FULL, Ordering::Release);
+        let was = t.ctrl(i);
+        t.set_ctrl(i, ctrl_of(h));
         crate::fail_point!("map.insert.committed");
-        self.shard.len.fetch_add(1, Ordering::Relaxed);
+        self.add_len(1);
         if was == EMPTY {
-            self.shard.used.fetch_add(1, Ordering::Relaxed);
+            let used = self.shard.used.load(Ordering::Relaxed);
+            self.shard.used.store(used.wrapping_add(1), Ordering::Relaxed);
         }
         self.shard.intent.store(I_NONE, Ordering::Release);
         Ok(None)
@@ -750,8 +927,8 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
             .store(I_REMOVE | (i << 2), Ordering::Release);
         crate::fail_point!("map.remove.intent");
         self.seq_begin();
-        t.tag(i).store(TOMB, Ordering::Relaxed);
-        self.shard.len.fetch_sub(1, Ordering::Relaxed);
+        t.set_ctrl(i, TOMB);
+        self.add_len(u64::MAX);
         self.seq_end();
         crate::fail_point!("map.remove.tombstoned");
         let out = V::load(&v, self.alloc()).ok();
@@ -811,11 +988,11 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
                 .into());
             }
             match intent & 3 {
-                I_INSERT if t.tag(i).load(Ordering::Acquire) & FULL == 0 => {
+                I_INSERT if t.ctrl(i) & FULL == 0 => {
                     // Never committed: the key and value are the intent's only.
                     self.release_intent(t, true, false);
                     // SAFETY: the intent's new value was never published (its
-                    // slot's tag is not FULL), so the shard owns it; release
+                    // slot's control byte is not FULL), so the shard owns it; release
                     // clears before it frees.
                     unsafe { V::release(t.intent_new::<V::Raw>(), self.alloc()) };
                 }
@@ -824,7 +1001,7 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
                     self.release_intent(t, false, true);
                 }
                 I_REMOVE => {
-                    t.tag(i).store(TOMB, Ordering::Relaxed);
+                    t.set_ctrl(i, TOMB);
                     self.release_intent(t, true, true);
                 }
                 _ => {}
@@ -832,9 +1009,9 @@ impl<K: ShmKey, V: ShmValue, A: ShmFree> Locked<'_, K, V, A> {
             self.shard.intent.store(I_NONE, Ordering::Release);
             let (mut len, mut used) = (0, 0);
             for i in 0..t.cap() {
-                let tag = t.tag(i).load(Ordering::Relaxed);
-                len += u64::from(tag & FULL != 0);
-                used += u64::from(tag != EMPTY);
+                let c = t.ctrl(i);
+                len += u64::from(c & FULL != 0);
+                used += u64::from(c != EMPTY);
             }
             self.shard.len.store(len, Ordering::Relaxed);
             self.shard.used.store(used, Ordering::Relaxed);
