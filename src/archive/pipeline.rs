@@ -270,8 +270,12 @@ impl<E: Source> Writer<E> for PipeWriter<'_> {
             //   cleared the region's sequence number and checked that no live
             //   subscriber holds it (Every: cursors past its last batch; Latest: no
             //   pin on it, Dekker-ordered), so no subscriber of this API looks at
-            //   it until the new sequence number is published.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+            //   it until the new sequence number is published;
+            // - byte-wise atomic stores, not a plain copy: a process may be copying
+            //   these bytes out (a stale subscriber's checked copy) at this moment,
+            //   and its atomic loads must not race plain stores (crate `typed` docs,
+            //   "No plain stores").
+            unsafe { crate::segment::store_bytes(dst, bytes) };
         }
         self.pos = end;
         Ok(())

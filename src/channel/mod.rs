@@ -195,10 +195,14 @@ impl<T: ChannelElement + Copy, const N: usize> ring::Ring for ShmChannel<T, N> {
     #[inline]
     unsafe fn write(&self, i: usize, value: T) {
         // SAFETY:
-        // - the caller claimed slot i (WRITING), so no other process reads or writes
-        //   this value until the caller publishes FULL with Release;
-        // - the cell is inside the live, aligned slot array borrowed from `self`.
-        unsafe { self.slots[i].value.get().write(value) }
+        // - the caller claimed slot i (WRITING), so no other endpoint reads or
+        //   writes this value until the caller publishes FULL with Release;
+        // - the cell is inside the live, aligned slot array borrowed from `self`;
+        // - a byte-wise atomic store, not a plain one: a process may be copying the
+        //   channel's block out (`RelPtr::read`) at this moment, and its atomic loads
+        //   must not race a plain store (crate `typed` docs, "No plain stores");
+        //   the old bytes are a T without drop glue (ShmSafe), so not dropping is right.
+        unsafe { atomic_memcpy::atomic_store(self.slots[i].value.get(), value, Ordering::Relaxed) }
     }
     #[inline]
     unsafe fn read(&self, i: usize) -> T {
