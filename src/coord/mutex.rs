@@ -204,8 +204,10 @@ pub type LockResult<G> = Result<G, OwnerDied<G>>;
 /// [`RelPtr::read`](crate::RelPtr::read) of the block that holds the mutex) does
 /// not race (crate `typed` module docs, "No plain stores"). For a holder, this is
 /// the same as writing in place: only holders of the lock touch the data. A
-/// holder that dies before unlocking leaves the data as the previous holder left
-/// it (and [`OwnerDied`] as before).
+/// holder killed before it unlocks leaves the data as the previous holder left it
+/// (its copy dies with it), and the next locker still gets [`OwnerDied`] (the
+/// holder may have acted on the data); a holder that panics stores its copy back
+/// and marks the data inconsistent, as before.
 ///
 /// # Panics
 /// `Deref`, `DerefMut`, [`mark_consistent`](Self::mark_consistent) and
