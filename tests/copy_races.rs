@@ -62,7 +62,13 @@ fn a11_box_owner_writes_while_others_copy() {
         reader.join().unwrap();
     });
     assert!(copies.load(Ordering::Relaxed) >= 2_000);
-    assert_eq!(*b, Pair { a: last, b: last + 1 });
+    assert_eq!(
+        *b,
+        Pair {
+            a: last,
+            b: last + 1
+        }
+    );
 }
 
 /// The reuse variant: one thread reads through pointers to a box that another
@@ -121,7 +127,10 @@ fn copies_of_a_freed_block_race_no_new_owner() {
         }
         done.store(true, Ordering::Release);
         let (ok, refused) = reader.join().unwrap();
-        assert!(ok > 0 && ok + refused >= 2_000, "{ok} copies, {refused} refused");
+        assert!(
+            ok > 0 && ok + refused >= 2_000,
+            "{ok} copies, {refused} refused"
+        );
         drop(b);
     });
 }

@@ -260,12 +260,13 @@ impl<T: MutexPayload> ShmMutex<T> {
         // - `data` is inside this mutex, which is borrowed for the guard's life
         //   (valid for reads of one T, aligned: `UnsafeCell<T>` has T's layout);
         // - this process holds the lock (the caller acquired it with Acquire), so
-        //   no holder writes the data now, and copies by others are loads;
-        // - every byte is initialised (shared memory is zero-filled, and every
-        //   write is a whole T), and T: ShmSafe is valid for any bit pattern.
-        let value = unsafe {
-            atomic_memcpy::atomic_load(self.data.get().cast_const(), Ordering::Relaxed).assume_init()
-        };
+        //   no holder writes the data now, and copies by others are loads.
+        let bytes =
+            unsafe { atomic_memcpy::atomic_load(self.data.get().cast_const(), Ordering::Relaxed) };
+        // SAFETY: every byte is initialised (shared memory is zero-filled, a local
+        // mutex was made from a T, and every write is a whole T), and T: ShmSafe is
+        // valid for any bit pattern.
+        let value = unsafe { bytes.assume_init() };
         let g = ShmMutexGuard {
             mutex: self,
             fork: crate::process::fork_epoch(),
