@@ -166,7 +166,10 @@ impl<T: ShmSafe> RelPtr<T> {
     /// atomic copy: sound whatever other processes do to the block meanwhile (a
     /// concurrent writer can make it a mix of old and new bytes, still a valid `T`),
     /// and the copy stays valid whatever they do afterwards. This is the checked
-    /// copy path of the safety model, for every `T`.
+    /// copy path of the safety model, for every `T`. It never races a writer:
+    /// every store the safe API makes into a segment is atomic too, including a
+    /// [`ShmBox`](crate::ShmBox) owner's ([`set`](crate::ShmBox::set) /
+    /// [`update`](crate::ShmBox::update); `typed` module docs, "No plain stores").
     ///
     /// # Errors
     /// As [`get_checked`](RelPtr::get_checked).
