@@ -102,7 +102,7 @@ fn box_write(c: &mut Criterion) {
     g.bench_function("std_box_assign", |b| {
         b.iter(|| {
             i += 1;
-            *black_box(&mut local) = black_box([i; 4]);
+            **black_box(&mut local) = black_box([i; 4]);
         })
     });
     g.bench_function("shm_box_set", |b| {
