@@ -199,3 +199,55 @@ fn channel_sends_while_others_copy() {
         reader.join().unwrap();
     });
 }
+
+/// Red team s2, a15/a07/a19: in a raw segment, `RelPtr::<AtomicU64>` views over a
+/// channel root's block. The checked views refuse a root's block (`Root`); the
+/// fast `get` reaches it, and its atomic stores must not race the receiver's copy
+/// of a slot (which is byte-wise atomic now).
+#[test]
+fn raw_views_over_a_channel_root_do_not_race_its_receiver() {
+    use shared_allocator::channel::ShmChannel;
+    use shared_allocator::{AccessError, CreateOptions};
+    let name = ShmName::new("race-rawroot");
+    let alloc =
+        FreeListAllocator::create_with(name.as_str(), 1 << 20, &CreateOptions::raw()).unwrap();
+    let chan = alloc.root::<ShmChannel<u64, 4>>("c").unwrap();
+    let root = alloc.roots().unwrap()[0].offset.get();
+    let words = (std::mem::size_of::<ShmChannel<u64, 4>>() / 8) as u64;
+    for w in 0..words {
+        let p = RelPtr::<AtomicU64>::from_raw(root + 8 * w);
+        assert!(
+            matches!(p.get_checked(&alloc), Err(AccessError::Root { .. })),
+            "word {w}"
+        );
+        assert!(
+            matches!(p.get_slice(&alloc, 1), Err(AccessError::Root { .. })),
+            "word {w}"
+        );
+    }
+    let (tx, rx) = (chan.sender().unwrap(), chan.receiver().unwrap());
+    let (done, copies) = (AtomicBool::new(false), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        let scribbler = s.spawn(|| {
+            while !done.load(Ordering::Acquire) {
+                // The last 8 words: the 4 slots (state and value). A `fetch_or(0)`
+                // changes no value, but it is a write.
+                for w in words - 8..words {
+                    let v = RelPtr::<AtomicU64>::from_raw(root + 8 * w)
+                        .get(&alloc)
+                        .unwrap();
+                    v.fetch_or(0, Ordering::Relaxed);
+                }
+                copies.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let mut i = 0;
+        while go_on(i, &copies) {
+            i += 1;
+            tx.try_send(i).unwrap();
+            assert_eq!(rx.try_recv().unwrap(), i);
+        }
+        done.store(true, Ordering::Release);
+        scribbler.join().unwrap();
+    });
+}

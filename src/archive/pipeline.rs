@@ -235,8 +235,9 @@ impl<T> PipelineBatch for T where
 type HighSerializer<W, A, E> = rkyv::api::high::HighSerializer<W, A, E>;
 
 /// The rkyv writer of a pipeline batch: copies each piece rkyv emits straight
-/// to its place in the region (plain stores: the region is the publisher's alone
-/// while it is written, see [`Publisher::publish`]); bytes past the region's
+/// to its place in the region (byte-wise atomic stores: the region is the
+/// publisher's alone while it is written, see [`Publisher::publish`], but a stale
+/// copy of it may still be in flight); bytes past the region's
 /// capacity are only counted, so one pass also measures the size.
 #[derive(Debug)]
 pub struct PipeWriter<'s> {

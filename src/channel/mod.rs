@@ -208,9 +208,15 @@ impl<T: ChannelElement + Copy, const N: usize> ring::Ring for ShmChannel<T, N> {
     unsafe fn read(&self, i: usize) -> T {
         // SAFETY:
         // - the caller claimed slot i (FULL -> READING with Acquire after the writer's
-        //   Release), so the value is complete and no one writes it until released;
-        // - every bit pattern is a valid `T` (ShmSafe).
-        unsafe { self.slots[i].value.get().read() }
+        //   Release), so the value is complete and no endpoint writes it until released;
+        // - the cell is inside the live, aligned slot array borrowed from `self`;
+        // - a byte-wise atomic load, not a plain one: in a raw segment a
+        //   `RelPtr::<AtomicU64>::get` view may write these bytes atomically at any
+        //   time (red-team attack a15), which must not race this copy.
+        let v = unsafe { atomic_memcpy::atomic_load(self.slots[i].value.get().cast_const(), Ordering::Relaxed) };
+        // SAFETY: every byte came from initialised shared memory and every bit
+        // pattern is a valid `T` (ShmSafe).
+        unsafe { v.assume_init() }
     }
     fn claimant_alive(&self, role: Role, pos: u64) -> bool {
         let want = role_bits(role);

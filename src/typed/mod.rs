@@ -48,8 +48,10 @@
 //!   and [`ShmFree`](crate::ShmFree) (what an implementation promises is in their
 //!   `# Safety`), [`ShmSafe`], [`ShmSync`] (every byte is only ever accessed
 //!   atomically) and [`ShmShared`] (shared `&T` sound while only the type's own API
-//!   touches it: locks and channels; no raw write, free or view reaches a root's
-//!   block, in either mode: [`ShmAllocator::check_raw_range`](crate::ShmAllocator::check_raw_range)).
+//!   touches it: locks and channels; no raw write, free or checked view reaches a
+//!   root's block, in either mode: [`ShmAllocator::check_raw_range`](crate::ShmAllocator::check_raw_range);
+//!   the unchecked fast [`RelPtr::get`] reaches it, which is sound because every
+//!   byte of those blocks is accessed atomically, see "No plain stores").
 //! - **Fork**: owning handles ([`ShmBox`], [`ShmVec`], [`ShmArchive`](crate::ShmArchive))
 //!   record the fork epoch; a child's copy is no owner (its drop frees nothing,
 //!   access is [`AccessError::Forked`](crate::AccessError::Forked) or, for `Deref`,
