@@ -90,6 +90,36 @@ fn rel_ptr(c: &mut Criterion) {
     g.finish();
 }
 
+/// The owner's write: `*b = v` on a `Box` against `ShmBox::set` and
+/// `ShmBox::update` (byte-wise atomic stores; a `ShmBox` has no `DerefMut`).
+fn box_write(c: &mut Criterion) {
+    let name = Name::new("boxwrite");
+    let alloc = FreeListAllocator::create(&name.0, 1 << 20).unwrap();
+    let mut local = Box::new([0u64; 4]);
+    let mut owned = ShmBox::new_in(&alloc, [0u64; 4]).unwrap();
+    let mut g = c.benchmark_group("box_write_4x_u64");
+    let mut i = 0u64;
+    g.bench_function("std_box_assign", |b| {
+        b.iter(|| {
+            i += 1;
+            **black_box(&mut local) = black_box([i; 4]);
+        })
+    });
+    g.bench_function("shm_box_set", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(&mut owned).set(black_box([i; 4]));
+        })
+    });
+    g.bench_function("shm_box_update_one", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(&mut owned).update(|v| v[1] = black_box(i));
+        })
+    });
+    g.finish();
+}
+
 fn vec_push(c: &mut Criterion) {
     const N: u64 = 1_000_000;
     let name = Name::new("vec");
@@ -124,5 +154,5 @@ fn vec_push(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, shm_box, rel_ptr, vec_push);
+criterion_group!(benches, shm_box, rel_ptr, box_write, vec_push);
 criterion_main!(benches);

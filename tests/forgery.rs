@@ -107,8 +107,10 @@ fn forged_box_token_inside_a_payload_is_refused_in_another_process() {
     let name = ShmName::new("forge-box");
     let alloc = FreeListAllocator::create(name.as_str(), 1 << 20).unwrap();
     let mut carrier = ShmBox::new_in(&alloc, [0u64; 16]).unwrap();
-    carrier[0] = FORGED_NONCE;
-    carrier[1] = <[u64; 4] as ShmSafe>::FINGERPRINT;
+    carrier.update(|c| {
+        c[0] = FORGED_NONCE;
+        c[1] = <[u64; 4] as ShmSafe>::FINGERPRINT;
+    });
     let at = carrier.rel_ptr().to_raw();
     let verdict = redeem_in_child("redeem-box", &name, [at, FORGED_NONCE]);
     assert!(verdict.contains("NotBlockStart"), "{verdict}");
@@ -137,7 +139,8 @@ fn forged_vec_header_naming_a_live_box_is_refused_in_another_process() {
     let mut carrier = ShmBox::new_in(&alloc, [0u64; 8]).unwrap();
     let vec_fp = fingerprint::str(<u64 as ShmSafe>::FINGERPRINT, "ShmVec");
     // [claim, fingerprint, len, cap, data, seq]
-    carrier[..6].copy_from_slice(&[FORGED_NONCE, vec_fp, 0, 8, victim.rel_ptr().to_raw(), 0]);
+    let words = [FORGED_NONCE, vec_fp, 0, 8, victim.rel_ptr().to_raw(), 0];
+    carrier.update(|c| c[..6].copy_from_slice(&words));
     let verdict = redeem_in_child(
         "redeem-vec",
         &name,
@@ -202,7 +205,7 @@ fn archive_token_over_a_copy_is_refused_in_another_process() {
     for (i, w) in bytes.chunks(8).enumerate() {
         let mut b = [0u8; 8];
         b[..w.len()].copy_from_slice(w);
-        carrier[skip + i] = u64::from_ne_bytes(b);
+        carrier.update(|c| c[skip + i] = u64::from_ne_bytes(b));
     }
     let at = base + 8 * skip as u64;
     let verdict = redeem_in_child("redeem-archive", &name, [at, token.nonce()]);
@@ -473,7 +476,7 @@ fn fork_entry() {
                     matches!(v.push(2), Err(Error::Access(AccessError::Forked { .. }))),
                 ),
                 ("box try_get", forked(b.try_get().map(|_| ()))),
-                ("box try_get_mut", forked(b.try_get_mut().map(|_| ()))),
+                ("box try_update", forked(b.try_update(|_| ()))),
                 ("vec try_as_slice", forked(v.try_as_slice().map(|_| ()))),
                 ("guard try_get", forked(g.try_get().map(|_| ()))),
                 ("guard try_get_mut", forked(g.try_get_mut().map(|_| ()))),
@@ -536,7 +539,7 @@ fn fork_entry() {
                 "child freed nothing"
             );
             assert_eq!(*b, [3; 4]);
-            b[0] = 4;
+            b.update(|v| v[0] = 4);
             assert_eq!(v.as_slice(), &[1]);
             // The child's copy of the guard did not unlock the parent's lock.
             assert!(matches!(m.try_lock(), Err(LockError::WouldBlock)));

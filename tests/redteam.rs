@@ -685,7 +685,7 @@ fn a10_fork_handle_cache() {
             let mut mine = Vec::new();
             for _ in 0..8 {
                 let mut b = ShmBox::new_in(&alloc, Pair { a: 200, b: 200 }).unwrap();
-                b.a = 200;
+                b.update(|p| p.a = 200);
                 mine.push(b);
             }
             let child_offs: Vec<u64> = offs

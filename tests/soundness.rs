@@ -341,11 +341,11 @@ fn shared_views_see_concurrent_writes_through_atomics() {
     let first = seen.load(Ordering::Relaxed);
     owner.store(99, Ordering::Relaxed);
     assert_eq!((first, seen.load(Ordering::Relaxed)), (42, 99));
-    // Plain data: the owner writes through `&mut`, others copy.
+    // Plain data: the owner writes (byte-wise atomic stores), others copy.
     let mut plain = ShmBox::new_in(&alloc, 42u64).unwrap();
     let p = plain.rel_ptr();
     let before = p.read(&alloc).unwrap();
-    *plain = 99;
+    plain.set(99);
     assert_eq!((before, p.read(&alloc).unwrap()), (42, 99));
 }
 

@@ -55,7 +55,7 @@ fn child() {
             // Others read the linked particle by copy.
             let next = b.next.read(&alloc).unwrap();
             assert_eq!(next.id, 8);
-            b.id = 70; // exclusive: &mut
+            b.update(|p| p.id = 70); // the owner writes
             assert_eq!(b.rel_ptr().read(&alloc).unwrap().id, 70);
             // Drop: frees the block in the shared allocator.
             drop(b);

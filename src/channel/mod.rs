@@ -198,18 +198,28 @@ impl<T: ChannelElement + Copy, const N: usize> ring::Ring for ShmChannel<T, N> {
     #[inline]
     unsafe fn write(&self, i: usize, value: T) {
         // SAFETY:
-        // - the caller claimed slot i (WRITING), so no other process reads or writes
-        //   this value until the caller publishes FULL with Release;
-        // - the cell is inside the live, aligned slot array borrowed from `self`.
-        unsafe { self.slots[i].value.get().write(value) }
+        // - the caller claimed slot i (WRITING), so no other endpoint reads or
+        //   writes this value until the caller publishes FULL with Release;
+        // - the cell is inside the live, aligned slot array borrowed from `self`;
+        // - a byte-wise atomic store, not a plain one: a process may be copying the
+        //   channel's block out (`RelPtr::read`) at this moment, and its atomic loads
+        //   must not race a plain store (crate `typed` docs, "No plain stores");
+        //   the old bytes are a T without drop glue (ShmSafe), so not dropping is right.
+        unsafe { atomic_memcpy::atomic_store(self.slots[i].value.get(), value, Ordering::Relaxed) }
     }
     #[inline]
     unsafe fn read(&self, i: usize) -> T {
         // SAFETY:
         // - the caller claimed slot i (FULL -> READING with Acquire after the writer's
-        //   Release), so the value is complete and no one writes it until released;
-        // - every bit pattern is a valid `T` (ShmSafe).
-        unsafe { self.slots[i].value.get().read() }
+        //   Release), so the value is complete and no endpoint writes it until released;
+        // - the cell is inside the live, aligned slot array borrowed from `self`;
+        // - a byte-wise atomic load, not a plain one: in a raw segment a
+        //   `RelPtr::<AtomicU64>::get` view may write these bytes atomically at any
+        //   time (red-team attack a15), which must not race this copy.
+        let v = unsafe { atomic_memcpy::atomic_load(self.slots[i].value.get().cast_const(), Ordering::Relaxed) };
+        // SAFETY: every byte came from initialised shared memory and every bit
+        // pattern is a valid `T` (ShmSafe).
+        unsafe { v.assume_init() }
     }
     fn claimant_alive(&self, role: Role, pos: u64) -> bool {
         let want = role_bits(role);

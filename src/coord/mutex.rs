@@ -17,6 +17,7 @@
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -195,6 +196,19 @@ pub type LockResult<G> = Result<G, OwnerDied<G>>;
 /// ([`try_get`](Self::try_get) is [`AccessError::Forked`]), and its drop neither
 /// unlocks nor marks anything ([`is_holder`](Self::is_holder) is false).
 ///
+/// # Copy in, copy out
+/// The guard derefs to its own copy of the data: taken (byte-wise atomic loads)
+/// when the lock is acquired, stored back (byte-wise atomic stores) when it is
+/// released, if it was written through `DerefMut`. The shared bytes are never
+/// written with plain stores, so a process that copies them out meanwhile (e.g.
+/// [`RelPtr::read`](crate::RelPtr::read) of the block that holds the mutex) does
+/// not race (crate `typed` module docs, "No plain stores"). For a holder, this is
+/// the same as writing in place: only holders of the lock touch the data. A
+/// holder killed before it unlocks leaves the data as the previous holder left it
+/// (its copy dies with it), and the next locker still gets [`OwnerDied`] (the
+/// holder may have acted on the data); a holder that panics stores its copy back
+/// and marks the data inconsistent, as before.
+///
 /// # Panics
 /// `Deref`, `DerefMut`, [`mark_consistent`](Self::mark_consistent) and
 /// [`ShmCondvar::wait`](super::ShmCondvar::wait) panic on a fork child's copy
@@ -204,6 +218,11 @@ pub struct ShmMutexGuard<'a, T: MutexPayload> {
     mutex: &'a ShmMutex<T>,
     /// The fork epoch of the process that took the lock (see "Fork" above).
     fork: u64,
+    /// The holder's copy of the data, taken when the lock was acquired and stored
+    /// back (byte-wise atomic) on unlock if `DerefMut` was used: no plain store
+    /// ever reaches the shared bytes (see "Copy in, copy out" above).
+    value: ManuallyDrop<T>,
+    dirty: bool,
     // Not Send: the unlock must run where the lock was taken only in spirit (the
     // owner is per process), but keeping guards on their thread is the std contract.
     _not_send: PhantomData<*const ()>,
@@ -237,9 +256,22 @@ impl<T: MutexPayload> ShmMutex<T> {
 
     #[inline]
     fn guard(&self, how: Acquired) -> LockResult<ShmMutexGuard<'_, T>> {
+        // SAFETY:
+        // - `data` is inside this mutex, which is borrowed for the guard's life
+        //   (valid for reads of one T, aligned: `UnsafeCell<T>` has T's layout);
+        // - this process holds the lock (the caller acquired it with Acquire), so
+        //   no holder writes the data now, and copies by others are loads.
+        let bytes =
+            unsafe { atomic_memcpy::atomic_load(self.data.get().cast_const(), Ordering::Relaxed) };
+        // SAFETY: every byte is initialised (shared memory is zero-filled, a local
+        // mutex was made from a T, and every write is a whole T), and T: ShmSafe is
+        // valid for any bit pattern.
+        let value = unsafe { bytes.assume_init() };
         let g = ShmMutexGuard {
             mutex: self,
             fork: crate::process::fork_epoch(),
+            value: ManuallyDrop::new(value),
+            dirty: false,
             _not_send: PhantomData,
         };
         match how {
@@ -531,8 +563,9 @@ impl<'a, T: MutexPayload> ShmMutexGuard<'a, T> {
     ///
     /// # Panics
     /// On a fork child's copy of a parent's guard (it must not unlock).
-    pub(crate) fn unlock_for_wait(self) -> &'a ShmMutex<T> {
+    pub(crate) fn unlock_for_wait(mut self) -> &'a ShmMutex<T> {
         self.assert_holder();
+        self.store_back();
         let m = self.mutex;
         std::mem::forget(self);
         m.unlock();
@@ -549,24 +582,36 @@ impl<T: MutexPayload> Deref for ShmMutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
         self.assert_holder();
-        // SAFETY:
-        // - `assert_holder`: this guard was made in this process (not a fork
-        //   child's copy of a parent's guard, whose lock the parent holds);
-        // - the guard exists only while this process holds the lock (Acquire on the
-        //   lock word made the previous holder's writes visible);
-        // - holders in other processes touch `data` only while holding the lock, so
-        //   nothing writes it while this `&T` lives (the guard outlives it).
-        unsafe { &*self.mutex.data.get() }
+        &self.value
     }
 }
 
 impl<T: MutexPayload> DerefMut for ShmMutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         self.assert_holder();
+        self.dirty = true;
+        &mut self.value
+    }
+}
+
+impl<T: MutexPayload> ShmMutexGuard<'_, T> {
+    /// Stores the holder's copy back into the shared data if it was written.
+    fn store_back(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        // SAFETY: `self.value` is an initialised T, read through a reference; the
+        // bitwise copy is stored below and the original is never dropped
+        // (ManuallyDrop; T: MutexPayload has no drop glue either).
+        let v = unsafe { std::ptr::read(&*self.value) };
         // SAFETY:
-        // - as in `deref` (made in this process), this guard is the only holder of the lock anywhere;
-        // - `&mut self` makes this the only reference derived from the guard.
-        unsafe { &mut *self.mutex.data.get() }
+        // - `data` is inside the mutex borrowed for the guard's life, aligned for T
+        //   (`UnsafeCell<T>` has T's layout);
+        // - this process still holds the lock (callers store back before they
+        //   unlock), so no other holder reads or writes it; copies by others are
+        //   byte-wise atomic loads, which an atomic store does not race.
+        unsafe { atomic_memcpy::atomic_store(self.mutex.data.get(), v, Ordering::Relaxed) };
     }
 }
 
@@ -581,6 +626,7 @@ impl<T: MutexPayload> Drop for ShmMutexGuard<'_, T> {
             // Like poisoning: the update may be half done.
             self.mutex.inconsistent.store(1, Ordering::Relaxed);
         }
+        self.store_back();
         self.mutex.unlock();
     }
 }

@@ -58,6 +58,35 @@ unsafe fn store_chunk<const N: usize>(dst: *mut u8, src: &[u8]) {
     unsafe { atomic_memcpy::atomic_store(dst as *mut [u8; N], c, Ordering::Relaxed) }
 }
 
+/// Stores `data` at `dst` with byte-wise atomic stores (Relaxed), in chunks: the
+/// copy every safe write into shared memory uses (crate `typed` docs, "No plain
+/// stores").
+///
+/// # Safety
+/// `dst` is valid for writes of `data.len()` bytes of a shared mapping that no
+/// Rust reference of this process covers.
+#[inline]
+pub(crate) unsafe fn store_bytes(dst: *mut u8, data: &[u8]) {
+    let (mut dst, mut src) = (dst, data);
+    while src.len() >= BYTE_CHUNK {
+        // SAFETY: `dst..dst + src.len()` lies within the `data.len()` bytes the
+        // caller vouches for (both advance together).
+        unsafe { store_chunk::<BYTE_CHUNK>(dst, src) };
+        (dst, src) = (dst.wrapping_add(BYTE_CHUNK), &src[BYTE_CHUNK..]);
+    }
+    macro_rules! tail {
+        ($($n:literal)*) => {$(
+            if src.len() >= $n {
+                // SAFETY: as above; `src.len() >= $n`.
+                unsafe { store_chunk::<$n>(dst, src) };
+                (dst, src) = (dst.wrapping_add($n), &src[$n..]);
+            }
+        )*};
+    }
+    tail!(128 64 32 16 8 4 2 1);
+    let _ = (dst, src);
+}
+
 /// Loads `N` bytes at `src` into `dst[..N]` with byte-wise atomic loads (Relaxed).
 ///
 /// # Safety
@@ -814,24 +843,8 @@ impl Segment {
             return false;
         };
         std::sync::atomic::fence(Ordering::Release);
-        let (mut dst, mut src) = (p.as_ptr(), data);
-        while src.len() >= BYTE_CHUNK {
-            // SAFETY: `dst..dst + src.len()` lies within the `data.len()` bytes that
-            // `ptr_at` checked inside the live mapping (both advance together).
-            unsafe { store_chunk::<BYTE_CHUNK>(dst, src) };
-            (dst, src) = (dst.wrapping_add(BYTE_CHUNK), &src[BYTE_CHUNK..]);
-        }
-        macro_rules! tail {
-            ($($n:literal)*) => {$(
-                if src.len() >= $n {
-                    // SAFETY: as above; `src.len() >= $n`.
-                    unsafe { store_chunk::<$n>(dst, src) };
-                    (dst, src) = (dst.wrapping_add($n), &src[$n..]);
-                }
-            )*};
-        }
-        tail!(128 64 32 16 8 4 2 1);
-        let _ = (dst, src);
+        // SAFETY: `ptr_at` checked `data.len()` bytes at `p` inside the live mapping.
+        unsafe { store_bytes(p.as_ptr(), data) };
         true
     }
 

@@ -3,9 +3,10 @@
 //!
 //! Every typed block is in exactly one state (the crate's *Safety model*):
 //!
-//! - **exclusively owned**: [`ShmBox<T>`] (gives `&T` and `&mut T`), the writer of a
-//!   [`ShmVec<T>`], a [`ShmArchive`](crate::ShmArchive). Others copy out
-//!   ([`RelPtr::read`], [`ShmVecReader`]); ownership moves by token
+//! - **exclusively owned**: [`ShmBox<T>`] (gives `&T`; its owner writes with
+//!   [`ShmBox::set`] / [`ShmBox::update`]), the writer of a [`ShmVec<T>`], a
+//!   [`ShmArchive`](crate::ShmArchive). Others copy out ([`RelPtr::read`],
+//!   [`ShmPtr::read`], [`ShmVecReader`]); ownership moves by token
 //!   ([`token`]: `into_token` / `from_token`, exactly once, type-checked);
 //! - **shared and immutable**: arena values ([`Arena`], [`ArenaPtr`]), written once
 //!   and epoch-checked;
@@ -47,8 +48,10 @@
 //!   and [`ShmFree`](crate::ShmFree) (what an implementation promises is in their
 //!   `# Safety`), [`ShmSafe`], [`ShmSync`] (every byte is only ever accessed
 //!   atomically) and [`ShmShared`] (shared `&T` sound while only the type's own API
-//!   touches it: locks and channels; no raw write, free or view reaches a root's
-//!   block, in either mode: [`ShmAllocator::check_raw_range`](crate::ShmAllocator::check_raw_range)).
+//!   touches it: locks and channels; no raw write, free or checked view reaches a
+//!   root's block, in either mode: [`ShmAllocator::check_raw_range`](crate::ShmAllocator::check_raw_range);
+//!   the unchecked fast [`RelPtr::get`] reaches it, which is sound because every
+//!   byte of those blocks is accessed atomically, see "No plain stores").
 //! - **Fork**: owning handles ([`ShmBox`], [`ShmVec`], [`ShmArchive`](crate::ShmArchive))
 //!   record the fork epoch; a child's copy is no owner (its drop frees nothing,
 //!   access is [`AccessError::Forked`](crate::AccessError::Forked) or, for `Deref`,
@@ -60,15 +63,45 @@
 //! segment every block start is raw bytes; that is sound because everything there
 //! is accessed atomically, and tokens are refused there (they need typed mode).
 //!
-//! A known limit (found by the red-team pass of issue 15, not closed): the copy
-//! paths ([`RelPtr::read`], [`ShmPtr::read`]) load a [`ShmBox`]'s bytes atomically
-//! while its owner may be writing them through `&mut T` with plain stores. The
-//! copy is torn at worst, and every bit pattern is a valid `T`, but under the Rust
-//! memory model an atomic load racing a non-atomic store is a data race (a sanitizer
-//! reports it). [`ShmVec`]'s writer stores with atomics, so its readers do not race;
-//! a box whose value other processes copy while it changes should hold
-//! [`ShmSync`] types (atomics). Closing it means a `ShmBox` without `&mut T`
-//! (writes through atomic stores), an API change left to a later issue.
+//! # No plain stores: why a copy never races a write
+//!
+//! The copy paths ([`RelPtr::read`], [`ShmPtr::read`], [`ShmVecReader`], the raw
+//! `read`, archive copies) accept any offset inside a live block and load its bytes
+//! with byte-wise atomic loads while other threads and processes may write, free
+//! and reuse that block. Under Rust's memory model such a load is free of data
+//! races only if every store it can meet is atomic too. So the rule is: **no safe
+//! API of this crate stores into a segment's bytes with a plain store**. Every
+//! store is an atomic operation or a byte-wise atomic copy (`atomic-memcpy`, as
+//! C++'s P1478 seqlock copies):
+//!
+//! - a new block's header and value ([`ShmBox::new_in`], vector elements, arena
+//!   values, archive bytes, root objects, collections): byte-wise atomic stores;
+//! - a [`ShmBox`]'s later writes: [`ShmBox::set`] and [`ShmBox::update`] (a copy
+//!   of the value, changed locally, stored back byte-wise atomically). There is no
+//!   `DerefMut`: a `&mut T` into shared memory would let plain stores race copies
+//!   that any process may make at any time, of this block or (after it is freed
+//!   and reused) of the block that was there before;
+//! - a [`ShmMutex`](crate::ShmMutex) guard derefs to the holder's copy of the
+//!   data, taken when the lock is acquired and stored back byte-wise atomically
+//!   when it is released; a [`ShmChannel`](crate::ShmChannel) slot and a pipeline
+//!   region are filled with byte-wise atomic stores; the raw `write` is one too.
+//!
+//! What remains plain are *loads* through `&T` (a box's owner, a vector's writer,
+//! a guard holder, arena and archive views); a load does not race a load, and no
+//! store reaches those bytes while the reference lives (the states above). So no
+//! sequence of safe calls makes a copy overlap a plain store, whatever block the
+//! copy lands on and however often it is freed and reused, with no reader table or
+//! grace period: the cost is on the writer's side, a byte-wise atomic store in
+//! place of a `memcpy` (on x86-64 the same `mov`s, without vectorisation), and a
+//! [`ShmBox`] write takes `update(|v| ...)` instead of `*b = ...`. The attacker's
+//! tests are in `tests/copy_races.rs` (ThreadSanitizer, `scripts/sanitizers tsan`):
+//! on the previous design (`DerefMut`, in-place guards) it reports each of them.
+//!
+//! A copy may still be torn (a mix of an old and a new value: every bit pattern is
+//! a valid `T`) or stale (a [`RelPtr`] after a reuse reads the new object; use
+//! [`ShmPtr`]). What this does not cover: untrusted writers (plain stores by C code
+//! or `unsafe` code), and Python buffers from `view()` over raw blocks, which are
+//! plain memory to Python (crate *Safety model*).
 //!
 //! ## Every public way to make a handle from numbers
 //!

@@ -49,6 +49,19 @@ pub(crate) fn checked_ptr<T: ShmSafe, A: ShmAllocator + ?Sized>(
         .ok_or_else(|| alloc.out_of_bounds(offset, len))
 }
 
+/// [`slice_at`] for a raw view ([`RelPtr::get_checked`](crate::RelPtr::get_checked),
+/// [`RelPtr::get_slice`](crate::RelPtr::get_slice)): also refuses a named root's
+/// block ([`AccessError::Root`]), as the raw `write` does.
+pub(crate) fn view_at<T: ShmSafe, A: ShmAllocator + ?Sized>(
+    alloc: &A,
+    offset: Offset,
+    count: usize,
+) -> Result<&[T], AccessError> {
+    let len = (size_of::<T>() as u64).saturating_mul(count as u64);
+    alloc.check_raw_range(offset, len)?;
+    slice_at(alloc, offset, count)
+}
+
 /// Resolves `count` values of `T` at `offset` to a slice, after checking that the
 /// range lies inside one live block of `alloc` and is aligned for `T`.
 pub(crate) fn slice_at<T: ShmSafe, A: ShmAllocator + ?Sized>(

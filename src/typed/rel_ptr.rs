@@ -127,6 +127,12 @@ impl<T: ShmSync> RelPtr<T> {
     /// reads whatever is put there next (still a valid `T`, through atomics): the
     /// segment is in raw mode, where every write is atomic.
     ///
+    /// This fast path does not look up blocks, so it also reaches a named root's
+    /// block (a lock's or a channel's bytes), which [`get_checked`](RelPtr::get_checked)
+    /// refuses. That is sound (this crate accesses every byte of those blocks
+    /// atomically: `typed` module docs, "No plain stores"), but a store through
+    /// such a view is a scribble on that object: its calls then fail with errors.
+    ///
     /// # Errors
     /// [`AccessError::Null`], [`AccessError::OutOfBounds`], [`AccessError::Misaligned`],
     /// [`AccessError::WrongMode`] in a segment of typed handles.
@@ -138,15 +144,17 @@ impl<T: ShmSync> RelPtr<T> {
     }
 
     /// Like [`get`](RelPtr::get), and also checks with the allocator's metadata that
-    /// the `T` lies inside one allocated block: a dangling (freed) or forged pointer is
-    /// [`AccessError::NotAllocated`].
+    /// the `T` lies inside one allocated block that is not a named root's: a
+    /// dangling (freed) or forged pointer is [`AccessError::NotAllocated`], a root's
+    /// block (a lock, a channel: reached only through [`Roots::root`](crate::Roots::root))
+    /// is [`AccessError::Root`].
     ///
     /// # Errors
-    /// As [`get`](RelPtr::get), plus [`AccessError::NotAllocated`].
+    /// As [`get`](RelPtr::get), plus [`AccessError::NotAllocated`], [`AccessError::Root`].
     pub fn get_checked<A: ShmAllocator>(self, alloc: &A) -> Result<&T, AccessError> {
         let _ = layout_checked::<T>();
         alloc.segment().claim_mode(SegmentMode::Raw)?;
-        raw::value_at(alloc, self.offset())
+        raw::view_at(alloc, self.offset(), 1).map(|s| &s[0])
     }
 
     /// Resolves `count` consecutive `T`s starting at the pointer, checked like
@@ -157,7 +165,7 @@ impl<T: ShmSync> RelPtr<T> {
     pub fn get_slice<A: ShmAllocator>(self, alloc: &A, count: usize) -> Result<&[T], AccessError> {
         let _ = layout_checked::<T>();
         alloc.segment().claim_mode(SegmentMode::Raw)?;
-        raw::slice_at(alloc, self.offset(), count)
+        raw::view_at(alloc, self.offset(), count)
     }
 }
 
@@ -166,7 +174,10 @@ impl<T: ShmSafe> RelPtr<T> {
     /// atomic copy: sound whatever other processes do to the block meanwhile (a
     /// concurrent writer can make it a mix of old and new bytes, still a valid `T`),
     /// and the copy stays valid whatever they do afterwards. This is the checked
-    /// copy path of the safety model, for every `T`.
+    /// copy path of the safety model, for every `T`. It never races a writer:
+    /// every store the safe API makes into a segment is atomic too, including a
+    /// [`ShmBox`](crate::ShmBox) owner's ([`set`](crate::ShmBox::set) /
+    /// [`update`](crate::ShmBox::update); `typed` module docs, "No plain stores").
     ///
     /// # Errors
     /// As [`get_checked`](RelPtr::get_checked).

@@ -1,7 +1,8 @@
 //! `ShmBox<T>`: owns one `T` in a segment, exclusively, and frees it on drop.
 
 use std::mem::{align_of, size_of, ManuallyDrop};
-use std::ops::{Deref, DerefMut};
+use std::ops::Deref;
+use std::sync::atomic::Ordering;
 use std::ptr::NonNull;
 
 use crate::alloc::{Offset, ShmFree};
@@ -10,13 +11,15 @@ use crate::process::fork_epoch;
 use crate::typed::token::{box_payload_offset, BoxHeader, BoxToken, OwnedHeader};
 use crate::typed::{layout_checked, raw, RelPtr, ShmPtr, ShmSafe};
 
-/// Owns one `T` in a shared segment, **exclusively**: it gives `&T`, and `&mut T`
-/// for plain data (`T: Copy`), like `Box`, and frees the block when dropped.
+/// Owns one `T` in a shared segment, **exclusively**: it gives `&T` like `Box`,
+/// writes the value with [`set`](ShmBox::set) / [`update`](ShmBox::update) (plain
+/// data, `T: Copy`; no `&mut T`, see below), and frees the block when dropped.
 ///
 /// The block is in the *exclusively owned* state of the crate's safety model: no
 /// other handle, in any process, reads it as `&T` or writes it through the safe API.
-/// Other processes may copy the value out with [`RelPtr::read`] (a byte-wise atomic
-/// copy that may see a half-written value, never undefined behaviour); a shared
+/// Other processes may copy the value out with [`RelPtr::read`] or [`ShmPtr::read`]
+/// (a byte-wise atomic copy that may see a half-written value, never undefined
+/// behaviour: the owner's writes are byte-wise atomic stores too); a shared
 /// `&T` through [`RelPtr::get`] exists only for [`ShmSync`](crate::typed::ShmSync)
 /// types (atomics), whose shared API is what other processes use.
 ///
@@ -25,9 +28,10 @@ use crate::typed::{layout_checked, raw, RelPtr, ShmPtr, ShmSafe};
 ///
 /// # Panics
 /// A box copied into a `fork` child is no owner ([`is_owner`](ShmBox::is_owner) is
-/// false; its drop frees nothing). `Deref`, `DerefMut` and
-/// [`into_token`](ShmBox::into_token) panic on such a copy; [`try_get`](ShmBox::try_get),
-/// [`try_get_mut`](ShmBox::try_get_mut) and [`try_into_token`](ShmBox::try_into_token)
+/// false; its drop frees nothing). `Deref`, [`set`](ShmBox::set),
+/// [`update`](ShmBox::update) and [`into_token`](ShmBox::into_token) panic on such a
+/// copy; [`try_get`](ShmBox::try_get), [`try_update`](ShmBox::try_update) and
+/// [`try_into_token`](ShmBox::try_into_token)
 /// return [`AccessError::Forked`] instead.
 ///
 /// ```
@@ -36,7 +40,7 @@ use crate::typed::{layout_checked, raw, RelPtr, ShmPtr, ShmSafe};
 /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
 /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
 /// let mut b = ShmBox::new_in(&alloc, [1u64, 2, 3])?;
-/// b[0] = 10; // exclusive: &mut T
+/// b.update(|v| v[0] = 10); // the owner writes (byte-wise atomic stores)
 /// let p = b.rel_ptr();
 /// assert_eq!(p.read(&alloc)?, [10, 2, 3]); // others copy it out
 ///
@@ -245,16 +249,6 @@ impl<T: ShmSafe, A: ShmFree> ShmBox<T, A> {
         Ok(self)
     }
 
-    /// The value mutably, or [`AccessError::Forked`] as [`try_get`](Self::try_get).
-    #[inline]
-    pub fn try_get_mut(&mut self) -> Result<&mut T, AccessError>
-    where
-        T: Copy,
-    {
-        crate::process::check_fork(self.fork)?;
-        Ok(self)
-    }
-
     /// The pointer to the value, for copies in other processes ([`RelPtr::read`]), or
     /// shared views of [`ShmSync`](crate::typed::ShmSync) values ([`RelPtr::get`]).
     pub fn rel_ptr(&self) -> RelPtr<T> {
@@ -298,6 +292,80 @@ impl<T: ShmSafe, A: ShmFree> ShmBox<T, A> {
     }
 }
 
+/// Writing the value: whole-value stores, each a byte-wise atomic copy.
+///
+/// There is no `DerefMut` (no `&mut T` into shared memory): any process may copy
+/// the block out at any time ([`RelPtr::read`], [`ShmPtr::read`], the raw `read`),
+/// and those copies are byte-wise atomic loads. A plain store through `&mut T`
+/// racing such a load is a data race (undefined behaviour under Rust's memory model,
+/// reported by ThreadSanitizer) even though every bit pattern is a valid `T`.
+/// Storing with byte-wise atomic stores makes every overlap of a write and a copy a
+/// race-free one: the copy may be a mix of the old and the new value (still a valid
+/// `T`), never undefined behaviour. See "No plain stores" in [`crate::typed`].
+impl<T: ShmSafe + Copy, A: ShmFree> ShmBox<T, A> {
+    /// Replaces the value (a byte-wise atomic store).
+    ///
+    /// # Panics
+    /// In a `fork` child's copy of a box its parent owns, like `Deref`;
+    /// [`try_update`](Self::try_update) returns [`AccessError::Forked`] instead.
+    #[inline]
+    pub fn set(&mut self, value: T) {
+        self.assert_owner();
+        self.store(value);
+    }
+
+    /// Runs `f` on a copy of the value and stores the copy back (a byte-wise
+    /// atomic store), returning what `f` returns: the form of `*b = ...` and
+    /// `b.field = ...`. If `f` panics, the value is unchanged.
+    ///
+    /// ```
+    /// use shared_allocator::prelude::*;
+    /// # let name = format!("doc-shmbox-update-{}", std::process::id());
+    /// # let _cleanup = shared_allocator::segment::UnlinkGuard::new(&name);
+    /// let alloc = FreeListAllocator::create(&name, 1 << 20)?;
+    /// let mut b = ShmBox::new_in(&alloc, [1u64, 2, 3])?;
+    /// b.update(|v| v[0] = 10);
+    /// let sum = b.update(|v| { v[2] += 1; v.iter().sum::<u64>() });
+    /// assert_eq!((*b, sum), ([10, 2, 4], 16));
+    /// # drop(b);
+    /// # alloc.unlink()?;
+    /// # Ok::<(), shared_allocator::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    /// As [`set`](Self::set).
+    #[inline]
+    pub fn update<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> R {
+        self.assert_owner();
+        let mut v = **self;
+        let r = f(&mut v);
+        self.store(v);
+        r
+    }
+
+    /// [`update`](Self::update), or [`AccessError::Forked`] in a `fork` child's
+    /// copy of a box its parent owns (which must not write).
+    #[inline]
+    pub fn try_update<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
+        crate::process::check_fork(self.fork)?;
+        Ok(self.update(f))
+    }
+
+    #[inline]
+    fn store(&mut self, value: T) {
+        // SAFETY:
+        // - `value` was checked in-bounds and aligned for T when the box was made,
+        //   in the mapping `alloc` owns, which outlives the box;
+        // - `&mut self`: no `&T` from this box lives now, and the block is
+        //   exclusively owned (no other handle writes it or holds a reference);
+        // - other threads and processes may be copying the bytes out with
+        //   byte-wise atomic loads at this moment: the byte-wise atomic store makes
+        //   that overlap free of data races (and T: ShmSafe is valid for any mix);
+        // - T: Copy has no drop glue, so overwriting without dropping is right.
+        unsafe { atomic_memcpy::atomic_store(self.value.as_ptr(), value, Ordering::Relaxed) };
+    }
+}
+
 impl<T: ShmSafe, A: ShmFree> Deref for ShmBox<T, A> {
     type Target = T;
 
@@ -312,25 +380,6 @@ impl<T: ShmSafe, A: ShmFree> Deref for ShmBox<T, A> {
         // - the block is exclusively owned by this box (claim word OWNED): no other
         //   handle writes it through the safe API while this `&T` lives.
         unsafe { self.value.as_ref() }
-    }
-}
-
-/// `&mut T` only for `Copy` (plain-data) types. Every [`ShmSync`](crate::typed::ShmSync)
-/// type with bytes is `!Copy` (its bytes are inside `UnsafeCell`s, which are not
-/// `Copy`), and a `ShmSync` value may be reached as `&T` through a forged
-/// [`RelPtr::get`] in another process: a `&mut` to it would let this process write
-/// non-atomically (`AtomicU64::get_mut`) under those shared references. Atomics in a
-/// box are used through `&` (their shared API), like every shared atomic.
-impl<T: ShmSafe + Copy, A: ShmFree> DerefMut for ShmBox<T, A> {
-    #[inline]
-    fn deref_mut(&mut self) -> &mut T {
-        self.assert_owner();
-        // SAFETY:
-        // - in-bounds, aligned and initialised, as in `deref`;
-        // - `&mut self` makes this the only reference from this box, and the block is
-        //   exclusively owned (no other handle reads it as `&T`, except through the
-        //   atomics' shared API for `ShmSync` types, or writes it).
-        unsafe { self.value.as_mut() }
     }
 }
 

@@ -91,7 +91,9 @@ impl<T: ShmSafe> ShmPtr<T> {
     /// after checking that the block is live, starts at [`block`](Self::block), holds
     /// a `T` (fingerprint) and is still in this pointer's generation; the
     /// generation is read again after the copy (a seqlock), so a copy that raced
-    /// with the drop is refused too.
+    /// with the drop is refused too. The copy may overlap the owner's
+    /// [`set`](crate::ShmBox::set) / [`update`](crate::ShmBox::update) (a mix of
+    /// two values, never a data race: both sides are byte-wise atomic).
     ///
     /// # Errors
     /// [`AccessError::StaleGeneration`] once the box was dropped (or for a

@@ -77,8 +77,9 @@
 //!   names until [`unlink`](crate::unlink) or `shm-alloc gc` removes them.
 //!
 //! # Why no subscriber reads a region being written
-//! The publisher writes a batch with plain stores ([`PipeWriter`]), so it must
-//! own the region's bytes. It writes only into a region it has *claimed* for the
+//! The publisher writes a batch ([`PipeWriter`], byte-wise atomic stores, so a
+//! stray checked copy never races it), and zero-copy readers must not see it
+//! change, so it must own the region's bytes. It writes only into a region it has *claimed* for the
 //! new sequence number `seq` (greater than every published one; numbers are never
 //! reused), and a subscriber reads a region's bytes only while it holds a
 //! [`Batch`] (and while validating it in `recv`). All control words are `SeqCst`.

@@ -14,9 +14,11 @@ use crate::segment::Segment;
 
 
 /// The rkyv writer of a pipeline batch: copies each piece rkyv emits straight
-/// to its place in the region (plain stores: the region is the publisher's alone
-/// while it is written, see [`Publisher::publish`](super::Publisher::publish)); bytes past the region's
-/// capacity are only counted, so one pass also measures the size.
+/// to its place in the region (byte-wise atomic stores: the region is the
+/// publisher's alone while it is written, see
+/// [`Publisher::publish`](super::Publisher::publish), but a stale checked copy of
+/// it may still be in flight); bytes past the region's capacity are only counted,
+/// so one pass also measures the size.
 #[derive(Debug)]
 pub struct PipeWriter<'s> {
     /// Start of the region's archive bytes (`cap` of them, inside a mapping that
@@ -55,8 +57,12 @@ impl<E: Source> Writer<E> for PipeWriter<'_> {
             //   subscriber pinned it (SeqCst Dekker: a subscriber pins, then looks
             //   for the number, so it either is seen pinning or does not find the
             //   region). No subscriber looks at the region again until the new
-            //   number is published, after this write.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+            //   number is published, after this write;
+            // - byte-wise atomic stores, not a plain copy: a process may be copying
+            //   these bytes out (a stale checked copy, `recv_copied`, a raw read) at
+            //   this moment, and its atomic loads must not race plain stores (crate
+            //   `typed` docs, "No plain stores").
+            unsafe { crate::segment::store_bytes(dst, bytes) };
         }
         self.pos = end;
         Ok(())
