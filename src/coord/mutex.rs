@@ -432,10 +432,11 @@ impl<T: MutexPayload> ShmMutex<T> {
         if seen & OWNER_MASK != me || !self.take_over(seen, me) {
             return None;
         }
-        Some(ShmMutexGuard {
-            mutex: self,
-            fork: crate::process::fork_epoch(),
-            _not_send: PhantomData,
+        // The data is marked inconsistent, so `guard` answers `OwnerDied`; the
+        // caller repairs through the guard either way.
+        Some(match self.guard(Acquired::Clean) {
+            Ok(g) => g,
+            Err(died) => died.guard,
         })
     }
 
