@@ -1341,24 +1341,10 @@ fn check_after_death<A: Target>(
         (Pending::Alloc(size), [(_, bytes)]) if *bytes == A::rounded(size) => {
             row.in_flight_alloc += 1;
         }
-        // Killed inside a cache refill, between its one CAS and its count store:
-        // the block for the caller and the (at most 8) blocks that CAS took for
-        // the cache are in flight together (documented in the free_list module).
-        // Killed inside a cache flush, after the count dropped and before the CAS
-        // that frees the group: those blocks (one block word's worth) leak.
-        (_, s)
-            if (ctx.starts_with("fl.cache.flush") || ctx.starts_with("slab.cache.flush"))
-                && s.len() <= 8 =>
-        {
-            row.in_flight_free += s.len() as u32;
-        }
-        (Pending::Alloc(size), s)
-            if (ctx.starts_with("fl.cache.refill") || ctx.starts_with("slab.cache.refill"))
-                && s.len() <= 9
-                && s.iter().all(|(_, b)| *b == A::rounded(size)) =>
-        {
-            row.in_flight_alloc += s.len() as u32;
-        }
+        // Killed inside a cache refill or flush: nothing is allowed beyond the one
+        // block of an allocation in flight (issue 16, 3). The batch in flight is
+        // recorded in the slot before the shared step, and the reclaimer returns
+        // exactly the blocks nobody holds.
         (_, s) => {
             leaked += stray_bytes;
             problems.push(format!(
