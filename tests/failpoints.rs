@@ -96,9 +96,12 @@ const FL_POINTS: &[&str] = &[
     "fl.commit.done",
     "fl.commit.published",
     "fl.cache.flush",
+    "fl.cache.flush.given",
     "fl.cache.pop",
     "fl.cache.push",
     "fl.cache.refill",
+    "fl.cache.refill.listed",
+    "fl.cache.refill.recorded",
     "fl.free.before_clear",
     "fl.free.cleared",
     "fl.grow.intent",
@@ -147,9 +150,12 @@ const SACRIFICE: &[&str] = &[
 const SLAB_POINTS: &[&str] = &[
     "slab.alloc.claimed",
     "slab.cache.flush",
+    "slab.cache.flush.given",
     "slab.cache.pop",
     "slab.cache.push",
     "slab.cache.refill",
+    "slab.cache.refill.listed",
+    "slab.cache.refill.recorded",
     "slab.free.cleared",
 ];
 

@@ -130,6 +130,7 @@ mod span;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::cache::{self, cache_key, Gate, Mag, BATCH};
+use super::in_flight::InFlight;
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Intent, Membership, ProcessInfo};
