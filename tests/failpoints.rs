@@ -827,10 +827,15 @@ trait Target: ShmFree + Inspect + Sized + 'static {
     /// The exact statistics (the free list's `audit`: its `stats` counters may be
     /// off by what a killed operation moved).
     fn audit(&self) -> shared_allocator::alloc::Stats;
+    /// Blocks a flush of this handle found already given back.
+    fn late_double_frees(&self) -> u64;
 }
 
 impl Target for FreeListAllocator {
     const NAME: &'static str = "fl";
+    fn late_double_frees(&self) -> u64 {
+        FreeListAllocator::late_double_frees(self)
+    }
     fn audit(&self) -> shared_allocator::alloc::Stats {
         FreeListAllocator::audit(self)
     }
@@ -885,6 +890,9 @@ impl Target for FreeListAllocator {
 
 impl Target for SlabAllocator {
     const NAME: &'static str = "slab";
+    fn late_double_frees(&self) -> u64 {
+        SlabAllocator::late_double_frees(self)
+    }
     fn audit(&self) -> shared_allocator::alloc::Stats {
         self.stats()
     }
@@ -1397,6 +1405,14 @@ fn check_after_death<A: Target>(
     } else if let Err(m) = a.capacity_check() {
         problems.push(m);
     }
+    // No block given back twice: the reclaimer's flushes (this handle's) found
+    // every bit they cleared still set.
+    if a.late_double_frees() != 0 {
+        problems.push(format!(
+            "{} blocks given back twice (late double frees in the reclaimer)",
+            a.late_double_frees()
+        ));
+    }
     row.leaked += leaked;
     for p in problems {
         row.problems.push(format!("{ctx}: {p}"));
@@ -1853,5 +1869,9 @@ fn survive<A: Target>(a: &A, ctrl_off: u64, seed: u64, max_size: u64) {
         a.free(b.off)
             .unwrap_or_else(|e| panic!("survivor: free of live block {}: {e}", b.off));
     }
+    // Its frees were all of live blocks: a flush (its own, or of a dead cache it
+    // reclaimed) that finds a bit already clear gave a block back twice.
+    let twice = a.late_double_frees();
+    assert_eq!(twice, 0, "survivor: {twice} blocks given back twice by a flush");
     emit(&format!("@survivor ops={ops} oom={oom}"));
 }
