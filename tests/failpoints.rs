@@ -1872,6 +1872,9 @@ fn survive<A: Target>(a: &A, ctrl_off: u64, seed: u64, max_size: u64) {
     // Its frees were all of live blocks: a flush (its own, or of a dead cache it
     // reclaimed) that finds a bit already clear gave a block back twice.
     let twice = a.late_double_frees();
-    assert_eq!(twice, 0, "survivor: {twice} blocks given back twice by a flush");
+    assert_eq!(
+        twice, 0,
+        "survivor: {twice} blocks given back twice by a flush"
+    );
     emit(&format!("@survivor ops={ops} oom={oom}"));
 }
