@@ -655,11 +655,17 @@ pub(crate) trait Caches: ShmAllocator {
 /// unlisted and did not give back yet is listed again. Then the record is
 /// cleared, and the cache (flushed or used on) holds every block exactly once.
 /// A settler that dies half-way leaves a record that settles to the same end.
+#[inline(always)]
 pub(crate) fn settle<C: Caches + ?Sized>(c: &C, slot: usize) {
-    let rec = c.in_flight(slot);
-    if !rec.is_set() {
-        return;
+    if c.in_flight(slot).is_set() {
+        settle_set(c, slot);
     }
+}
+
+#[cold]
+#[inline(never)]
+fn settle_set<C: Caches + ?Sized>(c: &C, slot: usize) {
+    let rec = c.in_flight(slot);
     match rec.read() {
         Batch::Taken { class, word, mask } => {
             if let Some(m) = c.class_mag(slot, class) {

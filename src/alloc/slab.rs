@@ -682,7 +682,7 @@ impl SlabAllocator {
     }
 
     /// Registry slot `slot`'s batch record (see `crate::alloc::in_flight`).
-    #[inline]
+    #[inline(always)]
     fn in_flight(&self, slot: usize) -> InFlight<'_> {
         let base = self.cache_base0 + slot * cache_words(self.depth as u64) as usize;
         InFlight::new(&self.meta()[base..base + CACHE_LINE as usize])
@@ -793,6 +793,7 @@ impl cache::Caches for SlabAllocator {
     fn holds(&self, slot: usize) -> bool {
         self.member.holds(&self.seg, slot)
     }
+    #[inline(always)]
     fn in_flight(&self, slot: usize) -> InFlight<'_> {
         SlabAllocator::in_flight(self, slot)
     }

@@ -49,6 +49,7 @@ pub fn claim_one<W: Word>(words: &[W], start_word: usize) -> Option<usize> {
 /// changing the word cannot keep us here.
 /// `note(mask)` runs right before each compare-and-swap that would set `mask`
 /// (a cache refill records its batch there, see `alloc::in_flight`).
+#[inline(always)]
 pub fn claim_lowest<W: Word>(
     word: &W,
     want: u32,

@@ -339,7 +339,7 @@ impl FreeListAllocator {
     /// (`TAKING`) and right after it (`TAKEN`); see `crate::alloc::in_flight`.
     /// Counts the blocks. The caller lists them and clears the record.
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     fn take_recorded(
         &self,
         rec: InFlight<'_>,
@@ -534,6 +534,7 @@ impl cache::Caches for FreeListAllocator {
     fn holds(&self, slot: usize) -> bool {
         self.member.holds(&self.seg, slot)
     }
+    #[inline(always)]
     fn in_flight(&self, slot: usize) -> InFlight<'_> {
         FreeListAllocator::in_flight(self, slot)
     }
