@@ -45,15 +45,11 @@ impl FreeListAllocator {
     #[inline(always)]
     pub(super) fn mark(&self, off: u64) -> Option<&AtomicU64> {
         // Only committed pages may be touched (a scribbled cache entry could name
-        // any offset of the mapping). Pages another process committed since this
-        // handle last looked are committed here first: a flush by a handle that
-        // has not seen the growth must still clear the marks of the blocks it
-        // gives back (`tests/cache_edges.rs`).
-        if !self.in_data(off) || off % 16 != 0 {
-            return None;
-        }
-        let p = ((off - self.data_off) >> PAGE_SHIFT) as usize;
-        if p >= self.committed() && p >= self.refresh() {
+        // any offset of the mapping).
+        if !self.in_data(off)
+            || off % 16 != 0
+            || ((off - self.data_off) >> PAGE_SHIFT) as usize >= self.committed()
+        {
             return None;
         }
         let addr = self.data_addr + (off - self.data_off) as usize;
@@ -68,6 +64,18 @@ impl FreeListAllocator {
         //   cached (free) block;
         // - the mapping is owned by `self.seg` and the reference borrows `self`.
         Some(unsafe { &*(addr as *const AtomicU64) })
+    }
+
+    /// [`mark`](Self::mark) for a flush, which may hold blocks of another
+    /// handle's cache on pages another process committed since this handle last
+    /// looked: those are committed here first, so that a reclaimer or thief that
+    /// has not seen the growth still clears the mark of every block it gives back
+    /// (`tests/cache_edges.rs`; before, such blocks went back marked as cached).
+    fn mark_for_flush(&self, off: u64) -> Option<&AtomicU64> {
+        self.mark(off).or_else(|| {
+            self.refresh();
+            self.mark(off)
+        })
     }
 
     /// The allocation fast path: pops a block of class `c` off this thread's cache
@@ -218,7 +226,7 @@ impl FreeListAllocator {
             c,
             self.in_flight(slot),
             |o| (o >> PAGE_SHIFT, (o & (PAGE - 1)) / size / BITS),
-            |o| self.mark(o),
+            |o| self.mark_for_flush(o),
             |group, rec| self.return_blocks(c, group, rec),
             |given| {
                 if given {
