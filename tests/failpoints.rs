@@ -96,9 +96,12 @@ const FL_POINTS: &[&str] = &[
     "fl.commit.done",
     "fl.commit.published",
     "fl.cache.flush",
+    "fl.cache.flush.given",
     "fl.cache.pop",
     "fl.cache.push",
     "fl.cache.refill",
+    "fl.cache.refill.listed",
+    "fl.cache.refill.recorded",
     "fl.free.before_clear",
     "fl.free.cleared",
     "fl.grow.intent",
@@ -147,9 +150,12 @@ const SACRIFICE: &[&str] = &[
 const SLAB_POINTS: &[&str] = &[
     "slab.alloc.claimed",
     "slab.cache.flush",
+    "slab.cache.flush.given",
     "slab.cache.pop",
     "slab.cache.push",
     "slab.cache.refill",
+    "slab.cache.refill.listed",
+    "slab.cache.refill.recorded",
     "slab.free.cleared",
 ];
 
@@ -821,10 +827,15 @@ trait Target: ShmFree + Inspect + Sized + 'static {
     /// The exact statistics (the free list's `audit`: its `stats` counters may be
     /// off by what a killed operation moved).
     fn audit(&self) -> shared_allocator::alloc::Stats;
+    /// Blocks a flush of this handle found already given back.
+    fn late_double_frees(&self) -> u64;
 }
 
 impl Target for FreeListAllocator {
     const NAME: &'static str = "fl";
+    fn late_double_frees(&self) -> u64 {
+        FreeListAllocator::late_double_frees(self)
+    }
     fn audit(&self) -> shared_allocator::alloc::Stats {
         FreeListAllocator::audit(self)
     }
@@ -879,6 +890,9 @@ impl Target for FreeListAllocator {
 
 impl Target for SlabAllocator {
     const NAME: &'static str = "slab";
+    fn late_double_frees(&self) -> u64 {
+        SlabAllocator::late_double_frees(self)
+    }
     fn audit(&self) -> shared_allocator::alloc::Stats {
         self.stats()
     }
@@ -1341,24 +1355,10 @@ fn check_after_death<A: Target>(
         (Pending::Alloc(size), [(_, bytes)]) if *bytes == A::rounded(size) => {
             row.in_flight_alloc += 1;
         }
-        // Killed inside a cache refill, between its one CAS and its count store:
-        // the block for the caller and the (at most 8) blocks that CAS took for
-        // the cache are in flight together (documented in the free_list module).
-        // Killed inside a cache flush, after the count dropped and before the CAS
-        // that frees the group: those blocks (one block word's worth) leak.
-        (_, s)
-            if (ctx.starts_with("fl.cache.flush") || ctx.starts_with("slab.cache.flush"))
-                && s.len() <= 8 =>
-        {
-            row.in_flight_free += s.len() as u32;
-        }
-        (Pending::Alloc(size), s)
-            if (ctx.starts_with("fl.cache.refill") || ctx.starts_with("slab.cache.refill"))
-                && s.len() <= 9
-                && s.iter().all(|(_, b)| *b == A::rounded(size)) =>
-        {
-            row.in_flight_alloc += s.len() as u32;
-        }
+        // Killed inside a cache refill or flush: nothing is allowed beyond the one
+        // block of an allocation in flight (issue 16, 3). The batch in flight is
+        // recorded in the slot before the shared step, and the reclaimer returns
+        // exactly the blocks nobody holds.
         (_, s) => {
             leaked += stray_bytes;
             problems.push(format!(
@@ -1404,6 +1404,14 @@ fn check_after_death<A: Target>(
         ));
     } else if let Err(m) = a.capacity_check() {
         problems.push(m);
+    }
+    // No block given back twice: the reclaimer's flushes (this handle's) found
+    // every bit they cleared still set.
+    if a.late_double_frees() != 0 {
+        problems.push(format!(
+            "{} blocks given back twice (late double frees in the reclaimer)",
+            a.late_double_frees()
+        ));
     }
     row.leaked += leaked;
     for p in problems {
@@ -1861,5 +1869,12 @@ fn survive<A: Target>(a: &A, ctrl_off: u64, seed: u64, max_size: u64) {
         a.free(b.off)
             .unwrap_or_else(|e| panic!("survivor: free of live block {}: {e}", b.off));
     }
+    // Its frees were all of live blocks: a flush (its own, or of a dead cache it
+    // reclaimed) that finds a bit already clear gave a block back twice.
+    let twice = a.late_double_frees();
+    assert_eq!(
+        twice, 0,
+        "survivor: {twice} blocks given back twice by a flush"
+    );
     emit(&format!("@survivor ops={ops} oom={oom}"));
 }

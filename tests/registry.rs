@@ -1176,6 +1176,77 @@ fn a_thief_killed_after_claiming_blocks_nobody() {
     assert_eq!(a.late_double_frees(), 0);
 }
 
+/// Issue 16, 3: a thief killed inside its flush of an idle owner's cache, after the
+/// count dropped below a run and before the run went back (`fl.cache.flush`: the
+/// slot's batch record says `GIVING`). Whoever next holds the gate lists the run
+/// again: `next` is "owner" (the owner's own slow path after the dead claim) or
+/// "thief" (the parent, taking the cache again for one block of the whole region).
+/// Nothing leaks, nothing is given back twice. Before the batch record the run
+/// (up to 8 blocks) leaked for good.
+#[cfg(feature = "failpoints")]
+fn thief_killed_mid_flush(entry: &str, next: &str) {
+    match role().as_deref() {
+        Some("idle-fl") => {
+            idle_owner(&FreeListAllocator::open(&env_req("SA_NAME")).unwrap(), 64);
+            return;
+        }
+        Some("thief-dies") => {
+            let a = FreeListAllocator::open(&env_req("SA_NAME")).unwrap();
+            die_at("fl.cache.flush", 1);
+            let r = a.allocate(a.audit().capacity as usize);
+            say(format!("not killed: {r:?}"));
+            return;
+        }
+        _ => {}
+    }
+    let name = ShmName::new("reg-thiefflush");
+    let a = FreeListAllocator::create(name.as_str(), 1 << 16).unwrap();
+    let cap = a.audit().capacity;
+    let env = [("SA_NAME", name.as_str().to_owned())];
+    let mut owner = IdleOwner::start(entry, "idle-fl", &name);
+    let n = owner.cached(0);
+    let before = a.audit().cached_bytes;
+    let mut thief = KillOnDrop::new(child(entry, "thief-dies", &env));
+    killed_at_fail_point(thief.child(), "thief");
+    assert!(
+        a.audit().cached_bytes < before,
+        "the thief died with a run unlisted"
+    );
+    if next == "thief" {
+        let big = a
+            .allocate(cap as usize)
+            .expect("the whole region: the dead thief's run is listed again and taken");
+        a.free(big).unwrap();
+    }
+    // The owner carries on: its fills get every block of the region each time.
+    owner.go_on();
+    assert_eq!(owner.cached(1), n, "blocks lost after the dead thief");
+    owner.go_on();
+    assert_eq!(owner.finish(), n);
+    a.reclaim();
+    let st = a.audit();
+    assert_eq!((st.live_blocks, st.free_bytes), (Some(0), cap), "{st:?}");
+    assert_eq!(a.late_double_frees(), 0, "a block given back twice");
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_thief_killed_mid_flush_leaves_its_run_to_the_owner() {
+    thief_killed_mid_flush(
+        "a_thief_killed_mid_flush_leaves_its_run_to_the_owner",
+        "owner",
+    );
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_thief_killed_mid_flush_leaves_its_run_to_the_next_thief() {
+    thief_killed_mid_flush(
+        "a_thief_killed_mid_flush_leaves_its_run_to_the_next_thief",
+        "thief",
+    );
+}
+
 /// A reclaimer killed after claiming a dead handle's cache, before emptying it:
 /// the next reclaimer takes the claim over and returns every cached block.
 #[cfg(feature = "failpoints")]

@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use super::in_flight::{Batch, InFlight};
 use super::{Offset, ShmAllocator};
 use crate::error::AllocError;
 use crate::process::{self, Membership};
@@ -279,22 +280,39 @@ impl<'a> Mag<'a> {
         n - from
     }
 
+    /// Lists entries `lo..=hi` again after a flush that died between dropping
+    /// the count below them and giving them back (its record says `GIVING`): the
+    /// flush never rewrites entries, so they are still there. Only if the count
+    /// stands right below them (else they are listed already, or the record is
+    /// stale or scribbled).
+    pub fn relist(&self, lo: usize, hi: usize) {
+        if lo >= 1 && lo <= hi && hi <= self.depth() && self.len() == lo - 1 {
+            self.0[0].store(hi as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Gives back the entries above the first `keep`; returns the new count. From
     /// the top, for each run of at most [`BATCH`] consecutive entries of one shared
     /// word (the same `word_of`): their marks are cleared (a block still counted in
-    /// the cache needs none), the count drops below the run, and `give_back(run)`
-    /// returns them. Entries are never rewritten (no reordering): every entry the
-    /// count covers is one the cache held, exactly once, at every instant, so a
-    /// crash anywhere never lists a block twice or loses one from the list. A
-    /// crash between the count and `give_back` leaks that run. `fail_point` runs
-    /// before each `give_back`.
+    /// the cache needs none), the run is recorded in `rec` as `GIVING`, the count
+    /// drops below it, `give_back(run, rec)` returns them (arming the record right
+    /// before its one read-modify-write), and the record is cleared. Entries are
+    /// never rewritten (no reordering): every entry the count covers is one the
+    /// cache held, exactly once, at every instant, so a crash anywhere never lists
+    /// a block twice; a crash between the count and the give-back leaves the run
+    /// to the record, which the next gate holder lists again (see
+    /// [`super::in_flight`]). `fail_point(false)` runs after the count dropped,
+    /// `fail_point(true)` after the record was cleared.
+    #[allow(clippy::too_many_arguments)]
     pub fn flush<'m, K: PartialEq>(
         &self,
         keep: usize,
+        class: usize,
+        rec: InFlight<'_>,
         word_of: impl Fn(u64) -> K,
         mark: impl Fn(u64) -> Option<&'m AtomicU64>,
-        mut give_back: impl FnMut(&[u64]),
-        fail_point: impl Fn(),
+        mut give_back: impl FnMut(&[u64], InFlight<'_>),
+        fail_point: impl Fn(bool),
     ) -> usize {
         let n = self.len();
         if n <= keep {
@@ -321,10 +339,13 @@ impl<'a> Mag<'a> {
                     m.store(0, Ordering::Relaxed);
                 }
             }
+            rec.giving(class, count - len + 1, count);
             count -= len;
             self.0[0].store(count as u64, Ordering::Relaxed);
-            fail_point();
-            give_back(&run[..len]);
+            fail_point(false);
+            give_back(&run[..len], rec);
+            rec.clear();
+            fail_point(true);
         }
         count
     }
@@ -610,6 +631,15 @@ pub(crate) trait Caches: ShmAllocator {
     fn mark_key(&self) -> u64;
     /// Whether slot `slot` is still this handle's (see `Membership::holds`).
     fn holds(&self, slot: usize) -> bool;
+    /// Slot `slot`'s batch record (see [`super::in_flight`]).
+    fn in_flight(&self, slot: usize) -> InFlight<'_>;
+    /// Slot `slot`'s cache of class `class`, if there is such a class.
+    fn class_mag(&self, slot: usize, class: usize) -> Option<Mag<'_>>;
+    /// The blocks of a `TAKEN` record (`word` as the allocator wrote it, `mask`
+    /// the bits taken), as offsets: only bits of a word that is still what the
+    /// record names and that are still set (anything else is a scribble and
+    /// is skipped), at most 64.
+    fn taken_blocks(&self, class: usize, word: u64, mask: u64) -> Vec<u64>;
 
     /// Whether the block at `off` sits in some handle's cache (free to its users,
     /// though taken in the shared words): it carries the mark `key ^ off`.
@@ -617,6 +647,45 @@ pub(crate) trait Caches: ShmAllocator {
         self.mark(off)
             .is_some_and(|m| m.load(Ordering::Relaxed) == self.mark_key() ^ off)
     }
+}
+
+/// Settles the batch that a gate holder of slot `slot` left in flight when it
+/// died (the caller holds the gate now; see [`super::in_flight`]): the blocks a
+/// refill took and did not list yet are listed in the cache, a run a flush
+/// unlisted and did not give back yet is listed again. Then the record is
+/// cleared, and the cache (flushed or used on) holds every block exactly once.
+/// A settler that dies half-way leaves a record that settles to the same end.
+#[inline(always)]
+pub(crate) fn settle<C: Caches + ?Sized>(c: &C, slot: usize) {
+    if c.in_flight(slot).is_set() {
+        settle_set(c, slot);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn settle_set<C: Caches + ?Sized>(c: &C, slot: usize) {
+    let rec = c.in_flight(slot);
+    match rec.read() {
+        Batch::Taken { class, word, mask } => {
+            if let Some(m) = c.class_mag(slot, class) {
+                let listed: Vec<u64> = m.entries().collect();
+                let missing: Vec<u64> = c
+                    .taken_blocks(class, word, mask)
+                    .into_iter()
+                    .filter(|o| !listed.contains(o))
+                    .collect();
+                m.append(missing.into_iter(), |o| c.mark(o), c.mark_key());
+            }
+        }
+        Batch::Giving { class, lo, hi } => {
+            if let Some(m) = c.class_mag(slot, class) {
+                m.relist(lo, hi);
+            }
+        }
+        Batch::Nothing => {}
+    }
+    rec.clear();
 }
 
 /// Runs `f` inside slot `slot`'s gate, as the owner of its cache (emptying the
@@ -634,7 +703,10 @@ pub(crate) fn inside<C: Caches + ?Sized, R>(
     }
     let gate = c.gate(slot);
     let open = open_word(process::slot_generation(c.segment(), slot));
-    if gate.enter(open, &|t| c.token_alive(t))? {
+    let flush = gate.enter(open, &|t| c.token_alive(t))?;
+    // A thief that died inside our cache may have left a batch in flight.
+    settle(c, slot);
+    if flush {
         c.flush_cache(slot);
     }
     let r = f();
@@ -698,6 +770,7 @@ pub(crate) fn flush_dead<C: Caches + ?Sized>(
         return (false, 0);
     }
     crate::fail_point!("cache.dead.claimed");
+    settle(c, slot);
     let n = c.flush_cache(slot);
     gate.clear_owner();
     gate.release(token, RECLAIMED);
@@ -753,6 +826,7 @@ pub(crate) fn steal_idle<C: Caches + ?Sized>(c: &C, me: Option<usize>) -> usize 
         let gate = c.gate(s);
         let took = barrier && gate.owner_left(deadline);
         if took {
+            settle(c, s);
             n += c.flush_cache(s);
         }
         let to = if took {
@@ -796,37 +870,62 @@ mod tests {
             words[0].store(depth as u64, Ordering::Relaxed);
             let keep = (seed % 5) as usize;
             let given = std::cell::RefCell::new(Vec::new());
-            // Listed + given back + the run in hand (at most BATCH blocks of one
-            // word, which a crash at this point leaks) == the cache, each once.
-            let check = |given: &Vec<u64>, in_hand_ok: bool| {
-                let mut seen: Vec<u64> = m.entries().chain(given.iter().copied()).collect();
+            let rec_words: Vec<AtomicU64> = (0..8).map(|_| AtomicU64::new(0)).collect();
+            let rec = InFlight::new(&rec_words);
+            // Listed + given back + the run the record names (entries lo..=hi,
+            // which a settler lists again) == the cache, each exactly once.
+            let check = |given: &Vec<u64>| {
+                let recorded: Vec<u64> = match rec.read() {
+                    Batch::Giving { lo, hi, .. } => {
+                        assert_eq!(m.len(), lo - 1, "seed {seed}: the count right below");
+                        (lo..=hi).map(|k| words[k].load(Ordering::Relaxed)).collect()
+                    }
+                    Batch::Nothing => Vec::new(),
+                    b => panic!("seed {seed}: {b:?}"),
+                };
+                assert!(recorded.len() <= BATCH as usize);
+                let mut seen: Vec<u64> = m
+                    .entries()
+                    .chain(given.iter().copied())
+                    .chain(recorded)
+                    .collect();
                 seen.sort_unstable();
                 let len = seen.len();
                 seen.dedup();
                 assert_eq!(seen.len(), len, "seed {seed}: a block listed twice");
-                let mut missing = all.clone();
-                missing.retain(|o| seen.binary_search(o).is_err());
-                assert!(seen.iter().all(|o| all.contains(o)), "seed {seed}");
-                if in_hand_ok {
-                    assert!(missing.len() <= BATCH as usize, "seed {seed}: {missing:?}");
-                    assert!(missing.iter().all(|o| o / 1000 == missing[0] / 1000));
-                } else {
-                    assert!(missing.is_empty(), "seed {seed}: lost {missing:?}");
-                }
+                let mut sorted = all.clone();
+                sorted.sort_unstable();
+                assert_eq!(seen, sorted, "seed {seed}: a block lost");
             };
             let n = m.flush(
                 keep,
+                0,
+                rec,
                 |o| o / 1000,
                 |_| None,
-                |run| {
+                |run, _| {
                     assert!(run.len() <= BATCH as usize);
                     assert!(run.iter().all(|o| o / 1000 == run[0] / 1000));
                     given.borrow_mut().extend_from_slice(run);
                 },
-                || check(&given.borrow(), true),
+                |after| {
+                    check(&given.borrow());
+                    // Settling mid-flush lists the run again: a copy settles.
+                    if !after {
+                        let copy: Vec<AtomicU64> = words
+                            .iter()
+                            .map(|w| AtomicU64::new(w.load(Ordering::Relaxed)))
+                            .collect();
+                        let cm = Mag::new(&copy);
+                        if let Batch::Giving { lo, hi, .. } = rec.read() {
+                            cm.relist(lo, hi);
+                            assert_eq!(cm.len(), hi, "seed {seed}");
+                        }
+                    }
+                },
             );
             assert_eq!(n, keep);
-            check(&given.borrow(), false);
+            check(&given.borrow());
         }
     }
 }

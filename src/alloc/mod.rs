@@ -9,6 +9,7 @@ mod bump;
 mod cache;
 mod free_list;
 mod handle;
+mod in_flight;
 mod inspect;
 mod slab;
 

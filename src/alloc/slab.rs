@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::cache::{self, cache_key, Gate, Mag, BATCH};
+use super::in_flight::InFlight;
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Membership, ProcessInfo};
@@ -640,9 +641,11 @@ impl SlabAllocator {
         let slot_of = |o: u64| self.slot_index(o.wrapping_sub(data));
         self.mag(slot).flush(
             keep,
+            0,
+            self.in_flight(slot),
             |o| slot_of(o) / 64,
             |o| self.mark(o),
-            |group| {
+            |group, rec| {
                 // Entries that are slot starts (a scribbled one is dropped).
                 let slots = group
                     .iter()
@@ -657,6 +660,7 @@ impl SlabAllocator {
                 let Some(word) = self.bits().get(w) else {
                     return;
                 };
+                rec.arm();
                 let prev = word.fetch_and(!mask, Ordering::AcqRel);
                 let missing = (mask & !prev).count_ones();
                 if missing != 0 {
@@ -667,10 +671,34 @@ impl SlabAllocator {
                     self.summary()[w / 64].fetch_and(!(1u64 << (w % 64)), Ordering::AcqRel);
                 }
             },
-            || {
-                crate::fail_point!("slab.cache.flush");
+            |given| {
+                if given {
+                    crate::fail_point!("slab.cache.flush.given");
+                } else {
+                    crate::fail_point!("slab.cache.flush");
+                }
             },
         )
+    }
+
+    /// Registry slot `slot`'s batch record (see `crate::alloc::in_flight`).
+    #[inline(always)]
+    fn in_flight(&self, slot: usize) -> InFlight<'_> {
+        let base = self.cache_base0 + slot * cache_words(self.depth as u64) as usize;
+        InFlight::new(&self.meta()[base..base + CACHE_LINE as usize])
+    }
+
+    /// The slots of a `TAKEN` record: bits of bitmap word `w` still set.
+    fn taken_blocks(&self, w: u64, mask: u64) -> Vec<u64> {
+        let Some(word) = usize::try_from(w).ok().and_then(|w| self.bits().get(w)) else {
+            return Vec::new();
+        };
+        let v = word.load(Ordering::Acquire);
+        bitmap::bits_high_first(mask & v)
+            .map(|b| w * 64 + u64::from(b))
+            .filter(|&s| s < self.slots)
+            .map(|s| self.offset_of(s as usize).get())
+            .collect()
     }
 
     /// The cache was empty, and slot `first` was just taken through the shared
@@ -686,14 +714,30 @@ impl SlabAllocator {
         if want == 0 {
             return;
         }
-        if let Some(mask) = bitmap::claim_lowest(word, want, |v| Some(!v)) {
-            crate::fail_point!("slab.cache.refill");
-            // Highest first, so that pops hand slots out in ascending order.
-            let offs =
-                bitmap::bits_high_first(mask).map(|b| self.offset_of(w * 64 + b as usize).get());
-            m.append(offs, |o| self.mark(o), self.key);
-            self.note_full(w);
-        }
+        // The batch is recorded before the CAS and right after it (see
+        // `crate::alloc::in_flight`): a kill anywhere leaks none of it.
+        let rec = self.in_flight(slot);
+        let taken = bitmap::claim_lowest(
+            word,
+            want,
+            |v| Some(!v),
+            |mask| {
+                rec.taking(0, w as u64, mask);
+                crate::fail_point!("slab.cache.refill.recorded");
+            },
+        );
+        let Some(mask) = taken else {
+            rec.clear();
+            return;
+        };
+        rec.taken(0);
+        crate::fail_point!("slab.cache.refill");
+        // Highest first, so that pops hand slots out in ascending order.
+        let offs = bitmap::bits_high_first(mask).map(|b| self.offset_of(w * 64 + b as usize).get());
+        m.append(offs, |o| self.mark(o), self.key);
+        crate::fail_point!("slab.cache.refill.listed");
+        rec.clear();
+        self.note_full(w);
     }
 
     /// Out of memory: empties our cache, reclaims dead handles' caches, asks live
@@ -748,6 +792,19 @@ impl cache::Caches for SlabAllocator {
     }
     fn holds(&self, slot: usize) -> bool {
         self.member.holds(&self.seg, slot)
+    }
+    #[inline(always)]
+    fn in_flight(&self, slot: usize) -> InFlight<'_> {
+        SlabAllocator::in_flight(self, slot)
+    }
+    fn class_mag(&self, slot: usize, class: usize) -> Option<Mag<'_>> {
+        (class == 0).then(|| self.mag(slot))
+    }
+    fn taken_blocks(&self, class: usize, word: u64, mask: u64) -> Vec<u64> {
+        if class != 0 {
+            return Vec::new();
+        }
+        SlabAllocator::taken_blocks(self, word, mask)
     }
 }
 

@@ -47,10 +47,14 @@ pub fn claim_one<W: Word>(words: &[W], start_word: usize) -> Option<usize> {
 /// that may be taken (`None`: none may, e.g. the word changed owner). Returns the
 /// bits set, or `None` if there were none to take; bounded, so a peer that keeps
 /// changing the word cannot keep us here.
+/// `note(mask)` runs right before each compare-and-swap that would set `mask`
+/// (a cache refill records its batch there, see `alloc::in_flight`).
+#[inline(always)]
 pub fn claim_lowest<W: Word>(
     word: &W,
     want: u32,
     usable: impl Fn(u64) -> Option<u64>,
+    note: impl Fn(u64),
 ) -> Option<u64> {
     let mut v = word.load(Ordering::Relaxed);
     for _ in 0..64 {
@@ -66,6 +70,7 @@ pub fn claim_lowest<W: Word>(
         if mask == 0 {
             return None;
         }
+        note(mask);
         match word.compare_exchange_weak(v, v | mask, Ordering::SeqCst, Ordering::Relaxed) {
             Ok(_) => return Some(mask),
             Err(now) => v = now,

@@ -66,6 +66,18 @@ impl FreeListAllocator {
         Some(unsafe { &*(addr as *const AtomicU64) })
     }
 
+    /// [`mark`](Self::mark) for a flush, which may hold blocks of another
+    /// handle's cache on pages another process committed since this handle last
+    /// looked: those are committed here first, so that a reclaimer or thief that
+    /// has not seen the growth still clears the mark of every block it gives back
+    /// (`tests/cache_edges.rs`; before, such blocks went back marked as cached).
+    fn mark_for_flush(&self, off: u64) -> Option<&AtomicU64> {
+        self.mark(off).or_else(|| {
+            self.refresh();
+            self.mark(off)
+        })
+    }
+
     /// The allocation fast path: pops a block of class `c` off this thread's cache
     /// with plain loads and stores. `None` (not the owner thread, empty cache, a
     /// gate that is not open, an entry that is no block offset) sends the caller to
@@ -198,6 +210,12 @@ impl FreeListAllocator {
             .sum()
     }
 
+    /// Slot `slot`'s batch record (see `crate::alloc::in_flight`).
+    #[inline(always)]
+    pub(super) fn in_flight(&self, slot: usize) -> InFlight<'_> {
+        InFlight::new(&self.meta()[self.cache_base(slot)..self.cache_base(slot) + LINE as usize])
+    }
+
     /// Returns the cached blocks of class `c` above the first `keep` to the shared
     /// bitmaps, one read-modify-write per block word (see `Mag::flush` for the
     /// crash ordering). Returns the new count.
@@ -205,18 +223,25 @@ impl FreeListAllocator {
         let size = u64::from(SIZE_CLASSES[c]);
         self.mag(slot, c).flush(
             keep,
+            c,
+            self.in_flight(slot),
             |o| (o >> PAGE_SHIFT, (o & (PAGE - 1)) / size / BITS),
-            |o| self.mark(o),
-            |group| self.return_blocks(c, group),
-            || {
-                crate::fail_point!("fl.cache.flush");
+            |o| self.mark_for_flush(o),
+            |group, rec| self.return_blocks(c, group, rec),
+            |given| {
+                if given {
+                    crate::fail_point!("fl.cache.flush.given");
+                } else {
+                    crate::fail_point!("fl.cache.flush");
+                }
             },
         )
     }
 
     /// Clears the bits of `offs` (blocks of class `c` in one block word) with one
-    /// CAS; bits already clear are double frees found late.
-    pub(super) fn return_blocks(&self, c: usize, offs: &[u64]) {
+    /// CAS, arming `rec` right before it; bits already clear are double frees
+    /// found late.
+    pub(super) fn return_blocks(&self, c: usize, offs: &[u64], rec: InFlight<'_>) {
         let l = *self.seg.layout();
         let Some(&first) = offs.first() else { return };
         if !self.in_data(first) {
@@ -254,6 +279,8 @@ impl FreeListAllocator {
         let tag = tag_of(st);
         let word = &self.line(p)[PM_WORDS + w];
         let mut v = word.load(Ordering::Relaxed);
+        // From here the CAS may run at any instruction: the record says "maybe".
+        rec.arm();
         for _ in 0..RETRY_LIMIT {
             if v >> BITS != tag {
                 self.late_double_frees
@@ -291,14 +318,12 @@ impl FreeListAllocator {
         }
         let (p, tag) = ((cur & BITS_MASK) as usize - 1, cur >> BITS);
         let line = self.page_line(p)?;
+        let rec = self.in_flight(slot);
         for w in 0..words_of(c) {
-            let taken = bitmap::claim_lowest(&line[PM_WORDS + w], want, |v| {
-                (v >> BITS == tag).then_some(!v & BITS_MASK)
-            });
+            let taken = self.take_recorded(rec, c, &line[PM_WORDS + w], p, w, tag, want);
             if let Some(mask) = taken {
-                self.count_blocks(c, i64::from(mask.count_ones()));
-                // Killed here: the caller's block and those for the cache are in
-                // flight together, as in `refill_inside`.
+                // Killed here: the record says `TAKEN`, and whoever settles it
+                // lists the caller's block and those for the cache in the cache.
                 crate::fail_point!("fl.cache.refill");
                 let (base, size) = (self.page_offset(p), u64::from(SIZE_CLASSES[c]));
                 let at = |b: u32| base + (w as u64 * BITS + u64::from(b)) * size;
@@ -309,6 +334,9 @@ impl FreeListAllocator {
                     |o| self.mark(o),
                     self.key,
                 );
+                crate::fail_point!("fl.cache.refill.listed");
+                // From here the caller's block is the allocation in flight.
+                rec.clear();
                 return Some(at(mask.trailing_zeros()));
             }
             if line[PM_WORDS + w].load(Ordering::Relaxed) >> BITS != tag {
@@ -316,6 +344,67 @@ impl FreeListAllocator {
             }
         }
         None
+    }
+
+    /// Takes up to `want` free blocks of block word `w` of span `p` (tag `tag`,
+    /// class `c`) with one CAS, recording the batch in `rec` before the CAS
+    /// (`TAKING`) and right after it (`TAKEN`); see `crate::alloc::in_flight`.
+    /// Counts the blocks. The caller lists them and clears the record.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn take_recorded(
+        &self,
+        rec: InFlight<'_>,
+        c: usize,
+        word: &AtomicU64,
+        p: usize,
+        w: usize,
+        tag: u64,
+        want: u32,
+    ) -> Option<u64> {
+        let id = p as u64 | (w as u64) << 32 | tag << 40;
+        let taken = bitmap::claim_lowest(
+            word,
+            want,
+            |v| (v >> BITS == tag).then_some(!v & BITS_MASK),
+            |mask| {
+                rec.taking(c, id, mask);
+                crate::fail_point!("fl.cache.refill.recorded");
+            },
+        );
+        match taken {
+            Some(mask) => {
+                rec.taken(c);
+                self.count_blocks(c, i64::from(mask.count_ones()));
+                Some(mask)
+            }
+            None => {
+                rec.clear();
+                None
+            }
+        }
+    }
+
+    /// The blocks of a `TAKEN` record of class `c` (see `Caches::taken_blocks`).
+    pub(super) fn taken_blocks(&self, c: usize, id: u64, mask: u64) -> Vec<u64> {
+        let (p, w, tag) = ((id & 0xFFFF_FFFF) as usize, ((id >> 32) & 0xFF) as usize, id >> 40);
+        if c >= NCLASS || w >= words_of(c) {
+            return Vec::new();
+        }
+        let Some(line) = self.page_line(p) else {
+            return Vec::new();
+        };
+        let st = line[PM_STATE].load(Ordering::Acquire);
+        let v = line[PM_WORDS + w].load(Ordering::Acquire);
+        if kind(st) != KIND_SMALL || class(st) != c || tag_of(st) != tag || v >> BITS != tag {
+            return Vec::new();
+        }
+        let (base, size) = (self.page_offset(p), u64::from(SIZE_CLASSES[c]));
+        bitmap::bits_high_first(mask & v & BITS_MASK)
+            .map(|b| w as u64 * BITS + u64::from(b))
+            .filter(|&i| i < cap_of(c))
+            .map(|i| base + i * size)
+            .collect()
     }
 
     /// The cache of class `c` was empty, and one block was just taken through the
@@ -332,18 +421,18 @@ impl FreeListAllocator {
         let Some(line) = self.page_line(p) else {
             return;
         };
+        let rec = self.in_flight(slot);
         for w in 0..words_of(c) {
-            let taken = bitmap::claim_lowest(&line[PM_WORDS + w], want, |v| {
-                (v >> BITS == tag).then_some(!v & BITS_MASK)
-            });
+            let taken = self.take_recorded(rec, c, &line[PM_WORDS + w], p, w, tag, want);
             if let Some(mask) = taken {
-                self.count_blocks(c, i64::from(mask.count_ones()));
                 crate::fail_point!("fl.cache.refill");
                 // Highest first, so that pops hand blocks out in ascending order.
                 let (base, size) = (self.page_offset(p), u64::from(SIZE_CLASSES[c]));
                 let offs = bitmap::bits_high_first(mask)
                     .map(|b| base + (w as u64 * BITS + u64::from(b)) * size);
                 m.append(offs, |o| self.mark(o), self.key);
+                crate::fail_point!("fl.cache.refill.listed");
+                rec.clear();
                 return;
             }
         }
@@ -456,5 +545,15 @@ impl cache::Caches for FreeListAllocator {
     }
     fn holds(&self, slot: usize) -> bool {
         self.member.holds(&self.seg, slot)
+    }
+    #[inline(always)]
+    fn in_flight(&self, slot: usize) -> InFlight<'_> {
+        FreeListAllocator::in_flight(self, slot)
+    }
+    fn class_mag(&self, slot: usize, class: usize) -> Option<Mag<'_>> {
+        (class < NCLASS).then(|| self.mag(slot, class))
+    }
+    fn taken_blocks(&self, class: usize, word: u64, mask: u64) -> Vec<u64> {
+        FreeListAllocator::taken_blocks(self, class, word, mask)
     }
 }

@@ -95,10 +95,13 @@
 //! *Crash safety*: a pop lowers the count after reading the entry and a push
 //! raises it after writing the entry, so a crash leaks at most the one block in
 //! hand, and everything counted in a dead handle's cache goes back through the
-//! reclaimer. A crash inside a refill or a flush, between its one CAS and its count
-//! update, leaks the blocks of that one block word (at most 9: the caller's block
-//! and 8 for the cache); it never returns a
-//! block twice (`tests/failpoints.rs` kills at `fl.cache.*` and counts them). A
+//! reclaimer. A refill or a flush records its batch (one block word's blocks) in
+//! the slot before its one CAS and updates the record right after it, so whoever
+//! next holds the gate lists the blocks a dead refill took, or a dead flush
+//! unlisted, in the cache: a crash inside either leaks nothing and never returns a
+//! block twice (`crate::alloc::in_flight`; `tests/failpoints.rs` kills on both
+//! sides of each CAS and asserts it). Only a kill between the CAS instruction and
+//! the record store next to it leaks the batch (at most 9 blocks). A
 //! thief or reclaimer that dies holding a gate leaves a claim by a dead
 //! registration, which the next owner, thief or reclaimer reopens; the cache's
 //! count always covers exactly the entries not yet given back, so the next one
@@ -130,6 +133,7 @@ mod span;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::cache::{self, cache_key, Gate, Mag, BATCH};
+use super::in_flight::InFlight;
 use super::{check_request, data_relative, ClassStats, Offset, ShmAllocator, ShmFree, Stats};
 use crate::error::{AccessError, AllocError, FreeError, SegmentError};
 use crate::process::{self, Intent, Membership, ProcessInfo};
