@@ -105,8 +105,10 @@ impl FreeListAllocator {
             return false;
         }
         let (p, within) = self.locate(off - self.data_off);
-        if p >= self.committed() {
-            return false; // `free_checked` looks again (the count may have grown)
+        // Past the committed pages `free_checked` looks again (the count may have
+        // grown); an out-of-place span's blocks are not cached (see `span.rs`).
+        if p >= self.committed() || !self.in_place(p) {
+            return false;
         }
         // SAFETY: `p < committed()`, checked just above.
         let line = unsafe { self.line_unchecked(p) };
@@ -202,6 +204,7 @@ impl FreeListAllocator {
     /// bitmaps, one read-modify-write per block word (see `Mag::flush` for the
     /// crash ordering). Returns the new count.
     pub(super) fn flush_class(&self, slot: usize, c: usize, keep: usize) -> usize {
+        self.see_frontier();
         let size = u64::from(SIZE_CLASSES[c]);
         self.mag(slot, c).flush(
             keep,
@@ -291,6 +294,10 @@ impl FreeListAllocator {
         }
         let (p, tag) = ((cur & BITS_MASK) as usize - 1, cur >> BITS);
         let line = self.page_line(p)?;
+        // A current span above a free page is let go (see "Placement" in `span.rs`).
+        if self.let_go_if_out_of_place(c, p, cur) {
+            return None;
+        }
         for w in 0..words_of(c) {
             let taken = bitmap::claim_lowest(&line[PM_WORDS + w], want, |v| {
                 (v >> BITS == tag).then_some(!v & BITS_MASK)

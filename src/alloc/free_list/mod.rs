@@ -289,6 +289,12 @@ pub struct FreeListAllocator {
     late_double_frees: AtomicU64,
     /// Blocks this handle took from idle handles' caches (see `stolen_blocks`).
     stolen: AtomicU64,
+    /// The lowest free page this handle saw last (`usize::MAX`: none), refreshed
+    /// when it changes spans, flushes a cache or releases a span: a span above it
+    /// is out of place (a free page lies below it), so its blocks are freed through
+    /// the shared path, never cached, and an empty current span above it is let go
+    /// (see `span.rs`, "Placement").
+    frontier: AtomicUsize,
     /// The segment object's inode: names it across this process's handles.
     ino: u64,
     /// Word index (in the metadata region) of page 0's line.
@@ -556,6 +562,7 @@ impl FreeListAllocator {
             ),
             late_double_frees: AtomicU64::new(0),
             stolen: AtomicU64::new(0),
+            frontier: AtomicUsize::new(usize::MAX),
             ino,
             lines_base: lines_start(pages, depth) as usize,
             ctr_base: counters_start(pages, depth) as usize,

@@ -11,6 +11,19 @@
 //! - The per-class span hints are only hints (a stale one costs a retry).
 //! - Creating and releasing a span are guarded by an intent record (see
 //!   `repair.rs`), so a handle dying in between is finished or rolled back.
+//!
+//! Placement (what keeps small spans packed at the low end, so that the free pages
+//! stay in one run above them, also after processes churned at the same time):
+//! - a new span takes the lowest free page; an allocation without a current span
+//!   takes the lowest span of its class with a free block (partial spans before
+//!   fresh ones);
+//! - a span above the lowest free page (the handle's `frontier`, refreshed when it
+//!   changes spans, flushes a cache or releases a span) is *out of place*: its
+//!   freed blocks go through the shared path, never into a cache, so it is released
+//!   as soon as its last block is freed; an empty one found through the span hints,
+//!   and an empty current span met when a cache refills, are released (or let go)
+//!   instead of used. A cache therefore holds blocks of low spans only, and the
+//!   blocks it hands out after a churn land low.
 
 use super::*;
 
@@ -105,6 +118,54 @@ pub(super) fn block_index(within: u64, c: usize) -> u64 {
 }
 
 impl FreeListAllocator {
+    /// Looks up the lowest free page now and remembers it as this handle's
+    /// `frontier` (see "Placement" above). `usize::MAX` when no committed page is free.
+    #[inline]
+    pub(super) fn see_frontier(&self) -> usize {
+        let f = self.free_pages().first_from(0).unwrap_or(usize::MAX);
+        self.frontier.store(f, Ordering::Relaxed);
+        f
+    }
+
+    /// Whether a block of the span at page `p` may go into a cache: the span is not
+    /// above the lowest free page this handle saw last.
+    #[inline(always)]
+    pub(super) fn in_place(&self, p: usize) -> bool {
+        p <= self.frontier.load(Ordering::Relaxed)
+    }
+
+    /// The span at page `p` is this handle's current span of class `c` (stored as
+    /// `cur`), and a cache is to be refilled from it: if a free page lies below it,
+    /// forgets it as the current span and releases it if it is empty, so that the
+    /// next blocks come from low in the region. Returns whether it let it go.
+    #[cold]
+    pub(super) fn let_go_if_out_of_place(&self, c: usize, p: usize, cur: u64) -> bool {
+        if self.see_frontier() >= p
+            || self.cur[c]
+                .compare_exchange(cur, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        self.release_if_empty(c, p, cur >> BITS);
+        true
+    }
+
+    /// Releases the span at page `p` if it still is the span of class `c` with tag
+    /// `tag` and has no block handed out (anyone may: a handle that still names it
+    /// as its current span finds its block words closed and moves on).
+    pub(super) fn release_if_empty(&self, c: usize, p: usize, tag: u64) -> bool {
+        let Some(line) = self.page_line(p) else {
+            return false;
+        };
+        let st = line[PM_STATE].load(Ordering::Acquire);
+        kind(st) == KIND_SMALL
+            && class(st) == c
+            && tag_of(st) == tag
+            && self.is_empty_span(p, c, tag)
+            && self.release_span(p, st)
+    }
+
     /// Takes a free block of the span at page `p` (class `c`, tag `tag`), if it is
     /// still that span and has one.
     #[inline]
@@ -215,6 +276,7 @@ impl FreeListAllocator {
         if cur != 0 {
             self.drop_hint(c, (cur & BITS_MASK) as usize - 1);
         }
+        self.see_frontier();
         let attempt = || match self.alloc_from_hints(c) {
             Some(off) => Ok(off),
             None => self.new_span(c, requested),
@@ -241,6 +303,14 @@ impl FreeListAllocator {
             let st = line[PM_STATE].load(Ordering::Acquire);
             if kind(st) == KIND_SMALL && class(st) == c {
                 let tag = tag_of(st);
+                // Spans are found lowest first: from here on they lie above a free
+                // page. An empty one (another handle's current span kept empty,
+                // say) goes back to the pool; a new span at the lowest free page
+                // is taken rather than any of them.
+                if !self.in_place(p) {
+                    self.release_if_empty(c, p, tag);
+                    return None;
+                }
                 if let Some(off) = self.take_block(p, c, tag) {
                     self.cur[c].store((tag << BITS) | (p as u64 + 1), Ordering::Relaxed);
                     return Some(off);
@@ -356,6 +426,7 @@ impl FreeListAllocator {
         crate::fail_point!("fl.release.freed");
         self.avail(c).clear(p);
         self.free_pages().set(p);
+        self.frontier.fetch_min(p, Ordering::Relaxed);
         drop(guard);
         true
     }
@@ -422,19 +493,23 @@ impl FreeListAllocator {
             if mark.load(Ordering::Relaxed) == self.key ^ off {
                 return Err(FreeError::DoubleFree { offset: off });
             }
-            let pushed = cache::inside(self, slot, || {
-                let m = self.mag(slot, c);
-                if m.len() == m.depth() {
-                    self.flush_class(slot, c, self.depth / 2);
+            // Blocks of an out-of-place span are never cached (see "Placement").
+            if self.in_place(p) {
+                let pushed = cache::inside(self, slot, || {
+                    let m = self.mag(slot, c);
+                    if m.len() == m.depth() {
+                        self.flush_class(slot, c, self.depth / 2);
+                    }
+                    m.push(off, mark, self.key, || {
+                        crate::fail_point!("fl.cache.push");
+                    })
+                });
+                if pushed == Some(true) {
+                    return Ok(());
                 }
-                m.push(off, mark, self.key, || {
-                    crate::fail_point!("fl.cache.push");
-                })
-            });
-            if pushed == Some(true) {
-                return Ok(());
             }
-            // Another process is emptying our cache: the shared path below.
+            // Another process is emptying our cache, or the span is out of place:
+            // the shared path below.
         }
         for _ in 0..RETRY_LIMIT {
             // A tag mismatch: the span was released (and maybe reused) since `st`
