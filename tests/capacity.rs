@@ -166,6 +166,63 @@ fn small_shm_free_list_is_out_of_memory_not_sigbus() {
     );
 }
 
+/// Bytes the file system holds for the segment file `name` (its allocated blocks).
+fn file_bytes(name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/dev/shm/{name}"))
+        .unwrap()
+        .blocks()
+        * 512
+}
+
+/// The maximum is address space only: a 64 GiB free list on a 16 MiB `/dev/shm`
+/// commits its metadata with the pages it describes, fills the file system to a
+/// typed out-of-memory, and does not report as available what the file system
+/// cannot back.
+#[test]
+fn small_shm_holds_a_sixty_four_gib_maximum() {
+    if role().is_some() {
+        assert_small_shm();
+        let name = format!("sa-test-tiny-64g-{}", std::process::id());
+        let a = FreeListAllocator::create(&name, 64 << 30).expect("create 64 GiB in 16 MiB");
+        let at_create = file_bytes(&name);
+        assert!(
+            at_create <= 3 * MIB,
+            "{at_create} bytes committed at create"
+        );
+        let small: Vec<Offset> = (0..1000).map(|_| a.allocate(100).unwrap()).collect();
+        let (blocks, e) = fill_1mib(&a);
+        assert!(matches!(e, AllocError::OutOfMemory { .. }), "{e:?}");
+        // What is reported available is what the file system can still back,
+        // plus the free room in committed pages (under 2 MiB here).
+        let avail = a.available_bytes();
+        assert!(
+            avail < 4 * MIB,
+            "{avail} bytes reported available on a full /dev/shm"
+        );
+        let b = FreeListAllocator::open(&name).unwrap();
+        for &o in &blocks {
+            assert_eq!(b.read(Offset::new(o.get() + MIB - 1), 1).unwrap(), [0xA5]);
+        }
+        drop(b);
+        for o in blocks.iter().copied().chain(small) {
+            a.free(o).unwrap();
+        }
+        let s = a.audit();
+        assert_eq!((s.live_blocks, s.free_bytes), (Some(0), 64 << 30), "{s:?}");
+        assert!(a.available_bytes() > 8 * MIB);
+        a.unlink().unwrap();
+        println!("RESULT blocks={} at_create={at_create}", blocks.len());
+        return;
+    }
+    let r = in_small_shm("small_shm_holds_a_sixty_four_gib_maximum");
+    let n = field(&r, "blocks");
+    assert!(
+        (4..16).contains(&n),
+        "{n} blocks of 1 MiB in a 16 MiB /dev/shm"
+    );
+}
+
 #[test]
 fn small_shm_bump_and_slab_are_out_of_memory_not_sigbus() {
     if role().is_some() {
@@ -640,8 +697,12 @@ fn sixty_four_gib_is_accepted_and_cheap_until_used() {
     assert!(matches!(e, AllocError::OutOfMemory { .. }), "{e:?}");
     a.free(small).unwrap();
     a.free(large).unwrap();
-    // Committed: the initial MiB and what the blocks took, not 64 GiB.
+    // Committed: the initial MiB and what the blocks took, not 64 GiB; nor the
+    // metadata of 64 GiB (the file holds the fixed metadata and what the pages in
+    // use need).
     let s = a.audit();
     assert!(s.committed_bytes <= 4 * MIB, "{s:?}");
+    let held = file_bytes(name.as_str());
+    assert!(held <= 8 * MIB, "the file holds {held} bytes");
     assert_eq!((s.live_blocks, s.free_bytes), (Some(0), 64 << 30));
 }

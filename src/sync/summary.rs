@@ -41,6 +41,12 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// Where the leaf level starts, in words from the bitmap's start (the top and
+    /// middle levels come first).
+    pub fn leaf_start(&self) -> usize {
+        self.at[2].0
+    }
+
     /// The shape of a summary bitmap of `n` bits, each level rounded up to `round` words.
     pub fn new(n: usize, round: u64) -> Shape {
         let (t, m, l) = level_words(n as u64);
@@ -82,6 +88,17 @@ impl<'a> Summary<'a> {
             ],
             n: shape.n,
         })
+    }
+
+    /// This bitmap with its leaf level cut to its first `words` words: the rest is
+    /// never loaded nor stored (it may not be backed by the file system yet): the
+    /// bitmap then has `words * 64` bits at most.
+    #[inline]
+    pub fn leaf_upto(mut self, words: usize) -> Self {
+        let leaf = self.levels[0];
+        self.levels[0] = &leaf[..words.min(leaf.len())];
+        self.n = self.n.min(self.levels[0].len() * 64);
+        self
     }
 
     /// The leaf level (one bit per item), for tools that walk it.

@@ -206,6 +206,20 @@ fn meta_words_for(pages: u64, depth: u64) -> u64 {
     lines_start(pages, depth) + pages * LINE
 }
 
+/// Commits the metadata whose size does not follow the committed pages: the
+/// head, the top and middle levels of each summary bitmap, the caches and the
+/// counters.
+fn commit_fixed_meta(seg: &Segment, pages: u64, depth: u64) -> Result<(), SegmentError> {
+    let at = |w: u64| seg.layout().meta_offset + w * 8;
+    seg.commit(at(0), HEAD_WORDS * 8)?;
+    let leaf = Shape::new(pages as usize, LINE).leaf_start() as u64;
+    for k in 0..=NCLASS {
+        seg.commit(at(bitmap_start(pages, k)), leaf * 8)?;
+    }
+    let start = cache_start(pages);
+    seg.commit(at(start), (lines_start(pages, depth) - start) * 8)
+}
+
 /// Blocks per size class that each handle's cache holds at most, by default.
 pub const DEFAULT_CACHE_DEPTH: u64 = 15;
 /// The largest cache depth [`FreeListAllocator::create_with_cache`] accepts.
@@ -295,6 +309,9 @@ pub struct FreeListAllocator {
     /// the shared path, never cached, and an empty current span above it is let go
     /// (see `span.rs`, "Placement").
     frontier: AtomicUsize,
+    /// Free bytes of the file system under the segment, and when they were read
+    /// (see `fs_room`).
+    room: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
     /// The segment object's inode: names it across this process's handles.
     ino: u64,
     /// Word index (in the metadata region) of page 0's line.
@@ -431,9 +448,9 @@ impl FreeListAllocator {
             let _ = crate::segment::unlink(name);
             e
         };
-        // The metadata before the page lines, then the initial pages.
-        seg.commit(layout.meta_offset, lines_start(pages, depth) * 8)
-            .map_err(fail)?;
+        // The fixed metadata (the leaf levels of the summary bitmaps and the page
+        // lines come with their pages), then the initial pages.
+        commit_fixed_meta(&seg, pages, depth).map_err(fail)?;
         let mut this = Self::from_segment(seg).map_err(fail)?;
         let initial = opts.initial.div_ceil(PAGE).clamp(1, pages);
         this.commit_pages(0, initial as usize).map_err(fail)?;
@@ -563,6 +580,7 @@ impl FreeListAllocator {
             late_double_frees: AtomicU64::new(0),
             stolen: AtomicU64::new(0),
             frontier: AtomicUsize::new(usize::MAX),
+            room: std::sync::Mutex::new(None),
             ino,
             lines_base: lines_start(pages, depth) as usize,
             ctr_base: counters_start(pages, depth) as usize,
@@ -876,8 +894,12 @@ unsafe impl ShmAllocator for FreeListAllocator {
     /// ever counted anything + size classes), whatever the capacity. Exact while no
     /// process died in the middle of an allocation or free (each such death can
     /// leave a counter off by the blocks that one operation moved); the exact
-    /// numbers are [`FreeListAllocator::audit`]. `free_bytes` includes the pages
-    /// not committed yet (up to the maximum) and the free blocks of every span.
+    /// numbers are [`FreeListAllocator::audit`]. `free_bytes` includes the free
+    /// blocks of every span and the pages not committed yet, these only as far as
+    /// the file system under the segment has room for them (`fstatvfs`, read at
+    /// most every 10 ms): on a full `/dev/shm` it is what the committed pages still
+    /// hold, not the maximum. `committed_bytes` and `capacity` (the maximum) say
+    /// how far the segment grew.
     fn stats(&self) -> Stats {
         self.counted()
     }
@@ -937,8 +959,11 @@ impl FreeListAllocator {
         live_blocks += signed(live[CTR_LARGE_BLOCKS]).min(large_pages);
         live_bytes += large_pages * PAGE;
         let pages = self.pages as u64;
-        let free_pages = pages.saturating_sub(span_pages + large_pages);
         let committed = (meta[H_COMMITTED].load(Ordering::Relaxed)).min(pages);
+        // Pages not committed yet count as free only as far as the file system
+        // has room to back them.
+        let uncommitted = (pages - committed).min(self.fs_room() / PAGE);
+        let free_pages = committed.saturating_sub(span_pages + large_pages) + uncommitted;
         Stats {
             capacity: self.seg.layout().data_len,
             committed_bytes: committed * PAGE,
@@ -947,6 +972,25 @@ impl FreeListAllocator {
             free_bytes: (free_pages * PAGE + span_free).min(pages * PAGE),
             cached_bytes,
             classes,
+        }
+    }
+
+    /// Bytes the file system under the segment has free (`fstatvfs`), read at most
+    /// every 10 ms (`u64::MAX` where it cannot say).
+    fn fs_room(&self) -> u64 {
+        let now = std::time::Instant::now();
+        let mut room = self.room.lock().unwrap_or_else(|e| e.into_inner());
+        match *room {
+            Some((at, bytes)) if now.duration_since(at) < std::time::Duration::from_millis(10) => {
+                bytes
+            }
+            _ => {
+                let bytes = nix::sys::statvfs::fstatvfs(self.seg.file())
+                    .map(|v| (v.blocks_available() as u64).saturating_mul(v.fragment_size() as u64))
+                    .unwrap_or(u64::MAX);
+                *room = Some((now, bytes));
+                bytes
+            }
         }
     }
 
