@@ -140,7 +140,9 @@ impl FreeListAllocator {
     /// next blocks come from low in the region. Returns whether it let it go.
     #[cold]
     pub(super) fn let_go_if_out_of_place(&self, c: usize, p: usize, cur: u64) -> bool {
-        if self.see_frontier() >= p
+        // (The cheap question first: this runs at every cache refill.)
+        if !self.free_pages().any_below(p)
+            || self.see_frontier() >= p
             || self.cur[c]
                 .compare_exchange(cur, 0, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
