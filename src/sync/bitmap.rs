@@ -47,6 +47,7 @@ pub fn claim_one<W: Word>(words: &[W], start_word: usize) -> Option<usize> {
 /// that may be taken (`None`: none may, e.g. the word changed owner). Returns the
 /// bits set, or `None` if there were none to take; bounded, so a peer that keeps
 /// changing the word cannot keep us here.
+#[inline]
 pub fn claim_lowest<W: Word>(
     word: &W,
     want: u32,

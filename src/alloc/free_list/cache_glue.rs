@@ -87,7 +87,13 @@ impl FreeListAllocator {
             },
         );
         gate.leave();
-        off.map(Offset::new)
+        let off = off?;
+        // A block of an out-of-place span goes back to it (see `span.rs`).
+        if !self.in_place(((off - self.data_off) >> PAGE_SHIFT) as usize) {
+            self.return_blocks(c, &[off]);
+            return None;
+        }
+        Some(Offset::new(off))
     }
 
     /// The free fast path: pushes a small block onto this thread's cache after the
@@ -105,10 +111,8 @@ impl FreeListAllocator {
             return false;
         }
         let (p, within) = self.locate(off - self.data_off);
-        // Past the committed pages `free_checked` looks again (the count may have
-        // grown); an out-of-place span's blocks are not cached (see `span.rs`).
-        if p >= self.committed() || !self.in_place(p) {
-            return false;
+        if p >= self.committed() {
+            return false; // `free_checked` looks again (the count may have grown)
         }
         // SAFETY: `p < committed()`, checked just above.
         let line = unsafe { self.line_unchecked(p) };
@@ -204,7 +208,6 @@ impl FreeListAllocator {
     /// bitmaps, one read-modify-write per block word (see `Mag::flush` for the
     /// crash ordering). Returns the new count.
     pub(super) fn flush_class(&self, slot: usize, c: usize, keep: usize) -> usize {
-        self.see_frontier();
         let size = u64::from(SIZE_CLASSES[c]);
         self.mag(slot, c).flush(
             keep,
@@ -295,7 +298,7 @@ impl FreeListAllocator {
         let (p, tag) = ((cur & BITS_MASK) as usize - 1, cur >> BITS);
         let line = self.page_line(p)?;
         // A current span above a free page is let go (see "Placement" in `span.rs`).
-        if self.let_go_if_out_of_place(c, p, cur) {
+        if self.free_pages().any_below(p) && self.let_go_if_out_of_place(c, p, cur) {
             return None;
         }
         for w in 0..words_of(c) {

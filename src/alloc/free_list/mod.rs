@@ -34,11 +34,17 @@
 //! capacity up to 64 GiB. **Placement is compact**: small spans are taken from the
 //! bottom of the region up, large blocks from the top of the committed pages down,
 //! so the free pages stay in one run in between and a large block fits whenever the
-//! free bytes allow it (from every process alike: nothing depends on the pid).
+//! free bytes allow it (from every process alike: nothing depends on the pid). A
+//! span left above a free page (processes churning at the same time leave some) is
+//! *out of place*: no allocation takes a block of it (a cached one goes back to it)
+//! nor picks it over a new span at the lowest free page, so it drains and goes
+//! back to the pool (see `span.rs`, "Placement").
 //!
 //! **Memory committed on demand, growing online.** The capacity is a maximum that
-//! every process maps once; pages of the shared-memory file (and their metadata
-//! lines) are committed with `fallocate` before the allocator hands them out, a
+//! every process maps once; pages of the shared-memory file (and their metadata:
+//! page lines and summary-bitmap words) are committed with `fallocate` before the
+//! allocator hands them out (at create only a fixed part of the metadata, about
+//! 1.3 MiB at 64 GiB), a
 //! chunk at a time as the page pool runs dry
 //! ([`FreeListAllocator::create_with_options`]). A file system that cannot back a
 //! chunk (a small `/dev/shm`) makes the allocation that needed it an
@@ -304,10 +310,10 @@ pub struct FreeListAllocator {
     /// Blocks this handle took from idle handles' caches (see `stolen_blocks`).
     stolen: AtomicU64,
     /// The lowest free page this handle saw last (`usize::MAX`: none), refreshed
-    /// when it changes spans, flushes a cache or releases a span: a span above it
-    /// is out of place (a free page lies below it), so its blocks are freed through
-    /// the shared path, never cached, and an empty current span above it is let go
-    /// (see `span.rs`, "Placement").
+    /// when it changes spans or releases a span: a span above it
+    /// is out of place (a free page lies below it), so its cached blocks go back to
+    /// it rather than be handed out, and a current span above it is let go (see
+    /// `span.rs`, "Placement").
     frontier: AtomicUsize,
     /// Free bytes of the file system under the segment, and when they were read
     /// (see `fs_room`).

@@ -18,12 +18,16 @@
 //!   takes the lowest span of its class with a free block (partial spans before
 //!   fresh ones);
 //! - a span above the lowest free page (the handle's `frontier`, refreshed when it
-//!   changes spans, flushes a cache or releases a span) is *out of place*: its
-//!   freed blocks go through the shared path, never into a cache, so it is released
-//!   as soon as its last block is freed; an empty one found through the span hints,
-//!   and an empty current span met when a cache refills, are released (or let go)
-//!   instead of used. A cache therefore holds blocks of low spans only, and the
-//!   blocks it hands out after a churn land low.
+//!   changes spans or releases a span, or meets a free page below its current
+//!   span) is *out of place*: no
+//!   allocation takes a block of it, so it drains and is released as soon as its
+//!   last block is freed. A cached block of it is given back to it when popped
+//!   (one compare on the pop path; frees still push to the cache, so freeing many
+//!   blocks in a row stays cheap); an allocation without a current span takes a
+//!   new span at the lowest free page rather than a partial span above it (an
+//!   empty one it meets there is released); a current span above a free page is
+//!   let go at the next cache refill (released if empty). The blocks handed out
+//!   after a churn therefore land low.
 
 use super::*;
 
@@ -127,22 +131,22 @@ impl FreeListAllocator {
         f
     }
 
-    /// Whether a block of the span at page `p` may go into a cache: the span is not
-    /// above the lowest free page this handle saw last.
+    /// Whether a block of the span at page `p` may be handed out of a cache: the
+    /// span is not above the lowest free page this handle saw last.
     #[inline(always)]
     pub(super) fn in_place(&self, p: usize) -> bool {
         p <= self.frontier.load(Ordering::Relaxed)
     }
 
     /// The span at page `p` is this handle's current span of class `c` (stored as
-    /// `cur`), and a cache is to be refilled from it: if a free page lies below it,
+    /// `cur`), a cache is to be refilled from it, and the summary levels say a free
+    /// page lies below it (`Summary::any_below`, the cheap question): if a search
+    /// confirms it,
     /// forgets it as the current span and releases it if it is empty, so that the
     /// next blocks come from low in the region. Returns whether it let it go.
     #[cold]
     pub(super) fn let_go_if_out_of_place(&self, c: usize, p: usize, cur: u64) -> bool {
-        // (The cheap question first: this runs at every cache refill.)
-        if !self.free_pages().any_below(p)
-            || self.see_frontier() >= p
+        if self.see_frontier() >= p
             || self.cur[c]
                 .compare_exchange(cur, 0, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
@@ -242,21 +246,31 @@ impl FreeListAllocator {
             Some(slot) => cache::alloc_through(
                 self,
                 slot,
-                || {
-                    self.mag(slot, c)
-                        .pop(
-                            |off| self.mark(off),
-                            || {
-                                crate::fail_point!("fl.cache.pop");
-                            },
-                        )
-                        .or_else(|| self.take_batch_inside(slot, c))
-                },
+                || self.pop_in_place(slot, c).or_else(|| self.take_batch_inside(slot, c)),
                 || self.alloc_shared(c, requested),
                 |_| self.refill_inside(slot, c),
             ),
             None => self.alloc_shared(c, requested),
         }
+    }
+
+    /// Pops a block of class `c` off slot `slot`'s cache (inside its gate), giving
+    /// the blocks of out-of-place spans back to their spans on the way.
+    fn pop_in_place(&self, slot: usize, c: usize) -> Option<u64> {
+        let m = self.mag(slot, c);
+        for _ in 0..=m.depth() {
+            let off = m.pop(
+                |off| self.mark(off),
+                || {
+                    crate::fail_point!("fl.cache.pop");
+                },
+            )?;
+            if self.in_place(((off - self.data_off) >> PAGE_SHIFT) as usize) {
+                return Some(off);
+            }
+            self.return_blocks(c, &[off]);
+        }
+        None
     }
 
     /// Allocation without the cache: one CAS on the current span's block word.
@@ -495,23 +509,19 @@ impl FreeListAllocator {
             if mark.load(Ordering::Relaxed) == self.key ^ off {
                 return Err(FreeError::DoubleFree { offset: off });
             }
-            // Blocks of an out-of-place span are never cached (see "Placement").
-            if self.in_place(p) {
-                let pushed = cache::inside(self, slot, || {
-                    let m = self.mag(slot, c);
-                    if m.len() == m.depth() {
-                        self.flush_class(slot, c, self.depth / 2);
-                    }
-                    m.push(off, mark, self.key, || {
-                        crate::fail_point!("fl.cache.push");
-                    })
-                });
-                if pushed == Some(true) {
-                    return Ok(());
+            let pushed = cache::inside(self, slot, || {
+                let m = self.mag(slot, c);
+                if m.len() == m.depth() {
+                    self.flush_class(slot, c, self.depth / 2);
                 }
+                m.push(off, mark, self.key, || {
+                    crate::fail_point!("fl.cache.push");
+                })
+            });
+            if pushed == Some(true) {
+                return Ok(());
             }
-            // Another process is emptying our cache, or the span is out of place:
-            // the shared path below.
+            // Another process is emptying our cache: the shared path below.
         }
         for _ in 0..RETRY_LIMIT {
             // A tag mismatch: the span was released (and maybe reused) since `st`
