@@ -992,7 +992,7 @@ impl FreeListAllocator {
             }
             _ => {
                 let bytes = nix::sys::statvfs::fstatvfs(self.seg.file())
-                    .map(|v| (v.blocks_available() as u64).saturating_mul(v.fragment_size() as u64))
+                    .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
                     .unwrap_or(u64::MAX);
                 *room = Some((now, bytes));
                 bytes
