@@ -256,6 +256,7 @@ impl FreeListAllocator {
 
     /// Pops a block of class `c` off slot `slot`'s cache (inside its gate), giving
     /// the blocks of out-of-place spans back to their spans on the way.
+    #[inline]
     fn pop_in_place(&self, slot: usize, c: usize) -> Option<u64> {
         let m = self.mag(slot, c);
         for _ in 0..=m.depth() {
