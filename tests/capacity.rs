@@ -216,6 +216,7 @@ fn small_shm_holds_a_sixty_four_gib_maximum() {
         return;
     }
     let r = in_small_shm("small_shm_holds_a_sixty_four_gib_maximum");
+    println!("{r}");
     let n = field(&r, "blocks");
     assert!(
         (4..16).contains(&n),
@@ -459,9 +460,14 @@ fn holder() {
             std::hint::spin_loop();
         }
         // Long enough that the churns overlap on a machine with few cores (a
-        // short one ends within its first time slice).
+        // short one ends within its first time slice; a debug build is slower).
+        let steps = if cfg!(debug_assertions) {
+            40_000
+        } else {
+            200_000
+        };
         let mut live: Vec<Offset> = Vec::new();
-        for _ in 0..200_000 {
+        for _ in 0..steps {
             if live.len() < 200 && (live.is_empty() || rng.below(2) == 0) {
                 live.push(a.allocate(size_of(&mut rng)).unwrap());
             } else {
@@ -559,7 +565,7 @@ fn sixteen_holders_after_concurrent_churn_with_caches() {
         holder();
         return;
     }
-    for round in 0..3 {
+    for round in 0..2 {
         println!("round {round}");
         holders_leave_one_large_run(
             "sixteen_holders_after_concurrent_churn_with_caches",
@@ -576,7 +582,7 @@ fn sixteen_holders_after_concurrent_churn_without_caches() {
         holder();
         return;
     }
-    for round in 0..3 {
+    for round in 0..2 {
         println!("round {round}");
         holders_leave_one_large_run(
             "sixteen_holders_after_concurrent_churn_without_caches",

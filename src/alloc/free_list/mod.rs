@@ -315,9 +315,10 @@ pub struct FreeListAllocator {
     /// it rather than be handed out, and a current span above it is let go (see
     /// `span.rs`, "Placement").
     frontier: AtomicUsize,
-    /// Free bytes of the file system under the segment, and when they were read
-    /// (see `fs_room`).
-    room: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    /// Free bytes of the file system under the segment (`u64::MAX`: not read yet),
+    /// and when they were read, in nanoseconds since `ROOM_EPOCH` (see `fs_room`).
+    room: AtomicU64,
+    room_read: AtomicU64,
     /// The segment object's inode: names it across this process's handles.
     ino: u64,
     /// Word index (in the metadata region) of page 0's line.
@@ -586,7 +587,8 @@ impl FreeListAllocator {
             late_double_frees: AtomicU64::new(0),
             stolen: AtomicU64::new(0),
             frontier: AtomicUsize::new(usize::MAX),
-            room: std::sync::Mutex::new(None),
+            room: AtomicU64::new(u64::MAX),
+            room_read: AtomicU64::new(0),
             ino,
             lines_base: lines_start(pages, depth) as usize,
             ctr_base: counters_start(pages, depth) as usize,
@@ -982,22 +984,25 @@ impl FreeListAllocator {
     }
 
     /// Bytes the file system under the segment has free (`fstatvfs`), read at most
-    /// every 10 ms (`u64::MAX` where it cannot say).
+    /// every 10 ms (`u64::MAX` where it cannot say). Lock-free: two threads may
+    /// both read it at once, and either result stands.
     fn fs_room(&self) -> u64 {
-        let now = std::time::Instant::now();
-        let mut room = self.room.lock().unwrap_or_else(|e| e.into_inner());
-        match *room {
-            Some((at, bytes)) if now.duration_since(at) < std::time::Duration::from_millis(10) => {
-                bytes
-            }
-            _ => {
-                let bytes = nix::sys::statvfs::fstatvfs(self.seg.file())
-                    .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
-                    .unwrap_or(u64::MAX);
-                *room = Some((now, bytes));
-                bytes
-            }
+        static ROOM_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = ROOM_EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+            + 1;
+        let read = self.room_read.load(Ordering::Relaxed);
+        if read != 0 && now.saturating_sub(read) < 10_000_000 {
+            return self.room.load(Ordering::Relaxed);
         }
+        let bytes = nix::sys::statvfs::fstatvfs(self.seg.file())
+            .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+            .unwrap_or(u64::MAX);
+        self.room.store(bytes, Ordering::Relaxed);
+        self.room_read.store(now, Ordering::Relaxed);
+        bytes
     }
 
     /// The exact statistics, from a walk over every committed page's metadata and

@@ -17,17 +17,17 @@
 //! - a new span takes the lowest free page; an allocation without a current span
 //!   takes the lowest span of its class with a free block (partial spans before
 //!   fresh ones);
-//! - a span above the lowest free page (the handle's `frontier`, refreshed when it
-//!   changes spans or releases a span, or meets a free page below its current
-//!   span) is *out of place*: no
-//!   allocation takes a block of it, so it drains and is released as soon as its
-//!   last block is freed. A cached block of it is given back to it when popped
-//!   (one compare on the pop path; frees still push to the cache, so freeing many
-//!   blocks in a row stays cheap); an allocation without a current span takes a
-//!   new span at the lowest free page rather than a partial span above it (an
-//!   empty one it meets there is released); a current span above a free page is
-//!   let go at the next cache refill (released if empty). The blocks handed out
-//!   after a churn therefore land low.
+//! - a span more than `PLACE_SLACK` pages (1 MiB) above the lowest free page (the
+//!   handle's `frontier`, refreshed when it changes spans or releases a span, or
+//!   meets a free page below its current span) is *out of place*: no allocation
+//!   takes a block of it, so it drains and is released as soon as its last block
+//!   is freed. A cached block of it is given back to it when popped (one compare
+//!   on the pop path; frees still push to the cache, so freeing many blocks in a
+//!   row stays cheap); an allocation without a current span takes a new span at
+//!   the lowest free page rather than a partial span above it (an empty one it
+//!   meets there is released); a current span out of place is let go at the next
+//!   cache refill (released if empty). The blocks handed out after a churn
+//!   therefore land low.
 
 use super::*;
 
@@ -121,6 +121,13 @@ pub(super) fn block_index(within: u64, c: usize) -> u64 {
     (within * RECIP[c]) >> 32
 }
 
+/// Pages a span may lie above the lowest free page and still count as in place
+/// (1 MiB): a few free pages just below the spans in use do not split the free
+/// run above them, and without this margin processes that free and allocate
+/// spans at the same time would keep moving their spans down past each other's
+/// releases.
+pub(super) const PLACE_SLACK: usize = 256;
+
 impl FreeListAllocator {
     /// Looks up the lowest free page now and remembers it as this handle's
     /// `frontier` (see "Placement" above). `usize::MAX` when no committed page is free.
@@ -135,7 +142,7 @@ impl FreeListAllocator {
     /// span is not above the lowest free page this handle saw last.
     #[inline(always)]
     pub(super) fn in_place(&self, p: usize) -> bool {
-        p <= self.frontier.load(Ordering::Relaxed)
+        p <= self.frontier.load(Ordering::Relaxed).saturating_add(PLACE_SLACK)
     }
 
     /// The span at page `p` is this handle's current span of class `c` (stored as
@@ -146,7 +153,7 @@ impl FreeListAllocator {
     /// next blocks come from low in the region. Returns whether it let it go.
     #[cold]
     pub(super) fn let_go_if_out_of_place(&self, c: usize, p: usize, cur: u64) -> bool {
-        if self.see_frontier() >= p
+        if self.see_frontier().saturating_add(PLACE_SLACK) >= p
             || self.cur[c]
                 .compare_exchange(cur, 0, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
