@@ -298,7 +298,8 @@ impl FreeListAllocator {
         let (p, tag) = ((cur & BITS_MASK) as usize - 1, cur >> BITS);
         let line = self.page_line(p)?;
         // A current span above a free page is let go (see "Placement" in `span.rs`).
-        if self.free_pages().any_below(p.saturating_sub(PLACE_SLACK))
+        if p > PLACE_SLACK
+            && self.free_pages().any_below(p - PLACE_SLACK)
             && self.let_go_if_out_of_place(c, p, cur)
         {
             return None;
