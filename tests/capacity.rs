@@ -190,6 +190,12 @@ fn small_shm_holds_a_sixty_four_gib_maximum() {
             at_create <= 3 * MIB,
             "{at_create} bytes committed at create"
         );
+        // What is reported available can be allocated (red team rt17-s2 B2).
+        let av = a.available_bytes();
+        let whole = a
+            .allocate(av as usize)
+            .unwrap_or_else(|e| panic!("allocate({av}): {e}"));
+        a.free(whole).unwrap();
         let small: Vec<Offset> = (0..1000).map(|_| a.allocate(100).unwrap()).collect();
         let (blocks, e) = fill_1mib(&a);
         assert!(matches!(e, AllocError::OutOfMemory { .. }), "{e:?}");
@@ -200,6 +206,13 @@ fn small_shm_holds_a_sixty_four_gib_maximum() {
             avail < 4 * MIB,
             "{avail} bytes reported available on a full /dev/shm"
         );
+        // No page reported available that a small allocation cannot get (B1).
+        if avail >= 4096 {
+            let o = a
+                .allocate(64)
+                .unwrap_or_else(|e| panic!("{avail} available: {e}"));
+            a.free(o).unwrap();
+        }
         let b = FreeListAllocator::open(&name).unwrap();
         for &o in &blocks {
             assert_eq!(b.read(Offset::new(o.get() + MIB - 1), 1).unwrap(), [0xA5]);

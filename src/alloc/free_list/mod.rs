@@ -970,7 +970,11 @@ impl FreeListAllocator {
         let committed = (meta[H_COMMITTED].load(Ordering::Relaxed)).min(pages);
         // Pages not committed yet count as free only as far as the file system
         // has room to back them.
-        let uncommitted = (pages - committed).min(self.fs_room() / PAGE);
+        // Each page also commits its line and leaf words (and up to one metadata
+        // page per summary bitmap where a new leaf page starts): counted so that
+        // what is reported can be allocated.
+        let backable = self.fs_room().saturating_sub((2 + NCLASS as u64) * PAGE) / (PAGE + LINE * 8);
+        let uncommitted = (pages - committed).min(backable);
         let free_pages = committed.saturating_sub(span_pages + large_pages) + uncommitted;
         Stats {
             capacity: self.seg.layout().data_len,
@@ -1009,7 +1013,9 @@ impl FreeListAllocator {
     /// every cache: O(committed pages). For tests and tools (after processes were
     /// killed, the counters behind [`stats`](ShmAllocator::stats) may be off; this
     /// is not). An empty span counts as a whole free page (it is returned to the
-    /// pool on demand); pages not committed yet count as free.
+    /// pool on demand); pages not committed yet count as free, up to the maximum
+    /// (unlike `stats()`, not capped by what the file system has room for: this is
+    /// the walk over the allocator's own metadata).
     pub fn audit(&self) -> Stats {
         let mut classes: Vec<ClassStats> = SIZE_CLASSES
             .iter()

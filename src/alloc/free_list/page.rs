@@ -188,9 +188,14 @@ impl FreeListAllocator {
             if target <= w || target < w + need {
                 return false;
             }
-            if self.commit_pages(w, target).is_err() {
+            // A file system short of a whole chunk may still back what is needed.
+            let target = if self.commit_pages(w, target).is_ok() {
+                target
+            } else if w + need < target && self.commit_pages(w, w + need).is_ok() {
+                w + need
+            } else {
                 return false;
-            }
+            };
             crate::fail_point!("fl.commit.done");
             match head.compare_exchange(
                 w as u64,
