@@ -50,7 +50,9 @@ fn listed_items(all_html: &str) -> Vec<String> {
 #[test]
 fn public_items_match_the_reviewed_list() {
     // The tests crate lives in tests/; the library is its parent directory.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root");
     let target = root.join("target").join("public-api");
     let status = Command::new(env!("CARGO"))
         .args(["doc", "--no-deps", "--lib", "-p", "shared_allocator"])

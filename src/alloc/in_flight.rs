@@ -52,6 +52,16 @@ pub(crate) enum Batch {
     Nothing,
 }
 
+/// Runs `f` with a record in process-local words that nobody settles: for a
+/// single block this process popped from its own cache and gives straight back
+/// (an out-of-place span's block, see `free_list/span.rs`). A kill in between
+/// loses that one block, as a kill between an allocation and its caller would;
+/// the slot's own record is not touched, so a thief's record stays intact.
+pub(crate) fn unrecorded<R>(f: impl FnOnce(InFlight<'_>) -> R) -> R {
+    let words: [AtomicU64; REC_AT + REC_WORDS] = std::array::from_fn(|_| AtomicU64::new(0));
+    f(InFlight::new(&words))
+}
+
 /// A registry slot's batch record (only the slot's gate holder writes it).
 #[derive(Clone, Copy)]
 pub(crate) struct InFlight<'a>(&'a [AtomicU64]);

@@ -41,6 +41,12 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// Where the leaf level starts, in words from the bitmap's start (the top and
+    /// middle levels come first).
+    pub fn leaf_start(&self) -> usize {
+        self.at[2].0
+    }
+
     /// The shape of a summary bitmap of `n` bits, each level rounded up to `round` words.
     pub fn new(n: usize, round: u64) -> Shape {
         let (t, m, l) = level_words(n as u64);
@@ -82,6 +88,17 @@ impl<'a> Summary<'a> {
             ],
             n: shape.n,
         })
+    }
+
+    /// This bitmap with its leaf level cut to its first `words` words: the rest is
+    /// never loaded nor stored (it may not be backed by the file system yet): the
+    /// bitmap then has `words * 64` bits at most.
+    #[inline]
+    pub fn leaf_upto(mut self, words: usize) -> Self {
+        let leaf = self.levels[0];
+        self.levels[0] = &leaf[..words.min(leaf.len())];
+        self.n = self.n.min(self.levels[0].len() * 64);
+        self
     }
 
     /// The leaf level (one bit per item), for tools that walk it.
@@ -248,6 +265,29 @@ impl<'a> Summary<'a> {
         self.next_set(0, from, &mut budget).filter(|&i| i < self.n)
     }
 
+    /// Whether any bit below `i` is set (a snapshot, as the summary levels say: a
+    /// stale summary bit can make it true where `first_from(0)` finds none). Three
+    /// loads that do not depend on one another (plus one per top word below `i`'s),
+    /// so it is cheaper than a search.
+    #[inline]
+    pub fn any_below(&self, i: usize) -> bool {
+        use super::bitmap::mask;
+        let i = i.min(self.n);
+        let (lw, mw, tw) = (i / 64, i / 4096, i / (4096 * 64));
+        let below = |lvl: usize, w: usize, bit: usize| {
+            self.levels[lvl]
+                .get(w)
+                .is_some_and(|x| x.load(Ordering::Acquire) & mask(0, bit as u32) != 0)
+        };
+        below(0, lw, i % 64)
+            || below(1, mw, lw % 64)
+            || below(2, tw, mw % 64)
+            || self.levels[2]
+                .iter()
+                .take(tw)
+                .any(|x| x.load(Ordering::Acquire) != 0)
+    }
+
     /// The highest set bit with index `< limit` (a snapshot).
     pub fn last_below(&self, limit: usize) -> Option<usize> {
         let mut budget = BUDGET;
@@ -340,6 +380,26 @@ mod tests {
         (0..total_words(n as u64, 8))
             .map(|_| AtomicU64::new(0))
             .collect()
+    }
+
+    #[test]
+    fn any_below_agrees_with_the_search() {
+        let n = 1 << 20;
+        let w = make(n);
+        let s = Summary::new(&w, &Shape::new(n, 8)).unwrap();
+        let probes = [0, 1, 63, 64, 65, 4095, 4096, 4097, 262_143, 262_144, 300_000, n];
+        for set in [None, Some(0), Some(64), Some(4096), Some(262_144), Some(700_000)] {
+            if let Some(b) = set {
+                s.set(b);
+            }
+            for &i in &probes {
+                let want = s.first_from(0).is_some_and(|f| f < i);
+                assert_eq!(s.any_below(i), want, "set {set:?}, below {i}");
+            }
+            if let Some(b) = set {
+                s.clear(b);
+            }
+        }
     }
 
     #[test]

@@ -99,7 +99,13 @@ impl FreeListAllocator {
             },
         );
         gate.leave();
-        off.map(Offset::new)
+        let off = off?;
+        // A block of an out-of-place span goes back to it (see `span.rs`).
+        if !self.in_place(((off - self.data_off) >> PAGE_SHIFT) as usize) {
+            crate::alloc::in_flight::unrecorded(|rec| self.return_blocks(c, &[off], rec));
+            return None;
+        }
+        Some(Offset::new(off))
     }
 
     /// The free fast path: pushes a small block onto this thread's cache after the
@@ -318,6 +324,13 @@ impl FreeListAllocator {
         }
         let (p, tag) = ((cur & BITS_MASK) as usize - 1, cur >> BITS);
         let line = self.page_line(p)?;
+        // A current span above a free page is let go (see "Placement" in `span.rs`).
+        if p > PLACE_SLACK
+            && self.free_pages().any_below(p - PLACE_SLACK)
+            && self.let_go_if_out_of_place(c, p, cur)
+        {
+            return None;
+        }
         let rec = self.in_flight(slot);
         for w in 0..words_of(c) {
             let taken = self.take_recorded(rec, c, &line[PM_WORDS + w], p, w, tag, want);

@@ -60,9 +60,10 @@ impl FreeListAllocator {
         n: usize,
         me: usize,
     ) -> Result<Offset, AllocError> {
-        let free = self.free_pages();
         let mut grows = GROW_ROUNDS;
         for _ in 0..256 {
+            // Fetched each round: its leaf level ends at the pages committed now.
+            let free = self.free_pages();
             let Some(s) = self.find_run(n, self.refresh()) else {
                 // Commit more: what the free run at the top lacks (a few times at
                 // most: other processes may commit and take pages meanwhile).

@@ -34,11 +34,17 @@
 //! capacity up to 64 GiB. **Placement is compact**: small spans are taken from the
 //! bottom of the region up, large blocks from the top of the committed pages down,
 //! so the free pages stay in one run in between and a large block fits whenever the
-//! free bytes allow it (from every process alike: nothing depends on the pid).
+//! free bytes allow it (from every process alike: nothing depends on the pid). A
+//! span left above a free page (processes churning at the same time leave some) is
+//! *out of place*: no allocation takes a block of it (a cached one goes back to it)
+//! nor picks it over a new span at the lowest free page, so it drains and goes
+//! back to the pool (see `span.rs`, "Placement").
 //!
 //! **Memory committed on demand, growing online.** The capacity is a maximum that
-//! every process maps once; pages of the shared-memory file (and their metadata
-//! lines) are committed with `fallocate` before the allocator hands them out, a
+//! every process maps once; pages of the shared-memory file (and their metadata:
+//! page lines and summary-bitmap words) are committed with `fallocate` before the
+//! allocator hands them out (at create only a fixed part of the metadata, about
+//! 1.3 MiB at 64 GiB), a
 //! chunk at a time as the page pool runs dry
 //! ([`FreeListAllocator::create_with_options`]). A file system that cannot back a
 //! chunk (a small `/dev/shm`) makes the allocation that needed it an
@@ -210,6 +216,20 @@ fn meta_words_for(pages: u64, depth: u64) -> u64 {
     lines_start(pages, depth) + pages * LINE
 }
 
+/// Commits the metadata whose size does not follow the committed pages: the
+/// head, the top and middle levels of each summary bitmap, the caches and the
+/// counters.
+fn commit_fixed_meta(seg: &Segment, pages: u64, depth: u64) -> Result<(), SegmentError> {
+    let at = |w: u64| seg.layout().meta_offset + w * 8;
+    seg.commit(at(0), HEAD_WORDS * 8)?;
+    let leaf = Shape::new(pages as usize, LINE).leaf_start() as u64;
+    for k in 0..=NCLASS {
+        seg.commit(at(bitmap_start(pages, k)), leaf * 8)?;
+    }
+    let start = cache_start(pages);
+    seg.commit(at(start), (lines_start(pages, depth) - start) * 8)
+}
+
 /// Blocks per size class that each handle's cache holds at most, by default.
 pub const DEFAULT_CACHE_DEPTH: u64 = 15;
 /// The largest cache depth [`FreeListAllocator::create_with_cache`] accepts.
@@ -293,6 +313,16 @@ pub struct FreeListAllocator {
     late_double_frees: AtomicU64,
     /// Blocks this handle took from idle handles' caches (see `stolen_blocks`).
     stolen: AtomicU64,
+    /// The lowest free page this handle saw last (`usize::MAX`: none), refreshed
+    /// when it changes spans or releases a span: a span above it
+    /// is out of place (a free page lies below it), so its cached blocks go back to
+    /// it rather than be handed out, and a current span above it is let go (see
+    /// `span.rs`, "Placement").
+    frontier: AtomicUsize,
+    /// Free bytes of the file system under the segment (`u64::MAX`: not read yet),
+    /// and when they were read, in nanoseconds since `ROOM_EPOCH` (see `fs_room`).
+    room: AtomicU64,
+    room_read: AtomicU64,
     /// The segment object's inode: names it across this process's handles.
     ino: u64,
     /// Word index (in the metadata region) of page 0's line.
@@ -429,9 +459,9 @@ impl FreeListAllocator {
             let _ = crate::segment::unlink(name);
             e
         };
-        // The metadata before the page lines, then the initial pages.
-        seg.commit(layout.meta_offset, lines_start(pages, depth) * 8)
-            .map_err(fail)?;
+        // The fixed metadata (the leaf levels of the summary bitmaps and the page
+        // lines come with their pages), then the initial pages.
+        commit_fixed_meta(&seg, pages, depth).map_err(fail)?;
         let mut this = Self::from_segment(seg).map_err(fail)?;
         let initial = opts.initial.div_ceil(PAGE).clamp(1, pages);
         this.commit_pages(0, initial as usize).map_err(fail)?;
@@ -560,6 +590,9 @@ impl FreeListAllocator {
             ),
             late_double_frees: AtomicU64::new(0),
             stolen: AtomicU64::new(0),
+            frontier: AtomicUsize::new(usize::MAX),
+            room: AtomicU64::new(u64::MAX),
+            room_read: AtomicU64::new(0),
             ino,
             lines_base: lines_start(pages, depth) as usize,
             ctr_base: counters_start(pages, depth) as usize,
@@ -878,8 +911,12 @@ unsafe impl ShmAllocator for FreeListAllocator {
     /// ever counted anything + size classes), whatever the capacity. Exact while no
     /// process died in the middle of an allocation or free (each such death can
     /// leave a counter off by the blocks that one operation moved); the exact
-    /// numbers are [`FreeListAllocator::audit`]. `free_bytes` includes the pages
-    /// not committed yet (up to the maximum) and the free blocks of every span.
+    /// numbers are [`FreeListAllocator::audit`]. `free_bytes` includes the free
+    /// blocks of every span and the pages not committed yet, these only as far as
+    /// the file system under the segment has room for them (`fstatvfs`, read at
+    /// most every 10 ms): on a full `/dev/shm` it is what the committed pages still
+    /// hold, not the maximum. `committed_bytes` and `capacity` (the maximum) say
+    /// how far the segment grew.
     fn stats(&self) -> Stats {
         self.counted()
     }
@@ -939,8 +976,15 @@ impl FreeListAllocator {
         live_blocks += signed(live[CTR_LARGE_BLOCKS]).min(large_pages);
         live_bytes += large_pages * PAGE;
         let pages = self.pages as u64;
-        let free_pages = pages.saturating_sub(span_pages + large_pages);
         let committed = (meta[H_COMMITTED].load(Ordering::Relaxed)).min(pages);
+        // Pages not committed yet count as free only as far as the file system
+        // has room to back them.
+        // Each page also commits its line and leaf words (and up to one metadata
+        // page per summary bitmap where a new leaf page starts): counted so that
+        // what is reported can be allocated.
+        let backable = self.fs_room().saturating_sub((2 + NCLASS as u64) * PAGE) / (PAGE + LINE * 8);
+        let uncommitted = (pages - committed).min(backable);
+        let free_pages = committed.saturating_sub(span_pages + large_pages) + uncommitted;
         Stats {
             capacity: self.seg.layout().data_len,
             committed_bytes: committed * PAGE,
@@ -952,11 +996,35 @@ impl FreeListAllocator {
         }
     }
 
+    /// Bytes the file system under the segment has free (`fstatvfs`), read at most
+    /// every 10 ms (`u64::MAX` where it cannot say). Lock-free: two threads may
+    /// both read it at once, and either result stands.
+    fn fs_room(&self) -> u64 {
+        static ROOM_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = ROOM_EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+            + 1;
+        let read = self.room_read.load(Ordering::Relaxed);
+        if read != 0 && now.saturating_sub(read) < 10_000_000 {
+            return self.room.load(Ordering::Relaxed);
+        }
+        let bytes = nix::sys::statvfs::fstatvfs(self.seg.file())
+            .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+            .unwrap_or(u64::MAX);
+        self.room.store(bytes, Ordering::Relaxed);
+        self.room_read.store(now, Ordering::Relaxed);
+        bytes
+    }
+
     /// The exact statistics, from a walk over every committed page's metadata and
     /// every cache: O(committed pages). For tests and tools (after processes were
     /// killed, the counters behind [`stats`](ShmAllocator::stats) may be off; this
     /// is not). An empty span counts as a whole free page (it is returned to the
-    /// pool on demand); pages not committed yet count as free.
+    /// pool on demand); pages not committed yet count as free, up to the maximum
+    /// (unlike `stats()`, not capped by what the file system has room for: this is
+    /// the walk over the allocator's own metadata).
     pub fn audit(&self) -> Stats {
         let mut classes: Vec<ClassStats> = SIZE_CLASSES
             .iter()

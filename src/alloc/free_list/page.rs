@@ -18,8 +18,12 @@
 //!   the shared committed count moves (one CAS: one grower wins), then the new
 //!   pages' free bits are set. A crash before the CAS commits nothing anyone uses; a
 //!   crash after it leaves free pages without their bits, which the repair sweep
-//!   sets. A page and its line are never touched before this process committed it
-//!   itself (`refresh`), so a scribbled count cannot make it fault.
+//!   sets. A page, its line and its words in the leaf levels of the summary bitmaps
+//!   are never touched before this process committed them itself (`refresh`; the
+//!   bitmaps' leaf levels are cut at `committed()`), so a scribbled count cannot
+//!   make it fault. Only the fixed part of the metadata (head, the summary levels
+//!   above the leaves, caches, counters) is committed at create: about 1.3 MiB at
+//!   the 64 GiB maximum.
 
 use super::*;
 
@@ -84,10 +88,14 @@ impl FreeListAllocator {
         self.summary_at(1 + c)
     }
 
+    /// Summary bitmap `k`, its leaf level cut at the pages this process committed
+    /// (the leaf words past them are committed with their pages, see `commit_pages`).
     #[inline]
     fn summary_at(&self, k: usize) -> Summary<'_> {
         let start = HEAD_WORDS as usize + k * self.shape.words;
-        Summary::new(&self.meta()[start..], &self.shape).expect("summary bitmaps sized at open")
+        Summary::new(&self.meta()[start..], &self.shape)
+            .expect("summary bitmaps sized at open")
+            .leaf_upto(self.committed().div_ceil(64))
     }
 
     /// Pages committed as far as this process has checked (see `local`).
@@ -122,12 +130,19 @@ impl FreeListAllocator {
         self.seg.layout().data_offset + ((p as u64) << PAGE_SHIFT)
     }
 
-    /// Commits (fallocates) the data pages `from..to` and their page lines.
+    /// Commits (fallocates) the data pages `from..to`, their page lines and their
+    /// words in the leaf level of every summary bitmap.
     pub(super) fn commit_pages(&self, from: usize, to: usize) -> Result<(), SegmentError> {
         if from >= to {
             return Ok(());
         }
         let l = self.seg.layout();
+        let (w0, w1) = (from / 64, to.div_ceil(64));
+        for k in 0..=NCLASS {
+            let leaf = HEAD_WORDS as usize + k * self.shape.words + self.shape.leaf_start();
+            self.seg
+                .commit(l.meta_offset + (leaf + w0) as u64 * 8, (w1 - w0) as u64 * 8)?;
+        }
         let line0 = l.meta_offset + self.lines_base as u64 * 8;
         self.seg.commit(
             line0 + from as u64 * LINE * 8,
@@ -173,9 +188,14 @@ impl FreeListAllocator {
             if target <= w || target < w + need {
                 return false;
             }
-            if self.commit_pages(w, target).is_err() {
+            // A file system short of a whole chunk may still back what is needed.
+            let target = if self.commit_pages(w, target).is_ok() {
+                target
+            } else if w + need < target && self.commit_pages(w, w + need).is_ok() {
+                w + need
+            } else {
                 return false;
-            }
+            };
             crate::fail_point!("fl.commit.done");
             match head.compare_exchange(
                 w as u64,
@@ -203,10 +223,10 @@ impl FreeListAllocator {
     /// region); commits more pages when the pool is empty. Returns it with its
     /// (free) state.
     pub(super) fn claim_free_page(&self) -> Result<Option<(usize, u64)>, AllocError> {
-        let free = self.free_pages();
         let mut grows = 0;
         for _ in 0..64 {
-            let Some(p) = free.claim_first() else {
+            // Fetched each round: its leaf level ends at the pages committed now.
+            let Some(p) = self.free_pages().claim_first() else {
                 // Another process may have committed pages and not listed them yet
                 // (it sets their free bits after publishing the count, and may be
                 // preempted in between): up to `GROW_ROUNDS` rounds, yielding to it,

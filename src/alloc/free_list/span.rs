@@ -11,6 +11,23 @@
 //! - The per-class span hints are only hints (a stale one costs a retry).
 //! - Creating and releasing a span are guarded by an intent record (see
 //!   `repair.rs`), so a handle dying in between is finished or rolled back.
+//!
+//! Placement (what keeps small spans packed at the low end, so that the free pages
+//! stay in one run above them, also after processes churned at the same time):
+//! - a new span takes the lowest free page; an allocation without a current span
+//!   takes the lowest span of its class with a free block (partial spans before
+//!   fresh ones);
+//! - a span more than `PLACE_SLACK` pages (1 MiB) above the lowest free page (the
+//!   handle's `frontier`, refreshed when it changes spans or releases a span, or
+//!   meets a free page below its current span) is *out of place*: no allocation
+//!   takes a block of it, so it drains and is released as soon as its last block
+//!   is freed. A cached block of it is given back to it when popped (one compare
+//!   on the pop path; frees still push to the cache, so freeing many blocks in a
+//!   row stays cheap); an allocation without a current span takes a new span at
+//!   the lowest free page rather than a partial span above it (an empty one it
+//!   meets there is released); a current span out of place is let go at the next
+//!   cache refill (released if empty). The blocks handed out after a churn
+//!   therefore land low.
 
 use super::*;
 
@@ -104,7 +121,64 @@ pub(super) fn block_index(within: u64, c: usize) -> u64 {
     (within * RECIP[c]) >> 32
 }
 
+/// Pages a span may lie above the lowest free page and still count as in place
+/// (1 MiB): a few free pages just below the spans in use do not split the free
+/// run above them, and without this margin processes that free and allocate
+/// spans at the same time would keep moving their spans down past each other's
+/// releases.
+pub(super) const PLACE_SLACK: usize = 256;
+
 impl FreeListAllocator {
+    /// Looks up the lowest free page now and remembers it as this handle's
+    /// `frontier` (see "Placement" above). `usize::MAX` when no committed page is free.
+    #[inline]
+    pub(super) fn see_frontier(&self) -> usize {
+        let f = self.free_pages().first_from(0).unwrap_or(usize::MAX);
+        self.frontier.store(f, Ordering::Relaxed);
+        f
+    }
+
+    /// Whether a block of the span at page `p` may be handed out of a cache: the
+    /// span is not above the lowest free page this handle saw last.
+    #[inline(always)]
+    pub(super) fn in_place(&self, p: usize) -> bool {
+        p <= self.frontier.load(Ordering::Relaxed).saturating_add(PLACE_SLACK)
+    }
+
+    /// The span at page `p` is this handle's current span of class `c` (stored as
+    /// `cur`), a cache is to be refilled from it, and the summary levels say a free
+    /// page lies below it (`Summary::any_below`, the cheap question): if a search
+    /// confirms it,
+    /// forgets it as the current span and releases it if it is empty, so that the
+    /// next blocks come from low in the region. Returns whether it let it go.
+    #[cold]
+    pub(super) fn let_go_if_out_of_place(&self, c: usize, p: usize, cur: u64) -> bool {
+        if self.see_frontier().saturating_add(PLACE_SLACK) >= p
+            || self.cur[c]
+                .compare_exchange(cur, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        self.release_if_empty(c, p, cur >> BITS);
+        true
+    }
+
+    /// Releases the span at page `p` if it still is the span of class `c` with tag
+    /// `tag` and has no block handed out (anyone may: a handle that still names it
+    /// as its current span finds its block words closed and moves on).
+    pub(super) fn release_if_empty(&self, c: usize, p: usize, tag: u64) -> bool {
+        let Some(line) = self.page_line(p) else {
+            return false;
+        };
+        let st = line[PM_STATE].load(Ordering::Acquire);
+        kind(st) == KIND_SMALL
+            && class(st) == c
+            && tag_of(st) == tag
+            && self.is_empty_span(p, c, tag)
+            && self.release_span(p, st)
+    }
+
     /// Takes a free block of the span at page `p` (class `c`, tag `tag`), if it is
     /// still that span and has one.
     #[inline]
@@ -179,21 +253,32 @@ impl FreeListAllocator {
             Some(slot) => cache::alloc_through(
                 self,
                 slot,
-                || {
-                    self.mag(slot, c)
-                        .pop(
-                            |off| self.mark(off),
-                            || {
-                                crate::fail_point!("fl.cache.pop");
-                            },
-                        )
-                        .or_else(|| self.take_batch_inside(slot, c))
-                },
+                || self.pop_in_place(slot, c).or_else(|| self.take_batch_inside(slot, c)),
                 || self.alloc_shared(c, requested),
                 |_| self.refill_inside(slot, c),
             ),
             None => self.alloc_shared(c, requested),
         }
+    }
+
+    /// Pops a block of class `c` off slot `slot`'s cache (inside its gate), giving
+    /// the blocks of out-of-place spans back to their spans on the way.
+    #[inline]
+    fn pop_in_place(&self, slot: usize, c: usize) -> Option<u64> {
+        let m = self.mag(slot, c);
+        for _ in 0..=m.depth() {
+            let off = m.pop(
+                |off| self.mark(off),
+                || {
+                    crate::fail_point!("fl.cache.pop");
+                },
+            )?;
+            if self.in_place(((off - self.data_off) >> PAGE_SHIFT) as usize) {
+                return Some(off);
+            }
+            crate::alloc::in_flight::unrecorded(|rec| self.return_blocks(c, &[off], rec));
+        }
+        None
     }
 
     /// Allocation without the cache: one CAS on the current span's block word.
@@ -215,6 +300,7 @@ impl FreeListAllocator {
         if cur != 0 {
             self.drop_hint(c, (cur & BITS_MASK) as usize - 1);
         }
+        self.see_frontier();
         let attempt = || match self.alloc_from_hints(c) {
             Some(off) => Ok(off),
             None => self.new_span(c, requested),
@@ -241,6 +327,14 @@ impl FreeListAllocator {
             let st = line[PM_STATE].load(Ordering::Acquire);
             if kind(st) == KIND_SMALL && class(st) == c {
                 let tag = tag_of(st);
+                // Spans are found lowest first: from here on they lie above a free
+                // page. An empty one (another handle's current span kept empty,
+                // say) goes back to the pool; a new span at the lowest free page
+                // is taken rather than any of them.
+                if !self.in_place(p) {
+                    self.release_if_empty(c, p, tag);
+                    return None;
+                }
                 if let Some(off) = self.take_block(p, c, tag) {
                     self.cur[c].store((tag << BITS) | (p as u64 + 1), Ordering::Relaxed);
                     return Some(off);
@@ -356,6 +450,7 @@ impl FreeListAllocator {
         crate::fail_point!("fl.release.freed");
         self.avail(c).clear(p);
         self.free_pages().set(p);
+        self.frontier.fetch_min(p, Ordering::Relaxed);
         drop(guard);
         true
     }
