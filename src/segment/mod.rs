@@ -44,20 +44,6 @@ pub use name::MAX_NAME_LEN;
 /// Chunk size of the byte-wise atomic copies in `write_bytes` / `read_bytes`.
 const BYTE_CHUNK: usize = 256;
 
-/// Stores `src[..N]` at `dst` with byte-wise atomic stores (Relaxed).
-///
-/// # Safety
-/// `dst` is valid for writes of `N` bytes of a shared mapping that no Rust
-/// reference of this process covers non-atomically; `src.len() >= N`.
-#[inline(always)]
-unsafe fn store_chunk<const N: usize>(dst: *mut u8, src: &[u8]) {
-    let mut c = [0u8; N];
-    c.copy_from_slice(&src[..N]);
-    // SAFETY: the caller's guarantee; `[u8; N]` needs alignment 1; the stores are
-    // atomic, so concurrent atomic copies (in any process) are not data races.
-    unsafe { atomic_memcpy::atomic_store(dst as *mut [u8; N], c, Ordering::Relaxed) }
-}
-
 /// Stores `data` at `dst` with byte-wise atomic stores (Relaxed), in chunks: the
 /// copy every safe write into shared memory uses (crate `typed` docs, "No plain
 /// stores").
@@ -67,24 +53,31 @@ unsafe fn store_chunk<const N: usize>(dst: *mut u8, src: &[u8]) {
 /// Rust reference of this process covers.
 #[inline]
 pub(crate) unsafe fn store_bytes(dst: *mut u8, data: &[u8]) {
-    let (mut dst, mut src) = (dst, data);
-    while src.len() >= BYTE_CHUNK {
-        // SAFETY: `dst..dst + src.len()` lies within the `data.len()` bytes the
-        // caller vouches for (both advance together).
-        unsafe { store_chunk::<BYTE_CHUNK>(dst, src) };
-        (dst, src) = (dst.wrapping_add(BYTE_CHUNK), &src[BYTE_CHUNK..]);
+    use std::sync::atomic::{AtomicU64, AtomicU8};
+    // Bytes up to the first 8-aligned address, then whole aligned words (one
+    // relaxed 8-byte atomic store each: a plain `mov`, so large copies run at
+    // memory speed), then the tail: the same sizes `atomic-memcpy` uses.
+    let head = dst.align_offset(8).min(data.len());
+    let (front, rest) = data.split_at(head);
+    for (i, &b) in front.iter().enumerate() {
+        // SAFETY: `dst + i` is within the caller's `data.len()` bytes; any
+        // address is aligned for AtomicU8; the store is atomic.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(b, Ordering::Relaxed);
     }
-    macro_rules! tail {
-        ($($n:literal)*) => {$(
-            if src.len() >= $n {
-                // SAFETY: as above; `src.len() >= $n`.
-                unsafe { store_chunk::<$n>(dst, src) };
-                (dst, src) = (dst.wrapping_add($n), &src[$n..]);
-            }
-        )*};
+    let words = rest.chunks_exact(8);
+    let tail = words.remainder();
+    let mut at = head;
+    for w in words {
+        let v = u64::from_ne_bytes(w.try_into().expect("chunks of 8"));
+        // SAFETY: `dst + at` is 8-aligned (`head` aligned it and `at` advances
+        // by 8) and its 8 bytes are within the caller's range; the store is atomic.
+        unsafe { AtomicU64::from_ptr(dst.add(at).cast::<u64>()) }.store(v, Ordering::Relaxed);
+        at += 8;
     }
-    tail!(128 64 32 16 8 4 2 1);
-    let _ = (dst, src);
+    for (i, &b) in tail.iter().enumerate() {
+        // SAFETY: within the caller's range, as above.
+        unsafe { AtomicU8::from_ptr(dst.add(at + i)) }.store(b, Ordering::Relaxed);
+    }
 }
 
 /// Loads `N` bytes at `src` into `dst[..N]` with byte-wise atomic loads (Relaxed).
