@@ -62,7 +62,7 @@ pub(crate) unsafe fn store_bytes(dst: *mut u8, data: &[u8]) {
     for (i, &b) in front.iter().enumerate() {
         // SAFETY: `dst + i` is within the caller's `data.len()` bytes; any
         // address is aligned for AtomicU8; the store is atomic.
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(b, Ordering::Relaxed);
+        unsafe { AtomicU8::from_ptr(dst.wrapping_add(i)) }.store(b, Ordering::Relaxed);
     }
     let words = rest.chunks_exact(8);
     let tail = words.remainder();
@@ -71,12 +71,12 @@ pub(crate) unsafe fn store_bytes(dst: *mut u8, data: &[u8]) {
         let v = u64::from_ne_bytes(w.try_into().expect("chunks of 8"));
         // SAFETY: `dst + at` is 8-aligned (`head` aligned it and `at` advances
         // by 8) and its 8 bytes are within the caller's range; the store is atomic.
-        unsafe { AtomicU64::from_ptr(dst.add(at).cast::<u64>()) }.store(v, Ordering::Relaxed);
+        unsafe { AtomicU64::from_ptr(dst.wrapping_add(at).cast::<u64>()) }.store(v, Ordering::Relaxed);
         at += 8;
     }
     for (i, &b) in tail.iter().enumerate() {
         // SAFETY: within the caller's range, as above.
-        unsafe { AtomicU8::from_ptr(dst.add(at + i)) }.store(b, Ordering::Relaxed);
+        unsafe { AtomicU8::from_ptr(dst.wrapping_add(at + i)) }.store(b, Ordering::Relaxed);
     }
 }
 
