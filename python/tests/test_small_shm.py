@@ -46,8 +46,11 @@ SCRIPT = textwrap.dedent(
             small.append(off)
         for off in first + small:
             fl.free(off)
+        # Nothing is lost: the space fills again at least as far (the first fill
+        # may stop a block earlier, while pages and their metadata were still
+        # being committed in 1 MiB steps).
         again = fill(fl)
-        assert len(again) == len(first), (len(again), len(first))
+        assert len(again) >= len(first), (len(again), len(first))
         for off in again:
             fl.free(off)
         fl.unlink()
